@@ -1,0 +1,34 @@
+# etcdsnap — the two commands a new machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build deps testbins test lint unit demo faults bench clean-testbins
+
+all: build
+
+build:
+	$(CARGO) build --release --locked -p etcdsnap
+
+# Debian packages and toolchain checks.
+deps:
+	@./scripts/install-deps.sh
+
+# Real etcd, kube-apiserver, kubectl and S3 servers built from pinned Go modules into
+# target/testbins/ (skipped when already built).
+testbins: deps
+	@./testbins/build.sh
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# Everything: formatting, lints, unit tests and integration tests against the real servers.
+test: deps testbins lint
+	$(CARGO) test --workspace --locked
+
+# Runs the main job end to end against a local etcd, kube-apiserver and S3 started on loopback.
+demo: deps testbins
+	@./scripts/demo.sh
+
+clean-testbins:
+	rm -rf target/testbins

@@ -1,0 +1,1 @@
+//! etcdsnap: etcd snapshots for Kubernetes control planes.

@@ -1,0 +1,300 @@
+//! Real etcd servers: one member or a cluster, plain or mutual TLS.
+
+use crate::certs::{Pki, TlsFiles};
+use crate::process::{Server, testbin};
+use crate::{Error, Result, free_port, wait_for};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// One etcd member process.
+#[derive(Debug)]
+pub struct EtcdMember {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    server: Server,
+}
+
+impl EtcdMember {
+    pub fn server(&mut self) -> &mut Server {
+        &mut self.server
+    }
+}
+
+/// A running etcd cluster (possibly of one member). Killed on drop.
+#[derive(Debug)]
+pub struct Etcd {
+    members: Vec<EtcdMember>,
+    client_tls: Option<TlsFiles>,
+    dir: TempDir,
+}
+
+/// Options for [`Etcd::start`].
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    pub members: usize,
+    pub tls: bool,
+    /// Extra flags for every member, e.g. `--quota-backend-bytes=8589934592`.
+    pub extra_args: Vec<String>,
+    /// Keep fsync on (benchmarks); tests use `--unsafe-no-fsync` for speed.
+    pub fsync: bool,
+}
+
+impl Etcd {
+    /// One member over plain HTTP.
+    pub async fn single() -> Result<Etcd> {
+        Self::start(EtcdOptions {
+            members: 1,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `n` members over plain HTTP.
+    pub async fn cluster(n: usize) -> Result<Etcd> {
+        Self::start(EtcdOptions {
+            members: n,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `n` members with mutual TLS on client and peer URLs (`--client-cert-auth`).
+    pub async fn cluster_tls(n: usize) -> Result<Etcd> {
+        Self::start(EtcdOptions {
+            members: n,
+            tls: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Starts a cluster; retries with fresh ports if another process grabbed one meanwhile.
+    pub async fn start(opts: EtcdOptions) -> Result<Etcd> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::try_start(&opts).await {
+                Ok(etcd) => return Ok(etcd),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::other("etcd", "not started")))
+    }
+
+    async fn try_start(opts: &EtcdOptions) -> Result<Etcd> {
+        let n = opts.members.max(1);
+        let bin = testbin("etcd")?;
+        let dir = tempfile::Builder::new()
+            .prefix("testenv-etcd-")
+            .tempdir()
+            .map_err(|e| Error::io("create etcd temp dir", e))?;
+        let scheme = if opts.tls { "https" } else { "http" };
+        let (server_tls, client_tls) = if opts.tls {
+            let pki = Pki::new("etcd", &dir.path().join("pki"))?;
+            (
+                Some(pki.server("server", &[])?),
+                Some(pki.client("client", "root", &[])?),
+            )
+        } else {
+            (None, None)
+        };
+
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            ports.push((free_port()?, free_port()?));
+        }
+        let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let initial_cluster = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, (_, peer))| format!("{name}={scheme}://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("testenv-{}", crate::random_suffix());
+
+        let mut members = Vec::new();
+        for (name, (client, peer)) in names.iter().zip(&ports) {
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
+            let peer_url = format!("{scheme}://127.0.0.1:{peer}");
+            let data_dir = dir.path().join(name);
+            let mut args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", data_dir.display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster={initial_cluster}"),
+                format!("--initial-cluster-token={token}"),
+                "--initial-cluster-state=new".into(),
+                "--log-level=warn".into(),
+            ];
+            if !opts.fsync {
+                args.push("--unsafe-no-fsync".into());
+            }
+            if let Some(tls) = &server_tls {
+                args.extend(tls_args(tls));
+            }
+            args.extend(opts.extra_args.iter().cloned());
+            let server = Server::spawn(
+                &format!("etcd {name}"),
+                &bin,
+                args,
+                dir.path().join(format!("{name}.log")),
+            )?;
+            members.push(EtcdMember {
+                name: name.clone(),
+                client_url,
+                peer_url,
+                data_dir,
+                server,
+            });
+        }
+        let mut etcd = Etcd {
+            members,
+            client_tls,
+            dir,
+        };
+        etcd.wait_ready().await?;
+        Ok(etcd)
+    }
+
+    /// Waits until every running member answers `Status` and knows a leader.
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        for i in 0..self.members.len() {
+            if !self.members[i].server.is_running() {
+                continue;
+            }
+            let endpoint = self.members[i].client_url.clone();
+            let options = self.connect_options();
+            let what = format!("etcd member {} at {endpoint}", self.members[i].name);
+            let member = &mut self.members[i];
+            wait_for(&what, Duration::from_secs(60), || {
+                let endpoint = endpoint.clone();
+                let options = options.clone();
+                let running = member.server.check_running();
+                async move {
+                    running.map_err(|e| e.to_string())?;
+                    let mut client = Client::connect([endpoint], Some(options))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = client.status().await.map_err(|e| e.to_string())?;
+                    Ok((status.leader() != 0).then_some(()))
+                }
+            })
+            .await
+            .map_err(|e| match self.members[i].server.check_running() {
+                Err(exited) => exited,
+                Ok(()) => e,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Client URLs of all members, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Client certificate, key and CA for mutual TLS (None for plain HTTP clusters).
+    pub fn client_tls(&self) -> Option<&TlsFiles> {
+        self.client_tls.as_ref()
+    }
+
+    pub fn members(&self) -> &[EtcdMember] {
+        &self.members
+    }
+
+    pub fn member_mut(&mut self, i: usize) -> &mut EtcdMember {
+        &mut self.members[i]
+    }
+
+    /// The temp dir holding data dirs, logs and certificates.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Connection options matching this cluster (TLS identity when mTLS is on).
+    pub fn connect_options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.client_tls {
+            let ca = std::fs::read(&tls.ca).unwrap_or_default();
+            let cert = std::fs::read(&tls.cert).unwrap_or_default();
+            let key = std::fs::read(&tls.key).unwrap_or_default();
+            options = options.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .identity(Identity::from_pem(cert, key)),
+            );
+        }
+        options
+    }
+
+    /// A client connected to every member.
+    pub async fn client(&self) -> Result<Client> {
+        Client::connect(self.endpoints(), Some(self.connect_options()))
+            .await
+            .map_err(|e| Error::other("connect to etcd", e))
+    }
+
+    /// Index of the current leader, asked of the first running member.
+    pub async fn leader_index(&mut self) -> Result<usize> {
+        for i in 0..self.members.len() {
+            if !self.members[i].server.is_running() {
+                continue;
+            }
+            let endpoint = self.members[i].client_url.clone();
+            let mut client = Client::connect([endpoint], Some(self.connect_options()))
+                .await
+                .map_err(|e| Error::other("connect to etcd", e))?;
+            let status = client
+                .status()
+                .await
+                .map_err(|e| Error::other("etcd status", e))?;
+            let leader = status.leader();
+            let list = client
+                .member_list()
+                .await
+                .map_err(|e| Error::other("etcd member list", e))?;
+            if let Some(m) = list.members().iter().find(|m| m.id() == leader)
+                && let Some(idx) = self.members.iter().position(|x| x.name == m.name())
+            {
+                return Ok(idx);
+            }
+        }
+        Err(Error::other(
+            "etcd leader",
+            "no running member knows a leader",
+        ))
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].server.kill();
+    }
+
+    /// Restarts member `i` with its data dir, and waits until it serves again.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        // A restarted member must not try to bootstrap a new cluster.
+        self.members[i].server.restart()?;
+        self.wait_ready().await
+    }
+}
+
+fn tls_args(tls: &TlsFiles) -> Vec<String> {
+    vec![
+        format!("--cert-file={}", tls.cert.display()),
+        format!("--key-file={}", tls.key.display()),
+        format!("--trusted-ca-file={}", tls.ca.display()),
+        "--client-cert-auth".into(),
+        format!("--peer-cert-file={}", tls.cert.display()),
+        format!("--peer-key-file={}", tls.key.display()),
+        format!("--peer-trusted-ca-file={}", tls.ca.display()),
+        "--peer-client-cert-auth".into(),
+    ]
+}

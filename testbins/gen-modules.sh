@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Regenerates the pinned Go modules under testbins/ from testbins/versions.env.
+# Run it only when changing a version; the generated go.mod/go.sum files are committed so that
+# every build uses exactly the same dependency graph.
+#
+# kube-apiserver cannot be built with `go install k8s.io/kubernetes/cmd/kube-apiserver@vX`: the
+# k8s.io/kubernetes go.mod replaces each staging module (k8s.io/api, k8s.io/apiserver, ...) with
+# ./staging/... and requires them at v0.0.0. We read that list from the real go.mod and pin every
+# staging module to its published v0.<minor>.<patch> tag instead.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+
+gen_kube() {
+  local dir="$here/kubernetes" staging_version gomod
+  staging_version="v0.${KUBE_VERSION#v1.}"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init etcdsnap.test/testbins/kubernetes >/dev/null 2>&1
+  gomod=$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  [ -f "$gomod" ] || { echo "cannot find go.mod of k8s.io/kubernetes@${KUBE_VERSION}" >&2; exit 1; }
+  local n=0
+  while read -r module; do
+    go mod edit -replace "${module}=${module}@${staging_version}"
+    n=$((n + 1))
+  done < <(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "$gomod")
+  echo "kubernetes: pinned $n staging modules at ${staging_version}"
+  go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${KUBE_VERSION}" "k8s.io/kubernetes/cmd/kubectl@${KUBE_VERSION}"
+  go mod tidy
+}
+
+gen_etcd() {
+  local dir="$here/etcd"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init etcdsnap.test/testbins/etcd >/dev/null 2>&1
+  go get -tool "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" \
+    "go.etcd.io/etcd/etcdctl/v3@${ETCD_VERSION}" "go.etcd.io/etcd/etcdutl/v3@${ETCD_VERSION}"
+  go mod tidy
+}
+
+gen_versitygw() {
+  local dir="$here/versitygw"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init etcdsnap.test/testbins/versitygw >/dev/null 2>&1
+  go get -tool "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"
+  go mod tidy
+}
+
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(kube etcd versitygw)
+for t in "${targets[@]}"; do "gen_$t"; done
