@@ -1,0 +1,56 @@
+//! Names shared with K3s/RKE2 (identical on the wire) and etcdsnap's own additions.
+
+/// API group of the `ETCDSnapshotFile` resource (K3s's group).
+pub const GROUP: &str = "k3s.cattle.io";
+/// API version of the `ETCDSnapshotFile` resource.
+pub const VERSION: &str = "v1";
+/// Name of the CRD.
+pub const CRD_NAME: &str = "etcdsnapshotfiles.k3s.cattle.io";
+
+/// Label on every CR: the node that stores the snapshot, or [`S3_STORAGE_NODE`].
+pub const LABEL_STORAGE_NODE: &str = "etcd.k3s.cattle.io/snapshot-storage-node";
+/// Storage-node label value of snapshots that live in S3.
+pub const S3_STORAGE_NODE: &str = "s3";
+/// Annotation holding the 12-hex-character hash of the server token.
+pub const ANNOTATION_TOKEN_HASH: &str = "etcd.k3s.cattle.io/snapshot-token-hash";
+/// Node annotation: time of the node's last local reconcile (RFC 3339).
+pub const ANNOTATION_LOCAL_RECONCILED: &str = "etcd.k3s.cattle.io/local-snapshots-timestamp";
+/// Node annotation: time of the node's last S3 reconcile (RFC 3339).
+pub const ANNOTATION_S3_RECONCILED: &str = "etcd.k3s.cattle.io/s3-snapshots-timestamp";
+/// Finalizer K3s's leader puts on CRs so it can drop their legacy ConfigMap entry.
+pub const FINALIZER_K3S: &str = "wrangler.cattle.io/managed-etcd-snapshots-controller";
+
+/// etcdsnap's annotations on CRs (never read by K3s).
+pub const ANNOTATION_SHA256: &str = "etcdsnap.io/sha256";
+pub const ANNOTATION_ETCD_REVISION: &str = "etcdsnap.io/etcd-revision";
+pub const ANNOTATION_ETCD_VERSION: &str = "etcdsnap.io/etcd-version";
+pub const ANNOTATION_COMPRESSION: &str = "etcdsnap.io/compression";
+/// Marks CRs written by etcdsnap (value: the program version).
+pub const ANNOTATION_MANAGED_BY: &str = "etcdsnap.io/managed-by";
+
+/// Namespace of the ConfigMaps, Secrets and Leases.
+pub const SYSTEM_NAMESPACE: &str = "kube-system";
+/// The legacy ConfigMap listing snapshots (kept during the transition).
+pub const LEGACY_CONFIGMAP: &str = "k3s-etcd-snapshots";
+/// The ConfigMap whose `data` is copied into every new snapshot's metadata.
+pub const EXTRA_METADATA_CONFIGMAP: &str = "k3s-etcd-snapshot-extra-metadata";
+
+/// Event reasons on `ETCDSnapshotFile` objects.
+pub const EVENT_CREATED: &str = "ETCDSnapshotCreated";
+pub const EVENT_FAILED: &str = "ETCDSnapshotFailed";
+pub const EVENT_DELETED: &str = "ETCDSnapshotDeleted";
+
+/// S3 user metadata keys (sent as `x-amz-meta-<key>`).
+pub const S3_META_CLUSTER_ID: &str = "k3s-cluster-id";
+pub const S3_META_NODE_NAME: &str = "k3s-node-name";
+pub const S3_META_TOKEN_HASH: &str = "k3s-token-hash";
+pub const S3_META_SHA256: &str = "etcdsnap-sha256";
+pub const S3_META_SIZE: &str = "etcdsnap-size";
+pub const S3_META_ETCD_REVISION: &str = "etcdsnap-etcd-revision";
+pub const S3_META_ETCD_VERSION: &str = "etcdsnap-etcd-version";
+pub const S3_META_COMPRESSION: &str = "etcdsnap-compression";
+
+/// Directory (beside the snapshot directory, or under the S3 folder) holding metadata documents.
+pub const METADATA_DIR: &str = ".metadata";
+/// Suffix of files being written; never a snapshot.
+pub const PART_SUFFIX: &str = ".part";

@@ -1,0 +1,232 @@
+//! The metadata document stored beside every snapshot (`.metadata/<name>` on disk and in S3).
+//!
+//! It holds the whole record, so storage alone is enough to rebuild every custom resource. K3s
+//! stores a flat JSON string map in the same place (the extra metadata); both are read.
+
+use crate::crd::ETCDSnapshotS3;
+use crate::names::Compression;
+use crate::token::TokenHash;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `apiVersion` of etcdsnap's metadata document.
+pub const METADATA_API_VERSION: &str = "etcdsnap.io/v1";
+/// `kind` of etcdsnap's metadata document.
+pub const METADATA_KIND: &str = "SnapshotMetadata";
+/// Larger metadata files or objects are refused unread: real ones are a few KiB, and a hostile
+/// one must not be able to exhaust memory.
+pub const MAX_METADATA_BYTES: usize = 1024 * 1024;
+
+/// What etcd said about the member a snapshot was taken from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdInfo {
+    /// Revision of the key space when the snapshot started.
+    pub revision: i64,
+    /// etcd server version, e.g. `3.6.16`.
+    pub version: String,
+    /// Cluster and member ids, in hex as etcdctl prints them.
+    pub cluster_id: String,
+    pub member_id: String,
+    /// Size of the database file etcd reported before the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_size: Option<i64>,
+}
+
+/// etcdsnap's metadata document: the full record of one stored snapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataDocument {
+    pub api_version: String,
+    pub kind: String,
+    /// Snapshot file name (the document's own file name).
+    pub name: String,
+    /// Node that took the snapshot.
+    pub node_name: String,
+    /// Where this copy lives: `file:///...` or `s3://bucket/key`.
+    pub location: String,
+    /// When the snapshot was taken (whole seconds, the instant in its name).
+    pub created_at: jiff::Timestamp,
+    /// Size of the stored (possibly compressed) bytes.
+    pub size: u64,
+    /// sha256 of the stored bytes, lowercase hex.
+    pub sha256: String,
+    pub compression: Compression,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<TokenHash>,
+    /// UID of the `kube-system` namespace (K3s's cluster id), or `--cluster-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// S3 location details of this copy (never credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<ETCDSnapshotS3>,
+    /// Copy of the extra-metadata ConfigMap's data at save time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_metadata: Option<BTreeMap<String, String>>,
+}
+
+/// What a metadata file or object turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredMetadata {
+    /// etcdsnap's document.
+    Document(Box<MetadataDocument>),
+    /// K3s's flat string map: the extra metadata only.
+    ExtraMetadata(BTreeMap<String, String>),
+}
+
+/// Why a metadata file or object was not accepted. The snapshot itself is still listed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata is {0} bytes, more than the {MAX_METADATA_BYTES} accepted")]
+    TooLarge(usize),
+    #[error("metadata is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("metadata is neither an etcdsnap.io/v1 document nor a string map")]
+    UnknownFormat,
+    #[error("metadata document is invalid: {0}")]
+    InvalidDocument(String),
+    #[error("metadata document describes snapshot {found:?}, not {expected:?}")]
+    NameMismatch { expected: String, found: String },
+}
+
+impl MetadataDocument {
+    /// Compact JSON, as written to disk and S3.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings, integers and string maps always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Parses the bytes of `.metadata/<expected_name>`.
+pub fn parse_stored_metadata(
+    bytes: &[u8],
+    expected_name: &str,
+) -> Result<StoredMetadata, MetadataError> {
+    if bytes.len() > MAX_METADATA_BYTES {
+        return Err(MetadataError::TooLarge(bytes.len()));
+    }
+    // serde_json refuses nesting deeper than 128 levels, so hostile depth is an error, not a crash.
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| MetadataError::NotJson(e.to_string()))?;
+    let serde_json::Value::Object(map) = &value else {
+        return Err(MetadataError::UnknownFormat);
+    };
+    if map.get("apiVersion").and_then(|v| v.as_str()) == Some(METADATA_API_VERSION) {
+        let doc: MetadataDocument = serde_json::from_value(value)
+            .map_err(|e| MetadataError::InvalidDocument(e.to_string()))?;
+        if doc.name != expected_name {
+            return Err(MetadataError::NameMismatch {
+                expected: expected_name.to_string(),
+                found: doc.name,
+            });
+        }
+        return Ok(StoredMetadata::Document(Box::new(doc)));
+    }
+    let mut extra = BTreeMap::new();
+    for (k, v) in map {
+        match v {
+            serde_json::Value::String(s) => {
+                extra.insert(k.clone(), s.clone());
+            }
+            _ => return Err(MetadataError::UnknownFormat),
+        }
+    }
+    Ok(StoredMetadata::ExtraMetadata(extra))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(name: &str) -> MetadataDocument {
+        MetadataDocument {
+            api_version: METADATA_API_VERSION.into(),
+            kind: METADATA_KIND.into(),
+            name: name.into(),
+            node_name: "n1".into(),
+            location: format!("file:///s/{name}"),
+            created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap_or_default(),
+            size: 10,
+            sha256: "ab".repeat(32),
+            compression: Compression::Zstd,
+            etcd: Some(EtcdInfo {
+                revision: 5,
+                version: "3.6.16".into(),
+                cluster_id: "1".into(),
+                member_id: "2".into(),
+                db_size: Some(20),
+            }),
+            token_hash: TokenHash::parse_recorded("652c7dc687d9"),
+            cluster_id: Some("uid".into()),
+            s3: None,
+            extra_metadata: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+        }
+    }
+
+    #[test]
+    fn documents_round_trip() {
+        let d = doc("a-n1-1700000000.zst");
+        let json = d.to_json();
+        let text = String::from_utf8_lossy(&json);
+        assert!(text.contains("\"apiVersion\":\"etcdsnap.io/v1\""), "{text}");
+        assert!(
+            text.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""),
+            "{text}"
+        );
+        assert_eq!(
+            parse_stored_metadata(&json, "a-n1-1700000000.zst"),
+            Ok(StoredMetadata::Document(Box::new(d)))
+        );
+    }
+
+    #[test]
+    fn k3s_string_maps_are_extra_metadata() {
+        let parsed = parse_stored_metadata(br#"{"rancher":"yes","x":"1"}"#, "any");
+        let expected = BTreeMap::from([
+            ("rancher".to_string(), "yes".to_string()),
+            ("x".to_string(), "1".to_string()),
+        ]);
+        assert_eq!(parsed, Ok(StoredMetadata::ExtraMetadata(expected)));
+        assert_eq!(
+            parse_stored_metadata(b"{}", "any"),
+            Ok(StoredMetadata::ExtraMetadata(BTreeMap::new()))
+        );
+    }
+
+    #[test]
+    fn hostile_metadata_is_refused() {
+        assert!(matches!(
+            parse_stored_metadata(&vec![b' '; MAX_METADATA_BYTES + 1], "a"),
+            Err(MetadataError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_stored_metadata(b"not json", "a"),
+            Err(MetadataError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_stored_metadata(b"[1,2]", "a"),
+            Err(MetadataError::UnknownFormat)
+        ));
+        assert!(matches!(
+            parse_stored_metadata(br#"{"a":{"b":1}}"#, "a"),
+            Err(MetadataError::UnknownFormat)
+        ));
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(
+            parse_stored_metadata(deep.as_bytes(), "a"),
+            Err(MetadataError::NotJson(_))
+        ));
+        let lying = doc("other-name").to_json();
+        assert!(matches!(
+            parse_stored_metadata(&lying, "a"),
+            Err(MetadataError::NameMismatch { .. })
+        ));
+        let bad = br#"{"apiVersion":"etcdsnap.io/v1","name":"a"}"#;
+        assert!(matches!(
+            parse_stored_metadata(bad, "a"),
+            Err(MetadataError::InvalidDocument(_))
+        ));
+    }
+}
