@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// ETCDSnapshotFile tracks a point-in-time snapshot of the etcd datastore.
+// kube's derive takes one `printcolumn(...)` per column, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "k3s.cattle.io",
