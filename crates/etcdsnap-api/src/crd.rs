@@ -19,19 +19,11 @@ use std::collections::BTreeMap;
     version = "v1",
     kind = "ETCDSnapshotFile",
     status = "ETCDSnapshotStatus",
-    printcolumn(
-        name = "SnapshotName",
-        type_ = "string",
-        json_path = ".spec.snapshotName"
-    ),
+    printcolumn(name = "SnapshotName", type_ = "string", json_path = ".spec.snapshotName"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
     printcolumn(name = "Location", type_ = "string", json_path = ".spec.location"),
     printcolumn(name = "Size", type_ = "string", json_path = ".status.size"),
-    printcolumn(
-        name = "CreationTime",
-        type_ = "date",
-        json_path = ".status.creationTime"
-    )
+    printcolumn(name = "CreationTime", type_ = "date", json_path = ".status.creationTime")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ETCDSnapshotSpec {
@@ -63,18 +55,10 @@ pub struct ETCDSnapshotS3 {
     pub endpoint: Option<String>,
     /// EndpointCA is the CA bundle (path or base64 PEM) trusted for the S3 service; empty means
     /// the OS CA bundle.
-    #[serde(
-        default,
-        rename = "endpointCA",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "endpointCA", skip_serializing_if = "Option::is_none")]
     pub endpoint_ca: Option<String>,
     /// SkipSSLVerify is true if TLS certificate verification is disabled.
-    #[serde(
-        default,
-        rename = "skipSSLVerify",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "skipSSLVerify", skip_serializing_if = "Option::is_none")]
     pub skip_ssl_verify: Option<bool>,
     /// Bucket is the bucket holding the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,18 +138,12 @@ mod tests {
     #[test]
     fn identity_matches_k3s() {
         let crd = crd();
-        assert_eq!(
-            crd.metadata.name.as_deref(),
-            Some("etcdsnapshotfiles.k3s.cattle.io")
-        );
+        assert_eq!(crd.metadata.name.as_deref(), Some("etcdsnapshotfiles.k3s.cattle.io"));
         assert_eq!(crd.spec.group, "k3s.cattle.io");
         assert_eq!(crd.spec.scope, "Cluster");
         assert_eq!(crd.spec.names.kind, "ETCDSnapshotFile");
         assert_eq!(crd.spec.names.plural, "etcdsnapshotfiles");
-        assert_eq!(
-            crd.spec.names.list_kind.as_deref(),
-            Some("ETCDSnapshotFileList")
-        );
+        assert_eq!(crd.spec.names.list_kind.as_deref(), Some("ETCDSnapshotFileList"));
         assert_eq!(ETCDSnapshotFile::api_version(&()), "k3s.cattle.io/v1");
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1");
@@ -225,10 +203,7 @@ mod tests {
         for f in ["size", "creationTime", "readyToUse", "error"] {
             assert!(status["properties"][f].is_object(), "status.{f} missing");
         }
-        assert_eq!(
-            status["properties"]["size"]["x-kubernetes-int-or-string"],
-            true
-        );
+        assert_eq!(status["properties"]["size"]["x-kubernetes-int-or-string"], true);
     }
 
     #[test]

@@ -12,17 +12,9 @@ use std::collections::BTreeMap;
 pub struct LegacyS3Config {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endpoint: String,
-    #[serde(
-        default,
-        rename = "endpointCA",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, rename = "endpointCA", skip_serializing_if = "String::is_empty")]
     pub endpoint_ca: String,
-    #[serde(
-        default,
-        rename = "skipSSLVerify",
-        skip_serializing_if = "std::ops::Not::not"
-    )]
+    #[serde(default, rename = "skipSSLVerify", skip_serializing_if = "std::ops::Not::not")]
     pub skip_ssl_verify: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub bucket: String,
@@ -88,16 +80,13 @@ impl LegacyEntry {
         if self.metadata.is_empty() {
             return None;
         }
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(&self.metadata)
-            .ok()?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(&self.metadata).ok()?;
         serde_json::from_slice(&raw).ok()
     }
 
     /// Encodes an extra-metadata map the way K3s stores it.
     pub fn encode_metadata(map: &BTreeMap<String, String>) -> String {
-        base64::engine::general_purpose::STANDARD
-            .encode(serde_json::to_vec(map).unwrap_or_default())
+        base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(map).unwrap_or_default())
     }
 
     /// Encodes an error message the way K3s stores it.

@@ -12,15 +12,11 @@ pub mod metadata;
 pub mod names;
 pub mod token;
 
-pub use crd::{
-    ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotS3, ETCDSnapshotSpec, ETCDSnapshotStatus, crd,
-};
+pub use crd::{ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotS3, ETCDSnapshotSpec, ETCDSnapshotStatus, crd};
 pub use legacy::{LegacyEntry, LegacyS3Config};
-pub use metadata::{
-    EtcdInfo, MetadataDocument, MetadataError, StoredMetadata, parse_stored_metadata,
-};
+pub use metadata::{EtcdInfo, MetadataDocument, MetadataError, StoredMetadata, parse_stored_metadata};
 pub use names::{
-    Compression, CrNameInput, NameError, SnapshotName, StorageKind, configmap_key, cr_name,
-    is_dns1123_subdomain, round_to_second, snapshot_file_name, timestamp_from_name,
+    Compression, CrNameInput, NameError, SnapshotName, StorageKind, configmap_key, cr_name, is_dns1123_subdomain,
+    round_to_second, snapshot_file_name, timestamp_from_name,
 };
 pub use token::{TokenError, TokenHash};

@@ -100,22 +100,18 @@ impl MetadataDocument {
 }
 
 /// Parses the bytes of `.metadata/<expected_name>`.
-pub fn parse_stored_metadata(
-    bytes: &[u8],
-    expected_name: &str,
-) -> Result<StoredMetadata, MetadataError> {
+pub fn parse_stored_metadata(bytes: &[u8], expected_name: &str) -> Result<StoredMetadata, MetadataError> {
     if bytes.len() > MAX_METADATA_BYTES {
         return Err(MetadataError::TooLarge(bytes.len()));
     }
     // serde_json refuses nesting deeper than 128 levels, so hostile depth is an error, not a crash.
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| MetadataError::NotJson(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| MetadataError::NotJson(e.to_string()))?;
     let serde_json::Value::Object(map) = &value else {
         return Err(MetadataError::UnknownFormat);
     };
     if map.get("apiVersion").and_then(|v| v.as_str()) == Some(METADATA_API_VERSION) {
-        let doc: MetadataDocument = serde_json::from_value(value)
-            .map_err(|e| MetadataError::InvalidDocument(e.to_string()))?;
+        let doc: MetadataDocument =
+            serde_json::from_value(value).map_err(|e| MetadataError::InvalidDocument(e.to_string()))?;
         if doc.name != expected_name {
             return Err(MetadataError::NameMismatch {
                 expected: expected_name.to_string(),
@@ -171,10 +167,7 @@ mod tests {
         let json = d.to_json();
         let text = String::from_utf8_lossy(&json);
         assert!(text.contains("\"apiVersion\":\"etcdsnap.io/v1\""), "{text}");
-        assert!(
-            text.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""),
-            "{text}"
-        );
+        assert!(text.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""), "{text}");
         assert_eq!(
             parse_stored_metadata(&json, "a-n1-1700000000.zst"),
             Ok(StoredMetadata::Document(Box::new(d)))

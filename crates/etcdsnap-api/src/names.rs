@@ -8,9 +8,7 @@ use std::fmt;
 pub const MAX_NAME_LEN: usize = 255;
 
 /// How a snapshot's bytes are compressed, known from its name's extension.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// Plain etcd snapshot (K3s's default).
@@ -65,9 +63,7 @@ impl std::str::FromStr for Compression {
             "none" | "" => Ok(Compression::None),
             "zstd" | "zst" => Ok(Compression::Zstd),
             "zip" => Ok(Compression::Zip),
-            other => Err(format!(
-                "unknown compression {other:?} (expected none, zstd or zip)"
-            )),
+            other => Err(format!("unknown compression {other:?} (expected none, zstd or zip)")),
         }
     }
 }
@@ -165,12 +161,7 @@ fn strip_compression_extension(name: &str) -> &str {
 }
 
 /// `<base>-<node>-<unix>` plus the compression extension: the K3s file name scheme.
-pub fn snapshot_file_name(
-    base: &str,
-    node: &str,
-    unix_seconds: i64,
-    compression: Compression,
-) -> String {
+pub fn snapshot_file_name(base: &str, node: &str, unix_seconds: i64, compression: Compression) -> String {
     format!("{base}-{node}-{unix_seconds}{}", compression.extension())
 }
 
@@ -329,10 +320,7 @@ mod tests {
             location: "file:///var/lib/rancher/k3s/server/db/snapshots/PRUNE_TEST-server1-1700000000",
             created_unix: 1700000000,
         });
-        assert!(
-            name.starts_with("local-etcd-snapshot-server1-1700000000-"),
-            "{name}"
-        );
+        assert!(name.starts_with("local-etcd-snapshot-server1-1700000000-"), "{name}");
         assert_eq!(name, "local-etcd-snapshot-server1-1700000000-02dd00");
     }
 
@@ -365,10 +353,7 @@ mod tests {
             location: "file:///x/Bad_Name.zip",
             created_unix: 42,
         });
-        assert!(
-            name.starts_with("local-etcd-snapshot-node1-42.zip-"),
-            "{name}"
-        );
+        assert!(name.starts_with("local-etcd-snapshot-node1-42.zip-"), "{name}");
     }
 
     #[test]
@@ -411,10 +396,7 @@ mod tests {
 
     #[test]
     fn timestamps_come_from_the_last_dash() {
-        assert_eq!(
-            timestamp_from_name("etcd-snapshot-node-1-1700000000"),
-            Some(1700000000)
-        );
+        assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000"), Some(1700000000));
         assert_eq!(
             timestamp_from_name("etcd-snapshot-node-1-1700000000.zip"),
             Some(1700000000)
@@ -485,10 +467,7 @@ mod tests {
             SnapshotName::parse(&"x".repeat(256)),
             Err(NameError::TooLong(_))
         ));
-        assert!(matches!(
-            SnapshotName::parse("../x"),
-            Err(NameError::NotABasename(_))
-        ));
+        assert!(matches!(SnapshotName::parse("../x"), Err(NameError::NotABasename(_))));
     }
 
     #[test]

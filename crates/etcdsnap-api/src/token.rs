@@ -22,9 +22,7 @@ pub enum TokenError {
 }
 
 /// First 12 lowercase hex characters of sha256 of the token's password part.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct TokenHash(String);
 
@@ -41,10 +39,8 @@ impl TokenHash {
     /// the right shape: 12 lowercase hex characters.
     pub fn parse_recorded(s: &str) -> Option<TokenHash> {
         let s = s.trim();
-        (s.len() == 12
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| TokenHash(s.to_string()))
+        (s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| TokenHash(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -71,9 +67,8 @@ fn token_password(token: &str) -> Result<&str, TokenError> {
         return Ok(token);
     };
     let (ca_hash, creds) = rest.split_once("::").ok_or(TokenError::Malformed)?;
-    if !ca_hash.is_empty()
-        && !(ca_hash.len() == 64 && ca_hash.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
+    let valid_ca_hash = ca_hash.len() == 64 && ca_hash.bytes().all(|b| b.is_ascii_hexdigit());
+    if !ca_hash.is_empty() && !valid_ca_hash {
         return Err(TokenError::BadCaHash);
     }
     let (_user, password) = creds.split_once(':').ok_or(TokenError::Malformed)?;
@@ -88,11 +83,7 @@ fn is_bootstrap_token(token: &str) -> bool {
     let Some((id, secret)) = token.split_once('.') else {
         return false;
     };
-    let ok = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
+    let ok = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     ok(id, 6) && ok(secret, 16)
 }
 
@@ -126,16 +117,10 @@ mod tests {
     fn malformed_tokens_are_refused() {
         assert_eq!(hash(""), Err(TokenError::Empty));
         assert_eq!(hash("   "), Err(TokenError::Empty));
-        assert_eq!(
-            hash("abcdef.0123456789abcdef"),
-            Err(TokenError::BootstrapToken)
-        );
+        assert_eq!(hash("abcdef.0123456789abcdef"), Err(TokenError::BootstrapToken));
         assert_eq!(hash("K10nocolons"), Err(TokenError::Malformed));
         assert_eq!(hash("K10abc::server:x"), Err(TokenError::BadCaHash));
-        assert_eq!(
-            hash(&format!("K10{CA}::server")),
-            Err(TokenError::Malformed)
-        );
+        assert_eq!(hash(&format!("K10{CA}::server")), Err(TokenError::Malformed));
         assert_eq!(hash(&format!("K10{CA}::server:")), Err(TokenError::Empty));
     }
 

@@ -2,8 +2,8 @@
 
 use crate::{Error, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use std::path::{Path, PathBuf};
 
@@ -29,9 +29,7 @@ impl Pki {
     /// Creates a CA named `name` and writes `ca.crt` into `dir`.
     pub fn new(name: &str, dir: &Path) -> Result<Pki> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA params"))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name}-ca"));
+        params.distinguished_name.push(DnType::CommonName, format!("{name}-ca"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -40,8 +38,7 @@ impl Pki {
         ];
         let key = KeyPair::generate().map_err(rc("CA key"))?;
         let issuer = CertifiedIssuer::self_signed(params, key).map_err(rc("self-sign CA"))?;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         write(&dir.join("ca.crt"), &issuer.pem())?;
         Ok(Pki {
             issuer,
@@ -63,20 +60,14 @@ impl Pki {
         let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         sans.extend(extra_sans.iter().map(|s| s.to_string()));
         let mut params = CertificateParams::new(sans).map_err(rc("server cert params"))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, file_stem);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.distinguished_name.push(DnType::CommonName, file_stem);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(file_stem, params)
     }
 
     /// A client certificate with common name `cn` and organisations `groups`.
     pub fn client(&self, file_stem: &str, cn: &str, groups: &[&str]) -> Result<TlsFiles> {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(rc("client cert params"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc("client cert params"))?;
         params.distinguished_name.push(DnType::CommonName, cn);
         for g in groups {
             params.distinguished_name.push(DnType::OrganizationName, *g);
@@ -86,14 +77,9 @@ impl Pki {
     }
 
     fn issue(&self, file_stem: &str, mut params: CertificateParams) -> Result<TlsFiles> {
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let key = KeyPair::generate().map_err(rc("leaf key"))?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(rc("sign leaf"))?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(rc("sign leaf"))?;
         let files = TlsFiles {
             ca: self.ca_path(),
             cert: self.dir.join(format!("{file_stem}.crt")),

@@ -252,10 +252,7 @@ impl Etcd {
             let mut client = Client::connect([endpoint], Some(self.connect_options()))
                 .await
                 .map_err(|e| Error::other("connect to etcd", e))?;
-            let status = client
-                .status()
-                .await
-                .map_err(|e| Error::other("etcd status", e))?;
+            let status = client.status().await.map_err(|e| Error::other("etcd status", e))?;
             let leader = status.leader();
             let list = client
                 .member_list()
@@ -267,10 +264,7 @@ impl Etcd {
                 return Ok(idx);
             }
         }
-        Err(Error::other(
-            "etcd leader",
-            "no running member knows a leader",
-        ))
+        Err(Error::other("etcd leader", "no running member knows a leader"))
     }
 
     /// SIGKILLs member `i`.

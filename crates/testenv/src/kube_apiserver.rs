@@ -85,15 +85,9 @@ impl KubeApiServer {
         let pki = Pki::new("kube-apiserver", &d.join("pki"))?;
         let serving = pki.server(
             "apiserver",
-            &[
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "10.0.0.1",
-            ],
+            &["kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.0.0.1"],
         )?;
-        let sa_key =
-            rcgen::KeyPair::generate().map_err(|e| Error::other("service account key", e))?;
+        let sa_key = rcgen::KeyPair::generate().map_err(|e| Error::other("service account key", e))?;
         write(&d.join("sa.key"), &sa_key.serialize_pem())?;
         write(&d.join("sa.pub"), &sa_key.public_key_pem())?;
         let admin_token = format!("admin-{}", random_suffix());
@@ -117,18 +111,12 @@ impl KubeApiServer {
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             format!("--service-account-issuer={url}"),
             format!("--service-account-key-file={}", d.join("sa.pub").display()),
-            format!(
-                "--service-account-signing-key-file={}",
-                d.join("sa.key").display()
-            ),
+            format!("--service-account-signing-key-file={}", d.join("sa.key").display()),
             "--authorization-mode=RBAC".into(),
             format!("--token-auth-file={}", d.join("tokens.csv").display()),
             "--disable-admission-plugins=ServiceAccount".into(),
             "--allow-privileged=true".into(),
-            format!(
-                "--audit-policy-file={}",
-                d.join("audit-policy.yaml").display()
-            ),
+            format!("--audit-policy-file={}", d.join("audit-policy.yaml").display()),
             format!("--audit-log-path={}", audit_log.display()),
             "--audit-log-format=json".into(),
             "--audit-log-mode=blocking".into(),
@@ -241,9 +229,8 @@ impl KubeApiServer {
             .map_err(|e| Error::other("get namespace", e))?
             .is_none()
         {
-            let ns: Namespace =
-                serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
-                    .map_err(|e| Error::other("namespace object", e))?;
+            let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
+                .map_err(|e| Error::other("namespace object", e))?;
             namespaces
                 .create(&PostParams::default(), &ns)
                 .await
@@ -256,9 +243,8 @@ impl KubeApiServer {
             .map_err(|e| Error::other("get service account", e))?
             .is_none()
         {
-            let sa: ServiceAccount =
-                serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
-                    .map_err(|e| Error::other("service account object", e))?;
+            let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+                .map_err(|e| Error::other("service account object", e))?;
             accounts
                 .create(&PostParams::default(), &sa)
                 .await
@@ -283,8 +269,7 @@ impl KubeApiServer {
 
     /// Writes a kubeconfig for `token` into this server's temp dir and returns its path.
     pub fn write_kubeconfig(&self, file_name: &str, token: &str) -> Result<PathBuf> {
-        let ca =
-            std::fs::read_to_string(&self.ca).map_err(|e| Error::io("read API server CA", e))?;
+        let ca = std::fs::read_to_string(&self.ca).map_err(|e| Error::io("read API server CA", e))?;
         let path = self.dir.path().join(file_name);
         write(&path, &kubeconfig_yaml(&self.url, &ca, token, file_name))?;
         Ok(path)
@@ -304,12 +289,7 @@ impl KubeApiServer {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
-            let s = |p: &str| {
-                v.pointer(p)
-                    .and_then(|x| x.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
+            let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or_default().to_string();
             events.push(AuditEvent {
                 verb: s("/verb"),
                 resource: s("/objectRef/resource"),

@@ -26,12 +26,8 @@ use std::time::{Duration, Instant};
 /// A free TCP port on 127.0.0.1, chosen by the kernel. There is a short window in which another
 /// process could take it; callers that start servers retry on "address in use".
 pub fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind 127.0.0.1:0", e))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| Error::io("local_addr", e))?
-        .port();
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind 127.0.0.1:0", e))?;
+    let port = listener.local_addr().map_err(|e| Error::io("local_addr", e))?.port();
     Ok(port)
 }
 

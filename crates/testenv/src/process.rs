@@ -73,12 +73,7 @@ pub struct Server {
 
 impl Server {
     /// Starts `program args...`, logging to `log_path` (appended, so restarts keep history).
-    pub fn spawn(
-        name: &str,
-        program: &Path,
-        args: Vec<String>,
-        log_path: PathBuf,
-    ) -> Result<Server> {
+    pub fn spawn(name: &str, program: &Path, args: Vec<String>, log_path: PathBuf) -> Result<Server> {
         let mut server = Server {
             name: name.to_string(),
             program: program.to_path_buf(),
@@ -96,14 +91,9 @@ impl Server {
             .append(true)
             .open(&self.log_path)
             .map_err(|e| Error::io(format!("open log {}", self.log_path.display()), e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Error::io("clone log handle", e))?;
+        let log2 = log.try_clone().map_err(|e| Error::io("clone log handle", e))?;
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(log2);
         let (tx, rx) = mpsc::channel();
         spawner()
             .lock()
@@ -113,12 +103,7 @@ impl Server {
         let child = rx
             .recv()
             .map_err(|_| Error::other("spawn", "spawner thread is gone"))?
-            .map_err(|e| {
-                Error::io(
-                    format!("start {} ({})", self.name, self.program.display()),
-                    e,
-                )
-            })?;
+            .map_err(|e| Error::io(format!("start {} ({})", self.name, self.program.display()), e))?;
         self.child = Some(child);
         Ok(())
     }
@@ -179,9 +164,7 @@ impl Server {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The last `lines` lines of the server's log.

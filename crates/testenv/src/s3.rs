@@ -75,8 +75,7 @@ impl S3Server {
         let root = d.join("root");
         let sidecar = d.join("sidecar");
         for p in [&root, &sidecar] {
-            std::fs::create_dir_all(p)
-                .map_err(|e| Error::io(format!("create {}", p.display()), e))?;
+            std::fs::create_dir_all(p).map_err(|e| Error::io(format!("create {}", p.display()), e))?;
         }
         let port = free_port()?;
         let access_key = format!("AKTEST{}", random_suffix().to_uppercase());
@@ -101,8 +100,7 @@ impl S3Server {
             let serving = pki.server("s3", &[])?;
             args.extend(["--cert".into(), serving.cert.display().to_string()]);
             args.extend(["--key".into(), serving.key.display().to_string()]);
-            let cert = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes())
-                .map_err(|e| Error::other("S3 CA", e))?;
+            let cert = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).map_err(|e| Error::other("S3 CA", e))?;
             http = http.tls_certs_only([cert]);
             Some(S3Tls {
                 ca: pki.ca_path(),
@@ -118,9 +116,7 @@ impl S3Server {
             root.display().to_string(),
         ]);
         let server = Server::spawn("versitygw", &bin, args, d.join("versitygw.log"))?;
-        let http = http
-            .build()
-            .map_err(|e| Error::other("S3 HTTP client", e))?;
+        let http = http.build().map_err(|e| Error::other("S3 HTTP client", e))?;
         let mut s3 = S3Server {
             server,
             port,
@@ -259,22 +255,13 @@ impl S3Server {
         let creds = self.credentials();
         let action = bucket.create_bucket(&creds);
         let url = action.sign(SIGN_FOR);
-        self.send(
-            &format!("create bucket {name}"),
-            self.http.put(url).body(action.body()),
-        )
-        .await?;
+        self.send(&format!("create bucket {name}"), self.http.put(url).body(action.body()))
+            .await?;
         Ok(())
     }
 
     /// Puts an object with `x-amz-meta-*` user metadata, e.g. to lay out what K3s would upload.
-    pub async fn put_object(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        meta: &[(&str, &str)],
-    ) -> Result<()> {
+    pub async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>, meta: &[(&str, &str)]) -> Result<()> {
         let b = self.bucket(bucket)?;
         let creds = self.credentials();
         let mut action = b.put_object(Some(&creds), key);
@@ -295,11 +282,7 @@ impl S3Server {
     }
 
     /// Gets an object's bytes and its `x-amz-meta-*` headers (names lowercased, prefix removed).
-    pub async fn get_object(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<(Vec<u8>, Vec<(String, String)>)> {
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<(Vec<u8>, Vec<(String, String)>)> {
         let b = self.bucket(bucket)?;
         let creds = self.credentials();
         let url = b.get_object(Some(&creds), key).sign(SIGN_FOR);
@@ -312,14 +295,10 @@ impl S3Server {
             .filter_map(|(k, v)| {
                 let k = k.as_str().to_lowercase();
                 let v = v.to_str().ok()?;
-                k.strip_prefix("x-amz-meta-")
-                    .map(|m| (m.to_string(), v.to_string()))
+                k.strip_prefix("x-amz-meta-").map(|m| (m.to_string(), v.to_string()))
             })
             .collect();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::other("read object body", e))?;
+        let body = resp.bytes().await.map_err(|e| Error::other("read object body", e))?;
         Ok((body.to_vec(), meta))
     }
 
@@ -339,10 +318,7 @@ impl S3Server {
             let resp = self
                 .send(&format!("list s3://{bucket}/{prefix}"), self.http.get(url))
                 .await?;
-            let text = resp
-                .text()
-                .await
-                .map_err(|e| Error::other("read list body", e))?;
+            let text = resp.text().await.map_err(|e| Error::other("read list body", e))?;
             let parsed = rusty_s3::actions::ListObjectsV2::parse_response(&text)
                 .map_err(|e| Error::other("parse ListObjectsV2", e))?;
             keys.extend(parsed.contents.into_iter().map(|c| c.key));
@@ -369,15 +345,9 @@ impl S3Server {
             std::iter::empty(),
         );
         let resp = self
-            .send(
-                &format!("list multipart uploads of {bucket}"),
-                self.http.get(url),
-            )
+            .send(&format!("list multipart uploads of {bucket}"), self.http.get(url))
             .await?;
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| Error::other("read body", e))?;
+        let text = resp.text().await.map_err(|e| Error::other("read body", e))?;
         Ok(parse_uploads(&text))
     }
 
@@ -415,11 +385,7 @@ fn parse_access_log_line(line: &str) -> Option<S3Request> {
         return None;
     }
     let dash = |s: &str| {
-        if s == "-" {
-            String::new()
-        } else {
-            s.to_string()
-        }
+        if s == "-" { String::new() } else { s.to_string() }
     };
     Some(S3Request {
         bucket: dash(f[1]),

@@ -36,11 +36,8 @@ async fn etcd_cluster_survives_losing_its_leader() -> TestResult {
         .enumerate()
         .find(|(i, _)| *i != leader)
         .map(|(_, m)| m.client_url.clone());
-    let mut client = etcd_client::Client::connect(
-        [survivor.ok_or("no survivor")?],
-        Some(etcd.connect_options()),
-    )
-    .await?;
+    let mut client =
+        etcd_client::Client::connect([survivor.ok_or("no survivor")?], Some(etcd.connect_options())).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         match client.put("/smoke/after", "2", None).await {
@@ -70,18 +67,13 @@ async fn etcd_mtls_requires_a_client_certificate() -> TestResult {
     let ca = std::fs::read(&tls.ca)?;
     let options = etcd_client::ConnectOptions::new()
         .with_timeout(Duration::from_secs(5))
-        .with_tls(
-            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca)),
-        );
+        .with_tls(etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca)));
     let result = async {
         let mut c = etcd_client::Client::connect(etcd.endpoints(), Some(options)).await?;
         c.get("/smoke/tls", None).await
     }
     .await;
-    assert!(
-        result.is_err(),
-        "a client without certificate must be refused"
-    );
+    assert!(result.is_err(), "a client without certificate must be refused");
     Ok(())
 }
 
@@ -116,21 +108,11 @@ async fn apiserver_enforces_the_1mib_object_limit() -> TestResult {
         "{}",
         status.message
     );
-    let causes = status
-        .details
-        .as_ref()
-        .map(|d| d.causes.clone())
-        .unwrap_or_default();
-    assert!(
-        causes.iter().any(|c| c.reason == "FieldValueTooLong"),
-        "{causes:?}"
-    );
+    let causes = status.details.as_ref().map(|d| d.causes.clone()).unwrap_or_default();
+    assert!(causes.iter().any(|c| c.reason == "FieldValueTooLong"), "{causes:?}");
 
-    cms.create(
-        &PostParams::default(),
-        &cm("just-under", 1024 * 1024 - 1024),
-    )
-    .await?;
+    cms.create(&PostParams::default(), &cm("just-under", 1024 * 1024 - 1024))
+        .await?;
     Ok(())
 }
 
@@ -189,10 +171,7 @@ async fn apiserver_serves_custom_resources_and_enforces_rbac() -> TestResult {
         matches!(err, Some(kube::Error::Api(ref s)) if s.code == 403),
         "expected 403, got {err:?}"
     );
-    let err = Api::<DynamicObject>::all_with(limited, &resource)
-        .get("w1")
-        .await
-        .err();
+    let err = Api::<DynamicObject>::all_with(limited, &resource).get("w1").await.err();
     assert!(
         matches!(err, Some(kube::Error::Api(ref s)) if s.code == 403),
         "expected 403, got {err:?}"
@@ -222,10 +201,7 @@ async fn kubectl_reads_the_test_kubeconfig() -> TestResult {
         "kubectl failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "namespace/kube-system"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "namespace/kube-system");
     Ok(())
 }
 
@@ -233,23 +209,15 @@ async fn kubectl_reads_the_test_kubeconfig() -> TestResult {
 async fn s3_objects_metadata_multipart_and_auth() -> TestResult {
     let s3 = S3Server::start().await?;
     s3.create_bucket("smoke").await?;
-    s3.put_object(
-        "smoke",
-        "dir/a",
-        b"hello".to_vec(),
-        &[("K3s-Node-Name", "node1")],
-    )
-    .await?;
+    s3.put_object("smoke", "dir/a", b"hello".to_vec(), &[("K3s-Node-Name", "node1")])
+        .await?;
     let (body, meta) = s3.get_object("smoke", "dir/a").await?;
     assert_eq!(body, b"hello");
     assert!(
         meta.contains(&("k3s-node-name".to_string(), "node1".to_string())),
         "{meta:?}"
     );
-    assert_eq!(
-        s3.list_keys("smoke", "dir/").await?,
-        vec!["dir/a".to_string()]
-    );
+    assert_eq!(s3.list_keys("smoke", "dir/").await?, vec!["dir/a".to_string()]);
 
     // Multipart: two parts (the first at S3's 5 MiB minimum), completed, read back whole.
     let http = reqwest::Client::new();
@@ -300,19 +268,13 @@ async fn s3_objects_metadata_multipart_and_auth() -> TestResult {
     // A wrong secret is refused.
     let bad = Credentials::new(s3.access_key(), "wrong-secret");
     let get = bucket.get_object(Some(&bad), "dir/a");
-    let status = http
-        .get(get.sign(Duration::from_secs(60)))
-        .send()
-        .await?
-        .status();
+    let status = http.get(get.sign(Duration::from_secs(60))).send().await?.status();
     assert_eq!(status.as_u16(), 403);
 
     // The server's own access log counts what happened.
     let requests = s3.requests();
     assert!(
-        requests
-            .iter()
-            .any(|r| r.operation == "UploadPart" && r.key == "big"),
+        requests.iter().any(|r| r.operation == "UploadPart" && r.key == "big"),
         "{requests:?}"
     );
     Ok(())

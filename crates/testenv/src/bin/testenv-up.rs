@@ -36,9 +36,7 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--etcd-members: {e}"))?
             }
-            "--etcd-arg" => args
-                .extra_etcd_args
-                .push(it.next().ok_or("--etcd-arg needs a value")?),
+            "--etcd-arg" => args.extra_etcd_args.push(it.next().ok_or("--etcd-arg needs a value")?),
             "--no-kube" => args.kube = false,
             "--no-s3" => args.s3 = false,
             other => return Err(format!("unknown argument {other}")),
@@ -76,20 +74,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     if let Some(api) = &api {
-        env.push((
-            "KUBECONFIG".into(),
-            api.kubeconfig_path().display().to_string(),
-        ));
-        env.push((
-            "TESTENV_KUBE_AUDIT_DIR".into(),
-            api.dir().display().to_string(),
-        ));
+        env.push(("KUBECONFIG".into(), api.kubeconfig_path().display().to_string()));
+        env.push(("TESTENV_KUBE_AUDIT_DIR".into(), api.dir().display().to_string()));
     }
-    let s3 = if args.s3 {
-        Some(S3Server::start().await?)
-    } else {
-        None
-    };
+    let s3 = if args.s3 { Some(S3Server::start().await?) } else { None };
     if let Some(s3) = &s3 {
         s3.create_bucket("etcdsnap").await?;
         env.extend([
