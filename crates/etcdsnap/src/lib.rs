@@ -1,1 +1,9 @@
-//! etcdsnap: etcd snapshots for Kubernetes control planes.
+//! etcdsnap: etcd snapshots for Kubernetes control planes, recorded as K3s/RKE2-compatible
+//! `ETCDSnapshotFile` resources. See `docs/architecture.md` for how the modules fit together.
+
+pub mod cli;
+pub mod etcd;
+pub mod ops;
+pub mod pipeline;
+pub mod record;
+pub mod store;

@@ -29,6 +29,9 @@ impl EtcdMember {
 pub struct Etcd {
     members: Vec<EtcdMember>,
     client_tls: Option<TlsFiles>,
+    server_tls: Option<TlsFiles>,
+    opts: EtcdOptions,
+    token: String,
     dir: TempDir,
 }
 
@@ -86,7 +89,7 @@ impl Etcd {
 
     async fn try_start(opts: &EtcdOptions) -> Result<Etcd> {
         let n = opts.members.max(1);
-        let bin = testbin("etcd")?;
+        testbin("etcd")?;
         let dir = tempfile::Builder::new()
             .prefix("testenv-etcd-")
             .tempdir()
@@ -115,51 +118,94 @@ impl Etcd {
             .join(",");
         let token = format!("testenv-{}", crate::random_suffix());
 
-        let mut members = Vec::new();
-        for (name, (client, peer)) in names.iter().zip(&ports) {
-            let client_url = format!("{scheme}://127.0.0.1:{client}");
-            let peer_url = format!("{scheme}://127.0.0.1:{peer}");
-            let data_dir = dir.path().join(name);
-            let mut args = vec![
-                format!("--name={name}"),
-                format!("--data-dir={}", data_dir.display()),
-                format!("--listen-client-urls={client_url}"),
-                format!("--advertise-client-urls={client_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster={initial_cluster}"),
-                format!("--initial-cluster-token={token}"),
-                "--initial-cluster-state=new".into(),
-                "--log-level=warn".into(),
-            ];
-            if !opts.fsync {
-                args.push("--unsafe-no-fsync".into());
-            }
-            if let Some(tls) = &server_tls {
-                args.extend(tls_args(tls));
-            }
-            args.extend(opts.extra_args.iter().cloned());
-            let server = Server::spawn(
-                &format!("etcd {name}"),
-                &bin,
-                args,
-                dir.path().join(format!("{name}.log")),
-            )?;
-            members.push(EtcdMember {
-                name: name.clone(),
-                client_url,
-                peer_url,
-                data_dir,
-                server,
-            });
-        }
         let mut etcd = Etcd {
-            members,
+            members: Vec::new(),
             client_tls,
+            server_tls,
+            opts: opts.clone(),
+            token,
             dir,
         };
+        for (name, (client, peer)) in names.iter().zip(&ports) {
+            let member = etcd.spawn_member(name, *client, *peer, &initial_cluster, "new")?;
+            etcd.members.push(member);
+        }
         etcd.wait_ready().await?;
         Ok(etcd)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.server_tls.is_some() { "https" } else { "http" }
+    }
+
+    fn spawn_member(
+        &self,
+        name: &str,
+        client: u16,
+        peer: u16,
+        initial_cluster: &str,
+        state: &str,
+    ) -> Result<EtcdMember> {
+        let scheme = self.scheme();
+        let client_url = format!("{scheme}://127.0.0.1:{client}");
+        let peer_url = format!("{scheme}://127.0.0.1:{peer}");
+        let data_dir = self.dir.path().join(name);
+        let mut args = vec![
+            format!("--name={name}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster={initial_cluster}"),
+            format!("--initial-cluster-token={}", self.token),
+            format!("--initial-cluster-state={state}"),
+            "--log-level=warn".into(),
+        ];
+        if !self.opts.fsync {
+            args.push("--unsafe-no-fsync".into());
+        }
+        if let Some(tls) = &self.server_tls {
+            args.extend(tls_args(tls));
+        }
+        args.extend(self.opts.extra_args.iter().cloned());
+        let bin = testbin("etcd")?;
+        let server = Server::spawn(
+            &format!("etcd {name}"),
+            &bin,
+            args,
+            self.dir.path().join(format!("{name}.log")),
+        )?;
+        Ok(EtcdMember {
+            name: name.to_string(),
+            client_url,
+            peer_url,
+            data_dir,
+            server,
+        })
+    }
+
+    /// Adds a learner (a non-voting member catching up) and returns its index.
+    pub async fn add_learner(&mut self) -> Result<usize> {
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let name = format!("m{}", self.members.len());
+        let peer_url = format!("{}://127.0.0.1:{peer_port}", self.scheme());
+        let mut client = self.client().await?;
+        let options = etcd_client::MemberAddOptions::new().with_is_learner();
+        client
+            .member_add([peer_url.clone()], Some(options))
+            .await
+            .map_err(|e| Error::other("add learner", e))?;
+        let mut cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect();
+        cluster.push(format!("{name}={peer_url}"));
+        let member = self.spawn_member(&name, client_port, peer_port, &cluster.join(","), "existing")?;
+        self.members.push(member);
+        self.wait_ready().await?;
+        Ok(self.members.len() - 1)
     }
 
     /// Waits until every running member answers `Status` and knows a leader.

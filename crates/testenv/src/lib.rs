@@ -10,6 +10,7 @@ mod error;
 mod etcd;
 mod kube_apiserver;
 mod process;
+mod proxy;
 mod s3;
 
 pub use certs::{Pki, TlsFiles};
@@ -17,6 +18,7 @@ pub use error::{Error, Result};
 pub use etcd::{Etcd, EtcdMember, EtcdOptions};
 pub use kube_apiserver::{AuditEvent, KubeApiServer};
 pub use process::{Server, testbin, testbins_dir};
+pub use proxy::{Fault, FaultProxy};
 pub use s3::{S3Request, S3Server, S3Tls};
 
 use std::future::Future;

@@ -1,0 +1,234 @@
+//! Command-line arguments. Flag names follow K3s's `etcd-snapshot` command where one exists
+//! (`--dir`/`--etcd-snapshot-dir`, `--name`, `--snapshot-retention`, ...); every flag can also be
+//! set through an `ETCDSNAP_*` environment variable or a `--config` YAML file.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use etcdsnap_api::Compression;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Takes, stores, indexes, prunes, verifies and restores etcd snapshots of a Kubernetes control
+/// plane, recorded as K3s/RKE2-compatible ETCDSnapshotFile resources.
+#[derive(Debug, Parser)]
+#[command(
+    name = "etcdsnap",
+    version,
+    propagate_version = true,
+    args_override_self = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// YAML file of settings: keys are flag names (`dir: /x`, `s3-bucket: b`). Flags and
+    /// environment variables take precedence over it.
+    #[arg(long, global = true, env = "ETCDSNAP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "ETCDSNAP_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG wins when set.
+    #[arg(long, global = true, env = "ETCDSNAP_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a snapshot now and store it locally and/or in S3.
+    Save(SaveArgs),
+    /// List stored snapshots.
+    #[command(visible_aliases = ["list", "l"])]
+    Ls(LsArgs),
+    /// Delete snapshots (and their metadata documents) by name.
+    Delete(DeleteArgs),
+    /// Delete all but the newest snapshots of a name prefix, per node.
+    Prune(PruneArgs),
+    /// Re-read stored snapshots and check them against their recorded sha256 and etcd's
+    /// integrity trailer. Exits non-zero if any check fails.
+    Verify(VerifyArgs),
+}
+
+/// Where this node keeps snapshots.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Name of this node, part of every snapshot name [default: $NODE_NAME, else the host name]
+    #[arg(long, env = "ETCDSNAP_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Data directory; the default snapshot directory is <data-dir>/snapshots.
+    #[arg(
+        long,
+        env = "ETCDSNAP_DATA_DIR",
+        default_value = "/var/lib/etcdsnap",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Snapshot directory; must exist unless it is the default [default: <data-dir>/snapshots]
+    #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep no local copy (S3 only).
+    #[arg(long, env = "ETCDSNAP_NO_LOCAL")]
+    pub no_local: bool,
+}
+
+/// How to reach etcd.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated; the snapshot comes from the first member that answers.
+    #[arg(
+        long,
+        env = "ETCDSNAP_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "https://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// CA bundle for etcd's server certificates.
+    #[arg(long, env = "ETCDSNAP_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate for etcd (mutual TLS).
+    #[arg(long, env = "ETCDSNAP_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Client key for etcd (mutual TLS).
+    #[arg(long, env = "ETCDSNAP_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Time allowed to connect to etcd.
+    #[arg(long, env = "ETCDSNAP_DIAL_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub dial_timeout: Duration,
+    /// Time allowed for a request; a snapshot stream may not go silent for longer than this.
+    #[arg(long, env = "ETCDSNAP_COMMAND_TIMEOUT", value_parser = parse_duration, default_value = "1m")]
+    pub command_timeout: Duration,
+}
+
+/// The server token, whose hash is recorded with each snapshot.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Server token (K3s `K10...::server:<password>` or the bare password). Only its hash is kept.
+    #[arg(long, env = "ETCDSNAP_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// File holding the server token (e.g. /var/lib/rancher/k3s/server/token).
+    #[arg(long, env = "ETCDSNAP_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Base name of the snapshot: <name>-<node>-<unix time>.
+    #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
+    pub name: String,
+    /// Compression of the stored snapshot.
+    #[arg(long, env = "ETCDSNAP_COMPRESS", value_parser = parse_compression, default_value = "none")]
+    pub compress: Compression,
+    /// K3s's switch for zip compression (same as --compress zip).
+    #[arg(long, visible_alias = "etcd-snapshot-compress", env = "ETCDSNAP_SNAPSHOT_COMPRESS")]
+    pub snapshot_compress: bool,
+    /// zstd compression level (1-19).
+    #[arg(long, env = "ETCDSNAP_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Snapshot names (file names, as `ls` shows them).
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Base name whose snapshots are pruned (`etcd-snapshot` for scheduled ones).
+    #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
+    pub name: String,
+    /// Snapshots to keep per node; 0 keeps all.
+    #[arg(long, visible_aliases = ["snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", default_value_t = 5)]
+    pub retention: usize,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Snapshots to verify [default: all]
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Durations like `30s`, `5m`, `1h30m`, `250ms` (Go's style, as K3s takes them).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let span: jiff::Span = s
+        .parse()
+        .map_err(|e| format!("invalid duration {s:?} (examples: 30s, 5m, 1h30m): {e}"))?;
+    let signed = jiff::SignedDuration::try_from(span).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    Duration::try_from(signed).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_go_style() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,122 @@
+//! Printing: kubectl-style `-o table|json|yaml`, K3s's `ls` table, human sizes.
+
+use super::args::OutputFormat;
+use crate::record::SnapshotRecord;
+use serde::Serialize;
+use std::io::Write;
+
+/// Formats bytes as `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Columns aligned like Go's tabwriter with padding 1 (what K3s prints).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0; columns];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 1));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// RFC 3339 with whole seconds, as Kubernetes prints times.
+pub fn rfc3339(t: jiff::Timestamp) -> String {
+    jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", t).unwrap_or_else(|_| t.to_string())
+}
+
+/// A Kubernetes `List` of ETCDSnapshotFile objects, named by their ConfigMap-style key as K3s's
+/// list does.
+pub fn as_list(records: &[SnapshotRecord]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            let mut cr = r.to_resource();
+            cr.metadata.name = Some(r.key());
+            serde_json::to_value(&cr).unwrap_or_default()
+        })
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
+}
+
+/// Prints a value as JSON or YAML.
+pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        OutputFormat::Yaml => {
+            let text = serde_norway::to_string(value).map_err(std::io::Error::other)?;
+            out.write_all(text.as_bytes())
+        }
+        _ => {
+            let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+            writeln!(out, "{text}")
+        }
+    }
+}
+
+/// `ls` output: K3s's table, or the List object.
+pub fn print_records(records: &[SnapshotRecord], format: OutputFormat) -> std::io::Result<()> {
+    match format {
+        OutputFormat::Table => {
+            let mut rows = vec![["Name", "Location", "Size", "Created"].map(String::from).to_vec()];
+            for r in records {
+                rows.push(vec![
+                    r.name.to_string(),
+                    r.location.clone(),
+                    r.size.to_string(),
+                    rfc3339(r.created_at),
+                ]);
+            }
+            print!("{}", table(&rows));
+            Ok(())
+        }
+        _ => print_structured(&as_list(records), format),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+
+    #[test]
+    fn tables_align_like_tabwriter() {
+        let rows = vec![
+            vec!["Name".into(), "Size".into()],
+            vec!["a-long-name".into(), "1".into()],
+        ];
+        assert_eq!(table(&rows), "Name        Size\na-long-name 1\n");
+    }
+}

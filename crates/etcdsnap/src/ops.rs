@@ -1,0 +1,509 @@
+//! The operations every front end shares (CLI commands, the agent's schedule): save, list,
+//! delete, prune and verify, over whichever stores are configured. They return reports; what
+//! to print, which resources to write and which exit code to use is the caller's business.
+
+use crate::etcd::{EtcdConfig, EtcdError, MemberStatus};
+use crate::pipeline::encode::EncodeSpec;
+use crate::pipeline::verify::{StoredCheck, verify_reader};
+use crate::pipeline::{self, Progress};
+use crate::record::{MetadataSource, Outcome, SnapshotRecord};
+use crate::store::local::LocalStore;
+use crate::store::{NewSnapshot, RetentionPolicy, SnapshotSink, SnapshotStore, StoreError, plan_retention};
+use etcdsnap_api::{Compression, ETCDSnapshotS3, SnapshotName, StorageKind, TokenHash, snapshot_file_name};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The stores and identity an operation works with.
+#[derive(Clone)]
+pub struct Context {
+    pub node_name: String,
+    pub etcd: EtcdConfig,
+    /// The node's snapshot directory, if snapshots are kept locally.
+    pub local: Option<LocalStore>,
+    /// The S3 store, if configured.
+    pub remote: Option<Arc<dyn SnapshotStore>>,
+    /// Details of the S3 location for records (never credentials).
+    pub remote_spec: Option<ETCDSnapshotS3>,
+    pub token_hash: Option<TokenHash>,
+    pub cluster_id: Option<String>,
+    pub extra_metadata: Option<BTreeMap<String, String>>,
+    pub zstd_level: i32,
+}
+
+impl Context {
+    /// Every configured store, local first.
+    pub fn stores(&self) -> Vec<&dyn SnapshotStore> {
+        let mut stores: Vec<&dyn SnapshotStore> = Vec::new();
+        if let Some(local) = &self.local {
+            stores.push(local);
+        }
+        if let Some(remote) = &self.remote {
+            stores.push(remote.as_ref());
+        }
+        stores
+    }
+}
+
+/// Failures that prevent a save from being attempted at all (nothing to record).
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("no snapshot destination: configure a local directory or S3")]
+    NoDestination,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Learner(EtcdError),
+    #[error(transparent)]
+    Etcd(EtcdError),
+    #[error("invalid snapshot name: {0}")]
+    Name(#[from] etcdsnap_api::NameError),
+}
+
+/// What to save.
+#[derive(Debug, Clone)]
+pub struct SaveOptions {
+    /// Base name: `on-demand` for CLI saves, `etcd-snapshot` for scheduled ones.
+    pub base_name: String,
+    pub compression: Compression,
+}
+
+/// The outcome of one save: a record per destination, ready or failed.
+#[derive(Debug, Clone)]
+pub struct SaveReport {
+    pub name: SnapshotName,
+    pub records: Vec<SnapshotRecord>,
+    pub member: Option<MemberStatus>,
+    /// Bytes received from etcd.
+    pub raw_size: u64,
+    pub duration: Duration,
+}
+
+impl SaveReport {
+    pub fn all_ready(&self) -> bool {
+        self.records.iter().all(SnapshotRecord::is_ready)
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = (&SnapshotRecord, &str)> {
+        self.records.iter().filter_map(|r| match &r.outcome {
+            Outcome::Failed { message } => Some((r, message.as_str())),
+            Outcome::Ready => None,
+        })
+    }
+}
+
+fn now_rounded() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    let secs = etcdsnap_api::round_to_second(now.as_nanosecond());
+    jiff::Timestamp::from_second(secs).unwrap_or(now)
+}
+
+/// Takes a snapshot and writes it to every configured store in one pass.
+pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>) -> Result<SaveReport, SaveError> {
+    let stores = ctx.stores();
+    if stores.is_empty() {
+        return Err(SaveError::NoDestination);
+    }
+    let _lock = ctx.local.as_ref().map(LocalStore::lock).transpose()?;
+    let started = Instant::now();
+
+    // Name: K3s's scheme; a name already taken this second moves to the next second rather
+    // than overwriting (K3s overwrites).
+    let mut created_at = now_rounded();
+    let mut name;
+    loop {
+        name = SnapshotName::parse(&snapshot_file_name(
+            &opts.base_name,
+            &ctx.node_name,
+            created_at.as_second(),
+            opts.compression,
+        ))?;
+        let taken = ctx.local.as_ref().is_some_and(|l| l.snapshot_path(&name).exists());
+        if !taken {
+            break;
+        }
+        created_at = created_at
+            .checked_add(jiff::SignedDuration::from_secs(1))
+            .unwrap_or(created_at);
+    }
+
+    let failed_everywhere = |message: String| SaveReport {
+        name: name.clone(),
+        records: stores
+            .iter()
+            .map(|s| failed_record(ctx, &name, s.kind(), created_at, &message))
+            .collect(),
+        member: None,
+        raw_size: 0,
+        duration: started.elapsed(),
+    };
+
+    let (mut member, status) = match ctx.etcd.connect_member().await {
+        Ok(m) => m,
+        Err(e @ EtcdError::Learner { .. }) => return Err(SaveError::Learner(e)),
+        Err(e @ (EtcdError::ReadTls { .. } | EtcdError::IncompleteIdentity | EtcdError::NoEndpoints)) => {
+            return Err(SaveError::Etcd(e));
+        }
+        Err(e) => return Ok(failed_everywhere(e.to_string())),
+    };
+    if let Some(p) = &progress {
+        p.set_total(status.db_size.max(0) as u64);
+    }
+    tracing::info!(snapshot = %name, endpoint = %status.endpoint, revision = status.revision, db_size = status.db_size, "saving etcd snapshot");
+    let new = NewSnapshot {
+        name: name.clone(),
+        node_name: ctx.node_name.clone(),
+        cluster_id: ctx.cluster_id.clone(),
+        token_hash: ctx.token_hash.clone(),
+        etcd: status.etcd_info(),
+    };
+
+    let mut records = Vec::new();
+    let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
+    for store in &stores {
+        match store.create(&new).await {
+            Ok(sink) => sinks.push(sink),
+            Err(e) => records.push(failed_record(ctx, &name, store.kind(), created_at, &e.to_string())),
+        }
+    }
+    if sinks.is_empty() {
+        return Ok(SaveReport {
+            name,
+            records,
+            member: Some(status),
+            raw_size: 0,
+            duration: started.elapsed(),
+        });
+    }
+
+    let stream = match member.snapshot().await {
+        Ok(s) => s,
+        Err(e) => {
+            for sink in sinks {
+                let kind = sink.storage();
+                sink.abort().await;
+                records.push(failed_record(ctx, &name, kind, created_at, &e.to_string()));
+            }
+            return Ok(SaveReport {
+                name,
+                records,
+                member: Some(status),
+                raw_size: 0,
+                duration: started.elapsed(),
+            });
+        }
+    };
+    let spec = EncodeSpec {
+        compression: opts.compression,
+        zstd_level: ctx.zstd_level,
+        zip_entry: name.without_compression_extension().to_string(),
+        created_at,
+        expected_size: status.db_size.max(0) as u64,
+    };
+    let kinds: Vec<StorageKind> = sinks.iter().map(|s| s.storage()).collect();
+    let output = match pipeline::run(stream, sinks, spec, progress).await {
+        Ok(o) => o,
+        Err(e) => {
+            let message = e.to_string();
+            records.extend(
+                kinds
+                    .into_iter()
+                    .map(|k| failed_record(ctx, &name, k, created_at, &message)),
+            );
+            return Ok(SaveReport {
+                name,
+                records,
+                member: Some(status),
+                raw_size: 0,
+                duration: started.elapsed(),
+            });
+        }
+    };
+
+    let etcd = status.etcd_info();
+    for outcome in output.sinks {
+        let kind = outcome.sink.storage();
+        if let Some(e) = outcome.error {
+            outcome.sink.abort().await;
+            records.push(failed_record(ctx, &name, kind, created_at, &e.to_string()));
+            continue;
+        }
+        let record = SnapshotRecord {
+            name: name.clone(),
+            storage: kind,
+            node_name: ctx.node_name.clone(),
+            location: outcome.sink.location(),
+            created_at,
+            size: output.stored_size,
+            outcome: Outcome::Ready,
+            compression: opts.compression,
+            sha256: Some(output.stored_sha256.clone()),
+            etcd: Some(etcd.clone()),
+            token_hash: ctx.token_hash.clone(),
+            cluster_id: ctx.cluster_id.clone(),
+            s3: (kind == StorageKind::S3).then(|| ctx.remote_spec.clone()).flatten(),
+            extra_metadata: ctx.extra_metadata.clone(),
+            metadata_source: MetadataSource::Document,
+        };
+        match outcome.sink.commit(&record.to_document()).await {
+            Ok(()) => records.push(record),
+            Err(e) => records.push(failed_record(ctx, &name, kind, created_at, &e.to_string())),
+        }
+    }
+    records.sort_by_key(|r| r.storage == StorageKind::S3);
+    let report = SaveReport {
+        name,
+        records,
+        member: Some(status),
+        raw_size: output.raw_size,
+        duration: started.elapsed(),
+    };
+    Ok(report)
+}
+
+/// A failed record, shaped like K3s's: no location for local failures, size 0.
+fn failed_record(
+    ctx: &Context,
+    name: &SnapshotName,
+    storage: StorageKind,
+    created_at: jiff::Timestamp,
+    message: &str,
+) -> SnapshotRecord {
+    SnapshotRecord {
+        name: name.clone(),
+        storage,
+        node_name: ctx.node_name.clone(),
+        location: String::new(),
+        created_at,
+        size: 0,
+        outcome: Outcome::Failed {
+            message: message.to_string(),
+        },
+        compression: name.compression(),
+        sha256: None,
+        etcd: None,
+        token_hash: ctx.token_hash.clone(),
+        cluster_id: ctx.cluster_id.clone(),
+        s3: (storage == StorageKind::S3).then(|| ctx.remote_spec.clone()).flatten(),
+        extra_metadata: ctx.extra_metadata.clone(),
+        metadata_source: MetadataSource::None,
+    }
+}
+
+/// Everything the stores hold, with per-entry warnings and per-store errors.
+#[derive(Debug, Default)]
+pub struct ListReport {
+    pub records: Vec<SnapshotRecord>,
+    pub warnings: Vec<String>,
+    /// Stores that could not be listed at all: (store, error).
+    pub errors: Vec<(String, String)>,
+}
+
+pub async fn list(ctx: &Context) -> ListReport {
+    let mut report = ListReport::default();
+    for store in ctx.stores() {
+        match store.list().await {
+            Ok(listing) => {
+                report.records.extend(listing.records);
+                report.warnings.extend(listing.warnings);
+            }
+            Err(e) => report.errors.push((store.describe(), e.to_string())),
+        }
+    }
+    report.records.sort_by(|a, b| {
+        (a.created_at, &a.name, a.storage == StorageKind::S3).cmp(&(
+            b.created_at,
+            &b.name,
+            b.storage == StorageKind::S3,
+        ))
+    });
+    report
+}
+
+/// What happened to one name in one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteResult {
+    Deleted,
+    NotFound,
+    Failed(String),
+}
+
+/// Deletes `names` from every store; returns (name, store, result) for each.
+pub async fn delete(ctx: &Context, names: &[SnapshotName]) -> Vec<(SnapshotName, StorageKind, String, DeleteResult)> {
+    let mut results = Vec::new();
+    for name in names {
+        for store in ctx.stores() {
+            let result = match store.delete(name).await {
+                Ok(true) => DeleteResult::Deleted,
+                Ok(false) => DeleteResult::NotFound,
+                Err(e) => DeleteResult::Failed(e.to_string()),
+            };
+            results.push((name.clone(), store.kind(), store.describe(), result));
+        }
+    }
+    results
+}
+
+/// Retention per store.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub base_name: String,
+    pub keep_local: usize,
+    pub keep_remote: usize,
+}
+
+/// What a prune removed (and failed to remove) per store.
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    pub deleted: Vec<(StorageKind, SnapshotName)>,
+    pub errors: Vec<String>,
+}
+
+/// Applies retention: locally to every node group found in the directory (it is this node's);
+/// in S3 only to this node's snapshots of this cluster.
+pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
+    let mut report = PruneReport::default();
+    for store in ctx.stores() {
+        let policy = match store.kind() {
+            StorageKind::Local => RetentionPolicy {
+                base: opts.base_name.clone(),
+                keep: opts.keep_local,
+                node: None,
+                cluster_id: None,
+            },
+            StorageKind::S3 => {
+                let Some(cluster) = ctx.cluster_id.clone() else {
+                    report.errors.push(format!(
+                        "{}: S3 retention skipped: the cluster id is unknown (no Kubernetes access and no --cluster-id), so other clusters' snapshots cannot be told apart",
+                        store.describe()
+                    ));
+                    continue;
+                };
+                RetentionPolicy {
+                    base: opts.base_name.clone(),
+                    keep: opts.keep_remote,
+                    node: Some(ctx.node_name.clone()),
+                    cluster_id: Some(cluster),
+                }
+            }
+        };
+        let listing = match store.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                report.errors.push(format!("{}: {e}", store.describe()));
+                continue;
+            }
+        };
+        for name in plan_retention(&listing.records, &policy) {
+            match store.delete(&name).await {
+                Ok(_) => {
+                    tracing::info!(snapshot = %name, store = %store.describe(), "removed by retention");
+                    report.deleted.push((store.kind(), name));
+                }
+                Err(e) => report
+                    .errors
+                    .push(format!("{}: deleting {name}: {e}", store.describe())),
+            }
+        }
+    }
+    report
+}
+
+/// The result of verifying one stored snapshot.
+#[derive(Debug, Clone)]
+pub struct VerifyResult {
+    pub record: SnapshotRecord,
+    pub check: Option<StoredCheck>,
+    /// Empty when everything matched.
+    pub problems: Vec<String>,
+}
+
+impl VerifyResult {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Re-reads stored bytes: sha256 against the record, etcd's trailer after decompression.
+pub async fn verify_record(
+    store: &dyn SnapshotStore,
+    record: &SnapshotRecord,
+    progress: Option<Progress>,
+) -> VerifyResult {
+    let mut result = VerifyResult {
+        record: record.clone(),
+        check: None,
+        problems: Vec::new(),
+    };
+    let reader = match store.open(&record.name).await {
+        Ok(r) => r,
+        Err(e) => {
+            result.problems.push(e.to_string());
+            return result;
+        }
+    };
+    if let Some(p) = &progress {
+        p.set_total(reader.size);
+    }
+    let compression = record.name.compression();
+    let counted = CountingReader {
+        inner: reader.reader,
+        progress,
+    };
+    let check = tokio::task::spawn_blocking(move || {
+        let bridge = tokio_util::io::SyncIoBridge::new(counted);
+        verify_reader(bridge, compression)
+    })
+    .await;
+    let check = match check {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            result.problems.push(e.to_string());
+            return result;
+        }
+        Err(e) => {
+            result.problems.push(format!("verification worker failed: {e}"));
+            return result;
+        }
+    };
+    if let Some(expected) = &record.sha256
+        && expected != &check.stored_sha256
+    {
+        result.problems.push(format!(
+            "sha256 mismatch: recorded {expected}, stored bytes hash to {}",
+            check.stored_sha256
+        ));
+    }
+    if record.metadata_source == MetadataSource::Document && record.size != check.stored_size {
+        result.problems.push(format!(
+            "size mismatch: recorded {} bytes, read {}",
+            record.size, check.stored_size
+        ));
+    }
+    if let Some(p) = check.trailer.problem() {
+        result.problems.push(p);
+    }
+    result.check = Some(check);
+    result
+}
+
+/// Adds bytes read to a progress counter.
+struct CountingReader {
+    inner: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    progress: Option<Progress>,
+}
+
+impl tokio::io::AsyncRead for CountingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(p) = &self.progress {
+            p.advance((buf.filled().len() - before) as u64);
+        }
+        poll
+    }
+}

@@ -1,0 +1,63 @@
+//! The stored bytes go to every sink; a sink that fails is set aside (its error kept for the
+//! report) while the others continue, so a failing S3 upload never costs the local copy.
+
+use crate::store::{SnapshotSink, StoreError};
+use sha2::{Digest, Sha256};
+use std::io::{self, Write};
+
+/// A sink and, if it failed, why.
+pub struct SinkSlot {
+    pub sink: Box<dyn SnapshotSink>,
+    pub error: Option<StoreError>,
+}
+
+/// sha256 and length of the stored bytes.
+#[derive(Default)]
+pub struct StoredHash {
+    hasher: Sha256,
+    pub size: u64,
+}
+
+impl StoredHash {
+    pub fn update(&mut self, buf: &[u8]) {
+        self.hasher.update(buf);
+        self.size += buf.len() as u64;
+    }
+
+    pub fn hex(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+/// `Write` adapter at the end of the encoder chain.
+pub struct FanOut<'a> {
+    pub slots: &'a mut [SinkSlot],
+    pub stored: &'a mut StoredHash,
+}
+
+impl Write for FanOut<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stored.update(buf);
+        let mut alive = 0;
+        for slot in self.slots.iter_mut() {
+            if slot.error.is_some() {
+                continue;
+            }
+            match slot.sink.write(buf) {
+                Ok(()) => alive += 1,
+                Err(e) => {
+                    tracing::warn!(destination = %slot.sink.location(), error = %e, "snapshot destination failed; continuing with the others");
+                    slot.error = Some(e);
+                }
+            }
+        }
+        if alive == 0 {
+            return Err(io::Error::other("every snapshot destination failed"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

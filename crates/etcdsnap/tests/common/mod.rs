@@ -1,0 +1,134 @@
+//! Helpers shared by the integration tests: running the real `etcdsnap` binary and loading
+//! Kubernetes-like data into a real etcd.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The output of one `etcdsnap` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with both streams unless the run succeeded.
+    pub fn expect_ok(self) -> Run {
+        assert!(
+            self.ok(),
+            "etcdsnap failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn expect_fail(self) -> Run {
+        assert!(
+            !self.ok(),
+            "etcdsnap unexpectedly succeeded\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_etcdsnap"))
+}
+
+/// A command for the binary with no ETCDSNAP_* or cloud settings inherited from the caller.
+pub fn command(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ETCDSNAP_") || k.starts_with("AWS_") || k == "KUBECONFIG" || k == "NODE_NAME" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info").args(args).kill_on_drop(true);
+    cmd
+}
+
+/// Runs `etcdsnap args...` with extra environment.
+pub async fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = command(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run etcdsnap: {e}"))
+        .into()
+}
+
+/// Puts `n` objects shaped like what a kube-apiserver stores (keys under `/registry/`, JSON
+/// values of a kilobyte or two) into etcd.
+pub async fn load_kube_like_data(client: &mut etcd_client::Client, n: usize) -> Result<(), etcd_client::Error> {
+    for i in 0..n {
+        let (kind, ns) = match i % 4 {
+            0 => ("configmaps", "kube-system"),
+            1 => ("pods", "default"),
+            2 => ("secrets", "app"),
+            _ => ("services", "default"),
+        };
+        let name = format!("obj-{i:06}");
+        let value = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": ns, "uid": format!("{:08x}-0000-4000-8000-{:012x}", i, i * 7919),
+                         "labels": {"app": format!("app-{}", i % 17), "tier": "backend"},
+                         "resourceVersion": (i + 1).to_string()},
+            "data": {"config.yaml": format!("replicas: {}\nimage: registry.example.com/app:{}\n{}", i % 5, i % 11, "x: y\n".repeat(40 + i % 50))},
+        });
+        client
+            .put(format!("/registry/{kind}/{ns}/{name}"), value.to_string(), None)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Files (not directories) directly in `dir`, sorted.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Unix permission bits of a path.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0)
+}

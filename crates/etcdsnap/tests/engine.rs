@@ -1,0 +1,718 @@
+//! The snapshot engine and local storage, end to end: the real `etcdsnap` binary against real
+//! etcd servers started by testenv.
+
+mod common;
+
+use common::{TestResult, files_in, load_kube_like_data, mode, run};
+use sha2::Digest;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+use testenv::{Etcd, Fault, FaultProxy};
+
+/// etcdutl's own opinion of a snapshot file (revision, keys), or its error.
+async fn etcdutl_status(path: &Path) -> Result<serde_json::Value, String> {
+    let out = tokio::process::Command::new(testenv::testbin("etcdutl").map_err(|e| e.to_string())?)
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn trailer_ok(bytes: &[u8]) -> bool {
+    bytes.len() > 32 && sha2::Sha256::digest(&bytes[..bytes.len() - 32]).as_slice() == &bytes[bytes.len() - 32..]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_list_verify_every_compression() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 500).await?;
+    let data = tempfile::tempdir()?;
+    let data_dir = data.path().join("state");
+    let endpoints = etcd.endpoints().join(",");
+    let env = [
+        ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
+        ("ETCDSNAP_NODE_NAME", "node-1"),
+    ];
+    let dd = data_dir.to_string_lossy().to_string();
+    for compress in ["none", "zstd", "zip"] {
+        let out = run(&["save", "--data-dir", &dd, "--compress", compress], &env)
+            .await
+            .expect_ok();
+        assert!(out.stdout.contains("saved to file://"), "{}", out.stdout);
+    }
+    let snapdir = data_dir.join("snapshots");
+    let metadir = data_dir.join(".metadata");
+    // Least privilege: 0700 directories, 0600 files.
+    assert_eq!(mode(&snapdir), 0o700);
+    assert_eq!(mode(&metadir), 0o700);
+    let files: Vec<String> = files_in(&snapdir).into_iter().filter(|f| !f.starts_with('.')).collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        assert_eq!(mode(&snapdir.join(f)), 0o600, "{f}");
+        assert_eq!(mode(&metadir.join(f)), 0o600, "metadata of {f}");
+        assert!(f.starts_with("on-demand-node-1-"), "{f}");
+    }
+
+    let listed = run(&["ls", "--data-dir", &dd, "-o", "json"], &env)
+        .await
+        .expect_ok()
+        .json();
+    assert_eq!(listed["kind"], "List");
+    let items = listed["items"].as_array().ok_or("no items")?;
+    assert_eq!(items.len(), 3);
+    for item in items {
+        assert_eq!(item["apiVersion"], "k3s.cattle.io/v1");
+        assert_eq!(item["kind"], "ETCDSnapshotFile");
+        assert_eq!(item["spec"]["nodeName"], "node-1");
+        assert!(
+            item["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("local-on-demand-node-1-")
+        );
+        assert!(
+            item["spec"]["location"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("file:///")
+        );
+        assert_eq!(item["status"]["readyToUse"], true);
+        let annotations = &item["metadata"]["annotations"];
+        assert_eq!(annotations["etcdsnap.io/sha256"].as_str().map(str::len), Some(64));
+        assert!(
+            annotations["etcdsnap.io/etcd-revision"]
+                .as_str()
+                .is_some_and(|r| r.parse::<i64>().is_ok_and(|r| r > 500))
+        );
+    }
+    let table = run(&["ls", "--data-dir", &dd], &env).await.expect_ok();
+    assert!(table.stdout.starts_with("Name "), "{}", table.stdout);
+    assert!(
+        table
+            .stdout
+            .lines()
+            .next()
+            .is_some_and(|h| h.split_whitespace().collect::<Vec<_>>() == ["Name", "Location", "Size", "Created"])
+    );
+
+    let verified = run(&["verify", "--data-dir", &dd], &env).await.expect_ok();
+    assert!(verified.stdout.contains("3 verified, 0 failed"), "{}", verified.stdout);
+
+    // Each format decompresses, with standard tools, to a snapshot etcd itself accepts.
+    for f in &files {
+        let stored = std::fs::read(snapdir.join(f))?;
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(metadir.join(f))?)?;
+        assert_eq!(doc["apiVersion"], "etcdsnap.io/v1");
+        assert_eq!(doc["sha256"], hex::encode(sha2::Sha256::digest(&stored)));
+        assert_eq!(doc["size"], stored.len() as u64);
+        let raw = if f.ends_with(".zip") {
+            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&stored))?;
+            assert_eq!(archive.len(), 1, "exactly one entry");
+            let mut entry = archive.by_index(0)?;
+            assert_eq!(entry.name()?, f.trim_end_matches(".zip"));
+            assert_eq!(entry.compression(), zip::CompressionMethod::Deflated);
+            assert_eq!(entry.unix_mode().map(|m| m & 0o777), Some(0o600));
+            let mut raw = Vec::new();
+            entry.read_to_end(&mut raw)?;
+            raw
+        } else if f.ends_with(".zst") {
+            zstd::decode_all(std::io::Cursor::new(&stored))?
+        } else {
+            stored.clone()
+        };
+        assert!(trailer_ok(&raw), "{f}: etcd trailer");
+        let path = data.path().join("raw");
+        std::fs::write(&path, &raw)?;
+        let status = etcdutl_status(&path).await?;
+        assert!(status["totalKey"].as_u64().is_some_and(|k| k >= 500), "{f}: {status}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_from_a_three_member_mtls_cluster() -> TestResult {
+    let etcd = Etcd::cluster_tls(3).await?;
+    load_kube_like_data(&mut etcd.client().await?, 200).await?;
+    let tls = etcd.client_tls().ok_or("no tls")?.clone();
+    let data = tempfile::tempdir()?;
+    let dd = data.path().to_string_lossy().to_string();
+    let endpoints = etcd.endpoints().join(",");
+    let (ca, cert, key) = (
+        tls.ca.to_string_lossy(),
+        tls.cert.to_string_lossy(),
+        tls.key.to_string_lossy(),
+    );
+    let args = [
+        "save",
+        "--data-dir",
+        &dd,
+        "--node-name",
+        "cp-1",
+        "--endpoints",
+        &endpoints,
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--compress",
+        "zstd",
+    ];
+    run(&args, &[]).await.expect_ok();
+    run(&["verify", "--data-dir", &dd, "--node-name", "cp-1"], &[])
+        .await
+        .expect_ok();
+
+    // A client certificate from another CA is refused by etcd, and nothing is published.
+    let other = testenv::Pki::new("other", &data.path().join("other-pki"))?;
+    let wrong = other.client("wrong", "root", &[])?;
+    let (wcert, wkey) = (wrong.cert.to_string_lossy(), wrong.key.to_string_lossy());
+    let bad = [
+        "save",
+        "--data-dir",
+        &dd,
+        "--node-name",
+        "cp-1",
+        "--endpoints",
+        &endpoints,
+        "--cacert",
+        &ca,
+        "--cert",
+        &wcert,
+        "--key",
+        &wkey,
+        "--dial-timeout",
+        "3s",
+    ];
+    let out = run(&bad, &[]).await.expect_fail();
+    assert!(out.stderr.contains("failed"), "{}", out.stderr);
+    // And a wrong CA for the server certificate is refused by us.
+    let wca = other.ca_path().to_string_lossy().to_string();
+    let bad = [
+        "save",
+        "--data-dir",
+        &dd,
+        "--node-name",
+        "cp-1",
+        "--endpoints",
+        &endpoints,
+        "--cacert",
+        &wca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--dial-timeout",
+        "3s",
+    ];
+    run(&bad, &[]).await.expect_fail();
+    let published: Vec<_> = files_in(&data.path().join("snapshots"))
+        .into_iter()
+        .filter(|f| !f.starts_with('.'))
+        .collect();
+    assert_eq!(published.len(), 1, "{published:?}");
+    Ok(())
+}
+
+/// A snapshot directory with nothing published and no leftovers.
+fn assert_nothing_published(dir: &Path) {
+    let files: Vec<_> = files_in(&dir.join("snapshots"))
+        .into_iter()
+        .filter(|f| f != ".etcdsnap.lock")
+        .collect();
+    assert!(files.is_empty(), "published or left over: {files:?}");
+    assert!(files_in(&dir.join(".metadata")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_and_truncated_streams_publish_nothing() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 1500).await?;
+    let target = etcd.endpoints()[0].trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::start(&target).await?;
+    let endpoint = format!("http://{}", proxy.addr());
+    let cases = [
+        (Fault::FlipByteAt(900_000), "integrity trailer does not match"),
+        (Fault::CutAt(700_000), "etcd snapshot stream from"),
+    ];
+    for (fault, what) in cases {
+        let data = tempfile::tempdir()?;
+        let dd = data.path().to_string_lossy().to_string();
+        proxy.set_fault(fault);
+        let out = run(
+            &[
+                "save",
+                "--data-dir",
+                &dd,
+                "--node-name",
+                "n1",
+                "--endpoints",
+                &endpoint,
+                "--command-timeout",
+                "5s",
+            ],
+            &[],
+        )
+        .await;
+        proxy.set_fault(Fault::None);
+        let out = out.expect_fail();
+        assert!(out.stderr.contains(what), "expected {what:?}: {}", out.stderr);
+        assert_nothing_published(data.path());
+        // The same path works once the network is healthy again.
+        run(
+            &["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &endpoint],
+            &[],
+        )
+        .await
+        .expect_ok();
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 1500).await?;
+    let proxy = FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
+    let endpoint = format!("http://{}", proxy.addr());
+    let data = tempfile::tempdir()?;
+    let dd = data.path().to_string_lossy().to_string();
+    let snapdir = data.path().join("snapshots");
+    let args = ["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &endpoint];
+
+    proxy.set_fault(Fault::Throttle(300_000));
+    let mut child = common::command(&args).spawn()?;
+    // Wait until the .part file has data, then kill -9.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let part = files_in(&snapdir).into_iter().find(|f| f.ends_with(".part"));
+        if let Some(p) = part
+            && std::fs::metadata(snapdir.join(&p)).map(|m| m.len()).unwrap_or(0) > 100_000
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "save never started writing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.start_kill()?;
+    child.wait().await?;
+    proxy.set_fault(Fault::None);
+
+    let listed = run(&["ls", "--data-dir", &dd, "--node-name", "n1", "-o", "json"], &[])
+        .await
+        .expect_ok()
+        .json();
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(0),
+        "a killed save must not be listed"
+    );
+    assert!(
+        files_in(&snapdir).iter().any(|f| f.ends_with(".part")),
+        "the .part file is what a crash leaves"
+    );
+
+    run(&args, &[]).await.expect_ok();
+    let files = files_in(&snapdir);
+    assert!(
+        !files.iter().any(|f| f.ends_with(".part")),
+        "next run cleans up: {files:?}"
+    );
+    assert_eq!(files.iter().filter(|f| !f.starts_with('.')).count(), 1);
+    run(&["verify", "--data-dir", &dd, "--node-name", "n1"], &[])
+        .await
+        .expect_ok();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_save_into_the_same_directory_is_refused_while_one_runs() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 1000).await?;
+    let proxy = FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
+    let slow = format!("http://{}", proxy.addr());
+    let data = tempfile::tempdir()?;
+    let dd = data.path().to_string_lossy().to_string();
+    proxy.set_fault(Fault::Throttle(400_000));
+    let first = common::command(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &slow]).spawn()?;
+    let snapdir = data.path().join("snapshots");
+    while !files_in(&snapdir).iter().any(|f| f.ends_with(".part")) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let direct = etcd.endpoints()[0].clone();
+    let second = run(
+        &["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &direct],
+        &[],
+    )
+    .await
+    .expect_fail();
+    assert!(
+        second.stderr.contains("snapshot save already in progress"),
+        "{}",
+        second.stderr
+    );
+    proxy.set_fault(Fault::None);
+    let first: common::Run = first.wait_with_output().await?.into();
+    first.expect_ok();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_detects_a_flipped_byte_in_every_format() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 300).await?;
+    let endpoints = etcd.endpoints().join(",");
+    for compress in ["none", "zstd", "zip"] {
+        let data = tempfile::tempdir()?;
+        let dd = data.path().to_string_lossy().to_string();
+        let env = [
+            ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
+            ("ETCDSNAP_NODE_NAME", "n1"),
+            ("ETCDSNAP_DATA_DIR", dd.as_str()),
+        ];
+        run(&["save", "--compress", compress], &env).await.expect_ok();
+        let snapdir = data.path().join("snapshots");
+        let file = files_in(&snapdir)
+            .into_iter()
+            .find(|f| !f.starts_with('.'))
+            .ok_or("no snapshot")?;
+        let path = snapdir.join(&file);
+        let mut bytes = std::fs::read(&path)?;
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, &bytes)?;
+        let out = run(&["verify"], &env).await.expect_fail();
+        assert!(out.stdout.contains("FAILED"), "{compress}: {}", out.stdout);
+        // With the metadata document gone only etcd's own trailer is left, and it still catches it.
+        std::fs::remove_file(data.path().join(".metadata").join(&file))?;
+        let out = run(&["verify", &file], &env).await.expect_fail();
+        assert!(
+            out.stdout.contains("FAILED"),
+            "{compress} without document: {}",
+            out.stdout
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_per_prefix_and_node() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let endpoints = etcd.endpoints().join(",");
+    let data = tempfile::tempdir()?;
+    let dd = data.path().to_string_lossy().to_string();
+    let save = |node: &'static str, name: &'static str| {
+        let (dd, endpoints) = (dd.clone(), endpoints.clone());
+        async move {
+            run(
+                &[
+                    "save",
+                    "--data-dir",
+                    &dd,
+                    "--endpoints",
+                    &endpoints,
+                    "--node-name",
+                    node,
+                    "--name",
+                    name,
+                ],
+                &[],
+            )
+            .await
+            .expect_ok()
+        }
+    };
+    for _ in 0..4 {
+        save("a", "on-demand").await;
+    }
+    for _ in 0..3 {
+        save("b", "on-demand").await;
+    }
+    for _ in 0..3 {
+        save("a", "on-demand-weekly").await;
+    }
+    let snapdir = data.path().join("snapshots");
+    let before: Vec<String> = files_in(&snapdir).into_iter().filter(|f| !f.starts_with('.')).collect();
+    assert_eq!(before.len(), 10, "{before:?}");
+
+    let out = run(
+        &[
+            "prune",
+            "--data-dir",
+            &dd,
+            "--node-name",
+            "a",
+            "--name",
+            "on-demand",
+            "--retention",
+            "2",
+        ],
+        &[],
+    )
+    .await
+    .expect_ok();
+    assert_eq!(
+        out.stdout.lines().filter(|l| l.contains("deleted")).count(),
+        3,
+        "{}",
+        out.stdout
+    );
+    let after: Vec<String> = files_in(&snapdir).into_iter().filter(|f| !f.starts_with('.')).collect();
+    let newest = |prefix: &str, n: usize| {
+        let mut v: Vec<String> = before.iter().filter(|f| f.starts_with(prefix)).cloned().collect();
+        v.sort_by_key(|f| f.rsplit('-').next().and_then(|t| t.parse::<i64>().ok()));
+        v.split_off(v.len() - n)
+    };
+    let mut expected = [
+        newest("on-demand-a-", 2),
+        newest("on-demand-b-", 2),
+        newest("on-demand-weekly-a-", 3),
+    ]
+    .concat();
+    expected.sort();
+    assert_eq!(after, expected);
+    // Metadata documents go with their snapshots.
+    assert_eq!(files_in(&data.path().join(".metadata")), expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_and_bad_names_are_refused() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let endpoints = etcd.endpoints().join(",");
+    let data = tempfile::tempdir()?;
+    let dd = data.path().join("d").to_string_lossy().to_string();
+    run(
+        &[
+            "save",
+            "--data-dir",
+            &dd,
+            "--endpoints",
+            &endpoints,
+            "--node-name",
+            "n1",
+        ],
+        &[],
+    )
+    .await
+    .expect_ok();
+    let victim = data.path().join("victim");
+    std::fs::write(&victim, "keep me")?;
+    for bad in ["../victim", "../../victim", "a/b", "..", ".metadata", "x.part"] {
+        let out = run(&["delete", "--data-dir", &dd, "--node-name", "n1", bad], &[])
+            .await
+            .expect_fail();
+        assert!(out.stderr.contains("snapshot name"), "{bad}: {}", out.stderr);
+    }
+    assert!(victim.exists());
+    let out = run(
+        &[
+            "save",
+            "--data-dir",
+            &dd,
+            "--endpoints",
+            &endpoints,
+            "--node-name",
+            "n1",
+            "--name",
+            "../../victim",
+        ],
+        &[],
+    )
+    .await
+    .expect_fail();
+    assert!(out.stderr.contains("invalid snapshot name"), "{}", out.stderr);
+    let out = run(
+        &[
+            "save",
+            "--data-dir",
+            &dd,
+            "--endpoints",
+            &endpoints,
+            "--node-name",
+            "Bad_Node",
+        ],
+        &[],
+    )
+    .await
+    .expect_fail();
+    assert!(out.stderr.contains("invalid node name"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&victim)?, "keep me");
+    // A name that does not exist is reported, and the exit code says so.
+    let out = run(
+        &["delete", "--data-dir", &dd, "--node-name", "n1", "on-demand-n1-1"],
+        &[],
+    )
+    .await
+    .expect_fail();
+    assert!(
+        out.stderr.contains("Snapshot on-demand-n1-1 not found."),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 100).await?;
+    let root = tempfile::tempdir()?;
+    // K3s: <data-dir>/server/db/snapshots and <data-dir>/server/db/.metadata
+    let snapdir = root.path().join("server/db/snapshots");
+    let metadir = root.path().join("server/db/.metadata");
+    std::fs::create_dir_all(&snapdir)?;
+    std::fs::create_dir_all(&metadir)?;
+    // A snapshot taken the way K3s takes them (etcd's client snapshot helper, as in etcdctl).
+    let plain = snapdir.join("etcd-snapshot-server1-1700000000");
+    let out = tokio::process::Command::new(testenv::testbin("etcdctl")?)
+        .args(["--endpoints", &etcd.endpoints()[0], "snapshot", "save"])
+        .arg(&plain)
+        .output()
+        .await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        metadir.join("etcd-snapshot-server1-1700000000"),
+        r#"{"rancher.io/cluster":"c-abc","k":"v"}"#,
+    )?;
+    // A K3s zip of the same (Deflate, one entry named without .zip), with unreadable metadata.
+    let zipped = snapdir.join("on-demand-server1-1700000100.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&zipped)?);
+        z.start_file("on-demand-server1-1700000100", zip::write::SimpleFileOptions::default())?;
+        std::io::Write::write_all(&mut z, &std::fs::read(&plain)?)?;
+        z.finish()?;
+    }
+    std::fs::write(metadir.join("on-demand-server1-1700000100.zip"), "not json")?;
+    // Things that are not snapshots.
+    std::fs::write(snapdir.join("on-demand-server1-1700000200.part"), "partial")?;
+    std::fs::create_dir_all(snapdir.join("nested"))?;
+    std::fs::write(snapdir.join("nested/etcd-snapshot-server1-1"), "x")?;
+    std::fs::write(snapdir.join(".hidden"), "x")?;
+
+    let dir = snapdir.to_string_lossy().to_string();
+    let out = run(&["ls", "--dir", &dir, "--node-name", "server1", "-o", "json"], &[])
+        .await
+        .expect_ok();
+    let listed = out.json();
+    let items = listed["items"].as_array().ok_or("no items")?;
+    let names: Vec<&str> = items
+        .iter()
+        .filter_map(|i| i["spec"]["snapshotName"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["etcd-snapshot-server1-1700000000", "on-demand-server1-1700000100.zip"]
+    );
+    assert_eq!(items[0]["status"]["creationTime"], "2023-11-14T22:13:20Z");
+    assert_eq!(items[0]["spec"]["metadata"]["rancher.io/cluster"], "c-abc");
+    assert_eq!(items[0]["metadata"]["name"], "local-etcd-snapshot-server1-1700000000");
+    assert!(
+        out.stderr.contains("on-demand-server1-1700000100.zip") && out.stderr.contains("not valid JSON"),
+        "{}",
+        out.stderr
+    );
+    let verified = run(&["verify", "--dir", &dir, "--node-name", "server1"], &[])
+        .await
+        .expect_ok();
+    assert!(verified.stdout.contains("2 verified, 0 failed"), "{}", verified.stdout);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learners_and_unreachable_members_are_clear_failures() -> TestResult {
+    let mut etcd = Etcd::single().await?;
+    let learner = etcd.add_learner().await?;
+    let learner_url = etcd.members()[learner].client_url.clone();
+    let data = tempfile::tempdir()?;
+    let dd = data.path().to_string_lossy().to_string();
+    let out = run(
+        &[
+            "save",
+            "--data-dir",
+            &dd,
+            "--node-name",
+            "n1",
+            "--endpoints",
+            &learner_url,
+        ],
+        &[],
+    )
+    .await
+    .expect_fail();
+    assert!(out.stderr.contains("is a learner"), "{}", out.stderr);
+
+    let closed = format!("http://127.0.0.1:{}", testenv::free_port()?);
+    let out = run(
+        &[
+            "save",
+            "--data-dir",
+            &dd,
+            "--node-name",
+            "n1",
+            "--endpoints",
+            &closed,
+            "--dial-timeout",
+            "2s",
+        ],
+        &[],
+    )
+    .await
+    .expect_fail();
+    assert!(out.stderr.contains("cannot reach etcd"), "{}", out.stderr);
+    assert_nothing_published(data.path());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_environment_and_flags_in_that_order_of_precedence() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let data = tempfile::tempdir()?;
+    let config = data.path().join("etcdsnap.yaml");
+    let dd = data.path().join("d");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir: {}\nnode-name: from-file\nname: fromfile\nendpoints: [\"{}\"]\n",
+            dd.display(),
+            etcd.endpoints()[0]
+        ),
+    )?;
+    let cfg = config.to_string_lossy().to_string();
+    run(&["save", "--config", &cfg], &[]).await.expect_ok();
+    run(&["save", "--config", &cfg], &[("ETCDSNAP_NAME", "fromenv")])
+        .await
+        .expect_ok();
+    run(
+        &["save", "--config", &cfg, "--name", "fromflag"],
+        &[("ETCDSNAP_NAME", "fromenv")],
+    )
+    .await
+    .expect_ok();
+    let files: Vec<String> = files_in(&dd.join("snapshots"))
+        .into_iter()
+        .filter(|f| !f.starts_with('.'))
+        .collect();
+    let bases: Vec<&str> = files.iter().filter_map(|f| f.split('-').next()).collect();
+    assert_eq!(bases.len(), 3);
+    for b in ["fromfile", "fromenv", "fromflag"] {
+        assert!(bases.contains(&b), "{files:?}");
+    }
+    assert!(files.iter().all(|f| f.contains("-from-file-")), "{files:?}");
+
+    std::fs::write(&config, "dirr: /tmp\n")?;
+    let out = run(&["ls", "--config", &cfg], &[]).await;
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("unknown setting \"dirr\""), "{}", out.stderr);
+    std::fs::write(&config, "[not, a, map]\n")?;
+    let out = run(&["ls", "--config", &cfg], &[]).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    Ok(())
+}
