@@ -99,13 +99,17 @@ pub struct EtcdMember {
     config: EtcdConfig,
 }
 
+/// HTTP/2 flow-control windows for the snapshot stream. tonic's default (64 KiB per stream)
+/// makes etcd send a large snapshot in small bursts, each waiting for a window update; large
+/// windows let it stream, with fewer and larger reads.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
 impl EtcdConfig {
-    fn connect_options(&self) -> Result<ConnectOptions, EtcdError> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(self.dial_timeout)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(10));
+    /// TLS settings, when the endpoint is https or certificates were given.
+    fn tls_options(&self, endpoint: &str) -> Result<Option<TlsOptions>, EtcdError> {
         let needs_tls = self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
-        if needs_tls || self.endpoints.iter().any(|e| e.starts_with("https://")) {
+        if needs_tls || endpoint.starts_with("https://") {
             let mut tls = TlsOptions::new();
             // Without --cacert the system roots apply (etcd-client's tls-roots feature).
             if let Some(ca) = &self.ca_file {
@@ -120,9 +124,45 @@ impl EtcdConfig {
                 (None, None) => {}
                 _ => return Err(EtcdError::IncompleteIdentity),
             }
-            options = options.with_tls(tls);
+            return Ok(Some(tls));
         }
-        Ok(options)
+        Ok(None)
+    }
+
+    /// A gRPC channel to one endpoint, with large flow-control windows.
+    async fn channel(&self, endpoint: &str) -> Result<tonic::transport::Channel, EtcdError> {
+        let unreachable = |message: String| EtcdError::Unreachable {
+            endpoint: endpoint.to_string(),
+            message,
+        };
+        let url = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else if self.tls_options(endpoint)?.is_some() {
+            format!("https://{endpoint}")
+        } else {
+            format!("http://{endpoint}")
+        };
+        let mut builder = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| unreachable(format!("invalid endpoint URL: {e}")))?
+            .connect_timeout(self.dial_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        if let Some(tls) = self.tls_options(&url)? {
+            if !url.starts_with("https://") {
+                return Err(unreachable(
+                    "TLS settings (--cacert/--cert/--key) need an https:// endpoint".into(),
+                ));
+            }
+            builder = builder.tls_config(tls).map_err(|e| unreachable(describe_error(&e)))?;
+        }
+        let connect = builder.connect();
+        tokio::time::timeout(self.dial_timeout, connect)
+            .await
+            .map_err(|_| unreachable(format!("no connection within {:?}", self.dial_timeout)))?
+            .map_err(|e| unreachable(describe_error(&e)))
     }
 
     /// Connects to the first endpoint whose member answers Status; that member will serve the
@@ -131,10 +171,12 @@ impl EtcdConfig {
         if self.endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
-        let options = self.connect_options()?;
+        for endpoint in &self.endpoints {
+            self.tls_options(endpoint)?;
+        }
         let mut last = None;
         for endpoint in &self.endpoints {
-            match self.try_member(endpoint, options.clone()).await {
+            match self.try_member(endpoint).await {
                 Ok((member, status)) => {
                     if status.is_learner {
                         return Err(EtcdError::Learner {
@@ -153,20 +195,14 @@ impl EtcdConfig {
         Err(last.unwrap_or(EtcdError::NoEndpoints))
     }
 
-    async fn try_member(
-        &self,
-        endpoint: &str,
-        options: ConnectOptions,
-    ) -> Result<(EtcdMember, MemberStatus), EtcdError> {
-        let unreachable = |message: String| EtcdError::Unreachable {
-            endpoint: endpoint.to_string(),
-            message,
-        };
-        let connect = Client::connect([endpoint], Some(options));
-        let client = tokio::time::timeout(self.dial_timeout, connect)
+    async fn try_member(&self, endpoint: &str) -> Result<(EtcdMember, MemberStatus), EtcdError> {
+        let channel = self.channel(endpoint).await?;
+        let client = Client::from_channel(etcd_client::Channel::Tonic(channel), Some(ConnectOptions::new()))
             .await
-            .map_err(|_| unreachable(format!("no connection within {:?}", self.dial_timeout)))?
-            .map_err(|e| unreachable(describe_grpc_error(&e)))?;
+            .map_err(|e| EtcdError::Unreachable {
+                endpoint: endpoint.to_string(),
+                message: describe_error(&e),
+            })?;
         let mut member = EtcdMember {
             client,
             endpoint: endpoint.to_string(),
@@ -186,9 +222,9 @@ fn read_pem(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, EtcdError> {
 }
 
 /// tonic's errors nest the useful part (refused, certificate unknown...) in their sources.
-fn describe_grpc_error(e: &etcd_client::Error) -> String {
+fn describe_error(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         let part = s.to_string();
         if !text.contains(&part) {
@@ -215,7 +251,7 @@ impl EtcdMember {
         let resp = tokio::time::timeout(self.config.command_timeout, self.client.status())
             .await
             .map_err(|_| unreachable(format!("no Status answer within {:?}", self.config.command_timeout)))?
-            .map_err(|e| unreachable(describe_grpc_error(&e)))?;
+            .map_err(|e| unreachable(describe_error(&e)))?;
         let header = resp.header();
         if !resp.errors().is_empty() {
             return Err(EtcdError::Unhealthy {
@@ -247,7 +283,7 @@ impl EtcdMember {
             })?
             .map_err(|e| EtcdError::Stream {
                 endpoint: endpoint.clone(),
-                message: describe_grpc_error(&e),
+                message: describe_error(&e),
             })?;
         Ok(SnapshotStream {
             inner: stream,
@@ -282,7 +318,7 @@ impl SnapshotStream {
             })?
             .map_err(|e| EtcdError::Stream {
                 endpoint: endpoint.clone(),
-                message: describe_grpc_error(&e),
+                message: describe_error(&e),
             })?;
         match msg {
             Some(mut resp) => {

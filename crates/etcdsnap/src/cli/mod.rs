@@ -27,7 +27,10 @@ pub fn main() -> ExitCode {
     };
     let cli = Cli::parse_from(args);
     init_logging(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One async thread: the gRPC connection and the stream reader then share it instead of
+    // waking each other across threads for every frame. CPU-heavy work (hashing, compression,
+    // file writes) runs on blocking threads anyway.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

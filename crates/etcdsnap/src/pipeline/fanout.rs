@@ -11,21 +11,31 @@ pub struct SinkSlot {
     pub error: Option<StoreError>,
 }
 
-/// sha256 and length of the stored bytes.
-#[derive(Default)]
+/// Length and (for compressed output) sha256 of the stored bytes. Uncompressed bytes are the
+/// raw stream, already hashed by the trailer check, so they are only counted here.
 pub struct StoredHash {
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     pub size: u64,
 }
 
 impl StoredHash {
+    pub fn new(hash: bool) -> StoredHash {
+        StoredHash {
+            hasher: hash.then(Sha256::new),
+            size: 0,
+        }
+    }
+
     pub fn update(&mut self, buf: &[u8]) {
-        self.hasher.update(buf);
+        if let Some(h) = &mut self.hasher {
+            h.update(buf);
+        }
         self.size += buf.len() as u64;
     }
 
-    pub fn hex(self) -> String {
-        hex::encode(self.hasher.finalize())
+    /// The hex digest, if this hash was kept.
+    pub fn hex(self) -> Option<String> {
+        self.hasher.map(|h| hex::encode(h.finalize()))
     }
 }
 
