@@ -106,9 +106,14 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     }
     let _lock = ctx.local.as_ref().map(LocalStore::lock).transpose()?;
     let started = Instant::now();
+    if let Some(remote) = &ctx.remote
+        && let Err(e) = remote.clean_interrupted(&ctx.node_name, jiff::Timestamp::now()).await
+    {
+        tracing::warn!(store = %remote.describe(), error = %e, "could not check for uploads left by interrupted saves");
+    }
 
-    // Name: K3s's scheme; a name already taken this second moves to the next second rather
-    // than overwriting (K3s overwrites).
+    // Name: K3s's scheme; a name already taken this second (in any destination) moves to the
+    // next second rather than overwriting (K3s overwrites).
     let mut created_at = now_rounded();
     let mut name;
     loop {
@@ -118,8 +123,7 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
             created_at.as_second(),
             opts.compression,
         ))?;
-        let taken = ctx.local.as_ref().is_some_and(|l| l.snapshot_path(&name).exists());
-        if !taken {
+        if !name_taken(&stores, &name).await {
             break;
         }
         created_at = created_at
@@ -259,6 +263,17 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         duration: started.elapsed(),
     };
     Ok(report)
+}
+
+/// Whether any destination already holds `name`. A destination that cannot answer does not
+/// block the save (writing to it will report the problem).
+async fn name_taken(stores: &[&dyn SnapshotStore], name: &SnapshotName) -> bool {
+    for store in stores {
+        if let Ok(true) = store.exists(name).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// A failed record, shaped like K3s's: no location for local failures, size 0.

@@ -23,6 +23,8 @@ pub enum Fault {
     Throttle(u64),
     /// Stop forwarding (connections stay open, nothing arrives).
     Stall,
+    /// Pass at most this many bytes per second from the client to the server (slow uploads).
+    ThrottleUp(u64),
 }
 
 /// A running proxy; stops when dropped.
@@ -90,8 +92,26 @@ async fn relay(client: TcpStream, server: TcpStream, fault: Arc<Mutex<Fault>>, f
     let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
+    let up_fault = fault.clone();
     let upstream = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let current = up_fault.lock().map(|f| *f).unwrap_or(Fault::None);
+            let limit = match current {
+                Fault::ThrottleUp(bps) => ((bps / 20).max(1) as usize).min(buf.len()),
+                _ => buf.len(),
+            };
+            let n = match cr.read(&mut buf[..limit]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            if let Fault::ThrottleUp(_) = current {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let _ = sw.shutdown().await;
     });
     let mut seen: u64 = 0;

@@ -46,18 +46,23 @@ pub struct S3Request {
 impl S3Server {
     /// Plain HTTP.
     pub async fn start() -> Result<S3Server> {
-        Self::start_with(false).await
+        Self::start_with(false, None).await
     }
 
     /// HTTPS with a certificate from its own CA (see [`S3Server::tls`]).
     pub async fn start_tls() -> Result<S3Server> {
-        Self::start_with(true).await
+        Self::start_with(true, None).await
     }
 
-    async fn start_with(tls: bool) -> Result<S3Server> {
+    /// Plain HTTP, also answering virtual-host-style requests (`Host: <bucket>.<domain>`).
+    pub async fn start_virtual_host(domain: &str) -> Result<S3Server> {
+        Self::start_with(false, Some(domain)).await
+    }
+
+    async fn start_with(tls: bool, virtual_domain: Option<&str>) -> Result<S3Server> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::try_start(tls).await {
+            match Self::try_start(tls, virtual_domain).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
@@ -65,7 +70,7 @@ impl S3Server {
         Err(last.unwrap_or_else(|| Error::other("versitygw", "not started")))
     }
 
-    async fn try_start(tls: bool) -> Result<S3Server> {
+    async fn try_start(tls: bool, virtual_domain: Option<&str>) -> Result<S3Server> {
         let bin = testbin("versitygw")?;
         let dir = tempfile::Builder::new()
             .prefix("testenv-s3-")
@@ -94,6 +99,9 @@ impl S3Server {
             "--access-log".into(),
             access_log.display().to_string(),
         ];
+        if let Some(domain) = virtual_domain {
+            args.extend(["--virtual-domain".into(), domain.to_string()]);
+        }
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
         let tls = if tls {
             let pki = Pki::new("s3", &d.join("pki"))?;
@@ -300,6 +308,21 @@ impl S3Server {
             .collect();
         let body = resp.bytes().await.map_err(|e| Error::other("read object body", e))?;
         Ok((body.to_vec(), meta))
+    }
+
+    /// All response headers of a HEAD of the object (names lowercased).
+    pub async fn head_object(&self, bucket: &str, key: &str) -> Result<Vec<(String, String)>> {
+        let b = self.bucket(bucket)?;
+        let creds = self.credentials();
+        let url = b.head_object(Some(&creds), key).sign(SIGN_FOR);
+        let resp = self
+            .send(&format!("head s3://{bucket}/{key}"), self.http.head(url))
+            .await?;
+        Ok(resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_lowercase(), v.to_str().ok()?.to_string())))
+            .collect())
     }
 
     /// Keys of all objects in `bucket` under `prefix` (recursive, paginated).

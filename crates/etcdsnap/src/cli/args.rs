@@ -82,6 +82,106 @@ pub struct StorageArgs {
     /// Keep no local copy (S3 only).
     #[arg(long, env = "ETCDSNAP_NO_LOCAL")]
     pub no_local: bool,
+    /// Cluster identity recorded with snapshots and used to scope S3 retention
+    /// [default: the UID of the kube-system namespace, when Kubernetes is reachable]
+    #[arg(long, env = "ETCDSNAP_CLUSTER_ID", value_name = "ID")]
+    pub cluster_id: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// S3 storage, with K3s's flag names (`--s3-*`, or `--etcd-s3-*` as on a K3s server).
+#[derive(Debug, Clone, Args)]
+pub struct S3Args {
+    /// Also keep snapshots in S3 (uploaded in the same pass as the local copy).
+    #[arg(long = "s3", visible_alias = "etcd-s3", env = "ETCDSNAP_S3")]
+    pub enabled: bool,
+    /// S3 endpoint, host[:port] without scheme.
+    #[arg(
+        long = "s3-endpoint",
+        visible_alias = "etcd-s3-endpoint",
+        env = "ETCDSNAP_S3_ENDPOINT",
+        default_value = "s3.amazonaws.com",
+        value_name = "HOST"
+    )]
+    pub endpoint: String,
+    /// CA certificates for the endpoint: PEM file paths or base64-encoded PEM bundles, space-separated.
+    #[arg(
+        long = "s3-endpoint-ca",
+        visible_alias = "etcd-s3-endpoint-ca",
+        env = "ETCDSNAP_S3_ENDPOINT_CA",
+        value_name = "CA"
+    )]
+    pub endpoint_ca: Option<String>,
+    /// Do not verify the endpoint's TLS certificate.
+    #[arg(
+        long = "s3-skip-ssl-verify",
+        visible_alias = "etcd-s3-skip-ssl-verify",
+        env = "ETCDSNAP_S3_SKIP_SSL_VERIFY"
+    )]
+    pub skip_ssl_verify: bool,
+    /// Access key [env: AWS_ACCESS_KEY_ID]; without keys the AWS credential chain (web identity,
+    /// ECS, instance profile) is used.
+    #[arg(
+        long = "s3-access-key",
+        visible_alias = "etcd-s3-access-key",
+        env = "AWS_ACCESS_KEY_ID",
+        hide_env = true,
+        hide_env_values = true
+    )]
+    pub access_key: Option<String>,
+    /// Secret key [env: AWS_SECRET_ACCESS_KEY].
+    #[arg(
+        long = "s3-secret-key",
+        visible_alias = "etcd-s3-secret-key",
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env = true,
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+    /// Session token for temporary credentials [env: AWS_SESSION_TOKEN].
+    #[arg(
+        long = "s3-session-token",
+        visible_alias = "etcd-s3-session-token",
+        env = "AWS_SESSION_TOKEN",
+        hide_env = true,
+        hide_env_values = true
+    )]
+    pub session_token: Option<String>,
+    /// Bucket (must exist).
+    #[arg(long = "s3-bucket", visible_alias = "etcd-s3-bucket", env = "ETCDSNAP_S3_BUCKET")]
+    pub bucket: Option<String>,
+    #[arg(
+        long = "s3-region",
+        visible_alias = "etcd-s3-region",
+        env = "ETCDSNAP_S3_REGION",
+        default_value = "us-east-1"
+    )]
+    pub region: String,
+    /// Folder (key prefix) inside the bucket.
+    #[arg(long = "s3-folder", visible_alias = "etcd-s3-folder", env = "ETCDSNAP_S3_FOLDER")]
+    pub folder: Option<String>,
+    /// Use plain HTTP instead of HTTPS.
+    #[arg(
+        long = "s3-insecure",
+        visible_alias = "etcd-s3-insecure",
+        env = "ETCDSNAP_S3_INSECURE"
+    )]
+    pub insecure: bool,
+    /// Bucket addressing: auto, dns (virtual host) or path.
+    #[arg(
+        long = "s3-bucket-lookup-type",
+        visible_alias = "etcd-s3-bucket-lookup-type",
+        env = "ETCDSNAP_S3_BUCKET_LOOKUP_TYPE",
+        default_value = "auto"
+    )]
+    pub bucket_lookup: String,
+    /// Timeout of each S3 request.
+    #[arg(long = "s3-timeout", visible_alias = "etcd-s3-timeout", env = "ETCDSNAP_S3_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
+    pub timeout: Duration,
+    /// Proxy URL for S3, or `none` to ignore HTTP(S)_PROXY [default: from the environment]
+    #[arg(long = "s3-proxy", visible_alias = "etcd-s3-proxy", env = "ETCDSNAP_S3_PROXY")]
+    pub proxy: Option<String>,
 }
 
 /// How to reach etcd.
@@ -179,6 +279,9 @@ pub struct PruneArgs {
     /// Snapshots to keep per node; 0 keeps all.
     #[arg(long, visible_aliases = ["snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", default_value_t = 5)]
     pub retention: usize,
+    /// Snapshots to keep per node in S3 (only this cluster's) [default: --retention]
+    #[arg(long, visible_alias = "etcd-s3-retention", env = "ETCDSNAP_S3_RETENTION")]
+    pub s3_retention: Option<usize>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }

@@ -9,11 +9,15 @@ use super::progress::ProgressLine;
 use crate::etcd::EtcdConfig;
 use crate::ops::{self, Context, DeleteResult, PruneOptions, SaveOptions};
 use crate::record::Outcome;
-use crate::store::StoreError;
 use crate::store::local::LocalStore;
+use crate::store::s3::S3Store;
+use crate::store::s3::config::{BucketLookup, S3Config, S3Settings};
+use crate::store::{SnapshotStore, StoreError};
 use anyhow::{Context as _, bail};
 use etcdsnap_api::{Compression, SnapshotName, TokenHash, is_dns1123_subdomain};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
@@ -94,17 +98,60 @@ fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
     }
 }
 
+/// The S3 store, when `--s3` is given. Settings are validated here, before any work starts.
+fn s3_store(storage: &StorageArgs) -> anyhow::Result<Option<Arc<S3Store>>> {
+    let a = &storage.s3;
+    if !a.enabled {
+        return Ok(None);
+    }
+    let settings = S3Settings {
+        endpoint: a.endpoint.clone(),
+        endpoint_ca: a.endpoint_ca.clone(),
+        skip_ssl_verify: a.skip_ssl_verify,
+        access_key: a.access_key.clone().filter(|k| !k.is_empty()),
+        secret_key: a.secret_key.clone().filter(|k| !k.is_empty()),
+        session_token: a.session_token.clone().filter(|k| !k.is_empty()),
+        bucket: a.bucket.clone(),
+        region: a.region.clone(),
+        folder: a.folder.clone(),
+        insecure: a.insecure,
+        bucket_lookup: a
+            .bucket_lookup
+            .parse::<BucketLookup>()
+            .map_err(|e| anyhow::anyhow!("--s3-bucket-lookup-type: {e}"))?,
+        timeout: a.timeout,
+        proxy: a.proxy.clone(),
+    };
+    let config = S3Config::from_settings(settings)?;
+    let cache = s3_cache_file(storage, &config);
+    Ok(Some(S3Store::new(config, cache)?))
+}
+
+/// `<data-dir>/cache/s3-<hash of endpoint, bucket and folder>.json`.
+fn s3_cache_file(storage: &StorageArgs, config: &S3Config) -> Option<PathBuf> {
+    use sha2::Digest;
+    let id = sha2::Sha256::digest(format!("{}\n{}\n{}", config.endpoint, config.bucket, config.folder).as_bytes());
+    Some(
+        storage
+            .data_dir
+            .join("cache")
+            .join(format!("s3-{}.json", &hex::encode(id)[..16])),
+    )
+}
+
 fn base_context(storage: &StorageArgs, creating: bool) -> anyhow::Result<Context> {
     let node = node_name(storage)?;
+    let remote = s3_store(storage)?;
     let local = local_store(storage, &node, creating)?;
+    let cluster_id = storage.cluster_id.clone().filter(|c| !c.trim().is_empty());
     Ok(Context {
         node_name: node,
         etcd: EtcdConfig::default(),
         local,
-        remote: None,
-        remote_spec: None,
+        remote_spec: remote.as_ref().map(|r| r.spec()),
+        remote: remote.map(|r| r as Arc<dyn SnapshotStore>),
         token_hash: None,
-        cluster_id: None,
+        cluster_id,
         extra_metadata: None,
         zstd_level: DEFAULT_ZSTD_LEVEL,
     })

@@ -465,6 +465,10 @@ impl SnapshotStore for LocalStore {
         })
     }
 
+    async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError> {
+        Ok(self.snapshot_path(name).exists())
+    }
+
     async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError> {
         let store = self.clone();
         let name = name.clone();

@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod retention;
+pub mod s3;
 
 use crate::record::SnapshotRecord;
 use async_trait::async_trait;
@@ -40,6 +41,8 @@ pub enum StoreError {
         target: String,
         message: String,
     },
+    #[error("{0}")]
+    Config(String),
     #[error("{0}")]
     Other(String),
 }
@@ -107,4 +110,11 @@ pub trait SnapshotStore: Send + Sync {
     async fn open(&self, name: &SnapshotName) -> Result<SnapshotReader, StoreError>;
     /// Deletes a snapshot and its metadata document. Ok(false) if it did not exist.
     async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError>;
+    /// Whether a snapshot of this name exists (a new save must not overwrite it).
+    async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError>;
+    /// Removes what saves of `node` interrupted before `before` left behind (an S3 multipart
+    /// upload that was never completed or aborted). Returns how many were removed.
+    async fn clean_interrupted(&self, _node: &str, _before: jiff::Timestamp) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 }
