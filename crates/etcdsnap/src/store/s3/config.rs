@@ -127,7 +127,7 @@ pub const DEFAULT_ENDPOINT: &str = "s3.amazonaws.com";
 pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 const PART_SIZE: usize = 8 * 1024 * 1024;
-const CONCURRENCY: usize = 3;
+const CONCURRENCY: usize = 2;
 
 impl S3Config {
     /// Validates settings; every error names the flag to fix. Nothing secret is echoed.

@@ -1,0 +1,66 @@
+//! Uploads one file to S3 with etcdsnap's own S3 client (multipart, same part size and
+//! concurrency as `etcdsnap save`): the last step of bench/s3.sh's "sequential" baseline.
+//!
+//! Usage: ETCDSNAP_S3_ENDPOINT=host:port ETCDSNAP_S3_BUCKET=b [ETCDSNAP_S3_INSECURE=true]
+//!        AWS_ACCESS_KEY_ID=.. AWS_SECRET_ACCESS_KEY=.. s3_upload FILE KEY
+
+use etcdsnap::store::s3::S3Store;
+use etcdsnap::store::s3::config::{DEFAULT_REGION, DEFAULT_TIMEOUT, S3Config, S3Settings};
+use etcdsnap::store::{NewSnapshot, SnapshotStore};
+use etcdsnap_api::{EtcdInfo, SnapshotName};
+use std::io::Read;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let (file, key) = (args.next().ok_or("usage: s3_upload FILE NAME")?, args.next().ok_or("usage: s3_upload FILE NAME")?);
+    let env = |k: &str| std::env::var(k).ok();
+    let config = S3Config::from_settings(S3Settings {
+        endpoint: env("ETCDSNAP_S3_ENDPOINT").ok_or("ETCDSNAP_S3_ENDPOINT is not set")?,
+        bucket: env("ETCDSNAP_S3_BUCKET"),
+        access_key: env("AWS_ACCESS_KEY_ID"),
+        secret_key: env("AWS_SECRET_ACCESS_KEY"),
+        insecure: env("ETCDSNAP_S3_INSECURE").is_some_and(|v| v == "true"),
+        region: DEFAULT_REGION.into(),
+        timeout: DEFAULT_TIMEOUT,
+        ..Default::default()
+    })?;
+    let store = S3Store::new(config, None)?;
+    let name = SnapshotName::parse(&key)?;
+    let new = NewSnapshot { name: name.clone(), node_name: "bench".into(), cluster_id: None, token_hash: None, etcd: EtcdInfo::default() };
+    let mut sink = store.create(&new).await?;
+    // Reading and writing on a blocking thread, like the pipeline does.
+    let (sink_back, size) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let mut f = std::fs::File::open(&file).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            sink.write(&buf[..n]).map_err(|e| e.to_string())?;
+        }
+        Ok((sink, size))
+    })
+    .await??;
+    let doc = etcdsnap_api::MetadataDocument {
+        api_version: etcdsnap_api::metadata::METADATA_API_VERSION.into(),
+        kind: etcdsnap_api::metadata::METADATA_KIND.into(),
+        name: name.to_string(),
+        node_name: "bench".into(),
+        location: String::new(),
+        created_at: jiff::Timestamp::now(),
+        size,
+        sha256: String::new(),
+        compression: name.compression(),
+        etcd: None,
+        token_hash: None,
+        cluster_id: None,
+        s3: None,
+        extra_metadata: None,
+    };
+    sink_back.commit(&doc).await?;
+    Ok(())
+}
