@@ -13,7 +13,8 @@ use std::io::Read;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (file, key) = (args.next().ok_or("usage: s3_upload FILE NAME")?, args.next().ok_or("usage: s3_upload FILE NAME")?);
+    let (file, key) =
+        (args.next().ok_or("usage: s3_upload FILE NAME")?, args.next().ok_or("usage: s3_upload FILE NAME")?);
     let env = |k: &str| std::env::var(k).ok();
     let config = S3Config::from_settings(S3Settings {
         endpoint: env("ETCDSNAP_S3_ENDPOINT").ok_or("ETCDSNAP_S3_ENDPOINT is not set")?,
@@ -27,7 +28,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let store = S3Store::new(config, None)?;
     let name = SnapshotName::parse(&key)?;
-    let new = NewSnapshot { name: name.clone(), node_name: "bench".into(), cluster_id: None, token_hash: None, etcd: EtcdInfo::default() };
+    let new = NewSnapshot {
+        name: name.clone(),
+        node_name: "bench".into(),
+        cluster_id: None,
+        token_hash: None,
+        etcd: EtcdInfo::default(),
+    };
     let mut sink = store.create(&new).await?;
     // Reading and writing on a blocking thread, like the pipeline does.
     let (sink_back, size) = tokio::task::spawn_blocking(move || -> Result<_, String> {

@@ -1,6 +1,7 @@
 //! etcdsnap: etcd snapshots for Kubernetes control planes, recorded as K3s/RKE2-compatible
 //! `ETCDSnapshotFile` resources. See `docs/architecture.md` for how the modules fit together.
 
+pub mod agent;
 pub mod cli;
 pub mod etcd;
 pub mod ops;

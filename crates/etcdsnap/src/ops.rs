@@ -5,7 +5,7 @@
 use crate::etcd::{EtcdConfig, EtcdError, MemberStatus};
 use crate::pipeline::encode::EncodeSpec;
 use crate::pipeline::verify::{StoredCheck, verify_reader};
-use crate::pipeline::{self, Progress};
+use crate::pipeline::{self, PipelineError, PipelineOutput, Progress};
 use crate::record::{MetadataSource, Outcome, SnapshotRecord};
 use crate::store::local::LocalStore;
 use crate::store::{NewSnapshot, RetentionPolicy, SnapshotSink, SnapshotStore, StoreError, plan_retention};
@@ -13,6 +13,7 @@ use etcdsnap_api::{Compression, ETCDSnapshotS3, SnapshotName, StorageKind, Token
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// The stores and identity an operation works with.
 #[derive(Clone)]
@@ -58,6 +59,8 @@ pub enum SaveError {
     Etcd(EtcdError),
     #[error("invalid snapshot name: {0}")]
     Name(#[from] etcdsnap_api::NameError),
+    #[error("snapshot cancelled (shutting down); nothing was published")]
+    Cancelled,
 }
 
 /// What to save.
@@ -66,6 +69,8 @@ pub struct SaveOptions {
     /// Base name: `on-demand` for CLI saves, `etcd-snapshot` for scheduled ones.
     pub base_name: String,
     pub compression: Compression,
+    /// Cancelling aborts the save cleanly: no partial file, no open multipart upload.
+    pub cancel: CancellationToken,
 }
 
 /// The outcome of one save: a record per destination, ready or failed.
@@ -77,6 +82,8 @@ pub struct SaveReport {
     /// Bytes received from etcd.
     pub raw_size: u64,
     pub duration: Duration,
+    /// When each destination was done (published or failed), from the start of the save.
+    pub finished: Vec<(StorageKind, Duration)>,
 }
 
 impl SaveReport {
@@ -106,41 +113,23 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     }
     let _lock = ctx.local.as_ref().map(LocalStore::lock).transpose()?;
     let started = Instant::now();
-    if let Some(remote) = &ctx.remote
-        && let Err(e) = remote.clean_interrupted(&ctx.node_name, jiff::Timestamp::now()).await
-    {
-        tracing::warn!(store = %remote.describe(), error = %e, "could not check for uploads left by interrupted saves");
-    }
-
-    // Name: K3s's scheme; a name already taken this second (in any destination) moves to the
-    // next second rather than overwriting (K3s overwrites).
-    let mut created_at = now_rounded();
-    let mut name;
-    loop {
-        name = SnapshotName::parse(&snapshot_file_name(
-            &opts.base_name,
-            &ctx.node_name,
-            created_at.as_second(),
-            opts.compression,
-        ))?;
-        if !name_taken(&stores, &name).await {
-            break;
-        }
-        created_at = created_at
-            .checked_add(jiff::SignedDuration::from_secs(1))
-            .unwrap_or(created_at);
-    }
-
-    let failed_everywhere = |message: String| SaveReport {
+    clean_interrupted(ctx).await;
+    let (name, created_at) = free_name(ctx, &stores, opts).await?;
+    let mut report = SaveReport {
         name: name.clone(),
-        records: stores
-            .iter()
-            .map(|s| failed_record(ctx, &name, s.kind(), created_at, &message))
-            .collect(),
+        records: Vec::new(),
         member: None,
         raw_size: 0,
-        duration: started.elapsed(),
+        duration: Duration::ZERO,
+        finished: Vec::new(),
     };
+    let fail_all = |report: &mut SaveReport, kinds: &[StorageKind], message: &str| {
+        for kind in kinds {
+            report.records.push(failed_record(ctx, &name, *kind, created_at, message));
+            report.finished.push((*kind, started.elapsed()));
+        }
+    };
+    let all_kinds: Vec<StorageKind> = stores.iter().map(|s| s.kind()).collect();
 
     let (mut member, status) = match ctx.etcd.connect_member().await {
         Ok(m) => m,
@@ -148,12 +137,18 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         Err(e @ (EtcdError::ReadTls { .. } | EtcdError::IncompleteIdentity | EtcdError::NoEndpoints)) => {
             return Err(SaveError::Etcd(e));
         }
-        Err(e) => return Ok(failed_everywhere(e.to_string())),
+        Err(e) => {
+            fail_all(&mut report, &all_kinds, &e.to_string());
+            report.duration = started.elapsed();
+            return Ok(report);
+        }
     };
     if let Some(p) = &progress {
         p.set_total(status.db_size.max(0) as u64);
     }
     tracing::info!(snapshot = %name, endpoint = %status.endpoint, revision = status.revision, db_size = status.db_size, "saving etcd snapshot");
+    report.member = Some(status.clone());
+
     let new = NewSnapshot {
         name: name.clone(),
         node_name: ctx.node_name.clone(),
@@ -161,40 +156,27 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         token_hash: ctx.token_hash.clone(),
         etcd: status.etcd_info(),
     };
-
-    let mut records = Vec::new();
     let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
     for store in &stores {
         match store.create(&new).await {
             Ok(sink) => sinks.push(sink),
-            Err(e) => records.push(failed_record(ctx, &name, store.kind(), created_at, &e.to_string())),
+            Err(e) => fail_all(&mut report, &[store.kind()], &e.to_string()),
         }
     }
+    let kinds: Vec<StorageKind> = sinks.iter().map(|s| s.storage()).collect();
     if sinks.is_empty() {
-        return Ok(SaveReport {
-            name,
-            records,
-            member: Some(status),
-            raw_size: 0,
-            duration: started.elapsed(),
-        });
+        report.duration = started.elapsed();
+        return Ok(report);
     }
-
     let stream = match member.snapshot().await {
         Ok(s) => s,
         Err(e) => {
             for sink in sinks {
-                let kind = sink.storage();
                 sink.abort().await;
-                records.push(failed_record(ctx, &name, kind, created_at, &e.to_string()));
             }
-            return Ok(SaveReport {
-                name,
-                records,
-                member: Some(status),
-                raw_size: 0,
-                duration: started.elapsed(),
-            });
+            fail_all(&mut report, &kinds, &e.to_string());
+            report.duration = started.elapsed();
+            return Ok(report);
         }
     };
     let spec = EncodeSpec {
@@ -204,32 +186,64 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         created_at,
         expected_size: status.db_size.max(0) as u64,
     };
-    let kinds: Vec<StorageKind> = sinks.iter().map(|s| s.storage()).collect();
-    let output = match pipeline::run(stream, sinks, spec, progress).await {
-        Ok(o) => o,
-        Err(e) => {
-            let message = e.to_string();
-            records.extend(
-                kinds
-                    .into_iter()
-                    .map(|k| failed_record(ctx, &name, k, created_at, &message)),
-            );
-            return Ok(SaveReport {
-                name,
-                records,
-                member: Some(status),
-                raw_size: 0,
-                duration: started.elapsed(),
-            });
+    match pipeline::run(stream, sinks, spec, progress, opts.cancel.clone()).await {
+        Ok(output) => {
+            report.raw_size = output.raw_size;
+            publish(ctx, &mut report, output, created_at, opts.compression, &status, started).await;
         }
-    };
+        Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
+        Err(e) => fail_all(&mut report, &kinds, &e.to_string()),
+    }
+    report.records.sort_by_key(|r| r.storage == StorageKind::S3);
+    report.duration = started.elapsed();
+    Ok(report)
+}
 
-    let etcd = status.etcd_info();
+/// Aborts what interrupted saves of this node left in remote stores (best effort).
+async fn clean_interrupted(ctx: &Context) {
+    if let Some(remote) = &ctx.remote
+        && let Err(e) = remote.clean_interrupted(&ctx.node_name, jiff::Timestamp::now()).await
+    {
+        tracing::warn!(store = %remote.describe(), error = %e, "could not check for uploads left by interrupted saves");
+    }
+}
+
+/// K3s's name for a snapshot taken now; a name already taken this second (in any destination)
+/// moves to the next second rather than overwriting (K3s overwrites).
+async fn free_name(
+    ctx: &Context,
+    stores: &[&dyn SnapshotStore],
+    opts: &SaveOptions,
+) -> Result<(SnapshotName, jiff::Timestamp), SaveError> {
+    let mut created_at = now_rounded();
+    loop {
+        let file = snapshot_file_name(&opts.base_name, &ctx.node_name, created_at.as_second(), opts.compression);
+        let name = SnapshotName::parse(&file)?;
+        if !name_taken(stores, &name).await {
+            return Ok((name, created_at));
+        }
+        created_at = created_at.checked_add(jiff::SignedDuration::from_secs(1)).unwrap_or(created_at);
+    }
+}
+
+/// Commits every sink that received the whole stream (metadata document first, then the
+/// snapshot), aborts the ones that failed midway, and records the outcome of each.
+async fn publish(
+    ctx: &Context,
+    report: &mut SaveReport,
+    output: PipelineOutput,
+    created_at: jiff::Timestamp,
+    compression: Compression,
+    status: &MemberStatus,
+    started: Instant,
+) {
+    let name = report.name.clone();
     for outcome in output.sinks {
         let kind = outcome.sink.storage();
         if let Some(e) = outcome.error {
             outcome.sink.abort().await;
-            records.push(failed_record(ctx, &name, kind, created_at, &e.to_string()));
+            report.records.push(failed_record(ctx, &name, kind, created_at, &e.to_string()));
+            report.finished.push((kind, started.elapsed()));
             continue;
         }
         let record = SnapshotRecord {
@@ -240,9 +254,9 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
             created_at,
             size: output.stored_size,
             outcome: Outcome::Ready,
-            compression: opts.compression,
+            compression,
             sha256: Some(output.stored_sha256.clone()),
-            etcd: Some(etcd.clone()),
+            etcd: Some(status.etcd_info()),
             token_hash: ctx.token_hash.clone(),
             cluster_id: ctx.cluster_id.clone(),
             s3: (kind == StorageKind::S3).then(|| ctx.remote_spec.clone()).flatten(),
@@ -250,19 +264,11 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
             metadata_source: MetadataSource::Document,
         };
         match outcome.sink.commit(&record.to_document()).await {
-            Ok(()) => records.push(record),
-            Err(e) => records.push(failed_record(ctx, &name, kind, created_at, &e.to_string())),
+            Ok(()) => report.records.push(record),
+            Err(e) => report.records.push(failed_record(ctx, &name, kind, created_at, &e.to_string())),
         }
+        report.finished.push((kind, started.elapsed()));
     }
-    records.sort_by_key(|r| r.storage == StorageKind::S3);
-    let report = SaveReport {
-        name,
-        records,
-        member: Some(status),
-        raw_size: output.raw_size,
-        duration: started.elapsed(),
-    };
-    Ok(report)
 }
 
 /// Whether any destination already holds `name`. A destination that cannot answer does not
@@ -291,9 +297,7 @@ fn failed_record(
         location: String::new(),
         created_at,
         size: 0,
-        outcome: Outcome::Failed {
-            message: message.to_string(),
-        },
+        outcome: Outcome::Failed { message: message.to_string() },
         compression: name.compression(),
         sha256: None,
         etcd: None,
@@ -380,12 +384,9 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
     let mut report = PruneReport::default();
     for store in ctx.stores() {
         let policy = match store.kind() {
-            StorageKind::Local => RetentionPolicy {
-                base: opts.base_name.clone(),
-                keep: opts.keep_local,
-                node: None,
-                cluster_id: None,
-            },
+            StorageKind::Local => {
+                RetentionPolicy { base: opts.base_name.clone(), keep: opts.keep_local, node: None, cluster_id: None }
+            }
             StorageKind::S3 => {
                 let Some(cluster) = ctx.cluster_id.clone() else {
                     report.errors.push(format!(
@@ -415,9 +416,7 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
                     tracing::info!(snapshot = %name, store = %store.describe(), "removed by retention");
                     report.deleted.push((store.kind(), name));
                 }
-                Err(e) => report
-                    .errors
-                    .push(format!("{}: deleting {name}: {e}", store.describe())),
+                Err(e) => report.errors.push(format!("{}: deleting {name}: {e}", store.describe())),
             }
         }
     }
@@ -445,11 +444,7 @@ pub async fn verify_record(
     record: &SnapshotRecord,
     progress: Option<Progress>,
 ) -> VerifyResult {
-    let mut result = VerifyResult {
-        record: record.clone(),
-        check: None,
-        problems: Vec::new(),
-    };
+    let mut result = VerifyResult { record: record.clone(), check: None, problems: Vec::new() };
     let reader = match store.open(&record.name).await {
         Ok(r) => r,
         Err(e) => {
@@ -461,10 +456,7 @@ pub async fn verify_record(
         p.set_total(reader.size);
     }
     let compression = record.name.compression();
-    let counted = CountingReader {
-        inner: reader.reader,
-        progress,
-    };
+    let counted = CountingReader { inner: reader.reader, progress };
     let check = tokio::task::spawn_blocking(move || {
         let bridge = tokio_util::io::SyncIoBridge::new(counted);
         verify_reader(bridge, compression)
@@ -484,16 +476,12 @@ pub async fn verify_record(
     if let Some(expected) = &record.sha256
         && expected != &check.stored_sha256
     {
-        result.problems.push(format!(
-            "sha256 mismatch: recorded {expected}, stored bytes hash to {}",
-            check.stored_sha256
-        ));
+        result
+            .problems
+            .push(format!("sha256 mismatch: recorded {expected}, stored bytes hash to {}", check.stored_sha256));
     }
     if record.metadata_source == MetadataSource::Document && record.size != check.stored_size {
-        result.problems.push(format!(
-            "size mismatch: recorded {} bytes, read {}",
-            record.size, check.stored_size
-        ));
+        result.problems.push(format!("size mismatch: recorded {} bytes, read {}", record.size, check.stored_size));
     }
     if let Some(p) = check.trailer.problem() {
         result.problems.push(p);

@@ -55,10 +55,7 @@ async fn servers() -> Result<(Etcd, S3Server), Box<dyn std::error::Error>> {
 }
 
 fn snapshot_names(dir: &std::path::Path) -> Vec<String> {
-    files_in(&dir.join("snapshots"))
-        .into_iter()
-        .filter(|f| !f.starts_with('.'))
-        .collect()
+    files_in(&dir.join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect()
 }
 
 fn meta<'a>(headers: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -71,10 +68,7 @@ async fn one_pass_writes_identical_bytes_locally_and_in_s3_with_k3s_layout_and_m
     let data = tempfile::tempdir()?;
     let env = Env::new(&etcd, &s3, data.path(), "node-a", "k3s/prod").set("ETCDSNAP_CLUSTER_ID", "cluster-1");
     for compress in ["none", "zstd", "zip"] {
-        let out = env
-            .run(&["save", "--compress", compress, "--token", "K10::server:mysecret"])
-            .await
-            .expect_ok();
+        let out = env.run(&["save", "--compress", compress, "--token", "K10::server:mysecret"]).await.expect_ok();
         assert_eq!(out.stdout.matches(" saved to ").count(), 2, "{}", out.stdout);
     }
     for name in snapshot_names(data.path()) {
@@ -86,11 +80,7 @@ async fn one_pass_writes_identical_bytes_locally_and_in_s3_with_k3s_layout_and_m
         assert_eq!(meta(&user, "k3s-token-hash"), Some("652c7dc687d9"));
         assert!(meta(&user, "etcdsnap-etcd-revision").is_some_and(|r| r.parse::<i64>().is_ok()));
         let headers = s3.head_object(BUCKET, &format!("k3s/prod/{name}")).await?;
-        let expected_type = if name.ends_with(".zip") {
-            "application/zip"
-        } else {
-            "application/octet-stream"
-        };
+        let expected_type = if name.ends_with(".zip") { "application/zip" } else { "application/octet-stream" };
         assert_eq!(meta(&headers, "content-type"), Some(expected_type), "{name}");
 
         let (doc, doc_meta) = s3.get_object(BUCKET, &format!("k3s/prod/.metadata/{name}")).await?;
@@ -108,14 +98,8 @@ async fn one_pass_writes_identical_bytes_locally_and_in_s3_with_k3s_layout_and_m
     assert_eq!(items.len(), 3);
     for item in items {
         assert!(item["metadata"]["name"].as_str().unwrap_or_default().starts_with("s3-"));
-        assert_eq!(
-            item["metadata"]["labels"]["etcd.k3s.cattle.io/snapshot-storage-node"],
-            "s3"
-        );
-        assert_eq!(
-            item["metadata"]["annotations"]["etcd.k3s.cattle.io/snapshot-token-hash"],
-            "652c7dc687d9"
-        );
+        assert_eq!(item["metadata"]["labels"]["etcd.k3s.cattle.io/snapshot-storage-node"], "s3");
+        assert_eq!(item["metadata"]["annotations"]["etcd.k3s.cattle.io/snapshot-token-hash"], "652c7dc687d9");
         assert_eq!(item["spec"]["nodeName"], "node-a");
         assert_eq!(item["spec"]["s3"]["bucket"], BUCKET);
         assert_eq!(item["spec"]["s3"]["prefix"], "k3s/prod");
@@ -153,19 +137,9 @@ async fn tls_with_a_custom_ca_and_with_skip_verify() -> TestResult {
     let inline = base64::engine::general_purpose::STANDARD.encode(tls.ca_pem.as_bytes());
     env.run(&["save", "--s3-endpoint-ca", &inline]).await.expect_ok();
     env.run(&["save", "--s3-skip-ssl-verify"]).await.expect_ok();
-    let out = env
-        .run(&["save", "--s3-endpoint-ca", "/does/not/exist"])
-        .await
-        .expect_fail();
+    let out = env.run(&["save", "--s3-endpoint-ca", "/does/not/exist"]).await.expect_fail();
     assert!(out.stderr.contains("--s3-endpoint-ca"), "{}", out.stderr);
-    assert_eq!(
-        s3.list_keys(BUCKET, "")
-            .await?
-            .iter()
-            .filter(|k| !k.starts_with(".metadata/"))
-            .count(),
-        3
-    );
+    assert_eq!(s3.list_keys(BUCKET, "").await?.iter().filter(|k| !k.starts_with(".metadata/")).count(), 3);
     Ok(())
 }
 
@@ -183,27 +157,13 @@ async fn path_and_virtual_host_bucket_lookup() -> TestResult {
     let proxy = format!("http://{}", forwarder.addr());
     let endpoint = format!("localhost:{}", s3.port());
     let env = env.set("ETCDSNAP_S3_ENDPOINT", &endpoint);
-    env.run(&["save", "--s3-bucket-lookup-type", "dns", "--s3-proxy", &proxy])
-        .await
-        .expect_ok();
+    env.run(&["save", "--s3-bucket-lookup-type", "dns", "--s3-proxy", &proxy]).await.expect_ok();
     let keys = s3.list_keys(BUCKET, "vh/").await?;
     assert_eq!(keys.iter().filter(|k| !k.contains(".metadata")).count(), 2, "{keys:?}");
     let hosts: Vec<String> = s3.requests().into_iter().map(|r| r.uri).collect();
-    assert!(
-        forwarder.forwarded() > 0,
-        "the DNS-style requests went through the proxy"
-    );
+    assert!(forwarder.forwarded() > 0, "the DNS-style requests went through the proxy");
     let listed = env
-        .run(&[
-            "ls",
-            "--no-local",
-            "--s3-bucket-lookup-type",
-            "dns",
-            "--s3-proxy",
-            &proxy,
-            "-o",
-            "json",
-        ])
+        .run(&["ls", "--no-local", "--s3-bucket-lookup-type", "dns", "--s3-proxy", &proxy, "-o", "json"])
         .await
         .expect_ok()
         .json();
@@ -224,11 +184,7 @@ async fn a_missing_bucket_and_wrong_credentials_are_clear_errors() -> TestResult
     let data = tempfile::tempdir()?;
     let env = Env::new(&etcd, &s3, data.path(), "n1", "");
     let out = env.run(&["save", "--s3-bucket", "no-such-bucket"]).await.expect_fail();
-    assert!(
-        out.stderr.contains("bucket no-such-bucket does not exist"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("bucket no-such-bucket does not exist"), "{}", out.stderr);
     assert_eq!(snapshot_names(data.path()).len(), 1, "the local copy is kept");
     let out = env.run(&["ls", "--s3-bucket", "no-such-bucket"]).await.expect_fail();
     assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
@@ -237,11 +193,7 @@ async fn a_missing_bucket_and_wrong_credentials_are_clear_errors() -> TestResult
     let bad = Env::new(&etcd, &s3, data.path(), "n1", "").set("AWS_SECRET_ACCESS_KEY", secret);
     let out = bad.run(&["save"]).await.expect_fail();
     assert!(out.stderr.contains("--s3-secret-key"), "{}", out.stderr);
-    assert!(
-        !out.stderr.contains(secret) && !out.stdout.contains(secret),
-        "the secret leaked: {}",
-        out.stderr
-    );
+    assert!(!out.stderr.contains(secret) && !out.stdout.contains(secret), "the secret leaked: {}", out.stderr);
     let out = bad.run(&["ls"]).await.expect_fail();
     assert!(!out.stderr.contains(secret));
 
@@ -271,9 +223,7 @@ async fn an_interrupted_upload_leaves_no_object_and_the_local_copy_intact() -> T
         for (k, v) in &env.0 {
             cmd.env(k, v);
         }
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?
     };
     // Kill the S3 server while parts are in flight.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -316,16 +266,8 @@ async fn retention_is_per_cluster_and_per_node() -> TestResult {
     let (etcd, s3) = servers().await?;
     let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
     let mut envs = Vec::new();
-    for (i, (cluster, node)) in [
-        ("c1", "a"),
-        ("c1", "b"),
-        ("c1", "c"),
-        ("c2", "a"),
-        ("c2", "b"),
-        ("c2", "c"),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (cluster, node)) in
+        [("c1", "a"), ("c1", "b"), ("c1", "c"), ("c2", "a"), ("c2", "b"), ("c2", "c")].into_iter().enumerate()
     {
         envs.push((
             cluster,
@@ -339,8 +281,7 @@ async fn retention_is_per_cluster_and_per_node() -> TestResult {
         }
     }
     // Objects K3s wrote without a cluster id, and one of another base name, are never candidates.
-    s3.put_object(BUCKET, "shared/on-demand-a-100", vec![1; 10], &[("K3s-Node-Name", "a")])
-        .await?;
+    s3.put_object(BUCKET, "shared/on-demand-a-100", vec![1; 10], &[("K3s-Node-Name", "a")]).await?;
     s3.put_object(
         BUCKET,
         "shared/on-demand-weekly-a-100",
@@ -393,42 +334,14 @@ async fn k3s_objects_are_listed_sibling_folders_ignored_and_hostile_metadata_ski
     env.run(&["save", "--no-local"]).await.expect_ok();
     // What K3s uploads: the snapshot with user metadata, and its extra metadata as a string map.
     let snapshot = std::fs::read(data.path().join("x")).unwrap_or_else(|_| vec![7u8; 4096]);
-    let k3s_meta = [
-        ("K3s-Node-Name", "server-1"),
-        ("K3s-Token-Hash", "652c7dc687d9"),
-        ("K3s-Cluster-Id", "uid-1"),
-    ];
-    s3.put_object(
-        BUCKET,
-        "k3s/etcd-snapshot-server-1-1700000000",
-        snapshot.clone(),
-        &k3s_meta,
-    )
-    .await?;
-    s3.put_object(
-        BUCKET,
-        "k3s/.metadata/etcd-snapshot-server-1-1700000000",
-        br#"{"rancher":"yes"}"#.to_vec(),
-        &[],
-    )
-    .await?;
-    s3.put_object(
-        BUCKET,
-        "k3s/etcd-snapshot-server-1-1700000100.zip",
-        snapshot.clone(),
-        &k3s_meta,
-    )
-    .await?;
-    // Sibling and nested folders.
-    s3.put_object(BUCKET, "k3s-old/etcd-snapshot-old-1-1600000000", snapshot.clone(), &[])
+    let k3s_meta = [("K3s-Node-Name", "server-1"), ("K3s-Token-Hash", "652c7dc687d9"), ("K3s-Cluster-Id", "uid-1")];
+    s3.put_object(BUCKET, "k3s/etcd-snapshot-server-1-1700000000", snapshot.clone(), &k3s_meta).await?;
+    s3.put_object(BUCKET, "k3s/.metadata/etcd-snapshot-server-1-1700000000", br#"{"rancher":"yes"}"#.to_vec(), &[])
         .await?;
-    s3.put_object(
-        BUCKET,
-        "k3s/nested/etcd-snapshot-nested-1-1600000000",
-        snapshot.clone(),
-        &[],
-    )
-    .await?;
+    s3.put_object(BUCKET, "k3s/etcd-snapshot-server-1-1700000100.zip", snapshot.clone(), &k3s_meta).await?;
+    // Sibling and nested folders.
+    s3.put_object(BUCKET, "k3s-old/etcd-snapshot-old-1-1600000000", snapshot.clone(), &[]).await?;
+    s3.put_object(BUCKET, "k3s/nested/etcd-snapshot-nested-1-1600000000", snapshot.clone(), &[]).await?;
     // Hostile metadata: huge, not JSON, lying about its snapshot, deeply nested.
     for (i, doc) in [
         vec![b' '; 50 * 1024 * 1024],
@@ -452,36 +365,20 @@ async fn k3s_objects_are_listed_sibling_folders_ignored_and_hostile_metadata_ski
     let out = env.run(&["ls", "--no-local", "-o", "json"]).await.expect_ok();
     let listed = out.json();
     let items = listed["items"].as_array().ok_or("no items")?;
-    let names: Vec<&str> = items
-        .iter()
-        .filter_map(|i| i["spec"]["snapshotName"].as_str())
-        .collect();
-    assert!(
-        !names.iter().any(|n| n.contains("old") || n.contains("nested")),
-        "{names:?}"
-    );
+    let names: Vec<&str> = items.iter().filter_map(|i| i["spec"]["snapshotName"].as_str()).collect();
+    assert!(!names.iter().any(|n| n.contains("old") || n.contains("nested")), "{names:?}");
     let k3s = items
         .iter()
         .find(|i| i["spec"]["snapshotName"] == "etcd-snapshot-server-1-1700000000")
         .ok_or("K3s object not listed")?;
     assert_eq!(k3s["spec"]["nodeName"], "server-1");
-    assert_eq!(
-        k3s["metadata"]["annotations"]["etcd.k3s.cattle.io/snapshot-token-hash"],
-        "652c7dc687d9"
-    );
+    assert_eq!(k3s["metadata"]["annotations"]["etcd.k3s.cattle.io/snapshot-token-hash"], "652c7dc687d9");
     assert_eq!(k3s["spec"]["metadata"]["rancher"], "yes");
     // K3s's object name for it: digest over the uploader node and the location.
-    assert!(
-        k3s["metadata"]["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("s3-etcd-snapshot-server-1-1700000000"))
-    );
+    assert!(k3s["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("s3-etcd-snapshot-server-1-1700000000")));
     assert!(names.contains(&"etcd-snapshot-server-1-1700000100.zip"));
     for i in 0..4 {
-        assert!(
-            names.contains(&format!("hostile-n{i}-170000000{i}").as_str()),
-            "hostile-n{i} must still be listed"
-        );
+        assert!(names.contains(&format!("hostile-n{i}-170000000{i}").as_str()), "hostile-n{i} must still be listed");
         assert!(
             out.stderr.contains(&format!("k3s/.metadata/hostile-n{i}-170000000{i}")),
             "no warning for hostile-n{i}: {}",
@@ -489,16 +386,8 @@ async fn k3s_objects_are_listed_sibling_folders_ignored_and_hostile_metadata_ski
         );
     }
     assert!(out.stderr.contains("52428800 bytes"), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("describes snapshot \"someone-else\""),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("k3s/UPPER_case-n-1") || names.contains(&"UPPER_case-n-1"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("describes snapshot \"someone-else\""), "{}", out.stderr);
+    assert!(out.stderr.contains("k3s/UPPER_case-n-1") || names.contains(&"UPPER_case-n-1"), "{}", out.stderr);
     // The 50 MB document was never downloaded.
     let fetched_huge = s3.requests()[before..]
         .iter()
@@ -522,22 +411,11 @@ async fn a_repeated_listing_of_a_thousand_unchanged_objects_makes_only_list_requ
                 "location": format!("s3://{BUCKET}/many/{name}"), "createdAt": "2023-11-14T22:13:20Z", "size": 64,
                 "sha256": hex::encode(sha2::Sha256::digest(&body)), "compression": "none", "clusterId": "c1"
             });
-            s3.put_object(
-                BUCKET,
-                &format!("many/.metadata/{name}"),
-                doc.to_string().into_bytes(),
-                &[],
-            )
-            .await?;
+            s3.put_object(BUCKET, &format!("many/.metadata/{name}"), doc.to_string().into_bytes(), &[]).await?;
             s3.put_object(BUCKET, &format!("many/{name}"), body, &[]).await?;
         } else {
-            s3.put_object(
-                BUCKET,
-                &format!("many/{name}"),
-                body,
-                &[("K3s-Node-Name", "n9"), ("K3s-Cluster-Id", "c1")],
-            )
-            .await?;
+            s3.put_object(BUCKET, &format!("many/{name}"), body, &[("K3s-Node-Name", "n9"), ("K3s-Cluster-Id", "c1")])
+                .await?;
         }
     }
     let data = tempfile::tempdir()?;
@@ -545,21 +423,13 @@ async fn a_repeated_listing_of_a_thousand_unchanged_objects_makes_only_list_requ
     let count = |from: usize| {
         let r = s3.requests();
         let new = &r[from..];
-        (
-            new.len(),
-            new.iter().filter(|r| r.operation == "ListObjectsV2").count(),
-            new.to_vec(),
-        )
+        (new.len(), new.iter().filter(|r| r.operation == "ListObjectsV2").count(), new.to_vec())
     };
     let start = s3.requests().len();
     let first = env.run(&["ls", "--no-local", "-o", "json"]).await.expect_ok().json();
     assert_eq!(first["items"].as_array().map(Vec::len), Some(1000));
     let (total, lists, _) = count(start);
-    assert_eq!(
-        total,
-        lists + 1000,
-        "first listing: LISTs plus one GET or HEAD per object"
-    );
+    assert_eq!(total, lists + 1000, "first listing: LISTs plus one GET or HEAD per object");
     let start = s3.requests().len();
     let second = env.run(&["ls", "--no-local", "-o", "json"]).await.expect_ok().json();
     assert_eq!(second, first);
@@ -568,11 +438,7 @@ async fn a_repeated_listing_of_a_thousand_unchanged_objects_makes_only_list_requ
         total,
         lists,
         "the second listing made requests other than LIST: {:?}",
-        requests
-            .iter()
-            .filter(|r| r.operation != "ListObjectsV2")
-            .take(5)
-            .collect::<Vec<_>>()
+        requests.iter().filter(|r| r.operation != "ListObjectsV2").take(5).collect::<Vec<_>>()
     );
     assert!(lists <= 3, "{lists} LIST requests for 1000 objects and 500 documents");
     // A changed object is fetched again, and only that one.
@@ -604,12 +470,8 @@ async fn delete_and_verify_work_on_s3() -> TestResult {
     let env = Env::new(&etcd, &s3, data.path(), "n1", "");
     env.run(&["save", "--no-local", "--compress", "zstd"]).await.expect_ok();
     env.run(&["save", "--no-local"]).await.expect_ok();
-    let keys: Vec<String> = s3
-        .list_keys(BUCKET, "")
-        .await?
-        .into_iter()
-        .filter(|k| !k.starts_with(".metadata/"))
-        .collect();
+    let keys: Vec<String> =
+        s3.list_keys(BUCKET, "").await?.into_iter().filter(|k| !k.starts_with(".metadata/")).collect();
     assert_eq!(keys.len(), 2);
     env.run(&["verify"]).await.expect_ok();
     // Flip a byte in the stored object, behind the server's back.
@@ -619,17 +481,10 @@ async fn delete_and_verify_work_on_s3() -> TestResult {
     bytes[mid] ^= 1;
     std::fs::write(&path, &bytes)?;
     let out = env.run(&["verify"]).await.expect_fail();
-    assert!(
-        out.stdout.contains("FAILED") && out.stdout.contains("1 failed"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("FAILED") && out.stdout.contains("1 failed"), "{}", out.stdout);
     let out = env.run(&["delete", &keys[0], &keys[1]]).await.expect_ok();
     assert_eq!(out.stdout.matches("deleted from s3://").count(), 2, "{}", out.stdout);
-    assert!(
-        s3.list_keys(BUCKET, "").await?.is_empty(),
-        "objects and documents are gone"
-    );
+    assert!(s3.list_keys(BUCKET, "").await?.is_empty(), "objects and documents are gone");
     let out = env.run(&["delete", &keys[0]]).await.expect_fail();
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
     Ok(())

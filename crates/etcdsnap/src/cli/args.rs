@@ -10,13 +10,7 @@ use std::time::Duration;
 /// Takes, stores, indexes, prunes, verifies and restores etcd snapshots of a Kubernetes control
 /// plane, recorded as K3s/RKE2-compatible ETCDSnapshotFile resources.
 #[derive(Debug, Parser)]
-#[command(
-    name = "etcdsnap",
-    version,
-    propagate_version = true,
-    args_override_self = true,
-    max_term_width = 100
-)]
+#[command(name = "etcdsnap", version, propagate_version = true, args_override_self = true, max_term_width = 100)]
 pub struct Cli {
     /// YAML file of settings: keys are flag names (`dir: /x`, `s3-bucket: b`). Flags and
     /// environment variables take precedence over it.
@@ -60,6 +54,53 @@ pub enum Command {
     /// Re-read stored snapshots and check them against their recorded sha256 and etcd's
     /// integrity trailer. Exits non-zero if any check fails.
     Verify(VerifyArgs),
+    /// Run beside an etcd member: scheduled snapshots, retention, metrics and health.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// When to take snapshots: cron (5 fields, or 6 with leading seconds) or @hourly/@daily...,
+    /// in the local time zone.
+    #[arg(
+        long,
+        visible_alias = "etcd-snapshot-schedule-cron",
+        env = "ETCDSNAP_SCHEDULE",
+        default_value = "0 */12 * * *"
+    )]
+    pub schedule: String,
+    /// Base name of scheduled snapshots.
+    #[arg(long, visible_alias = "etcd-snapshot-name", env = "ETCDSNAP_SNAPSHOT_NAME", default_value = "etcd-snapshot")]
+    pub snapshot_name: String,
+    /// Scheduled snapshots to keep per node; 0 keeps all.
+    #[arg(long, visible_aliases = ["snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", default_value_t = 5)]
+    pub retention: usize,
+    /// Scheduled snapshots to keep per node in S3 (this cluster's only) [default: --retention]
+    #[arg(long, visible_alias = "etcd-s3-retention", env = "ETCDSNAP_S3_RETENTION")]
+    pub s3_retention: Option<usize>,
+    /// How often the snapshot resources are reconciled with storage (jittered by 5%).
+    #[arg(long, visible_alias = "etcd-snapshot-reconcile-interval", env = "ETCDSNAP_RECONCILE_INTERVAL", value_parser = parse_duration, default_value = "10m")]
+    pub reconcile_interval: Duration,
+    /// Take no scheduled snapshots (and run no periodic reconcile), like K3s's flag.
+    #[arg(long, visible_alias = "etcd-disable-snapshots", env = "ETCDSNAP_DISABLE_SNAPSHOTS")]
+    pub disable_snapshots: bool,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ETCDSNAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Re-read each new local snapshot and check it after saving.
+    #[arg(long, env = "ETCDSNAP_VERIFY_AFTER_SAVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub verify_after_save: bool,
+    /// Upper bound of the random delay before each scheduled run.
+    #[arg(long, env = "ETCDSNAP_SCHEDULE_JITTER", value_parser = parse_duration, default_value = "5s", hide = true)]
+    pub schedule_jitter: Duration,
+    #[command(flatten)]
+    pub compress: CompressArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 /// Where this node keeps snapshots.
@@ -69,12 +110,7 @@ pub struct StorageArgs {
     #[arg(long, env = "ETCDSNAP_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
     /// Data directory; the default snapshot directory is <data-dir>/snapshots.
-    #[arg(
-        long,
-        env = "ETCDSNAP_DATA_DIR",
-        default_value = "/var/lib/etcdsnap",
-        value_name = "DIR"
-    )]
+    #[arg(long, env = "ETCDSNAP_DATA_DIR", default_value = "/var/lib/etcdsnap", value_name = "DIR")]
     pub data_dir: PathBuf,
     /// Snapshot directory; must exist unless it is the default [default: <data-dir>/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
@@ -114,11 +150,7 @@ pub struct S3Args {
     )]
     pub endpoint_ca: Option<String>,
     /// Do not verify the endpoint's TLS certificate.
-    #[arg(
-        long = "s3-skip-ssl-verify",
-        visible_alias = "etcd-s3-skip-ssl-verify",
-        env = "ETCDSNAP_S3_SKIP_SSL_VERIFY"
-    )]
+    #[arg(long = "s3-skip-ssl-verify", visible_alias = "etcd-s3-skip-ssl-verify", env = "ETCDSNAP_S3_SKIP_SSL_VERIFY")]
     pub skip_ssl_verify: bool,
     /// Access key [env: AWS_ACCESS_KEY_ID]; without keys the AWS credential chain (web identity,
     /// ECS, instance profile) is used.
@@ -162,11 +194,7 @@ pub struct S3Args {
     #[arg(long = "s3-folder", visible_alias = "etcd-s3-folder", env = "ETCDSNAP_S3_FOLDER")]
     pub folder: Option<String>,
     /// Use plain HTTP instead of HTTPS.
-    #[arg(
-        long = "s3-insecure",
-        visible_alias = "etcd-s3-insecure",
-        env = "ETCDSNAP_S3_INSECURE"
-    )]
+    #[arg(long = "s3-insecure", visible_alias = "etcd-s3-insecure", env = "ETCDSNAP_S3_INSECURE")]
     pub insecure: bool,
     /// Bucket addressing: auto, dns (virtual host) or path.
     #[arg(
@@ -188,12 +216,7 @@ pub struct S3Args {
 #[derive(Debug, Clone, Args)]
 pub struct EtcdArgs {
     /// etcd client URLs, comma-separated; the snapshot comes from the first member that answers.
-    #[arg(
-        long,
-        env = "ETCDSNAP_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "https://127.0.0.1:2379"
-    )]
+    #[arg(long, env = "ETCDSNAP_ENDPOINTS", value_delimiter = ',', default_value = "https://127.0.0.1:2379")]
     pub endpoints: Vec<String>,
     /// CA bundle for etcd's server certificates.
     #[arg(long, env = "ETCDSNAP_CACERT", value_name = "FILE")]
@@ -230,12 +253,10 @@ pub struct OutputArgs {
     pub output: OutputFormat,
 }
 
-#[derive(Debug, Args)]
-pub struct SaveArgs {
-    /// Base name of the snapshot: <name>-<node>-<unix time>.
-    #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
-    pub name: String,
-    /// Compression of the stored snapshot.
+/// How stored snapshots are compressed.
+#[derive(Debug, Clone, Args)]
+pub struct CompressArgs {
+    /// Compression of the stored snapshot: none, zstd (.zst) or zip (K3s's format).
     #[arg(long, env = "ETCDSNAP_COMPRESS", value_parser = parse_compression, default_value = "none")]
     pub compress: Compression,
     /// K3s's switch for zip compression (same as --compress zip).
@@ -244,6 +265,21 @@ pub struct SaveArgs {
     /// zstd compression level (1-19).
     #[arg(long, env = "ETCDSNAP_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
+}
+
+impl CompressArgs {
+    pub fn compression(&self) -> Compression {
+        if self.snapshot_compress { Compression::Zip } else { self.compress }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Base name of the snapshot: <name>-<node>-<unix time>.
+    #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
+    pub name: String,
+    #[command(flatten)]
+    pub compress: CompressArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -303,9 +339,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let span: jiff::Span = s
-        .parse()
-        .map_err(|e| format!("invalid duration {s:?} (examples: 30s, 5m, 1h30m): {e}"))?;
+    let span: jiff::Span = s.parse().map_err(|e| format!("invalid duration {s:?} (examples: 30s, 5m, 1h30m): {e}"))?;
     let signed = jiff::SignedDuration::try_from(span).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
     Duration::try_from(signed).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
 }

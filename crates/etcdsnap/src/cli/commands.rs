@@ -14,23 +14,19 @@ use crate::store::s3::S3Store;
 use crate::store::s3::config::{BucketLookup, S3Config, S3Settings};
 use crate::store::{SnapshotStore, StoreError};
 use anyhow::{Context as _, bail};
-use etcdsnap_api::{Compression, SnapshotName, TokenHash, is_dns1123_subdomain};
+use etcdsnap_api::{SnapshotName, TokenHash, is_dns1123_subdomain};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
-fn exit(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILURE)
-    }
+pub(super) fn exit(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
 }
 
 /// This node's name: the flag, else `$NODE_NAME` (what K3s uses), else the host name.
-fn node_name(args: &StorageArgs) -> anyhow::Result<String> {
+pub(super) fn node_name(args: &StorageArgs) -> anyhow::Result<String> {
     let name = match &args.node_name {
         Some(n) => n.clone(),
         None => match std::env::var("NODE_NAME") {
@@ -68,27 +64,20 @@ fn local_store(args: &StorageArgs, node: &str, creating: bool) -> anyhow::Result
     }
 }
 
-fn token_hash(args: &TokenArgs) -> anyhow::Result<Option<TokenHash>> {
+pub(super) fn token_hash(args: &TokenArgs) -> anyhow::Result<Option<TokenHash>> {
     if let Some(token) = &args.token {
         return Ok(Some(TokenHash::of_token(token).context("--token")?));
     }
     if let Some(path) = &args.token_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading --token-file {}", path.display()))?;
-        return Ok(Some(
-            TokenHash::of_token(&text).with_context(|| format!("--token-file {}", path.display()))?,
-        ));
+        return Ok(Some(TokenHash::of_token(&text).with_context(|| format!("--token-file {}", path.display()))?));
     }
     Ok(None)
 }
 
-fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
+pub(super) fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
     EtcdConfig {
-        endpoints: args
-            .endpoints
-            .iter()
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect(),
+        endpoints: args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
         ca_file: args.cacert.clone(),
         cert_file: args.cert.clone(),
         key_file: args.key.clone(),
@@ -131,15 +120,10 @@ fn s3_store(storage: &StorageArgs) -> anyhow::Result<Option<Arc<S3Store>>> {
 fn s3_cache_file(storage: &StorageArgs, config: &S3Config) -> Option<PathBuf> {
     use sha2::Digest;
     let id = sha2::Sha256::digest(format!("{}\n{}\n{}", config.endpoint, config.bucket, config.folder).as_bytes());
-    Some(
-        storage
-            .data_dir
-            .join("cache")
-            .join(format!("s3-{}.json", &hex::encode(id)[..16])),
-    )
+    Some(storage.data_dir.join("cache").join(format!("s3-{}.json", &hex::encode(id)[..16])))
 }
 
-fn base_context(storage: &StorageArgs, creating: bool) -> anyhow::Result<Context> {
+pub(super) fn base_context(storage: &StorageArgs, creating: bool) -> anyhow::Result<Context> {
     let node = node_name(storage)?;
     let remote = s3_store(storage)?;
     let local = local_store(storage, &node, creating)?;
@@ -176,22 +160,11 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let mut ctx = base_context(&args.storage, true)?;
     ctx.etcd = etcd_config(&args.etcd);
     ctx.token_hash = token_hash(&args.token)?;
-    ctx.zstd_level = args.zstd_level;
-    let compression = if args.snapshot_compress {
-        Compression::Zip
-    } else {
-        args.compress
-    };
+    ctx.zstd_level = args.compress.zstd_level;
+    let compression = args.compress.compression();
     let progress = ProgressLine::start("Saving snapshot");
-    let result = ops::save(
-        &ctx,
-        &SaveOptions {
-            base_name: args.name.clone(),
-            compression,
-        },
-        Some(progress.counter()),
-    )
-    .await;
+    let options = SaveOptions { base_name: args.name.clone(), compression, cancel: Default::default() };
+    let result = ops::save(&ctx, &options, Some(progress.counter())).await;
     progress.finish();
     let report = result?;
     match args.output.output {
@@ -270,11 +243,7 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let ctx = base_context(&args.storage, false)?;
     let report = ops::prune(
         &ctx,
-        &PruneOptions {
-            base_name: args.name.clone(),
-            keep_local: args.retention,
-            keep_remote: args.retention,
-        },
+        &PruneOptions { base_name: args.name.clone(), keep_local: args.retention, keep_remote: args.retention },
     )
     .await;
     for (_, name) in &report.deleted {
@@ -293,10 +262,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     let mut found = vec![false; names.len()];
     for store in ctx.stores() {
-        let listing = store
-            .list()
-            .await
-            .with_context(|| format!("listing {}", store.describe()))?;
+        let listing = store.list().await.with_context(|| format!("listing {}", store.describe()))?;
         for w in &listing.warnings {
             tracing::warn!("{w}");
         }
@@ -320,17 +286,9 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     match args.output.output {
         OutputFormat::Table => {
-            let mut rows = vec![
-                ["Name", "Location", "Size", "Created", "Result"]
-                    .map(String::from)
-                    .to_vec(),
-            ];
+            let mut rows = vec![["Name", "Location", "Size", "Created", "Result"].map(String::from).to_vec()];
             for r in &results {
-                let result = if r.ok() {
-                    "OK".to_string()
-                } else {
-                    format!("FAILED: {}", r.problems.join("; "))
-                };
+                let result = if r.ok() { "OK".to_string() } else { format!("FAILED: {}", r.problems.join("; ")) };
                 rows.push(vec![
                     r.record.name.to_string(),
                     r.record.location.clone(),

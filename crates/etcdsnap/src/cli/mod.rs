@@ -1,6 +1,7 @@
 //! The `etcdsnap` command line: parsing (flags, environment, `--config`), logging, and one
 //! handler per command. Errors become a message on stderr and a non-zero exit.
 
+mod agent;
 pub mod args;
 mod commands;
 pub mod config_file;
@@ -53,6 +54,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => commands::delete(a).await,
         Command::Prune(a) => commands::prune(a).await,
         Command::Verify(a) => commands::verify(a).await,
+        Command::Agent(a) => agent::run(a).await,
     }
 }
 
@@ -63,10 +65,7 @@ fn init_logging(format: LogFormat, level: &str) {
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),

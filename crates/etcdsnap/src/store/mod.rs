@@ -36,11 +36,7 @@ pub enum StoreError {
     #[error("snapshot {0} not found in {1}")]
     NotFound(String, String),
     #[error("S3 {op} {target}: {message}")]
-    S3 {
-        op: &'static str,
-        target: String,
-        message: String,
-    },
+    S3 { op: &'static str, target: String, message: String },
     #[error("{0}")]
     Config(String),
     #[error("{0}")]
@@ -110,6 +106,10 @@ pub trait SnapshotStore: Send + Sync {
     async fn open(&self, name: &SnapshotName) -> Result<SnapshotReader, StoreError>;
     /// Deletes a snapshot and its metadata document. Ok(false) if it did not exist.
     async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError>;
+    /// Cheapest request that proves the store is reachable and usable (for readiness).
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Whether a snapshot of this name exists (a new save must not overwrite it).
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError>;
     /// Removes what saves of `node` interrupted before `before` left behind (an S3 multipart

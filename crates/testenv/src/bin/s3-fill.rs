@@ -7,6 +7,9 @@
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::time::Duration;
 
+/// One object to put: key, body, and `x-amz-meta-*` headers.
+type Put = (String, Vec<u8>, Vec<(&'static str, String)>);
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut url, mut bucket, mut folder, mut count) = (String::new(), String::new(), String::new(), 1000usize);
@@ -30,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         async move {
             let name = format!("etcd-snapshot-node{}-{}", i % 3, 1_700_000_000 + i);
             let body = vec![(i % 251) as u8; 256];
-            let mut puts: Vec<(String, Vec<u8>, Vec<(&str, String)>)> = Vec::new();
+            let mut puts: Vec<Put> = Vec::new();
             if i % 2 == 0 {
                 let doc = serde_json::json!({
                     "apiVersion": "etcdsnap.io/v1", "kind": "SnapshotMetadata", "name": name, "nodeName": format!("node{}", i % 3),

@@ -58,28 +58,15 @@ impl DetailsCache {
             .filter(|f| f.format == FORMAT)
             .map(|f| f.entries)
             .unwrap_or_default();
-        DetailsCache {
-            entries,
-            path,
-            dirty: false,
-        }
+        DetailsCache { entries, path, dirty: false }
     }
 
     pub fn get(&self, key: &str, etag: &str) -> Option<&Learned> {
-        self.entries
-            .get(key)
-            .filter(|e| e.etag == etag && !etag.is_empty())
-            .map(|e| &e.learned)
+        self.entries.get(key).filter(|e| e.etag == etag && !etag.is_empty()).map(|e| &e.learned)
     }
 
     pub fn put(&mut self, key: &str, etag: &str, learned: Learned) {
-        self.entries.insert(
-            key.to_string(),
-            Entry {
-                etag: etag.to_string(),
-                learned,
-            },
-        );
+        self.entries.insert(key.to_string(), Entry { etag: etag.to_string(), learned });
         self.dirty = true;
     }
 
@@ -105,13 +92,7 @@ impl DetailsCache {
         if !self.dirty {
             return;
         }
-        match write_file(
-            &path,
-            &CacheFile {
-                format: FORMAT,
-                entries: self.entries.clone(),
-            },
-        ) {
+        match write_file(&path, &CacheFile { format: FORMAT, entries: self.entries.clone() }) {
             Ok(()) => self.dirty = false,
             Err(e) => tracing::debug!(file = %path.display(), error = %e, "S3 listing cache not saved"),
         }
@@ -123,12 +104,7 @@ fn write_file(path: &Path, file: &CacheFile) -> std::io::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     let part = path.with_extension("json.part");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&part)?;
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&part)?;
     f.write_all(&serde_json::to_vec(file).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     std::fs::rename(&part, path)
@@ -144,24 +120,13 @@ mod tests {
         let path = dir.path().join("c/cache.json");
         let mut c = DetailsCache::load(Some(path.clone()));
         assert!(c.is_empty());
-        c.put(
-            "k",
-            "e1",
-            Learned::Rejected {
-                reason: "not JSON".into(),
-            },
-        );
+        c.put("k", "e1", Learned::Rejected { reason: "not JSON".into() });
         assert!(c.get("k", "e1").is_some());
         assert!(c.get("k", "e2").is_none());
         assert!(c.get("k", "").is_none());
         c.save();
         let mut again = DetailsCache::load(Some(path.clone()));
-        assert_eq!(
-            again.get("k", "e1"),
-            Some(&Learned::Rejected {
-                reason: "not JSON".into()
-            })
-        );
+        assert_eq!(again.get("k", "e1"), Some(&Learned::Rejected { reason: "not JSON".into() }));
         again.retain(&HashSet::new());
         assert!(again.is_empty());
         std::fs::write(&path, "garbage").unwrap_or_else(|e| panic!("{e}"));

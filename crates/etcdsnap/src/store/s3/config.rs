@@ -25,9 +25,7 @@ impl std::str::FromStr for BucketLookup {
             "" | "auto" => Ok(BucketLookup::Auto),
             "dns" => Ok(BucketLookup::Dns),
             "path" => Ok(BucketLookup::Path),
-            other => Err(format!(
-                "unknown bucket lookup type {other:?} (expected auto, dns or path)"
-            )),
+            other => Err(format!("unknown bucket lookup type {other:?} (expected auto, dns or path)")),
         }
     }
 }
@@ -234,11 +232,7 @@ impl S3Config {
 
     /// Key of an object in the folder.
     pub fn key(&self, name: &str) -> String {
-        if self.folder.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}/{name}", self.folder)
-        }
+        if self.folder.is_empty() { name.to_string() } else { format!("{}/{name}", self.folder) }
     }
 
     /// Key of a metadata document in the folder.
@@ -287,9 +281,7 @@ impl S3Config {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        builder
-            .build()
-            .map_err(|e| StoreError::Config(format!("S3 HTTP client: {e}")))
+        builder.build().map_err(|e| StoreError::Config(format!("S3 HTTP client: {e}")))
     }
 }
 
@@ -337,14 +329,8 @@ fn load_ca_list(list: &str) -> Result<Vec<String>, StoreError> {
         ));
     }
     for pem in &pems {
-        if reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map(|c| c.is_empty())
-            .unwrap_or(true)
-        {
-            return Err(invalid(
-                "s3-endpoint-ca",
-                "no certificates loaded: not a PEM certificate bundle",
-            ));
+        if reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map(|c| c.is_empty()).unwrap_or(true) {
+            return Err(invalid("s3-endpoint-ca", "no certificates loaded: not a PEM certificate bundle"));
         }
     }
     Ok(pems)
@@ -365,109 +351,48 @@ mod tests {
     }
 
     fn err(s: S3Settings) -> String {
-        S3Config::from_settings(s)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
+        S3Config::from_settings(s).err().map(|e| e.to_string()).unwrap_or_default()
     }
 
     #[test]
     fn errors_name_the_flag() {
+        assert!(err(S3Settings { bucket: None, ..settings() }).starts_with("--s3-bucket"));
+        assert!(err(S3Settings { endpoint: "https://x".into(), ..settings() }).starts_with("--s3-endpoint"));
+        assert!(err(S3Settings { folder: Some("a/../b".into()), ..settings() }).starts_with("--s3-folder"));
+        assert!(err(S3Settings { proxy: Some("/proxy".into()), ..settings() }).starts_with("--s3-proxy"));
+        assert!(err(S3Settings { proxy: Some("http://%invalid".into()), ..settings() }).starts_with("--s3-proxy"));
         assert!(
-            err(S3Settings {
-                bucket: None,
-                ..settings()
-            })
-            .starts_with("--s3-bucket")
+            err(S3Settings { endpoint_ca: Some("/does/not/exist".into()), ..settings() })
+                .starts_with("--s3-endpoint-ca")
         );
         assert!(
-            err(S3Settings {
-                endpoint: "https://x".into(),
-                ..settings()
-            })
-            .starts_with("--s3-endpoint")
+            err(S3Settings { endpoint_ca: Some("bm90IGEgY2VydA==".into()), ..settings() })
+                .starts_with("--s3-endpoint-ca")
         );
-        assert!(
-            err(S3Settings {
-                folder: Some("a/../b".into()),
-                ..settings()
-            })
-            .starts_with("--s3-folder")
-        );
-        assert!(
-            err(S3Settings {
-                proxy: Some("/proxy".into()),
-                ..settings()
-            })
-            .starts_with("--s3-proxy")
-        );
-        assert!(
-            err(S3Settings {
-                proxy: Some("http://%invalid".into()),
-                ..settings()
-            })
-            .starts_with("--s3-proxy")
-        );
-        assert!(
-            err(S3Settings {
-                endpoint_ca: Some("/does/not/exist".into()),
-                ..settings()
-            })
-            .starts_with("--s3-endpoint-ca")
-        );
-        assert!(
-            err(S3Settings {
-                endpoint_ca: Some("bm90IGEgY2VydA==".into()),
-                ..settings()
-            })
-            .starts_with("--s3-endpoint-ca")
-        );
-        assert!(
-            err(S3Settings {
-                timeout: Duration::ZERO,
-                ..settings()
-            })
-            .starts_with("--s3-timeout")
-        );
-        let e = err(S3Settings {
-            secret_key: Some("s3cr3t-value".into()),
-            ..settings()
-        });
+        assert!(err(S3Settings { timeout: Duration::ZERO, ..settings() }).starts_with("--s3-timeout"));
+        let e = err(S3Settings { secret_key: Some("s3cr3t-value".into()), ..settings() });
         assert!(e.starts_with("--s3-access-key") && !e.contains("s3cr3t"), "{e}");
     }
 
     #[test]
     fn keys_locations_and_lookup() {
-        let c = S3Config::from_settings(S3Settings {
-            folder: Some("/k3s/prod/".into()),
-            ..settings()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let c = S3Config::from_settings(S3Settings { folder: Some("/k3s/prod/".into()), ..settings() })
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.folder, "k3s/prod");
         assert_eq!(c.key("s-n-1"), "k3s/prod/s-n-1");
         assert_eq!(c.metadata_key("s-n-1"), "k3s/prod/.metadata/s-n-1");
         assert_eq!(c.location("s-n-1"), "s3://b/k3s/prod/s-n-1");
         assert!(c.virtual_hosted(), "AWS endpoints use DNS lookup in auto mode");
         assert_eq!(c.bucket_url(), "https://b.s3.amazonaws.com/");
-        let c = S3Config::from_settings(S3Settings {
-            endpoint: "127.0.0.1:9000".into(),
-            insecure: true,
-            ..settings()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let c = S3Config::from_settings(S3Settings { endpoint: "127.0.0.1:9000".into(), insecure: true, ..settings() })
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.virtual_hosted());
         assert_eq!(c.bucket_url(), "http://127.0.0.1:9000/b/");
         assert_eq!(c.key("x"), "x");
         // RKE1 compatibility: Aliyun endpoints always use DNS lookup in auto mode.
-        let aliyun = S3Settings {
-            endpoint: "oss-cn-hangzhou.aliyuncs.com".into(),
-            ..settings()
-        };
+        let aliyun = S3Settings { endpoint: "oss-cn-hangzhou.aliyuncs.com".into(), ..settings() };
         assert!(S3Config::from_settings(aliyun).is_ok_and(|c| c.virtual_hosted()));
-        let minio = S3Settings {
-            endpoint: "minio.internal:9000".into(),
-            ..settings()
-        };
+        let minio = S3Settings { endpoint: "minio.internal:9000".into(), ..settings() };
         assert!(S3Config::from_settings(minio).is_ok_and(|c| !c.virtual_hosted()));
         assert_eq!("PATH".parse::<BucketLookup>(), Ok(BucketLookup::Path));
     }
@@ -482,9 +407,6 @@ mod tests {
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let d = format!("{c:?}");
-        assert!(
-            !d.contains("very-secret") && !d.contains("tok-secret") && !d.contains("AKIAEXAMPLE"),
-            "{d}"
-        );
+        assert!(!d.contains("very-secret") && !d.contains("tok-secret") && !d.contains("AKIAEXAMPLE"), "{d}");
     }
 }

@@ -50,28 +50,14 @@ pub fn parse_page(xml: &str) -> Result<(Vec<ListedObject>, Option<String>), Stri
     let mut objects = Vec::with_capacity(page.contents.len());
     for c in page.contents {
         let key = if url_encoded {
-            percent_encoding::percent_decode_str(&c.key.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
+            percent_encoding::percent_decode_str(&c.key.replace('+', " ")).decode_utf8_lossy().into_owned()
         } else {
             c.key
         };
-        let last_modified = c
-            .last_modified
-            .parse::<jiff::Timestamp>()
-            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        objects.push(ListedObject {
-            key,
-            size: c.size,
-            etag: c.e_tag.trim_matches('"').to_string(),
-            last_modified,
-        });
+        let last_modified = c.last_modified.parse::<jiff::Timestamp>().unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        objects.push(ListedObject { key, size: c.size, etag: c.e_tag.trim_matches('"').to_string(), last_modified });
     }
-    let next = if page.is_truncated {
-        page.next_continuation_token
-    } else {
-        None
-    };
+    let next = if page.is_truncated { page.next_continuation_token } else { None };
     Ok((objects, next))
 }
 
@@ -192,15 +178,7 @@ pub async fn list_uploads(
                 q.append_pair("upload-id-marker", u);
             }
         }
-        let body = send_signed(
-            http,
-            config,
-            credential,
-            reqwest::Method::GET,
-            url.as_str(),
-            "list uploads",
-        )
-        .await?;
+        let body = send_signed(http, config, credential, reqwest::Method::GET, url.as_str(), "list uploads").await?;
         let (page, next) = parse_uploads(&body).map_err(|message| StoreError::S3 {
             op: "list uploads",
             target: config.describe(),
@@ -223,23 +201,25 @@ pub async fn abort_upload(
 ) -> Result<(), StoreError> {
     let mut url = url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Config(format!("S3 URL: {e}")))?;
     {
-        let mut segments = url
-            .path_segments_mut()
-            .map_err(|_| StoreError::Config("S3 URL cannot have a path".into()))?;
+        let mut segments =
+            url.path_segments_mut().map_err(|_| StoreError::Config("S3 URL cannot have a path".into()))?;
         segments.pop_if_empty();
         segments.extend(upload.key.split('/'));
     }
     url.query_pairs_mut().append_pair("uploadId", &upload.upload_id);
-    send_signed(
-        http,
-        config,
-        credential,
-        reqwest::Method::DELETE,
-        url.as_str(),
-        "abort upload",
-    )
-    .await
-    .map(|_| ())
+    send_signed(http, config, credential, reqwest::Method::DELETE, url.as_str(), "abort upload").await.map(|_| ())
+}
+
+/// One LIST of at most one key: proves the bucket exists and the credentials work.
+pub async fn probe(
+    http: &reqwest::Client,
+    config: &S3Config,
+    credential: &AwsCredential,
+    prefix: &str,
+) -> Result<(), StoreError> {
+    let mut url = url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Config(format!("S3 URL: {e}")))?;
+    url.query_pairs_mut().append_pair("list-type", "2").append_pair("max-keys", "1").append_pair("prefix", prefix);
+    send_signed(http, config, credential, reqwest::Method::GET, url.as_str(), "check").await.map(|_| ())
 }
 
 /// A signed request whose answer body is returned; S3 errors are turned into messages that say
@@ -253,11 +233,7 @@ async fn send_signed(
     op: &'static str,
 ) -> Result<String, StoreError> {
     let target = config.describe();
-    let err = |message: String| StoreError::S3 {
-        op,
-        target: target.clone(),
-        message,
-    };
+    let err = |message: String| StoreError::S3 { op, target: target.clone(), message };
     let mut request = http::Request::builder()
         .method(method.clone())
         .uri(url)
@@ -309,11 +285,7 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
 /// the request URL.
 pub fn describe_reqwest(e: reqwest::Error) -> String {
     let e = e.without_url();
-    let mut text = if e.is_timeout() {
-        "timed out".to_string()
-    } else {
-        e.to_string()
-    };
+    let mut text = if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         let part = s.to_string();
@@ -374,20 +346,14 @@ mod tests {
         assert_eq!(uploads[0].key, "f/s-n-1");
         assert_eq!(uploads[0].initiated.as_second(), 1_700_000_000);
         assert_eq!(next, Some(("k2".into(), "u2".into())));
-        assert_eq!(
-            parse_uploads("<ListMultipartUploadsResult/>").map(|(u, n)| (u.len(), n)),
-            Ok((0, None))
-        );
+        assert_eq!(parse_uploads("<ListMultipartUploadsResult/>").map(|(u, n)| (u.len(), n)), Ok((0, None)));
     }
 
     #[test]
     fn error_explanations() {
         let body = "<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>";
         let text = explain_status(404, body, "snaps");
-        assert!(
-            text.contains("NoSuchBucket") && text.contains("bucket snaps does not exist"),
-            "{text}"
-        );
+        assert!(text.contains("NoSuchBucket") && text.contains("bucket snaps does not exist"), "{text}");
         assert!(
             explain_status(403, "<Error><Code>SignatureDoesNotMatch</Code></Error>", "b").contains("--s3-secret-key")
         );

@@ -66,9 +66,7 @@ pub struct S3Store {
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Store")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("S3Store").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -88,20 +86,14 @@ impl S3Store {
                 retry_timeout: config.timeout,
                 backoff: BackoffConfig::default(),
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(config.timeout)
-                    .with_allow_http(config.insecure),
-            );
+            .with_client_options(ClientOptions::new().with_timeout(config.timeout).with_allow_http(config.insecure));
         if let (Some(access), Some(secret)) = (&config.access_key, &config.secret_key) {
             builder = builder.with_access_key_id(access).with_secret_access_key(secret);
         }
         if let Some(token) = &config.session_token {
             builder = builder.with_token(token);
         }
-        let store = builder
-            .build()
-            .map_err(|e| StoreError::Config(format!("S3 client: {}", describe(&e))))?;
+        let store = builder.build().map_err(|e| StoreError::Config(format!("S3 client: {}", describe(&e))))?;
         let cache = Mutex::new(DetailsCache::load(cache_file));
         Ok(Arc::new_cyclic(|this| S3Store {
             config,
@@ -150,34 +142,21 @@ impl S3Store {
     }
 
     async fn credential(&self) -> Result<Arc<AwsCredential>, StoreError> {
-        self.store
-            .credentials()
-            .get_credential()
-            .await
-            .map_err(|e| StoreError::S3 {
-                op: "get credentials",
-                target: self.config.describe(),
-                message: format!(
-                    "{} (set --s3-access-key/--s3-secret-key or the AWS_* variables)",
-                    describe(&e)
-                ),
-            })
+        self.store.credentials().get_credential().await.map_err(|e| StoreError::S3 {
+            op: "get credentials",
+            target: self.config.describe(),
+            message: format!("{} (set --s3-access-key/--s3-secret-key or the AWS_* variables)", describe(&e)),
+        })
     }
 
     fn folder_prefix(&self) -> String {
-        if self.config.folder.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.config.folder)
-        }
+        if self.config.folder.is_empty() { String::new() } else { format!("{}/", self.config.folder) }
     }
 
     /// The snapshot name of a key directly in the folder, or why it is not one.
     fn name_of(&self, key: &str) -> Result<SnapshotName, String> {
         let prefix = self.folder_prefix();
-        let name = key
-            .strip_prefix(&prefix)
-            .ok_or_else(|| "outside the folder".to_string())?;
+        let name = key.strip_prefix(&prefix).ok_or_else(|| "outside the folder".to_string())?;
         let name = SnapshotName::parse(name).map_err(|e| e.to_string())?;
         // object_store re-encodes some characters in keys; such names could not be read back.
         if ObjectPath::parse(key).map(|p| p.as_ref() != key).unwrap_or(true) {
@@ -189,15 +168,8 @@ impl S3Store {
     /// HEAD: the object's `x-amz-meta-*`.
     async fn head_metadata(&self, key: &str) -> Result<BTreeMap<String, String>, String> {
         self.count(1);
-        let options = GetOptions {
-            head: true,
-            ..Default::default()
-        };
-        let result = self
-            .store
-            .get_opts(&self.path(key), options)
-            .await
-            .map_err(|e| describe(&e))?;
+        let options = GetOptions { head: true, ..Default::default() };
+        let result = self.store.get_opts(&self.path(key), options).await.map_err(|e| describe(&e))?;
         Ok(user_metadata(&result.attributes))
     }
 
@@ -222,12 +194,7 @@ impl S3Store {
         let created_at = name
             .timestamp()
             .and_then(|s| jiff::Timestamp::from_second(s).ok())
-            .unwrap_or_else(|| {
-                object
-                    .last_modified
-                    .round(jiff::Unit::Second)
-                    .unwrap_or(object.last_modified)
-            });
+            .unwrap_or_else(|| object.last_modified.round(jiff::Unit::Second).unwrap_or(object.last_modified));
         SnapshotRecord {
             location: self.config.location(name.as_str()),
             compression: name.compression(),
@@ -248,9 +215,7 @@ impl S3Store {
     }
 
     fn cache(&self) -> Result<std::sync::MutexGuard<'_, DetailsCache>, StoreError> {
-        self.cache
-            .lock()
-            .map_err(|_| StoreError::Other("S3 listing cache lock poisoned".into()))
+        self.cache.lock().map_err(|_| StoreError::Other("S3 listing cache lock poisoned".into()))
     }
 
     /// One listing: two paginated LISTs (the folder and its `.metadata/`), then GETs of
@@ -271,8 +236,7 @@ impl S3Store {
         let candidates = self.snapshot_objects(&objects, &mut listing.warnings);
         self.learn_documents(&candidates, &documents).await?;
         let (mut records, missing) = self.assemble(&candidates, &documents, &mut listing.warnings)?;
-        self.learn_user_metadata(&mut records, missing, &mut listing.warnings)
-            .await?;
+        self.learn_user_metadata(&mut records, missing, &mut listing.warnings).await?;
 
         let mut live: HashSet<String> = candidates.iter().map(|(o, _)| o.key.clone()).collect();
         live.extend(documents.values().map(|d| d.key.clone()));
@@ -403,10 +367,7 @@ impl S3Store {
                 false
             }
             Some(Learned::Rejected { reason }) => {
-                warnings.push(format!(
-                    "ignoring metadata s3://{}/{}: {reason}",
-                    self.config.bucket, doc.key
-                ));
+                warnings.push(format!("ignoring metadata s3://{}/{}: {reason}", self.config.bucket, doc.key));
                 record.metadata_source = MetadataSource::Rejected;
                 false
             }
@@ -436,10 +397,7 @@ impl S3Store {
                     apply_user_metadata(&mut records[m.index], &metadata);
                     cache.put(&m.key, &m.etag, Learned::UserMetadata { metadata });
                 }
-                Err(e) => warnings.push(format!(
-                    "no object metadata for s3://{}/{}: {e}",
-                    self.config.bucket, m.key
-                )),
+                Err(e) => warnings.push(format!("no object metadata for s3://{}/{}: {e}", self.config.bucket, m.key)),
             }
         }
         Ok(())
@@ -506,17 +464,19 @@ fn apply_user_metadata(record: &mut SnapshotRecord, metadata: &BTreeMap<String, 
 }
 
 fn content_type(name: &SnapshotName) -> &'static str {
-    if name.as_str().ends_with(".zip") {
-        "application/zip"
-    } else {
-        "application/octet-stream"
-    }
+    if name.as_str().ends_with(".zip") { "application/zip" } else { "application/octet-stream" }
 }
 
 #[async_trait]
 impl SnapshotStore for S3Store {
     async fn clean_interrupted(&self, node: &str, before: jiff::Timestamp) -> Result<usize, StoreError> {
         self.abort_stale_uploads(node, before).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let credential = self.credential().await?;
+        self.count(1);
+        list::probe(&self.http, &self.config, &credential, &self.folder_prefix()).await
     }
 
     fn kind(&self) -> StorageKind {
@@ -552,23 +512,14 @@ impl SnapshotStore for S3Store {
         self.count(1);
         let upload = self
             .store
-            .put_multipart_opts(
-                &path,
-                PutMultipartOptions {
-                    attributes: attributes.clone(),
-                    ..Default::default()
-                },
-            )
+            .put_multipart_opts(&path, PutMultipartOptions { attributes: attributes.clone(), ..Default::default() })
             .await
             .map_err(|e| StoreError::S3 {
                 op: "start upload",
                 target: self.config.location(new.name.as_str()),
                 message: explain(&e, &self.config),
             })?;
-        let this = self
-            .this
-            .upgrade()
-            .ok_or_else(|| StoreError::Other("S3 store dropped".into()))?;
+        let this = self.this.upgrade().ok_or_else(|| StoreError::Other("S3 store dropped".into()))?;
         Ok(Box::new(S3Sink::start(this, new.name.clone(), attributes, upload)))
     }
 
@@ -585,10 +536,7 @@ impl SnapshotStore for S3Store {
         })?;
         let size = result.meta.size;
         let stream = result.into_stream().map_err(std::io::Error::other);
-        Ok(SnapshotReader {
-            reader: Box::new(tokio_util::io::StreamReader::new(stream)),
-            size,
-        })
+        Ok(SnapshotReader { reader: Box::new(tokio_util::io::StreamReader::new(stream)), size })
     }
 
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError> {
@@ -648,10 +596,7 @@ impl SnapshotStore for S3Store {
 fn explain(e: &object_store::Error, config: &S3Config) -> String {
     let text = describe(e);
     if text.contains("NoSuchBucket") {
-        format!(
-            "bucket {} does not exist (create it, or fix --s3-bucket): {text}",
-            config.bucket
-        )
+        format!("bucket {} does not exist (create it, or fix --s3-bucket): {text}", config.bucket)
     } else if text.contains("SignatureDoesNotMatch")
         || text.contains("InvalidAccessKeyId")
         || text.contains("AccessDenied")

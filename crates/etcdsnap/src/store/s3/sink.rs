@@ -55,27 +55,16 @@ impl S3Sink {
     }
 
     fn failure_message(&self) -> String {
-        self.failure
-            .lock()
-            .ok()
-            .and_then(|f| f.clone())
-            .unwrap_or_else(|| "the upload stopped".to_string())
+        self.failure.lock().ok().and_then(|f| f.clone()).unwrap_or_else(|| "the upload stopped".to_string())
     }
 
     fn error(&self, message: String) -> StoreError {
-        StoreError::S3 {
-            op: "upload",
-            target: self.store.config().location(self.name.as_str()),
-            message,
-        }
+        StoreError::S3 { op: "upload", target: self.store.config().location(self.name.as_str()), message }
     }
 
     /// Sends whatever is buffered as the last part and waits for every part to be uploaded.
     async fn finish_parts(&mut self) -> Result<Box<dyn MultipartUpload>, StoreError> {
-        let tx = self
-            .parts
-            .take()
-            .ok_or_else(|| self.error("upload already finished".into()))?;
+        let tx = self.parts.take().ok_or_else(|| self.error("upload already finished".into()))?;
         if !self.buffer.is_empty() {
             let last = self.buffer.split().freeze();
             if tx.send(last).await.is_err() {
@@ -84,10 +73,7 @@ impl S3Sink {
             }
         }
         drop(tx);
-        let uploader = self
-            .uploader
-            .take()
-            .ok_or_else(|| self.error("upload already finished".into()))?;
+        let uploader = self.uploader.take().ok_or_else(|| self.error("upload already finished".into()))?;
         match uploader.await {
             Ok(Ok(upload)) => Ok(upload),
             Ok(Err(message)) => Err(self.error(message)),
@@ -168,10 +154,7 @@ impl SnapshotSink for S3Sink {
             if self.buffer.len() == self.part_size {
                 let part = self.buffer.split().freeze();
                 self.buffer.reserve(self.part_size);
-                let tx = self
-                    .parts
-                    .as_ref()
-                    .ok_or_else(|| self.error("upload already finished".into()))?;
+                let tx = self.parts.as_ref().ok_or_else(|| self.error("upload already finished".into()))?;
                 if tx.blocking_send(part).is_err() {
                     return Err(self.error(self.failure_message()));
                 }
@@ -191,22 +174,11 @@ impl SnapshotSink for S3Sink {
         let put = self
             .store
             .object_store()
-            .put_opts(
-                &doc_path,
-                PutPayload::from(doc.to_json()),
-                PutOptions {
-                    attributes,
-                    ..Default::default()
-                },
-            )
+            .put_opts(&doc_path, PutPayload::from(doc.to_json()), PutOptions { attributes, ..Default::default() })
             .await;
         if let Err(e) = put {
             let _ = upload.abort().await;
-            return Err(StoreError::S3 {
-                op: "put metadata",
-                target: doc_path.to_string(),
-                message: describe(&e),
-            });
+            return Err(StoreError::S3 { op: "put metadata", target: doc_path.to_string(), message: describe(&e) });
         }
         if let Err(e) = upload.complete().await {
             let _ = upload.abort().await;

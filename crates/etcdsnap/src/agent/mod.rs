@@ -1,0 +1,253 @@
+//! `etcdsnap agent`: the long-running process beside each etcd member. It takes scheduled
+//! snapshots (cron, jittered, never two at once), applies retention, verifies what it wrote,
+//! exposes metrics and health, and shuts down without leaving anything half-written.
+
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod schedule;
+
+use crate::ops::{self, Context, PruneOptions, SaveError, SaveOptions, SaveReport};
+use crate::record::Outcome;
+use crate::store::StoreError;
+use etcdsnap_api::{Compression, StorageKind};
+use health::Health;
+use metrics::{Location, LocationLabel, Metrics};
+use schedule::Schedule;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a running snapshot may take to finish or abort after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// What the agent does and when.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// None: scheduled snapshots are disabled.
+    pub schedule: Option<Schedule>,
+    pub base_name: String,
+    pub compression: Compression,
+    pub retention: usize,
+    pub s3_retention: usize,
+    pub metrics_addr: SocketAddr,
+    /// Re-read each new local snapshot and check it (sets the "last verified" gauge).
+    pub verify_after_save: bool,
+    /// Upper bound of the random delay before each scheduled run.
+    pub jitter: Duration,
+}
+
+/// Duties the agent performs through Kubernetes, when it is reachable.
+#[async_trait::async_trait]
+pub trait Index: Send + Sync {
+    /// Records a save (resources, events) right after it happened.
+    async fn saved(&self, report: &SaveReport);
+    /// Records what retention removed.
+    async fn pruned(&self, deleted: &[(StorageKind, etcdsnap_api::SnapshotName)]);
+    /// Runs until `stop`: periodic reconcile, leases, leader duties.
+    async fn run(&self, stop: CancellationToken);
+}
+
+/// The running agent's shared state.
+pub struct Agent {
+    ctx: Context,
+    settings: AgentSettings,
+    metrics: Arc<Metrics>,
+    index: Option<Arc<dyn Index>>,
+    running: AtomicBool,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Start(String),
+}
+
+impl Agent {
+    pub fn new(ctx: Context, settings: AgentSettings, index: Option<Arc<dyn Index>>) -> Arc<Agent> {
+        Arc::new(Agent { ctx, settings, metrics: Arc::new(Metrics::new()), index, running: AtomicBool::new(false) })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `stop` is cancelled (SIGTERM/SIGINT in the binary), then lets a running
+    /// snapshot finish or abort cleanly and returns.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken, health: Arc<Health>) -> Result<(), AgentError> {
+        let listener = http::bind(self.settings.metrics_addr).await.map_err(AgentError::Start)?;
+        tracing::info!(
+            metrics = %self.settings.metrics_addr,
+            schedule = self.settings.schedule.as_ref().map(Schedule::expression).unwrap_or("disabled"),
+            node = %self.ctx.node_name,
+            "etcdsnap agent started"
+        );
+        let server = tokio::spawn(http::serve(listener, self.metrics.clone(), health, stop.clone()));
+        let index = self.index.clone().map(|index| {
+            let stop = stop.clone();
+            tokio::spawn(async move { index.run(stop).await })
+        });
+        let scheduler = self.settings.schedule.clone().map(|schedule| {
+            let agent = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { agent.schedule_loop(schedule, stop).await })
+        });
+        stop.cancelled().await;
+        tracing::info!("shutting down");
+        if let Some(s) = scheduler
+            && tokio::time::timeout(SHUTDOWN_GRACE, s).await.is_err()
+        {
+            tracing::warn!("a snapshot did not finish within the shutdown grace period");
+        }
+        if let Some(i) = index {
+            let _ = tokio::time::timeout(Duration::from_secs(10), i).await;
+        }
+        let _ = server.await;
+        tracing::info!("etcdsnap agent stopped");
+        Ok(())
+    }
+
+    /// Waits for each scheduled time and starts a run, unless the previous one is still going
+    /// (then the run is skipped and counted, like K3s's SkipIfStillRunning).
+    async fn schedule_loop(self: Arc<Self>, schedule: Schedule, stop: CancellationToken) {
+        let mut current: Option<JoinHandle<()>> = None;
+        loop {
+            let Some(wait) = schedule.until_next() else {
+                tracing::error!(schedule = schedule.expression(), "the schedule has no next time");
+                break;
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if self.running.swap(true, Ordering::SeqCst) {
+                self.metrics.skipped.inc();
+                tracing::warn!("scheduled snapshot skipped: the previous run is still going");
+                continue;
+            }
+            let agent = self.clone();
+            let stop = stop.clone();
+            current = Some(tokio::spawn(async move {
+                agent.scheduled_run(stop).await;
+                agent.running.store(false, Ordering::SeqCst);
+            }));
+        }
+        // Shutdown: the run sees the cancellation and aborts cleanly; wait for it.
+        if let Some(run) = current {
+            let _ = run.await;
+        }
+    }
+
+    /// One scheduled run: jitter, save, verify, prune, record.
+    pub async fn scheduled_run(&self, stop: CancellationToken) {
+        let delay = schedule::jitter(self.settings.jitter);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let options = SaveOptions {
+            base_name: self.settings.base_name.clone(),
+            compression: self.settings.compression,
+            cancel: stop.clone(),
+        };
+        let started = Instant::now();
+        match ops::save(&self.ctx, &options, None).await {
+            Ok(report) => self.after_save(&report, started).await,
+            Err(SaveError::Store(StoreError::Locked(dir))) => {
+                self.metrics.skipped.inc();
+                tracing::warn!(dir = %dir.display(), "scheduled snapshot skipped: another save is running in this directory");
+            }
+            Err(SaveError::Cancelled) => {
+                tracing::info!("scheduled snapshot cancelled by shutdown; nothing was published")
+            }
+            Err(e) => {
+                Metrics::observe(&self.metrics.save, false, started.elapsed());
+                self.metrics.saves.get_or_create(&metrics::StatusLabel { status: metrics::Status::Error }).inc();
+                tracing::error!(error = %e, "scheduled snapshot failed");
+            }
+        }
+    }
+
+    async fn after_save(&self, report: &SaveReport, started: Instant) {
+        let ok = report.all_ready();
+        Metrics::observe(&self.metrics.save, ok, report.duration);
+        self.metrics.saves.get_or_create(&metrics::StatusLabel { status: metrics::Status::of(ok) }).inc();
+        let now = jiff::Timestamp::now().as_second() as f64;
+        for record in &report.records {
+            let location = match record.storage {
+                StorageKind::Local => Location::Local,
+                StorageKind::S3 => Location::S3,
+            };
+            let elapsed =
+                report.finished.iter().find(|(k, _)| *k == record.storage).map(|(_, d)| *d).unwrap_or(report.duration);
+            let histogram = if location == Location::Local { &self.metrics.save_local } else { &self.metrics.save_s3 };
+            Metrics::observe(histogram, record.is_ready(), elapsed);
+            let label = LocationLabel { location };
+            match &record.outcome {
+                Outcome::Ready => {
+                    self.metrics.last_success.get_or_create(&label).set(now);
+                    self.metrics.size.get_or_create(&label).set(record.size as i64);
+                }
+                Outcome::Failed { message } => {
+                    tracing::error!(snapshot = %record.name, storage = ?record.storage, error = %message, "snapshot failed")
+                }
+            }
+        }
+        let locations: Vec<&str> =
+            report.records.iter().filter(|r| r.is_ready()).map(|r| r.location.as_str()).collect();
+        let size = report.records.iter().find(|r| r.is_ready()).map(|r| r.size).unwrap_or(0);
+        tracing::info!(
+            snapshot = %report.name,
+            size,
+            duration_ms = report.duration.as_millis() as u64,
+            locations = %locations.join(" "),
+            ok,
+            "snapshot taken"
+        );
+        if self.settings.verify_after_save {
+            self.verify_local(report).await;
+        }
+        if let Some(index) = &self.index {
+            index.saved(report).await;
+        }
+        self.prune().await;
+        let _ = started;
+    }
+
+    async fn verify_local(&self, report: &SaveReport) {
+        let (Some(local), Some(record)) =
+            (&self.ctx.local, report.records.iter().find(|r| r.storage == StorageKind::Local && r.is_ready()))
+        else {
+            return;
+        };
+        let result = ops::verify_record(local, record, None).await;
+        if result.ok() {
+            self.metrics.last_verified.set(jiff::Timestamp::now().as_second() as f64);
+        } else {
+            tracing::error!(snapshot = %record.name, problems = %result.problems.join("; "), "a snapshot just written does not verify");
+        }
+    }
+
+    async fn prune(&self) {
+        let started = Instant::now();
+        let options = PruneOptions {
+            base_name: self.settings.base_name.clone(),
+            keep_local: self.settings.retention,
+            keep_remote: self.settings.s3_retention,
+        };
+        let report = ops::prune(&self.ctx, &options).await;
+        Metrics::observe(&self.metrics.prune, report.errors.is_empty(), started.elapsed());
+        for e in &report.errors {
+            tracing::warn!(error = %e, "retention");
+        }
+        if let Some(index) = &self.index
+            && !report.deleted.is_empty()
+        {
+            index.pruned(&report.deleted).await;
+        }
+    }
+}

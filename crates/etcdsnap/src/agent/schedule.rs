@@ -1,0 +1,104 @@
+//! When scheduled snapshots run: K3s's 5-field cron dialect (`0 */12 * * *`), `@hourly`-style
+//! nicknames, and an optional leading seconds field (so tests can run every few seconds), in the
+//! machine's local time zone like K3s.
+
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use std::time::Duration;
+
+/// A parsed schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    expression: String,
+}
+
+impl Schedule {
+    /// Parses a cron expression; the error says what was wrong.
+    pub fn parse(expression: &str) -> Result<Schedule, String> {
+        let trimmed = expression.trim();
+        if trimmed.is_empty() {
+            return Err("empty cron expression".into());
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(trimmed)
+            .map_err(|e| format!("invalid cron expression {trimmed:?}: {e}"))?;
+        let schedule = Schedule { cron, expression: trimmed.to_string() };
+        // An expression that never fires (e.g. 30 February) is as wrong as a malformed one.
+        schedule.next_after(jiff::Zoned::now()).ok_or_else(|| format!("cron expression {trimmed:?} never fires"))?;
+        Ok(schedule)
+    }
+
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    /// The first time strictly after `now`.
+    pub fn next_after(&self, now: jiff::Zoned) -> Option<jiff::Zoned> {
+        self.cron.find_next_occurrence(&now, false).ok()
+    }
+
+    /// How long to wait from now until the next run.
+    pub fn until_next(&self) -> Option<Duration> {
+        let now = jiff::Zoned::now();
+        let next = self.next_after(now.clone())?;
+        let span = next.timestamp().duration_since(now.timestamp());
+        Duration::try_from(span).ok()
+    }
+}
+
+/// A uniformly random delay in [0, max): K3s staggers the servers of a cluster this way so they
+/// do not all snapshot (and upload) at the same instant.
+pub fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let nanos = rand::random_range(0..max.as_nanos().min(u64::MAX as u128) as u64);
+    Duration::from_nanos(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> jiff::Zoned {
+        s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn k3s_default_fires_at_midnight_and_noon() {
+        let s = Schedule::parse("0 */12 * * *").unwrap_or_else(|e| panic!("{e}"));
+        let next = s.next_after(at("2026-11-25T10:15:00+00:00[UTC]")).map(|z| z.to_string());
+        assert_eq!(next.as_deref(), Some("2026-11-25T12:00:00+00:00[UTC]"));
+        let next = s.next_after(at("2026-11-25T12:00:00+00:00[UTC]")).map(|z| z.to_string());
+        assert_eq!(next.as_deref(), Some("2026-11-26T00:00:00+00:00[UTC]"));
+    }
+
+    #[test]
+    fn seconds_and_nicknames() {
+        let s = Schedule::parse("*/5 * * * * *").unwrap_or_else(|e| panic!("{e}"));
+        let next = s.next_after(at("2026-11-25T10:15:01+00:00[UTC]")).map(|z| z.to_string());
+        assert_eq!(next.as_deref(), Some("2026-11-25T10:15:05+00:00[UTC]"));
+        let s = Schedule::parse("@hourly").unwrap_or_else(|e| panic!("{e}"));
+        let next = s.next_after(at("2026-11-25T10:15:01+00:00[UTC]")).map(|z| z.to_string());
+        assert_eq!(next.as_deref(), Some("2026-11-25T11:00:00+00:00[UTC]"));
+        assert!(Schedule::parse("@daily").is_ok());
+    }
+
+    #[test]
+    fn bad_expressions_are_refused() {
+        for bad in ["", "every day", "61 * * * *", "* * *", "0 0 30 2 *", "@fortnightly"] {
+            assert!(Schedule::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_secs(5)) < Duration::from_secs(5));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+}

@@ -1,0 +1,288 @@
+//! `etcdsnap agent` as a process, against real etcd and S3: schedule, retention, metrics,
+//! health, and shutdown.
+
+mod common;
+
+use common::{TestResult, files_in, load_kube_like_data};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use testenv::{Etcd, Fault, FaultProxy, S3Server};
+
+const BUCKET: &str = "agent";
+
+/// A running agent; killed on drop.
+struct AgentProcess {
+    child: tokio::process::Child,
+    metrics: String,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    async fn start(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> Result<AgentProcess, Box<dyn std::error::Error>> {
+        let port = testenv::free_port()?;
+        let metrics = format!("127.0.0.1:{port}");
+        let log = log_dir.join(format!("agent-{port}.log"));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = common::command(&["agent", "--metrics-addr", &metrics, "--schedule-jitter", "0s"]);
+        cmd.args(args).stdout(file.try_clone()?).stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        let agent = AgentProcess { child, metrics, log };
+        agent.wait_for("/healthz", |_, code| code == 200, Duration::from_secs(20)).await?;
+        Ok(agent)
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let resp = reqwest::get(format!("http://{}{path}", self.metrics)).await.map_err(|e| e.to_string())?;
+        let code = resp.status().as_u16();
+        Ok((code, resp.text().await.map_err(|e| e.to_string())?))
+    }
+
+    /// Polls `path` until `ok(body, status)`.
+    async fn wait_for(&self, path: &str, ok: impl Fn(&str, u16) -> bool, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((code, body)) = self.get(path).await
+                && ok(&body, code)
+            {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("timed out waiting on {path}; agent log:\n{}", self.log_text()));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit code.
+    async fn terminate(mut self) -> Result<(Option<i32>, String), Box<dyn std::error::Error>> {
+        let pid = self.child.id().ok_or("agent already exited")?;
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        Ok((status.code(), self.log_text()))
+    }
+}
+
+/// The value of a metric line `name{labels} value`.
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn snapshots(dir: &Path) -> Vec<String> {
+    files_in(&dir.join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_snapshots_keep_retention_locally_and_in_s3_and_move_the_gauges() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 200).await?;
+    let s3 = S3Server::start().await?;
+    s3.create_bucket(BUCKET).await?;
+    let data = tempfile::tempdir()?;
+    let (endpoints, dd) = (etcd.endpoints().join(","), data.path().to_string_lossy().to_string());
+    let env = [
+        ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
+        ("ETCDSNAP_NODE_NAME", "node-1"),
+        ("ETCDSNAP_DATA_DIR", dd.as_str()),
+        ("ETCDSNAP_S3_BUCKET", BUCKET),
+        ("AWS_ACCESS_KEY_ID", s3.access_key()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key()),
+    ];
+    let s3_endpoint = s3.endpoint();
+    let args = [
+        "--schedule",
+        "*/2 * * * * *",
+        "--retention",
+        "2",
+        "--s3",
+        "--s3-endpoint",
+        &s3_endpoint,
+        "--s3-insecure",
+        "--cluster-id",
+        "c1",
+        "--compress",
+        "zstd",
+    ];
+    let started = jiff::Timestamp::now().as_second() as f64;
+    let agent = AgentProcess::start(&args, &env, data.path()).await?;
+    let first = agent
+        .wait_for(
+            "/metrics",
+            |b, _| metric(b, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 1.0),
+            Duration::from_secs(30),
+        )
+        .await?;
+    let first_local =
+        metric(&first, "etcdsnap_last_success_timestamp_seconds{location=\"local\"}").ok_or("no local gauge")?;
+    assert!(first_local >= started);
+    let body = agent
+        .wait_for(
+            "/metrics",
+            |b, _| metric(b, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 4.0),
+            Duration::from_secs(40),
+        )
+        .await?;
+    // Freshness moves forward; sizes, verification and all six K3s measures are there.
+    assert!(
+        metric(&body, "etcdsnap_last_success_timestamp_seconds{location=\"local\"}").is_some_and(|t| t > first_local)
+    );
+    assert!(metric(&body, "etcdsnap_last_success_timestamp_seconds{location=\"s3\"}").is_some_and(|t| t >= started));
+    assert!(metric(&body, "etcdsnap_last_verified_timestamp_seconds").is_some_and(|t| t >= started));
+    assert!(metric(&body, "etcdsnap_snapshot_size_bytes{location=\"s3\"}").is_some_and(|s| s > 0.0));
+    for m in ["save", "save_local", "save_s3", "prune"] {
+        let series = format!("etcdsnap_etcd_snapshot_{m}_duration_seconds_count{{status=\"success\"}}");
+        assert!(metric(&body, &series).is_some_and(|n| n >= 1.0), "{series} missing:\n{body}");
+    }
+    let (code, log) = agent.terminate().await?;
+    assert_eq!(code, Some(0), "{log}");
+    // Retention held: the newest 2 locally and in S3, with their documents.
+    let local = snapshots(data.path());
+    assert_eq!(local.len(), 2, "{local:?}");
+    assert!(local.iter().all(|n| n.starts_with("etcd-snapshot-node-1-") && n.ends_with(".zst")));
+    let remote: Vec<String> =
+        s3.list_keys(BUCKET, "").await?.into_iter().filter(|k| !k.starts_with(".metadata/")).collect();
+    assert_eq!(remote, local, "S3 keeps the same two");
+    assert!(log.contains("snapshot taken"), "one line per snapshot: {log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_snapshot_leaves_nothing_partial_and_exits_zero() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 3000).await?;
+    let proxy = FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
+    proxy.set_fault(Fault::Throttle(200_000));
+    let s3 = S3Server::start().await?;
+    s3.create_bucket(BUCKET).await?;
+    let data = tempfile::tempdir()?;
+    let (endpoint, dd, s3_endpoint) =
+        (format!("http://{}", proxy.addr()), data.path().to_string_lossy().to_string(), s3.endpoint());
+    let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
+    let args = [
+        "--endpoints",
+        &endpoint,
+        "--node-name",
+        "n1",
+        "--data-dir",
+        &dd,
+        "--schedule",
+        "* * * * * *",
+        "--s3",
+        "--s3-endpoint",
+        &s3_endpoint,
+        "--s3-insecure",
+        "--s3-bucket",
+        BUCKET,
+    ];
+    let agent = AgentProcess::start(&args, &env, data.path()).await?;
+    let snapdir = data.path().join("snapshots");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !files_in(&snapdir).iter().any(|f| f.ends_with(".part"))
+        || s3.list_multipart_uploads(BUCKET).await?.is_empty()
+    {
+        assert!(Instant::now() < deadline, "no snapshot in progress: {}", agent.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = Instant::now();
+    let (code, log) = agent.terminate().await?;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(t.elapsed() < Duration::from_secs(15), "shutdown took {:?}", t.elapsed());
+    assert!(log.contains("cancelled by shutdown"), "{log}");
+    assert!(files_in(&snapdir).iter().all(|f| f.starts_with('.')), "left behind: {:?}", files_in(&snapdir));
+    assert!(s3.list_multipart_uploads(BUCKET).await?.is_empty(), "a multipart upload was left open");
+    assert!(s3.list_keys(BUCKET, "").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapping_run_is_skipped_and_counted() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 2000).await?;
+    let proxy = FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
+    proxy.set_fault(Fault::Throttle(500_000));
+    let data = tempfile::tempdir()?;
+    let (endpoint, dd) = (format!("http://{}", proxy.addr()), data.path().to_string_lossy().to_string());
+    let args = ["--endpoints", &endpoint, "--node-name", "n1", "--data-dir", &dd, "--schedule", "* * * * * *"];
+    let agent = AgentProcess::start(&args, &[], data.path()).await?;
+    agent
+        .wait_for(
+            "/metrics",
+            |b, _| metric(b, "etcdsnap_scheduled_runs_skipped_total").is_some_and(|n| n >= 2.0),
+            Duration::from_secs(30),
+        )
+        .await?;
+    proxy.set_fault(Fault::None);
+    let (code, log) = agent.terminate().await?;
+    assert_eq!(code, Some(0));
+    assert!(log.contains("skipped: the previous run is still going"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_fail_at_start_naming_the_flag() -> TestResult {
+    let data = tempfile::tempdir()?;
+    let dd = data.path().to_string_lossy().to_string();
+    let base = ["agent", "--node-name", "n1", "--data-dir", dd.as_str()];
+    let cases: [(&[&str], &str); 5] = [
+        (&["--schedule", "every five minutes"], "--schedule"),
+        (&["--schedule", "0 0 30 2 *"], "--schedule"),
+        (&["--metrics-addr", "not-an-address"], "--metrics-addr"),
+        (&["--s3", "--s3-bucket", ""], "--s3-bucket"),
+        (&["--snapshot-name", "../x"], "--snapshot-name"),
+    ];
+    for (extra, flag) in cases {
+        let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
+        let out = tokio::time::timeout(Duration::from_secs(20), common::run(&args, &[])).await?;
+        assert!(!out.ok(), "{extra:?} was accepted");
+        assert!(out.stderr.contains(flag), "{extra:?}: {}", out.stderr);
+    }
+    // A port already taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let args: Vec<&str> = base.iter().copied().chain(["--metrics-addr", addr.as_str()]).collect();
+    let out = tokio::time::timeout(Duration::from_secs(20), common::run(&args, &[])).await?;
+    assert!(!out.ok() && out.stderr.contains("--metrics-addr"), "{}", out.stderr);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_etcd() -> TestResult {
+    let mut etcd = Etcd::single().await?;
+    let data = tempfile::tempdir()?;
+    let (endpoints, dd) = (etcd.endpoints().join(","), data.path().to_string_lossy().to_string());
+    let args = [
+        "--endpoints",
+        &endpoints,
+        "--node-name",
+        "n1",
+        "--data-dir",
+        &dd,
+        "--disable-snapshots",
+        "--dial-timeout",
+        "1s",
+    ];
+    let agent = AgentProcess::start(&args, &[], data.path()).await?;
+    agent.wait_for("/readyz", |_, code| code == 200, Duration::from_secs(20)).await?;
+    etcd.kill(0);
+    let body = agent.wait_for("/readyz", |_, code| code == 503, Duration::from_secs(30)).await?;
+    assert!(body.contains("[-] etcd failed"), "{body}");
+    etcd.restart(0).await?;
+    agent.wait_for("/readyz", |_, code| code == 200, Duration::from_secs(30)).await?;
+    let (code, _) = agent.get("/healthz").await?;
+    assert_eq!(code, 200);
+    let (code, _) = agent.terminate().await?;
+    assert_eq!(code, Some(0));
+    Ok(())
+}
