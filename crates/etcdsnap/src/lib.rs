@@ -2,6 +2,7 @@
 //! `ETCDSnapshotFile` resources. See `docs/architecture.md` for how the modules fit together.
 
 pub mod agent;
+pub mod catchup;
 pub mod cli;
 pub mod etcd;
 pub mod ops;

@@ -286,3 +286,91 @@ async fn readyz_follows_etcd() -> TestResult {
     assert_eq!(code, Some(0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_that_failed_while_s3_was_down_are_retried_by_later_runs() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 100).await?;
+    let mut s3 = S3Server::start().await?;
+    s3.create_bucket(BUCKET).await?;
+    let data = tempfile::tempdir()?;
+    let (endpoints, dd, s3_endpoint) =
+        (etcd.endpoints().join(","), data.path().to_string_lossy().to_string(), s3.endpoint());
+    let (access, secret) = (s3.access_key().to_string(), s3.secret_key().to_string());
+    let env = [("AWS_ACCESS_KEY_ID", access.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
+    let args = [
+        "--endpoints",
+        &endpoints,
+        "--node-name",
+        "n1",
+        "--data-dir",
+        &dd,
+        "--schedule",
+        "*/2 * * * * *",
+        "--retention",
+        "3",
+        "--s3",
+        "--s3-endpoint",
+        &s3_endpoint,
+        "--s3-insecure",
+        "--s3-bucket",
+        BUCKET,
+        "--s3-timeout",
+        "3s",
+        "--cluster-id",
+        "c1",
+    ];
+    s3.stop();
+    let agent = AgentProcess::start(&args, &env, data.path()).await?;
+    // Two runs with S3 down: local copies kept, uploads failed.
+    let body = agent
+        .wait_for(
+            "/metrics",
+            |b, _| {
+                metric(b, "etcdsnap_etcd_snapshot_save_s3_duration_seconds_count{status=\"error\"}")
+                    .is_some_and(|n| n >= 2.0)
+            },
+            Duration::from_secs(60),
+        )
+        .await?;
+    assert!(metric(&body, "etcdsnap_last_success_timestamp_seconds{location=\"s3\"}").is_none());
+    s3.restart().await?;
+    // Within a few runs, S3 holds exactly what the local directory holds (the newest 3),
+    // including snapshots taken while it was down.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let local = snapshots(data.path());
+        let remote: Vec<String> =
+            s3.list_keys(BUCKET, "").await?.into_iter().filter(|k| !k.starts_with(".metadata/")).collect();
+        let caught_up =
+            local.len() == 3 && remote == local && agent.log_text().contains("whose earlier upload had failed");
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "S3 {remote:?} never caught up with local {local:?}:\n{}", agent.log_text());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (code, _) = agent.terminate().await?;
+    assert_eq!(code, Some(0));
+    // What was uploaded late verifies like anything else.
+    let out = common::run(
+        &[
+            "verify",
+            "--data-dir",
+            &dd,
+            "--node-name",
+            "n1",
+            "--no-local",
+            "--s3",
+            "--s3-endpoint",
+            &s3_endpoint,
+            "--s3-insecure",
+            "--s3-bucket",
+            BUCKET,
+        ],
+        &env,
+    )
+    .await;
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    Ok(())
+}

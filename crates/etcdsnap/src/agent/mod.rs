@@ -47,6 +47,8 @@ pub trait Index: Send + Sync {
     async fn saved(&self, report: &SaveReport);
     /// Records what retention removed.
     async fn pruned(&self, deleted: &[(StorageKind, etcdsnap_api::SnapshotName)]);
+    /// Records snapshots uploaded late (their earlier upload had failed).
+    async fn uploaded(&self, records: &[crate::record::SnapshotRecord]);
     /// Runs until `stop`: periodic reconcile, leases, leader duties.
     async fn run(&self, stop: CancellationToken);
 }
@@ -214,8 +216,26 @@ impl Agent {
         if let Some(index) = &self.index {
             index.saved(report).await;
         }
+        self.catch_up_uploads().await;
         self.prune().await;
         let _ = started;
+    }
+
+    /// Uploads local snapshots whose earlier upload failed (see [`crate::catchup`]).
+    async fn catch_up_uploads(&self) {
+        if self.ctx.remote.is_none() || self.ctx.local.is_none() {
+            return;
+        }
+        let (uploaded, problems) =
+            crate::catchup::upload_missing(&self.ctx, &self.settings.base_name, self.settings.s3_retention).await;
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+        if !uploaded.is_empty()
+            && let Some(index) = &self.index
+        {
+            index.uploaded(&uploaded).await;
+        }
     }
 
     async fn verify_local(&self, report: &SaveReport) {
