@@ -9,7 +9,7 @@
 use crate::ops::Context;
 use crate::record::SnapshotRecord;
 use crate::store::{NewSnapshot, SnapshotStore, StoreError, retention::matches_base};
-use etcdsnap_api::{EtcdInfo, SnapshotName, StorageKind};
+use etcdsnap_api::{SnapshotName, StorageKind};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::io::Read;
@@ -75,7 +75,7 @@ async fn upload_one(
         node_name: record.node_name.clone(),
         cluster_id: record.cluster_id.clone().or_else(|| ctx.cluster_id.clone()),
         token_hash: record.token_hash.clone(),
-        etcd: record.etcd.clone().unwrap_or_else(EtcdInfo::default),
+        etcd: record.etcd.clone().unwrap_or_default(),
     };
     let mut sink = remote.create(&new).await?;
     let path = local.snapshot_path(&record.name);
