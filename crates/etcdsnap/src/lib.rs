@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod etcd;
+pub mod kube;
 pub mod ops;
 pub mod pipeline;
 pub mod record;
