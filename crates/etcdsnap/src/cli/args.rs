@@ -2,6 +2,7 @@
 //! (`--dir`/`--etcd-snapshot-dir`, `--name`, `--snapshot-retention`, ...); every flag can also be
 //! set through an `ETCDSNAP_*` environment variable or a `--config` YAML file.
 
+use super::kube_args::{CrdArgs, KubeArgs, ReconcileArgs, WatchArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use etcdsnap_api::Compression;
 use std::path::PathBuf;
@@ -60,6 +61,13 @@ pub enum Command {
     /// Re-read stored snapshots and check them against their recorded sha256 and etcd's
     /// integrity trailer. Exits non-zero if any check fails.
     Verify(VerifyArgs),
+    /// Print the ETCDSnapshotFile CRD as YAML (or install it with --install).
+    Crd(CrdArgs),
+    /// Bring the ETCDSnapshotFile resources in line with storage: this node's, and the leader's
+    /// duties (S3, departed nodes, legacy ConfigMap) when the leader Lease can be taken.
+    Reconcile(ReconcileArgs),
+    /// Stream additions, changes and deletions of ETCDSnapshotFile resources as they happen.
+    Watch(WatchArgs),
 }
 
 /// Where this node keeps snapshots.
@@ -152,14 +160,22 @@ pub struct SaveArgs {
     pub token: TokenArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// List the ETCDSnapshotFile resources of every node (from the API server) instead of this
+    /// node's storage.
+    #[arg(long)]
+    pub cluster: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +185,8 @@ pub struct DeleteArgs {
     pub names: Vec<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +199,8 @@ pub struct PruneArgs {
     pub retention: usize,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ use super::args::{
     DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
 };
 use super::output::{self, human_bytes, rfc3339};
+use super::kube_commands;
 use super::progress::ProgressLine;
 use crate::etcd::EtcdConfig;
 use crate::ops::{self, Context, DeleteResult, PruneOptions, SaveOptions};
@@ -12,12 +13,12 @@ use crate::record::Outcome;
 use crate::store::StoreError;
 use crate::store::local::LocalStore;
 use anyhow::{Context as _, bail};
-use etcdsnap_api::{Compression, SnapshotName, TokenHash, is_dns1123_subdomain};
+use etcdsnap_api::{Compression, SnapshotName, StorageKind, TokenHash, is_dns1123_subdomain};
 use std::process::ExitCode;
 
 const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
-fn exit(ok: bool) -> ExitCode {
+pub(super) fn exit(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -26,7 +27,7 @@ fn exit(ok: bool) -> ExitCode {
 }
 
 /// This node's name: the flag, else `$NODE_NAME` (what K3s uses), else the host name.
-fn node_name(args: &StorageArgs) -> anyhow::Result<String> {
+pub(super) fn node_name(args: &StorageArgs) -> anyhow::Result<String> {
     let name = match &args.node_name {
         Some(n) => n.clone(),
         None => match std::env::var("NODE_NAME") {
@@ -49,7 +50,7 @@ fn node_name(args: &StorageArgs) -> anyhow::Result<String> {
 /// The snapshot directory: `--dir`, or `<data-dir>/snapshots` (created only by saves, and only
 /// when it is the default, like K3s). A missing default directory when listing means "no local
 /// snapshots yet".
-fn local_store(args: &StorageArgs, node: &str, creating: bool) -> anyhow::Result<Option<LocalStore>> {
+pub(super) fn local_store(args: &StorageArgs, node: &str, creating: bool) -> anyhow::Result<Option<LocalStore>> {
     if args.no_local {
         return Ok(None);
     }
@@ -94,7 +95,7 @@ fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
     }
 }
 
-fn base_context(storage: &StorageArgs, creating: bool) -> anyhow::Result<Context> {
+pub(super) fn base_context(storage: &StorageArgs, creating: bool) -> anyhow::Result<Context> {
     let node = node_name(storage)?;
     let local = local_store(storage, &node, creating)?;
     Ok(Context {
@@ -130,6 +131,10 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     ctx.etcd = etcd_config(&args.etcd);
     ctx.token_hash = token_hash(&args.token)?;
     ctx.zstd_level = args.zstd_level;
+    let mut kube = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await?;
+    if let Some(k) = kube.as_mut() {
+        k.prepare_save(&mut ctx).await;
+    }
     let compression = if args.snapshot_compress {
         Compression::Zip
     } else {
@@ -147,6 +152,9 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     .await;
     progress.finish();
     let report = result?;
+    if let Some(k) = kube.as_mut() {
+        k.after_save(&report).await;
+    }
     match args.output.output {
         OutputFormat::Table => {
             for r in &report.records {
@@ -175,6 +183,9 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+    if args.cluster {
+        return kube_commands::ls_cluster(&args).await;
+    }
     let ctx = base_context(&args.storage, false)?;
     let report = ops::list(&ctx).await;
     for w in &report.warnings {
@@ -216,6 +227,14 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             eprintln!("Snapshot {name} not found.");
         }
     }
+    let removed: Vec<(StorageKind, String)> = results
+        .iter()
+        .filter(|(.., r)| *r == DeleteResult::Deleted)
+        .map(|(name, kind, ..)| (*kind, name.to_string()))
+        .collect();
+    if let Some(mut k) = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await? {
+        k.after_removal(&ctx, &removed).await;
+    }
     Ok(exit(ok))
 }
 
@@ -235,6 +254,14 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     }
     for e in &report.errors {
         eprintln!("error: {e}");
+    }
+    let removed: Vec<(StorageKind, String)> = report
+        .deleted
+        .iter()
+        .map(|(kind, name)| (*kind, name.to_string()))
+        .collect();
+    if let Some(mut k) = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await? {
+        k.after_removal(&ctx, &removed).await;
     }
     Ok(exit(report.errors.is_empty()))
 }

@@ -4,6 +4,8 @@
 pub mod args;
 mod commands;
 pub mod config_file;
+mod kube_commands;
+pub mod kube_args;
 pub mod output;
 pub mod progress;
 
@@ -53,6 +55,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => commands::delete(a).await,
         Command::Prune(a) => commands::prune(a).await,
         Command::Verify(a) => commands::verify(a).await,
+        Command::Crd(a) => kube_commands::crd(a).await,
+        Command::Reconcile(a) => kube_commands::reconcile(a).await,
+        Command::Watch(a) => kube_commands::watch(a).await,
     }
 }
 

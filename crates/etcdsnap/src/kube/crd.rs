@@ -77,7 +77,14 @@ pub async fn ensure_crd(client: &Client) -> Result<CrdOutcome, CrdError> {
             Err(e) if super::status_is(&e, |s| s.is_forbidden()) => return Err(CrdError::NotInstalled),
             Err(e) => return Err(ApiError::new("create", format!("CRD {CRD_NAME}"))(e).into()),
         },
-        Some(existing) => upgrade_if_needed(&api, existing, &desired).await?,
+        Some(existing) => {
+            let established = is_established(&existing);
+            let outcome = upgrade_if_needed(&api, existing, &desired).await?;
+            if established && outcome != CrdOutcome::Upgraded {
+                return Ok(outcome);
+            }
+            outcome
+        }
     };
     wait_established(&api).await?;
     Ok(outcome)

@@ -1,6 +1,10 @@
-//! Leases (`coordination.k8s.io/v1`) in kube-system: the leader Lease that gives one node the
-//! cluster-wide duties, and one heartbeat Lease per node that tells the leader which nodes still
-//! run etcdsnap.
+//! Leases (`coordination.k8s.io/v1`): the leader Lease `kube-system/etcdsnap-leader` that gives
+//! one node the cluster-wide duties, and one heartbeat Lease per node, in etcdsnap's own
+//! namespace [`HEARTBEAT_NAMESPACE`], that tells the leader which nodes still run etcdsnap.
+//!
+//! Heartbeats live in their own namespace for least privilege: their names depend on node names,
+//! so RBAC cannot restrict updates to them by name, and a role that may update any Lease in
+//! kube-system could hijack the scheduler's or controller-manager's leader election.
 //!
 //! Every write carries the resourceVersion it was computed from, so two nodes trying to take the
 //! Lease at once cannot both succeed: the loser gets a 409 and is not the leader. Expiry compares
@@ -22,6 +26,9 @@ use std::time::Duration;
 
 /// Name of the leader Lease.
 pub const LEADER_LEASE: &str = "etcdsnap-leader";
+/// Namespace of the heartbeat Leases (created on first use when allowed; `deploy/rbac.yaml`
+/// creates it for the agent).
+pub const HEARTBEAT_NAMESPACE: &str = "etcdsnap";
 /// Prefix of the per-node heartbeat Leases.
 pub const HEARTBEAT_PREFIX: &str = "etcdsnap-node-";
 /// Label marking heartbeat Leases (value `heartbeat`).
@@ -31,6 +38,10 @@ pub const COMMAND_LEADER_DURATION: Duration = Duration::from_secs(60);
 
 fn leases(client: &Client) -> Api<Lease> {
     Api::namespaced(client.clone(), SYSTEM_NAMESPACE)
+}
+
+fn heartbeats(client: &Client) -> Api<Lease> {
+    Api::namespaced(client.clone(), HEARTBEAT_NAMESPACE)
 }
 
 fn until(renewed: jiff::Timestamp, duration: Duration) -> jiff::Timestamp {
@@ -228,9 +239,9 @@ pub async fn renew_heartbeat(
     ttl: Duration,
     min_interval: Duration,
 ) -> Result<bool, ApiError> {
-    let api = leases(client);
+    let api = heartbeats(client);
     let name = heartbeat_name(node);
-    let what = format!("lease {SYSTEM_NAMESPACE}/{name}");
+    let what = format!("lease {HEARTBEAT_NAMESPACE}/{name}");
     let existing = api.get_opt(&name).await.map_err(ApiError::new("get", what.clone()))?;
     let now = jiff::Timestamp::now();
     let spec = LeaseSpec {
@@ -258,7 +269,13 @@ pub async fn renew_heartbeat(
                 },
                 spec: Some(spec),
             };
-            api.create(&PostParams::default(), &lease).await.map(|_| ())
+            match api.create(&PostParams::default(), &lease).await {
+                Err(e) if status_is(&e, |s| s.is_not_found()) => {
+                    create_heartbeat_namespace(client).await?;
+                    api.create(&PostParams::default(), &lease).await.map(|_| ())
+                }
+                other => other.map(|_| ()),
+            }
         }
     };
     match result {
@@ -266,6 +283,22 @@ pub async fn renew_heartbeat(
         // Renewed concurrently by another process of this node: fine.
         Err(e) if status_is(&e, |s| s.is_conflict() || s.is_already_exists()) => Ok(false),
         Err(e) => Err(ApiError::new("renew", what)(e)),
+    }
+}
+
+async fn create_heartbeat_namespace(client: &Client) -> Result<(), ApiError> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: ObjectMeta {
+            name: Some(HEARTBEAT_NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(e) if status_is(&e, |s| s.is_already_exists()) => Ok(()),
+        Err(e) => Err(ApiError::new("create", format!("namespace {HEARTBEAT_NAMESPACE}"))(e)),
     }
 }
 
@@ -279,12 +312,17 @@ pub struct NodeLiveness {
 impl NodeLiveness {
     /// Reads every heartbeat Lease (one LIST).
     pub async fn read(client: &Client) -> Result<NodeLiveness, ApiError> {
-        let list = leases(client)
+        let list = match heartbeats(client)
             .list(&ListParams::default().labels(&format!("{LABEL_ROLE}=heartbeat")))
             .await
-            .map_err(ApiError::new("list", format!("heartbeat leases in {SYSTEM_NAMESPACE}")))?;
+        {
+            Ok(list) => list.items,
+            // No namespace yet: no node has ever sent a heartbeat.
+            Err(e) if status_is(&e, |s| s.is_not_found()) => Vec::new(),
+            Err(e) => return Err(ApiError::new("list", format!("heartbeat leases in {HEARTBEAT_NAMESPACE}"))(e)),
+        };
         let mut renewed = BTreeMap::new();
-        for lease in list.items {
+        for lease in list {
             let Some(spec) = lease.spec else { continue };
             if let (Some(node), Some(time)) = (spec.holder_identity, spec.renew_time) {
                 renewed.insert(node, time.0);

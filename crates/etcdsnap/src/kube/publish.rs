@@ -36,15 +36,21 @@ pub async fn publish_records(kube: &Kube, records: &[SnapshotRecord]) -> Publish
 }
 
 /// Lists every store of `ctx` for a reconcile pass. A store that cannot be listed is left out
-/// (None), so its resources stay as they are; the error is returned as a warning.
-pub async fn storage_state(ctx: &Context, deleted: BTreeSet<String>) -> (StorageState, Vec<String>) {
+/// (None), so its resources stay as they are; the error is returned as a warning. With
+/// `local_managed` false (`--no-local`) this node's local resources are not touched at all;
+/// otherwise a missing snapshot directory means "no local snapshots".
+pub async fn storage_state(
+    ctx: &Context,
+    deleted: BTreeSet<String>,
+    local_managed: bool,
+) -> (StorageState, Vec<String>) {
     let mut state = StorageState {
         local: None,
         s3: None,
         deleted,
     };
     let mut warnings = Vec::new();
-    if ctx.local.is_none() {
+    if ctx.local.is_none() && local_managed {
         // No local directory yet (nothing saved on this node): nothing local exists.
         state.local = Some(Vec::new());
     }
@@ -82,12 +88,13 @@ pub async fn after_removal(
     kube: &Kube,
     ctx: &Context,
     removed: &[(StorageKind, String)],
+    local_managed: bool,
 ) -> Result<(ReconcileReport, Vec<String>), ApiError> {
     let deleted: BTreeSet<String> = removed
         .iter()
         .map(|(kind, name)| etcdsnap_api::configmap_key(name, *kind))
         .collect();
-    let (state, warnings) = storage_state(ctx, deleted).await;
+    let (state, warnings) = storage_state(ctx, deleted, local_managed).await;
     let report = reconcile::reconcile_node(kube, &state).await?;
     Ok((report, warnings))
 }
