@@ -4,8 +4,8 @@ use super::EXIT_FAILURE;
 use super::args::{
     DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
 };
-use super::output::{self, human_bytes, rfc3339};
 use super::kube_commands;
+use super::output::{self, human_bytes, rfc3339};
 use super::progress::ProgressLine;
 use crate::etcd::EtcdConfig;
 use crate::ops::{self, Context, DeleteResult, PruneOptions, SaveOptions};

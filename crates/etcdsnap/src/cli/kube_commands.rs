@@ -5,12 +5,14 @@
 //! `--no-kube`) they say once that resources are skipped; when the API server cannot be used they
 //! warn once and leave the resources to the next `etcdsnap reconcile`.
 
+use super::args::{LsArgs, OutputFormat};
 use super::commands::{base_context, exit};
 use super::kube_args::{CrdArgs, KubeArgs, ReconcileArgs, WatchArgs, WatchFormat};
-use super::args::{LsArgs, OutputFormat};
 use super::output::{self, rfc3339};
 use crate::kube::crd::{crd_yaml, ensure_crd};
-use crate::kube::lease::{COMMAND_LEADER_DURATION, LEADER_LEASE, LeaderLease, Leadership, NodeLiveness, renew_heartbeat};
+use crate::kube::lease::{
+    COMMAND_LEADER_DURATION, LEADER_LEASE, LeaderLease, Leadership, NodeLiveness, renew_heartbeat,
+};
 use crate::kube::reconcile::{LeaderView, ReconcileReport, reconcile_leader, reconcile_node};
 use crate::kube::{Kube, extra_metadata, publish, resources, s3_secret, watch as kwatch};
 use crate::ops::{Context, SaveReport};
@@ -66,7 +68,14 @@ impl KubeSession {
             return;
         }
         let s = &self.kube.settings;
-        if let Err(e) = renew_heartbeat(&self.kube.client, &s.node_name, s.orphan_ttl, heartbeat_interval(s.orphan_ttl)).await {
+        if let Err(e) = renew_heartbeat(
+            &self.kube.client,
+            &s.node_name,
+            s.orphan_ttl,
+            heartbeat_interval(s.orphan_ttl),
+        )
+        .await
+        {
             // Not fatal: the heartbeat only protects this node's resources from orphan cleanup.
             tracing::warn!("heartbeat lease not renewed: {e}");
         }
@@ -102,7 +111,9 @@ impl KubeSession {
             return;
         }
         match s3_secret::load(&self.kube.client, &name).await {
-            Ok(settings) => tracing::info!(secret = %name, bucket = ?settings.bucket, "read S3 settings from the config secret"),
+            Ok(settings) => {
+                tracing::info!(secret = %name, bucket = ?settings.bucket, "read S3 settings from the config secret")
+            }
             Err(e) => tracing::warn!("S3 unavailable: {e}"),
         }
     }
@@ -116,7 +127,11 @@ impl KubeSession {
         if let Some(e) = published.errors.first() {
             self.give_up("publishing", e);
         } else {
-            tracing::info!(created = published.created, updated = published.updated, "ETCDSnapshotFile resources written");
+            tracing::info!(
+                created = published.created,
+                updated = published.updated,
+                "ETCDSnapshotFile resources written"
+            );
         }
     }
 
@@ -137,7 +152,11 @@ impl KubeSession {
                 for e in &report.errors {
                     tracing::warn!("{e}");
                 }
-                tracing::info!(deleted = report.deleted, created = report.created, "ETCDSnapshotFile resources reconciled");
+                tracing::info!(
+                    deleted = report.deleted,
+                    created = report.created,
+                    "ETCDSnapshotFile resources reconciled"
+                );
             }
             Err(e) => self.give_up("reconcile", e),
         }
@@ -209,14 +228,23 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     Ok(exit(report.errors.is_empty()))
 }
 
-fn print_reconcile(node: &str, leadership: &Leadership, state: &crate::kube::reconcile::StorageState, r: &ReconcileReport) {
+fn print_reconcile(
+    node: &str,
+    leadership: &Leadership,
+    state: &crate::kube::reconcile::StorageState,
+    r: &ReconcileReport,
+) {
     println!(
         "Reconciled ETCDSnapshotFile resources for node {node}: {} created, {} updated, {} deleted, {} unchanged, {} kept (TTL).",
         r.created, r.updated, r.deleted, r.unchanged, r.kept
     );
     match leadership {
         Leadership::Leader => {
-            let s3 = if state.s3.is_some() { "S3 reconciled" } else { "S3 not configured" };
+            let s3 = if state.s3.is_some() {
+                "S3 reconciled"
+            } else {
+                "S3 not configured"
+            };
             let legacy = match &r.legacy {
                 Some(l) => format!(
                     "legacy ConfigMap {} entries ({} left out, ~{} bytes, {})",
@@ -232,9 +260,9 @@ fn print_reconcile(node: &str, leadership: &Leadership, state: &crate::kube::rec
                 r.orphaned_nodes
             );
         }
-        Leadership::Follower { holder } => println!(
-            "Leader duties skipped: lease {SYSTEM_NAMESPACE}/{LEADER_LEASE} is held by {holder}."
-        ),
+        Leadership::Follower { holder } => {
+            println!("Leader duties skipped: lease {SYSTEM_NAMESPACE}/{LEADER_LEASE} is held by {holder}.")
+        }
     }
 }
 
@@ -251,9 +279,17 @@ pub(super) async fn ls_cluster(args: &LsArgs) -> anyhow::Result<ExitCode> {
     match args.output.output {
         OutputFormat::Table => {
             let mut rows = vec![
-                ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME", "READY"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "NAME",
+                    "SNAPSHOTNAME",
+                    "NODE",
+                    "LOCATION",
+                    "SIZE",
+                    "CREATIONTIME",
+                    "READY",
+                ]
+                .map(String::from)
+                .to_vec(),
             ];
             rows.extend(items.iter().map(row));
             print!("{}", output::table(&rows));

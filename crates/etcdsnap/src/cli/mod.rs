@@ -4,8 +4,8 @@
 pub mod args;
 mod commands;
 pub mod config_file;
-mod kube_commands;
 pub mod kube_args;
+mod kube_commands;
 pub mod output;
 pub mod progress;
 

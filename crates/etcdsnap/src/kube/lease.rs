@@ -263,7 +263,7 @@ pub async fn renew_heartbeat(
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
-                    namespace: Some(SYSTEM_NAMESPACE.into()),
+                    namespace: Some(HEARTBEAT_NAMESPACE.into()),
                     labels: Some(BTreeMap::from([(LABEL_ROLE.to_string(), "heartbeat".to_string())])),
                     ..Default::default()
                 },
@@ -319,7 +319,12 @@ impl NodeLiveness {
             Ok(list) => list.items,
             // No namespace yet: no node has ever sent a heartbeat.
             Err(e) if status_is(&e, |s| s.is_not_found()) => Vec::new(),
-            Err(e) => return Err(ApiError::new("list", format!("heartbeat leases in {HEARTBEAT_NAMESPACE}"))(e)),
+            Err(e) => {
+                return Err(ApiError::new(
+                    "list",
+                    format!("heartbeat leases in {HEARTBEAT_NAMESPACE}"),
+                )(e));
+            }
         };
         let mut renewed = BTreeMap::new();
         for lease in list {

@@ -31,30 +31,31 @@ use kube::Error as KubeClientError;
 
 /// A failed request to the API server, naming what was being done to which object.
 #[derive(Debug, thiserror::Error)]
-#[error("{action} {object}: {source}")]
+// The client error is part of the message rather than a `source`, so that error chains printed
+// by the binary do not repeat it.
+#[error("{action} {object}: {error}")]
 pub struct ApiError {
     pub action: &'static str,
     pub object: String,
-    #[source]
-    pub source: KubeClientError,
+    pub error: KubeClientError,
 }
 
 impl ApiError {
     pub fn new(action: &'static str, object: impl Into<String>) -> impl FnOnce(KubeClientError) -> ApiError {
         let object = object.into();
-        move |source| ApiError { action, object, source }
+        move |error| ApiError { action, object, error }
     }
 
     pub fn is_not_found(&self) -> bool {
-        status_is(&self.source, |s| s.is_not_found())
+        status_is(&self.error, |s| s.is_not_found())
     }
 
     pub fn is_conflict(&self) -> bool {
-        status_is(&self.source, |s| s.is_conflict() || s.is_already_exists())
+        status_is(&self.error, |s| s.is_conflict() || s.is_already_exists())
     }
 
     pub fn is_forbidden(&self) -> bool {
-        status_is(&self.source, |s| s.is_forbidden())
+        status_is(&self.error, |s| s.is_forbidden())
     }
 }
 

@@ -1,0 +1,642 @@
+//! The Kubernetes integration end to end: the real `etcdsnap` binary and library against a real
+//! kube-apiserver and etcd started by testenv. Requests are counted from the API server's own
+//! audit log.
+
+mod common;
+
+use common::{Run, TestResult, run};
+use etcdsnap::kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
+use etcdsnap::kube::reconcile::{LeaderView, StorageState, reconcile_leader, reconcile_node};
+use etcdsnap::kube::{Kube, KubeSettings, publish, s3_secret};
+use etcdsnap::record::{MetadataSource, Outcome, SnapshotRecord};
+use etcdsnap_api::consts::{
+    ANNOTATION_TOKEN_HASH, FINALIZER_K3S, LABEL_STORAGE_NODE, LEGACY_CONFIGMAP, SYSTEM_NAMESPACE,
+};
+use etcdsnap_api::{CrNameInput, ETCDSnapshotFile, ETCDSnapshotS3, SnapshotName, StorageKind, cr_name};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use testenv::{AuditEvent, Etcd, KubeApiServer};
+
+/// etcd for snapshots and a kube-apiserver (on the same etcd, its own prefix), plus a data dir.
+struct Env {
+    etcd: Etcd,
+    api: KubeApiServer,
+    data: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start() -> Result<Env, Box<dyn std::error::Error>> {
+        let etcd = Etcd::single().await?;
+        let api = KubeApiServer::start(&etcd).await?;
+        Ok(Env {
+            etcd,
+            api,
+            data: tempfile::tempdir()?,
+        })
+    }
+
+    fn data_dir(&self, node: &str) -> PathBuf {
+        self.data.path().join(node)
+    }
+
+    fn snapshot_dir(&self, node: &str) -> PathBuf {
+        self.data_dir(node).join("snapshots")
+    }
+
+    /// `etcdsnap <args> --data-dir <node dir>` as `node`, with the admin kubeconfig.
+    async fn etcdsnap(&self, node: &str, args: &[&str]) -> Run {
+        self.etcdsnap_with(node, args, self.api.kubeconfig_path()).await
+    }
+
+    async fn etcdsnap_with(&self, node: &str, args: &[&str], kubeconfig: &Path) -> Run {
+        let data_dir = self.data_dir(node).display().to_string();
+        let endpoints = self.etcd.endpoints().join(",");
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        if !matches!(args.first(), Some(&"watch") | Some(&"crd")) {
+            all.extend(["--data-dir", &data_dir]);
+        }
+        let env = [
+            ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
+            ("ETCDSNAP_NODE_NAME", node),
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("HOME", "/nonexistent"),
+        ];
+        run(&all, &env).await
+    }
+
+    async fn kube(&self, node: &str) -> Result<Kube, Box<dyn std::error::Error>> {
+        Ok(Kube::new(self.api.client().await?, KubeSettings::new(node)))
+    }
+
+    async fn resources(&self) -> Result<Vec<ETCDSnapshotFile>, Box<dyn std::error::Error>> {
+        let api: Api<ETCDSnapshotFile> = Api::all(self.api.client().await?);
+        Ok(api.list(&ListParams::default()).await?.items)
+    }
+
+    fn audit(&self) -> Vec<AuditEvent> {
+        self.api.audit_events().unwrap_or_default()
+    }
+}
+
+/// Writes requests made by the admin user (the tests and the binary) after `since` audit events.
+fn admin_writes(events: &[AuditEvent], since: usize) -> Vec<&AuditEvent> {
+    events[since..]
+        .iter()
+        .filter(|e| e.user == "admin" && e.is_write())
+        .collect()
+}
+
+fn names_of(items: &[ETCDSnapshotFile]) -> BTreeSet<String> {
+    items.iter().filter_map(|c| c.metadata.name.clone()).collect()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    common::files_in(dir)
+        .into_iter()
+        .filter(|f| !f.starts_with('.'))
+        .collect()
+}
+
+fn ts(secs: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(secs).unwrap_or_default()
+}
+
+fn record(name: &str, storage: StorageKind, node: &str, location: &str) -> SnapshotRecord {
+    let name = SnapshotName::parse(name).unwrap_or_else(|e| panic!("{e}"));
+    SnapshotRecord {
+        created_at: ts(name.timestamp().unwrap_or(1_700_000_000)),
+        compression: name.compression(),
+        name,
+        storage,
+        node_name: node.into(),
+        location: location.into(),
+        size: 2891808,
+        outcome: Outcome::Ready,
+        sha256: None,
+        etcd: None,
+        token_hash: None,
+        cluster_id: None,
+        s3: (storage == StorageKind::S3).then(|| ETCDSnapshotS3 {
+            endpoint: Some("s3.example.com".into()),
+            bucket: Some("etcd".into()),
+            prefix: Some("k3s-test".into()),
+            ..Default::default()
+        }),
+        extra_metadata: None,
+        metadata_source: MetadataSource::None,
+    }
+}
+
+fn s3_records(n: usize, uploader: &str, base: i64) -> Vec<SnapshotRecord> {
+    (0..n)
+        .map(|i| {
+            let name = format!("etcd-snapshot-{uploader}-{}", base + i as i64);
+            record(&name, StorageKind::S3, uploader, &format!("s3://etcd/k3s-test/{name}"))
+        })
+        .collect()
+}
+
+async fn wait_until<F, Fut>(what: &str, mut f: F) -> TestResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if f().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("timed out waiting for {what}").into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_crd_is_the_generated_one() -> TestResult {
+    let out = run(&["crd"], &[]).await.expect_ok();
+    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crd.yaml"))?;
+    assert_eq!(
+        out.stdout, committed,
+        "deploy/crd.yaml is stale: run `etcdsnap crd > deploy/crd.yaml`"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> TestResult {
+    let env = Env::start().await?;
+    let client = env.api.client().await?;
+    // Extra metadata to copy into the snapshot's records.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let extra: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "k3s-etcd-snapshot-extra-metadata"},
+        "data": {"cluster-name": "c-12345", "k8s-version": "v1.36.3"}
+    }))?;
+    cms.create(&PostParams::default(), &extra).await?;
+
+    let out = env
+        .etcdsnap("node-1", &["save", "--token", "mysecret"])
+        .await
+        .expect_ok();
+    assert!(out.stdout.contains("saved to file://"), "{}", out.stdout);
+    let dir = env.snapshot_dir("node-1").canonicalize()?;
+    let name = files(&dir).pop().ok_or("no snapshot file")?;
+    let location = format!("file://{}/{name}", dir.display());
+    let expected = cr_name(CrNameInput {
+        name: &name,
+        storage: StorageKind::Local,
+        node_name: "node-1",
+        location: &location,
+        created_unix: 0,
+    });
+    let items = env.resources().await?;
+    assert_eq!(names_of(&items), BTreeSet::from([expected.clone()]));
+    let cr = &items[0];
+    let labels = cr.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get(LABEL_STORAGE_NODE).map(String::as_str), Some("node-1"));
+    let ann = cr.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(ann.get(ANNOTATION_TOKEN_HASH).map(String::as_str), Some("652c7dc687d9"));
+    assert_eq!(ann.get("etcdsnap.io/sha256").map(String::len), Some(64));
+    assert_eq!(ann.get("etcdsnap.io/compression").map(String::as_str), Some("none"));
+    assert!(
+        ann.get("etcdsnap.io/etcd-revision")
+            .is_some_and(|r| r.parse::<i64>().is_ok())
+    );
+    assert_eq!(cr.spec.snapshot_name, name);
+    assert_eq!(cr.spec.node_name, "node-1");
+    assert_eq!(cr.spec.location, location);
+    let meta = cr.spec.metadata.clone().unwrap_or_default();
+    assert_eq!(meta.get("cluster-name").map(String::as_str), Some("c-12345"));
+    let status = cr.status.clone().unwrap_or_default();
+    assert_eq!(status.ready_to_use, Some(true));
+    let size = std::fs::metadata(dir.join(&name))?.len();
+    assert_eq!(status.size.map(|q| q.0), Some(size.to_string()));
+    let stamp = name
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or("no timestamp")?;
+    assert_eq!(status.creation_time.map(|t| t.0.as_second()), Some(stamp));
+    // The same extra metadata is in the metadata document on disk.
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.data_dir("node-1").join(".metadata").join(&name))?)?;
+    assert_eq!(doc["extraMetadata"]["cluster-name"], "c-12345");
+    // K3s's event.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let evs = events.list(&ListParams::default()).await?.items;
+    let ev = evs
+        .iter()
+        .find(|e| e.involved_object.name.as_deref() == Some(expected.as_str()))
+        .ok_or("no event")?;
+    assert_eq!(ev.reason.as_deref(), Some("ETCDSnapshotCreated"));
+    assert_eq!(
+        ev.message.clone().unwrap_or_default(),
+        format!("Snapshot {name} saved on node-1")
+    );
+
+    // K3s's test vectors, accepted by the real API server.
+    let kube = env.kube("node-1").await?;
+    let s3_name = "on-demand-k3s-server-1-1730308816";
+    let s3_location = "s3://etcd/k3s-test/on-demand-k3s-server-1-1730308816";
+    let mut failed = record("etcd-snapshot-server1-1700000000", StorageKind::Local, "server1", "");
+    failed.outcome = Outcome::Failed {
+        message: "etcd unreachable".into(),
+    };
+    let vectors = vec![
+        (
+            record(
+                s3_name,
+                StorageKind::Local,
+                "k3s-server-1",
+                "file:///var/lib/rancher/k3s/server/db/snapshots/on-demand-k3s-server-1-1730308816",
+            ),
+            "local-on-demand-k3s-server-1-1730308816-3e9290",
+        ),
+        (
+            record(s3_name, StorageKind::S3, "", s3_location),
+            "s3-on-demand-k3s-server-1-1730308816-79b15c",
+        ),
+        (
+            record(s3_name, StorageKind::S3, "k3s-server-1", s3_location),
+            "s3-on-demand-k3s-server-1-1730308816-3b38ed",
+        ),
+        (
+            record(
+                "PRUNE_TEST-server1-1700000000",
+                StorageKind::Local,
+                "server1",
+                "file:///var/lib/rancher/k3s/server/db/snapshots/PRUNE_TEST-server1-1700000000",
+            ),
+            "local-etcd-snapshot-server1-1700000000-02dd00",
+        ),
+        (failed, "local-etcd-snapshot-server1-1700000000-7f409b"),
+    ];
+    let records: Vec<SnapshotRecord> = vectors.iter().map(|(r, _)| r.clone()).collect();
+    let published = publish::publish_records(&kube, &records).await;
+    assert!(published.errors.is_empty(), "{:?}", published.errors);
+    assert_eq!(published.created, 5);
+    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    for (_, name) in &vectors {
+        assert!(api.get_opt(name).await?.is_some(), "{name} missing");
+    }
+    let s3_cr = api.get("s3-on-demand-k3s-server-1-1730308816-79b15c").await?;
+    assert_eq!(s3_cr.spec.node_name, "s3");
+    let s3_labels = s3_cr.metadata.labels.unwrap_or_default();
+    assert_eq!(s3_labels.get(LABEL_STORAGE_NODE).map(String::as_str), Some("s3"));
+    assert_eq!(s3_cr.spec.s3.and_then(|s| s.bucket).as_deref(), Some("etcd"));
+    let failed_cr = api.get("local-etcd-snapshot-server1-1700000000-7f409b").await?;
+    let st = failed_cr.status.unwrap_or_default();
+    assert_eq!(st.ready_to_use, Some(false));
+    assert_eq!(st.size.map(|q| q.0).as_deref(), Some("0"));
+    assert_eq!(st.error.and_then(|e| e.message).as_deref(), Some("etcd unreachable"));
+    // Publishing the same records again writes nothing.
+    let before = env.audit().len();
+    let again = publish::publish_records(&kube, &records).await;
+    assert_eq!(again.unchanged, 5);
+    assert!(admin_writes(&env.audit(), before).is_empty());
+
+    // kubectl (v1.36.3 from testbins) shows K3s's columns, sizes and times from status.
+    let kubectl = tokio::process::Command::new(testenv::testbin("kubectl")?)
+        .args(["get", "etcdsnapshotfiles", "--kubeconfig"])
+        .arg(env.api.kubeconfig_path())
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&kubectl.stdout);
+    assert!(kubectl.status.success(), "{}", String::from_utf8_lossy(&kubectl.stderr));
+    let header: Vec<&str> = text.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME"]
+    );
+    let line = text.lines().find(|l| l.starts_with(&expected)).ok_or("no row")?;
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cols[1..5],
+        [name.as_str(), "node-1", location.as_str(), size.to_string().as_str()]
+    );
+    assert!(!cols[5].is_empty(), "{line}");
+    let s3_line = text
+        .lines()
+        .find(|l| l.starts_with("s3-on-demand-k3s-server-1-1730308816-79b15c"))
+        .ok_or("no s3 row")?;
+    assert!(s3_line.contains(" s3 ") && s3_line.contains("2891808"), "{s3_line}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_saves_become_failed_resources_without_secrets() -> TestResult {
+    let env = Env::start().await?;
+    let dead = format!("http://127.0.0.1:{}", testenv::free_port()?);
+    let data_dir = env.data_dir("node-1").display().to_string();
+    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let out = run(
+        &[
+            "save",
+            "--data-dir",
+            &data_dir,
+            "--token",
+            "K10::server:topsecretpassword",
+            "--dial-timeout",
+            "1s",
+        ],
+        &[
+            ("ETCDSNAP_ENDPOINTS", dead.as_str()),
+            ("ETCDSNAP_NODE_NAME", "node-1"),
+            ("KUBECONFIG", kubeconfig.as_str()),
+        ],
+    )
+    .await
+    .expect_fail();
+    assert!(out.stderr.contains("failed"), "{}", out.stderr);
+    let items = env.resources().await?;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let cr = &items[0];
+    let name = cr.metadata.name.clone().unwrap_or_default();
+    assert!(name.starts_with("local-on-demand-node-1-"), "{name}");
+    let expected = cr_name(CrNameInput {
+        name: &cr.spec.snapshot_name,
+        storage: StorageKind::Local,
+        node_name: "node-1",
+        location: "",
+        created_unix: 0,
+    });
+    assert_eq!(name, expected, "a failed local save hashes the node name alone");
+    assert_eq!(cr.spec.location, "");
+    let status = cr.status.clone().unwrap_or_default();
+    assert_eq!(status.ready_to_use, Some(false));
+    let message = status.error.and_then(|e| e.message).unwrap_or_default();
+    assert!(!message.is_empty());
+    let json = serde_json::to_string(cr)?;
+    assert!(!json.contains("topsecretpassword"), "{json}");
+    let events: Api<Event> = Api::namespaced(env.api.client().await?, "default");
+    let evs = events.list(&ListParams::default()).await?.items;
+    let ev = evs
+        .iter()
+        .find(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
+        .ok_or("no event")?;
+    assert_eq!(ev.reason.as_deref(), Some("ETCDSnapshotFailed"));
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        ev.message.clone().unwrap_or_default(),
+        format!("Failed to save snapshot {} on node-1: {message}", cr.spec.snapshot_name)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
+    let env = Env::start().await?;
+    for _ in 0..3 {
+        env.etcdsnap("node-1", &["save"]).await.expect_ok();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let client = env.api.client().await?;
+    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let all = names_of(&env.resources().await?);
+    assert_eq!(all.len(), 3);
+
+    // A resource deleted by hand comes back.
+    let victim = all.iter().next().cloned().ok_or("none")?;
+    api.delete(&victim, &DeleteParams::default()).await?;
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(
+        out.stdout.contains("1 created, 0 updated, 0 deleted, 2 unchanged"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("Leader duties done"), "{}", out.stdout);
+    assert_eq!(names_of(&env.resources().await?), all);
+
+    // A snapshot file deleted by hand loses its resource.
+    let dir = env.snapshot_dir("node-1");
+    let gone = files(&dir).into_iter().next().ok_or("no file")?;
+    std::fs::remove_file(dir.join(&gone))?;
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(
+        out.stdout.contains("0 created, 0 updated, 1 deleted, 2 unchanged"),
+        "{}",
+        out.stdout
+    );
+    let left = env.resources().await?;
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|c| c.spec.snapshot_name != gone));
+
+    // Nothing changed: zero write requests, of any kind, without the leader's Lease...
+    let before = env.audit().len();
+    let out = env.etcdsnap("node-1", &["reconcile", "--no-leader"]).await.expect_ok();
+    assert!(
+        out.stdout.contains("0 created, 0 updated, 0 deleted, 2 unchanged"),
+        "{}",
+        out.stdout
+    );
+    let events = env.audit();
+    let writes = admin_writes(&events, before);
+    assert!(writes.is_empty(), "no-op reconcile wrote: {writes:?}");
+    // ...and with the leader duties, only taking and releasing the leader Lease.
+    let before = env.audit().len();
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(
+        out.stdout.contains("legacy ConfigMap 2 entries (0 left out"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("unchanged)"), "{}", out.stdout);
+    let events = env.audit();
+    let writes = admin_writes(&events, before);
+    assert!(
+        writes.len() == 2
+            && writes
+                .iter()
+                .all(|w| w.resource == "leases" && w.name == "etcdsnap-leader"),
+        "{writes:?}"
+    );
+    // The library, holding the Lease as the agent does: zero writes.
+    let kube = env.kube("node-1").await?;
+    let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(30));
+    assert!(lease.try_acquire().await?.is_leader());
+    let ctx_dir = dir.canonicalize()?;
+    let local = etcdsnap::store::local::LocalStore::open(&ctx_dir, false, "node-1")?;
+    let listing = etcdsnap::store::SnapshotStore::list(&local).await?;
+    let state = StorageState {
+        local: Some(listing.records),
+        s3: None,
+        deleted: BTreeSet::new(),
+    };
+    let before = env.audit().len();
+    let view = LeaderView {
+        liveness: NodeLiveness::read(&client).await?,
+    };
+    let report = reconcile_leader(&kube, &state, &view).await?;
+    assert_eq!(
+        (report.created, report.updated, report.deleted, report.unchanged),
+        (0, 0, 0, 2)
+    );
+    let events = env.audit();
+    assert!(admin_writes(&events, before).is_empty());
+    // One LIST of resources for the pass (2 objects, one page).
+    let lists = events[before..]
+        .iter()
+        .filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles")
+        .count();
+    assert_eq!(lists, 1);
+
+    // Delete and prune remove their resources at once.
+    let first = files(&dir).into_iter().next().ok_or("no file")?;
+    let out = env.etcdsnap("node-1", &["delete", &first]).await.expect_ok();
+    assert!(out.stdout.contains("deleted"), "{}", out.stdout);
+    assert_eq!(env.resources().await?.len(), 1);
+    env.etcdsnap("node-1", &["save"]).await.expect_ok();
+    assert_eq!(env.resources().await?.len(), 2);
+    env.etcdsnap("node-1", &["prune", "--retention", "1"]).await.expect_ok();
+    let left = env.resources().await?;
+    assert_eq!(left.len(), 1);
+    assert_eq!(files(&dir), [left[0].spec.snapshot_name.clone()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_succeed_while_the_api_server_is_down_and_one_reconcile_catches_up() -> TestResult {
+    let mut env = Env::start().await?;
+    env.etcdsnap("node-1", &["save"]).await.expect_ok();
+    assert_eq!(env.resources().await?.len(), 1);
+    env.api.stop();
+    for _ in 0..5 {
+        let out = env.etcdsnap("node-1", &["save"]).await.expect_ok();
+        assert_eq!(
+            out.stderr.matches("Kubernetes API not usable").count(),
+            1,
+            "{}",
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(files(&env.snapshot_dir("node-1")).len(), 6);
+    env.api.restart().await?;
+    assert_eq!(env.resources().await?.len(), 1);
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(
+        out.stdout.contains("5 created, 0 updated, 0 deleted, 1 unchanged"),
+        "{}",
+        out.stdout
+    );
+    let items = env.resources().await?;
+    let expected: BTreeSet<String> = files(&env.snapshot_dir("node-1")).into_iter().collect();
+    let got: BTreeSet<String> = items.iter().map(|c| c.spec.snapshot_name.clone()).collect();
+    assert_eq!(got, expected);
+    // Rebuilt from the metadata documents: sha256 and revision came back too.
+    for cr in &items {
+        let ann = cr.metadata.annotations.clone().unwrap_or_default();
+        assert!(ann.contains_key("etcdsnap.io/sha256"), "{cr:?}");
+        assert!(ann.contains_key("etcdsnap.io/etcd-revision"), "{cr:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_kubernetes_everything_else_works_and_says_so_once() -> TestResult {
+    let env = Env::start().await?;
+    let data_dir = env.data_dir("node-1").display().to_string();
+    let endpoints = env.etcd.endpoints().join(",");
+    let base = [
+        ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
+        ("ETCDSNAP_NODE_NAME", "node-1"),
+        ("HOME", "/nonexistent"),
+    ];
+    let out = run(&["save", "--data-dir", &data_dir], &base).await.expect_ok();
+    assert_eq!(
+        out.stderr
+            .matches("Kubernetes not configured (no kubeconfig found): ETCDSnapshotFile resources are skipped")
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let mut with_kube = base.to_vec();
+    with_kube.push(("KUBECONFIG", kubeconfig.as_str()));
+    let out = run(&["save", "--data-dir", &data_dir, "--no-kube"], &with_kube)
+        .await
+        .expect_ok();
+    assert_eq!(out.stderr.matches("(--no-kube)").count(), 1, "{}", out.stderr);
+    assert!(env.resources().await.map(|r| r.is_empty()).unwrap_or(true));
+    run(&["ls", "--data-dir", &data_dir, "--no-kube"], &with_kube)
+        .await
+        .expect_ok();
+    let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
+    run(&["delete", "--data-dir", &data_dir, &first], &base)
+        .await
+        .expect_ok();
+    Ok(())
+}
+
+/// Two nodes with the same S3 listing reconcile at the same time, repeatedly, while one of them
+/// also publishes a fresh upload: every S3 resource is created exactly once and none is updated
+/// or deleted. (S3 storage itself is another module; these records stand in for its listing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_reconcile_s3_concurrently_without_flapping() -> TestResult {
+    let env = Env::start().await?;
+    let a = env.kube("node-a").await?;
+    let b = env.kube("node-b").await?;
+    etcdsnap::kube::crd::ensure_crd(&a.client).await?;
+    let mut listing = s3_records(10, "node-a", 1_700_000_000);
+    listing.extend(s3_records(10, "node-b", 1_700_000_000));
+    let before = env.audit().len();
+    let round = |kube: Kube, listing: Vec<SnapshotRecord>| async move {
+        let client = kube.client.clone();
+        let node = kube.settings.node_name.clone();
+        renew_heartbeat(&client, &node, Duration::from_secs(3600), Duration::from_secs(60)).await?;
+        let state = StorageState {
+            local: Some(Vec::new()),
+            s3: Some(listing),
+            deleted: BTreeSet::new(),
+        };
+        let lease = LeaderLease::new(client.clone(), &node, Duration::from_secs(15));
+        let report = if lease.try_acquire().await?.is_leader() {
+            let view = LeaderView {
+                liveness: NodeLiveness::read(&client).await?,
+            };
+            reconcile_leader(&kube, &state, &view).await?
+        } else {
+            reconcile_node(&kube, &state).await?
+        };
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(report)
+    };
+    for i in 0..3 {
+        let (ra, rb) = tokio::join!(round(a.clone(), listing.clone()), round(b.clone(), listing.clone()));
+        let (ra, rb) = (ra.map_err(|e| e.to_string())?, rb.map_err(|e| e.to_string())?);
+        assert!(ra.errors.is_empty() && rb.errors.is_empty(), "{ra:?} {rb:?}");
+        if i == 1 {
+            // node-b uploads a new snapshot and publishes its resource right away, while the
+            // leader's next pass still works from a listing without it.
+            let fresh = s3_records(1, "node-b", 1_800_000_000);
+            let published = publish::publish_records(&b, &fresh).await;
+            assert_eq!(published.created, 1, "{published:?}");
+        }
+    }
+    listing.extend(s3_records(1, "node-b", 1_800_000_000));
+    let (ra, rb) = tokio::join!(round(a.clone(), listing.clone()), round(b.clone(), listing.clone()));
+    let (ra, rb) = (ra.map_err(|e| e.to_string())?, rb.map_err(|e| e.to_string())?);
+    assert_eq!(ra.unchanged + rb.unchanged, 21, "{ra:?} {rb:?}");
+    let events = env.audit();
+    let cr_writes: Vec<&AuditEvent> = events[before..]
+        .iter()
+        .filter(|e| e.resource == "etcdsnapshotfiles" && e.is_write())
+        .collect();
+    let creates: Vec<&str> = cr_writes
+        .iter()
+        .filter(|e| e.verb == "create" && e.code < 300)
+        .map(|e| e.name.as_str())
+        .collect();
+    let unique: BTreeSet<&str> = creates.iter().copied().collect();
+    assert_eq!(creates.len(), 21, "{cr_writes:?}");
+    assert_eq!(unique.len(), 21);
+    assert!(
+        cr_writes.iter().all(|e| e.verb == "create"),
+        "updates or deletes happened: {cr_writes:?}"
+    );
+    assert_eq!(env.resources().await?.len(), 21);
+    Ok(())
+}
