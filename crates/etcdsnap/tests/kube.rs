@@ -640,3 +640,280 @@ async fn two_nodes_reconcile_s3_concurrently_without_flapping() -> TestResult {
     assert_eq!(env.resources().await?.len(), 21);
     Ok(())
 }
+
+async fn kubectl(env: &Env, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = tokio::process::Command::new(testenv::testbin("kubectl")?)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(env.api.kubeconfig_path())
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn deploy(file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file)
+        .display()
+        .to_string()
+}
+
+/// The agent's identity from deploy/rbac.yaml is enough for every duty, and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_role_is_enough_and_no_more() -> TestResult {
+    let env = Env::start().await?;
+    kubectl(&env, &["apply", "-f", &deploy("crd.yaml")]).await?;
+    kubectl(
+        &env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/etcdsnapshotfiles.k3s.cattle.io",
+        ],
+    )
+    .await?;
+    kubectl(&env, &["apply", "-f", &deploy("rbac.yaml")]).await?;
+    let admin = env.api.client().await?;
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let extra: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "k3s-etcd-snapshot-extra-metadata"}, "data": {"team": "platform"}
+    }))?;
+    cms.create(&PostParams::default(), &extra).await?;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    for (name, data) in [
+        (
+            "etcdsnap-s3-config",
+            serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-endpoint": "s3.example.com:9000"}),
+        ),
+        ("other-secret", serde_json::json!({"password": "hunter2"})),
+    ] {
+        let s: Secret = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "stringData": data}))?;
+        secrets.create(&PostParams::default(), &s).await?;
+    }
+    let token = env.api.mint_service_account_token(SYSTEM_NAMESPACE, "etcdsnap").await?;
+    let kubeconfig = env.api.write_kubeconfig("agent-kubeconfig", &token)?;
+    let user = "system:serviceaccount:kube-system:etcdsnap";
+    let before = env.audit().len();
+
+    let agent = |args: Vec<String>| {
+        let env = &env;
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            env.etcdsnap_with("node-1", &args, &kubeconfig).await
+        }
+    };
+    let a = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    for _ in 0..3 {
+        agent(a(&["save", "--token", "mysecret"])).await.expect_ok();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let out = agent(a(&["reconcile", "--s3-config-secret", "etcdsnap-s3-config"]))
+        .await
+        .expect_ok();
+    assert!(out.stdout.contains("Leader duties done"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("read S3 settings from the config secret"),
+        "{}",
+        out.stderr
+    );
+    let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
+    agent(a(&["delete", &first])).await.expect_ok();
+    agent(a(&["prune", "--retention", "1"])).await.expect_ok();
+    let out = agent(a(&["ls", "--cluster", "-o", "json"])).await.expect_ok();
+    assert_eq!(out.json()["items"].as_array().map(Vec::len), Some(1));
+    let out = agent(a(&["reconcile"])).await.expect_ok();
+    assert!(out.stdout.contains("legacy ConfigMap 1 entries"), "{}", out.stdout);
+    assert!(!out.stderr.contains("forbidden"), "{}", out.stderr);
+
+    // Everything above: not a single request refused.
+    let events = env.audit();
+    let mine: Vec<&AuditEvent> = events[before..].iter().filter(|e| e.user == user).collect();
+    assert!(mine.len() > 20, "the agent barely talked to the API server: {mine:?}");
+    let refused: Vec<&&AuditEvent> = mine.iter().filter(|e| e.code == 403).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    for resource in [
+        "etcdsnapshotfiles",
+        "configmaps",
+        "leases",
+        "events",
+        "secrets",
+        "namespaces",
+    ] {
+        assert!(mine.iter().any(|e| e.resource == resource), "never used {resource}");
+    }
+    let legacy = cms.get(LEGACY_CONFIGMAP).await?;
+    assert_eq!(legacy.data.map(|d| d.len()), Some(1));
+    let crs = env.resources().await?;
+    assert_eq!(
+        crs[0]
+            .spec
+            .metadata
+            .clone()
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("platform")
+    );
+
+    // And no more.
+    let sa = env.api.client_for_token(&token).await?;
+    let forbidden = |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    let sa_secrets: Api<Secret> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
+    assert!(forbidden(sa_secrets.get("other-secret").await.map(|_| ())));
+    assert!(forbidden(sa_secrets.list(&ListParams::default()).await.map(|_| ())));
+    let sa_cms: Api<ConfigMap> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
+    let other: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "other"}, "data": {"a": "b"}}))?;
+    assert!(forbidden(
+        sa_cms.create(&PostParams::default(), &other).await.map(|_| ())
+    ));
+    let mut extra = sa_cms.get("k3s-etcd-snapshot-extra-metadata").await?;
+    extra.data = Some(BTreeMap::from([("team".to_string(), "evil".to_string())]));
+    assert!(forbidden(
+        sa_cms
+            .replace("k3s-etcd-snapshot-extra-metadata", &PostParams::default(), &extra)
+            .await
+            .map(|_| ())
+    ));
+    let system_leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let scheduler: k8s_openapi::api::coordination::v1::Lease = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "kube-scheduler"}, "spec": {"holderIdentity": "real-scheduler"}}),
+    )?;
+    let mut scheduler = system_leases.create(&PostParams::default(), &scheduler).await?;
+    let sa_leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
+    scheduler.spec.get_or_insert_default().holder_identity = Some("etcdsnap".into());
+    assert!(forbidden(
+        sa_leases
+            .replace("kube-scheduler", &PostParams::default(), &scheduler)
+            .await
+            .map(|_| ())
+    ));
+    Ok(())
+}
+
+/// Writes `n` snapshot files (1 byte each) with metadata documents carrying `extra` into `dir`.
+fn write_snapshots(dir: &Path, node: &str, first: i64, n: usize, extra: &BTreeMap<String, String>) -> TestResult {
+    let meta_dir = dir.parent().ok_or("no parent")?.join(".metadata");
+    std::fs::create_dir_all(&meta_dir)?;
+    std::fs::create_dir_all(dir)?;
+    for i in 0..n {
+        let name = format!("etcd-snapshot-{node}-{}", first + i as i64);
+        let mut r = record(
+            &name,
+            StorageKind::Local,
+            node,
+            &format!("file://{}/{name}", dir.display()),
+        );
+        r.size = 1;
+        r.sha256 = Some("ab".repeat(32));
+        r.extra_metadata = Some(extra.clone());
+        std::fs::write(dir.join(&name), b"x")?;
+        std::fs::write(meta_dir.join(&name), r.to_document().to_json())?;
+    }
+    Ok(())
+}
+
+/// 20,000 snapshots with 1.1 KB of extra metadata each: every one gets its resource, and the
+/// legacy ConfigMap, written after every step, is accepted by the real API server and stays under
+/// the byte limit, holding the newest snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
+    let env = Env::start().await?;
+    let kube = env.kube("node-1").await?;
+    let client = kube.client.clone();
+    etcdsnap::kube::crd::ensure_crd(&client).await?;
+    renew_heartbeat(&client, "node-1", Duration::from_secs(3600), Duration::ZERO).await?;
+    let extra = BTreeMap::from([("cluster-state".to_string(), "s".repeat(1100))]);
+    let dir = env.snapshot_dir("node-1");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let max_bytes = etcdsnap::kube::LegacySettings::default().max_bytes;
+    let (steps, per_step) = (4, 5_000);
+    for step in 0..steps {
+        write_snapshots(
+            &dir,
+            "node-1",
+            1_700_000_000 + (step * per_step) as i64,
+            per_step,
+            &extra,
+        )?;
+        let local = etcdsnap::store::local::LocalStore::open(&dir, false, "node-1")?;
+        let listing = etcdsnap::store::SnapshotStore::list(&local).await?;
+        let total = listing.records.len();
+        assert_eq!(total, (step + 1) * per_step);
+        let state = StorageState {
+            local: Some(listing.records),
+            s3: None,
+            deleted: BTreeSet::new(),
+        };
+        let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(600));
+        assert!(lease.try_acquire().await?.is_leader());
+        let view = LeaderView {
+            liveness: NodeLiveness::read(&client).await?,
+        };
+        let report = reconcile_leader(&kube, &state, &view).await?;
+        assert!(
+            report.errors.is_empty(),
+            "{:?}",
+            &report.errors[..report.errors.len().min(3)]
+        );
+        assert_eq!(report.created, per_step);
+        let legacy = report.legacy.clone().ok_or("no legacy sync")?;
+        assert!(legacy.written, "{legacy:?}");
+
+        // The API server's view: every snapshot has its resource...
+        let crs = etcdsnap::kube::resources::list(&client, None).await?;
+        assert_eq!(crs.len(), total);
+        // ...and the ConfigMap it accepted is under the limit and holds the newest entries.
+        let cm = cms.get(LEGACY_CONFIGMAP).await?;
+        let bytes = serde_json::to_vec(&cm)?.len();
+        let data = cm.data.clone().unwrap_or_default();
+        eprintln!(
+            "step {step}: {total} snapshots, ConfigMap {} entries, {bytes} bytes (estimate {})",
+            data.len(),
+            legacy.estimated_bytes
+        );
+        assert!(bytes <= max_bytes, "{bytes} bytes");
+        assert!(
+            legacy.estimated_bytes >= bytes,
+            "estimate {} < real {bytes}",
+            legacy.estimated_bytes
+        );
+        assert!(data.len() <= 1000 && data.len() > 300, "{}", data.len());
+        let newest = 1_700_000_000 + total as i64 - 1;
+        let oldest_kept = newest - data.len() as i64 + 1;
+        for t in [newest, oldest_kept] {
+            assert!(
+                data.contains_key(&format!("local-etcd-snapshot-node-1-{t}")),
+                "{t} missing"
+            );
+        }
+        assert!(!data.contains_key(&format!("local-etcd-snapshot-node-1-{}", oldest_kept - 1)));
+    }
+    // A second pass over the same storage writes nothing, and lists 1 page per 1,000 objects.
+    let local = etcdsnap::store::local::LocalStore::open(&dir, false, "node-1")?;
+    let state = StorageState {
+        local: Some(etcdsnap::store::SnapshotStore::list(&local).await?.records),
+        s3: None,
+        deleted: BTreeSet::new(),
+    };
+    let before = env.audit().len();
+    let view = LeaderView {
+        liveness: NodeLiveness::read(&client).await?,
+    };
+    let report = reconcile_leader(&kube, &state, &view).await?;
+    assert_eq!(report.unchanged, steps * per_step);
+    let events = env.audit();
+    assert!(admin_writes(&events, before).is_empty());
+    let lists = events[before..]
+        .iter()
+        .filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles")
+        .count();
+    assert_eq!(lists, steps * per_step / 1000);
+    Ok(())
+}
