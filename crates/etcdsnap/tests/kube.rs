@@ -140,20 +140,6 @@ fn s3_records(n: usize, uploader: &str, base: i64) -> Vec<SnapshotRecord> {
         .collect()
 }
 
-async fn wait_until<F, Fut>(what: &str, mut f: F) -> TestResult
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if f().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("timed out waiting for {what}").into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_crd_is_the_generated_one() -> TestResult {
     let out = run(&["crd"], &[]).await.expect_ok();
@@ -915,5 +901,305 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
         .filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles")
         .count();
     assert_eq!(lists, steps * per_step / 1000);
+    Ok(())
+}
+
+/// A cluster that ran K3s's snapshots: its CRD (with the printer columns K3s's generated YAML
+/// has), its legacy ConfigMap, its finalizer. etcdsnap lives with the CRD, adopts the ConfigMap,
+/// imports its metadata into the resources, and never leaves a resource stuck Terminating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_over_from_k3s_without_losing_metadata_or_leaving_finalizers() -> TestResult {
+    use etcdsnap_api::LegacyEntry;
+    let env = Env::start().await?;
+    let client = env.api.client().await?;
+    let mut k3s_crd = etcdsnap_api::crd();
+    for col in k3s_crd.spec.versions[0].additional_printer_columns.iter_mut().flatten() {
+        col.json_path = col
+            .json_path
+            .replace(".status.size", ".spec.size")
+            .replace(".status.creationTime", ".spec.creationTime");
+    }
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.create(&PostParams::default(), &k3s_crd).await?;
+    kubectl(
+        &env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/etcdsnapshotfiles.k3s.cattle.io",
+        ],
+    )
+    .await?;
+
+    // A snapshot K3s wrote (no metadata document), and K3s's ConfigMap with its extra metadata.
+    let dir = env.snapshot_dir("node-1");
+    std::fs::create_dir_all(&dir)?;
+    let k3s_name = "on-demand-node-1-1700000100";
+    std::fs::write(dir.join(k3s_name), b"x")?;
+    let meta = BTreeMap::from([("cluster".to_string(), "k3s".to_string())]);
+    let entry = |name: &str, node: &str| LegacyEntry {
+        name: name.into(),
+        location: format!("file:///var/lib/rancher/k3s/server/db/snapshots/{name}"),
+        metadata: LegacyEntry::encode_metadata(&meta),
+        node_name: node.into(),
+        created_at: "2023-11-14T22:15:00Z".into(),
+        size: 1,
+        status: "successful".into(),
+        ..Default::default()
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let legacy: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": LEGACY_CONFIGMAP, "labels": {"origin": "k3s"}},
+        "data": {
+            format!("local-{k3s_name}"): entry(k3s_name, "node-1").to_json(),
+            "local-on-demand-k3s-old-1600000000": entry("on-demand-k3s-old-1600000000", "k3s-old").to_json(),
+        }
+    }))?;
+    cms.create(&PostParams::default(), &legacy).await?;
+
+    // Resources K3s's leader put its finalizer on: one for a snapshot that is gone, one already
+    // being deleted (stuck Terminating without K3s's controller).
+    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let mut vanished = record(
+        "on-demand-node-1-1600000000",
+        StorageKind::Local,
+        "node-1",
+        "file:///gone/on-demand-node-1-1600000000",
+    )
+    .to_resource();
+    vanished.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
+    let vanished_name = vanished.metadata.name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &vanished).await?;
+    let mut stuck = record(
+        "on-demand-node-2-1600000000",
+        StorageKind::Local,
+        "node-2",
+        "file:///x/on-demand-node-2-1600000000",
+    )
+    .to_resource();
+    stuck.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
+    let stuck_name = stuck.metadata.name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &stuck).await?;
+    api.delete(&stuck_name, &DeleteParams::default()).await?;
+    assert!(api.get(&stuck_name).await?.metadata.deletion_timestamp.is_some());
+
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(out.stdout.contains("1 created"), "{}", out.stdout);
+
+    // K3s's CRD is left as it was.
+    let crd = crds.get("etcdsnapshotfiles.k3s.cattle.io").await?;
+    assert!(crd.metadata.annotations.unwrap_or_default().is_empty());
+    let paths: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.json_path.clone())
+        .collect();
+    assert!(paths.contains(&".spec.size".to_string()), "{paths:?}");
+    // The K3s snapshot's resource carries the metadata only the ConfigMap had (back-fill).
+    let crs = env.resources().await?;
+    let cr = crs
+        .iter()
+        .find(|c| c.spec.snapshot_name == k3s_name)
+        .ok_or("no resource for the K3s snapshot")?;
+    assert_eq!(cr.spec.metadata.as_ref(), Some(&meta));
+    assert!(
+        !cr.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key(ANNOTATION_TOKEN_HASH)
+    );
+    // Nothing stuck.
+    assert!(
+        api.get_opt(&vanished_name).await?.is_none(),
+        "vanished snapshot's resource still there"
+    );
+    assert!(api.get_opt(&stuck_name).await?.is_none(), "resource left Terminating");
+    // The ConfigMap is adopted: its labels kept, our entry current, K3s node's entry kept.
+    let cm = cms.get(LEGACY_CONFIGMAP).await?;
+    assert_eq!(
+        cm.metadata.labels.unwrap_or_default().get("origin").map(String::as_str),
+        Some("k3s")
+    );
+    let data = cm.data.unwrap_or_default();
+    assert!(data.contains_key("local-on-demand-k3s-old-1600000000"), "{data:?}");
+    let ours = LegacyEntry::parse(data.get(&format!("local-{k3s_name}")).ok_or("entry missing")?).ok_or("bad entry")?;
+    assert_eq!(ours.extra_metadata().as_ref(), Some(&meta));
+    assert!(ours.location.starts_with("file:///"), "{ours:?}");
+    assert_eq!(data.len(), 2, "{data:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_and_ls_cluster_lists_every_node() -> TestResult {
+    use tokio::io::AsyncBufReadExt;
+    let env = Env::start().await?;
+    env.etcdsnap("node-1", &["save"]).await.expect_ok();
+    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let mut child = common::command(&["watch", "-o", "json"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut next = async || -> Result<(String, String), Box<dyn std::error::Error>> {
+        let v = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await?
+            .ok_or("watch ended")?;
+        Ok((
+            v["type"].as_str().unwrap_or_default().to_string(),
+            v["object"]["spec"]["snapshotName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ))
+    };
+    let existing = files(&env.snapshot_dir("node-1")).pop().ok_or("no file")?;
+    assert_eq!(next().await?, ("ADDED".to_string(), existing.clone()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.etcdsnap("node-1", &["save"]).await.expect_ok();
+    let (kind, added) = next().await?;
+    assert_eq!(kind, "ADDED");
+    assert_ne!(added, existing);
+    env.etcdsnap("node-1", &["delete", &existing]).await.expect_ok();
+    assert_eq!(next().await?, ("DELETED".to_string(), existing.clone()));
+    child.kill().await?;
+
+    // Another node's snapshot, published by that node.
+    let other = env.kube("node-2").await?;
+    let r = record(
+        "on-demand-node-2-1700000000",
+        StorageKind::Local,
+        "node-2",
+        "file:///var/lib/etcdsnap/snapshots/on-demand-node-2-1700000000",
+    );
+    assert_eq!(publish::publish_records(&other, &[r]).await.created, 1);
+    let out = env
+        .etcdsnap("node-1", &["ls", "--cluster", "-o", "json"])
+        .await
+        .expect_ok();
+    let items = out.json()["items"].as_array().cloned().unwrap_or_default();
+    let nodes: BTreeSet<String> = items
+        .iter()
+        .filter_map(|i| i["spec"]["nodeName"].as_str().map(String::from))
+        .collect();
+    assert_eq!(nodes, BTreeSet::from(["node-1".to_string(), "node-2".to_string()]));
+    assert_eq!(
+        items[0]["spec"]["snapshotName"], "on-demand-node-2-1700000000",
+        "oldest first"
+    );
+    let table = env.etcdsnap("node-1", &["ls", "--cluster"]).await.expect_ok();
+    let header: Vec<&str> = table
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "SNAPSHOTNAME",
+            "NODE",
+            "LOCATION",
+            "SIZE",
+            "CREATIONTIME",
+            "READY"
+        ]
+    );
+    assert_eq!(table.stdout.lines().count(), 3, "{}", table.stdout);
+    let yaml = env
+        .etcdsnap("node-1", &["ls", "--cluster", "-o", "yaml"])
+        .await
+        .expect_ok();
+    assert!(yaml.stdout.contains("kind: List"), "{}", yaml.stdout);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_settings_come_from_the_config_secret_and_bad_values_name_their_key() -> TestResult {
+    let env = Env::start().await?;
+    let client = env.api.client().await?;
+    let ca = std::fs::read_to_string(env.api.ca_path())?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let ca_cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "s3-ca"}, "data": {"ca.crt": ca}}))?;
+    cms.create(&PostParams::default(), &ca_cm).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let make = |name: &str, data: serde_json::Value| -> Result<Secret, serde_json::Error> {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name}, "type": "etcd.k3s.cattle.io/s3-config-secret", "stringData": data}),
+        )
+    };
+    secrets
+        .create(
+            &PostParams::default(),
+            &make(
+                "good",
+                serde_json::json!({
+                    "etcd-s3-endpoint": "s3.example.com:9000", "etcd-s3-bucket": "etcd", "etcd-s3-folder": "k3s",
+                    "etcd-s3-access-key": "AKIA", "etcd-s3-secret-key": "s3cr3t", "etcd-s3-endpoint-ca": ca,
+                    "etcd-s3-endpoint-ca-name": "s3-ca", "etcd-s3-timeout": "2m", "etcd-s3-insecure": "false"
+                }),
+            )?,
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &make(
+                "bad",
+                serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-retention": "many"}),
+            )?,
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &make(
+                "bad-ca",
+                serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-endpoint-ca-name": "no-such-cm"}),
+            )?,
+        )
+        .await?;
+    let s = s3_secret::load(&client, "good").await?;
+    assert_eq!(s.bucket.as_deref(), Some("etcd"));
+    assert_eq!(s.folder.as_deref(), Some("k3s"));
+    assert_eq!(s.access_key.as_deref(), Some("AKIA"));
+    assert_eq!(s.timeout, Some(Duration::from_secs(120)));
+    assert_eq!(s.insecure, Some(false));
+    assert_eq!(s.endpoint_ca_pems.len(), 2, "inline CA and the CA ConfigMap");
+    assert!(!format!("{s:?}").contains("s3cr3t"));
+    let err = s3_secret::load(&client, "bad")
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("etcd-s3-retention") && !err.contains("many"), "{err}");
+    let err = s3_secret::load(&client, "bad-ca")
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("etcd-s3-endpoint-ca-name") && err.contains("no-such-cm"),
+        "{err}"
+    );
+    assert!(matches!(
+        s3_secret::load(&client, "missing").await,
+        Err(s3_secret::S3SecretError::Missing(_))
+    ));
     Ok(())
 }
