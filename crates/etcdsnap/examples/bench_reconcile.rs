@@ -92,7 +92,12 @@ fn count(events: &[AuditEvent]) -> Counts {
     }
 }
 
-async fn pass(kube: &Kube, api: &KubeApiServer, dir: &Path, s3: &[SnapshotRecord]) -> Result<(Duration, Duration, ReconcileReport, Counts)> {
+async fn pass(
+    kube: &Kube,
+    api: &KubeApiServer,
+    dir: &Path,
+    s3: &[SnapshotRecord],
+) -> Result<(Duration, Duration, ReconcileReport, Counts)> {
     let before = api.audit_events()?.len();
     let started = Instant::now();
     let local = LocalStore::open(dir, false, "node-1")?;
@@ -138,7 +143,9 @@ async fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
 
-    println!("| run | wall s | local listing s | created | updated | deleted | unchanged | API reads | API writes | LIST etcdsnapshotfiles | legacy ConfigMap |");
+    println!(
+        "| run | wall s | local listing s | created | updated | deleted | unchanged | API reads | API writes | LIST etcdsnapshotfiles | legacy ConfigMap |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for label in ["first (creates)", "no-op"] {
         let (total, listed, report, counts) = pass(&kube, &api, &dir, &s3).await?;
@@ -148,7 +155,14 @@ async fn main() -> Result<()> {
         let legacy = report
             .legacy
             .as_ref()
-            .map(|l| format!("{} entries, {} bytes est., {}", l.entries, l.estimated_bytes, if l.written { "written" } else { "unchanged" }))
+            .map(|l| {
+                format!(
+                    "{} entries, {} bytes est., {}",
+                    l.entries,
+                    l.estimated_bytes,
+                    if l.written { "written" } else { "unchanged" }
+                )
+            })
             .unwrap_or_default();
         println!(
             "| {label} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {legacy} |",
