@@ -12,6 +12,14 @@
 //! - right after its own save, delete or prune, a node writes the resources of exactly the
 //!   snapshots it touched, S3 ones included (a new S3 resource is protected from the leader's
 //!   reconcile for a minute, like K3s does, so the two cannot flap).
+//!
+//! A long-running caller (the agent) uses it like this: [`Kube::connect`], then
+//! [`crd::ensure_crd`] once; on a timer [`lease::renew_heartbeat`] and
+//! [`lease::LeaderLease::try_acquire`]; each reconcile period [`publish::storage_state`] followed
+//! by [`reconcile::reconcile_leader`] (with [`lease::NodeLiveness::read`]) while leading, else
+//! [`reconcile::reconcile_node`]; around each scheduled save [`extra_metadata::read`] and
+//! [`publish::publish_records`]; after its own deletions [`publish::after_removal`]. S3 settings
+//! from a Secret come from [`s3_secret::load`], read again for every operation.
 
 pub mod connect;
 pub mod crd;

@@ -304,10 +304,13 @@ async fn reconcile(
     let legacy_map = legacy::read(&kube.client).await?;
     let legacy_metadata = legacy_map.as_ref().map(legacy::metadata_by_key).unwrap_or_default();
 
-    let selector = if leader.is_some() {
-        None
-    } else {
-        Some(format!("{LABEL_STORAGE_NODE} in ({node},{S3_STORAGE_NODE})"))
+    // The leader looks at every resource (S3, departed nodes, the ConfigMap); a node only at its
+    // own, plus S3's when it just deleted S3 snapshots on purpose.
+    let s3_deleted = state.deleted.iter().any(|k| k.starts_with(StorageKind::S3.prefix()));
+    let selector = match (leader.is_some(), s3_deleted) {
+        (true, _) => None,
+        (false, true) => Some(format!("{LABEL_STORAGE_NODE} in ({node},{S3_STORAGE_NODE})")),
+        (false, false) => Some(format!("{LABEL_STORAGE_NODE}={node}")),
     };
     let existing = resources::list(&kube.client, selector.as_deref()).await?;
 
