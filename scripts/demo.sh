@@ -37,7 +37,7 @@ show "$bin/etcdsnap" ls
 
 step "Each snapshot is an ETCDSnapshotFile resource (K3s-compatible), rebuilt from storage by reconcile"
 show "$bin/etcdsnap" ls --cluster
-show "$PWD/target/testbins/kubectl" get etcdsnapshotfiles
+show "${TESTBINS_DIR:-$PWD/target/testbins}/kubectl" get etcdsnapshotfiles
 show "$bin/etcdsnap" reconcile
 
 step "Verify every stored byte against its sha256 and etcd's integrity trailer"
