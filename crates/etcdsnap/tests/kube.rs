@@ -540,6 +540,20 @@ async fn without_kubernetes_everything_else_works_and_says_so_once() -> TestResu
         "{}",
         out.stderr
     );
+    // A KUBECONFIG naming no file is no kubeconfig; a broken one is reported; saving goes on.
+    let mut missing = base.to_vec();
+    missing.push(("KUBECONFIG", "/nonexistent/kubeconfig"));
+    let out = run(&["save", "--data-dir", &data_dir], &missing).await.expect_ok();
+    assert!(out.stderr.contains("(no kubeconfig found)"), "{}", out.stderr);
+    let broken = env.data.path().join("broken-kubeconfig");
+    std::fs::write(&broken, "this: [is not a kubeconfig")?;
+    let broken = broken.display().to_string();
+    let out = run(&["save", "--data-dir", &data_dir, "--kubeconfig", &broken], &base)
+        .await
+        .expect_ok();
+    assert_eq!(out.stderr.matches("Kubernetes not usable").count(), 1, "{}", out.stderr);
+    assert_eq!(files(&env.snapshot_dir("node-1")).len(), 3);
+
     let kubeconfig = env.api.kubeconfig_path().display().to_string();
     let mut with_kube = base.to_vec();
     with_kube.push(("KUBECONFIG", kubeconfig.as_str()));

@@ -25,8 +25,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Connects when Kubernetes is configured; otherwise says once why resources are skipped.
+/// A kubeconfig that cannot be used is reported and treated like none: snapshot operations go on.
 pub(super) async fn session(args: &KubeArgs, node: &str, no_local: bool) -> anyhow::Result<Option<KubeSession>> {
-    match Kube::connect(&args.connect_options(), args.settings(node)).await? {
+    let connected = match Kube::connect(&args.connect_options(), args.settings(node)).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("Kubernetes not usable ({e}): ETCDSnapshotFile resources are skipped");
+            return Ok(None);
+        }
+    };
+    match connected {
         Some(kube) => Ok(Some(KubeSession {
             kube,
             usable: true,

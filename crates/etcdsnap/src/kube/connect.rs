@@ -126,7 +126,9 @@ impl Kube {
 
 /// Whether any of the places `Config::infer` looks at exists.
 fn any_kubeconfig_present() -> bool {
-    if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) {
+    if let Some(paths) = std::env::var_os("KUBECONFIG")
+        && std::env::split_paths(&paths).any(|p| p.exists())
+    {
         return true;
     }
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
