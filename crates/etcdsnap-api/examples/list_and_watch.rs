@@ -23,10 +23,7 @@ fn describe(snap: &ETCDSnapshotFile) -> String {
         status.size.map(|q| q.0).unwrap_or_default(),
         status.creation_time.map(|t| t.0.to_string()).unwrap_or_default(),
         status.ready_to_use.unwrap_or(false),
-        snap.annotations()
-            .get(ANNOTATION_TOKEN_HASH)
-            .map(String::as_str)
-            .unwrap_or("-"),
+        snap.annotations().get(ANNOTATION_TOKEN_HASH).map(String::as_str).unwrap_or("-"),
     )
 }
 

@@ -22,11 +22,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn record(name: &str, storage: StorageKind, location: String) -> Result<SnapshotRecord> {
@@ -84,10 +80,7 @@ fn count(events: &[AuditEvent]) -> Counts {
     Counts {
         reads: mine.iter().filter(|e| !e.is_write()).count(),
         writes: mine.iter().filter(|e| e.is_write()).count(),
-        lists: mine
-            .iter()
-            .filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles")
-            .count(),
+        lists: mine.iter().filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles").count(),
         by_verb,
     }
 }
@@ -103,14 +96,8 @@ async fn pass(
     let local = LocalStore::open(dir, false, "node-1")?;
     let listing = local.list().await?;
     let listed = started.elapsed();
-    let state = StorageState {
-        local: Some(listing.records),
-        s3: Some(s3.to_vec()),
-        deleted: Default::default(),
-    };
-    let view = LeaderView {
-        liveness: NodeLiveness::read(&kube.client).await?,
-    };
+    let state = StorageState { local: Some(listing.records), s3: Some(s3.to_vec()), deleted: Default::default() };
+    let view = LeaderView { liveness: NodeLiveness::read(&kube.client).await? };
     let report = reconcile_leader(kube, &state, &view).await?;
     let total = started.elapsed();
     let events = api.audit_events()?;

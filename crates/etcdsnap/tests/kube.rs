@@ -31,11 +31,7 @@ impl Env {
     async fn start() -> Result<Env, Box<dyn std::error::Error>> {
         let etcd = Etcd::single().await?;
         let api = KubeApiServer::start(&etcd).await?;
-        Ok(Env {
-            etcd,
-            api,
-            data: tempfile::tempdir()?,
-        })
+        Ok(Env { etcd, api, data: tempfile::tempdir()? })
     }
 
     fn data_dir(&self, node: &str) -> PathBuf {
@@ -84,10 +80,7 @@ impl Env {
 
 /// Writes requests made by the admin user (the tests and the binary) after `since` audit events.
 fn admin_writes(events: &[AuditEvent], since: usize) -> Vec<&AuditEvent> {
-    events[since..]
-        .iter()
-        .filter(|e| e.user == "admin" && e.is_write())
-        .collect()
+    events[since..].iter().filter(|e| e.user == "admin" && e.is_write()).collect()
 }
 
 fn names_of(items: &[ETCDSnapshotFile]) -> BTreeSet<String> {
@@ -95,10 +88,7 @@ fn names_of(items: &[ETCDSnapshotFile]) -> BTreeSet<String> {
 }
 
 fn files(dir: &Path) -> Vec<String> {
-    common::files_in(dir)
-        .into_iter()
-        .filter(|f| !f.starts_with('.'))
-        .collect()
+    common::files_in(dir).into_iter().filter(|f| !f.starts_with('.')).collect()
 }
 
 fn ts(secs: i64) -> jiff::Timestamp {
@@ -144,10 +134,7 @@ fn s3_records(n: usize, uploader: &str, base: i64) -> Vec<SnapshotRecord> {
 async fn committed_crd_is_the_generated_one() -> TestResult {
     let out = run(&["crd"], &[]).await.expect_ok();
     let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crd.yaml"))?;
-    assert_eq!(
-        out.stdout, committed,
-        "deploy/crd.yaml is stale: run `etcdsnap crd > deploy/crd.yaml`"
-    );
+    assert_eq!(out.stdout, committed, "deploy/crd.yaml is stale: run `etcdsnap crd > deploy/crd.yaml`");
     Ok(())
 }
 
@@ -163,10 +150,7 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     }))?;
     cms.create(&PostParams::default(), &extra).await?;
 
-    let out = env
-        .etcdsnap("node-1", &["save", "--token", "mysecret"])
-        .await
-        .expect_ok();
+    let out = env.etcdsnap("node-1", &["save", "--token", "mysecret"]).await.expect_ok();
     assert!(out.stdout.contains("saved to file://"), "{}", out.stdout);
     let dir = env.snapshot_dir("node-1").canonicalize()?;
     let name = files(&dir).pop().ok_or("no snapshot file")?;
@@ -187,10 +171,7 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     assert_eq!(ann.get(ANNOTATION_TOKEN_HASH).map(String::as_str), Some("652c7dc687d9"));
     assert_eq!(ann.get("etcdsnap.io/sha256").map(String::len), Some(64));
     assert_eq!(ann.get("etcdsnap.io/compression").map(String::as_str), Some("none"));
-    assert!(
-        ann.get("etcdsnap.io/etcd-revision")
-            .is_some_and(|r| r.parse::<i64>().is_ok())
-    );
+    assert!(ann.get("etcdsnap.io/etcd-revision").is_some_and(|r| r.parse::<i64>().is_ok()));
     assert_eq!(cr.spec.snapshot_name, name);
     assert_eq!(cr.spec.node_name, "node-1");
     assert_eq!(cr.spec.location, location);
@@ -200,11 +181,7 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     assert_eq!(status.ready_to_use, Some(true));
     let size = std::fs::metadata(dir.join(&name))?.len();
     assert_eq!(status.size.map(|q| q.0), Some(size.to_string()));
-    let stamp = name
-        .rsplit('-')
-        .next()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or("no timestamp")?;
+    let stamp = name.rsplit('-').next().and_then(|s| s.parse::<i64>().ok()).ok_or("no timestamp")?;
     assert_eq!(status.creation_time.map(|t| t.0.as_second()), Some(stamp));
     // The same extra metadata is in the metadata document on disk.
     let doc: serde_json::Value =
@@ -213,24 +190,16 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     // K3s's event.
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let evs = events.list(&ListParams::default()).await?.items;
-    let ev = evs
-        .iter()
-        .find(|e| e.involved_object.name.as_deref() == Some(expected.as_str()))
-        .ok_or("no event")?;
+    let ev = evs.iter().find(|e| e.involved_object.name.as_deref() == Some(expected.as_str())).ok_or("no event")?;
     assert_eq!(ev.reason.as_deref(), Some("ETCDSnapshotCreated"));
-    assert_eq!(
-        ev.message.clone().unwrap_or_default(),
-        format!("Snapshot {name} saved on node-1")
-    );
+    assert_eq!(ev.message.clone().unwrap_or_default(), format!("Snapshot {name} saved on node-1"));
 
     // K3s's test vectors, accepted by the real API server.
     let kube = env.kube("node-1").await?;
     let s3_name = "on-demand-k3s-server-1-1730308816";
     let s3_location = "s3://etcd/k3s-test/on-demand-k3s-server-1-1730308816";
     let mut failed = record("etcd-snapshot-server1-1700000000", StorageKind::Local, "server1", "");
-    failed.outcome = Outcome::Failed {
-        message: "etcd unreachable".into(),
-    };
+    failed.outcome = Outcome::Failed { message: "etcd unreachable".into() };
     let vectors = vec![
         (
             record(
@@ -241,14 +210,8 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
             ),
             "local-on-demand-k3s-server-1-1730308816-3e9290",
         ),
-        (
-            record(s3_name, StorageKind::S3, "", s3_location),
-            "s3-on-demand-k3s-server-1-1730308816-79b15c",
-        ),
-        (
-            record(s3_name, StorageKind::S3, "k3s-server-1", s3_location),
-            "s3-on-demand-k3s-server-1-1730308816-3b38ed",
-        ),
+        (record(s3_name, StorageKind::S3, "", s3_location), "s3-on-demand-k3s-server-1-1730308816-79b15c"),
+        (record(s3_name, StorageKind::S3, "k3s-server-1", s3_location), "s3-on-demand-k3s-server-1-1730308816-3b38ed"),
         (
             record(
                 "PRUNE_TEST-server1-1700000000",
@@ -293,21 +256,13 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     let text = String::from_utf8_lossy(&kubectl.stdout);
     assert!(kubectl.status.success(), "{}", String::from_utf8_lossy(&kubectl.stderr));
     let header: Vec<&str> = text.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(
-        header,
-        ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME"]
-    );
+    assert_eq!(header, ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME"]);
     let line = text.lines().find(|l| l.starts_with(&expected)).ok_or("no row")?;
     let cols: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(
-        cols[1..5],
-        [name.as_str(), "node-1", location.as_str(), size.to_string().as_str()]
-    );
+    assert_eq!(cols[1..5], [name.as_str(), "node-1", location.as_str(), size.to_string().as_str()]);
     assert!(!cols[5].is_empty(), "{line}");
-    let s3_line = text
-        .lines()
-        .find(|l| l.starts_with("s3-on-demand-k3s-server-1-1730308816-79b15c"))
-        .ok_or("no s3 row")?;
+    let s3_line =
+        text.lines().find(|l| l.starts_with("s3-on-demand-k3s-server-1-1730308816-79b15c")).ok_or("no s3 row")?;
     assert!(s3_line.contains(" s3 ") && s3_line.contains("2891808"), "{s3_line}");
     Ok(())
 }
@@ -319,20 +274,8 @@ async fn failed_saves_become_failed_resources_without_secrets() -> TestResult {
     let data_dir = env.data_dir("node-1").display().to_string();
     let kubeconfig = env.api.kubeconfig_path().display().to_string();
     let out = run(
-        &[
-            "save",
-            "--data-dir",
-            &data_dir,
-            "--token",
-            "K10::server:topsecretpassword",
-            "--dial-timeout",
-            "1s",
-        ],
-        &[
-            ("ETCDSNAP_ENDPOINTS", dead.as_str()),
-            ("ETCDSNAP_NODE_NAME", "node-1"),
-            ("KUBECONFIG", kubeconfig.as_str()),
-        ],
+        &["save", "--data-dir", &data_dir, "--token", "K10::server:topsecretpassword", "--dial-timeout", "1s"],
+        &[("ETCDSNAP_ENDPOINTS", dead.as_str()), ("ETCDSNAP_NODE_NAME", "node-1"), ("KUBECONFIG", kubeconfig.as_str())],
     )
     .await
     .expect_fail();
@@ -359,10 +302,7 @@ async fn failed_saves_become_failed_resources_without_secrets() -> TestResult {
     assert!(!json.contains("topsecretpassword"), "{json}");
     let events: Api<Event> = Api::namespaced(env.api.client().await?, "default");
     let evs = events.list(&ListParams::default()).await?.items;
-    let ev = evs
-        .iter()
-        .find(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
-        .ok_or("no event")?;
+    let ev = evs.iter().find(|e| e.involved_object.name.as_deref() == Some(name.as_str())).ok_or("no event")?;
     assert_eq!(ev.reason.as_deref(), Some("ETCDSnapshotFailed"));
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert_eq!(
@@ -388,11 +328,7 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     let victim = all.iter().next().cloned().ok_or("none")?;
     api.delete(&victim, &DeleteParams::default()).await?;
     let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
-    assert!(
-        out.stdout.contains("1 created, 0 updated, 0 deleted, 2 unchanged"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("1 created, 0 updated, 0 deleted, 2 unchanged"), "{}", out.stdout);
     assert!(out.stdout.contains("Leader duties done"), "{}", out.stdout);
     assert_eq!(names_of(&env.resources().await?), all);
 
@@ -401,11 +337,7 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     let gone = files(&dir).into_iter().next().ok_or("no file")?;
     std::fs::remove_file(dir.join(&gone))?;
     let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
-    assert!(
-        out.stdout.contains("0 created, 0 updated, 1 deleted, 2 unchanged"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("0 created, 0 updated, 1 deleted, 2 unchanged"), "{}", out.stdout);
     let left = env.resources().await?;
     assert_eq!(left.len(), 2);
     assert!(left.iter().all(|c| c.spec.snapshot_name != gone));
@@ -413,30 +345,19 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     // Nothing changed: zero write requests, of any kind, without the leader's Lease...
     let before = env.audit().len();
     let out = env.etcdsnap("node-1", &["reconcile", "--no-leader"]).await.expect_ok();
-    assert!(
-        out.stdout.contains("0 created, 0 updated, 0 deleted, 2 unchanged"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("0 created, 0 updated, 0 deleted, 2 unchanged"), "{}", out.stdout);
     let events = env.audit();
     let writes = admin_writes(&events, before);
     assert!(writes.is_empty(), "no-op reconcile wrote: {writes:?}");
     // ...and with the leader duties, only taking and releasing the leader Lease.
     let before = env.audit().len();
     let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
-    assert!(
-        out.stdout.contains("legacy ConfigMap 2 entries (0 left out"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("legacy ConfigMap 2 entries (0 left out"), "{}", out.stdout);
     assert!(out.stdout.contains("unchanged)"), "{}", out.stdout);
     let events = env.audit();
     let writes = admin_writes(&events, before);
     assert!(
-        writes.len() == 2
-            && writes
-                .iter()
-                .all(|w| w.resource == "leases" && w.name == "etcdsnap-leader"),
+        writes.len() == 2 && writes.iter().all(|w| w.resource == "leases" && w.name == "etcdsnap-leader"),
         "{writes:?}"
     );
     // The library, holding the Lease as the agent does: zero writes.
@@ -446,27 +367,15 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     let ctx_dir = dir.canonicalize()?;
     let local = etcdsnap::store::local::LocalStore::open(&ctx_dir, false, "node-1")?;
     let listing = etcdsnap::store::SnapshotStore::list(&local).await?;
-    let state = StorageState {
-        local: Some(listing.records),
-        s3: None,
-        deleted: BTreeSet::new(),
-    };
+    let state = StorageState { local: Some(listing.records), s3: None, deleted: BTreeSet::new() };
     let before = env.audit().len();
-    let view = LeaderView {
-        liveness: NodeLiveness::read(&client).await?,
-    };
+    let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
     let report = reconcile_leader(&kube, &state, &view).await?;
-    assert_eq!(
-        (report.created, report.updated, report.deleted, report.unchanged),
-        (0, 0, 0, 2)
-    );
+    assert_eq!((report.created, report.updated, report.deleted, report.unchanged), (0, 0, 0, 2));
     let events = env.audit();
     assert!(admin_writes(&events, before).is_empty());
     // One LIST of resources for the pass (2 objects, one page).
-    let lists = events[before..]
-        .iter()
-        .filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles")
-        .count();
+    let lists = events[before..].iter().filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles").count();
     assert_eq!(lists, 1);
 
     // Delete and prune remove their resources at once.
@@ -491,23 +400,14 @@ async fn saves_succeed_while_the_api_server_is_down_and_one_reconcile_catches_up
     env.api.stop();
     for _ in 0..5 {
         let out = env.etcdsnap("node-1", &["save"]).await.expect_ok();
-        assert_eq!(
-            out.stderr.matches("Kubernetes API not usable").count(),
-            1,
-            "{}",
-            out.stderr
-        );
+        assert_eq!(out.stderr.matches("Kubernetes API not usable").count(), 1, "{}", out.stderr);
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     assert_eq!(files(&env.snapshot_dir("node-1")).len(), 6);
     env.api.restart().await?;
     assert_eq!(env.resources().await?.len(), 1);
     let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
-    assert!(
-        out.stdout.contains("5 created, 0 updated, 0 deleted, 1 unchanged"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("5 created, 0 updated, 0 deleted, 1 unchanged"), "{}", out.stdout);
     let items = env.resources().await?;
     let expected: BTreeSet<String> = files(&env.snapshot_dir("node-1")).into_iter().collect();
     let got: BTreeSet<String> = items.iter().map(|c| c.spec.snapshot_name.clone()).collect();
@@ -526,11 +426,7 @@ async fn without_kubernetes_everything_else_works_and_says_so_once() -> TestResu
     let env = Env::start().await?;
     let data_dir = env.data_dir("node-1").display().to_string();
     let endpoints = env.etcd.endpoints().join(",");
-    let base = [
-        ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
-        ("ETCDSNAP_NODE_NAME", "node-1"),
-        ("HOME", "/nonexistent"),
-    ];
+    let base = [("ETCDSNAP_ENDPOINTS", endpoints.as_str()), ("ETCDSNAP_NODE_NAME", "node-1"), ("HOME", "/nonexistent")];
     let out = run(&["save", "--data-dir", &data_dir], &base).await.expect_ok();
     assert_eq!(
         out.stderr
@@ -548,27 +444,19 @@ async fn without_kubernetes_everything_else_works_and_says_so_once() -> TestResu
     let broken = env.data.path().join("broken-kubeconfig");
     std::fs::write(&broken, "this: [is not a kubeconfig")?;
     let broken = broken.display().to_string();
-    let out = run(&["save", "--data-dir", &data_dir, "--kubeconfig", &broken], &base)
-        .await
-        .expect_ok();
+    let out = run(&["save", "--data-dir", &data_dir, "--kubeconfig", &broken], &base).await.expect_ok();
     assert_eq!(out.stderr.matches("Kubernetes not usable").count(), 1, "{}", out.stderr);
     assert_eq!(files(&env.snapshot_dir("node-1")).len(), 3);
 
     let kubeconfig = env.api.kubeconfig_path().display().to_string();
     let mut with_kube = base.to_vec();
     with_kube.push(("KUBECONFIG", kubeconfig.as_str()));
-    let out = run(&["save", "--data-dir", &data_dir, "--no-kube"], &with_kube)
-        .await
-        .expect_ok();
+    let out = run(&["save", "--data-dir", &data_dir, "--no-kube"], &with_kube).await.expect_ok();
     assert_eq!(out.stderr.matches("(--no-kube)").count(), 1, "{}", out.stderr);
     assert!(env.resources().await.map(|r| r.is_empty()).unwrap_or(true));
-    run(&["ls", "--data-dir", &data_dir, "--no-kube"], &with_kube)
-        .await
-        .expect_ok();
+    run(&["ls", "--data-dir", &data_dir, "--no-kube"], &with_kube).await.expect_ok();
     let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
-    run(&["delete", "--data-dir", &data_dir, &first], &base)
-        .await
-        .expect_ok();
+    run(&["delete", "--data-dir", &data_dir, &first], &base).await.expect_ok();
     Ok(())
 }
 
@@ -588,16 +476,10 @@ async fn two_nodes_reconcile_s3_concurrently_without_flapping() -> TestResult {
         let client = kube.client.clone();
         let node = kube.settings.node_name.clone();
         renew_heartbeat(&client, &node, Duration::from_secs(3600), Duration::from_secs(60)).await?;
-        let state = StorageState {
-            local: Some(Vec::new()),
-            s3: Some(listing),
-            deleted: BTreeSet::new(),
-        };
+        let state = StorageState { local: Some(Vec::new()), s3: Some(listing), deleted: BTreeSet::new() };
         let lease = LeaderLease::new(client.clone(), &node, Duration::from_secs(15));
         let report = if lease.try_acquire().await?.is_leader() {
-            let view = LeaderView {
-                liveness: NodeLiveness::read(&client).await?,
-            };
+            let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
             reconcile_leader(&kube, &state, &view).await?
         } else {
             reconcile_node(&kube, &state).await?
@@ -621,22 +503,14 @@ async fn two_nodes_reconcile_s3_concurrently_without_flapping() -> TestResult {
     let (ra, rb) = (ra.map_err(|e| e.to_string())?, rb.map_err(|e| e.to_string())?);
     assert_eq!(ra.unchanged + rb.unchanged, 21, "{ra:?} {rb:?}");
     let events = env.audit();
-    let cr_writes: Vec<&AuditEvent> = events[before..]
-        .iter()
-        .filter(|e| e.resource == "etcdsnapshotfiles" && e.is_write())
-        .collect();
-    let creates: Vec<&str> = cr_writes
-        .iter()
-        .filter(|e| e.verb == "create" && e.code < 300)
-        .map(|e| e.name.as_str())
-        .collect();
+    let cr_writes: Vec<&AuditEvent> =
+        events[before..].iter().filter(|e| e.resource == "etcdsnapshotfiles" && e.is_write()).collect();
+    let creates: Vec<&str> =
+        cr_writes.iter().filter(|e| e.verb == "create" && e.code < 300).map(|e| e.name.as_str()).collect();
     let unique: BTreeSet<&str> = creates.iter().copied().collect();
     assert_eq!(creates.len(), 21, "{cr_writes:?}");
     assert_eq!(unique.len(), 21);
-    assert!(
-        cr_writes.iter().all(|e| e.verb == "create"),
-        "updates or deletes happened: {cr_writes:?}"
-    );
+    assert!(cr_writes.iter().all(|e| e.verb == "create"), "updates or deletes happened: {cr_writes:?}");
     assert_eq!(env.resources().await?.len(), 21);
     Ok(())
 }
@@ -655,11 +529,7 @@ async fn kubectl(env: &Env, args: &[&str]) -> Result<String, Box<dyn std::error:
 }
 
 fn deploy(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy")
-        .join(file)
-        .display()
-        .to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file).display().to_string()
 }
 
 /// The agent's identity from deploy/rbac.yaml is enough for every duty, and no more.
@@ -667,15 +537,7 @@ fn deploy(file: &str) -> String {
 async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     let env = Env::start().await?;
     kubectl(&env, &["apply", "-f", &deploy("crd.yaml")]).await?;
-    kubectl(
-        &env,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/etcdsnapshotfiles.k3s.cattle.io",
-        ],
-    )
-    .await?;
+    kubectl(&env, &["wait", "--for=condition=Established", "crd/etcdsnapshotfiles.k3s.cattle.io"]).await?;
     kubectl(&env, &["apply", "-f", &deploy("rbac.yaml")]).await?;
     let admin = env.api.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
@@ -712,15 +574,9 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
         agent(a(&["save", "--token", "mysecret"])).await.expect_ok();
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    let out = agent(a(&["reconcile", "--s3-config-secret", "etcdsnap-s3-config"]))
-        .await
-        .expect_ok();
+    let out = agent(a(&["reconcile", "--s3-config-secret", "etcdsnap-s3-config"])).await.expect_ok();
     assert!(out.stdout.contains("Leader duties done"), "{}", out.stdout);
-    assert!(
-        out.stderr.contains("read S3 settings from the config secret"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("read S3 settings from the config secret"), "{}", out.stderr);
     let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
     agent(a(&["delete", &first])).await.expect_ok();
     agent(a(&["prune", "--retention", "1"])).await.expect_ok();
@@ -736,29 +592,13 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     assert!(mine.len() > 20, "the agent barely talked to the API server: {mine:?}");
     let refused: Vec<&&AuditEvent> = mine.iter().filter(|e| e.code == 403).collect();
     assert!(refused.is_empty(), "refused: {refused:?}");
-    for resource in [
-        "etcdsnapshotfiles",
-        "configmaps",
-        "leases",
-        "events",
-        "secrets",
-        "namespaces",
-    ] {
+    for resource in ["etcdsnapshotfiles", "configmaps", "leases", "events", "secrets", "namespaces"] {
         assert!(mine.iter().any(|e| e.resource == resource), "never used {resource}");
     }
     let legacy = cms.get(LEGACY_CONFIGMAP).await?;
     assert_eq!(legacy.data.map(|d| d.len()), Some(1));
     let crs = env.resources().await?;
-    assert_eq!(
-        crs[0]
-            .spec
-            .metadata
-            .clone()
-            .unwrap_or_default()
-            .get("team")
-            .map(String::as_str),
-        Some("platform")
-    );
+    assert_eq!(crs[0].spec.metadata.clone().unwrap_or_default().get("team").map(String::as_str), Some("platform"));
 
     // And no more.
     let sa = env.api.client_for_token(&token).await?;
@@ -769,16 +609,11 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     let sa_cms: Api<ConfigMap> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
     let other: ConfigMap =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "other"}, "data": {"a": "b"}}))?;
-    assert!(forbidden(
-        sa_cms.create(&PostParams::default(), &other).await.map(|_| ())
-    ));
+    assert!(forbidden(sa_cms.create(&PostParams::default(), &other).await.map(|_| ())));
     let mut extra = sa_cms.get("k3s-etcd-snapshot-extra-metadata").await?;
     extra.data = Some(BTreeMap::from([("team".to_string(), "evil".to_string())]));
     assert!(forbidden(
-        sa_cms
-            .replace("k3s-etcd-snapshot-extra-metadata", &PostParams::default(), &extra)
-            .await
-            .map(|_| ())
+        sa_cms.replace("k3s-etcd-snapshot-extra-metadata", &PostParams::default(), &extra).await.map(|_| ())
     ));
     let system_leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
@@ -788,12 +623,7 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     let mut scheduler = system_leases.create(&PostParams::default(), &scheduler).await?;
     let sa_leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
     scheduler.spec.get_or_insert_default().holder_identity = Some("etcdsnap".into());
-    assert!(forbidden(
-        sa_leases
-            .replace("kube-scheduler", &PostParams::default(), &scheduler)
-            .await
-            .map(|_| ())
-    ));
+    assert!(forbidden(sa_leases.replace("kube-scheduler", &PostParams::default(), &scheduler).await.map(|_| ())));
     Ok(())
 }
 
@@ -804,12 +634,7 @@ fn write_snapshots(dir: &Path, node: &str, first: i64, n: usize, extra: &BTreeMa
     std::fs::create_dir_all(dir)?;
     for i in 0..n {
         let name = format!("etcd-snapshot-{node}-{}", first + i as i64);
-        let mut r = record(
-            &name,
-            StorageKind::Local,
-            node,
-            &format!("file://{}/{name}", dir.display()),
-        );
+        let mut r = record(&name, StorageKind::Local, node, &format!("file://{}/{name}", dir.display()));
         r.size = 1;
         r.sha256 = Some("ab".repeat(32));
         r.extra_metadata = Some(extra.clone());
@@ -835,33 +660,17 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
     let max_bytes = etcdsnap::kube::LegacySettings::default().max_bytes;
     let (steps, per_step) = (4, 5_000);
     for step in 0..steps {
-        write_snapshots(
-            &dir,
-            "node-1",
-            1_700_000_000 + (step * per_step) as i64,
-            per_step,
-            &extra,
-        )?;
+        write_snapshots(&dir, "node-1", 1_700_000_000 + (step * per_step) as i64, per_step, &extra)?;
         let local = etcdsnap::store::local::LocalStore::open(&dir, false, "node-1")?;
         let listing = etcdsnap::store::SnapshotStore::list(&local).await?;
         let total = listing.records.len();
         assert_eq!(total, (step + 1) * per_step);
-        let state = StorageState {
-            local: Some(listing.records),
-            s3: None,
-            deleted: BTreeSet::new(),
-        };
+        let state = StorageState { local: Some(listing.records), s3: None, deleted: BTreeSet::new() };
         let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(600));
         assert!(lease.try_acquire().await?.is_leader());
-        let view = LeaderView {
-            liveness: NodeLiveness::read(&client).await?,
-        };
+        let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
         let report = reconcile_leader(&kube, &state, &view).await?;
-        assert!(
-            report.errors.is_empty(),
-            "{:?}",
-            &report.errors[..report.errors.len().min(3)]
-        );
+        assert!(report.errors.is_empty(), "{:?}", &report.errors[..report.errors.len().min(3)]);
         assert_eq!(report.created, per_step);
         let legacy = report.legacy.clone().ok_or("no legacy sync")?;
         assert!(legacy.written, "{legacy:?}");
@@ -879,19 +688,12 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
             legacy.estimated_bytes
         );
         assert!(bytes <= max_bytes, "{bytes} bytes");
-        assert!(
-            legacy.estimated_bytes >= bytes,
-            "estimate {} < real {bytes}",
-            legacy.estimated_bytes
-        );
+        assert!(legacy.estimated_bytes >= bytes, "estimate {} < real {bytes}", legacy.estimated_bytes);
         assert!(data.len() <= 1000 && data.len() > 300, "{}", data.len());
         let newest = 1_700_000_000 + total as i64 - 1;
         let oldest_kept = newest - data.len() as i64 + 1;
         for t in [newest, oldest_kept] {
-            assert!(
-                data.contains_key(&format!("local-etcd-snapshot-node-1-{t}")),
-                "{t} missing"
-            );
+            assert!(data.contains_key(&format!("local-etcd-snapshot-node-1-{t}")), "{t} missing");
         }
         assert!(!data.contains_key(&format!("local-etcd-snapshot-node-1-{}", oldest_kept - 1)));
     }
@@ -903,17 +705,12 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
         deleted: BTreeSet::new(),
     };
     let before = env.audit().len();
-    let view = LeaderView {
-        liveness: NodeLiveness::read(&client).await?,
-    };
+    let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
     let report = reconcile_leader(&kube, &state, &view).await?;
     assert_eq!(report.unchanged, steps * per_step);
     let events = env.audit();
     assert!(admin_writes(&events, before).is_empty());
-    let lists = events[before..]
-        .iter()
-        .filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles")
-        .count();
+    let lists = events[before..].iter().filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles").count();
     assert_eq!(lists, steps * per_step / 1000);
     Ok(())
 }
@@ -928,23 +725,13 @@ async fn takes_over_from_k3s_without_losing_metadata_or_leaving_finalizers() -> 
     let client = env.api.client().await?;
     let mut k3s_crd = etcdsnap_api::crd();
     for col in k3s_crd.spec.versions[0].additional_printer_columns.iter_mut().flatten() {
-        col.json_path = col
-            .json_path
-            .replace(".status.size", ".spec.size")
-            .replace(".status.creationTime", ".spec.creationTime");
+        col.json_path =
+            col.json_path.replace(".status.size", ".spec.size").replace(".status.creationTime", ".spec.creationTime");
     }
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     crds.create(&PostParams::default(), &k3s_crd).await?;
-    kubectl(
-        &env,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/etcdsnapshotfiles.k3s.cattle.io",
-        ],
-    )
-    .await?;
+    kubectl(&env, &["wait", "--for=condition=Established", "crd/etcdsnapshotfiles.k3s.cattle.io"]).await?;
 
     // A snapshot K3s wrote (no metadata document), and K3s's ConfigMap with its extra metadata.
     let dir = env.snapshot_dir("node-1");
@@ -975,23 +762,15 @@ async fn takes_over_from_k3s_without_losing_metadata_or_leaving_finalizers() -> 
     // Resources K3s's leader put its finalizer on: one for a snapshot that is gone, one already
     // being deleted (stuck Terminating without K3s's controller).
     let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
-    let mut vanished = record(
-        "on-demand-node-1-1600000000",
-        StorageKind::Local,
-        "node-1",
-        "file:///gone/on-demand-node-1-1600000000",
-    )
-    .to_resource();
+    let mut vanished =
+        record("on-demand-node-1-1600000000", StorageKind::Local, "node-1", "file:///gone/on-demand-node-1-1600000000")
+            .to_resource();
     vanished.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
     let vanished_name = vanished.metadata.name.clone().unwrap_or_default();
     api.create(&PostParams::default(), &vanished).await?;
-    let mut stuck = record(
-        "on-demand-node-2-1600000000",
-        StorageKind::Local,
-        "node-2",
-        "file:///x/on-demand-node-2-1600000000",
-    )
-    .to_resource();
+    let mut stuck =
+        record("on-demand-node-2-1600000000", StorageKind::Local, "node-2", "file:///x/on-demand-node-2-1600000000")
+            .to_resource();
     stuck.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
     let stuck_name = stuck.metadata.name.clone().unwrap_or_default();
     api.create(&PostParams::default(), &stuck).await?;
@@ -1004,39 +783,20 @@ async fn takes_over_from_k3s_without_losing_metadata_or_leaving_finalizers() -> 
     // K3s's CRD is left as it was.
     let crd = crds.get("etcdsnapshotfiles.k3s.cattle.io").await?;
     assert!(crd.metadata.annotations.unwrap_or_default().is_empty());
-    let paths: Vec<String> = crd.spec.versions[0]
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.json_path.clone())
-        .collect();
+    let paths: Vec<String> =
+        crd.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.json_path.clone()).collect();
     assert!(paths.contains(&".spec.size".to_string()), "{paths:?}");
     // The K3s snapshot's resource carries the metadata only the ConfigMap had (back-fill).
     let crs = env.resources().await?;
-    let cr = crs
-        .iter()
-        .find(|c| c.spec.snapshot_name == k3s_name)
-        .ok_or("no resource for the K3s snapshot")?;
+    let cr = crs.iter().find(|c| c.spec.snapshot_name == k3s_name).ok_or("no resource for the K3s snapshot")?;
     assert_eq!(cr.spec.metadata.as_ref(), Some(&meta));
-    assert!(
-        !cr.metadata
-            .annotations
-            .clone()
-            .unwrap_or_default()
-            .contains_key(ANNOTATION_TOKEN_HASH)
-    );
+    assert!(!cr.metadata.annotations.clone().unwrap_or_default().contains_key(ANNOTATION_TOKEN_HASH));
     // Nothing stuck.
-    assert!(
-        api.get_opt(&vanished_name).await?.is_none(),
-        "vanished snapshot's resource still there"
-    );
+    assert!(api.get_opt(&vanished_name).await?.is_none(), "vanished snapshot's resource still there");
     assert!(api.get_opt(&stuck_name).await?.is_none(), "resource left Terminating");
     // The ConfigMap is adopted: its labels kept, our entry current, K3s node's entry kept.
     let cm = cms.get(LEGACY_CONFIGMAP).await?;
-    assert_eq!(
-        cm.metadata.labels.unwrap_or_default().get("origin").map(String::as_str),
-        Some("k3s")
-    );
+    assert_eq!(cm.metadata.labels.unwrap_or_default().get("origin").map(String::as_str), Some("k3s"));
     let data = cm.data.unwrap_or_default();
     assert!(data.contains_key("local-on-demand-k3s-old-1600000000"), "{data:?}");
     let ours = LegacyEntry::parse(data.get(&format!("local-{k3s_name}")).ok_or("entry missing")?).ok_or("bad entry")?;
@@ -1068,15 +828,10 @@ async fn watch_streams_changes_and_ls_cluster_lists_every_node() -> TestResult {
         }
     });
     let mut next = async || -> Result<(String, String), Box<dyn std::error::Error>> {
-        let v = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await?
-            .ok_or("watch ended")?;
+        let v = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await?.ok_or("watch ended")?;
         Ok((
             v["type"].as_str().unwrap_or_default().to_string(),
-            v["object"]["spec"]["snapshotName"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            v["object"]["spec"]["snapshotName"].as_str().unwrap_or_default().to_string(),
         ))
     };
     let existing = files(&env.snapshot_dir("node-1")).pop().ok_or("no file")?;
@@ -1099,45 +854,17 @@ async fn watch_streams_changes_and_ls_cluster_lists_every_node() -> TestResult {
         "file:///var/lib/etcdsnap/snapshots/on-demand-node-2-1700000000",
     );
     assert_eq!(publish::publish_records(&other, &[r]).await.created, 1);
-    let out = env
-        .etcdsnap("node-1", &["ls", "--cluster", "-o", "json"])
-        .await
-        .expect_ok();
+    let out = env.etcdsnap("node-1", &["ls", "--cluster", "-o", "json"]).await.expect_ok();
     let items = out.json()["items"].as_array().cloned().unwrap_or_default();
-    let nodes: BTreeSet<String> = items
-        .iter()
-        .filter_map(|i| i["spec"]["nodeName"].as_str().map(String::from))
-        .collect();
+    let nodes: BTreeSet<String> =
+        items.iter().filter_map(|i| i["spec"]["nodeName"].as_str().map(String::from)).collect();
     assert_eq!(nodes, BTreeSet::from(["node-1".to_string(), "node-2".to_string()]));
-    assert_eq!(
-        items[0]["spec"]["snapshotName"], "on-demand-node-2-1700000000",
-        "oldest first"
-    );
+    assert_eq!(items[0]["spec"]["snapshotName"], "on-demand-node-2-1700000000", "oldest first");
     let table = env.etcdsnap("node-1", &["ls", "--cluster"]).await.expect_ok();
-    let header: Vec<&str> = table
-        .stdout
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        [
-            "NAME",
-            "SNAPSHOTNAME",
-            "NODE",
-            "LOCATION",
-            "SIZE",
-            "CREATIONTIME",
-            "READY"
-        ]
-    );
+    let header: Vec<&str> = table.stdout.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME", "READY"]);
     assert_eq!(table.stdout.lines().count(), 3, "{}", table.stdout);
-    let yaml = env
-        .etcdsnap("node-1", &["ls", "--cluster", "-o", "yaml"])
-        .await
-        .expect_ok();
+    let yaml = env.etcdsnap("node-1", &["ls", "--cluster", "-o", "yaml"]).await.expect_ok();
     assert!(yaml.stdout.contains("kind: List"), "{}", yaml.stdout);
     Ok(())
 }
@@ -1173,19 +900,13 @@ async fn s3_settings_come_from_the_config_secret_and_bad_values_name_their_key()
     secrets
         .create(
             &PostParams::default(),
-            &make(
-                "bad",
-                serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-retention": "many"}),
-            )?,
+            &make("bad", serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-retention": "many"}))?,
         )
         .await?;
     secrets
         .create(
             &PostParams::default(),
-            &make(
-                "bad-ca",
-                serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-endpoint-ca-name": "no-such-cm"}),
-            )?,
+            &make("bad-ca", serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-endpoint-ca-name": "no-such-cm"}))?,
         )
         .await?;
     let s = s3_secret::load(&client, "good").await?;
@@ -1196,24 +917,10 @@ async fn s3_settings_come_from_the_config_secret_and_bad_values_name_their_key()
     assert_eq!(s.insecure, Some(false));
     assert_eq!(s.endpoint_ca_pems.len(), 2, "inline CA and the CA ConfigMap");
     assert!(!format!("{s:?}").contains("s3cr3t"));
-    let err = s3_secret::load(&client, "bad")
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = s3_secret::load(&client, "bad").await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("etcd-s3-retention") && !err.contains("many"), "{err}");
-    let err = s3_secret::load(&client, "bad-ca")
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(
-        err.contains("etcd-s3-endpoint-ca-name") && err.contains("no-such-cm"),
-        "{err}"
-    );
-    assert!(matches!(
-        s3_secret::load(&client, "missing").await,
-        Err(s3_secret::S3SecretError::Missing(_))
-    ));
+    let err = s3_secret::load(&client, "bad-ca").await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("etcd-s3-endpoint-ca-name") && err.contains("no-such-cm"), "{err}");
+    assert!(matches!(s3_secret::load(&client, "missing").await, Err(s3_secret::S3SecretError::Missing(_))));
     Ok(())
 }

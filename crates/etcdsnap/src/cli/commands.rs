@@ -19,11 +19,7 @@ use std::process::ExitCode;
 const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 pub(super) fn exit(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILURE)
-    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
 }
 
 /// This node's name: the flag, else `$NODE_NAME` (what K3s uses), else the host name.
@@ -71,21 +67,14 @@ fn token_hash(args: &TokenArgs) -> anyhow::Result<Option<TokenHash>> {
     }
     if let Some(path) = &args.token_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading --token-file {}", path.display()))?;
-        return Ok(Some(
-            TokenHash::of_token(&text).with_context(|| format!("--token-file {}", path.display()))?,
-        ));
+        return Ok(Some(TokenHash::of_token(&text).with_context(|| format!("--token-file {}", path.display()))?));
     }
     Ok(None)
 }
 
 fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
     EtcdConfig {
-        endpoints: args
-            .endpoints
-            .iter()
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect(),
+        endpoints: args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
         ca_file: args.cacert.clone(),
         cert_file: args.cert.clone(),
         key_file: args.key.clone(),
@@ -135,21 +124,10 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     if let Some(k) = kube.as_mut() {
         k.prepare_save(&mut ctx).await;
     }
-    let compression = if args.snapshot_compress {
-        Compression::Zip
-    } else {
-        args.compress
-    };
+    let compression = if args.snapshot_compress { Compression::Zip } else { args.compress };
     let progress = ProgressLine::start("Saving snapshot");
-    let result = ops::save(
-        &ctx,
-        &SaveOptions {
-            base_name: args.name.clone(),
-            compression,
-        },
-        Some(progress.counter()),
-    )
-    .await;
+    let result =
+        ops::save(&ctx, &SaveOptions { base_name: args.name.clone(), compression }, Some(progress.counter())).await;
     progress.finish();
     let report = result?;
     if let Some(k) = kube.as_mut() {
@@ -242,11 +220,7 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let ctx = base_context(&args.storage, false)?;
     let report = ops::prune(
         &ctx,
-        &PruneOptions {
-            base_name: args.name.clone(),
-            keep_local: args.retention,
-            keep_remote: args.retention,
-        },
+        &PruneOptions { base_name: args.name.clone(), keep_local: args.retention, keep_remote: args.retention },
     )
     .await;
     for (_, name) in &report.deleted {
@@ -255,11 +229,8 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     for e in &report.errors {
         eprintln!("error: {e}");
     }
-    let removed: Vec<(StorageKind, String)> = report
-        .deleted
-        .iter()
-        .map(|(kind, name)| (*kind, name.to_string()))
-        .collect();
+    let removed: Vec<(StorageKind, String)> =
+        report.deleted.iter().map(|(kind, name)| (*kind, name.to_string())).collect();
     if let Some(mut k) = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await? {
         k.after_removal(&ctx, &removed).await;
     }
@@ -273,10 +244,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     let mut found = vec![false; names.len()];
     for store in ctx.stores() {
-        let listing = store
-            .list()
-            .await
-            .with_context(|| format!("listing {}", store.describe()))?;
+        let listing = store.list().await.with_context(|| format!("listing {}", store.describe()))?;
         for w in &listing.warnings {
             tracing::warn!("{w}");
         }
@@ -300,17 +268,9 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     match args.output.output {
         OutputFormat::Table => {
-            let mut rows = vec![
-                ["Name", "Location", "Size", "Created", "Result"]
-                    .map(String::from)
-                    .to_vec(),
-            ];
+            let mut rows = vec![["Name", "Location", "Size", "Created", "Result"].map(String::from).to_vec()];
             for r in &results {
-                let result = if r.ok() {
-                    "OK".to_string()
-                } else {
-                    format!("FAILED: {}", r.problems.join("; "))
-                };
+                let result = if r.ok() { "OK".to_string() } else { format!("FAILED: {}", r.problems.join("; ")) };
                 rows.push(vec![
                     r.record.name.to_string(),
                     r.record.location.clone(),

@@ -23,20 +23,10 @@ pub struct KubeArgs {
     #[arg(long, env = "ETCDSNAP_LEGACY_CONFIGMAP", action = ArgAction::Set, default_value_t = true, value_name = "BOOL")]
     pub legacy_configmap: bool,
     /// Largest serialized legacy ConfigMap, in bytes; oldest entries are left out to stay under it.
-    #[arg(
-        long,
-        env = "ETCDSNAP_LEGACY_CONFIGMAP_MAX_BYTES",
-        default_value_t = 900_000,
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "ETCDSNAP_LEGACY_CONFIGMAP_MAX_BYTES", default_value_t = 900_000, value_name = "BYTES")]
     pub legacy_configmap_max_bytes: usize,
     /// Most entries in the legacy ConfigMap; oldest entries are left out beyond it.
-    #[arg(
-        long,
-        env = "ETCDSNAP_LEGACY_CONFIGMAP_MAX_KEYS",
-        default_value_t = 1_000,
-        value_name = "N"
-    )]
+    #[arg(long, env = "ETCDSNAP_LEGACY_CONFIGMAP_MAX_KEYS", default_value_t = 1_000, value_name = "N")]
     pub legacy_configmap_max_keys: usize,
     /// ConfigMap in kube-system whose data is copied into every new snapshot's metadata.
     #[arg(
@@ -48,21 +38,13 @@ pub struct KubeArgs {
     pub extra_metadata_configmap: String,
     /// Secret in kube-system holding S3 settings under K3s's etcd-s3-* keys; used when no S3 flag
     /// is set, and read again on every operation.
-    #[arg(
-        long,
-        visible_alias = "etcd-s3-config-secret",
-        env = "ETCDSNAP_S3_CONFIG_SECRET",
-        value_name = "NAME"
-    )]
+    #[arg(long, visible_alias = "etcd-s3-config-secret", env = "ETCDSNAP_S3_CONFIG_SECRET", value_name = "NAME")]
     pub s3_config_secret: Option<String>,
 }
 
 impl KubeArgs {
     pub fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions {
-            kubeconfig: self.kubeconfig.clone(),
-            disabled: self.no_kube,
-        }
+        ConnectOptions { kubeconfig: self.kubeconfig.clone(), disabled: self.no_kube }
     }
 
     pub fn settings(&self, node_name: &str) -> KubeSettings {

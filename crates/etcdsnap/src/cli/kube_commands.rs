@@ -35,17 +35,9 @@ pub(super) async fn session(args: &KubeArgs, node: &str, no_local: bool) -> anyh
         }
     };
     match connected {
-        Some(kube) => Ok(Some(KubeSession {
-            kube,
-            usable: true,
-            no_local,
-        })),
+        Some(kube) => Ok(Some(KubeSession { kube, usable: true, no_local })),
         None => {
-            let why = if args.no_kube {
-                "--no-kube"
-            } else {
-                "no kubeconfig found"
-            };
+            let why = if args.no_kube { "--no-kube" } else { "no kubeconfig found" };
             tracing::warn!("Kubernetes not configured ({why}): ETCDSnapshotFile resources are skipped");
             Ok(None)
         }
@@ -76,13 +68,8 @@ impl KubeSession {
             return;
         }
         let s = &self.kube.settings;
-        if let Err(e) = renew_heartbeat(
-            &self.kube.client,
-            &s.node_name,
-            s.orphan_ttl,
-            heartbeat_interval(s.orphan_ttl),
-        )
-        .await
+        if let Err(e) =
+            renew_heartbeat(&self.kube.client, &s.node_name, s.orphan_ttl, heartbeat_interval(s.orphan_ttl)).await
         {
             // Not fatal: the heartbeat only protects this node's resources from orphan cleanup.
             tracing::warn!("heartbeat lease not renewed: {e}");
@@ -198,9 +185,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let kube = session.kube.clone();
     ensure_crd(&kube.client).await.context("CRD")?;
     let s = &kube.settings;
-    renew_heartbeat(&kube.client, &node, s.orphan_ttl, heartbeat_interval(s.orphan_ttl))
-        .await
-        .context("heartbeat")?;
+    renew_heartbeat(&kube.client, &node, s.orphan_ttl, heartbeat_interval(s.orphan_ttl)).await.context("heartbeat")?;
     session.check_s3_secret(&ctx).await;
 
     let (state, warnings) = publish::storage_state(&ctx, Default::default(), !session.no_local).await;
@@ -209,9 +194,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     }
     let lease = LeaderLease::new(kube.client.clone(), &node, COMMAND_LEADER_DURATION);
     let leadership = if args.no_leader {
-        Leadership::Follower {
-            holder: "(not tried: --no-leader)".into(),
-        }
+        Leadership::Follower { holder: "(not tried: --no-leader)".into() }
     } else {
         lease.try_acquire().await.context("leader lease")?
     };
@@ -248,11 +231,7 @@ fn print_reconcile(
     );
     match leadership {
         Leadership::Leader => {
-            let s3 = if state.s3.is_some() {
-                "S3 reconciled"
-            } else {
-                "S3 not configured"
-            };
+            let s3 = if state.s3.is_some() { "S3 reconciled" } else { "S3 not configured" };
             let legacy = match &r.legacy {
                 Some(l) => format!(
                     "legacy ConfigMap {} entries ({} left out, ~{} bytes, {})",
@@ -287,17 +266,9 @@ pub(super) async fn ls_cluster(args: &LsArgs) -> anyhow::Result<ExitCode> {
     match args.output.output {
         OutputFormat::Table => {
             let mut rows = vec![
-                [
-                    "NAME",
-                    "SNAPSHOTNAME",
-                    "NODE",
-                    "LOCATION",
-                    "SIZE",
-                    "CREATIONTIME",
-                    "READY",
-                ]
-                .map(String::from)
-                .to_vec(),
+                ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME", "READY"]
+                    .map(String::from)
+                    .to_vec(),
             ];
             rows.extend(items.iter().map(row));
             print!("{}", output::table(&rows));

@@ -28,11 +28,7 @@ pub struct LegacySettings {
 
 impl Default for LegacySettings {
     fn default() -> Self {
-        LegacySettings {
-            enabled: true,
-            max_bytes: 900_000,
-            max_keys: 1_000,
-        }
+        LegacySettings { enabled: true, max_bytes: 900_000, max_keys: 1_000 }
     }
 }
 
@@ -88,10 +84,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Kube {
     pub fn new(client: Client, settings: KubeSettings) -> Kube {
-        Kube {
-            client,
-            settings: Arc::new(settings),
-        }
+        Kube { client, settings: Arc::new(settings) }
     }
 
     /// Ok(None) when Kubernetes is disabled or no kubeconfig exists anywhere (not an error:
@@ -103,16 +96,11 @@ impl Kube {
         }
         let config = match &opts.kubeconfig {
             Some(path) => {
-                let kubeconfig = Kubeconfig::read_from(path).map_err(|e| ConnectError::Kubeconfig {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .map_err(|e| ConnectError::Kubeconfig { path: path.clone(), message: e.to_string() })?;
                 Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                     .await
-                    .map_err(|e| ConnectError::Kubeconfig {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?
+                    .map_err(|e| ConnectError::Kubeconfig { path: path.clone(), message: e.to_string() })?
             }
             None if !any_kubeconfig_present() => return Ok(None),
             None => Config::infer().await.map_err(|e| ConnectError::Config(e.to_string()))?,

@@ -42,10 +42,7 @@ pub enum CrdError {
 /// The CRD etcdsnap installs: the generated one, marked as etcdsnap's.
 pub fn desired_crd() -> CustomResourceDefinition {
     let mut crd = etcdsnap_api::crd();
-    crd.metadata
-        .annotations
-        .get_or_insert_default()
-        .insert(ANNOTATION_MANAGED_BY.into(), "etcdsnap".into());
+    crd.metadata.annotations.get_or_insert_default().insert(ANNOTATION_MANAGED_BY.into(), "etcdsnap".into());
     crd
 }
 
@@ -95,11 +92,7 @@ async fn upgrade_if_needed(
     existing: CustomResourceDefinition,
     desired: &CustomResourceDefinition,
 ) -> Result<CrdOutcome, CrdError> {
-    let ours = existing
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(ANNOTATION_MANAGED_BY));
+    let ours = existing.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION_MANAGED_BY));
     let missing = missing_fields(&existing);
     if !ours && missing.is_empty() {
         return Ok(CrdOutcome::KeptForeign);
@@ -158,27 +151,12 @@ pub fn missing_fields(crd: &CustomResourceDefinition) -> Vec<String> {
     let props = |path: &str| schema.pointer(path).cloned().unwrap_or_default();
     let mut missing = Vec::new();
     let checks: [(&str, &[&str]); 3] = [
-        (
-            "/openAPIV3Schema/properties/spec/properties",
-            &["snapshotName", "nodeName", "location", "metadata", "s3"],
-        ),
+        ("/openAPIV3Schema/properties/spec/properties", &["snapshotName", "nodeName", "location", "metadata", "s3"]),
         (
             "/openAPIV3Schema/properties/spec/properties/s3/properties",
-            &[
-                "endpoint",
-                "endpointCA",
-                "skipSSLVerify",
-                "bucket",
-                "bucketLookup",
-                "region",
-                "prefix",
-                "insecure",
-            ],
+            &["endpoint", "endpointCA", "skipSSLVerify", "bucket", "bucketLookup", "region", "prefix", "insecure"],
         ),
-        (
-            "/openAPIV3Schema/properties/status/properties",
-            &["size", "creationTime", "readyToUse", "error"],
-        ),
+        ("/openAPIV3Schema/properties/status/properties", &["size", "creationTime", "readyToUse", "error"]),
     ];
     for (path, fields) in checks {
         let found = props(path);

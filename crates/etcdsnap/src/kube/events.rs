@@ -67,10 +67,7 @@ pub async fn emit(client: &Client, cr: &ETCDSnapshotFile, event: SnapshotEvent, 
         reason: Some(reason.into()),
         message: Some(message),
         type_: Some(type_.into()),
-        source: Some(EventSource {
-            component: Some(COMPONENT.into()),
-            host: Some(reporting_node.into()),
-        }),
+        source: Some(EventSource { component: Some(COMPONENT.into()), host: Some(reporting_node.into()) }),
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
         event_time: Some(MicroTime(now)),
@@ -97,20 +94,11 @@ mod tests {
         let cr = r.to_resource();
         assert_eq!(
             describe(&cr, SnapshotEvent::Created),
-            (
-                "Normal",
-                "ETCDSnapshotCreated",
-                "Snapshot on-demand-n1-1700000000 saved on n1".to_string()
-            )
+            ("Normal", "ETCDSnapshotCreated", "Snapshot on-demand-n1-1700000000 saved on n1".to_string())
         );
-        assert_eq!(
-            describe(&cr, SnapshotEvent::Deleted).2,
-            "Snapshot on-demand-n1-1700000000 deleted"
-        );
+        assert_eq!(describe(&cr, SnapshotEvent::Deleted).2, "Snapshot on-demand-n1-1700000000 deleted");
         let mut failed = r.clone();
-        failed.outcome = Outcome::Failed {
-            message: "etcd unreachable".into(),
-        };
+        failed.outcome = Outcome::Failed { message: "etcd unreachable".into() };
         assert_eq!(
             describe(&failed.to_resource(), SnapshotEvent::Created),
             (

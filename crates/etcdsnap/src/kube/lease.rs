@@ -45,10 +45,7 @@ fn heartbeats(client: &Client) -> Api<Lease> {
 }
 
 fn until(renewed: jiff::Timestamp, duration: Duration) -> jiff::Timestamp {
-    jiff::SignedDuration::try_from(duration)
-        .ok()
-        .and_then(|d| renewed.checked_add(d).ok())
-        .unwrap_or(renewed)
+    jiff::SignedDuration::try_from(duration).ok().and_then(|d| renewed.checked_add(d).ok()).unwrap_or(renewed)
 }
 
 /// What to do with the leader Lease, decided from what it holds now.
@@ -77,10 +74,9 @@ pub fn decide(existing: Option<&Lease>, identity: &str, now: jiff::Timestamp) ->
     let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
     let renewed = spec.renew_time.or(spec.acquire_time).map(|t| t.0);
     match renewed {
-        Some(renewed) if !holder.is_empty() && now < until(renewed, duration) => LeaseDecision::HeldBy {
-            holder,
-            until: until(renewed, duration),
-        },
+        Some(renewed) if !holder.is_empty() && now < until(renewed, duration) => {
+            LeaseDecision::HeldBy { holder, until: until(renewed, duration) }
+        }
         _ => LeaseDecision::TakeOver,
     }
 }
@@ -112,11 +108,7 @@ impl LeaderLease {
     /// `identity` is usually the node name; `duration` how long a holder that stops renewing keeps
     /// the others waiting.
     pub fn new(client: Client, identity: &str, duration: Duration) -> LeaderLease {
-        LeaderLease {
-            client,
-            identity: identity.to_string(),
-            duration,
-        }
+        LeaderLease { client, identity: identity.to_string(), duration }
     }
 
     pub fn identity(&self) -> &str {
@@ -149,9 +141,7 @@ impl LeaderLease {
                     return Ok(Leadership::Follower { holder: String::new() });
                 };
                 lease.spec = Some(self.spec(lease.spec.take(), now));
-                api.replace(LEADER_LEASE, &PostParams::default(), &lease)
-                    .await
-                    .map(|_| ())
+                api.replace(LEADER_LEASE, &PostParams::default(), &lease).await.map(|_| ())
             }
         };
         match result {
@@ -168,10 +158,7 @@ impl LeaderLease {
                     .unwrap_or_default();
                 Ok(Leadership::Follower { holder })
             }
-            Err(e) => Err(ApiError::new(
-                "write",
-                format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}"),
-            )(e)),
+            Err(e) => Err(ApiError::new("write", format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}"))(e)),
         }
     }
 
@@ -181,11 +168,7 @@ impl LeaderLease {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.duration.as_secs().clamp(1, i32::MAX as u64) as i32),
-            acquire_time: if ours {
-                previous.acquire_time
-            } else {
-                Some(MicroTime(now))
-            },
+            acquire_time: if ours { previous.acquire_time } else { Some(MicroTime(now)) },
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(previous.lease_transitions.unwrap_or(0) + i32::from(!ours)),
             ..Default::default()
@@ -212,10 +195,7 @@ impl LeaderLease {
         match api.replace(LEADER_LEASE, &PostParams::default(), &lease).await {
             Ok(_) => Ok(()),
             Err(e) if status_is(&e, |s| s.is_conflict()) => Ok(()),
-            Err(e) => Err(ApiError::new(
-                "release",
-                format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}"),
-            )(e)),
+            Err(e) => Err(ApiError::new("release", format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}"))(e)),
         }
     }
 }
@@ -289,10 +269,7 @@ pub async fn renew_heartbeat(
 async fn create_heartbeat_namespace(client: &Client) -> Result<(), ApiError> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = k8s_openapi::api::core::v1::Namespace {
-        metadata: ObjectMeta {
-            name: Some(HEARTBEAT_NAMESPACE.into()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(HEARTBEAT_NAMESPACE.into()), ..Default::default() },
         ..Default::default()
     };
     match api.create(&PostParams::default(), &ns).await {
@@ -312,20 +289,15 @@ pub struct NodeLiveness {
 impl NodeLiveness {
     /// Reads every heartbeat Lease (one LIST).
     pub async fn read(client: &Client) -> Result<NodeLiveness, ApiError> {
-        let list = match heartbeats(client)
-            .list(&ListParams::default().labels(&format!("{LABEL_ROLE}=heartbeat")))
-            .await
-        {
-            Ok(list) => list.items,
-            // No namespace yet: no node has ever sent a heartbeat.
-            Err(e) if status_is(&e, |s| s.is_not_found()) => Vec::new(),
-            Err(e) => {
-                return Err(ApiError::new(
-                    "list",
-                    format!("heartbeat leases in {HEARTBEAT_NAMESPACE}"),
-                )(e));
-            }
-        };
+        let list =
+            match heartbeats(client).list(&ListParams::default().labels(&format!("{LABEL_ROLE}=heartbeat"))).await {
+                Ok(list) => list.items,
+                // No namespace yet: no node has ever sent a heartbeat.
+                Err(e) if status_is(&e, |s| s.is_not_found()) => Vec::new(),
+                Err(e) => {
+                    return Err(ApiError::new("list", format!("heartbeat leases in {HEARTBEAT_NAMESPACE}"))(e));
+                }
+            };
         let mut renewed = BTreeMap::new();
         for lease in list {
             let Some(spec) = lease.spec else { continue };
@@ -333,19 +305,12 @@ impl NodeLiveness {
                 renewed.insert(node, time.0);
             }
         }
-        Ok(NodeLiveness {
-            renewed,
-            now: jiff::Timestamp::now(),
-        })
+        Ok(NodeLiveness { renewed, now: jiff::Timestamp::now() })
     }
 
     /// Nodes that renewed within `ttl`.
     pub fn live_nodes(&self, ttl: Duration) -> BTreeSet<String> {
-        self.renewed
-            .iter()
-            .filter(|(_, t)| self.now < until(**t, ttl))
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.renewed.iter().filter(|(_, t)| self.now < until(**t, ttl)).map(|(n, _)| n.clone()).collect()
     }
 
     /// Storage-node labels whose node has gone: its heartbeat is older than `ttl`, or it never had
@@ -401,10 +366,7 @@ mod tests {
         assert_eq!(decide(Some(&lease("a", 90, 15)), "a", t(100)), LeaseDecision::Renew);
         assert_eq!(
             decide(Some(&lease("b", 90, 15)), "a", t(100)),
-            LeaseDecision::HeldBy {
-                holder: "b".into(),
-                until: t(105)
-            }
+            LeaseDecision::HeldBy { holder: "b".into(), until: t(105) }
         );
         assert_eq!(decide(Some(&lease("b", 80, 15)), "a", t(100)), LeaseDecision::TakeOver);
         assert_eq!(decide(Some(&lease("", 99, 15)), "a", t(100)), LeaseDecision::TakeOver);
@@ -429,10 +391,7 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let now = 10 * 86_400;
         let liveness = NodeLiveness {
-            renewed: BTreeMap::from([
-                ("alive".to_string(), t(now - 3600)),
-                ("stale".to_string(), t(now - 2 * 86_400)),
-            ]),
+            renewed: BTreeMap::from([("alive".to_string(), t(now - 3600)), ("stale".to_string(), t(now - 2 * 86_400))]),
             now: t(now),
         };
         let resources = vec![
@@ -442,10 +401,7 @@ mod tests {
             cr("never-beat-old", 1),
             cr("never-beat-new", now - 60),
         ];
-        assert_eq!(
-            liveness.orphaned_labels(&resources, "me", day),
-            ["never-beat-old", "stale"]
-        );
+        assert_eq!(liveness.orphaned_labels(&resources, "me", day), ["never-beat-old", "stale"]);
         assert_eq!(liveness.live_nodes(day), BTreeSet::from(["alive".to_string()]));
     }
 }

@@ -35,10 +35,7 @@ pub async fn read(client: &Client) -> Result<Option<ConfigMap>, ApiError> {
             tracing::debug!("not allowed to read the legacy ConfigMap; no metadata back-fill");
             Ok(None)
         }
-        Err(e) => Err(ApiError::new(
-            "get",
-            format!("configmap {SYSTEM_NAMESPACE}/{LEGACY_CONFIGMAP}"),
-        )(e)),
+        Err(e) => Err(ApiError::new("get", format!("configmap {SYSTEM_NAMESPACE}/{LEGACY_CONFIGMAP}"))(e)),
     }
 }
 
@@ -98,11 +95,7 @@ pub fn desired_entries(resources: &[ETCDSnapshotFile], existing: Option<&ConfigM
             continue;
         };
         let is_s3 = key.starts_with(StorageKind::S3.prefix()) || entry.node_name == S3_STORAGE_NODE;
-        let known_stale = if is_s3 {
-            scope.s3_listed
-        } else {
-            scope.live_nodes.contains(&entry.node_name)
-        };
+        let known_stale = if is_s3 { scope.s3_listed } else { scope.live_nodes.contains(&entry.node_name) };
         if known_stale {
             continue;
         }
@@ -113,14 +106,7 @@ pub fn desired_entries(resources: &[ETCDSnapshotFile], existing: Option<&ConfigM
             .ok()
             .or_else(|| timestamp_from_name(&entry.name))
             .unwrap_or(0);
-        entries.insert(
-            key.clone(),
-            Entry {
-                key: key.clone(),
-                value: value.clone(),
-                created,
-            },
-        );
+        entries.insert(key.clone(), Entry { key: key.clone(), value: value.clone(), created });
     }
     entries.into_values().collect()
 }
@@ -145,10 +131,7 @@ pub struct Bounded {
 /// object without entries); the rest, the oldest, are dropped.
 pub fn bound(mut entries: Vec<Entry>, base_bytes: usize, max_bytes: usize, max_keys: usize) -> Bounded {
     entries.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.key.cmp(&b.key)));
-    let mut out = Bounded {
-        estimated_bytes: base_bytes,
-        ..Default::default()
-    };
+    let mut out = Bounded { estimated_bytes: base_bytes, ..Default::default() };
     for entry in entries {
         let cost = entry_cost(&entry.key, &entry.value);
         if out.data.len() >= max_keys || out.estimated_bytes + cost > max_bytes {
@@ -249,7 +232,7 @@ pub async fn sync(
             }
             Err(e) => {
                 return Err(
-                    ApiError::new("write", format!("configmap {SYSTEM_NAMESPACE}/{LEGACY_CONFIGMAP}"))(e).into(),
+                    ApiError::new("write", format!("configmap {SYSTEM_NAMESPACE}/{LEGACY_CONFIGMAP}"))(e).into()
                 );
             }
         }
@@ -263,21 +246,14 @@ mod tests {
     use crate::record::test_record;
 
     fn entry(i: i64, value_len: usize) -> Entry {
-        Entry {
-            key: format!("local-a-n-{i}"),
-            value: "v".repeat(value_len),
-            created: i,
-        }
+        Entry { key: format!("local-a-n-{i}"), value: "v".repeat(value_len), created: i }
     }
 
     #[test]
     fn keeps_the_newest_within_the_key_limit() {
         let entries: Vec<Entry> = (0..10).map(|i| entry(i, 10)).collect();
         let b = bound(entries, 100, 1_000_000, 3);
-        assert_eq!(
-            b.data.keys().cloned().collect::<Vec<_>>(),
-            ["local-a-n-7", "local-a-n-8", "local-a-n-9"]
-        );
+        assert_eq!(b.data.keys().cloned().collect::<Vec<_>>(), ["local-a-n-7", "local-a-n-8", "local-a-n-9"]);
         assert_eq!(b.dropped, 7);
     }
 
@@ -289,11 +265,7 @@ mod tests {
         assert!(b.estimated_bytes <= max);
         assert!(b.data.len() > 400 && b.data.len() < 500, "{}", b.data.len());
         // Every kept entry is newer than every dropped one.
-        let oldest_kept = b
-            .data
-            .keys()
-            .filter_map(|k| k.rsplit('-').next()?.parse::<i64>().ok())
-            .min();
+        let oldest_kept = b.data.keys().filter_map(|k| k.rsplit('-').next()?.parse::<i64>().ok()).min();
         assert_eq!(oldest_kept, Some(5000 - b.data.len() as i64));
         // The estimate really bounds the JSON of the data map.
         let json = serde_json::to_vec(&b.data).map(|v| v.len()).unwrap_or(usize::MAX);
@@ -322,14 +294,8 @@ mod tests {
         let cm = ConfigMap {
             data: Some(BTreeMap::from([
                 ("local-a-n1-1600000000".to_string(), k3s_entry("n1", "a-n1-1600000000")),
-                (
-                    "local-a-k3s-1600000000".to_string(),
-                    k3s_entry("k3s", "a-k3s-1600000000"),
-                ),
-                (
-                    "local-a-k3s-1600000001".to_string(),
-                    k3s_entry("k3s", "a-k3s-1600000001"),
-                ),
+                ("local-a-k3s-1600000000".to_string(), k3s_entry("k3s", "a-k3s-1600000000")),
+                ("local-a-k3s-1600000001".to_string(), k3s_entry("k3s", "a-k3s-1600000001")),
                 ("s3-a-n1-1600000000".to_string(), k3s_entry("s3", "a-n1-1600000000")),
                 ("local-junk".to_string(), "not json".to_string()),
             ])),
@@ -353,10 +319,8 @@ mod tests {
     fn metadata_is_read_back_for_back_fill() {
         let mut r = test_record("a-n1-1700000000", "n1");
         r.extra_metadata = Some(BTreeMap::from([("k".into(), "v".into())]));
-        let cm = ConfigMap {
-            data: Some(BTreeMap::from([(r.key(), r.to_legacy_entry().to_json())])),
-            ..Default::default()
-        };
+        let cm =
+            ConfigMap { data: Some(BTreeMap::from([(r.key(), r.to_legacy_entry().to_json())])), ..Default::default() };
         assert_eq!(metadata_by_key(&cm).get(&r.key()), r.extra_metadata.as_ref());
     }
 }

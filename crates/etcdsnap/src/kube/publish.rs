@@ -44,11 +44,7 @@ pub async fn storage_state(
     deleted: BTreeSet<String>,
     local_managed: bool,
 ) -> (StorageState, Vec<String>) {
-    let mut state = StorageState {
-        local: None,
-        s3: None,
-        deleted,
-    };
+    let mut state = StorageState { local: None, s3: None, deleted };
     let mut warnings = Vec::new();
     if ctx.local.is_none() && local_managed {
         // No local directory yet (nothing saved on this node): nothing local exists.
@@ -73,10 +69,7 @@ pub async fn storage_state(
                     StorageKind::S3 => state.s3 = Some(listing.records),
                 }
             }
-            Err(e) => warnings.push(format!(
-                "listing {}: {e}; its resources are left unchanged",
-                store.describe()
-            )),
+            Err(e) => warnings.push(format!("listing {}: {e}; its resources are left unchanged", store.describe())),
         }
     }
     (state, warnings)
@@ -90,10 +83,8 @@ pub async fn after_removal(
     removed: &[(StorageKind, String)],
     local_managed: bool,
 ) -> Result<(ReconcileReport, Vec<String>), ApiError> {
-    let deleted: BTreeSet<String> = removed
-        .iter()
-        .map(|(kind, name)| etcdsnap_api::configmap_key(name, *kind))
-        .collect();
+    let deleted: BTreeSet<String> =
+        removed.iter().map(|(kind, name)| etcdsnap_api::configmap_key(name, *kind)).collect();
     let (state, warnings) = storage_state(ctx, deleted, local_managed).await;
     let report = reconcile::reconcile_node(kube, &state).await?;
     Ok((report, warnings))

@@ -75,20 +75,12 @@ impl Plan {
 
 /// The key of a resource: its snapshot name as a ConfigMap key, `s3-` when it has `spec.s3`.
 pub fn resource_key(cr: &ETCDSnapshotFile) -> String {
-    let kind = if cr.spec.s3.is_some() {
-        StorageKind::S3
-    } else {
-        StorageKind::Local
-    };
+    let kind = if cr.spec.s3.is_some() { StorageKind::S3 } else { StorageKind::Local };
     configmap_key(&cr.spec.snapshot_name, kind)
 }
 
 pub fn storage_label(cr: &ETCDSnapshotFile) -> Option<&str> {
-    cr.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL_STORAGE_NODE))
-        .map(String::as_str)
+    cr.metadata.labels.as_ref().and_then(|l| l.get(LABEL_STORAGE_NODE)).map(String::as_str)
 }
 
 /// Decides every create, update and delete of one pass.
@@ -162,21 +154,12 @@ fn is_protected(cr: &ETCDSnapshotFile, scope: &Scope<'_>, now: jiff::Timestamp) 
             .is_some_and(|until| now < until)
     };
     if scope.keep_recent_failures
-        && let Some(time) = cr
-            .status
-            .as_ref()
-            .and_then(|s| s.error.as_ref())
-            .and_then(|e| e.time.as_ref())
+        && let Some(time) = cr.status.as_ref().and_then(|s| s.error.as_ref()).and_then(|e| e.time.as_ref())
         && younger_than(time.0, FAILED_TTL)
     {
         return true;
     }
-    scope.keep_new
-        && cr
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .is_some_and(|t| younger_than(t.0, NEW_S3_GRACE))
+    scope.keep_new && cr.metadata.creation_timestamp.as_ref().is_some_and(|t| younger_than(t.0, NEW_S3_GRACE))
 }
 
 /// What a pass did.
@@ -230,9 +213,7 @@ pub async fn execute(kube: &Kube, plan: Plan, leader: bool) -> Applied {
     }
 
     let deletes: Vec<Result<bool, ApiError>> = futures::stream::iter(
-        plan.delete
-            .iter()
-            .map(|cr| async move { resources::delete(client, cr, node, leader).await }),
+        plan.delete.iter().map(|cr| async move { resources::delete(client, cr, node, leader).await }),
     )
     .buffer_unordered(WRITE_CONCURRENCY)
     .collect()
@@ -316,12 +297,7 @@ async fn reconcile(
 
     let mut scopes = Vec::new();
     if let Some(local) = &state.local {
-        scopes.push(Scope {
-            label: node.clone(),
-            desired: local,
-            keep_recent_failures: true,
-            keep_new: false,
-        });
+        scopes.push(Scope { label: node.clone(), desired: local, keep_recent_failures: true, keep_new: false });
     }
     let mut orphaned = Vec::new();
     if let Some(view) = leader {
@@ -333,16 +309,9 @@ async fn reconcile(
                 keep_new: true,
             });
         }
-        orphaned = view
-            .liveness
-            .orphaned_labels(&existing, &node, kube.settings.orphan_ttl);
+        orphaned = view.liveness.orphaned_labels(&existing, &node, kube.settings.orphan_ttl);
         for label in &orphaned {
-            scopes.push(Scope {
-                label: label.clone(),
-                desired: &[],
-                keep_recent_failures: false,
-                keep_new: false,
-            });
+            scopes.push(Scope { label: label.clone(), desired: &[], keep_recent_failures: false, keep_new: false });
         }
     }
     let input = PlanInput {
@@ -381,10 +350,7 @@ async fn reconcile(
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
-        for cr in after
-            .iter()
-            .filter(|c| is_terminating(c) && resources::has_k3s_finalizer(c))
-        {
+        for cr in after.iter().filter(|c| is_terminating(c) && resources::has_k3s_finalizer(c)) {
             match resources::remove_k3s_finalizer(&kube.client, cr).await {
                 Ok(()) => {
                     super::events::emit(&kube.client, cr, super::events::SnapshotEvent::Deleted, &node).await;
@@ -438,11 +404,8 @@ mod tests {
         let mut r = test_record(name, node);
         r.storage = StorageKind::S3;
         r.location = format!("s3://bucket/folder/{name}");
-        r.s3 = Some(ETCDSnapshotS3 {
-            bucket: Some("bucket".into()),
-            prefix: Some("folder".into()),
-            ..Default::default()
-        });
+        r.s3 =
+            Some(ETCDSnapshotS3 { bucket: Some("bucket".into()), prefix: Some("folder".into()), ..Default::default() });
         r
     }
 
@@ -468,27 +431,13 @@ mod tests {
         }
 
         fn plan(&self) -> Plan {
-            let mut scopes = vec![Scope {
-                label: "n1".into(),
-                desired: &self.local,
-                keep_recent_failures: true,
-                keep_new: false,
-            }];
+            let mut scopes =
+                vec![Scope { label: "n1".into(), desired: &self.local, keep_recent_failures: true, keep_new: false }];
             if let Some(s3) = &self.s3 {
-                scopes.push(Scope {
-                    label: "s3".into(),
-                    desired: s3,
-                    keep_recent_failures: true,
-                    keep_new: true,
-                });
+                scopes.push(Scope { label: "s3".into(), desired: s3, keep_recent_failures: true, keep_new: true });
             }
             for o in &self.orphans {
-                scopes.push(Scope {
-                    label: o.clone(),
-                    desired: &[],
-                    keep_recent_failures: false,
-                    keep_new: false,
-                });
+                scopes.push(Scope { label: o.clone(), desired: &[], keep_recent_failures: false, keep_new: false });
             }
             let legacy = BTreeMap::from([(
                 "local-a-n1-1700000002".to_string(),
@@ -525,9 +474,7 @@ mod tests {
     #[test]
     fn nothing_changed_means_an_empty_plan() {
         let mut c = Case::new();
-        c.local = (0..50)
-            .map(|i| test_record(&format!("a-n1-{}", 1_700_000_100 + i), "n1"))
-            .collect();
+        c.local = (0..50).map(|i| test_record(&format!("a-n1-{}", 1_700_000_100 + i), "n1")).collect();
         c.existing = c.local.iter().map(|r| stored(r.to_resource(), 1_700_000_000)).collect();
         let p = c.plan();
         assert!(p.is_empty(), "{p:?}");
@@ -541,17 +488,11 @@ mod tests {
         let mut changed = a.clone();
         changed.size = 999;
         let gone = test_record("a-n1-1600000000", "n1");
-        c.existing = vec![
-            stored(a.to_resource(), 1_700_000_000),
-            stored(gone.to_resource(), 1_600_000_000),
-        ];
+        c.existing = vec![stored(a.to_resource(), 1_700_000_000), stored(gone.to_resource(), 1_600_000_000)];
         c.local = vec![changed];
         let p = c.plan();
         assert_eq!(names(&p.update), [a.cr_name()]);
-        assert_eq!(
-            p.update[0].status.as_ref().and_then(|s| s.size.clone()).map(|q| q.0),
-            Some("999".to_string())
-        );
+        assert_eq!(p.update[0].status.as_ref().and_then(|s| s.size.clone()).map(|q| q.0), Some("999".to_string()));
         assert_eq!(names(&p.delete), [gone.cr_name()]);
     }
 
@@ -578,10 +519,8 @@ mod tests {
         let mut old_failure = failed.clone();
         old_failure.name = etcdsnap_api::SnapshotName::parse("a-n1-1600000000").unwrap_or_else(|e| panic!("{e}"));
         old_failure.created_at = t(c.now - 25 * 3600);
-        c.existing = vec![
-            stored(failed.to_resource(), c.now - 3600),
-            stored(old_failure.to_resource(), c.now - 25 * 3600),
-        ];
+        c.existing =
+            vec![stored(failed.to_resource(), c.now - 3600), stored(old_failure.to_resource(), c.now - 25 * 3600)];
         let p = c.plan();
         assert_eq!(names(&p.delete), [old_failure.cr_name()]);
         assert_eq!(p.kept, 1);
@@ -595,10 +534,7 @@ mod tests {
         let mut c = Case::new();
         let young = s3_record("a-n2-1700000000", "n2");
         let old = s3_record("a-n2-1700000001", "n2");
-        c.existing = vec![
-            stored(young.to_resource(), c.now - 30),
-            stored(old.to_resource(), c.now - 120),
-        ];
+        c.existing = vec![stored(young.to_resource(), c.now - 30), stored(old.to_resource(), c.now - 120)];
         c.s3 = Some(Vec::new());
         let p = c.plan();
         assert_eq!(names(&p.delete), [old.cr_name()]);
@@ -645,10 +581,7 @@ mod tests {
         let mut c = Case::new();
         c.local = vec![test_record("a-n1-1700000002", "n1")];
         let p = c.plan();
-        assert_eq!(
-            p.create[0].spec.metadata,
-            Some(BTreeMap::from([("from".to_string(), "legacy".to_string())]))
-        );
+        assert_eq!(p.create[0].spec.metadata, Some(BTreeMap::from([("from".to_string(), "legacy".to_string())])));
     }
 
     #[test]

@@ -29,10 +29,7 @@ pub async fn list(client: &Client, label_selector: Option<&str>) -> Result<Vec<E
             params = params.continue_token(t);
         }
         let what = label_selector.map_or("all".to_string(), |s| format!("selector {s}"));
-        let page = api
-            .list(&params)
-            .await
-            .map_err(ApiError::new("list", format!("etcdsnapshotfiles ({what})")))?;
+        let page = api.list(&params).await.map_err(ApiError::new("list", format!("etcdsnapshotfiles ({what})")))?;
         items.extend(page.items);
         match page.metadata.continue_.filter(|t| !t.is_empty()) {
             Some(t) => token = Some(t),
@@ -86,10 +83,7 @@ pub async fn upsert(client: &Client, desired: &ETCDSnapshotFile, node: &str) -> 
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let existing = api
-            .get_opt(&name)
-            .await
-            .map_err(ApiError::new("get", format!("etcdsnapshotfile {name}")))?;
+        let existing = api.get_opt(&name).await.map_err(ApiError::new("get", format!("etcdsnapshotfile {name}")))?;
         let result = match &existing {
             None => create(client, desired, node).await.map(|_| Written::Created),
             Some(existing) => match merge_for_update(existing, desired) {
@@ -139,10 +133,7 @@ pub async fn delete(
         remove_k3s_finalizer(client, cr).await?;
     }
     let params = DeleteParams {
-        preconditions: cr.metadata.uid.clone().map(|uid| Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
+        preconditions: cr.metadata.uid.clone().map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
         ..Default::default()
     };
     match api(client).delete(&name, &params).await {
@@ -166,27 +157,15 @@ pub fn is_terminating(cr: &ETCDSnapshotFile) -> bool {
 /// Removes K3s's finalizer (and only it), guarded by the object's resourceVersion.
 pub async fn remove_k3s_finalizer(client: &Client, cr: &ETCDSnapshotFile) -> Result<(), ApiError> {
     let name = cr.metadata.name.clone().unwrap_or_default();
-    let remaining: Vec<String> = cr
-        .metadata
-        .finalizers
-        .iter()
-        .flatten()
-        .filter(|f| *f != FINALIZER_K3S)
-        .cloned()
-        .collect();
+    let remaining: Vec<String> =
+        cr.metadata.finalizers.iter().flatten().filter(|f| *f != FINALIZER_K3S).cloned().collect();
     let patch = serde_json::json!({
         "metadata": {"finalizers": remaining, "resourceVersion": cr.metadata.resource_version}
     });
-    match api(client)
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    match api(client).patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => Ok(()),
         Err(e) if super::status_is(&e, |s| s.is_not_found()) => Ok(()),
-        Err(e) => Err(ApiError::new(
-            "remove finalizer from",
-            format!("etcdsnapshotfile {name}"),
-        )(e)),
+        Err(e) => Err(ApiError::new("remove finalizer from", format!("etcdsnapshotfile {name}"))(e)),
     }
 }
 
@@ -215,10 +194,7 @@ mod tests {
     fn a_newer_program_version_alone_is_no_change() {
         let cr = test_record("a-n-1700000000", "n").to_resource();
         let mut old = server_copy(&cr);
-        old.metadata
-            .annotations
-            .get_or_insert_default()
-            .insert(ANNOTATION_MANAGED_BY.into(), "etcdsnap/0.0.1".into());
+        old.metadata.annotations.get_or_insert_default().insert(ANNOTATION_MANAGED_BY.into(), "etcdsnap/0.0.1".into());
         assert!(merge_for_update(&old, &cr).is_none());
     }
 
@@ -238,18 +214,10 @@ mod tests {
     fn differences_in_owned_fields_are_written_and_the_rest_kept() {
         let cr = test_record("a-n-1700000000", "n").to_resource();
         let mut existing = server_copy(&cr);
-        existing
-            .metadata
-            .labels
-            .get_or_insert_default()
-            .insert("team".into(), "x".into());
+        existing.metadata.labels.get_or_insert_default().insert("team".into(), "x".into());
         existing.status.get_or_insert_default().ready_to_use = Some(false);
         let mut desired = cr.clone();
-        desired
-            .metadata
-            .annotations
-            .get_or_insert_default()
-            .insert(ANNOTATION_SHA256.into(), "cd".repeat(32));
+        desired.metadata.annotations.get_or_insert_default().insert(ANNOTATION_SHA256.into(), "cd".repeat(32));
         let merged = merge_for_update(&existing, &desired).unwrap_or_else(|| panic!("no update"));
         assert_eq!(merged.metadata.resource_version.as_deref(), Some("42"));
         assert_eq!(merged.metadata.finalizers, existing.metadata.finalizers);

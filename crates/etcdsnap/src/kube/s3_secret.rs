@@ -99,11 +99,7 @@ pub enum S3SecretError {
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("S3 config secret {secret}: key {key}: {problem}")]
-    BadValue {
-        secret: String,
-        key: &'static str,
-        problem: String,
-    },
+    BadValue { secret: String, key: &'static str, problem: String },
 }
 
 /// Reads and parses the Secret, and the CA ConfigMap it names.
@@ -119,23 +115,15 @@ pub async fn load(client: &Client, secret_name: &str) -> Result<S3SecretSettings
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, v.0))
-        .chain(
-            secret
-                .string_data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes())),
-        )
+        .chain(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())))
         .collect();
     let mut settings = parse(secret_name, &data)?;
     if let Some(ca_name) = text(secret_name, &data, KEY_ENDPOINT_CA_NAME)? {
         let bundles = read_ca_configmap(client, &ca_name).await.map_err(|e| match e {
             CaError::Api(e) => S3SecretError::Api(e),
-            CaError::Problem(problem) => S3SecretError::BadValue {
-                secret: secret_name.to_string(),
-                key: KEY_ENDPOINT_CA_NAME,
-                problem,
-            },
+            CaError::Problem(problem) => {
+                S3SecretError::BadValue { secret: secret_name.to_string(), key: KEY_ENDPOINT_CA_NAME, problem }
+            }
         })?;
         settings.endpoint_ca_pems.extend(bundles);
     }
@@ -152,20 +140,13 @@ async fn read_ca_configmap(client: &Client, name: &str) -> Result<Vec<String>, C
     let cm = match api.get_opt(name).await {
         Ok(Some(cm)) => cm,
         Ok(None) => {
-            return Err(CaError::Problem(format!(
-                "configmap {SYSTEM_NAMESPACE}/{name} not found"
-            )));
+            return Err(CaError::Problem(format!("configmap {SYSTEM_NAMESPACE}/{name} not found")));
         }
         Err(e) if status_is(&e, |s| s.is_forbidden()) => {
-            return Err(CaError::Problem(format!(
-                "not allowed to read configmap {SYSTEM_NAMESPACE}/{name}"
-            )));
+            return Err(CaError::Problem(format!("not allowed to read configmap {SYSTEM_NAMESPACE}/{name}")));
         }
         Err(e) => {
-            return Err(CaError::Api(ApiError::new(
-                "get",
-                format!("configmap {SYSTEM_NAMESPACE}/{name}"),
-            )(e)));
+            return Err(CaError::Api(ApiError::new("get", format!("configmap {SYSTEM_NAMESPACE}/{name}"))(e)));
         }
     };
     let mut pems = Vec::new();
@@ -178,9 +159,7 @@ async fn read_ca_configmap(client: &Client, name: &str) -> Result<Vec<String>, C
         pems.push(check_pem(&text).map_err(|p| CaError::Problem(format!("configmap {name} key {key}: {p}")))?);
     }
     if pems.is_empty() {
-        return Err(CaError::Problem(format!(
-            "configmap {SYSTEM_NAMESPACE}/{name} holds no certificates"
-        )));
+        return Err(CaError::Problem(format!("configmap {SYSTEM_NAMESPACE}/{name} holds no certificates")));
     }
     Ok(pems)
 }
@@ -190,16 +169,10 @@ pub fn parse(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<S3SecretS
     for key in data.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())) {
         tracing::warn!(secret = %secret, key = %key, "ignoring unknown key in the S3 config secret");
     }
-    let bad = |key: &'static str, problem: String| S3SecretError::BadValue {
-        secret: secret.to_string(),
-        key,
-        problem,
-    };
+    let bad = |key: &'static str, problem: String| S3SecretError::BadValue { secret: secret.to_string(), key, problem };
     let get = |key: &'static str| text(secret, data, key);
     let boolean = |key: &'static str| -> Result<Option<bool>, S3SecretError> {
-        get(key)?
-            .map(|v| parse_go_bool(&v).ok_or_else(|| bad(key, "not a boolean (true or false)".into())))
-            .transpose()
+        get(key)?.map(|v| parse_go_bool(&v).ok_or_else(|| bad(key, "not a boolean (true or false)".into()))).transpose()
     };
     let mut settings = S3SecretSettings {
         endpoint: get(KEY_ENDPOINT)?,
@@ -216,10 +189,7 @@ pub fn parse(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<S3SecretS
     if let Some(endpoint) = &settings.endpoint
         && (endpoint.contains("://") || endpoint.contains('/'))
     {
-        return Err(bad(
-            KEY_ENDPOINT,
-            "must be host[:port], without a scheme or path".into(),
-        ));
+        return Err(bad(KEY_ENDPOINT, "must be host[:port], without a scheme or path".into()));
     }
     if let Some(lookup) = get(KEY_BUCKET_LOOKUP)? {
         let lookup = lookup.to_lowercase();
@@ -244,9 +214,7 @@ pub fn parse(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<S3SecretS
         settings.proxy = Some(p);
     }
     if let Some(ca) = get(KEY_ENDPOINT_CA)? {
-        settings
-            .endpoint_ca_pems
-            .push(check_pem(&ca).map_err(|p| bad(KEY_ENDPOINT_CA, p))?);
+        settings.endpoint_ca_pems.push(check_pem(&ca).map_err(|p| bad(KEY_ENDPOINT_CA, p))?);
     }
     Ok(settings)
 }
@@ -302,10 +270,7 @@ mod tests {
     const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
     }
 
     #[test]
@@ -359,10 +324,7 @@ mod tests {
             (KEY_ENDPOINT_CA, "not a certificate"),
             (KEY_ENDPOINT, "https://s3.example.com"),
         ] {
-            let err = parse("cfg", &data(&[(key, value)]))
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = parse("cfg", &data(&[(key, value)])).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(key), "{key}: {err}");
             assert!(err.contains("cfg"), "{err}");
             assert!(!err.contains(value), "{err} leaks {value}");

@@ -58,10 +58,7 @@ impl Classifier {
             Event::InitDone => {
                 let seen = self.relisted.take().unwrap_or_default();
                 let gone: Vec<String> = self.known.keys().filter(|k| !seen.contains(*k)).cloned().collect();
-                gone.into_iter()
-                    .filter_map(|k| self.known.remove(&k))
-                    .map(Change::Deleted)
-                    .collect()
+                gone.into_iter().filter_map(|k| self.known.remove(&k)).map(Change::Deleted).collect()
             }
             Event::Apply(obj) => self.apply(obj).into_iter().collect(),
             Event::Delete(obj) => {

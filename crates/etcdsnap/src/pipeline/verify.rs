@@ -64,11 +64,7 @@ const BUF: usize = 1024 * 1024;
 /// Reads `input` to its end once, computing the stored hash and checking the decompressed
 /// stream's trailer. Blocking: call it from a blocking thread.
 pub fn verify_reader<R: Read>(input: R, compression: Compression) -> Result<StoredCheck, VerifyError> {
-    let hashing = HashingReader {
-        inner: input,
-        hasher: Sha256::new(),
-        count: 0,
-    };
+    let hashing = HashingReader { inner: input, hasher: Sha256::new(), count: 0 };
     let mut sink = TrailerWriter(TrailerCheck::new());
     let (hashing, zip_entry) = match compression {
         Compression::None => {
