@@ -35,6 +35,11 @@ step "List them (K3s's table, and as ETCDSnapshotFile objects)"
 show "$bin/etcdsnap" ls
 "$bin/etcdsnap" ls -o yaml | head -30
 
+step "Each snapshot is an ETCDSnapshotFile resource (K3s-compatible), rebuilt from storage by reconcile"
+show "$bin/etcdsnap" ls --cluster
+show "${TESTBINS_DIR:-$PWD/target/testbins}/kubectl" get etcdsnapshotfiles
+show "$bin/etcdsnap" reconcile
+
 step "Verify every stored byte against its sha256 and etcd's integrity trailer"
 show "$bin/etcdsnap" verify
 

@@ -4,6 +4,39 @@
 //! (`k3s.cattle.io/v1`, cluster-scoped), its object names, labels and annotations, the legacy
 //! ConfigMap entries, the token hash. etcdsnap's own additions (the metadata document, the
 //! `etcdsnap.io/` annotations) never change what a K3s reader sees. No I/O happens in this crate.
+//!
+//! # Reading the snapshots of a cluster with kube-rs
+//!
+//! Every snapshot is one cluster-scoped `ETCDSnapshotFile`, so a consumer lists them (paged; a
+//! label selector on [`consts::LABEL_STORAGE_NODE`] picks one node's, or `s3`) and watches them
+//! for changes instead of reading the legacy ConfigMap:
+//!
+//! ```no_run
+//! use etcdsnap_api::{ETCDSnapshotFile, consts::LABEL_STORAGE_NODE};
+//! use futures::TryStreamExt;
+//! use kube::api::{Api, ListParams};
+//! use kube::runtime::watcher::{self, Event};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let api: Api<ETCDSnapshotFile> = Api::all(kube::Client::try_default().await?);
+//! let params = ListParams::default().labels(&format!("{LABEL_STORAGE_NODE}=node-1")).limit(500);
+//! for snap in api.list(&params).await? {
+//!     let ready = snap.status.as_ref().and_then(|s| s.ready_to_use).unwrap_or(false);
+//!     println!("{} at {} (ready: {ready})", snap.spec.snapshot_name, snap.spec.location);
+//! }
+//! let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+//! while let Some(event) = events.try_next().await? {
+//!     if let Event::Apply(snap) | Event::InitApply(snap) = event {
+//!         println!("{} is {:?}", snap.spec.snapshot_name, snap.status);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/list_and_watch.rs` is the same as a program
+//! (`cargo run -p etcdsnap-api --example list_and_watch -- --watch`); `etcdsnap watch` and
+//! `etcdsnap ls --cluster` do it from the command line.
 
 pub mod consts;
 pub mod crd;

@@ -2,6 +2,7 @@
 //! (`--dir`/`--etcd-snapshot-dir`, `--name`, `--snapshot-retention`, ...); every flag can also be
 //! set through an `ETCDSNAP_*` environment variable or a `--config` YAML file.
 
+use super::kube_args::{CrdArgs, KubeArgs, ReconcileArgs, WatchArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use etcdsnap_api::Compression;
 use std::path::PathBuf;
@@ -56,6 +57,13 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Run beside an etcd member: scheduled snapshots, retention, metrics and health.
     Agent(AgentArgs),
+    /// Print the ETCDSnapshotFile CRD as YAML (or install it with --install).
+    Crd(CrdArgs),
+    /// Bring the ETCDSnapshotFile resources in line with storage: this node's, and the leader's
+    /// duties (S3, departed nodes, legacy ConfigMap) when the leader Lease can be taken.
+    Reconcile(ReconcileArgs),
+    /// Stream additions, changes and deletions of ETCDSnapshotFile resources as they happen.
+    Watch(WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -288,14 +296,22 @@ pub struct SaveArgs {
     pub token: TokenArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// List the ETCDSnapshotFile resources of every node (from the API server) instead of this
+    /// node's storage.
+    #[arg(long)]
+    pub cluster: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -305,6 +321,8 @@ pub struct DeleteArgs {
     pub names: Vec<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +338,8 @@ pub struct PruneArgs {
     pub s3_retention: Option<usize>,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ use super::EXIT_FAILURE;
 use super::args::{
     DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
 };
+use super::kube_commands;
 use super::output::{self, human_bytes, rfc3339};
 use super::progress::ProgressLine;
 use crate::etcd::EtcdConfig;
@@ -14,7 +15,7 @@ use crate::store::s3::S3Store;
 use crate::store::s3::config::{BucketLookup, S3Config, S3Settings};
 use crate::store::{SnapshotStore, StoreError};
 use anyhow::{Context as _, bail};
-use etcdsnap_api::{SnapshotName, TokenHash, is_dns1123_subdomain};
+use etcdsnap_api::{SnapshotName, StorageKind, TokenHash, is_dns1123_subdomain};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,7 +50,7 @@ pub(super) fn node_name(args: &StorageArgs) -> anyhow::Result<String> {
 /// The snapshot directory: `--dir`, or `<data-dir>/snapshots` (created only by saves, and only
 /// when it is the default, like K3s). A missing default directory when listing means "no local
 /// snapshots yet".
-fn local_store(args: &StorageArgs, node: &str, creating: bool) -> anyhow::Result<Option<LocalStore>> {
+pub(super) fn local_store(args: &StorageArgs, node: &str, creating: bool) -> anyhow::Result<Option<LocalStore>> {
     if args.no_local {
         return Ok(None);
     }
@@ -161,12 +162,19 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     ctx.etcd = etcd_config(&args.etcd);
     ctx.token_hash = token_hash(&args.token)?;
     ctx.zstd_level = args.compress.zstd_level;
+    let mut kube = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await?;
+    if let Some(k) = kube.as_mut() {
+        k.prepare_save(&mut ctx).await;
+    }
     let compression = args.compress.compression();
     let progress = ProgressLine::start("Saving snapshot");
     let options = SaveOptions { base_name: args.name.clone(), compression, cancel: Default::default() };
     let result = ops::save(&ctx, &options, Some(progress.counter())).await;
     progress.finish();
     let report = result?;
+    if let Some(k) = kube.as_mut() {
+        k.after_save(&report).await;
+    }
     match args.output.output {
         OutputFormat::Table => {
             for r in &report.records {
@@ -195,6 +203,9 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+    if args.cluster {
+        return kube_commands::ls_cluster(&args).await;
+    }
     let ctx = base_context(&args.storage, false)?;
     let report = ops::list(&ctx).await;
     for w in &report.warnings {
@@ -236,6 +247,14 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             eprintln!("Snapshot {name} not found.");
         }
     }
+    let removed: Vec<(StorageKind, String)> = results
+        .iter()
+        .filter(|(.., r)| *r == DeleteResult::Deleted)
+        .map(|(name, kind, ..)| (*kind, name.to_string()))
+        .collect();
+    if let Some(mut k) = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await? {
+        k.after_removal(&ctx, &removed).await;
+    }
     Ok(exit(ok))
 }
 
@@ -251,6 +270,11 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     }
     for e in &report.errors {
         eprintln!("error: {e}");
+    }
+    let removed: Vec<(StorageKind, String)> =
+        report.deleted.iter().map(|(kind, name)| (*kind, name.to_string())).collect();
+    if let Some(mut k) = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await? {
+        k.after_removal(&ctx, &removed).await;
     }
     Ok(exit(report.errors.is_empty()))
 }

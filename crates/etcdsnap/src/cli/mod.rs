@@ -5,6 +5,8 @@ mod agent;
 pub mod args;
 mod commands;
 pub mod config_file;
+pub mod kube_args;
+mod kube_commands;
 pub mod output;
 pub mod progress;
 
@@ -55,6 +57,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Prune(a) => commands::prune(a).await,
         Command::Verify(a) => commands::verify(a).await,
         Command::Agent(a) => agent::run(a).await,
+        Command::Crd(a) => kube_commands::crd(a).await,
+        Command::Reconcile(a) => kube_commands::reconcile(a).await,
+        Command::Watch(a) => kube_commands::watch(a).await,
     }
 }
 

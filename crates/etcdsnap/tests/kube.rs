@@ -1,0 +1,926 @@
+//! The Kubernetes integration end to end: the real `etcdsnap` binary and library against a real
+//! kube-apiserver and etcd started by testenv. Requests are counted from the API server's own
+//! audit log.
+
+mod common;
+
+use common::{Run, TestResult, run};
+use etcdsnap::kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
+use etcdsnap::kube::reconcile::{LeaderView, StorageState, reconcile_leader, reconcile_node};
+use etcdsnap::kube::{Kube, KubeSettings, publish, s3_secret};
+use etcdsnap::record::{MetadataSource, Outcome, SnapshotRecord};
+use etcdsnap_api::consts::{
+    ANNOTATION_TOKEN_HASH, FINALIZER_K3S, LABEL_STORAGE_NODE, LEGACY_CONFIGMAP, SYSTEM_NAMESPACE,
+};
+use etcdsnap_api::{CrNameInput, ETCDSnapshotFile, ETCDSnapshotS3, SnapshotName, StorageKind, cr_name};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use testenv::{AuditEvent, Etcd, KubeApiServer};
+
+/// etcd for snapshots and a kube-apiserver (on the same etcd, its own prefix), plus a data dir.
+struct Env {
+    etcd: Etcd,
+    api: KubeApiServer,
+    data: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start() -> Result<Env, Box<dyn std::error::Error>> {
+        let etcd = Etcd::single().await?;
+        let api = KubeApiServer::start(&etcd).await?;
+        Ok(Env { etcd, api, data: tempfile::tempdir()? })
+    }
+
+    fn data_dir(&self, node: &str) -> PathBuf {
+        self.data.path().join(node)
+    }
+
+    fn snapshot_dir(&self, node: &str) -> PathBuf {
+        self.data_dir(node).join("snapshots")
+    }
+
+    /// `etcdsnap <args> --data-dir <node dir>` as `node`, with the admin kubeconfig.
+    async fn etcdsnap(&self, node: &str, args: &[&str]) -> Run {
+        self.etcdsnap_with(node, args, self.api.kubeconfig_path()).await
+    }
+
+    async fn etcdsnap_with(&self, node: &str, args: &[&str], kubeconfig: &Path) -> Run {
+        let data_dir = self.data_dir(node).display().to_string();
+        let endpoints = self.etcd.endpoints().join(",");
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        if !matches!(args.first(), Some(&"watch") | Some(&"crd")) {
+            all.extend(["--data-dir", &data_dir]);
+        }
+        let env = [
+            ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
+            ("ETCDSNAP_NODE_NAME", node),
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("HOME", "/nonexistent"),
+        ];
+        run(&all, &env).await
+    }
+
+    async fn kube(&self, node: &str) -> Result<Kube, Box<dyn std::error::Error>> {
+        Ok(Kube::new(self.api.client().await?, KubeSettings::new(node)))
+    }
+
+    async fn resources(&self) -> Result<Vec<ETCDSnapshotFile>, Box<dyn std::error::Error>> {
+        let api: Api<ETCDSnapshotFile> = Api::all(self.api.client().await?);
+        Ok(api.list(&ListParams::default()).await?.items)
+    }
+
+    fn audit(&self) -> Vec<AuditEvent> {
+        self.api.audit_events().unwrap_or_default()
+    }
+}
+
+/// Writes requests made by the admin user (the tests and the binary) after `since` audit events.
+fn admin_writes(events: &[AuditEvent], since: usize) -> Vec<&AuditEvent> {
+    events[since..].iter().filter(|e| e.user == "admin" && e.is_write()).collect()
+}
+
+fn names_of(items: &[ETCDSnapshotFile]) -> BTreeSet<String> {
+    items.iter().filter_map(|c| c.metadata.name.clone()).collect()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    common::files_in(dir).into_iter().filter(|f| !f.starts_with('.')).collect()
+}
+
+fn ts(secs: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(secs).unwrap_or_default()
+}
+
+fn record(name: &str, storage: StorageKind, node: &str, location: &str) -> SnapshotRecord {
+    let name = SnapshotName::parse(name).unwrap_or_else(|e| panic!("{e}"));
+    SnapshotRecord {
+        created_at: ts(name.timestamp().unwrap_or(1_700_000_000)),
+        compression: name.compression(),
+        name,
+        storage,
+        node_name: node.into(),
+        location: location.into(),
+        size: 2891808,
+        outcome: Outcome::Ready,
+        sha256: None,
+        etcd: None,
+        token_hash: None,
+        cluster_id: None,
+        s3: (storage == StorageKind::S3).then(|| ETCDSnapshotS3 {
+            endpoint: Some("s3.example.com".into()),
+            bucket: Some("etcd".into()),
+            prefix: Some("k3s-test".into()),
+            ..Default::default()
+        }),
+        extra_metadata: None,
+        metadata_source: MetadataSource::None,
+    }
+}
+
+fn s3_records(n: usize, uploader: &str, base: i64) -> Vec<SnapshotRecord> {
+    (0..n)
+        .map(|i| {
+            let name = format!("etcd-snapshot-{uploader}-{}", base + i as i64);
+            record(&name, StorageKind::S3, uploader, &format!("s3://etcd/k3s-test/{name}"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_crd_is_the_generated_one() -> TestResult {
+    let out = run(&["crd"], &[]).await.expect_ok();
+    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crd.yaml"))?;
+    assert_eq!(out.stdout, committed, "deploy/crd.yaml is stale: run `etcdsnap crd > deploy/crd.yaml`");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> TestResult {
+    let env = Env::start().await?;
+    let client = env.api.client().await?;
+    // Extra metadata to copy into the snapshot's records.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let extra: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "k3s-etcd-snapshot-extra-metadata"},
+        "data": {"cluster-name": "c-12345", "k8s-version": "v1.36.3"}
+    }))?;
+    cms.create(&PostParams::default(), &extra).await?;
+
+    let out = env.etcdsnap("node-1", &["save", "--token", "mysecret"]).await.expect_ok();
+    assert!(out.stdout.contains("saved to file://"), "{}", out.stdout);
+    let dir = env.snapshot_dir("node-1").canonicalize()?;
+    let name = files(&dir).pop().ok_or("no snapshot file")?;
+    let location = format!("file://{}/{name}", dir.display());
+    let expected = cr_name(CrNameInput {
+        name: &name,
+        storage: StorageKind::Local,
+        node_name: "node-1",
+        location: &location,
+        created_unix: 0,
+    });
+    let items = env.resources().await?;
+    assert_eq!(names_of(&items), BTreeSet::from([expected.clone()]));
+    let cr = &items[0];
+    let labels = cr.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get(LABEL_STORAGE_NODE).map(String::as_str), Some("node-1"));
+    let ann = cr.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(ann.get(ANNOTATION_TOKEN_HASH).map(String::as_str), Some("652c7dc687d9"));
+    assert_eq!(ann.get("etcdsnap.io/sha256").map(String::len), Some(64));
+    assert_eq!(ann.get("etcdsnap.io/compression").map(String::as_str), Some("none"));
+    assert!(ann.get("etcdsnap.io/etcd-revision").is_some_and(|r| r.parse::<i64>().is_ok()));
+    assert_eq!(cr.spec.snapshot_name, name);
+    assert_eq!(cr.spec.node_name, "node-1");
+    assert_eq!(cr.spec.location, location);
+    let meta = cr.spec.metadata.clone().unwrap_or_default();
+    assert_eq!(meta.get("cluster-name").map(String::as_str), Some("c-12345"));
+    let status = cr.status.clone().unwrap_or_default();
+    assert_eq!(status.ready_to_use, Some(true));
+    let size = std::fs::metadata(dir.join(&name))?.len();
+    assert_eq!(status.size.map(|q| q.0), Some(size.to_string()));
+    let stamp = name.rsplit('-').next().and_then(|s| s.parse::<i64>().ok()).ok_or("no timestamp")?;
+    assert_eq!(status.creation_time.map(|t| t.0.as_second()), Some(stamp));
+    // The same extra metadata is in the metadata document on disk.
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.data_dir("node-1").join(".metadata").join(&name))?)?;
+    assert_eq!(doc["extraMetadata"]["cluster-name"], "c-12345");
+    // K3s's event.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let evs = events.list(&ListParams::default()).await?.items;
+    let ev = evs.iter().find(|e| e.involved_object.name.as_deref() == Some(expected.as_str())).ok_or("no event")?;
+    assert_eq!(ev.reason.as_deref(), Some("ETCDSnapshotCreated"));
+    assert_eq!(ev.message.clone().unwrap_or_default(), format!("Snapshot {name} saved on node-1"));
+
+    // K3s's test vectors, accepted by the real API server.
+    let kube = env.kube("node-1").await?;
+    let s3_name = "on-demand-k3s-server-1-1730308816";
+    let s3_location = "s3://etcd/k3s-test/on-demand-k3s-server-1-1730308816";
+    let mut failed = record("etcd-snapshot-server1-1700000000", StorageKind::Local, "server1", "");
+    failed.outcome = Outcome::Failed { message: "etcd unreachable".into() };
+    let vectors = vec![
+        (
+            record(
+                s3_name,
+                StorageKind::Local,
+                "k3s-server-1",
+                "file:///var/lib/rancher/k3s/server/db/snapshots/on-demand-k3s-server-1-1730308816",
+            ),
+            "local-on-demand-k3s-server-1-1730308816-3e9290",
+        ),
+        (record(s3_name, StorageKind::S3, "", s3_location), "s3-on-demand-k3s-server-1-1730308816-79b15c"),
+        (record(s3_name, StorageKind::S3, "k3s-server-1", s3_location), "s3-on-demand-k3s-server-1-1730308816-3b38ed"),
+        (
+            record(
+                "PRUNE_TEST-server1-1700000000",
+                StorageKind::Local,
+                "server1",
+                "file:///var/lib/rancher/k3s/server/db/snapshots/PRUNE_TEST-server1-1700000000",
+            ),
+            "local-etcd-snapshot-server1-1700000000-02dd00",
+        ),
+        (failed, "local-etcd-snapshot-server1-1700000000-7f409b"),
+    ];
+    let records: Vec<SnapshotRecord> = vectors.iter().map(|(r, _)| r.clone()).collect();
+    let published = publish::publish_records(&kube, &records).await;
+    assert!(published.errors.is_empty(), "{:?}", published.errors);
+    assert_eq!(published.created, 5);
+    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    for (_, name) in &vectors {
+        assert!(api.get_opt(name).await?.is_some(), "{name} missing");
+    }
+    let s3_cr = api.get("s3-on-demand-k3s-server-1-1730308816-79b15c").await?;
+    assert_eq!(s3_cr.spec.node_name, "s3");
+    let s3_labels = s3_cr.metadata.labels.unwrap_or_default();
+    assert_eq!(s3_labels.get(LABEL_STORAGE_NODE).map(String::as_str), Some("s3"));
+    assert_eq!(s3_cr.spec.s3.and_then(|s| s.bucket).as_deref(), Some("etcd"));
+    let failed_cr = api.get("local-etcd-snapshot-server1-1700000000-7f409b").await?;
+    let st = failed_cr.status.unwrap_or_default();
+    assert_eq!(st.ready_to_use, Some(false));
+    assert_eq!(st.size.map(|q| q.0).as_deref(), Some("0"));
+    assert_eq!(st.error.and_then(|e| e.message).as_deref(), Some("etcd unreachable"));
+    // Publishing the same records again writes nothing.
+    let before = env.audit().len();
+    let again = publish::publish_records(&kube, &records).await;
+    assert_eq!(again.unchanged, 5);
+    assert!(admin_writes(&env.audit(), before).is_empty());
+
+    // kubectl (v1.36.3 from testbins) shows K3s's columns, sizes and times from status.
+    let kubectl = tokio::process::Command::new(testenv::testbin("kubectl")?)
+        .args(["get", "etcdsnapshotfiles", "--kubeconfig"])
+        .arg(env.api.kubeconfig_path())
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&kubectl.stdout);
+    assert!(kubectl.status.success(), "{}", String::from_utf8_lossy(&kubectl.stderr));
+    let header: Vec<&str> = text.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME"]);
+    let line = text.lines().find(|l| l.starts_with(&expected)).ok_or("no row")?;
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[1..5], [name.as_str(), "node-1", location.as_str(), size.to_string().as_str()]);
+    assert!(!cols[5].is_empty(), "{line}");
+    let s3_line =
+        text.lines().find(|l| l.starts_with("s3-on-demand-k3s-server-1-1730308816-79b15c")).ok_or("no s3 row")?;
+    assert!(s3_line.contains(" s3 ") && s3_line.contains("2891808"), "{s3_line}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_saves_become_failed_resources_without_secrets() -> TestResult {
+    let env = Env::start().await?;
+    let dead = format!("http://127.0.0.1:{}", testenv::free_port()?);
+    let data_dir = env.data_dir("node-1").display().to_string();
+    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let out = run(
+        &["save", "--data-dir", &data_dir, "--token", "K10::server:topsecretpassword", "--dial-timeout", "1s"],
+        &[("ETCDSNAP_ENDPOINTS", dead.as_str()), ("ETCDSNAP_NODE_NAME", "node-1"), ("KUBECONFIG", kubeconfig.as_str())],
+    )
+    .await
+    .expect_fail();
+    assert!(out.stderr.contains("failed"), "{}", out.stderr);
+    let items = env.resources().await?;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let cr = &items[0];
+    let name = cr.metadata.name.clone().unwrap_or_default();
+    assert!(name.starts_with("local-on-demand-node-1-"), "{name}");
+    let expected = cr_name(CrNameInput {
+        name: &cr.spec.snapshot_name,
+        storage: StorageKind::Local,
+        node_name: "node-1",
+        location: "",
+        created_unix: 0,
+    });
+    assert_eq!(name, expected, "a failed local save hashes the node name alone");
+    assert_eq!(cr.spec.location, "");
+    let status = cr.status.clone().unwrap_or_default();
+    assert_eq!(status.ready_to_use, Some(false));
+    let message = status.error.and_then(|e| e.message).unwrap_or_default();
+    assert!(!message.is_empty());
+    let json = serde_json::to_string(cr)?;
+    assert!(!json.contains("topsecretpassword"), "{json}");
+    let events: Api<Event> = Api::namespaced(env.api.client().await?, "default");
+    let evs = events.list(&ListParams::default()).await?.items;
+    let ev = evs.iter().find(|e| e.involved_object.name.as_deref() == Some(name.as_str())).ok_or("no event")?;
+    assert_eq!(ev.reason.as_deref(), Some("ETCDSnapshotFailed"));
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        ev.message.clone().unwrap_or_default(),
+        format!("Failed to save snapshot {} on node-1: {message}", cr.spec.snapshot_name)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
+    let env = Env::start().await?;
+    for _ in 0..3 {
+        env.etcdsnap("node-1", &["save"]).await.expect_ok();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let client = env.api.client().await?;
+    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let all = names_of(&env.resources().await?);
+    assert_eq!(all.len(), 3);
+
+    // A resource deleted by hand comes back.
+    let victim = all.iter().next().cloned().ok_or("none")?;
+    api.delete(&victim, &DeleteParams::default()).await?;
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(out.stdout.contains("1 created, 0 updated, 0 deleted, 2 unchanged"), "{}", out.stdout);
+    assert!(out.stdout.contains("Leader duties done"), "{}", out.stdout);
+    assert_eq!(names_of(&env.resources().await?), all);
+
+    // A snapshot file deleted by hand loses its resource.
+    let dir = env.snapshot_dir("node-1");
+    let gone = files(&dir).into_iter().next().ok_or("no file")?;
+    std::fs::remove_file(dir.join(&gone))?;
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(out.stdout.contains("0 created, 0 updated, 1 deleted, 2 unchanged"), "{}", out.stdout);
+    let left = env.resources().await?;
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|c| c.spec.snapshot_name != gone));
+
+    // Nothing changed: zero write requests, of any kind, without the leader's Lease...
+    let before = env.audit().len();
+    let out = env.etcdsnap("node-1", &["reconcile", "--no-leader"]).await.expect_ok();
+    assert!(out.stdout.contains("0 created, 0 updated, 0 deleted, 2 unchanged"), "{}", out.stdout);
+    let events = env.audit();
+    let writes = admin_writes(&events, before);
+    assert!(writes.is_empty(), "no-op reconcile wrote: {writes:?}");
+    // ...and with the leader duties, only taking and releasing the leader Lease.
+    let before = env.audit().len();
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(out.stdout.contains("legacy ConfigMap 2 entries (0 left out"), "{}", out.stdout);
+    assert!(out.stdout.contains("unchanged)"), "{}", out.stdout);
+    let events = env.audit();
+    let writes = admin_writes(&events, before);
+    assert!(
+        writes.len() == 2 && writes.iter().all(|w| w.resource == "leases" && w.name == "etcdsnap-leader"),
+        "{writes:?}"
+    );
+    // The library, holding the Lease as the agent does: zero writes.
+    let kube = env.kube("node-1").await?;
+    let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(30));
+    assert!(lease.try_acquire().await?.is_leader());
+    let ctx_dir = dir.canonicalize()?;
+    let local = etcdsnap::store::local::LocalStore::open(&ctx_dir, false, "node-1")?;
+    let listing = etcdsnap::store::SnapshotStore::list(&local).await?;
+    let state = StorageState { local: Some(listing.records), s3: None, deleted: BTreeSet::new() };
+    let before = env.audit().len();
+    let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
+    let report = reconcile_leader(&kube, &state, &view).await?;
+    assert_eq!((report.created, report.updated, report.deleted, report.unchanged), (0, 0, 0, 2));
+    let events = env.audit();
+    assert!(admin_writes(&events, before).is_empty());
+    // One LIST of resources for the pass (2 objects, one page).
+    let lists = events[before..].iter().filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles").count();
+    assert_eq!(lists, 1);
+
+    // Delete and prune remove their resources at once.
+    let first = files(&dir).into_iter().next().ok_or("no file")?;
+    let out = env.etcdsnap("node-1", &["delete", &first]).await.expect_ok();
+    assert!(out.stdout.contains("deleted"), "{}", out.stdout);
+    assert_eq!(env.resources().await?.len(), 1);
+    env.etcdsnap("node-1", &["save"]).await.expect_ok();
+    assert_eq!(env.resources().await?.len(), 2);
+    env.etcdsnap("node-1", &["prune", "--retention", "1"]).await.expect_ok();
+    let left = env.resources().await?;
+    assert_eq!(left.len(), 1);
+    assert_eq!(files(&dir), [left[0].spec.snapshot_name.clone()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_succeed_while_the_api_server_is_down_and_one_reconcile_catches_up() -> TestResult {
+    let mut env = Env::start().await?;
+    env.etcdsnap("node-1", &["save"]).await.expect_ok();
+    assert_eq!(env.resources().await?.len(), 1);
+    env.api.stop();
+    for _ in 0..5 {
+        let out = env.etcdsnap("node-1", &["save"]).await.expect_ok();
+        assert_eq!(out.stderr.matches("Kubernetes API not usable").count(), 1, "{}", out.stderr);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(files(&env.snapshot_dir("node-1")).len(), 6);
+    env.api.restart().await?;
+    assert_eq!(env.resources().await?.len(), 1);
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(out.stdout.contains("5 created, 0 updated, 0 deleted, 1 unchanged"), "{}", out.stdout);
+    let items = env.resources().await?;
+    let expected: BTreeSet<String> = files(&env.snapshot_dir("node-1")).into_iter().collect();
+    let got: BTreeSet<String> = items.iter().map(|c| c.spec.snapshot_name.clone()).collect();
+    assert_eq!(got, expected);
+    // Rebuilt from the metadata documents: sha256 and revision came back too.
+    for cr in &items {
+        let ann = cr.metadata.annotations.clone().unwrap_or_default();
+        assert!(ann.contains_key("etcdsnap.io/sha256"), "{cr:?}");
+        assert!(ann.contains_key("etcdsnap.io/etcd-revision"), "{cr:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_kubernetes_everything_else_works_and_says_so_once() -> TestResult {
+    let env = Env::start().await?;
+    let data_dir = env.data_dir("node-1").display().to_string();
+    let endpoints = env.etcd.endpoints().join(",");
+    let base = [("ETCDSNAP_ENDPOINTS", endpoints.as_str()), ("ETCDSNAP_NODE_NAME", "node-1"), ("HOME", "/nonexistent")];
+    let out = run(&["save", "--data-dir", &data_dir], &base).await.expect_ok();
+    assert_eq!(
+        out.stderr
+            .matches("Kubernetes not configured (no kubeconfig found): ETCDSnapshotFile resources are skipped")
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    // A KUBECONFIG naming no file is no kubeconfig; a broken one is reported; saving goes on.
+    let mut missing = base.to_vec();
+    missing.push(("KUBECONFIG", "/nonexistent/kubeconfig"));
+    let out = run(&["save", "--data-dir", &data_dir], &missing).await.expect_ok();
+    assert!(out.stderr.contains("(no kubeconfig found)"), "{}", out.stderr);
+    let broken = env.data.path().join("broken-kubeconfig");
+    std::fs::write(&broken, "this: [is not a kubeconfig")?;
+    let broken = broken.display().to_string();
+    let out = run(&["save", "--data-dir", &data_dir, "--kubeconfig", &broken], &base).await.expect_ok();
+    assert_eq!(out.stderr.matches("Kubernetes not usable").count(), 1, "{}", out.stderr);
+    assert_eq!(files(&env.snapshot_dir("node-1")).len(), 3);
+
+    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let mut with_kube = base.to_vec();
+    with_kube.push(("KUBECONFIG", kubeconfig.as_str()));
+    let out = run(&["save", "--data-dir", &data_dir, "--no-kube"], &with_kube).await.expect_ok();
+    assert_eq!(out.stderr.matches("(--no-kube)").count(), 1, "{}", out.stderr);
+    assert!(env.resources().await.map(|r| r.is_empty()).unwrap_or(true));
+    run(&["ls", "--data-dir", &data_dir, "--no-kube"], &with_kube).await.expect_ok();
+    let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
+    run(&["delete", "--data-dir", &data_dir, &first], &base).await.expect_ok();
+    Ok(())
+}
+
+/// Two nodes with the same S3 listing reconcile at the same time, repeatedly, while one of them
+/// also publishes a fresh upload: every S3 resource is created exactly once and none is updated
+/// or deleted. (S3 storage itself is another module; these records stand in for its listing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_reconcile_s3_concurrently_without_flapping() -> TestResult {
+    let env = Env::start().await?;
+    let a = env.kube("node-a").await?;
+    let b = env.kube("node-b").await?;
+    etcdsnap::kube::crd::ensure_crd(&a.client).await?;
+    let mut listing = s3_records(10, "node-a", 1_700_000_000);
+    listing.extend(s3_records(10, "node-b", 1_700_000_000));
+    let before = env.audit().len();
+    let round = |kube: Kube, listing: Vec<SnapshotRecord>| async move {
+        let client = kube.client.clone();
+        let node = kube.settings.node_name.clone();
+        renew_heartbeat(&client, &node, Duration::from_secs(3600), Duration::from_secs(60)).await?;
+        let state = StorageState { local: Some(Vec::new()), s3: Some(listing), deleted: BTreeSet::new() };
+        let lease = LeaderLease::new(client.clone(), &node, Duration::from_secs(15));
+        let report = if lease.try_acquire().await?.is_leader() {
+            let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
+            reconcile_leader(&kube, &state, &view).await?
+        } else {
+            reconcile_node(&kube, &state).await?
+        };
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(report)
+    };
+    for i in 0..3 {
+        let (ra, rb) = tokio::join!(round(a.clone(), listing.clone()), round(b.clone(), listing.clone()));
+        let (ra, rb) = (ra.map_err(|e| e.to_string())?, rb.map_err(|e| e.to_string())?);
+        assert!(ra.errors.is_empty() && rb.errors.is_empty(), "{ra:?} {rb:?}");
+        if i == 1 {
+            // node-b uploads a new snapshot and publishes its resource right away, while the
+            // leader's next pass still works from a listing without it.
+            let fresh = s3_records(1, "node-b", 1_800_000_000);
+            let published = publish::publish_records(&b, &fresh).await;
+            assert_eq!(published.created, 1, "{published:?}");
+        }
+    }
+    listing.extend(s3_records(1, "node-b", 1_800_000_000));
+    let (ra, rb) = tokio::join!(round(a.clone(), listing.clone()), round(b.clone(), listing.clone()));
+    let (ra, rb) = (ra.map_err(|e| e.to_string())?, rb.map_err(|e| e.to_string())?);
+    assert_eq!(ra.unchanged + rb.unchanged, 21, "{ra:?} {rb:?}");
+    let events = env.audit();
+    let cr_writes: Vec<&AuditEvent> =
+        events[before..].iter().filter(|e| e.resource == "etcdsnapshotfiles" && e.is_write()).collect();
+    let creates: Vec<&str> =
+        cr_writes.iter().filter(|e| e.verb == "create" && e.code < 300).map(|e| e.name.as_str()).collect();
+    let unique: BTreeSet<&str> = creates.iter().copied().collect();
+    assert_eq!(creates.len(), 21, "{cr_writes:?}");
+    assert_eq!(unique.len(), 21);
+    assert!(cr_writes.iter().all(|e| e.verb == "create"), "updates or deletes happened: {cr_writes:?}");
+    assert_eq!(env.resources().await?.len(), 21);
+    Ok(())
+}
+
+async fn kubectl(env: &Env, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = tokio::process::Command::new(testenv::testbin("kubectl")?)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(env.api.kubeconfig_path())
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn deploy(file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file).display().to_string()
+}
+
+/// The agent's identity from deploy/rbac.yaml is enough for every duty, and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_role_is_enough_and_no_more() -> TestResult {
+    let env = Env::start().await?;
+    kubectl(&env, &["apply", "-f", &deploy("crd.yaml")]).await?;
+    kubectl(&env, &["wait", "--for=condition=Established", "crd/etcdsnapshotfiles.k3s.cattle.io"]).await?;
+    kubectl(&env, &["apply", "-f", &deploy("rbac.yaml")]).await?;
+    let admin = env.api.client().await?;
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let extra: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "k3s-etcd-snapshot-extra-metadata"}, "data": {"team": "platform"}
+    }))?;
+    cms.create(&PostParams::default(), &extra).await?;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    for (name, data) in [
+        (
+            "etcdsnap-s3-config",
+            serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-endpoint": "s3.example.com:9000"}),
+        ),
+        ("other-secret", serde_json::json!({"password": "hunter2"})),
+    ] {
+        let s: Secret = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "stringData": data}))?;
+        secrets.create(&PostParams::default(), &s).await?;
+    }
+    let token = env.api.mint_service_account_token(SYSTEM_NAMESPACE, "etcdsnap").await?;
+    let kubeconfig = env.api.write_kubeconfig("agent-kubeconfig", &token)?;
+    let user = "system:serviceaccount:kube-system:etcdsnap";
+    let before = env.audit().len();
+
+    let agent = |args: Vec<String>| {
+        let env = &env;
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            env.etcdsnap_with("node-1", &args, &kubeconfig).await
+        }
+    };
+    let a = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    for _ in 0..3 {
+        agent(a(&["save", "--token", "mysecret"])).await.expect_ok();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let out = agent(a(&["reconcile", "--s3-config-secret", "etcdsnap-s3-config"])).await.expect_ok();
+    assert!(out.stdout.contains("Leader duties done"), "{}", out.stdout);
+    assert!(out.stderr.contains("read S3 settings from the config secret"), "{}", out.stderr);
+    let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
+    agent(a(&["delete", &first])).await.expect_ok();
+    agent(a(&["prune", "--retention", "1"])).await.expect_ok();
+    let out = agent(a(&["ls", "--cluster", "-o", "json"])).await.expect_ok();
+    assert_eq!(out.json()["items"].as_array().map(Vec::len), Some(1));
+    let out = agent(a(&["reconcile"])).await.expect_ok();
+    assert!(out.stdout.contains("legacy ConfigMap 1 entries"), "{}", out.stdout);
+    assert!(!out.stderr.contains("forbidden"), "{}", out.stderr);
+
+    // Everything above: not a single request refused.
+    let events = env.audit();
+    let mine: Vec<&AuditEvent> = events[before..].iter().filter(|e| e.user == user).collect();
+    assert!(mine.len() > 20, "the agent barely talked to the API server: {mine:?}");
+    let refused: Vec<&&AuditEvent> = mine.iter().filter(|e| e.code == 403).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    for resource in ["etcdsnapshotfiles", "configmaps", "leases", "events", "secrets", "namespaces"] {
+        assert!(mine.iter().any(|e| e.resource == resource), "never used {resource}");
+    }
+    let legacy = cms.get(LEGACY_CONFIGMAP).await?;
+    assert_eq!(legacy.data.map(|d| d.len()), Some(1));
+    let crs = env.resources().await?;
+    assert_eq!(crs[0].spec.metadata.clone().unwrap_or_default().get("team").map(String::as_str), Some("platform"));
+
+    // And no more.
+    let sa = env.api.client_for_token(&token).await?;
+    let forbidden = |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    let sa_secrets: Api<Secret> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
+    assert!(forbidden(sa_secrets.get("other-secret").await.map(|_| ())));
+    assert!(forbidden(sa_secrets.list(&ListParams::default()).await.map(|_| ())));
+    let sa_cms: Api<ConfigMap> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
+    let other: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "other"}, "data": {"a": "b"}}))?;
+    assert!(forbidden(sa_cms.create(&PostParams::default(), &other).await.map(|_| ())));
+    let mut extra = sa_cms.get("k3s-etcd-snapshot-extra-metadata").await?;
+    extra.data = Some(BTreeMap::from([("team".to_string(), "evil".to_string())]));
+    assert!(forbidden(
+        sa_cms.replace("k3s-etcd-snapshot-extra-metadata", &PostParams::default(), &extra).await.map(|_| ())
+    ));
+    let system_leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let scheduler: k8s_openapi::api::coordination::v1::Lease = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "kube-scheduler"}, "spec": {"holderIdentity": "real-scheduler"}}),
+    )?;
+    let mut scheduler = system_leases.create(&PostParams::default(), &scheduler).await?;
+    let sa_leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
+    scheduler.spec.get_or_insert_default().holder_identity = Some("etcdsnap".into());
+    assert!(forbidden(sa_leases.replace("kube-scheduler", &PostParams::default(), &scheduler).await.map(|_| ())));
+    Ok(())
+}
+
+/// Writes `n` snapshot files (1 byte each) with metadata documents carrying `extra` into `dir`.
+fn write_snapshots(dir: &Path, node: &str, first: i64, n: usize, extra: &BTreeMap<String, String>) -> TestResult {
+    let meta_dir = dir.parent().ok_or("no parent")?.join(".metadata");
+    std::fs::create_dir_all(&meta_dir)?;
+    std::fs::create_dir_all(dir)?;
+    for i in 0..n {
+        let name = format!("etcd-snapshot-{node}-{}", first + i as i64);
+        let mut r = record(&name, StorageKind::Local, node, &format!("file://{}/{name}", dir.display()));
+        r.size = 1;
+        r.sha256 = Some("ab".repeat(32));
+        r.extra_metadata = Some(extra.clone());
+        std::fs::write(dir.join(&name), b"x")?;
+        std::fs::write(meta_dir.join(&name), r.to_document().to_json())?;
+    }
+    Ok(())
+}
+
+/// 20,000 snapshots with 1.1 KB of extra metadata each: every one gets its resource, and the
+/// legacy ConfigMap, written after every step, is accepted by the real API server and stays under
+/// the byte limit, holding the newest snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
+    let env = Env::start().await?;
+    let kube = env.kube("node-1").await?;
+    let client = kube.client.clone();
+    etcdsnap::kube::crd::ensure_crd(&client).await?;
+    renew_heartbeat(&client, "node-1", Duration::from_secs(3600), Duration::ZERO).await?;
+    let extra = BTreeMap::from([("cluster-state".to_string(), "s".repeat(1100))]);
+    let dir = env.snapshot_dir("node-1");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let max_bytes = etcdsnap::kube::LegacySettings::default().max_bytes;
+    let (steps, per_step) = (4, 5_000);
+    for step in 0..steps {
+        write_snapshots(&dir, "node-1", 1_700_000_000 + (step * per_step) as i64, per_step, &extra)?;
+        let local = etcdsnap::store::local::LocalStore::open(&dir, false, "node-1")?;
+        let listing = etcdsnap::store::SnapshotStore::list(&local).await?;
+        let total = listing.records.len();
+        assert_eq!(total, (step + 1) * per_step);
+        let state = StorageState { local: Some(listing.records), s3: None, deleted: BTreeSet::new() };
+        let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(600));
+        assert!(lease.try_acquire().await?.is_leader());
+        let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
+        let report = reconcile_leader(&kube, &state, &view).await?;
+        assert!(report.errors.is_empty(), "{:?}", &report.errors[..report.errors.len().min(3)]);
+        assert_eq!(report.created, per_step);
+        let legacy = report.legacy.clone().ok_or("no legacy sync")?;
+        assert!(legacy.written, "{legacy:?}");
+
+        // The API server's view: every snapshot has its resource...
+        let crs = etcdsnap::kube::resources::list(&client, None).await?;
+        assert_eq!(crs.len(), total);
+        // ...and the ConfigMap it accepted is under the limit and holds the newest entries.
+        let cm = cms.get(LEGACY_CONFIGMAP).await?;
+        let bytes = serde_json::to_vec(&cm)?.len();
+        let data = cm.data.clone().unwrap_or_default();
+        eprintln!(
+            "step {step}: {total} snapshots, ConfigMap {} entries, {bytes} bytes (estimate {})",
+            data.len(),
+            legacy.estimated_bytes
+        );
+        assert!(bytes <= max_bytes, "{bytes} bytes");
+        assert!(legacy.estimated_bytes >= bytes, "estimate {} < real {bytes}", legacy.estimated_bytes);
+        assert!(data.len() <= 1000 && data.len() > 300, "{}", data.len());
+        let newest = 1_700_000_000 + total as i64 - 1;
+        let oldest_kept = newest - data.len() as i64 + 1;
+        for t in [newest, oldest_kept] {
+            assert!(data.contains_key(&format!("local-etcd-snapshot-node-1-{t}")), "{t} missing");
+        }
+        assert!(!data.contains_key(&format!("local-etcd-snapshot-node-1-{}", oldest_kept - 1)));
+    }
+    // A second pass over the same storage writes nothing, and lists 1 page per 1,000 objects.
+    let local = etcdsnap::store::local::LocalStore::open(&dir, false, "node-1")?;
+    let state = StorageState {
+        local: Some(etcdsnap::store::SnapshotStore::list(&local).await?.records),
+        s3: None,
+        deleted: BTreeSet::new(),
+    };
+    let before = env.audit().len();
+    let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
+    let report = reconcile_leader(&kube, &state, &view).await?;
+    assert_eq!(report.unchanged, steps * per_step);
+    let events = env.audit();
+    assert!(admin_writes(&events, before).is_empty());
+    let lists = events[before..].iter().filter(|e| e.verb == "list" && e.resource == "etcdsnapshotfiles").count();
+    assert_eq!(lists, steps * per_step / 1000);
+    Ok(())
+}
+
+/// A cluster that ran K3s's snapshots: its CRD (with the printer columns K3s's generated YAML
+/// has), its legacy ConfigMap, its finalizer. etcdsnap lives with the CRD, adopts the ConfigMap,
+/// imports its metadata into the resources, and never leaves a resource stuck Terminating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_over_from_k3s_without_losing_metadata_or_leaving_finalizers() -> TestResult {
+    use etcdsnap_api::LegacyEntry;
+    let env = Env::start().await?;
+    let client = env.api.client().await?;
+    let mut k3s_crd = etcdsnap_api::crd();
+    for col in k3s_crd.spec.versions[0].additional_printer_columns.iter_mut().flatten() {
+        col.json_path =
+            col.json_path.replace(".status.size", ".spec.size").replace(".status.creationTime", ".spec.creationTime");
+    }
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.create(&PostParams::default(), &k3s_crd).await?;
+    kubectl(&env, &["wait", "--for=condition=Established", "crd/etcdsnapshotfiles.k3s.cattle.io"]).await?;
+
+    // A snapshot K3s wrote (no metadata document), and K3s's ConfigMap with its extra metadata.
+    let dir = env.snapshot_dir("node-1");
+    std::fs::create_dir_all(&dir)?;
+    let k3s_name = "on-demand-node-1-1700000100";
+    std::fs::write(dir.join(k3s_name), b"x")?;
+    let meta = BTreeMap::from([("cluster".to_string(), "k3s".to_string())]);
+    let entry = |name: &str, node: &str| LegacyEntry {
+        name: name.into(),
+        location: format!("file:///var/lib/rancher/k3s/server/db/snapshots/{name}"),
+        metadata: LegacyEntry::encode_metadata(&meta),
+        node_name: node.into(),
+        created_at: "2023-11-14T22:15:00Z".into(),
+        size: 1,
+        status: "successful".into(),
+        ..Default::default()
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let legacy: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": LEGACY_CONFIGMAP, "labels": {"origin": "k3s"}},
+        "data": {
+            format!("local-{k3s_name}"): entry(k3s_name, "node-1").to_json(),
+            "local-on-demand-k3s-old-1600000000": entry("on-demand-k3s-old-1600000000", "k3s-old").to_json(),
+        }
+    }))?;
+    cms.create(&PostParams::default(), &legacy).await?;
+
+    // Resources K3s's leader put its finalizer on: one for a snapshot that is gone, one already
+    // being deleted (stuck Terminating without K3s's controller).
+    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let mut vanished =
+        record("on-demand-node-1-1600000000", StorageKind::Local, "node-1", "file:///gone/on-demand-node-1-1600000000")
+            .to_resource();
+    vanished.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
+    let vanished_name = vanished.metadata.name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &vanished).await?;
+    let mut stuck =
+        record("on-demand-node-2-1600000000", StorageKind::Local, "node-2", "file:///x/on-demand-node-2-1600000000")
+            .to_resource();
+    stuck.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
+    let stuck_name = stuck.metadata.name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &stuck).await?;
+    api.delete(&stuck_name, &DeleteParams::default()).await?;
+    assert!(api.get(&stuck_name).await?.metadata.deletion_timestamp.is_some());
+
+    let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
+    assert!(out.stdout.contains("1 created"), "{}", out.stdout);
+
+    // K3s's CRD is left as it was.
+    let crd = crds.get("etcdsnapshotfiles.k3s.cattle.io").await?;
+    assert!(crd.metadata.annotations.unwrap_or_default().is_empty());
+    let paths: Vec<String> =
+        crd.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.json_path.clone()).collect();
+    assert!(paths.contains(&".spec.size".to_string()), "{paths:?}");
+    // The K3s snapshot's resource carries the metadata only the ConfigMap had (back-fill).
+    let crs = env.resources().await?;
+    let cr = crs.iter().find(|c| c.spec.snapshot_name == k3s_name).ok_or("no resource for the K3s snapshot")?;
+    assert_eq!(cr.spec.metadata.as_ref(), Some(&meta));
+    assert!(!cr.metadata.annotations.clone().unwrap_or_default().contains_key(ANNOTATION_TOKEN_HASH));
+    // Nothing stuck.
+    assert!(api.get_opt(&vanished_name).await?.is_none(), "vanished snapshot's resource still there");
+    assert!(api.get_opt(&stuck_name).await?.is_none(), "resource left Terminating");
+    // The ConfigMap is adopted: its labels kept, our entry current, K3s node's entry kept.
+    let cm = cms.get(LEGACY_CONFIGMAP).await?;
+    assert_eq!(cm.metadata.labels.unwrap_or_default().get("origin").map(String::as_str), Some("k3s"));
+    let data = cm.data.unwrap_or_default();
+    assert!(data.contains_key("local-on-demand-k3s-old-1600000000"), "{data:?}");
+    let ours = LegacyEntry::parse(data.get(&format!("local-{k3s_name}")).ok_or("entry missing")?).ok_or("bad entry")?;
+    assert_eq!(ours.extra_metadata().as_ref(), Some(&meta));
+    assert!(ours.location.starts_with("file:///"), "{ours:?}");
+    assert_eq!(data.len(), 2, "{data:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_and_ls_cluster_lists_every_node() -> TestResult {
+    use tokio::io::AsyncBufReadExt;
+    let env = Env::start().await?;
+    env.etcdsnap("node-1", &["save"]).await.expect_ok();
+    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let mut child = common::command(&["watch", "-o", "json"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut next = async || -> Result<(String, String), Box<dyn std::error::Error>> {
+        let v = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await?.ok_or("watch ended")?;
+        Ok((
+            v["type"].as_str().unwrap_or_default().to_string(),
+            v["object"]["spec"]["snapshotName"].as_str().unwrap_or_default().to_string(),
+        ))
+    };
+    let existing = files(&env.snapshot_dir("node-1")).pop().ok_or("no file")?;
+    assert_eq!(next().await?, ("ADDED".to_string(), existing.clone()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.etcdsnap("node-1", &["save"]).await.expect_ok();
+    let (kind, added) = next().await?;
+    assert_eq!(kind, "ADDED");
+    assert_ne!(added, existing);
+    env.etcdsnap("node-1", &["delete", &existing]).await.expect_ok();
+    assert_eq!(next().await?, ("DELETED".to_string(), existing.clone()));
+    child.kill().await?;
+
+    // Another node's snapshot, published by that node.
+    let other = env.kube("node-2").await?;
+    let r = record(
+        "on-demand-node-2-1700000000",
+        StorageKind::Local,
+        "node-2",
+        "file:///var/lib/etcdsnap/snapshots/on-demand-node-2-1700000000",
+    );
+    assert_eq!(publish::publish_records(&other, &[r]).await.created, 1);
+    let out = env.etcdsnap("node-1", &["ls", "--cluster", "-o", "json"]).await.expect_ok();
+    let items = out.json()["items"].as_array().cloned().unwrap_or_default();
+    let nodes: BTreeSet<String> =
+        items.iter().filter_map(|i| i["spec"]["nodeName"].as_str().map(String::from)).collect();
+    assert_eq!(nodes, BTreeSet::from(["node-1".to_string(), "node-2".to_string()]));
+    assert_eq!(items[0]["spec"]["snapshotName"], "on-demand-node-2-1700000000", "oldest first");
+    let table = env.etcdsnap("node-1", &["ls", "--cluster"]).await.expect_ok();
+    let header: Vec<&str> = table.stdout.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME", "READY"]);
+    assert_eq!(table.stdout.lines().count(), 3, "{}", table.stdout);
+    let yaml = env.etcdsnap("node-1", &["ls", "--cluster", "-o", "yaml"]).await.expect_ok();
+    assert!(yaml.stdout.contains("kind: List"), "{}", yaml.stdout);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_settings_come_from_the_config_secret_and_bad_values_name_their_key() -> TestResult {
+    let env = Env::start().await?;
+    let client = env.api.client().await?;
+    let ca = std::fs::read_to_string(env.api.ca_path())?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let ca_cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "s3-ca"}, "data": {"ca.crt": ca}}))?;
+    cms.create(&PostParams::default(), &ca_cm).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let make = |name: &str, data: serde_json::Value| -> Result<Secret, serde_json::Error> {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name}, "type": "etcd.k3s.cattle.io/s3-config-secret", "stringData": data}),
+        )
+    };
+    secrets
+        .create(
+            &PostParams::default(),
+            &make(
+                "good",
+                serde_json::json!({
+                    "etcd-s3-endpoint": "s3.example.com:9000", "etcd-s3-bucket": "etcd", "etcd-s3-folder": "k3s",
+                    "etcd-s3-access-key": "AKIA", "etcd-s3-secret-key": "s3cr3t", "etcd-s3-endpoint-ca": ca,
+                    "etcd-s3-endpoint-ca-name": "s3-ca", "etcd-s3-timeout": "2m", "etcd-s3-insecure": "false"
+                }),
+            )?,
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &make("bad", serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-retention": "many"}))?,
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &make("bad-ca", serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-endpoint-ca-name": "no-such-cm"}))?,
+        )
+        .await?;
+    let s = s3_secret::load(&client, "good").await?;
+    assert_eq!(s.bucket.as_deref(), Some("etcd"));
+    assert_eq!(s.folder.as_deref(), Some("k3s"));
+    assert_eq!(s.access_key.as_deref(), Some("AKIA"));
+    assert_eq!(s.timeout, Some(Duration::from_secs(120)));
+    assert_eq!(s.insecure, Some(false));
+    assert_eq!(s.endpoint_ca_pems.len(), 2, "inline CA and the CA ConfigMap");
+    assert!(!format!("{s:?}").contains("s3cr3t"));
+    let err = s3_secret::load(&client, "bad").await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("etcd-s3-retention") && !err.contains("many"), "{err}");
+    let err = s3_secret::load(&client, "bad-ca").await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("etcd-s3-endpoint-ca-name") && err.contains("no-such-cm"), "{err}");
+    assert!(matches!(s3_secret::load(&client, "missing").await, Err(s3_secret::S3SecretError::Missing(_))));
+    Ok(())
+}
