@@ -576,7 +576,7 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     }
     let out = agent(a(&["reconcile", "--s3-config-secret", "etcdsnap-s3-config"])).await.expect_ok();
     assert!(out.stdout.contains("Leader duties done"), "{}", out.stdout);
-    assert!(out.stderr.contains("read S3 settings from the config secret"), "{}", out.stderr);
+    assert!(out.stderr.contains("S3 settings from the config secret"), "{}", out.stderr);
     let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
     agent(a(&["delete", &first])).await.expect_ok();
     agent(a(&["prune", "--retention", "1"])).await.expect_ok();

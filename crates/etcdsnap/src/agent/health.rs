@@ -47,6 +47,20 @@ impl Dependency for StoreDependency {
     }
 }
 
+/// The API server answers (the kube-system namespace, which the agent's role may read).
+pub struct KubeDependency(pub kube::Client);
+
+#[async_trait]
+impl Dependency for KubeDependency {
+    fn name(&self) -> &str {
+        "kubernetes"
+    }
+    async fn check(&self) -> Result<(), String> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(self.0.clone());
+        api.get(etcdsnap_api::consts::SYSTEM_NAMESPACE).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
 /// The outcome of a readiness check.
 #[derive(Debug, Clone)]
 pub struct Report {

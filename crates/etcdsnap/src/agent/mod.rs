@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod http;
+pub mod kube_index;
 pub mod metrics;
 pub mod schedule;
 
@@ -43,6 +44,9 @@ pub struct AgentSettings {
 /// Duties the agent performs through Kubernetes, when it is reachable.
 #[async_trait::async_trait]
 pub trait Index: Send + Sync {
+    /// Before each scheduled save: the extra metadata to record, the cluster id, and S3 from the
+    /// config Secret (read again every time).
+    async fn prepare_run(&self, ctx: &mut Context);
     /// Records a save (resources, events) right after it happened.
     async fn saved(&self, report: &SaveReport);
     /// Records what retention removed.
@@ -70,8 +74,13 @@ pub enum AgentError {
 }
 
 impl Agent {
-    pub fn new(ctx: Context, settings: AgentSettings, index: Option<Arc<dyn Index>>) -> Arc<Agent> {
-        Arc::new(Agent { ctx, settings, metrics: Arc::new(Metrics::new()), index, running: AtomicBool::new(false) })
+    pub fn new(
+        ctx: Context,
+        settings: AgentSettings,
+        metrics: Arc<Metrics>,
+        index: Option<Arc<dyn Index>>,
+    ) -> Arc<Agent> {
+        Arc::new(Agent { ctx, settings, metrics, index, running: AtomicBool::new(false) })
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -157,8 +166,12 @@ impl Agent {
             cancel: stop.clone(),
         };
         let started = Instant::now();
-        match ops::save(&self.ctx, &options, None).await {
-            Ok(report) => self.after_save(&report, started).await,
+        let mut ctx = self.ctx.clone();
+        if let Some(index) = &self.index {
+            index.prepare_run(&mut ctx).await;
+        }
+        match ops::save(&ctx, &options, None).await {
+            Ok(report) => self.after_save(&ctx, &report, started).await,
             Err(SaveError::Store(StoreError::Locked(dir))) => {
                 self.metrics.skipped.inc();
                 tracing::warn!(dir = %dir.display(), "scheduled snapshot skipped: another save is running in this directory");
@@ -174,7 +187,7 @@ impl Agent {
         }
     }
 
-    async fn after_save(&self, report: &SaveReport, started: Instant) {
+    async fn after_save(&self, ctx: &Context, report: &SaveReport, started: Instant) {
         let ok = report.all_ready();
         Metrics::observe(&self.metrics.save, ok, report.duration);
         self.metrics.saves.get_or_create(&metrics::StatusLabel { status: metrics::Status::of(ok) }).inc();
@@ -216,18 +229,18 @@ impl Agent {
         if let Some(index) = &self.index {
             index.saved(report).await;
         }
-        self.catch_up_uploads().await;
-        self.prune().await;
+        self.catch_up_uploads(ctx).await;
+        self.prune(ctx).await;
         let _ = started;
     }
 
     /// Uploads local snapshots whose earlier upload failed (see [`crate::catchup`]).
-    async fn catch_up_uploads(&self) {
-        if self.ctx.remote.is_none() || self.ctx.local.is_none() {
+    async fn catch_up_uploads(&self, ctx: &Context) {
+        if ctx.remote.is_none() || ctx.local.is_none() {
             return;
         }
         let (uploaded, problems) =
-            crate::catchup::upload_missing(&self.ctx, &self.settings.base_name, self.settings.s3_retention).await;
+            crate::catchup::upload_missing(ctx, &self.settings.base_name, self.settings.s3_retention).await;
         for p in problems {
             tracing::warn!("{p}");
         }
@@ -252,14 +265,14 @@ impl Agent {
         }
     }
 
-    async fn prune(&self) {
+    async fn prune(&self, ctx: &Context) {
         let started = Instant::now();
         let options = PruneOptions {
             base_name: self.settings.base_name.clone(),
             keep_local: self.settings.retention,
             keep_remote: self.settings.s3_retention,
         };
-        let report = ops::prune(&self.ctx, &options).await;
+        let report = ops::prune(ctx, &options).await;
         Metrics::observe(&self.metrics.prune, report.errors.is_empty(), started.elapsed());
         for e in &report.errors {
             tracing::warn!(error = %e, "retention");

@@ -2,9 +2,13 @@
 
 use super::args::AgentArgs;
 use super::commands::{base_context, etcd_config, token_hash};
-use crate::agent::health::{Dependency, EtcdDependency, Health, StoreDependency};
+use crate::agent::Index;
+use crate::agent::health::{Dependency, EtcdDependency, Health, KubeDependency, StoreDependency};
+use crate::agent::kube_index::{KubeDutySettings, KubeIndex};
+use crate::agent::metrics::Metrics;
 use crate::agent::schedule::Schedule;
 use crate::agent::{Agent, AgentSettings};
+use crate::kube::Kube;
 use anyhow::Context as _;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,10 +49,31 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if let Some(remote) = &ctx.remote {
         dependencies.push(Box::new(StoreDependency(remote.clone())));
     }
+    let metrics = Arc::new(Metrics::new());
+    let kube = match Kube::connect(&args.kube.connect_options(), args.kube.settings(&ctx.node_name)).await {
+        Ok(Some(kube)) => Some(kube),
+        Ok(None) => {
+            let why = if args.kube.no_kube { "--no-kube" } else { "no kubeconfig found" };
+            tracing::warn!("Kubernetes not configured ({why}): ETCDSnapshotFile resources are skipped");
+            None
+        }
+        Err(e) => anyhow::bail!("Kubernetes: {e}"),
+    };
+    let index: Option<Arc<dyn Index>> = kube.map(|kube| {
+        dependencies.push(Box::new(KubeDependency(kube.client.clone())));
+        let duties = KubeDutySettings {
+            reconcile_interval: args.reconcile_interval,
+            lease_duration: args.leader_lease_duration,
+            local_managed: !args.storage.no_local,
+            data_dir: args.storage.data_dir.clone(),
+            periodic_reconcile: !args.disable_snapshots,
+        };
+        Arc::new(KubeIndex::new(kube, ctx.clone(), duties, metrics.clone())) as Arc<dyn Index>
+    });
     let health = Arc::new(Health::new(dependencies));
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone())?;
-    Agent::new(ctx, settings, None).run(stop, health).await?;
+    Agent::new(ctx, settings, metrics, index).run(stop, health).await?;
     Ok(ExitCode::SUCCESS)
 }
 

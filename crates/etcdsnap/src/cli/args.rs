@@ -101,6 +101,12 @@ pub struct AgentArgs {
     /// Upper bound of the random delay before each scheduled run.
     #[arg(long, env = "ETCDSNAP_SCHEDULE_JITTER", value_parser = parse_duration, default_value = "5s", hide = true)]
     pub schedule_jitter: Duration,
+    /// How long the leader Lease outlives its last renewal: a leader that dies is replaced after
+    /// about this long (at once when it shuts down cleanly).
+    #[arg(long, env = "ETCDSNAP_LEADER_LEASE_DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub leader_lease_duration: Duration,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     #[command(flatten)]
     pub compress: CompressArgs,
     #[command(flatten)]
@@ -351,6 +357,8 @@ pub struct VerifyArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// Durations like `30s`, `5m`, `1h30m`, `250ms` (Go's style, as K3s takes them).

@@ -4,7 +4,7 @@ use super::EXIT_FAILURE;
 use super::args::{
     DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
 };
-use super::kube_commands;
+use super::kube_commands::{self, Purpose};
 use super::output::{self, human_bytes, rfc3339};
 use super::progress::ProgressLine;
 use crate::etcd::EtcdConfig;
@@ -12,11 +12,10 @@ use crate::ops::{self, Context, DeleteResult, PruneOptions, SaveOptions};
 use crate::record::Outcome;
 use crate::store::local::LocalStore;
 use crate::store::s3::S3Store;
-use crate::store::s3::config::{BucketLookup, S3Config, S3Settings};
+use crate::store::s3::config::{BucketLookup, S3Settings};
 use crate::store::{SnapshotStore, StoreError};
 use anyhow::{Context as _, bail};
 use etcdsnap_api::{SnapshotName, StorageKind, TokenHash, is_dns1123_subdomain};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -112,16 +111,12 @@ fn s3_store(storage: &StorageArgs) -> anyhow::Result<Option<Arc<S3Store>>> {
         timeout: a.timeout,
         proxy: a.proxy.clone(),
     };
-    let config = S3Config::from_settings(settings)?;
-    let cache = s3_cache_file(storage, &config);
-    Ok(Some(S3Store::new(config, cache)?))
+    Ok(Some(build_s3_store(settings, &storage.data_dir)?))
 }
 
-/// `<data-dir>/cache/s3-<hash of endpoint, bucket and folder>.json`.
-fn s3_cache_file(storage: &StorageArgs, config: &S3Config) -> Option<PathBuf> {
-    use sha2::Digest;
-    let id = sha2::Sha256::digest(format!("{}\n{}\n{}", config.endpoint, config.bucket, config.folder).as_bytes());
-    Some(storage.data_dir.join("cache").join(format!("s3-{}.json", &hex::encode(id)[..16])))
+/// An S3 store from validated settings, with its listing cache under the data directory.
+pub(super) fn build_s3_store(settings: S3Settings, data_dir: &std::path::Path) -> anyhow::Result<Arc<S3Store>> {
+    Ok(S3Store::from_settings(settings, data_dir)?)
 }
 
 pub(super) fn base_context(storage: &StorageArgs, creating: bool) -> anyhow::Result<Context> {
@@ -164,7 +159,7 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     ctx.zstd_level = args.compress.zstd_level;
     let mut kube = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await?;
     if let Some(k) = kube.as_mut() {
-        k.prepare_save(&mut ctx).await;
+        k.prepare(&mut ctx, &args.storage.data_dir, Purpose::Save).await;
     }
     let compression = args.compress.compression();
     let progress = ProgressLine::start("Saving snapshot");
@@ -206,7 +201,8 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     if args.cluster {
         return kube_commands::ls_cluster(&args).await;
     }
-    let ctx = base_context(&args.storage, false)?;
+    let mut ctx = base_context(&args.storage, false)?;
+    kube_commands::for_reading(&args.kube, &mut ctx, &args.storage).await?;
     let report = ops::list(&ctx).await;
     for w in &report.warnings {
         tracing::warn!("{w}");
@@ -220,7 +216,11 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let names = parse_names(&args.names)?;
-    let ctx = base_context(&args.storage, false)?;
+    let mut ctx = base_context(&args.storage, false)?;
+    let mut kube = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await?;
+    if let Some(k) = kube.as_mut() {
+        k.prepare(&mut ctx, &args.storage.data_dir, Purpose::Write).await;
+    }
     if ctx.stores().is_empty() {
         bail!("no snapshot storage found: the snapshot directory does not exist and S3 is not configured");
     }
@@ -252,19 +252,22 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         .filter(|(.., r)| *r == DeleteResult::Deleted)
         .map(|(name, kind, ..)| (*kind, name.to_string()))
         .collect();
-    if let Some(mut k) = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await? {
+    if let Some(k) = kube.as_mut() {
         k.after_removal(&ctx, &removed).await;
     }
     Ok(exit(ok))
 }
 
 pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
-    let ctx = base_context(&args.storage, false)?;
-    let report = ops::prune(
-        &ctx,
-        &PruneOptions { base_name: args.name.clone(), keep_local: args.retention, keep_remote: args.retention },
-    )
-    .await;
+    let mut ctx = base_context(&args.storage, false)?;
+    let mut kube = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await?;
+    if let Some(k) = kube.as_mut() {
+        k.prepare(&mut ctx, &args.storage.data_dir, Purpose::Write).await;
+    }
+    let secret_retention = kube.as_ref().and_then(|k| k.secret_retention());
+    let keep_remote = args.s3_retention.or(secret_retention).unwrap_or(args.retention);
+    let options = PruneOptions { base_name: args.name.clone(), keep_local: args.retention, keep_remote };
+    let report = ops::prune(&ctx, &options).await;
     for (_, name) in &report.deleted {
         println!("Snapshot {name} deleted.");
     }
@@ -273,7 +276,7 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     }
     let removed: Vec<(StorageKind, String)> =
         report.deleted.iter().map(|(kind, name)| (*kind, name.to_string())).collect();
-    if let Some(mut k) = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await? {
+    if let Some(k) = kube.as_mut() {
         k.after_removal(&ctx, &removed).await;
     }
     Ok(exit(report.errors.is_empty()))
@@ -281,7 +284,8 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let names = parse_names(&args.names)?;
-    let ctx = base_context(&args.storage, false)?;
+    let mut ctx = base_context(&args.storage, false)?;
+    kube_commands::for_reading(&args.kube, &mut ctx, &args.storage).await?;
     let mut results = Vec::new();
     let mut ok = true;
     let mut found = vec![false; names.len()];

@@ -5,8 +5,8 @@
 //! `--no-kube`) they say once that resources are skipped; when the API server cannot be used they
 //! warn once and leave the resources to the next `etcdsnap reconcile`.
 
-use super::args::{LsArgs, OutputFormat};
-use super::commands::{base_context, exit};
+use super::args::{LsArgs, OutputFormat, StorageArgs};
+use super::commands::{base_context, build_s3_store, exit};
 use super::kube_args::{CrdArgs, KubeArgs, ReconcileArgs, WatchArgs, WatchFormat};
 use super::output::{self, rfc3339};
 use crate::kube::crd::{crd_yaml, ensure_crd};
@@ -21,6 +21,7 @@ use etcdsnap_api::consts::SYSTEM_NAMESPACE;
 use etcdsnap_api::{ETCDSnapshotFile, StorageKind};
 use futures::StreamExt;
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub(super) async fn session(args: &KubeArgs, node: &str, no_local: bool) -> anyh
         }
     };
     match connected {
-        Some(kube) => Ok(Some(KubeSession { kube, usable: true, no_local })),
+        Some(kube) => Ok(Some(KubeSession { kube, usable: true, no_local, secret_retention: None, started: false })),
         None => {
             let why = if args.no_kube { "--no-kube" } else { "no kubeconfig found" };
             tracing::warn!("Kubernetes not configured ({why}): ETCDSnapshotFile resources are skipped");
@@ -44,11 +45,36 @@ pub(super) async fn session(args: &KubeArgs, node: &str, no_local: bool) -> anyh
     }
 }
 
+/// For commands that only read storage (ls, verify): Kubernetes matters only when S3 settings
+/// come from the config Secret, so no connection is made otherwise.
+pub(super) async fn for_reading(args: &KubeArgs, ctx: &mut Context, storage: &StorageArgs) -> anyhow::Result<()> {
+    if args.s3_config_secret.is_none() || storage.s3.enabled {
+        return Ok(());
+    }
+    if let Some(mut k) = session(args, &ctx.node_name, storage.no_local).await? {
+        k.prepare(ctx, &storage.data_dir, Purpose::Read).await;
+    }
+    Ok(())
+}
+
 /// Kubernetes access for one command; after the first failure it stops trying (one warning).
 pub(super) struct KubeSession {
     kube: Kube,
     usable: bool,
     no_local: bool,
+    secret_retention: Option<usize>,
+    started: bool,
+}
+
+/// What a command will do with Kubernetes, which decides what [`KubeSession::prepare`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// Reads storage only (ls, verify): no writes to the API server.
+    Read,
+    /// Changes storage and resources (delete, prune, reconcile).
+    Write,
+    /// Saves a snapshot: also reads the extra metadata to record with it.
+    Save,
 }
 
 impl KubeSession {
@@ -61,8 +87,12 @@ impl KubeSession {
         self.usable = false;
     }
 
-    /// The CRD and this node's heartbeat, before any resource is written.
+    /// The CRD and this node's heartbeat, before any resource is written (once per command).
     async fn start(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
         if let Err(e) = ensure_crd(&self.kube.client).await {
             self.give_up("CRD", e);
             return;
@@ -76,28 +106,35 @@ impl KubeSession {
         }
     }
 
-    /// Before a save: the CRD, the extra metadata to record, the cluster id.
-    pub(super) async fn prepare_save(&mut self, ctx: &mut Context) {
-        self.start().await;
+    /// Before a command runs: the CRD and this node's heartbeat (for commands that write
+    /// resources), the extra metadata (for saves), the cluster id, and S3 from the config Secret.
+    pub(super) async fn prepare(&mut self, ctx: &mut Context, data_dir: &Path, purpose: Purpose) {
+        if purpose != Purpose::Read {
+            self.start().await;
+        }
         if !self.usable {
             return;
         }
-        let client = &self.kube.client;
-        match extra_metadata::read(client, &self.kube.settings.extra_metadata_configmap).await {
-            Ok(meta) => ctx.extra_metadata = meta,
-            Err(e) => return self.give_up("extra metadata", e),
-        }
-        if ctx.cluster_id.is_none() {
-            match extra_metadata::cluster_id(client).await {
-                Ok(id) => ctx.cluster_id = id,
-                Err(e) => self.give_up("cluster id", e),
+        let client = self.kube.client.clone();
+        if purpose == Purpose::Save {
+            match extra_metadata::read(&client, &self.kube.settings.extra_metadata_configmap).await {
+                Ok(meta) => ctx.extra_metadata = meta,
+                Err(e) => return self.give_up("extra metadata", e),
             }
         }
-        self.check_s3_secret(ctx).await;
+        if ctx.cluster_id.is_none() {
+            match extra_metadata::cluster_id(&client).await {
+                Ok(id) => ctx.cluster_id = id,
+                Err(e) => return self.give_up("cluster id", e),
+            }
+        }
+        self.use_s3_secret(ctx, data_dir).await;
     }
 
-    /// `--s3-config-secret`: read and validated on every operation; used when no S3 flag is set.
-    async fn check_s3_secret(&mut self, ctx: &Context) {
+    /// `--s3-config-secret`: read on every operation, used when no S3 flag is set. A Secret
+    /// that cannot be read or used means "S3 unavailable" for this operation (like K3s), said
+    /// once, with the key at fault named.
+    async fn use_s3_secret(&mut self, ctx: &mut Context, data_dir: &Path) {
         let Some(name) = self.kube.settings.s3_config_secret.clone() else {
             return;
         };
@@ -105,12 +142,24 @@ impl KubeSession {
             tracing::warn!(secret = %name, "ignoring the S3 config secret: S3 is configured by flags");
             return;
         }
-        match s3_secret::load(&self.kube.client, &name).await {
-            Ok(settings) => {
-                tracing::info!(secret = %name, bucket = ?settings.bucket, "read S3 settings from the config secret")
+        let settings = match s3_secret::load(&self.kube.client, &name).await {
+            Ok(settings) => settings,
+            Err(e) => return tracing::warn!("S3 unavailable: {e}"),
+        };
+        self.secret_retention = settings.retention.map(|r| r as usize);
+        match build_s3_store(settings.into_store_settings(), data_dir) {
+            Ok(store) => {
+                tracing::info!(secret = %name, store = %store.config().describe(), "S3 settings from the config secret");
+                ctx.remote_spec = Some(store.spec());
+                ctx.remote = Some(store);
             }
-            Err(e) => tracing::warn!("S3 unavailable: {e}"),
+            Err(e) => tracing::warn!("S3 unavailable: config secret {SYSTEM_NAMESPACE}/{name}: {e:#}"),
         }
+    }
+
+    /// `etcd-s3-retention` of the config Secret, when S3 came from it.
+    pub(super) fn secret_retention(&self) -> Option<usize> {
+        self.secret_retention
     }
 
     /// After a save: the resource of every copy, ready or failed.
@@ -177,7 +226,7 @@ pub async fn crd(args: CrdArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
-    let ctx = base_context(&args.storage, false)?;
+    let mut ctx = base_context(&args.storage, false)?;
     let node = ctx.node_name.clone();
     let Some(mut session) = session(&args.kube, &node, args.storage.no_local).await? else {
         bail!("reconcile needs Kubernetes access");
@@ -186,7 +235,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     ensure_crd(&kube.client).await.context("CRD")?;
     let s = &kube.settings;
     renew_heartbeat(&kube.client, &node, s.orphan_ttl, heartbeat_interval(s.orphan_ttl)).await.context("heartbeat")?;
-    session.check_s3_secret(&ctx).await;
+    session.prepare(&mut ctx, &args.storage.data_dir, Purpose::Read).await;
 
     let (state, warnings) = publish::storage_state(&ctx, Default::default(), !session.no_local).await;
     for w in &warnings {

@@ -44,6 +44,25 @@ pub async fn storage_state(
     deleted: BTreeSet<String>,
     local_managed: bool,
 ) -> (StorageState, Vec<String>) {
+    let (state, warnings, _) = storage_state_timed(ctx, deleted, local_managed).await;
+    (state, warnings)
+}
+
+/// How long listing one store took, and whether it worked (for the reconcile metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct ListingTime {
+    pub storage: StorageKind,
+    pub elapsed: std::time::Duration,
+    pub ok: bool,
+}
+
+/// [`storage_state`], also timing each listing.
+pub async fn storage_state_timed(
+    ctx: &Context,
+    deleted: BTreeSet<String>,
+    local_managed: bool,
+) -> (StorageState, Vec<String>, Vec<ListingTime>) {
+    let mut timings = Vec::new();
     let mut state = StorageState { local: None, s3: None, deleted };
     let mut warnings = Vec::new();
     if ctx.local.is_none() && local_managed {
@@ -51,7 +70,10 @@ pub async fn storage_state(
         state.local = Some(Vec::new());
     }
     for store in ctx.stores() {
-        match store.list().await {
+        let started = std::time::Instant::now();
+        let listed = store.list().await;
+        timings.push(ListingTime { storage: store.kind(), elapsed: started.elapsed(), ok: listed.is_ok() });
+        match listed {
             Ok(listing) => {
                 warnings.extend(listing.warnings);
                 match store.kind() {
@@ -72,7 +94,7 @@ pub async fn storage_state(
             Err(e) => warnings.push(format!("listing {}: {e}; its resources are left unchanged", store.describe())),
         }
     }
-    (state, warnings)
+    (state, warnings, timings)
 }
 
 /// After a delete or prune: this node's reconcile with the removed snapshots' keys, so their

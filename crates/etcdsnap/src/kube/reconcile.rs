@@ -212,8 +212,9 @@ pub async fn execute(kube: &Kube, plan: Plan, leader: bool) -> Applied {
         }
     }
 
+    // By value: borrowed items would make this future not provably Send for the agent's tasks.
     let deletes: Vec<Result<bool, ApiError>> = futures::stream::iter(
-        plan.delete.iter().map(|cr| async move { resources::delete(client, cr, node, leader).await }),
+        plan.delete.into_iter().map(|cr| async move { resources::delete(client, &cr, node, leader).await }),
     )
     .buffer_unordered(WRITE_CONCURRENCY)
     .collect()

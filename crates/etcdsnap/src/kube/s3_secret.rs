@@ -263,6 +263,37 @@ fn check_pem(value: &str) -> Result<String, String> {
     }
 }
 
+impl S3SecretSettings {
+    /// The store settings these stand for, with the store's defaults where the Secret is silent.
+    /// CA bundles are passed the way K3s passes them: base64-encoded, space-separated.
+    pub fn into_store_settings(self) -> crate::store::s3::S3Settings {
+        use crate::store::s3::config::{DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TIMEOUT};
+        let ca = (!self.endpoint_ca_pems.is_empty()).then(|| {
+            self.endpoint_ca_pems
+                .iter()
+                .map(|pem| base64::engine::general_purpose::STANDARD.encode(pem.as_bytes()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        crate::store::s3::S3Settings {
+            endpoint: self.endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
+            endpoint_ca: ca,
+            skip_ssl_verify: self.skip_ssl_verify.unwrap_or(false),
+            access_key: self.access_key,
+            secret_key: self.secret_key,
+            session_token: self.session_token,
+            bucket: self.bucket,
+            region: self.region.unwrap_or_else(|| DEFAULT_REGION.to_string()),
+            folder: self.folder,
+            insecure: self.insecure.unwrap_or(false),
+            bucket_lookup: self.bucket_lookup.as_deref().and_then(|l| l.parse().ok()).unwrap_or_default(),
+            timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            proxy: self.proxy,
+        }
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,19 @@ impl S3Store {
         }))
     }
 
+    /// Validates `settings` and builds the store, with its listing cache at
+    /// `<data-dir>/cache/s3-<hash of endpoint, bucket and folder>.json`.
+    pub fn from_settings(settings: S3Settings, data_dir: &std::path::Path) -> Result<Arc<S3Store>, StoreError> {
+        let config = S3Config::from_settings(settings)?;
+        let id = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(format!("{}\n{}\n{}", config.endpoint, config.bucket, config.folder));
+            hex::encode(digest)
+        };
+        let cache = data_dir.join("cache").join(format!("s3-{}.json", &id[..16]));
+        S3Store::new(config, Some(cache))
+    }
+
     pub fn config(&self) -> &S3Config {
         &self.config
     }

@@ -1,0 +1,229 @@
+//! Three agents beside a 3-member etcd cluster, with one kube-apiserver and one S3 server: the
+//! production shape. Resources, retention and the leader Lease are checked on the real servers.
+
+mod common;
+
+use common::{TestResult, files_in, load_kube_like_data};
+use etcdsnap_api::ETCDSnapshotFile;
+use etcdsnap_api::consts::LABEL_STORAGE_NODE;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, ListParams};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use testenv::{Etcd, KubeApiServer, S3Server};
+
+const BUCKET: &str = "cluster";
+const LEASE: Duration = Duration::from_secs(6);
+
+struct Agent {
+    node: String,
+    child: Option<tokio::process::Child>,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn start_agent(
+    node: &str,
+    endpoint: &str,
+    dir: &Path,
+    api: &KubeApiServer,
+    s3: &S3Server,
+) -> Result<Agent, Box<dyn std::error::Error>> {
+    let log = dir.join("agent.log");
+    let file = std::fs::File::create(&log)?;
+    let metrics = format!("127.0.0.1:{}", testenv::free_port()?);
+    let (dd, kubeconfig, s3_endpoint) =
+        (dir.to_string_lossy().to_string(), api.kubeconfig_path().to_string_lossy().to_string(), s3.endpoint());
+    let lease = format!("{}s", LEASE.as_secs());
+    let mut cmd = common::command(&[
+        "agent",
+        "--node-name",
+        node,
+        "--endpoints",
+        endpoint,
+        "--data-dir",
+        &dd,
+        "--kubeconfig",
+        &kubeconfig,
+        "--schedule",
+        "*/3 * * * * *",
+        "--schedule-jitter",
+        "1s",
+        "--retention",
+        "2",
+        "--reconcile-interval",
+        "4s",
+        "--leader-lease-duration",
+        &lease,
+        "--metrics-addr",
+        &metrics,
+        "--compress",
+        "zstd",
+        "--s3",
+        "--s3-endpoint",
+        &s3_endpoint,
+        "--s3-insecure",
+        "--s3-bucket",
+        BUCKET,
+    ]);
+    cmd.env("AWS_ACCESS_KEY_ID", s3.access_key()).env("AWS_SECRET_ACCESS_KEY", s3.secret_key());
+    cmd.stdout(file.try_clone()?).stderr(file);
+    Ok(Agent { node: node.into(), child: Some(cmd.spawn()?), log })
+}
+
+async fn leader(client: &kube::Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease = leases.get_opt("etcdsnap-leader").await.ok()??;
+    let spec = lease.spec?;
+    let renewed = spec.renew_time?.0;
+    let fresh = jiff::Timestamp::now() < renewed + jiff::SignedDuration::from_secs(spec.lease_duration_seconds? as i64);
+    spec.holder_identity.filter(|h| !h.is_empty() && fresh)
+}
+
+fn local_names(dir: &Path) -> BTreeSet<String> {
+    files_in(&dir.join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_one_leader_resources_once_retention_per_node_and_failover() -> TestResult {
+    let etcd = Etcd::cluster(3).await?;
+    load_kube_like_data(&mut etcd.client().await?, 200).await?;
+    let api = KubeApiServer::start(&etcd).await?;
+    let s3 = S3Server::start().await?;
+    s3.create_bucket(BUCKET).await?;
+    let client = api.client().await?;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let nodes = ["node-a", "node-b", "node-c"];
+    let mut agents = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        agents.push(start_agent(node, &etcd.endpoints()[i], dirs[i].path(), &api, &s3).await?);
+    }
+
+    // Let several scheduled rounds happen, watching that there is never more than one leader.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut leaders_seen = BTreeSet::new();
+    while Instant::now() < deadline {
+        if let Some(l) = leader(&client).await {
+            leaders_seen.insert(l);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(leaders_seen.len(), 1, "leadership moved without a failure: {leaders_seen:?}");
+    let first_leader = leaders_seen.into_iter().next().ok_or("no leader")?;
+
+    // Settle: stop scheduling new snapshots (SIGTERM the followers; the leader keeps reconciling)
+    // and check resources against storage.
+    let crs: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let check_consistent = || async {
+        let all = crs.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items;
+        let mut by_label: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for cr in &all {
+            let label =
+                cr.metadata.labels.as_ref().and_then(|l| l.get(LABEL_STORAGE_NODE)).cloned().unwrap_or_default();
+            by_label.entry(label).or_default().push(cr.spec.snapshot_name.clone());
+        }
+        Ok::<_, String>(by_label)
+    };
+
+    for (i, node) in nodes.iter().enumerate() {
+        let local = local_names(dirs[i].path());
+        assert!(local.len() <= 2, "{node}: retention 2 locally, found {local:?}");
+    }
+    // Every agent took snapshots, and S3 keeps the newest 2 per node.
+    let s3_keys: Vec<String> =
+        s3.list_keys(BUCKET, "").await?.into_iter().filter(|k| !k.starts_with(".metadata/")).collect();
+    for node in nodes {
+        let n = s3_keys.iter().filter(|k| k.contains(&format!("-{node}-"))).count();
+        assert!((1..=3).contains(&n), "{node} has {n} objects in S3: {s3_keys:?}");
+    }
+
+    // Kill the leader (no clean shutdown, no Lease release); a survivor takes over within a lease
+    // duration plus one check.
+    let idx = nodes.iter().position(|n| *n == first_leader).ok_or("leader is not an agent")?;
+    let mut dead = agents.remove(idx);
+    if let Some(mut c) = dead.child.take() {
+        c.start_kill()?;
+        c.wait().await?;
+    }
+    let killed = Instant::now();
+    let new_leader = loop {
+        if let Some(l) = leader(&client).await
+            && l != first_leader
+        {
+            break l;
+        }
+        assert!(killed.elapsed() < LEASE + Duration::from_secs(6), "no takeover after {:?}", killed.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let takeover = killed.elapsed();
+    assert!(agents.iter().any(|a| a.node == new_leader));
+    eprintln!("leader {first_leader} killed; {new_leader} took over after {takeover:?}");
+
+    // Stop the survivors cleanly, then one reconcile by the new leader's node makes resources
+    // match storage exactly, with no resource created twice along the way.
+    for a in &mut agents {
+        if let Some(c) = a.child.as_ref().and_then(|c| c.id()) {
+            std::process::Command::new("kill").args(["-TERM", &c.to_string()]).status()?;
+        }
+    }
+    for a in &mut agents {
+        if let Some(mut c) = a.child.take() {
+            let status = tokio::time::timeout(Duration::from_secs(30), c.wait()).await??;
+            assert!(status.success(), "{} exited with {status}:\n{}", a.node, a.log_text());
+        }
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let (dd, kc) =
+            (dirs[i].path().to_string_lossy().to_string(), api.kubeconfig_path().to_string_lossy().to_string());
+        let out = common::run(
+            &[
+                "reconcile",
+                "--node-name",
+                node,
+                "--data-dir",
+                &dd,
+                "--kubeconfig",
+                &kc,
+                "--s3",
+                "--s3-endpoint",
+                &s3.endpoint(),
+                "--s3-insecure",
+                "--s3-bucket",
+                BUCKET,
+            ],
+            &[("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())],
+        )
+        .await;
+        assert!(out.ok(), "{node}: {}\n{}", out.stdout, out.stderr);
+    }
+    let by_label = check_consistent().await?;
+    for (i, node) in nodes.iter().enumerate() {
+        let mut crs: Vec<String> = by_label.get(*node).cloned().unwrap_or_default();
+        crs.sort();
+        let local: Vec<String> = local_names(dirs[i].path()).into_iter().collect();
+        assert_eq!(crs, local, "{node}: resources differ from the files");
+    }
+    let mut s3_crs = by_label.get("s3").cloned().unwrap_or_default();
+    s3_crs.sort();
+    let mut keys: Vec<String> =
+        s3.list_keys(BUCKET, "").await?.into_iter().filter(|k| !k.starts_with(".metadata/")).collect();
+    keys.sort();
+    assert_eq!(s3_crs, keys, "S3 resources differ from the bucket");
+
+    // No flapping: no resource name was ever created twice.
+    let mut creates: BTreeMap<String, usize> = BTreeMap::new();
+    for e in api.audit_events()? {
+        if e.verb == "create" && e.resource == "etcdsnapshotfiles" && e.code < 300 {
+            *creates.entry(e.name.clone()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = creates.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "resources created more than once: {twice:?}");
+    Ok(())
+}
