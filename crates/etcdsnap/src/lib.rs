@@ -6,4 +6,5 @@ pub mod etcd;
 pub mod ops;
 pub mod pipeline;
 pub mod record;
+pub mod restore;
 pub mod store;
