@@ -60,6 +60,9 @@ pub enum Command {
     /// Re-read stored snapshots and check them against their recorded sha256 and etcd's
     /// integrity trailer. Exits non-zero if any check fails.
     Verify(VerifyArgs),
+    /// Restore a snapshot (a name, a file, or from S3) into an etcd data directory with
+    /// etcdutl, after a pre-flight report: integrity, token hash, versions, space and target.
+    Restore(Box<super::restore::RestoreArgs>),
 }
 
 /// Where this node keeps snapshots.

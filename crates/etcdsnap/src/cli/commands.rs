@@ -64,7 +64,7 @@ fn local_store(args: &StorageArgs, node: &str, creating: bool) -> anyhow::Result
     }
 }
 
-fn token_hash(args: &TokenArgs) -> anyhow::Result<Option<TokenHash>> {
+pub(super) fn token_hash(args: &TokenArgs) -> anyhow::Result<Option<TokenHash>> {
     if let Some(token) = &args.token {
         return Ok(Some(TokenHash::of_token(token).context("--token")?));
     }

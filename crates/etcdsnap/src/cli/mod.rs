@@ -6,6 +6,7 @@ mod commands;
 pub mod config_file;
 pub mod output;
 pub mod progress;
+pub mod restore;
 
 use args::{Cli, Command, LogFormat};
 use clap::{CommandFactory, Parser};
@@ -53,6 +54,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => commands::delete(a).await,
         Command::Prune(a) => commands::prune(a).await,
         Command::Verify(a) => commands::verify(a).await,
+        Command::Restore(a) => restore::restore(*a).await,
     }
 }
 
