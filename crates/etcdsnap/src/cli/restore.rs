@@ -308,7 +308,11 @@ fn print_report(r: &PreflightReport) {
         vec![
             "Target".into(),
             match &r.target.move_aside_to {
-                Some(aside) => format!("{} (moved aside to {})", r.target.data_dir.display(), aside.display()),
+                Some(aside) => format!(
+                    "{} (holds data: will be moved aside to {})",
+                    r.target.data_dir.display(),
+                    aside.display()
+                ),
                 None => format!(
                     "{} ({})",
                     r.target.data_dir.display(),

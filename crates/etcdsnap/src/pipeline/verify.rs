@@ -191,7 +191,11 @@ mod tests {
             assert_eq!(out, snap, "{compression}");
             assert!(check.trailer.is_valid());
             assert_eq!(check.stored_size, stored.len() as u64);
-            assert_eq!(check.stored_sha256, hex::encode(Sha256::digest(&stored)), "{compression}");
+            assert_eq!(
+                check.stored_sha256,
+                hex::encode(Sha256::digest(&stored)),
+                "{compression}"
+            );
         }
     }
 
