@@ -217,6 +217,8 @@ async fn every_format_restores_and_etcd_serves_the_keys() -> TestResult {
 async fn the_report_shows_everything_and_dry_run_touches_nothing() -> TestResult {
     let fx = Fixture::new(&["zstd"]).await?;
     let (parent, target) = occupied_target()?;
+    // What a killed restore leaves behind is pointed out, not deleted.
+    std::fs::create_dir(parent.path().join(".etcd.etcdsnap-restore-AbC123"))?;
     let before = tree(parent.path());
     let snapshots_before = tree(fx.data.path());
     let port = testenv::free_port()?;
@@ -267,6 +269,16 @@ async fn the_report_shows_everything_and_dry_run_touches_nothing() -> TestResult
     ] {
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
     }
+    let leftovers = r["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "leftovers"))
+        .ok_or("no leftovers check")?;
+    assert_eq!(leftovers["status"], "warn");
+    assert!(
+        leftovers["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("etcdsnap-restore-AbC123"))
+    );
     assert_eq!(tree(parent.path()), before, "dry run changed the target's parent");
     assert_eq!(
         tree(fx.data.path()),
@@ -640,6 +652,14 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
         "does not exist",
     )
     .await;
+    // An occupied directory that is not an etcd data directory is not moved aside.
+    std::fs::write(scratch.path().join("some-file"), "x")?;
+    refuse(restore_args(&path, scratch.path(), port), "not an etcd data directory").await;
+    // Nor one that holds the snapshot being restored.
+    let inside = target.join("member/backup.db");
+    std::fs::copy(fx.path("none"), &inside)?;
+    refuse(restore_args(&s(&inside), &target, port), "the snapshot is inside").await;
+    std::fs::remove_file(&inside)?;
     let mut bump = restore_args(&path, &target, port);
     bump.extend(["--bump-revision".into(), "10".into()]);
     refuse(bump, "--mark-compacted").await;

@@ -134,7 +134,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let mut progress = Some(ProgressLine::start(&format!("Checking {}", request.source.record.name)));
     let counter = progress.as_ref().map(ProgressLine::counter);
     let mut shown: Option<PreflightReport> = None;
-    let result = restore::restore(&request, counter, |report| {
+    let run = restore::restore(&request, counter, |report| {
         if let Some(p) = progress.take() {
             p.finish();
         }
@@ -142,8 +142,14 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             print_report(report);
         }
         shown = Some(report.clone());
-    })
-    .await;
+    });
+    // The swap is a few renames inside one poll of `run`: an interrupt can stop the restore
+    // before or after it, never half-way. Dropping `run` stops etcdutl and removes the working
+    // directory.
+    let result = tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted before the restored data was put in place: the data directory was not changed"),
+    };
     if let Some(p) = progress.take() {
         p.finish();
     }

@@ -39,6 +39,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use swap::Target;
 
+/// The working directory of a restore into `<parent>/<dir>` is `<parent>/.<dir><INFIX><random>`.
+const WORKSPACE_INFIX: &str = ".etcdsnap-restore-";
+
 /// Buffer of the temporary decompressed copy.
 const WRITE_BUF: usize = 1024 * 1024;
 
@@ -214,7 +217,7 @@ impl Workspace {
     fn create(target: &Target) -> std::io::Result<Workspace> {
         let mut prefix = OsString::from(".");
         prefix.push(&target.name);
-        prefix.push(".etcdsnap-restore-");
+        prefix.push(WORKSPACE_INFIX);
         // tempfile creates it with mode 0700.
         let dir = tempfile::Builder::new().prefix(&prefix).tempdir_in(&target.parent)?;
         Ok(Workspace { dir })

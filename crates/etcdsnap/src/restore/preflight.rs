@@ -257,7 +257,7 @@ pub(crate) async fn plan(input: PlanInput<'_>) -> Plan {
     check_metadata(&mut report, source);
     check_size(&mut report, source);
     check_token(&mut report, input.ignore_token_mismatch);
-    let target = check_target(&mut report, input.data_dir, input.now_unix);
+    let target = check_target(&mut report, input.data_dir, source.path(), input.now_unix);
     check_space(&mut report, source, target.as_ref(), materialise);
     let etcdutl = check_etcdutl(&mut report, input.etcdutl).await;
     check_versions(&mut report);
@@ -379,7 +379,12 @@ fn check_token(report: &mut PreflightReport, ignore_mismatch: bool) {
     report.push("token", status, detail, fix);
 }
 
-fn check_target(report: &mut PreflightReport, data_dir: &std::path::Path, now_unix: i64) -> Option<Target> {
+fn check_target(
+    report: &mut PreflightReport,
+    data_dir: &std::path::Path,
+    source_path: Option<&std::path::Path>,
+    now_unix: i64,
+) -> Option<Target> {
     use CheckStatus::*;
     let target = match Target::new(data_dir) {
         Ok(t) => t,
@@ -404,6 +409,16 @@ fn check_target(report: &mut PreflightReport, data_dir: &std::path::Path, now_un
             Pass,
             format!("{shown} is an empty directory; it will be replaced"),
             None,
+        ),
+        TargetState::Occupied if !target.path.join("member").is_dir() => (
+            Fail,
+            format!("{shown} holds files but is not an etcd data directory (it has no member/ directory)"),
+            Some("check --data-dir; if this directory really is to be replaced, move it away yourself first".into()),
+        ),
+        TargetState::Occupied if source_path.is_some_and(|p| p.starts_with(&target.path)) => (
+            Fail,
+            format!("the snapshot is inside {shown}, which would be moved aside"),
+            Some("copy or move the snapshot out of the data directory first".into()),
         ),
         TargetState::Occupied => {
             let aside = target.aside_path(now_unix);
@@ -436,8 +451,37 @@ fn check_target(report: &mut PreflightReport, data_dir: &std::path::Path, now_un
             )),
         ),
     };
+    let usable = state.is_usable() && status != Fail;
     report.push("target", status, detail, fix);
-    state.is_usable().then_some(target)
+    let leftovers = leftover_workspaces(&target);
+    if !leftovers.is_empty() {
+        let list: Vec<String> = leftovers.iter().map(|p| p.display().to_string()).collect();
+        report.push(
+            "leftovers",
+            Warn,
+            format!("working directories of an interrupted restore: {}", list.join(", ")),
+            Some(format!(
+                "remove them once no restore is running: rm -rf {}",
+                list.join(" ")
+            )),
+        );
+    }
+    usable.then_some(target)
+}
+
+/// Working directories an interrupted restore (killed, power loss) left beside the target.
+fn leftover_workspaces(target: &Target) -> Vec<PathBuf> {
+    let prefix = format!(".{}{}", target.name.to_string_lossy(), super::WORKSPACE_INFIX);
+    let Ok(entries) = std::fs::read_dir(&target.parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
 }
 
 fn check_space(report: &mut PreflightReport, source: &SnapshotSource, target: Option<&Target>, materialise: bool) {
