@@ -637,6 +637,15 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     let mut no_tool = restore_args(&path, &target, port);
     no_tool.extend(["--etcdutl".into(), s(&scratch.path().join("etcdutl"))]);
     refuse(no_tool, "--etcdutl").await;
+    // Found but broken: refused by the pre-flight (its restore run, already started for a
+    // plain file, is stopped and discarded).
+    let broken = scratch.path().join("broken-etcdutl");
+    std::fs::write(&broken, "#!/bin/sh\necho 'cannot execute' >&2\nexit 126\n")?;
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut broken_tool = restore_args(&path, &target, port);
+    broken_tool.extend(["--etcdutl".into(), s(&broken)]);
+    refuse(broken_tool, "`etcdutl version` failed").await;
+    std::fs::remove_file(&broken)?;
     // Not in PATH either.
     let mut args: Vec<&str> = vec!["restore", &path, "--data-dir"];
     let t = s(&target);

@@ -120,12 +120,15 @@ pub async fn restore(
         ignore_token_mismatch: req.ignore_token_mismatch,
         dry_run: req.dry_run,
         now_unix,
-    })
-    .await;
+    });
     let mut report = plan.report;
+    // `etcdutl version` (a Go program starting) runs alongside the pass over the bytes, not
+    // before it: its answer only goes into the report.
+    let version = etcdutl_version(plan.etcdutl.as_deref());
 
     if req.dry_run {
-        let result = verify_pass(&req.source, None, progress).await;
+        let (result, version) = tokio::join!(verify_pass(&req.source, None, progress), version);
+        preflight::add_etcdutl(&mut report, version);
         preflight::add_integrity(&mut report, result.map_err(|e| e.to_string()));
         emit(&report);
         return Ok(if report.ok {
@@ -134,8 +137,9 @@ pub async fn restore(
             RestoreOutcome::Refused(report)
         });
     }
-    let (Some(target), Some(etcdutl_bin), true) = (plan.target, plan.etcdutl, report.ok) else {
+    let (Some(target), Some(etcdutl_bin), true) = (plan.target, plan.etcdutl.clone(), report.ok) else {
         // Reading a large snapshot (or downloading it) only to refuse it anyway helps nobody.
+        preflight::add_etcdutl(&mut report, version.await);
         report.skip_integrity("not read: an earlier check failed");
         emit(&report);
         return Ok(RestoreOutcome::Refused(report));
@@ -144,6 +148,7 @@ pub async fn restore(
     let work = match Workspace::create(&target) {
         Ok(w) => w,
         Err(source) => {
+            preflight::add_etcdutl(&mut report, version.await);
             report.skip_integrity("not read: no working directory");
             emit(&report);
             return Err(RestoreError::Workspace {
@@ -154,25 +159,29 @@ pub async fn restore(
     };
     let staged = work.data_dir();
     let in_place = req.source.path().filter(|_| !plan.materialise).map(Path::to_path_buf);
-    let (result, running) = match &in_place {
+    let (result, version, running) = match &in_place {
         Some(path) => {
             // etcdutl builds into the private working directory while the bytes are checked;
             // its result is used only if every check passes.
             let running = match etcdutl::start(&etcdutl_bin, path, &staged, &req.member, &work.log_path()) {
                 Ok(r) => r,
                 Err(e) => {
+                    preflight::add_etcdutl(&mut report, version.await);
                     report.skip_integrity("not read: etcdutl could not be started");
                     emit(&report);
                     return Err(e.into());
                 }
             };
-            (verify_pass(&req.source, None, progress).await, Some(running))
+            let (result, version) = tokio::join!(verify_pass(&req.source, None, progress), version);
+            (result, version, Some(running))
         }
-        None => (
-            verify_pass(&req.source, Some(work.snapshot_path()), progress).await,
-            None,
-        ),
+        None => {
+            let pass = verify_pass(&req.source, Some(work.snapshot_path()), progress);
+            let (result, version) = tokio::join!(pass, version);
+            (result, version, None)
+        }
     };
+    preflight::add_etcdutl(&mut report, version);
     preflight::add_integrity(&mut report, result.map_err(|e| e.to_string()));
     emit(&report);
     if !report.ok {
@@ -204,6 +213,14 @@ pub async fn restore(
         installed,
         duration: started.elapsed(),
     })
+}
+
+/// `etcdutl version`, when etcdutl was found.
+async fn etcdutl_version(bin: Option<&Path>) -> Option<Result<String, EtcdutlError>> {
+    match bin {
+        Some(bin) => Some(etcdutl::version(bin).await),
+        None => None,
+    }
 }
 
 /// A private directory beside the target (same file system, so the result can be renamed into

@@ -198,8 +198,9 @@ pub(crate) struct PlanInput<'a> {
     pub now_unix: i64,
 }
 
-/// Runs every check that does not read the snapshot's bytes.
-pub(crate) async fn plan(input: PlanInput<'_>) -> Plan {
+/// Runs every check that neither reads the snapshot's bytes nor runs etcdutl (whose version is
+/// asked for while the bytes are read; see [`add_etcdutl`]).
+pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
     let source = input.source;
     let record = &source.record;
     let materialise = source.compression != Compression::None || source.path().is_none();
@@ -259,9 +260,8 @@ pub(crate) async fn plan(input: PlanInput<'_>) -> Plan {
     check_token(&mut report, input.ignore_token_mismatch);
     let target = check_target(&mut report, input.data_dir, source.path(), input.now_unix);
     check_space(&mut report, source, target.as_ref(), materialise);
-    let etcdutl = check_etcdutl(&mut report, input.etcdutl).await;
-    check_versions(&mut report);
     check_member(&mut report);
+    let etcdutl = locate_etcdutl(&mut report, input.etcdutl);
     Plan {
         report,
         target,
@@ -540,16 +540,28 @@ fn check_space(report: &mut PreflightReport, source: &SnapshotSource, target: Op
     }
 }
 
-async fn check_etcdutl(report: &mut PreflightReport, explicit: Option<&std::path::Path>) -> Option<PathBuf> {
-    let bin = match etcdutl::locate(explicit) {
-        Ok(b) => b,
+/// Finds etcdutl; a missing one fails the `etcdutl` check now, a found one is checked by
+/// [`add_etcdutl`] once its version is known.
+fn locate_etcdutl(report: &mut PreflightReport, explicit: Option<&std::path::Path>) -> Option<PathBuf> {
+    match etcdutl::locate(explicit) {
+        Ok(bin) => {
+            report.etcdutl.path = Some(bin.clone());
+            Some(bin)
+        }
         Err(e) => {
             report.push("etcdutl", CheckStatus::Fail, e.to_string(), None);
-            return None;
+            report.push("versions", CheckStatus::Skipped, "no etcdutl", None);
+            None
         }
-    };
-    report.etcdutl.path = Some(bin.clone());
-    match etcdutl::version(&bin).await {
+    }
+}
+
+/// Adds what `etcdutl version` said (None: etcdutl was not found, already reported): the
+/// `etcdutl` check and the comparison with the snapshot's etcd version.
+pub(crate) fn add_etcdutl(report: &mut PreflightReport, version: Option<Result<String, etcdutl::EtcdutlError>>) {
+    let Some(version) = version else { return };
+    let bin = report.etcdutl.path.clone().unwrap_or_default();
+    match version {
         Ok(v) => {
             report.push(
                 "etcdutl",
@@ -558,18 +570,15 @@ async fn check_etcdutl(report: &mut PreflightReport, explicit: Option<&std::path
                 None,
             );
             report.etcdutl.version = Some(v);
-            Some(bin)
         }
-        Err(e) => {
-            report.push(
-                "etcdutl",
-                CheckStatus::Fail,
-                e.to_string(),
-                Some("pass a working etcdutl with --etcdutl PATH".into()),
-            );
-            None
-        }
+        Err(e) => report.push(
+            "etcdutl",
+            CheckStatus::Fail,
+            e.to_string(),
+            Some("pass a working etcdutl with --etcdutl PATH".into()),
+        ),
     }
+    check_versions(report);
 }
 
 fn check_versions(report: &mut PreflightReport) {
