@@ -92,8 +92,6 @@ pub enum RestoreError {
     Incomplete(PathBuf),
     #[error(transparent)]
     Swap(#[from] SwapError),
-    #[error("restore stopped: {0}; the data directory was not touched")]
-    Internal(String),
 }
 
 /// Runs the restore. `on_report` receives the complete pre-flight report exactly once, before
