@@ -148,12 +148,8 @@ mod tests {
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1");
         assert!(v.subresources.is_none(), "K3s has no status subresource");
-        let columns: Vec<(String, String)> = v
-            .additional_printer_columns
-            .iter()
-            .flatten()
-            .map(|c| (c.name.clone(), c.json_path.clone()))
-            .collect();
+        let columns: Vec<(String, String)> =
+            v.additional_printer_columns.iter().flatten().map(|c| (c.name.clone(), c.json_path.clone())).collect();
         assert_eq!(
             columns,
             [
@@ -172,27 +168,14 @@ mod tests {
         let crd = crd();
         let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap_or_default();
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
-        let mut required: Vec<&str> = spec["required"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .collect();
+        let mut required: Vec<&str> =
+            spec["required"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
         required.sort();
         assert_eq!(required, ["location", "nodeName", "snapshotName"]);
         for f in ["snapshotName", "nodeName", "location", "metadata", "s3"] {
             assert!(spec["properties"][f].is_object(), "spec.{f} missing");
         }
-        for f in [
-            "endpoint",
-            "endpointCA",
-            "skipSSLVerify",
-            "bucket",
-            "bucketLookup",
-            "region",
-            "prefix",
-            "insecure",
-        ] {
+        for f in ["endpoint", "endpointCA", "skipSSLVerify", "bucket", "bucketLookup", "region", "prefix", "insecure"] {
             assert!(
                 spec["properties"]["s3"]["properties"][f].is_object(),
                 "spec.s3.{f} missing: {}",
@@ -209,10 +192,7 @@ mod tests {
     #[test]
     fn serialises_like_k3s() {
         let obj = ETCDSnapshotFile {
-            metadata: kube::api::ObjectMeta {
-                name: Some("local-x-abcdef".into()),
-                ..Default::default()
-            },
+            metadata: kube::api::ObjectMeta { name: Some("local-x-abcdef".into()), ..Default::default() },
             spec: ETCDSnapshotSpec {
                 snapshot_name: "x".into(),
                 node_name: "n".into(),

@@ -124,16 +124,9 @@ mod tests {
         );
         let back = LegacyEntry::parse(&e.to_json());
         assert_eq!(back.as_ref(), Some(&e));
+        assert_eq!(back.and_then(|b| b.extra_metadata()), Some(BTreeMap::from([("a".into(), "b".into())])));
         assert_eq!(
-            back.and_then(|b| b.extra_metadata()),
-            Some(BTreeMap::from([("a".into(), "b".into())]))
-        );
-        assert_eq!(
-            LegacyEntry {
-                name: "x".into(),
-                ..Default::default()
-            }
-            .to_json(),
+            LegacyEntry { name: "x".into(), ..Default::default() }.to_json(),
             r#"{"name":"x","compressed":false}"#
         );
     }

@@ -113,10 +113,7 @@ pub fn parse_stored_metadata(bytes: &[u8], expected_name: &str) -> Result<Stored
         let doc: MetadataDocument =
             serde_json::from_value(value).map_err(|e| MetadataError::InvalidDocument(e.to_string()))?;
         if doc.name != expected_name {
-            return Err(MetadataError::NameMismatch {
-                expected: expected_name.to_string(),
-                found: doc.name,
-            });
+            return Err(MetadataError::NameMismatch { expected: expected_name.to_string(), found: doc.name });
         }
         return Ok(StoredMetadata::Document(Box::new(doc)));
     }
@@ -168,24 +165,15 @@ mod tests {
         let text = String::from_utf8_lossy(&json);
         assert!(text.contains("\"apiVersion\":\"etcdsnap.io/v1\""), "{text}");
         assert!(text.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""), "{text}");
-        assert_eq!(
-            parse_stored_metadata(&json, "a-n1-1700000000.zst"),
-            Ok(StoredMetadata::Document(Box::new(d)))
-        );
+        assert_eq!(parse_stored_metadata(&json, "a-n1-1700000000.zst"), Ok(StoredMetadata::Document(Box::new(d))));
     }
 
     #[test]
     fn k3s_string_maps_are_extra_metadata() {
         let parsed = parse_stored_metadata(br#"{"rancher":"yes","x":"1"}"#, "any");
-        let expected = BTreeMap::from([
-            ("rancher".to_string(), "yes".to_string()),
-            ("x".to_string(), "1".to_string()),
-        ]);
+        let expected = BTreeMap::from([("rancher".to_string(), "yes".to_string()), ("x".to_string(), "1".to_string())]);
         assert_eq!(parsed, Ok(StoredMetadata::ExtraMetadata(expected)));
-        assert_eq!(
-            parse_stored_metadata(b"{}", "any"),
-            Ok(StoredMetadata::ExtraMetadata(BTreeMap::new()))
-        );
+        assert_eq!(parse_stored_metadata(b"{}", "any"), Ok(StoredMetadata::ExtraMetadata(BTreeMap::new())));
     }
 
     #[test]
@@ -194,32 +182,14 @@ mod tests {
             parse_stored_metadata(&vec![b' '; MAX_METADATA_BYTES + 1], "a"),
             Err(MetadataError::TooLarge(_))
         ));
-        assert!(matches!(
-            parse_stored_metadata(b"not json", "a"),
-            Err(MetadataError::NotJson(_))
-        ));
-        assert!(matches!(
-            parse_stored_metadata(b"[1,2]", "a"),
-            Err(MetadataError::UnknownFormat)
-        ));
-        assert!(matches!(
-            parse_stored_metadata(br#"{"a":{"b":1}}"#, "a"),
-            Err(MetadataError::UnknownFormat)
-        ));
+        assert!(matches!(parse_stored_metadata(b"not json", "a"), Err(MetadataError::NotJson(_))));
+        assert!(matches!(parse_stored_metadata(b"[1,2]", "a"), Err(MetadataError::UnknownFormat)));
+        assert!(matches!(parse_stored_metadata(br#"{"a":{"b":1}}"#, "a"), Err(MetadataError::UnknownFormat)));
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(matches!(
-            parse_stored_metadata(deep.as_bytes(), "a"),
-            Err(MetadataError::NotJson(_))
-        ));
+        assert!(matches!(parse_stored_metadata(deep.as_bytes(), "a"), Err(MetadataError::NotJson(_))));
         let lying = doc("other-name").to_json();
-        assert!(matches!(
-            parse_stored_metadata(&lying, "a"),
-            Err(MetadataError::NameMismatch { .. })
-        ));
+        assert!(matches!(parse_stored_metadata(&lying, "a"), Err(MetadataError::NameMismatch { .. })));
         let bad = br#"{"apiVersion":"etcdsnap.io/v1","name":"a"}"#;
-        assert!(matches!(
-            parse_stored_metadata(bad, "a"),
-            Err(MetadataError::InvalidDocument(_))
-        ));
+        assert!(matches!(parse_stored_metadata(bad, "a"), Err(MetadataError::InvalidDocument(_))));
     }
 }

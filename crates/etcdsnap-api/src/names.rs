@@ -155,9 +155,7 @@ fn truncate_for_display(s: &str) -> String {
 }
 
 fn strip_compression_extension(name: &str) -> &str {
-    name.strip_suffix(".zip")
-        .or_else(|| name.strip_suffix(".zst"))
-        .unwrap_or(name)
+    name.strip_suffix(".zip").or_else(|| name.strip_suffix(".zst")).unwrap_or(name)
 }
 
 /// `<base>-<node>-<unix>` plus the compression extension: the K3s file name scheme.
@@ -191,8 +189,7 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     s.split('.').all(|label| {
         let b = label.as_bytes();
         !b.is_empty()
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
             && b[0] != b'-'
             && b[b.len() - 1] != b'-'
     })
@@ -258,16 +255,8 @@ pub fn cr_name(input: CrNameInput<'_>) -> String {
 /// K3s's legacy ConfigMap key (also its identity for matching files to CRs): `local-|s3-` + the
 /// file name with every character outside `[-._a-zA-Z0-9]` replaced by `_`.
 pub fn configmap_key(name: &str, storage: StorageKind) -> String {
-    let sanitized: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let sanitized: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') { c } else { '_' }).collect();
     format!("{}{sanitized}", storage.prefix())
 }
 
@@ -382,14 +371,8 @@ mod tests {
 
     #[test]
     fn configmap_keys_replace_invalid_characters_and_keep_case() {
-        assert_eq!(
-            configmap_key("on-demand-n1-1700000000", StorageKind::Local),
-            "local-on-demand-n1-1700000000"
-        );
-        assert_eq!(
-            configmap_key("PRUNE_TEST-x:y z-1", StorageKind::S3),
-            "s3-PRUNE_TEST-x_y_z-1"
-        );
+        assert_eq!(configmap_key("on-demand-n1-1700000000", StorageKind::Local), "local-on-demand-n1-1700000000");
+        assert_eq!(configmap_key("PRUNE_TEST-x:y z-1", StorageKind::S3), "s3-PRUNE_TEST-x_y_z-1");
         assert_eq!(configmap_key("a.zip", StorageKind::Local), "local-a.zip");
         assert_eq!(configmap_key("é", StorageKind::Local), "local-_");
     }
@@ -397,14 +380,8 @@ mod tests {
     #[test]
     fn timestamps_come_from_the_last_dash() {
         assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000"), Some(1700000000));
-        assert_eq!(
-            timestamp_from_name("etcd-snapshot-node-1-1700000000.zip"),
-            Some(1700000000)
-        );
-        assert_eq!(
-            timestamp_from_name("etcd-snapshot-node-1-1700000000.zst"),
-            Some(1700000000)
-        );
+        assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000.zip"), Some(1700000000));
+        assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000.zst"), Some(1700000000));
         assert_eq!(timestamp_from_name("no-timestamp-here"), None);
         assert_eq!(timestamp_from_name("nodash"), None);
         assert_eq!(timestamp_from_name("x-"), None);
@@ -416,14 +393,8 @@ mod tests {
             snapshot_file_name("on-demand", "node1", 1700000000, Compression::None),
             "on-demand-node1-1700000000"
         );
-        assert_eq!(
-            snapshot_file_name("etcd-snapshot", "n", 5, Compression::Zip),
-            "etcd-snapshot-n-5.zip"
-        );
-        assert_eq!(
-            snapshot_file_name("etcd-snapshot", "n", 5, Compression::Zstd),
-            "etcd-snapshot-n-5.zst"
-        );
+        assert_eq!(snapshot_file_name("etcd-snapshot", "n", 5, Compression::Zip), "etcd-snapshot-n-5.zip");
+        assert_eq!(snapshot_file_name("etcd-snapshot", "n", 5, Compression::Zstd), "etcd-snapshot-n-5.zst");
     }
 
     #[test]
@@ -449,24 +420,10 @@ mod tests {
     fn snapshot_names_must_be_plain_file_names() {
         assert!(SnapshotName::parse("on-demand-n-1").is_ok());
         assert!(SnapshotName::parse("a.zip").is_ok());
-        for bad in [
-            "",
-            "../etc/passwd",
-            "a/b",
-            "..",
-            ".",
-            ".metadata",
-            "x.part",
-            "a\\b",
-            "a\nb",
-            "a\0b",
-        ] {
+        for bad in ["", "../etc/passwd", "a/b", "..", ".", ".metadata", "x.part", "a\\b", "a\nb", "a\0b"] {
             assert!(SnapshotName::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(matches!(
-            SnapshotName::parse(&"x".repeat(256)),
-            Err(NameError::TooLong(_))
-        ));
+        assert!(matches!(SnapshotName::parse(&"x".repeat(256)), Err(NameError::TooLong(_))));
         assert!(matches!(SnapshotName::parse("../x"), Err(NameError::NotABasename(_))));
     }
 

@@ -100,10 +100,7 @@ mod tests {
     #[test]
     fn k3s_test_vectors() {
         assert_eq!(hash("mysecret").as_deref(), Ok("652c7dc687d9"));
-        assert_eq!(
-            hash(&format!("K10{CA}::server:mysecret")).as_deref(),
-            Ok("652c7dc687d9")
-        );
+        assert_eq!(hash(&format!("K10{CA}::server:mysecret")).as_deref(), Ok("652c7dc687d9"));
         assert_eq!(hash("mysecret\n").as_deref(), Ok("652c7dc687d9"));
         assert_eq!(hash("K10::server:mysecret").as_deref(), Ok("652c7dc687d9"));
     }

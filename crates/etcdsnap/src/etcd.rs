@@ -131,10 +131,7 @@ impl EtcdConfig {
 
     /// A gRPC channel to one endpoint, with large flow-control windows.
     async fn channel(&self, endpoint: &str) -> Result<tonic::transport::Channel, EtcdError> {
-        let unreachable = |message: String| EtcdError::Unreachable {
-            endpoint: endpoint.to_string(),
-            message,
-        };
+        let unreachable = |message: String| EtcdError::Unreachable { endpoint: endpoint.to_string(), message };
         let url = if endpoint.contains("://") {
             endpoint.to_string()
         } else if self.tls_options(endpoint)?.is_some() {
@@ -152,9 +149,7 @@ impl EtcdConfig {
             .initial_connection_window_size(CONNECTION_WINDOW);
         if let Some(tls) = self.tls_options(&url)? {
             if !url.starts_with("https://") {
-                return Err(unreachable(
-                    "TLS settings (--cacert/--cert/--key) need an https:// endpoint".into(),
-                ));
+                return Err(unreachable("TLS settings (--cacert/--cert/--key) need an https:// endpoint".into()));
             }
             builder = builder.tls_config(tls).map_err(|e| unreachable(describe_error(&e)))?;
         }
@@ -199,26 +194,15 @@ impl EtcdConfig {
         let channel = self.channel(endpoint).await?;
         let client = Client::from_channel(etcd_client::Channel::Tonic(channel), Some(ConnectOptions::new()))
             .await
-            .map_err(|e| EtcdError::Unreachable {
-                endpoint: endpoint.to_string(),
-                message: describe_error(&e),
-            })?;
-        let mut member = EtcdMember {
-            client,
-            endpoint: endpoint.to_string(),
-            config: self.clone(),
-        };
+            .map_err(|e| EtcdError::Unreachable { endpoint: endpoint.to_string(), message: describe_error(&e) })?;
+        let mut member = EtcdMember { client, endpoint: endpoint.to_string(), config: self.clone() };
         let status = member.status().await?;
         Ok((member, status))
     }
 }
 
 fn read_pem(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, EtcdError> {
-    std::fs::read(path).map_err(|source| EtcdError::ReadTls {
-        what,
-        path: path.clone(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| EtcdError::ReadTls { what, path: path.clone(), source })
 }
 
 /// tonic's errors nest the useful part (refused, certificate unknown...) in their sources.
@@ -244,20 +228,14 @@ impl EtcdMember {
     /// The member's Status, within the command timeout.
     pub async fn status(&mut self) -> Result<MemberStatus, EtcdError> {
         let endpoint = self.endpoint.clone();
-        let unreachable = |message: String| EtcdError::Unreachable {
-            endpoint: endpoint.clone(),
-            message,
-        };
+        let unreachable = |message: String| EtcdError::Unreachable { endpoint: endpoint.clone(), message };
         let resp = tokio::time::timeout(self.config.command_timeout, self.client.status())
             .await
             .map_err(|_| unreachable(format!("no Status answer within {:?}", self.config.command_timeout)))?
             .map_err(|e| unreachable(describe_error(&e)))?;
         let header = resp.header();
         if !resp.errors().is_empty() {
-            return Err(EtcdError::Unhealthy {
-                endpoint: self.endpoint.clone(),
-                errors: resp.errors().join("; "),
-            });
+            return Err(EtcdError::Unhealthy { endpoint: self.endpoint.clone(), errors: resp.errors().join("; ") });
         }
         Ok(MemberStatus {
             endpoint: self.endpoint.clone(),
@@ -281,10 +259,7 @@ impl EtcdMember {
                 endpoint: endpoint.clone(),
                 seconds: self.config.command_timeout.as_secs(),
             })?
-            .map_err(|e| EtcdError::Stream {
-                endpoint: endpoint.clone(),
-                message: describe_error(&e),
-            })?;
+            .map_err(|e| EtcdError::Stream { endpoint: endpoint.clone(), message: describe_error(&e) })?;
         Ok(SnapshotStream {
             inner: stream,
             endpoint,
@@ -312,14 +287,8 @@ impl SnapshotStream {
         let endpoint = self.endpoint.clone();
         let msg = tokio::time::timeout(self.idle_timeout, self.inner.message())
             .await
-            .map_err(|_| EtcdError::Stalled {
-                endpoint: endpoint.clone(),
-                seconds: self.idle_timeout.as_secs(),
-            })?
-            .map_err(|e| EtcdError::Stream {
-                endpoint: endpoint.clone(),
-                message: describe_error(&e),
-            })?;
+            .map_err(|_| EtcdError::Stalled { endpoint: endpoint.clone(), seconds: self.idle_timeout.as_secs() })?
+            .map_err(|e| EtcdError::Stream { endpoint: endpoint.clone(), message: describe_error(&e) })?;
         match msg {
             Some(mut resp) => {
                 self.remaining = Some(resp.remaining_bytes());
@@ -334,10 +303,7 @@ impl SnapshotStream {
                     endpoint,
                     message: format!("stream ended with {n} bytes still announced (truncated)"),
                 }),
-                None => Err(EtcdError::Stream {
-                    endpoint,
-                    message: "stream ended before any data".into(),
-                }),
+                None => Err(EtcdError::Stream { endpoint, message: "stream ended before any data".into() }),
             },
         }
     }

@@ -122,17 +122,12 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         if !taken {
             break;
         }
-        created_at = created_at
-            .checked_add(jiff::SignedDuration::from_secs(1))
-            .unwrap_or(created_at);
+        created_at = created_at.checked_add(jiff::SignedDuration::from_secs(1)).unwrap_or(created_at);
     }
 
     let failed_everywhere = |message: String| SaveReport {
         name: name.clone(),
-        records: stores
-            .iter()
-            .map(|s| failed_record(ctx, &name, s.kind(), created_at, &message))
-            .collect(),
+        records: stores.iter().map(|s| failed_record(ctx, &name, s.kind(), created_at, &message)).collect(),
         member: None,
         raw_size: 0,
         duration: started.elapsed(),
@@ -167,13 +162,7 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         }
     }
     if sinks.is_empty() {
-        return Ok(SaveReport {
-            name,
-            records,
-            member: Some(status),
-            raw_size: 0,
-            duration: started.elapsed(),
-        });
+        return Ok(SaveReport { name, records, member: Some(status), raw_size: 0, duration: started.elapsed() });
     }
 
     let stream = match member.snapshot().await {
@@ -184,13 +173,7 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
                 sink.abort().await;
                 records.push(failed_record(ctx, &name, kind, created_at, &e.to_string()));
             }
-            return Ok(SaveReport {
-                name,
-                records,
-                member: Some(status),
-                raw_size: 0,
-                duration: started.elapsed(),
-            });
+            return Ok(SaveReport { name, records, member: Some(status), raw_size: 0, duration: started.elapsed() });
         }
     };
     let spec = EncodeSpec {
@@ -205,18 +188,8 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         Ok(o) => o,
         Err(e) => {
             let message = e.to_string();
-            records.extend(
-                kinds
-                    .into_iter()
-                    .map(|k| failed_record(ctx, &name, k, created_at, &message)),
-            );
-            return Ok(SaveReport {
-                name,
-                records,
-                member: Some(status),
-                raw_size: 0,
-                duration: started.elapsed(),
-            });
+            records.extend(kinds.into_iter().map(|k| failed_record(ctx, &name, k, created_at, &message)));
+            return Ok(SaveReport { name, records, member: Some(status), raw_size: 0, duration: started.elapsed() });
         }
     };
 
@@ -251,13 +224,8 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         }
     }
     records.sort_by_key(|r| r.storage == StorageKind::S3);
-    let report = SaveReport {
-        name,
-        records,
-        member: Some(status),
-        raw_size: output.raw_size,
-        duration: started.elapsed(),
-    };
+    let report =
+        SaveReport { name, records, member: Some(status), raw_size: output.raw_size, duration: started.elapsed() };
     Ok(report)
 }
 
@@ -276,9 +244,7 @@ fn failed_record(
         location: String::new(),
         created_at,
         size: 0,
-        outcome: Outcome::Failed {
-            message: message.to_string(),
-        },
+        outcome: Outcome::Failed { message: message.to_string() },
         compression: name.compression(),
         sha256: None,
         etcd: None,
@@ -365,12 +331,9 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
     let mut report = PruneReport::default();
     for store in ctx.stores() {
         let policy = match store.kind() {
-            StorageKind::Local => RetentionPolicy {
-                base: opts.base_name.clone(),
-                keep: opts.keep_local,
-                node: None,
-                cluster_id: None,
-            },
+            StorageKind::Local => {
+                RetentionPolicy { base: opts.base_name.clone(), keep: opts.keep_local, node: None, cluster_id: None }
+            }
             StorageKind::S3 => {
                 let Some(cluster) = ctx.cluster_id.clone() else {
                     report.errors.push(format!(
@@ -400,9 +363,7 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
                     tracing::info!(snapshot = %name, store = %store.describe(), "removed by retention");
                     report.deleted.push((store.kind(), name));
                 }
-                Err(e) => report
-                    .errors
-                    .push(format!("{}: deleting {name}: {e}", store.describe())),
+                Err(e) => report.errors.push(format!("{}: deleting {name}: {e}", store.describe())),
             }
         }
     }
@@ -430,11 +391,7 @@ pub async fn verify_record(
     record: &SnapshotRecord,
     progress: Option<Progress>,
 ) -> VerifyResult {
-    let mut result = VerifyResult {
-        record: record.clone(),
-        check: None,
-        problems: Vec::new(),
-    };
+    let mut result = VerifyResult { record: record.clone(), check: None, problems: Vec::new() };
     let reader = match store.open(&record.name).await {
         Ok(r) => r,
         Err(e) => {
@@ -446,10 +403,7 @@ pub async fn verify_record(
         p.set_total(reader.size);
     }
     let compression = record.name.compression();
-    let counted = CountingReader {
-        inner: reader.reader,
-        progress,
-    };
+    let counted = CountingReader { inner: reader.reader, progress };
     let check = tokio::task::spawn_blocking(move || {
         let bridge = tokio_util::io::SyncIoBridge::new(counted);
         verify_reader(bridge, compression)
@@ -469,16 +423,12 @@ pub async fn verify_record(
     if let Some(expected) = &record.sha256
         && expected != &check.stored_sha256
     {
-        result.problems.push(format!(
-            "sha256 mismatch: recorded {expected}, stored bytes hash to {}",
-            check.stored_sha256
-        ));
+        result
+            .problems
+            .push(format!("sha256 mismatch: recorded {expected}, stored bytes hash to {}", check.stored_sha256));
     }
     if record.metadata_source == MetadataSource::Document && record.size != check.stored_size {
-        result.problems.push(format!(
-            "size mismatch: recorded {} bytes, read {}",
-            record.size, check.stored_size
-        ));
+        result.problems.push(format!("size mismatch: recorded {} bytes, read {}", record.size, check.stored_size));
     }
     if let Some(p) = check.trailer.problem() {
         result.problems.push(p);

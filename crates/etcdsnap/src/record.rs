@@ -152,21 +152,13 @@ impl SnapshotRecord {
         if self.is_ready() {
             annotations.insert(ANNOTATION_COMPRESSION.to_string(), self.compression.to_string());
         }
-        annotations.insert(
-            ANNOTATION_MANAGED_BY.to_string(),
-            format!("etcdsnap/{}", env!("CARGO_PKG_VERSION")),
-        );
+        annotations.insert(ANNOTATION_MANAGED_BY.to_string(), format!("etcdsnap/{}", env!("CARGO_PKG_VERSION")));
         let created = Time(self.created_at);
         let (ready, error, size) = match &self.outcome {
             Outcome::Ready => (true, None, self.size),
-            Outcome::Failed { message } => (
-                false,
-                Some(ETCDSnapshotError {
-                    time: Some(created.clone()),
-                    message: Some(message.clone()),
-                }),
-                0,
-            ),
+            Outcome::Failed { message } => {
+                (false, Some(ETCDSnapshotError { time: Some(created.clone()), message: Some(message.clone()) }), 0)
+            }
         };
         ETCDSnapshotFile {
             metadata: ObjectMeta {
@@ -177,11 +169,7 @@ impl SnapshotRecord {
             },
             spec: ETCDSnapshotSpec {
                 snapshot_name: self.name.to_string(),
-                node_name: if self.node_name.is_empty() {
-                    S3_STORAGE_NODE.into()
-                } else {
-                    self.node_name.clone()
-                },
+                node_name: if self.node_name.is_empty() { S3_STORAGE_NODE.into() } else { self.node_name.clone() },
                 location: self.location.clone(),
                 metadata: self.extra_metadata.clone().filter(|m| !m.is_empty()),
                 s3: self.s3.clone(),
@@ -199,11 +187,7 @@ impl SnapshotRecord {
     /// valid file name (such a resource is never matched to storage).
     pub fn from_resource(cr: &ETCDSnapshotFile) -> Option<SnapshotRecord> {
         let name = SnapshotName::parse(&cr.spec.snapshot_name).ok()?;
-        let storage = if cr.spec.s3.is_some() {
-            StorageKind::S3
-        } else {
-            StorageKind::Local
-        };
+        let storage = if cr.spec.s3.is_some() { StorageKind::S3 } else { StorageKind::Local };
         let status = cr.status.clone().unwrap_or_default();
         let annotations = cr.metadata.annotations.clone().unwrap_or_default();
         let error_time = status.error.as_ref().and_then(|e| e.time.clone());
@@ -215,10 +199,7 @@ impl SnapshotRecord {
         let outcome = if status.ready_to_use == Some(true) {
             Outcome::Ready
         } else {
-            let message = status
-                .error
-                .and_then(|e| e.message)
-                .unwrap_or_else(|| "etcd snapshot failed".into());
+            let message = status.error.and_then(|e| e.message).unwrap_or_else(|| "etcd snapshot failed".into());
             Outcome::Failed { message }
         };
         let size = status.size.and_then(|q| q.0.parse::<u64>().ok()).unwrap_or_default();
@@ -243,9 +224,7 @@ impl SnapshotRecord {
             outcome,
             sha256: annotations.get(ANNOTATION_SHA256).cloned(),
             etcd,
-            token_hash: annotations
-                .get(ANNOTATION_TOKEN_HASH)
-                .and_then(|h| TokenHash::parse_recorded(h)),
+            token_hash: annotations.get(ANNOTATION_TOKEN_HASH).and_then(|h| TokenHash::parse_recorded(h)),
             cluster_id: None,
             s3: cr.spec.s3.clone(),
             extra_metadata: cr.spec.metadata.clone(),
@@ -262,11 +241,7 @@ impl SnapshotRecord {
         LegacyEntry {
             name: self.name.to_string(),
             location: self.location.clone(),
-            metadata: self
-                .extra_metadata
-                .as_ref()
-                .map(LegacyEntry::encode_metadata)
-                .unwrap_or_default(),
+            metadata: self.extra_metadata.as_ref().map(LegacyEntry::encode_metadata).unwrap_or_default(),
             message,
             node_name: self.storage_node().to_string(),
             created_at: jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", self.created_at).unwrap_or_default(),
@@ -292,10 +267,7 @@ impl SnapshotRecord {
 pub(crate) fn test_record(name: &str, node: &str) -> SnapshotRecord {
     let name = SnapshotName::parse(name).unwrap_or_else(|e| panic!("{e}"));
     SnapshotRecord {
-        created_at: name
-            .timestamp()
-            .and_then(|s| jiff::Timestamp::from_second(s).ok())
-            .unwrap_or_default(),
+        created_at: name.timestamp().and_then(|s| jiff::Timestamp::from_second(s).ok()).unwrap_or_default(),
         compression: name.compression(),
         location: format!("file:///snapshots/{name}"),
         name,
@@ -325,10 +297,7 @@ mod tests {
         r.token_hash = TokenHash::parse_recorded("652c7dc687d9");
         r.sha256 = Some("ab".repeat(32));
         let cr = r.to_resource();
-        assert_eq!(
-            cr.metadata.name.as_deref(),
-            Some("local-on-demand-k3s-server-1-1730308816-3e9290")
-        );
+        assert_eq!(cr.metadata.name.as_deref(), Some("local-on-demand-k3s-server-1-1730308816-3e9290"));
         let labels = cr.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels.get(LABEL_STORAGE_NODE).map(String::as_str), Some("k3s-server-1"));
         let ann = cr.metadata.annotations.clone().unwrap_or_default();
@@ -350,31 +319,15 @@ mod tests {
         let mut r = test_record("on-demand-k3s-server-1-1730308816", "k3s-server-1");
         r.storage = StorageKind::S3;
         r.location = "s3://etcd/k3s-test/on-demand-k3s-server-1-1730308816".into();
-        r.s3 = Some(ETCDSnapshotS3 {
-            bucket: Some("etcd".into()),
-            prefix: Some("k3s-test".into()),
-            ..Default::default()
-        });
+        r.s3 =
+            Some(ETCDSnapshotS3 { bucket: Some("etcd".into()), prefix: Some("k3s-test".into()), ..Default::default() });
         let cr = r.to_resource();
-        assert_eq!(
-            cr.metadata.name.as_deref(),
-            Some("s3-on-demand-k3s-server-1-1730308816-3b38ed")
-        );
-        assert_eq!(
-            cr.metadata
-                .labels
-                .unwrap_or_default()
-                .get(LABEL_STORAGE_NODE)
-                .map(String::as_str),
-            Some("s3")
-        );
+        assert_eq!(cr.metadata.name.as_deref(), Some("s3-on-demand-k3s-server-1-1730308816-3b38ed"));
+        assert_eq!(cr.metadata.labels.unwrap_or_default().get(LABEL_STORAGE_NODE).map(String::as_str), Some("s3"));
         assert_eq!(cr.spec.node_name, "k3s-server-1");
         r.node_name.clear();
         let cr = r.to_resource();
-        assert_eq!(
-            cr.metadata.name.as_deref(),
-            Some("s3-on-demand-k3s-server-1-1730308816-79b15c")
-        );
+        assert_eq!(cr.metadata.name.as_deref(), Some("s3-on-demand-k3s-server-1-1730308816-79b15c"));
         assert_eq!(cr.spec.node_name, "s3");
         let back = SnapshotRecord::from_resource(&cr).unwrap_or_else(|| panic!("no record"));
         assert_eq!(back.node_name, "");
@@ -385,21 +338,13 @@ mod tests {
     fn failures_become_failed_resources_and_entries() {
         let mut r = test_record("etcd-snapshot-server1-1700000000", "server1");
         r.location.clear();
-        r.outcome = Outcome::Failed {
-            message: "etcd unreachable".into(),
-        };
+        r.outcome = Outcome::Failed { message: "etcd unreachable".into() };
         let cr = r.to_resource();
-        assert_eq!(
-            cr.metadata.name.as_deref(),
-            Some("local-etcd-snapshot-server1-1700000000-7f409b")
-        );
+        assert_eq!(cr.metadata.name.as_deref(), Some("local-etcd-snapshot-server1-1700000000-7f409b"));
         let status = cr.status.clone().unwrap_or_default();
         assert_eq!(status.ready_to_use, Some(false));
         assert_eq!(status.size, Some(Quantity("0".into())));
-        assert_eq!(
-            status.error.and_then(|e| e.message).as_deref(),
-            Some("etcd unreachable")
-        );
+        assert_eq!(status.error.and_then(|e| e.message).as_deref(), Some("etcd unreachable"));
         let back = SnapshotRecord::from_resource(&cr).unwrap_or_else(|| panic!("no record"));
         assert_eq!(back.outcome, r.outcome);
         let entry = r.to_legacy_entry();
@@ -411,11 +356,7 @@ mod tests {
     fn documents_round_trip_through_records() {
         let mut r = test_record("a-n-1700000000.zst", "n");
         r.sha256 = Some("cd".repeat(32));
-        r.etcd = Some(EtcdInfo {
-            revision: 9,
-            version: "3.6.16".into(),
-            ..Default::default()
-        });
+        r.etcd = Some(EtcdInfo { revision: 9, version: "3.6.16".into(), ..Default::default() });
         r.extra_metadata = Some(BTreeMap::from([("k".into(), "v".into())]));
         let doc = r.to_document();
         let mut bare = test_record("a-n-1700000000.zst", "");

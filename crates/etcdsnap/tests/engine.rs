@@ -35,15 +35,10 @@ async fn save_list_verify_every_compression() -> TestResult {
     let data = tempfile::tempdir()?;
     let data_dir = data.path().join("state");
     let endpoints = etcd.endpoints().join(",");
-    let env = [
-        ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
-        ("ETCDSNAP_NODE_NAME", "node-1"),
-    ];
+    let env = [("ETCDSNAP_ENDPOINTS", endpoints.as_str()), ("ETCDSNAP_NODE_NAME", "node-1")];
     let dd = data_dir.to_string_lossy().to_string();
     for compress in ["none", "zstd", "zip"] {
-        let out = run(&["save", "--data-dir", &dd, "--compress", compress], &env)
-            .await
-            .expect_ok();
+        let out = run(&["save", "--data-dir", &dd, "--compress", compress], &env).await.expect_ok();
         assert!(out.stdout.contains("saved to file://"), "{}", out.stdout);
     }
     let snapdir = data_dir.join("snapshots");
@@ -59,10 +54,7 @@ async fn save_list_verify_every_compression() -> TestResult {
         assert!(f.starts_with("on-demand-node-1-"), "{f}");
     }
 
-    let listed = run(&["ls", "--data-dir", &dd, "-o", "json"], &env)
-        .await
-        .expect_ok()
-        .json();
+    let listed = run(&["ls", "--data-dir", &dd, "-o", "json"], &env).await.expect_ok().json();
     assert_eq!(listed["kind"], "List");
     let items = listed["items"].as_array().ok_or("no items")?;
     assert_eq!(items.len(), 3);
@@ -70,25 +62,13 @@ async fn save_list_verify_every_compression() -> TestResult {
         assert_eq!(item["apiVersion"], "k3s.cattle.io/v1");
         assert_eq!(item["kind"], "ETCDSnapshotFile");
         assert_eq!(item["spec"]["nodeName"], "node-1");
-        assert!(
-            item["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("local-on-demand-node-1-")
-        );
-        assert!(
-            item["spec"]["location"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("file:///")
-        );
+        assert!(item["metadata"]["name"].as_str().unwrap_or_default().starts_with("local-on-demand-node-1-"));
+        assert!(item["spec"]["location"].as_str().unwrap_or_default().starts_with("file:///"));
         assert_eq!(item["status"]["readyToUse"], true);
         let annotations = &item["metadata"]["annotations"];
         assert_eq!(annotations["etcdsnap.io/sha256"].as_str().map(str::len), Some(64));
         assert!(
-            annotations["etcdsnap.io/etcd-revision"]
-                .as_str()
-                .is_some_and(|r| r.parse::<i64>().is_ok_and(|r| r > 500))
+            annotations["etcdsnap.io/etcd-revision"].as_str().is_some_and(|r| r.parse::<i64>().is_ok_and(|r| r > 500))
         );
     }
     let table = run(&["ls", "--data-dir", &dd], &env).await.expect_ok();
@@ -143,11 +123,7 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
     let data = tempfile::tempdir()?;
     let dd = data.path().to_string_lossy().to_string();
     let endpoints = etcd.endpoints().join(",");
-    let (ca, cert, key) = (
-        tls.ca.to_string_lossy(),
-        tls.cert.to_string_lossy(),
-        tls.key.to_string_lossy(),
-    );
+    let (ca, cert, key) = (tls.ca.to_string_lossy(), tls.cert.to_string_lossy(), tls.key.to_string_lossy());
     let args = [
         "save",
         "--data-dir",
@@ -166,9 +142,7 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
         "zstd",
     ];
     run(&args, &[]).await.expect_ok();
-    run(&["verify", "--data-dir", &dd, "--node-name", "cp-1"], &[])
-        .await
-        .expect_ok();
+    run(&["verify", "--data-dir", &dd, "--node-name", "cp-1"], &[]).await.expect_ok();
 
     // A client certificate from another CA is refused by etcd, and nothing is published.
     let other = testenv::Pki::new("other", &data.path().join("other-pki"))?;
@@ -213,20 +187,15 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
         "3s",
     ];
     run(&bad, &[]).await.expect_fail();
-    let published: Vec<_> = files_in(&data.path().join("snapshots"))
-        .into_iter()
-        .filter(|f| !f.starts_with('.'))
-        .collect();
+    let published: Vec<_> =
+        files_in(&data.path().join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
     assert_eq!(published.len(), 1, "{published:?}");
     Ok(())
 }
 
 /// A snapshot directory with nothing published and no leftovers.
 fn assert_nothing_published(dir: &Path) {
-    let files: Vec<_> = files_in(&dir.join("snapshots"))
-        .into_iter()
-        .filter(|f| f != ".etcdsnap.lock")
-        .collect();
+    let files: Vec<_> = files_in(&dir.join("snapshots")).into_iter().filter(|f| f != ".etcdsnap.lock").collect();
     assert!(files.is_empty(), "published or left over: {files:?}");
     assert!(files_in(&dir.join(".metadata")).is_empty());
 }
@@ -247,17 +216,7 @@ async fn corrupt_and_truncated_streams_publish_nothing() -> TestResult {
         let dd = data.path().to_string_lossy().to_string();
         proxy.set_fault(fault);
         let out = run(
-            &[
-                "save",
-                "--data-dir",
-                &dd,
-                "--node-name",
-                "n1",
-                "--endpoints",
-                &endpoint,
-                "--command-timeout",
-                "5s",
-            ],
+            &["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &endpoint, "--command-timeout", "5s"],
             &[],
         )
         .await;
@@ -266,12 +225,7 @@ async fn corrupt_and_truncated_streams_publish_nothing() -> TestResult {
         assert!(out.stderr.contains(what), "expected {what:?}: {}", out.stderr);
         assert_nothing_published(data.path());
         // The same path works once the network is healthy again.
-        run(
-            &["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &endpoint],
-            &[],
-        )
-        .await
-        .expect_ok();
+        run(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &endpoint], &[]).await.expect_ok();
     }
     Ok(())
 }
@@ -305,30 +259,15 @@ async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> 
     child.wait().await?;
     proxy.set_fault(Fault::None);
 
-    let listed = run(&["ls", "--data-dir", &dd, "--node-name", "n1", "-o", "json"], &[])
-        .await
-        .expect_ok()
-        .json();
-    assert_eq!(
-        listed["items"].as_array().map(Vec::len),
-        Some(0),
-        "a killed save must not be listed"
-    );
-    assert!(
-        files_in(&snapdir).iter().any(|f| f.ends_with(".part")),
-        "the .part file is what a crash leaves"
-    );
+    let listed = run(&["ls", "--data-dir", &dd, "--node-name", "n1", "-o", "json"], &[]).await.expect_ok().json();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "a killed save must not be listed");
+    assert!(files_in(&snapdir).iter().any(|f| f.ends_with(".part")), "the .part file is what a crash leaves");
 
     run(&args, &[]).await.expect_ok();
     let files = files_in(&snapdir);
-    assert!(
-        !files.iter().any(|f| f.ends_with(".part")),
-        "next run cleans up: {files:?}"
-    );
+    assert!(!files.iter().any(|f| f.ends_with(".part")), "next run cleans up: {files:?}");
     assert_eq!(files.iter().filter(|f| !f.starts_with('.')).count(), 1);
-    run(&["verify", "--data-dir", &dd, "--node-name", "n1"], &[])
-        .await
-        .expect_ok();
+    run(&["verify", "--data-dir", &dd, "--node-name", "n1"], &[]).await.expect_ok();
     Ok(())
 }
 
@@ -347,17 +286,9 @@ async fn a_second_save_into_the_same_directory_is_refused_while_one_runs() -> Te
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let direct = etcd.endpoints()[0].clone();
-    let second = run(
-        &["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &direct],
-        &[],
-    )
-    .await
-    .expect_fail();
-    assert!(
-        second.stderr.contains("snapshot save already in progress"),
-        "{}",
-        second.stderr
-    );
+    let second =
+        run(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &direct], &[]).await.expect_fail();
+    assert!(second.stderr.contains("snapshot save already in progress"), "{}", second.stderr);
     proxy.set_fault(Fault::None);
     let first: common::Run = first.wait_with_output().await?.into();
     first.expect_ok();
@@ -379,10 +310,7 @@ async fn verify_detects_a_flipped_byte_in_every_format() -> TestResult {
         ];
         run(&["save", "--compress", compress], &env).await.expect_ok();
         let snapdir = data.path().join("snapshots");
-        let file = files_in(&snapdir)
-            .into_iter()
-            .find(|f| !f.starts_with('.'))
-            .ok_or("no snapshot")?;
+        let file = files_in(&snapdir).into_iter().find(|f| !f.starts_with('.')).ok_or("no snapshot")?;
         let path = snapdir.join(&file);
         let mut bytes = std::fs::read(&path)?;
         let at = bytes.len() / 2;
@@ -393,11 +321,7 @@ async fn verify_detects_a_flipped_byte_in_every_format() -> TestResult {
         // With the metadata document gone only etcd's own trailer is left, and it still catches it.
         std::fs::remove_file(data.path().join(".metadata").join(&file))?;
         let out = run(&["verify", &file], &env).await.expect_fail();
-        assert!(
-            out.stdout.contains("FAILED"),
-            "{compress} without document: {}",
-            out.stdout
-        );
+        assert!(out.stdout.contains("FAILED"), "{compress} without document: {}", out.stdout);
     }
     Ok(())
 }
@@ -411,22 +335,9 @@ async fn retention_keeps_the_newest_per_prefix_and_node() -> TestResult {
     let save = |node: &'static str, name: &'static str| {
         let (dd, endpoints) = (dd.clone(), endpoints.clone());
         async move {
-            run(
-                &[
-                    "save",
-                    "--data-dir",
-                    &dd,
-                    "--endpoints",
-                    &endpoints,
-                    "--node-name",
-                    node,
-                    "--name",
-                    name,
-                ],
-                &[],
-            )
-            .await
-            .expect_ok()
+            run(&["save", "--data-dir", &dd, "--endpoints", &endpoints, "--node-name", node, "--name", name], &[])
+                .await
+                .expect_ok()
         }
     };
     for _ in 0..4 {
@@ -442,40 +353,18 @@ async fn retention_keeps_the_newest_per_prefix_and_node() -> TestResult {
     let before: Vec<String> = files_in(&snapdir).into_iter().filter(|f| !f.starts_with('.')).collect();
     assert_eq!(before.len(), 10, "{before:?}");
 
-    let out = run(
-        &[
-            "prune",
-            "--data-dir",
-            &dd,
-            "--node-name",
-            "a",
-            "--name",
-            "on-demand",
-            "--retention",
-            "2",
-        ],
-        &[],
-    )
-    .await
-    .expect_ok();
-    assert_eq!(
-        out.stdout.lines().filter(|l| l.contains("deleted")).count(),
-        3,
-        "{}",
-        out.stdout
-    );
+    let out = run(&["prune", "--data-dir", &dd, "--node-name", "a", "--name", "on-demand", "--retention", "2"], &[])
+        .await
+        .expect_ok();
+    assert_eq!(out.stdout.lines().filter(|l| l.contains("deleted")).count(), 3, "{}", out.stdout);
     let after: Vec<String> = files_in(&snapdir).into_iter().filter(|f| !f.starts_with('.')).collect();
     let newest = |prefix: &str, n: usize| {
         let mut v: Vec<String> = before.iter().filter(|f| f.starts_with(prefix)).cloned().collect();
         v.sort_by_key(|f| f.rsplit('-').next().and_then(|t| t.parse::<i64>().ok()));
         v.split_off(v.len() - n)
     };
-    let mut expected = [
-        newest("on-demand-a-", 2),
-        newest("on-demand-b-", 2),
-        newest("on-demand-weekly-a-", 3),
-    ]
-    .concat();
+    let mut expected =
+        [newest("on-demand-a-", 2), newest("on-demand-b-", 2), newest("on-demand-weekly-a-", 3)].concat();
     expected.sort();
     assert_eq!(after, expected);
     // Metadata documents go with their snapshots.
@@ -489,74 +378,29 @@ async fn path_traversal_and_bad_names_are_refused() -> TestResult {
     let endpoints = etcd.endpoints().join(",");
     let data = tempfile::tempdir()?;
     let dd = data.path().join("d").to_string_lossy().to_string();
-    run(
-        &[
-            "save",
-            "--data-dir",
-            &dd,
-            "--endpoints",
-            &endpoints,
-            "--node-name",
-            "n1",
-        ],
-        &[],
-    )
-    .await
-    .expect_ok();
+    run(&["save", "--data-dir", &dd, "--endpoints", &endpoints, "--node-name", "n1"], &[]).await.expect_ok();
     let victim = data.path().join("victim");
     std::fs::write(&victim, "keep me")?;
     for bad in ["../victim", "../../victim", "a/b", "..", ".metadata", "x.part"] {
-        let out = run(&["delete", "--data-dir", &dd, "--node-name", "n1", bad], &[])
-            .await
-            .expect_fail();
+        let out = run(&["delete", "--data-dir", &dd, "--node-name", "n1", bad], &[]).await.expect_fail();
         assert!(out.stderr.contains("snapshot name"), "{bad}: {}", out.stderr);
     }
     assert!(victim.exists());
     let out = run(
-        &[
-            "save",
-            "--data-dir",
-            &dd,
-            "--endpoints",
-            &endpoints,
-            "--node-name",
-            "n1",
-            "--name",
-            "../../victim",
-        ],
+        &["save", "--data-dir", &dd, "--endpoints", &endpoints, "--node-name", "n1", "--name", "../../victim"],
         &[],
     )
     .await
     .expect_fail();
     assert!(out.stderr.contains("invalid snapshot name"), "{}", out.stderr);
-    let out = run(
-        &[
-            "save",
-            "--data-dir",
-            &dd,
-            "--endpoints",
-            &endpoints,
-            "--node-name",
-            "Bad_Node",
-        ],
-        &[],
-    )
-    .await
-    .expect_fail();
+    let out = run(&["save", "--data-dir", &dd, "--endpoints", &endpoints, "--node-name", "Bad_Node"], &[])
+        .await
+        .expect_fail();
     assert!(out.stderr.contains("invalid node name"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&victim)?, "keep me");
     // A name that does not exist is reported, and the exit code says so.
-    let out = run(
-        &["delete", "--data-dir", &dd, "--node-name", "n1", "on-demand-n1-1"],
-        &[],
-    )
-    .await
-    .expect_fail();
-    assert!(
-        out.stderr.contains("Snapshot on-demand-n1-1 not found."),
-        "{}",
-        out.stderr
-    );
+    let out = run(&["delete", "--data-dir", &dd, "--node-name", "n1", "on-demand-n1-1"], &[]).await.expect_fail();
+    assert!(out.stderr.contains("Snapshot on-demand-n1-1 not found."), "{}", out.stderr);
     Ok(())
 }
 
@@ -578,10 +422,7 @@ async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
         .output()
         .await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(
-        metadir.join("etcd-snapshot-server1-1700000000"),
-        r#"{"rancher.io/cluster":"c-abc","k":"v"}"#,
-    )?;
+    std::fs::write(metadir.join("etcd-snapshot-server1-1700000000"), r#"{"rancher.io/cluster":"c-abc","k":"v"}"#)?;
     // A K3s zip of the same (Deflate, one entry named without .zip), with unreadable metadata.
     let zipped = snapdir.join("on-demand-server1-1700000100.zip");
     {
@@ -598,19 +439,11 @@ async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
     std::fs::write(snapdir.join(".hidden"), "x")?;
 
     let dir = snapdir.to_string_lossy().to_string();
-    let out = run(&["ls", "--dir", &dir, "--node-name", "server1", "-o", "json"], &[])
-        .await
-        .expect_ok();
+    let out = run(&["ls", "--dir", &dir, "--node-name", "server1", "-o", "json"], &[]).await.expect_ok();
     let listed = out.json();
     let items = listed["items"].as_array().ok_or("no items")?;
-    let names: Vec<&str> = items
-        .iter()
-        .filter_map(|i| i["spec"]["snapshotName"].as_str())
-        .collect();
-    assert_eq!(
-        names,
-        ["etcd-snapshot-server1-1700000000", "on-demand-server1-1700000100.zip"]
-    );
+    let names: Vec<&str> = items.iter().filter_map(|i| i["spec"]["snapshotName"].as_str()).collect();
+    assert_eq!(names, ["etcd-snapshot-server1-1700000000", "on-demand-server1-1700000100.zip"]);
     assert_eq!(items[0]["status"]["creationTime"], "2023-11-14T22:13:20Z");
     assert_eq!(items[0]["spec"]["metadata"]["rancher.io/cluster"], "c-abc");
     assert_eq!(items[0]["metadata"]["name"], "local-etcd-snapshot-server1-1700000000");
@@ -619,9 +452,7 @@ async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
         "{}",
         out.stderr
     );
-    let verified = run(&["verify", "--dir", &dir, "--node-name", "server1"], &[])
-        .await
-        .expect_ok();
+    let verified = run(&["verify", "--dir", &dir, "--node-name", "server1"], &[]).await.expect_ok();
     assert!(verified.stdout.contains("2 verified, 0 failed"), "{}", verified.stdout);
     Ok(())
 }
@@ -633,39 +464,15 @@ async fn learners_and_unreachable_members_are_clear_failures() -> TestResult {
     let learner_url = etcd.members()[learner].client_url.clone();
     let data = tempfile::tempdir()?;
     let dd = data.path().to_string_lossy().to_string();
-    let out = run(
-        &[
-            "save",
-            "--data-dir",
-            &dd,
-            "--node-name",
-            "n1",
-            "--endpoints",
-            &learner_url,
-        ],
-        &[],
-    )
-    .await
-    .expect_fail();
+    let out =
+        run(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &learner_url], &[]).await.expect_fail();
     assert!(out.stderr.contains("is a learner"), "{}", out.stderr);
 
     let closed = format!("http://127.0.0.1:{}", testenv::free_port()?);
-    let out = run(
-        &[
-            "save",
-            "--data-dir",
-            &dd,
-            "--node-name",
-            "n1",
-            "--endpoints",
-            &closed,
-            "--dial-timeout",
-            "2s",
-        ],
-        &[],
-    )
-    .await
-    .expect_fail();
+    let out =
+        run(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &closed, "--dial-timeout", "2s"], &[])
+            .await
+            .expect_fail();
     assert!(out.stderr.contains("cannot reach etcd"), "{}", out.stderr);
     assert_nothing_published(data.path());
     Ok(())
@@ -687,19 +494,9 @@ async fn config_file_environment_and_flags_in_that_order_of_precedence() -> Test
     )?;
     let cfg = config.to_string_lossy().to_string();
     run(&["save", "--config", &cfg], &[]).await.expect_ok();
-    run(&["save", "--config", &cfg], &[("ETCDSNAP_NAME", "fromenv")])
-        .await
-        .expect_ok();
-    run(
-        &["save", "--config", &cfg, "--name", "fromflag"],
-        &[("ETCDSNAP_NAME", "fromenv")],
-    )
-    .await
-    .expect_ok();
-    let files: Vec<String> = files_in(&dd.join("snapshots"))
-        .into_iter()
-        .filter(|f| !f.starts_with('.'))
-        .collect();
+    run(&["save", "--config", &cfg], &[("ETCDSNAP_NAME", "fromenv")]).await.expect_ok();
+    run(&["save", "--config", &cfg, "--name", "fromflag"], &[("ETCDSNAP_NAME", "fromenv")]).await.expect_ok();
+    let files: Vec<String> = files_in(&dd.join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
     let bases: Vec<&str> = files.iter().filter_map(|f| f.split('-').next()).collect();
     assert_eq!(bases.len(), 3);
     for b in ["fromfile", "fromenv", "fromflag"] {

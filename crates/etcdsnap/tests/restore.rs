@@ -19,9 +19,7 @@ fn s(p: &Path) -> String {
 }
 
 fn etcdutl() -> String {
-    testenv::testbin("etcdutl")
-        .map(|p| s(&p))
-        .unwrap_or_else(|e| panic!("{e}"))
+    testenv::testbin("etcdutl").map(|p| s(&p)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An etcd with known keys and a snapshot directory holding one snapshot per format, saved
@@ -40,16 +38,9 @@ impl Fixture {
         let mut client = etcd.client().await?;
         load_kube_like_data(&mut client, 150).await?;
         for i in 0..KNOWN {
-            client
-                .put(format!("/restore-test/key-{i:03}"), format!("value-{i}"), None)
-                .await?;
+            client.put(format!("/restore-test/key-{i:03}"), format!("value-{i}"), None).await?;
         }
-        let revision = client
-            .status()
-            .await?
-            .header()
-            .map(|h| h.revision())
-            .unwrap_or_default();
+        let revision = client.status().await?.header().map(|h| h.revision()).unwrap_or_default();
         let data = tempfile::tempdir()?;
         let endpoints = etcd.endpoints().join(",");
         let mut names = BTreeMap::new();
@@ -74,18 +65,11 @@ impl Fixture {
             .await
             .expect_ok();
             let after = files_in(&data.path().join("snapshots"));
-            let new = after
-                .into_iter()
-                .find(|f| !before.contains(f) && !f.starts_with('.'))
-                .ok_or("no new snapshot")?;
+            let new =
+                after.into_iter().find(|f| !before.contains(f) && !f.starts_with('.')).ok_or("no new snapshot")?;
             names.insert(compress, new);
         }
-        Ok(Fixture {
-            _etcd: etcd,
-            data,
-            names,
-            revision,
-        })
+        Ok(Fixture { _etcd: etcd, data, names, revision })
     }
 
     fn dir(&self) -> PathBuf {
@@ -101,20 +85,14 @@ impl Fixture {
 async fn assert_keys_back(data_dir: &Path, name: &str, peer_port: u16) -> Result<i64, Box<dyn std::error::Error>> {
     let etcd = Etcd::start_on_data_dir(data_dir, name, peer_port).await?;
     let mut client = etcd.client().await?;
-    let resp = client
-        .get("/restore-test/", Some(etcd_client::GetOptions::new().with_prefix()))
-        .await?;
+    let resp = client.get("/restore-test/", Some(etcd_client::GetOptions::new().with_prefix())).await?;
     assert_eq!(resp.kvs().len(), KNOWN);
     for (i, kv) in resp.kvs().iter().enumerate() {
         assert_eq!(kv.key_str()?, format!("/restore-test/key-{i:03}"));
         assert_eq!(kv.value_str()?, format!("value-{i}"));
     }
-    let pods = client
-        .get(
-            "/registry/pods/",
-            Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await?;
+    let pods =
+        client.get("/registry/pods/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await?;
     assert!(pods.count() > 0);
     let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
     Ok(revision)
@@ -157,10 +135,7 @@ fn tree(dir: &Path) -> Vec<(String, u64)> {
                 Ok(m) => m,
                 Err(_) => continue,
             };
-            out.push((
-                p.strip_prefix(dir).map(s).unwrap_or_default(),
-                if meta.is_dir() { 0 } else { meta.len() },
-            ));
+            out.push((p.strip_prefix(dir).map(s).unwrap_or_default(), if meta.is_dir() { 0 } else { meta.len() }));
             if meta.is_dir() {
                 stack.push(p);
             }
@@ -197,12 +172,7 @@ async fn every_format_restores_and_etcd_serves_the_keys() -> TestResult {
         assert!(out.stdout.contains("All checks passed."), "{compress}: {}", out.stdout);
         assert!(out.stdout.contains("Restored "), "{compress}: {}", out.stdout);
         // Only the restored directory is left next to the target: no working directory.
-        assert_eq!(
-            std::fs::read_dir(parent.path())?.count(),
-            1,
-            "{compress}: {:?}",
-            tree(parent.path())
-        );
+        assert_eq!(std::fs::read_dir(parent.path())?.count(), 1, "{compress}: {:?}", tree(parent.path()));
         let revision = assert_keys_back(&target, "m0", port).await?;
         if bump {
             assert!(revision >= fx.revision + 1_000_000, "{revision} vs {}", fx.revision);
@@ -223,13 +193,7 @@ async fn the_report_shows_everything_and_dry_run_touches_nothing() -> TestResult
     let snapshots_before = tree(fx.data.path());
     let port = testenv::free_port()?;
     let mut args = restore_args(&s(&fx.path("zstd")), &target, port);
-    args.extend([
-        "--token".into(),
-        TOKEN.into(),
-        "--dry-run".into(),
-        "-o".into(),
-        "json".into(),
-    ]);
+    args.extend(["--token".into(), TOKEN.into(), "--dry-run".into(), "-o".into(), "json".into()]);
     let out = restore(&args, &[]).await.expect_ok();
     let r = out.json();
     assert_eq!(r["ok"], true);
@@ -250,41 +214,23 @@ async fn the_report_shows_everything_and_dry_run_touches_nothing() -> TestResult
     assert!(r["space"]["availableBytes"].as_u64().unwrap_or(0) > 0);
     assert_eq!(r["space"]["basis"], "recorded-db-size");
     assert_eq!(r["target"]["state"], "occupied");
-    assert!(
-        r["target"]["moveAsideTo"]
-            .as_str()
-            .is_some_and(|p| p.starts_with(&format!("{}-old-", s(&target))))
-    );
+    assert!(r["target"]["moveAsideTo"].as_str().is_some_and(|p| p.starts_with(&format!("{}-old-", s(&target)))));
     assert_eq!(r["etcdutl"]["version"], "3.6.16");
     assert!(!out.stdout.contains(TOKEN), "the token itself is never printed");
     assert!(!out.stderr.contains(TOKEN), "the token itself is never logged");
-    let names: Vec<&str> = r["checks"]
-        .as_array()
-        .ok_or("no checks")?
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    for expected in [
-        "metadata", "size", "token", "target", "space", "etcdutl", "versions", "member", "sha256", "trailer",
-    ] {
+    let names: Vec<&str> =
+        r["checks"].as_array().ok_or("no checks")?.iter().filter_map(|c| c["name"].as_str()).collect();
+    for expected in
+        ["metadata", "size", "token", "target", "space", "etcdutl", "versions", "member", "sha256", "trailer"]
+    {
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
     }
-    let leftovers = r["checks"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == "leftovers"))
-        .ok_or("no leftovers check")?;
+    let leftovers =
+        r["checks"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "leftovers")).ok_or("no leftovers check")?;
     assert_eq!(leftovers["status"], "warn");
-    assert!(
-        leftovers["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("etcdsnap-restore-AbC123"))
-    );
+    assert!(leftovers["detail"].as_str().is_some_and(|d| d.contains("etcdsnap-restore-AbC123")));
     assert_eq!(tree(parent.path()), before, "dry run changed the target's parent");
-    assert_eq!(
-        tree(fx.data.path()),
-        snapshots_before,
-        "dry run changed the snapshot directory"
-    );
+    assert_eq!(tree(fx.data.path()), snapshots_before, "dry run changed the snapshot directory");
 
     // The table says the same, in words.
     let mut args = restore_args(&s(&fx.path("zstd")), &target, port);
@@ -348,12 +294,7 @@ async fn damaged_and_hostile_snapshots_are_refused_before_the_target_is_touched(
         );
         assert!(out.stderr.contains("restore refused"), "{}", out.stderr);
         assert!(out.stdout.contains("nothing was touched"), "{}", out.stdout);
-        assert_eq!(
-            tree(parent.path()),
-            before,
-            "{}: the target's parent changed",
-            path.display()
-        );
+        assert_eq!(tree(parent.path()), before, "{}: the target's parent changed", path.display());
     }
     // Nothing was extracted next to the hostile zip or in the current directory.
     assert!(!bad.path().join("../../etc/evil").exists());
@@ -403,10 +344,7 @@ async fn token_match_mismatch_and_unknown() -> TestResult {
     assert!(out.stderr.contains("restore refused: token"), "{}", out.stderr);
     assert!(!out.stdout.contains("rotated-token") && !out.stderr.contains("rotated-token"));
     assert_eq!(tree(parent.path()), before_with_token);
-    let r = restore(&base, &["--token", "rotated-token", "-o", "json"])
-        .await
-        .expect_fail()
-        .json();
+    let r = restore(&base, &["--token", "rotated-token", "-o", "json"]).await.expect_fail().json();
     assert_eq!(r["token"]["result"], "mismatch");
     assert_eq!(r["ok"], false);
     assert_eq!(r["checks"][2]["name"], "token");
@@ -416,34 +354,19 @@ async fn token_match_mismatch_and_unknown() -> TestResult {
     assert!(r["integrity"]["computedSha256"].is_null());
 
     // Mismatch, overridden: the restore goes ahead.
-    let out = restore(&base, &["--token", "rotated-token", "--ignore-token-mismatch"])
-        .await
-        .expect_ok();
+    let out = restore(&base, &["--token", "rotated-token", "--ignore-token-mismatch"]).await.expect_ok();
     assert!(out.stdout.contains("token    WARN"), "{}", out.stdout);
-    assert!(
-        out.stdout.contains("ignored (--ignore-token-mismatch)"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("ignored (--ignore-token-mismatch)"), "{}", out.stdout);
     assert_keys_back(&target, "m0", port).await?;
 
     // Unknown: no token given (a warning), or no hash recorded (a K3s snapshot): restores.
     let fresh = parent.path().join("fresh");
-    let r = restore(&restore_args(&path, &fresh, port), &["--dry-run", "-o", "json"])
-        .await
-        .expect_ok()
-        .json();
+    let r = restore(&restore_args(&path, &fresh, port), &["--dry-run", "-o", "json"]).await.expect_ok().json();
     assert_eq!(r["token"]["result"], "unknown");
     assert_eq!(r["token"]["recorded"], TOKEN_HASH);
     let bare = parent.path().join("bare.db");
     std::fs::copy(fx.path("none"), &bare)?;
-    let r = restore(
-        &restore_args(&s(&bare), &fresh, port),
-        &["--token", TOKEN, "-o", "json"],
-    )
-    .await
-    .expect_ok()
-    .json();
+    let r = restore(&restore_args(&s(&bare), &fresh, port), &["--token", TOKEN, "-o", "json"]).await.expect_ok().json();
     assert_eq!(r["token"]["result"], "unknown");
     assert!(r["token"]["recorded"].is_null());
     assert_eq!(r["restored"]["dataDir"], s(&fresh));
@@ -455,9 +378,7 @@ async fn k3s_style_zip_without_metadata_restores() -> TestResult {
     let etcd = Etcd::single().await?;
     let mut client = etcd.client().await?;
     for i in 0..KNOWN {
-        client
-            .put(format!("/restore-test/key-{i:03}"), format!("value-{i}"), None)
-            .await?;
+        client.put(format!("/restore-test/key-{i:03}"), format!("value-{i}"), None).await?;
     }
     load_kube_like_data(&mut client, 50).await?;
     // K3s's layout: server/db/snapshots, and its extra-metadata map in server/db/.metadata.
@@ -483,11 +404,7 @@ async fn k3s_style_zip_without_metadata_restores() -> TestResult {
     // Restored by name from K3s's snapshot directory (PATH has the testbins: no --etcdutl).
     let target = root.path().join("server/db/etcd");
     let port = testenv::free_port()?;
-    let path_env = format!(
-        "{}:{}",
-        s(&testenv::testbins_dir()),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path_env = format!("{}:{}", s(&testenv::testbins_dir()), std::env::var("PATH").unwrap_or_default());
     let out = run(
         &[
             "restore",
@@ -521,10 +438,8 @@ async fn k3s_style_zip_without_metadata_restores() -> TestResult {
     assert_eq!(files_in(&snapdir), ["on-demand-server1-1700000000.zip"]);
     assert!(!Path::new("on-demand-server1-1700000000").exists());
     let db = root.path().join("server/db");
-    let mut left: Vec<String> = std::fs::read_dir(&db)?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut left: Vec<String> =
+        std::fs::read_dir(&db)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     left.sort();
     assert_eq!(left, [".metadata", "etcd", "snapshots"]);
     drop(etcd);
@@ -575,42 +490,22 @@ async fn an_occupied_data_dir_is_moved_aside_and_kept_when_etcdutl_fails() -> Te
 
     // The real etcdutl: the old data directory is moved aside, intact, and the new one works.
     let (parent, target) = occupied_target()?;
-    let out = restore(&restore_args(&s(&fx.path("zstd")), &target, port), &[])
-        .await
-        .expect_ok();
+    let out = restore(&restore_args(&s(&fx.path("zstd")), &target, port), &[]).await.expect_ok();
     let aside: Vec<PathBuf> = std::fs::read_dir(parent.path())?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("etcd-old-"))
-        })
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("etcd-old-")))
         .collect();
     assert_eq!(aside.len(), 1, "{:?}", tree(parent.path()));
-    assert_eq!(
-        std::fs::read_to_string(aside[0].join("member/precious"))?,
-        "the data that was here"
-    );
+    assert_eq!(std::fs::read_to_string(aside[0].join("member/precious"))?, "the data that was here");
     assert!(out.stdout.contains(&s(&aside[0])), "{}", out.stdout);
     assert!(!target.join("member/precious").exists());
-    assert_eq!(
-        std::fs::read_dir(parent.path())?.count(),
-        2,
-        "{:?}",
-        tree(parent.path())
-    );
+    assert_eq!(std::fs::read_dir(parent.path())?.count(), 2, "{:?}", tree(parent.path()));
     assert_keys_back(&target, "m0", port).await?;
 
     // Restoring again keeps both earlier directories.
-    restore(&restore_args(&s(&fx.path("zstd")), &target, port), &[])
-        .await
-        .expect_ok();
-    assert_eq!(
-        std::fs::read_dir(parent.path())?.count(),
-        3,
-        "{:?}",
-        tree(parent.path())
-    );
+    restore(&restore_args(&s(&fx.path("zstd")), &target, port), &[]).await.expect_ok();
+    assert_eq!(std::fs::read_dir(parent.path())?.count(), 3, "{:?}", tree(parent.path()));
     Ok(())
 }
 
@@ -656,11 +551,7 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     let file_target = scratch.path().join("a-file");
     std::fs::write(&file_target, "x")?;
     refuse(restore_args(&path, &file_target, port), "is not a directory").await;
-    refuse(
-        restore_args(&path, &scratch.path().join("no/such/parent/etcd"), port),
-        "does not exist",
-    )
-    .await;
+    refuse(restore_args(&path, &scratch.path().join("no/such/parent/etcd"), port), "does not exist").await;
     // An occupied directory that is not an etcd data directory is not moved aside.
     std::fs::write(scratch.path().join("some-file"), "x")?;
     refuse(restore_args(&path, scratch.path(), port), "not an etcd data directory").await;
@@ -685,10 +576,7 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     std::fs::create_dir_all(scratch.path().join(".metadata"))?;
     let zst = scratch.path().join("snapshots/on-demand-node-1-1700000000.zst");
     std::fs::write(&zst, zstd::encode_all(std::fs::File::open(&huge)?, 3)?)?;
-    std::fs::write(
-        scratch.path().join(".metadata/on-demand-node-1-1700000000.zst"),
-        serde_json::to_vec(&doc)?,
-    )?;
+    std::fs::write(scratch.path().join(".metadata/on-demand-node-1-1700000000.zst"), serde_json::to_vec(&doc)?)?;
     let out = restore(&restore_args(&s(&zst), &target, port), &[]).await.expect_fail();
     assert!(out.stdout.contains("space    FAIL"), "{}", out.stdout);
     assert!(out.stdout.contains("free at least"), "{}", out.stdout);
@@ -725,10 +613,7 @@ async fn a_snapshot_streams_from_any_store() -> TestResult {
             mark_compacted: false,
         },
         etcdutl: Some(testenv::testbin("etcdutl")?),
-        token: Some(restore::CurrentToken {
-            hash: etcdsnap_api::TokenHash::of_token(TOKEN)?,
-            from: "--token".into(),
-        }),
+        token: Some(restore::CurrentToken { hash: etcdsnap_api::TokenHash::of_token(TOKEN)?, from: "--token".into() }),
         ignore_token_mismatch: false,
         dry_run: false,
     };

@@ -31,19 +31,13 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA params"))?;
         params.distinguished_name.push(DnType::CommonName, format!("{name}-ca"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().map_err(rc("CA key"))?;
         let issuer = CertifiedIssuer::self_signed(params, key).map_err(rc("self-sign CA"))?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         write(&dir.join("ca.crt"), &issuer.pem())?;
-        Ok(Pki {
-            issuer,
-            dir: dir.to_path_buf(),
-        })
+        Ok(Pki { issuer, dir: dir.to_path_buf() })
     }
 
     pub fn ca_path(&self) -> PathBuf {

@@ -15,28 +15,18 @@ pub enum Error {
     #[error("timed out waiting for {what} (last error: {last})")]
     Timeout { what: String, last: String },
     #[error("{server} exited during startup ({status}); last log lines:\n{log}")]
-    Exited {
-        server: String,
-        status: String,
-        log: String,
-    },
+    Exited { server: String, status: String, log: String },
     #[error("{what}: {message}")]
     Other { what: String, message: String },
 }
 
 impl Error {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            what: what.into(),
-            source,
-        }
+        Error::Io { what: what.into(), source }
     }
 
     pub(crate) fn other(what: impl Into<String>, message: impl ToString) -> Self {
-        Error::Other {
-            what: what.into(),
-            message: message.to_string(),
-        }
+        Error::Other { what: what.into(), message: message.to_string() }
     }
 }
 

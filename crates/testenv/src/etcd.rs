@@ -49,30 +49,17 @@ pub struct EtcdOptions {
 impl Etcd {
     /// One member over plain HTTP.
     pub async fn single() -> Result<Etcd> {
-        Self::start(EtcdOptions {
-            members: 1,
-            ..Default::default()
-        })
-        .await
+        Self::start(EtcdOptions { members: 1, ..Default::default() }).await
     }
 
     /// `n` members over plain HTTP.
     pub async fn cluster(n: usize) -> Result<Etcd> {
-        Self::start(EtcdOptions {
-            members: n,
-            ..Default::default()
-        })
-        .await
+        Self::start(EtcdOptions { members: n, ..Default::default() }).await
     }
 
     /// `n` members with mutual TLS on client and peer URLs (`--client-cert-auth`).
     pub async fn cluster_tls(n: usize) -> Result<Etcd> {
-        Self::start(EtcdOptions {
-            members: n,
-            tls: true,
-            ..Default::default()
-        })
-        .await
+        Self::start(EtcdOptions { members: n, tls: true, ..Default::default() }).await
     }
 
     /// Starts a cluster; retries with fresh ports if another process grabbed one meanwhile.
@@ -97,10 +84,7 @@ impl Etcd {
         let scheme = if opts.tls { "https" } else { "http" };
         let (server_tls, client_tls) = if opts.tls {
             let pki = Pki::new("etcd", &dir.path().join("pki"))?;
-            (
-                Some(pki.server("server", &[])?),
-                Some(pki.client("client", "root", &[])?),
-            )
+            (Some(pki.server("server", &[])?), Some(pki.client("client", "root", &[])?))
         } else {
             (None, None)
         };
@@ -118,14 +102,7 @@ impl Etcd {
             .join(",");
         let token = format!("testenv-{}", crate::random_suffix());
 
-        let mut etcd = Etcd {
-            members: Vec::new(),
-            client_tls,
-            server_tls,
-            opts: opts.clone(),
-            token,
-            dir,
-        };
+        let mut etcd = Etcd { members: Vec::new(), client_tls, server_tls, opts: opts.clone(), token, dir };
         for (name, (client, peer)) in names.iter().zip(&ports) {
             let member = etcd.spawn_member(name, *client, *peer, &initial_cluster, "new")?;
             etcd.members.push(member);
@@ -182,19 +159,8 @@ impl Etcd {
         }
         args.extend(self.opts.extra_args.iter().cloned());
         let bin = testbin("etcd")?;
-        let server = Server::spawn(
-            &format!("etcd {name}"),
-            &bin,
-            args,
-            self.dir.path().join(format!("{name}.log")),
-        )?;
-        Ok(EtcdMember {
-            name: name.to_string(),
-            client_url,
-            peer_url,
-            data_dir,
-            server,
-        })
+        let server = Server::spawn(&format!("etcd {name}"), &bin, args, self.dir.path().join(format!("{name}.log")))?;
+        Ok(EtcdMember { name: name.to_string(), client_url, peer_url, data_dir, server })
     }
 
     /// Starts one plain-HTTP member on an existing data directory, e.g. one written by
@@ -212,22 +178,13 @@ impl Etcd {
             members: Vec::new(),
             client_tls: None,
             server_tls: None,
-            opts: EtcdOptions {
-                members: 1,
-                ..Default::default()
-            },
+            opts: EtcdOptions { members: 1, ..Default::default() },
             token: format!("testenv-{}", crate::random_suffix()),
             dir,
         };
         let initial_cluster = format!("{name}=http://127.0.0.1:{peer_port}");
-        let member = etcd.spawn_member_in(
-            name,
-            free_port()?,
-            peer_port,
-            data_dir.to_path_buf(),
-            &initial_cluster,
-            "existing",
-        )?;
+        let member =
+            etcd.spawn_member_in(name, free_port()?, peer_port, data_dir.to_path_buf(), &initial_cluster, "existing")?;
         etcd.members.push(member);
         etcd.wait_ready().await?;
         Ok(etcd)
@@ -240,15 +197,8 @@ impl Etcd {
         let peer_url = format!("{}://127.0.0.1:{peer_port}", self.scheme());
         let mut client = self.client().await?;
         let options = etcd_client::MemberAddOptions::new().with_is_learner();
-        client
-            .member_add([peer_url.clone()], Some(options))
-            .await
-            .map_err(|e| Error::other("add learner", e))?;
-        let mut cluster: Vec<String> = self
-            .members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url))
-            .collect();
+        client.member_add([peer_url.clone()], Some(options)).await.map_err(|e| Error::other("add learner", e))?;
+        let mut cluster: Vec<String> = self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect();
         cluster.push(format!("{name}={peer_url}"));
         let member = self.spawn_member(&name, client_port, peer_port, &cluster.join(","), "existing")?;
         self.members.push(member);
@@ -272,9 +222,7 @@ impl Etcd {
                 let running = member.server.check_running();
                 async move {
                     running.map_err(|e| e.to_string())?;
-                    let mut client = Client::connect([endpoint], Some(options))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let mut client = Client::connect([endpoint], Some(options)).await.map_err(|e| e.to_string())?;
                     let status = client.status().await.map_err(|e| e.to_string())?;
                     Ok((status.leader() != 0).then_some(()))
                 }
@@ -313,17 +261,14 @@ impl Etcd {
 
     /// Connection options matching this cluster (TLS identity when mTLS is on).
     pub fn connect_options(&self) -> ConnectOptions {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(10));
+        let mut options =
+            ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(10));
         if let Some(tls) = &self.client_tls {
             let ca = std::fs::read(&tls.ca).unwrap_or_default();
             let cert = std::fs::read(&tls.cert).unwrap_or_default();
             let key = std::fs::read(&tls.key).unwrap_or_default();
             options = options.with_tls(
-                TlsOptions::new()
-                    .ca_certificate(Certificate::from_pem(ca))
-                    .identity(Identity::from_pem(cert, key)),
+                TlsOptions::new().ca_certificate(Certificate::from_pem(ca)).identity(Identity::from_pem(cert, key)),
             );
         }
         options
@@ -348,10 +293,7 @@ impl Etcd {
                 .map_err(|e| Error::other("connect to etcd", e))?;
             let status = client.status().await.map_err(|e| Error::other("etcd status", e))?;
             let leader = status.leader();
-            let list = client
-                .member_list()
-                .await
-                .map_err(|e| Error::other("etcd member list", e))?;
+            let list = client.member_list().await.map_err(|e| Error::other("etcd member list", e))?;
             if let Some(m) = list.members().iter().find(|m| m.id() == leader)
                 && let Some(idx) = self.members.iter().position(|x| x.name == m.name())
             {

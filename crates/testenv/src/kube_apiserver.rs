@@ -51,10 +51,7 @@ pub struct AuditEvent {
 impl AuditEvent {
     /// create, update, patch, delete and deletecollection.
     pub fn is_write(&self) -> bool {
-        matches!(
-            self.verb.as_str(),
-            "create" | "update" | "patch" | "delete" | "deletecollection"
-        )
+        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection")
     }
 }
 
@@ -83,18 +80,13 @@ impl KubeApiServer {
         let url = format!("https://127.0.0.1:{port}");
 
         let pki = Pki::new("kube-apiserver", &d.join("pki"))?;
-        let serving = pki.server(
-            "apiserver",
-            &["kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.0.0.1"],
-        )?;
+        let serving =
+            pki.server("apiserver", &["kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.0.0.1"])?;
         let sa_key = rcgen::KeyPair::generate().map_err(|e| Error::other("service account key", e))?;
         write(&d.join("sa.key"), &sa_key.serialize_pem())?;
         write(&d.join("sa.pub"), &sa_key.public_key_pem())?;
         let admin_token = format!("admin-{}", random_suffix());
-        write(
-            &d.join("tokens.csv"),
-            &format!("{admin_token},admin,admin-uid,\"system:masters\"\n"),
-        )?;
+        write(&d.join("tokens.csv"), &format!("{admin_token},admin,admin-uid,\"system:masters\"\n"))?;
         write(&d.join("audit-policy.yaml"), AUDIT_POLICY)?;
         let audit_log = d.join("audit.log");
 
@@ -129,20 +121,9 @@ impl KubeApiServer {
         }
         let server = Server::spawn("kube-apiserver", &bin, args, d.join("kube-apiserver.log"))?;
         let kubeconfig = d.join("kubeconfig");
-        write(
-            &kubeconfig,
-            &kubeconfig_yaml(&url, &pki.ca_pem(), &admin_token, "admin"),
-        )?;
+        write(&kubeconfig, &kubeconfig_yaml(&url, &pki.ca_pem(), &admin_token, "admin"))?;
 
-        let mut api = KubeApiServer {
-            server,
-            url,
-            admin_token,
-            kubeconfig,
-            ca: pki.ca_path(),
-            audit_log,
-            dir,
-        };
+        let mut api = KubeApiServer { server, url, admin_token, kubeconfig, ca: pki.ca_path(), audit_log, dir };
         api.wait_ready().await?;
         Ok(api)
     }
@@ -152,30 +133,20 @@ impl KubeApiServer {
         let client = self.client().await?;
         let result = {
             let server = &mut self.server;
-            wait_for(
-                "kube-apiserver /readyz and namespace kube-system",
-                Duration::from_secs(120),
-                || {
-                    let running = server.check_running();
-                    let client = client.clone();
-                    async move {
-                        running.map_err(|e| e.to_string())?;
-                        let req = http::Request::get("/readyz")
-                            .body(Vec::new())
-                            .map_err(|e| e.to_string())?;
-                        let text = client.request_text(req).await.map_err(|e| e.to_string())?;
-                        if text.trim() != "ok" {
-                            return Ok(None);
-                        }
-                        let namespaces: Api<Namespace> = Api::all(client);
-                        Ok(namespaces
-                            .get_opt("kube-system")
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map(|_| ()))
+            wait_for("kube-apiserver /readyz and namespace kube-system", Duration::from_secs(120), || {
+                let running = server.check_running();
+                let client = client.clone();
+                async move {
+                    running.map_err(|e| e.to_string())?;
+                    let req = http::Request::get("/readyz").body(Vec::new()).map_err(|e| e.to_string())?;
+                    let text = client.request_text(req).await.map_err(|e| e.to_string())?;
+                    if text.trim() != "ok" {
+                        return Ok(None);
                     }
-                },
-            )
+                    let namespaces: Api<Namespace> = Api::all(client);
+                    Ok(namespaces.get_opt("kube-system").await.map_err(|e| e.to_string())?.map(|_| ()))
+                }
+            })
             .await
         };
         result.map_err(|e| match self.server.check_running() {
@@ -223,26 +194,13 @@ impl KubeApiServer {
     pub async fn mint_service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
         let client = self.client().await?;
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        if namespaces
-            .get_opt(namespace)
-            .await
-            .map_err(|e| Error::other("get namespace", e))?
-            .is_none()
-        {
+        if namespaces.get_opt(namespace).await.map_err(|e| Error::other("get namespace", e))?.is_none() {
             let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
                 .map_err(|e| Error::other("namespace object", e))?;
-            namespaces
-                .create(&PostParams::default(), &ns)
-                .await
-                .map_err(|e| Error::other("create namespace", e))?;
+            namespaces.create(&PostParams::default(), &ns).await.map_err(|e| Error::other("create namespace", e))?;
         }
         let accounts: Api<ServiceAccount> = Api::namespaced(client, namespace);
-        if accounts
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::other("get service account", e))?
-            .is_none()
-        {
+        if accounts.get_opt(name).await.map_err(|e| Error::other("get service account", e))?.is_none() {
             let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
                 .map_err(|e| Error::other("service account object", e))?;
             accounts
@@ -251,10 +209,7 @@ impl KubeApiServer {
                 .map_err(|e| Error::other("create service account", e))?;
         }
         let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
+            spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
             ..Default::default()
         };
         let response = accounts
@@ -296,10 +251,7 @@ impl KubeApiServer {
                 namespace: s("/objectRef/namespace"),
                 name: s("/objectRef/name"),
                 user: s("/user/username"),
-                code: v
-                    .pointer("/responseStatus/code")
-                    .and_then(|x| x.as_i64())
-                    .unwrap_or_default(),
+                code: v.pointer("/responseStatus/code").and_then(|x| x.as_i64()).unwrap_or_default(),
                 uri: s("/requestURI"),
             });
         }

@@ -48,10 +48,7 @@ where
             Err(e) => last = e,
         }
         if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                what: what.to_string(),
-                last,
-            });
+            return Err(Error::Timeout { what: what.to_string(), last });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -23,11 +23,7 @@ pub fn testbins_dir() -> PathBuf {
 /// Path of a pinned test binary (`etcd`, `etcdctl`, `etcdutl`, `kube-apiserver`, `versitygw`).
 pub fn testbin(name: &str) -> Result<PathBuf> {
     let path = testbins_dir().join(name);
-    if path.exists() {
-        Ok(path.canonicalize().unwrap_or(path))
-    } else {
-        Err(Error::MissingBinary { path })
-    }
+    if path.exists() { Ok(path.canonicalize().unwrap_or(path)) } else { Err(Error::MissingBinary { path }) }
 }
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
@@ -74,13 +70,7 @@ pub struct Server {
 impl Server {
     /// Starts `program args...`, logging to `log_path` (appended, so restarts keep history).
     pub fn spawn(name: &str, program: &Path, args: Vec<String>, log_path: PathBuf) -> Result<Server> {
-        let mut server = Server {
-            name: name.to_string(),
-            program: program.to_path_buf(),
-            args,
-            log_path,
-            child: None,
-        };
+        let mut server = Server { name: name.to_string(), program: program.to_path_buf(), args, log_path, child: None };
         server.start()?;
         Ok(server)
     }
@@ -128,11 +118,9 @@ impl Server {
         };
         match child.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(Error::Exited {
-                server: self.name.clone(),
-                status: status.to_string(),
-                log: self.log_tail(40),
-            }),
+            Ok(Some(status)) => {
+                Err(Error::Exited { server: self.name.clone(), status: status.to_string(), log: self.log_tail(40) })
+            }
             Err(e) => Err(Error::io(format!("wait for {}", self.name), e)),
         }
     }

@@ -36,9 +36,7 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listens on a free loopback port and forwards to `target` (`host:port`).
     pub async fn start(target: &str) -> Result<FaultProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::io("bind proxy", e))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::io("bind proxy", e))?;
         let addr = listener.local_addr().map_err(|e| Error::io("proxy address", e))?;
         let fault = Arc::new(Mutex::new(Fault::None));
         let forwarded = Arc::new(AtomicU64::new(0));
@@ -54,12 +52,7 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(FaultProxy {
-            addr,
-            fault,
-            forwarded,
-            task,
-        })
+        Ok(FaultProxy { addr, fault, forwarded, task })
     }
 
     /// `127.0.0.1:<port>`.

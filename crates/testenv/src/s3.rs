@@ -67,10 +67,8 @@ impl S3Server {
 
     async fn try_start(tls: bool) -> Result<S3Server> {
         let bin = testbin("versitygw")?;
-        let dir = tempfile::Builder::new()
-            .prefix("testenv-s3-")
-            .tempdir()
-            .map_err(|e| Error::io("create S3 temp dir", e))?;
+        let dir =
+            tempfile::Builder::new().prefix("testenv-s3-").tempdir().map_err(|e| Error::io("create S3 temp dir", e))?;
         let d = dir.path();
         let root = d.join("root");
         let sidecar = d.join("sidecar");
@@ -102,32 +100,14 @@ impl S3Server {
             args.extend(["--key".into(), serving.key.display().to_string()]);
             let cert = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).map_err(|e| Error::other("S3 CA", e))?;
             http = http.tls_certs_only([cert]);
-            Some(S3Tls {
-                ca: pki.ca_path(),
-                ca_pem: pki.ca_pem(),
-            })
+            Some(S3Tls { ca: pki.ca_path(), ca_pem: pki.ca_pem() })
         } else {
             None
         };
-        args.extend([
-            "posix".into(),
-            "--sidecar".into(),
-            sidecar.display().to_string(),
-            root.display().to_string(),
-        ]);
+        args.extend(["posix".into(), "--sidecar".into(), sidecar.display().to_string(), root.display().to_string()]);
         let server = Server::spawn("versitygw", &bin, args, d.join("versitygw.log"))?;
         let http = http.build().map_err(|e| Error::other("S3 HTTP client", e))?;
-        let mut s3 = S3Server {
-            server,
-            port,
-            tls,
-            access_key,
-            secret_key,
-            root,
-            access_log,
-            http,
-            dir,
-        };
+        let mut s3 = S3Server { server, port, tls, access_key, secret_key, root, access_log, http, dir };
         s3.wait_ready().await?;
         Ok(s3)
     }
@@ -255,8 +235,7 @@ impl S3Server {
         let creds = self.credentials();
         let action = bucket.create_bucket(&creds);
         let url = action.sign(SIGN_FOR);
-        self.send(&format!("create bucket {name}"), self.http.put(url).body(action.body()))
-            .await?;
+        self.send(&format!("create bucket {name}"), self.http.put(url).body(action.body())).await?;
         Ok(())
     }
 
@@ -265,10 +244,8 @@ impl S3Server {
         let b = self.bucket(bucket)?;
         let creds = self.credentials();
         let mut action = b.put_object(Some(&creds), key);
-        let headers: Vec<(String, String)> = meta
-            .iter()
-            .map(|(k, v)| (format!("x-amz-meta-{}", k.to_lowercase()), v.to_string()))
-            .collect();
+        let headers: Vec<(String, String)> =
+            meta.iter().map(|(k, v)| (format!("x-amz-meta-{}", k.to_lowercase()), v.to_string())).collect();
         for (k, v) in &headers {
             action.headers_mut().insert(k.clone(), v.clone());
         }
@@ -286,9 +263,7 @@ impl S3Server {
         let b = self.bucket(bucket)?;
         let creds = self.credentials();
         let url = b.get_object(Some(&creds), key).sign(SIGN_FOR);
-        let resp = self
-            .send(&format!("get s3://{bucket}/{key}"), self.http.get(url))
-            .await?;
+        let resp = self.send(&format!("get s3://{bucket}/{key}"), self.http.get(url)).await?;
         let meta = resp
             .headers()
             .iter()
@@ -315,9 +290,7 @@ impl S3Server {
                 action.with_continuation_token(t.clone());
             }
             let url = action.sign(SIGN_FOR);
-            let resp = self
-                .send(&format!("list s3://{bucket}/{prefix}"), self.http.get(url))
-                .await?;
+            let resp = self.send(&format!("list s3://{bucket}/{prefix}"), self.http.get(url)).await?;
             let text = resp.text().await.map_err(|e| Error::other("read list body", e))?;
             let parsed = rusty_s3::actions::ListObjectsV2::parse_response(&text)
                 .map_err(|e| Error::other("parse ListObjectsV2", e))?;
@@ -344,9 +317,7 @@ impl S3Server {
             [("uploads", "")].into_iter(),
             std::iter::empty(),
         );
-        let resp = self
-            .send(&format!("list multipart uploads of {bucket}"), self.http.get(url))
-            .await?;
+        let resp = self.send(&format!("list multipart uploads of {bucket}"), self.http.get(url)).await?;
         let text = resp.text().await.map_err(|e| Error::other("read body", e))?;
         Ok(parse_uploads(&text))
     }
@@ -365,10 +336,7 @@ fn parse_uploads(xml: &str) -> Vec<(String, String)> {
         let field = |name: &str| {
             let open = format!("<{name}>");
             let close = format!("</{name}>");
-            upload
-                .split_once(&open)
-                .and_then(|(_, rest)| rest.split_once(&close))
-                .map(|(v, _)| v.to_string())
+            upload.split_once(&open).and_then(|(_, rest)| rest.split_once(&close)).map(|(v, _)| v.to_string())
         };
         if let (Some(key), Some(id)) = (field("Key"), field("UploadId")) {
             out.push((key, id));

@@ -30,12 +30,7 @@ async fn etcd_cluster_survives_losing_its_leader() -> TestResult {
     let leader = etcd.leader_index().await?;
     etcd.kill(leader);
     // The two survivors elect a new leader and keep accepting writes.
-    let survivor = etcd
-        .members()
-        .iter()
-        .enumerate()
-        .find(|(i, _)| *i != leader)
-        .map(|(_, m)| m.client_url.clone());
+    let survivor = etcd.members().iter().enumerate().find(|(i, _)| *i != leader).map(|(_, m)| m.client_url.clone());
     let mut client =
         etcd_client::Client::connect([survivor.ok_or("no survivor")?], Some(etcd.connect_options())).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -85,34 +80,22 @@ async fn apiserver_enforces_the_1mib_object_limit() -> TestResult {
     let cms: Api<ConfigMap> = Api::namespaced(client, "kube-system");
 
     let cm = |name: &str, bytes: usize| ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
         data: Some(BTreeMap::from([("k".to_string(), "x".repeat(bytes))])),
         ..Default::default()
     };
-    let err = cms
-        .create(&PostParams::default(), &cm("too-big", 1024 * 1024 + 1))
-        .await
-        .err()
-        .ok_or("accepted")?;
+    let err = cms.create(&PostParams::default(), &cm("too-big", 1024 * 1024 + 1)).await.err().ok_or("accepted")?;
     // Kubernetes <= 1.33 says "Too long: must have at most 1048576 bytes"; 1.34+ says
     // "Too long: may not be more than 1048576 bytes". Both carry reason FieldValueTooLong.
     let kube::Error::Api(status) = &err else {
         return Err(format!("unexpected error: {err}").into());
     };
     assert_eq!(status.code, 422);
-    assert!(
-        status.message.contains("Too long") && status.message.contains("1048576 bytes"),
-        "{}",
-        status.message
-    );
+    assert!(status.message.contains("Too long") && status.message.contains("1048576 bytes"), "{}", status.message);
     let causes = status.details.as_ref().map(|d| d.causes.clone()).unwrap_or_default();
     assert!(causes.iter().any(|c| c.reason == "FieldValueTooLong"), "{causes:?}");
 
-    cms.create(&PostParams::default(), &cm("just-under", 1024 * 1024 - 1024))
-        .await?;
+    cms.create(&PostParams::default(), &cm("just-under", 1024 * 1024 - 1024)).await?;
     Ok(())
 }
 
@@ -163,27 +146,14 @@ async fn apiserver_serves_custom_resources_and_enforces_rbac() -> TestResult {
     // A service account with no role bindings can do nothing.
     let token = api.mint_service_account_token("smoke", "nobody").await?;
     let limited = api.client_for_token(&token).await?;
-    let err = Api::<ConfigMap>::namespaced(limited.clone(), "kube-system")
-        .list(&Default::default())
-        .await
-        .err();
-    assert!(
-        matches!(err, Some(kube::Error::Api(ref s)) if s.code == 403),
-        "expected 403, got {err:?}"
-    );
+    let err = Api::<ConfigMap>::namespaced(limited.clone(), "kube-system").list(&Default::default()).await.err();
+    assert!(matches!(err, Some(kube::Error::Api(ref s)) if s.code == 403), "expected 403, got {err:?}");
     let err = Api::<DynamicObject>::all_with(limited, &resource).get("w1").await.err();
-    assert!(
-        matches!(err, Some(kube::Error::Api(ref s)) if s.code == 403),
-        "expected 403, got {err:?}"
-    );
+    assert!(matches!(err, Some(kube::Error::Api(ref s)) if s.code == 403), "expected 403, got {err:?}");
 
     // And the audit log saw the requests.
     let events = api.audit_events()?;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.verb == "create" && e.resource == "widgets" && e.name == "w1")
-    );
+    assert!(events.iter().any(|e| e.verb == "create" && e.resource == "widgets" && e.name == "w1"));
     Ok(())
 }
 
@@ -196,11 +166,7 @@ async fn kubectl_reads_the_test_kubeconfig() -> TestResult {
         .args(["get", "namespace", "kube-system", "-o", "name"])
         .output()
         .await?;
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "namespace/kube-system");
     Ok(())
 }
@@ -209,14 +175,10 @@ async fn kubectl_reads_the_test_kubeconfig() -> TestResult {
 async fn s3_objects_metadata_multipart_and_auth() -> TestResult {
     let s3 = S3Server::start().await?;
     s3.create_bucket("smoke").await?;
-    s3.put_object("smoke", "dir/a", b"hello".to_vec(), &[("K3s-Node-Name", "node1")])
-        .await?;
+    s3.put_object("smoke", "dir/a", b"hello".to_vec(), &[("K3s-Node-Name", "node1")]).await?;
     let (body, meta) = s3.get_object("smoke", "dir/a").await?;
     assert_eq!(body, b"hello");
-    assert!(
-        meta.contains(&("k3s-node-name".to_string(), "node1".to_string())),
-        "{meta:?}"
-    );
+    assert!(meta.contains(&("k3s-node-name".to_string(), "node1".to_string())), "{meta:?}");
     assert_eq!(s3.list_keys("smoke", "dir/").await?, vec!["dir/a".to_string()]);
 
     // Multipart: two parts (the first at S3's 5 MiB minimum), completed, read back whole.
@@ -225,42 +187,20 @@ async fn s3_objects_metadata_multipart_and_auth() -> TestResult {
     let bucket = Bucket::new(url, UrlStyle::Path, "smoke", s3.region().to_string())?;
     let creds = Credentials::new(s3.access_key(), s3.secret_key());
     let create = bucket.create_multipart_upload(Some(&creds), "big");
-    let resp = http
-        .post(create.sign(Duration::from_secs(60)))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
+    let resp = http.post(create.sign(Duration::from_secs(60))).send().await?.error_for_status()?.text().await?;
     let upload = rusty_s3::actions::CreateMultipartUpload::parse_response(&resp)?;
-    assert_eq!(
-        s3.list_multipart_uploads("smoke").await?.len(),
-        1,
-        "an open upload is listed"
-    );
+    assert_eq!(s3.list_multipart_uploads("smoke").await?.len(), 1, "an open upload is listed");
     let parts = [vec![b'a'; 5 * 1024 * 1024], vec![b'b'; 1000]];
     let mut etags = Vec::new();
     for (i, part) in parts.iter().enumerate() {
         let action = bucket.upload_part(Some(&creds), "big", (i + 1) as u16, upload.upload_id());
-        let resp = http
-            .put(action.sign(Duration::from_secs(60)))
-            .body(part.clone())
-            .send()
-            .await?
-            .error_for_status()?;
+        let resp =
+            http.put(action.sign(Duration::from_secs(60))).body(part.clone()).send().await?.error_for_status()?;
         etags.push(resp.headers()["etag"].to_str()?.to_string());
     }
-    let complete = bucket.complete_multipart_upload(
-        Some(&creds),
-        "big",
-        upload.upload_id(),
-        etags.iter().map(String::as_str),
-    );
-    http.post(complete.sign(Duration::from_secs(60)))
-        .body(complete.body())
-        .send()
-        .await?
-        .error_for_status()?;
+    let complete =
+        bucket.complete_multipart_upload(Some(&creds), "big", upload.upload_id(), etags.iter().map(String::as_str));
+    http.post(complete.sign(Duration::from_secs(60))).body(complete.body()).send().await?.error_for_status()?;
     let (body, _) = s3.get_object("smoke", "big").await?;
     assert_eq!(body.len(), 5 * 1024 * 1024 + 1000);
     assert!(s3.list_multipart_uploads("smoke").await?.is_empty());
@@ -273,10 +213,7 @@ async fn s3_objects_metadata_multipart_and_auth() -> TestResult {
 
     // The server's own access log counts what happened.
     let requests = s3.requests();
-    assert!(
-        requests.iter().any(|r| r.operation == "UploadPart" && r.key == "big"),
-        "{requests:?}"
-    );
+    assert!(requests.iter().any(|r| r.operation == "UploadPart" && r.key == "big"), "{requests:?}");
     Ok(())
 }
 

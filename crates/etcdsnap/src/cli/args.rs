@@ -10,13 +10,7 @@ use std::time::Duration;
 /// Takes, stores, indexes, prunes, verifies and restores etcd snapshots of a Kubernetes control
 /// plane, recorded as K3s/RKE2-compatible ETCDSnapshotFile resources.
 #[derive(Debug, Parser)]
-#[command(
-    name = "etcdsnap",
-    version,
-    propagate_version = true,
-    args_override_self = true,
-    max_term_width = 100
-)]
+#[command(name = "etcdsnap", version, propagate_version = true, args_override_self = true, max_term_width = 100)]
 pub struct Cli {
     /// YAML file of settings: keys are flag names (`dir: /x`, `s3-bucket: b`). Flags and
     /// environment variables take precedence over it.
@@ -72,12 +66,7 @@ pub struct StorageArgs {
     #[arg(long, env = "ETCDSNAP_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
     /// Data directory; the default snapshot directory is <data-dir>/snapshots.
-    #[arg(
-        long,
-        env = "ETCDSNAP_DATA_DIR",
-        default_value = "/var/lib/etcdsnap",
-        value_name = "DIR"
-    )]
+    #[arg(long, env = "ETCDSNAP_DATA_DIR", default_value = "/var/lib/etcdsnap", value_name = "DIR")]
     pub data_dir: PathBuf,
     /// Snapshot directory; must exist unless it is the default [default: <data-dir>/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
@@ -91,12 +80,7 @@ pub struct StorageArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EtcdArgs {
     /// etcd client URLs, comma-separated; the snapshot comes from the first member that answers.
-    #[arg(
-        long,
-        env = "ETCDSNAP_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "https://127.0.0.1:2379"
-    )]
+    #[arg(long, env = "ETCDSNAP_ENDPOINTS", value_delimiter = ',', default_value = "https://127.0.0.1:2379")]
     pub endpoints: Vec<String>,
     /// CA bundle for etcd's server certificates.
     #[arg(long, env = "ETCDSNAP_CACERT", value_name = "FILE")]
@@ -203,9 +187,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let span: jiff::Span = s
-        .parse()
-        .map_err(|e| format!("invalid duration {s:?} (examples: 30s, 5m, 1h30m): {e}"))?;
+    let span: jiff::Span = s.parse().map_err(|e| format!("invalid duration {s:?} (examples: 30s, 5m, 1h30m): {e}"))?;
     let signed = jiff::SignedDuration::try_from(span).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
     Duration::try_from(signed).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
 }

@@ -18,11 +18,7 @@ use std::process::ExitCode;
 const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 fn exit(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILURE)
-    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
 }
 
 /// This node's name: the flag, else `$NODE_NAME` (what K3s uses), else the host name.
@@ -70,21 +66,14 @@ pub(super) fn token_hash(args: &TokenArgs) -> anyhow::Result<Option<TokenHash>> 
     }
     if let Some(path) = &args.token_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading --token-file {}", path.display()))?;
-        return Ok(Some(
-            TokenHash::of_token(&text).with_context(|| format!("--token-file {}", path.display()))?,
-        ));
+        return Ok(Some(TokenHash::of_token(&text).with_context(|| format!("--token-file {}", path.display()))?));
     }
     Ok(None)
 }
 
 fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
     EtcdConfig {
-        endpoints: args
-            .endpoints
-            .iter()
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect(),
+        endpoints: args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
         ca_file: args.cacert.clone(),
         cert_file: args.cert.clone(),
         key_file: args.key.clone(),
@@ -130,21 +119,10 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     ctx.etcd = etcd_config(&args.etcd);
     ctx.token_hash = token_hash(&args.token)?;
     ctx.zstd_level = args.zstd_level;
-    let compression = if args.snapshot_compress {
-        Compression::Zip
-    } else {
-        args.compress
-    };
+    let compression = if args.snapshot_compress { Compression::Zip } else { args.compress };
     let progress = ProgressLine::start("Saving snapshot");
-    let result = ops::save(
-        &ctx,
-        &SaveOptions {
-            base_name: args.name.clone(),
-            compression,
-        },
-        Some(progress.counter()),
-    )
-    .await;
+    let result =
+        ops::save(&ctx, &SaveOptions { base_name: args.name.clone(), compression }, Some(progress.counter())).await;
     progress.finish();
     let report = result?;
     match args.output.output {
@@ -223,11 +201,7 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let ctx = base_context(&args.storage, false)?;
     let report = ops::prune(
         &ctx,
-        &PruneOptions {
-            base_name: args.name.clone(),
-            keep_local: args.retention,
-            keep_remote: args.retention,
-        },
+        &PruneOptions { base_name: args.name.clone(), keep_local: args.retention, keep_remote: args.retention },
     )
     .await;
     for (_, name) in &report.deleted {
@@ -246,10 +220,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     let mut found = vec![false; names.len()];
     for store in ctx.stores() {
-        let listing = store
-            .list()
-            .await
-            .with_context(|| format!("listing {}", store.describe()))?;
+        let listing = store.list().await.with_context(|| format!("listing {}", store.describe()))?;
         for w in &listing.warnings {
             tracing::warn!("{w}");
         }
@@ -273,17 +244,9 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     match args.output.output {
         OutputFormat::Table => {
-            let mut rows = vec![
-                ["Name", "Location", "Size", "Created", "Result"]
-                    .map(String::from)
-                    .to_vec(),
-            ];
+            let mut rows = vec![["Name", "Location", "Size", "Created", "Result"].map(String::from).to_vec()];
             for r in &results {
-                let result = if r.ok() {
-                    "OK".to_string()
-                } else {
-                    format!("FAILED: {}", r.problems.join("; "))
-                };
+                let result = if r.ok() { "OK".to_string() } else { format!("FAILED: {}", r.problems.join("; ")) };
                 rows.push(vec![
                     r.record.name.to_string(),
                     r.record.location.clone(),

@@ -45,10 +45,7 @@ pub fn apply(command: Command, args: Vec<OsString>) -> Result<Vec<OsString>, Con
     let mut extra = Vec::new();
     for (key, value) in settings {
         let Some(key) = key.as_str().map(str::to_string) else {
-            return Err(ConfigFileError::UnknownKey {
-                path,
-                key: format!("{key:?}"),
-            });
+            return Err(ConfigFileError::UnknownKey { path, key: format!("{key:?}") });
         };
         if key == "config" {
             continue;
@@ -64,10 +61,8 @@ pub fn apply(command: Command, args: Vec<OsString>) -> Result<Vec<OsString>, Con
         }
         let long = arg.get_long().unwrap_or(arg.get_id().as_str()).to_string();
         let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values());
-        let values = scalar_values(&value).ok_or_else(|| ConfigFileError::BadValue {
-            path: path.clone(),
-            key: key.clone(),
-        })?;
+        let values =
+            scalar_values(&value).ok_or_else(|| ConfigFileError::BadValue { path: path.clone(), key: key.clone() })?;
         for v in values {
             if takes_value {
                 extra.push(OsString::from(format!("--{long}={v}")));
@@ -86,14 +81,10 @@ pub fn apply(command: Command, args: Vec<OsString>) -> Result<Vec<OsString>, Con
 }
 
 fn load(path: &Path) -> Result<serde_norway::Mapping, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let value: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| ConfigFileError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read { path: path.to_path_buf(), source })?;
+    let value: serde_norway::Value = serde_norway::from_str(&text)
+        .map_err(|e| ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
     match value {
         serde_norway::Value::Mapping(m) => Ok(m),
         serde_norway::Value::Null => Ok(serde_norway::Mapping::new()),
@@ -109,10 +100,7 @@ fn find_arg<'a>(command: &'a Command, key: &str) -> Option<&'a clap::Arg> {
 
 fn given_explicitly(matches: &ArgMatches, id: &str) -> bool {
     matches.try_contains_id(id).is_ok()
-        && matches!(
-            matches.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
+        && matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
 }
 
 fn scalar_values(value: &serde_norway::Value) -> Option<Vec<String>> {
@@ -121,10 +109,7 @@ fn scalar_values(value: &serde_norway::Value) -> Option<Vec<String>> {
         Value::String(s) => Some(vec![s.clone()]),
         Value::Bool(b) => Some(vec![b.to_string()]),
         Value::Number(n) => Some(vec![n.to_string()]),
-        Value::Sequence(items) => items
-            .iter()
-            .map(|i| scalar_values(i).and_then(|v| v.into_iter().next()))
-            .collect(),
+        Value::Sequence(items) => items.iter().map(|i| scalar_values(i).and_then(|v| v.into_iter().next())).collect(),
         _ => None,
     }
 }

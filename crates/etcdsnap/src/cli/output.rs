@@ -14,11 +14,7 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 /// Columns aligned like Go's tabwriter with padding 1 (what K3s prints).
@@ -85,12 +81,7 @@ pub fn print_records(records: &[SnapshotRecord], format: OutputFormat) -> std::i
         OutputFormat::Table => {
             let mut rows = vec![["Name", "Location", "Size", "Created"].map(String::from).to_vec()];
             for r in records {
-                rows.push(vec![
-                    r.name.to_string(),
-                    r.location.clone(),
-                    r.size.to_string(),
-                    rfc3339(r.created_at),
-                ]);
+                rows.push(vec![r.name.to_string(), r.location.clone(), r.size.to_string(), rfc3339(r.created_at)]);
             }
             print!("{}", table(&rows));
             Ok(())
@@ -113,10 +104,7 @@ mod tests {
 
     #[test]
     fn tables_align_like_tabwriter() {
-        let rows = vec![
-            vec!["Name".into(), "Size".into()],
-            vec!["a-long-name".into(), "1".into()],
-        ];
+        let rows = vec![vec!["Name".into(), "Size".into()], vec!["a-long-name".into(), "1".into()]];
         assert_eq!(table(&rows), "Name        Size\na-long-name 1\n");
     }
 }

@@ -19,11 +19,7 @@ impl ProgressLine {
     pub fn start(what: &str) -> ProgressLine {
         let counter: Progress = Arc::new(ProgressCounter::default());
         if !std::io::stderr().is_terminal() {
-            return ProgressLine {
-                counter,
-                task: None,
-                bar: None,
-            };
+            return ProgressLine { counter, task: None, bar: None };
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template("{msg} {bytes} of {total_bytes} ({binary_bytes_per_sec}, {elapsed})")
@@ -41,11 +37,7 @@ impl ProgressLine {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        ProgressLine {
-            counter,
-            task: Some(task),
-            bar: Some(bar),
-        }
+        ProgressLine { counter, task: Some(task), bar: Some(bar) }
     }
 
     pub fn counter(&self) -> Progress {

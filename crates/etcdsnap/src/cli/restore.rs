@@ -103,18 +103,9 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         }),
         None => None,
     };
-    let first_peer = args
-        .initial_advertise_peer_urls
-        .split(',')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let first_peer = args.initial_advertise_peer_urls.split(',').next().unwrap_or_default().trim().to_string();
     let member = MemberSettings {
-        initial_cluster: args
-            .initial_cluster
-            .clone()
-            .unwrap_or_else(|| format!("{}={first_peer}", args.name)),
+        initial_cluster: args.initial_cluster.clone().unwrap_or_else(|| format!("{}={first_peer}", args.name)),
         name: args.name.clone(),
         initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
         initial_cluster_token: args.initial_cluster_token.clone(),
@@ -155,11 +146,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 
     match result {
-        Ok(RestoreOutcome::Restored {
-            report,
-            installed,
-            duration,
-        }) => {
+        Ok(RestoreOutcome::Restored { report, installed, duration }) => {
             let restored = Restored {
                 data_dir: installed.data_dir.clone(),
                 moved_aside_to: installed.moved_aside.clone(),
@@ -201,10 +188,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                 print_structured(&report, None, None, format)?;
             }
             let failed: Vec<&str> = report.failures().map(|c| c.name.as_str()).collect();
-            eprintln!(
-                "error: restore refused: {} failed (see the report); nothing was touched",
-                failed.join(", ")
-            );
+            eprintln!("error: restore refused: {} failed (see the report); nothing was touched", failed.join(", "));
             Ok(ExitCode::from(super::EXIT_FAILURE))
         }
         Err(e) => {
@@ -250,14 +234,7 @@ fn print_structured(
     error: Option<String>,
     format: OutputFormat,
 ) -> std::io::Result<()> {
-    output::print_structured(
-        &Printed {
-            report,
-            restored,
-            error,
-        },
-        format,
-    )
+    output::print_structured(&Printed { report, restored, error }, format)
 }
 
 fn status_word(s: CheckStatus) -> &'static str {
@@ -278,13 +255,7 @@ fn print_report(r: &PreflightReport) {
     let mut about = vec![
         vec![
             "Snapshot".to_string(),
-            format!(
-                "{} ({}, {}, {})",
-                s.name,
-                source_word(r),
-                s.compression,
-                human_bytes(s.size)
-            ),
+            format!("{} ({}, {}, {})", s.name, source_word(r), s.compression, human_bytes(s.size)),
         ],
         vec!["Location".into(), s.location.clone()],
         vec![
@@ -314,16 +285,10 @@ fn print_report(r: &PreflightReport) {
         vec![
             "Target".into(),
             match &r.target.move_aside_to {
-                Some(aside) => format!(
-                    "{} (holds data: will be moved aside to {})",
-                    r.target.data_dir.display(),
-                    aside.display()
-                ),
-                None => format!(
-                    "{} ({})",
-                    r.target.data_dir.display(),
-                    format!("{:?}", r.target.state).to_lowercase()
-                ),
+                Some(aside) => {
+                    format!("{} (holds data: will be moved aside to {})", r.target.data_dir.display(), aside.display())
+                }
+                None => format!("{} ({})", r.target.data_dir.display(), format!("{:?}", r.target.state).to_lowercase()),
             },
         ],
         vec![
@@ -335,10 +300,8 @@ fn print_report(r: &PreflightReport) {
         ],
     ];
     if let Some(p) = &r.etcdutl.path {
-        about.push(vec![
-            "etcdutl".into(),
-            format!("{} ({})", p.display(), r.etcdutl.version.as_deref().unwrap_or("?")),
-        ]);
+        about
+            .push(vec!["etcdutl".into(), format!("{} ({})", p.display(), r.etcdutl.version.as_deref().unwrap_or("?"))]);
     }
     for line in output::table(&about).lines() {
         out.push_str("  ");
@@ -375,10 +338,7 @@ fn print_report(r: &PreflightReport) {
         out.push_str("All checks passed.\n");
     } else {
         let n = r.failures().count();
-        out.push_str(&format!(
-            "{n} check{} failed: nothing was touched.\n",
-            if n == 1 { "" } else { "s" }
-        ));
+        out.push_str(&format!("{n} check{} failed: nothing was touched.\n", if n == 1 { "" } else { "s" }));
     }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());

@@ -45,8 +45,7 @@ impl<W: Write> Encoder<W> {
                     .last_modified_time(zip_time(spec.created_at))
                     .unix_permissions(0o600)
                     .large_file(spec.expected_size >= ZIP64_FROM);
-                zip.start_file(spec.zip_entry.as_str(), options)
-                    .map_err(io::Error::other)?;
+                zip.start_file(spec.zip_entry.as_str(), options).map_err(io::Error::other)?;
                 Encoder::Zip(Box::new(zip))
             }
         })
@@ -73,13 +72,7 @@ impl<W: Write> Encoder<W> {
 
 fn zip_time(t: jiff::Timestamp) -> zip::DateTime {
     let dt = t.to_zoned(jiff::tz::TimeZone::UTC).datetime();
-    let parts = (
-        dt.year() as u16,
-        dt.month() as u8,
-        dt.day() as u8,
-        dt.hour() as u8,
-        dt.minute() as u8,
-        dt.second() as u8,
-    );
+    let parts =
+        (dt.year() as u16, dt.month() as u8, dt.day() as u8, dt.hour() as u8, dt.minute() as u8, dt.second() as u8);
     zip::DateTime::from_date_and_time(parts.0, parts.1, parts.2, parts.3, parts.4, parts.5).unwrap_or_default()
 }

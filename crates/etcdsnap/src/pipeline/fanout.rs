@@ -20,10 +20,7 @@ pub struct StoredHash {
 
 impl StoredHash {
     pub fn new(hash: bool) -> StoredHash {
-        StoredHash {
-            hasher: hash.then(Sha256::new),
-            size: 0,
-        }
+        StoredHash { hasher: hash.then(Sha256::new), size: 0 }
     }
 
     pub fn update(&mut self, buf: &[u8]) {

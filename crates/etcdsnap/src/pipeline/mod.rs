@@ -169,14 +169,7 @@ pub async fn run<S: ChunkSource>(
         raw_size,
         stored_size,
         stored_sha256: out.stored.hex().unwrap_or(whole),
-        sinks: out
-            .slots
-            .into_iter()
-            .map(|s| SinkOutcome {
-                sink: s.sink,
-                error: s.error,
-            })
-            .collect(),
+        sinks: out.slots.into_iter().map(|s| SinkOutcome { sink: s.sink, error: s.error }).collect(),
     })
 }
 
@@ -207,10 +200,7 @@ fn work(
 ) -> WorkerOutput {
     let mut stored = StoredHash::new(spec.compression != Compression::None);
     let result = (|| {
-        let fan = FanOut {
-            slots: &mut slots,
-            stored: &mut stored,
-        };
+        let fan = FanOut { slots: &mut slots, stored: &mut stored };
         let mut encoder =
             Encoder::new(&spec, BufWriter::with_capacity(SINK_WRITE_SIZE, fan)).map_err(|e| e.to_string())?;
         let mut trailer = TrailerCheck::new();
@@ -324,14 +314,9 @@ mod tests {
         let snap = snapshot_bytes();
         for compression in [Compression::None, Compression::Zstd, Compression::Zip] {
             let (a, b) = (Shared::default(), Shared::default());
-            let out = run_into(
-                compression,
-                chunks(&snap),
-                None,
-                vec![(a.clone(), None), (b.clone(), None)],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{compression}: {e}"));
+            let out = run_into(compression, chunks(&snap), None, vec![(a.clone(), None), (b.clone(), None)])
+                .await
+                .unwrap_or_else(|e| panic!("{compression}: {e}"));
             let stored = a.bytes.lock().map(|v| v.clone()).unwrap_or_default();
             assert_eq!(stored, b.bytes.lock().map(|v| v.clone()).unwrap_or_default());
             assert_eq!(out.stored_size, stored.len() as u64);
@@ -349,18 +334,14 @@ mod tests {
         let mut snap = snapshot_bytes();
         snap[1000] ^= 1;
         let a = Shared::default();
-        let err = run_into(Compression::None, chunks(&snap), None, vec![(a.clone(), None)])
-            .await
-            .err();
+        let err = run_into(Compression::None, chunks(&snap), None, vec![(a.clone(), None)]).await.err();
         assert!(matches!(err, Some(PipelineError::Integrity(_))), "{err:?}");
         assert!(a.aborted.load(Ordering::SeqCst));
 
         let snap = snapshot_bytes();
         let a = Shared::default();
         let truncated = chunks(&snap[..snap.len() - 100]);
-        let err = run_into(Compression::Zstd, truncated, None, vec![(a.clone(), None)])
-            .await
-            .err();
+        let err = run_into(Compression::Zstd, truncated, None, vec![(a.clone(), None)]).await.err();
         assert!(matches!(err, Some(PipelineError::Integrity(_))), "{err:?}");
         assert!(a.aborted.load(Ordering::SeqCst));
     }
@@ -369,18 +350,9 @@ mod tests {
     async fn a_broken_stream_aborts_every_sink() {
         let snap = snapshot_bytes();
         let a = Shared::default();
-        let broken = EtcdError::Stream {
-            endpoint: "x".into(),
-            message: "reset".into(),
-        };
-        let err = run_into(
-            Compression::None,
-            chunks(&snap[..50_000]),
-            Some(broken),
-            vec![(a.clone(), None)],
-        )
-        .await
-        .err();
+        let broken = EtcdError::Stream { endpoint: "x".into(), message: "reset".into() };
+        let err =
+            run_into(Compression::None, chunks(&snap[..50_000]), Some(broken), vec![(a.clone(), None)]).await.err();
         assert!(matches!(err, Some(PipelineError::Etcd(_))), "{err:?}");
         assert!(a.aborted.load(Ordering::SeqCst));
     }
@@ -389,14 +361,10 @@ mod tests {
     async fn one_failing_sink_does_not_stop_the_others() {
         let snap = snapshot_bytes();
         let (good, bad) = (Shared::default(), Shared::default());
-        let out = run_into(
-            Compression::None,
-            chunks(&snap),
-            None,
-            vec![(good.clone(), None), (bad.clone(), Some(10_000))],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let out =
+            run_into(Compression::None, chunks(&snap), None, vec![(good.clone(), None), (bad.clone(), Some(10_000))])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(good.bytes.lock().map(|v| v.len()).unwrap_or_default(), snap.len());
         assert!(out.sinks[0].error.is_none());
         assert!(out.sinks[1].error.is_some());
@@ -406,9 +374,7 @@ mod tests {
     async fn all_sinks_failing_is_an_error() {
         let snap = snapshot_bytes();
         let a = Shared::default();
-        let err = run_into(Compression::None, chunks(&snap), None, vec![(a.clone(), Some(1000))])
-            .await
-            .err();
+        let err = run_into(Compression::None, chunks(&snap), None, vec![(a.clone(), Some(1000))]).await.err();
         assert!(matches!(err, Some(PipelineError::AllSinksFailed(_))), "{err:?}");
         assert!(a.aborted.load(Ordering::SeqCst));
     }

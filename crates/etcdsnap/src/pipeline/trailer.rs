@@ -80,12 +80,7 @@ impl TrailerCheck {
         let mut whole = self.hasher;
         whole.update(&self.tail);
         let found = (self.tail.len() == TRAILER_LEN).then(|| hex::encode(&self.tail));
-        TrailerOutcome {
-            total: self.total,
-            found,
-            computed,
-            whole: hex::encode(whole.finalize()),
-        }
+        TrailerOutcome { total: self.total, found, computed, whole: hex::encode(whole.finalize()) }
     }
 }
 
@@ -137,15 +132,8 @@ mod tests {
     fn truncation_fails() {
         let snap = with_trailer(&[1u8; 500]);
         for len in [0, 10, 31, 32, 100, snap.len() - 1] {
-            assert!(
-                !check_in_chunks(&snap[..len], 7).is_valid(),
-                "truncated to {len} accepted"
-            );
+            assert!(!check_in_chunks(&snap[..len], 7).is_valid(), "truncated to {len} accepted");
         }
-        assert!(
-            check_in_chunks(&[], 1)
-                .problem()
-                .is_some_and(|p| p.contains("too short"))
-        );
+        assert!(check_in_chunks(&[], 1).problem().is_some_and(|p| p.contains("too short")));
     }
 }

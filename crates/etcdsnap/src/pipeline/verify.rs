@@ -101,16 +101,9 @@ pub fn verify_copy<R: Read, W: Write>(
     compression: Compression,
     out: W,
 ) -> Result<(StoredCheck, W), VerifyError> {
-    let hashing = HashingReader {
-        inner: input,
-        hasher: (compression != Compression::None).then(Sha256::new),
-        count: 0,
-    };
-    let mut sink = TrailerWriter {
-        check: TrailerCheck::new(),
-        out,
-        write_error: None,
-    };
+    let hashing =
+        HashingReader { inner: input, hasher: (compression != Compression::None).then(Sha256::new), count: 0 };
+    let mut sink = TrailerWriter { check: TrailerCheck::new(), out, write_error: None };
     let result = copy_through(hashing, compression, &mut sink);
     if let Some(e) = sink.write_error.take() {
         return Err(VerifyError::Write(e));
@@ -122,13 +115,7 @@ pub fn verify_copy<R: Read, W: Write>(
         None => trailer.whole.clone(),
     };
     Ok((
-        StoredCheck {
-            stored_sha256,
-            stored_size: hashing.count,
-            raw_size: trailer.total,
-            trailer,
-            zip_entry,
-        },
+        StoredCheck { stored_sha256, stored_size: hashing.count, raw_size: trailer.total, trailer, zip_entry },
         sink.out,
     ))
 }
@@ -191,11 +178,7 @@ mod tests {
             assert_eq!(out, snap, "{compression}");
             assert!(check.trailer.is_valid());
             assert_eq!(check.stored_size, stored.len() as u64);
-            assert_eq!(
-                check.stored_sha256,
-                hex::encode(Sha256::digest(&stored)),
-                "{compression}"
-            );
+            assert_eq!(check.stored_sha256, hex::encode(Sha256::digest(&stored)), "{compression}");
         }
     }
 

@@ -176,21 +176,11 @@ impl<R: BufRead> ZipEntry<R> {
         };
         let computed = self.crc.finalize();
         if crc != computed {
-            return Err(ZipReadError::Crc {
-                recorded: crc,
-                computed,
-            });
+            return Err(ZipReadError::Crc { recorded: crc, computed });
         }
-        let read_cmp = if self.zip64 || !self.descriptor {
-            self.read
-        } else {
-            self.read & 0xffff_ffff
-        };
+        let read_cmp = if self.zip64 || !self.descriptor { self.read } else { self.read & 0xffff_ffff };
         if size != read_cmp {
-            return Err(ZipReadError::Size {
-                recorded: size,
-                read: self.read,
-            });
+            return Err(ZipReadError::Size { recorded: size, read: self.read });
         }
         let mut sig = [0u8; 4];
         input.read_exact(&mut sig)?;
@@ -278,10 +268,7 @@ mod tests {
         let z = zip_of(&[("snap", &data)], true);
         assert!(read_all(&z[..z.len() / 2]).is_err());
         assert!(matches!(read_all(b"PK\x05\x06"), Err(ZipReadError::NotZip)));
-        assert!(matches!(
-            read_all(b"hello world, definitely not a zip archive"),
-            Err(ZipReadError::NotZip)
-        ));
+        assert!(matches!(read_all(b"hello world, definitely not a zip archive"), Err(ZipReadError::NotZip)));
         let mut flipped = z.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0xff;

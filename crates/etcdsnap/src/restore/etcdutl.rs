@@ -38,11 +38,8 @@ impl MemberSettings {
         if self.name.trim().is_empty() {
             out.push("the member name (--name) is empty".to_string());
         }
-        let listed = self
-            .initial_cluster
-            .split(',')
-            .filter_map(|m| m.split_once('='))
-            .any(|(n, _)| n.trim() == self.name);
+        let listed =
+            self.initial_cluster.split(',').filter_map(|m| m.split_once('=')).any(|(n, _)| n.trim() == self.name);
         if !listed {
             out.push(format!(
                 "--initial-cluster {:?} has no entry for member {:?} (expected {}=<peer URL>)",
@@ -82,54 +79,28 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, EtcdutlError> {
     if let Some(path) = explicit {
         return match std::fs::metadata(path) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(path.to_path_buf()),
-            Ok(m) if m.is_file() => Err(EtcdutlError::Unusable {
-                path: path.to_path_buf(),
-                reason: "not executable".into(),
-            }),
-            Ok(_) => Err(EtcdutlError::Unusable {
-                path: path.to_path_buf(),
-                reason: "not a file".into(),
-            }),
-            Err(e) => Err(EtcdutlError::Unusable {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }),
+            Ok(m) if m.is_file() => {
+                Err(EtcdutlError::Unusable { path: path.to_path_buf(), reason: "not executable".into() })
+            }
+            Ok(_) => Err(EtcdutlError::Unusable { path: path.to_path_buf(), reason: "not a file".into() }),
+            Err(e) => Err(EtcdutlError::Unusable { path: path.to_path_buf(), reason: e.to_string() }),
         };
     }
     let search = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&search)
         .map(|dir| dir.join("etcdutl"))
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|p| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
         .ok_or(EtcdutlError::NotFound)
 }
 
 /// The version etcdutl reports (`etcdutl version`), e.g. `3.6.16`. Also proves it runs.
 pub async fn version(bin: &Path) -> Result<String, EtcdutlError> {
-    let unusable = |reason: String| EtcdutlError::Unusable {
-        path: bin.to_path_buf(),
-        reason,
-    };
-    let run = tokio::process::Command::new(bin)
-        .arg("version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
+    let unusable = |reason: String| EtcdutlError::Unusable { path: bin.to_path_buf(), reason };
+    let run = tokio::process::Command::new(bin).arg("version").stdin(Stdio::null()).kill_on_drop(true).output();
     let out = tokio::time::timeout(VERSION_TIMEOUT, run)
         .await
-        .map_err(|_| {
-            unusable(format!(
-                "`etcdutl version` did not answer in {}s",
-                VERSION_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|source| EtcdutlError::Spawn {
-            path: bin.to_path_buf(),
-            source,
-        })?;
+        .map_err(|_| unusable(format!("`etcdutl version` did not answer in {}s", VERSION_TIMEOUT.as_secs())))?
+        .map_err(|source| EtcdutlError::Spawn { path: bin.to_path_buf(), source })?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(unusable(format!("`etcdutl version` failed ({})", out.status)));
@@ -188,10 +159,7 @@ pub fn start(
     member: &MemberSettings,
     log: &Path,
 ) -> Result<Running, EtcdutlError> {
-    let spawn_err = |source| EtcdutlError::Spawn {
-        path: bin.to_path_buf(),
-        source,
-    };
+    let spawn_err = |source| EtcdutlError::Spawn { path: bin.to_path_buf(), source };
     let out = std::fs::File::create(log).map_err(spawn_err)?;
     let err = out.try_clone().map_err(spawn_err)?;
     tracing::info!(etcdutl = %bin.display(), snapshot = %snapshot.display(), data_dir = %data_dir.display(), member = %member.name, "running etcdutl snapshot restore");
@@ -203,26 +171,18 @@ pub fn start(
         .kill_on_drop(true)
         .spawn()
         .map_err(spawn_err)?;
-    Ok(Running {
-        child,
-        log: log.to_path_buf(),
-    })
+    Ok(Running { child, log: log.to_path_buf() })
 }
 
 impl Running {
     /// Waits for etcdutl; its output is quoted in the error if it fails.
     pub async fn wait(mut self) -> Result<(), EtcdutlError> {
-        let status = self.child.wait().await.map_err(|source| EtcdutlError::Spawn {
-            path: self.log.clone(),
-            source,
-        })?;
+        let status =
+            self.child.wait().await.map_err(|source| EtcdutlError::Spawn { path: self.log.clone(), source })?;
         if status.success() {
             return Ok(());
         }
-        Err(EtcdutlError::Failed {
-            status: status.to_string(),
-            log: log_tail(&self.log),
-        })
+        Err(EtcdutlError::Failed { status: status.to_string(), log: log_tail(&self.log) })
     }
 
     /// Stops etcdutl and waits until it is gone, so that nothing writes into its output
@@ -233,16 +193,10 @@ impl Running {
 }
 
 fn log_tail(path: &Path) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
-    if tail.trim().is_empty() {
-        "(no output)".into()
-    } else {
-        tail
-    }
+    if tail.trim().is_empty() { "(no output)".into() } else { tail }
 }
 
 #[cfg(test)]
@@ -262,10 +216,7 @@ mod tests {
 
     #[test]
     fn versions_parse() {
-        assert_eq!(
-            parse_version("etcdutl version: 3.6.16\nAPI version: 3.6\n").as_deref(),
-            Some("3.6.16")
-        );
+        assert_eq!(parse_version("etcdutl version: 3.6.16\nAPI version: 3.6\n").as_deref(), Some("3.6.16"));
         assert_eq!(parse_version("nonsense"), None);
         assert_eq!(minor_version("3.6.16"), Some((3, 6)));
         assert_eq!(minor_version("v3.5"), Some((3, 5)));

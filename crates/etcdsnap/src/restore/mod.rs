@@ -70,11 +70,7 @@ pub enum RestoreOutcome {
     /// A check failed; nothing was touched.
     Refused(PreflightReport),
     /// The data directory now holds the snapshot.
-    Restored {
-        report: PreflightReport,
-        installed: Installed,
-        duration: Duration,
-    },
+    Restored { report: PreflightReport, installed: Installed, duration: Duration },
 }
 
 /// Failures after the pre-flight checks passed. Each says what became of the target.
@@ -129,11 +125,7 @@ pub async fn restore(
         preflight::add_etcdutl(&mut report, version);
         preflight::add_integrity(&mut report, result.map_err(|e| e.to_string()));
         emit(&report);
-        return Ok(if report.ok {
-            RestoreOutcome::DryRun(report)
-        } else {
-            RestoreOutcome::Refused(report)
-        });
+        return Ok(if report.ok { RestoreOutcome::DryRun(report) } else { RestoreOutcome::Refused(report) });
     }
     let (Some(target), Some(etcdutl_bin), true) = (plan.target, plan.etcdutl.clone(), report.ok) else {
         // Reading a large snapshot (or downloading it) only to refuse it anyway helps nobody.
@@ -149,10 +141,7 @@ pub async fn restore(
             preflight::add_etcdutl(&mut report, version.await);
             report.skip_integrity("not read: no working directory");
             emit(&report);
-            return Err(RestoreError::Workspace {
-                dir: target.parent.clone(),
-                source,
-            });
+            return Err(RestoreError::Workspace { dir: target.parent.clone(), source });
         }
     };
     let staged = work.data_dir();
@@ -191,13 +180,7 @@ pub async fn restore(
 
     let running = match running {
         Some(r) => r,
-        None => etcdutl::start(
-            &etcdutl_bin,
-            &work.snapshot_path(),
-            &staged,
-            &req.member,
-            &work.log_path(),
-        )?,
+        None => etcdutl::start(&etcdutl_bin, &work.snapshot_path(), &staged, &req.member, &work.log_path())?,
     };
     running.wait().await?;
     if !staged.join("member/snap/db").is_file() {
@@ -206,11 +189,7 @@ pub async fn restore(
     let installed = target.install(&staged, now_unix)?;
     drop(work);
     tracing::info!(data_dir = %installed.data_dir.display(), snapshot = %req.source.record.name, "restored");
-    Ok(RestoreOutcome::Restored {
-        report,
-        installed,
-        duration: started.elapsed(),
-    })
+    Ok(RestoreOutcome::Restored { report, installed, duration: started.elapsed() })
 }
 
 /// `etcdutl version`, when etcdutl was found.
@@ -280,10 +259,7 @@ async fn verify_pass(
         p.set_total(size);
     }
     let compression = source.compression;
-    let reader = Counting {
-        inner: reader,
-        progress,
-    };
+    let reader = Counting { inner: reader, progress };
     tokio::task::spawn_blocking(move || -> Result<StoredCheck, PassError> {
         let Some(path) = out else {
             return Ok(verify_reader(reader, compression)?);
@@ -293,10 +269,7 @@ async fn verify_pass(
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|source| PassError::Create {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| PassError::Create { path: path.clone(), source })?;
         let (check, _) = verify_copy(reader, compression, BufWriter::with_capacity(WRITE_BUF, file))?;
         Ok(check)
     })

@@ -157,12 +157,7 @@ impl PreflightReport {
         if status == CheckStatus::Fail {
             self.ok = false;
         }
-        self.checks.push(Check {
-            name: name.into(),
-            status,
-            detail: detail.into(),
-            fix,
-        });
+        self.checks.push(Check { name: name.into(), status, detail: detail.into(), fix });
     }
 
     /// The failed checks.
@@ -215,11 +210,7 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
             node_name: (!record.node_name.is_empty()).then(|| record.node_name.clone()),
             metadata: metadata_label(&record.metadata_source).into(),
             etcd_revision: record.etcd.as_ref().map(|e| e.revision),
-            etcd_version: record
-                .etcd
-                .as_ref()
-                .map(|e| e.version.clone())
-                .filter(|v| !v.is_empty()),
+            etcd_version: record.etcd.as_ref().map(|e| e.version.clone()).filter(|v| !v.is_empty()),
             notes: source.notes.clone(),
         },
         target: TargetSummary {
@@ -228,10 +219,7 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
             move_aside_to: None,
         },
         member: input.member.clone(),
-        etcdutl: EtcdutlSummary {
-            path: None,
-            version: None,
-        },
+        etcdutl: EtcdutlSummary { path: None, version: None },
         token: TokenSummary {
             recorded: record.token_hash.as_ref().map(|h| h.to_string()),
             current: input.token.map(|t| t.hash.to_string()),
@@ -246,10 +234,7 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
             basis: SizeBasis::Estimate,
             temporary_copy: materialise,
         },
-        integrity: IntegritySummary {
-            recorded_sha256: record.sha256.clone(),
-            ..Default::default()
-        },
+        integrity: IntegritySummary { recorded_sha256: record.sha256.clone(), ..Default::default() },
         checks: Vec::new(),
         dry_run: input.dry_run,
         ok: true,
@@ -262,12 +247,7 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
     check_space(&mut report, source, target.as_ref(), materialise);
     check_member(&mut report);
     let etcdutl = locate_etcdutl(&mut report, input.etcdutl);
-    Plan {
-        report,
-        target,
-        etcdutl,
-        materialise,
-    }
+    Plan { report, target, etcdutl, materialise }
 }
 
 fn metadata_label(m: &MetadataSource) -> &'static str {
@@ -339,10 +319,7 @@ fn check_token(report: &mut PreflightReport, ignore_mismatch: bool) {
         (Some(r), Some(c)) if r == c => (
             TokenResult::Match,
             Pass,
-            format!(
-                "current token ({}) matches the recorded hash {r}",
-                t.current_from.as_deref().unwrap_or("")
-            ),
+            format!("current token ({}) matches the recorded hash {r}", t.current_from.as_deref().unwrap_or("")),
             None,
         ),
         (Some(r), Some(c)) => (
@@ -351,11 +328,7 @@ fn check_token(report: &mut PreflightReport, ignore_mismatch: bool) {
             format!(
                 "the snapshot was taken with token hash {r}, the current token ({}) hashes to {c}{}",
                 t.current_from.as_deref().unwrap_or(""),
-                if ignore_mismatch {
-                    "; ignored (--ignore-token-mismatch)"
-                } else {
-                    ""
-                }
+                if ignore_mismatch { "; ignored (--ignore-token-mismatch)" } else { "" }
             ),
             Some(TOKEN_MISMATCH_FIX.to_string()),
         ),
@@ -405,11 +378,7 @@ fn check_target(
     let shown = target.path.display();
     let (status, detail, fix) = match state {
         TargetState::Absent => (Pass, format!("{shown} does not exist; it will be created"), None),
-        TargetState::Empty => (
-            Pass,
-            format!("{shown} is an empty directory; it will be replaced"),
-            None,
-        ),
+        TargetState::Empty => (Pass, format!("{shown} is an empty directory; it will be replaced"), None),
         TargetState::Occupied if !target.path.join("member").is_dir() => (
             Fail,
             format!("{shown} holds files but is not an etcd data directory (it has no member/ directory)"),
@@ -422,10 +391,7 @@ fn check_target(
         ),
         TargetState::Occupied => {
             let aside = target.aside_path(now_unix);
-            let detail = format!(
-                "{shown} holds data; it will be moved aside to {} (never deleted)",
-                aside.display()
-            );
+            let detail = format!("{shown} holds data; it will be moved aside to {} (never deleted)", aside.display());
             report.target.move_aside_to = Some(aside);
             (Pass, detail, None)
         }
@@ -445,10 +411,7 @@ fn check_target(
         TargetState::ParentMissing => (
             Fail,
             format!("the parent directory {} does not exist", target.parent.display()),
-            Some(format!(
-                "create it first (mkdir -p -m 0700 {})",
-                target.parent.display()
-            )),
+            Some(format!("create it first (mkdir -p -m 0700 {})", target.parent.display())),
         ),
     };
     let usable = state.is_usable() && status != Fail;
@@ -460,10 +423,7 @@ fn check_target(
             "leftovers",
             Warn,
             format!("working directories of an interrupted restore: {}", list.join(", ")),
-            Some(format!(
-                "remove them once no restore is running: rm -rf {}",
-                list.join(" ")
-            )),
+            Some(format!("remove them once no restore is running: rm -rf {}", list.join(" "))),
         );
     }
     usable.then_some(target)
@@ -475,20 +435,16 @@ fn leftover_workspaces(target: &Target) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(&target.parent) else {
         return Vec::new();
     };
-    let mut found: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect();
+    let mut found: Vec<PathBuf> =
+        entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()).collect();
     found.sort();
     found
 }
 
 fn check_space(report: &mut PreflightReport, source: &SnapshotSource, target: Option<&Target>, materialise: bool) {
     let (decompressed, basis) = space::decompressed_size(source, source.record.size);
-    let needed = decompressed
-        .saturating_add(space::WAL_RESERVE)
-        .saturating_add(if materialise { decompressed } else { 0 });
+    let needed =
+        decompressed.saturating_add(space::WAL_RESERVE).saturating_add(if materialise { decompressed } else { 0 });
     report.space.decompressed_bytes = decompressed;
     report.space.basis = basis;
     report.space.needed_bytes = needed;
@@ -517,11 +473,7 @@ fn check_space(report: &mut PreflightReport, source: &SnapshotSource, target: Op
         human(needed),
         human(decompressed),
         basis.describe(),
-        if materialise {
-            "; twice, for the temporary decompressed copy"
-        } else {
-            ""
-        }
+        if materialise { "; twice, for the temporary decompressed copy" } else { "" }
     );
     if available >= needed {
         report.push("space", CheckStatus::Pass, what, None);
@@ -531,11 +483,7 @@ fn check_space(report: &mut PreflightReport, source: &SnapshotSource, target: Op
             human(needed - available),
             target.parent.display()
         ));
-        let status = if basis.is_exact() {
-            CheckStatus::Fail
-        } else {
-            CheckStatus::Warn
-        };
+        let status = if basis.is_exact() { CheckStatus::Fail } else { CheckStatus::Warn };
         report.push("space", status, what, fix);
     }
 }
@@ -563,12 +511,7 @@ pub(crate) fn add_etcdutl(report: &mut PreflightReport, version: Option<Result<S
     let bin = report.etcdutl.path.clone().unwrap_or_default();
     match version {
         Ok(v) => {
-            report.push(
-                "etcdutl",
-                CheckStatus::Pass,
-                format!("{} (version {v})", bin.display()),
-                None,
-            );
+            report.push("etcdutl", CheckStatus::Pass, format!("{} (version {v})", bin.display()), None);
             report.etcdutl.version = Some(v);
         }
         Err(e) => report.push(
@@ -600,11 +543,7 @@ fn check_versions(report: &mut PreflightReport) {
                 format!("taken from etcd {s}, {rev}; etcdutl {t} is older"),
                 Some(format!("use etcdutl {}.{} or newer", sv.0, sv.1)),
             ),
-            _ => (
-                CheckStatus::Pass,
-                format!("taken from etcd {s}, {rev}; etcdutl {t}"),
-                None,
-            ),
+            _ => (CheckStatus::Pass, format!("taken from etcd {s}, {rev}; etcdutl {t}"), None),
         },
     };
     report.push("versions", status, detail, fix);
@@ -645,12 +584,9 @@ pub(crate) fn add_integrity(report: &mut PreflightReport, result: Result<StoredC
     i.trailer_valid = Some(check.trailer.is_valid());
     i.zip_entry = check.zip_entry.clone();
     match report.integrity.recorded_sha256.clone() {
-        Some(recorded) if recorded == check.stored_sha256 => report.push(
-            "sha256",
-            CheckStatus::Pass,
-            format!("the bytes hash to {recorded}, as recorded"),
-            None,
-        ),
+        Some(recorded) if recorded == check.stored_sha256 => {
+            report.push("sha256", CheckStatus::Pass, format!("the bytes hash to {recorded}, as recorded"), None)
+        }
         Some(recorded) => report.push(
             "sha256",
             CheckStatus::Fail,
@@ -663,10 +599,7 @@ pub(crate) fn add_integrity(report: &mut PreflightReport, result: Result<StoredC
         None => report.push(
             "sha256",
             CheckStatus::Warn,
-            format!(
-                "the bytes hash to {}; no recorded sha256 to compare",
-                check.stored_sha256
-            ),
+            format!("the bytes hash to {}; no recorded sha256 to compare", check.stored_sha256),
             None,
         ),
     }

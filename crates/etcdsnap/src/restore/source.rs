@@ -114,10 +114,7 @@ impl SnapshotSource {
                 return Err(SourceError::NotFound(path.to_path_buf()));
             }
             Err(source) => {
-                return Err(SourceError::Unreadable {
-                    path: path.to_path_buf(),
-                    source,
-                });
+                return Err(SourceError::Unreadable { path: path.to_path_buf(), source });
             }
         };
         if meta.is_dir() {
@@ -126,29 +123,16 @@ impl SnapshotSource {
         if !meta.is_file() {
             return Err(SourceError::NotAFile(path.to_path_buf()));
         }
-        let path = std::path::absolute(path).map_err(|source| SourceError::Unreadable {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let path =
+            std::path::absolute(path).map_err(|source| SourceError::Unreadable { path: path.to_path_buf(), source })?;
         let mut header = [0u8; 4];
         let read = File::open(&path)
             .and_then(|mut f| read_up_to(&mut f, &mut header))
-            .map_err(|source| SourceError::Unreadable {
-                path: path.clone(),
-                source,
-            })?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let name = SnapshotName::parse(&file_name).map_err(|source| SourceError::BadName {
-            path: path.clone(),
-            source,
-        })?;
-        let metadata_path = path
-            .parent()
-            .and_then(Path::parent)
-            .map(|p| p.join(METADATA_DIR).join(name.as_str()));
+            .map_err(|source| SourceError::Unreadable { path: path.clone(), source })?;
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name =
+            SnapshotName::parse(&file_name).map_err(|source| SourceError::BadName { path: path.clone(), source })?;
+        let metadata_path = path.parent().and_then(Path::parent).map(|p| p.join(METADATA_DIR).join(name.as_str()));
         let mut source = SnapshotSource {
             kind: SourceKind::File,
             origin: Origin::Path(path.clone()),
@@ -177,10 +161,7 @@ impl SnapshotSource {
         let path = store.snapshot_path(name);
         let mut source = match SnapshotSource::from_path(&path) {
             Err(SourceError::NotFound(_)) => {
-                return Err(SourceError::NotInStore {
-                    name: name.to_string(),
-                    store: store.describe(),
-                });
+                return Err(SourceError::NotInStore { name: name.to_string(), store: store.describe() });
             }
             other => other?,
         };
@@ -199,15 +180,9 @@ impl SnapshotSource {
             .records
             .into_iter()
             .find(|r| &r.name == name)
-            .ok_or_else(|| SourceError::NotInStore {
-                name: name.to_string(),
-                store: store.describe(),
-            })?;
+            .ok_or_else(|| SourceError::NotInStore { name: name.to_string(), store: store.describe() })?;
         if !record.is_ready() {
-            return Err(SourceError::Failed {
-                name: name.to_string(),
-                store: store.describe(),
-            });
+            return Err(SourceError::Failed { name: name.to_string(), store: store.describe() });
         }
         let kind = match store.kind() {
             StorageKind::Local => SourceKind::Local,
@@ -236,10 +211,7 @@ impl SnapshotSource {
     pub(crate) async fn open(&self) -> Result<(Box<dyn Read + Send>, u64), SourceError> {
         match &self.origin {
             Origin::Path(path) => {
-                let file = File::open(path).map_err(|source| SourceError::Unreadable {
-                    path: path.clone(),
-                    source,
-                })?;
+                let file = File::open(path).map_err(|source| SourceError::Unreadable { path: path.clone(), source })?;
                 let size = file.metadata().map(|m| m.len()).unwrap_or(self.record.size);
                 Ok((Box::new(file), size))
             }
@@ -266,14 +238,12 @@ impl SnapshotSource {
                     self.record.metadata_source = MetadataSource::K3sMap;
                 }
                 Err(e) => {
-                    self.notes
-                        .push(format!("ignoring metadata {}: {e}", doc_path.display()));
+                    self.notes.push(format!("ignoring metadata {}: {e}", doc_path.display()));
                     self.record.metadata_source = MetadataSource::Rejected;
                 }
             },
             Err(e) => {
-                self.notes
-                    .push(format!("ignoring metadata {}: {e}", doc_path.display()));
+                self.notes.push(format!("ignoring metadata {}: {e}", doc_path.display()));
                 self.record.metadata_source = MetadataSource::Rejected;
             }
         }
@@ -335,20 +305,11 @@ mod tests {
     fn paths_are_checked_and_documents_read() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let missing = dir.path().join("nope");
-        assert!(matches!(
-            SnapshotSource::from_path(&missing),
-            Err(SourceError::NotFound(_))
-        ));
-        assert!(matches!(
-            SnapshotSource::from_path(dir.path()),
-            Err(SourceError::IsDirectory(_))
-        ));
+        assert!(matches!(SnapshotSource::from_path(&missing), Err(SourceError::NotFound(_))));
+        assert!(matches!(SnapshotSource::from_path(dir.path()), Err(SourceError::IsDirectory(_))));
         let part = dir.path().join("x.part");
         write(&part, b"x");
-        assert!(matches!(
-            SnapshotSource::from_path(&part),
-            Err(SourceError::BadName { .. })
-        ));
+        assert!(matches!(SnapshotSource::from_path(&part), Err(SourceError::BadName { .. })));
 
         let snap = dir.path().join("snapshots/on-demand-n1-1700000000");
         write(&snap, b"etcd bytes");
@@ -362,15 +323,8 @@ mod tests {
         record.node_name = "n1".into();
         record.size = 99;
         record.token_hash = TokenHash::parse_recorded("652c7dc687d9");
-        record.etcd = Some(EtcdInfo {
-            revision: 7,
-            version: "3.6.16".into(),
-            ..Default::default()
-        });
-        write(
-            &dir.path().join(".metadata/on-demand-n1-1700000000"),
-            &record.to_document().to_json(),
-        );
+        record.etcd = Some(EtcdInfo { revision: 7, version: "3.6.16".into(), ..Default::default() });
+        write(&dir.path().join(".metadata/on-demand-n1-1700000000"), &record.to_document().to_json());
         let full = SnapshotSource::from_path(&snap).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(full.record.metadata_source, MetadataSource::Document);
         assert_eq!(full.record.node_name, "n1");

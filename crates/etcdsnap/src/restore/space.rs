@@ -109,8 +109,7 @@ mod tests {
 
         let zst = dir.path().join("a-n-1.zst");
         let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap_or_else(|e| panic!("{e}"));
-        enc.set_pledged_src_size(Some(data.len() as u64))
-            .unwrap_or_else(|e| panic!("{e}"));
+        enc.set_pledged_src_size(Some(data.len() as u64)).unwrap_or_else(|e| panic!("{e}"));
         enc.write_all(&data).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&zst, enc.finish().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
         let s = SnapshotSource::from_path(&zst).unwrap_or_else(|e| panic!("{e}"));
@@ -125,8 +124,7 @@ mod tests {
 
         let zip = dir.path().join("c-n-1.zip");
         let mut z = zip::ZipWriter::new_stream(Vec::new());
-        z.start_file("c-n-1", zip::write::SimpleFileOptions::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        z.start_file("c-n-1", zip::write::SimpleFileOptions::default()).unwrap_or_else(|e| panic!("{e}"));
         z.write_all(&data).unwrap_or_else(|e| panic!("{e}"));
         let bytes = z.finish().unwrap_or_else(|e| panic!("{e}")).into_inner();
         std::fs::write(&zip, bytes).unwrap_or_else(|e| panic!("{e}"));

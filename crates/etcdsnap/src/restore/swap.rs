@@ -115,11 +115,7 @@ impl Target {
         let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
             return Err(SwapError::BadPath(path.to_path_buf()));
         };
-        Ok(Target {
-            parent: parent.to_path_buf(),
-            name: name.to_os_string(),
-            path: parent.join(name),
-        })
+        Ok(Target { parent: parent.to_path_buf(), name: name.to_os_string(), path: parent.join(name) })
     }
 
     /// Looks at the target without changing anything.
@@ -146,11 +142,7 @@ impl Target {
             return Ok(TargetState::NotADirectory);
         }
         let mut entries = fs::read_dir(&self.path).map_err(inspect_err(&self.path))?;
-        Ok(if entries.next().is_some() {
-            TargetState::Occupied
-        } else {
-            TargetState::Empty
-        })
+        Ok(if entries.next().is_some() { TargetState::Occupied } else { TargetState::Empty })
     }
 
     /// `<dir>-old-<unix>`, moved one second on while that name is taken (a second restore in
@@ -186,10 +178,7 @@ impl Target {
                 Some(aside)
             }
             other => {
-                return Err(SwapError::Changed {
-                    path: self.path.clone(),
-                    state: other,
-                });
+                return Err(SwapError::Changed { path: self.path.clone(), state: other });
             }
         };
         // rename(2) replaces an empty directory atomically, so an empty target needs no step.
@@ -198,25 +187,15 @@ impl Target {
                 None => PutBack::NotMoved,
                 Some(aside) => match fs::rename(aside, &self.path) {
                     Ok(()) => PutBack::Restored,
-                    Err(error) => PutBack::Stranded {
-                        aside: aside.clone(),
-                        error,
-                    },
+                    Err(error) => PutBack::Stranded { aside: aside.clone(), error },
                 },
             };
-            return Err(SwapError::Install {
-                target: self.path.clone(),
-                put_back,
-                source,
-            });
+            return Err(SwapError::Install { target: self.path.clone(), put_back, source });
         }
         if let Err(e) = fs::File::open(&self.parent).and_then(|d| d.sync_all()) {
             tracing::warn!(dir = %self.parent.display(), "fsync of the parent directory failed: {e}");
         }
-        Ok(Installed {
-            data_dir: self.path.clone(),
-            moved_aside,
-        })
+        Ok(Installed { data_dir: self.path.clone(), moved_aside })
     }
 }
 
@@ -266,14 +245,8 @@ mod tests {
         fs::create_dir(&earlier).unwrap_or_else(|e| panic!("{e}"));
         let s = staged(dir.path());
         let installed = t.install(&s, 100).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            installed.moved_aside.as_deref(),
-            Some(dir.path().join("etcd-old-101").as_path())
-        );
-        assert_eq!(
-            fs::read(dir.path().join("etcd-old-101/old")).ok(),
-            Some(b"old".to_vec())
-        );
+        assert_eq!(installed.moved_aside.as_deref(), Some(dir.path().join("etcd-old-101").as_path()));
+        assert_eq!(fs::read(dir.path().join("etcd-old-101/old")).ok(), Some(b"old".to_vec()));
         assert_eq!(fs::read(t.path.join("member/snap/db")).ok(), Some(b"new".to_vec()));
         assert!(earlier.exists());
     }
@@ -296,16 +269,7 @@ mod tests {
         fs::create_dir(&t.path).unwrap_or_else(|e| panic!("{e}"));
         fs::write(t.path.join("old"), b"old").unwrap_or_else(|e| panic!("{e}"));
         let err = t.install(&dir.path().join("does-not-exist"), 5).err();
-        assert!(
-            matches!(
-                &err,
-                Some(SwapError::Install {
-                    put_back: PutBack::Restored,
-                    ..
-                })
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Some(SwapError::Install { put_back: PutBack::Restored, .. })), "{err:?}");
         assert!(err.is_some_and(|e| e.to_string().contains("put back")));
         assert_eq!(fs::read(t.path.join("old")).ok(), Some(b"old".to_vec()));
         assert!(!dir.path().join("etcd-old-5").exists());

@@ -63,11 +63,7 @@ impl LocalStore {
         }
         let dir = dir.canonicalize().map_err(StoreError::io("resolve", dir))?;
         let metadata_dir = dir.parent().unwrap_or(&dir).join(METADATA_DIR);
-        Ok(LocalStore {
-            dir,
-            metadata_dir,
-            node_name: node_name.to_string(),
-        })
+        Ok(LocalStore { dir, metadata_dir, node_name: node_name.to_string() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -121,10 +117,7 @@ impl LocalStore {
             let Ok(entries) = fs::read_dir(dir) else { continue };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let is_part = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(PART_SUFFIX));
+                let is_part = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(PART_SUFFIX));
                 let old_enough = entry
                     .metadata()
                     .and_then(|m| m.modified())
@@ -152,9 +145,7 @@ impl LocalStore {
             let entry = entry.map_err(StoreError::io("list", &self.dir))?;
             let file_name = entry.file_name();
             let Some(file_name) = file_name.to_str() else {
-                listing
-                    .warnings
-                    .push(format!("skipping {}: file name is not UTF-8", entry.path().display()));
+                listing.warnings.push(format!("skipping {}: file name is not UTF-8", entry.path().display()));
                 continue;
             };
             if file_name.starts_with('.') || file_name.ends_with(PART_SUFFIX) {
@@ -165,40 +156,27 @@ impl LocalStore {
                 Ok(m) if m.is_file() => m,
                 Ok(_) => continue,
                 Err(e) => {
-                    listing
-                        .warnings
-                        .push(format!("skipping {}: {e}", entry.path().display()));
+                    listing.warnings.push(format!("skipping {}: {e}", entry.path().display()));
                     continue;
                 }
             };
             let name = match SnapshotName::parse(file_name) {
                 Ok(n) => n,
                 Err(e) => {
-                    listing
-                        .warnings
-                        .push(format!("skipping {}: {e}", entry.path().display()));
+                    listing.warnings.push(format!("skipping {}: {e}", entry.path().display()));
                     continue;
                 }
             };
-            listing
-                .records
-                .push(self.record_for(name, &meta, &mut listing.warnings));
+            listing.records.push(self.record_for(name, &meta, &mut listing.warnings));
         }
-        listing
-            .records
-            .sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+        listing.records.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
         Ok(listing)
     }
 
     fn try_lock_quietly(&self) -> Result<DirLock, ()> {
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|_| ())?;
+        let file =
+            OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(|_| ())?;
         file.try_lock().map_err(|_| ())?;
         Ok(DirLock { _file: file, path })
     }
@@ -293,30 +271,19 @@ pub(crate) fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, String> {
         return Err("not a regular file".into());
     }
     if meta.len() > MAX_METADATA_BYTES as u64 {
-        return Err(format!(
-            "{} bytes, more than the {MAX_METADATA_BYTES} accepted",
-            meta.len()
-        ));
+        return Err(format!("{} bytes, more than the {MAX_METADATA_BYTES} accepted", meta.len()));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_METADATA_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    file.take(MAX_METADATA_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     Ok(Some(bytes))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::io("fsync directory", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io("fsync directory", dir))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(StoreError::io("create directory", dir))?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(StoreError::io("create directory", dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(StoreError::io("chmod", dir))
 }
 
@@ -360,10 +327,7 @@ impl LocalSink {
     /// fsync, metadata document, rename, fsync of the directory. If any step fails the sink is
     /// dropped unpublished and `Drop` removes the `.part` file.
     fn publish(&mut self, doc: &MetadataDocument) -> Result<(), StoreError> {
-        let file = self
-            .file
-            .as_ref()
-            .ok_or_else(|| StoreError::Other("snapshot file already closed".into()))?;
+        let file = self.file.as_ref().ok_or_else(|| StoreError::Other("snapshot file already closed".into()))?;
         file.sync_all().map_err(StoreError::io("fsync", &self.part))?;
         create_private_dir(&self.store.metadata_dir)?;
         write_atomic(&self.store.metadata_path(&self.name), &doc.to_json())?;
@@ -386,10 +350,7 @@ impl Drop for LocalSink {
 #[async_trait]
 impl SnapshotSink for LocalSink {
     fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| StoreError::Other("snapshot file already closed".into()))?;
+        let file = self.file.as_mut().ok_or_else(|| StoreError::Other("snapshot file already closed".into()))?;
         file.write_all(buf).map_err(StoreError::io("write", &self.part))
     }
 
@@ -441,12 +402,7 @@ impl SnapshotStore for LocalStore {
             .mode(0o600)
             .open(&part)
             .map_err(StoreError::io("create", &part))?;
-        Ok(Box::new(LocalSink {
-            store: self.clone(),
-            name: new.name.clone(),
-            part,
-            file: Some(file),
-        }))
+        Ok(Box::new(LocalSink { store: self.clone(), name: new.name.clone(), part, file: Some(file) }))
     }
 
     async fn open(&self, name: &SnapshotName) -> Result<SnapshotReader, StoreError> {
@@ -459,10 +415,7 @@ impl SnapshotStore for LocalStore {
             }
         })?;
         let size = file.metadata().await.map_err(StoreError::io("inspect", &path))?.len();
-        Ok(SnapshotReader {
-            reader: Box::new(file),
-            size,
-        })
+        Ok(SnapshotReader { reader: Box::new(file), size })
     }
 
     async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError> {

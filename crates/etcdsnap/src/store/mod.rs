@@ -35,11 +35,7 @@ pub enum StoreError {
     #[error("snapshot {0} not found in {1}")]
     NotFound(String, String),
     #[error("S3 {op} {target}: {message}")]
-    S3 {
-        op: &'static str,
-        target: String,
-        message: String,
-    },
+    S3 { op: &'static str, target: String, message: String },
     #[error("{0}")]
     Other(String),
 }

@@ -80,12 +80,7 @@ mod tests {
     }
 
     fn policy(base: &str, keep: usize) -> RetentionPolicy {
-        RetentionPolicy {
-            base: base.into(),
-            keep,
-            node: None,
-            cluster_id: None,
-        }
+        RetentionPolicy { base: base.into(), keep, node: None, cluster_id: None }
     }
 
     #[test]
@@ -101,10 +96,7 @@ mod tests {
             names(plan_retention(&recs, &policy("on-demand", 1))),
             ["on-demand-b-50", "on-demand-a-100", "on-demand-a-200"]
         );
-        assert_eq!(
-            names(plan_retention(&recs, &policy("on-demand", 2))),
-            ["on-demand-a-100"]
-        );
+        assert_eq!(names(plan_retention(&recs, &policy("on-demand", 2))), ["on-demand-a-100"]);
         assert!(plan_retention(&recs, &policy("on-demand", 0)).is_empty());
         assert!(plan_retention(&recs, &policy("on-demand", 10)).is_empty());
     }
@@ -117,14 +109,8 @@ mod tests {
             test_record("etcd-snapshot-weekly-n-3", "n"),
             test_record("etcd-snapshot-weekly-n-4", "n"),
         ];
-        assert_eq!(
-            names(plan_retention(&recs, &policy("etcd-snapshot", 1))),
-            ["etcd-snapshot-n-1"]
-        );
-        assert_eq!(
-            names(plan_retention(&recs, &policy("etcd-snapshot-weekly", 1))),
-            ["etcd-snapshot-weekly-n-3"]
-        );
+        assert_eq!(names(plan_retention(&recs, &policy("etcd-snapshot", 1))), ["etcd-snapshot-n-1"]);
+        assert_eq!(names(plan_retention(&recs, &policy("etcd-snapshot-weekly", 1))), ["etcd-snapshot-weekly-n-3"]);
     }
 
     #[test]
@@ -134,10 +120,7 @@ mod tests {
             test_record("on-demand-node-1-20.zst", "node-1"),
             test_record("on-demand-node-1-30", "node-1"),
         ];
-        assert_eq!(
-            names(plan_retention(&recs, &policy("on-demand", 2))),
-            ["on-demand-node-1-10.zip"]
-        );
+        assert_eq!(names(plan_retention(&recs, &policy("on-demand", 2))), ["on-demand-node-1-10.zip"]);
     }
 
     #[test]
@@ -150,12 +133,7 @@ mod tests {
         theirs.cluster_id = Some("c2".into());
         let unknown = test_record("s-n-00", "n");
         let recs = vec![mine, mine2, theirs, unknown];
-        let p = RetentionPolicy {
-            base: "s".into(),
-            keep: 1,
-            node: Some("n".into()),
-            cluster_id: Some("c1".into()),
-        };
+        let p = RetentionPolicy { base: "s".into(), keep: 1, node: Some("n".into()), cluster_id: Some("c1".into()) };
         assert_eq!(names(plan_retention(&recs, &p)), ["s-n-1"]);
     }
 
@@ -167,12 +145,7 @@ mod tests {
             test_record("s-b-1", "b"),
             test_record("s-b-2", "b"),
         ];
-        let p = RetentionPolicy {
-            base: "s".into(),
-            keep: 1,
-            node: Some("b".into()),
-            cluster_id: None,
-        };
+        let p = RetentionPolicy { base: "s".into(), keep: 1, node: Some("b".into()), cluster_id: None };
         assert_eq!(names(plan_retention(&recs, &p)), ["s-b-1"]);
     }
 

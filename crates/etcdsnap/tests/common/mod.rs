@@ -22,23 +22,12 @@ impl Run {
 
     /// Panics with both streams unless the run succeeded.
     pub fn expect_ok(self) -> Run {
-        assert!(
-            self.ok(),
-            "etcdsnap failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
+        assert!(self.ok(), "etcdsnap failed ({:?})\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
         self
     }
 
     pub fn expect_fail(self) -> Run {
-        assert!(
-            !self.ok(),
-            "etcdsnap unexpectedly succeeded\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
+        assert!(!self.ok(), "etcdsnap unexpectedly succeeded\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 
@@ -79,10 +68,7 @@ pub async fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run etcdsnap: {e}"))
-        .into()
+    cmd.output().await.unwrap_or_else(|e| panic!("cannot run etcdsnap: {e}")).into()
 }
 
 /// Puts `n` objects shaped like what a kube-apiserver stores (keys under `/registry/`, JSON
@@ -104,9 +90,7 @@ pub async fn load_kube_like_data(client: &mut etcd_client::Client, n: usize) -> 
                          "resourceVersion": (i + 1).to_string()},
             "data": {"config.yaml": format!("replicas: {}\nimage: registry.example.com/app:{}\n{}", i % 5, i % 11, "x: y\n".repeat(40 + i % 50))},
         });
-        client
-            .put(format!("/registry/{kind}/{ns}/{name}"), value.to_string(), None)
-            .await?;
+        client.put(format!("/registry/{kind}/{ns}/{name}"), value.to_string(), None).await?;
     }
     Ok(())
 }
@@ -128,7 +112,5 @@ pub fn files_in(dir: &Path) -> Vec<String> {
 /// Unix permission bits of a path.
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o777)
-        .unwrap_or(0)
+    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
 }

@@ -18,13 +18,8 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        env_file: PathBuf::from("testenv.env"),
-        members: 1,
-        kube: true,
-        s3: true,
-        extra_etcd_args: Vec::new(),
-    };
+    let mut args =
+        Args { env_file: PathBuf::from("testenv.env"), members: 1, kube: true, s3: true, extra_etcd_args: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -68,11 +63,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut env = vec![("ETCDSNAP_ENDPOINTS".to_string(), etcd.endpoints().join(","))];
     env.push(("TESTENV_ETCD_DIR".into(), etcd.dir().display().to_string()));
 
-    let api = if args.kube {
-        Some(KubeApiServer::start(&etcd).await?)
-    } else {
-        None
-    };
+    let api = if args.kube { Some(KubeApiServer::start(&etcd).await?) } else { None };
     if let Some(api) = &api {
         env.push(("KUBECONFIG".into(), api.kubeconfig_path().display().to_string()));
         env.push(("TESTENV_KUBE_AUDIT_DIR".into(), api.dir().display().to_string()));
@@ -89,26 +80,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             ("TESTENV_S3_ROOT".into(), s3.root().display().to_string()),
         ]);
     }
-    let text: String = env
-        .iter()
-        .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
-        .collect();
+    let text: String = env.iter().map(|(k, v)| format!("export {k}={}\n", shell_quote(v))).collect();
     std::fs::write(&args.env_file, text)?;
 
     println!("etcd:           {}", etcd.endpoints().join(","));
     if let Some(api) = &api {
-        println!(
-            "kube-apiserver: {} (kubeconfig {})",
-            api.url(),
-            api.kubeconfig_path().display()
-        );
+        println!("kube-apiserver: {} (kubeconfig {})", api.url(), api.kubeconfig_path().display());
     }
     if let Some(s3) = &s3 {
-        println!(
-            "S3 (versitygw): {} bucket etcdsnap, data in {}",
-            s3.url(),
-            s3.root().display()
-        );
+        println!("S3 (versitygw): {} bucket etcdsnap, data in {}", s3.url(), s3.root().display());
     }
     println!("environment:    {}", args.env_file.display());
     println!("ready");
