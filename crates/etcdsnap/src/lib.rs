@@ -9,4 +9,5 @@ pub mod kube;
 pub mod ops;
 pub mod pipeline;
 pub mod record;
+pub mod restore;
 pub mod store;

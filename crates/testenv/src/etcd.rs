@@ -123,10 +123,22 @@ impl Etcd {
         initial_cluster: &str,
         state: &str,
     ) -> Result<EtcdMember> {
+        let data_dir = self.dir.path().join(name);
+        self.spawn_member_in(name, client, peer, data_dir, initial_cluster, state)
+    }
+
+    fn spawn_member_in(
+        &self,
+        name: &str,
+        client: u16,
+        peer: u16,
+        data_dir: PathBuf,
+        initial_cluster: &str,
+        state: &str,
+    ) -> Result<EtcdMember> {
         let scheme = self.scheme();
         let client_url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("{scheme}://127.0.0.1:{peer}");
-        let data_dir = self.dir.path().join(name);
         let mut args = vec![
             format!("--name={name}"),
             format!("--data-dir={}", data_dir.display()),
@@ -149,6 +161,33 @@ impl Etcd {
         let bin = testbin("etcd")?;
         let server = Server::spawn(&format!("etcd {name}"), &bin, args, self.dir.path().join(format!("{name}.log")))?;
         Ok(EtcdMember { name: name.to_string(), client_url, peer_url, data_dir, server })
+    }
+
+    /// Starts one plain-HTTP member on an existing data directory, e.g. one written by
+    /// `etcdutl snapshot restore --name <name> --initial-advertise-peer-urls
+    /// http://127.0.0.1:<peer_port>`: etcd then runs with the membership stored in it, so the
+    /// name and peer port must be the ones it was restored with. The client port is random.
+    /// The data directory is left in place when the server is dropped.
+    pub async fn start_on_data_dir(data_dir: &Path, name: &str, peer_port: u16) -> Result<Etcd> {
+        testbin("etcd")?;
+        let dir = tempfile::Builder::new()
+            .prefix("testenv-etcd-")
+            .tempdir()
+            .map_err(|e| Error::io("create etcd temp dir", e))?;
+        let mut etcd = Etcd {
+            members: Vec::new(),
+            client_tls: None,
+            server_tls: None,
+            opts: EtcdOptions { members: 1, ..Default::default() },
+            token: format!("testenv-{}", crate::random_suffix()),
+            dir,
+        };
+        let initial_cluster = format!("{name}=http://127.0.0.1:{peer_port}");
+        let member =
+            etcd.spawn_member_in(name, free_port()?, peer_port, data_dir.to_path_buf(), &initial_cluster, "existing")?;
+        etcd.members.push(member);
+        etcd.wait_ready().await?;
+        Ok(etcd)
     }
 
     /// Adds a learner (a non-voting member catching up) and returns its index.

@@ -64,6 +64,9 @@ pub enum Command {
     Reconcile(ReconcileArgs),
     /// Stream additions, changes and deletions of ETCDSnapshotFile resources as they happen.
     Watch(WatchArgs),
+    /// Restore a snapshot (a name, a file, or from S3) into an etcd data directory with
+    /// etcdutl, after a pre-flight report: integrity, token hash, versions, space and target.
+    Restore(Box<super::restore::RestoreArgs>),
 }
 
 #[derive(Debug, Args)]

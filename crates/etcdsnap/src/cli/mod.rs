@@ -9,6 +9,7 @@ pub mod kube_args;
 mod kube_commands;
 pub mod output;
 pub mod progress;
+pub mod restore;
 
 use args::{Cli, Command, LogFormat};
 use clap::{CommandFactory, Parser};
@@ -60,6 +61,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Crd(a) => kube_commands::crd(a).await,
         Command::Reconcile(a) => kube_commands::reconcile(a).await,
         Command::Watch(a) => kube_commands::watch(a).await,
+        Command::Restore(a) => restore::restore(*a).await,
     }
 }
 

@@ -293,7 +293,6 @@ impl S3SecretSettings {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,7 +260,7 @@ impl LocalStore {
 }
 
 /// Reads a metadata file if it exists and is not larger than the limit.
-fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, String> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -1,0 +1,354 @@
+//! `etcdsnap restore`: arguments, source resolution, and printing the pre-flight report.
+
+use super::args::{OutputArgs, OutputFormat, TokenArgs};
+use super::commands::token_hash;
+use super::output::{self, human_bytes, rfc3339};
+use super::progress::ProgressLine;
+use crate::restore::{
+    self, CheckStatus, CurrentToken, MemberSettings, PreflightReport, RestoreOutcome, RestoreRequest, SnapshotSource,
+};
+use crate::store::StoreError;
+use crate::store::local::LocalStore;
+use anyhow::{Context as _, bail};
+use clap::Args;
+use etcdsnap_api::SnapshotName;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// etcdsnap's data directory when `$ETCDSNAP_DATA_DIR` is not set (the default of the other
+/// commands' `--data-dir`); snapshots named without a path are looked up in its `snapshots/`.
+const DEFAULT_ETCDSNAP_DATA_DIR: &str = "/var/lib/etcdsnap";
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot to restore: a snapshot name as `ls` shows it, looked up in the snapshot
+    /// directory, or a file path (anything containing a `/`, e.g. ./snap.db).
+    #[arg(value_name = "NAME|PATH")]
+    pub snapshot: String,
+    /// etcd data directory to restore into. If it holds data, that is moved aside to
+    /// <dir>-old-<unix time>, never deleted. (Unlike other commands' --data-dir, this is
+    /// never taken from the environment or a config file.)
+    #[arg(long, value_name = "DIR", required = true)]
+    pub data_dir: PathBuf,
+    /// Name of the restored etcd member (etcd's --name; etcd must later start with it).
+    #[arg(long, value_name = "NAME", required = true)]
+    pub name: String,
+    /// Initial cluster of the restored member [default: <name>=<first peer URL>]
+    #[arg(long, value_name = "NAME=URL,...")]
+    pub initial_cluster: Option<String>,
+    /// Peer URLs of the restored member.
+    #[arg(long, value_name = "URLS", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Cluster token of the restored cluster (etcd's, not the K3s server token).
+    #[arg(long, value_name = "TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Add N to the restored revision, so that Kubernetes watchers never see revisions go
+    /// backwards (needs --mark-compacted).
+    #[arg(long, value_name = "N", requires = "mark_compacted")]
+    pub bump_revision: Option<u64>,
+    /// Mark the bumped revision compacted, so that watchers re-list (needs --bump-revision).
+    #[arg(long, requires = "bump_revision")]
+    pub mark_compacted: bool,
+    /// etcdutl binary [default: etcdutl from PATH]
+    #[arg(long, env = "ETCDSNAP_ETCDUTL", value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
+    /// Snapshot directory in which NAME is looked up
+    /// [default: $ETCDSNAP_DATA_DIR/snapshots, else /var/lib/etcdsnap/snapshots]
+    #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Restore even if the snapshot's recorded token hash differs from the current token's.
+    #[arg(long)]
+    pub ignore_token_mismatch: bool,
+    /// Print the pre-flight report (all checks, bytes included) and stop; nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// What `-o json|yaml` prints: the report, plus the outcome.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Printed<'a> {
+    #[serde(flatten)]
+    report: &'a PreflightReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restored: Option<Restored>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Restored {
+    data_dir: PathBuf,
+    moved_aside_to: Option<PathBuf>,
+    seconds: f64,
+}
+
+pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let source = resolve(&args)?;
+    let token = match token_hash(&args.token)? {
+        Some(hash) => Some(CurrentToken {
+            hash,
+            // --token and --token-file exclude each other.
+            from: match (&args.token.token, &args.token.token_file) {
+                (None, Some(p)) => format!("--token-file {}", p.display()),
+                _ => "--token".into(),
+            },
+        }),
+        None => None,
+    };
+    let first_peer = args.initial_advertise_peer_urls.split(',').next().unwrap_or_default().trim().to_string();
+    let member = MemberSettings {
+        initial_cluster: args.initial_cluster.clone().unwrap_or_else(|| format!("{}={first_peer}", args.name)),
+        name: args.name.clone(),
+        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
+        initial_cluster_token: args.initial_cluster_token.clone(),
+        bump_revision: args.bump_revision,
+        mark_compacted: args.mark_compacted,
+    };
+    let request = RestoreRequest {
+        source,
+        data_dir: args.data_dir.clone(),
+        member,
+        etcdutl: args.etcdutl.clone(),
+        token,
+        ignore_token_mismatch: args.ignore_token_mismatch,
+        dry_run: args.dry_run,
+    };
+    let format = args.output.output;
+    let mut progress = Some(ProgressLine::start(&format!("Checking {}", request.source.record.name)));
+    let counter = progress.as_ref().map(ProgressLine::counter);
+    let mut shown: Option<PreflightReport> = None;
+    let run = restore::restore(&request, counter, |report| {
+        if let Some(p) = progress.take() {
+            p.finish();
+        }
+        if format == OutputFormat::Table {
+            print_report(report);
+        }
+        shown = Some(report.clone());
+    });
+    // The swap is a few renames inside one poll of `run`: an interrupt can stop the restore
+    // before or after it, never half-way. Dropping `run` stops etcdutl and removes the working
+    // directory.
+    let result = tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted before the restored data was put in place: the data directory was not changed"),
+    };
+    if let Some(p) = progress.take() {
+        p.finish();
+    }
+
+    match result {
+        Ok(RestoreOutcome::Restored { report, installed, duration }) => {
+            let restored = Restored {
+                data_dir: installed.data_dir.clone(),
+                moved_aside_to: installed.moved_aside.clone(),
+                seconds: duration.as_secs_f64(),
+            };
+            if format == OutputFormat::Table {
+                println!(
+                    "Restored {} into {} in {:.1}s.",
+                    report.snapshot.name,
+                    installed.data_dir.display(),
+                    restored.seconds
+                );
+                if let Some(aside) = &installed.moved_aside {
+                    println!("The previous data directory was moved to {}.", aside.display());
+                }
+                let m = &report.member;
+                println!(
+                    "Start etcd on it with: --data-dir {} --name {} --initial-cluster {} --initial-advertise-peer-urls {}",
+                    installed.data_dir.display(),
+                    m.name,
+                    m.initial_cluster,
+                    m.initial_advertise_peer_urls
+                );
+            } else {
+                print_structured(&report, Some(restored), None, format)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(RestoreOutcome::DryRun(report)) => {
+            if format == OutputFormat::Table {
+                println!("Dry run: nothing was changed.");
+            } else {
+                print_structured(&report, None, None, format)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(RestoreOutcome::Refused(report)) => {
+            if format != OutputFormat::Table {
+                print_structured(&report, None, None, format)?;
+            }
+            let failed: Vec<&str> = report.failures().map(|c| c.name.as_str()).collect();
+            eprintln!("error: restore refused: {} failed (see the report); nothing was touched", failed.join(", "));
+            Ok(ExitCode::from(super::EXIT_FAILURE))
+        }
+        Err(e) => {
+            if format != OutputFormat::Table
+                && let Some(report) = &shown
+            {
+                print_structured(report, None, Some(format!("{e}")), format)?;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// A path (anything with a `/`) is a file; anything else is a snapshot name in the snapshot
+/// directory.
+fn resolve(args: &RestoreArgs) -> anyhow::Result<SnapshotSource> {
+    let given = args.snapshot.as_str();
+    if given.contains('/') {
+        return Ok(SnapshotSource::from_path(Path::new(given))?);
+    }
+    let name =
+        SnapshotName::parse(given).with_context(|| format!("{given:?} is neither a path nor a snapshot name"))?;
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::var_os("ETCDSNAP_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ETCDSNAP_DATA_DIR))
+            .join("snapshots")
+    });
+    let store = match LocalStore::open(&dir, false, "") {
+        Ok(store) => store,
+        Err(StoreError::MissingDir(_)) => bail!(
+            "snapshot {name} not found: the snapshot directory {} does not exist (pass --dir, or give a path, e.g. ./{name})",
+            dir.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(SnapshotSource::from_local_store(&store, &name)?)
+}
+
+fn print_structured(
+    report: &PreflightReport,
+    restored: Option<Restored>,
+    error: Option<String>,
+    format: OutputFormat,
+) -> std::io::Result<()> {
+    output::print_structured(&Printed { report, restored, error }, format)
+}
+
+fn status_word(s: CheckStatus) -> &'static str {
+    match s {
+        CheckStatus::Pass => "ok",
+        CheckStatus::Warn => "WARN",
+        CheckStatus::Fail => "FAIL",
+        CheckStatus::Skipped => "-",
+    }
+}
+
+/// The report as text: what will happen, then one line per check, then what to do.
+fn print_report(r: &PreflightReport) {
+    let s = &r.snapshot;
+    let mut out = String::new();
+    let verb = if r.dry_run { "Dry run" } else { "Restore" };
+    out.push_str(&format!("{verb}: {} into {}\n\n", s.name, r.target.data_dir.display()));
+    let mut about = vec![
+        vec![
+            "Snapshot".to_string(),
+            format!("{} ({}, {}, {})", s.name, source_word(r), s.compression, human_bytes(s.size)),
+        ],
+        vec!["Location".into(), s.location.clone()],
+        vec![
+            "Created".into(),
+            match &s.node_name {
+                Some(n) => format!("{} on node {n}", rfc3339(s.created_at)),
+                None => format!("{} (node not recorded)", rfc3339(s.created_at)),
+            },
+        ],
+        vec![
+            "etcd".into(),
+            match (s.etcd_revision, &s.etcd_version) {
+                (Some(rev), Some(v)) => format!("revision {rev}, version {v}"),
+                (Some(rev), None) => format!("revision {rev}"),
+                _ => "revision and version not recorded".into(),
+            },
+        ],
+        vec![
+            "Token hash".into(),
+            format!(
+                "recorded {}, current {}: {}",
+                r.token.recorded.as_deref().unwrap_or("none"),
+                r.token.current.as_deref().unwrap_or("not given"),
+                format!("{:?}", r.token.result).to_lowercase()
+            ),
+        ],
+        vec![
+            "Target".into(),
+            match &r.target.move_aside_to {
+                Some(aside) => {
+                    format!("{} (holds data: will be moved aside to {})", r.target.data_dir.display(), aside.display())
+                }
+                None => format!("{} ({})", r.target.data_dir.display(), format!("{:?}", r.target.state).to_lowercase()),
+            },
+        ],
+        vec![
+            "Member".into(),
+            format!(
+                "{}, peer URLs {}, initial cluster {}",
+                r.member.name, r.member.initial_advertise_peer_urls, r.member.initial_cluster
+            ),
+        ],
+    ];
+    if let Some(p) = &r.etcdutl.path {
+        about
+            .push(vec!["etcdutl".into(), format!("{} ({})", p.display(), r.etcdutl.version.as_deref().unwrap_or("?"))]);
+    }
+    for line in output::table(&about).lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    for note in &s.notes {
+        out.push_str(&format!("  note: {note}\n"));
+    }
+    out.push('\n');
+    let mut rows = vec![vec!["CHECK".to_string(), "RESULT".into(), "DETAIL".into()]];
+    for c in &r.checks {
+        rows.push(vec![c.name.clone(), status_word(c.status).into(), c.detail.clone()]);
+    }
+    for line in output::table(&rows).lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    let advice: Vec<_> = r
+        .checks
+        .iter()
+        .filter(|c| matches!(c.status, CheckStatus::Fail | CheckStatus::Warn))
+        .filter_map(|c| c.fix.as_ref().map(|f| (c, f)))
+        .collect();
+    if !advice.is_empty() {
+        out.push('\n');
+        for (c, fix) in advice {
+            out.push_str(&format!("  {} ({}): {fix}\n", c.name, status_word(c.status)));
+        }
+    }
+    out.push('\n');
+    if r.ok {
+        out.push_str("All checks passed.\n");
+    } else {
+        let n = r.failures().count();
+        out.push_str(&format!("{n} check{} failed: nothing was touched.\n", if n == 1 { "" } else { "s" }));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn source_word(r: &PreflightReport) -> &'static str {
+    match r.snapshot.source {
+        restore::SourceKind::File => "file",
+        restore::SourceKind::Local => "local snapshot directory",
+        restore::SourceKind::S3 => "S3",
+    }
+}

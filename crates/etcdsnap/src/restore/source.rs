@@ -1,0 +1,346 @@
+//! Where the snapshot to restore comes from: a file given by path, a name in the local snapshot
+//! directory, or a record in any [`SnapshotStore`] (S3). Resolution only looks: it reads the file's
+//! metadata and its metadata document, never the snapshot's bytes.
+//!
+//! Files are read in place (etcdutl can read a plain snapshot directly, with no copy); snapshots
+//! in a store are streamed through [`SnapshotStore::open`], so S3 needs nothing but a store.
+
+use crate::record::{MetadataSource, Outcome, SnapshotRecord};
+use crate::store::local::{LocalStore, read_bounded};
+use crate::store::{SnapshotStore, StoreError};
+use etcdsnap_api::consts::METADATA_DIR;
+use etcdsnap_api::{Compression, NameError, SnapshotName, StorageKind, StoredMetadata, parse_stored_metadata};
+use serde::Serialize;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a snapshot could not be found or opened. Nothing has been touched when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("snapshot file {} does not exist", .0.display())]
+    NotFound(PathBuf),
+    #[error("{} is a directory, not a snapshot file", .0.display())]
+    IsDirectory(PathBuf),
+    #[error("{} is not a regular file", .0.display())]
+    NotAFile(PathBuf),
+    #[error("cannot read snapshot file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    BadName {
+        path: PathBuf,
+        #[source]
+        source: NameError,
+    },
+    #[error("snapshot {name} not found in {store} (to restore a file, give its path, e.g. ./{name})")]
+    NotInStore { name: String, store: String },
+    #[error("snapshot {name} in {store} is a failed save and has no data")]
+    Failed { name: String, store: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Kind of source, as the report shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A file given by path.
+    File,
+    /// A name in the local snapshot directory.
+    Local,
+    /// An object in S3.
+    S3,
+}
+
+/// How the bytes are reached.
+#[derive(Clone)]
+pub enum Origin {
+    /// Read in place.
+    Path(PathBuf),
+    /// Streamed from a store.
+    Store(Arc<dyn SnapshotStore>),
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Path(p) => write!(f, "Path({})", p.display()),
+            Origin::Store(s) => write!(f, "Store({})", s.describe()),
+        }
+    }
+}
+
+/// A resolved snapshot: its record (with whatever metadata was found) and how to read it.
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    pub kind: SourceKind,
+    pub origin: Origin,
+    pub record: SnapshotRecord,
+    /// How the bytes are compressed (from the content when it disagrees with the name).
+    pub compression: Compression,
+    /// Size recorded in the metadata document, to compare with what is there now.
+    pub recorded_size: Option<u64>,
+    /// Things worth saying that do not stop the restore (unreadable metadata, odd names).
+    pub notes: Vec<String>,
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const ZIP_MAGIC: [u8; 4] = *b"PK\x03\x04";
+
+/// Compression recognised from the first bytes; None for anything else (an etcd database).
+pub fn sniff(header: &[u8]) -> Option<Compression> {
+    if header.starts_with(&ZSTD_MAGIC) {
+        Some(Compression::Zstd)
+    } else if header.starts_with(&ZIP_MAGIC) {
+        Some(Compression::Zip)
+    } else {
+        None
+    }
+}
+
+impl SnapshotSource {
+    /// A snapshot file given by path. Its metadata document is looked for where etcdsnap and
+    /// K3s keep it (`<dir>/../.metadata/<name>`); without one the restore still works, with
+    /// fewer checks.
+    pub fn from_path(path: &Path) -> Result<SnapshotSource, SourceError> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SourceError::NotFound(path.to_path_buf()));
+            }
+            Err(source) => {
+                return Err(SourceError::Unreadable { path: path.to_path_buf(), source });
+            }
+        };
+        if meta.is_dir() {
+            return Err(SourceError::IsDirectory(path.to_path_buf()));
+        }
+        if !meta.is_file() {
+            return Err(SourceError::NotAFile(path.to_path_buf()));
+        }
+        let path =
+            std::path::absolute(path).map_err(|source| SourceError::Unreadable { path: path.to_path_buf(), source })?;
+        let mut header = [0u8; 4];
+        let read = File::open(&path)
+            .and_then(|mut f| read_up_to(&mut f, &mut header))
+            .map_err(|source| SourceError::Unreadable { path: path.clone(), source })?;
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name =
+            SnapshotName::parse(&file_name).map_err(|source| SourceError::BadName { path: path.clone(), source })?;
+        let metadata_path = path.parent().and_then(Path::parent).map(|p| p.join(METADATA_DIR).join(name.as_str()));
+        let mut source = SnapshotSource {
+            kind: SourceKind::File,
+            origin: Origin::Path(path.clone()),
+            compression: name.compression(),
+            record: file_record(name, &path, &meta),
+            recorded_size: None,
+            notes: Vec::new(),
+        };
+        if let Some(doc_path) = metadata_path {
+            source.apply_metadata_file(&doc_path);
+        }
+        if let Some(found) = sniff(&header[..read])
+            && found != source.compression
+        {
+            source.notes.push(format!(
+                "the content is {found}-compressed although the name says {}; reading it as {found}",
+                source.compression
+            ));
+            source.compression = found;
+        }
+        Ok(source)
+    }
+
+    /// A name in the local snapshot directory (read in place, like a path).
+    pub fn from_local_store(store: &LocalStore, name: &SnapshotName) -> Result<SnapshotSource, SourceError> {
+        let path = store.snapshot_path(name);
+        let mut source = match SnapshotSource::from_path(&path) {
+            Err(SourceError::NotFound(_)) => {
+                return Err(SourceError::NotInStore { name: name.to_string(), store: store.describe() });
+            }
+            other => other?,
+        };
+        source.kind = SourceKind::Local;
+        Ok(source)
+    }
+
+    /// A snapshot in any store, found by name in its listing, streamed when read. This is how
+    /// S3 snapshots are restored; the record carries the token hash from S3 metadata or from
+    /// the metadata document.
+    pub async fn from_store(store: Arc<dyn SnapshotStore>, name: &SnapshotName) -> Result<SnapshotSource, SourceError> {
+        let listing = store.list().await?;
+        let mut notes = listing.warnings;
+        notes.retain(|w| w.contains(name.as_str()));
+        let record = listing
+            .records
+            .into_iter()
+            .find(|r| &r.name == name)
+            .ok_or_else(|| SourceError::NotInStore { name: name.to_string(), store: store.describe() })?;
+        if !record.is_ready() {
+            return Err(SourceError::Failed { name: name.to_string(), store: store.describe() });
+        }
+        let kind = match store.kind() {
+            StorageKind::Local => SourceKind::Local,
+            StorageKind::S3 => SourceKind::S3,
+        };
+        Ok(SnapshotSource {
+            kind,
+            compression: record.name.compression(),
+            recorded_size: None,
+            record,
+            origin: Origin::Store(store),
+            notes,
+        })
+    }
+
+    /// The file, when the snapshot is read in place.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.origin {
+            Origin::Path(p) => Some(p),
+            Origin::Store(_) => None,
+        }
+    }
+
+    /// Opens the stored bytes for a blocking reader (call from a blocking thread; a store's
+    /// async stream is bridged). Returns the reader and the size the source reports.
+    pub(crate) async fn open(&self) -> Result<(Box<dyn Read + Send>, u64), SourceError> {
+        match &self.origin {
+            Origin::Path(path) => {
+                let file = File::open(path).map_err(|source| SourceError::Unreadable { path: path.clone(), source })?;
+                let size = file.metadata().map(|m| m.len()).unwrap_or(self.record.size);
+                Ok((Box::new(file), size))
+            }
+            Origin::Store(store) => {
+                let reader = store.open(&self.record.name).await?;
+                let bridge = tokio_util::io::SyncIoBridge::new(reader.reader);
+                Ok((Box::new(bridge), reader.size))
+            }
+        }
+    }
+
+    fn apply_metadata_file(&mut self, doc_path: &Path) {
+        match read_bounded(doc_path) {
+            Ok(None) => {}
+            Ok(Some(bytes)) => match parse_stored_metadata(&bytes, self.record.name.as_str()) {
+                Ok(StoredMetadata::Document(doc)) => {
+                    self.recorded_size = Some(doc.size);
+                    self.record.apply_document(*doc);
+                    // What the file system says stays authoritative for the record itself.
+                    self.record.compression = self.record.name.compression();
+                }
+                Ok(StoredMetadata::ExtraMetadata(map)) => {
+                    self.record.extra_metadata = Some(map);
+                    self.record.metadata_source = MetadataSource::K3sMap;
+                }
+                Err(e) => {
+                    self.notes.push(format!("ignoring metadata {}: {e}", doc_path.display()));
+                    self.record.metadata_source = MetadataSource::Rejected;
+                }
+            },
+            Err(e) => {
+                self.notes.push(format!("ignoring metadata {}: {e}", doc_path.display()));
+                self.record.metadata_source = MetadataSource::Rejected;
+            }
+        }
+    }
+}
+
+/// A record for a file, from its name and stat alone.
+fn file_record(name: SnapshotName, path: &Path, meta: &std::fs::Metadata) -> SnapshotRecord {
+    let created_at = name
+        .timestamp()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .or_else(|| meta.modified().ok().and_then(|t| jiff::Timestamp::try_from(t).ok()))
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    SnapshotRecord {
+        compression: name.compression(),
+        name,
+        storage: StorageKind::Local,
+        node_name: String::new(),
+        location: format!("file://{}", path.display()),
+        created_at,
+        size: meta.len(),
+        outcome: Outcome::Ready,
+        sha256: None,
+        etcd: None,
+        token_hash: None,
+        cluster_id: None,
+        s3: None,
+        extra_metadata: None,
+        metadata_source: MetadataSource::None,
+    }
+}
+
+/// Reads as much of `buf` as the file has.
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdsnap_api::{EtcdInfo, TokenHash};
+
+    fn write(path: &Path, bytes: &[u8]) {
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn paths_are_checked_and_documents_read() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let missing = dir.path().join("nope");
+        assert!(matches!(SnapshotSource::from_path(&missing), Err(SourceError::NotFound(_))));
+        assert!(matches!(SnapshotSource::from_path(dir.path()), Err(SourceError::IsDirectory(_))));
+        let part = dir.path().join("x.part");
+        write(&part, b"x");
+        assert!(matches!(SnapshotSource::from_path(&part), Err(SourceError::BadName { .. })));
+
+        let snap = dir.path().join("snapshots/on-demand-n1-1700000000");
+        write(&snap, b"etcd bytes");
+        let bare = SnapshotSource::from_path(&snap).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bare.kind, SourceKind::File);
+        assert_eq!(bare.record.metadata_source, MetadataSource::None);
+        assert_eq!(bare.record.created_at.as_second(), 1_700_000_000);
+        assert_eq!(bare.record.token_hash, None);
+
+        let mut record = bare.record.clone();
+        record.node_name = "n1".into();
+        record.size = 99;
+        record.token_hash = TokenHash::parse_recorded("652c7dc687d9");
+        record.etcd = Some(EtcdInfo { revision: 7, version: "3.6.16".into(), ..Default::default() });
+        write(&dir.path().join(".metadata/on-demand-n1-1700000000"), &record.to_document().to_json());
+        let full = SnapshotSource::from_path(&snap).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(full.record.metadata_source, MetadataSource::Document);
+        assert_eq!(full.record.node_name, "n1");
+        assert_eq!(full.record.token_hash, record.token_hash);
+        assert_eq!(full.recorded_size, Some(99));
+        assert_eq!(full.record.size, 10);
+        assert_eq!(full.record.etcd.map(|e| e.revision), Some(7));
+    }
+
+    #[test]
+    fn content_wins_over_the_name() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let snap = dir.path().join("backup.db");
+        write(&snap, &zstd::encode_all(&b"hello"[..], 3).unwrap_or_default());
+        let s = SnapshotSource::from_path(&snap).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.compression, Compression::Zstd);
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+    }
+}
