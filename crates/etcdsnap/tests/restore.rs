@@ -629,3 +629,73 @@ async fn a_snapshot_streams_from_any_store() -> TestResult {
     assert_keys_back(&parent.path().join("etcd"), "m0", port).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_from_s3_by_name_including_k3s_objects() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, 150).await?;
+    for i in 0..KNOWN {
+        client.put(format!("/restore-test/key-{i:03}"), format!("value-{i}"), None).await?;
+    }
+    let s3 = testenv::S3Server::start().await?;
+    s3.create_bucket("snaps").await?;
+    let data = tempfile::tempdir()?;
+    let endpoint = s3.endpoint();
+    let s3_args = ["--s3", "--s3-endpoint", &endpoint, "--s3-insecure", "--s3-bucket", "snaps", "--s3-folder", "prod"];
+    let creds = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
+    let mut save = vec!["save", "--data-dir", data.path().to_str().ok_or("path")?, "--node-name", "node-1"];
+    let endpoints = etcd.endpoints().join(",");
+    save.extend(["--endpoints", &endpoints, "--no-local", "--compress", "zstd", "--token", TOKEN]);
+    save.extend(s3_args);
+    run(&save, &creds).await.expect_ok();
+    let name =
+        s3.list_keys("snaps", "prod/").await?.into_iter().find(|k| !k.contains(".metadata")).ok_or("no object")?;
+    let name = name.trim_start_matches("prod/").to_string();
+
+    // By name from S3, streamed: checked, restored, and etcd serves the keys.
+    let target = data.path().join("restored");
+    let port = testenv::free_port()?;
+    let mut args: Vec<String> = restore_args(&name, &target, port);
+    args.extend(s3_args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut with_token = all.clone();
+    with_token.extend(["--token", TOKEN, "-o", "json"]);
+    let r = run(&with_token, &creds).await.expect_ok().json();
+    assert_eq!(r["token"]["result"], "match");
+    assert_eq!(r["snapshot"]["location"], format!("s3://snaps/prod/{name}"), "{r}");
+    assert_eq!(r["snapshot"]["source"], "s3");
+    assert_keys_back(&target, "m0", port).await?;
+
+    // A URL instead of a name is refused with the way to say it.
+    let mut url = all.clone();
+    url[1] = "s3://snaps/prod/x";
+    let out = run(&url, &creds).await.expect_fail();
+    assert!(out.stderr.contains("--s3-bucket and --s3-folder"), "{}", out.stderr);
+
+    // What K3s uploads: a plain snapshot whose token hash is only in S3 user metadata.
+    let k3s_file = data.path().join("k3s.db");
+    let out = tokio::process::Command::new(testenv::testbin("etcdctl")?)
+        .args(["--endpoints", &etcd.endpoints()[0], "snapshot", "save"])
+        .arg(&k3s_file)
+        .output()
+        .await?;
+    assert!(out.status.success());
+    let k3s_meta = [("K3s-Node-Name", "server-1"), ("K3s-Token-Hash", TOKEN_HASH)];
+    s3.put_object("snaps", "prod/etcd-snapshot-server-1-1700000000", std::fs::read(&k3s_file)?, &k3s_meta).await?;
+    let mut k3s = all.clone();
+    k3s[1] = "etcd-snapshot-server-1-1700000000";
+    let k3s_target = data.path().join("from-k3s");
+    let k3s_target_s = k3s_target.to_string_lossy().to_string();
+    k3s[3] = &k3s_target_s;
+    let mut mismatch = k3s.clone();
+    mismatch.extend(["--token", "another-token"]);
+    let out = run(&mismatch, &creds).await.expect_fail();
+    assert!(out.stderr.contains("restore refused: token"), "{}", out.stderr);
+    assert!(!k3s_target.exists(), "refused restores touch nothing");
+    let mut matching = k3s.clone();
+    matching.extend(["--token", TOKEN]);
+    run(&matching, &creds).await.expect_ok();
+    assert_keys_back(&k3s_target, "m0", port).await?;
+    Ok(())
+}

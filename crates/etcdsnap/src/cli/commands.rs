@@ -2,7 +2,7 @@
 
 use super::EXIT_FAILURE;
 use super::args::{
-    DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
+    DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, S3Args, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
 };
 use super::kube_commands::{self, Purpose};
 use super::output::{self, human_bytes, rfc3339};
@@ -89,11 +89,18 @@ pub(super) fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
 
 /// The S3 store, when `--s3` is given. Settings are validated here, before any work starts.
 fn s3_store(storage: &StorageArgs) -> anyhow::Result<Option<Arc<S3Store>>> {
-    let a = &storage.s3;
+    match s3_settings(&storage.s3)? {
+        Some(settings) => Ok(Some(build_s3_store(settings, &storage.data_dir)?)),
+        None => Ok(None),
+    }
+}
+
+/// The S3 settings the flags describe, when `--s3` is given.
+pub(super) fn s3_settings(a: &S3Args) -> anyhow::Result<Option<S3Settings>> {
     if !a.enabled {
         return Ok(None);
     }
-    let settings = S3Settings {
+    Ok(Some(S3Settings {
         endpoint: a.endpoint.clone(),
         endpoint_ca: a.endpoint_ca.clone(),
         skip_ssl_verify: a.skip_ssl_verify,
@@ -110,8 +117,7 @@ fn s3_store(storage: &StorageArgs) -> anyhow::Result<Option<Arc<S3Store>>> {
             .map_err(|e| anyhow::anyhow!("--s3-bucket-lookup-type: {e}"))?,
         timeout: a.timeout,
         proxy: a.proxy.clone(),
-    };
-    Ok(Some(build_s3_store(settings, &storage.data_dir)?))
+    }))
 }
 
 /// An S3 store from validated settings, with its listing cache under the data directory.

@@ -1,6 +1,8 @@
 //! `etcdsnap restore`: arguments, source resolution, and printing the pre-flight report.
 
+use super::args::S3Args;
 use super::args::{OutputArgs, OutputFormat, TokenArgs};
+use super::commands::s3_settings;
 use super::commands::token_hash;
 use super::output::{self, human_bytes, rfc3339};
 use super::progress::ProgressLine;
@@ -9,6 +11,8 @@ use crate::restore::{
 };
 use crate::store::StoreError;
 use crate::store::local::LocalStore;
+use crate::store::s3::S3Store;
+use crate::store::s3::config::{S3Config, S3Settings};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap_api::SnapshotName;
@@ -68,6 +72,9 @@ pub struct RestoreArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// With `--s3`, NAME is a snapshot in the S3 folder (streamed, never kept locally).
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// What `-o json|yaml` prints: the report, plus the outcome.
@@ -91,7 +98,10 @@ struct Restored {
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let source = resolve(&args)?;
+    let source = match s3_settings(&args.s3)? {
+        Some(settings) => resolve_s3(&args.snapshot, settings).await?,
+        None => resolve(&args)?,
+    };
     let token = match token_hash(&args.token)? {
         Some(hash) => Some(CurrentToken {
             hash,
@@ -204,6 +214,20 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
 /// A path (anything with a `/`) is a file; anything else is a snapshot name in the snapshot
 /// directory.
+/// With `--s3`: a bare snapshot name in the configured bucket folder (like K3s's
+/// `--etcd-s3 --cluster-reset-restore-path=<name>`).
+async fn resolve_s3(given: &str, settings: S3Settings) -> anyhow::Result<SnapshotSource> {
+    if given.starts_with("s3://") || given.contains('/') {
+        bail!(
+            "with --s3 give the snapshot's name ({:?}), and the bucket and folder with --s3-bucket and --s3-folder",
+            given.rsplit('/').next().unwrap_or(given)
+        );
+    }
+    let name = SnapshotName::parse(given).with_context(|| format!("{given:?} is not a snapshot name"))?;
+    let store = S3Store::new(S3Config::from_settings(settings)?, None)?;
+    Ok(SnapshotSource::from_store(store, &name).await?)
+}
+
 fn resolve(args: &RestoreArgs) -> anyhow::Result<SnapshotSource> {
     let given = args.snapshot.as_str();
     if given.contains('/') {
