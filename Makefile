@@ -26,6 +26,11 @@ lint: deps
 test: deps testbins lint
 	$(CARGO) test --workspace --locked
 
+# The reliability suite alone (crashes, outages, corruption, hostile content, races, secrets);
+# `make test` runs it too. Results: docs/reliability.md.
+faults: deps testbins
+	$(CARGO) test -p etcdsnap --locked --test faults -- --nocapture
+
 # Runs the main job end to end against a local etcd, kube-apiserver and S3 started on loopback.
 demo: deps testbins
 	@./scripts/demo.sh

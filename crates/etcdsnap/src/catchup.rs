@@ -84,7 +84,7 @@ async fn upload_one(
     // recorded sha256 is not uploaded (the upload is aborted).
     let copied =
         tokio::task::spawn_blocking(move || -> Result<_, (Box<dyn crate::store::SnapshotSink>, StoreError)> {
-            let mut file = match std::fs::File::open(&path) {
+            let mut file = match crate::store::local::open_no_follow(&path) {
                 Ok(f) => f,
                 Err(e) => return Err((sink, StoreError::io("open", &path)(e))),
             };

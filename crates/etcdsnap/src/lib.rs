@@ -5,6 +5,7 @@ pub mod agent;
 pub mod catchup;
 pub mod cli;
 pub mod etcd;
+pub mod failpoint;
 pub mod kube;
 pub mod ops;
 pub mod pipeline;

@@ -3,6 +3,7 @@
 //! to print, which resources to write and which exit code to use is the caller's business.
 
 use crate::etcd::{EtcdConfig, EtcdError, MemberStatus};
+use crate::failpoint;
 use crate::pipeline::encode::EncodeSpec;
 use crate::pipeline::verify::{StoredCheck, verify_reader};
 use crate::pipeline::{self, PipelineError, PipelineOutput, Progress};
@@ -114,6 +115,7 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     let _lock = ctx.local.as_ref().map(LocalStore::lock).transpose()?;
     let started = Instant::now();
     clean_interrupted(ctx).await;
+    failpoint::reached(failpoint::SAVE_STARTED).await;
     let (name, created_at) = free_name(ctx, &stores, opts).await?;
     let mut report = SaveReport {
         name: name.clone(),
@@ -238,6 +240,7 @@ async fn publish(
     started: Instant,
 ) {
     let name = report.name.clone();
+    failpoint::reached(failpoint::BEFORE_COMMIT).await;
     for outcome in output.sinks {
         let kind = outcome.sink.storage();
         if let Some(e) = outcome.error {

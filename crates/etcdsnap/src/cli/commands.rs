@@ -158,6 +158,10 @@ fn parse_names(names: &[String]) -> anyhow::Result<Vec<SnapshotName>> {
     Ok(parsed)
 }
 
+/// How many of the newest snapshots of a name an on-demand save uploads when earlier uploads of
+/// them failed (K3s's default retention; `etcdsnap prune` trims what is kept beyond it).
+const SAVE_CATCH_UP_KEEP: usize = 5;
+
 pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let mut ctx = base_context(&args.storage, true)?;
     ctx.etcd = etcd_config(&args.etcd);
@@ -172,7 +176,15 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let options = SaveOptions { base_name: args.name.clone(), compression, cancel: Default::default() };
     let result = ops::save(&ctx, &options, Some(progress.counter())).await;
     progress.finish();
-    let report = result?;
+    let mut report = result?;
+    // S3 answers again: upload what earlier saves of this name kept only locally.
+    if report.records.iter().any(|r| r.storage == StorageKind::S3 && r.is_ready()) {
+        let (uploaded, problems) = crate::catchup::upload_missing(&ctx, &args.name, SAVE_CATCH_UP_KEEP).await;
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+        report.records.extend(uploaded);
+    }
     if let Some(k) = kube.as_mut() {
         k.after_save(&report).await;
     }

@@ -7,6 +7,7 @@
 use super::reconcile::{self, ReconcileReport, StorageState};
 use super::resources::{self, Written};
 use super::{ApiError, Kube};
+use crate::failpoint;
 use crate::ops::Context;
 use crate::record::SnapshotRecord;
 use etcdsnap_api::StorageKind;
@@ -24,6 +25,7 @@ pub struct Published {
 /// Creates or updates the resource of each record (K3s's events on creation).
 pub async fn publish_records(kube: &Kube, records: &[SnapshotRecord]) -> Published {
     let mut out = Published::default();
+    failpoint::reached(failpoint::BEFORE_RESOURCES).await;
     for record in records {
         match resources::upsert(&kube.client, &record.to_resource(), &kube.settings.node_name).await {
             Ok(Written::Created) => out.created += 1,
@@ -32,6 +34,7 @@ pub async fn publish_records(kube: &Kube, records: &[SnapshotRecord]) -> Publish
             Err(e) => out.errors.push(e.to_string()),
         }
     }
+    failpoint::reached(failpoint::AFTER_RESOURCES).await;
     out
 }
 

@@ -12,6 +12,7 @@ pub mod verify;
 pub mod zipread;
 
 use crate::etcd::{EtcdError, SnapshotStream};
+use crate::failpoint;
 use crate::store::{SnapshotSink, StoreError};
 use bytes::Bytes;
 use encode::{EncodeSpec, Encoder};
@@ -120,6 +121,7 @@ pub async fn run<S: ChunkSource>(
     let mut cancelled = false;
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
+    let mut received: u64 = 0;
     loop {
         let next = tokio::select! {
             biased;
@@ -136,12 +138,18 @@ pub async fn run<S: ChunkSource>(
                     p.advance(chunk.len() as u64);
                 }
                 batch_bytes += chunk.len();
+                let before = received;
+                received += chunk.len() as u64;
                 batch.push(chunk);
-                if batch_bytes >= BATCH_BYTES {
+                let mid_stream = before < failpoint::MID_STREAM_BYTES && received >= failpoint::MID_STREAM_BYTES;
+                if batch_bytes >= BATCH_BYTES || mid_stream {
                     batch_bytes = 0;
                     if tx.send(std::mem::take(&mut batch)).await.is_err() {
                         break; // the worker stopped: its result says why
                     }
+                }
+                if mid_stream {
+                    failpoint::reached(failpoint::MID_STREAM).await;
                 }
             }
             Ok(None) => {

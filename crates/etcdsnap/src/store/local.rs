@@ -5,6 +5,7 @@
 //! visible is complete and has its document. Files are 0600, directories 0700.
 
 use super::{Listing, NewSnapshot, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
+use crate::failpoint;
 use crate::record::{MetadataSource, Outcome, SnapshotRecord};
 use async_trait::async_trait;
 use etcdsnap_api::consts::{METADATA_DIR, PART_SUFFIX};
@@ -154,6 +155,13 @@ impl LocalStore {
             // Regular files only: directories, symlinks and devices are never snapshots.
             let meta = match entry.path().symlink_metadata() {
                 Ok(m) if m.is_file() => m,
+                Ok(m) if m.file_type().is_symlink() => {
+                    listing.warnings.push(format!(
+                        "skipping {}: a symbolic link, which etcdsnap does not follow in its store",
+                        entry.path().display()
+                    ));
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     listing.warnings.push(format!("skipping {}: {e}", entry.path().display()));
@@ -259,9 +267,22 @@ impl LocalStore {
     }
 }
 
+/// Opens a file of the store for reading without following a symlink at its name: a link
+/// planted in the snapshot or metadata directory must not make etcdsnap read (or upload, or
+/// restore) a file from elsewhere.
+pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::other("it is a symbolic link, and etcdsnap does not follow links in its store")
+        } else {
+            e
+        }
+    })
+}
+
 /// Reads a metadata file if it exists and is not larger than the limit.
 pub(crate) fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    let file = match File::open(path) {
+    let file = match open_no_follow(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.to_string()),
@@ -302,6 +323,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
             .truncate(true)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&part)
             .map_err(StoreError::io("create", &part))?;
         f.write_all(bytes).map_err(StoreError::io("write", &part))?;
@@ -331,10 +353,13 @@ impl LocalSink {
         file.sync_all().map_err(StoreError::io("fsync", &self.part))?;
         create_private_dir(&self.store.metadata_dir)?;
         write_atomic(&self.store.metadata_path(&self.name), &doc.to_json())?;
+        failpoint::reached_blocking(failpoint::LOCAL_AFTER_METADATA);
         let final_path = self.store.snapshot_path(&self.name);
         fs::rename(&self.part, &final_path).map_err(StoreError::io("rename", &self.part))?;
         self.file = None;
-        sync_dir(&self.store.dir)
+        sync_dir(&self.store.dir)?;
+        failpoint::reached_blocking(failpoint::LOCAL_AFTER_RENAME);
+        Ok(())
     }
 }
 
@@ -400,6 +425,7 @@ impl SnapshotStore for LocalStore {
             .truncate(true)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&part)
             .map_err(StoreError::io("create", &part))?;
         Ok(Box::new(LocalSink { store: self.clone(), name: new.name.clone(), part, file: Some(file) }))
@@ -407,7 +433,8 @@ impl SnapshotStore for LocalStore {
 
     async fn open(&self, name: &SnapshotName) -> Result<SnapshotReader, StoreError> {
         let path = self.snapshot_path(name);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        // One open(2): not worth a blocking-pool hop.
+        let file = open_no_follow(&path).map(tokio::fs::File::from_std).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 StoreError::NotFound(name.to_string(), self.describe())
             } else {

@@ -2,6 +2,8 @@
 //! Kubernetes-like data into a real etcd.
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -4,6 +4,7 @@
 //! is visible in the bucket until the upload is completed, after its metadata document.
 
 use super::S3Store;
+use crate::failpoint;
 use crate::store::{SnapshotSink, StoreError};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -180,11 +181,13 @@ impl SnapshotSink for S3Sink {
             let _ = upload.abort().await;
             return Err(StoreError::S3 { op: "put metadata", target: doc_path.to_string(), message: describe(&e) });
         }
+        failpoint::reached(failpoint::S3_AFTER_METADATA).await;
         if let Err(e) = upload.complete().await {
             let _ = upload.abort().await;
             let _ = self.store.object_store().delete(&doc_path).await;
             return Err(self.error(format!("completing the upload: {}", describe(&e))));
         }
+        failpoint::reached(failpoint::S3_AFTER_COMPLETE).await;
         Ok(())
     }
 
