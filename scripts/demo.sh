@@ -27,6 +27,8 @@ step "Fill etcd with 64 MB of Kubernetes-like objects"
 "$bin/etcd-load" --endpoints "$ETCDSNAP_ENDPOINTS" --target-bytes 64000000
 
 export ETCDSNAP_S3=true ETCDSNAP_CLUSTER_ID=demo-cluster
+# A K3s-format server token: only the hash of its password part is recorded, and restore checks it.
+export ETCDSNAP_TOKEN=K10$(printf 'demo%.0s' $(seq 1 16) | sha256sum | cut -c1-64)::server:demo-password
 kubectl=${TESTBINS_DIR:-$PWD/target/testbins}/kubectl
 
 step "On-demand snapshots: plain, zstd and K3s-compatible zip, each written locally and uploaded to S3 in one pass"
@@ -41,11 +43,11 @@ printf '$ etcdsnap agent --schedule "*/15 * * * * *" --retention 3 --compress zs
   --metrics-addr "$metrics" > "$work/agent.log" 2>&1 &
 agent=$!
 trap 'kill $agent 2>/dev/null; kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 1 50); do
+for i in $(seq 1 50); do
   sleep 1
-  printf '\r  running for %2d s ...' "$SECONDS"
+  if [ -t 1 ]; then printf '\r  running for %2d s ...' "$i"; fi
 done
-echo
+if [ -t 1 ]; then echo; fi
 echo "-- agent log:"
 cat "$work/agent.log"
 echo "-- /metrics (freshness gauges, counters and the save histogram):"

@@ -195,6 +195,17 @@ impl World {
         assert!(parts.is_empty(), "after {after}: {parts:?} survived");
         let uploads = self.s3.list_multipart_uploads(BUCKET).await?;
         assert!(uploads.is_empty(), "after {after}: multipart uploads left open: {uploads:?}");
+        // No metadata document without its snapshot, locally or in S3.
+        let snapshots: BTreeSet<String> = common::files_in(&self.snapshot_dir()).into_iter().collect();
+        for doc in common::files_in(&self.data_dir().join(".metadata")) {
+            assert!(snapshots.contains(&doc), "after {after}: local metadata document {doc} without its snapshot");
+        }
+        let keys: BTreeSet<String> = self.s3.list_keys(BUCKET, "").await?.into_iter().collect();
+        for key in &keys {
+            if let Some(name) = key.strip_prefix(".metadata/") {
+                assert!(keys.contains(name), "after {after}: S3 metadata document {key} without its object");
+            }
+        }
         Ok(())
     }
 

@@ -610,6 +610,14 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     let other: ConfigMap =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "other"}, "data": {"a": "b"}}))?;
     assert!(forbidden(sa_cms.create(&PostParams::default(), &other).await.map(|_| ())));
+    // Another namespace: nothing at all.
+    let elsewhere_cms: Api<ConfigMap> = Api::namespaced(sa.clone(), "default");
+    assert!(forbidden(elsewhere_cms.list(&ListParams::default()).await.map(|_| ())));
+    assert!(forbidden(elsewhere_cms.create(&PostParams::default(), &other).await.map(|_| ())));
+    let elsewhere_secrets: Api<Secret> = Api::namespaced(sa.clone(), "default");
+    assert!(forbidden(elsewhere_secrets.list(&ListParams::default()).await.map(|_| ())));
+    let elsewhere_leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(sa.clone(), "default");
+    assert!(forbidden(elsewhere_leases.list(&ListParams::default()).await.map(|_| ())));
     let mut extra = sa_cms.get("k3s-etcd-snapshot-extra-metadata").await?;
     extra.data = Some(BTreeMap::from([("team".to_string(), "evil".to_string())]));
     assert!(forbidden(

@@ -303,7 +303,10 @@ fn check_size(report: &mut PreflightReport, source: &SnapshotSource) {
         None => report.push(
             "size",
             CheckStatus::Skipped,
-            format!("{} bytes; no recorded size to compare", source.record.size),
+            match source.record.sha256 {
+                Some(_) => format!("{} bytes; the recorded sha256 (below) covers every byte", source.record.size),
+                None => format!("{} bytes; no recorded size to compare", source.record.size),
+            },
             None,
         ),
     }

@@ -125,11 +125,26 @@ impl LocalStore {
                     .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= age)
                     .unwrap_or(false);
                 if is_part && old_enough && fs::remove_file(&path).is_ok() {
+                    if dir == &self.dir {
+                        removed.extend(self.remove_orphaned_document(&path));
+                    }
                     removed.push(path);
                 }
             }
         }
         removed
+    }
+
+    /// The metadata document of a snapshot whose `.part` was just removed, when no published
+    /// snapshot of that name exists: a save killed between writing the document and renaming
+    /// the snapshot leaves it behind.
+    fn remove_orphaned_document(&self, part: &Path) -> Option<PathBuf> {
+        let name = part.file_name()?.to_str()?.strip_suffix(PART_SUFFIX)?;
+        if self.dir.join(name).symlink_metadata().is_ok() {
+            return None;
+        }
+        let doc = self.metadata_dir.join(name);
+        fs::remove_file(&doc).ok().map(|()| doc)
     }
 
     fn list_blocking(&self) -> Result<Listing, StoreError> {

@@ -437,6 +437,15 @@ impl S3Store {
             self.count(1);
             tracing::info!(key = %upload.key, "aborted a multipart upload left by an interrupted save");
             aborted += 1;
+            // A save killed after writing the metadata document but before completing the
+            // upload leaves the document alone; without its object it describes nothing.
+            if let Ok(false) = self.exists(&name).await {
+                let doc = self.path(&self.config.metadata_key(name.as_str()));
+                self.count(1);
+                if self.store.delete(&doc).await.is_ok() {
+                    tracing::debug!(key = %doc, "removed the metadata document of an interrupted upload");
+                }
+            }
         }
         Ok(aborted)
     }
