@@ -1,10 +1,8 @@
-//! Benchmark of one reconcile pass against a real kube-apiserver (started here by testenv):
-//! N local snapshots on disk (files plus metadata documents) and M S3 records, first pass
-//! (everything created) then a pass with nothing to change. Requests are counted from the API
-//! server's audit log. Run through `bench/reconcile.sh`.
-//!
-//! S3 storage is not part of this build yet, so the S3 side is fed as listing records (exactly
-//! what the S3 store's listing returns); S3 request counts are therefore not measured here.
+//! Benchmark of one reconcile pass against a real kube-apiserver and S3 server (started here by
+//! testenv): N local snapshots on disk (files plus metadata documents) and M objects in an S3
+//! folder (half with metadata documents, half as K3s writes them), first pass (everything
+//! created) then a pass with nothing to change. API requests are counted from the API server's
+//! audit log, S3 requests from the S3 server's access log. Run through `bench/reconcile.sh`.
 
 use etcdsnap::kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
 use etcdsnap::kube::reconcile::{LeaderView, ReconcileReport, StorageState, reconcile_leader};
@@ -12,11 +10,14 @@ use etcdsnap::kube::{Kube, KubeSettings};
 use etcdsnap::record::{MetadataSource, Outcome, SnapshotRecord};
 use etcdsnap::store::SnapshotStore;
 use etcdsnap::store::local::LocalStore;
+use etcdsnap::store::s3::S3Store;
+use etcdsnap::store::s3::config::{DEFAULT_REGION, DEFAULT_TIMEOUT, S3Settings};
 use etcdsnap_api::{Compression, ETCDSnapshotS3, SnapshotName, StorageKind};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testenv::{AuditEvent, Etcd, KubeApiServer};
+use testenv::{AuditEvent, Etcd, KubeApiServer, S3Server};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -85,23 +86,48 @@ fn count(events: &[AuditEvent]) -> Counts {
     }
 }
 
-async fn pass(
-    kube: &Kube,
-    api: &KubeApiServer,
-    dir: &Path,
-    s3: &[SnapshotRecord],
-) -> Result<(Duration, Duration, ReconcileReport, Counts)> {
+/// S3 requests by operation since `before` entries of the access log.
+fn s3_counts(s3: &S3Server, before: usize) -> (usize, BTreeMap<String, usize>) {
+    let requests = s3.requests();
+    let mut by_op = BTreeMap::new();
+    for r in &requests[before.min(requests.len())..] {
+        *by_op.entry(r.operation.clone()).or_insert(0) += 1;
+    }
+    (requests.len().saturating_sub(before), by_op)
+}
+
+struct Pass {
+    total: Duration,
+    local_listed: Duration,
+    s3_listed: Duration,
+    report: ReconcileReport,
+    api: Counts,
+    s3_requests: (usize, BTreeMap<String, usize>),
+}
+
+async fn pass(kube: &Kube, api: &KubeApiServer, dir: &Path, s3: &S3Server, store: &Arc<S3Store>) -> Result<Pass> {
     let before = api.audit_events()?.len();
+    let s3_before = s3.requests().len();
     let started = Instant::now();
     let local = LocalStore::open(dir, false, "node-1")?;
     let listing = local.list().await?;
-    let listed = started.elapsed();
-    let state = StorageState { local: Some(listing.records), s3: Some(s3.to_vec()), deleted: Default::default() };
+    let local_listed = started.elapsed();
+    let s3_started = Instant::now();
+    let remote = store.list().await?;
+    let s3_listed = s3_started.elapsed();
+    let state = StorageState { local: Some(listing.records), s3: Some(remote.records), deleted: Default::default() };
     let view = LeaderView { liveness: NodeLiveness::read(&kube.client).await? };
     let report = reconcile_leader(kube, &state, &view).await?;
     let total = started.elapsed();
     let events = api.audit_events()?;
-    Ok((total, listed, report, count(&events[before..])))
+    Ok(Pass {
+        total,
+        local_listed,
+        s3_listed,
+        report,
+        api: count(&events[before..]),
+        s3_requests: s3_counts(s3, s3_before),
+    })
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -123,23 +149,35 @@ async fn main() -> Result<()> {
     let work = tempfile::tempdir()?;
     let dir = work.path().join("snapshots");
     write_local(&dir, n_local)?;
-    let s3: Vec<SnapshotRecord> = (0..n_s3)
-        .map(|i| {
-            let name = format!("etcd-snapshot-node-1-{}", 1_700_000_000 + i);
-            record(&name, StorageKind::S3, format!("s3://etcd/k3s/{name}"))
-        })
-        .collect::<Result<_>>()?;
+    let s3 = S3Server::start().await?;
+    s3.create_bucket("etcd").await?;
+    testenv::fill_snapshot_objects(&s3.url(), "etcd", "k3s", n_s3, s3.access_key(), s3.secret_key()).await?;
+    let store = S3Store::from_settings(
+        S3Settings {
+            endpoint: s3.endpoint(),
+            access_key: Some(s3.access_key().into()),
+            secret_key: Some(s3.secret_key().into()),
+            bucket: Some("etcd".into()),
+            region: DEFAULT_REGION.into(),
+            folder: Some("k3s".into()),
+            insecure: true,
+            timeout: DEFAULT_TIMEOUT,
+            ..Default::default()
+        },
+        work.path(),
+    )?;
 
     println!(
-        "| run | wall s | local listing s | created | updated | deleted | unchanged | API reads | API writes | LIST etcdsnapshotfiles | legacy ConfigMap |"
+        "| run | wall s | local listing s | S3 listing s | created | updated | deleted | unchanged | API reads | API writes | LIST etcdsnapshotfiles | S3 requests | legacy ConfigMap |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for label in ["first (creates)", "no-op"] {
-        let (total, listed, report, counts) = pass(&kube, &api, &dir, &s3).await?;
-        if !report.errors.is_empty() {
-            return Err(format!("{} errors, first: {}", report.errors.len(), report.errors[0]).into());
+        let p = pass(&kube, &api, &dir, &s3, &store).await?;
+        if !p.report.errors.is_empty() {
+            return Err(format!("{} errors, first: {}", p.report.errors.len(), p.report.errors[0]).into());
         }
-        let legacy = report
+        let legacy = p
+            .report
             .legacy
             .as_ref()
             .map(|l| {
@@ -151,19 +189,23 @@ async fn main() -> Result<()> {
                 )
             })
             .unwrap_or_default();
+        let s3_ops: Vec<String> = p.s3_requests.1.iter().map(|(op, n)| format!("{op} {n}")).collect();
         println!(
-            "| {label} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {legacy} |",
-            total.as_secs_f64(),
-            listed.as_secs_f64(),
-            report.created,
-            report.updated,
-            report.deleted,
-            report.unchanged,
-            counts.reads,
-            counts.writes,
-            counts.lists
+            "| {label} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {legacy} |",
+            p.total.as_secs_f64(),
+            p.local_listed.as_secs_f64(),
+            p.s3_listed.as_secs_f64(),
+            p.report.created,
+            p.report.updated,
+            p.report.deleted,
+            p.report.unchanged,
+            p.api.reads,
+            p.api.writes,
+            p.api.lists,
+            p.s3_requests.0,
+            s3_ops.join(", ")
         );
-        eprintln!("{label}: requests by verb and resource: {:?}", counts.by_verb);
+        eprintln!("{label}: API requests by verb and resource: {:?}", p.api.by_verb);
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 mod certs;
 mod error;
 mod etcd;
+mod fill;
 mod kube_apiserver;
 mod process;
 mod proxy;
@@ -16,6 +17,7 @@ mod s3;
 pub use certs::{Pki, TlsFiles};
 pub use error::{Error, Result};
 pub use etcd::{Etcd, EtcdMember, EtcdOptions};
+pub use fill::fill_snapshot_objects;
 pub use kube_apiserver::{AuditEvent, KubeApiServer};
 pub use process::{Server, testbin, testbins_dir};
 pub use proxy::{Fault, FaultProxy};

@@ -25,6 +25,9 @@ pub enum Encoder<W: Write> {
     Zip(Box<zip::ZipWriter<StreamWriter<W>>>),
 }
 
+/// zstd's job size with one worker thread: the floor of its memory use (it holds about two jobs).
+const ZSTD_JOB_BYTES: u32 = 2 * 1024 * 1024;
+
 /// Entries at or above this size are written in zip64 form (with room for database growth
 /// between the status call and the snapshot).
 const ZIP64_FROM: u64 = 3 * 1024 * 1024 * 1024;
@@ -36,6 +39,11 @@ impl<W: Write> Encoder<W> {
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, spec.zstd_level)?;
                 enc.include_checksum(true)?;
+                // One compression worker: zstd compresses on its own thread while this one
+                // hashes, checks the trailer and writes, so the two overlap.
+                enc.multithread(1)?;
+                // Small jobs keep zstd's buffers (input, output, overlap) to a few MiB.
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_BYTES))?;
                 Encoder::Zstd(enc)
             }
             Compression::Zip => {
