@@ -232,6 +232,28 @@ impl World {
     fn keep_log(&self, agent: &AgentProcess) {
         self.record("agent", &agent.log_text());
     }
+
+    /// SIGTERM; the agent must exit 0. Its log joins the transcript.
+    async fn stop_agent(&self, agent: AgentProcess) -> Result<(), Error> {
+        let (code, log) = agent.terminate().await?;
+        self.record("agent", &log);
+        assert_eq!(code, Some(0), "{log}");
+        Ok(())
+    }
+}
+
+/// The local and the S3 names of a set of (name, is S3).
+fn by_location(stored: &BTreeSet<(String, bool)>) -> (BTreeSet<&String>, BTreeSet<&String>) {
+    let names = |s3: bool| stored.iter().filter(|(_, in_s3)| *in_s3 == s3).map(|(n, _)| n).collect();
+    (names(false), names(true))
+}
+
+/// Waits until the agent counts at least `n` successful saves; returns the count.
+async fn saves_at_least(agent: &AgentProcess, n: f64) -> Result<f64, Error> {
+    let series = "etcdsnap_saves_total{status=\"success\"}";
+    let body =
+        agent.wait_for("/metrics", |b, _| metric(b, series).is_some_and(|v| v >= n), Duration::from_secs(60)).await?;
+    Ok(metric(&body, series).unwrap_or(n))
 }
 
 /// Puts about `mb` megabytes into etcd in 64 KiB values.
@@ -336,23 +358,14 @@ async fn sigkill_of_the_agent_mid_save_is_repaired_by_the_next_agent() -> TestRe
         // A fresh agent saves again, uploads what the killed one left local-only, and its
         // reconcile makes the resources whole.
         let agent = world.start_agent(&args, &[]).await?;
-        agent
-            .wait_for(
-                "/metrics",
-                |b, _| metric(b, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 1.0),
-                Duration::from_secs(60),
-            )
-            .await?;
+        saves_at_least(&agent, 1.0).await?;
         eventually("S3 holds every local snapshot", Duration::from_secs(60), || async {
             let stored = world.stored().await?;
-            let local: BTreeSet<&String> = stored.iter().filter(|(_, s3)| !s3).map(|(n, _)| n).collect();
-            let remote: BTreeSet<&String> = stored.iter().filter(|(_, s3)| *s3).map(|(n, _)| n).collect();
+            let (local, remote) = by_location(&stored);
             Ok(local == remote && world.resources().await? == stored)
         })
         .await?;
-        let (code, log) = agent.terminate().await?;
-        world.record("agent", &log);
-        assert_eq!(code, Some(0), "{log}");
+        world.stop_agent(agent).await?;
         world.assert_nothing_partial(&format!("the agent after SIGKILL at {point}")).await?;
         world.assert_consistent(&format!("the agent after SIGKILL at {point}")).await?;
     }
@@ -367,30 +380,16 @@ async fn scheduled_saves_go_on_while_the_api_server_is_down_and_resources_catch_
     let mut world = World::start(4).await?;
     let args = ["--schedule", "*/2 * * * * *", "--reconcile-interval", "3s", "--retention", "20"];
     let agent = world.start_agent(&args, &[]).await?;
-    agent
-        .wait_for(
-            "/metrics",
-            |b, _| metric(b, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 1.0),
-            Duration::from_secs(60),
-        )
-        .await?;
+    saves_at_least(&agent, 1.0).await?;
     world.api.stop();
-    let before = metric(&agent.get("/metrics").await?.1, "etcdsnap_saves_total{status=\"success\"}").unwrap_or(0.0);
-    agent
-        .wait_for(
-            "/metrics",
-            |b, _| metric(b, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= before + 3.0),
-            Duration::from_secs(60),
-        )
-        .await?;
+    let before = saves_at_least(&agent, 0.0).await?;
+    saves_at_least(&agent, before + 3.0).await?;
     world.api.restart().await?;
     eventually("resources match storage after the outage", Duration::from_secs(60), || async {
         Ok(world.resources().await? == world.stored().await?)
     })
     .await?;
-    let (code, log) = agent.terminate().await?;
-    world.record("agent", &log);
-    assert_eq!(code, Some(0), "{log}");
+    world.stop_agent(agent).await?;
     let stored = world.assert_consistent("an API server outage").await?;
     assert!(stored.len() >= 8, "saves during the outage are missing: {stored:?}");
     world.assert_no_secrets(&[]);
@@ -451,15 +450,12 @@ async fn a_stalled_s3_times_out_keeps_the_local_copy_and_is_caught_up_later() ->
     })
     .await
     .map_err(|e| format!("{e}\nagent log:\n{}", agent.log_text()))?;
-    let (code, log) = agent.terminate().await?;
-    world.record("agent", &log);
-    assert_eq!(code, Some(0), "{log}");
+    world.stop_agent(agent).await?;
     // The next on-demand save uploads the on-demand snapshot whose upload timed out.
     let out = world.run_with(&["save"], &extra).await.expect_ok();
     assert_eq!(out.stdout.matches("s3://").count(), 2, "{}", out.stdout);
     let stored = world.stored().await?;
-    let local: BTreeSet<&String> = stored.iter().filter(|(_, s3)| !s3).map(|(n, _)| n).collect();
-    let remote: BTreeSet<&String> = stored.iter().filter(|(_, s3)| *s3).map(|(n, _)| n).collect();
+    let (local, remote) = by_location(&stored);
     assert_eq!(local, remote, "every local snapshot has its S3 copy");
     world.run_with(&["reconcile"], &extra).await.expect_ok();
     assert_eq!(world.resources().await?, stored);
@@ -745,9 +741,7 @@ async fn concurrent_saves_agents_and_reconciles_never_lose_or_duplicate_a_record
         world.record("reconcile", &format!("{}\n{}", out.stdout, out.stderr));
         assert!(out.ok(), "a racing reconcile failed:\n{}\n{}", out.stdout, out.stderr);
     }
-    let (code, log) = agent.terminate().await?;
-    world.record("agent", &log);
-    assert_eq!(code, Some(0), "{log}");
+    world.stop_agent(agent).await?;
     let stored = world.assert_consistent("concurrent saves and reconciles").await?;
     let cm: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(world.api.client().await?, "kube-system");
     world.run(&["reconcile"]).await.expect_ok();
