@@ -8,7 +8,18 @@ work=$(mktemp -d -t etcdsnap-demo-XXXXXX)
 bin=$PWD/target/release
 ./target/release/testenv-up --env-file "$work/env" > "$work/testenv.log" 2>&1 &
 up=$!
-trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$work"' EXIT
+agent=""
+# Stops what the demo started and keeps the demo's own exit status.
+cleanup() {
+  local rc=$?
+  set +e
+  [ -n "$agent" ] && kill "$agent" 2>/dev/null
+  kill "$up" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
 for _ in $(seq 1 600); do
   grep -q '^ready' "$work/testenv.log" 2>/dev/null && break
   kill -0 $up 2>/dev/null || { cat "$work/testenv.log"; exit 1; }
@@ -42,7 +53,6 @@ printf '$ etcdsnap agent --schedule "*/15 * * * * *" --retention 3 --compress zs
 "$bin/etcdsnap" agent --schedule "*/15 * * * * *" --retention 3 --compress zstd --reconcile-interval 20s \
   --metrics-addr "$metrics" > "$work/agent.log" 2>&1 &
 agent=$!
-trap 'kill $agent 2>/dev/null; kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$work"' EXIT
 for i in $(seq 1 50); do
   sleep 1
   if [ -t 1 ]; then printf '\r  running for %2d s ...' "$i"; fi
@@ -54,7 +64,7 @@ echo "-- /metrics (freshness gauges, counters and the save histogram):"
 curl -fsS "http://$metrics/metrics" | grep -E '^etcdsnap_(last_|saves_total|snapshot_size|etcd_snapshot_save_duration_seconds_count)' || true
 printf '$ curl %s/readyz\n' "$metrics"
 curl -fsS "http://$metrics/readyz"; echo
-kill -TERM $agent; wait $agent && echo "agent stopped cleanly on SIGTERM (exit 0)"
+kill -TERM "$agent"; wait "$agent" && echo "agent stopped cleanly on SIGTERM (exit 0)"; agent=""
 
 step "Every snapshot, local and S3, with its size and integrity data"
 show "$bin/etcdsnap" ls

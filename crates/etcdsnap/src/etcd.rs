@@ -163,6 +163,11 @@ impl EtcdConfig {
     /// Connects to the first endpoint whose member answers Status; that member will serve the
     /// snapshot. A learner is refused with an error rather than skipped silently.
     pub async fn connect_member(&self) -> Result<(EtcdMember, MemberStatus), EtcdError> {
+        self.connect_member_except(&[]).await
+    }
+
+    /// [`Self::connect_member`], skipping `tried` (members that failed this save already).
+    pub async fn connect_member_except(&self, tried: &[String]) -> Result<(EtcdMember, MemberStatus), EtcdError> {
         if self.endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
@@ -170,7 +175,7 @@ impl EtcdConfig {
             self.tls_options(endpoint)?;
         }
         let mut last = None;
-        for endpoint in &self.endpoints {
+        for endpoint in self.endpoints.iter().filter(|e| !tried.contains(e)) {
             match self.try_member(endpoint).await {
                 Ok((member, status)) => {
                     if status.is_learner {

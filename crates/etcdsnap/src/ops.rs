@@ -133,68 +133,83 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     };
     let all_kinds: Vec<StorageKind> = stores.iter().map(|s| s.kind()).collect();
 
-    let (mut member, status) = match ctx.etcd.connect_member().await {
-        Ok(m) => m,
-        Err(e @ EtcdError::Learner { .. }) => return Err(SaveError::Learner(e)),
-        Err(e @ (EtcdError::ReadTls { .. } | EtcdError::IncompleteIdentity | EtcdError::NoEndpoints)) => {
-            return Err(SaveError::Etcd(e));
-        }
-        Err(e) => {
-            fail_all(&mut report, &all_kinds, &e.to_string());
-            report.duration = started.elapsed();
-            return Ok(report);
-        }
-    };
-    if let Some(p) = &progress {
-        p.set_total(status.db_size.max(0) as u64);
-    }
-    tracing::info!(snapshot = %name, endpoint = %status.endpoint, revision = status.revision, db_size = status.db_size, "saving etcd snapshot");
-    report.member = Some(status.clone());
-
-    let new = NewSnapshot {
-        name: name.clone(),
-        node_name: ctx.node_name.clone(),
-        cluster_id: ctx.cluster_id.clone(),
-        token_hash: ctx.token_hash.clone(),
-        etcd: status.etcd_info(),
-    };
-    let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
-    for store in &stores {
-        match store.create(&new).await {
-            Ok(sink) => sinks.push(sink),
-            Err(e) => fail_all(&mut report, &[store.kind()], &e.to_string()),
-        }
-    }
-    let kinds: Vec<StorageKind> = sinks.iter().map(|s| s.storage()).collect();
-    if sinks.is_empty() {
-        report.duration = started.elapsed();
-        return Ok(report);
-    }
-    let stream = match member.snapshot().await {
-        Ok(s) => s,
-        Err(e) => {
-            for sink in sinks {
-                sink.abort().await;
+    // A member that dies mid-stream costs this attempt only: the next one streams from another
+    // member (same name; every sink of the broken attempt was aborted).
+    let mut tried: Vec<String> = Vec::new();
+    loop {
+        let (mut member, status) = match ctx.etcd.connect_member_except(&tried).await {
+            Ok(m) => m,
+            Err(e @ EtcdError::Learner { .. }) => return Err(SaveError::Learner(e)),
+            Err(e @ (EtcdError::ReadTls { .. } | EtcdError::IncompleteIdentity | EtcdError::NoEndpoints))
+                if tried.is_empty() =>
+            {
+                return Err(SaveError::Etcd(e));
             }
-            fail_all(&mut report, &kinds, &e.to_string());
-            report.duration = started.elapsed();
-            return Ok(report);
+            Err(e) => {
+                fail_all(&mut report, &all_kinds, &e.to_string());
+                break;
+            }
+        };
+        if let Some(p) = &progress {
+            p.set_total(status.db_size.max(0) as u64);
         }
-    };
-    let spec = EncodeSpec {
-        compression: opts.compression,
-        zstd_level: ctx.zstd_level,
-        zip_entry: name.without_compression_extension().to_string(),
-        created_at,
-        expected_size: status.db_size.max(0) as u64,
-    };
-    match pipeline::run(stream, sinks, spec, progress, opts.cancel.clone()).await {
-        Ok(output) => {
-            report.raw_size = output.raw_size;
-            publish(ctx, &mut report, output, created_at, opts.compression, &status, started).await;
+        tracing::info!(snapshot = %name, endpoint = %status.endpoint, revision = status.revision, db_size = status.db_size, "saving etcd snapshot");
+        report.member = Some(status.clone());
+
+        let new = NewSnapshot {
+            name: name.clone(),
+            node_name: ctx.node_name.clone(),
+            cluster_id: ctx.cluster_id.clone(),
+            token_hash: ctx.token_hash.clone(),
+            etcd: status.etcd_info(),
+        };
+        let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
+        for store in &stores {
+            match store.create(&new).await {
+                Ok(sink) => sinks.push(sink),
+                Err(e) => fail_all(&mut report, &[store.kind()], &e.to_string()),
+            }
         }
-        Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
-        Err(e) => fail_all(&mut report, &kinds, &e.to_string()),
+        let kinds: Vec<StorageKind> = sinks.iter().map(|s| s.storage()).collect();
+        if sinks.is_empty() {
+            break;
+        }
+        let stream = match member.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                for sink in sinks {
+                    sink.abort().await;
+                }
+                fail_all(&mut report, &kinds, &e.to_string());
+                break;
+            }
+        };
+        let spec = EncodeSpec {
+            compression: opts.compression,
+            zstd_level: ctx.zstd_level,
+            zip_entry: name.without_compression_extension().to_string(),
+            created_at,
+            expected_size: status.db_size.max(0) as u64,
+        };
+        match pipeline::run(stream, sinks, spec, progress.clone(), opts.cancel.clone()).await {
+            Ok(output) => {
+                report.raw_size = output.raw_size;
+                publish(ctx, &mut report, output, created_at, opts.compression, &status, started).await;
+            }
+            Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
+            Err(PipelineError::Etcd(e @ (EtcdError::Stream { .. } | EtcdError::Stalled { .. })))
+                if tried.len() + 1 < ctx.etcd.endpoints.len() =>
+            {
+                tracing::warn!(snapshot = %name, error = %e, "the etcd member stopped streaming; taking the snapshot again from another member");
+                tried.push(status.endpoint.clone());
+                if let Some(p) = &progress {
+                    p.restart();
+                }
+                continue;
+            }
+            Err(e) => fail_all(&mut report, &kinds, &e.to_string()),
+        }
+        break;
     }
     report.records.sort_by_key(|r| r.storage == StorageKind::S3);
     report.duration = started.elapsed();

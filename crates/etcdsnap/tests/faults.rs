@@ -465,7 +465,7 @@ async fn a_stalled_s3_times_out_keeps_the_local_copy_and_is_caught_up_later() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_etcd_leader_mid_snapshot_fails_cleanly_and_the_next_save_uses_a_survivor() -> TestResult {
+async fn killing_the_etcd_leader_mid_snapshot_makes_the_save_retry_from_a_survivor() -> TestResult {
     let mut etcd = Etcd::cluster(3).await?;
     load_megabytes(&etcd, 24).await?;
     let leader = etcd.leader_index().await?;
@@ -484,26 +484,24 @@ async fn killing_the_etcd_leader_mid_snapshot_fails_cleanly_and_the_next_save_us
     tokio::time::sleep(Duration::from_secs(2)).await;
     etcd.kill(leader);
     let out: Run = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??.into();
-    let snapshots = data.path().join("snapshots");
-    let published: Vec<String> = common::files_in(&snapshots);
-    eprintln!("save while the leader died: exit {:?}\n{}", out.code, out.stderr);
-    if out.ok() {
-        // The stream finished before the leader died: then it must be whole.
-        common::run(&["verify", "--data-dir", &dd, "--node-name", NODE, "--no-kube"], &[]).await.expect_ok();
-    } else {
-        assert!(out.stderr.contains("failed (local)"), "{}", out.stderr);
-        assert!(
-            published.iter().all(|f| f.starts_with('.')),
-            "a failed snapshot was published: {published:?}\n{}",
-            out.stderr
-        );
-    }
-    // The next save, with the same endpoint list, is served by a surviving member.
-    common::run(&args, &[]).await.expect_ok();
+    // The stream broke with the leader; the same save took the snapshot again from a survivor.
+    let out = out.expect_ok();
+    assert!(out.stderr.contains("taking the snapshot again from another member"), "{}", out.stderr);
+    let published: Vec<String> =
+        common::files_in(&data.path().join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
+    assert_eq!(published.len(), 1, "{published:?}");
     let verified = common::run(&["verify", "--data-dir", &dd, "--node-name", NODE, "--no-kube", "-o", "json"], &[])
         .await
         .expect_ok();
-    assert!(!verified.stdout.is_empty());
+    assert_eq!(verified.json()["items"].as_array().map(Vec::len), Some(1), "{}", verified.stdout);
+    // With only the dead member left to try, the save fails clearly and publishes nothing.
+    let dead_only = format!("http://{}", proxy.addr());
+    let alone = ["save", "--endpoints", &dead_only, "--node-name", NODE, "--data-dir", &dd, "--no-kube"];
+    let out = common::run(&alone, &[]).await.expect_fail();
+    assert!(out.stderr.contains(&dead_only), "the error names the endpoint: {}", out.stderr);
+    let after: Vec<String> =
+        common::files_in(&data.path().join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
+    assert_eq!(after, published);
     assert_private(data.path());
     Ok(())
 }

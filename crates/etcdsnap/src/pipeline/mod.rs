@@ -47,6 +47,11 @@ impl ProgressCounter {
     pub fn set_total(&self, n: u64) {
         self.total.store(n, Ordering::Relaxed);
     }
+
+    /// Back to zero, for a snapshot taken again from another member.
+    pub fn restart(&self) {
+        self.done.store(0, Ordering::Relaxed);
+    }
 }
 
 pub type Progress = Arc<ProgressCounter>;
