@@ -635,6 +635,41 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotate_node_marks_the_node_like_k3s_with_its_own_optional_role() -> TestResult {
+    let env = Env::start().await?;
+    kubectl(&env, &["apply", "-f", &deploy("crd.yaml")]).await?;
+    kubectl(&env, &["wait", "--for=condition=Established", "crd/etcdsnapshotfiles.k3s.cattle.io"]).await?;
+    kubectl(&env, &["apply", "-f", &deploy("rbac.yaml")]).await?;
+    let admin = env.api.client().await?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
+    let node: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "node-1"}}))?;
+    nodes.create(&PostParams::default(), &node).await?;
+    let token = env.api.mint_service_account_token(SYSTEM_NAMESPACE, "etcdsnap").await?;
+    let kubeconfig = env.api.write_kubeconfig("agent-kubeconfig", &token)?;
+    env.etcdsnap_with("node-1", &["save"], &kubeconfig).await.expect_ok();
+
+    // Off by default: the Node is not touched.
+    env.etcdsnap_with("node-1", &["reconcile"], &kubeconfig).await.expect_ok();
+    assert!(nodes.get("node-1").await?.metadata.annotations.unwrap_or_default().is_empty());
+    // On, with only deploy/rbac.yaml: a clear error naming the node, not silence.
+    let out = env.etcdsnap_with("node-1", &["reconcile", "--annotate-node"], &kubeconfig).await.expect_fail();
+    assert!(out.stderr.contains("node node-1") && out.stderr.contains("forbidden"), "{}", out.stderr);
+    // With the optional role: K3s's annotation, RFC 3339, written once.
+    kubectl(&env, &["apply", "-f", &deploy("rbac-node-annotations.yaml")]).await?;
+    env.etcdsnap_with("node-1", &["reconcile", "--annotate-node"], &kubeconfig).await.expect_ok();
+    let annotations = nodes.get("node-1").await?.metadata.annotations.unwrap_or_default();
+    let stamp = annotations.get(etcdsnap_api::consts::ANNOTATION_LOCAL_RECONCILED).ok_or("no annotation")?;
+    assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{stamp}");
+    let before = env.audit().len();
+    env.etcdsnap_with("node-1", &["reconcile", "--annotate-node", "--no-leader"], &kubeconfig).await.expect_ok();
+    let events = env.audit();
+    let node_writes: Vec<_> = events[before..].iter().filter(|e| e.is_write() && e.resource == "nodes").collect();
+    assert!(node_writes.is_empty(), "a fresh mark was written again: {node_writes:?}");
+    Ok(())
+}
+
 /// Writes `n` snapshot files (1 byte each) with metadata documents carrying `extra` into `dir`.
 fn write_snapshots(dir: &Path, node: &str, first: i64, n: usize, extra: &BTreeMap<String, String>) -> TestResult {
     let meta_dir = dir.parent().ok_or("no parent")?.join(".metadata");

@@ -40,6 +40,10 @@ pub struct KubeArgs {
     /// is set, and read again on every operation.
     #[arg(long, visible_alias = "etcd-s3-config-secret", env = "ETCDSNAP_S3_CONFIG_SECRET", value_name = "NAME")]
     pub s3_config_secret: Option<String>,
+    /// After each reconcile, mark this node's Node with K3s's reconciled-at annotations (needs
+    /// deploy/rbac-node-annotations.yaml); for clusters where K3s servers keep the legacy ConfigMap.
+    #[arg(long, env = "ETCDSNAP_ANNOTATE_NODE")]
+    pub annotate_node: bool,
 }
 
 impl KubeArgs {
@@ -58,6 +62,7 @@ impl KubeArgs {
             },
             extra_metadata_configmap: self.extra_metadata_configmap.clone(),
             s3_config_secret: self.s3_config_secret.clone(),
+            annotate_node: self.annotate_node,
         }
     }
 }

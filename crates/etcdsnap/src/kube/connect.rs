@@ -44,6 +44,8 @@ pub struct KubeSettings {
     pub extra_metadata_configmap: String,
     /// Name of the S3 config Secret in kube-system, if S3 settings come from one.
     pub s3_config_secret: Option<String>,
+    /// Write K3s's reconciled-at annotations on this node's Node (see `node_annotations`).
+    pub annotate_node: bool,
 }
 
 impl KubeSettings {
@@ -54,6 +56,7 @@ impl KubeSettings {
             legacy: LegacySettings::default(),
             extra_metadata_configmap: etcdsnap_api::consts::EXTRA_METADATA_CONFIGMAP.to_string(),
             s3_config_secret: None,
+            annotate_node: false,
         }
     }
 }

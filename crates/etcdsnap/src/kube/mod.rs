@@ -27,6 +27,7 @@ pub mod events;
 pub mod extra_metadata;
 pub mod lease;
 pub mod legacy;
+pub mod node_annotations;
 pub mod publish;
 pub mod reconcile;
 pub mod resources;

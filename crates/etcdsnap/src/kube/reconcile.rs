@@ -360,6 +360,12 @@ async fn reconcile(
             }
         }
     }
+    if kube.settings.annotate_node && report.errors.is_empty() && state.local.is_some() {
+        let s3 = leader.is_some() && state.s3.is_some();
+        if let Err(e) = super::node_annotations::mark_reconciled(kube, s3, jiff::Timestamp::now()).await {
+            report.errors.push(e.to_string());
+        }
+    }
     Ok(report)
 }
 
