@@ -636,6 +636,18 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_deploy_manifest_is_accepted_by_the_api_server() -> TestResult {
+    let env = Env::start().await?;
+    for file in ["crd.yaml", "rbac.yaml", "rbac-node-annotations.yaml"] {
+        kubectl(&env, &["apply", "-f", &deploy(file)]).await?;
+    }
+    // The DaemonSet would need a kubelet to run; the API server validates it fully server-side.
+    let out = kubectl(&env, &["apply", "--dry-run=server", "-f", &deploy("daemonset.yaml")]).await?;
+    assert!(out.contains("daemonset.apps/etcdsnap-agent created (server dry run)"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotate_node_marks_the_node_like_k3s_with_its_own_optional_role() -> TestResult {
     let env = Env::start().await?;
     kubectl(&env, &["apply", "-f", &deploy("crd.yaml")]).await?;
