@@ -8,10 +8,11 @@ use crate::pipeline::encode::EncodeSpec;
 use crate::pipeline::verify::{StoredCheck, verify_reader};
 use crate::pipeline::{self, PipelineError, PipelineOutput, Progress};
 use crate::record::{MetadataSource, Outcome, SnapshotRecord};
-use crate::store::local::LocalStore;
+use crate::store::local::{DirLock, LocalStore};
 use crate::store::{NewSnapshot, RetentionPolicy, SnapshotSink, SnapshotStore, StoreError, plan_retention};
 use etcdsnap_api::{Compression, ETCDSnapshotS3, SnapshotName, StorageKind, TokenHash, snapshot_file_name};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,9 @@ pub struct Context {
     pub cluster_id: Option<String>,
     pub extra_metadata: Option<BTreeMap<String, String>>,
     pub zstd_level: i32,
+    /// Where saves take their lock when there is no local store (S3 only): the directory a local
+    /// store would use, so every save of the node takes the same lock.
+    pub lock_dir: Option<PathBuf>,
 }
 
 impl Context {
@@ -112,7 +116,11 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     if stores.is_empty() {
         return Err(SaveError::NoDestination);
     }
-    let _lock = ctx.local.as_ref().map(LocalStore::lock).transpose()?;
+    let _lock = match (&ctx.local, &ctx.lock_dir) {
+        (Some(local), _) => Some(local.lock()?),
+        (None, Some(dir)) => Some(DirLock::take(dir)?),
+        (None, None) => None,
+    };
     let started = Instant::now();
     clean_interrupted(ctx).await;
     failpoint::reached(failpoint::SAVE_STARTED).await;

@@ -713,6 +713,9 @@ async fn concurrent_saves_agents_and_reconciles_never_lose_or_duplicate_a_record
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let second = world.run(&["save"]).await.expect_fail();
     assert!(second.stderr.contains("another etcdsnap"), "{}", second.stderr);
+    // An S3-only save of the same node takes the same lock.
+    let s3_only = world.run(&["save", "--no-local"]).await.expect_fail();
+    assert!(s3_only.stderr.contains("another etcdsnap"), "{}", s3_only.stderr);
     let first: Run = first.await??.into();
     world.record("save", &first.stderr);
     assert!(first.ok(), "{}", first.stderr);

@@ -140,6 +140,9 @@ pub(super) fn base_context(storage: &StorageArgs, creating: bool) -> anyhow::Res
         cluster_id,
         extra_metadata: None,
         zstd_level: DEFAULT_ZSTD_LEVEL,
+        // The snapshot directory's own lock, so that S3-only saves and saves with a local copy
+        // of the same node exclude each other.
+        lock_dir: creating.then(|| storage.dir.clone().unwrap_or_else(|| storage.data_dir.join("snapshots"))),
     })
 }
 

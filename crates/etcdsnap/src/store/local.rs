@@ -39,6 +39,27 @@ pub struct DirLock {
 }
 
 impl DirLock {
+    /// Takes the lock of `dir` without waiting (creating `dir` 0700 if missing); a second
+    /// holder gets `snapshot save already in progress`. S3-only saves take the snapshot
+    /// directory's lock this way, so they never overlap another save of the same node.
+    pub fn take(dir: &Path) -> Result<DirLock, StoreError> {
+        create_private_dir(dir)?;
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(StoreError::io("open lock file", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file, path }),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => Err(StoreError::io("lock", &path)(e)),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -91,20 +112,7 @@ impl LocalStore {
     /// Takes the directory lock without waiting: a second writer gets
     /// `snapshot save already in progress`. Holding it, every `.part` file is stale and removed.
     pub fn lock(&self) -> Result<DirLock, StoreError> {
-        let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(StoreError::io("open lock file", &path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(self.dir.clone())),
-            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &path)(e)),
-        }
-        let lock = DirLock { _file: file, path };
+        let lock = DirLock::take(&self.dir)?;
         for removed in self.remove_partials(Duration::ZERO) {
             tracing::info!(file = %removed.display(), "removed incomplete file left by an interrupted save");
         }
