@@ -342,7 +342,7 @@ async fn sigkill_at_every_point_of_a_save_loses_nothing() -> TestResult {
 async fn sigkill_of_the_agent_mid_save_is_repaired_by_the_next_agent() -> TestResult {
     let world = World::start(32).await?;
     let args = ["--schedule", "*/2 * * * * *", "--reconcile-interval", "3s", "--retention", "10"];
-    for point in [failpoint::MID_STREAM, failpoint::LOCAL_AFTER_RENAME, failpoint::BEFORE_RESOURCES] {
+    for point in failpoint::POINTS {
         let mut agent = world.start_agent(&args, &[(failpoint::ENV, point)]).await?;
         let wanted = format!("failpoint {point} reached");
         eventually(&format!("agent reaches {point}"), Duration::from_secs(60), || {
