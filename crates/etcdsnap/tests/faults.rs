@@ -481,7 +481,13 @@ async fn killing_the_etcd_leader_mid_snapshot_makes_the_save_retry_from_a_surviv
     let args = ["save", "--endpoints", &endpoints, "--node-name", NODE, "--data-dir", &dd, "--no-kube"];
     let child =
         common::command(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill once the snapshot is flowing (a few MiB through the slow link), however slowly the
+    // process started.
+    eventually("the snapshot stream from the leader starts", Duration::from_secs(60), || {
+        let flowing = proxy.forwarded() > 4 << 20;
+        async move { Ok(flowing) }
+    })
+    .await?;
     etcd.kill(leader);
     let out: Run = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??.into();
     // The stream broke with the leader; the same save took the snapshot again from a survivor.
@@ -707,18 +713,36 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
 async fn concurrent_saves_agents_and_reconciles_never_lose_or_duplicate_a_record() -> TestResult {
     let world = World::start(24).await?;
     // Two saves on one directory: the second is refused while the first holds the lock.
-    let slow = [(failpoint::ENV, "mid-stream=4000")];
-    let first = world.command(&["save"], &slow).output();
-    let first = tokio::spawn(first);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The first save is held mid-stream for 8 s; the others run once it is there.
+    let mut first = world.command(&["save"], &[(failpoint::ENV, "mid-stream=8000")]);
+    let mut first = first.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+    let mut lines = BufReader::new(first.stderr.take().ok_or("no stderr")?).lines();
+    let mut first_log = String::new();
+    let held = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            first_log.push_str(&line);
+            first_log.push('\n');
+            if line.contains("failpoint mid-stream reached") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(held, "the first save never reached mid-stream:\n{first_log}");
     let second = world.run(&["save"]).await.expect_fail();
     assert!(second.stderr.contains("another etcdsnap"), "{}", second.stderr);
     // An S3-only save of the same node takes the same lock.
     let s3_only = world.run(&["save", "--no-local"]).await.expect_fail();
     assert!(s3_only.stderr.contains("another etcdsnap"), "{}", s3_only.stderr);
-    let first: Run = first.await??.into();
-    world.record("save", &first.stderr);
-    assert!(first.ok(), "{}", first.stderr);
+    while let Ok(Some(line)) = lines.next_line().await {
+        first_log.push_str(&line);
+        first_log.push('\n');
+    }
+    let status = first.wait().await?;
+    world.record("save", &first_log);
+    assert!(status.success(), "{first_log}");
 
     // A CLI save during an agent's save is refused the same way; the agent's save completes.
     let args = ["--schedule", "*/5 * * * * *", "--reconcile-interval", "2s", "--retention", "20"];
