@@ -45,14 +45,7 @@ impl DirLock {
     pub fn take(dir: &Path) -> Result<DirLock, StoreError> {
         create_private_dir(dir)?;
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(StoreError::io("open lock file", &path))?;
+        let file = open_private(&path, false).map_err(StoreError::io("open lock file", &path))?;
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file, path }),
             Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
@@ -206,8 +199,7 @@ impl LocalStore {
 
     fn try_lock_quietly(&self) -> Result<DirLock, ()> {
         let path = self.dir.join(LOCK_FILE);
-        let file =
-            OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(|_| ())?;
+        let file = open_private(&path, false).map_err(|_| ())?;
         file.try_lock().map_err(|_| ())?;
         Ok(DirLock { _file: file, path })
     }
@@ -290,6 +282,12 @@ impl LocalStore {
     }
 }
 
+/// Creates (or opens) a file of the store for writing: mode 0600, never through a symlink
+/// planted at its name; `truncate` empties an existing one.
+fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
+    OpenOptions::new().create(true).truncate(truncate).write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
 /// Opens a file of the store for reading without following a symlink at its name: a link
 /// planted in the snapshot or metadata directory must not make etcdsnap read (or upload, or
 /// restore) a file from elsewhere.
@@ -341,14 +339,7 @@ fn part_path(path: &Path) -> PathBuf {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let part = part_path(path);
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&part)
-            .map_err(StoreError::io("create", &part))?;
+        let mut f = open_private(&part, true).map_err(StoreError::io("create", &part))?;
         f.write_all(bytes).map_err(StoreError::io("write", &part))?;
         f.sync_all().map_err(StoreError::io("fsync", &part))?;
         fs::rename(&part, path).map_err(StoreError::io("rename", &part))?;
@@ -443,14 +434,7 @@ impl SnapshotStore for LocalStore {
 
     async fn create(&self, new: &NewSnapshot) -> Result<Box<dyn SnapshotSink>, StoreError> {
         let part = part_path(&self.snapshot_path(&new.name));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&part)
-            .map_err(StoreError::io("create", &part))?;
+        let file = open_private(&part, true).map_err(StoreError::io("create", &part))?;
         Ok(Box::new(LocalSink { store: self.clone(), name: new.name.clone(), part, file: Some(file) }))
     }
 
