@@ -12,7 +12,7 @@ use etcdsnap::store::SnapshotStore;
 use etcdsnap::store::local::LocalStore;
 use etcdsnap::store::s3::S3Store;
 use etcdsnap::store::s3::config::{DEFAULT_REGION, DEFAULT_TIMEOUT, S3Settings};
-use etcdsnap_api::{Compression, ETCDSnapshotS3, SnapshotName, StorageKind};
+use etcdsnap_api::{Compression, SnapshotName, StorageKind};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,13 +26,14 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn record(name: &str, storage: StorageKind, location: String) -> Result<SnapshotRecord> {
+/// A local snapshot's record, for its metadata document.
+fn local_record(name: &str, location: String) -> Result<SnapshotRecord> {
     let name = SnapshotName::parse(name)?;
     Ok(SnapshotRecord {
         created_at: jiff::Timestamp::from_second(name.timestamp().unwrap_or(0))?,
         compression: Compression::None,
         name,
-        storage,
+        storage: StorageKind::Local,
         node_name: "node-1".into(),
         location,
         size: 1,
@@ -41,12 +42,7 @@ fn record(name: &str, storage: StorageKind, location: String) -> Result<Snapshot
         etcd: None,
         token_hash: None,
         cluster_id: Some("cluster".into()),
-        s3: (storage == StorageKind::S3).then(|| ETCDSnapshotS3 {
-            endpoint: Some("s3.example.com".into()),
-            bucket: Some("etcd".into()),
-            prefix: Some("k3s".into()),
-            ..Default::default()
-        }),
+        s3: None,
         extra_metadata: None,
         metadata_source: MetadataSource::Document,
     })
@@ -58,7 +54,7 @@ fn write_local(dir: &Path, n: usize) -> Result<()> {
     std::fs::create_dir_all(&meta)?;
     for i in 0..n {
         let name = format!("etcd-snapshot-node-1-{}", 1_700_000_000 + i);
-        let r = record(&name, StorageKind::Local, format!("file://{}/{name}", dir.display()))?;
+        let r = local_record(&name, format!("file://{}/{name}", dir.display()))?;
         std::fs::write(dir.join(&name), b"x")?;
         std::fs::write(meta.join(&name), r.to_document().to_json())?;
     }

@@ -71,10 +71,16 @@ fn armed() -> Option<&'static Armed> {
     ARMED.get_or_init(|| std::env::var(ENV).ok().as_deref().and_then(parse)).as_ref()
 }
 
+/// `point`, announced on stderr, if it is the armed one.
+fn arrived(point: &str) -> Option<&'static Armed> {
+    let armed = armed().filter(|a| a.point == point)?;
+    eprintln!("etcdsnap: failpoint {point} reached");
+    Some(armed)
+}
+
 /// Stops here if `point` is armed; see the module documentation.
 pub async fn reached(point: &str) {
-    let Some(armed) = armed().filter(|a| a.point == point) else { return };
-    eprintln!("etcdsnap: failpoint {point} reached");
+    let Some(armed) = arrived(point) else { return };
     match armed.delay {
         Some(delay) => tokio::time::sleep(delay).await,
         None => std::future::pending::<()>().await,
@@ -83,8 +89,7 @@ pub async fn reached(point: &str) {
 
 /// The blocking form of [`reached`], for code on a blocking thread.
 pub fn reached_blocking(point: &str) {
-    let Some(armed) = armed().filter(|a| a.point == point) else { return };
-    eprintln!("etcdsnap: failpoint {point} reached");
+    let Some(armed) = arrived(point) else { return };
     match armed.delay {
         Some(delay) => std::thread::sleep(delay),
         None => loop {

@@ -118,7 +118,7 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     }
     let _lock = match (&ctx.local, &ctx.lock_dir) {
         (Some(local), _) => Some(local.lock()?),
-        (None, Some(dir)) => Some(DirLock::take(dir)?),
+        (None, Some(dir)) => Some(DirLock::take_creating(dir)?),
         (None, None) => None,
     };
     let started = Instant::now();
@@ -126,26 +126,44 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     failpoint::reached(failpoint::SAVE_STARTED).await;
     let (name, created_at) = free_name(ctx, &stores, opts).await?;
     let mut report = SaveReport {
-        name: name.clone(),
+        name,
         records: Vec::new(),
         member: None,
         raw_size: 0,
         duration: Duration::ZERO,
         finished: Vec::new(),
     };
-    let fail_all = |report: &mut SaveReport, kinds: &[StorageKind], message: &str| {
-        for kind in kinds {
-            report.records.push(failed_record(ctx, &name, *kind, created_at, message));
-            report.finished.push((*kind, started.elapsed()));
-        }
-    };
-    let all_kinds: Vec<StorageKind> = stores.iter().map(|s| s.kind()).collect();
-
-    // A member that dies mid-stream costs this attempt only: the next one streams from another
-    // member (same name; every sink of the broken attempt was aborted).
+    let attempt = Attempt { ctx, opts, stores: &stores, created_at, started, progress: progress.as_ref() };
+    // A member that dies mid-stream costs one attempt only: the next streams from another member
+    // (same name; every sink of the broken attempt was aborted).
     let mut tried: Vec<String> = Vec::new();
-    loop {
-        let (mut member, status) = match ctx.etcd.connect_member_except(&tried).await {
+    while let Some(lost) = attempt.run(&mut report, &tried).await? {
+        tried.push(lost);
+        if let Some(p) = &progress {
+            p.restart();
+        }
+    }
+    report.records.sort_by_key(|r| r.storage == StorageKind::S3);
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+/// One try at streaming the snapshot from a member into every store.
+struct Attempt<'a> {
+    ctx: &'a Context,
+    opts: &'a SaveOptions,
+    stores: &'a [&'a dyn SnapshotStore],
+    created_at: jiff::Timestamp,
+    started: Instant,
+    progress: Option<&'a Progress>,
+}
+
+impl Attempt<'_> {
+    /// Streams from the first member not in `tried` and records the outcome in `report`.
+    /// Returns the member's endpoint when it stopped streaming and another may be tried.
+    async fn run(&self, report: &mut SaveReport, tried: &[String]) -> Result<Option<String>, SaveError> {
+        let (ctx, name) = (self.ctx, report.name.clone());
+        let (mut member, status) = match ctx.etcd.connect_member_except(tried).await {
             Ok(m) => m,
             Err(e @ EtcdError::Learner { .. }) => return Err(SaveError::Learner(e)),
             Err(e @ (EtcdError::ReadTls { .. } | EtcdError::IncompleteIdentity | EtcdError::NoEndpoints))
@@ -154,11 +172,12 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
                 return Err(SaveError::Etcd(e));
             }
             Err(e) => {
-                fail_all(&mut report, &all_kinds, &e.to_string());
-                break;
+                let all: Vec<StorageKind> = self.stores.iter().map(|s| s.kind()).collect();
+                self.fail(report, &all, &e.to_string());
+                return Ok(None);
             }
         };
-        if let Some(p) = &progress {
+        if let Some(p) = self.progress {
             p.set_total(status.db_size.max(0) as u64);
         }
         tracing::info!(snapshot = %name, endpoint = %status.endpoint, revision = status.revision, db_size = status.db_size, "saving etcd snapshot");
@@ -172,15 +191,15 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
             etcd: status.etcd_info(),
         };
         let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
-        for store in &stores {
+        for store in self.stores {
             match store.create(&new).await {
                 Ok(sink) => sinks.push(sink),
-                Err(e) => fail_all(&mut report, &[store.kind()], &e.to_string()),
+                Err(e) => self.fail(report, &[store.kind()], &e.to_string()),
             }
         }
         let kinds: Vec<StorageKind> = sinks.iter().map(|s| s.storage()).collect();
         if sinks.is_empty() {
-            break;
+            return Ok(None);
         }
         let stream = match member.snapshot().await {
             Ok(s) => s,
@@ -188,40 +207,41 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
                 for sink in sinks {
                     sink.abort().await;
                 }
-                fail_all(&mut report, &kinds, &e.to_string());
-                break;
+                self.fail(report, &kinds, &e.to_string());
+                return Ok(None);
             }
         };
         let spec = EncodeSpec {
-            compression: opts.compression,
+            compression: self.opts.compression,
             zstd_level: ctx.zstd_level,
             zip_entry: name.without_compression_extension().to_string(),
-            created_at,
+            created_at: self.created_at,
             expected_size: status.db_size.max(0) as u64,
         };
-        match pipeline::run(stream, sinks, spec, progress.clone(), opts.cancel.clone()).await {
+        match pipeline::run(stream, sinks, spec, self.progress.cloned(), self.opts.cancel.clone()).await {
             Ok(output) => {
                 report.raw_size = output.raw_size;
-                publish(ctx, &mut report, output, created_at, opts.compression, &status, started).await;
+                publish(ctx, report, output, self.created_at, self.opts.compression, &status, self.started).await;
             }
             Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
             Err(PipelineError::Etcd(e @ (EtcdError::Stream { .. } | EtcdError::Stalled { .. })))
                 if tried.len() + 1 < ctx.etcd.endpoints.len() =>
             {
                 tracing::warn!(snapshot = %name, error = %e, "the etcd member stopped streaming; taking the snapshot again from another member");
-                tried.push(status.endpoint.clone());
-                if let Some(p) = &progress {
-                    p.restart();
-                }
-                continue;
+                return Ok(Some(status.endpoint));
             }
-            Err(e) => fail_all(&mut report, &kinds, &e.to_string()),
+            Err(e) => self.fail(report, &kinds, &e.to_string()),
         }
-        break;
+        Ok(None)
     }
-    report.records.sort_by_key(|r| r.storage == StorageKind::S3);
-    report.duration = started.elapsed();
-    Ok(report)
+
+    /// Records a failure for each of `kinds`.
+    fn fail(&self, report: &mut SaveReport, kinds: &[StorageKind], message: &str) {
+        for kind in kinds {
+            report.records.push(failed_record(self.ctx, &report.name, *kind, self.created_at, message));
+            report.finished.push((*kind, self.started.elapsed()));
+        }
+    }
 }
 
 /// Aborts what interrupted saves of this node left in remote stores (best effort).

@@ -114,32 +114,25 @@ impl World {
         out
     }
 
+    /// Starts `etcdsnap args` with `ETCDSNAP_FAILPOINT=armed`, following its stderr.
+    fn spawn_armed(&self, args: &[&str], armed: &str) -> Result<Armed, Error> {
+        let mut cmd = self.command(args, &[(failpoint::ENV, armed)]);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+        Ok(Armed { child, lines, log: String::new() })
+    }
+
     /// Runs `etcdsnap args` with `point` armed, waits until the process stops there and kills
     /// it with SIGKILL.
     async fn kill_at(&self, point: &str, args: &[&str]) -> Result<(), Error> {
-        let mut cmd = self.command(args, &[(failpoint::ENV, point)]);
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn()?;
-        let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
-        let wanted = format!("failpoint {point} reached");
-        let mut seen = String::new();
-        let reached = tokio::time::timeout(Duration::from_secs(90), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                seen.push_str(&line);
-                seen.push('\n');
-                if line.contains(&wanted) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .unwrap_or(false);
-        child.start_kill()?;
-        child.wait().await?;
-        self.record(&format!("{} (killed at {point})", args.join(" ")), &seen);
+        let mut armed = self.spawn_armed(args, point)?;
+        let reached = armed.until_failpoint(point, Duration::from_secs(90)).await;
+        armed.child.start_kill()?;
+        armed.child.wait().await?;
+        self.record(&format!("{} (killed at {point})", args.join(" ")), &armed.log);
         if !reached {
-            return Err(format!("etcdsnap {} never reached {point}:\n{seen}", args.join(" ")).into());
+            return Err(format!("etcdsnap {} never reached {point}:\n{}", args.join(" "), armed.log).into());
         }
         Ok(())
     }
@@ -239,6 +232,42 @@ impl World {
         self.record("agent", &log);
         assert_eq!(code, Some(0), "{log}");
         Ok(())
+    }
+}
+
+/// An `etcdsnap` process with a failpoint armed, its stderr read line by line.
+struct Armed {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    log: String,
+}
+
+impl Armed {
+    /// Reads stderr until `point` is announced; false if the process ended or `timeout` passed.
+    async fn until_failpoint(&mut self, point: &str, timeout: Duration) -> bool {
+        let wanted = format!("failpoint {point} reached");
+        let (lines, log) = (&mut self.lines, &mut self.log);
+        tokio::time::timeout(timeout, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains(&wanted) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// The rest of stderr, then the exit status.
+    async fn finish(mut self) -> Result<(std::process::ExitStatus, String), Error> {
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            self.log.push_str(&line);
+            self.log.push('\n');
+        }
+        Ok((self.child.wait().await?, self.log))
     }
 }
 
@@ -714,33 +743,15 @@ async fn concurrent_saves_agents_and_reconciles_never_lose_or_duplicate_a_record
     let world = World::start(24).await?;
     // Two saves on one directory: the second is refused while the first holds the lock.
     // The first save is held mid-stream for 8 s; the others run once it is there.
-    let mut first = world.command(&["save"], &[(failpoint::ENV, "mid-stream=8000")]);
-    let mut first = first.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
-    let mut lines = BufReader::new(first.stderr.take().ok_or("no stderr")?).lines();
-    let mut first_log = String::new();
-    let held = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            first_log.push_str(&line);
-            first_log.push('\n');
-            if line.contains("failpoint mid-stream reached") {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(held, "the first save never reached mid-stream:\n{first_log}");
+    let mut first = world.spawn_armed(&["save"], "mid-stream=8000")?;
+    let held = first.until_failpoint(failpoint::MID_STREAM, Duration::from_secs(60)).await;
+    assert!(held, "the first save never reached mid-stream:\n{}", first.log);
     let second = world.run(&["save"]).await.expect_fail();
     assert!(second.stderr.contains("another etcdsnap"), "{}", second.stderr);
     // An S3-only save of the same node takes the same lock.
     let s3_only = world.run(&["save", "--no-local"]).await.expect_fail();
     assert!(s3_only.stderr.contains("another etcdsnap"), "{}", s3_only.stderr);
-    while let Ok(Some(line)) = lines.next_line().await {
-        first_log.push_str(&line);
-        first_log.push('\n');
-    }
-    let status = first.wait().await?;
+    let (status, first_log) = first.finish().await?;
     world.record("save", &first_log);
     assert!(status.success(), "{first_log}");
 

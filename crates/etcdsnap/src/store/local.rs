@@ -39,11 +39,9 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock of `dir` without waiting (creating `dir` 0700 if missing); a second
-    /// holder gets `snapshot save already in progress`. S3-only saves take the snapshot
-    /// directory's lock this way, so they never overlap another save of the same node.
+    /// Takes the lock of `dir` without waiting; a second holder gets `snapshot save already in
+    /// progress`.
     pub fn take(dir: &Path) -> Result<DirLock, StoreError> {
-        create_private_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let file = open_private(&path, false).map_err(StoreError::io("open lock file", &path))?;
         match file.try_lock() {
@@ -51,6 +49,15 @@ impl DirLock {
             Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
             Err(fs::TryLockError::Error(e)) => Err(StoreError::io("lock", &path)(e)),
         }
+    }
+
+    /// [`DirLock::take`], creating `dir` (0700) if it is missing. S3-only saves take the
+    /// snapshot directory's lock this way, so they never overlap another save of the same node.
+    pub fn take_creating(dir: &Path) -> Result<DirLock, StoreError> {
+        if !dir.exists() {
+            create_private_dir(dir)?;
+        }
+        DirLock::take(dir)
     }
 
     pub fn path(&self) -> &Path {
@@ -150,7 +157,7 @@ impl LocalStore {
 
     fn list_blocking(&self) -> Result<Listing, StoreError> {
         // Clean up after crashed saves, unless one is running right now.
-        if let Ok(lock) = self.try_lock_quietly() {
+        if let Ok(lock) = DirLock::take(&self.dir) {
             for removed in self.remove_partials(STALE_PART_AGE) {
                 tracing::info!(file = %removed.display(), "removed stale incomplete file");
             }
@@ -195,13 +202,6 @@ impl LocalStore {
         }
         listing.records.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
         Ok(listing)
-    }
-
-    fn try_lock_quietly(&self) -> Result<DirLock, ()> {
-        let path = self.dir.join(LOCK_FILE);
-        let file = open_private(&path, false).map_err(|_| ())?;
-        file.try_lock().map_err(|_| ())?;
-        Ok(DirLock { _file: file, path })
     }
 
     /// The record of one file: from its name, its stat, and its metadata document if any.
