@@ -18,18 +18,22 @@ deps:
 testbins: deps
 	@./testbins/build.sh
 
+# Test builds compile the reliability suite's failpoints in; release builds never do.
+TEST_FEATURES := --features etcdsnap/failpoints
+
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked $(TEST_FEATURES) -- -D warnings
 
 # Everything: formatting, lints, unit tests and integration tests against the real servers.
 test: deps testbins lint
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked $(TEST_FEATURES)
 
 # The reliability suite alone (crashes, outages, corruption, hostile content, races, secrets);
 # `make test` runs it too. Results: docs/reliability.md.
 faults: deps testbins
-	$(CARGO) test -p etcdsnap --locked --test faults -- --nocapture
+	$(CARGO) test -p etcdsnap --locked $(TEST_FEATURES) --test faults -- --nocapture
 
 # Runs the main job end to end against a local etcd, kube-apiserver and S3 started on loopback.
 demo: deps testbins

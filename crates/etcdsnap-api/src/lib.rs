@@ -40,6 +40,7 @@
 
 pub mod consts;
 pub mod crd;
+pub mod go;
 pub mod legacy;
 pub mod metadata;
 pub mod names;

@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn compression_from_names() {
-        let n = SnapshotName::parse("etcd-snapshot-n-5.zip").unwrap_or_else(|e| panic!("{e}"));
+        let n = SnapshotName::parse("etcd-snapshot-n-5.zip").unwrap();
         assert_eq!(n.compression(), Compression::Zip);
         assert_eq!(n.without_compression_extension(), "etcd-snapshot-n-5");
         assert_eq!(Compression::from_name("x.zst"), Compression::Zstd);

@@ -4,15 +4,14 @@
 //! created) then a pass with nothing to change. API requests are counted from the API server's
 //! audit log, S3 requests from the S3 server's access log. Run through `bench/reconcile.sh`.
 
-use etcdsnap::kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
-use etcdsnap::kube::reconcile::{LeaderView, ReconcileReport, StorageState, reconcile_leader};
-use etcdsnap::kube::{Kube, KubeSettings};
-use etcdsnap::record::{MetadataSource, Outcome, SnapshotRecord};
-use etcdsnap::store::SnapshotStore;
-use etcdsnap::store::local::LocalStore;
-use etcdsnap::store::s3::S3Store;
-use etcdsnap::store::s3::config::{DEFAULT_REGION, DEFAULT_TIMEOUT, S3Settings};
-use etcdsnap_api::{Compression, SnapshotName, StorageKind};
+use etcdsnap_api::{SnapshotName, StorageKind};
+use etcdsnap_kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
+use etcdsnap_kube::reconcile::{LeaderView, ReconcileReport, StorageState, reconcile_leader};
+use etcdsnap_kube::{Kube, KubeSettings};
+use etcdsnap_storage::record::{MetadataSource, SnapshotRecord};
+use etcdsnap_storage::store::SnapshotStore;
+use etcdsnap_storage::store::local::LocalStore;
+use etcdsnap_storage::store::s3::{RawS3Settings, S3Key, S3Store, SettingsOrigin};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -29,22 +28,12 @@ fn arg(name: &str, default: usize) -> usize {
 /// A local snapshot's record, for its metadata document.
 fn local_record(name: &str, location: String) -> Result<SnapshotRecord> {
     let name = SnapshotName::parse(name)?;
+    let created = jiff::Timestamp::from_second(name.timestamp().unwrap_or(0))?;
     Ok(SnapshotRecord {
-        created_at: jiff::Timestamp::from_second(name.timestamp().unwrap_or(0))?,
-        compression: Compression::None,
-        name,
-        storage: StorageKind::Local,
-        node_name: "node-1".into(),
-        location,
-        size: 1,
-        outcome: Outcome::Ready,
         sha256: Some("ab".repeat(32)),
-        etcd: None,
-        token_hash: None,
         cluster_id: Some("cluster".into()),
-        s3: None,
-        extra_metadata: None,
         metadata_source: MetadataSource::Document,
+        ..SnapshotRecord::stored(name, StorageKind::Local, "node-1", location, created, 1)
     })
 }
 
@@ -136,7 +125,7 @@ async fn main() -> Result<()> {
     .await?;
     let api = KubeApiServer::start(&etcd).await?;
     let kube = Kube::new(api.client().await?, KubeSettings::new("node-1"));
-    etcdsnap::kube::crd::ensure_crd(&kube.client).await?;
+    etcdsnap_kube::crd::ensure_crd(&kube.client).await?;
     renew_heartbeat(&kube.client, "node-1", Duration::from_secs(3600), Duration::ZERO).await?;
     let lease = LeaderLease::new(kube.client.clone(), "node-1", Duration::from_secs(3600));
     if !lease.try_acquire().await?.is_leader() {
@@ -148,20 +137,14 @@ async fn main() -> Result<()> {
     let s3 = S3Server::start().await?;
     s3.create_bucket("etcd").await?;
     testenv::fill_snapshot_objects(&s3.url(), "etcd", "k3s", n_s3, s3.access_key(), s3.secret_key()).await?;
-    let store = S3Store::from_settings(
-        S3Settings {
-            endpoint: s3.endpoint(),
-            access_key: Some(s3.access_key().into()),
-            secret_key: Some(s3.secret_key().into()),
-            bucket: Some("etcd".into()),
-            region: DEFAULT_REGION.into(),
-            folder: Some("k3s".into()),
-            insecure: true,
-            timeout: DEFAULT_TIMEOUT,
-            ..Default::default()
-        },
-        work.path(),
-    )?;
+    let mut raw = RawS3Settings::new(SettingsOrigin::Flags);
+    raw.set(S3Key::Endpoint, s3.endpoint())
+        .set(S3Key::AccessKey, s3.access_key())
+        .set(S3Key::SecretKey, s3.secret_key())
+        .set(S3Key::Bucket, "etcd")
+        .set(S3Key::Folder, "k3s")
+        .set(S3Key::Insecure, "true");
+    let store = S3Store::with_cache_in(raw.parse()?, work.path())?;
 
     println!(
         "| run | wall s | local listing s | S3 listing s | created | updated | deleted | unchanged | API reads | API writes | LIST etcdsnapshotfiles | S3 requests | legacy ConfigMap |"

@@ -4,10 +4,9 @@
 //! Usage: ETCDSNAP_S3_ENDPOINT=host:port ETCDSNAP_S3_BUCKET=b [ETCDSNAP_S3_INSECURE=true]
 //!        AWS_ACCESS_KEY_ID=.. AWS_SECRET_ACCESS_KEY=.. s3_upload FILE KEY
 
-use etcdsnap::store::s3::S3Store;
-use etcdsnap::store::s3::config::{DEFAULT_REGION, DEFAULT_TIMEOUT, S3Config, S3Settings};
-use etcdsnap::store::{NewSnapshot, SnapshotStore};
 use etcdsnap_api::{EtcdInfo, SnapshotName};
+use etcdsnap_storage::store::s3::{RawS3Settings, S3Key, S3Store, SettingsOrigin};
+use etcdsnap_storage::store::{NewSnapshot, SnapshotStore};
 use std::io::Read;
 
 #[tokio::main(flavor = "current_thread")]
@@ -15,17 +14,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (file, key) =
         (args.next().ok_or("usage: s3_upload FILE NAME")?, args.next().ok_or("usage: s3_upload FILE NAME")?);
-    let env = |k: &str| std::env::var(k).ok();
-    let config = S3Config::from_settings(S3Settings {
-        endpoint: env("ETCDSNAP_S3_ENDPOINT").ok_or("ETCDSNAP_S3_ENDPOINT is not set")?,
-        bucket: env("ETCDSNAP_S3_BUCKET"),
-        access_key: env("AWS_ACCESS_KEY_ID"),
-        secret_key: env("AWS_SECRET_ACCESS_KEY"),
-        insecure: env("ETCDSNAP_S3_INSECURE").is_some_and(|v| v == "true"),
-        region: DEFAULT_REGION.into(),
-        timeout: DEFAULT_TIMEOUT,
-        ..Default::default()
-    })?;
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let mut raw = RawS3Settings::new(SettingsOrigin::Flags);
+    raw.set(S3Key::Endpoint, env("ETCDSNAP_S3_ENDPOINT"))
+        .set(S3Key::Bucket, env("ETCDSNAP_S3_BUCKET"))
+        .set(S3Key::AccessKey, env("AWS_ACCESS_KEY_ID"))
+        .set(S3Key::SecretKey, env("AWS_SECRET_ACCESS_KEY"))
+        .set(S3Key::Insecure, env("ETCDSNAP_S3_INSECURE"));
+    let config = raw.parse()?;
     let store = S3Store::new(config, None)?;
     let name = SnapshotName::parse(&key)?;
     let new = NewSnapshot {

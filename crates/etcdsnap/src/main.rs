@@ -1,5 +1,7 @@
-//! The `etcdsnap` binary.
+//! The `etcdsnap` binary: the command line at the edge of the library.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    etcdsnap::cli::main()
+    cli::main()
 }

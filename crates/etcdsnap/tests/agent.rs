@@ -1,13 +1,15 @@
 //! `etcdsnap agent` as a process, against real etcd and S3: schedule, retention, metrics,
 //! health, and shutdown.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::agent::{AgentProcess, metric};
-use common::{TestResult, files_in, load_kube_like_data};
+use common::{SlowEtcd, TestResult, files_in, load_kube_like_data};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use testenv::{Etcd, Fault, FaultProxy, S3Server};
+use testenv::{Etcd, Fault, S3Server};
 
 const BUCKET: &str = "agent";
 
@@ -91,15 +93,11 @@ async fn scheduled_snapshots_keep_retention_locally_and_in_s3_and_move_the_gauge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_snapshot_leaves_nothing_partial_and_exits_zero() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 3000).await?;
-    let proxy = FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
-    proxy.set_fault(Fault::Throttle(200_000));
+    let slow = SlowEtcd::start(3000, 200_000).await?;
     let s3 = S3Server::start().await?;
     s3.create_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
-    let (endpoint, dd, s3_endpoint) =
-        (format!("http://{}", proxy.addr()), data.path().to_string_lossy().to_string(), s3.endpoint());
+    let (endpoint, dd, s3_endpoint) = (slow.endpoint.clone(), data.path().to_string_lossy().to_string(), s3.endpoint());
     let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
     let args = [
         "--endpoints",
@@ -139,12 +137,9 @@ async fn sigterm_mid_snapshot_leaves_nothing_partial_and_exits_zero() -> TestRes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlapping_run_is_skipped_and_counted() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 2000).await?;
-    let proxy = FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
-    proxy.set_fault(Fault::Throttle(500_000));
+    let slow = SlowEtcd::start(2000, 500_000).await?;
     let data = tempfile::tempdir()?;
-    let (endpoint, dd) = (format!("http://{}", proxy.addr()), data.path().to_string_lossy().to_string());
+    let (endpoint, dd) = (slow.endpoint.clone(), data.path().to_string_lossy().to_string());
     let args = ["--endpoints", &endpoint, "--node-name", "n1", "--data-dir", &dd, "--schedule", "* * * * * *"];
     let agent = AgentProcess::start(&args, &[], data.path()).await?;
     agent
@@ -154,7 +149,7 @@ async fn an_overlapping_run_is_skipped_and_counted() -> TestResult {
             Duration::from_secs(30),
         )
         .await?;
-    proxy.set_fault(Fault::None);
+    slow.proxy.set_fault(Fault::None);
     let (code, log) = agent.terminate().await?;
     assert_eq!(code, Some(0));
     assert!(log.contains("skipped: the previous run is still going"), "{log}");

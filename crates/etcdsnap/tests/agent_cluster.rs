@@ -1,5 +1,7 @@
 //! Three agents beside a 3-member etcd cluster, with one kube-apiserver and one S3 server: the
 //! production shape. Resources, retention and the leader Lease are checked on the real servers.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -7,6 +9,7 @@ use common::{TestResult, files_in, load_kube_like_data};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::LABEL_STORAGE_NODE;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -28,18 +31,20 @@ impl Agent {
     }
 }
 
+/// An agent on `node` with its data in `dir`, taking snapshots every 3 s (jittered by up to 1 s)
+/// and keeping 2, with `extra` arguments.
 async fn start_agent(
     node: &str,
     endpoint: &str,
     dir: &Path,
     api: &KubeApiServer,
-    s3: &S3Server,
+    s3: Option<&S3Server>,
+    extra: &[&str],
 ) -> Result<Agent, Box<dyn std::error::Error>> {
     let log = dir.join("agent.log");
     let file = std::fs::File::create(&log)?;
     let metrics = format!("127.0.0.1:{}", testenv::free_port()?);
-    let (dd, kubeconfig, s3_endpoint) =
-        (dir.to_string_lossy().to_string(), api.kubeconfig_path().to_string_lossy().to_string(), s3.endpoint());
+    let (dd, kubeconfig) = (dir.to_string_lossy().to_string(), api.kubeconfig_path().to_string_lossy().to_string());
     let lease = format!("{}s", LEASE.as_secs());
     let mut cmd = common::command(&[
         "agent",
@@ -57,22 +62,18 @@ async fn start_agent(
         "1s",
         "--retention",
         "2",
-        "--reconcile-interval",
-        "4s",
         "--leader-lease-duration",
         &lease,
         "--metrics-addr",
         &metrics,
         "--compress",
         "zstd",
-        "--s3",
-        "--s3-endpoint",
-        &s3_endpoint,
-        "--s3-insecure",
-        "--s3-bucket",
-        BUCKET,
     ]);
-    cmd.env("AWS_ACCESS_KEY_ID", s3.access_key()).env("AWS_SECRET_ACCESS_KEY", s3.secret_key());
+    cmd.args(extra);
+    if let Some(s3) = s3 {
+        cmd.args(["--s3", "--s3-endpoint", &s3.endpoint(), "--s3-insecure", "--s3-bucket", BUCKET]);
+        cmd.env("AWS_ACCESS_KEY_ID", s3.access_key()).env("AWS_SECRET_ACCESS_KEY", s3.secret_key());
+    }
     cmd.stdout(file.try_clone()?).stderr(file);
     Ok(Agent { node: node.into(), child: Some(cmd.spawn()?), log })
 }
@@ -86,8 +87,9 @@ async fn leader(client: &kube::Client) -> Option<String> {
     spec.holder_identity.filter(|h| !h.is_empty() && fresh)
 }
 
+/// Published snapshots in a node's snapshot directory (not the lock, not a save in progress).
 fn local_names(dir: &Path) -> BTreeSet<String> {
-    files_in(&dir.join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect()
+    files_in(&dir.join("snapshots")).into_iter().filter(|f| !f.starts_with('.') && !f.ends_with(".part")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +104,8 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
     let nodes = ["node-a", "node-b", "node-c"];
     let mut agents = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        agents.push(start_agent(node, &etcd.endpoints()[i], dirs[i].path(), &api, &s3).await?);
+        let extra = ["--reconcile-interval", "4s"];
+        agents.push(start_agent(node, &etcd.endpoints()[i], dirs[i].path(), &api, Some(&s3), &extra).await?);
     }
 
     // Let several scheduled rounds happen, watching that there is never more than one leader.
@@ -241,7 +244,7 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
         let created = cr.metadata.creation_timestamp.ok_or("no creation time")?.0;
         let age = jiff::Timestamp::now().duration_since(created);
         assert!(
-            age < jiff::SignedDuration::try_from(etcdsnap::kube::reconcile::NEW_S3_GRACE)?,
+            age < jiff::SignedDuration::try_from(etcdsnap_kube::reconcile::NEW_S3_GRACE)?,
             "S3 resource {name} without its object, {age:?} old"
         );
     }
@@ -255,5 +258,87 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
     }
     let twice: Vec<_> = creates.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "resources created more than once: {twice:?}");
+    Ok(())
+}
+
+/// The legacy ConfigMap's keys.
+async fn legacy_keys(client: &kube::Client) -> BTreeSet<String> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let cm = cms.get_opt("k3s-etcd-snapshots").await.ok().flatten();
+    cm.and_then(|c| c.data).unwrap_or_default().into_keys().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_configmap_follows_every_node_s_saves_within_seconds() -> TestResult {
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, 100).await?;
+    let api = KubeApiServer::start(&etcd).await?;
+    let client = api.client().await?;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    // The agents' default reconcile interval (10 minutes): only the controller can be this quick.
+    // 8 kept: each snapshot lives well beyond the 10 s its entry may take.
+    let keep = ["--retention", "8"];
+    let mut agents = vec![start_agent("node-a", &etcd.endpoints()[0], dirs[0].path(), &api, None, &keep).await?];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leader(&client).await.as_deref() != Some("node-a") {
+        assert!(Instant::now() < deadline, "node-a never led:\n{}", agents[0].log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agents.push(start_agent("node-b", &etcd.endpoints()[0], dirs[1].path(), &api, None, &keep).await?);
+
+    // Every new snapshot of either node, the follower's included, gets its entry within 10 s.
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut checked = 0;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while checked < 6 {
+        assert!(Instant::now() < deadline, "only {checked} snapshots checked:\n{}", agents[1].log_text());
+        let new: Vec<String> = dirs.iter().flat_map(|d| local_names(d.path())).filter(|n| !seen.contains(n)).collect();
+        for name in new {
+            seen.insert(name.clone());
+            let key = format!("local-{name}");
+            let saved = Instant::now();
+            loop {
+                let keys = legacy_keys(&client).await;
+                if keys.contains(&key) {
+                    break;
+                }
+                assert!(
+                    saved.elapsed() < Duration::from_secs(10),
+                    "{key} not in the legacy ConfigMap after 10 s: {keys:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            checked += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Between two saves the entries are exactly the resources (pruned ones gone too).
+    let crs: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resources: BTreeSet<String> = crs
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(|c| format!("local-{}", c.spec.snapshot_name))
+            .collect();
+        let keys = legacy_keys(&client).await;
+        if keys == resources {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ConfigMap never matched the resources: {keys:?} vs {resources:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for a in &mut agents {
+        if let Some(mut c) = a.child.take() {
+            if let Some(id) = c.id() {
+                std::process::Command::new("kill").args(["-TERM", &id.to_string()]).status()?;
+            }
+            let status = c.wait().await?;
+            assert!(status.success(), "{} exited with {status}:\n{}", a.node, a.log_text());
+        }
+    }
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! The snapshot engine and local storage, end to end: the real `etcdsnap` binary against real
 //! etcd servers started by testenv.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{TestResult, files_in, load_kube_like_data, mode, run};
+use common::{SlowEtcd, TestResult, etcdctl_snapshot, files_in, load_kube_like_data, mode, run, wait_for_partial};
 use sha2::Digest;
 use std::io::Read;
 use std::path::Path;
@@ -232,32 +234,18 @@ async fn corrupt_and_truncated_streams_publish_nothing() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 1500).await?;
-    let proxy = FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
-    let endpoint = format!("http://{}", proxy.addr());
+    let slow = SlowEtcd::start(1500, 300_000).await?;
     let data = tempfile::tempdir()?;
     let dd = data.path().to_string_lossy().to_string();
     let snapdir = data.path().join("snapshots");
-    let args = ["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &endpoint];
+    let args = ["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &slow.endpoint];
 
-    proxy.set_fault(Fault::Throttle(300_000));
     let mut child = common::command(&args).spawn()?;
-    // Wait until the .part file has data, then kill -9.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let part = files_in(&snapdir).into_iter().find(|f| f.ends_with(".part"));
-        if let Some(p) = part
-            && std::fs::metadata(snapdir.join(&p)).map(|m| m.len()).unwrap_or(0) > 100_000
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "save never started writing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Once the .part file has data, kill -9.
+    wait_for_partial(&snapdir, 100_000, Duration::from_secs(30)).await?;
     child.start_kill()?;
     child.wait().await?;
-    proxy.set_fault(Fault::None);
+    slow.proxy.set_fault(Fault::None);
 
     let listed = run(&["ls", "--data-dir", &dd, "--node-name", "n1", "-o", "json"], &[]).await.expect_ok().json();
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "a killed save must not be listed");
@@ -273,23 +261,18 @@ async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_save_into_the_same_directory_is_refused_while_one_runs() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 1000).await?;
-    let proxy = FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
-    let slow = format!("http://{}", proxy.addr());
+    let slow = SlowEtcd::start(1000, 400_000).await?;
     let data = tempfile::tempdir()?;
     let dd = data.path().to_string_lossy().to_string();
-    proxy.set_fault(Fault::Throttle(400_000));
-    let first = common::command(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &slow]).spawn()?;
+    let first =
+        common::command(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &slow.endpoint]).spawn()?;
     let snapdir = data.path().join("snapshots");
-    while !files_in(&snapdir).iter().any(|f| f.ends_with(".part")) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let direct = etcd.endpoints()[0].clone();
+    wait_for_partial(&snapdir, 0, Duration::from_secs(30)).await?;
+    let direct = slow.etcd.endpoints()[0].clone();
     let second =
         run(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &direct], &[]).await.expect_fail();
     assert!(second.stderr.contains("snapshot save already in progress"), "{}", second.stderr);
-    proxy.set_fault(Fault::None);
+    slow.proxy.set_fault(Fault::None);
     let first: common::Run = first.wait_with_output().await?.into();
     first.expect_ok();
     Ok(())
@@ -414,14 +397,8 @@ async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
     let metadir = root.path().join("server/db/.metadata");
     std::fs::create_dir_all(&snapdir)?;
     std::fs::create_dir_all(&metadir)?;
-    // A snapshot taken the way K3s takes them (etcd's client snapshot helper, as in etcdctl).
     let plain = snapdir.join("etcd-snapshot-server1-1700000000");
-    let out = tokio::process::Command::new(testenv::testbin("etcdctl")?)
-        .args(["--endpoints", &etcd.endpoints()[0], "snapshot", "save"])
-        .arg(&plain)
-        .output()
-        .await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    etcdctl_snapshot(&etcd, &plain).await?;
     std::fs::write(metadir.join("etcd-snapshot-server1-1700000000"), r#"{"rancher.io/cluster":"c-abc","k":"v"}"#)?;
     // A K3s zip of the same (Deflate, one entry named without .zip), with unreadable metadata.
     let zipped = snapdir.join("on-demand-server1-1700000100.zip");

@@ -3,13 +3,15 @@
 //! same invariants are checked: every published snapshot verifies, nothing half-written is
 //! visible, one reconcile makes the ETCDSnapshotFile resources match storage exactly, files are
 //! private, and no log line carries a credential. `docs/reliability.md` summarises the results.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::agent::{AgentProcess, metric};
 use common::{Run, TestResult};
-use etcdsnap::failpoint;
 use etcdsnap_api::ETCDSnapshotFile;
+use etcdsnap_storage::failpoint;
 use kube::api::{Api, ListParams};
 use rand::{RngExt, SeedableRng};
 use std::collections::BTreeSet;

@@ -1,18 +1,20 @@
 //! The Kubernetes integration end to end: the real `etcdsnap` binary and library against a real
 //! kube-apiserver and etcd started by testenv. Requests are counted from the API server's own
 //! audit log.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::{Run, TestResult, run};
-use etcdsnap::kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
-use etcdsnap::kube::reconcile::{LeaderView, StorageState, reconcile_leader, reconcile_node};
-use etcdsnap::kube::{Kube, KubeSettings, publish, s3_secret};
-use etcdsnap::record::{MetadataSource, Outcome, SnapshotRecord};
 use etcdsnap_api::consts::{
     ANNOTATION_TOKEN_HASH, FINALIZER_K3S, LABEL_STORAGE_NODE, LEGACY_CONFIGMAP, SYSTEM_NAMESPACE,
 };
 use etcdsnap_api::{CrNameInput, ETCDSnapshotFile, ETCDSnapshotS3, SnapshotName, StorageKind, cr_name};
+use etcdsnap_kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
+use etcdsnap_kube::reconcile::{LeaderView, StorageState, reconcile_leader, reconcile_node};
+use etcdsnap_kube::{Kube, KubeSettings, RecordResource, publish, s3_secret};
+use etcdsnap_storage::record::{MetadataSource, Outcome, SnapshotRecord};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,7 +98,7 @@ fn ts(secs: i64) -> jiff::Timestamp {
 }
 
 fn record(name: &str, storage: StorageKind, node: &str, location: &str) -> SnapshotRecord {
-    let name = SnapshotName::parse(name).unwrap_or_else(|e| panic!("{e}"));
+    let name = SnapshotName::parse(name).unwrap();
     SnapshotRecord {
         created_at: ts(name.timestamp().unwrap_or(1_700_000_000)),
         compression: name.compression(),
@@ -365,8 +367,8 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(30));
     assert!(lease.try_acquire().await?.is_leader());
     let ctx_dir = dir.canonicalize()?;
-    let local = etcdsnap::store::local::LocalStore::open(&ctx_dir, false, "node-1")?;
-    let listing = etcdsnap::store::SnapshotStore::list(&local).await?;
+    let local = etcdsnap_storage::store::local::LocalStore::open(&ctx_dir, false, "node-1")?;
+    let listing = etcdsnap_storage::store::SnapshotStore::list(&local).await?;
     let state = StorageState { local: Some(listing.records), s3: None, deleted: BTreeSet::new() };
     let before = env.audit().len();
     let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
@@ -468,7 +470,7 @@ async fn two_nodes_reconcile_s3_concurrently_without_flapping() -> TestResult {
     let env = Env::start().await?;
     let a = env.kube("node-a").await?;
     let b = env.kube("node-b").await?;
-    etcdsnap::kube::crd::ensure_crd(&a.client).await?;
+    etcdsnap_kube::crd::ensure_crd(&a.client).await?;
     let mut listing = s3_records(10, "node-a", 1_700_000_000);
     listing.extend(s3_records(10, "node-b", 1_700_000_000));
     let before = env.audit().len();
@@ -707,17 +709,17 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
     let env = Env::start().await?;
     let kube = env.kube("node-1").await?;
     let client = kube.client.clone();
-    etcdsnap::kube::crd::ensure_crd(&client).await?;
+    etcdsnap_kube::crd::ensure_crd(&client).await?;
     renew_heartbeat(&client, "node-1", Duration::from_secs(3600), Duration::ZERO).await?;
     let extra = BTreeMap::from([("cluster-state".to_string(), "s".repeat(1100))]);
     let dir = env.snapshot_dir("node-1");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-    let max_bytes = etcdsnap::kube::LegacySettings::default().max_bytes;
+    let max_bytes = etcdsnap_kube::LegacySettings::default().max_bytes;
     let (steps, per_step) = (4, 5_000);
     for step in 0..steps {
         write_snapshots(&dir, "node-1", 1_700_000_000 + (step * per_step) as i64, per_step, &extra)?;
-        let local = etcdsnap::store::local::LocalStore::open(&dir, false, "node-1")?;
-        let listing = etcdsnap::store::SnapshotStore::list(&local).await?;
+        let local = etcdsnap_storage::store::local::LocalStore::open(&dir, false, "node-1")?;
+        let listing = etcdsnap_storage::store::SnapshotStore::list(&local).await?;
         let total = listing.records.len();
         assert_eq!(total, (step + 1) * per_step);
         let state = StorageState { local: Some(listing.records), s3: None, deleted: BTreeSet::new() };
@@ -731,7 +733,7 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
         assert!(legacy.written, "{legacy:?}");
 
         // The API server's view: every snapshot has its resource...
-        let crs = etcdsnap::kube::resources::list(&client, None).await?;
+        let crs = etcdsnap_kube::resources::list(&client, None).await?;
         assert_eq!(crs.len(), total);
         // ...and the ConfigMap it accepted is under the limit and holds the newest entries.
         let cm = cms.get(LEGACY_CONFIGMAP).await?;
@@ -753,9 +755,9 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
         assert!(!data.contains_key(&format!("local-etcd-snapshot-node-1-{}", oldest_kept - 1)));
     }
     // A second pass over the same storage writes nothing, and lists 1 page per 1,000 objects.
-    let local = etcdsnap::store::local::LocalStore::open(&dir, false, "node-1")?;
+    let local = etcdsnap_storage::store::local::LocalStore::open(&dir, false, "node-1")?;
     let state = StorageState {
-        local: Some(etcdsnap::store::SnapshotStore::list(&local).await?.records),
+        local: Some(etcdsnap_storage::store::SnapshotStore::list(&local).await?.records),
         s3: None,
         deleted: BTreeSet::new(),
     };
@@ -964,15 +966,20 @@ async fn s3_settings_come_from_the_config_secret_and_bad_values_name_their_key()
             &make("bad-ca", serde_json::json!({"etcd-s3-bucket": "etcd", "etcd-s3-endpoint-ca-name": "no-such-cm"}))?,
         )
         .await?;
-    let s = s3_secret::load(&client, "good").await?;
-    assert_eq!(s.bucket.as_deref(), Some("etcd"));
-    assert_eq!(s.folder.as_deref(), Some("k3s"));
+    let raw = s3_secret::load(&client, "good").await?;
+    assert!(!format!("{raw:?}").contains("s3cr3t"));
+    let s = raw.parse()?;
+    assert_eq!(s.bucket, "etcd");
+    assert_eq!(s.folder, "k3s");
     assert_eq!(s.access_key.as_deref(), Some("AKIA"));
-    assert_eq!(s.timeout, Some(Duration::from_secs(120)));
-    assert_eq!(s.insecure, Some(false));
-    assert_eq!(s.endpoint_ca_pems.len(), 2, "inline CA and the CA ConfigMap");
+    assert_eq!(s.timeout, Duration::from_secs(120));
+    assert!(!s.insecure);
+    assert_eq!(s.endpoint_ca.len(), 2, "inline CA and the CA ConfigMap");
     assert!(!format!("{s:?}").contains("s3cr3t"));
-    let err = s3_secret::load(&client, "bad").await.err().map(|e| e.to_string()).unwrap_or_default();
+    let err = match s3_secret::load(&client, "bad").await {
+        Ok(raw) => raw.parse().err().map(|e| e.to_string()).unwrap_or_default(),
+        Err(e) => e.to_string(),
+    };
     assert!(err.contains("etcd-s3-retention") && !err.contains("many"), "{err}");
     let err = s3_secret::load(&client, "bad-ca").await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("etcd-s3-endpoint-ca-name") && err.contains("no-such-cm"), "{err}");

@@ -1,6 +1,8 @@
 //! `etcdsnap restore` end to end: snapshots of a real etcd, restored with the real etcdutl, and
 //! a real etcd started on the result to read the keys back. Damaged and hostile snapshots, token
 //! checks, occupied targets and dry runs are checked to leave the target exactly as it was.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -19,7 +21,7 @@ fn s(p: &Path) -> String {
 }
 
 fn etcdutl() -> String {
-    testenv::testbin("etcdutl").map(|p| s(&p)).unwrap_or_else(|e| panic!("{e}"))
+    testenv::testbin("etcdutl").map(|p| s(&p)).unwrap()
 }
 
 /// An etcd with known keys and a snapshot directory holding one snapshot per format, saved
@@ -387,12 +389,7 @@ async fn k3s_style_zip_without_metadata_restores() -> TestResult {
     std::fs::create_dir_all(&snapdir)?;
     std::fs::create_dir_all(root.path().join("server/db/.metadata"))?;
     let plain = snapdir.join("on-demand-server1-1700000000");
-    let out = tokio::process::Command::new(testenv::testbin("etcdctl")?)
-        .args(["--endpoints", &etcd.endpoints()[0], "snapshot", "save"])
-        .arg(&plain)
-        .output()
-        .await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::etcdctl_snapshot(&etcd, &plain).await?;
     let zipped = snapdir.join("on-demand-server1-1700000000.zip");
     write_zip(&zipped, &[("on-demand-server1-1700000000", &std::fs::read(&plain)?)])?;
     std::fs::remove_file(&plain)?;
@@ -590,8 +587,8 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_streams_from_any_store() -> TestResult {
     use etcdsnap::restore::{self, MemberSettings, RestoreOutcome, RestoreRequest, SnapshotSource, SourceKind};
-    use etcdsnap::store::SnapshotStore;
-    use etcdsnap::store::local::LocalStore;
+    use etcdsnap_storage::store::SnapshotStore;
+    use etcdsnap_storage::store::local::LocalStore;
 
     let fx = Fixture::new(&["zstd"]).await?;
     let store: Arc<dyn SnapshotStore> = Arc::new(LocalStore::open(&fx.dir(), false, "node-1")?);
@@ -675,12 +672,7 @@ async fn restores_from_s3_by_name_including_k3s_objects() -> TestResult {
 
     // What K3s uploads: a plain snapshot whose token hash is only in S3 user metadata.
     let k3s_file = data.path().join("k3s.db");
-    let out = tokio::process::Command::new(testenv::testbin("etcdctl")?)
-        .args(["--endpoints", &etcd.endpoints()[0], "snapshot", "save"])
-        .arg(&k3s_file)
-        .output()
-        .await?;
-    assert!(out.status.success());
+    common::etcdctl_snapshot(&etcd, &k3s_file).await?;
     let k3s_meta = [("K3s-Node-Name", "server-1"), ("K3s-Token-Hash", TOKEN_HASH)];
     s3.put_object("snaps", "prod/etcd-snapshot-server-1-1700000000", std::fs::read(&k3s_file)?, &k3s_meta).await?;
     let mut k3s = all.clone();

@@ -1,5 +1,7 @@
 //! Proves that each test server is the real thing: these behaviours come from etcd, the
 //! kube-apiserver and versitygw themselves, not from anything in this repository.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

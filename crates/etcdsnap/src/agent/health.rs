@@ -1,9 +1,9 @@
 //! Readiness: etcd answers, and Kubernetes and S3 answer when they are configured. Checks are
 //! cached for a few seconds so a busy probe does not hammer the servers.
 
-use crate::etcd::EtcdConfig;
-use crate::store::SnapshotStore;
 use async_trait::async_trait;
+use etcdsnap_storage::etcd::EtcdConfig;
+use etcdsnap_storage::store::SnapshotStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -48,7 +48,7 @@ impl Dependency for StoreDependency {
 }
 
 /// The API server answers (the kube-system namespace, which the agent's role may read).
-pub struct KubeDependency(pub kube::Client);
+pub struct KubeDependency(pub etcdsnap_kube::Kube);
 
 #[async_trait]
 impl Dependency for KubeDependency {
@@ -56,8 +56,7 @@ impl Dependency for KubeDependency {
         "kubernetes"
     }
     async fn check(&self) -> Result<(), String> {
-        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(self.0.clone());
-        api.get(etcdsnap_api::consts::SYSTEM_NAMESPACE).await.map(|_| ()).map_err(|e| e.to_string())
+        self.0.ping().await.map_err(|e| e.to_string())
     }
 }
 

@@ -54,6 +54,22 @@ impl EncodeLabelValue for Location {
     }
 }
 
+/// Why a reconcile pass (or a legacy ConfigMap sync) failed: `storage_list`, `api_read`,
+/// `api_write`, `legacy_configmap`, `finalizer`, `node_annotation`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Cause(pub &'static str);
+
+impl EncodeLabelValue for Cause {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: Cause,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LocationLabel {
     pub location: Location,
@@ -80,6 +96,7 @@ pub struct Metrics {
     pub size: Family<LocationLabel, Gauge>,
     pub skipped: Counter,
     pub saves: Family<StatusLabel, Counter>,
+    pub reconcile_failures: Family<CauseLabel, Counter>,
 }
 
 impl Metrics {
@@ -98,6 +115,7 @@ impl Metrics {
             size: Family::default(),
             skipped: Counter::default(),
             saves: Family::default(),
+            reconcile_failures: Family::default(),
             registry: Registry::default(),
         };
         let histograms: [(&str, &str, &Durations); 7] = [
@@ -133,7 +151,17 @@ impl Metrics {
             m.skipped.clone(),
         );
         registry.register("saves", "Snapshot saves by outcome", m.saves.clone());
+        registry.register(
+            "reconcile_failures",
+            "Failed reconcile passes and legacy ConfigMap syncs, by cause",
+            m.reconcile_failures.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one failure of a reconcile pass or legacy ConfigMap sync.
+    pub fn reconcile_failed(&self, cause: Cause) {
+        self.reconcile_failures.get_or_create(&CauseLabel { cause }).inc();
     }
 
     pub fn observe(h: &Durations, ok: bool, elapsed: Duration) {
@@ -166,6 +194,7 @@ mod tests {
         Metrics::observe(&m.save, true, Duration::from_millis(20));
         Metrics::observe(&m.save_s3, false, Duration::from_secs(1));
         m.skipped.inc();
+        m.reconcile_failed(Cause("storage_list"));
         m.last_success.get_or_create(&LocationLabel { location: Location::S3 }).set(1.7e9);
         let text = m.encode();
         assert!(
@@ -175,6 +204,7 @@ mod tests {
         assert!(text.contains("le=\"131.072\""), "{text}");
         assert!(text.contains("etcdsnap_etcd_snapshot_save_s3_duration_seconds_count{status=\"error\"} 1"), "{text}");
         assert!(text.contains("etcdsnap_scheduled_runs_skipped_total 1"), "{text}");
+        assert!(text.contains("etcdsnap_reconcile_failures_total{cause=\"storage_list\"} 1"), "{text}");
         assert!(text.contains("etcdsnap_last_success_timestamp_seconds{location=\"s3\"} 1700000000"), "{text}");
     }
 }

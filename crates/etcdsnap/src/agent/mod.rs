@@ -4,15 +4,17 @@
 
 pub mod health;
 pub mod http;
-pub mod kube_index;
+pub mod kube_duties;
 pub mod metrics;
 pub mod schedule;
 
 use crate::ops::{self, Context, PruneOptions, SaveError, SaveOptions, SaveReport};
-use crate::record::Outcome;
-use crate::store::StoreError;
+use crate::session::{Purpose, Session};
 use etcdsnap_api::{Compression, StorageKind};
+use etcdsnap_storage::Outcome;
+use etcdsnap_storage::store::StoreError;
 use health::Health;
+use kube_duties::KubeDuties;
 use metrics::{Location, LocationLabel, Metrics};
 use schedule::Schedule;
 use std::net::SocketAddr;
@@ -32,8 +34,8 @@ pub struct AgentSettings {
     pub schedule: Option<Schedule>,
     pub base_name: String,
     pub compression: Compression,
+    /// Snapshots to keep per node locally, and in S3 unless S3 has its own retention.
     pub retention: usize,
-    pub s3_retention: usize,
     pub metrics_addr: SocketAddr,
     /// Re-read each new local snapshot and check it (sets the "last verified" gauge).
     pub verify_after_save: bool,
@@ -41,28 +43,12 @@ pub struct AgentSettings {
     pub jitter: Duration,
 }
 
-/// Duties the agent performs through Kubernetes, when it is reachable.
-#[async_trait::async_trait]
-pub trait Index: Send + Sync {
-    /// Before each scheduled save: the extra metadata to record, the cluster id, and S3 from the
-    /// config Secret (read again every time).
-    async fn prepare_run(&self, ctx: &mut Context);
-    /// Records a save (resources, events) right after it happened.
-    async fn saved(&self, report: &SaveReport);
-    /// Records what retention removed.
-    async fn pruned(&self, deleted: &[(StorageKind, etcdsnap_api::SnapshotName)]);
-    /// Records snapshots uploaded late (their earlier upload had failed).
-    async fn uploaded(&self, records: &[crate::record::SnapshotRecord]);
-    /// Runs until `stop`: periodic reconcile, leases, leader duties.
-    async fn run(&self, stop: CancellationToken);
-}
-
 /// The running agent's shared state.
 pub struct Agent {
-    ctx: Context,
+    session: Arc<Session>,
     settings: AgentSettings,
     metrics: Arc<Metrics>,
-    index: Option<Arc<dyn Index>>,
+    duties: Option<Arc<KubeDuties>>,
     running: AtomicBool,
 }
 
@@ -75,12 +61,12 @@ pub enum AgentError {
 
 impl Agent {
     pub fn new(
-        ctx: Context,
+        session: Arc<Session>,
         settings: AgentSettings,
         metrics: Arc<Metrics>,
-        index: Option<Arc<dyn Index>>,
+        duties: Option<Arc<KubeDuties>>,
     ) -> Arc<Agent> {
-        Arc::new(Agent { ctx, settings, metrics, index, running: AtomicBool::new(false) })
+        Arc::new(Agent { session, settings, metrics, duties, running: AtomicBool::new(false) })
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -94,13 +80,13 @@ impl Agent {
         tracing::info!(
             metrics = %self.settings.metrics_addr,
             schedule = self.settings.schedule.as_ref().map(Schedule::expression).unwrap_or("disabled"),
-            node = %self.ctx.node_name,
+            node = %self.session.node_name(),
             "etcdsnap agent started"
         );
         let server = tokio::spawn(http::serve(listener, self.metrics.clone(), health, stop.clone()));
-        let index = self.index.clone().map(|index| {
+        let duties = self.duties.clone().map(|duties| {
             let stop = stop.clone();
-            tokio::spawn(async move { index.run(stop).await })
+            tokio::spawn(async move { duties.run(stop).await })
         });
         let scheduler = self.settings.schedule.clone().map(|schedule| {
             let agent = self.clone();
@@ -114,8 +100,8 @@ impl Agent {
         {
             tracing::warn!("a snapshot did not finish within the shutdown grace period");
         }
-        if let Some(i) = index {
-            let _ = tokio::time::timeout(Duration::from_secs(10), i).await;
+        if let Some(d) = duties {
+            let _ = tokio::time::timeout(Duration::from_secs(10), d).await;
         }
         let _ = server.await;
         tracing::info!("etcdsnap agent stopped");
@@ -166,12 +152,9 @@ impl Agent {
             cancel: stop.clone(),
         };
         let started = Instant::now();
-        let mut ctx = self.ctx.clone();
-        if let Some(index) = &self.index {
-            index.prepare_run(&mut ctx).await;
-        }
+        let ctx = self.session.context(Purpose::Save).await;
         match ops::save(&ctx, &options, None).await {
-            Ok(report) => self.after_save(&ctx, &report, started).await,
+            Ok(report) => self.after_save(&ctx, &report).await,
             Err(SaveError::Store(StoreError::Locked(dir))) => {
                 self.metrics.skipped.inc();
                 tracing::warn!(dir = %dir.display(), "scheduled snapshot skipped: another save is running in this directory");
@@ -187,7 +170,7 @@ impl Agent {
         }
     }
 
-    async fn after_save(&self, ctx: &Context, report: &SaveReport, started: Instant) {
+    async fn after_save(&self, ctx: &Context, report: &SaveReport) {
         let ok = report.all_ready();
         Metrics::observe(&self.metrics.save, ok, report.duration);
         self.metrics.saves.get_or_create(&metrics::StatusLabel { status: metrics::Status::of(ok) }).inc();
@@ -224,36 +207,34 @@ impl Agent {
             "snapshot taken"
         );
         if self.settings.verify_after_save {
-            self.verify_local(report).await;
+            self.verify_local(ctx, report).await;
         }
-        if let Some(index) = &self.index {
-            index.saved(report).await;
-        }
+        self.session.publish(&report.records).await;
         self.catch_up_uploads(ctx).await;
         self.prune(ctx).await;
-        let _ = started;
     }
 
-    /// Uploads local snapshots whose earlier upload failed (see [`crate::catchup`]).
+    /// S3 retention: S3's own (`--s3-retention`, the Secret's `etcd-s3-retention`), else the local one.
+    fn s3_retention(&self, ctx: &Context) -> usize {
+        ctx.s3_retention.unwrap_or(self.settings.retention)
+    }
+
+    /// Uploads local snapshots whose earlier upload failed (see [`ops::catchup`]).
     async fn catch_up_uploads(&self, ctx: &Context) {
         if ctx.remote.is_none() || ctx.local.is_none() {
             return;
         }
         let (uploaded, problems) =
-            crate::catchup::upload_missing(ctx, &self.settings.base_name, self.settings.s3_retention).await;
+            ops::catchup::upload_missing(ctx, &self.settings.base_name, self.s3_retention(ctx)).await;
         for p in problems {
             tracing::warn!("{p}");
         }
-        if !uploaded.is_empty()
-            && let Some(index) = &self.index
-        {
-            index.uploaded(&uploaded).await;
-        }
+        self.session.publish(&uploaded).await;
     }
 
-    async fn verify_local(&self, report: &SaveReport) {
+    async fn verify_local(&self, ctx: &Context, report: &SaveReport) {
         let (Some(local), Some(record)) =
-            (&self.ctx.local, report.records.iter().find(|r| r.storage == StorageKind::Local && r.is_ready()))
+            (&ctx.local, report.records.iter().find(|r| r.storage == StorageKind::Local && r.is_ready()))
         else {
             return;
         };
@@ -270,17 +251,14 @@ impl Agent {
         let options = PruneOptions {
             base_name: self.settings.base_name.clone(),
             keep_local: self.settings.retention,
-            keep_remote: self.settings.s3_retention,
+            keep_remote: self.s3_retention(ctx),
         };
         let report = ops::prune(ctx, &options).await;
         Metrics::observe(&self.metrics.prune, report.errors.is_empty(), started.elapsed());
         for e in &report.errors {
             tracing::warn!(error = %e, "retention");
         }
-        if let Some(index) = &self.index
-            && !report.deleted.is_empty()
-        {
-            index.pruned(&report.deleted).await;
-        }
+        let removed: Vec<(StorageKind, String)> = report.deleted.iter().map(|(k, n)| (*k, n.to_string())).collect();
+        self.session.after_removal(ctx, &removed).await;
     }
 }

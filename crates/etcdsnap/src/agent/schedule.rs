@@ -64,12 +64,12 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> jiff::Zoned {
-        s.parse().unwrap_or_else(|e| panic!("{e}"))
+        s.parse().unwrap()
     }
 
     #[test]
     fn k3s_default_fires_at_midnight_and_noon() {
-        let s = Schedule::parse("0 */12 * * *").unwrap_or_else(|e| panic!("{e}"));
+        let s = Schedule::parse("0 */12 * * *").unwrap();
         let next = s.next_after(at("2026-11-25T10:15:00+00:00[UTC]")).map(|z| z.to_string());
         assert_eq!(next.as_deref(), Some("2026-11-25T12:00:00+00:00[UTC]"));
         let next = s.next_after(at("2026-11-25T12:00:00+00:00[UTC]")).map(|z| z.to_string());
@@ -78,10 +78,10 @@ mod tests {
 
     #[test]
     fn seconds_and_nicknames() {
-        let s = Schedule::parse("*/5 * * * * *").unwrap_or_else(|e| panic!("{e}"));
+        let s = Schedule::parse("*/5 * * * * *").unwrap();
         let next = s.next_after(at("2026-11-25T10:15:01+00:00[UTC]")).map(|z| z.to_string());
         assert_eq!(next.as_deref(), Some("2026-11-25T10:15:05+00:00[UTC]"));
-        let s = Schedule::parse("@hourly").unwrap_or_else(|e| panic!("{e}"));
+        let s = Schedule::parse("@hourly").unwrap();
         let next = s.next_after(at("2026-11-25T10:15:01+00:00[UTC]")).map(|z| z.to_string());
         assert_eq!(next.as_deref(), Some("2026-11-25T11:00:00+00:00[UTC]"));
         assert!(Schedule::parse("@daily").is_ok());

@@ -1,15 +1,14 @@
 //! `etcdsnap agent`.
 
 use super::args::AgentArgs;
-use super::commands::{base_context, etcd_config, token_hash};
-use crate::agent::Index;
-use crate::agent::health::{Dependency, EtcdDependency, Health, KubeDependency, StoreDependency};
-use crate::agent::kube_index::{KubeDutySettings, KubeIndex};
-use crate::agent::metrics::Metrics;
-use crate::agent::schedule::Schedule;
-use crate::agent::{Agent, AgentSettings};
-use crate::kube::Kube;
+use super::commands::{etcd_config, session_config, token_hash};
 use anyhow::Context as _;
+use etcdsnap::agent::health::{Dependency, EtcdDependency, Health, KubeDependency, StoreDependency};
+use etcdsnap::agent::kube_duties::{KubeDuties, KubeDutySettings};
+use etcdsnap::agent::metrics::Metrics;
+use etcdsnap::agent::schedule::Schedule;
+use etcdsnap::agent::{Agent, AgentSettings};
+use etcdsnap::session::{KubePolicy, Purpose, Session};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -21,59 +20,52 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(Schedule::parse(&args.schedule).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?)
     };
-    let mut ctx = base_context(&args.storage, true)?;
-    ctx.etcd = etcd_config(&args.etcd);
-    ctx.token_hash = token_hash(&args.token)?;
-    ctx.zstd_level = args.compress.zstd_level;
-    if ctx.local.is_none() && ctx.remote.is_none() {
-        anyhow::bail!("nothing to save to: --no-local needs --s3");
+    let mut config = session_config(&args.storage, &args.kube, true, args.s3_retention, KubePolicy::LongRunning)?;
+    config.etcd = etcd_config(&args.etcd);
+    config.token_hash = token_hash(&args.token)?;
+    config.zstd_level = args.compress.zstd_level;
+    let session = Arc::new(Session::open(config).await?);
+    let first = session.context(Purpose::Read).await;
+    if first.local.is_none() && first.remote.is_none() && session.config().kube_settings.s3_config_secret.is_none() {
+        anyhow::bail!("nothing to save to: --no-local needs --s3 (or --s3-config-secret)");
     }
     let settings = AgentSettings {
         schedule,
         base_name: args.snapshot_name.clone(),
         compression: args.compress.compression(),
         retention: args.retention,
-        s3_retention: args.s3_retention.unwrap_or(args.retention),
         metrics_addr: args.metrics_addr,
         verify_after_save: args.verify_after_save,
         jitter: args.schedule_jitter,
     };
     etcdsnap_api::SnapshotName::parse(&etcdsnap_api::snapshot_file_name(
         &settings.base_name,
-        &ctx.node_name,
+        session.node_name(),
         0,
         settings.compression,
     ))
     .context("--snapshot-name")?;
-    let mut dependencies: Vec<Box<dyn Dependency>> = vec![Box::new(EtcdDependency(ctx.etcd.clone()))];
-    if let Some(remote) = &ctx.remote {
+    let mut dependencies: Vec<Box<dyn Dependency>> = vec![Box::new(EtcdDependency(session.config().etcd.clone()))];
+    if let Some(remote) = &first.remote {
         dependencies.push(Box::new(StoreDependency(remote.clone())));
     }
     let metrics = Arc::new(Metrics::new());
-    let kube = match Kube::connect(&args.kube.connect_options(), args.kube.settings(&ctx.node_name)).await {
-        Ok(Some(kube)) => Some(kube),
-        Ok(None) => {
-            let why = if args.kube.no_kube { "--no-kube" } else { "no kubeconfig found" };
-            tracing::warn!("Kubernetes not configured ({why}): ETCDSnapshotFile resources are skipped");
-            None
-        }
-        Err(e) => anyhow::bail!("Kubernetes: {e}"),
-    };
-    let index: Option<Arc<dyn Index>> = kube.map(|kube| {
-        dependencies.push(Box::new(KubeDependency(kube.client.clone())));
+    let duties = session.kube().cloned().map(|kube| {
+        dependencies.push(Box::new(KubeDependency(kube.clone())));
         let duties = KubeDutySettings {
             reconcile_interval: args.reconcile_interval,
             lease_duration: args.leader_lease_duration,
-            local_managed: !args.storage.no_local,
-            data_dir: args.storage.data_dir.clone(),
             periodic_reconcile: !args.disable_snapshots,
         };
-        Arc::new(KubeIndex::new(kube, ctx.clone(), duties, metrics.clone())) as Arc<dyn Index>
+        Arc::new(KubeDuties::new(kube, session.clone(), duties, metrics.clone()))
     });
+    if duties.is_none() {
+        tracing::warn!("Kubernetes not configured: ETCDSnapshotFile resources are skipped");
+    }
     let health = Arc::new(Health::new(dependencies));
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone())?;
-    Agent::new(ctx, settings, metrics, index).run(stop, health).await?;
+    Agent::new(session, settings, metrics, duties).run(stop, health).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@
 use super::kube_args::{CrdArgs, KubeArgs, ReconcileArgs, WatchArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use etcdsnap_api::Compression;
+use etcdsnap_storage::store::s3::{RawS3Settings, S3Key, SettingsOrigin};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -143,21 +144,17 @@ pub struct StorageArgs {
     pub s3: S3Args,
 }
 
-/// S3 storage, with K3s's flag names (`--s3-*`, or `--etcd-s3-*` as on a K3s server).
+/// S3 storage, with K3s's flag names (`--s3-*`, or `--etcd-s3-*` as on a K3s server). Values are
+/// kept as given and interpreted by the one S3 settings parser, exactly like the Secret's.
 #[derive(Debug, Clone, Args)]
 pub struct S3Args {
-    /// Also keep snapshots in S3 (uploaded in the same pass as the local copy).
+    /// Also keep snapshots in S3 (uploaded in the same pass as the local copy). With no other
+    /// S3 flag, the settings come from --s3-config-secret.
     #[arg(long = "s3", visible_alias = "etcd-s3", env = "ETCDSNAP_S3")]
     pub enabled: bool,
-    /// S3 endpoint, host[:port] without scheme.
-    #[arg(
-        long = "s3-endpoint",
-        visible_alias = "etcd-s3-endpoint",
-        env = "ETCDSNAP_S3_ENDPOINT",
-        default_value = "s3.amazonaws.com",
-        value_name = "HOST"
-    )]
-    pub endpoint: String,
+    /// S3 endpoint, host[:port] without scheme [default: s3.amazonaws.com]
+    #[arg(long = "s3-endpoint", visible_alias = "etcd-s3-endpoint", env = "ETCDSNAP_S3_ENDPOINT", value_name = "HOST")]
+    pub endpoint: Option<String>,
     /// CA certificates for the endpoint: PEM file paths or base64-encoded PEM bundles, space-separated.
     #[arg(
         long = "s3-endpoint-ca",
@@ -200,33 +197,59 @@ pub struct S3Args {
     /// Bucket (must exist).
     #[arg(long = "s3-bucket", visible_alias = "etcd-s3-bucket", env = "ETCDSNAP_S3_BUCKET")]
     pub bucket: Option<String>,
-    #[arg(
-        long = "s3-region",
-        visible_alias = "etcd-s3-region",
-        env = "ETCDSNAP_S3_REGION",
-        default_value = "us-east-1"
-    )]
-    pub region: String,
+    /// Region [default: us-east-1]
+    #[arg(long = "s3-region", visible_alias = "etcd-s3-region", env = "ETCDSNAP_S3_REGION")]
+    pub region: Option<String>,
     /// Folder (key prefix) inside the bucket.
     #[arg(long = "s3-folder", visible_alias = "etcd-s3-folder", env = "ETCDSNAP_S3_FOLDER")]
     pub folder: Option<String>,
     /// Use plain HTTP instead of HTTPS.
     #[arg(long = "s3-insecure", visible_alias = "etcd-s3-insecure", env = "ETCDSNAP_S3_INSECURE")]
     pub insecure: bool,
-    /// Bucket addressing: auto, dns (virtual host) or path.
+    /// Bucket addressing: auto, dns (virtual host) or path [default: auto]
     #[arg(
         long = "s3-bucket-lookup-type",
         visible_alias = "etcd-s3-bucket-lookup-type",
-        env = "ETCDSNAP_S3_BUCKET_LOOKUP_TYPE",
-        default_value = "auto"
+        env = "ETCDSNAP_S3_BUCKET_LOOKUP_TYPE"
     )]
-    pub bucket_lookup: String,
-    /// Timeout of each S3 request.
-    #[arg(long = "s3-timeout", visible_alias = "etcd-s3-timeout", env = "ETCDSNAP_S3_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
-    pub timeout: Duration,
+    pub bucket_lookup: Option<String>,
+    /// Timeout of each S3 request [default: 5m]
+    #[arg(long = "s3-timeout", visible_alias = "etcd-s3-timeout", env = "ETCDSNAP_S3_TIMEOUT", value_parser = go_duration_text)]
+    pub timeout: Option<String>,
     /// Proxy URL for S3, or `none` to ignore HTTP(S)_PROXY [default: from the environment]
     #[arg(long = "s3-proxy", visible_alias = "etcd-s3-proxy", env = "ETCDSNAP_S3_PROXY")]
     pub proxy: Option<String>,
+}
+
+impl S3Args {
+    /// The flags as raw settings for the S3 settings parser; `retention` is the command's
+    /// `--s3-retention`, when it has one.
+    pub fn raw(&self, retention: Option<usize>) -> RawS3Settings {
+        let mut raw = RawS3Settings::new(SettingsOrigin::Flags);
+        let flag = |b: bool| if b { "true".to_string() } else { String::new() };
+        let values = [
+            (S3Key::Endpoint, self.endpoint.clone()),
+            (S3Key::EndpointCa, self.endpoint_ca.clone()),
+            (S3Key::SkipSslVerify, Some(flag(self.skip_ssl_verify))),
+            (S3Key::AccessKey, self.access_key.clone()),
+            (S3Key::SecretKey, self.secret_key.clone()),
+            (S3Key::SessionToken, self.session_token.clone()),
+            (S3Key::Bucket, self.bucket.clone()),
+            (S3Key::Region, self.region.clone()),
+            (S3Key::Folder, self.folder.clone()),
+            (S3Key::Insecure, Some(flag(self.insecure))),
+            (S3Key::BucketLookupType, self.bucket_lookup.clone()),
+            (S3Key::Timeout, self.timeout.clone()),
+            (S3Key::Proxy, self.proxy.clone()),
+            (S3Key::Retention, retention.map(|r| r.to_string())),
+        ];
+        for (key, value) in values {
+            if let Some(v) = value {
+                raw.set(key, v);
+            }
+        }
+        raw
+    }
 }
 
 /// How to reach etcd.
@@ -366,13 +389,13 @@ pub struct VerifyArgs {
 
 /// Durations like `30s`, `5m`, `1h30m`, `250ms` (Go's style, as K3s takes them).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let span: jiff::Span = s.parse().map_err(|e| format!("invalid duration {s:?} (examples: 30s, 5m, 1h30m): {e}"))?;
-    let signed = jiff::SignedDuration::try_from(span).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    Duration::try_from(signed).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
+    etcdsnap_api::go::parse_duration(s)
+}
+
+/// A Go-style duration checked at parse time (a typo is a usage error) but kept as text for the
+/// S3 settings parser.
+fn go_duration_text(s: &str) -> Result<String, String> {
+    parse_duration(s).map(|_| s.trim().to_string())
 }
 
 fn parse_compression(s: &str) -> Result<Compression, String> {
@@ -384,14 +407,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_in_go_style() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-5s").is_err());
+    fn s3_flags_become_raw_settings() {
+        let cli =
+            Cli::parse_from(["etcdsnap", "save", "--s3", "--s3-bucket", "b", "--s3-insecure", "--s3-timeout", "30s"]);
+        let Command::Save(save) = cli.command else { panic!("not save") };
+        let raw = save.storage.s3.raw(Some(3));
+        assert_eq!(raw.get(S3Key::Bucket), Some("b"));
+        assert_eq!(raw.get(S3Key::Insecure), Some("true"));
+        assert_eq!(raw.get(S3Key::SkipSslVerify), None);
+        assert_eq!(raw.get(S3Key::Retention), Some("3"));
+        assert!(raw.names_a_location());
+        let cli = Cli::parse_from(["etcdsnap", "save", "--s3"]);
+        let Command::Save(save) = cli.command else { panic!("not save") };
+        assert!(!save.storage.s3.raw(None).names_a_location());
     }
 
     #[test]

@@ -1,25 +1,21 @@
-//! One handler per command.
+//! One handler per command. Each turns its flags into a [`SessionConfig`], opens the
+//! [`Session`] and runs the operation on the context the session gives it.
 
 use super::EXIT_FAILURE;
 use super::args::{
-    DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, S3Args, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
+    DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
 };
-use super::kube_commands::{self, Purpose};
+use super::kube_args::KubeArgs;
+use super::kube_commands;
 use super::output::{self, human_bytes, rfc3339};
 use super::progress::ProgressLine;
-use crate::etcd::EtcdConfig;
-use crate::ops::{self, Context, DeleteResult, PruneOptions, SaveOptions};
-use crate::record::Outcome;
-use crate::store::local::LocalStore;
-use crate::store::s3::S3Store;
-use crate::store::s3::config::{BucketLookup, S3Settings};
-use crate::store::{SnapshotStore, StoreError};
 use anyhow::{Context as _, bail};
+use etcdsnap::ops::{self, DeleteResult, PruneOptions, SaveOptions};
+use etcdsnap::session::{DEFAULT_ZSTD_LEVEL, KubePolicy, LocalSetting, Purpose, Session, SessionConfig};
 use etcdsnap_api::{SnapshotName, StorageKind, TokenHash, is_dns1123_subdomain};
+use etcdsnap_storage::Outcome;
+use etcdsnap_storage::etcd::EtcdConfig;
 use std::process::ExitCode;
-use std::sync::Arc;
-
-const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 pub(super) fn exit(ok: bool) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
@@ -46,24 +42,6 @@ pub(super) fn node_name(args: &StorageArgs) -> anyhow::Result<String> {
     Ok(name)
 }
 
-/// The snapshot directory: `--dir`, or `<data-dir>/snapshots` (created only by saves, and only
-/// when it is the default, like K3s). A missing default directory when listing means "no local
-/// snapshots yet".
-pub(super) fn local_store(args: &StorageArgs, node: &str, creating: bool) -> anyhow::Result<Option<LocalStore>> {
-    if args.no_local {
-        return Ok(None);
-    }
-    let (dir, is_default) = match &args.dir {
-        Some(d) => (d.clone(), false),
-        None => (args.data_dir.join("snapshots"), true),
-    };
-    match LocalStore::open(&dir, creating && is_default, node) {
-        Ok(store) => Ok(Some(store)),
-        Err(StoreError::MissingDir(_)) if is_default && !creating => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 pub(super) fn token_hash(args: &TokenArgs) -> anyhow::Result<Option<TokenHash>> {
     if let Some(token) = &args.token {
         return Ok(Some(TokenHash::of_token(token).context("--token")?));
@@ -87,63 +65,46 @@ pub(super) fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
     }
 }
 
-/// The S3 store, when `--s3` is given. Settings are validated here, before any work starts.
-fn s3_store(storage: &StorageArgs) -> anyhow::Result<Option<Arc<S3Store>>> {
-    match s3_settings(&storage.s3)? {
-        Some(settings) => Ok(Some(build_s3_store(settings, &storage.data_dir)?)),
-        None => Ok(None),
-    }
-}
-
-/// The S3 settings the flags describe, when `--s3` is given.
-pub(super) fn s3_settings(a: &S3Args) -> anyhow::Result<Option<S3Settings>> {
-    if !a.enabled {
-        return Ok(None);
-    }
-    Ok(Some(S3Settings {
-        endpoint: a.endpoint.clone(),
-        endpoint_ca: a.endpoint_ca.clone(),
-        skip_ssl_verify: a.skip_ssl_verify,
-        access_key: a.access_key.clone().filter(|k| !k.is_empty()),
-        secret_key: a.secret_key.clone().filter(|k| !k.is_empty()),
-        session_token: a.session_token.clone().filter(|k| !k.is_empty()),
-        bucket: a.bucket.clone(),
-        region: a.region.clone(),
-        folder: a.folder.clone(),
-        insecure: a.insecure,
-        bucket_lookup: a
-            .bucket_lookup
-            .parse::<BucketLookup>()
-            .map_err(|e| anyhow::anyhow!("--s3-bucket-lookup-type: {e}"))?,
-        timeout: a.timeout,
-        proxy: a.proxy.clone(),
-    }))
-}
-
-/// An S3 store from validated settings, with its listing cache under the data directory.
-pub(super) fn build_s3_store(settings: S3Settings, data_dir: &std::path::Path) -> anyhow::Result<Arc<S3Store>> {
-    Ok(S3Store::from_settings(settings, data_dir)?)
-}
-
-pub(super) fn base_context(storage: &StorageArgs, creating: bool) -> anyhow::Result<Context> {
+/// What the storage and Kubernetes flags of a command configure. `creates`: the command writes
+/// snapshots (the default directory is created, saves lock it); `s3_retention`: the command's
+/// `--s3-retention`.
+pub(super) fn session_config(
+    storage: &StorageArgs,
+    kube: &KubeArgs,
+    creates: bool,
+    s3_retention: Option<usize>,
+    policy: KubePolicy,
+) -> anyhow::Result<SessionConfig> {
     let node = node_name(storage)?;
-    let remote = s3_store(storage)?;
-    let local = local_store(storage, &node, creating)?;
-    let cluster_id = storage.cluster_id.clone().filter(|c| !c.trim().is_empty());
-    Ok(Context {
+    let local = match (&storage.dir, storage.no_local) {
+        (_, true) => LocalSetting::Disabled,
+        (Some(dir), false) => LocalSetting::Dir { path: dir.clone(), is_default: false },
+        (None, false) => LocalSetting::Dir { path: storage.data_dir.join("snapshots"), is_default: true },
+    };
+    Ok(SessionConfig {
+        kube: kube.connect_options(),
+        kube_settings: kube.settings(&node),
+        kube_policy: policy,
         node_name: node,
-        etcd: EtcdConfig::default(),
+        data_dir: storage.data_dir.clone(),
         local,
-        remote_spec: remote.as_ref().map(|r| r.spec()),
-        remote: remote.map(|r| r as Arc<dyn SnapshotStore>),
+        creates,
+        s3_enabled: storage.s3.enabled,
+        s3_flags: storage.s3.raw(s3_retention),
+        cluster_id: storage.cluster_id.clone(),
+        etcd: EtcdConfig::default(),
         token_hash: None,
-        cluster_id,
-        extra_metadata: None,
         zstd_level: DEFAULT_ZSTD_LEVEL,
-        // The snapshot directory's own lock, so that S3-only saves and saves with a local copy
-        // of the same node exclude each other.
-        lock_dir: creating.then(|| storage.dir.clone().unwrap_or_else(|| storage.data_dir.join("snapshots"))),
     })
+}
+
+/// The session of a command that only reads or changes storage (no etcd).
+async fn storage_session(
+    storage: &StorageArgs,
+    kube: &KubeArgs,
+    s3_retention: Option<usize>,
+) -> anyhow::Result<Session> {
+    Ok(Session::open(session_config(storage, kube, false, s3_retention, KubePolicy::OneShot)?).await?)
 }
 
 fn parse_names(names: &[String]) -> anyhow::Result<Vec<SnapshotName>> {
@@ -166,14 +127,12 @@ fn parse_names(names: &[String]) -> anyhow::Result<Vec<SnapshotName>> {
 const SAVE_CATCH_UP_KEEP: usize = 5;
 
 pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
-    let mut ctx = base_context(&args.storage, true)?;
-    ctx.etcd = etcd_config(&args.etcd);
-    ctx.token_hash = token_hash(&args.token)?;
-    ctx.zstd_level = args.compress.zstd_level;
-    let mut kube = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await?;
-    if let Some(k) = kube.as_mut() {
-        k.prepare(&mut ctx, &args.storage.data_dir, Purpose::Save).await;
-    }
+    let mut config = session_config(&args.storage, &args.kube, true, None, KubePolicy::OneShot)?;
+    config.etcd = etcd_config(&args.etcd);
+    config.token_hash = token_hash(&args.token)?;
+    config.zstd_level = args.compress.zstd_level;
+    let session = Session::open(config).await?;
+    let ctx = session.context(Purpose::Save).await;
     let compression = args.compress.compression();
     let progress = ProgressLine::start("Saving snapshot");
     let options = SaveOptions { base_name: args.name.clone(), compression, cancel: Default::default() };
@@ -182,15 +141,13 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let mut report = result?;
     // S3 answers again: upload what earlier saves of this name kept only locally.
     if report.records.iter().any(|r| r.storage == StorageKind::S3 && r.is_ready()) {
-        let (uploaded, problems) = crate::catchup::upload_missing(&ctx, &args.name, SAVE_CATCH_UP_KEEP).await;
+        let (uploaded, problems) = ops::catchup::upload_missing(&ctx, &args.name, SAVE_CATCH_UP_KEEP).await;
         for p in problems {
             tracing::warn!("{p}");
         }
         report.records.extend(uploaded);
     }
-    if let Some(k) = kube.as_mut() {
-        k.after_save(&report).await;
-    }
+    session.publish(&report.records).await;
     match args.output.output {
         OutputFormat::Table => {
             for r in &report.records {
@@ -222,8 +179,8 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     if args.cluster {
         return kube_commands::ls_cluster(&args).await;
     }
-    let mut ctx = base_context(&args.storage, false)?;
-    kube_commands::for_reading(&args.kube, &mut ctx, &args.storage).await?;
+    let session = storage_session(&args.storage, &args.kube, None).await?;
+    let ctx = session.context(Purpose::Read).await;
     let report = ops::list(&ctx).await;
     for w in &report.warnings {
         tracing::warn!("{w}");
@@ -237,11 +194,8 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let names = parse_names(&args.names)?;
-    let mut ctx = base_context(&args.storage, false)?;
-    let mut kube = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await?;
-    if let Some(k) = kube.as_mut() {
-        k.prepare(&mut ctx, &args.storage.data_dir, Purpose::Write).await;
-    }
+    let session = storage_session(&args.storage, &args.kube, None).await?;
+    let ctx = session.context(Purpose::Write).await;
     if ctx.stores().is_empty() {
         bail!("no snapshot storage found: the snapshot directory does not exist and S3 is not configured");
     }
@@ -273,20 +227,14 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         .filter(|(.., r)| *r == DeleteResult::Deleted)
         .map(|(name, kind, ..)| (*kind, name.to_string()))
         .collect();
-    if let Some(k) = kube.as_mut() {
-        k.after_removal(&ctx, &removed).await;
-    }
+    session.after_removal(&ctx, &removed).await;
     Ok(exit(ok))
 }
 
 pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
-    let mut ctx = base_context(&args.storage, false)?;
-    let mut kube = kube_commands::session(&args.kube, &ctx.node_name, args.storage.no_local).await?;
-    if let Some(k) = kube.as_mut() {
-        k.prepare(&mut ctx, &args.storage.data_dir, Purpose::Write).await;
-    }
-    let secret_retention = kube.as_ref().and_then(|k| k.secret_retention());
-    let keep_remote = args.s3_retention.or(secret_retention).unwrap_or(args.retention);
+    let session = storage_session(&args.storage, &args.kube, args.s3_retention).await?;
+    let ctx = session.context(Purpose::Write).await;
+    let keep_remote = ctx.s3_retention.unwrap_or(args.retention);
     let options = PruneOptions { base_name: args.name.clone(), keep_local: args.retention, keep_remote };
     let report = ops::prune(&ctx, &options).await;
     for (_, name) in &report.deleted {
@@ -297,16 +245,14 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     }
     let removed: Vec<(StorageKind, String)> =
         report.deleted.iter().map(|(kind, name)| (*kind, name.to_string())).collect();
-    if let Some(k) = kube.as_mut() {
-        k.after_removal(&ctx, &removed).await;
-    }
+    session.after_removal(&ctx, &removed).await;
     Ok(exit(report.errors.is_empty()))
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let names = parse_names(&args.names)?;
-    let mut ctx = base_context(&args.storage, false)?;
-    kube_commands::for_reading(&args.kube, &mut ctx, &args.storage).await?;
+    let session = storage_session(&args.storage, &args.kube, None).await?;
+    let ctx = session.context(Purpose::Read).await;
     let mut results = Vec::new();
     let mut ok = true;
     let mut found = vec![false; names.len()];

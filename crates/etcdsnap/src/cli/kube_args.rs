@@ -1,8 +1,8 @@
 //! Flags of the Kubernetes integration, shared by every command that writes or reads resources.
 
 use super::args::{StorageArgs, parse_duration};
-use crate::kube::{ConnectOptions, KubeSettings, LegacySettings};
 use clap::{ArgAction, Args, ValueEnum};
+use etcdsnap_kube::{ConnectOptions, KubeSettings, LegacySettings};
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -2,14 +2,14 @@
 //! handler per command. Errors become a message on stderr and a non-zero exit.
 
 mod agent;
-pub mod args;
+mod args;
 mod commands;
-pub mod config_file;
-pub mod kube_args;
+mod config_file;
+mod kube_args;
 mod kube_commands;
-pub mod output;
-pub mod progress;
-pub mod restore;
+mod output;
+mod progress;
+mod restore;
 
 use args::{Cli, Command, LogFormat};
 use clap::{CommandFactory, Parser};

@@ -1,21 +1,11 @@
 //! Printing: kubectl-style `-o table|json|yaml`, K3s's `ls` table, human sizes.
 
 use super::args::OutputFormat;
-use crate::record::SnapshotRecord;
+pub use etcdsnap::units::human_bytes;
+use etcdsnap_kube::RecordResource;
+use etcdsnap_storage::SnapshotRecord;
 use serde::Serialize;
 use std::io::Write;
-
-/// Formats bytes as `12.3 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
 
 /// Columns aligned like Go's tabwriter with padding 1 (what K3s prints).
 pub fn table(rows: &[Vec<String>]) -> String {
@@ -93,14 +83,6 @@ pub fn print_records(records: &[SnapshotRecord], format: OutputFormat) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
-    }
 
     #[test]
     fn tables_align_like_tabwriter() {

@@ -1,6 +1,6 @@
 //! A progress line for long saves and verifies, drawn only when stderr is a terminal.
 
-use crate::pipeline::{Progress, ProgressCounter};
+use etcdsnap_storage::pipeline::{Progress, ProgressCounter};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Arc;

@@ -2,20 +2,18 @@
 
 use super::args::S3Args;
 use super::args::{OutputArgs, OutputFormat, TokenArgs};
-use super::commands::s3_settings;
 use super::commands::token_hash;
 use super::output::{self, human_bytes, rfc3339};
 use super::progress::ProgressLine;
-use crate::restore::{
-    self, CheckStatus, CurrentToken, MemberSettings, PreflightReport, RestoreOutcome, RestoreRequest, SnapshotSource,
-};
-use crate::store::StoreError;
-use crate::store::local::LocalStore;
-use crate::store::s3::S3Store;
-use crate::store::s3::config::{S3Config, S3Settings};
 use anyhow::{Context as _, bail};
 use clap::Args;
+use etcdsnap::restore::{
+    self, CheckStatus, CurrentToken, MemberSettings, PreflightReport, RestoreOutcome, RestoreRequest, SnapshotSource,
+};
 use etcdsnap_api::SnapshotName;
+use etcdsnap_storage::store::StoreError;
+use etcdsnap_storage::store::local::LocalStore;
+use etcdsnap_storage::store::s3::{RawS3Settings, S3Store};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -98,9 +96,9 @@ struct Restored {
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let source = match s3_settings(&args.s3)? {
-        Some(settings) => resolve_s3(&args.snapshot, settings).await?,
-        None => resolve(&args)?,
+    let source = match args.s3.enabled {
+        true => resolve_s3(&args.snapshot, args.s3.raw(None)).await?,
+        false => resolve(&args)?,
     };
     let token = match token_hash(&args.token)? {
         Some(hash) => Some(CurrentToken {
@@ -216,7 +214,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// directory.
 /// With `--s3`: a bare snapshot name in the configured bucket folder (like K3s's
 /// `--etcd-s3 --cluster-reset-restore-path=<name>`).
-async fn resolve_s3(given: &str, settings: S3Settings) -> anyhow::Result<SnapshotSource> {
+async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::Result<SnapshotSource> {
     if given.starts_with("s3://") || given.contains('/') {
         bail!(
             "with --s3 give the snapshot's name ({:?}), and the bucket and folder with --s3-bucket and --s3-folder",
@@ -224,7 +222,7 @@ async fn resolve_s3(given: &str, settings: S3Settings) -> anyhow::Result<Snapsho
         );
     }
     let name = SnapshotName::parse(given).with_context(|| format!("{given:?} is not a snapshot name"))?;
-    let store = S3Store::new(S3Config::from_settings(settings)?, None)?;
+    let store = S3Store::new(settings.parse()?, None)?;
     Ok(SnapshotSource::from_store(store, &name).await?)
 }
 
@@ -371,8 +369,8 @@ fn print_report(r: &PreflightReport) {
 
 fn source_word(r: &PreflightReport) -> &'static str {
     match r.snapshot.source {
-        restore::SourceKind::File => "file",
-        restore::SourceKind::Local => "local snapshot directory",
-        restore::SourceKind::S3 => "S3",
+        etcdsnap::restore::SourceKind::File => "file",
+        etcdsnap::restore::SourceKind::Local => "local snapshot directory",
+        etcdsnap::restore::SourceKind::S3 => "S3",
     }
 }

@@ -246,10 +246,10 @@ mod tests {
 
     #[test]
     fn a_missing_or_unusable_binary_is_explained() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("etcdutl");
         assert!(matches!(locate(Some(&missing)), Err(EtcdutlError::Unusable { .. })));
-        std::fs::write(&missing, b"#!/bin/sh\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&missing, b"#!/bin/sh\n").unwrap();
         let err = locate(Some(&missing)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("not executable"), "{err}");
         assert!(matches!(locate(Some(dir.path())), Err(EtcdutlError::Unusable { .. })));

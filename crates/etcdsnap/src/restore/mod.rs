@@ -30,8 +30,8 @@ pub use preflight::{Check, CheckStatus, CurrentToken, PreflightReport, TokenResu
 pub use source::{SnapshotSource, SourceError, SourceKind};
 pub use swap::{Installed, SwapError, TargetState};
 
-use crate::pipeline::Progress;
-use crate::pipeline::verify::{StoredCheck, VerifyError, verify_copy, verify_reader};
+use etcdsnap_storage::pipeline::Progress;
+use etcdsnap_storage::pipeline::verify::{StoredCheck, VerifyError, verify_copy, verify_reader};
 use std::ffi::OsString;
 use std::io::{BufWriter, Read};
 use std::os::unix::fs::OpenOptionsExt;

@@ -10,10 +10,10 @@ use super::etcdutl::{self, MemberSettings};
 use super::source::{SnapshotSource, SourceKind};
 use super::space::{self, SizeBasis};
 use super::swap::{Target, TargetState};
-use crate::cli::output::human_bytes as human;
-use crate::pipeline::verify::StoredCheck;
-use crate::record::MetadataSource;
+use crate::units::human_bytes as human;
 use etcdsnap_api::{Compression, TokenHash};
+use etcdsnap_storage::pipeline::verify::StoredCheck;
+use etcdsnap_storage::record::MetadataSource;
 use serde::Serialize;
 use std::path::PathBuf;
 

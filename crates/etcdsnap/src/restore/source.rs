@@ -5,11 +5,11 @@
 //! Files are read in place (etcdutl can read a plain snapshot directly, with no copy); snapshots
 //! in a store are streamed through [`SnapshotStore::open`], so S3 needs nothing but a store.
 
-use crate::record::{MetadataSource, Outcome, SnapshotRecord};
-use crate::store::local::{LocalStore, read_bounded};
-use crate::store::{SnapshotStore, StoreError};
 use etcdsnap_api::consts::METADATA_DIR;
 use etcdsnap_api::{Compression, NameError, SnapshotName, StorageKind, StoredMetadata, parse_stored_metadata};
+use etcdsnap_storage::record::{MetadataSource, SnapshotRecord};
+use etcdsnap_storage::store::local::{LocalStore, read_bounded};
+use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use serde::Serialize;
 use std::fs::File;
 use std::io::Read;
@@ -252,29 +252,10 @@ impl SnapshotSource {
 
 /// A record for a file, from its name and stat alone.
 fn file_record(name: SnapshotName, path: &Path, meta: &std::fs::Metadata) -> SnapshotRecord {
-    let created_at = name
-        .timestamp()
-        .and_then(|s| jiff::Timestamp::from_second(s).ok())
-        .or_else(|| meta.modified().ok().and_then(|t| jiff::Timestamp::try_from(t).ok()))
-        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t))
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    SnapshotRecord {
-        compression: name.compression(),
-        name,
-        storage: StorageKind::Local,
-        node_name: String::new(),
-        location: format!("file://{}", path.display()),
-        created_at,
-        size: meta.len(),
-        outcome: Outcome::Ready,
-        sha256: None,
-        etcd: None,
-        token_hash: None,
-        cluster_id: None,
-        s3: None,
-        extra_metadata: None,
-        metadata_source: MetadataSource::None,
-    }
+    let modified = meta.modified().ok().and_then(|t| jiff::Timestamp::try_from(t).ok());
+    let created_at = SnapshotRecord::creation_time(&name, modified.unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+    let location = format!("file://{}", path.display());
+    SnapshotRecord::stored(name, StorageKind::Local, String::new(), location, created_at, meta.len())
 }
 
 /// Reads as much of `buf` as the file has.
@@ -296,14 +277,14 @@ mod tests {
 
     fn write(path: &Path, bytes: &[u8]) {
         if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::create_dir_all(p).unwrap();
         }
-        std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(path, bytes).unwrap();
     }
 
     #[test]
     fn paths_are_checked_and_documents_read() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         assert!(matches!(SnapshotSource::from_path(&missing), Err(SourceError::NotFound(_))));
         assert!(matches!(SnapshotSource::from_path(dir.path()), Err(SourceError::IsDirectory(_))));
@@ -313,7 +294,7 @@ mod tests {
 
         let snap = dir.path().join("snapshots/on-demand-n1-1700000000");
         write(&snap, b"etcd bytes");
-        let bare = SnapshotSource::from_path(&snap).unwrap_or_else(|e| panic!("{e}"));
+        let bare = SnapshotSource::from_path(&snap).unwrap();
         assert_eq!(bare.kind, SourceKind::File);
         assert_eq!(bare.record.metadata_source, MetadataSource::None);
         assert_eq!(bare.record.created_at.as_second(), 1_700_000_000);
@@ -325,7 +306,7 @@ mod tests {
         record.token_hash = TokenHash::parse_recorded("652c7dc687d9");
         record.etcd = Some(EtcdInfo { revision: 7, version: "3.6.16".into(), ..Default::default() });
         write(&dir.path().join(".metadata/on-demand-n1-1700000000"), &record.to_document().to_json());
-        let full = SnapshotSource::from_path(&snap).unwrap_or_else(|e| panic!("{e}"));
+        let full = SnapshotSource::from_path(&snap).unwrap();
         assert_eq!(full.record.metadata_source, MetadataSource::Document);
         assert_eq!(full.record.node_name, "n1");
         assert_eq!(full.record.token_hash, record.token_hash);
@@ -336,10 +317,10 @@ mod tests {
 
     #[test]
     fn content_wins_over_the_name() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let snap = dir.path().join("backup.db");
         write(&snap, &zstd::encode_all(&b"hello"[..], 3).unwrap_or_default());
-        let s = SnapshotSource::from_path(&snap).unwrap_or_else(|e| panic!("{e}"));
+        let s = SnapshotSource::from_path(&snap).unwrap();
         assert_eq!(s.compression, Compression::Zstd);
         assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
     }

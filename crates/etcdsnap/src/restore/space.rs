@@ -104,37 +104,37 @@ mod tests {
 
     #[test]
     fn sizes_come_from_headers_when_they_have_them() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let data = vec![3u8; 100_000];
 
         let zst = dir.path().join("a-n-1.zst");
-        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap_or_else(|e| panic!("{e}"));
-        enc.set_pledged_src_size(Some(data.len() as u64)).unwrap_or_else(|e| panic!("{e}"));
-        enc.write_all(&data).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&zst, enc.finish().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
-        let s = SnapshotSource::from_path(&zst).unwrap_or_else(|e| panic!("{e}"));
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.set_pledged_src_size(Some(data.len() as u64)).unwrap();
+        enc.write_all(&data).unwrap();
+        std::fs::write(&zst, enc.finish().unwrap_or_default()).unwrap();
+        let s = SnapshotSource::from_path(&zst).unwrap();
         assert_eq!(decompressed_size(&s, 10), (100_000, SizeBasis::ZstdFrameHeader));
 
         let streamed = dir.path().join("b-n-1.zst");
-        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap_or_else(|e| panic!("{e}"));
-        enc.write_all(&data).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(&streamed, enc.finish().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
-        let s = SnapshotSource::from_path(&streamed).unwrap_or_else(|e| panic!("{e}"));
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.write_all(&data).unwrap();
+        std::fs::write(&streamed, enc.finish().unwrap_or_default()).unwrap();
+        let s = SnapshotSource::from_path(&streamed).unwrap();
         assert_eq!(decompressed_size(&s, 10), (80, SizeBasis::Estimate));
 
         let zip = dir.path().join("c-n-1.zip");
         let mut z = zip::ZipWriter::new_stream(Vec::new());
-        z.start_file("c-n-1", zip::write::SimpleFileOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-        z.write_all(&data).unwrap_or_else(|e| panic!("{e}"));
-        let bytes = z.finish().unwrap_or_else(|e| panic!("{e}")).into_inner();
-        std::fs::write(&zip, bytes).unwrap_or_else(|e| panic!("{e}"));
-        let s = SnapshotSource::from_path(&zip).unwrap_or_else(|e| panic!("{e}"));
+        z.start_file("c-n-1", zip::write::SimpleFileOptions::default()).unwrap();
+        z.write_all(&data).unwrap();
+        let bytes = z.finish().unwrap().into_inner();
+        std::fs::write(&zip, bytes).unwrap();
+        let s = SnapshotSource::from_path(&zip).unwrap();
         assert_eq!(decompressed_size(&s, 10), (100_000, SizeBasis::ZipDirectory));
     }
 
     #[test]
     fn free_space_is_known() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         assert!(available_bytes(dir.path()).unwrap_or(0) > 0);
         assert!(available_bytes(&dir.path().join("missing")).is_err());
     }

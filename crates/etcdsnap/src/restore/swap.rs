@@ -204,15 +204,15 @@ mod tests {
     use super::*;
 
     fn setup() -> (tempfile::TempDir, Target) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let target = Target::new(&dir.path().join("etcd")).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::new(&dir.path().join("etcd")).unwrap();
         (dir, target)
     }
 
     fn staged(dir: &Path) -> PathBuf {
         let s = dir.join("staged");
-        fs::create_dir_all(s.join("member/snap")).unwrap_or_else(|e| panic!("{e}"));
-        fs::write(s.join("member/snap/db"), b"new").unwrap_or_else(|e| panic!("{e}"));
+        fs::create_dir_all(s.join("member/snap")).unwrap();
+        fs::write(s.join("member/snap/db"), b"new").unwrap();
         s
     }
 
@@ -220,17 +220,17 @@ mod tests {
     fn states() {
         let (dir, t) = setup();
         assert_eq!(t.inspect().ok(), Some(TargetState::Absent));
-        fs::create_dir(&t.path).unwrap_or_else(|e| panic!("{e}"));
+        fs::create_dir(&t.path).unwrap();
         assert_eq!(t.inspect().ok(), Some(TargetState::Empty));
-        fs::write(t.path.join("x"), b"").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(t.path.join("x"), b"").unwrap();
         assert_eq!(t.inspect().ok(), Some(TargetState::Occupied));
-        let file = Target::new(&t.path.join("x")).unwrap_or_else(|e| panic!("{e}"));
+        let file = Target::new(&t.path.join("x")).unwrap();
         assert_eq!(file.inspect().ok(), Some(TargetState::NotADirectory));
-        let orphan = Target::new(&dir.path().join("a/b")).unwrap_or_else(|e| panic!("{e}"));
+        let orphan = Target::new(&dir.path().join("a/b")).unwrap();
         assert_eq!(orphan.inspect().ok(), Some(TargetState::ParentMissing));
         let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&t.path, &link).unwrap_or_else(|e| panic!("{e}"));
-        let link = Target::new(&link).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&t.path, &link).unwrap();
+        let link = Target::new(&link).unwrap();
         assert_eq!(link.inspect().ok(), Some(TargetState::Symlink));
         assert!(Target::new(Path::new("/")).is_err());
     }
@@ -238,13 +238,13 @@ mod tests {
     #[test]
     fn occupied_targets_are_moved_aside_never_deleted() {
         let (dir, t) = setup();
-        fs::create_dir(&t.path).unwrap_or_else(|e| panic!("{e}"));
-        fs::write(t.path.join("old"), b"old").unwrap_or_else(|e| panic!("{e}"));
+        fs::create_dir(&t.path).unwrap();
+        fs::write(t.path.join("old"), b"old").unwrap();
         // A copy from an earlier restore in the same second is kept too.
         let earlier = dir.path().join("etcd-old-100");
-        fs::create_dir(&earlier).unwrap_or_else(|e| panic!("{e}"));
+        fs::create_dir(&earlier).unwrap();
         let s = staged(dir.path());
-        let installed = t.install(&s, 100).unwrap_or_else(|e| panic!("{e}"));
+        let installed = t.install(&s, 100).unwrap();
         assert_eq!(installed.moved_aside.as_deref(), Some(dir.path().join("etcd-old-101").as_path()));
         assert_eq!(fs::read(dir.path().join("etcd-old-101/old")).ok(), Some(b"old".to_vec()));
         assert_eq!(fs::read(t.path.join("member/snap/db")).ok(), Some(b"new".to_vec()));
@@ -256,8 +256,8 @@ mod tests {
         let (dir, t) = setup();
         let s = staged(dir.path());
         assert!(t.install(&s, 1).is_ok_and(|i| i.moved_aside.is_none()));
-        fs::remove_dir_all(&t.path).unwrap_or_else(|e| panic!("{e}"));
-        fs::create_dir(&t.path).unwrap_or_else(|e| panic!("{e}"));
+        fs::remove_dir_all(&t.path).unwrap();
+        fs::create_dir(&t.path).unwrap();
         let s = staged(dir.path());
         assert!(t.install(&s, 1).is_ok_and(|i| i.moved_aside.is_none()));
         assert!(t.path.join("member/snap/db").exists());
@@ -266,8 +266,8 @@ mod tests {
     #[test]
     fn a_failed_install_puts_the_original_back() {
         let (dir, t) = setup();
-        fs::create_dir(&t.path).unwrap_or_else(|e| panic!("{e}"));
-        fs::write(t.path.join("old"), b"old").unwrap_or_else(|e| panic!("{e}"));
+        fs::create_dir(&t.path).unwrap();
+        fs::write(t.path.join("old"), b"old").unwrap();
         let err = t.install(&dir.path().join("does-not-exist"), 5).err();
         assert!(matches!(&err, Some(SwapError::Install { put_back: PutBack::Restored, .. })), "{err:?}");
         assert!(err.is_some_and(|e| e.to_string().contains("put back")));
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn a_target_that_became_a_file_is_left_alone() {
         let (dir, t) = setup();
-        fs::write(&t.path, b"file").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(&t.path, b"file").unwrap();
         let s = staged(dir.path());
         assert!(matches!(t.install(&s, 1), Err(SwapError::Changed { .. })));
         assert_eq!(fs::read(&t.path).ok(), Some(b"file".to_vec()));

@@ -116,3 +116,56 @@ pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
 }
+
+/// An etcd holding `objects` Kubernetes-like objects behind a proxy that passes
+/// `bytes_per_sec`: a save from `endpoint` takes long enough to be caught in the middle.
+pub struct SlowEtcd {
+    pub etcd: testenv::Etcd,
+    pub proxy: testenv::FaultProxy,
+    /// The proxy's URL, for `--endpoints`.
+    pub endpoint: String,
+}
+
+impl SlowEtcd {
+    pub async fn start(objects: usize, bytes_per_sec: u64) -> Result<SlowEtcd, Box<dyn std::error::Error>> {
+        let etcd = testenv::Etcd::single().await?;
+        load_kube_like_data(&mut etcd.client().await?, objects).await?;
+        let proxy = testenv::FaultProxy::start(etcd.endpoints()[0].trim_start_matches("http://")).await?;
+        proxy.set_fault(testenv::Fault::Throttle(bytes_per_sec));
+        let endpoint = format!("http://{}", proxy.addr());
+        Ok(SlowEtcd { etcd, proxy, endpoint })
+    }
+}
+
+/// Waits until a save into the snapshot directory `dir` has written at least `min_bytes` to its
+/// `.part` file.
+pub async fn wait_for_partial(dir: &Path, min_bytes: u64, timeout: std::time::Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let written = files_in(dir)
+            .into_iter()
+            .filter(|f| f.ends_with(".part"))
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .any(|m| m.len() >= min_bytes);
+        if written {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no save in progress in {} after {timeout:?}", dir.display()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A snapshot taken the way K3s takes them (etcd's client snapshot helper, as in etcdctl).
+pub async fn etcdctl_snapshot(etcd: &testenv::Etcd, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let out = tokio::process::Command::new(testenv::testbin("etcdctl")?)
+        .args(["--endpoints", &etcd.endpoints()[0], "snapshot", "save"])
+        .arg(path)
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!("etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Re-reading stored bytes: sha256 of what is stored, and etcd's trailer after decompression.
+//! Used by `verify`, by restore's pre-flight check, and by tests.
+
+use super::trailer::{TrailerCheck, TrailerOutcome};
+use super::zipread::{self, ZipReadError};
+use etcdsnap_api::Compression;
+use sha2::{Digest, Sha256};
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+/// What re-reading found.
+#[derive(Debug, Clone)]
+pub struct StoredCheck {
+    pub stored_sha256: String,
+    pub stored_size: u64,
+    /// Decompressed size (the etcd database plus its trailer).
+    pub raw_size: u64,
+    pub trailer: TrailerOutcome,
+    /// Name of the entry inside a zip.
+    pub zip_entry: Option<String>,
+}
+
+/// Why the bytes could not be read to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("reading the snapshot failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("zstd data is damaged: {0}")]
+    Zstd(io::Error),
+    #[error("{0}")]
+    Zip(#[from] ZipReadError),
+    #[error("writing the decompressed snapshot failed: {0}")]
+    Write(io::Error),
+}
+
+/// Counts everything read through it and, when the stored bytes differ from the decompressed
+/// ones, hashes it (for uncompressed bytes the trailer check's running hash is the same hash, so
+/// hashing twice would only cost time).
+struct HashingReader<R> {
+    inner: R,
+    hasher: Option<Sha256>,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Feeds decompressed bytes to the trailer check and on to `out`. A failure of `out` is kept
+/// aside, so that it is reported as a write failure rather than as damaged input.
+struct TrailerWriter<W> {
+    check: TrailerCheck,
+    out: W,
+    write_error: Option<io::Error>,
+}
+
+impl<W: Write> TrailerWriter<W> {
+    fn failed(&mut self, e: io::Error) -> io::Error {
+        let copy = io::Error::new(e.kind(), e.to_string());
+        self.write_error = Some(e);
+        copy
+    }
+}
+
+impl<W: Write> Write for TrailerWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Err(e) = self.out.write_all(buf) {
+            return Err(self.failed(e));
+        }
+        self.check.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.out.flush() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+}
+
+const BUF: usize = 1024 * 1024;
+
+/// Reads `input` to its end once, computing the stored hash and checking the decompressed
+/// stream's trailer. Blocking: call it from a blocking thread.
+pub fn verify_reader<R: Read>(input: R, compression: Compression) -> Result<StoredCheck, VerifyError> {
+    verify_copy(input, compression, io::sink()).map(|(check, _)| check)
+}
+
+/// The same single pass as [`verify_reader`], also writing the decompressed bytes (the etcd
+/// snapshot itself) to `out`: restore materialises a compressed or downloaded snapshot while it
+/// checks it, instead of reading it twice. `out` is returned flushed; whether its content may be
+/// used is for the caller to decide from the returned check.
+pub fn verify_copy<R: Read, W: Write>(
+    input: R,
+    compression: Compression,
+    out: W,
+) -> Result<(StoredCheck, W), VerifyError> {
+    let hashing =
+        HashingReader { inner: input, hasher: (compression != Compression::None).then(Sha256::new), count: 0 };
+    let mut sink = TrailerWriter { check: TrailerCheck::new(), out, write_error: None };
+    let result = copy_through(hashing, compression, &mut sink);
+    if let Some(e) = sink.write_error.take() {
+        return Err(VerifyError::Write(e));
+    }
+    let (hashing, zip_entry) = result?;
+    let trailer = sink.check.finish();
+    let stored_sha256 = match hashing.hasher {
+        Some(h) => hex::encode(h.finalize()),
+        None => trailer.whole.clone(),
+    };
+    Ok((
+        StoredCheck { stored_sha256, stored_size: hashing.count, raw_size: trailer.total, trailer, zip_entry },
+        sink.out,
+    ))
+}
+
+type Copied<R> = (HashingReader<R>, Option<String>);
+
+/// Decompresses `hashing` into `sink` to the end of the input; returns the reader (for its hash
+/// and count) and the zip entry name.
+fn copy_through<R: Read, W: Write>(
+    hashing: HashingReader<R>,
+    compression: Compression,
+    sink: &mut TrailerWriter<W>,
+) -> Result<Copied<R>, VerifyError> {
+    let copied = match compression {
+        Compression::None => {
+            let mut r = BufReader::with_capacity(BUF, hashing);
+            io::copy(&mut r, sink)?;
+            (r.into_inner(), None)
+        }
+        Compression::Zstd => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF, hashing))?;
+            io::copy(&mut dec, sink).map_err(VerifyError::Zstd)?;
+            let mut rest = dec.finish();
+            drain(&mut rest)?;
+            (rest.into_inner(), None)
+        }
+        Compression::Zip => {
+            let mut entry = zipread::open_single_entry(BufReader::with_capacity(BUF, hashing))?;
+            io::copy(&mut entry, sink)?;
+            let name = entry.name().to_string();
+            let mut rest = entry.finish()?;
+            drain(&mut rest)?;
+            (rest.into_inner(), Some(name))
+        }
+    };
+    sink.flush()?;
+    Ok(copied)
+}
+
+/// Reads what is left (a zip's central directory), so the stored hash covers every byte.
+fn drain<R: BufRead>(r: &mut R) -> io::Result<()> {
+    io::copy(r, &mut io::sink()).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::trailer::with_trailer;
+
+    fn snapshot() -> Vec<u8> {
+        with_trailer(&(0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn copies_what_it_checks() {
+        let snap = snapshot();
+        let zst = zstd::encode_all(&snap[..], 3).unwrap_or_default();
+        for (stored, compression) in [(snap.clone(), Compression::None), (zst.clone(), Compression::Zstd)] {
+            let (check, out) = verify_copy(&stored[..], compression, Vec::new()).unwrap();
+            assert_eq!(out, snap, "{compression}");
+            assert!(check.trailer.is_valid());
+            assert_eq!(check.stored_size, stored.len() as u64);
+            assert_eq!(check.stored_sha256, hex::encode(Sha256::digest(&stored)), "{compression}");
+        }
+    }
+
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(28))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_destination_is_a_write_error() {
+        let err = verify_copy(&snapshot()[..], Compression::None, Full).err();
+        assert!(matches!(err, Some(VerifyError::Write(_))), "{err:?}");
+    }
+}

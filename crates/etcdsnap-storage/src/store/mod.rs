@@ -1,0 +1,137 @@
+//! Where snapshots are kept. One trait, [`SnapshotStore`], with a local-directory and an S3
+//! implementation; the pipeline writes to any number of them in one pass through
+//! [`SnapshotSink`]s, and every command lists, reads and deletes through the same trait.
+
+pub mod local;
+pub mod retention;
+pub mod s3;
+
+use crate::record::SnapshotRecord;
+use async_trait::async_trait;
+use etcdsnap_api::{EtcdInfo, MetadataDocument, SnapshotName, StorageKind, TokenHash};
+use std::path::PathBuf;
+use tokio::io::AsyncRead;
+
+pub use retention::{RetentionPolicy, plan_retention};
+
+/// Failures of a store. Messages name the snapshot, file or object concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot directory {} does not exist; create it or pass another --dir", .0.display())]
+    MissingDir(PathBuf),
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error(
+        "snapshot save already in progress: another etcdsnap holds the lock on {}",
+        .0.display()
+    )]
+    Locked(PathBuf),
+    #[error("snapshot {0} not found in {1}")]
+    NotFound(String, String),
+    /// An S3 request failed; `problem` is set when the cause has a known remedy (the message
+    /// then starts with it).
+    #[error("S3 {op} {target}: {message}")]
+    S3 { op: &'static str, target: String, problem: Option<s3::hints::S3Problem>, message: String },
+    #[error(transparent)]
+    Settings(#[from] s3::S3SettingsError),
+    /// A client could not be built from valid settings (TLS backend, proxy).
+    #[error("{0}")]
+    Client(String),
+    /// Bytes that were about to be copied no longer hash to what their record says.
+    #[error("{} no longer matches its recorded sha256 (run `etcdsnap verify`)", .0.display())]
+    Changed(PathBuf),
+    /// A blocking worker stopped (panicked or was cancelled) while working on `what`.
+    #[error("{what}: the worker thread stopped: {message}")]
+    Worker { what: String, message: String },
+    /// A sink was used after it was committed or aborted (a bug in the caller).
+    #[error("{0}: the snapshot is already finished")]
+    Finished(String),
+}
+
+impl StoreError {
+    /// A worker's failure, from its join error.
+    pub fn worker(what: impl std::fmt::Display, e: tokio::task::JoinError) -> StoreError {
+        StoreError::Worker { what: what.to_string(), message: e.to_string() }
+    }
+
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { op, path, source }
+    }
+}
+
+/// What a listing found: the snapshots, and problems with individual entries that did not stop
+/// the listing (each names the file or object).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub records: Vec<SnapshotRecord>,
+    pub warnings: Vec<String>,
+}
+
+/// What is known about a snapshot before its bytes are written (S3 sends this as object
+/// metadata when the upload starts).
+#[derive(Debug, Clone)]
+pub struct NewSnapshot {
+    pub name: SnapshotName,
+    pub node_name: String,
+    pub cluster_id: Option<String>,
+    pub token_hash: Option<TokenHash>,
+    pub etcd: EtcdInfo,
+}
+
+/// The destination of one snapshot being written. Writes are blocking and happen on the
+/// pipeline's worker thread; publishing is async.
+#[async_trait]
+pub trait SnapshotSink: Send {
+    /// Appends stored (possibly compressed) bytes.
+    fn write(&mut self, buf: &[u8]) -> Result<(), StoreError>;
+    /// Makes the bytes durable, writes the metadata document, then publishes the snapshot, in
+    /// that order: a published snapshot always has its document.
+    async fn commit(self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError>;
+    /// Discards everything written (no partial file or multipart upload is left behind).
+    async fn abort(self: Box<Self>);
+    /// `file:///...` or `s3://bucket/key` the snapshot will have once committed.
+    fn location(&self) -> String;
+    fn storage(&self) -> StorageKind;
+}
+
+/// Stored bytes of one snapshot, streamed.
+pub struct SnapshotReader {
+    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    /// Size the store reports for the object or file.
+    pub size: u64,
+}
+
+/// A place snapshots are kept.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
+    fn kind(&self) -> StorageKind;
+    /// Human description: the directory, or `s3://bucket/folder`.
+    fn describe(&self) -> String;
+    /// Every snapshot with its record. Unreadable metadata is a warning, not an error.
+    async fn list(&self) -> Result<Listing, StoreError>;
+    /// Starts writing a new snapshot.
+    async fn create(&self, new: &NewSnapshot) -> Result<Box<dyn SnapshotSink>, StoreError>;
+    /// Reads a snapshot's stored bytes.
+    async fn open(&self, name: &SnapshotName) -> Result<SnapshotReader, StoreError>;
+    /// Deletes a snapshot and its metadata document. Ok(false) if it did not exist.
+    async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError>;
+    /// Cheapest request that proves the store is reachable and usable (for readiness).
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether a snapshot of this name exists (a new save must not overwrite it).
+    async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError>;
+    /// Removes what saves of `node` interrupted before `before` left behind (an S3 multipart
+    /// upload that was never completed or aborted). Returns how many were removed.
+    async fn clean_interrupted(&self, _node: &str, _before: jiff::Timestamp) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+}

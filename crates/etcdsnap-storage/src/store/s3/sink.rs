@@ -1,0 +1,225 @@
+//! Writing a snapshot to S3 while it streams: parts of a multipart upload are filled on the
+//! pipeline's worker thread and uploaded a few at a time by a task on the runtime, so memory
+//! is bounded by the part size times the parts in flight, whatever the snapshot size. Nothing
+//! is visible in the bucket until the upload is completed, after its metadata document.
+
+use super::S3Store;
+use super::hints::{S3Problem, explain};
+use crate::describe_error;
+use crate::failpoint;
+use crate::store::{SnapshotSink, StoreError};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use etcdsnap_api::consts::{S3_META_SHA256, S3_META_SIZE};
+use etcdsnap_api::{MetadataDocument, SnapshotName, StorageKind};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use object_store::{Attribute, Attributes, MultipartUpload, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+type Uploader = JoinHandle<Result<Box<dyn MultipartUpload>, String>>;
+
+pub struct S3Sink {
+    store: Arc<S3Store>,
+    name: SnapshotName,
+    attributes: Attributes,
+    buffer: BytesMut,
+    part_size: usize,
+    parts: Option<mpsc::Sender<Bytes>>,
+    uploader: Option<Uploader>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl S3Sink {
+    pub(super) fn start(
+        store: Arc<S3Store>,
+        name: SnapshotName,
+        attributes: Attributes,
+        upload: Box<dyn MultipartUpload>,
+    ) -> S3Sink {
+        let config = store.config();
+        let (part_size, concurrency) = (config.part_size, config.concurrency);
+        // One part waiting in the channel, `concurrency` in flight, one being filled.
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let failure = Arc::new(Mutex::new(None));
+        let uploader = tokio::spawn(upload_parts(upload, rx, concurrency, failure.clone()));
+        S3Sink {
+            store,
+            name,
+            attributes,
+            buffer: BytesMut::with_capacity(part_size),
+            part_size,
+            parts: Some(tx),
+            uploader: Some(uploader),
+            failure,
+        }
+    }
+
+    fn failure_message(&self) -> String {
+        self.failure.lock().ok().and_then(|f| f.clone()).unwrap_or_else(|| "the upload stopped".to_string())
+    }
+
+    fn error(&self, message: String) -> StoreError {
+        StoreError::S3 {
+            op: "upload",
+            target: self.store.config().location(self.name.as_str()),
+            problem: None,
+            message,
+        }
+    }
+
+    /// Sends whatever is buffered as the last part and waits for every part to be uploaded.
+    async fn finish_parts(&mut self) -> Result<Box<dyn MultipartUpload>, StoreError> {
+        let tx = self.parts.take().ok_or_else(|| self.error("upload already finished".into()))?;
+        if !self.buffer.is_empty() {
+            let last = self.buffer.split().freeze();
+            if tx.send(last).await.is_err() {
+                drop(tx);
+                return Err(self.error(self.failure_message()));
+            }
+        }
+        drop(tx);
+        let uploader = self.uploader.take().ok_or_else(|| self.error("upload already finished".into()))?;
+        match uploader.await {
+            Ok(Ok(upload)) => Ok(upload),
+            Ok(Err(message)) => Err(self.error(message)),
+            Err(e) => Err(self.error(format!("upload task failed: {e}"))),
+        }
+    }
+}
+
+/// Uploads parts as they arrive, at most `concurrency` at a time. On a failure the multipart
+/// upload is aborted (so no parts are left billed and invisible) and the error kept for the
+/// writer.
+async fn upload_parts(
+    mut upload: Box<dyn MultipartUpload>,
+    mut parts: mpsc::Receiver<Bytes>,
+    concurrency: usize,
+    failure: Arc<Mutex<Option<String>>>,
+) -> Result<Box<dyn MultipartUpload>, String> {
+    let mut inflight = FuturesUnordered::new();
+    let mut result = Ok(());
+    while let Some(part) = parts.recv().await {
+        while inflight.len() >= concurrency {
+            if let Some(Err(e)) = inflight.next().await {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+        inflight.push(upload.put_part(PutPayload::from_bytes(part)));
+    }
+    while result.is_ok() {
+        match inflight.next().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => result = Err(e),
+            None => break,
+        }
+    }
+    drop(inflight);
+    match result {
+        Ok(()) => Ok(upload),
+        Err(e) => {
+            let message = describe_error(&e);
+            if let Ok(mut f) = failure.lock() {
+                *f = Some(message.clone());
+            }
+            drop(parts);
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(error = %describe_error(&abort), "aborting the failed multipart upload failed");
+            }
+            Err(message)
+        }
+    }
+}
+
+#[async_trait]
+impl SnapshotSink for S3Sink {
+    fn write(&mut self, mut buf: &[u8]) -> Result<(), StoreError> {
+        while !buf.is_empty() {
+            let room = self.part_size - self.buffer.len();
+            let take = room.min(buf.len());
+            self.buffer.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.buffer.len() == self.part_size {
+                let part = self.buffer.split().freeze();
+                self.buffer.reserve(self.part_size);
+                let tx = self.parts.as_ref().ok_or_else(|| self.error("upload already finished".into()))?;
+                if tx.blocking_send(part).is_err() {
+                    return Err(self.error(self.failure_message()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError> {
+        let mut upload = self.finish_parts().await?;
+        // The document first: a completed object always has its document.
+        let mut attributes = self.attributes.clone();
+        attributes.insert(Attribute::ContentType, "application/json".into());
+        attributes.insert(Attribute::Metadata(S3_META_SHA256.into()), doc.sha256.clone().into());
+        attributes.insert(Attribute::Metadata(S3_META_SIZE.into()), doc.size.to_string().into());
+        let doc_path = self.store.path(&self.store.config().metadata_key(self.name.as_str()));
+        let put = self
+            .store
+            .object_store()
+            .put_opts(&doc_path, PutPayload::from(doc.to_json()), PutOptions { attributes, ..Default::default() })
+            .await;
+        if let Err(e) = put {
+            let _ = upload.abort().await;
+            return Err(StoreError::S3 {
+                op: "put metadata",
+                target: doc_path.to_string(),
+                problem: S3Problem::of_object_store(&e),
+                message: explain(&e, &self.store.config().bucket),
+            });
+        }
+        failpoint::reached(failpoint::S3_AFTER_METADATA).await;
+        if let Err(e) = upload.complete().await {
+            let _ = upload.abort().await;
+            let _ = self.store.object_store().delete(&doc_path).await;
+            return Err(self.error(format!("completing the upload: {}", describe_error(&e))));
+        }
+        failpoint::reached(failpoint::S3_AFTER_COMPLETE).await;
+        Ok(())
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.parts.take();
+        if let Some(uploader) = self.uploader.take()
+            && let Ok(Ok(mut upload)) = uploader.await
+            && let Err(e) = upload.abort().await
+        {
+            tracing::warn!(snapshot = %self.name, error = %describe_error(&e), "aborting the multipart upload failed");
+        }
+    }
+
+    fn location(&self) -> String {
+        self.store.config().location(self.name.as_str())
+    }
+
+    fn storage(&self) -> StorageKind {
+        StorageKind::S3
+    }
+}
+
+impl Drop for S3Sink {
+    /// Neither committed nor aborted (a cancelled save): abort in the background.
+    fn drop(&mut self) {
+        self.parts.take();
+        if let Some(uploader) = self.uploader.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                if let Ok(Ok(mut upload)) = uploader.await {
+                    let _ = upload.abort().await;
+                }
+            });
+        }
+    }
+}
