@@ -13,6 +13,11 @@ use testenv::{Etcd, Fault, S3Server};
 
 const BUCKET: &str = "agent";
 
+/// `--endpoints`, `--node-name n1` and `--data-dir`: every single-node agent's first arguments.
+fn node_n1<'a>(endpoints: &'a str, data_dir: &'a str) -> [&'a str; 6] {
+    ["--endpoints", endpoints, "--node-name", "n1", "--data-dir", data_dir]
+}
+
 fn snapshots(dir: &Path) -> Vec<String> {
     files_in(&dir.join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect()
 }
@@ -50,23 +55,11 @@ async fn scheduled_snapshots_keep_retention_locally_and_in_s3_and_move_the_gauge
     ];
     let started = jiff::Timestamp::now().as_second() as f64;
     let agent = AgentProcess::start(&args, &env, data.path()).await?;
-    let first = agent
-        .wait_for(
-            "/metrics",
-            |b, _| metric(b, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 1.0),
-            Duration::from_secs(30),
-        )
-        .await?;
+    let first = agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 1.0, Duration::from_secs(30)).await?;
     let first_local =
         metric(&first, "etcdsnap_last_success_timestamp_seconds{location=\"local\"}").ok_or("no local gauge")?;
     assert!(first_local >= started);
-    let body = agent
-        .wait_for(
-            "/metrics",
-            |b, _| metric(b, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 4.0),
-            Duration::from_secs(40),
-        )
-        .await?;
+    let body = agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 4.0, Duration::from_secs(40)).await?;
     // Freshness moves forward; sizes, verification and all six K3s measures are there.
     assert!(
         metric(&body, "etcdsnap_last_success_timestamp_seconds{location=\"local\"}").is_some_and(|t| t > first_local)
@@ -100,21 +93,10 @@ async fn sigterm_mid_snapshot_leaves_nothing_partial_and_exits_zero() -> TestRes
     let (endpoint, dd, s3_endpoint) = (slow.endpoint.clone(), data.path().to_string_lossy().to_string(), s3.endpoint());
     let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
     let args = [
-        "--endpoints",
-        &endpoint,
-        "--node-name",
-        "n1",
-        "--data-dir",
-        &dd,
-        "--schedule",
-        "* * * * * *",
-        "--s3",
-        "--s3-endpoint",
-        &s3_endpoint,
-        "--s3-insecure",
-        "--s3-bucket",
-        BUCKET,
-    ];
+        &node_n1(&endpoint, &dd)[..],
+        &["--schedule", "* * * * * *", "--s3", "--s3-endpoint", &s3_endpoint, "--s3-insecure", "--s3-bucket", BUCKET],
+    ]
+    .concat();
     let agent = AgentProcess::start(&args, &env, data.path()).await?;
     let snapdir = data.path().join("snapshots");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -142,13 +124,7 @@ async fn an_overlapping_run_is_skipped_and_counted() -> TestResult {
     let (endpoint, dd) = (slow.endpoint.clone(), data.path().to_string_lossy().to_string());
     let args = ["--endpoints", &endpoint, "--node-name", "n1", "--data-dir", &dd, "--schedule", "* * * * * *"];
     let agent = AgentProcess::start(&args, &[], data.path()).await?;
-    agent
-        .wait_for(
-            "/metrics",
-            |b, _| metric(b, "etcdsnap_scheduled_runs_skipped_total").is_some_and(|n| n >= 2.0),
-            Duration::from_secs(30),
-        )
-        .await?;
+    agent.wait_for_metric("etcdsnap_scheduled_runs_skipped_total", 2.0, Duration::from_secs(30)).await?;
     slow.proxy.set_fault(Fault::None);
     let (code, log) = agent.terminate().await?;
     assert_eq!(code, Some(0));
@@ -188,17 +164,7 @@ async fn readyz_follows_etcd() -> TestResult {
     let mut etcd = Etcd::single().await?;
     let data = tempfile::tempdir()?;
     let (endpoints, dd) = (etcd.endpoints().join(","), data.path().to_string_lossy().to_string());
-    let args = [
-        "--endpoints",
-        &endpoints,
-        "--node-name",
-        "n1",
-        "--data-dir",
-        &dd,
-        "--disable-snapshots",
-        "--dial-timeout",
-        "1s",
-    ];
+    let args = [&node_n1(&endpoints, &dd)[..], &["--disable-snapshots", "--dial-timeout", "1s"]].concat();
     let agent = AgentProcess::start(&args, &[], data.path()).await?;
     agent.wait_for("/readyz", |_, code| code == 200, Duration::from_secs(20)).await?;
     etcd.kill(0);
@@ -225,37 +191,32 @@ async fn uploads_that_failed_while_s3_was_down_are_retried_by_later_runs() -> Te
     let (access, secret) = (s3.access_key().to_string(), s3.secret_key().to_string());
     let env = [("AWS_ACCESS_KEY_ID", access.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
     let args = [
-        "--endpoints",
-        &endpoints,
-        "--node-name",
-        "n1",
-        "--data-dir",
-        &dd,
-        "--schedule",
-        "*/2 * * * * *",
-        "--retention",
-        "3",
-        "--s3",
-        "--s3-endpoint",
-        &s3_endpoint,
-        "--s3-insecure",
-        "--s3-bucket",
-        BUCKET,
-        "--s3-timeout",
-        "3s",
-        "--cluster-id",
-        "c1",
-    ];
+        &node_n1(&endpoints, &dd)[..],
+        &[
+            "--schedule",
+            "*/2 * * * * *",
+            "--retention",
+            "3",
+            "--s3",
+            "--s3-endpoint",
+            &s3_endpoint,
+            "--s3-insecure",
+            "--s3-bucket",
+            BUCKET,
+            "--s3-timeout",
+            "3s",
+            "--cluster-id",
+            "c1",
+        ],
+    ]
+    .concat();
     s3.stop();
     let agent = AgentProcess::start(&args, &env, data.path()).await?;
     // Two runs with S3 down: local copies kept, uploads failed.
     let body = agent
-        .wait_for(
-            "/metrics",
-            |b, _| {
-                metric(b, "etcdsnap_etcd_snapshot_save_s3_duration_seconds_count{status=\"error\"}")
-                    .is_some_and(|n| n >= 2.0)
-            },
+        .wait_for_metric(
+            "etcdsnap_etcd_snapshot_save_s3_duration_seconds_count{status=\"error\"}",
+            2.0,
             Duration::from_secs(60),
         )
         .await?;

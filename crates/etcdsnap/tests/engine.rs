@@ -126,69 +126,30 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
     let dd = data.path().to_string_lossy().to_string();
     let endpoints = etcd.endpoints().join(",");
     let (ca, cert, key) = (tls.ca.to_string_lossy(), tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-    let args = [
-        "save",
-        "--data-dir",
-        &dd,
-        "--node-name",
-        "cp-1",
-        "--endpoints",
-        &endpoints,
-        "--cacert",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--compress",
-        "zstd",
-    ];
-    run(&args, &[]).await.expect_ok();
+    // A save of node cp-1 trusting `ca` with the client certificate `cert`/`key`.
+    let save = |ca: &str, cert: &str, key: &str, extra: &[&str]| {
+        let mut args =
+            vec!["save", "--data-dir", &dd, "--node-name", "cp-1", "--endpoints", &endpoints, "--cacert", ca];
+        args.extend(["--cert", cert, "--key", key]);
+        args.extend(extra);
+        args.into_iter().map(String::from).collect::<Vec<String>>()
+    };
+    let run_save = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, &[]).await
+    };
+    run_save(save(&ca, &cert, &key, &["--compress", "zstd"])).await.expect_ok();
     run(&["verify", "--data-dir", &dd, "--node-name", "cp-1"], &[]).await.expect_ok();
 
     // A client certificate from another CA is refused by etcd, and nothing is published.
     let other = testenv::Pki::new("other", &data.path().join("other-pki"))?;
     let wrong = other.client("wrong", "root", &[])?;
     let (wcert, wkey) = (wrong.cert.to_string_lossy(), wrong.key.to_string_lossy());
-    let bad = [
-        "save",
-        "--data-dir",
-        &dd,
-        "--node-name",
-        "cp-1",
-        "--endpoints",
-        &endpoints,
-        "--cacert",
-        &ca,
-        "--cert",
-        &wcert,
-        "--key",
-        &wkey,
-        "--dial-timeout",
-        "3s",
-    ];
-    let out = run(&bad, &[]).await.expect_fail();
+    let out = run_save(save(&ca, &wcert, &wkey, &["--dial-timeout", "3s"])).await.expect_fail();
     assert!(out.stderr.contains("failed"), "{}", out.stderr);
     // And a wrong CA for the server certificate is refused by us.
     let wca = other.ca_path().to_string_lossy().to_string();
-    let bad = [
-        "save",
-        "--data-dir",
-        &dd,
-        "--node-name",
-        "cp-1",
-        "--endpoints",
-        &endpoints,
-        "--cacert",
-        &wca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--dial-timeout",
-        "3s",
-    ];
-    run(&bad, &[]).await.expect_fail();
+    run_save(save(&wca, &cert, &key, &["--dial-timeout", "3s"])).await.expect_fail();
     let published: Vec<_> =
         files_in(&data.path().join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
     assert_eq!(published.len(), 1, "{published:?}");

@@ -282,8 +282,7 @@ fn by_location(stored: &BTreeSet<(String, bool)>) -> (BTreeSet<&String>, BTreeSe
 /// Waits until the agent counts at least `n` successful saves; returns the count.
 async fn saves_at_least(agent: &AgentProcess, n: f64) -> Result<f64, Error> {
     let series = "etcdsnap_saves_total{status=\"success\"}";
-    let body =
-        agent.wait_for("/metrics", |b, _| metric(b, series).is_some_and(|v| v >= n), Duration::from_secs(60)).await?;
+    let body = agent.wait_for_metric(series, n, Duration::from_secs(60)).await?;
     Ok(metric(&body, series).unwrap_or(n))
 }
 
@@ -455,12 +454,9 @@ async fn a_stalled_s3_times_out_keeps_the_local_copy_and_is_caught_up_later() ->
     let args = ["--schedule", "*/3 * * * * *", "--reconcile-interval", "3s", "--retention", "20"];
     let agent = world.start_agent(&args, &extra).await?;
     agent
-        .wait_for(
-            "/metrics",
-            |b, _| {
-                metric(b, "etcdsnap_etcd_snapshot_save_s3_duration_seconds_count{status=\"error\"}")
-                    .is_some_and(|n| n >= 1.0)
-            },
+        .wait_for_metric(
+            "etcdsnap_etcd_snapshot_save_s3_duration_seconds_count{status=\"error\"}",
+            1.0,
             Duration::from_secs(90),
         )
         .await?;

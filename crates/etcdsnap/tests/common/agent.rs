@@ -58,6 +58,11 @@ impl AgentProcess {
         }
     }
 
+    /// Polls `/metrics` until `series` is at least `min`; returns the whole exposition.
+    pub async fn wait_for_metric(&self, series: &str, min: f64, timeout: Duration) -> Result<String, String> {
+        self.wait_for("/metrics", |b, _| metric(b, series).is_some_and(|v| v >= min), timeout).await
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
