@@ -38,12 +38,27 @@ build kubernetes k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$KUBE_VERS
   -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/component-base/version.gitTreeState=clean"
 build kubernetes k8s.io/kubernetes/cmd/kubectl kubectl "$KUBE_VERSION" \
   -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$kube_minor"
-build etcd go.etcd.io/etcd/server/v3 etcd "$ETCD_VERSION" -ldflags "-s -w"
-build etcd go.etcd.io/etcd/etcdctl/v3 etcdctl "$ETCD_VERSION" -ldflags "-s -w"
-build etcd go.etcd.io/etcd/etcdutl/v3 etcdutl "$ETCD_VERSION" -ldflags "-s -w"
+# Every etcd minor the version tests run against (ETCD_VERSIONS, the default ETCD_VERSION among
+# them), each from its own module: the default's is testbins/etcd, the others'
+# testbins/etcd-<major.minor> (gen-modules.sh has the same etcd_moddir).
+etcd_moddir() {
+  local minor=${1#v}
+  if [ "$1" = "$ETCD_VERSION" ]; then echo etcd; else echo "etcd-${minor%.*}"; fi
+}
+case " $ETCD_VERSIONS " in
+  *" $ETCD_VERSION "*) ;;
+  *) echo "testbins: ETCD_VERSIONS ($ETCD_VERSIONS) must include ETCD_VERSION ($ETCD_VERSION)" >&2; exit 1 ;;
+esac
+for etcd_version in $ETCD_VERSIONS; do
+  moddir=$(etcd_moddir "$etcd_version")
+  build "$moddir" go.etcd.io/etcd/server/v3 etcd "$etcd_version" -ldflags "-s -w"
+  build "$moddir" go.etcd.io/etcd/etcdctl/v3 etcdctl "$etcd_version" -ldflags "-s -w"
+  build "$moddir" go.etcd.io/etcd/etcdutl/v3 etcdutl "$etcd_version" -ldflags "-s -w"
+done
 build versitygw github.com/versity/versitygw/cmd/versitygw versitygw "$VERSITYGW_VERSION" -ldflags "-s -w"
 
-# Stable names for tools and scripts (bench/, make demo): symlinks to the pinned versions.
+# Stable names for tools and scripts (bench/, make demo): symlinks to the pinned versions (the
+# default etcd; tests find the other minors by version, see testenv::testbin_version).
 ln -sfn "kube-apiserver-$KUBE_VERSION" "$out/kube-apiserver"
 ln -sfn "kubectl-$KUBE_VERSION" "$out/kubectl"
 ln -sfn "etcd-$ETCD_VERSION" "$out/etcd"

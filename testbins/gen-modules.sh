@@ -30,13 +30,30 @@ gen_kube() {
   go mod tidy
 }
 
+# One module per etcd version in ETCD_VERSIONS, each with its own dependency graph (3.5, 3.6 and 3.7
+# pin different grpc, bbolt and raft versions, so they cannot share one go.mod). The default
+# (ETCD_VERSION) lives in testbins/etcd, the others in testbins/etcd-<major.minor>; build.sh has the
+# same etcd_moddir.
+etcd_moddir() {
+  local minor=${1#v}
+  if [ "$1" = "$ETCD_VERSION" ]; then echo etcd; else echo "etcd-${minor%.*}"; fi
+}
+
 gen_etcd() {
-  local dir="$here/etcd"
+  local version
+  for version in $ETCD_VERSIONS; do gen_etcd_one "$version"; done
+}
+
+gen_etcd_one() {
+  local version=$1 name dir
+  name=$(etcd_moddir "$version")
+  dir="$here/$name"
   rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  go mod init etcdsnap.test/testbins/etcd >/dev/null 2>&1
-  go get -tool "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" \
-    "go.etcd.io/etcd/etcdctl/v3@${ETCD_VERSION}" "go.etcd.io/etcd/etcdutl/v3@${ETCD_VERSION}"
+  go mod init "etcdsnap.test/testbins/$name" >/dev/null 2>&1
+  go get -tool "go.etcd.io/etcd/server/v3@${version}" \
+    "go.etcd.io/etcd/etcdctl/v3@${version}" "go.etcd.io/etcd/etcdutl/v3@${version}"
   go mod tidy
+  echo "etcd: $version in testbins/$name"
 }
 
 gen_versitygw() {
