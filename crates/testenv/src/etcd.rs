@@ -2,6 +2,7 @@
 
 use crate::certs::{Pki, TlsFiles};
 use crate::process::{Server, testbin};
+use crate::versions::{etcd_version, testbin_version};
 use crate::{Error, Result, free_port, wait_for};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,11 @@ pub struct EtcdOptions {
     pub extra_args: Vec<String>,
     /// Keep fsync on (benchmarks); tests use `--unsafe-no-fsync` for speed.
     pub fsync: bool,
+    /// Which etcd to run: a minor such as `"3.5"` or a full pinned version (`"v3.7.3"`), one of
+    /// `ETCD_VERSIONS` in testbins/versions.env. `None` runs the default (`ETCD_VERSION`). Users
+    /// run several minors (K3s and RKE2 still ship 3.5), so saves and restores are tested
+    /// against each.
+    pub version: Option<String>,
 }
 
 impl Etcd {
@@ -62,8 +68,27 @@ impl Etcd {
         Self::start(EtcdOptions { members: n, tls: true, ..Default::default() }).await
     }
 
+    /// One member over plain HTTP running etcd `version` (a minor such as `"3.5"`, see
+    /// [`EtcdOptions::version`]).
+    pub async fn single_version(version: &str) -> Result<Etcd> {
+        Self::start(EtcdOptions { members: 1, version: Some(version.to_string()), ..Default::default() }).await
+    }
+
+    /// The pinned etcd release this cluster runs (e.g. `v3.5.35`); `None` for the default.
+    pub fn version(&self) -> Option<&str> {
+        self.opts.version.as_deref()
+    }
+
+    /// Path of the etcd tool `name` (`etcd`, `etcdctl`, `etcdutl`) of the version this cluster
+    /// runs: a snapshot of an etcd 3.5 is restored with etcdutl 3.5, as a user would.
+    pub fn testbin(&self, name: &str) -> Result<PathBuf> {
+        tool(self.opts.version.as_deref(), name)
+    }
+
     /// Starts a cluster; retries with fresh ports if another process grabbed one meanwhile.
-    pub async fn start(opts: EtcdOptions) -> Result<Etcd> {
+    pub async fn start(mut opts: EtcdOptions) -> Result<Etcd> {
+        // A minor is resolved to its pinned release once, so every member runs the same one.
+        opts.version = opts.version.as_deref().map(etcd_version).transpose()?;
         let mut last = None;
         for _ in 0..3 {
             match Self::try_start(&opts).await {
@@ -76,7 +101,7 @@ impl Etcd {
 
     async fn try_start(opts: &EtcdOptions) -> Result<Etcd> {
         let n = opts.members.max(1);
-        testbin("etcd")?;
+        tool(opts.version.as_deref(), "etcd")?;
         let dir = tempfile::Builder::new()
             .prefix("testenv-etcd-")
             .tempdir()
@@ -158,7 +183,7 @@ impl Etcd {
             args.extend(tls_args(tls));
         }
         args.extend(self.opts.extra_args.iter().cloned());
-        let bin = testbin("etcd")?;
+        let bin = self.testbin("etcd")?;
         let server = Server::spawn(&format!("etcd {name}"), &bin, args, self.dir.path().join(format!("{name}.log")))?;
         Ok(EtcdMember { name: name.to_string(), client_url, peer_url, data_dir, server })
     }
@@ -169,7 +194,21 @@ impl Etcd {
     /// name and peer port must be the ones it was restored with. The client port is random.
     /// The data directory is left in place when the server is dropped.
     pub async fn start_on_data_dir(data_dir: &Path, name: &str, peer_port: u16) -> Result<Etcd> {
-        testbin("etcd")?;
+        Self::start_on_data_dir_version(data_dir, name, peer_port, None).await
+    }
+
+    /// [`Etcd::start_on_data_dir`] with etcd `version` (see [`EtcdOptions::version`]; `None` is
+    /// the default): a data directory restored by one minor's etcdutl is served by that minor's
+    /// etcd, the way a user restores and restarts a cluster.
+    pub async fn start_on_data_dir_version(
+        data_dir: &Path,
+        name: &str,
+        peer_port: u16,
+        version: Option<&str>,
+    ) -> Result<Etcd> {
+        let version = version.map(etcd_version).transpose()?;
+        tool(version.as_deref(), "etcd")?;
+        let opts = EtcdOptions { members: 1, version, ..Default::default() };
         let dir = tempfile::Builder::new()
             .prefix("testenv-etcd-")
             .tempdir()
@@ -178,7 +217,7 @@ impl Etcd {
             members: Vec::new(),
             client_tls: None,
             server_tls: None,
-            opts: EtcdOptions { members: 1, ..Default::default() },
+            opts,
             token: format!("testenv-{}", crate::random_suffix()),
             dir,
         };
@@ -313,6 +352,15 @@ impl Etcd {
         // A restarted member must not try to bootstrap a new cluster.
         self.members[i].server.restart()?;
         self.wait_ready().await
+    }
+}
+
+/// The etcd tool `name` of `version` (`None`: the default's stable symlink). Looked up before
+/// anything is started, so a version that was not built fails naming the path to build.
+fn tool(version: Option<&str>, name: &str) -> Result<PathBuf> {
+    match version {
+        Some(version) => testbin_version(name, version),
+        None => testbin(name),
     }
 }
 
