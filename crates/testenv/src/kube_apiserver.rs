@@ -95,6 +95,11 @@ impl KubeApiServer {
             format!("--etcd-prefix=/registry-{}", random_suffix()),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
+            // 1.37 refuses to start when the endpoint reconciler (which publishes the
+            // advertise address as the `kubernetes` Service's endpoints) would publish a
+            // loopback address. Nothing here runs pods that would dial that Service, so no
+            // reconciler; older releases accept the flag too.
+            "--endpoint-reconciler-type=none".into(),
             format!("--secure-port={port}"),
             format!("--cert-dir={}", d.join("certs").display()),
             format!("--tls-cert-file={}", serving.cert.display()),
