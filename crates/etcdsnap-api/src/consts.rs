@@ -50,7 +50,14 @@ pub const S3_META_ETCD_REVISION: &str = "etcdsnap-etcd-revision";
 pub const S3_META_ETCD_VERSION: &str = "etcdsnap-etcd-version";
 pub const S3_META_COMPRESSION: &str = "etcdsnap-compression";
 
-/// Directory (beside the snapshot directory, or under the S3 folder) holding metadata documents.
+/// K3s's metadata directory: beside the snapshot directory, and under the S3 folder. It holds
+/// `<name>`, K3s's extra metadata of snapshot `<name>`, and etcdsnap's record `<name>` +
+/// [`RECORD_SUFFIX`], which K3s never reads (it matches metadata to snapshots by exact name).
 pub const METADATA_DIR: &str = ".metadata";
+/// Suffix of etcdsnap's own record beside K3s's metadata: `.metadata/<name>.etcdsnap.json`.
+pub const RECORD_SUFFIX: &str = ".etcdsnap.json";
+/// etcdsnap's private directory beside the snapshot directory (its lock, partial writes), so
+/// the snapshot directory holds snapshots only: K3s takes every file there for a snapshot.
+pub const PRIVATE_DIR: &str = ".etcdsnap";
 /// Suffix of files being written; never a snapshot.
 pub const PART_SUFFIX: &str = ".part";

@@ -1,6 +1,6 @@
 //! Naming rules: snapshot file names, timestamps in names, CR object names, ConfigMap keys.
 
-use crate::consts::{PART_SUFFIX, S3_STORAGE_NODE};
+use crate::consts::{LABEL_STORAGE_NODE, PART_SUFFIX, RECORD_SUFFIX, S3_STORAGE_NODE};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -83,6 +83,8 @@ pub enum NameError {
     Hidden(String),
     #[error("snapshot name {0:?} ends in {PART_SUFFIX}, which marks incomplete files")]
     Partial(String),
+    #[error("snapshot name {0:?} ends in {RECORD_SUFFIX}, which is reserved for etcdsnap's records")]
+    Reserved(String),
 }
 
 /// A validated snapshot name: a plain file name (no directory part, no `..`, no control
@@ -111,6 +113,9 @@ impl SnapshotName {
         if name.ends_with(PART_SUFFIX) {
             return Err(NameError::Partial(name.to_string()));
         }
+        if name.ends_with(RECORD_SUFFIX) {
+            return Err(NameError::Reserved(name.to_string()));
+        }
         Ok(SnapshotName(name.to_string()))
     }
 
@@ -126,6 +131,16 @@ impl SnapshotName {
     /// Unix seconds embedded in the name (see [`timestamp_from_name`]).
     pub fn timestamp(&self) -> Option<i64> {
         timestamp_from_name(&self.0)
+    }
+
+    /// File name of etcdsnap's record of this snapshot in the metadata directory.
+    pub fn record_file_name(&self) -> String {
+        format!("{}{RECORD_SUFFIX}", self.0)
+    }
+
+    /// The snapshot whose record `file_name` is, if it is one.
+    pub fn of_record_file(file_name: &str) -> Option<SnapshotName> {
+        SnapshotName::parse(file_name.strip_suffix(RECORD_SUFFIX)?).ok()
     }
 
     /// The name without its compression extension (the name of the entry inside a K3s zip).
@@ -195,6 +210,46 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     })
 }
 
+/// Why a node name cannot be used. K3s accepts any node name; these are the ones that would
+/// break a Kubernetes object etcdsnap writes for the node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeNameError {
+    #[error("the node name is empty")]
+    Empty,
+    #[error(
+        "node name {0:?} has more than 63 characters: it is the value of the label {LABEL_STORAGE_NODE} of its ETCDSnapshotFile resources, which Kubernetes limits to 63"
+    )]
+    TooLong(String),
+    #[error(
+        "node name {0:?} may only hold letters, digits, '-' and '.': it is part of the names of its ETCDSnapshotFile resources, and Kubernetes refuses object names with other characters"
+    )]
+    BadCharacter(String),
+    #[error(
+        "node name {0:?} must begin and end with a letter or digit, as Kubernetes label values and object names do"
+    )]
+    BadEdge(String),
+}
+
+/// Accepts every node name whose snapshots can be recorded: upper case included (it is
+/// lowercased only in object names, as K3s does), at most 63 characters (the storage-node label),
+/// letters, digits, `-` and `.`, beginning and ending with a letter or digit.
+pub fn validate_node_name(name: &str) -> Result<(), NodeNameError> {
+    if name.is_empty() {
+        return Err(NodeNameError::Empty);
+    }
+    if name.len() > 63 {
+        return Err(NodeNameError::TooLong(name.to_string()));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(NodeNameError::BadCharacter(name.to_string()));
+    }
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    if !edge(name.bytes().next()) || !edge(name.bytes().last()) {
+        return Err(NodeNameError::BadEdge(name.to_string()));
+    }
+    Ok(())
+}
+
 /// Where a snapshot record lives, for naming purposes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageKind {
@@ -243,7 +298,9 @@ pub fn cr_name(input: CrNameInput<'_>) -> String {
     let digest6 = &hex::encode(digest)[..6];
     let mut name = input.name.to_lowercase();
     if !is_dns1123_subdomain(&name) || name.len() + 13 > 253 {
-        let short_node = node.split('.').next().unwrap_or(node);
+        // K3s keeps the node's case here, which the API server refuses for upper-case node
+        // names; lower case is the only name such a resource can have.
+        let short_node = node.split('.').next().unwrap_or(node).to_lowercase();
         name = format!("etcd-snapshot-{short_node}-{}", input.created_unix);
         if input.name.ends_with(".zip") {
             name.push_str(".zip");
@@ -260,9 +317,64 @@ pub fn configmap_key(name: &str, storage: StorageKind) -> String {
     format!("{}{sanitized}", storage.prefix())
 }
 
+/// Longest ConfigMap data key the API server accepts.
+pub const MAX_CONFIGMAP_KEY_LEN: usize = 253;
+
+/// Whether the API server accepts `key` as a ConfigMap data key: 1 to 253 characters of
+/// `[-._a-zA-Z0-9]`, and not `.`, `..` or starting with `..`. K3s's keys of very long snapshot
+/// names are not.
+pub fn is_valid_configmap_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_CONFIGMAP_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        && key != "."
+        && !key.starts_with("..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_names_k3s_accepts_are_accepted_unless_kubernetes_would_refuse_them() {
+        for ok in ["node-1", "Node-B", "cp1.example.com", "K3S-SERVER-1", "a"] {
+            assert_eq!(validate_node_name(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_node_name(""), Err(NodeNameError::Empty));
+        assert!(matches!(validate_node_name(&"n".repeat(64)), Err(NodeNameError::TooLong(_))));
+        assert!(matches!(validate_node_name("node_b"), Err(NodeNameError::BadCharacter(_))));
+        assert!(matches!(validate_node_name("node b"), Err(NodeNameError::BadCharacter(_))));
+        assert!(matches!(validate_node_name("-node"), Err(NodeNameError::BadEdge(_))));
+        assert!(validate_node_name("node-").unwrap_err().to_string().contains("begin and end"));
+    }
+
+    #[test]
+    fn upper_case_nodes_get_k3s_names_in_lower_case() {
+        let input = |name: &'static str| CrNameInput {
+            name,
+            storage: StorageKind::Local,
+            node_name: "Node-B",
+            location: "file:///s/x",
+            created_unix: 1_700_000_000,
+        };
+        let cr = cr_name(input("on-demand-Node-B-1700000000"));
+        assert!(cr.starts_with("local-on-demand-node-b-1700000000-"), "{cr}");
+        assert!(is_dns1123_subdomain(&cr));
+        // The digest is over the node as given, as K3s computes it.
+        assert_ne!(cr, cr_name(CrNameInput { node_name: "node-b", ..input("on-demand-Node-B-1700000000") }));
+        let fallback = cr_name(input("Bad_Name-Node-B-1700000000"));
+        assert!(fallback.starts_with("local-etcd-snapshot-node-b-1700000000-") && is_dns1123_subdomain(&fallback));
+    }
+
+    #[test]
+    fn configmap_keys_the_api_server_accepts() {
+        assert!(is_valid_configmap_key(&configmap_key("on-demand-n1-1700000000", StorageKind::Local)));
+        assert!(is_valid_configmap_key(&configmap_key("weird name!", StorageKind::S3)));
+        let long = "x".repeat(248);
+        assert!(!is_valid_configmap_key(&configmap_key(&long, StorageKind::Local)), "254 characters");
+        assert!(is_valid_configmap_key(&configmap_key(&long[..247], StorageKind::Local)));
+        assert!(!is_valid_configmap_key("") && !is_valid_configmap_key(".") && !is_valid_configmap_key("..x"));
+    }
 
     #[test]
     fn cr_name_matches_k3s_docs_for_local_snapshots() {

@@ -199,10 +199,13 @@ impl LeaderLease {
     }
 }
 
-/// Name of a node's heartbeat Lease (hashed when the node name would make it too long).
+/// Name of a node's heartbeat Lease: `etcdsnap-node-<node>` when that is a valid object name,
+/// else a digest of the node name (upper-case node names are legal, and `Node-B` and `node-b`
+/// are different nodes, so lowercasing would merge them). The Lease's holder is the node name
+/// itself either way.
 pub fn heartbeat_name(node: &str) -> String {
     let name = format!("{HEARTBEAT_PREFIX}{node}");
-    if name.len() <= 253 {
+    if etcdsnap_api::is_dns1123_subdomain(&name) {
         return name;
     }
     let digest = hex::encode(Sha256::digest(node.as_bytes()));
@@ -384,6 +387,9 @@ mod tests {
         let long = "n".repeat(250);
         assert!(heartbeat_name(&long).len() <= 253);
         assert_ne!(heartbeat_name(&long), heartbeat_name(&"m".repeat(250)));
+        let upper = heartbeat_name("Node-B");
+        assert!(etcdsnap_api::is_dns1123_subdomain(&upper), "{upper}");
+        assert_ne!(upper, heartbeat_name("node-b"), "two nodes, two Leases");
     }
 
     fn cr(node: &str, created: i64) -> ETCDSnapshotFile {

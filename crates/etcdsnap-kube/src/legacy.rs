@@ -13,7 +13,8 @@ use crate::convert::RecordResource;
 use crate::resources::is_terminating;
 use crate::{ApiError, CONFLICT_RETRIES, Kube, LegacySettings, status_is};
 use etcdsnap_api::consts::{LEGACY_CONFIGMAP, S3_STORAGE_NODE, SYSTEM_NAMESPACE};
-use etcdsnap_api::{ETCDSnapshotFile, LegacyEntry, StorageKind, timestamp_from_name};
+use etcdsnap_api::names::MAX_CONFIGMAP_KEY_LEN;
+use etcdsnap_api::{ETCDSnapshotFile, LegacyEntry, StorageKind, is_valid_configmap_key, timestamp_from_name};
 use etcdsnap_storage::SnapshotRecord;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
@@ -124,6 +125,9 @@ pub fn entry_cost(key: &str, value: &str) -> usize {
 pub struct Bounded {
     pub data: BTreeMap<String, String>,
     pub dropped: usize,
+    /// Keys the API server would refuse (a very long snapshot name): left out, so that one
+    /// snapshot cannot keep the whole ConfigMap from being written.
+    pub invalid: Vec<String>,
     /// Estimated serialized size of the object, server additions included.
     pub estimated_bytes: usize,
 }
@@ -134,6 +138,10 @@ pub fn bound(mut entries: Vec<Entry>, base_bytes: usize, max_bytes: usize, max_k
     entries.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.key.cmp(&b.key)));
     let mut out = Bounded { estimated_bytes: base_bytes, ..Default::default() };
     for entry in entries {
+        if !is_valid_configmap_key(&entry.key) {
+            out.invalid.push(entry.key);
+            continue;
+        }
         let cost = entry_cost(&entry.key, &entry.value);
         if out.data.len() >= max_keys || out.estimated_bytes + cost > max_bytes {
             out.dropped += 1;
@@ -159,6 +167,8 @@ pub fn base_bytes(cm: &ConfigMap) -> usize {
 pub struct SyncReport {
     pub entries: usize,
     pub dropped: usize,
+    /// Entries left out because their key is not a valid ConfigMap key.
+    pub invalid: Vec<String>,
     pub estimated_bytes: usize,
     pub written: bool,
 }
@@ -204,6 +214,7 @@ pub fn plan(
     let report = SyncReport {
         entries: bounded.data.len(),
         dropped: bounded.dropped,
+        invalid: bounded.invalid,
         estimated_bytes: bounded.estimated_bytes,
         written: false,
     };
@@ -227,6 +238,13 @@ pub async fn sync(
     for _ in 0..CONFLICT_RETRIES {
         let planned = plan(resources, existing.as_ref(), scope, &kube.settings.legacy);
         let mut report = planned.report;
+        for key in &report.invalid {
+            tracing::warn!(
+                key = %key,
+                "legacy ConfigMap: entry left out: {} characters or characters the API server refuses in a ConfigMap key (at most {MAX_CONFIGMAP_KEY_LEN} of [-._a-zA-Z0-9]); its ETCDSnapshotFile resource is not affected",
+                key.len()
+            );
+        }
         if !planned.write {
             return Ok(report);
         }
@@ -290,6 +308,16 @@ mod tests {
         // The estimate really bounds the JSON of the data map.
         let json = serde_json::to_vec(&b.data).map(|v| v.len()).unwrap_or(usize::MAX);
         assert!(json + 3000 <= max);
+    }
+
+    #[test]
+    fn a_key_the_api_server_refuses_is_left_out_alone() {
+        let mut entries: Vec<Entry> = (0..3).map(|i| entry(i, 10)).collect();
+        let long = format!("local-{}", "x".repeat(250));
+        entries.push(Entry { key: long.clone(), value: "v".into(), created: 99 });
+        let b = bound(entries, 100, 1_000_000, 100);
+        assert_eq!(b.invalid, [long]);
+        assert_eq!(b.data.len(), 3);
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub enum Marked {
 
 /// Marks this node's Node as reconciled now (locally, and for S3 when `s3` is true).
 pub async fn mark_reconciled(kube: &Kube, s3: bool, now: jiff::Timestamp) -> Result<Marked, ApiError> {
-    let name = &kube.settings.node_name;
+    // Kubernetes Node names are lower case, whatever case the host name has.
+    let name = &kube.settings.node_name.to_lowercase();
     let nodes: Api<Node> = Api::all(kube.client.clone());
     let Some(node) = nodes.get_opt(name).await.map_err(ApiError::new("read node", name.as_str()))? else {
         return Ok(Marked::NoNode);

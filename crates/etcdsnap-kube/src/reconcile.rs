@@ -15,7 +15,7 @@ use crate::lease::NodeLiveness;
 use crate::resources::{self, Written, is_terminating, merge_for_update, resource_key, storage_label};
 use crate::{ApiError, Kube, legacy};
 use etcdsnap_api::consts::{LABEL_STORAGE_NODE, S3_STORAGE_NODE};
-use etcdsnap_api::{ETCDSnapshotFile, StorageKind};
+use etcdsnap_api::{ETCDSnapshotFile, ETCDSnapshotS3, StorageKind};
 use etcdsnap_storage::SnapshotRecord;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +38,9 @@ pub struct Scope<'a> {
     pub keep_recent_failures: bool,
     /// Keep resources younger than [`NEW_S3_GRACE`] (S3 only).
     pub keep_new: bool,
+    /// Only resources of this S3 location (endpoint, bucket, folder) are managed by the scope:
+    /// storage that was not listed says nothing about its resources.
+    pub location: Option<&'a ETCDSnapshotS3>,
 }
 
 /// Everything the planner looks at.
@@ -50,6 +53,9 @@ pub struct PlanInput<'a> {
     pub deleted: &'a BTreeSet<String>,
     /// This node's name: local resources of other nodes are never deleted through `deleted`.
     pub node_name: &'a str,
+    /// The S3 location this node's operations use: S3 resources are deleted through `deleted`
+    /// only when they are of this location.
+    pub s3_location: Option<&'a ETCDSnapshotS3>,
     /// Extra metadata kept in the legacy ConfigMap, by key, for records that have none.
     pub legacy_metadata: &'a BTreeMap<String, BTreeMap<String, String>>,
     pub now: jiff::Timestamp,
@@ -89,7 +95,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             continue;
         }
         let label = storage_label(cr);
-        if label == Some(S3_STORAGE_NODE) || label == Some(input.node_name) {
+        let ours = match label {
+            Some(S3_STORAGE_NODE) => input.s3_location.is_some_and(|loc| same_location(cr.spec.s3.as_ref(), loc)),
+            other => other == Some(input.node_name),
+        };
+        if ours {
             plan.delete.push(cr.clone());
         }
     }
@@ -114,6 +124,9 @@ fn plan_scope<'a>(input: &PlanInput<'a>, scope: &Scope<'_>, plan: &mut Plan, han
         if storage_label(cr) != Some(scope.label.as_str()) || is_terminating(cr) {
             continue;
         }
+        if scope.location.is_some_and(|loc| !same_location(cr.spec.s3.as_ref(), loc)) {
+            continue; // another folder, bucket or endpoint: not listed, not ours to judge
+        }
         let name = cr.metadata.name.as_deref().unwrap_or_default();
         handled.insert(name);
         let key = resource_key(cr);
@@ -134,6 +147,17 @@ fn plan_scope<'a>(input: &PlanInput<'a>, scope: &Scope<'_>, plan: &mut Plan, han
         plan.delete.push(cr.clone());
     }
     plan.create.extend(wanted.values().map(SnapshotRecord::to_resource));
+}
+
+/// Whether a resource's `spec.s3` names the S3 location `listed`: same endpoint, bucket and
+/// folder (a missing folder and an empty one are the same; so are leading and trailing `/`).
+pub fn same_location(spec: Option<&ETCDSnapshotS3>, listed: &ETCDSnapshotS3) -> bool {
+    let Some(spec) = spec else { return false };
+    let text = |v: &Option<String>| v.as_deref().unwrap_or_default().trim().to_string();
+    let folder = |v: &Option<String>| text(v).trim_matches('/').to_string();
+    text(&spec.endpoint) == text(&listed.endpoint)
+        && text(&spec.bucket) == text(&listed.bucket)
+        && folder(&spec.prefix) == folder(&listed.prefix)
 }
 
 /// Whether a resource with no snapshot behind it is kept for now.
@@ -263,6 +287,9 @@ pub struct StorageState {
     pub local: Option<Vec<SnapshotRecord>>,
     /// The S3 snapshots.
     pub s3: Option<Vec<SnapshotRecord>>,
+    /// Where they were listed (never credentials); S3 resources of other locations stay as
+    /// they are.
+    pub s3_location: Option<ETCDSnapshotS3>,
     /// Keys of snapshots an operation just deleted on purpose.
     pub deleted: BTreeSet<String>,
 }
@@ -324,21 +351,34 @@ async fn reconcile(
 
     let mut scopes = Vec::new();
     if let Some(local) = &state.local {
-        scopes.push(Scope { label: node.clone(), desired: local, keep_recent_failures: true, keep_new: false });
+        scopes.push(Scope {
+            label: node.clone(),
+            desired: local,
+            keep_recent_failures: true,
+            keep_new: false,
+            location: None,
+        });
     }
     let mut orphaned = Vec::new();
     if let Some(view) = leader {
-        if let Some(s3) = &state.s3 {
+        if let (Some(s3), Some(location)) = (&state.s3, &state.s3_location) {
             scopes.push(Scope {
                 label: S3_STORAGE_NODE.into(),
                 desired: s3,
                 keep_recent_failures: true,
                 keep_new: true,
+                location: Some(location),
             });
         }
         orphaned = view.liveness.orphaned_labels(&existing, &node, kube.settings.orphan_ttl);
         for label in &orphaned {
-            scopes.push(Scope { label: label.clone(), desired: &[], keep_recent_failures: false, keep_new: false });
+            scopes.push(Scope {
+                label: label.clone(),
+                desired: &[],
+                keep_recent_failures: false,
+                keep_new: false,
+                location: None,
+            });
         }
     }
     let input = PlanInput {
@@ -346,6 +386,7 @@ async fn reconcile(
         existing: &existing,
         deleted: &state.deleted,
         node_name: &node,
+        s3_location: state.s3_location.as_ref(),
         legacy_metadata: &legacy_metadata,
         now: jiff::Timestamp::now(),
     };
@@ -435,13 +476,46 @@ mod tests {
         cr
     }
 
-    fn s3_record(name: &str, node: &str) -> SnapshotRecord {
+    /// The S3 location the test passes list.
+    fn listed_folder() -> ETCDSnapshotS3 {
+        ETCDSnapshotS3 { bucket: Some("bucket".into()), prefix: Some("folder".into()), ..Default::default() }
+    }
+
+    fn s3_record_in(name: &str, node: &str, folder: &str) -> SnapshotRecord {
         let mut r = test_record(name, node);
         r.storage = StorageKind::S3;
-        r.location = format!("s3://bucket/folder/{name}");
-        r.s3 =
-            Some(ETCDSnapshotS3 { bucket: Some("bucket".into()), prefix: Some("folder".into()), ..Default::default() });
+        r.location = format!("s3://bucket/{folder}/{name}");
+        r.s3 = Some(ETCDSnapshotS3 { prefix: Some(folder.into()), ..listed_folder() });
         r
+    }
+
+    fn s3_record(name: &str, node: &str) -> SnapshotRecord {
+        s3_record_in(name, node, "folder")
+    }
+
+    #[test]
+    fn resources_of_s3_locations_that_were_not_listed_stay() {
+        let mut c = Case::new();
+        let here = s3_record("a-n1-1700000000", "n1");
+        // The same snapshot name in another folder of the same bucket, and one only there.
+        let there = s3_record_in("a-n1-1700000000", "n1", "two");
+        let only_there = s3_record_in("a-n2-1700000000", "n2", "two");
+        c.existing = vec![
+            stored(here.to_resource(), 1_700_000_000),
+            stored(there.to_resource(), 1_700_000_000),
+            stored(only_there.to_resource(), 1_700_000_000),
+        ];
+        // Listed: the folder holds nothing any more, and this node just deleted a-n1 there.
+        c.s3 = Some(Vec::new());
+        c.deleted = BTreeSet::from([here.key()]);
+        let p = c.plan();
+        assert_eq!(names(&p.delete), [here.cr_name()], "only the listed folder's resource goes");
+        assert!(p.create.is_empty() && p.update.is_empty());
+        assert!(same_location(
+            here.s3.as_ref(),
+            &ETCDSnapshotS3 { prefix: Some("/folder/".into()), ..listed_folder() }
+        ));
+        assert!(!same_location(None, &listed_folder()));
     }
 
     struct Case {
@@ -466,13 +540,20 @@ mod tests {
         }
 
         fn plan(&self) -> Plan {
-            let mut scopes =
-                vec![Scope { label: "n1".into(), desired: &self.local, keep_recent_failures: true, keep_new: false }];
+            let scope = |label: &str, desired, keep_recent_failures, keep_new, location| Scope {
+                label: label.into(),
+                desired,
+                keep_recent_failures,
+                keep_new,
+                location,
+            };
+            let folder = listed_folder();
+            let mut scopes = vec![scope("n1", &self.local, true, false, None)];
             if let Some(s3) = &self.s3 {
-                scopes.push(Scope { label: "s3".into(), desired: s3, keep_recent_failures: true, keep_new: true });
+                scopes.push(scope("s3", s3, true, true, Some(&folder)));
             }
             for o in &self.orphans {
-                scopes.push(Scope { label: o.clone(), desired: &[], keep_recent_failures: false, keep_new: false });
+                scopes.push(scope(o, &[], false, false, None));
             }
             let legacy = BTreeMap::from([(
                 "local-a-n1-1700000002".to_string(),
@@ -483,6 +564,7 @@ mod tests {
                 existing: &self.existing,
                 deleted: &self.deleted,
                 node_name: "n1",
+                s3_location: Some(&folder),
                 legacy_metadata: &legacy,
                 now: t(self.now),
             })

@@ -100,7 +100,12 @@ async fn pass(kube: &Kube, api: &KubeApiServer, dir: &Path, s3: &S3Server, store
     let s3_started = Instant::now();
     let remote = store.list().await?;
     let s3_listed = s3_started.elapsed();
-    let state = StorageState { local: Some(listing.records), s3: Some(remote.records), deleted: Default::default() };
+    let state = StorageState {
+        local: Some(listing.records),
+        s3: Some(remote.records),
+        s3_location: Some(store.spec()),
+        deleted: Default::default(),
+    };
     let view = LeaderView { liveness: NodeLiveness::read(&kube.client).await? };
     let report = reconcile_leader(kube, &state, &view).await?;
     let total = started.elapsed();

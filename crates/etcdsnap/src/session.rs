@@ -24,18 +24,21 @@ use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell};
 
 /// The zstd level when none is configured.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
-/// Where this node keeps local snapshots.
+/// This node's snapshot directory.
 #[derive(Debug, Clone)]
-pub enum LocalSetting {
-    /// `--no-local`: S3 only.
-    Disabled,
-    /// A snapshot directory. Only the default one is created when missing (K3s's rule).
-    Dir { path: PathBuf, is_default: bool },
+pub struct LocalSetting {
+    pub dir: PathBuf,
+    /// Only the default directory is created when missing (K3s's rule).
+    pub is_default: bool,
+    /// Whether snapshots are kept there (false with `--no-local`: S3 only, but saves still take
+    /// the directory's lock, so that every save of the node excludes the others).
+    pub keep: bool,
 }
 
 /// How the session treats Kubernetes.
@@ -63,6 +66,8 @@ pub struct SessionConfig {
     pub s3_enabled: bool,
     /// S3 settings given as flags (possibly none but the retention).
     pub s3_flags: RawS3Settings,
+    /// How long an upload of this node must be idle before a save aborts it as abandoned.
+    pub s3_stale_upload_after: Duration,
     /// `--cluster-id`.
     pub cluster_id: Option<String>,
     pub etcd: EtcdConfig,
@@ -153,7 +158,7 @@ impl Session {
 
     /// Whether this node's local snapshots are managed (false with `--no-local`).
     pub fn local_managed(&self) -> bool {
-        !matches!(self.config.local, LocalSetting::Disabled)
+        self.config.local.keep
     }
 
     /// Whether S3 may come from the config Secret (a Secret is named and no flag describes a
@@ -189,11 +194,7 @@ impl Session {
     }
 
     fn base_context(&self) -> Context {
-        let lock_dir = match (&self.config.local, self.config.creates) {
-            (LocalSetting::Dir { path, .. }, true) => Some(path.clone()),
-            (LocalSetting::Disabled, true) => Some(self.config.data_dir.join("snapshots")),
-            (_, false) => None,
-        };
+        let lock_dir = self.config.creates.then(|| self.config.local.dir.clone());
         Context {
             node_name: self.config.node_name.clone(),
             etcd: self.config.etcd.clone(),
@@ -201,6 +202,7 @@ impl Session {
             remote_spec: self.flag_s3.as_ref().map(|s| s.spec()),
             remote: self.flag_s3.clone().map(|s| s as Arc<dyn SnapshotStore>),
             s3_retention: self.flag_retention().or(self.flag_s3.as_ref().and_then(|s| s.config().retention)),
+            stale_upload_after: self.config.s3_stale_upload_after,
             token_hash: self.config.token_hash.clone(),
             cluster_id: self.config.cluster_id.clone().filter(|c| !c.trim().is_empty()),
             extra_metadata: None,
@@ -342,10 +344,13 @@ impl Session {
 /// The snapshot directory, opened. A missing default directory means "no local snapshots yet"
 /// for commands that do not write.
 fn open_local(config: &SessionConfig) -> Result<Option<LocalStore>, StoreError> {
-    let LocalSetting::Dir { path, is_default } = &config.local else { return Ok(None) };
-    match LocalStore::open(path, config.creates && *is_default, &config.node_name) {
+    let local = &config.local;
+    if !local.keep {
+        return Ok(None);
+    }
+    match LocalStore::open(&local.dir, config.creates && local.is_default, &config.node_name) {
         Ok(store) => Ok(Some(store)),
-        Err(StoreError::MissingDir(_)) if *is_default && !config.creates => Ok(None),
+        Err(StoreError::MissingDir(_)) if local.is_default && !config.creates => Ok(None),
         Err(e) => Err(e),
     }
 }

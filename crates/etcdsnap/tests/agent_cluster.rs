@@ -87,9 +87,9 @@ async fn leader(client: &kube::Client) -> Option<String> {
     spec.holder_identity.filter(|h| !h.is_empty() && fresh)
 }
 
-/// Published snapshots in a node's snapshot directory (not the lock, not a save in progress).
+/// A node's snapshot directory, which holds its snapshots and nothing else.
 fn local_names(dir: &Path) -> BTreeSet<String> {
-    files_in(&dir.join("snapshots")).into_iter().filter(|f| !f.starts_with('.') && !f.ends_with(".part")).collect()
+    files_in(&dir.join("snapshots")).into_iter().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{SlowEtcd, TestResult, etcdctl_snapshot, files_in, load_kube_like_data, mode, run, wait_for_partial};
+use common::{
+    SlowEtcd, TestResult, etcdctl_snapshot, files_in, load_kube_like_data, mode, run, wait_for_save_in_progress,
+};
 use sha2::Digest;
 use std::io::Read;
 use std::path::Path;
@@ -48,11 +50,13 @@ async fn save_list_verify_every_compression() -> TestResult {
     // Least privilege: 0700 directories, 0600 files.
     assert_eq!(mode(&snapdir), 0o700);
     assert_eq!(mode(&metadir), 0o700);
-    let files: Vec<String> = files_in(&snapdir).into_iter().filter(|f| !f.starts_with('.')).collect();
+    let files: Vec<String> = files_in(&snapdir).into_iter().collect();
     assert_eq!(files.len(), 3, "{files:?}");
     for f in &files {
         assert_eq!(mode(&snapdir.join(f)), 0o600, "{f}");
-        assert_eq!(mode(&metadir.join(f)), 0o600, "metadata of {f}");
+        assert_eq!(mode(&metadir.join(format!("{f}.etcdsnap.json"))), 0o600, "record of {f}");
+        // No extra metadata (no Kubernetes here): no K3s metadata file, as K3s does.
+        assert!(!metadir.join(f).exists(), "{f}");
         assert!(f.starts_with("on-demand-node-1-"), "{f}");
     }
 
@@ -89,7 +93,8 @@ async fn save_list_verify_every_compression() -> TestResult {
     // Each format decompresses, with standard tools, to a snapshot etcd itself accepts.
     for f in &files {
         let stored = std::fs::read(snapdir.join(f))?;
-        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(metadir.join(f))?)?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(metadir.join(format!("{f}.etcdsnap.json")))?)?;
         assert_eq!(doc["apiVersion"], "etcdsnap.io/v1");
         assert_eq!(doc["sha256"], hex::encode(sha2::Sha256::digest(&stored)));
         assert_eq!(doc["size"], stored.len() as u64);
@@ -150,15 +155,14 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
     // And a wrong CA for the server certificate is refused by us.
     let wca = other.ca_path().to_string_lossy().to_string();
     run_save(save(&wca, &cert, &key, &["--dial-timeout", "3s"])).await.expect_fail();
-    let published: Vec<_> =
-        files_in(&data.path().join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
+    let published: Vec<_> = files_in(&data.path().join("snapshots")).into_iter().collect();
     assert_eq!(published.len(), 1, "{published:?}");
     Ok(())
 }
 
 /// A snapshot directory with nothing published and no leftovers.
 fn assert_nothing_published(dir: &Path) {
-    let files: Vec<_> = files_in(&dir.join("snapshots")).into_iter().filter(|f| f != ".etcdsnap.lock").collect();
+    let files: Vec<_> = files_in(&dir.join("snapshots")).into_iter().collect();
     assert!(files.is_empty(), "published or left over: {files:?}");
     assert!(files_in(&dir.join(".metadata")).is_empty());
 }
@@ -202,20 +206,22 @@ async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> 
     let args = ["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &slow.endpoint];
 
     let mut child = common::command(&args).spawn()?;
-    // Once the .part file has data, kill -9.
-    wait_for_partial(&snapdir, 100_000, Duration::from_secs(30)).await?;
+    // Once the save has written data (to a file with no name yet), kill -9.
+    let pid = child.id().ok_or("no pid")?;
+    wait_for_save_in_progress(pid, &snapdir, 100_000, Duration::from_secs(30)).await?;
     child.start_kill()?;
     child.wait().await?;
     slow.proxy.set_fault(Fault::None);
 
+    // The killed save left nothing anywhere K3s or a listing looks: the snapshot directory is
+    // empty and the metadata directory holds no record.
+    assert!(files_in(&snapdir).is_empty(), "{:?}", files_in(&snapdir));
+    assert!(files_in(&data.path().join(".metadata")).is_empty());
     let listed = run(&["ls", "--data-dir", &dd, "--node-name", "n1", "-o", "json"], &[]).await.expect_ok().json();
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "a killed save must not be listed");
-    assert!(files_in(&snapdir).iter().any(|f| f.ends_with(".part")), "the .part file is what a crash leaves");
 
     run(&args, &[]).await.expect_ok();
-    let files = files_in(&snapdir);
-    assert!(!files.iter().any(|f| f.ends_with(".part")), "next run cleans up: {files:?}");
-    assert_eq!(files.iter().filter(|f| !f.starts_with('.')).count(), 1);
+    assert_eq!(files_in(&snapdir).len(), 1, "{:?}", files_in(&snapdir));
     run(&["verify", "--data-dir", &dd, "--node-name", "n1"], &[]).await.expect_ok();
     Ok(())
 }
@@ -228,7 +234,8 @@ async fn a_second_save_into_the_same_directory_is_refused_while_one_runs() -> Te
     let first =
         common::command(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &slow.endpoint]).spawn()?;
     let snapdir = data.path().join("snapshots");
-    wait_for_partial(&snapdir, 0, Duration::from_secs(30)).await?;
+    let pid = first.id().ok_or("no pid")?;
+    wait_for_save_in_progress(pid, &snapdir, 0, Duration::from_secs(30)).await?;
     let direct = slow.etcd.endpoints()[0].clone();
     let second =
         run(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &direct], &[]).await.expect_fail();
@@ -254,7 +261,7 @@ async fn verify_detects_a_flipped_byte_in_every_format() -> TestResult {
         ];
         run(&["save", "--compress", compress], &env).await.expect_ok();
         let snapdir = data.path().join("snapshots");
-        let file = files_in(&snapdir).into_iter().find(|f| !f.starts_with('.')).ok_or("no snapshot")?;
+        let file = files_in(&snapdir).into_iter().next().ok_or("no snapshot")?;
         let path = snapdir.join(&file);
         let mut bytes = std::fs::read(&path)?;
         let at = bytes.len() / 2;
@@ -263,7 +270,7 @@ async fn verify_detects_a_flipped_byte_in_every_format() -> TestResult {
         let out = run(&["verify"], &env).await.expect_fail();
         assert!(out.stdout.contains("FAILED"), "{compress}: {}", out.stdout);
         // With the metadata document gone only etcd's own trailer is left, and it still catches it.
-        std::fs::remove_file(data.path().join(".metadata").join(&file))?;
+        std::fs::remove_file(data.path().join(".metadata").join(format!("{file}.etcdsnap.json")))?;
         let out = run(&["verify", &file], &env).await.expect_fail();
         assert!(out.stdout.contains("FAILED"), "{compress} without document: {}", out.stdout);
     }
@@ -294,14 +301,14 @@ async fn retention_keeps_the_newest_per_prefix_and_node() -> TestResult {
         save("a", "on-demand-weekly").await;
     }
     let snapdir = data.path().join("snapshots");
-    let before: Vec<String> = files_in(&snapdir).into_iter().filter(|f| !f.starts_with('.')).collect();
+    let before: Vec<String> = files_in(&snapdir).into_iter().collect();
     assert_eq!(before.len(), 10, "{before:?}");
 
     let out = run(&["prune", "--data-dir", &dd, "--node-name", "a", "--name", "on-demand", "--retention", "2"], &[])
         .await
         .expect_ok();
     assert_eq!(out.stdout.lines().filter(|l| l.contains("deleted")).count(), 3, "{}", out.stdout);
-    let after: Vec<String> = files_in(&snapdir).into_iter().filter(|f| !f.starts_with('.')).collect();
+    let after: Vec<String> = files_in(&snapdir).into_iter().collect();
     let newest = |prefix: &str, n: usize| {
         let mut v: Vec<String> = before.iter().filter(|f| f.starts_with(prefix)).cloned().collect();
         v.sort_by_key(|f| f.rsplit('-').next().and_then(|t| t.parse::<i64>().ok()));
@@ -311,8 +318,9 @@ async fn retention_keeps_the_newest_per_prefix_and_node() -> TestResult {
         [newest("on-demand-a-", 2), newest("on-demand-b-", 2), newest("on-demand-weekly-a-", 3)].concat();
     expected.sort();
     assert_eq!(after, expected);
-    // Metadata documents go with their snapshots.
-    assert_eq!(files_in(&data.path().join(".metadata")), expected);
+    // Records go with their snapshots.
+    let records: Vec<String> = expected.iter().map(|n| format!("{n}.etcdsnap.json")).collect();
+    assert_eq!(files_in(&data.path().join(".metadata")), records);
     Ok(())
 }
 
@@ -340,7 +348,7 @@ async fn path_traversal_and_bad_names_are_refused() -> TestResult {
     let out = run(&["save", "--data-dir", &dd, "--endpoints", &endpoints, "--node-name", "Bad_Node"], &[])
         .await
         .expect_fail();
-    assert!(out.stderr.contains("invalid node name"), "{}", out.stderr);
+    assert!(out.stderr.contains("--node-name") && out.stderr.contains("Bad_Node"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&victim)?, "keep me");
     // A name that does not exist is reported, and the exit code says so.
     let out = run(&["delete", "--data-dir", &dd, "--node-name", "n1", "on-demand-n1-1"], &[]).await.expect_fail();
@@ -434,7 +442,7 @@ async fn config_file_environment_and_flags_in_that_order_of_precedence() -> Test
     run(&["save", "--config", &cfg], &[]).await.expect_ok();
     run(&["save", "--config", &cfg], &[("ETCDSNAP_NAME", "fromenv")]).await.expect_ok();
     run(&["save", "--config", &cfg, "--name", "fromflag"], &[("ETCDSNAP_NAME", "fromenv")]).await.expect_ok();
-    let files: Vec<String> = files_in(&dd.join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
+    let files: Vec<String> = files_in(&dd.join("snapshots")).into_iter().collect();
     let bases: Vec<&str> = files.iter().filter_map(|f| f.split('-').next()).collect();
     assert_eq!(bases.len(), 3);
     for b in ["fromfile", "fromenv", "fromflag"] {

@@ -23,6 +23,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BUCKET: &str = "faults";
 const NODE: &str = "node-1";
+/// Per-request S3 timeout of the suite; also how long an open upload must be idle before a save
+/// of its node aborts it (10 minutes by default).
+const S3_TIMEOUT: Duration = Duration::from_secs(4);
 /// A K3s-format server token; its password part must never reach a log.
 const SERVER_TOKEN: &str =
     "K100123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef::server:faults-server-password";
@@ -79,6 +82,9 @@ impl World {
             ("ETCDSNAP_S3_ENDPOINT".into(), self.s3.endpoint()),
             ("ETCDSNAP_S3_INSECURE".into(), "true".into()),
             ("ETCDSNAP_S3_BUCKET".into(), BUCKET.into()),
+            // A save aborts the uploads its node left open once they are idle this long.
+            ("ETCDSNAP_S3_TIMEOUT".into(), format!("{}s", S3_TIMEOUT.as_secs())),
+            ("ETCDSNAP_S3_STALE_UPLOAD_AFTER".into(), format!("{}s", S3_TIMEOUT.as_secs())),
             ("AWS_ACCESS_KEY_ID".into(), self.s3.access_key().into()),
             ("AWS_SECRET_ACCESS_KEY".into(), self.s3.secret_key().into()),
             ("KUBECONFIG".into(), self.api.kubeconfig_path().display().to_string()),
@@ -183,25 +189,36 @@ impl World {
         Ok(stored)
     }
 
-    /// Nothing half-done survives a normal run: no `.part` file, no open multipart upload.
+    /// Nothing half-done survives a normal run: no partial file, no open multipart upload, no
+    /// record or metadata without its snapshot.
     async fn assert_nothing_partial(&self, after: &str) -> Result<(), Error> {
-        let parts: Vec<String> =
-            common::files_in(&self.snapshot_dir()).into_iter().filter(|f| f.ends_with(".part")).collect();
-        assert!(parts.is_empty(), "after {after}: {parts:?} survived");
+        let partial = common::files_in(&self.data_dir().join(".etcdsnap/partial"));
+        assert!(partial.is_empty(), "after {after}: {partial:?} survived");
         let uploads = self.s3.list_multipart_uploads(BUCKET).await?;
         assert!(uploads.is_empty(), "after {after}: multipart uploads left open: {uploads:?}");
-        // No metadata document without its snapshot, locally or in S3.
         let snapshots: BTreeSet<String> = common::files_in(&self.snapshot_dir()).into_iter().collect();
         for doc in common::files_in(&self.data_dir().join(".metadata")) {
-            assert!(snapshots.contains(&doc), "after {after}: local metadata document {doc} without its snapshot");
+            let name = doc.strip_suffix(".etcdsnap.json").unwrap_or(&doc);
+            assert!(snapshots.contains(name), "after {after}: local metadata {doc} without its snapshot");
         }
         let keys: BTreeSet<String> = self.s3.list_keys(BUCKET, "").await?.into_iter().collect();
         for key in &keys {
-            if let Some(name) = key.strip_prefix(".metadata/") {
-                assert!(keys.contains(name), "after {after}: S3 metadata document {key} without its object");
+            if let Some(doc) = key.strip_prefix(".metadata/") {
+                let name = doc.strip_suffix(".etcdsnap.json").unwrap_or(doc);
+                assert!(keys.contains(name), "after {after}: S3 metadata {key} without its object");
             }
         }
         Ok(())
+    }
+
+    /// The snapshot directory holds published snapshots only, whatever happened: K3s takes every
+    /// file there for a snapshot.
+    fn assert_snapshots_only(&self, after: &str) {
+        let odd: Vec<String> = common::files_in(&self.snapshot_dir())
+            .into_iter()
+            .filter(|f| f.ends_with(".part") || f.starts_with('.'))
+            .collect();
+        assert!(odd.is_empty(), "after {after}: the snapshot directory holds {odd:?}");
     }
 
     /// No access key, secret key or server token in anything the binary printed.
@@ -350,16 +367,25 @@ async fn sigkill_at_every_point_of_a_save_loses_nothing() -> TestResult {
     let world = World::start(32).await?;
     for point in failpoint::POINTS {
         world.kill_at(point, &["save"]).await?;
-        // The fault is real: the killed save left its debris behind.
-        if [failpoint::MID_STREAM, failpoint::BEFORE_COMMIT, failpoint::LOCAL_AFTER_METADATA].contains(point) {
-            let parts = common::files_in(&world.snapshot_dir()).into_iter().filter(|f| f.ends_with(".part")).count();
-            assert_eq!(parts, 1, "SIGKILL at {point} should leave a .part file");
+        // The fault is real: the killed save left its debris behind (but never in the snapshot
+        // directory, where the bytes in flight have no name).
+        world.assert_snapshots_only(&format!("SIGKILL at {point}"));
+        if *point == failpoint::LOCAL_AFTER_METADATA {
+            let records = common::files_in(&world.data_dir().join(".metadata"));
+            let orphans = records.iter().filter(|r| r.ends_with(".etcdsnap.json")).count();
+            assert!(orphans > common::files_in(&world.snapshot_dir()).len(), "SIGKILL at {point}: no orphan record");
         }
-        if [failpoint::MID_STREAM, failpoint::BEFORE_COMMIT, failpoint::S3_AFTER_METADATA].contains(point) {
+        let left_upload =
+            [failpoint::MID_STREAM, failpoint::BEFORE_COMMIT, failpoint::S3_AFTER_METADATA].contains(point);
+        if left_upload {
             assert!(!world.s3.list_multipart_uploads(BUCKET).await?.is_empty(), "SIGKILL at {point}: no open upload");
         }
         world.assert_consistent(&format!("SIGKILL at {point}")).await?;
-        // The next run cleans up what the killed one left and succeeds.
+        // The next run cleans up what the killed one left and succeeds; an upload is only
+        // aborted once it has been idle for the threshold (no save could still be writing it).
+        if !world.s3.list_multipart_uploads(BUCKET).await?.is_empty() {
+            tokio::time::sleep(S3_TIMEOUT).await;
+        }
         world.run(&["save"]).await.expect_ok();
         world.assert_nothing_partial(&format!("the run after SIGKILL at {point}")).await?;
         world.assert_consistent(&format!("the run after SIGKILL at {point}")).await?;
@@ -389,12 +415,14 @@ async fn sigkill_of_the_agent_mid_save_is_repaired_by_the_next_agent() -> TestRe
         // reconcile makes the resources whole.
         let agent = world.start_agent(&args, &[]).await?;
         saves_at_least(&agent, 1.0).await?;
-        eventually("S3 holds every local snapshot", Duration::from_secs(60), || async {
+        eventually("S3 holds every local snapshot and no upload is left open", Duration::from_secs(60), || async {
             let stored = world.stored().await?;
             let (local, remote) = by_location(&stored);
-            Ok(local == remote && world.resources().await? == stored)
+            let open = world.s3.list_multipart_uploads(BUCKET).await?;
+            Ok(local == remote && world.resources().await? == stored && open.is_empty())
         })
         .await?;
+        world.assert_snapshots_only(&format!("the agent after SIGKILL at {point}"));
         world.stop_agent(agent).await?;
         world.assert_nothing_partial(&format!("the agent after SIGKILL at {point}")).await?;
         world.assert_consistent(&format!("the agent after SIGKILL at {point}")).await?;
@@ -520,8 +548,7 @@ async fn killing_the_etcd_leader_mid_snapshot_makes_the_save_retry_from_a_surviv
     // The stream broke with the leader; the same save took the snapshot again from a survivor.
     let out = out.expect_ok();
     assert!(out.stderr.contains("taking the snapshot again from another member"), "{}", out.stderr);
-    let published: Vec<String> =
-        common::files_in(&data.path().join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
+    let published: Vec<String> = common::files_in(&data.path().join("snapshots")).into_iter().collect();
     assert_eq!(published.len(), 1, "{published:?}");
     let verified = common::run(&["verify", "--data-dir", &dd, "--node-name", NODE, "--no-kube", "-o", "json"], &[])
         .await
@@ -532,8 +559,7 @@ async fn killing_the_etcd_leader_mid_snapshot_makes_the_save_retry_from_a_surviv
     let alone = ["save", "--endpoints", &dead_only, "--node-name", NODE, "--data-dir", &dd, "--no-kube"];
     let out = common::run(&alone, &[]).await.expect_fail();
     assert!(out.stderr.contains(&dead_only), "the error names the endpoint: {}", out.stderr);
-    let after: Vec<String> =
-        common::files_in(&data.path().join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect();
+    let after: Vec<String> = common::files_in(&data.path().join("snapshots")).into_iter().collect();
     assert_eq!(after, published);
     assert_private(data.path());
     Ok(())
@@ -623,7 +649,7 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     let before_outside = contents(outside.path());
     let snaps = world.snapshot_dir();
     let meta = world.data_dir().join(".metadata");
-    let real = common::files_in(&snaps).into_iter().find(|f| !f.starts_with('.')).ok_or("no snapshot")?;
+    let real = common::files_in(&snaps).into_iter().next().ok_or("no snapshot")?;
 
     // Local: a snapshot that is a symlink out of the directory; a metadata document that is a
     // symlink; one that is huge, one deeply nested, one not JSON, one about another snapshot.
@@ -647,7 +673,13 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
             std::fs::write(meta.join(name), doc)?;
         }
     }
-    // `.part` links planted where the next saves will write: the save must not follow them.
+    // etcdsnap's own records, hostile too: a symlink out, and a lie about another snapshot.
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        meta.join("etcd-snapshot-node-1-1700000003.etcdsnap.json"),
+    )?;
+    std::fs::write(meta.join("etcd-snapshot-node-1-1700000005.etcdsnap.json"), &hostile_docs[4].1)?;
+    // `.part` links planted where older releases wrote: nothing must follow them.
     let now = jiff::Timestamp::now().as_second();
     for t in now..now + 60 {
         let _ = std::os::unix::fs::symlink(

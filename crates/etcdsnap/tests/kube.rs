@@ -90,7 +90,7 @@ fn names_of(items: &[ETCDSnapshotFile]) -> BTreeSet<String> {
 }
 
 fn files(dir: &Path) -> Vec<String> {
-    common::files_in(dir).into_iter().filter(|f| !f.starts_with('.')).collect()
+    common::files_in(dir).into_iter().collect()
 }
 
 fn ts(secs: i64) -> jiff::Timestamp {
@@ -185,10 +185,13 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     assert_eq!(status.size.map(|q| q.0), Some(size.to_string()));
     let stamp = name.rsplit('-').next().and_then(|s| s.parse::<i64>().ok()).ok_or("no timestamp")?;
     assert_eq!(status.creation_time.map(|t| t.0.as_second()), Some(stamp));
-    // The same extra metadata is in the metadata document on disk.
+    // The same extra metadata is in etcdsnap's record on disk, and in K3s's file as K3s writes it.
+    let meta_dir = env.data_dir("node-1").join(".metadata");
     let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.data_dir("node-1").join(".metadata").join(&name))?)?;
+        serde_json::from_slice(&std::fs::read(meta_dir.join(format!("{name}.etcdsnap.json")))?)?;
     assert_eq!(doc["extraMetadata"]["cluster-name"], "c-12345");
+    let k3s: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(meta_dir.join(&name))?)?;
+    assert_eq!(k3s.get("cluster-name").map(String::as_str), Some("c-12345"));
     // K3s's event.
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let evs = events.list(&ListParams::default()).await?.items;
@@ -369,7 +372,7 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     let ctx_dir = dir.canonicalize()?;
     let local = etcdsnap_storage::store::local::LocalStore::open(&ctx_dir, false, "node-1")?;
     let listing = etcdsnap_storage::store::SnapshotStore::list(&local).await?;
-    let state = StorageState { local: Some(listing.records), s3: None, deleted: BTreeSet::new() };
+    let state = StorageState { local: Some(listing.records), s3: None, s3_location: None, deleted: BTreeSet::new() };
     let before = env.audit().len();
     let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
     let report = reconcile_leader(&kube, &state, &view).await?;
@@ -478,7 +481,13 @@ async fn two_nodes_reconcile_s3_concurrently_without_flapping() -> TestResult {
         let client = kube.client.clone();
         let node = kube.settings.node_name.clone();
         renew_heartbeat(&client, &node, Duration::from_secs(3600), Duration::from_secs(60)).await?;
-        let state = StorageState { local: Some(Vec::new()), s3: Some(listing), deleted: BTreeSet::new() };
+        let location = listing.first().and_then(|r| r.s3.clone());
+        let state = StorageState {
+            local: Some(Vec::new()),
+            s3: Some(listing),
+            s3_location: location,
+            deleted: BTreeSet::new(),
+        };
         let lease = LeaderLease::new(client.clone(), &node, Duration::from_secs(15));
         let report = if lease.try_acquire().await?.is_leader() {
             let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
@@ -722,7 +731,8 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
         let listing = etcdsnap_storage::store::SnapshotStore::list(&local).await?;
         let total = listing.records.len();
         assert_eq!(total, (step + 1) * per_step);
-        let state = StorageState { local: Some(listing.records), s3: None, deleted: BTreeSet::new() };
+        let state =
+            StorageState { local: Some(listing.records), s3: None, s3_location: None, deleted: BTreeSet::new() };
         let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(600));
         assert!(lease.try_acquire().await?.is_leader());
         let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
@@ -759,6 +769,7 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
     let state = StorageState {
         local: Some(etcdsnap_storage::store::SnapshotStore::list(&local).await?.records),
         s3: None,
+        s3_location: None,
         deleted: BTreeSet::new(),
     };
     let before = env.audit().len();

@@ -67,8 +67,7 @@ impl Fixture {
             .await
             .expect_ok();
             let after = files_in(&data.path().join("snapshots"));
-            let new =
-                after.into_iter().find(|f| !before.contains(f) && !f.starts_with('.')).ok_or("no new snapshot")?;
+            let new = after.into_iter().find(|f| !before.contains(f)).ok_or("no new snapshot")?;
             names.insert(compress, new);
         }
         Ok(Fixture { _etcd: etcd, data, names, revision })
@@ -565,7 +564,8 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     let huge = scratch.path().join("snapshots/on-demand-node-1-1700000000");
     std::fs::create_dir_all(huge.parent().ok_or("no parent")?)?;
     std::fs::copy(fx.path("none"), &huge)?;
-    let doc = std::fs::read_to_string(fx.data.path().join(".metadata").join(&fx.names["none"]))?;
+    let doc =
+        std::fs::read_to_string(fx.data.path().join(".metadata").join(format!("{}.etcdsnap.json", fx.names["none"])))?;
     let mut doc: serde_json::Value = serde_json::from_str(&doc)?;
     doc["name"] = "on-demand-node-1-1700000000.zst".into();
     doc["compression"] = "zstd".into();

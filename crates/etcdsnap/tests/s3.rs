@@ -57,7 +57,7 @@ async fn servers() -> Result<(Etcd, S3Server), Box<dyn std::error::Error>> {
 }
 
 fn snapshot_names(dir: &std::path::Path) -> Vec<String> {
-    files_in(&dir.join("snapshots")).into_iter().filter(|f| !f.starts_with('.')).collect()
+    files_in(&dir.join("snapshots")).into_iter().collect()
 }
 
 fn meta<'a>(headers: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -85,14 +85,17 @@ async fn one_pass_writes_identical_bytes_locally_and_in_s3_with_k3s_layout_and_m
         let expected_type = if name.ends_with(".zip") { "application/zip" } else { "application/octet-stream" };
         assert_eq!(meta(&headers, "content-type"), Some(expected_type), "{name}");
 
-        let (doc, doc_meta) = s3.get_object(BUCKET, &format!("k3s/prod/.metadata/{name}")).await?;
+        // etcdsnap's record, where K3s's listing never reads it; no extra metadata, no K3s file.
+        let record = format!("k3s/prod/.metadata/{name}.etcdsnap.json");
+        assert!(s3.head_object(BUCKET, &format!("k3s/prod/.metadata/{name}")).await.is_err());
+        let (doc, doc_meta) = s3.get_object(BUCKET, &record).await?;
         let doc: serde_json::Value = serde_json::from_slice(&doc)?;
         assert_eq!(doc["apiVersion"], "etcdsnap.io/v1");
         assert_eq!(doc["location"], format!("s3://{BUCKET}/k3s/prod/{name}"));
         assert_eq!(doc["sha256"], hex::encode(sha2::Sha256::digest(&remote)));
         assert_eq!(doc["tokenHash"], "652c7dc687d9");
         assert_eq!(meta(&doc_meta, "etcdsnap-sha256"), doc["sha256"].as_str());
-        let doc_headers = s3.head_object(BUCKET, &format!("k3s/prod/.metadata/{name}")).await?;
+        let doc_headers = s3.head_object(BUCKET, &record).await?;
         assert_eq!(meta(&doc_headers, "content-type"), Some("application/json"));
     }
     let listed = env.run(&["ls", "-o", "json", "--no-local"]).await.expect_ok().json();
@@ -252,8 +255,12 @@ async fn an_interrupted_upload_leaves_no_object_and_the_local_copy_intact() -> T
     env.run(&["verify", "--no-local"]).await.expect_ok();
     let local_only = env.clone_without_s3();
     local_only.run(&["verify"]).await.expect_ok();
-    // The next save aborts the upload the killed server left open.
+    // A save aborts the upload the killed server left open once it has been idle for
+    // --s3-stale-upload-after (and --s3-timeout); before that it might still be written to.
     env.run(&["save"]).await.expect_ok();
+    assert!(!s3.list_multipart_uploads(BUCKET).await?.is_empty(), "an upload idle for seconds is not touched");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.run(&["save", "--s3-stale-upload-after", "2s", "--s3-timeout", "2s"]).await.expect_ok();
     assert!(s3.list_multipart_uploads(BUCKET).await?.is_empty());
     Ok(())
 }
@@ -315,7 +322,7 @@ async fn retention_is_per_cluster_and_per_node() -> TestResult {
         // Both clusters' snapshots of this node name are listed; 2 remain of each.
         assert_eq!(mine, 4, "cluster {cluster} node {node}");
     }
-    // Metadata documents went with their snapshots.
+    // Records went with their snapshots.
     let docs = all_after.iter().filter(|k| k.contains("/.metadata/")).count();
     assert_eq!(docs, 12, "{all_after:?}");
     assert!(all_after.contains(&"shared/on-demand-a-100".to_string()));

@@ -1,34 +1,47 @@
-//! Snapshots in a local directory, K3s's layout: `<dir>/<name>` and `<dir>/../.metadata/<name>`.
+//! Snapshots in a local directory, in K3s's layout: `<dir>/<name>`, K3s's extra metadata in
+//! `<dir>/../.metadata/<name>` (only when there is some, byte for byte what K3s writes), and
+//! etcdsnap's record in `<dir>/../.metadata/<name>.etcdsnap.json`, which K3s never reads.
 //!
-//! Writes go to `<name>.part`, are fsynced, then the metadata document is written the same way,
-//! then the snapshot is renamed into place and the directories fsynced: a snapshot that is
-//! visible is complete and has its document. Files are 0600, directories 0700.
+//! The snapshot directory holds snapshots and nothing else, because K3s takes every file in it
+//! for one: the lock lives in etcdsnap's private directory `<dir>/../.etcdsnap/`, and a snapshot
+//! being written is an unnamed file in the snapshot directory (`O_TMPFILE`), invisible to every
+//! listing and gone if the process dies. Publishing fsyncs it, writes the record and the
+//! metadata, then links the file into place and fsyncs the directories: a snapshot that is
+//! visible is complete and has its record. On a file system without `O_TMPFILE` the bytes go to
+//! `<dir>/../.etcdsnap/partial/<name>.part` and are renamed into place instead. Files are 0600,
+//! directories 0700.
 
 use super::{Listing, NewSnapshot, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
 use crate::failpoint;
 use crate::record::{MetadataSource, SnapshotRecord};
 use async_trait::async_trait;
-use etcdsnap_api::consts::{METADATA_DIR, PART_SUFFIX};
+use etcdsnap_api::consts::{METADATA_DIR, PART_SUFFIX, PRIVATE_DIR};
 use etcdsnap_api::metadata::MAX_METADATA_BYTES;
 use etcdsnap_api::{MetadataDocument, SnapshotName, StorageKind, StoredMetadata, parse_stored_metadata};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
-/// Name of the lock file inside the snapshot directory.
-const LOCK_FILE: &str = ".etcdsnap.lock";
-/// `.part` files older than this are removed by listings (a save in progress keeps its file
-/// fresh; a save holding the lock removes every `.part` regardless of age).
-pub const STALE_PART_AGE: Duration = Duration::from_secs(3600);
+/// The lock file in etcdsnap's private directory.
+const LOCK_FILE: &str = "lock";
+/// Where partial snapshots go on file systems without `O_TMPFILE`.
+const PARTIAL_DIR: &str = "partial";
 
 /// A snapshot directory.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     dir: PathBuf,
     metadata_dir: PathBuf,
+    private_dir: PathBuf,
     node_name: String,
+}
+
+/// etcdsnap's private directory of a snapshot directory: beside it, never in it.
+pub fn private_dir_of(snapshot_dir: &Path) -> PathBuf {
+    snapshot_dir.parent().unwrap_or(snapshot_dir).join(PRIVATE_DIR)
 }
 
 /// Exclusive right to write snapshots into a directory; released on drop.
@@ -39,10 +52,14 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock of `dir` without waiting; a second holder gets `snapshot save already in
-    /// progress`.
+    /// Takes the lock of the snapshot directory `dir` without waiting (creating etcdsnap's
+    /// private directory beside it if needed); a second holder gets `snapshot save already in
+    /// progress`. S3-only saves take the lock of the directory a local copy would use, so they
+    /// never overlap another save of the same node.
     pub fn take(dir: &Path) -> Result<DirLock, StoreError> {
-        let path = dir.join(LOCK_FILE);
+        let private = private_dir_of(dir);
+        create_private_dir(&private)?;
+        let path = private.join(LOCK_FILE);
         let file = open_private(&path, false).map_err(StoreError::io("open lock file", &path))?;
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file, path }),
@@ -51,18 +68,70 @@ impl DirLock {
         }
     }
 
-    /// [`DirLock::take`], creating `dir` (0700) if it is missing. S3-only saves take the
-    /// snapshot directory's lock this way, so they never overlap another save of the same node.
-    pub fn take_creating(dir: &Path) -> Result<DirLock, StoreError> {
-        if !dir.exists() {
-            create_private_dir(dir)?;
-        }
-        DirLock::take(dir)
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// What the metadata directory says about one snapshot.
+#[derive(Debug, Default)]
+pub struct FoundMetadata {
+    /// etcdsnap's record (from `<name>.etcdsnap.json`, or an older etcdsnap's `<name>`).
+    pub record: Option<MetadataDocument>,
+    /// K3s's extra metadata (`<name>` as a string map).
+    pub extra: Option<BTreeMap<String, String>>,
+    /// Files that were refused, with why.
+    pub problems: Vec<String>,
+}
+
+impl FoundMetadata {
+    /// Fills `record` from what was found.
+    pub fn apply_to(self, record: &mut SnapshotRecord, warnings: &mut Vec<String>) {
+        if !self.problems.is_empty() {
+            record.metadata_source = MetadataSource::Rejected;
+        }
+        warnings.extend(self.problems);
+        if let Some(doc) = self.record {
+            record.apply_document(doc);
+        }
+        if let Some(extra) = self.extra
+            && record.extra_metadata.as_ref().is_none_or(BTreeMap::is_empty)
+        {
+            record.extra_metadata = Some(extra);
+            if record.metadata_source != MetadataSource::Document {
+                record.metadata_source = MetadataSource::K3sMap;
+            }
+        }
+    }
+}
+
+/// Reads the record and K3s's metadata of `name` from `metadata_dir`. Snapshots saved by
+/// earlier etcdsnap releases have their record at `<name>` itself; it is read there too.
+pub fn read_metadata(metadata_dir: &Path, name: &SnapshotName) -> FoundMetadata {
+    let mut found = FoundMetadata::default();
+    let record_path = metadata_dir.join(name.record_file_name());
+    match read_bounded(&record_path).map(|b| b.map(|b| parse_stored_metadata(&b, name.as_str()))) {
+        Ok(None) => {}
+        Ok(Some(Ok(StoredMetadata::Document(doc)))) => found.record = Some(*doc),
+        Ok(Some(Ok(StoredMetadata::ExtraMetadata(_)))) => {
+            found.problems.push(format!("ignoring {}: not an etcdsnap record", record_path.display()))
+        }
+        Ok(Some(Err(e))) => found.problems.push(format!("ignoring metadata {}: {e}", record_path.display())),
+        Err(e) => found.problems.push(format!("ignoring metadata {}: {e}", record_path.display())),
+    }
+    let k3s_path = metadata_dir.join(name.as_str());
+    match read_bounded(&k3s_path).map(|b| b.map(|b| parse_stored_metadata(&b, name.as_str()))) {
+        Ok(None) => {}
+        Ok(Some(Ok(StoredMetadata::ExtraMetadata(map)))) => found.extra = Some(map),
+        Ok(Some(Ok(StoredMetadata::Document(doc)))) => {
+            if found.record.is_none() {
+                found.record = Some(*doc);
+            }
+        }
+        Ok(Some(Err(e))) => found.problems.push(format!("ignoring metadata {}: {e}", k3s_path.display())),
+        Err(e) => found.problems.push(format!("ignoring metadata {}: {e}", k3s_path.display())),
+    }
+    found
 }
 
 impl LocalStore {
@@ -73,11 +142,7 @@ impl LocalStore {
             if !create {
                 return Err(StoreError::MissingDir(dir.to_path_buf()));
             }
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(StoreError::io("create directory", dir))?;
+            create_private_dir(dir)?;
         }
         let meta = fs::metadata(dir).map_err(StoreError::io("inspect", dir))?;
         if !meta.is_dir() {
@@ -85,7 +150,8 @@ impl LocalStore {
         }
         let dir = dir.canonicalize().map_err(StoreError::io("resolve", dir))?;
         let metadata_dir = dir.parent().unwrap_or(&dir).join(METADATA_DIR);
-        Ok(LocalStore { dir, metadata_dir, node_name: node_name.to_string() })
+        let private_dir = private_dir_of(&dir);
+        Ok(LocalStore { dir, metadata_dir, private_dir, node_name: node_name.to_string() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -100,8 +166,14 @@ impl LocalStore {
         self.dir.join(name.as_str())
     }
 
+    /// K3s's metadata file of a snapshot.
     pub fn metadata_path(&self, name: &SnapshotName) -> PathBuf {
         self.metadata_dir.join(name.as_str())
+    }
+
+    /// etcdsnap's record of a snapshot.
+    pub fn record_path(&self, name: &SnapshotName) -> PathBuf {
+        self.metadata_dir.join(name.record_file_name())
     }
 
     /// `file://` URL of a snapshot, as recorded in resources.
@@ -110,59 +182,78 @@ impl LocalStore {
     }
 
     /// Takes the directory lock without waiting: a second writer gets
-    /// `snapshot save already in progress`. Holding it, every `.part` file is stale and removed.
+    /// `snapshot save already in progress`. Holding it, whatever an interrupted save of this
+    /// directory left is removed.
     pub fn lock(&self) -> Result<DirLock, StoreError> {
         let lock = DirLock::take(&self.dir)?;
-        for removed in self.remove_partials(Duration::ZERO) {
-            tracing::info!(file = %removed.display(), "removed incomplete file left by an interrupted save");
+        for removed in self.remove_interrupted() {
+            tracing::info!(file = %removed.display(), "removed what an interrupted save left");
+        }
+        for moved in self.migrate_records() {
+            tracing::info!(file = %moved.display(), "moved an earlier release's record out of K3s's metadata file");
         }
         Ok(lock)
     }
 
-    /// Removes `.part` files (snapshot and metadata) older than `age`; returns what was removed.
-    pub fn remove_partials(&self, age: Duration) -> Vec<PathBuf> {
+    /// Earlier releases kept etcdsnap's record in `.metadata/<name>`, K3s's file: the record
+    /// moves to `<name>.etcdsnap.json`, and `<name>` becomes what K3s writes there (the extra
+    /// metadata, or nothing). Only a save holding the lock calls this; the record is written
+    /// before K3s's file is changed, so a crash in between loses nothing.
+    fn migrate_records(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.metadata_dir) else { return Vec::new() };
+        let mut moved = Vec::new();
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().and_then(|n| SnapshotName::parse(n).ok()) else { continue };
+            let record_path = self.record_path(&name);
+            if record_path.symlink_metadata().is_ok() {
+                continue;
+            }
+            let Ok(Some(bytes)) = read_bounded(&entry.path()) else { continue };
+            let Ok(StoredMetadata::Document(doc)) = parse_stored_metadata(&bytes, name.as_str()) else { continue };
+            let k3s = doc.extra_metadata.as_ref().filter(|m| !m.is_empty()).map(etcdsnap_api::go::marshal_string_map);
+            let migrated = write_atomic(&record_path, &bytes).and_then(|()| match &k3s {
+                Some(map) => write_atomic(&entry.path(), map),
+                None => fs::remove_file(entry.path()).map_err(StoreError::io("remove", entry.path())),
+            });
+            match migrated {
+                Ok(()) => moved.push(entry.path()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "moving an earlier release's record failed; it is still read where it is")
+                }
+            }
+        }
+        moved
+    }
+
+    /// Removes what a killed save of this directory leaves: partial files in the private
+    /// directory, half-written metadata files, and the record (with the K3s metadata written
+    /// with it) of a snapshot that was never published. Only a save holding the lock calls
+    /// this; K3s's own files are never touched (K3s writes no `.part` in the metadata
+    /// directory, and a record is etcdsnap's by its suffix).
+    fn remove_interrupted(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
-        for dir in [&self.dir, &self.metadata_dir] {
-            let Ok(entries) = fs::read_dir(dir) else { continue };
+        for dir in [self.private_dir.join(PARTIAL_DIR), self.metadata_dir.clone()] {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
-                let path = entry.path();
-                let is_part = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(PART_SUFFIX));
-                let old_enough = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= age)
-                    .unwrap_or(false);
-                if is_part && old_enough && fs::remove_file(&path).is_ok() {
-                    if dir == &self.dir {
-                        removed.extend(self.remove_orphaned_document(&path));
-                    }
-                    removed.push(path);
+                let Some(file_name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                if file_name.ends_with(PART_SUFFIX) && fs::remove_file(entry.path()).is_ok() {
+                    removed.push(entry.path());
+                } else if let Some(name) = SnapshotName::of_record_file(&file_name)
+                    && self.snapshot_path(&name).symlink_metadata().is_err()
+                {
+                    removed.extend(self.remove_metadata(&name));
                 }
             }
         }
         removed
     }
 
-    /// The metadata document of a snapshot whose `.part` was just removed, when no published
-    /// snapshot of that name exists: a save killed between writing the document and renaming
-    /// the snapshot leaves it behind.
-    fn remove_orphaned_document(&self, part: &Path) -> Option<PathBuf> {
-        let name = part.file_name()?.to_str()?.strip_suffix(PART_SUFFIX)?;
-        if self.dir.join(name).symlink_metadata().is_ok() {
-            return None;
-        }
-        let doc = self.metadata_dir.join(name);
-        fs::remove_file(&doc).ok().map(|()| doc)
+    /// Removes a snapshot's record and K3s metadata; returns what was there.
+    fn remove_metadata(&self, name: &SnapshotName) -> Vec<PathBuf> {
+        [self.record_path(name), self.metadata_path(name)].into_iter().filter(|p| fs::remove_file(p).is_ok()).collect()
     }
 
     fn list_blocking(&self) -> Result<Listing, StoreError> {
-        // Clean up after crashed saves, unless one is running right now.
-        if let Ok(lock) = DirLock::take(&self.dir) {
-            for removed in self.remove_partials(STALE_PART_AGE) {
-                tracing::info!(file = %removed.display(), "removed stale incomplete file");
-            }
-            drop(lock);
-        }
         let mut listing = Listing::default();
         let entries = fs::read_dir(&self.dir).map_err(StoreError::io("list", &self.dir))?;
         for entry in entries {
@@ -172,6 +263,7 @@ impl LocalStore {
                 listing.warnings.push(format!("skipping {}: file name is not UTF-8", entry.path().display()));
                 continue;
             };
+            // Hidden files and K3s's (or an old etcdsnap's) files in progress are no snapshots.
             if file_name.starts_with('.') || file_name.ends_with(PART_SUFFIX) {
                 continue;
             }
@@ -204,43 +296,24 @@ impl LocalStore {
         Ok(listing)
     }
 
-    /// The record of one file: from its name, its stat, and its metadata document if any.
+    /// The record of one file: from its name, its stat, its record and K3s's metadata.
     fn record_for(&self, name: SnapshotName, meta: &fs::Metadata, warnings: &mut Vec<String>) -> SnapshotRecord {
         let modified = meta.modified().ok().and_then(|t| jiff::Timestamp::try_from(t).ok());
         let created_at = SnapshotRecord::creation_time(&name, modified.unwrap_or(jiff::Timestamp::UNIX_EPOCH));
         let location = self.location(&name);
+        let found = read_metadata(&self.metadata_dir, &name);
+        if let Some(doc) = &found.record
+            && doc.size != meta.len()
+        {
+            warnings.push(format!(
+                "{location}: {} bytes on disk but its record says {}; run `etcdsnap verify {name}`",
+                meta.len(),
+                doc.size
+            ));
+        }
         let mut record =
             SnapshotRecord::stored(name, StorageKind::Local, self.node_name.clone(), location, created_at, meta.len());
-        let doc_path = self.metadata_path(&record.name);
-        match read_bounded(&doc_path) {
-            Ok(None) => {}
-            Ok(Some(bytes)) => match parse_stored_metadata(&bytes, record.name.as_str()) {
-                Ok(StoredMetadata::Document(doc)) => {
-                    if doc.size != meta.len() {
-                        warnings.push(format!(
-                            "{}: {} bytes on disk but its metadata document records {}; run `etcdsnap verify {}`",
-                            record.location,
-                            meta.len(),
-                            doc.size,
-                            record.name
-                        ));
-                    }
-                    record.apply_document(*doc);
-                }
-                Ok(StoredMetadata::ExtraMetadata(map)) => {
-                    record.extra_metadata = Some(map);
-                    record.metadata_source = MetadataSource::K3sMap;
-                }
-                Err(e) => {
-                    warnings.push(format!("ignoring metadata {}: {e}", doc_path.display()));
-                    record.metadata_source = MetadataSource::Rejected;
-                }
-            },
-            Err(e) => {
-                warnings.push(format!("ignoring metadata {}: {e}", doc_path.display()));
-                record.metadata_source = MetadataSource::Rejected;
-            }
-        }
+        found.apply_to(&mut record, warnings);
         record
     }
 
@@ -251,17 +324,71 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(StoreError::io("delete", &path)(e)),
         };
-        let meta = self.metadata_path(name);
-        match fs::remove_file(&meta) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io("delete metadata", &meta)(e)),
-        }
         if existed {
             sync_dir(&self.dir)?;
         }
+        let mut removed_metadata = false;
+        for meta in [self.record_path(name), self.metadata_path(name)] {
+            match fs::remove_file(&meta) {
+                Ok(()) => removed_metadata = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("delete metadata", &meta)(e)),
+            }
+        }
+        if removed_metadata {
+            sync_dir(&self.metadata_dir)?;
+        }
         Ok(existed)
     }
+
+    /// Where a new snapshot's bytes go until it is published.
+    fn pending(&self, name: &SnapshotName) -> Result<Pending, StoreError> {
+        match open_anonymous(&self.dir) {
+            Ok(file) => return Ok(Pending::Anonymous(file)),
+            Err(e) if anonymous_unsupported(&e) => {}
+            Err(e) => return Err(StoreError::io("create a snapshot file in", &self.dir)(e)),
+        }
+        let partial = self.private_dir.join(PARTIAL_DIR);
+        create_private_dir(&partial)?;
+        let same_fs = |a: &Path, b: &Path| Ok::<_, StoreError>(dev(a)? == dev(b)?);
+        if !same_fs(&partial, &self.dir)? {
+            return Err(StoreError::Unsupported(format!(
+                "{}: the file system has no O_TMPFILE, and {} is on another file system, so a snapshot cannot be published atomically; put the snapshot directory on a file system with O_TMPFILE (ext4, xfs, btrfs, tmpfs) or below the same mount as its parent",
+                self.dir.display(),
+                partial.display()
+            )));
+        }
+        let path = partial.join(format!("{name}{PART_SUFFIX}"));
+        let file = open_private(&path, true).map_err(StoreError::io("create", &path))?;
+        Ok(Pending::Named { file, path })
+    }
+}
+
+fn dev(path: &Path) -> Result<u64, StoreError> {
+    fs::metadata(path).map(|m| m.dev()).map_err(StoreError::io("inspect", path))
+}
+
+/// An unnamed file in `dir` (`O_TMPFILE`), 0600.
+fn open_anonymous(dir: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).read(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir)
+}
+
+/// Whether the kernel or file system cannot create unnamed files (then the named fallback is used).
+fn anonymous_unsupported(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOENT))
+}
+
+/// Gives an unnamed file its name, atomically: it fails rather than replace an existing file.
+fn link_anonymous(file: &File, path: &Path) -> std::io::Result<()> {
+    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        fd_path.as_str(),
+        nix::fcntl::AT_FDCWD,
+        path,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Creates (or opens) a file of the store for writing: mode 0600, never through a symlink
@@ -306,9 +433,15 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io("fsync directory", dir))
 }
 
+/// Creates `dir` (and missing parents) 0700; a directory it creates is made durable in its
+/// parent, so a crash cannot lose the directory of a file already published in it.
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(StoreError::io("create directory", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(StoreError::io("chmod", dir))
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(StoreError::io("chmod", dir))?;
+    sync_dir(dir.parent().unwrap_or(Path::new("/")))
 }
 
 fn part_path(path: &Path) -> PathBuf {
@@ -333,26 +466,74 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     result
 }
 
-/// A snapshot being written to `<dir>/<name>.part`.
+/// A new snapshot's bytes before it is published.
+enum Pending {
+    /// An unnamed file in the snapshot directory, linked into place when published.
+    Anonymous(File),
+    /// A file in the private directory, renamed into place when published.
+    Named { file: File, path: PathBuf },
+}
+
+impl Pending {
+    fn file(&mut self) -> &mut File {
+        match self {
+            Pending::Anonymous(file) | Pending::Named { file, .. } => file,
+        }
+    }
+
+    /// Gives the bytes their final name; never replaces an existing snapshot.
+    fn publish(&self, final_path: &Path) -> Result<(), StoreError> {
+        match self {
+            Pending::Anonymous(file) => link_anonymous(file, final_path).map_err(StoreError::io("link", final_path)),
+            Pending::Named { path, .. } => {
+                if final_path.symlink_metadata().is_ok() {
+                    return Err(StoreError::io("publish", final_path)(std::io::ErrorKind::AlreadyExists.into()));
+                }
+                fs::rename(path, final_path).map_err(StoreError::io("rename", path))
+            }
+        }
+    }
+
+    /// Removes a named partial file (an unnamed one disappears with its descriptor).
+    fn discard(self) {
+        if let Pending::Named { path, .. } = self {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// A snapshot being written.
 pub struct LocalSink {
     store: LocalStore,
     name: SnapshotName,
-    part: PathBuf,
-    file: Option<File>,
+    pending: Option<Pending>,
 }
 
 impl LocalSink {
-    /// fsync, metadata document, rename, fsync of the directory. If any step fails the sink is
-    /// dropped unpublished and `Drop` removes the `.part` file.
+    /// fsync, record and K3s's metadata, link or rename into place, fsync of the directories.
+    /// If any step fails the sink is dropped unpublished and nothing of it stays.
     fn publish(&mut self, doc: &MetadataDocument) -> Result<(), StoreError> {
-        let file = self.file.as_ref().ok_or_else(|| StoreError::Finished(self.part.display().to_string()))?;
-        file.sync_all().map_err(StoreError::io("fsync", &self.part))?;
-        create_private_dir(&self.store.metadata_dir)?;
-        write_atomic(&self.store.metadata_path(&self.name), &doc.to_json())?;
-        failpoint::reached_blocking(failpoint::LOCAL_AFTER_METADATA);
         let final_path = self.store.snapshot_path(&self.name);
-        fs::rename(&self.part, &final_path).map_err(StoreError::io("rename", &self.part))?;
-        self.file = None;
+        if final_path.symlink_metadata().is_ok() {
+            // Never replace a snapshot, nor its record.
+            return Err(StoreError::io("publish", &final_path)(std::io::ErrorKind::AlreadyExists.into()));
+        }
+        let pending = self.pending.as_mut().ok_or_else(|| StoreError::Finished(self.store.location(&self.name)))?;
+        pending.file().sync_all().map_err(StoreError::io("fsync", self.store.snapshot_path(&self.name)))?;
+        create_private_dir(&self.store.metadata_dir)?;
+        write_atomic(&self.store.record_path(&self.name), &doc.to_json())?;
+        if let Some(extra) = doc.extra_metadata.as_ref().filter(|m| !m.is_empty()) {
+            write_atomic(&self.store.metadata_path(&self.name), &etcdsnap_api::go::marshal_string_map(extra))?;
+        }
+        failpoint::reached_blocking(failpoint::LOCAL_AFTER_METADATA);
+        let published = self.pending.as_ref().map(|p| p.publish(&final_path));
+        if let Some(Err(e)) = published {
+            self.store.remove_metadata(&self.name);
+            return Err(e);
+        }
+        if let Some(pending) = self.pending.take() {
+            drop(pending);
+        }
         sync_dir(&self.store.dir)?;
         failpoint::reached_blocking(failpoint::LOCAL_AFTER_RENAME);
         Ok(())
@@ -362,8 +543,8 @@ impl LocalSink {
 impl Drop for LocalSink {
     fn drop(&mut self) {
         // Not committed (error, panic or cancellation): leave nothing behind.
-        if self.file.take().is_some() {
-            let _ = fs::remove_file(&self.part);
+        if let Some(pending) = self.pending.take() {
+            pending.discard();
         }
     }
 }
@@ -371,17 +552,18 @@ impl Drop for LocalSink {
 #[async_trait]
 impl SnapshotSink for LocalSink {
     fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        let file = self.file.as_mut().ok_or_else(|| StoreError::Finished(self.part.display().to_string()))?;
-        file.write_all(buf).map_err(StoreError::io("write", &self.part))
+        let location = self.store.location(&self.name);
+        let pending = self.pending.as_mut().ok_or_else(|| StoreError::Finished(location.clone()))?;
+        pending.file().write_all(buf).map_err(StoreError::io("write", self.store.snapshot_path(&self.name)))
     }
 
     async fn commit(self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError> {
         let doc = doc.clone();
-        let part = self.part.clone();
+        let location = self.store.location(&self.name);
         let mut sink = self;
         tokio::task::spawn_blocking(move || sink.publish(&doc))
             .await
-            .map_err(|e| StoreError::worker(format!("writing {}", part.display()), e))?
+            .map_err(|e| StoreError::worker(format!("writing {location}"), e))?
     }
 
     async fn abort(self: Box<Self>) {
@@ -415,9 +597,12 @@ impl SnapshotStore for LocalStore {
     }
 
     async fn create(&self, new: &NewSnapshot) -> Result<Box<dyn SnapshotSink>, StoreError> {
-        let part = part_path(&self.snapshot_path(&new.name));
-        let file = open_private(&part, true).map_err(StoreError::io("create", &part))?;
-        Ok(Box::new(LocalSink { store: self.clone(), name: new.name.clone(), part, file: Some(file) }))
+        let store = self.clone();
+        let name = new.name.clone();
+        let pending = tokio::task::spawn_blocking(move || store.pending(&name))
+            .await
+            .map_err(|e| StoreError::worker(format!("creating a snapshot in {}", self.dir.display()), e))??;
+        Ok(Box::new(LocalSink { store: self.clone(), name: new.name.clone(), pending: Some(pending) }))
     }
 
     async fn open(&self, name: &SnapshotName) -> Result<SnapshotReader, StoreError> {
@@ -435,7 +620,7 @@ impl SnapshotStore for LocalStore {
     }
 
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError> {
-        Ok(self.snapshot_path(name).exists())
+        Ok(self.snapshot_path(name).symlink_metadata().is_ok())
     }
 
     async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError> {
@@ -444,5 +629,140 @@ impl SnapshotStore for LocalStore {
         tokio::task::spawn_blocking(move || store.delete_blocking(&name))
             .await
             .map_err(|e| StoreError::worker(format!("deleting from {}", self.dir.display()), e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdsnap_api::metadata::{METADATA_API_VERSION, METADATA_KIND};
+
+    fn doc(name: &str, extra: Option<BTreeMap<String, String>>) -> MetadataDocument {
+        MetadataDocument {
+            api_version: METADATA_API_VERSION.into(),
+            kind: METADATA_KIND.into(),
+            name: name.into(),
+            node_name: "n".into(),
+            location: String::new(),
+            created_at: jiff::Timestamp::UNIX_EPOCH,
+            size: 3,
+            sha256: "ab".repeat(32),
+            compression: etcdsnap_api::Compression::None,
+            etcd: None,
+            token_hash: None,
+            cluster_id: None,
+            s3: None,
+            extra_metadata: extra,
+        }
+    }
+
+    fn sink(store: &LocalStore, name: &str) -> LocalSink {
+        let name = SnapshotName::parse(name).unwrap();
+        let pending = store.pending(&name).unwrap();
+        LocalSink { store: store.clone(), name, pending: Some(pending) }
+    }
+
+    #[test]
+    fn the_snapshot_directory_holds_snapshots_only() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&root.path().join("snapshots"), true, "n").unwrap();
+        let _lock = store.lock().unwrap();
+        let mut s = sink(&store, "s-n-1");
+        s.write(b"abc").unwrap();
+        // While written, the bytes have no name anywhere in the snapshot directory.
+        assert_eq!(fs::read_dir(store.dir()).unwrap().count(), 0);
+        let extra = BTreeMap::from([("rancher".to_string(), "<x>".to_string())]);
+        s.publish(&doc("s-n-1", Some(extra))).unwrap();
+        let names: Vec<String> =
+            fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, ["s-n-1"]);
+        assert_eq!(fs::read(store.snapshot_path(&SnapshotName::parse("s-n-1").unwrap())).unwrap(), b"abc");
+        // K3s's metadata, byte for byte as K3s writes it; etcdsnap's record beside it.
+        assert_eq!(fs::read(root.path().join(".metadata/s-n-1")).unwrap(), br#"{"rancher":"\u003cx\u003e"}"#);
+        assert!(root.path().join(".metadata/s-n-1.etcdsnap.json").is_file());
+        assert!(root.path().join(".etcdsnap/lock").is_file());
+    }
+
+    #[test]
+    fn no_extra_metadata_means_no_k3s_file_and_an_unpublished_sink_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&root.path().join("snapshots"), true, "n").unwrap();
+        let mut s = sink(&store, "s-n-1");
+        s.write(b"abc").unwrap();
+        s.publish(&doc("s-n-1", None)).unwrap();
+        assert!(!root.path().join(".metadata/s-n-1").exists());
+        let mut dropped = sink(&store, "s-n-2");
+        dropped.write(b"x").unwrap();
+        drop(dropped);
+        let names: Vec<_> = fs::read_dir(store.dir()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        // A second snapshot of the same name is refused, not overwritten.
+        let mut again = sink(&store, "s-n-1");
+        again.write(b"other").unwrap();
+        assert!(again.publish(&doc("s-n-1", None)).is_err());
+        assert_eq!(fs::read(store.dir().join("s-n-1")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn records_of_earlier_releases_and_k3s_maps_are_read() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&root.path().join("snapshots"), true, "n").unwrap();
+        fs::create_dir_all(store.metadata_dir()).unwrap();
+        for n in ["old-n-1", "k3s-n-2"] {
+            fs::write(store.dir().join(n), b"abc").unwrap();
+        }
+        fs::write(store.metadata_dir().join("old-n-1"), doc("old-n-1", None).to_json()).unwrap();
+        fs::write(store.metadata_dir().join("k3s-n-2"), br#"{"a":"b"}"#).unwrap();
+        let listing = store.list_blocking().unwrap();
+        let old = listing.records.iter().find(|r| r.name.as_str() == "old-n-1").unwrap();
+        assert_eq!(old.metadata_source, MetadataSource::Document);
+        assert_eq!(old.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        let k3s = listing.records.iter().find(|r| r.name.as_str() == "k3s-n-2").unwrap();
+        assert_eq!(k3s.metadata_source, MetadataSource::K3sMap);
+        assert_eq!(k3s.extra_metadata, Some(BTreeMap::from([("a".to_string(), "b".to_string())])));
+        assert!(listing.warnings.is_empty(), "{:?}", listing.warnings);
+    }
+
+    #[test]
+    fn records_of_earlier_releases_move_out_of_k3s_s_file_when_a_save_takes_the_lock() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&root.path().join("snapshots"), true, "n").unwrap();
+        fs::create_dir_all(store.metadata_dir()).unwrap();
+        let extra = BTreeMap::from([("rancher".to_string(), "x".to_string())]);
+        for (n, e) in [("old-n-1", None), ("old-n-2", Some(extra.clone()))] {
+            fs::write(store.dir().join(n), b"abc").unwrap();
+            fs::write(store.metadata_dir().join(n), doc(n, e).to_json()).unwrap();
+        }
+        let before = store.list_blocking().unwrap();
+        drop(store.lock().unwrap());
+        assert!(!store.metadata_dir().join("old-n-1").exists(), "no extra metadata: no K3s file");
+        assert_eq!(fs::read(store.metadata_dir().join("old-n-2")).unwrap(), br#"{"rancher":"x"}"#);
+        assert!(store.metadata_dir().join("old-n-1.etcdsnap.json").is_file());
+        let after = store.list_blocking().unwrap();
+        assert_eq!(before.records, after.records, "the same records, read from their new place");
+    }
+
+    #[test]
+    fn the_lock_holder_removes_what_a_killed_save_left_and_nothing_of_k3s() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&root.path().join("snapshots"), true, "n").unwrap();
+        fs::create_dir_all(store.metadata_dir()).unwrap();
+        // A save killed after its record: no snapshot behind the record.
+        fs::write(store.metadata_dir().join("gone-n-1.etcdsnap.json"), b"{}").unwrap();
+        fs::write(store.metadata_dir().join("gone-n-1"), b"{}").unwrap();
+        fs::write(store.metadata_dir().join("x.part"), b"{}").unwrap();
+        // K3s's snapshot and metadata, and K3s's save in progress in the snapshot directory.
+        fs::write(store.dir().join("k3s-n-2"), b"abc").unwrap();
+        fs::write(store.metadata_dir().join("k3s-n-2"), b"{}").unwrap();
+        fs::write(store.dir().join("k3s-n-3.part"), b"ab").unwrap();
+        let _lock = store.lock().unwrap();
+        let mut left: Vec<String> = fs::read_dir(store.metadata_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["k3s-n-2"]);
+        assert!(store.dir().join("k3s-n-3.part").exists(), "K3s's save in progress is not ours to remove");
+        assert!(matches!(DirLock::take(store.dir()), Err(StoreError::Locked(_))));
     }
 }

@@ -10,6 +10,7 @@ use crate::record::SnapshotRecord;
 use async_trait::async_trait;
 use etcdsnap_api::{EtcdInfo, MetadataDocument, SnapshotName, StorageKind, TokenHash};
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::io::AsyncRead;
 
 pub use retention::{RetentionPolicy, plan_retention};
@@ -50,6 +51,9 @@ pub enum StoreError {
     /// A blocking worker stopped (panicked or was cancelled) while working on `what`.
     #[error("{what}: the worker thread stopped: {message}")]
     Worker { what: String, message: String },
+    /// The file system cannot hold snapshots the way etcdsnap writes them.
+    #[error("{0}")]
+    Unsupported(String),
     /// A sink was used after it was committed or aborted (a bug in the caller).
     #[error("{0}: the snapshot is already finished")]
     Finished(String),
@@ -129,9 +133,11 @@ pub trait SnapshotStore: Send + Sync {
     }
     /// Whether a snapshot of this name exists (a new save must not overwrite it).
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError>;
-    /// Removes what saves of `node` interrupted before `before` left behind (an S3 multipart
-    /// upload that was never completed or aborted). Returns how many were removed.
-    async fn clean_interrupted(&self, _node: &str, _before: jiff::Timestamp) -> Result<usize, StoreError> {
+    /// A save's housekeeping of `node`'s own objects: removes what interrupted saves under base
+    /// name `base` left behind (an S3 multipart upload never completed nor aborted, idle for at
+    /// least `idle`) and moves records of earlier releases out of K3s's metadata. Returns how
+    /// many objects it changed.
+    async fn clean_interrupted(&self, _node: &str, _base: &str, _idle: Duration) -> Result<usize, StoreError> {
         Ok(0)
     }
 }

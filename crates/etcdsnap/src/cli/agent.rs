@@ -1,7 +1,7 @@
 //! `etcdsnap agent`.
 
 use super::args::AgentArgs;
-use super::commands::{etcd_config, session_config, token_hash};
+use super::commands::{preset, session_config, token_hash};
 use anyhow::Context as _;
 use etcdsnap::agent::health::{Dependency, EtcdDependency, Health, KubeDependency, StoreDependency};
 use etcdsnap::agent::kube_duties::{KubeDuties, KubeDutySettings};
@@ -20,10 +20,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(Schedule::parse(&args.schedule).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?)
     };
-    let mut config = session_config(&args.storage, &args.kube, true, args.s3_retention, KubePolicy::LongRunning)?;
-    config.etcd = etcd_config(&args.etcd);
-    config.token_hash = token_hash(&args.token)?;
-    config.zstd_level = args.compress.zstd_level;
+    let node = &args.node;
+    let mut config = session_config(node, true, KubePolicy::LongRunning)?;
+    config.token_hash = token_hash(&node.token, preset(&node.storage).as_ref())?;
     let session = Arc::new(Session::open(config).await?);
     let first = session.context(Purpose::Read).await;
     if first.local.is_none() && first.remote.is_none() && session.config().kube_settings.s3_config_secret.is_none() {
@@ -32,7 +31,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let settings = AgentSettings {
         schedule,
         base_name: args.snapshot_name.clone(),
-        compression: args.compress.compression(),
+        compression: node.compress.compression(),
         retention: args.retention,
         metrics_addr: args.metrics_addr,
         verify_after_save: args.verify_after_save,

@@ -24,6 +24,9 @@ pub struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG wins when set.
     #[arg(long, global = true, env = "ETCDSNAP_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// K3s's `--debug`: the same as `--log-level debug`.
+    #[arg(long, global = true, hide = true)]
+    pub debug: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -87,9 +90,6 @@ pub struct AgentArgs {
     /// Scheduled snapshots to keep per node; 0 keeps all.
     #[arg(long, visible_aliases = ["snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", default_value_t = 5)]
     pub retention: usize,
-    /// Scheduled snapshots to keep per node in S3 (this cluster's only) [default: --retention]
-    #[arg(long, visible_alias = "etcd-s3-retention", env = "ETCDSNAP_S3_RETENTION")]
-    pub s3_retention: Option<usize>,
     /// How often the snapshot resources are reconciled with storage (jittered by 5%).
     #[arg(long, visible_alias = "etcd-snapshot-reconcile-interval", env = "ETCDSNAP_RECONCILE_INTERVAL", value_parser = parse_duration, default_value = "10m")]
     pub reconcile_interval: Duration,
@@ -110,26 +110,61 @@ pub struct AgentArgs {
     #[arg(long, env = "ETCDSNAP_LEADER_LEASE_DURATION", value_parser = parse_duration, default_value = "30s")]
     pub leader_lease_duration: Duration,
     #[command(flatten)]
-    pub kube: KubeArgs,
-    #[command(flatten)]
-    pub compress: CompressArgs,
+    pub node: NodeFlags,
+}
+
+/// This node: where its snapshots are kept (locally, in S3), how to reach etcd and Kubernetes,
+/// the server token. The agent and every snapshot command take them.
+#[derive(Debug, Clone, Args)]
+pub struct NodeFlags {
+    /// Snapshots to keep per node in S3 (this cluster's only) [default: --retention]
+    #[arg(long, visible_alias = "etcd-s3-retention", env = "ETCDSNAP_S3_RETENTION")]
+    pub s3_retention: Option<usize>,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub compress: CompressArgs,
     #[command(flatten)]
     pub etcd: EtcdArgs,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// The flags every `k3s etcd-snapshot` subcommand takes, on every snapshot command, so K3s
+/// scripts work unchanged: each command uses the ones it needs and ignores the others.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotFlags {
+    /// Base name of snapshots: <name>-<node>-<unix time> for `save`, the name pruned by `prune`.
+    #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
+    pub name: String,
+    /// Snapshots to keep per node when pruning; 0 keeps all. (`save` never prunes, like K3s.)
+    #[arg(long, visible_aliases = ["snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", default_value_t = 5)]
+    pub retention: usize,
+    /// K3s's supervisor address (`k3s etcd-snapshot --etcd-server`): accepted and ignored,
+    /// etcdsnap talks to etcd itself.
+    #[arg(long = "etcd-server", hide = true, value_name = "URL")]
+    pub etcd_server: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub node: NodeFlags,
 }
 
 /// Where this node keeps snapshots.
 #[derive(Debug, Clone, Args)]
 pub struct StorageArgs {
-    /// Name of this node, part of every snapshot name [default: $NODE_NAME, else the host name]
+    /// Name of this node, part of every snapshot name [default: $NODE_NAME, $K3S_NODE_NAME,
+    /// $RKE2_NODE_NAME, the K3s/RKE2 config's node-name, else the host name]
     #[arg(long, env = "ETCDSNAP_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
-    /// Data directory; the default snapshot directory is <data-dir>/snapshots.
-    #[arg(long, env = "ETCDSNAP_DATA_DIR", default_value = "/var/lib/etcdsnap", value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// Data directory; the default snapshot directory is <data-dir>/snapshots. A K3s or RKE2
+    /// data directory (/var/lib/rancher/k3s) means its own snapshot directory, token and etcd
+    /// certificates, and on a K3s or RKE2 server those are the defaults. [default:
+    /// /var/lib/etcdsnap]
+    #[arg(long, env = "ETCDSNAP_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Snapshot directory; must exist unless it is the default [default: <data-dir>/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -219,6 +254,10 @@ pub struct S3Args {
     /// Proxy URL for S3, or `none` to ignore HTTP(S)_PROXY [default: from the environment]
     #[arg(long = "s3-proxy", visible_alias = "etcd-s3-proxy", env = "ETCDSNAP_S3_PROXY")]
     pub proxy: Option<String>,
+    /// A multipart upload of this node left idle this long was left by a killed save: the next
+    /// save aborts it (never sooner than --s3-timeout).
+    #[arg(long = "s3-stale-upload-after", env = "ETCDSNAP_S3_STALE_UPLOAD_AFTER", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
+    pub stale_upload_after: Duration,
 }
 
 impl S3Args {
@@ -279,7 +318,14 @@ pub struct EtcdArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
     /// Server token (K3s `K10...::server:<password>` or the bare password). Only its hash is kept.
-    #[arg(long, env = "ETCDSNAP_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    /// [default: $K3S_TOKEN, $RKE2_TOKEN, or the K3s/RKE2 server's token file]
+    #[arg(
+        long,
+        visible_alias = "etcd-token",
+        env = "ETCDSNAP_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub token: Option<String>,
     /// File holding the server token (e.g. /var/lib/rancher/k3s/server/token).
     #[arg(long, env = "ETCDSNAP_TOKEN_FILE", value_name = "FILE")]
@@ -315,21 +361,8 @@ impl CompressArgs {
 
 #[derive(Debug, Args)]
 pub struct SaveArgs {
-    /// Base name of the snapshot: <name>-<node>-<unix time>.
-    #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
-    pub name: String,
     #[command(flatten)]
-    pub compress: CompressArgs,
-    #[command(flatten)]
-    pub storage: StorageArgs,
-    #[command(flatten)]
-    pub etcd: EtcdArgs,
-    #[command(flatten)]
-    pub token: TokenArgs,
-    #[command(flatten)]
-    pub output: OutputArgs,
-    #[command(flatten)]
-    pub kube: KubeArgs,
+    pub flags: SnapshotFlags,
 }
 
 #[derive(Debug, Args)]
@@ -339,11 +372,7 @@ pub struct LsArgs {
     #[arg(long)]
     pub cluster: bool,
     #[command(flatten)]
-    pub storage: StorageArgs,
-    #[command(flatten)]
-    pub output: OutputArgs,
-    #[command(flatten)]
-    pub kube: KubeArgs,
+    pub flags: SnapshotFlags,
 }
 
 #[derive(Debug, Args)]
@@ -352,26 +381,13 @@ pub struct DeleteArgs {
     #[arg(required = true, value_name = "NAME")]
     pub names: Vec<String>,
     #[command(flatten)]
-    pub storage: StorageArgs,
-    #[command(flatten)]
-    pub kube: KubeArgs,
+    pub flags: SnapshotFlags,
 }
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Base name whose snapshots are pruned (`etcd-snapshot` for scheduled ones).
-    #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
-    pub name: String,
-    /// Snapshots to keep per node; 0 keeps all.
-    #[arg(long, visible_aliases = ["snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", default_value_t = 5)]
-    pub retention: usize,
-    /// Snapshots to keep per node in S3 (only this cluster's) [default: --retention]
-    #[arg(long, visible_alias = "etcd-s3-retention", env = "ETCDSNAP_S3_RETENTION")]
-    pub s3_retention: Option<usize>,
     #[command(flatten)]
-    pub storage: StorageArgs,
-    #[command(flatten)]
-    pub kube: KubeArgs,
+    pub flags: SnapshotFlags,
 }
 
 #[derive(Debug, Args)]
@@ -380,11 +396,7 @@ pub struct VerifyArgs {
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
     #[command(flatten)]
-    pub storage: StorageArgs,
-    #[command(flatten)]
-    pub output: OutputArgs,
-    #[command(flatten)]
-    pub kube: KubeArgs,
+    pub flags: SnapshotFlags,
 }
 
 /// Durations like `30s`, `5m`, `1h30m`, `250ms` (Go's style, as K3s takes them).
@@ -411,7 +423,7 @@ mod tests {
         let cli =
             Cli::parse_from(["etcdsnap", "save", "--s3", "--s3-bucket", "b", "--s3-insecure", "--s3-timeout", "30s"]);
         let Command::Save(save) = cli.command else { panic!("not save") };
-        let raw = save.storage.s3.raw(Some(3));
+        let raw = save.flags.node.storage.s3.raw(Some(3));
         assert_eq!(raw.get(S3Key::Bucket), Some("b"));
         assert_eq!(raw.get(S3Key::Insecure), Some("true"));
         assert_eq!(raw.get(S3Key::SkipSslVerify), None);
@@ -419,7 +431,7 @@ mod tests {
         assert!(raw.names_a_location());
         let cli = Cli::parse_from(["etcdsnap", "save", "--s3"]);
         let Command::Save(save) = cli.command else { panic!("not save") };
-        assert!(!save.storage.s3.raw(None).names_a_location());
+        assert!(!save.flags.node.storage.s3.raw(None).names_a_location());
     }
 
     #[test]

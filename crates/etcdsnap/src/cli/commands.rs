@@ -3,58 +3,101 @@
 
 use super::EXIT_FAILURE;
 use super::args::{
-    DeleteArgs, EtcdArgs, LsArgs, OutputFormat, PruneArgs, SaveArgs, StorageArgs, TokenArgs, VerifyArgs,
+    DeleteArgs, EtcdArgs, LsArgs, NodeFlags, OutputFormat, PruneArgs, SaveArgs, SnapshotFlags, StorageArgs, TokenArgs,
+    VerifyArgs,
 };
-use super::kube_args::KubeArgs;
 use super::kube_commands;
 use super::output::{self, human_bytes, rfc3339};
+use super::presets::Preset;
 use super::progress::ProgressLine;
 use anyhow::{Context as _, bail};
 use etcdsnap::ops::{self, DeleteResult, PruneOptions, SaveOptions};
-use etcdsnap::session::{DEFAULT_ZSTD_LEVEL, KubePolicy, LocalSetting, Purpose, Session, SessionConfig};
-use etcdsnap_api::{SnapshotName, StorageKind, TokenHash, is_dns1123_subdomain};
+use etcdsnap::session::{KubePolicy, LocalSetting, Purpose, Session, SessionConfig};
+use etcdsnap_api::{SnapshotName, StorageKind, TokenHash, validate_node_name};
 use etcdsnap_storage::Outcome;
 use etcdsnap_storage::etcd::EtcdConfig;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub(super) fn exit(ok: bool) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
 }
 
-/// This node's name: the flag, else `$NODE_NAME` (what K3s uses), else the host name.
-pub(super) fn node_name(args: &StorageArgs) -> anyhow::Result<String> {
-    let name = match &args.node_name {
-        Some(n) => n.clone(),
-        None => match std::env::var("NODE_NAME") {
-            Ok(n) if !n.is_empty() => n,
-            _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-                .context("cannot determine the node name: pass --node-name")?
-                .trim()
-                .to_lowercase(),
-        },
-    };
-    if !is_dns1123_subdomain(&name) {
-        bail!(
-            "invalid node name {name:?}: it must be a lowercase DNS-1123 name like a Kubernetes node's (pass --node-name)"
-        );
+/// etcdsnap's data directory when none is given.
+pub(super) const DEFAULT_DATA_DIR: &str = "/var/lib/etcdsnap";
+
+/// The K3s or RKE2 server these flags are about, if any: `--data-dir` naming one, or with no
+/// `--data-dir` and no `--dir`, the machine's own.
+pub(super) fn preset(storage: &StorageArgs) -> Option<Preset> {
+    match (&storage.data_dir, &storage.dir) {
+        (Some(dd), _) => Preset::at(dd),
+        (None, None) => Preset::detect(),
+        (None, Some(_)) => None,
     }
+}
+
+/// This node's name: the flag (or `$ETCDSNAP_NODE_NAME`), else the first of `$NODE_NAME` (what
+/// K3s sets for itself), `$K3S_NODE_NAME`, `$RKE2_NODE_NAME` and the K3s/RKE2 config's
+/// `node-name`, else the host name in lower case. Any name K3s accepts is accepted, unless
+/// Kubernetes would refuse the objects named after it.
+pub(super) fn node_name(args: &StorageArgs, preset: Option<&Preset>) -> anyhow::Result<String> {
+    let from_env = ["NODE_NAME", "K3S_NODE_NAME", "RKE2_NODE_NAME"]
+        .into_iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.trim().is_empty()));
+    let name = match (&args.node_name, from_env, preset.and_then(Preset::config_node_name)) {
+        (Some(n), _, _) => n.clone(),
+        (None, Some(n), _) | (None, None, Some(n)) => n,
+        (None, None, None) => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .context("cannot determine the node name: pass --node-name")?
+            .trim()
+            .to_lowercase(),
+    };
+    let name = name.trim().to_string();
+    validate_node_name(&name).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
     Ok(name)
 }
 
-pub(super) fn token_hash(args: &TokenArgs) -> anyhow::Result<Option<TokenHash>> {
+/// The server token's hash: `--token` (or `$ETCDSNAP_TOKEN`), `--token-file`, then K3s's and
+/// RKE2's own variables (`$K3S_TOKEN`, `$K3S_TOKEN_FILE`, `$RKE2_TOKEN`, `$RKE2_TOKEN_FILE`), then
+/// the server's token file. None when there is no token anywhere (the hash is then not
+/// recorded). Where it came from is logged, never the token.
+pub(super) fn token_hash(args: &TokenArgs, preset: Option<&Preset>) -> anyhow::Result<Option<TokenHash>> {
+    let hash_of = |token: &str, from: &str| TokenHash::of_token(token).with_context(|| from.to_string());
+    let from_file = |path: &Path, from: &str| -> anyhow::Result<TokenHash> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {from} {}", path.display()))?;
+        hash_of(&text, &format!("{from} {}", path.display()))
+    };
     if let Some(token) = &args.token {
-        return Ok(Some(TokenHash::of_token(token).context("--token")?));
+        return Ok(Some(hash_of(token, "--token")?));
     }
     if let Some(path) = &args.token_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading --token-file {}", path.display()))?;
-        return Ok(Some(TokenHash::of_token(&text).with_context(|| format!("--token-file {}", path.display()))?));
+        return Ok(Some(from_file(path, "--token-file")?));
+    }
+    for distro in ["K3S", "RKE2"] {
+        if let Ok(token) = std::env::var(format!("{distro}_TOKEN"))
+            && !token.trim().is_empty()
+        {
+            tracing::info!("server token from ${distro}_TOKEN");
+            return Ok(Some(hash_of(&token, &format!("${distro}_TOKEN"))?));
+        }
+        if let Some(path) = std::env::var_os(format!("{distro}_TOKEN_FILE")) {
+            tracing::info!("server token from ${distro}_TOKEN_FILE");
+            return Ok(Some(from_file(Path::new(&path), &format!("${distro}_TOKEN_FILE"))?));
+        }
+    }
+    if let Some(p) = preset
+        && p.token_file().is_file()
+    {
+        tracing::info!(file = %p.token_file().display(), "server token from the {} server", p.distro.name());
+        return Ok(Some(from_file(&p.token_file(), "the server token file")?));
     }
     Ok(None)
 }
 
-pub(super) fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
-    EtcdConfig {
+/// etcd's endpoints and certificates: the flags, else a K3s/RKE2 server's client certificate.
+pub(super) fn etcd_config(args: &EtcdArgs, preset: Option<&Preset>) -> EtcdConfig {
+    let mut config = EtcdConfig {
         endpoints: args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
         ca_file: args.cacert.clone(),
         cert_file: args.cert.clone(),
@@ -62,49 +105,55 @@ pub(super) fn etcd_config(args: &EtcdArgs) -> EtcdConfig {
         dial_timeout: args.dial_timeout,
         command_timeout: args.command_timeout,
         stream_idle_timeout: args.command_timeout,
+    };
+    let no_tls_flags = args.cacert.is_none() && args.cert.is_none() && args.key.is_none();
+    if no_tls_flags && let Some((ca, cert, key)) = preset.and_then(Preset::etcd_tls) {
+        tracing::info!(cert = %cert.display(), "etcd client certificate of the {} server", preset.map(|p| p.distro.name()).unwrap_or_default());
+        (config.ca_file, config.cert_file, config.key_file) = (Some(ca), Some(cert), Some(key));
     }
+    config
 }
 
-/// What the storage and Kubernetes flags of a command configure. `creates`: the command writes
-/// snapshots (the default directory is created, saves lock it); `s3_retention`: the command's
-/// `--s3-retention`.
-pub(super) fn session_config(
-    storage: &StorageArgs,
-    kube: &KubeArgs,
-    creates: bool,
-    s3_retention: Option<usize>,
-    policy: KubePolicy,
-) -> anyhow::Result<SessionConfig> {
-    let node = node_name(storage)?;
-    let local = match (&storage.dir, storage.no_local) {
-        (_, true) => LocalSetting::Disabled,
-        (Some(dir), false) => LocalSetting::Dir { path: dir.clone(), is_default: false },
-        (None, false) => LocalSetting::Dir { path: storage.data_dir.join("snapshots"), is_default: true },
+/// What a command's node flags configure. `creates`: the command writes snapshots (the default
+/// directory is created, saves take its lock).
+pub(super) fn session_config(node: &NodeFlags, creates: bool, policy: KubePolicy) -> anyhow::Result<SessionConfig> {
+    let storage = &node.storage;
+    let preset = preset(storage);
+    let name = node_name(storage, preset.as_ref())?;
+    let data_dir = match (&preset, &storage.data_dir) {
+        (Some(p), _) => p.state_dir(),
+        (None, Some(dd)) => dd.clone(),
+        (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
     };
+    let (dir, is_default) = match (&storage.dir, &preset) {
+        (Some(dir), _) => (dir.clone(), false),
+        (None, Some(p)) => (p.snapshot_dir(), true),
+        (None, None) => (data_dir.join("snapshots"), true),
+    };
+    if let Some(p) = &preset {
+        tracing::info!(data_dir = %p.data_dir.display(), snapshots = %dir.display(), "{} server: using its paths", p.distro.name());
+    }
     Ok(SessionConfig {
-        kube: kube.connect_options(),
-        kube_settings: kube.settings(&node),
+        kube: node.kube.connect_options(),
+        kube_settings: node.kube.settings(&name),
         kube_policy: policy,
-        node_name: node,
-        data_dir: storage.data_dir.clone(),
-        local,
+        node_name: name,
+        data_dir,
+        local: LocalSetting { dir, is_default, keep: !storage.no_local },
         creates,
         s3_enabled: storage.s3.enabled,
-        s3_flags: storage.s3.raw(s3_retention),
+        s3_flags: storage.s3.raw(node.s3_retention),
+        s3_stale_upload_after: storage.s3.stale_upload_after,
         cluster_id: storage.cluster_id.clone(),
-        etcd: EtcdConfig::default(),
+        etcd: etcd_config(&node.etcd, preset.as_ref()),
         token_hash: None,
-        zstd_level: DEFAULT_ZSTD_LEVEL,
+        zstd_level: node.compress.zstd_level,
     })
 }
 
-/// The session of a command that only reads or changes storage (no etcd).
-async fn storage_session(
-    storage: &StorageArgs,
-    kube: &KubeArgs,
-    s3_retention: Option<usize>,
-) -> anyhow::Result<Session> {
-    Ok(Session::open(session_config(storage, kube, false, s3_retention, KubePolicy::OneShot)?).await?)
+/// The session of a command (the token is read only by the commands that record or check it).
+async fn command_session(flags: &SnapshotFlags, creates: bool) -> anyhow::Result<Session> {
+    Ok(Session::open(session_config(&flags.node, creates, KubePolicy::OneShot)?).await?)
 }
 
 fn parse_names(names: &[String]) -> anyhow::Result<Vec<SnapshotName>> {
@@ -127,28 +176,27 @@ fn parse_names(names: &[String]) -> anyhow::Result<Vec<SnapshotName>> {
 const SAVE_CATCH_UP_KEEP: usize = 5;
 
 pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
-    let mut config = session_config(&args.storage, &args.kube, true, None, KubePolicy::OneShot)?;
-    config.etcd = etcd_config(&args.etcd);
-    config.token_hash = token_hash(&args.token)?;
-    config.zstd_level = args.compress.zstd_level;
+    let flags = &args.flags;
+    let mut config = session_config(&flags.node, true, KubePolicy::OneShot)?;
+    config.token_hash = token_hash(&flags.node.token, preset(&flags.node.storage).as_ref())?;
     let session = Session::open(config).await?;
     let ctx = session.context(Purpose::Save).await;
-    let compression = args.compress.compression();
+    let compression = flags.node.compress.compression();
     let progress = ProgressLine::start("Saving snapshot");
-    let options = SaveOptions { base_name: args.name.clone(), compression, cancel: Default::default() };
+    let options = SaveOptions { base_name: flags.name.clone(), compression, cancel: Default::default() };
     let result = ops::save(&ctx, &options, Some(progress.counter())).await;
     progress.finish();
     let mut report = result?;
     // S3 answers again: upload what earlier saves of this name kept only locally.
     if report.records.iter().any(|r| r.storage == StorageKind::S3 && r.is_ready()) {
-        let (uploaded, problems) = ops::catchup::upload_missing(&ctx, &args.name, SAVE_CATCH_UP_KEEP).await;
+        let (uploaded, problems) = ops::catchup::upload_missing(&ctx, &flags.name, SAVE_CATCH_UP_KEEP).await;
         for p in problems {
             tracing::warn!("{p}");
         }
         report.records.extend(uploaded);
     }
     session.publish(&report.records).await;
-    match args.output.output {
+    match flags.output.output {
         OutputFormat::Table => {
             for r in &report.records {
                 match &r.outcome {
@@ -179,7 +227,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     if args.cluster {
         return kube_commands::ls_cluster(&args).await;
     }
-    let session = storage_session(&args.storage, &args.kube, None).await?;
+    let session = command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
     let report = ops::list(&ctx).await;
     for w in &report.warnings {
@@ -188,13 +236,13 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     for (store, e) in &report.errors {
         eprintln!("error: listing {store}: {e}");
     }
-    output::print_records(&report.records, args.output.output)?;
+    output::print_records(&report.records, args.flags.output.output)?;
     Ok(exit(report.errors.is_empty()))
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let names = parse_names(&args.names)?;
-    let session = storage_session(&args.storage, &args.kube, None).await?;
+    let session = command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Write).await;
     if ctx.stores().is_empty() {
         bail!("no snapshot storage found: the snapshot directory does not exist and S3 is not configured");
@@ -232,10 +280,11 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
-    let session = storage_session(&args.storage, &args.kube, args.s3_retention).await?;
+    let flags = &args.flags;
+    let session = command_session(flags, false).await?;
     let ctx = session.context(Purpose::Write).await;
-    let keep_remote = ctx.s3_retention.unwrap_or(args.retention);
-    let options = PruneOptions { base_name: args.name.clone(), keep_local: args.retention, keep_remote };
+    let keep_remote = ctx.s3_retention.unwrap_or(flags.retention);
+    let options = PruneOptions { base_name: flags.name.clone(), keep_local: flags.retention, keep_remote };
     let report = ops::prune(&ctx, &options).await;
     for (_, name) in &report.deleted {
         println!("Snapshot {name} deleted.");
@@ -251,7 +300,7 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let names = parse_names(&args.names)?;
-    let session = storage_session(&args.storage, &args.kube, None).await?;
+    let session = command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
     let mut results = Vec::new();
     let mut ok = true;
@@ -279,7 +328,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         ok = false;
         eprintln!("Snapshot {name} not found.");
     }
-    match args.output.output {
+    match args.flags.output.output {
         OutputFormat::Table => {
             let mut rows = vec![["Name", "Location", "Size", "Created", "Result"].map(String::from).to_vec()];
             for r in &results {

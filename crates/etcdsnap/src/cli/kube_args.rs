@@ -1,6 +1,6 @@
 //! Flags of the Kubernetes integration, shared by every command that writes or reads resources.
 
-use super::args::{StorageArgs, parse_duration};
+use super::args::{SnapshotFlags, parse_duration};
 use clap::{ArgAction, Args, ValueEnum};
 use etcdsnap_kube::{ConnectOptions, KubeSettings, LegacySettings};
 use std::path::PathBuf;
@@ -83,9 +83,7 @@ pub struct ReconcileArgs {
     #[arg(long)]
     pub no_leader: bool,
     #[command(flatten)]
-    pub storage: StorageArgs,
-    #[command(flatten)]
-    pub kube: KubeArgs,
+    pub flags: SnapshotFlags,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]

@@ -40,7 +40,7 @@ pub async fn crd(args: CrdArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
-    let config = session_config(&args.storage, &args.kube, false, None, KubePolicy::OneShot)?;
+    let config = session_config(&args.flags.node, false, KubePolicy::OneShot)?;
     let session = Session::open(config).await?;
     let Some(kube) = session.kube().cloned() else {
         bail!("reconcile needs Kubernetes access: no kubeconfig found (or --no-kube)");
@@ -102,13 +102,13 @@ fn print_reconcile(node: &str, leadership: &Leadership, outcome: &PassOutcome) {
 
 /// `ls --cluster`: every node's resources, from the API server.
 pub(super) async fn ls_cluster(args: &LsArgs) -> anyhow::Result<ExitCode> {
-    let kube = connect(&args.kube, "ls --cluster").await?;
+    let kube = connect(&args.flags.node.kube, "ls --cluster").await?;
     let mut items = resources::list(&kube.client, None).await?;
     items.sort_by(|a, b| {
         let time = |c: &ETCDSnapshotFile| c.status.as_ref().and_then(|s| s.creation_time.as_ref()).map(|t| t.0);
         (time(a), &a.spec.snapshot_name).cmp(&(time(b), &b.spec.snapshot_name))
     });
-    match args.output.output {
+    match args.flags.output.output {
         OutputFormat::Table => {
             let mut rows = vec![
                 ["NAME", "SNAPSHOTNAME", "NODE", "LOCATION", "SIZE", "CREATIONTIME", "READY"]

@@ -8,6 +8,7 @@ mod config_file;
 mod kube_args;
 mod kube_commands;
 mod output;
+mod presets;
 mod progress;
 mod restore;
 
@@ -30,7 +31,7 @@ pub fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    init_logging(cli.log_format, &cli.log_level);
+    init_logging(cli.log_format, if cli.debug { "debug" } else { &cli.log_level });
     // One async thread: the gRPC connection and the stream reader then share it instead of
     // waking each other across threads for every frame. CPU-heavy work (hashing, compression,
     // file writes) runs on blocking threads anyway.

@@ -2,8 +2,9 @@
 
 use super::args::S3Args;
 use super::args::{OutputArgs, OutputFormat, TokenArgs};
-use super::commands::token_hash;
+use super::commands::{DEFAULT_DATA_DIR, token_hash};
 use super::output::{self, human_bytes, rfc3339};
+use super::presets::Preset;
 use super::progress::ProgressLine;
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -18,10 +19,6 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// etcdsnap's data directory when `$ETCDSNAP_DATA_DIR` is not set (the default of the other
-/// commands' `--data-dir`); snapshots named without a path are looked up in its `snapshots/`.
-const DEFAULT_ETCDSNAP_DATA_DIR: &str = "/var/lib/etcdsnap";
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -56,8 +53,8 @@ pub struct RestoreArgs {
     /// etcdutl binary [default: etcdutl from PATH]
     #[arg(long, env = "ETCDSNAP_ETCDUTL", value_name = "PATH")]
     pub etcdutl: Option<PathBuf>,
-    /// Snapshot directory in which NAME is looked up
-    /// [default: $ETCDSNAP_DATA_DIR/snapshots, else /var/lib/etcdsnap/snapshots]
+    /// Snapshot directory in which NAME is looked up [default: $ETCDSNAP_DATA_DIR/snapshots, a
+    /// K3s/RKE2 server's snapshot directory, else /var/lib/etcdsnap/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     #[command(flatten)]
@@ -100,7 +97,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         true => resolve_s3(&args.snapshot, args.s3.raw(None)).await?,
         false => resolve(&args)?,
     };
-    let token = match token_hash(&args.token)? {
+    let token = match token_hash(&args.token, Preset::detect().as_ref())? {
         Some(hash) => Some(CurrentToken {
             hash,
             // --token and --token-file exclude each other.
@@ -233,12 +230,17 @@ fn resolve(args: &RestoreArgs) -> anyhow::Result<SnapshotSource> {
     }
     let name =
         SnapshotName::parse(given).with_context(|| format!("{given:?} is neither a path nor a snapshot name"))?;
-    let dir = args.dir.clone().unwrap_or_else(|| {
-        std::env::var_os("ETCDSNAP_DATA_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ETCDSNAP_DATA_DIR))
-            .join("snapshots")
-    });
+    let dir = match (&args.dir, std::env::var_os("ETCDSNAP_DATA_DIR")) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(data_dir)) => match Preset::at(Path::new(&data_dir)) {
+            Some(p) => p.snapshot_dir(),
+            None => PathBuf::from(data_dir).join("snapshots"),
+        },
+        (None, None) => match Preset::detect() {
+            Some(p) => p.snapshot_dir(),
+            None => PathBuf::from(DEFAULT_DATA_DIR).join("snapshots"),
+        },
+    };
     let store = match LocalStore::open(&dir, false, "") {
         Ok(store) => store,
         Err(StoreError::MissingDir(_)) => bail!(

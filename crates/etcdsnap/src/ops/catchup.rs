@@ -16,11 +16,14 @@ use std::collections::HashSet;
 use std::io::Read;
 
 /// Local snapshots of `node` to upload: ready, recorded with a sha256 (so the bytes can be
-/// checked on the way), missing from S3, and among the newest `keep` of their base name.
+/// checked on the way), missing from S3, and among the newest `keep` of their base name. Only
+/// this cluster's S3 snapshots count (`cluster`, when known): another cluster's node of the same
+/// name shares the folder but not the retention.
 pub fn plan(
     local: &[SnapshotRecord],
     remote: &[SnapshotRecord],
     node: &str,
+    cluster: Option<&str>,
     base: &str,
     keep: usize,
 ) -> Vec<SnapshotRecord> {
@@ -28,9 +31,10 @@ pub fn plan(
         return Vec::new();
     }
     let in_remote: HashSet<&SnapshotName> = remote.iter().filter(|r| r.is_ready()).map(|r| &r.name).collect();
+    let ours = |r: &&SnapshotRecord| cluster.is_none_or(|c| r.cluster_id.as_deref() == Some(c));
     let mut group: Vec<(i64, &SnapshotName)> = local
         .iter()
-        .chain(remote.iter())
+        .chain(remote.iter().filter(ours))
         .filter(|r| r.is_ready() && r.node_name == node && matches_base(&r.name, base, node))
         .map(|r| (r.name.timestamp().unwrap_or_else(|| r.created_at.as_second()), &r.name))
         .collect();
@@ -53,7 +57,7 @@ pub async fn upload_missing(ctx: &Context, base: &str, keep: usize) -> (Vec<Snap
         (Err(e), _) | (_, Err(e)) => return (Vec::new(), vec![format!("catch-up uploads skipped: {e}")]),
     };
     let mut uploaded = Vec::new();
-    for record in plan(&local_list, &remote_list, &ctx.node_name, base, keep) {
+    for record in plan(&local_list, &remote_list, &ctx.node_name, ctx.cluster_id.as_deref(), base, keep) {
         match upload_one(ctx, local, remote.as_ref(), &record).await {
             Ok(r) => {
                 tracing::info!(snapshot = %r.name, location = %r.location, "uploaded a snapshot whose earlier upload had failed");
@@ -145,12 +149,22 @@ mod tests {
             vec![rec("s-n-1", StorageKind::Local), rec("s-n-2", StorageKind::Local), rec("s-n-3", StorageKind::Local)];
         // S3 has only the newest; with keep 2 the middle one is missing and wanted.
         let remote = vec![rec("s-n-3", StorageKind::S3)];
-        assert_eq!(names(plan(&local, &remote, "n", "s", 2)), ["s-n-2"]);
+        assert_eq!(names(plan(&local, &remote, "n", None, "s", 2)), ["s-n-2"]);
         // keep 1: S3 already has the newest; nothing to do (no upload-then-prune loop).
-        assert!(plan(&local, &remote, "n", "s", 1).is_empty());
-        assert!(plan(&local, &remote, "n", "s", 0).is_empty());
+        assert!(plan(&local, &remote, "n", None, "s", 1).is_empty());
+        assert!(plan(&local, &remote, "n", None, "s", 0).is_empty());
         // Everything failed to upload: the newest `keep` are uploaded.
-        assert_eq!(names(plan(&local, &[], "n", "s", 2)), ["s-n-2", "s-n-3"]);
+        assert_eq!(names(plan(&local, &[], "n", None, "s", 2)), ["s-n-2", "s-n-3"]);
+    }
+
+    #[test]
+    fn another_cluster_s_node_of_the_same_name_does_not_count() {
+        let local = vec![rec("s-n-1", StorageKind::Local), rec("s-n-2", StorageKind::Local)];
+        let mut theirs = rec("s-n-9", StorageKind::S3);
+        theirs.cluster_id = Some("other".into());
+        // Their newer snapshot does not push ours out of the newest 2.
+        assert_eq!(names(plan(&local, &[theirs.clone()], "n", Some("mine"), "s", 2)), ["s-n-1", "s-n-2"]);
+        assert_eq!(names(plan(&local, &[theirs], "n", None, "s", 2)), ["s-n-2"]);
     }
 
     #[test]
@@ -160,6 +174,6 @@ mod tests {
         let mut other = rec("s-m-6", StorageKind::Local);
         other.node_name = "m".into();
         let local = vec![no_sha, other, rec("t-n-7", StorageKind::Local)];
-        assert!(plan(&local, &[], "n", "s", 5).is_empty());
+        assert!(plan(&local, &[], "n", None, "s", 5).is_empty());
     }
 }

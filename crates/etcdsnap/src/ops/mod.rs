@@ -34,6 +34,9 @@ pub struct Context {
     pub remote_spec: Option<ETCDSnapshotS3>,
     /// Snapshots to keep per node in S3 when configured (`--s3-retention`, `etcd-s3-retention`).
     pub s3_retention: Option<usize>,
+    /// How long an S3 upload of this node must have been idle before a save aborts it as left
+    /// by a killed save.
+    pub stale_upload_after: Duration,
     pub token_hash: Option<TokenHash>,
     pub cluster_id: Option<String>,
     pub extra_metadata: Option<BTreeMap<String, String>>,
@@ -124,11 +127,11 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     }
     let _lock = match (&ctx.local, &ctx.lock_dir) {
         (Some(local), _) => Some(local.lock()?),
-        (None, Some(dir)) => Some(DirLock::take_creating(dir)?),
+        (None, Some(dir)) => Some(DirLock::take(dir)?),
         (None, None) => None,
     };
     let started = Instant::now();
-    clean_interrupted(ctx).await;
+    clean_interrupted(ctx, &opts.base_name).await;
     failpoint::reached(failpoint::SAVE_STARTED).await;
     let (name, created_at) = free_name(ctx, &stores, opts).await?;
     let mut report = SaveReport {
@@ -250,10 +253,10 @@ impl Attempt<'_> {
     }
 }
 
-/// Aborts what interrupted saves of this node left in remote stores (best effort).
-async fn clean_interrupted(ctx: &Context) {
+/// Aborts what interrupted saves of this node and base name left in remote stores (best effort).
+async fn clean_interrupted(ctx: &Context, base: &str) {
     if let Some(remote) = &ctx.remote
-        && let Err(e) = remote.clean_interrupted(&ctx.node_name, jiff::Timestamp::now()).await
+        && let Err(e) = remote.clean_interrupted(&ctx.node_name, base, ctx.stale_upload_after).await
     {
         tracing::warn!(store = %remote.describe(), error = %e, "could not check for uploads left by interrupted saves");
     }

@@ -39,7 +39,8 @@ pub struct StorageListing {
 /// resources are not touched at all; otherwise a missing snapshot directory means "no local
 /// snapshots".
 pub async fn list_storage(ctx: &Context, deleted: BTreeSet<String>, local_managed: bool) -> StorageListing {
-    let mut listing = StorageListing { state: StorageState { local: None, s3: None, deleted }, ..Default::default() };
+    let state = StorageState { local: None, s3: None, s3_location: None, deleted };
+    let mut listing = StorageListing { state, ..Default::default() };
     if ctx.local.is_none() && local_managed {
         // No local directory yet (nothing saved on this node): nothing local exists.
         listing.state.local = Some(Vec::new());
@@ -68,7 +69,10 @@ pub async fn list_storage(ctx: &Context, deleted: BTreeSet<String>, local_manage
                 }
                 listing.state.local = Some(mine);
             }
-            StorageKind::S3 => listing.state.s3 = Some(found.records),
+            StorageKind::S3 => {
+                listing.state.s3 = Some(found.records);
+                listing.state.s3_location = ctx.remote_spec.clone();
+            }
         }
     }
     listing

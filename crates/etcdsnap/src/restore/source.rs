@@ -6,9 +6,9 @@
 //! in a store are streamed through [`SnapshotStore::open`], so S3 needs nothing but a store.
 
 use etcdsnap_api::consts::METADATA_DIR;
-use etcdsnap_api::{Compression, NameError, SnapshotName, StorageKind, StoredMetadata, parse_stored_metadata};
-use etcdsnap_storage::record::{MetadataSource, SnapshotRecord};
-use etcdsnap_storage::store::local::{LocalStore, read_bounded};
+use etcdsnap_api::{Compression, NameError, SnapshotName, StorageKind};
+use etcdsnap_storage::record::SnapshotRecord;
+use etcdsnap_storage::store::local::{LocalStore, read_metadata};
 use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use serde::Serialize;
 use std::fs::File;
@@ -132,7 +132,7 @@ impl SnapshotSource {
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name =
             SnapshotName::parse(&file_name).map_err(|source| SourceError::BadName { path: path.clone(), source })?;
-        let metadata_path = path.parent().and_then(Path::parent).map(|p| p.join(METADATA_DIR).join(name.as_str()));
+        let metadata_dir = path.parent().and_then(Path::parent).map(|p| p.join(METADATA_DIR));
         let mut source = SnapshotSource {
             kind: SourceKind::File,
             origin: Origin::Path(path.clone()),
@@ -141,8 +141,8 @@ impl SnapshotSource {
             recorded_size: None,
             notes: Vec::new(),
         };
-        if let Some(doc_path) = metadata_path {
-            source.apply_metadata_file(&doc_path);
+        if let Some(dir) = metadata_dir {
+            source.apply_metadata(&dir);
         }
         if let Some(found) = sniff(&header[..read])
             && found != source.compression
@@ -223,30 +223,13 @@ impl SnapshotSource {
         }
     }
 
-    fn apply_metadata_file(&mut self, doc_path: &Path) {
-        match read_bounded(doc_path) {
-            Ok(None) => {}
-            Ok(Some(bytes)) => match parse_stored_metadata(&bytes, self.record.name.as_str()) {
-                Ok(StoredMetadata::Document(doc)) => {
-                    self.recorded_size = Some(doc.size);
-                    self.record.apply_document(*doc);
-                    // What the file system says stays authoritative for the record itself.
-                    self.record.compression = self.record.name.compression();
-                }
-                Ok(StoredMetadata::ExtraMetadata(map)) => {
-                    self.record.extra_metadata = Some(map);
-                    self.record.metadata_source = MetadataSource::K3sMap;
-                }
-                Err(e) => {
-                    self.notes.push(format!("ignoring metadata {}: {e}", doc_path.display()));
-                    self.record.metadata_source = MetadataSource::Rejected;
-                }
-            },
-            Err(e) => {
-                self.notes.push(format!("ignoring metadata {}: {e}", doc_path.display()));
-                self.record.metadata_source = MetadataSource::Rejected;
-            }
-        }
+    /// The record and K3s's metadata found where etcdsnap and K3s keep them.
+    fn apply_metadata(&mut self, metadata_dir: &Path) {
+        let found = read_metadata(metadata_dir, &self.record.name);
+        self.recorded_size = found.record.as_ref().map(|d| d.size);
+        found.apply_to(&mut self.record, &mut self.notes);
+        // What the file system says stays authoritative for the record itself.
+        self.record.compression = self.record.name.compression();
     }
 }
 
@@ -274,6 +257,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 mod tests {
     use super::*;
     use etcdsnap_api::{EtcdInfo, TokenHash};
+    use etcdsnap_storage::record::MetadataSource;
 
     fn write(path: &Path, bytes: &[u8]) {
         if let Some(p) = path.parent() {
@@ -305,7 +289,13 @@ mod tests {
         record.size = 99;
         record.token_hash = TokenHash::parse_recorded("652c7dc687d9");
         record.etcd = Some(EtcdInfo { revision: 7, version: "3.6.16".into(), ..Default::default() });
+        // An earlier release's record at `.metadata/<name>`, then today's beside K3s's metadata.
         write(&dir.path().join(".metadata/on-demand-n1-1700000000"), &record.to_document().to_json());
+        let old = SnapshotSource::from_path(&snap).unwrap();
+        assert_eq!(old.record.metadata_source, MetadataSource::Document);
+        assert_eq!(old.recorded_size, Some(99));
+        write(&dir.path().join(".metadata/on-demand-n1-1700000000"), br#"{"rancher":"x"}"#);
+        write(&dir.path().join(".metadata/on-demand-n1-1700000000.etcdsnap.json"), &record.to_document().to_json());
         let full = SnapshotSource::from_path(&snap).unwrap();
         assert_eq!(full.record.metadata_source, MetadataSource::Document);
         assert_eq!(full.record.node_name, "n1");
@@ -313,6 +303,7 @@ mod tests {
         assert_eq!(full.recorded_size, Some(99));
         assert_eq!(full.record.size, 10);
         assert_eq!(full.record.etcd.map(|e| e.revision), Some(7));
+        assert_eq!(full.record.extra_metadata.and_then(|m| m.get("rancher").cloned()).as_deref(), Some("x"));
     }
 
     #[test]

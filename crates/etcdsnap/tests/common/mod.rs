@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod k3s;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -137,21 +138,35 @@ impl SlowEtcd {
     }
 }
 
-/// Waits until a save into the snapshot directory `dir` has written at least `min_bytes` to its
-/// `.part` file.
-pub async fn wait_for_partial(dir: &Path, min_bytes: u64, timeout: std::time::Duration) -> Result<(), String> {
+/// Bytes the process `pid` has written to snapshot files it holds open in `dir` and has not
+/// published yet (unnamed files: their links read `<dir>/#<inode> (deleted)`), if it holds one.
+pub fn unpublished_bytes(pid: u32, dir: &Path) -> Option<u64> {
+    let dir = dir.canonicalize().ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.starts_with(&dir) && target.to_string_lossy().ends_with(" (deleted)"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok().map(|m| m.len()))
+        .max()
+}
+
+/// Waits until the save running as `pid` has written at least `min_bytes` of a snapshot into
+/// the snapshot directory `dir`, not yet published.
+pub async fn wait_for_save_in_progress(
+    pid: u32,
+    dir: &Path,
+    min_bytes: u64,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let written = files_in(dir)
-            .into_iter()
-            .filter(|f| f.ends_with(".part"))
-            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-            .any(|m| m.len() >= min_bytes);
-        if written {
+        if unpublished_bytes(pid, dir).is_some_and(|n| n >= min_bytes) {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("no save in progress in {} after {timeout:?}", dir.display()));
+            return Err(format!("no save of process {pid} in progress in {} after {timeout:?}", dir.display()));
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -148,9 +148,14 @@ impl S3Config {
         if self.folder.is_empty() { name.to_string() } else { format!("{}/{name}", self.folder) }
     }
 
-    /// Key of a metadata document in the folder.
+    /// Key of K3s's metadata object of a snapshot.
     pub fn metadata_key(&self, name: &str) -> String {
         self.key(&format!("{}/{name}", etcdsnap_api::consts::METADATA_DIR))
+    }
+
+    /// Key of etcdsnap's record of a snapshot, beside K3s's metadata where K3s never reads it.
+    pub fn record_key(&self, name: &str) -> String {
+        self.metadata_key(&format!("{name}{}", etcdsnap_api::consts::RECORD_SUFFIX))
     }
 
     /// The `s3://bucket/key` location recorded in resources.

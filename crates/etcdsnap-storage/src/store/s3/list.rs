@@ -196,13 +196,8 @@ pub async fn list_uploads(
     }
 }
 
-/// Aborts one multipart upload.
-pub async fn abort_upload(
-    http: &reqwest::Client,
-    config: &S3Config,
-    credential: &AwsCredential,
-    upload: &OpenUpload,
-) -> Result<(), StoreError> {
+/// The URL of one upload of `upload.key`, with `uploadId` set.
+fn upload_url(config: &S3Config, upload: &OpenUpload) -> Result<url::Url, StoreError> {
     let mut url = url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Client(format!("S3 URL: {e}")))?;
     {
         let mut segments =
@@ -211,7 +206,75 @@ pub async fn abort_upload(
         segments.extend(upload.key.split('/'));
     }
     url.query_pairs_mut().append_pair("uploadId", &upload.upload_id);
+    Ok(url)
+}
+
+/// Aborts one multipart upload.
+pub async fn abort_upload(
+    http: &reqwest::Client,
+    config: &S3Config,
+    credential: &AwsCredential,
+    upload: &OpenUpload,
+) -> Result<(), StoreError> {
+    let url = upload_url(config, upload)?;
     send_signed(http, config, credential, reqwest::Method::DELETE, url.as_str(), "abort upload").await.map(|_| ())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListPartsResult {
+    #[serde(default)]
+    part: Vec<Part>,
+    #[serde(default)]
+    is_truncated: bool,
+    #[serde(default)]
+    next_part_number_marker: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Part {
+    #[serde(default)]
+    last_modified: String,
+}
+
+/// Parses one ListParts page: the newest part's time and the marker of the next page.
+pub fn parse_parts(xml: &str) -> Result<(Option<jiff::Timestamp>, Option<String>), String> {
+    let page: ListPartsResult =
+        quick_xml::de::from_str(xml).map_err(|e| format!("unreadable ListParts answer: {e}"))?;
+    let newest = page.part.iter().filter_map(|p| p.last_modified.parse::<jiff::Timestamp>().ok()).max();
+    let next = if page.is_truncated { page.next_part_number_marker } else { None };
+    Ok((newest, next))
+}
+
+/// When a part of `upload` was last uploaded (None: no part yet): a save still running uploads
+/// a part at least every S3 timeout, a dead one never again.
+pub async fn last_part_time(
+    http: &reqwest::Client,
+    config: &S3Config,
+    credential: &AwsCredential,
+    upload: &OpenUpload,
+) -> Result<Option<jiff::Timestamp>, StoreError> {
+    let mut newest = None;
+    let mut marker: Option<String> = None;
+    loop {
+        let mut url = upload_url(config, upload)?;
+        if let Some(m) = &marker {
+            url.query_pairs_mut().append_pair("part-number-marker", m);
+        }
+        let body = send_signed(http, config, credential, reqwest::Method::GET, url.as_str(), "list parts").await?;
+        let (page_newest, next) = parse_parts(&body).map_err(|message| StoreError::S3 {
+            op: "list parts",
+            target: format!("s3://{}/{}", config.bucket, upload.key),
+            problem: None,
+            message,
+        })?;
+        newest = newest.max(page_newest);
+        match next {
+            Some(m) => marker = Some(m),
+            None => return Ok(newest),
+        }
+    }
 }
 
 /// One LIST of at most one key: proves the bucket exists and the credentials work.
@@ -306,6 +369,17 @@ mod tests {
             parse_page("<html>proxy error</html>").is_ok_and(|(v, n)| v.is_empty() && n.is_none())
                 || parse_page("<html>").is_err()
         );
+    }
+
+    #[test]
+    fn parses_parts() {
+        let xml = r#"<ListPartsResult><IsTruncated>true</IsTruncated><NextPartNumberMarker>2</NextPartNumberMarker>
+<Part><PartNumber>1</PartNumber><LastModified>2023-11-14T22:13:20.000Z</LastModified></Part>
+<Part><PartNumber>2</PartNumber><LastModified>2023-11-14T22:13:25.000Z</LastModified></Part></ListPartsResult>"#;
+        let (newest, next) = parse_parts(xml).unwrap();
+        assert_eq!(newest.map(|t| t.as_second()), Some(1_700_000_005));
+        assert_eq!(next.as_deref(), Some("2"));
+        assert_eq!(parse_parts("<ListPartsResult/>").unwrap(), (None, None));
     }
 
     #[test]

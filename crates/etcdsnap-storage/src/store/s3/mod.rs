@@ -20,12 +20,15 @@ use async_trait::async_trait;
 use cache::{DetailsCache, Learned};
 
 use crate::describe_error;
+use crate::store::retention::matches_base;
 use etcdsnap_api::consts::{
     S3_META_CLUSTER_ID, S3_META_COMPRESSION, S3_META_ETCD_REVISION, S3_META_ETCD_VERSION, S3_META_NODE_NAME,
     S3_META_TOKEN_HASH,
 };
 use etcdsnap_api::metadata::MAX_METADATA_BYTES;
-use etcdsnap_api::{ETCDSnapshotS3, SnapshotName, StorageKind, StoredMetadata, TokenHash, parse_stored_metadata};
+use etcdsnap_api::{
+    ETCDSnapshotS3, MetadataDocument, SnapshotName, StorageKind, StoredMetadata, TokenHash, parse_stored_metadata,
+};
 use futures::{StreamExt, TryStreamExt};
 use hints::{S3Problem, explain};
 use list::{ListedObject, list_prefix};
@@ -41,6 +44,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use config::{BucketLookup, S3Config};
 pub use settings::{RawS3Settings, S3Key, S3SettingsError, SettingsOrigin};
@@ -299,7 +303,7 @@ impl S3Store {
             candidates
                 .iter()
                 .filter_map(|(_, name)| {
-                    let doc = documents.get(name.as_str())?;
+                    let doc = document_of(documents, name)?;
                     let small = doc.size as usize <= MAX_METADATA_BYTES;
                     (small && cache.get(&doc.key, &doc.etag).is_none())
                         .then(|| (doc.key.clone(), doc.etag.clone(), name.clone()))
@@ -334,7 +338,7 @@ impl S3Store {
         let mut missing = Vec::new();
         for (object, name) in candidates {
             let mut record = self.record_of(object, name.clone());
-            let has_document = match documents.get(name.as_str()) {
+            let has_document = match document_of(documents, name) {
                 Some(doc) => self.apply_cached_document(&mut record, doc, &cache, warnings),
                 None => false,
             };
@@ -422,39 +426,120 @@ impl S3Store {
         Ok(())
     }
 
-    /// Aborts multipart uploads of this node's snapshots that a crashed or killed save left
-    /// open (S3 keeps and bills their parts until aborted). Only uploads started before `before`
-    /// are touched, so a save running right now is safe.
-    pub async fn abort_stale_uploads(&self, node: &str, before: jiff::Timestamp) -> Result<usize, StoreError> {
+    /// Aborts multipart uploads that a crashed or killed save of `node` (snapshots named
+    /// `<base>-<node>-<unix>`, exactly: `server-1` never owns `k3s-server-1`'s uploads) left
+    /// open; S3 keeps and bills their parts until aborted. Only uploads idle (neither started nor
+    /// written to) for `idle`, and at least the S3 timeout, are touched: a save still running
+    /// writes a part far more often than that, so no save in progress loses its upload, not
+    /// even one of another cluster's node of the same name. The record and metadata a killed
+    /// save wrote before completing its upload go with it.
+    pub async fn abort_stale_uploads(&self, node: &str, base: &str, idle: Duration) -> Result<usize, StoreError> {
         let credential = self.credential().await?;
         let uploads = list::list_uploads(&self.http, &self.config, &credential, &self.folder_prefix()).await?;
         self.count(1);
+        let idle = jiff::SignedDuration::try_from(idle.max(self.config.timeout)).unwrap_or(jiff::SignedDuration::MAX);
+        let before = jiff::Timestamp::now().checked_sub(idle).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         let mut aborted = 0;
         for upload in uploads {
             let Ok(name) = self.name_of(&upload.key) else { continue };
-            let ours = name
-                .without_compression_extension()
-                .rsplit_once('-')
-                .is_some_and(|(rest, _)| rest.ends_with(&format!("-{node}")));
-            if !ours || upload.initiated >= before {
+            if !matches_base(&name, base, node) || upload.initiated >= before {
                 continue;
+            }
+            self.count(1);
+            if list::last_part_time(&self.http, &self.config, &credential, &upload).await?.is_some_and(|t| t >= before)
+            {
+                continue; // still being written
             }
             list::abort_upload(&self.http, &self.config, &credential, &upload).await?;
             self.count(1);
             tracing::info!(key = %upload.key, "aborted a multipart upload left by an interrupted save");
             aborted += 1;
-            // A save killed after writing the metadata document but before completing the
-            // upload leaves the document alone; without its object it describes nothing.
             if let Ok(false) = self.exists(&name).await {
-                let doc = self.path(&self.config.metadata_key(name.as_str()));
-                self.count(1);
-                if self.store.delete(&doc).await.is_ok() {
-                    tracing::debug!(key = %doc, "removed the metadata document of an interrupted upload");
-                }
+                self.delete_documents(&name).await?;
             }
         }
         Ok(aborted)
     }
+
+    /// Earlier releases kept the record of a snapshot in `.metadata/<name>`, K3s's object: the
+    /// record moves to `<name>.etcdsnap.json`, and `<name>` becomes what K3s writes there (the
+    /// extra metadata, or nothing). Only `node`'s own snapshots are touched, and only records
+    /// a listing has already read (the listing cache knows them), so this costs one LIST and
+    /// the writes. The record is written before K3s's object changes: a crash loses nothing.
+    pub async fn migrate_legacy_records(&self, node: &str) -> Result<usize, StoreError> {
+        let credential = self.credential().await?;
+        let meta_prefix = format!("{}{}/", self.folder_prefix(), etcdsnap_api::consts::METADATA_DIR);
+        let (documents, requests) = list_prefix(&self.http, &self.config, &credential, &meta_prefix).await?;
+        self.count(requests as u64);
+        let names: HashSet<String> =
+            documents.iter().filter_map(|o| o.key.strip_prefix(&meta_prefix).map(str::to_string)).collect();
+        let legacy: Vec<MetadataDocument> = {
+            let cache = self.cache()?;
+            documents
+                .iter()
+                .filter_map(|o| {
+                    let name = SnapshotName::parse(o.key.strip_prefix(&meta_prefix)?).ok()?;
+                    if names.contains(&name.record_file_name()) {
+                        return None;
+                    }
+                    match cache.get(&o.key, &o.etag) {
+                        Some(Learned::Document { document }) if document.node_name == node => {
+                            Some((**document).clone())
+                        }
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        let mut moved = 0;
+        for doc in legacy {
+            let name = SnapshotName::parse(&doc.name).map_err(|e| StoreError::Client(e.to_string()))?;
+            self.put_json(&self.config.record_key(name.as_str()), doc.to_json()).await?;
+            let k3s_key = self.config.metadata_key(name.as_str());
+            match doc.extra_metadata.as_ref().filter(|m| !m.is_empty()) {
+                Some(extra) => self.put_json(&k3s_key, etcdsnap_api::go::marshal_string_map(extra)).await?,
+                None => {
+                    self.count(1);
+                    self.store.delete(&self.path(&k3s_key)).await.map_err(|e| self.error("delete", &k3s_key, &e))?;
+                }
+            }
+            tracing::info!(snapshot = %name, "moved an earlier release's record out of K3s's metadata object");
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    async fn put_json(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, "application/json".into());
+        let options = object_store::PutOptions { attributes, ..Default::default() };
+        self.count(1);
+        self.store
+            .put_opts(&self.path(key), object_store::PutPayload::from(body), options)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("put", key, &e))
+    }
+
+    /// Deletes a snapshot's record and K3s metadata objects (missing ones are fine).
+    async fn delete_documents(&self, name: &SnapshotName) -> Result<(), StoreError> {
+        for key in [self.config.record_key(name.as_str()), self.config.metadata_key(name.as_str())] {
+            let path = self.path(&key);
+            self.count(1);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error("delete metadata", path.to_string(), &e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What describes a snapshot in the metadata folder: etcdsnap's record when there is one (it
+/// holds everything, the extra metadata included), else `.metadata/<name>` (K3s's extra
+/// metadata, or the record of a snapshot saved by an earlier etcdsnap release).
+fn document_of<'a>(documents: &'a HashMap<String, ListedObject>, name: &SnapshotName) -> Option<&'a ListedObject> {
+    documents.get(&name.record_file_name()).or_else(|| documents.get(name.as_str()))
 }
 
 /// A HEAD's answer: the object's user metadata, or why it could not be read.
@@ -497,8 +582,9 @@ fn content_type(name: &SnapshotName) -> &'static str {
 
 #[async_trait]
 impl SnapshotStore for S3Store {
-    async fn clean_interrupted(&self, node: &str, before: jiff::Timestamp) -> Result<usize, StoreError> {
-        self.abort_stale_uploads(node, before).await
+    async fn clean_interrupted(&self, node: &str, base: &str, idle: Duration) -> Result<usize, StoreError> {
+        let aborted = self.abort_stale_uploads(node, base, idle).await?;
+        Ok(aborted + self.migrate_legacy_records(node).await?)
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -587,14 +673,7 @@ impl SnapshotStore for S3Store {
                 .await
                 .map_err(|e| self.error("delete", self.config.location(name.as_str()), &e))?;
         }
-        let doc = self.path(&self.config.metadata_key(name.as_str()));
-        self.count(1);
-        match self.store.delete(&doc).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(self.error("delete metadata", doc.to_string(), &e));
-            }
-        }
+        self.delete_documents(name).await?;
         Ok(existed)
     }
 }

@@ -14,6 +14,7 @@ use etcdsnap_api::consts::{S3_META_SHA256, S3_META_SIZE};
 use etcdsnap_api::{MetadataDocument, SnapshotName, StorageKind};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, MultipartUpload, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -90,9 +91,11 @@ impl S3Sink {
     }
 }
 
-/// Uploads parts as they arrive, at most `concurrency` at a time. On a failure the multipart
-/// upload is aborted (so no parts are left billed and invisible) and the error kept for the
-/// writer.
+/// Uploads parts as they arrive, at most `concurrency` at a time. Parts in flight keep going
+/// while the next one is being filled (a slow etcd, a pause in the stream): they are polled
+/// whichever of the two is ready first, never only when the next part arrives. On a failure the
+/// multipart upload is aborted (so no parts are left billed and invisible) and the error kept
+/// for the writer.
 async fn upload_parts(
     mut upload: Box<dyn MultipartUpload>,
     mut parts: mpsc::Receiver<Bytes>,
@@ -101,23 +104,18 @@ async fn upload_parts(
 ) -> Result<Box<dyn MultipartUpload>, String> {
     let mut inflight = FuturesUnordered::new();
     let mut result = Ok(());
-    while let Some(part) = parts.recv().await {
-        while inflight.len() >= concurrency {
-            if let Some(Err(e)) = inflight.next().await {
-                result = Err(e);
-                break;
+    let mut more = true;
+    while result.is_ok() && (more || !inflight.is_empty()) {
+        tokio::select! {
+            part = parts.recv(), if more && inflight.len() < concurrency => match part {
+                Some(part) => inflight.push(upload.put_part(PutPayload::from_bytes(part))),
+                None => more = false,
+            },
+            Some(done) = inflight.next(), if !inflight.is_empty() => {
+                if let Err(e) = done {
+                    result = Err(e);
+                }
             }
-        }
-        if result.is_err() {
-            break;
-        }
-        inflight.push(upload.put_part(PutPayload::from_bytes(part)));
-    }
-    while result.is_ok() {
-        match inflight.next().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => result = Err(e),
-            None => break,
         }
     }
     drop(inflight);
@@ -133,6 +131,57 @@ async fn upload_parts(
                 tracing::warn!(error = %describe_error(&abort), "aborting the failed multipart upload failed");
             }
             Err(message)
+        }
+    }
+}
+
+impl S3Sink {
+    /// Puts etcdsnap's record and, when there is extra metadata, K3s's metadata object (the
+    /// compact string map K3s writes, with the same user metadata as the snapshot, as K3s
+    /// does). Returns what was written, also when a later put failed.
+    async fn put_documents(&self, doc: &MetadataDocument) -> Result<Vec<ObjectPath>, (Vec<ObjectPath>, StoreError)> {
+        let config = self.store.config();
+        let mut documents = vec![(config.record_key(self.name.as_str()), doc.to_json(), true)];
+        if let Some(extra) = doc.extra_metadata.as_ref().filter(|m| !m.is_empty()) {
+            let k3s = etcdsnap_api::go::marshal_string_map(extra);
+            documents.push((config.metadata_key(self.name.as_str()), k3s, false));
+        }
+        let mut written = Vec::new();
+        for (key, body, is_record) in documents {
+            let mut attributes = Attributes::new();
+            for (name, value) in self.attributes.iter() {
+                // K3s's object carries K3s's user metadata only; etcdsnap's goes on its record.
+                let k3s = matches!(name, Attribute::Metadata(m) if m.starts_with("k3s-"));
+                if is_record || k3s {
+                    attributes.insert(name.clone(), value.clone());
+                }
+            }
+            attributes.insert(Attribute::ContentType, "application/json".into());
+            if is_record {
+                attributes.insert(Attribute::Metadata(S3_META_SHA256.into()), doc.sha256.clone().into());
+                attributes.insert(Attribute::Metadata(S3_META_SIZE.into()), doc.size.to_string().into());
+            }
+            let path = self.store.path(&key);
+            let options = PutOptions { attributes, ..Default::default() };
+            match self.store.object_store().put_opts(&path, PutPayload::from(body), options).await {
+                Ok(_) => written.push(path),
+                Err(e) => {
+                    let error = StoreError::S3 {
+                        op: "put metadata",
+                        target: path.to_string(),
+                        problem: S3Problem::of_object_store(&e),
+                        message: explain(&e, &config.bucket),
+                    };
+                    return Err((written, error));
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    async fn delete_all(&self, paths: &[ObjectPath]) {
+        for path in paths {
+            let _ = self.store.object_store().delete(path).await;
         }
     }
 }
@@ -159,30 +208,20 @@ impl SnapshotSink for S3Sink {
 
     async fn commit(mut self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError> {
         let mut upload = self.finish_parts().await?;
-        // The document first: a completed object always has its document.
-        let mut attributes = self.attributes.clone();
-        attributes.insert(Attribute::ContentType, "application/json".into());
-        attributes.insert(Attribute::Metadata(S3_META_SHA256.into()), doc.sha256.clone().into());
-        attributes.insert(Attribute::Metadata(S3_META_SIZE.into()), doc.size.to_string().into());
-        let doc_path = self.store.path(&self.store.config().metadata_key(self.name.as_str()));
-        let put = self
-            .store
-            .object_store()
-            .put_opts(&doc_path, PutPayload::from(doc.to_json()), PutOptions { attributes, ..Default::default() })
-            .await;
-        if let Err(e) = put {
-            let _ = upload.abort().await;
-            return Err(StoreError::S3 {
-                op: "put metadata",
-                target: doc_path.to_string(),
-                problem: S3Problem::of_object_store(&e),
-                message: explain(&e, &self.store.config().bucket),
-            });
-        }
+        // The record (and K3s's metadata) first: a completed object always has its record.
+        let written = self.put_documents(doc).await;
+        let written = match written {
+            Ok(written) => written,
+            Err((written, e)) => {
+                let _ = upload.abort().await;
+                self.delete_all(&written).await;
+                return Err(e);
+            }
+        };
         failpoint::reached(failpoint::S3_AFTER_METADATA).await;
         if let Err(e) = upload.complete().await {
             let _ = upload.abort().await;
-            let _ = self.store.object_store().delete(&doc_path).await;
+            self.delete_all(&written).await;
             return Err(self.error(format!("completing the upload: {}", describe_error(&e))));
         }
         failpoint::reached(failpoint::S3_AFTER_COMPLETE).await;
