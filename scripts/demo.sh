@@ -74,7 +74,7 @@ show "$kubectl" get etcdsnapshotfiles
 show "$bin/etcdsnap" reconcile
 show "$kubectl" -n kube-system get configmap k3s-etcd-snapshots
 
-step "The bucket: each object has a metadata document beside it (K3s layout)"
+step "The bucket: snapshots at the top, etcdsnap's record beside each in .metadata/<name>.etcdsnap.json (K3s's own .metadata/<name> appears only with extra metadata)"
 (cd "$TESTENV_S3_ROOT/etcdsnap" && find . -type f | sed 's|^\./||' | sort)
 
 step "Verify every stored byte, locally and in S3, against its sha256 and etcd's integrity trailer"
@@ -87,7 +87,7 @@ show "$bin/etcdsnap" restore "$newest" --data-dir "$work/restored" --name demo -
 step "Prune the on-demand snapshots to the newest one (locally and in S3; the agent's keep their own retention)"
 show "$bin/etcdsnap" prune --retention 1
 
-step "What is on disk (0700 directories, 0600 files, a metadata document per snapshot)"
+step "What is on disk (0700 directories, 0600 files, the snapshot directory holds snapshots only, one etcdsnap record per snapshot in .metadata)"
 show ls -la "$ETCDSNAP_DATA_DIR/snapshots" "$ETCDSNAP_DATA_DIR/.metadata"
 first=$(ls "$ETCDSNAP_DATA_DIR/.metadata" | head -1)
 show cat "$ETCDSNAP_DATA_DIR/.metadata/$first"
