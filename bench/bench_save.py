@@ -36,7 +36,7 @@ def clean():
 etcdctl = [args.etcdctl, "--endpoints", args.endpoints, "snapshot", "save", ctl_out]
 def etcdsnap(compress):
     return [args.etcdsnap, "save", "--data-dir", snap_dir, "--node-name", "bench", "--endpoints", args.endpoints,
-            "--compress", compress, "--log-level", "warn"]
+            "--no-kube", "--compress", compress, "--log-level", "warn"]
 
 runs_ctl, runs_snap, ratios = measure.paired(etcdctl, etcdsnap("none"), args.runs, before=clean)
 clean()
