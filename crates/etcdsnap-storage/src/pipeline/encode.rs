@@ -2,8 +2,9 @@
 //! named like the snapshot without `.zip`, mode 0600, modified at the snapshot time), written as
 //! a stream so the same bytes can go to disk and S3 at once.
 
+use bytes::Bytes;
 use etcdsnap_api::Compression;
-use std::io::{self, Write};
+use std::io::{self, BufWriter, IoSlice, Write};
 use zip::write::{SimpleFileOptions, StreamWriter};
 
 /// How the stored bytes are produced.
@@ -19,11 +20,22 @@ pub struct EncodeSpec {
     pub expected_size: u64,
 }
 
-pub enum Encoder<W: Write> {
-    Plain(W),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
-    Zip(Box<zip::ZipWriter<StreamWriter<W>>>),
+/// The end of the encoder chain: stored bytes, one buffer or several at a time.
+pub trait BatchWrite: Write {
+    /// Writes every byte of `bufs`, in order.
+    fn write_batch(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<()>;
 }
+
+/// Uncompressed bytes go to the output as they came (etcd's messages, a batch at a time);
+/// compressed bytes, which come out of the compressor in small pieces, are gathered first.
+pub enum Encoder<W: BatchWrite> {
+    Plain(W),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<W>>),
+    Zip(Box<zip::ZipWriter<StreamWriter<BufWriter<W>>>>),
+}
+
+/// Compressed bytes are handed to the output in writes of about this size.
+const COMPRESSED_WRITE_SIZE: usize = 256 * 1024;
 
 /// zstd's job size with one worker thread: the floor of its memory use (it holds about two jobs).
 const ZSTD_JOB_BYTES: u32 = 2 * 1024 * 1024;
@@ -32,11 +44,12 @@ const ZSTD_JOB_BYTES: u32 = 2 * 1024 * 1024;
 /// between the status call and the snapshot).
 const ZIP64_FROM: u64 = 3 * 1024 * 1024 * 1024;
 
-impl<W: Write> Encoder<W> {
+impl<W: BatchWrite> Encoder<W> {
     pub fn new(spec: &EncodeSpec, out: W) -> io::Result<Encoder<W>> {
         Ok(match spec.compression {
             Compression::None => Encoder::Plain(out),
             Compression::Zstd => {
+                let out = BufWriter::with_capacity(COMPRESSED_WRITE_SIZE, out);
                 let mut enc = zstd::stream::write::Encoder::new(out, spec.zstd_level)?;
                 enc.include_checksum(true)?;
                 // One compression worker: zstd compresses on its own thread while this one
@@ -47,6 +60,7 @@ impl<W: Write> Encoder<W> {
                 Encoder::Zstd(enc)
             }
             Compression::Zip => {
+                let out = BufWriter::with_capacity(COMPRESSED_WRITE_SIZE, out);
                 let mut zip = zip::ZipWriter::new_stream(out);
                 let options = SimpleFileOptions::default()
                     .compression_method(zip::CompressionMethod::Deflated)
@@ -59,22 +73,35 @@ impl<W: Write> Encoder<W> {
         })
     }
 
-    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Encodes `chunks`, in order, showing each raw chunk to `inspect` first (the trailer
+    /// check). Uncompressed chunks are all inspected, then written in one batch, without a copy.
+    pub fn write_batch(&mut self, chunks: &[Bytes], mut inspect: impl FnMut(&[u8])) -> io::Result<()> {
         match self {
-            Encoder::Plain(w) => w.write_all(buf),
-            Encoder::Zstd(e) => e.write_all(buf),
-            Encoder::Zip(z) => z.write_all(buf),
+            Encoder::Plain(w) => {
+                chunks.iter().for_each(|c| inspect(c));
+                let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+                w.write_batch(&slices)
+            }
+            Encoder::Zstd(e) => chunks.iter().try_for_each(|c| {
+                inspect(c);
+                e.write_all(c)
+            }),
+            Encoder::Zip(z) => chunks.iter().try_for_each(|c| {
+                inspect(c);
+                z.write_all(c)
+            }),
         }
     }
 
     /// Writes trailing structures (zstd epilogue, zip data descriptor and central directory) and
-    /// returns the output.
+    /// returns the output, every byte handed to it.
     pub fn finish(self) -> io::Result<W> {
-        match self {
-            Encoder::Plain(w) => Ok(w),
-            Encoder::Zstd(e) => e.finish(),
-            Encoder::Zip(z) => Ok(z.finish().map_err(io::Error::other)?.into_inner()),
-        }
+        let gathered = match self {
+            Encoder::Plain(w) => return Ok(w),
+            Encoder::Zstd(e) => e.finish()?,
+            Encoder::Zip(z) => z.finish().map_err(io::Error::other)?.into_inner(),
+        };
+        gathered.into_inner().map_err(|e| e.into_error())
     }
 }
 

@@ -1,9 +1,10 @@
 //! The stored bytes go to every sink; a sink that fails is set aside (its error kept for the
 //! report) while the others continue, so a failing S3 upload never costs the local copy.
 
+use super::encode::BatchWrite;
 use crate::store::{SnapshotSink, StoreError};
 use sha2::{Digest, Sha256};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 
 /// A sink and, if it failed, why.
 pub struct SinkSlot {
@@ -52,15 +53,28 @@ pub struct FanOut<'a> {
     pub stored: &'a mut StoredHash,
 }
 
-impl Write for FanOut<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stored.update(buf);
+impl BatchWrite for FanOut<'_> {
+    /// Hands `bufs`, in order, to every sink still alive, each in one call (for the local file,
+    /// one `writev`): the uncompressed path's way to write etcd's messages without copying them
+    /// into a staging buffer first.
+    fn write_batch(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        for buf in bufs {
+            self.stored.update(buf);
+        }
+        self.each_alive(|sink| sink.write_vectored(bufs))
+    }
+}
+
+impl FanOut<'_> {
+    /// Runs `write` on every sink that has not failed; a sink whose write fails is set aside
+    /// with its error. Fails only when no sink is left.
+    fn each_alive(&mut self, mut write: impl FnMut(&mut dyn SnapshotSink) -> Result<(), StoreError>) -> io::Result<()> {
         let mut alive = 0;
         for slot in self.slots.iter_mut() {
             if slot.error.is_some() {
                 continue;
             }
-            match slot.sink.write(buf) {
+            match write(slot.sink.as_mut()) {
                 Ok(()) => alive += 1,
                 Err(e) => {
                     tracing::warn!(destination = %slot.sink.location(), error = %e, "snapshot destination failed; continuing with the others");
@@ -71,6 +85,14 @@ impl Write for FanOut<'_> {
         if alive == 0 {
             return Err(io::Error::other(AllSinksFailed));
         }
+        Ok(())
+    }
+}
+
+impl Write for FanOut<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stored.update(buf);
+        self.each_alive(|sink| sink.write(buf))?;
         Ok(buf.len())
     }
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use encode::{EncodeSpec, Encoder};
 use etcdsnap_api::Compression;
 use fanout::{FanOut, SinkSlot, StoredHash};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -30,8 +30,6 @@ const CHANNEL_DEPTH: usize = 2;
 /// etcd sends 32 KiB messages; the receiver hands them over in batches of up to this many
 /// bytes, so the worker thread is woken a few hundred times per GB instead of 30,000.
 const BATCH_BYTES: usize = 512 * 1024;
-/// Stored bytes are handed to sinks in writes of about this size.
-const SINK_WRITE_SIZE: usize = 256 * 1024;
 
 /// Bytes processed so far and, when known, the total: what a progress display shows.
 #[derive(Debug, Default)]
@@ -271,15 +269,12 @@ fn encode_all(
     aborted: &AtomicBool,
 ) -> Result<TrailerOutcome, EncodeFailure> {
     let fan = FanOut { slots, stored };
-    let mut encoder = Encoder::new(spec, BufWriter::with_capacity(SINK_WRITE_SIZE, fan))?;
+    let mut encoder = Encoder::new(spec, fan)?;
     let mut trailer = TrailerCheck::new();
     while let Some(batch) = rx.blocking_recv() {
-        for chunk in batch {
-            let before = trailer.total();
-            trailer.update(&chunk);
-            encoder.write_all(&chunk)?;
-            failpoint_mid_stream(before, trailer.total());
-        }
+        let before = trailer.total();
+        encoder.write_batch(&batch, |chunk| trailer.update(chunk))?;
+        failpoint_mid_stream(before, trailer.total());
     }
     if aborted.load(Ordering::SeqCst) {
         return Err(EncodeFailure::Aborted);

@@ -20,7 +20,7 @@ use etcdsnap_api::metadata::MAX_METADATA_BYTES;
 use etcdsnap_api::{MetadataDocument, SnapshotName, StorageKind, StoredMetadata, parse_stored_metadata};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -410,6 +410,22 @@ pub fn open_no_follow(path: &Path) -> std::io::Result<File> {
     })
 }
 
+/// Writes every byte of `bufs` with as few `writev` calls as the kernel allows (std's
+/// `write_all_vectored` is not stable yet).
+fn write_all_vectored(file: &mut File, bufs: &[IoSlice<'_>]) -> std::io::Result<()> {
+    let mut owned: Vec<IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).copied().collect();
+    let mut rest = owned.as_mut_slice();
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Reads a metadata file if it exists and is not larger than the limit.
 pub fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, String> {
     let file = match open_no_follow(path) {
@@ -552,9 +568,21 @@ impl Drop for LocalSink {
 #[async_trait]
 impl SnapshotSink for LocalSink {
     fn write(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        let location = self.store.location(&self.name);
-        let pending = self.pending.as_mut().ok_or_else(|| StoreError::Finished(location.clone()))?;
-        pending.file().write_all(buf).map_err(StoreError::io("write", self.store.snapshot_path(&self.name)))
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(StoreError::Finished(self.store.location(&self.name)));
+        };
+        let store = &self.store;
+        let name = &self.name;
+        pending.file().write_all(buf).map_err(|e| StoreError::io("write", store.snapshot_path(name))(e))
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Result<(), StoreError> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(StoreError::Finished(self.store.location(&self.name)));
+        };
+        let store = &self.store;
+        let name = &self.name;
+        write_all_vectored(pending.file(), bufs).map_err(|e| StoreError::io("write", store.snapshot_path(name))(e))
     }
 
     async fn commit(self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError> {

@@ -9,6 +9,7 @@ pub mod s3;
 use crate::record::SnapshotRecord;
 use async_trait::async_trait;
 use etcdsnap_api::{EtcdInfo, MetadataDocument, SnapshotName, StorageKind, TokenHash};
+use std::io::IoSlice;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncRead;
@@ -96,6 +97,12 @@ pub struct NewSnapshot {
 pub trait SnapshotSink: Send {
     /// Appends stored (possibly compressed) bytes.
     fn write(&mut self, buf: &[u8]) -> Result<(), StoreError>;
+    /// Appends several buffers, in order. Uncompressed snapshots arrive as etcd's messages; a
+    /// sink that can take them as they are (one `writev` for the local file) saves the copy
+    /// into a staging buffer and the buffer itself.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Result<(), StoreError> {
+        bufs.iter().try_for_each(|buf| self.write(buf))
+    }
     /// Makes the bytes durable, writes the metadata document, then publishes the snapshot, in
     /// that order: a published snapshot always has its document.
     async fn commit(self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError>;
