@@ -102,9 +102,13 @@ pub struct EtcdMember {
 
 /// HTTP/2 flow-control windows for the snapshot stream. tonic's default (64 KiB per stream)
 /// makes etcd send a large snapshot in small bursts, each waiting for a window update; large
-/// windows let it stream, with fewer and larger reads.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// windows let it stream, with fewer and larger reads. The stream window is also memory:
+/// whenever the pipeline falls behind, the connection task keeps reading until etcd has used
+/// the whole window, and holds it as 16 KiB frames (about 1.25x the window in allocations).
+/// 1 MiB streams as fast as 2 MiB did on loopback and saves ~1.2 MiB of peak RSS; the
+/// connection window only needs to stay above it.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 
 impl EtcdConfig {
     /// TLS settings, when the endpoint is https or certificates were given.
