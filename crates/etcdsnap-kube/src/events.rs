@@ -49,7 +49,7 @@ pub fn describe(cr: &ETCDSnapshotFile, event: SnapshotEvent) -> (&'static str, &
 pub async fn emit(client: &Client, cr: &ETCDSnapshotFile, event: SnapshotEvent, reporting_node: &str) {
     let (type_, reason, message) = describe(cr, event);
     let object = cr.metadata.name.clone().unwrap_or_default();
-    let now = jiff::Timestamp::now();
+    let now = etcdsnap_storage::clock::now();
     let ev = Event {
         metadata: ObjectMeta {
             name: Some(format!("{object}.{:x}", now.as_nanosecond())),

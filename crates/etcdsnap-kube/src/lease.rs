@@ -1,20 +1,18 @@
-//! Leases (`coordination.k8s.io/v1`): the leader Lease `kube-system/etcdsnap-leader` that gives
-//! one node the cluster-wide duties, and one heartbeat Lease per node, in etcdsnap's own
-//! namespace [`HEARTBEAT_NAMESPACE`], that tells the leader which nodes still run etcdsnap.
+//! Heartbeat Leases: one per node, in etcdsnap's own namespace [`HEARTBEAT_NAMESPACE`], that
+//! tells the leader which nodes still run etcdsnap (the leader Lease is [`crate::leader`]'s).
 //!
 //! Heartbeats live in their own namespace for least privilege: their names depend on node names,
 //! so RBAC cannot restrict updates to them by name, and a role that may update any Lease in
 //! kube-system could hijack the scheduler's or controller-manager's leader election.
 //!
-//! Every write carries the resourceVersion it was computed from, so two nodes trying to take the
-//! Lease at once cannot both succeed: the loser gets a 409 and is not the leader. Expiry compares
-//! the holder's recorded renew time with the local clock; node clocks are assumed to be in sync to
-//! well within the Lease duration (as on any control plane running etcd).
+//! Liveness compares a heartbeat's renew time with the leader's wall clock. That is sound here
+//! because the TTL is long (24 h by default, at least minutes): skew between control-plane
+//! nodes, which run etcd and must keep their clocks close, is far below it.
 
 use crate::resources::{is_terminating, storage_label};
 use crate::{ApiError, status_is};
 use etcdsnap_api::ETCDSnapshotFile;
-use etcdsnap_api::consts::{S3_STORAGE_NODE, SYSTEM_NAMESPACE};
+use etcdsnap_api::consts::S3_STORAGE_NODE;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
@@ -23,8 +21,6 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-/// Name of the leader Lease.
-pub const LEADER_LEASE: &str = "etcdsnap-leader";
 /// Namespace of the heartbeat Leases (created on first use when allowed; `deploy/rbac.yaml`
 /// creates it for the agent).
 pub const HEARTBEAT_NAMESPACE: &str = "etcdsnap";
@@ -32,171 +28,12 @@ pub const HEARTBEAT_NAMESPACE: &str = "etcdsnap";
 pub const HEARTBEAT_PREFIX: &str = "etcdsnap-node-";
 /// Label marking heartbeat Leases (value `heartbeat`).
 pub const LABEL_ROLE: &str = "etcdsnap.io/lease";
-/// How long a one-shot command holds the leader Lease if it never releases it (it releases it).
-pub const COMMAND_LEADER_DURATION: Duration = Duration::from_secs(60);
-
-fn leases(client: &Client) -> Api<Lease> {
-    Api::namespaced(client.clone(), SYSTEM_NAMESPACE)
-}
-
 fn heartbeats(client: &Client) -> Api<Lease> {
     Api::namespaced(client.clone(), HEARTBEAT_NAMESPACE)
 }
 
 fn until(renewed: jiff::Timestamp, duration: Duration) -> jiff::Timestamp {
     jiff::SignedDuration::try_from(duration).ok().and_then(|d| renewed.checked_add(d).ok()).unwrap_or(renewed)
-}
-
-/// What to do with the leader Lease, decided from what it holds now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseDecision {
-    /// No Lease yet: create it.
-    Create,
-    /// Ours: renew it.
-    Renew,
-    /// Free or expired: take it over.
-    TakeOver,
-    /// Someone else holds it until the given time.
-    HeldBy { holder: String, until: jiff::Timestamp },
-}
-
-/// Pure decision on the leader Lease.
-pub fn decide(existing: Option<&Lease>, identity: &str, now: jiff::Timestamp) -> LeaseDecision {
-    let Some(lease) = existing else {
-        return LeaseDecision::Create;
-    };
-    let spec = lease.spec.clone().unwrap_or_default();
-    let holder = spec.holder_identity.unwrap_or_default();
-    if holder == identity {
-        return LeaseDecision::Renew;
-    }
-    let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
-    let renewed = spec.renew_time.or(spec.acquire_time).map(|t| t.0);
-    match renewed {
-        Some(renewed) if !holder.is_empty() && now < until(renewed, duration) => {
-            LeaseDecision::HeldBy { holder, until: until(renewed, duration) }
-        }
-        _ => LeaseDecision::TakeOver,
-    }
-}
-
-/// Result of trying to lead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Leadership {
-    /// This identity holds the Lease now.
-    Leader,
-    /// Another identity does.
-    Follower { holder: String },
-}
-
-impl Leadership {
-    pub fn is_leader(&self) -> bool {
-        *self == Leadership::Leader
-    }
-}
-
-/// The leader Lease, as seen by one identity.
-#[derive(Clone)]
-pub struct LeaderLease {
-    client: Client,
-    identity: String,
-    duration: Duration,
-}
-
-impl LeaderLease {
-    /// `identity` is usually the node name; `duration` how long a holder that stops renewing keeps
-    /// the others waiting.
-    pub fn new(client: Client, identity: &str, duration: Duration) -> LeaderLease {
-        LeaderLease { client, identity: identity.to_string(), duration }
-    }
-
-    pub fn identity(&self) -> &str {
-        &self.identity
-    }
-
-    /// Takes or renews the Lease if nobody else holds it. One read and at most one write.
-    pub async fn try_acquire(&self) -> Result<Leadership, ApiError> {
-        let api = leases(&self.client);
-        let existing = api
-            .get_opt(LEADER_LEASE)
-            .await
-            .map_err(ApiError::new("get", format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}")))?;
-        let now = jiff::Timestamp::now();
-        let result = match decide(existing.as_ref(), &self.identity, now) {
-            LeaseDecision::HeldBy { holder, .. } => return Ok(Leadership::Follower { holder }),
-            LeaseDecision::Create => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(LEADER_LEASE.into()),
-                        namespace: Some(SYSTEM_NAMESPACE.into()),
-                        ..Default::default()
-                    },
-                    spec: Some(self.spec(None, now)),
-                };
-                api.create(&PostParams::default(), &lease).await.map(|_| ())
-            }
-            LeaseDecision::Renew | LeaseDecision::TakeOver => {
-                let Some(mut lease) = existing else {
-                    return Ok(Leadership::Follower { holder: String::new() });
-                };
-                lease.spec = Some(self.spec(lease.spec.take(), now));
-                api.replace(LEADER_LEASE, &PostParams::default(), &lease).await.map(|_| ())
-            }
-        };
-        match result {
-            Ok(()) => Ok(Leadership::Leader),
-            // Someone else wrote first: they lead.
-            Err(e) if status_is(&e, |s| s.is_conflict() || s.is_already_exists()) => {
-                let holder = api
-                    .get_opt(LEADER_LEASE)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|l| l.spec)
-                    .and_then(|s| s.holder_identity)
-                    .unwrap_or_default();
-                Ok(Leadership::Follower { holder })
-            }
-            Err(e) => Err(ApiError::new("write", format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}"))(e)),
-        }
-    }
-
-    fn spec(&self, previous: Option<LeaseSpec>, now: jiff::Timestamp) -> LeaseSpec {
-        let previous = previous.unwrap_or_default();
-        let ours = previous.holder_identity.as_deref() == Some(self.identity.as_str());
-        LeaseSpec {
-            holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs().clamp(1, i32::MAX as u64) as i32),
-            acquire_time: if ours { previous.acquire_time } else { Some(MicroTime(now)) },
-            renew_time: Some(MicroTime(now)),
-            lease_transitions: Some(previous.lease_transitions.unwrap_or(0) + i32::from(!ours)),
-            ..Default::default()
-        }
-    }
-
-    /// Gives the Lease up (only if this identity holds it), so another node can lead at once.
-    pub async fn release(&self) -> Result<(), ApiError> {
-        let api = leases(&self.client);
-        let Some(mut lease) = api
-            .get_opt(LEADER_LEASE)
-            .await
-            .map_err(ApiError::new("get", format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}")))?
-        else {
-            return Ok(());
-        };
-        let mut spec = lease.spec.take().unwrap_or_default();
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-            return Ok(());
-        }
-        spec.holder_identity = None;
-        spec.lease_duration_seconds = Some(1);
-        lease.spec = Some(spec);
-        match api.replace(LEADER_LEASE, &PostParams::default(), &lease).await {
-            Ok(_) => Ok(()),
-            Err(e) if status_is(&e, |s| s.is_conflict()) => Ok(()),
-            Err(e) => Err(ApiError::new("release", format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}"))(e)),
-        }
-    }
 }
 
 /// Name of a node's heartbeat Lease: `etcdsnap-node-<node>` when that is a valid object name,
@@ -231,7 +68,7 @@ pub async fn renew_heartbeat(
     let name = heartbeat_name(node);
     let what = format!("lease {HEARTBEAT_NAMESPACE}/{name}");
     let existing = api.get_opt(&name).await.map_err(ApiError::new("get", what.clone()))?;
-    let now = jiff::Timestamp::now();
+    let now = etcdsnap_storage::clock::now();
     let spec = LeaseSpec {
         holder_identity: Some(node.to_string()),
         lease_duration_seconds: Some(ttl.as_secs().clamp(1, i32::MAX as u64) as i32),
@@ -313,7 +150,7 @@ impl NodeLiveness {
                 renewed.insert(node, time.0);
             }
         }
-        Ok(NodeLiveness { renewed, now: jiff::Timestamp::now() })
+        Ok(NodeLiveness { renewed, now: etcdsnap_storage::clock::now() })
     }
 
     /// Nodes that renewed within `ttl`.
@@ -321,27 +158,21 @@ impl NodeLiveness {
         self.renewed.iter().filter(|(_, t)| self.now < until(**t, ttl)).map(|(n, _)| n.clone()).collect()
     }
 
-    /// Storage-node labels whose node has gone: its heartbeat is older than `ttl`, or it never had
-    /// one and its newest resource is older than `ttl` (a node that stopped before heartbeats
-    /// existed). Never `s3` and never `self_node`.
+    /// Storage-node labels of etcdsnap nodes that have gone: their heartbeat was not renewed
+    /// for `ttl`. A label without a heartbeat is not one of etcdsnap's nodes (a K3s server that
+    /// does not run etcdsnap, say): its resources belong to whoever writes them and are never
+    /// judged here. Never `s3` and never `self_node`.
     pub fn orphaned_labels(&self, resources: &[ETCDSnapshotFile], self_node: &str, ttl: Duration) -> Vec<String> {
-        let mut newest: BTreeMap<&str, Option<jiff::Timestamp>> = BTreeMap::new();
-        for cr in resources.iter().filter(|c| !is_terminating(c)) {
-            let Some(label) = storage_label(cr) else { continue };
-            if label == S3_STORAGE_NODE || label == self_node {
-                continue;
-            }
-            let created = cr.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            let entry = newest.entry(label).or_insert(created);
-            *entry = (*entry).max(created);
-        }
-        newest
+        let labels: BTreeSet<&str> = resources
+            .iter()
+            .filter(|c| !is_terminating(c))
+            .filter_map(storage_label)
+            .filter(|label| *label != S3_STORAGE_NODE && *label != self_node)
+            .collect();
+        labels
             .into_iter()
-            .filter(|(label, created)| match self.renewed.get(*label) {
-                Some(renewed) => self.now >= until(*renewed, ttl),
-                None => created.is_some_and(|c| self.now >= until(c, ttl)),
-            })
-            .map(|(label, _)| label.to_string())
+            .filter(|label| self.renewed.get(*label).is_some_and(|renewed| self.now >= until(*renewed, ttl)))
+            .map(str::to_string)
             .collect()
     }
 }
@@ -355,30 +186,6 @@ mod tests {
 
     fn t(s: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(s).unwrap_or_default()
-    }
-
-    fn lease(holder: &str, renewed: i64, secs: i32) -> Lease {
-        Lease {
-            metadata: ObjectMeta::default(),
-            spec: Some(LeaseSpec {
-                holder_identity: (!holder.is_empty()).then(|| holder.to_string()),
-                lease_duration_seconds: Some(secs),
-                renew_time: Some(MicroTime(t(renewed))),
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn leader_decisions() {
-        assert_eq!(decide(None, "a", t(100)), LeaseDecision::Create);
-        assert_eq!(decide(Some(&lease("a", 90, 15)), "a", t(100)), LeaseDecision::Renew);
-        assert_eq!(
-            decide(Some(&lease("b", 90, 15)), "a", t(100)),
-            LeaseDecision::HeldBy { holder: "b".into(), until: t(105) }
-        );
-        assert_eq!(decide(Some(&lease("b", 80, 15)), "a", t(100)), LeaseDecision::TakeOver);
-        assert_eq!(decide(Some(&lease("", 99, 15)), "a", t(100)), LeaseDecision::TakeOver);
     }
 
     #[test]
@@ -399,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn orphans_are_nodes_without_a_recent_heartbeat() {
+    fn orphans_are_etcdsnap_nodes_whose_heartbeat_stopped() {
         let day = Duration::from_secs(86_400);
         let now = 10 * 86_400;
         let liveness = NodeLiveness {
@@ -410,10 +217,11 @@ mod tests {
             cr("alive", 1),
             cr("stale", now - 60),
             cr("me", 1),
-            cr("never-beat-old", 1),
-            cr("never-beat-new", now - 60),
+            // K3s servers that never ran etcdsnap: theirs, however old.
+            cr("k3s-only-old", 1),
+            cr("k3s-only-new", now - 60),
         ];
-        assert_eq!(liveness.orphaned_labels(&resources, "me", day), ["never-beat-old", "stale"]);
+        assert_eq!(liveness.orphaned_labels(&resources, "me", day), ["stale"]);
         assert_eq!(liveness.live_nodes(day), BTreeSet::from(["alive".to_string()]));
     }
 }

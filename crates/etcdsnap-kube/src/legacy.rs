@@ -181,6 +181,8 @@ pub enum LegacyError {
         "configmap {SYSTEM_NAMESPACE}/{LEGACY_CONFIGMAP} kept changing under etcdsnap ({CONFLICT_RETRIES} attempts)"
     )]
     Contended,
+    #[error(transparent)]
+    NotLeader(#[from] crate::leader::LeadershipLost),
 }
 
 /// What the ConfigMap should be, given what was observed.
@@ -225,13 +227,14 @@ pub fn plan(
 }
 
 /// Brings the ConfigMap in line with `resources` (the cluster's resources after this pass).
-/// Writes only when the bounded entries differ from what it holds; a write that lost a race is
-/// planned again from a fresh read.
+/// Writes only when the bounded entries differ from what it holds, and only while the leader's
+/// `term` lasts; a write that lost a race is planned again from a fresh read.
 pub async fn sync(
     kube: &Kube,
     resources: &[ETCDSnapshotFile],
     existing: Option<ConfigMap>,
     scope: &SyncScope,
+    term: &crate::leader::LeaderTerm,
 ) -> Result<SyncReport, LegacyError> {
     let api = configmaps(&kube.client);
     let mut existing = existing;
@@ -249,13 +252,14 @@ pub async fn sync(
             return Ok(report);
         }
         if report.dropped > 0 {
-            tracing::info!(
+            tracing::debug!(
                 kept = report.entries,
                 dropped = report.dropped,
                 bytes = report.estimated_bytes,
                 "legacy ConfigMap bounded: oldest entries left out (their resources remain)"
             );
         }
+        term.check()?;
         let result = match &existing {
             Some(_) => api.replace(LEGACY_CONFIGMAP, &PostParams::default(), &planned.configmap).await,
             None => api.create(&PostParams::default(), &planned.configmap).await,

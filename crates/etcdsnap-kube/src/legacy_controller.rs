@@ -7,10 +7,11 @@
 //! writes one resource per copy, a reconcile many) into one sync. Each sync is the same shape as
 //! a reconcile: observe (the resources, the ConfigMap, the heartbeats), plan
 //! ([`legacy::plan`]), act (one write, or none when nothing differs). A failed sync is retried
-//! after [`RETRY_AFTER`]; the controller stops when `stop` is cancelled (leadership lost, or
-//! shutdown).
+//! after [`RETRY_AFTER`]; the controller stops when the leader's term ends or `stop` is
+//! cancelled (shutdown), and checks the term before each write.
 
 use crate::Kube;
+use crate::leader::LeaderTerm;
 use crate::lease::NodeLiveness;
 use crate::legacy::{self, SyncReport, SyncScope};
 use crate::reconcile::ReconcileError;
@@ -49,10 +50,12 @@ impl StorageHints {
     }
 }
 
-/// Runs until `stop`; `on_sync` is told the outcome of every sync (for metrics and logs).
+/// Runs until `term` ends or `stop`; `on_sync` is told the outcome of every sync (for metrics
+/// and logs).
 pub async fn run(
     kube: Kube,
     hints: Arc<StorageHints>,
+    term: LeaderTerm,
     stop: CancellationToken,
     on_sync: impl Fn(&Result<SyncReport, ReconcileError>) + Send,
 ) {
@@ -66,6 +69,7 @@ pub async fn run(
         let wait = due.filter(|_| ready);
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = term.ended().cancelled() => return,
             event = events.next() => match event {
                 None => return,
                 Some(Ok(Event::InitDone)) => {
@@ -79,7 +83,7 @@ pub async fn run(
                 Some(Err(e)) => tracing::debug!(error = %e, "watch of ETCDSnapshotFile resources interrupted; resuming"),
             },
             _ = sleep_until(wait), if wait.is_some() => {
-                let outcome = sync_once(&kube, &store, &hints).await;
+                let outcome = sync_once(&kube, &store, &hints, &term).await;
                 due = outcome.is_err().then(|| Instant::now() + RETRY_AFTER);
                 on_sync(&outcome);
             }
@@ -99,6 +103,7 @@ async fn sync_once(
     kube: &Kube,
     store: &Store<ETCDSnapshotFile>,
     hints: &StorageHints,
+    term: &LeaderTerm,
 ) -> Result<SyncReport, ReconcileError> {
     let resources: Vec<ETCDSnapshotFile> = store.state().iter().map(|cr| (**cr).clone()).collect();
     let existing = legacy::read(&kube.client).await.map_err(ReconcileError::Read)?;
@@ -108,5 +113,5 @@ async fn sync_once(
         s3_listed: hints.s3_listed(),
         deleted: Default::default(),
     };
-    legacy::sync(kube, &resources, existing, &scope).await.map_err(ReconcileError::from)
+    legacy::sync(kube, &resources, existing, &scope, term).await.map_err(ReconcileError::from)
 }

@@ -13,7 +13,8 @@
 //!
 //! Who writes what (so two nodes never race on one object):
 //! - every node writes the resources of its own local snapshots (label = its node name);
-//! - the leader (Lease `kube-system/etcdsnap-leader`) writes the S3 resources (label `s3`), deletes
+//! - the leader (Lease `kube-system/etcdsnap-leader`, [`leader`]), under a term checked before
+//!   each such write, writes the S3 resources (label `s3`), deletes
 //!   the resources of nodes whose heartbeat Lease went stale, and maintains the legacy ConfigMap;
 //! - right after its own save, delete or prune, a node writes the resources of exactly the
 //!   snapshots it touched, S3 ones included (a new S3 resource is protected from the leader's
@@ -24,6 +25,7 @@ pub mod convert;
 pub mod crd;
 pub mod events;
 pub mod extra_metadata;
+pub mod leader;
 pub mod lease;
 pub mod legacy;
 pub mod legacy_controller;

@@ -4,7 +4,7 @@
 //! on disk and in S3, and the next reconcile creates what is missing.
 
 use crate::convert::RecordResource;
-use crate::resources::{self, Written};
+use crate::resources::{self, WriteError, Written};
 use crate::{ApiError, Kube};
 use etcdsnap_storage::{SnapshotRecord, failpoint};
 
@@ -22,11 +22,13 @@ pub async fn publish_records(kube: &Kube, records: &[SnapshotRecord]) -> Publish
     let mut out = Published::default();
     failpoint::reached(failpoint::BEFORE_RESOURCES).await;
     for record in records {
-        match resources::upsert(&kube.client, &record.to_resource(), &kube.settings.node_name).await {
+        match resources::upsert(&kube.client, &record.to_resource(), &kube.settings.node_name, None).await {
             Ok(Written::Created) => out.created += 1,
             Ok(Written::Updated) => out.updated += 1,
             Ok(Written::Unchanged) => out.unchanged += 1,
-            Err(e) => out.errors.push(e),
+            Err(WriteError::Api(e)) => out.errors.push(e),
+            // Without a term nothing is fenced.
+            Err(WriteError::NotLeader(_)) => {}
         }
     }
     failpoint::reached(failpoint::AFTER_RESOURCES).await;

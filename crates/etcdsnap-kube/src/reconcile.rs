@@ -11,6 +11,7 @@
 //! lose their resources at once.
 
 use crate::convert::RecordResource;
+use crate::leader::{LeaderTerm, LeadershipLost};
 use crate::lease::NodeLiveness;
 use crate::resources::{self, Written, is_terminating, merge_for_update, resource_key, storage_label};
 use crate::{ApiError, Kube, legacy};
@@ -197,6 +198,18 @@ pub enum ReconcileError {
     /// K3s's reconciled-at annotations could not be written on this node's Node.
     #[error("{0}")]
     NodeAnnotation(ApiError),
+    /// The leader's term ended during the pass: its remaining writes were not made.
+    #[error(transparent)]
+    NotLeader(#[from] LeadershipLost),
+}
+
+impl From<resources::WriteError> for ReconcileError {
+    fn from(e: resources::WriteError) -> ReconcileError {
+        match e {
+            resources::WriteError::Api(e) => ReconcileError::Write(e),
+            resources::WriteError::NotLeader(lost) => ReconcileError::NotLeader(lost),
+        }
+    }
 }
 
 impl ReconcileError {
@@ -205,9 +218,11 @@ impl ReconcileError {
         match self {
             ReconcileError::Read(_) => "api_read",
             ReconcileError::Write(_) => "api_write",
+            ReconcileError::Legacy(legacy::LegacyError::NotLeader(_)) => "leadership_lost",
             ReconcileError::Legacy(_) => "legacy_configmap",
             ReconcileError::Finalizer(_) => "finalizer",
             ReconcileError::NodeAnnotation(_) => "node_annotation",
+            ReconcileError::NotLeader(_) => "leadership_lost",
         }
     }
 }
@@ -224,29 +239,45 @@ pub struct Applied {
 }
 
 /// Carries a plan out, [`WRITE_CONCURRENCY`] requests at a time. Errors are collected per object;
-/// the rest of the plan still runs (the next pass retries what failed).
-pub async fn execute(kube: &Kube, plan: Plan, leader: bool) -> Applied {
+/// the rest of the plan still runs (the next pass retries what failed). A leader's pass checks
+/// its term right before every request: once the term ends, nothing more is written.
+pub async fn execute(kube: &Kube, plan: Plan, leader: Option<&LeaderTerm>) -> Applied {
     let node = kube.settings.node_name.as_str();
     let client = &kube.client;
     let mut applied = Applied::default();
+    let fence = |term: Option<&LeaderTerm>| term.map_or(Ok(()), LeaderTerm::check).map_err(ReconcileError::from);
 
     let creates = futures::stream::iter(plan.create.into_iter().map(|cr| async move {
-        match resources::create(client, &cr, node).await {
+        fence(leader)?;
+        let written = match resources::create(client, &cr, node).await {
             Ok(created) => Ok((Written::Created, created)),
-            Err(e) if e.is_conflict() => resources::upsert(client, &cr, node).await.map(|w| (w, cr)),
+            Err(e) if e.is_conflict() => {
+                return resources::upsert(client, &cr, node, leader)
+                    .await
+                    .map(|w| (w, cr))
+                    .map_err(ReconcileError::from);
+            }
             Err(e) => Err(e),
-        }
+        };
+        written.map_err(ReconcileError::Write)
     }))
     .buffer_unordered(WRITE_CONCURRENCY);
     let updates = futures::stream::iter(plan.update.into_iter().map(|cr| async move {
-        match resources::replace(client, &cr).await {
+        fence(leader)?;
+        let written = match resources::replace(client, &cr).await {
             Ok(updated) => Ok((Written::Updated, updated)),
-            Err(e) if e.is_conflict() => resources::upsert(client, &cr, node).await.map(|w| (w, cr)),
+            Err(e) if e.is_conflict() => {
+                return resources::upsert(client, &cr, node, leader)
+                    .await
+                    .map(|w| (w, cr))
+                    .map_err(ReconcileError::from);
+            }
             Err(e) => Err(e),
-        }
+        };
+        written.map_err(ReconcileError::Write)
     }))
     .buffer_unordered(WRITE_CONCURRENCY);
-    let results: Vec<Result<(Written, ETCDSnapshotFile), ApiError>> = creates.chain(updates).collect().await;
+    let results: Vec<Result<(Written, ETCDSnapshotFile), ReconcileError>> = creates.chain(updates).collect().await;
     for result in results {
         match result {
             Ok((Written::Created, cr)) => {
@@ -258,25 +289,38 @@ pub async fn execute(kube: &Kube, plan: Plan, leader: bool) -> Applied {
                 applied.written.push(cr);
             }
             Ok((Written::Unchanged, _)) => {}
-            Err(e) => applied.errors.push(ReconcileError::Write(e)),
+            Err(e) => applied.push_error(e),
         }
     }
 
     // By value: borrowed items would make this future not provably Send for the agent's tasks.
-    let deletes: Vec<Result<bool, ApiError>> = futures::stream::iter(
-        plan.delete.into_iter().map(|cr| async move { resources::delete(client, &cr, node, leader).await }),
-    )
-    .buffer_unordered(WRITE_CONCURRENCY)
-    .collect()
-    .await;
+    let deletes: Vec<Result<bool, ReconcileError>> =
+        futures::stream::iter(plan.delete.into_iter().map(|cr| async move {
+            fence(leader)?;
+            resources::delete(client, &cr, node, leader.is_some()).await.map_err(ReconcileError::Write)
+        }))
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect()
+        .await;
     for result in deletes {
         match result {
             Ok(true) => applied.deleted += 1,
             Ok(false) => {}
-            Err(e) => applied.errors.push(ReconcileError::Write(e)),
+            Err(e) => applied.push_error(e),
         }
     }
     applied
+}
+
+impl Applied {
+    /// Records an error; a lost term is recorded once, not once per write it stopped.
+    fn push_error(&mut self, e: ReconcileError) {
+        let repeated_loss = matches!(e, ReconcileError::NotLeader(_))
+            && self.errors.iter().any(|seen| matches!(seen, ReconcileError::NotLeader(_)));
+        if !repeated_loss {
+            self.errors.push(e);
+        }
+    }
 }
 
 /// What storage holds, as listed for this pass. None means "not listed" (not configured, or the
@@ -294,11 +338,12 @@ pub struct StorageState {
     pub deleted: BTreeSet<String>,
 }
 
-/// The leader's extra knowledge for a pass.
+/// The leader's extra knowledge for a pass, and its term, checked before each of its writes.
 #[derive(Debug, Clone)]
 pub struct LeaderView {
     /// Liveness of nodes from their heartbeat Leases.
     pub liveness: NodeLiveness,
+    pub term: LeaderTerm,
 }
 
 /// The result of one reconcile pass.
@@ -320,8 +365,8 @@ pub async fn reconcile_node(kube: &Kube, state: &StorageState) -> Result<Reconci
     reconcile(kube, state, None).await
 }
 
-/// This node's duties plus the leader's: S3 resources, departed nodes, the legacy ConfigMap.
-/// Call only while holding the leader Lease.
+/// This node's duties plus the leader's: S3 resources, departed nodes, the legacy ConfigMap,
+/// each write made only while `view.term` lasts.
 pub async fn reconcile_leader(
     kube: &Kube,
     state: &StorageState,
@@ -388,7 +433,7 @@ async fn reconcile(
         node_name: &node,
         s3_location: state.s3_location.as_ref(),
         legacy_metadata: &legacy_metadata,
-        now: jiff::Timestamp::now(),
+        now: etcdsnap_storage::clock::now(),
     };
     let plan = plan(&input);
     let mut report = ReconcileReport {
@@ -399,7 +444,7 @@ async fn reconcile(
         ..Default::default()
     };
     let deleted_names: BTreeSet<String> = plan.delete.iter().filter_map(|c| c.metadata.name.clone()).collect();
-    let applied = execute(kube, plan, leader.is_some()).await;
+    let applied = execute(kube, plan, leader.map(|v| &v.term)).await;
     report.created = applied.created;
     report.updated = applied.updated;
     report.deleted = applied.deleted;
@@ -413,12 +458,16 @@ async fn reconcile(
                 s3_listed: state.s3.is_some(),
                 deleted: state.deleted.clone(),
             };
-            match legacy::sync(kube, &after, legacy_map, &synced).await {
+            match legacy::sync(kube, &after, legacy_map, &synced, &view.term).await {
                 Ok(r) => report.legacy = Some(r),
                 Err(e) => report.errors.push(e.into()),
             }
         }
         for cr in after.iter().filter(|c| is_terminating(c) && resources::has_k3s_finalizer(c)) {
+            if let Err(lost) = view.term.check() {
+                report.errors.push(lost.into());
+                break;
+            }
             match resources::remove_k3s_finalizer(&kube.client, cr).await {
                 Ok(()) => {
                     crate::events::emit(&kube.client, cr, crate::events::SnapshotEvent::Deleted, &node).await;
@@ -429,7 +478,7 @@ async fn reconcile(
     }
     if kube.settings.annotate_node && report.errors.is_empty() && state.local.is_some() {
         let s3 = leader.is_some() && state.s3.is_some();
-        if let Err(e) = crate::node_annotations::mark_reconciled(kube, s3, jiff::Timestamp::now()).await {
+        if let Err(e) = crate::node_annotations::mark_reconciled(kube, s3, etcdsnap_storage::clock::now()).await {
             report.errors.push(ReconcileError::NodeAnnotation(e));
         }
     }

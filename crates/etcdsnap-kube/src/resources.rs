@@ -2,6 +2,7 @@
 //! something etcdsnap owns differs, deletes guarded by the object's UID.
 
 use crate::events::{SnapshotEvent, emit};
+use crate::leader::{LeaderTerm, LeadershipLost};
 use crate::{ApiError, CONFLICT_RETRIES};
 use etcdsnap_api::consts::{ANNOTATION_MANAGED_BY, FINALIZER_K3S, LABEL_STORAGE_NODE};
 use etcdsnap_api::{ETCDSnapshotFile, StorageKind, configmap_key};
@@ -86,26 +87,48 @@ pub enum Written {
 }
 
 /// Creates `desired`, or updates the existing object of that name if it differs. Races with
-/// other writers (409) are resolved by re-reading, a bounded number of times.
-pub async fn upsert(client: &Client, desired: &ETCDSnapshotFile, node: &str) -> Result<Written, ApiError> {
+/// other writers (409) are resolved by re-reading, a bounded number of times. With a leader's
+/// `term`, the term is checked right before each write.
+pub async fn upsert(
+    client: &Client,
+    desired: &ETCDSnapshotFile,
+    node: &str,
+    term: Option<&LeaderTerm>,
+) -> Result<Written, WriteError> {
     let api = api(client);
     let name = desired.metadata.name.clone().unwrap_or_default();
+    let fence = || term.map_or(Ok(()), LeaderTerm::check);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let existing = api.get_opt(&name).await.map_err(ApiError::new("get", format!("etcdsnapshotfile {name}")))?;
         let result = match &existing {
-            None => create(client, desired, node).await.map(|_| Written::Created),
+            None => {
+                fence()?;
+                create(client, desired, node).await.map(|_| Written::Created)
+            }
             Some(existing) => match merge_for_update(existing, desired) {
                 None => return Ok(Written::Unchanged),
-                Some(merged) => replace(client, &merged).await.map(|_| Written::Updated),
+                Some(merged) => {
+                    fence()?;
+                    replace(client, &merged).await.map(|_| Written::Updated)
+                }
             },
         };
         match result {
             Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => continue,
-            other => return other,
+            other => return Ok(other?),
         }
     }
+}
+
+/// Why a fenced write was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    NotLeader(#[from] LeadershipLost),
 }
 
 /// Creates one object and records K3s's creation event.

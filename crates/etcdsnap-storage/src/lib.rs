@@ -15,11 +15,13 @@
 //! [`pipeline::run`] feeds the stream to every sink at once; each sink's `commit` writes the
 //! metadata document and then publishes the snapshot.
 
+pub mod clock;
 pub mod error_chain;
 pub mod etcd;
 pub mod failpoint;
 pub mod pipeline;
 pub mod record;
+pub mod retry;
 pub mod store;
 
 pub use error_chain::describe_error;

@@ -5,7 +5,8 @@
 //! audit log, S3 requests from the S3 server's access log. Run through `bench/reconcile.sh`.
 
 use etcdsnap_api::{SnapshotName, StorageKind};
-use etcdsnap_kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
+use etcdsnap_kube::leader::{LeaderElector, LeaderTerm, Role, Timing};
+use etcdsnap_kube::lease::{NodeLiveness, renew_heartbeat};
 use etcdsnap_kube::reconcile::{LeaderView, ReconcileReport, StorageState, reconcile_leader};
 use etcdsnap_kube::{Kube, KubeSettings};
 use etcdsnap_storage::record::{MetadataSource, SnapshotRecord};
@@ -90,7 +91,14 @@ struct Pass {
     s3_requests: (usize, BTreeMap<String, usize>),
 }
 
-async fn pass(kube: &Kube, api: &KubeApiServer, dir: &Path, s3: &S3Server, store: &Arc<S3Store>) -> Result<Pass> {
+async fn pass(
+    kube: &Kube,
+    term: &LeaderTerm,
+    api: &KubeApiServer,
+    dir: &Path,
+    s3: &S3Server,
+    store: &Arc<S3Store>,
+) -> Result<Pass> {
     let before = api.audit_events()?.len();
     let s3_before = s3.requests().len();
     let started = Instant::now();
@@ -106,7 +114,7 @@ async fn pass(kube: &Kube, api: &KubeApiServer, dir: &Path, s3: &S3Server, store
         s3_location: Some(store.spec()),
         deleted: Default::default(),
     };
-    let view = LeaderView { liveness: NodeLiveness::read(&kube.client).await? };
+    let view = LeaderView { liveness: NodeLiveness::read(&kube.client).await?, term: term.clone() };
     let report = reconcile_leader(kube, &state, &view).await?;
     let total = started.elapsed();
     let events = api.audit_events()?;
@@ -132,10 +140,10 @@ async fn main() -> Result<()> {
     let kube = Kube::new(api.client().await?, KubeSettings::new("node-1"));
     etcdsnap_kube::crd::ensure_crd(&kube.client).await?;
     renew_heartbeat(&kube.client, "node-1", Duration::from_secs(3600), Duration::ZERO).await?;
-    let lease = LeaderLease::new(kube.client.clone(), "node-1", Duration::from_secs(3600));
-    if !lease.try_acquire().await?.is_leader() {
+    let mut elector = LeaderElector::new(kube.client.clone(), "node-1", Timing::for_lease(Duration::from_secs(3600)));
+    let Role::Leader(term) = elector.round().await? else {
         return Err("could not take the leader lease".into());
-    }
+    };
     let work = tempfile::tempdir()?;
     let dir = work.path().join("snapshots");
     write_local(&dir, n_local)?;
@@ -156,7 +164,7 @@ async fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for label in ["first (creates)", "no-op"] {
-        let p = pass(&kube, &api, &dir, &s3, &store).await?;
+        let p = pass(&kube, &term, &api, &dir, &s3, &store).await?;
         if !p.report.errors.is_empty() {
             return Err(format!("{} errors, first: {}", p.report.errors.len(), p.report.errors[0]).into());
         }

@@ -5,87 +5,16 @@
 
 mod common;
 
+use common::cluster::{BUCKET, LEASE, agent_user, leader, start_agent};
 use common::{TestResult, files_in, load_kube_like_data};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::LABEL_STORAGE_NODE;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use testenv::{Etcd, KubeApiServer, S3Server};
-
-const BUCKET: &str = "cluster";
-const LEASE: Duration = Duration::from_secs(6);
-
-struct Agent {
-    node: String,
-    child: Option<tokio::process::Child>,
-    log: std::path::PathBuf,
-}
-
-impl Agent {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// An agent on `node` with its data in `dir`, taking snapshots every 3 s (jittered by up to 1 s)
-/// and keeping 2, with `extra` arguments.
-async fn start_agent(
-    node: &str,
-    endpoint: &str,
-    dir: &Path,
-    api: &KubeApiServer,
-    s3: Option<&S3Server>,
-    extra: &[&str],
-) -> Result<Agent, Box<dyn std::error::Error>> {
-    let log = dir.join("agent.log");
-    let file = std::fs::File::create(&log)?;
-    let metrics = format!("127.0.0.1:{}", testenv::free_port()?);
-    let (dd, kubeconfig) = (dir.to_string_lossy().to_string(), api.kubeconfig_path().to_string_lossy().to_string());
-    let lease = format!("{}s", LEASE.as_secs());
-    let mut cmd = common::command(&[
-        "agent",
-        "--node-name",
-        node,
-        "--endpoints",
-        endpoint,
-        "--data-dir",
-        &dd,
-        "--kubeconfig",
-        &kubeconfig,
-        "--schedule",
-        "*/3 * * * * *",
-        "--schedule-jitter",
-        "1s",
-        "--retention",
-        "2",
-        "--leader-lease-duration",
-        &lease,
-        "--metrics-addr",
-        &metrics,
-        "--compress",
-        "zstd",
-    ]);
-    cmd.args(extra);
-    if let Some(s3) = s3 {
-        cmd.args(["--s3", "--s3-endpoint", &s3.endpoint(), "--s3-insecure", "--s3-bucket", BUCKET]);
-        cmd.env("AWS_ACCESS_KEY_ID", s3.access_key()).env("AWS_SECRET_ACCESS_KEY", s3.secret_key());
-    }
-    cmd.stdout(file.try_clone()?).stderr(file);
-    Ok(Agent { node: node.into(), child: Some(cmd.spawn()?), log })
-}
-
-async fn leader(client: &kube::Client) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
-    let lease = leases.get_opt("etcdsnap-leader").await.ok()??;
-    let spec = lease.spec?;
-    let renewed = spec.renew_time?.0;
-    let fresh = jiff::Timestamp::now() < renewed + jiff::SignedDuration::from_secs(spec.lease_duration_seconds? as i64);
-    spec.holder_identity.filter(|h| !h.is_empty() && fresh)
-}
 
 /// A node's snapshot directory, which holds its snapshots and nothing else.
 fn local_names(dir: &Path) -> BTreeSet<String> {
@@ -105,7 +34,7 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
     let mut agents = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let extra = ["--reconcile-interval", "4s"];
-        agents.push(start_agent(node, &etcd.endpoints()[i], dirs[i].path(), &api, Some(&s3), &extra).await?);
+        agents.push(start_agent(node, &etcd.endpoints()[i], dirs[i].path(), &api, Some(&s3), &extra, &[]).await?);
     }
 
     // Let several scheduled rounds happen, watching that there is never more than one leader.
@@ -119,6 +48,16 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
     }
     assert_eq!(leaders_seen.len(), 1, "leadership moved without a failure: {leaders_seen:?}");
     let first_leader = leaders_seen.into_iter().next().ok_or("no leader")?;
+    // What the API server saw, which sampling the Lease cannot show: the leader's duties (the
+    // leader Lease and the legacy ConfigMap) were written by one node only.
+    let leader_writers: BTreeSet<String> = api
+        .audit_events()?
+        .into_iter()
+        .filter(|e| e.is_write() && e.code < 300)
+        .filter(|e| (e.resource == "leases" && e.name == "etcdsnap-leader") || e.name == "k3s-etcd-snapshots")
+        .map(|e| e.user)
+        .collect();
+    assert_eq!(leader_writers, BTreeSet::from([agent_user(&first_leader)]), "leader-only writes by several nodes");
 
     // Settle: stop scheduling new snapshots (SIGTERM the followers; the leader keeps reconciling)
     // and check resources against storage.
@@ -278,13 +217,13 @@ async fn the_legacy_configmap_follows_every_node_s_saves_within_seconds() -> Tes
     // The agents' default reconcile interval (10 minutes): only the controller can be this quick.
     // 8 kept: each snapshot lives well beyond the 10 s its entry may take.
     let keep = ["--retention", "8"];
-    let mut agents = vec![start_agent("node-a", &etcd.endpoints()[0], dirs[0].path(), &api, None, &keep).await?];
+    let mut agents = vec![start_agent("node-a", &etcd.endpoints()[0], dirs[0].path(), &api, None, &keep, &[]).await?];
     let deadline = Instant::now() + Duration::from_secs(20);
     while leader(&client).await.as_deref() != Some("node-a") {
         assert!(Instant::now() < deadline, "node-a never led:\n{}", agents[0].log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    agents.push(start_agent("node-b", &etcd.endpoints()[0], dirs[1].path(), &api, None, &keep).await?);
+    agents.push(start_agent("node-b", &etcd.endpoints()[0], dirs[1].path(), &api, None, &keep, &[]).await?);
 
     // Every new snapshot of either node, the follower's included, gets its entry within 10 s.
     let mut seen: BTreeSet<String> = BTreeSet::new();

@@ -11,7 +11,8 @@ use etcdsnap_api::consts::{
     ANNOTATION_TOKEN_HASH, FINALIZER_K3S, LABEL_STORAGE_NODE, LEGACY_CONFIGMAP, SYSTEM_NAMESPACE,
 };
 use etcdsnap_api::{CrNameInput, ETCDSnapshotFile, ETCDSnapshotS3, SnapshotName, StorageKind, cr_name};
-use etcdsnap_kube::lease::{LeaderLease, NodeLiveness, renew_heartbeat};
+use etcdsnap_kube::leader::{LeaderElector, LeaderTerm, Role, Timing};
+use etcdsnap_kube::lease::{NodeLiveness, renew_heartbeat};
 use etcdsnap_kube::reconcile::{LeaderView, StorageState, reconcile_leader, reconcile_node};
 use etcdsnap_kube::{Kube, KubeSettings, RecordResource, publish, s3_secret};
 use etcdsnap_storage::record::{MetadataSource, Outcome, SnapshotRecord};
@@ -83,6 +84,18 @@ impl Env {
 /// Writes requests made by the admin user (the tests and the binary) after `since` audit events.
 fn admin_writes(events: &[AuditEvent], since: usize) -> Vec<&AuditEvent> {
     events[since..].iter().filter(|e| e.user == "admin" && e.is_write()).collect()
+}
+
+/// Takes the leader Lease as `identity` (it must be free or already this identity's).
+async fn lead(
+    client: &kube::Client,
+    identity: &str,
+    duration: Duration,
+) -> Result<LeaderTerm, Box<dyn std::error::Error>> {
+    match LeaderElector::new(client.clone(), identity, Timing::for_lease(duration)).round().await? {
+        Role::Leader(term) => Ok(term),
+        Role::Follower { holder } => Err(format!("leader lease held by {holder}").into()),
+    }
 }
 
 fn names_of(items: &[ETCDSnapshotFile]) -> BTreeSet<String> {
@@ -367,14 +380,13 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     );
     // The library, holding the Lease as the agent does: zero writes.
     let kube = env.kube("node-1").await?;
-    let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(30));
-    assert!(lease.try_acquire().await?.is_leader());
+    let term = lead(&client, "node-1", Duration::from_secs(30)).await?;
     let ctx_dir = dir.canonicalize()?;
     let local = etcdsnap_storage::store::local::LocalStore::open(&ctx_dir, false, "node-1")?;
     let listing = etcdsnap_storage::store::SnapshotStore::list(&local).await?;
     let state = StorageState { local: Some(listing.records), s3: None, s3_location: None, deleted: BTreeSet::new() };
     let before = env.audit().len();
-    let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
+    let view = LeaderView { liveness: NodeLiveness::read(&client).await?, term: term.clone() };
     let report = reconcile_leader(&kube, &state, &view).await?;
     assert_eq!((report.created, report.updated, report.deleted, report.unchanged), (0, 0, 0, 2));
     let events = env.audit();
@@ -488,9 +500,9 @@ async fn two_nodes_reconcile_s3_concurrently_without_flapping() -> TestResult {
             s3_location: location,
             deleted: BTreeSet::new(),
         };
-        let lease = LeaderLease::new(client.clone(), &node, Duration::from_secs(15));
-        let report = if lease.try_acquire().await?.is_leader() {
-            let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
+        let mut elector = LeaderElector::new(client.clone(), &node, Timing::for_lease(Duration::from_secs(15)));
+        let report = if let Role::Leader(term) = elector.round().await? {
+            let view = LeaderView { liveness: NodeLiveness::read(&client).await?, term };
             reconcile_leader(&kube, &state, &view).await?
         } else {
             reconcile_node(&kube, &state).await?
@@ -733,9 +745,8 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
         assert_eq!(total, (step + 1) * per_step);
         let state =
             StorageState { local: Some(listing.records), s3: None, s3_location: None, deleted: BTreeSet::new() };
-        let lease = LeaderLease::new(client.clone(), "node-1", Duration::from_secs(600));
-        assert!(lease.try_acquire().await?.is_leader());
-        let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
+        let term = lead(&client, "node-1", Duration::from_secs(600)).await?;
+        let view = LeaderView { liveness: NodeLiveness::read(&client).await?, term };
         let report = reconcile_leader(&kube, &state, &view).await?;
         assert!(report.errors.is_empty(), "{:?}", &report.errors[..report.errors.len().min(3)]);
         assert_eq!(report.created, per_step);
@@ -772,8 +783,9 @@ async fn legacy_configmap_stays_bounded_with_20000_snapshots() -> TestResult {
         s3_location: None,
         deleted: BTreeSet::new(),
     };
+    let term = lead(&client, "node-1", Duration::from_secs(600)).await?;
     let before = env.audit().len();
-    let view = LeaderView { liveness: NodeLiveness::read(&client).await? };
+    let view = LeaderView { liveness: NodeLiveness::read(&client).await?, term: term.clone() };
     let report = reconcile_leader(&kube, &state, &view).await?;
     assert_eq!(report.unchanged, steps * per_step);
     let events = env.audit();

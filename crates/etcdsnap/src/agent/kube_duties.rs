@@ -1,8 +1,9 @@
 //! The agent's Kubernetes duties that run on their own clock: the CRD, this node's heartbeat
-//! Lease, the leader Lease, the periodic reconcile, and while leading the leader's duties (S3
-//! resources, departed nodes, the legacy ConfigMap, which a controller keeps in step with the
-//! resources within seconds). Resources of the agent's own saves, prunes and late uploads are
-//! written right after them through the session, not here.
+//! Lease, the leader election (renewed in the background, [`LeaderElector::run`]), the periodic
+//! reconcile, and during a leader term the leader's duties (S3 resources, departed nodes, the
+//! legacy ConfigMap, which a controller keeps in step with the resources within seconds), each
+//! stopped the moment the term ends. Resources of the agent's own saves, prunes and late uploads
+//! are written right after them through the session, not here.
 
 use super::metrics::{Cause, Metrics};
 use crate::ops::reconcile::{self, PassOutcome};
@@ -10,12 +11,13 @@ use crate::session::{Purpose, Session};
 use etcdsnap_api::StorageKind;
 use etcdsnap_kube::Kube;
 use etcdsnap_kube::crd::ensure_crd;
-use etcdsnap_kube::lease::{LeaderLease, heartbeat_interval, renew_heartbeat};
+use etcdsnap_kube::leader::{LeaderElector, LeaderTerm, Timing};
+use etcdsnap_kube::lease::{heartbeat_interval, renew_heartbeat};
 use etcdsnap_kube::legacy_controller::{self, StorageHints};
 use etcdsnap_kube::reconcile::ReconcileError;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub struct KubeDutySettings {
     /// Time between reconciles (plus up to 5% jitter, like K3s).
     pub reconcile_interval: Duration,
-    /// How long a leader that stops renewing keeps the others waiting.
+    /// How long a leader that stops renewing keeps the others waiting (the election's timing
+    /// derives from it).
     pub lease_duration: Duration,
     /// Whether periodic reconciles run (K3s skips them with --etcd-disable-snapshots).
     pub periodic_reconcile: bool,
@@ -35,71 +38,60 @@ pub struct KubeDuties {
     session: Arc<Session>,
     settings: KubeDutySettings,
     metrics: Arc<Metrics>,
-    leader: LeaderLease,
-    leading: AtomicBool,
     hints: Arc<StorageHints>,
+    /// The current leader term, published by the election task.
+    leading: watch::Sender<Option<LeaderTerm>>,
 }
 
-/// The legacy ConfigMap controller while this agent leads.
+/// The legacy ConfigMap controller during one leader term.
 struct LegacyTask {
+    term: LeaderTerm,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl KubeDuties {
     pub fn new(kube: Kube, session: Arc<Session>, settings: KubeDutySettings, metrics: Arc<Metrics>) -> KubeDuties {
-        let leader = LeaderLease::new(kube.client.clone(), &kube.settings.node_name, settings.lease_duration);
         KubeDuties {
             kube,
             session,
             settings,
             metrics,
-            leader,
-            leading: AtomicBool::new(false),
             hints: Arc::new(StorageHints::default()),
+            leading: watch::Sender::new(None),
         }
     }
 
-    /// Whether this agent held the leader Lease at its last check.
+    /// Whether this agent is in a leader term now.
     pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::SeqCst)
+        self.current_term().is_some()
     }
 
-    /// How often the Leases are looked at: a third of the lease duration, at most 5 s.
+    /// The current leader term, if it still lasts.
+    fn current_term(&self) -> Option<LeaderTerm> {
+        self.leading.borrow().clone().filter(|t| t.check().is_ok())
+    }
+
+    /// How often the heartbeat and the reconcile schedule are looked at.
     fn tick(&self) -> Duration {
         (self.settings.lease_duration / 3).clamp(Duration::from_secs(1), Duration::from_secs(5))
     }
 
-    /// Heartbeat and leader Lease; returns whether this agent leads now.
-    async fn leases(&self) -> bool {
+    async fn heartbeat(&self) {
         let s = &self.kube.settings;
         if let Err(e) =
             renew_heartbeat(&self.kube.client, &s.node_name, s.orphan_ttl, heartbeat_interval(s.orphan_ttl)).await
         {
             tracing::warn!("heartbeat lease not renewed: {e}");
         }
-        let leading = match self.leader.try_acquire().await {
-            Ok(l) => l.is_leader(),
-            Err(e) => {
-                tracing::warn!("leader lease: {e}");
-                false
-            }
-        };
-        if self.leading.swap(leading, Ordering::SeqCst) != leading {
-            if leading {
-                tracing::info!(node = %s.node_name, "took the leader lease: S3 resources, departed nodes and the legacy ConfigMap are this node's duties now");
-            } else {
-                tracing::info!(node = %s.node_name, "no longer the leader: leader duties stopped");
-            }
-        }
-        leading
     }
 
-    /// One reconcile pass; leader duties only if `leading`.
-    async fn reconcile_once(&self, leading: bool) -> Result<(), String> {
+    /// One reconcile pass; the leader's duties only during a term.
+    async fn reconcile_once(&self, term: Option<&LeaderTerm>) -> Result<(), String> {
+        let leading = term.is_some();
         let started = Instant::now();
         let ctx = self.session.context(Purpose::Write).await;
-        let result = reconcile::run_pass(&self.kube, &ctx, leading, self.session.local_managed()).await;
+        let result = reconcile::run_pass(&self.kube, &ctx, term, self.session.local_managed()).await;
         let ok = matches!(&result, Ok(r) if r.ok());
         Metrics::observe(&self.metrics.reconcile, ok, started.elapsed());
         match &result {
@@ -140,8 +132,8 @@ impl KubeDuties {
         }
     }
 
-    /// Starts the legacy ConfigMap controller (leaders only, when the ConfigMap is kept).
-    fn start_legacy(&self) -> Option<LegacyTask> {
+    /// Starts the legacy ConfigMap controller for a term (when the ConfigMap is kept).
+    fn start_legacy(&self, term: LeaderTerm) -> Option<LegacyTask> {
         if !self.kube.settings.legacy.enabled {
             return None;
         }
@@ -154,8 +146,14 @@ impl KubeDuties {
                 tracing::warn!("legacy ConfigMap: {e}; retrying");
             }
         };
-        let task = tokio::spawn(legacy_controller::run(self.kube.clone(), self.hints.clone(), stop.clone(), on_sync));
-        Some(LegacyTask { stop, task })
+        let task = tokio::spawn(legacy_controller::run(
+            self.kube.clone(),
+            self.hints.clone(),
+            term.clone(),
+            stop.clone(),
+            on_sync,
+        ));
+        Some(LegacyTask { term, stop, task })
     }
 
     pub async fn run(&self, stop: CancellationToken) {
@@ -167,17 +165,39 @@ impl KubeDuties {
                 _ = tokio::time::sleep(self.tick()) => {}
             }
         }
+        let node = self.kube.settings.node_name.clone();
+        let timing = Timing::for_lease(self.settings.lease_duration);
+        let elector = LeaderElector::new(self.kube.client.clone(), &node, timing);
+        let election_stop = CancellationToken::new();
+        let election = tokio::spawn(elector.run(election_stop.clone(), self.leading.clone()));
+        let mut terms = self.leading.subscribe();
+        // The first pass waits briefly for the first round, so a node that can lead at once
+        // does its leader's duties in that pass already.
+        let _ = tokio::time::timeout(timing.retry_period, terms.changed()).await;
         let mut next_reconcile = Instant::now();
         let mut legacy: Option<LegacyTask> = None;
+        let mut was_leading = false;
         loop {
-            let leading = self.leases().await;
-            match (leading, legacy.is_some()) {
-                (true, false) => legacy = self.start_legacy(),
-                (false, true) => stop_legacy(legacy.take()).await,
-                _ => {}
+            self.heartbeat().await;
+            let term = self.current_term();
+            if term.is_some() != was_leading {
+                was_leading = term.is_some();
+                if was_leading {
+                    tracing::info!(node = %node, "took the leader lease: S3 resources, departed nodes and the legacy ConfigMap are this node's duties now");
+                } else {
+                    tracing::info!(node = %node, "no longer the leader: leader duties stopped");
+                }
+            }
+            if legacy.as_ref().is_some_and(|l| term.as_ref().is_none_or(|t| !l.term.is(t))) {
+                stop_legacy(legacy.take()).await;
+            }
+            if legacy.is_none()
+                && let Some(t) = &term
+            {
+                legacy = self.start_legacy(t.clone());
             }
             if Instant::now() >= next_reconcile {
-                match self.reconcile_once(leading).await {
+                match self.reconcile_once(term.as_ref()).await {
                     Ok(()) if self.settings.periodic_reconcile => {
                         next_reconcile = Instant::now() + jittered(self.settings.reconcile_interval)
                     }
@@ -191,16 +211,14 @@ impl KubeDuties {
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = terms.changed() => {}
                 _ = tokio::time::sleep(self.tick()) => {}
             }
         }
         stop_legacy(legacy.take()).await;
-        if self.leading.load(Ordering::SeqCst) {
-            match self.leader.release().await {
-                Ok(()) => tracing::info!("leader lease released"),
-                Err(e) => tracing::warn!("releasing the leader lease: {e}"),
-            }
-        }
+        // Ends the term, then releases the Lease so another node leads at once.
+        election_stop.cancel();
+        let _ = election.await;
     }
 }
 

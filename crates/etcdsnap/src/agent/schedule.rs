@@ -49,15 +49,7 @@ impl Schedule {
     }
 }
 
-/// A uniformly random delay in [0, max): K3s staggers the servers of a cluster this way so they
-/// do not all snapshot (and upload) at the same instant.
-pub fn jitter(max: Duration) -> Duration {
-    if max.is_zero() {
-        return Duration::ZERO;
-    }
-    let nanos = rand::random_range(0..max.as_nanos().min(u64::MAX as u128) as u64);
-    Duration::from_nanos(nanos)
-}
+pub use etcdsnap_storage::retry::jitter;
 
 #[cfg(test)]
 mod tests {
@@ -92,13 +84,5 @@ mod tests {
         for bad in ["", "every day", "61 * * * *", "* * *", "0 0 30 2 *", "@fortnightly"] {
             assert!(Schedule::parse(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn jitter_stays_in_range() {
-        for _ in 0..100 {
-            assert!(jitter(Duration::from_secs(5)) < Duration::from_secs(5));
-        }
-        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -11,14 +11,20 @@ use etcdsnap::session::{KubePolicy, Purpose, Session};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::SYSTEM_NAMESPACE;
 use etcdsnap_kube::crd::{crd_yaml, ensure_crd};
-use etcdsnap_kube::lease::{
-    COMMAND_LEADER_DURATION, LEADER_LEASE, LeaderLease, Leadership, heartbeat_interval, renew_heartbeat,
-};
+use etcdsnap_kube::leader::{COMMAND_LEADER_DURATION, LEADER_LEASE, LeaderElector, Role, Timing};
+use etcdsnap_kube::lease::{heartbeat_interval, renew_heartbeat};
 use etcdsnap_kube::{Kube, resources, watch as kwatch};
 use futures::StreamExt;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long `reconcile` watches a leader Lease that is not being renewed before it gives up on
+/// the leader's duties: a holder that died without releasing it is waited out for the Lease's
+/// duration (30 s for an agent), never longer than this.
+const LEADER_WAIT: Duration = Duration::from_secs(120);
 
 /// A connection for the commands that read or write resources only (no storage).
 async fn connect(args: &KubeArgs, what: &str) -> anyhow::Result<Kube> {
@@ -50,19 +56,18 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let s = &kube.settings;
     renew_heartbeat(&kube.client, &node, s.orphan_ttl, heartbeat_interval(s.orphan_ttl)).await.context("heartbeat")?;
     let ctx = session.context(Purpose::Read).await;
-    let lease = LeaderLease::new(kube.client.clone(), &node, COMMAND_LEADER_DURATION);
-    let leadership = if args.no_leader {
-        Leadership::Follower { holder: "(not tried: --no-leader)".into() }
+    let (role, election) = if args.no_leader {
+        (Role::Follower { holder: "(not tried: --no-leader)".into() }, None)
     } else {
-        lease.try_acquire().await.context("leader lease")?
+        lead(&kube, &node).await?
     };
-    let leading = leadership.is_leader();
-    let result = reconcile_job::run_pass(&kube, &ctx, leading, session.local_managed()).await;
-    if leading && let Err(e) = lease.release().await {
-        tracing::warn!("releasing the leader lease: {e}");
+    let result = reconcile_job::run_pass(&kube, &ctx, role.term(), session.local_managed()).await;
+    if let Some((stop, task)) = election {
+        stop.cancel(); // ends the term and releases the Lease
+        let _ = task.await;
     }
     let outcome = result?;
-    print_reconcile(&node, &leadership, &outcome);
+    print_reconcile(&node, &role, &outcome);
     for e in &outcome.report.errors {
         eprintln!("error: {e}");
     }
@@ -70,14 +75,27 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     Ok(exit(outcome.report.errors.is_empty()))
 }
 
-fn print_reconcile(node: &str, leadership: &Leadership, outcome: &PassOutcome) {
+/// Tries to lead for the one-shot pass; when it does, the term is renewed in the background
+/// until the returned token is cancelled.
+async fn lead(kube: &Kube, node: &str) -> anyhow::Result<(Role, Option<(CancellationToken, JoinHandle<()>)>)> {
+    // Its own identity: the agent on this node is another holder, not this command.
+    let identity = format!("{node}/reconcile-{}", std::process::id());
+    let mut elector = LeaderElector::new(kube.client.clone(), &identity, Timing::for_lease(COMMAND_LEADER_DURATION));
+    let role = elector.acquire_within(LEADER_WAIT).await.context("leader lease")?;
+    let Role::Leader(term) = &role else { return Ok((role, None)) };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(elector.run(stop.clone(), tokio::sync::watch::Sender::new(Some(term.clone()))));
+    Ok((role, Some((stop, task))))
+}
+
+fn print_reconcile(node: &str, role: &Role, outcome: &PassOutcome) {
     let r = &outcome.report;
     println!(
         "Reconciled ETCDSnapshotFile resources for node {node}: {} created, {} updated, {} deleted, {} unchanged, {} kept (TTL).",
         r.created, r.updated, r.deleted, r.unchanged, r.kept
     );
-    match leadership {
-        Leadership::Leader => {
+    match role {
+        Role::Leader(_) => {
             let s3 = if outcome.listing.state.s3.is_some() { "S3 reconciled" } else { "S3 not configured" };
             let legacy = match &r.legacy {
                 Some(l) => format!(
@@ -94,7 +112,7 @@ fn print_reconcile(node: &str, leadership: &Leadership, outcome: &PassOutcome) {
                 r.orphaned_nodes
             );
         }
-        Leadership::Follower { holder } => {
+        Role::Follower { holder } => {
             println!("Leader duties skipped: lease {SYSTEM_NAMESPACE}/{LEADER_LEASE} is held by {holder}.")
         }
     }

@@ -114,7 +114,7 @@ impl SaveReport {
 }
 
 fn now_rounded() -> jiff::Timestamp {
-    let now = jiff::Timestamp::now();
+    let now = etcdsnap_storage::clock::now();
     let secs = etcdsnap_api::round_to_second(now.as_nanosecond());
     jiff::Timestamp::from_second(secs).unwrap_or(now)
 }

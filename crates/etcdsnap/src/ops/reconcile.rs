@@ -8,6 +8,7 @@
 use super::Context;
 use etcdsnap_api::{StorageKind, configmap_key};
 use etcdsnap_kube::Kube;
+use etcdsnap_kube::leader::LeaderTerm;
 use etcdsnap_kube::lease::NodeLiveness;
 use etcdsnap_kube::reconcile::{
     LeaderView, ReconcileError, ReconcileReport, StorageState, reconcile_leader, reconcile_node,
@@ -103,16 +104,23 @@ impl PassOutcome {
     }
 }
 
-/// Lists storage and reconciles; the leader's duties only when `leader` (the caller holds the
-/// leader Lease).
+/// Lists storage and reconciles; the leader's duties only with a `leader` term, whose end
+/// cancels the pass at once (every write in it is checked against the term too).
 pub async fn run_pass(
     kube: &Kube,
     ctx: &Context,
-    leader: bool,
+    leader: Option<&LeaderTerm>,
     local_managed: bool,
 ) -> Result<PassOutcome, ReconcileError> {
-    let listing = list_storage(ctx, BTreeSet::new(), local_managed).await;
-    reconcile_listed(kube, listing, leader).await
+    let pass = async {
+        let listing = list_storage(ctx, BTreeSet::new(), local_managed).await;
+        reconcile_listed(kube, listing, leader).await
+    };
+    let Some(term) = leader else { return pass.await };
+    tokio::select! {
+        outcome = pass => outcome,
+        _ = term.ended().cancelled() => Err(term.reason().into()),
+    }
 }
 
 /// After a delete or prune: this node's reconcile with the removed snapshots' keys, so their
@@ -125,21 +133,26 @@ pub async fn after_removal(
 ) -> Result<PassOutcome, ReconcileError> {
     let deleted: BTreeSet<String> = removed.iter().map(|(kind, name)| configmap_key(name, *kind)).collect();
     let listing = list_storage(ctx, deleted, local_managed).await;
-    reconcile_listed(kube, listing, false).await
+    reconcile_listed(kube, listing, None).await
 }
 
-async fn reconcile_listed(kube: &Kube, listing: StorageListing, leader: bool) -> Result<PassOutcome, ReconcileError> {
+async fn reconcile_listed(
+    kube: &Kube,
+    listing: StorageListing,
+    leader: Option<&LeaderTerm>,
+) -> Result<PassOutcome, ReconcileError> {
     for w in &listing.warnings {
         tracing::warn!("{w}");
     }
     for (store, e) in &listing.failures {
         tracing::warn!("listing {store}: {e}; its resources are left unchanged");
     }
-    let report = if leader {
-        let liveness = NodeLiveness::read(&kube.client).await.map_err(ReconcileError::Read)?;
-        reconcile_leader(kube, &listing.state, &LeaderView { liveness }).await?
-    } else {
-        reconcile_node(kube, &listing.state).await?
+    let report = match leader {
+        Some(term) => {
+            let liveness = NodeLiveness::read(&kube.client).await.map_err(ReconcileError::Read)?;
+            reconcile_leader(kube, &listing.state, &LeaderView { liveness, term: term.clone() }).await?
+        }
+        None => reconcile_node(kube, &listing.state).await?,
     };
-    Ok(PassOutcome { listing, report, leader })
+    Ok(PassOutcome { listing, report, leader: leader.is_some() })
 }

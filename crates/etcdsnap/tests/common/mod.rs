@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cluster;
 pub mod k3s;
 
 use std::path::{Path, PathBuf};
