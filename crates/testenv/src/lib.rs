@@ -13,6 +13,7 @@ mod kube_apiserver;
 mod process;
 mod proxy;
 mod s3;
+mod s3_proxy;
 mod versions;
 
 pub use certs::{Pki, TlsFiles};
@@ -23,6 +24,7 @@ pub use kube_apiserver::{AuditEvent, KubeApiServer};
 pub use process::{Server, testbin, testbins_dir};
 pub use proxy::{Fault, FaultProxy};
 pub use s3::{S3Request, S3Server, S3Tls};
+pub use s3_proxy::{Lie, LyingS3Proxy, Passed};
 pub use versions::{default_etcd_version, etcd_version, etcd_versions, testbin_version, versions_env_path};
 
 use std::future::Future;

@@ -1,14 +1,23 @@
-//! ListObjectsV2, issued and parsed here rather than through object_store: object_store parses
-//! every key of a page into its own path type and fails the whole listing on one key it does
-//! not accept (`a//b`, `x/../y`). A bucket may hold anything; one hostile key must cost a
-//! warning for that key, not the listing.
+//! ListObjectsV2, ListMultipartUploads, ListParts and AbortMultipartUpload, issued and parsed
+//! here rather than through object_store: object_store parses every key of a page into its own
+//! path type and fails the whole listing on one key it does not accept (`a//b`, `x/../y`), and
+//! has no call for open uploads. A bucket may hold anything; one hostile key must cost a warning
+//! for that key, not the listing.
+//!
+//! Every answer is validated before it counts: the root element is the one asked for, the
+//! fields S3 always sends are there (`IsTruncated`, each object's key, size, ETag and time),
+//! a truncated page carries the token of the next one and that token moves on, and `KeyCount`,
+//! when present, matches what the page holds. A proxy's error page or a page cut short is then an
+//! error (retried by [`request::send`]), never an empty bucket: an empty listing makes the
+//! leader delete resources and the catch-up re-upload snapshots.
 
 use super::config::S3Config;
-use super::hints::{S3Problem, error_code, explain_status};
-use crate::describe_error;
+use super::request::{self, Call};
 use crate::store::StoreError;
-use object_store::aws::{AwsAuthorizer, AwsCredential};
+use object_store::aws::AwsCredential;
 use serde::Deserialize;
+
+pub use super::request::describe_reqwest;
 
 /// One object from a listing, with its key exactly as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,13 +28,47 @@ pub struct ListedObject {
     pub last_modified: jiff::Timestamp,
 }
 
+/// The local name of the document's root element, if it has one.
+fn root_element(xml: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)) => {
+                return Some(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+            }
+            Ok(quick_xml::events::Event::Eof) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Parses `xml` as the document `root`, refusing any other document.
+fn parse_document<'de, T: Deserialize<'de>>(xml: &'de str, root: &str) -> Result<T, String> {
+    match root_element(xml) {
+        Some(found) if found == root => {}
+        Some(found) => {
+            return Err(format!("S3 answered with a <{found}> document, not <{root}> (a proxy in the way?)"));
+        }
+        None => {
+            let start: String = xml.chars().take(60).collect();
+            return Err(format!("S3 answered with something that is not XML, not <{root}>: {start:?}"));
+        }
+    }
+    quick_xml::de::from_str(xml).map_err(|e| format!("unreadable <{root}> answer: {e}"))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct ListBucketResult {
     #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
     contents: Vec<Contents>,
     #[serde(default)]
+    common_prefixes: Vec<serde::de::IgnoredAny>,
     is_truncated: bool,
+    #[serde(default)]
+    key_count: Option<usize>,
     #[serde(default)]
     next_continuation_token: Option<String>,
     #[serde(default)]
@@ -36,18 +79,35 @@ struct ListBucketResult {
 #[serde(rename_all = "PascalCase")]
 struct Contents {
     key: String,
-    #[serde(default)]
     size: u64,
-    #[serde(default, rename = "ETag")]
+    #[serde(rename = "ETag")]
     e_tag: String,
-    #[serde(default)]
     last_modified: String,
 }
 
-/// Parses one ListObjectsV2 page: the objects, and the token of the next page.
-pub fn parse_page(xml: &str) -> Result<(Vec<ListedObject>, Option<String>), String> {
-    let page: ListBucketResult =
-        quick_xml::de::from_str(xml).map_err(|e| format!("unreadable ListObjectsV2 answer: {e}"))?;
+/// Parses and checks one ListObjectsV2 page of `bucket`: the objects, and the token of the next
+/// page.
+pub fn parse_page(xml: &str, bucket: &str) -> Result<(Vec<ListedObject>, Option<String>), String> {
+    let page: ListBucketResult = parse_document(xml, "ListBucketResult")?;
+    if let Some(name) = page.name.as_deref().filter(|n| *n != bucket) {
+        return Err(format!("S3 answered with a listing of bucket {name:?}, not {bucket:?}"));
+    }
+    // S3 counts the common prefixes in KeyCount; some servers count only the keys.
+    if let Some(count) = page.key_count
+        && count != page.contents.len() + page.common_prefixes.len()
+        && count != page.contents.len()
+    {
+        return Err(format!(
+            "S3 listing page says KeyCount {count} but holds {} keys and {} prefixes (cut short?)",
+            page.contents.len(),
+            page.common_prefixes.len()
+        ));
+    }
+    let next = match (page.is_truncated, page.next_continuation_token) {
+        (false, _) => None,
+        (true, Some(t)) if !t.is_empty() => Some(t),
+        (true, _) => return Err("S3 listing page is truncated but has no NextContinuationToken".into()),
+    };
     let url_encoded = page.encoding_type.as_deref() == Some("url");
     let mut objects = Vec::with_capacity(page.contents.len());
     for c in page.contents {
@@ -59,13 +119,29 @@ pub fn parse_page(xml: &str) -> Result<(Vec<ListedObject>, Option<String>), Stri
         let last_modified = c.last_modified.parse::<jiff::Timestamp>().unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         objects.push(ListedObject { key, size: c.size, etag: c.e_tag.trim_matches('"').to_string(), last_modified });
     }
-    let next = if page.is_truncated { page.next_continuation_token } else { None };
     Ok((objects, next))
+}
+
+/// A paginated call's next marker must move on: the same one twice would loop forever.
+fn advance<M: PartialEq + std::fmt::Debug>(previous: &Option<M>, next: M, what: &'static str) -> Result<M, StoreError> {
+    if previous.as_ref() == Some(&next) {
+        return Err(StoreError::S3 {
+            op: what,
+            target: String::new(),
+            problem: None,
+            message: format!("S3 returned the same page marker {next:?} twice"),
+        });
+    }
+    Ok(next)
+}
+
+fn bucket_url(config: &S3Config) -> Result<url::Url, StoreError> {
+    url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Client(format!("S3 URL: {e}")))
 }
 
 /// Lists the objects directly under `prefix` (which ends with `/`, or is empty for the bucket
 /// root): delimiter `/`, so nothing from sub-folders or sibling folders sharing a prefix. Returns
-/// the objects and how many LIST requests it took.
+/// the objects and how many LIST requests it took (retries included).
 pub async fn list_prefix(
     http: &reqwest::Client,
     config: &S3Config,
@@ -76,7 +152,7 @@ pub async fn list_prefix(
     let mut token: Option<String> = None;
     let mut requests = 0;
     loop {
-        let mut url = url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Client(format!("S3 URL: {e}")))?;
+        let mut url = bucket_url(config)?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("list-type", "2");
@@ -90,17 +166,13 @@ pub async fn list_prefix(
                 q.append_pair("continuation-token", t);
             }
         }
-        let body = send_signed(http, config, credential, reqwest::Method::GET, url.as_str(), "list").await?;
-        requests += 1;
-        let (page, next) = parse_page(&body).map_err(|message| StoreError::S3 {
-            op: "list",
-            target: format!("{}/{prefix}", config.describe()),
-            problem: None,
-            message,
-        })?;
+        let call = Call { op: "list", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None };
+        let ((page, next), attempts) =
+            request::send(http, config, credential, &call, |xml| parse_page(xml, &config.bucket)).await?;
+        requests += attempts as usize;
         objects.extend(page);
         match next {
-            Some(t) => token = Some(t),
+            Some(t) => token = Some(advance(&token, t, "list")?),
             None => return Ok((objects, requests)),
         }
     }
@@ -119,7 +191,6 @@ pub struct OpenUpload {
 struct ListMultipartUploadsResult {
     #[serde(default)]
     upload: Vec<Upload>,
-    #[serde(default)]
     is_truncated: bool,
     #[serde(default)]
     next_key_marker: Option<String>,
@@ -132,17 +203,15 @@ struct ListMultipartUploadsResult {
 struct Upload {
     key: String,
     upload_id: String,
-    #[serde(default)]
     initiated: String,
 }
 
 /// Where the next ListMultipartUploads page starts: (key marker, upload id marker).
 pub type UploadMarkers = (String, String);
 
-/// Parses one ListMultipartUploads page: uploads and the markers of the next page.
+/// Parses and checks one ListMultipartUploads page: uploads and the markers of the next page.
 pub fn parse_uploads(xml: &str) -> Result<(Vec<OpenUpload>, Option<UploadMarkers>), String> {
-    let page: ListMultipartUploadsResult =
-        quick_xml::de::from_str(xml).map_err(|e| format!("unreadable ListMultipartUploads answer: {e}"))?;
+    let page: ListMultipartUploadsResult = parse_document(xml, "ListMultipartUploadsResult")?;
     let uploads = page
         .upload
         .into_iter()
@@ -153,13 +222,14 @@ pub fn parse_uploads(xml: &str) -> Result<(Vec<OpenUpload>, Option<UploadMarkers
         })
         .collect();
     let next = match (page.is_truncated, page.next_key_marker, page.next_upload_id_marker) {
+        (false, _, _) => None,
         (true, Some(k), Some(u)) => Some((k, u)),
-        _ => None,
+        (true, _, _) => return Err("S3 uploads page is truncated but has no next markers".into()),
     };
     Ok((uploads, next))
 }
 
-/// Open multipart uploads under `prefix` (object_store has no call for this).
+/// Open multipart uploads under `prefix`.
 pub async fn list_uploads(
     http: &reqwest::Client,
     config: &S3Config,
@@ -169,7 +239,7 @@ pub async fn list_uploads(
     let mut uploads = Vec::new();
     let mut markers: Option<UploadMarkers> = None;
     loop {
-        let mut url = url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Client(format!("S3 URL: {e}")))?;
+        let mut url = bucket_url(config)?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("uploads", "");
@@ -181,16 +251,11 @@ pub async fn list_uploads(
                 q.append_pair("upload-id-marker", u);
             }
         }
-        let body = send_signed(http, config, credential, reqwest::Method::GET, url.as_str(), "list uploads").await?;
-        let (page, next) = parse_uploads(&body).map_err(|message| StoreError::S3 {
-            op: "list uploads",
-            target: config.describe(),
-            problem: None,
-            message,
-        })?;
+        let call = Call { op: "list uploads", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None };
+        let ((page, next), _) = request::send(http, config, credential, &call, parse_uploads).await?;
         uploads.extend(page);
         match next {
-            Some(m) => markers = Some(m),
+            Some(m) => markers = Some(advance(&markers, m, "list uploads")?),
             None => return Ok(uploads),
         }
     }
@@ -198,7 +263,7 @@ pub async fn list_uploads(
 
 /// The URL of one upload of `upload.key`, with `uploadId` set.
 fn upload_url(config: &S3Config, upload: &OpenUpload) -> Result<url::Url, StoreError> {
-    let mut url = url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Client(format!("S3 URL: {e}")))?;
+    let mut url = bucket_url(config)?;
     {
         let mut segments =
             url.path_segments_mut().map_err(|_| StoreError::Client("S3 URL cannot have a path".into()))?;
@@ -209,7 +274,8 @@ fn upload_url(config: &S3Config, upload: &OpenUpload) -> Result<url::Url, StoreE
     Ok(url)
 }
 
-/// Aborts one multipart upload.
+/// Aborts one multipart upload (an upload already gone counts as aborted: a retry after a lost
+/// answer finds it so).
 pub async fn abort_upload(
     http: &reqwest::Client,
     config: &S3Config,
@@ -217,7 +283,13 @@ pub async fn abort_upload(
     upload: &OpenUpload,
 ) -> Result<(), StoreError> {
     let url = upload_url(config, upload)?;
-    send_signed(http, config, credential, reqwest::Method::DELETE, url.as_str(), "abort upload").await.map(|_| ())
+    let call = Call {
+        op: "abort upload",
+        method: reqwest::Method::DELETE,
+        url: url.as_str(),
+        done_if_code: Some("NoSuchUpload"),
+    };
+    request::send(http, config, credential, &call, |_| Ok(())).await.map(|_| ())
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,7 +297,6 @@ pub async fn abort_upload(
 struct ListPartsResult {
     #[serde(default)]
     part: Vec<Part>,
-    #[serde(default)]
     is_truncated: bool,
     #[serde(default)]
     next_part_number_marker: Option<String>,
@@ -234,16 +305,18 @@ struct ListPartsResult {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Part {
-    #[serde(default)]
     last_modified: String,
 }
 
-/// Parses one ListParts page: the newest part's time and the marker of the next page.
+/// Parses and checks one ListParts page: the newest part's time and the marker of the next page.
 pub fn parse_parts(xml: &str) -> Result<(Option<jiff::Timestamp>, Option<String>), String> {
-    let page: ListPartsResult =
-        quick_xml::de::from_str(xml).map_err(|e| format!("unreadable ListParts answer: {e}"))?;
+    let page: ListPartsResult = parse_document(xml, "ListPartsResult")?;
     let newest = page.part.iter().filter_map(|p| p.last_modified.parse::<jiff::Timestamp>().ok()).max();
-    let next = if page.is_truncated { page.next_part_number_marker } else { None };
+    let next = match (page.is_truncated, page.next_part_number_marker) {
+        (false, _) => None,
+        (true, Some(m)) => Some(m),
+        (true, None) => return Err("S3 parts page is truncated but has no NextPartNumberMarker".into()),
+    };
     Ok((newest, next))
 }
 
@@ -262,16 +335,11 @@ pub async fn last_part_time(
         if let Some(m) = &marker {
             url.query_pairs_mut().append_pair("part-number-marker", m);
         }
-        let body = send_signed(http, config, credential, reqwest::Method::GET, url.as_str(), "list parts").await?;
-        let (page_newest, next) = parse_parts(&body).map_err(|message| StoreError::S3 {
-            op: "list parts",
-            target: format!("s3://{}/{}", config.bucket, upload.key),
-            problem: None,
-            message,
-        })?;
+        let call = Call { op: "list parts", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None };
+        let ((page_newest, next), _) = request::send(http, config, credential, &call, parse_parts).await?;
         newest = newest.max(page_newest);
         match next {
-            Some(m) => marker = Some(m),
+            Some(m) => marker = Some(advance(&marker, m, "list parts")?),
             None => return Ok(newest),
         }
     }
@@ -284,54 +352,10 @@ pub async fn probe(
     credential: &AwsCredential,
     prefix: &str,
 ) -> Result<(), StoreError> {
-    let mut url = url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Client(format!("S3 URL: {e}")))?;
+    let mut url = bucket_url(config)?;
     url.query_pairs_mut().append_pair("list-type", "2").append_pair("max-keys", "1").append_pair("prefix", prefix);
-    send_signed(http, config, credential, reqwest::Method::GET, url.as_str(), "check").await.map(|_| ())
-}
-
-/// A signed request whose answer body is returned; S3 errors are turned into messages that say
-/// what to check.
-async fn send_signed(
-    http: &reqwest::Client,
-    config: &S3Config,
-    credential: &AwsCredential,
-    method: reqwest::Method,
-    url: &str,
-    op: &'static str,
-) -> Result<String, StoreError> {
-    let target = config.describe();
-    let err = |message: String| StoreError::S3 { op, target: target.clone(), problem: None, message };
-    let mut request = http::Request::builder()
-        .method(method.clone())
-        .uri(url)
-        .body(object_store::client::HttpRequestBody::empty())
-        .map_err(|e| err(format!("building request: {e}")))?;
-    AwsAuthorizer::new(credential, "s3", &config.region)
-        .try_authorize(&mut request, None)
-        .map_err(|e| err(format!("signing request: {e}")))?;
-    let mut builder = http.request(method, url);
-    for (name, value) in request.headers() {
-        builder = builder.header(name, value);
-    }
-    let response = builder.send().await.map_err(|e| err(describe_reqwest(e)))?;
-    let status = response.status();
-    let body = response.text().await.map_err(|e| err(describe_reqwest(e)))?;
-    if !status.is_success() {
-        let problem = error_code(&body).as_deref().and_then(S3Problem::from_code);
-        let message = explain_status(status.as_u16(), &body, &config.bucket);
-        return Err(StoreError::S3 { op, target, problem, message });
-    }
-    Ok(body)
-}
-
-/// reqwest errors with their causes (connection refused, certificate unknown, timeout), without
-/// the request URL.
-pub fn describe_reqwest(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    if e.is_timeout() {
-        return format!("timed out: {}", describe_error(&e));
-    }
-    describe_error(&e)
+    let call = Call { op: "check", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None };
+    request::send(http, config, credential, &call, |xml| parse_page(xml, &config.bucket).map(|_| ())).await.map(|_| ())
 }
 
 #[cfg(test)]
@@ -349,7 +373,7 @@ mod tests {
   <Contents><Key>k3s/with+space</Key><LastModified>bad</LastModified><ETag>x</ETag><Size>0</Size></Contents>
   <CommonPrefixes><Prefix>k3s/.metadata/</Prefix></CommonPrefixes>
 </ListBucketResult>"#;
-        let (objects, next) = parse_page(xml).unwrap();
+        let (objects, next) = parse_page(xml, "b").unwrap();
         assert_eq!(next.as_deref(), Some("tok2"));
         assert_eq!(objects.len(), 3);
         assert_eq!(objects[0].key, "k3s/etcd-snapshot-n1-1700000000");
@@ -364,11 +388,60 @@ mod tests {
     #[test]
     fn last_page_and_empty_listing() {
         let xml = "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>";
-        assert_eq!(parse_page(xml), Ok((vec![], None)));
-        assert!(
-            parse_page("<html>proxy error</html>").is_ok_and(|(v, n)| v.is_empty() && n.is_none())
-                || parse_page("<html>").is_err()
+        assert_eq!(parse_page(xml, "b"), Ok((vec![], None)));
+        let xml = r#"<?xml version="1.0"?><!-- s3 --><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>"#;
+        assert_eq!(parse_page(xml, "b"), Ok((vec![], None)));
+    }
+
+    fn refused(xml: &str) -> String {
+        match parse_page(xml, "b") {
+            Ok(page) => panic!("accepted {xml:?} as {page:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_proxy_s_page_or_a_page_cut_short_is_never_an_empty_listing() {
+        assert!(refused("<html><body>502 Bad Gateway</body></html>").contains("<html>"));
+        assert!(refused("Service temporarily unavailable").contains("not XML"));
+        assert!(refused("").contains("not XML"));
+        assert!(refused("<Error><Code>SlowDown</Code></Error>").contains("<Error>"));
+        // Cut in the middle of an element, and cut between two of them.
+        let whole = "<ListBucketResult><Name>b</Name><IsTruncated>false</IsTruncated><Contents><Key>k</Key><Size>1</Size><ETag>e</ETag><LastModified>2023-11-14T22:13:20Z</LastModified></Contents></ListBucketResult>";
+        assert!(parse_page(whole, "b").is_ok());
+        for cut in [40, 80, whole.len() - 20, whole.len() - 1] {
+            refused(&whole[..cut]);
+        }
+    }
+
+    #[test]
+    fn the_fields_s3_always_sends_are_required() {
+        refused("<ListBucketResult><Name>b</Name></ListBucketResult>");
+        refused("<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>");
+        refused(
+            "<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken></NextContinuationToken></ListBucketResult>",
         );
+        refused(
+            "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Size>1</Size><ETag>e</ETag><LastModified>x</LastModified></Contents></ListBucketResult>",
+        );
+        refused(
+            "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>k</Key><ETag>e</ETag><LastModified>x</LastModified></Contents></ListBucketResult>",
+        );
+        assert!(
+            refused("<ListBucketResult><Name>other</Name><IsTruncated>false</IsTruncated></ListBucketResult>")
+                .contains("other")
+        );
+        assert!(
+            refused("<ListBucketResult><KeyCount>5</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>")
+                .contains("KeyCount")
+        );
+    }
+
+    #[test]
+    fn a_page_marker_must_move_on() {
+        assert!(advance(&None, "t1".to_string(), "list").is_ok());
+        assert!(advance(&Some("t1".to_string()), "t2".to_string(), "list").is_ok());
+        assert!(advance(&Some("t1".to_string()), "t1".to_string(), "list").is_err());
     }
 
     #[test]
@@ -379,7 +452,11 @@ mod tests {
         let (newest, next) = parse_parts(xml).unwrap();
         assert_eq!(newest.map(|t| t.as_second()), Some(1_700_000_005));
         assert_eq!(next.as_deref(), Some("2"));
-        assert_eq!(parse_parts("<ListPartsResult/>").unwrap(), (None, None));
+        assert!(parse_parts("<ListPartsResult/>").is_err(), "IsTruncated is required");
+        let last = "<ListPartsResult><IsTruncated>false</IsTruncated></ListPartsResult>";
+        assert_eq!(parse_parts(last).unwrap(), (None, None));
+        assert!(parse_parts("<ListPartsResult><IsTruncated>true</IsTruncated></ListPartsResult>").is_err());
+        assert!(parse_parts("<html/>").is_err());
     }
 
     #[test]
@@ -393,6 +470,13 @@ mod tests {
         assert_eq!(uploads[0].key, "f/s-n-1");
         assert_eq!(uploads[0].initiated.as_second(), 1_700_000_000);
         assert_eq!(next, Some(("k2".into(), "u2".into())));
-        assert_eq!(parse_uploads("<ListMultipartUploadsResult/>").map(|(u, n)| (u.len(), n)), Ok((0, None)));
+        let none = "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>";
+        assert_eq!(parse_uploads(none).map(|(u, n)| (u.len(), n)), Ok((0, None)));
+        assert!(parse_uploads("<ListMultipartUploadsResult/>").is_err(), "IsTruncated is required");
+        assert!(
+            parse_uploads("<ListMultipartUploadsResult><IsTruncated>true</IsTruncated></ListMultipartUploadsResult>")
+                .is_err()
+        );
+        assert!(parse_uploads("<html>nope</html>").is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod hints;
 pub mod list;
+mod request;
 pub mod settings;
 mod sink;
 
