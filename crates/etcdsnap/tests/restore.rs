@@ -691,3 +691,61 @@ async fn restores_from_s3_by_name_including_k3s_objects() -> TestResult {
     assert_keys_back(&k3s_target, "m0", port).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_in_use_is_refused_and_the_running_etcd_keeps_serving() -> TestResult {
+    let fx = Fixture::new(&["none"]).await?;
+    let port = testenv::free_port()?;
+    let snapshot = s(&fx.path("none"));
+
+    // The live etcd's own data directory: its locks and open files say it is in use.
+    let live = fx._etcd.members()[0].data_dir.clone();
+    let parent = live.parent().ok_or("no parent")?.to_path_buf();
+    let siblings = || std::fs::read_dir(&parent).map(|d| d.count()).unwrap_or_default();
+    let before = siblings();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let out = restore(&restore_args(&snapshot, &live, port), extra).await.expect_fail();
+        assert!(out.stdout.contains("in use"), "{}", out.stdout);
+        // The testbin's command name is etcd-v<version>.
+        assert!(out.stdout.contains("is in use: etcd"), "the report does not name etcd:\n{}", out.stdout);
+        assert!(out.stdout.contains("systemctl stop k3s"), "{}", out.stdout);
+    }
+    assert_eq!(siblings(), before, "something was created or moved beside the live data directory");
+    assert!(live.join("member/snap/db").is_file());
+    let mut client = fx._etcd.client().await?;
+    client.put("/after-refused-restore", "still serving", None).await?;
+    let got = client.get("/after-refused-restore", None).await?;
+    assert_eq!(got.kvs().first().map(|kv| kv.value().to_vec()), Some(b"still serving".to_vec()));
+
+    // Any process with a file open there counts, not only etcd.
+    let (parent, target) = occupied_target()?;
+    let held = std::fs::File::open(target.join("member/precious"))?;
+    let mut holder = std::process::Command::new("sleep").arg("60").stdin(held).spawn()?;
+    let out = restore(&restore_args(&snapshot, &target, port), &[]).await.expect_fail();
+    assert!(out.stdout.contains(&format!("sleep (pid {})", holder.id())), "{}", out.stdout);
+    holder.kill()?;
+    holder.wait()?;
+    assert_eq!(std::fs::read_to_string(target.join("member/precious"))?, "the data that was here");
+
+    // Something that starts using the directory while etcdutl works is caught at the swap:
+    // this etcdutl restores for real, then leaves a process sitting in the target.
+    let tools = tempfile::tempdir()?;
+    let sneaky = fake_etcdutl(
+        tools.path(),
+        &format!(
+            "{} \"$@\" || exit $?\n(cd {} && exec sleep 60) </dev/null >/dev/null 2>&1 &\necho $! > {}",
+            etcdutl(),
+            s(&target),
+            s(&tools.path().join("pid"))
+        ),
+    )?;
+    let before = tree(parent.path());
+    let mut args = restore_args(&snapshot, &target, port);
+    args.extend(["--etcdutl".into(), s(&sneaky)]);
+    let out = restore(&args, &[]).await.expect_fail();
+    assert!(out.stderr.contains("is in use") && out.stderr.contains("nothing was moved"), "{}", out.stderr);
+    assert_eq!(tree(parent.path()), before, "the target's parent changed");
+    let pid = std::fs::read_to_string(tools.path().join("pid"))?;
+    std::process::Command::new("kill").arg(pid.trim()).status()?;
+    Ok(())
+}

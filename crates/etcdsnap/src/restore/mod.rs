@@ -20,6 +20,7 @@
 //! This keeps a restore with checks as fast as etcdutl alone (bench/RESULTS.md).
 
 pub mod etcdutl;
+pub mod holders;
 pub mod preflight;
 pub mod source;
 pub mod space;

@@ -417,8 +417,22 @@ fn check_target(
             Some(format!("create it first (mkdir -p -m 0700 {})", target.parent.display())),
         ),
     };
-    let usable = state.is_usable() && status != Fail;
+    let mut usable = state.is_usable() && status != Fail;
     report.push("target", status, detail, fix);
+    if matches!(state, TargetState::Occupied | TargetState::Empty) {
+        let holders = super::holders::find(&target.path);
+        if holders.is_empty() {
+            report.push("in use", Pass, format!("no process has anything open in {shown}"), None);
+        } else {
+            usable = false;
+            report.push(
+                "in use",
+                Fail,
+                format!("{shown} is in use: {}", holders.describe()),
+                Some("stop etcd (and whatever else has it open) on this node first: for K3s `systemctl stop k3s`, for RKE2 `systemctl stop rke2-server`, for kubeadm move etcd's static pod manifest out of /etc/kubernetes/manifests".into()),
+            );
+        }
+    }
     let leftovers = leftover_workspaces(&target);
     if !leftovers.is_empty() {
         let list: Vec<String> = leftovers.iter().map(|p| p.display().to_string()).collect();

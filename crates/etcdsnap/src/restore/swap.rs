@@ -56,6 +56,28 @@ pub enum SwapError {
         source: io::Error,
     },
     #[error(
+        "{} is in use ({holders}); nothing was moved: stop etcd and whatever else has it open, then restore again",
+        path.display()
+    )]
+    InUse { path: PathBuf, holders: String },
+    #[error("cannot make the restored data durable at {}: {source}; nothing was moved", path.display())]
+    SyncStaged {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the restored data is at {} but the directory entry may not survive a power loss (fsync of {} failed: {source}); run `sync` and check the directory before starting etcd",
+        target.display(),
+        parent.display()
+    )]
+    SyncParent {
+        target: PathBuf,
+        parent: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
         "cannot put the restored data in place at {}: {source}; {}",
         target.display(),
         describe_put_back(target, put_back)
@@ -164,7 +186,21 @@ impl Target {
     /// An occupied target is moved aside first; if the restored directory cannot take its
     /// place the original is moved back.
     pub fn install(&self, staged: &Path, unix: i64) -> Result<Installed, SwapError> {
+        sync_tree(staged).map_err(|source| SwapError::SyncStaged { path: staged.to_path_buf(), source })?;
         let state = self.inspect()?;
+        if matches!(state, TargetState::Occupied | TargetState::Empty) {
+            // Checked by the pre-flight already; again now, since etcd may have been started
+            // while etcdutl worked.
+            let holders = super::holders::find(&self.path);
+            if !holders.is_empty() {
+                return Err(SwapError::InUse { path: self.path.clone(), holders: holders.describe() });
+            }
+        }
+        self.swap_in(staged, state, unix)
+    }
+
+    /// The two renames (and the fsync that makes them durable), from the target's `state`.
+    fn swap_in(&self, staged: &Path, state: TargetState, unix: i64) -> Result<Installed, SwapError> {
         let moved_aside = match state {
             TargetState::Absent | TargetState::Empty => None,
             TargetState::Occupied => {
@@ -192,11 +228,28 @@ impl Target {
             };
             return Err(SwapError::Install { target: self.path.clone(), put_back, source });
         }
-        if let Err(e) = fs::File::open(&self.parent).and_then(|d| d.sync_all()) {
-            tracing::warn!(dir = %self.parent.display(), "fsync of the parent directory failed: {e}");
-        }
+        fs::File::open(&self.parent).and_then(|d| d.sync_all()).map_err(|source| SwapError::SyncParent {
+            target: self.path.clone(),
+            parent: self.parent.clone(),
+            source,
+        })?;
         Ok(Installed { data_dir: self.path.clone(), moved_aside })
     }
+}
+
+/// fsyncs every file and directory under `dir`, and `dir` itself, so the tree etcdutl built is on
+/// disk before it is renamed into place (a rename is durable only once the data it names is).
+pub fn sync_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if kind.is_file() {
+            fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -268,7 +321,7 @@ mod tests {
         let (dir, t) = setup();
         fs::create_dir(&t.path).unwrap();
         fs::write(t.path.join("old"), b"old").unwrap();
-        let err = t.install(&dir.path().join("does-not-exist"), 5).err();
+        let err = t.swap_in(&dir.path().join("does-not-exist"), t.inspect().unwrap(), 5).err();
         assert!(matches!(&err, Some(SwapError::Install { put_back: PutBack::Restored, .. })), "{err:?}");
         assert!(err.is_some_and(|e| e.to_string().contains("put back")));
         assert_eq!(fs::read(t.path.join("old")).ok(), Some(b"old".to_vec()));
