@@ -459,3 +459,70 @@ async fn config_file_environment_and_flags_in_that_order_of_precedence() -> Test
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_what_it_checked_before_a_store_it_could_not_list_and_never_overlaps_a_prune() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let endpoints = etcd.endpoints().join(",");
+    let data = tempfile::tempdir()?;
+    let dd = data.path().to_string_lossy().to_string();
+    let base = ["--data-dir", &dd, "--node-name", "a", "--no-kube"];
+    for _ in 0..2 {
+        let mut args = vec!["save", "--endpoints", &endpoints];
+        args.extend(base);
+        run(&args, &[]).await.expect_ok();
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let snapdir = data.path().join("snapshots");
+    let saved = files_in(&snapdir);
+    assert_eq!(saved.len(), 2);
+
+    // S3 that cannot be reached: the local results come first, then the listing error.
+    let dead_s3 = format!("127.0.0.1:{}", testenv::free_port()?);
+    let mut args = vec!["verify", "--s3", "--s3-endpoint", &dead_s3, "--s3-insecure", "--s3-bucket", "b"];
+    args.extend(["--s3-timeout", "2s"]);
+    args.extend(base);
+    let env = [("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")];
+    let out = run(&args, &env).await.expect_fail();
+    for name in &saved {
+        assert!(out.stdout.lines().any(|l| l.contains(name.as_str()) && l.contains("OK")), "{name}:\n{}", out.stdout);
+    }
+    assert!(out.stdout.contains("2 verified, 0 failed."), "{}", out.stdout);
+    assert!(out.stderr.contains("error: listing s3://b") && out.stderr.contains("not verified"), "{}", out.stderr);
+    let mut json_args = args.clone();
+    json_args.extend(["-o", "json"]);
+    let out = run(&json_args, &env).await.expect_fail();
+    assert_eq!(out.json()["items"].as_array().map(Vec::len), Some(2), "{}", out.stdout);
+    assert_eq!(out.json()["errors"].as_array().map(Vec::len), Some(1), "{}", out.stdout);
+
+    // While a verify reads (its shared lock, held here), a prune removes nothing.
+    let lock_path = etcdsnap_storage::store::local::private_dir_of(&snapdir).join("removal.lock");
+    let reader = std::fs::File::open(&lock_path)?;
+    reader.lock_shared()?;
+    let mut prune = vec!["prune", "--retention", "1"];
+    prune.extend(base);
+    let out = run(&prune, &[]).await.expect_fail();
+    assert!(out.stderr.contains("being read by a verify"), "{}", out.stderr);
+    assert_eq!(files_in(&snapdir), saved, "a prune removed a snapshot under a verify");
+    let mut delete = vec!["delete", saved[0].as_str()];
+    delete.extend(base);
+    run(&delete, &[]).await.expect_fail();
+    assert_eq!(files_in(&snapdir), saved, "a delete removed a snapshot under a verify");
+    drop(reader);
+
+    // While a prune removes (its exclusive lock, held here for 4 s), a verify waits for it.
+    let remover = std::fs::File::open(&lock_path)?;
+    remover.lock()?;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        drop(remover);
+    });
+    let mut verify = vec!["verify"];
+    verify.extend(base);
+    let out = run(&verify, &[]).await.expect_ok();
+    assert!(out.stderr.contains("waiting for it"), "verify did not wait for the prune:\n{}", out.stderr);
+    release.await?;
+    run(&prune, &[]).await.expect_ok();
+    assert_eq!(files_in(&snapdir).len(), 1);
+    Ok(())
+}

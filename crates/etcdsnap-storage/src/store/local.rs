@@ -25,8 +25,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// The lock file in etcdsnap's private directory.
-const LOCK_FILE: &str = "lock";
 /// Where partial snapshots go on file systems without `O_TMPFILE`.
 const PARTIAL_DIR: &str = "partial";
 
@@ -39,38 +37,11 @@ pub struct LocalStore {
     node_name: String,
 }
 
+pub use super::locks::DirLock;
+
 /// etcdsnap's private directory of a snapshot directory: beside it, never in it.
 pub fn private_dir_of(snapshot_dir: &Path) -> PathBuf {
     snapshot_dir.parent().unwrap_or(snapshot_dir).join(PRIVATE_DIR)
-}
-
-/// Exclusive right to write snapshots into a directory; released on drop.
-#[derive(Debug)]
-pub struct DirLock {
-    _file: File,
-    path: PathBuf,
-}
-
-impl DirLock {
-    /// Takes the lock of the snapshot directory `dir` without waiting (creating etcdsnap's
-    /// private directory beside it if needed); a second holder gets `snapshot save already in
-    /// progress`. S3-only saves take the lock of the directory a local copy would use, so they
-    /// never overlap another save of the same node.
-    pub fn take(dir: &Path) -> Result<DirLock, StoreError> {
-        let private = private_dir_of(dir);
-        create_private_dir(&private)?;
-        let path = private.join(LOCK_FILE);
-        let file = open_private(&path, false).map_err(StoreError::io("open lock file", &path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock { _file: file, path }),
-            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
-            Err(fs::TryLockError::Error(e)) => Err(StoreError::io("lock", &path)(e)),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// What the metadata directory says about one snapshot.
@@ -393,7 +364,7 @@ fn link_anonymous(file: &File, path: &Path) -> std::io::Result<()> {
 
 /// Creates (or opens) a file of the store for writing: mode 0600, never through a symlink
 /// planted at its name; `truncate` empties an existing one.
-fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
+pub(crate) fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
     OpenOptions::new().create(true).truncate(truncate).write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
@@ -451,7 +422,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Creates `dir` (and missing parents) 0700; a directory it creates is made durable in its
 /// parent, so a crash cannot lose the directory of a file already published in it.
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }

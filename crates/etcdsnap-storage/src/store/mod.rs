@@ -3,6 +3,7 @@
 //! [`SnapshotSink`]s, and every command lists, reads and deletes through the same trait.
 
 pub mod local;
+pub mod locks;
 pub mod retention;
 pub mod s3;
 
@@ -35,6 +36,15 @@ pub enum StoreError {
         .0.display()
     )]
     Locked(PathBuf),
+    /// A verify is reading this directory's snapshots: nothing is removed under it.
+    #[error(
+        "snapshots of {} are being read by a verify; nothing was removed: try again once it is done",
+        .0.display()
+    )]
+    BeingRead(PathBuf),
+    /// A prune or delete kept removing snapshots of this directory for the whole wait.
+    #[error("a prune or delete of {} still held its lock after {:?}; try again once it is done", .0.display(), .1)]
+    BeingRemoved(PathBuf, std::time::Duration),
     #[error("snapshot {0} not found in {1}")]
     NotFound(String, String),
     /// An S3 request failed; `problem` is set when the cause has a known remedy (the message

@@ -298,15 +298,28 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     Ok(exit(report.errors.is_empty()))
 }
 
+/// How long `verify` waits for a prune or delete of this node's snapshots to finish.
+const VERIFY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let names = parse_names(&args.names)?;
     let session = command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
+    // No prune or delete removes a snapshot while it is being read.
+    let _reading = ctx.lock_for_reading(VERIFY_LOCK_WAIT).await?;
     let mut results = Vec::new();
+    let mut listing_errors = Vec::new();
     let mut ok = true;
     let mut found = vec![false; names.len()];
     for store in ctx.stores() {
-        let listing = store.list().await.with_context(|| format!("listing {}", store.describe()))?;
+        let listing = match store.list().await {
+            Ok(listing) => listing,
+            // The other stores are still checked; this one is reported after the results.
+            Err(e) => {
+                listing_errors.push(format!("listing {}: {e}", store.describe()));
+                continue;
+            }
+        };
         for w in &listing.warnings {
             tracing::warn!("{w}");
         }
@@ -326,8 +339,13 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     for (name, _) in names.iter().zip(&found).filter(|(_, f)| !**f) {
         ok = false;
-        eprintln!("Snapshot {name} not found.");
+        if listing_errors.is_empty() {
+            eprintln!("Snapshot {name} not found.");
+        } else {
+            eprintln!("Snapshot {name} not found in the stores that could be listed.");
+        }
     }
+    ok &= listing_errors.is_empty();
     match args.flags.output.output {
         OutputFormat::Table => {
             let mut rows = vec![["Name", "Location", "Size", "Created", "Result"].map(String::from).to_vec()];
@@ -361,8 +379,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .collect();
-            output::print_structured(&serde_json::json!({"items": items}), format)?;
+            output::print_structured(&serde_json::json!({"items": items, "errors": listing_errors}), format)?;
         }
+    }
+    for e in &listing_errors {
+        eprintln!("error: {e}; its snapshots were not verified");
     }
     Ok(exit(ok))
 }

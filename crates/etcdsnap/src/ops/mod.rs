@@ -14,6 +14,7 @@ use etcdsnap_storage::pipeline::verify::{StoredCheck, verify_reader};
 use etcdsnap_storage::pipeline::{self, PipelineError, PipelineOutput, Progress};
 use etcdsnap_storage::record::{MetadataSource, Outcome, SnapshotRecord};
 use etcdsnap_storage::store::local::{DirLock, LocalStore};
+use etcdsnap_storage::store::locks::RemovalLock;
 use etcdsnap_storage::store::{NewSnapshot, RetentionPolicy, SnapshotSink, SnapshotStore, StoreError, plan_retention};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +48,25 @@ pub struct Context {
 }
 
 impl Context {
+    /// The snapshot directory whose locks this node's operations take: the local store's, or
+    /// where a local copy would be kept (S3 only).
+    fn lock_dir(&self) -> Option<&std::path::Path> {
+        self.local.as_ref().map(LocalStore::dir).or(self.lock_dir.as_deref())
+    }
+
+    /// Held while snapshots are removed (prune, delete): refused while a verify reads them.
+    pub fn lock_for_removal(&self) -> Result<Option<RemovalLock>, StoreError> {
+        self.lock_dir().map(RemovalLock::remove).transpose()
+    }
+
+    /// Held while every snapshot is read (verify): waits up to `wait` for a removal to finish.
+    pub async fn lock_for_reading(&self, wait: Duration) -> Result<Option<RemovalLock>, StoreError> {
+        match self.lock_dir() {
+            Some(dir) => RemovalLock::read(dir, wait).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Every configured store, local first.
     pub fn stores(&self) -> Vec<&dyn SnapshotStore> {
         let mut stores: Vec<&dyn SnapshotStore> = Vec::new();
@@ -399,6 +419,17 @@ pub enum DeleteResult {
 /// Deletes `names` from every store; returns (name, store, result) for each.
 pub async fn delete(ctx: &Context, names: &[SnapshotName]) -> Vec<(SnapshotName, StorageKind, String, DeleteResult)> {
     let mut results = Vec::new();
+    let _removing = match ctx.lock_for_removal() {
+        Ok(lock) => lock,
+        Err(e) => {
+            for name in names {
+                for store in ctx.stores() {
+                    results.push((name.clone(), store.kind(), store.describe(), DeleteResult::Failed(e.to_string())));
+                }
+            }
+            return results;
+        }
+    };
     for name in names {
         for store in ctx.stores() {
             let result = match store.delete(name).await {
@@ -431,6 +462,13 @@ pub struct PruneReport {
 /// in S3 only to this node's snapshots of this cluster.
 pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
     let mut report = PruneReport::default();
+    let _removing = match ctx.lock_for_removal() {
+        Ok(lock) => lock,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return report;
+        }
+    };
     for store in ctx.stores() {
         let policy = match store.kind() {
             StorageKind::Local => {
