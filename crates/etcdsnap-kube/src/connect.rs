@@ -2,6 +2,7 @@
 //! settings every Kubernetes duty shares.
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use crate::leader::LeaderTerm;
 use kube::{Client, Config};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,6 +76,8 @@ pub enum ConnectError {
 pub struct Kube {
     pub client: Client,
     pub settings: Arc<KubeSettings>,
+    /// How `client` was built, to build fenced clients for leader terms ([`Kube::for_term`]).
+    config: Option<Arc<Config>>,
 }
 
 impl std::fmt::Debug for Kube {
@@ -86,8 +89,25 @@ impl std::fmt::Debug for Kube {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Kube {
+    /// A Kube around a client built elsewhere (tests, benchmarks). It has no configuration to
+    /// build fenced clients from: [`Kube::for_term`] then fences before each request only.
     pub fn new(client: Client, settings: KubeSettings) -> Kube {
-        Kube { client, settings: Arc::new(settings) }
+        Kube { client, settings: Arc::new(settings), config: None }
+    }
+
+    /// A Kube from a client configuration; leader terms get fenced connections.
+    pub fn from_config(config: Config, settings: KubeSettings) -> Result<Kube, ConnectError> {
+        let client = Client::try_from(config.clone()).map_err(|e| ConnectError::Config(e.to_string()))?;
+        Ok(Kube { client, settings: Arc::new(settings), config: Some(Arc::new(config)) })
+    }
+
+    /// The Kube a leader's duties use during `term`: its connections write nothing once the
+    /// term ends (see [`crate::fence`]), so a leader paused between its check of the term and
+    /// the socket cannot send a stale write when it runs again. Build it once per term.
+    pub fn for_term(&self, term: &LeaderTerm) -> Result<Kube, ConnectError> {
+        let Some(config) = &self.config else { return Ok(self.clone()) };
+        let client = crate::fence::fenced_client(config, term).map_err(|e| ConnectError::Config(e.to_string()))?;
+        Ok(Kube { client, settings: self.settings.clone(), config: self.config.clone() })
     }
 
     /// Ok(None) when Kubernetes is disabled or no kubeconfig exists anywhere (not an error:
@@ -110,8 +130,7 @@ impl Kube {
         };
         let mut config = config;
         config.connect_timeout = Some(CONNECT_TIMEOUT);
-        let client = Client::try_from(config).map_err(|e| ConnectError::Config(e.to_string()))?;
-        Ok(Some(Kube::new(client, settings)))
+        Kube::from_config(config, settings).map(Some)
     }
 }
 

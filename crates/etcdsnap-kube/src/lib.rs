@@ -25,6 +25,7 @@ pub mod convert;
 pub mod crd;
 pub mod events;
 pub mod extra_metadata;
+pub mod fence;
 pub mod leader;
 pub mod lease;
 pub mod legacy;

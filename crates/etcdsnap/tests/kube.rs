@@ -1009,3 +1009,55 @@ async fn s3_settings_come_from_the_config_secret_and_bad_values_name_their_key()
     assert!(matches!(s3_secret::load(&client, "missing").await, Err(s3_secret::S3SecretError::Missing(_))));
     Ok(())
 }
+
+fn plain_configmap(name: &str) -> ConfigMap {
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(name.to_string());
+    cm
+}
+
+/// Waits until the audit log shows a request for `name` (the log is written asynchronously).
+async fn audited(env: &Env, name: &str) -> Result<Vec<AuditEvent>, Box<dyn std::error::Error>> {
+    for _ in 0..100 {
+        let events = env.api.audit_events()?;
+        if events.iter().any(|e| e.name == name) {
+            return Ok(events);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("no audit event for {name}").into())
+}
+
+/// A leader term's connection is fenced at the socket: during the term its writes go out; once
+/// the term ended, a write on the connection that is already open never reaches the API server
+/// (its audit log has no trace of it), while the node's own client and the next term's
+/// connection work. This is what stops a leader paused after its last check of the term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_term_s_connection_sends_nothing_once_the_term_ended() -> TestResult {
+    let env = Env::start().await?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.api.kubeconfig_path())?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let kube = Kube::from_config(config, KubeSettings::new("alpha"))?;
+    let term = LeaderTerm::fixed("alpha", Duration::from_secs(60));
+    let leader: Api<ConfigMap> = Api::namespaced(kube.for_term(&term)?.client, "default");
+    leader.create(&PostParams::default(), &plain_configmap("during-the-term")).await?;
+
+    term.ended().cancel();
+    let refused = leader.create(&PostParams::default(), &plain_configmap("after-the-term")).await;
+    let err = format!("{:?}", refused.expect_err("a write after the term ended was accepted"));
+    assert!(err.contains("LeadershipLost"), "not refused for the ended term: {err}");
+
+    let own: Api<ConfigMap> = Api::namespaced(kube.client.clone(), "default");
+    own.create(&PostParams::default(), &plain_configmap("own-duty")).await?;
+    let next = LeaderTerm::fixed("alpha", Duration::from_secs(60));
+    let next_leader: Api<ConfigMap> = Api::namespaced(kube.for_term(&next)?.client, "default");
+    next_leader.create(&PostParams::default(), &plain_configmap("next-term")).await?;
+    let events = audited(&env, "next-term").await?;
+    assert!(events.iter().any(|e| e.name == "during-the-term" && e.code == 201));
+    assert!(events.iter().any(|e| e.name == "own-duty" && e.code == 201));
+    assert!(
+        !events.iter().any(|e| e.name == "after-the-term"),
+        "the API server saw the write made after the term ended"
+    );
+    Ok(())
+}

@@ -43,6 +43,12 @@ pub struct KubeDuties {
     leading: watch::Sender<Option<LeaderTerm>>,
 }
 
+/// A leader term and the fenced connection its duties write through ([`Kube::for_term`]).
+struct LeaderKube {
+    term: LeaderTerm,
+    kube: Kube,
+}
+
 /// The legacy ConfigMap controller during one leader term.
 struct LegacyTask {
     term: LeaderTerm,
@@ -87,11 +93,15 @@ impl KubeDuties {
     }
 
     /// One reconcile pass; the leader's duties only during a term.
-    async fn reconcile_once(&self, term: Option<&LeaderTerm>) -> Result<(), String> {
-        let leading = term.is_some();
+    async fn reconcile_once(&self, leader: Option<&LeaderKube>) -> Result<(), String> {
+        let leading = leader.is_some();
+        let (kube, term) = match leader {
+            Some(l) => (&l.kube, Some(&l.term)),
+            None => (&self.kube, None),
+        };
         let started = Instant::now();
         let ctx = self.session.context(Purpose::Write).await;
-        let result = reconcile::run_pass(&self.kube, &ctx, term, self.session.local_managed()).await;
+        let result = reconcile::run_pass(kube, &ctx, term, self.session.local_managed()).await;
         let ok = matches!(&result, Ok(r) if r.ok());
         Metrics::observe(&self.metrics.reconcile, ok, started.elapsed());
         match &result {
@@ -133,7 +143,8 @@ impl KubeDuties {
     }
 
     /// Starts the legacy ConfigMap controller for a term (when the ConfigMap is kept).
-    fn start_legacy(&self, term: LeaderTerm) -> Option<LegacyTask> {
+    fn start_legacy(&self, leader: &LeaderKube) -> Option<LegacyTask> {
+        let term = leader.term.clone();
         if !self.kube.settings.legacy.enabled {
             return None;
         }
@@ -147,13 +158,29 @@ impl KubeDuties {
             }
         };
         let task = tokio::spawn(legacy_controller::run(
-            self.kube.clone(),
+            leader.kube.clone(),
             self.hints.clone(),
             term.clone(),
             stop.clone(),
             on_sync,
         ));
         Some(LegacyTask { term, stop, task })
+    }
+
+    /// The fenced connection for `term`: kept while the term lasts, built when a new one starts.
+    /// A term whose connection cannot be built does no leader's duties (and says why).
+    fn leader_kube(&self, current: Option<LeaderKube>, term: Option<&LeaderTerm>) -> Option<LeaderKube> {
+        let term = term?;
+        if let Some(l) = current.filter(|l| l.term.is(term)) {
+            return Some(l);
+        }
+        match self.kube.for_term(term) {
+            Ok(kube) => Some(LeaderKube { term: term.clone(), kube }),
+            Err(e) => {
+                tracing::warn!("leader duties skipped this term: {e}");
+                None
+            }
+        }
     }
 
     pub async fn run(&self, stop: CancellationToken) {
@@ -176,10 +203,12 @@ impl KubeDuties {
         let _ = tokio::time::timeout(timing.retry_period, terms.changed()).await;
         let mut next_reconcile = Instant::now();
         let mut legacy: Option<LegacyTask> = None;
+        let mut leader: Option<LeaderKube> = None;
         let mut was_leading = false;
         loop {
             self.heartbeat().await;
             let term = self.current_term();
+            leader = self.leader_kube(leader, term.as_ref());
             if term.is_some() != was_leading {
                 was_leading = term.is_some();
                 if was_leading {
@@ -192,12 +221,12 @@ impl KubeDuties {
                 stop_legacy(legacy.take()).await;
             }
             if legacy.is_none()
-                && let Some(t) = &term
+                && let Some(l) = &leader
             {
-                legacy = self.start_legacy(t.clone());
+                legacy = self.start_legacy(l);
             }
             if Instant::now() >= next_reconcile {
-                match self.reconcile_once(term.as_ref()).await {
+                match self.reconcile_once(leader.as_ref()).await {
                     Ok(()) if self.settings.periodic_reconcile => {
                         next_reconcile = Instant::now() + jittered(self.settings.reconcile_interval)
                     }

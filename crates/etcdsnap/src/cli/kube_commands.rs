@@ -61,7 +61,12 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     } else {
         lead(&kube, &node).await?
     };
-    let result = reconcile_job::run_pass(&kube, &ctx, role.term(), session.local_managed()).await;
+    // The leader's writes go through a connection fenced by the term (`Kube::for_term`).
+    let writer = match role.term() {
+        Some(term) => kube.for_term(term)?,
+        None => kube.clone(),
+    };
+    let result = reconcile_job::run_pass(&writer, &ctx, role.term(), session.local_managed()).await;
     if let Some((stop, task)) = election {
         stop.cancel(); // ends the term and releases the Lease
         let _ = task.await;
