@@ -1,8 +1,8 @@
 //! Finding the API server (`--kubeconfig`, `$KUBECONFIG`, `~/.kube/config`, in-cluster) and the
 //! settings every Kubernetes duty shares.
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use crate::leader::LeaderTerm;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::path::PathBuf;
 use std::sync::Arc;
