@@ -24,7 +24,13 @@ pub const FINALIZER_K3S: &str = "wrangler.cattle.io/managed-etcd-snapshots-contr
 pub const ANNOTATION_SHA256: &str = "etcdsnap.io/sha256";
 pub const ANNOTATION_ETCD_REVISION: &str = "etcdsnap.io/etcd-revision";
 pub const ANNOTATION_ETCD_VERSION: &str = "etcdsnap.io/etcd-version";
+/// etcd's HashKV at the snapshot's revision, `<hash>/<compact revision>` ([`crate::KvHash`]).
+pub const ANNOTATION_ETCD_HASHKV: &str = "etcdsnap.io/etcd-hashkv";
 pub const ANNOTATION_COMPRESSION: &str = "etcdsnap.io/compression";
+/// When the snapshot last went through a restore drill (RFC 3339), and how it ended
+/// (`passed` or `failed: <reason>`).
+pub const ANNOTATION_DRILLED_AT: &str = "etcdsnap.io/drilled-at";
+pub const ANNOTATION_DRILL: &str = "etcdsnap.io/drill";
 /// Marks CRs written by etcdsnap (value: the program version).
 pub const ANNOTATION_MANAGED_BY: &str = "etcdsnap.io/managed-by";
 
@@ -39,6 +45,9 @@ pub const EXTRA_METADATA_CONFIGMAP: &str = "k3s-etcd-snapshot-extra-metadata";
 pub const EVENT_CREATED: &str = "ETCDSnapshotCreated";
 pub const EVENT_FAILED: &str = "ETCDSnapshotFailed";
 pub const EVENT_DELETED: &str = "ETCDSnapshotDeleted";
+/// etcdsnap's events of restore drills.
+pub const EVENT_DRILL_PASSED: &str = "ETCDSnapshotDrillPassed";
+pub const EVENT_DRILL_FAILED: &str = "ETCDSnapshotDrillFailed";
 
 /// S3 user metadata keys (sent as `x-amz-meta-<key>`).
 pub const S3_META_CLUSTER_ID: &str = "k3s-cluster-id";

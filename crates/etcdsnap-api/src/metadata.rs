@@ -31,6 +31,33 @@ pub struct EtcdInfo {
     /// Size of the database file etcd reported before the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_size: Option<i64>,
+    /// etcd's own hash of the key space at `revision`, asked of the member right after the
+    /// snapshot: what a restore drill compares the snapshot's contents with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_kv: Option<KvHash>,
+}
+
+/// The answer of etcd's Maintenance `HashKV` at a revision: a hash of every key revision from
+/// the compact revision up to that revision. Two key spaces hash alike only over the same range,
+/// so the compact revision is part of it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KvHash {
+    pub hash: u32,
+    pub compact_revision: i64,
+}
+
+impl KvHash {
+    /// `<hash>/<compact revision>`, the form of the `etcdsnap.io/etcd-hashkv` annotation.
+    pub fn to_annotation(&self) -> String {
+        format!("{}/{}", self.hash, self.compact_revision)
+    }
+
+    /// The annotation's form read back; None for anything else.
+    pub fn from_annotation(value: &str) -> Option<KvHash> {
+        let (hash, compact) = value.split_once('/')?;
+        Some(KvHash { hash: hash.parse().ok()?, compact_revision: compact.parse().ok()? })
+    }
 }
 
 /// etcdsnap's metadata document: the full record of one stored snapshot.
@@ -150,6 +177,7 @@ mod tests {
                 cluster_id: "1".into(),
                 member_id: "2".into(),
                 db_size: Some(20),
+                hash_kv: Some(KvHash { hash: 3_735_928_559, compact_revision: 2 }),
             }),
             token_hash: TokenHash::parse_recorded("652c7dc687d9"),
             cluster_id: Some("uid".into()),
@@ -166,6 +194,30 @@ mod tests {
         assert!(text.contains("\"apiVersion\":\"etcdsnap.io/v1\""), "{text}");
         assert!(text.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""), "{text}");
         assert_eq!(parse_stored_metadata(&json, "a-n1-1700000000.zst"), Ok(StoredMetadata::Document(Box::new(d))));
+    }
+
+    #[test]
+    fn documents_without_a_hashkv_still_read() {
+        let mut d = doc("a-n1-1700000000.zst");
+        if let Some(etcd) = d.etcd.as_mut() {
+            etcd.hash_kv = None;
+        }
+        let text = String::from_utf8_lossy(&d.to_json()).to_string();
+        assert!(!text.contains("hashKv"), "{text}");
+        assert_eq!(
+            parse_stored_metadata(text.as_bytes(), "a-n1-1700000000.zst"),
+            Ok(StoredMetadata::Document(Box::new(d)))
+        );
+    }
+
+    #[test]
+    fn hashkv_annotations_round_trip_and_refuse_anything_else() {
+        let h = KvHash { hash: 3_735_928_559, compact_revision: 41 };
+        assert_eq!(h.to_annotation(), "3735928559/41");
+        assert_eq!(KvHash::from_annotation("3735928559/41"), Some(h));
+        for bad in ["", "3735928559", "x/41", "3735928559/", "99999999999/1", "1/2/3"] {
+            assert_eq!(KvHash::from_annotation(bad), None, "{bad}");
+        }
     }
 
     #[test]

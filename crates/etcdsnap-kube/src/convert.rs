@@ -3,12 +3,12 @@
 //! ours), and the value K3s keeps for it in the legacy ConfigMap.
 
 use etcdsnap_api::consts::{
-    ANNOTATION_COMPRESSION, ANNOTATION_ETCD_REVISION, ANNOTATION_ETCD_VERSION, ANNOTATION_MANAGED_BY,
-    ANNOTATION_SHA256, ANNOTATION_TOKEN_HASH, LABEL_STORAGE_NODE, S3_STORAGE_NODE,
+    ANNOTATION_COMPRESSION, ANNOTATION_ETCD_HASHKV, ANNOTATION_ETCD_REVISION, ANNOTATION_ETCD_VERSION,
+    ANNOTATION_MANAGED_BY, ANNOTATION_SHA256, ANNOTATION_TOKEN_HASH, LABEL_STORAGE_NODE, S3_STORAGE_NODE,
 };
 use etcdsnap_api::{
-    Compression, ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotSpec, ETCDSnapshotStatus, EtcdInfo, LegacyEntry,
-    LegacyS3Config, SnapshotName, StorageKind, TokenHash,
+    Compression, ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotSpec, ETCDSnapshotStatus, EtcdInfo, KvHash,
+    LegacyEntry, LegacyS3Config, SnapshotName, StorageKind, TokenHash,
 };
 use etcdsnap_storage::{MetadataSource, Outcome, SnapshotRecord};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -42,6 +42,9 @@ impl RecordResource for SnapshotRecord {
         if let Some(etcd) = &self.etcd {
             annotations.insert(ANNOTATION_ETCD_REVISION.to_string(), etcd.revision.to_string());
             annotations.insert(ANNOTATION_ETCD_VERSION.to_string(), etcd.version.clone());
+            if let Some(hash) = &etcd.hash_kv {
+                annotations.insert(ANNOTATION_ETCD_HASHKV.to_string(), hash.to_annotation());
+            }
         }
         if self.is_ready() {
             annotations.insert(ANNOTATION_COMPRESSION.to_string(), self.compression.to_string());
@@ -101,6 +104,7 @@ impl RecordResource for SnapshotRecord {
         let etcd = revision.map(|revision| EtcdInfo {
             revision,
             version: annotations.get(ANNOTATION_ETCD_VERSION).cloned().unwrap_or_default(),
+            hash_kv: annotations.get(ANNOTATION_ETCD_HASHKV).and_then(|h| KvHash::from_annotation(h)),
             ..Default::default()
         });
         let node_name = match (storage, cr.spec.node_name.as_str()) {

@@ -45,9 +45,18 @@ pub fn describe(cr: &ETCDSnapshotFile, event: SnapshotEvent) -> (&'static str, &
     }
 }
 
-/// Writes one event about `cr`; failures are logged at debug level only.
+/// Writes one of K3s's events about `cr`; failures are logged at debug level only.
 pub async fn emit(client: &Client, cr: &ETCDSnapshotFile, event: SnapshotEvent, reporting_node: &str) {
-    let (type_, reason, message) = describe(cr, event);
+    emit_described(client, cr, describe(cr, event), reporting_node).await
+}
+
+/// Writes an event of (type, reason, message) about `cr`; failures are logged at debug level.
+pub async fn emit_described(
+    client: &Client,
+    cr: &ETCDSnapshotFile,
+    (type_, reason, message): (&'static str, &'static str, String),
+    reporting_node: &str,
+) {
     let object = cr.metadata.name.clone().unwrap_or_default();
     let now = etcdsnap_storage::clock::now();
     let ev = Event {

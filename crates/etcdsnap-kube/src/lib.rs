@@ -23,6 +23,7 @@
 pub mod connect;
 pub mod convert;
 pub mod crd;
+pub mod drills;
 pub mod events;
 pub mod extra_metadata;
 pub mod fence;

@@ -4,7 +4,7 @@
 use crate::describe_error;
 use bytes::Bytes;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use etcdsnap_api::EtcdInfo;
+use etcdsnap_api::{EtcdInfo, KvHash};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -89,6 +89,7 @@ impl MemberStatus {
             cluster_id: format!("{:x}", self.cluster_id),
             member_id: format!("{:x}", self.member_id),
             db_size: Some(self.db_size),
+            hash_kv: None,
         }
     }
 }
@@ -242,6 +243,30 @@ impl EtcdMember {
             leader: resp.leader(),
             is_learner: resp.is_learner(),
         })
+    }
+
+    /// etcd's HashKV of this member's key space at `revision`, within the command timeout. It
+    /// reads the member's whole key space (a cost measured in bench/RESULTS.md).
+    pub async fn hash_kv(&mut self, revision: i64) -> Result<KvHash, EtcdError> {
+        let endpoint = self.endpoint.clone();
+        let unreachable = |message: String| EtcdError::Unreachable { endpoint: endpoint.clone(), message };
+        let resp = tokio::time::timeout(self.config.command_timeout, self.client.hash_kv(revision))
+            .await
+            .map_err(|_| unreachable(format!("no HashKV answer within {:?}", self.config.command_timeout)))?
+            .map_err(|e| unreachable(describe_error(&e)))?;
+        Ok(KvHash { hash: resp.hash(), compact_revision: resp.compact_version() })
+    }
+
+    /// How many keys under `prefix` exist at `revision`, within the command timeout.
+    pub async fn count_keys(&mut self, prefix: &[u8], revision: i64) -> Result<i64, EtcdError> {
+        let endpoint = self.endpoint.clone();
+        let unreachable = |message: String| EtcdError::Unreachable { endpoint: endpoint.clone(), message };
+        let opts = etcd_client::GetOptions::new().with_prefix().with_count_only().with_revision(revision);
+        let resp = tokio::time::timeout(self.config.command_timeout, self.client.get(prefix, Some(opts)))
+            .await
+            .map_err(|_| unreachable(format!("no Range answer within {:?}", self.config.command_timeout)))?
+            .map_err(|e| unreachable(describe_error(&e)))?;
+        Ok(resp.count())
     }
 
     /// Starts the Maintenance.Snapshot stream. No request deadline is set (a deadline would cut

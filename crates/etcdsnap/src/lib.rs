@@ -9,6 +9,7 @@
 //! library code can depend on it. See `docs/architecture.md` for the path of one snapshot.
 
 pub mod agent;
+pub mod drill;
 pub mod ops;
 pub mod restore;
 pub mod session;

@@ -73,6 +73,8 @@ pub struct SessionConfig {
     pub etcd: EtcdConfig,
     pub token_hash: Option<TokenHash>,
     pub zstd_level: i32,
+    /// Record etcd's HashKV with each save (`--record-hashkv`).
+    pub record_hash_kv: bool,
     pub kube: ConnectOptions,
     pub kube_settings: KubeSettings,
     pub kube_policy: KubePolicy,
@@ -207,6 +209,7 @@ impl Session {
             cluster_id: self.config.cluster_id.clone().filter(|c| !c.trim().is_empty()),
             extra_metadata: None,
             zstd_level: self.config.zstd_level,
+            record_hash_kv: self.config.record_hash_kv,
             lock_dir,
         }
     }

@@ -70,6 +70,12 @@ pub struct CauseLabel {
     pub cause: Cause,
 }
 
+/// A restore drill's result: `passed` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LocationLabel {
     pub location: Location,
@@ -97,6 +103,8 @@ pub struct Metrics {
     pub skipped: Counter,
     pub saves: Family<StatusLabel, Counter>,
     pub reconcile_failures: Family<CauseLabel, Counter>,
+    pub drills: Family<ResultLabel, Counter>,
+    pub last_drill: Family<ResultLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -116,6 +124,8 @@ impl Metrics {
             skipped: Counter::default(),
             saves: Family::default(),
             reconcile_failures: Family::default(),
+            drills: Family::default(),
+            last_drill: Family::default(),
             registry: Registry::default(),
         };
         let histograms: [(&str, &str, &Durations); 7] = [
@@ -156,7 +166,21 @@ impl Metrics {
             "Failed reconcile passes and legacy ConfigMap syncs, by cause",
             m.reconcile_failures.clone(),
         );
+        registry.register("drills", "Restore drills by result", m.drills.clone());
+        registry.register(
+            "last_drill_timestamp_seconds",
+            "Unix time of the last restore drill per result",
+            m.last_drill.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one restore drill and stamps its time.
+    pub fn drilled(&self, passed: bool) {
+        let label = ResultLabel { result: if passed { "passed" } else { "failed" } };
+        self.drills.get_or_create(&label).inc();
+        let now = etcdsnap_storage::clock::now().as_millisecond() as f64 / 1000.0;
+        self.last_drill.get_or_create(&label).set(now);
     }
 
     /// Counts one failure of a reconcile pass or legacy ConfigMap sync.

@@ -2,6 +2,7 @@
 //! snapshots (cron, jittered, never two at once), applies retention, verifies what it wrote,
 //! exposes metrics and health, and shuts down without leaving anything half-written.
 
+pub mod drills;
 pub mod health;
 pub mod http;
 pub mod kube_duties;
@@ -41,6 +42,8 @@ pub struct AgentSettings {
     pub verify_after_save: bool,
     /// Upper bound of the random delay before each scheduled run.
     pub jitter: Duration,
+    /// Scheduled restore drills; None when disabled.
+    pub drills: Option<drills::DrillSettings>,
 }
 
 /// The running agent's shared state.
@@ -93,8 +96,16 @@ impl Agent {
             let stop = stop.clone();
             tokio::spawn(async move { agent.schedule_loop(schedule, stop).await })
         });
+        let drilling = self.settings.drills.clone().map(|settings| {
+            let (session, metrics, duties) = (self.session.clone(), self.metrics.clone(), self.duties.clone());
+            let leading = move || duties.as_ref().is_some_and(|d| d.is_leading());
+            tokio::spawn(drills::drill_loop(session, settings, metrics, leading, stop.clone()))
+        });
         stop.cancelled().await;
         tracing::info!("shutting down");
+        if let Some(d) = drilling {
+            let _ = d.await;
+        }
         if let Some(s) = scheduler
             && tokio::time::timeout(SHUTDOWN_GRACE, s).await.is_err()
         {

@@ -3,6 +3,7 @@
 use super::args::AgentArgs;
 use super::commands::{preset, session_config, token_hash};
 use anyhow::Context as _;
+use etcdsnap::agent::drills::DrillSettings;
 use etcdsnap::agent::health::{Dependency, EtcdDependency, Health, KubeDependency, StoreDependency};
 use etcdsnap::agent::kube_duties::{KubeDuties, KubeDutySettings};
 use etcdsnap::agent::metrics::Metrics;
@@ -36,6 +37,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         metrics_addr: args.metrics_addr,
         verify_after_save: args.verify_after_save,
         jitter: args.schedule_jitter,
+        drills: drill_settings(&args)?,
     };
     etcdsnap_api::SnapshotName::parse(&etcdsnap_api::snapshot_file_name(
         &settings.base_name,
@@ -66,6 +68,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(stop.clone())?;
     Agent::new(session, settings, metrics, duties).run(stop, health).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Scheduled drills, unless `--drill-schedule ""`. Without an etcdutl the agent runs anyway
+/// (drills are on by default, and many hosts have no etcdutl) and says once how to enable them.
+fn drill_settings(args: &AgentArgs) -> anyhow::Result<Option<DrillSettings>> {
+    if args.drill_schedule.trim().is_empty() {
+        return Ok(None);
+    }
+    let schedule = Schedule::parse(&args.drill_schedule).map_err(|e| anyhow::anyhow!("--drill-schedule: {e}"))?;
+    match args.drill.options() {
+        Ok(options) => Ok(Some(DrillSettings { schedule, options })),
+        Err(e) if args.drill.etcdutl.is_none() => {
+            tracing::warn!(
+                "restore drills are off: {e:#} (install etcdutl 3.6+ or pass --etcdutl; --drill-schedule \"\" silences this)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// SIGTERM and SIGINT cancel `stop`; the agent then finishes or aborts cleanly and exits 0.

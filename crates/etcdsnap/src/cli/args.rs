@@ -71,6 +71,10 @@ pub enum Command {
     /// Restore a snapshot (a name, a file, or from S3) into an etcd data directory with
     /// etcdutl, after a pre-flight report: integrity, token hash, versions, space and target.
     Restore(Box<super::restore::RestoreArgs>),
+    /// Prove that snapshots restore to the key space they were taken from: re-hash the bytes,
+    /// compare etcd's HashKV of the contents with the one recorded at save time, and with
+    /// --drill-etcd boot a private etcd on a restored copy. Exits non-zero if any drill fails.
+    Drill(Box<super::drill::DrillArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -109,8 +113,49 @@ pub struct AgentArgs {
     /// about this long (at once when it shuts down cleanly).
     #[arg(long, env = "ETCDSNAP_LEADER_LEASE_DURATION", value_parser = parse_duration, default_value = "30s")]
     pub leader_lease_duration: Duration,
+    /// When to run restore drills (cron like --schedule); "" disables them. Each run drills the
+    /// newest snapshot of each store and one older one in turn; the leader drills S3's.
+    #[arg(long, env = "ETCDSNAP_DRILL_SCHEDULE", default_value = "@daily")]
+    pub drill_schedule: String,
+    #[command(flatten)]
+    pub drill: DrillToolArgs,
     #[command(flatten)]
     pub node: NodeFlags,
+}
+
+/// The tools and limits of restore drills (`drill` and the agent's scheduled drills).
+#[derive(Debug, Clone, Args)]
+pub struct DrillToolArgs {
+    /// etcdutl 3.6 or later (drills need its `hashkv`) [default: etcdutl from PATH]
+    #[arg(long, env = "ETCDSNAP_ETCDUTL", value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
+    /// An etcd binary: also restore each drilled snapshot and boot a private etcd on it on
+    /// loopback (the boot level); at least as new as the snapshots' etcd.
+    #[arg(long, env = "ETCDSNAP_DRILL_ETCD", value_name = "PATH")]
+    pub drill_etcd: Option<PathBuf>,
+    /// Where drills make their scratch directories; the free space is checked before each
+    /// drill [default: the system's temporary directory]
+    #[arg(long, env = "ETCDSNAP_DRILL_DIR", value_name = "DIR")]
+    pub drill_dir: Option<PathBuf>,
+    /// Longest a drill of one snapshot may take.
+    #[arg(long, env = "ETCDSNAP_DRILL_TIMEOUT", value_parser = parse_duration, default_value = "30m")]
+    pub drill_timeout: Duration,
+}
+
+impl DrillToolArgs {
+    /// The drill options, with etcdutl found and the etcd binary checked.
+    pub fn options(&self) -> anyhow::Result<etcdsnap::drill::DrillOptions> {
+        let etcdutl = etcdsnap::restore::etcdutl::locate(self.etcdutl.as_deref())?;
+        if let Some(etcd) = &self.drill_etcd {
+            anyhow::ensure!(etcd.is_file(), "--drill-etcd {}: no such file", etcd.display());
+        }
+        Ok(etcdsnap::drill::DrillOptions {
+            etcdutl,
+            etcd: self.drill_etcd.clone(),
+            scratch_parent: self.drill_dir.clone().unwrap_or_else(std::env::temp_dir),
+            timeout: self.drill_timeout,
+        })
+    }
 }
 
 /// This node: where its snapshots are kept (locally, in S3), how to reach etcd and Kubernetes,
@@ -312,6 +357,11 @@ pub struct EtcdArgs {
     /// Time allowed for a request; a snapshot stream may not go silent for longer than this.
     #[arg(long, env = "ETCDSNAP_COMMAND_TIMEOUT", value_parser = parse_duration, default_value = "1m")]
     pub command_timeout: Duration,
+    /// After each save, ask the member for etcd's HashKV at the snapshot's revision and record
+    /// it: restore drills compare the snapshot's contents with it. It reads the key space once
+    /// (cost: bench/RESULTS.md).
+    #[arg(long, env = "ETCDSNAP_RECORD_HASHKV", default_value_t = true, action = clap::ArgAction::Set)]
+    pub record_hashkv: bool,
 }
 
 /// The server token, whose hash is recorded with each snapshot.

@@ -148,11 +148,12 @@ pub(super) fn session_config(node: &NodeFlags, creates: bool, policy: KubePolicy
         etcd: etcd_config(&node.etcd, preset.as_ref()),
         token_hash: None,
         zstd_level: node.compress.zstd_level,
+        record_hash_kv: node.etcd.record_hashkv,
     })
 }
 
 /// The session of a command (the token is read only by the commands that record or check it).
-async fn command_session(flags: &SnapshotFlags, creates: bool) -> anyhow::Result<Session> {
+pub(super) async fn command_session(flags: &SnapshotFlags, creates: bool) -> anyhow::Result<Session> {
     Ok(Session::open(session_config(&flags.node, creates, KubePolicy::OneShot)?).await?)
 }
 

@@ -5,6 +5,7 @@ mod agent;
 mod args;
 mod commands;
 mod config_file;
+mod drill;
 mod kube_args;
 mod kube_commands;
 mod output;
@@ -63,6 +64,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Reconcile(a) => kube_commands::reconcile(a).await,
         Command::Watch(a) => kube_commands::watch(a).await,
         Command::Restore(a) => restore::restore(*a).await,
+        Command::Drill(a) => drill::drill(*a).await,
     }
 }
 

@@ -6,8 +6,8 @@
 pub mod catchup;
 pub mod reconcile;
 
-use etcdsnap_api::{Compression, ETCDSnapshotS3, SnapshotName, StorageKind, TokenHash, snapshot_file_name};
-use etcdsnap_storage::etcd::{EtcdConfig, EtcdError, MemberStatus};
+use etcdsnap_api::{Compression, ETCDSnapshotS3, EtcdInfo, SnapshotName, StorageKind, TokenHash, snapshot_file_name};
+use etcdsnap_storage::etcd::{EtcdConfig, EtcdError, EtcdMember, MemberStatus};
 use etcdsnap_storage::failpoint;
 use etcdsnap_storage::pipeline::encode::EncodeSpec;
 use etcdsnap_storage::pipeline::verify::{StoredCheck, verify_reader};
@@ -42,6 +42,8 @@ pub struct Context {
     pub cluster_id: Option<String>,
     pub extra_metadata: Option<BTreeMap<String, String>>,
     pub zstd_level: i32,
+    /// Ask the member for its HashKV after each save and record it.
+    pub record_hash_kv: bool,
     /// Where saves take their lock when there is no local store (S3 only): the directory a local
     /// store would use, so every save of the node takes the same lock.
     pub lock_dir: Option<PathBuf>,
@@ -250,7 +252,8 @@ impl Attempt<'_> {
         match pipeline::run(stream, sinks, spec, self.progress.cloned(), self.opts.cancel.clone()).await {
             Ok(output) => {
                 report.raw_size = output.raw_size;
-                publish(ctx, report, output, self.created_at, self.opts.compression, &status, self.started).await;
+                let etcd = self.etcd_facts(&mut member, &status).await;
+                publish(ctx, report, output, self.created_at, self.opts.compression, etcd, self.started).await;
             }
             Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
             Err(PipelineError::Etcd(e @ (EtcdError::Stream { .. } | EtcdError::Stalled { .. })))
@@ -262,6 +265,22 @@ impl Attempt<'_> {
             Err(e) => self.fail(report, &kinds, &e.to_string()),
         }
         Ok(None)
+    }
+
+    /// What is recorded about etcd: the member's status and, when asked for, its HashKV at the
+    /// revision the snapshot started from (the snapshot holds every revision up to it). A
+    /// member that cannot answer costs the record its hash, not the snapshot.
+    async fn etcd_facts(&self, member: &mut EtcdMember, status: &MemberStatus) -> EtcdInfo {
+        let mut etcd = status.etcd_info();
+        if self.ctx.record_hash_kv {
+            match member.hash_kv(status.revision).await {
+                Ok(hash) => etcd.hash_kv = Some(hash),
+                Err(e) => {
+                    tracing::warn!(revision = status.revision, error = %e, "no HashKV recorded: drills of this snapshot check its bytes and trailer only")
+                }
+            }
+        }
+        etcd
     }
 
     /// Records a failure for each of `kinds`.
@@ -308,7 +327,7 @@ async fn publish(
     output: PipelineOutput,
     created_at: jiff::Timestamp,
     compression: Compression,
-    status: &MemberStatus,
+    etcd: EtcdInfo,
     started: Instant,
 ) {
     let name = report.name.clone();
@@ -332,7 +351,7 @@ async fn publish(
         let record = SnapshotRecord {
             compression,
             sha256: Some(output.stored_sha256.clone()),
-            etcd: Some(status.etcd_info()),
+            etcd: Some(etcd.clone()),
             metadata_source: MetadataSource::Document,
             ..with_context(ctx, stored)
         };
@@ -560,21 +579,25 @@ pub async fn verify_record(
             return result;
         }
     };
+    result.problems.extend(check_problems(record, &check));
+    result.check = Some(check);
+    result
+}
+
+/// What a pass over stored bytes found wrong against their record: the sha256, the size (when
+/// a metadata document recorded it), etcd's trailer.
+pub fn check_problems(record: &SnapshotRecord, check: &StoredCheck) -> Vec<String> {
+    let mut problems = Vec::new();
     if let Some(expected) = &record.sha256
         && expected != &check.stored_sha256
     {
-        result
-            .problems
-            .push(format!("sha256 mismatch: recorded {expected}, stored bytes hash to {}", check.stored_sha256));
+        problems.push(format!("sha256 mismatch: recorded {expected}, stored bytes hash to {}", check.stored_sha256));
     }
     if record.metadata_source == MetadataSource::Document && record.size != check.stored_size {
-        result.problems.push(format!("size mismatch: recorded {} bytes, read {}", record.size, check.stored_size));
+        problems.push(format!("size mismatch: recorded {} bytes, read {}", record.size, check.stored_size));
     }
-    if let Some(p) = check.trailer.problem() {
-        result.problems.push(p);
-    }
-    result.check = Some(check);
-    result
+    problems.extend(check.trailer.problem());
+    problems
 }
 
 /// Adds bytes read to a progress counter.

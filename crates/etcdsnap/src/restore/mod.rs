@@ -233,7 +233,7 @@ impl Workspace {
 
 /// Why the pass over the bytes failed.
 #[derive(Debug, thiserror::Error)]
-enum PassError {
+pub enum PassError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -250,7 +250,7 @@ enum PassError {
 
 /// Reads the snapshot once: hashes it, checks etcd's trailer after decompression, and writes
 /// the decompressed bytes to `out` (a new 0600 file) when given.
-async fn verify_pass(
+pub(crate) async fn verify_pass(
     source: &SnapshotSource,
     out: Option<PathBuf>,
     progress: Option<Progress>,

@@ -19,6 +19,8 @@ pub struct Agent {
     pub node: String,
     pub child: Option<tokio::process::Child>,
     pub log: PathBuf,
+    /// `127.0.0.1:<port>` of its /metrics.
+    pub metrics: String,
 }
 
 impl Agent {
@@ -135,7 +137,7 @@ pub async fn start_agent(
         cmd.env("AWS_ACCESS_KEY_ID", s3.access_key()).env("AWS_SECRET_ACCESS_KEY", s3.secret_key());
     }
     cmd.stdout(file.try_clone()?).stderr(file);
-    Ok(Agent { node: node.into(), child: Some(cmd.spawn()?), log })
+    Ok(Agent { node: node.into(), child: Some(cmd.spawn()?), log, metrics })
 }
 
 /// The holder of the leader Lease as written, fresh or not.

@@ -1,0 +1,44 @@
+//! A restore drill's result on the snapshot's resource: two `etcdsnap.io/` annotations (K3s's
+//! fields untouched; reconcile keeps annotations it does not own) and an Event.
+
+use crate::events::emit_described;
+use crate::{ApiError, RecordResource};
+use etcdsnap_api::ETCDSnapshotFile;
+use etcdsnap_api::consts::{ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, EVENT_DRILL_FAILED, EVENT_DRILL_PASSED};
+use etcdsnap_storage::SnapshotRecord;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+
+/// The longest reason kept in the annotation (the Event carries it whole).
+const MAX_REASON: usize = 512;
+
+/// Marks the resource of `record` with the drill's time and verdict (`passed` or
+/// `failed: <reason>`) and writes an Event. Ok(false) when the snapshot has no resource.
+pub async fn record_drill(
+    client: &Client,
+    record: &SnapshotRecord,
+    drilled_at: jiff::Timestamp,
+    verdict: &str,
+    reporting_node: &str,
+) -> Result<bool, ApiError> {
+    let name = record.to_resource().metadata.name.unwrap_or_default();
+    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let annotation: String = verdict.chars().take(MAX_REASON).collect();
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        ANNOTATION_DRILLED_AT: drilled_at.to_string(),
+        ANNOTATION_DRILL: annotation,
+    }}});
+    let patched = match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(cr) => cr,
+        Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(false),
+        Err(e) => return Err(ApiError::new("patch", format!("etcdsnapshotfile {name}"))(e)),
+    };
+    let snapshot = &record.name;
+    let described = if verdict == "passed" {
+        ("Normal", EVENT_DRILL_PASSED, format!("Snapshot {snapshot} passed a restore drill"))
+    } else {
+        ("Warning", EVENT_DRILL_FAILED, format!("Snapshot {snapshot} failed a restore drill: {verdict}"))
+    };
+    emit_described(client, &patched, described, reporting_node).await;
+    Ok(true)
+}

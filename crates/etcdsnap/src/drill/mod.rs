@@ -1,0 +1,227 @@
+//! Restore drills: proof that a stored snapshot restores to exactly the key space it was taken
+//! from, not only that its bytes are unchanged (`verify` proves that much).
+//!
+//! 1. One pass over the stored bytes (local or S3, decompressed on the fly) checks the sha256
+//!    and etcd's trailer as `verify` does, and writes the database into a private scratch
+//!    directory: etcdutl opens that copy, never the stored file.
+//! 2. Hash level: `etcdutl hashkv` of the copy at the recorded revision must equal the HashKV
+//!    the live member gave at save time (when recorded, and over the same compact revision).
+//! 3. Boot level (with an etcd binary): the copy restored with etcdutl, a private etcd started
+//!    on it on loopback, whose revision and HashKV must match as well.
+//!
+//! Bounded: a free-space check before anything is written, child processes at low CPU and I/O
+//! priority, a timeout per drill, and the scratch directory removed whatever happens (a drill
+//! killed outright leaves one behind, which the next drill removes).
+
+pub mod boot;
+pub mod hashkv;
+mod scratch;
+
+use crate::restore::SnapshotSource;
+use crate::restore::space;
+use etcdsnap_api::KvHash;
+use etcdsnap_storage::pipeline::Progress;
+use etcdsnap_storage::record::SnapshotRecord;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use scratch::Scratch;
+
+/// How drills run.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// etcdutl 3.6 or later (it has `hashkv`).
+    pub etcdutl: PathBuf,
+    /// An etcd binary for the boot level; hash level only when None.
+    pub etcd: Option<PathBuf>,
+    /// Where scratch directories are made.
+    pub scratch_parent: PathBuf,
+    pub timeout: Duration,
+}
+
+/// How far a drill went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Hash,
+    Boot,
+}
+
+/// The result of one drill.
+#[derive(Debug, Clone)]
+pub struct DrillReport {
+    pub record: SnapshotRecord,
+    pub level: Level,
+    /// Empty when the drill passed.
+    pub problems: Vec<String>,
+    /// Things worth knowing that are not failures (no recorded hash, a compaction in between).
+    pub notes: Vec<String>,
+    /// The revision drilled at (the recorded one, else the snapshot's latest).
+    pub revision: Option<i64>,
+    pub recorded: Option<KvHash>,
+    /// What `etcdutl hashkv` computed from the snapshot.
+    pub computed: Option<KvHash>,
+    pub booted: Option<boot::Booted>,
+    pub duration: Duration,
+}
+
+impl DrillReport {
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// `passed`, or `failed: <first problem>`: the `etcdsnap.io/drill` annotation's value.
+    pub fn verdict(&self) -> String {
+        match self.problems.first() {
+            None => "passed".into(),
+            Some(p) => format!("failed: {p}"),
+        }
+    }
+}
+
+/// Drills one snapshot. Never fails as a whole: whatever went wrong is a problem in the report.
+pub async fn drill(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Progress>) -> DrillReport {
+    let started = Instant::now();
+    let mut report = DrillReport {
+        record: source.record.clone(),
+        level: if opts.etcd.is_some() { Level::Boot } else { Level::Hash },
+        problems: Vec::new(),
+        notes: source.notes.clone(),
+        revision: source.record.etcd.as_ref().map(|e| e.revision).filter(|r| *r > 0),
+        recorded: source.record.etcd.as_ref().and_then(|e| e.hash_kv),
+        computed: None,
+        booted: None,
+        duration: Duration::ZERO,
+    };
+    if tokio::time::timeout(opts.timeout, run(source, opts, progress, &mut report)).await.is_err() {
+        report.problems.push(format!("the drill did not finish within {}s", opts.timeout.as_secs()));
+    }
+    report.duration = started.elapsed();
+    report
+}
+
+async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Progress>, report: &mut DrillReport) {
+    let needed = needed_space(source, report.level);
+    let scratch = match Scratch::create(&opts.scratch_parent, needed) {
+        Ok(s) => s,
+        Err(e) => return report.problems.push(e.to_string()),
+    };
+    let db = scratch.path().join("snapshot.db");
+    match crate::restore::verify_pass(source, Some(db.clone()), progress).await {
+        Ok(check) => report.problems.extend(crate::ops::check_problems(&source.record, &check)),
+        Err(e) => report.problems.push(format!("cannot read the snapshot to its end: {e}")),
+    }
+    if !report.problems.is_empty() {
+        return;
+    }
+    // etcdutl hashkv changes the file it opens: the boot level restores from it first.
+    let restored = match &opts.etcd {
+        Some(_) => match boot::restore(&opts.etcdutl, &db, scratch.path()).await {
+            Ok(r) => Some(r),
+            Err(e) => return report.problems.push(e.to_string()),
+        },
+        None => None,
+    };
+    match hashkv::hash_file(&opts.etcdutl, &db, report.revision).await {
+        Ok(h) => {
+            report.revision = Some(h.revision);
+            report.computed = Some(h.hash);
+            compare(report, "the snapshot", h.hash);
+        }
+        Err(e) => return report.problems.push(e.to_string()),
+    }
+    if report.recorded.is_none() {
+        report.notes.push("no HashKV was recorded at save time: the contents were hashed, not compared".into());
+    }
+    let (Some(etcd), Some(restored)) = (&opts.etcd, restored) else { return };
+    match restored.boot(etcd, report.revision).await {
+        Ok(booted) => {
+            if report.computed.is_some_and(|c| c != booted.hash) {
+                report.problems.push(format!(
+                    "the restored etcd hashes to {}, the snapshot file to {}",
+                    booted.hash.to_annotation(),
+                    report.computed.map(|c| c.to_annotation()).unwrap_or_default()
+                ));
+            }
+            if report.revision.is_some_and(|r| booted.revision < r) {
+                report.problems.push(format!(
+                    "the restored etcd is at revision {}, before the snapshot's {}",
+                    booted.revision,
+                    report.revision.unwrap_or_default()
+                ));
+            }
+            report.booted = Some(booted);
+        }
+        Err(e) => report.problems.push(e.to_string()),
+    }
+}
+
+/// Compares a hash of the snapshot's contents with the one recorded from the live member.
+fn compare(report: &mut DrillReport, what: &str, computed: KvHash) {
+    let Some(recorded) = report.recorded else { return };
+    let revision = report.revision.unwrap_or_default();
+    if recorded.compact_revision != computed.compact_revision {
+        report.notes.push(format!(
+            "not compared: etcd compacted between the snapshot and its HashKV (compact revision {} recorded, {} in the snapshot)",
+            recorded.compact_revision, computed.compact_revision
+        ));
+    } else if recorded.hash != computed.hash {
+        report.problems.push(format!(
+            "HashKV mismatch at revision {revision}: the live member hashed to {}, {what} hashes to {}: its contents are not the key space it was taken from",
+            recorded.hash, computed.hash
+        ));
+    }
+}
+
+/// Bytes the scratch directory needs: the decompressed database, and for the boot level the
+/// restored data directory too (about as large again).
+fn needed_space(source: &SnapshotSource, level: Level) -> u64 {
+    let stored = source.recorded_size.unwrap_or(source.record.size);
+    let (db, _) = space::decompressed_size(source, stored);
+    match level {
+        Level::Hash => db,
+        Level::Boot => db.saturating_mul(2),
+    }
+}
+
+/// A command for a drill's child process (etcdutl, etcd), at low CPU priority and idle I/O
+/// priority through `nice` and `ionice` when the system has them (both exec the program, so
+/// killing the child kills it), so a drill never competes with the live etcd.
+fn low_priority_command(program: &std::path::Path) -> tokio::process::Command {
+    let (nice, ionice) = (on_path("nice"), on_path("ionice"));
+    let mut cmd = match (&nice, &ionice) {
+        (Some(nice), Some(ionice)) => {
+            let mut c = tokio::process::Command::new(nice);
+            c.args(["-n", "10"]).arg(ionice).args(["-c", "3"]).arg(program);
+            c
+        }
+        (Some(nice), None) => {
+            let mut c = tokio::process::Command::new(nice);
+            c.args(["-n", "10"]).arg(program);
+            c
+        }
+        _ => tokio::process::Command::new(program),
+    };
+    cmd.kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    cmd
+}
+
+/// The child gets SIGKILL when this process dies, however it dies: a drill killed outright
+/// leaves no etcd running (its scratch directory is removed by the next drill).
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec; it makes one prctl system
+    // call (async-signal-safe), allocates nothing and touches no lock. The parent-death signal
+    // survives the exec of nice, ionice and the program, and fires when the thread that forked
+    // exits: drills spawn from the runtime's worker threads, which live as long as the process.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
+}

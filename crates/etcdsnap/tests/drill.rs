@@ -1,0 +1,366 @@
+//! Restore drills end to end, against real etcd members (3.5, 3.6, 3.7), a real S3 server and a
+//! real API server: the HashKV recorded at save time, the hash level (etcdutl hashkv of the
+//! contents), the boot level (a private etcd on a restored copy), a snapshot rewritten so that
+//! its sha256 still matches, and a drill killed mid-way.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestResult, files_in, load_kube_like_data, run};
+use etcdsnap_api::ETCDSnapshotFile;
+use etcdsnap_api::consts::{ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ETCD_HASHKV};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use testenv::{Etcd, KubeApiServer, S3Server};
+
+const OBJECTS: usize = 200;
+
+fn owned(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// etcdutl and etcd of the newest pinned release: drills need etcdutl 3.6 or later (hashkv),
+/// and read snapshots of every version.
+fn tools() -> (String, String) {
+    let etcdutl = testenv::testbin_version("etcdutl", "3.7").unwrap();
+    let etcd = testenv::testbin_version("etcd", "3.7").unwrap();
+    (s(&etcdutl), s(&etcd))
+}
+
+/// The snapshot files a save left in `dir` (not the metadata).
+fn snapshots(dir: &Path) -> Vec<String> {
+    files_in(dir).into_iter().filter(|f| !f.starts_with('.')).collect()
+}
+
+async fn revision(client: &mut etcd_client::Client) -> i64 {
+    client.status().await.unwrap().header().map(|h| h.revision()).unwrap_or_default()
+}
+
+/// Each item of a drill's JSON passed at the boot level, its hash equal to the recorded one
+/// and to the booted etcd's, with every Kubernetes object there.
+fn assert_passed_at_boot_level(out: &serde_json::Value, what: &str, objects: usize) {
+    let items = out["items"].as_array().unwrap();
+    assert!(!items.is_empty(), "{what}: {out}");
+    for item in items {
+        assert_eq!(item["passed"], true, "{what}: {item}");
+        assert_eq!(item["level"], "boot", "{what}: {item}");
+        assert!(item["recordedHashKV"].is_object(), "{what}: no HashKV recorded: {item}");
+        assert_eq!(item["recordedHashKV"], item["computedHashKV"], "{what}: {item}");
+        assert_eq!(item["booted"]["hashKV"], item["computedHashKV"], "{what}: {item}");
+        assert_eq!(item["booted"]["kubernetesKeys"], objects as i64, "{what}: {item}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_of_etcd_3_5_3_6_and_3_7_pass_hash_and_boot_drills_in_every_format() -> TestResult {
+    let (etcdutl, etcd_bin) = tools();
+    for minor in ["3.5", "3.6", "3.7"] {
+        let etcd = Etcd::single_version(minor).await?;
+        let mut client = etcd.client().await?;
+        load_kube_like_data(&mut client, OBJECTS).await?;
+        // A compaction, so the recorded hash covers a range that does not start at 1.
+        let rev = revision(&mut client).await;
+        client.compact(rev / 2, None).await?;
+        let data = tempfile::tempdir()?;
+        let dd = s(data.path());
+        let endpoints = etcd.endpoints().join(",");
+        let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--no-kube"];
+        for compress in ["none", "zstd", "zip"] {
+            run(&[&["save"], &node[..], &["--compress", compress]].concat(), &[]).await.expect_ok();
+        }
+        let names = snapshots(&data.path().join("snapshots"));
+        assert_eq!(names.len(), 3, "{names:?}");
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let tools = ["--etcdutl", &etcdutl, "--drill-etcd", &etcd_bin, "-o", "json"];
+        let out = run(&[&["drill"], &node[..], &tools[..], &names[..]].concat(), &[]).await.expect_ok();
+        assert_passed_at_boot_level(&out.json(), &format!("etcd {minor}"), OBJECTS);
+    }
+    Ok(())
+}
+
+/// Saves go on while a workload writes as fast as it can: the HashKV recorded for each
+/// snapshot still matches its contents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_under_writes_matches_its_recorded_hashkv() -> TestResult {
+    let (etcdutl, _) = tools();
+    let etcd = Etcd::single().await?;
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, OBJECTS).await?;
+    let mut writer = etcd.client().await?;
+    let workload = tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = writer.put(format!("/registry/busy/{}", i % 500), vec![b'w'; 512], None).await;
+        }
+    });
+    let data = tempfile::tempdir()?;
+    let dd = s(data.path());
+    let endpoints = etcd.endpoints().join(",");
+    let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--no-kube"];
+    for _ in 0..3 {
+        run(&[&["save"], &node[..], &["--compress", "zstd"]].concat(), &[]).await.expect_ok();
+    }
+    workload.abort();
+    let names = snapshots(&data.path().join("snapshots"));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let out = run(&[&["drill"], &node[..], &["--etcdutl", &etcdutl, "-o", "json"], &names[..]].concat(), &[])
+        .await
+        .expect_ok()
+        .json();
+    for item in out["items"].as_array().unwrap() {
+        assert_eq!(item["passed"], true, "{item}");
+        assert_eq!(item["level"], "hash", "{item}");
+        assert_eq!(item["recordedHashKV"], item["computedHashKV"], "{item}");
+    }
+    Ok(())
+}
+
+/// S3 and Kubernetes: two nodes save into one bucket; a drill of one node's S3 snapshot
+/// streams it from the bucket, and its result lands on that snapshot's resource (annotations
+/// and an Event), not on the other node's. Then the snapshot is rewritten consistently (the
+/// bytes of another cluster's snapshot, with a valid trailer, and a metadata document that
+/// records their sha256 and size): `verify` cannot tell, the drill fails on the HashKV, names
+/// the mismatch and marks the resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drills_of_s3_snapshots_mark_their_resources_and_a_consistent_rewrite_fails_on_the_hashkv() -> TestResult {
+    let (etcdutl, etcd_bin) = tools();
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, OBJECTS).await?;
+    let api = KubeApiServer::start(&etcd).await?;
+    let s3 = S3Server::start().await?;
+    s3.create_bucket("drills").await?;
+    let data = tempfile::tempdir()?;
+    let kubeconfig = s(api.kubeconfig_path());
+    let endpoints = etcd.endpoints().join(",");
+    let (endpoint, access, secret) = (s3.endpoint(), s3.access_key().to_string(), s3.secret_key().to_string());
+    let env = [("AWS_ACCESS_KEY_ID", access.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
+    let flags = |node: &str| -> Vec<String> {
+        let dd = s(&data.path().join(node));
+        [
+            "--data-dir",
+            &dd,
+            "--node-name",
+            node,
+            "--endpoints",
+            &endpoints,
+            "--kubeconfig",
+            &kubeconfig,
+            "--s3",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-insecure",
+            "--s3-bucket",
+            "drills",
+            "--no-local",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    // server-1 and k3s-server-1: names that are suffixes of each other.
+    for node in ["server-1", "k3s-server-1"] {
+        let f = flags(node);
+        run(&[&["save"], &owned(&f)[..], &["--compress", "zstd"]].concat(), &env).await.expect_ok();
+    }
+    let client = api.client().await?;
+    let resources: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let of = |node: &str, items: &[ETCDSnapshotFile]| -> ETCDSnapshotFile {
+        items.iter().find(|r| r.spec.snapshot_name.starts_with(&format!("on-demand-{node}-"))).cloned().unwrap()
+    };
+    let all = resources.list(&ListParams::default()).await?.items;
+    let mine = of("server-1", &all);
+    assert!(mine.metadata.annotations.as_ref().unwrap().contains_key(ANNOTATION_ETCD_HASHKV), "{mine:?}");
+
+    // The default drill of server-1: its newest S3 snapshot, at the boot level.
+    let f = flags("server-1");
+    let tools = ["--etcdutl", &etcdutl, "--drill-etcd", &etcd_bin, "-o", "json"];
+    let out = run(&[&["drill"], &owned(&f)[..], &tools[..]].concat(), &env).await.expect_ok().json();
+    assert_passed_at_boot_level(&out, "S3", OBJECTS);
+    assert_eq!(out["items"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(out["items"][0]["name"], mine.spec.snapshot_name.as_str(), "{out}");
+    let all = resources.list(&ListParams::default()).await?.items;
+    let marked = of("server-1", &all);
+    let annotations = marked.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations.get(ANNOTATION_DRILL).map(String::as_str), Some("passed"), "{annotations:?}");
+    assert!(annotations.contains_key(ANNOTATION_DRILLED_AT), "{annotations:?}");
+    let other = of("k3s-server-1", &all);
+    assert!(
+        !other.metadata.annotations.unwrap_or_default().contains_key(ANNOTATION_DRILL),
+        "the other node's was marked"
+    );
+    assert_eq!(marked.spec, mine.spec, "K3s's fields changed");
+    assert_eq!(marked.status, mine.status, "K3s's fields changed");
+
+    // The rewrite: another cluster's snapshot (valid trailer, a later revision) in its place,
+    // with a metadata document that agrees with the new bytes.
+    let name = mine.spec.snapshot_name.clone();
+    let forged = forge_from_another_cluster(data.path()).await?;
+    replace_in_s3(&s3, "drills", &name, forged).await?;
+    let verified = run(&[&["verify"], &owned(&f)[..], &[name.as_str()]].concat(), &env).await;
+    assert!(verified.ok(), "verify should not see a consistent rewrite:\n{}\n{}", verified.stdout, verified.stderr);
+    let tools = ["--etcdutl", &etcdutl, "-o", "json"];
+    let failed = run(&[&["drill"], &owned(&f)[..], &tools[..], &[name.as_str()]].concat(), &env).await.expect_fail();
+    let item = &failed.json()["items"][0];
+    assert_eq!(item["passed"], false, "{item}");
+    assert!(item["result"].as_str().unwrap().contains("HashKV mismatch"), "{item}");
+    let marked = of("server-1", &resources.list(&ListParams::default()).await?.items);
+    let verdict = marked.metadata.annotations.unwrap_or_default().get(ANNOTATION_DRILL).cloned().unwrap_or_default();
+    assert!(verdict.starts_with("failed: HashKV mismatch"), "{verdict}");
+    let events: Api<Event> = Api::namespaced(client, "default");
+    let reasons: Vec<String> =
+        events.list(&ListParams::default()).await?.items.into_iter().filter_map(|e| e.reason).collect();
+    assert!(reasons.iter().any(|r| r == "ETCDSnapshotDrillPassed"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "ETCDSnapshotDrillFailed"), "{reasons:?}");
+    Ok(())
+}
+
+/// The bytes of a zstd snapshot of a different etcd: same shape of data, a later revision, a
+/// valid trailer.
+async fn forge_from_another_cluster(work: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let other = Etcd::single().await?;
+    let mut client = other.client().await?;
+    for _ in 0..4 {
+        load_kube_like_data(&mut client, OBJECTS).await?;
+    }
+    let dir = work.join("forgery");
+    let (dd, endpoints) = (s(&dir), other.endpoints().join(","));
+    let args = ["save", "--data-dir", &dd, "--node-name", "forger", "--endpoints", &endpoints, "--no-kube"];
+    run(&[&args[..], &["--compress", "zstd"]].concat(), &[]).await.expect_ok();
+    let file = snapshots(&dir.join("snapshots")).pop().ok_or("no forged snapshot")?;
+    Ok(std::fs::read(dir.join("snapshots").join(file))?)
+}
+
+/// Puts `forged` at `name` in the bucket (keeping the object's user metadata) and rewrites
+/// etcdsnap's record of `name` to agree with the new bytes' sha256 and size.
+async fn replace_in_s3(s3: &S3Server, bucket: &str, name: &str, forged: Vec<u8>) -> TestResult {
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(&forged).iter().map(|b| format!("{b:02x}")).collect();
+    let record_key = format!(".metadata/{name}{}", etcdsnap_api::consts::RECORD_SUFFIX);
+    let (record, record_meta) = s3.get_object(bucket, &record_key).await?;
+    let mut record: serde_json::Value = serde_json::from_slice(&record)?;
+    record["sha256"] = sha.into();
+    record["size"] = forged.len().into();
+    let (_, meta) = s3.get_object(bucket, name).await?;
+    let meta: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    s3.put_object(bucket, name, forged, &meta).await?;
+    let record_meta: Vec<(&str, &str)> = record_meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    s3.put_object(bucket, &record_key, serde_json::to_vec(&record)?, &record_meta).await?;
+    Ok(())
+}
+
+/// A drill SIGKILLed while its private etcd runs leaves its scratch directory but no etcd (the
+/// etcd dies with it); the next drill removes the directory and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_drill_leaves_no_etcd_running_and_the_next_one_cleans_up() -> TestResult {
+    let (etcdutl, etcd_bin) = tools();
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, OBJECTS).await?;
+    let data = tempfile::tempdir()?;
+    let scratch = tempfile::tempdir()?;
+    let (dd, sd) = (s(data.path()), s(scratch.path()));
+    let endpoints = etcd.endpoints().join(",");
+    let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--no-kube"];
+    run(&[&["save"], &node[..]].concat(), &[]).await.expect_ok();
+
+    let tools = ["--etcdutl", &etcdutl, "--drill-etcd", &etcd_bin, "--drill-dir", &sd];
+    let mut drill = common::command(&[&["drill"], &node[..], &tools[..]].concat())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let booting = |root: &Path| -> Option<PathBuf> {
+        let dir = std::fs::read_dir(root).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())?;
+        dir.join("etcd.log").exists().then_some(dir)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dir = loop {
+        if let Some(dir) = booting(scratch.path()) {
+            break dir;
+        }
+        assert!(Instant::now() < deadline, "the drill never reached its boot level");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    drill.start_kill()?;
+    drill.wait().await?;
+    assert!(dir.exists(), "the killed drill's directory is expected to stay until the next drill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while etcd_running_in(&dir) {
+        assert!(Instant::now() < deadline, "the drill's etcd outlived the drill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out =
+        run(&[&["drill"], &node[..], &["--etcdutl", &etcdutl, "--drill-dir", &sd]].concat(), &[]).await.expect_ok();
+    assert!(out.stdout.contains("1 drilled, 0 failed"), "{}", out.stdout);
+    assert!(!dir.exists(), "the next drill left the abandoned directory");
+    assert_eq!(std::fs::read_dir(scratch.path())?.count(), 0, "the drill left its own directory");
+    Ok(())
+}
+
+/// Whether any process has `dir` on its command line.
+fn etcd_running_in(dir: &Path) -> bool {
+    let needle = s(dir);
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle)))
+}
+
+/// Two agents with scheduled drills beside each other on one bucket: each drills its own local
+/// snapshots, the leader the S3 ones; every drilled resource says `passed`, and the metrics
+/// count the drills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_drill_on_a_schedule_each_its_own_and_the_leader_s3() -> TestResult {
+    let (etcdutl, _) = tools();
+    let etcd = Etcd::single().await?;
+    load_kube_like_data(&mut etcd.client().await?, OBJECTS).await?;
+    let api = KubeApiServer::start(&etcd).await?;
+    let s3 = S3Server::start().await?;
+    s3.create_bucket(common::cluster::BUCKET).await?;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let extra = ["--drill-schedule", "*/4 * * * * *", "--etcdutl", &etcdutl];
+    let endpoint = &etcd.endpoints()[0];
+    let mut agents = Vec::new();
+    for (node, dir) in ["server-1", "k3s-server-1"].iter().zip(&dirs) {
+        agents.push(common::cluster::start_agent(node, endpoint, dir.path(), &api, Some(&s3), &extra, &[]).await?);
+    }
+    let resources: Api<ETCDSnapshotFile> = Api::all(api.client().await?);
+    let drilled = |r: &ETCDSnapshotFile| {
+        r.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_DRILL)).map(String::as_str) == Some("passed")
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // Until an agent installed the CRD, there is nothing to list.
+        let all = resources.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+        let local_of = |node: &str| all.iter().any(|r| r.spec.s3.is_none() && r.spec.node_name == node && drilled(r));
+        let s3_done = all.iter().any(|r| r.spec.s3.is_some() && drilled(r));
+        if local_of("server-1") && local_of("k3s-server-1") && s3_done {
+            break;
+        }
+        let failed: Vec<_> = all
+            .iter()
+            .filter_map(|r| r.metadata.annotations.as_ref()?.get(ANNOTATION_DRILL).filter(|v| *v != "passed"))
+            .collect();
+        assert!(failed.is_empty(), "drills failed: {failed:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not every store was drilled:\n{}\n{}",
+            agents[0].log_text(),
+            agents[1].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", agents[0].metrics)).await?.text().await?;
+    assert!(metrics.lines().any(|l| l.starts_with("etcdsnap_drills_total{result=\"passed\"}")), "{metrics}");
+    assert!(metrics.contains("etcdsnap_last_drill_timestamp_seconds{result=\"passed\"}"), "{metrics}");
+    for a in &mut agents {
+        a.stop_cleanly().await?;
+    }
+    Ok(())
+}
