@@ -249,10 +249,13 @@ impl Attempt<'_> {
             created_at: self.created_at,
             expected_size: status.db_size.max(0) as u64,
         };
-        match pipeline::run(stream, sinks, spec, self.progress.cloned(), self.opts.cancel.clone()).await {
+        // The member computes its HashKV while it streams the snapshot: the save does not wait
+        // for it afterwards (bench/RESULTS.md, drills).
+        let streaming = pipeline::run(stream, sinks, spec, self.progress.cloned(), self.opts.cancel.clone());
+        let (streamed, etcd) = tokio::join!(streaming, self.etcd_facts(&mut member, &status));
+        match streamed {
             Ok(output) => {
                 report.raw_size = output.raw_size;
-                let etcd = self.etcd_facts(&mut member, &status).await;
                 publish(ctx, report, output, self.created_at, self.opts.compression, etcd, self.started).await;
             }
             Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
@@ -268,12 +271,18 @@ impl Attempt<'_> {
     }
 
     /// What is recorded about etcd: the member's status and, when asked for, its HashKV at the
-    /// revision the snapshot started from (the snapshot holds every revision up to it). A
-    /// member that cannot answer costs the record its hash, not the snapshot.
+    /// revision the snapshot started from (the snapshot holds every revision up to it, and a
+    /// HashKV at a past revision does not change while newer ones are written). A member that
+    /// cannot answer costs the record its hash, not the snapshot.
     async fn etcd_facts(&self, member: &mut EtcdMember, status: &MemberStatus) -> EtcdInfo {
         let mut etcd = status.etcd_info();
         if self.ctx.record_hash_kv {
-            match member.hash_kv(status.revision).await {
+            let answer = tokio::select! {
+                // A cancelled save publishes nothing; it does not wait for the hash either.
+                _ = self.opts.cancel.cancelled() => return etcd,
+                answer = member.hash_kv(status.revision) => answer,
+            };
+            match answer {
                 Ok(hash) => etcd.hash_kv = Some(hash),
                 Err(e) => {
                     tracing::warn!(revision = status.revision, error = %e, "no HashKV recorded: drills of this snapshot check its bytes and trailer only")
