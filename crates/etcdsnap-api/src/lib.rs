@@ -48,7 +48,9 @@ pub mod token;
 
 pub use crd::{ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotS3, ETCDSnapshotSpec, ETCDSnapshotStatus, crd};
 pub use legacy::{LegacyEntry, LegacyS3Config};
-pub use metadata::{EtcdInfo, KvHash, MetadataDocument, MetadataError, StoredMetadata, parse_stored_metadata};
+pub use metadata::{
+    DrillResult, EtcdInfo, KvHash, MetadataDocument, MetadataError, StoredMetadata, parse_stored_metadata,
+};
 pub use names::{
     Compression, CrNameInput, NameError, NodeNameError, SnapshotName, StorageKind, configmap_key, cr_name,
     is_dns1123_subdomain, is_valid_configmap_key, round_to_second, snapshot_file_name, timestamp_from_name,

@@ -92,6 +92,24 @@ pub struct MetadataDocument {
     /// Copy of the extra-metadata ConfigMap's data at save time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_metadata: Option<BTreeMap<String, String>>,
+    /// The last restore drill of this copy, kept with it so a rebuilt resource keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillResult>,
+}
+
+/// When a snapshot was last drilled and how it ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillResult {
+    pub at: jiff::Timestamp,
+    /// `passed`, or `failed: <reason>`.
+    pub result: String,
+}
+
+impl DrillResult {
+    pub fn passed(&self) -> bool {
+        self.result == "passed"
+    }
 }
 
 /// What a metadata file or object turned out to be.
@@ -183,6 +201,10 @@ mod tests {
             cluster_id: Some("uid".into()),
             s3: None,
             extra_metadata: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+            drill: Some(DrillResult {
+                at: jiff::Timestamp::from_second(1_700_000_100).unwrap_or_default(),
+                result: "passed".into(),
+            }),
         }
     }
 

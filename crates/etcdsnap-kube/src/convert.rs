@@ -3,12 +3,13 @@
 //! ours), and the value K3s keeps for it in the legacy ConfigMap.
 
 use etcdsnap_api::consts::{
-    ANNOTATION_COMPRESSION, ANNOTATION_ETCD_HASHKV, ANNOTATION_ETCD_REVISION, ANNOTATION_ETCD_VERSION,
-    ANNOTATION_MANAGED_BY, ANNOTATION_SHA256, ANNOTATION_TOKEN_HASH, LABEL_STORAGE_NODE, S3_STORAGE_NODE,
+    ANNOTATION_COMPRESSION, ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ETCD_HASHKV, ANNOTATION_ETCD_REVISION,
+    ANNOTATION_ETCD_VERSION, ANNOTATION_MANAGED_BY, ANNOTATION_SHA256, ANNOTATION_TOKEN_HASH, LABEL_STORAGE_NODE,
+    S3_STORAGE_NODE,
 };
 use etcdsnap_api::{
-    Compression, ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotSpec, ETCDSnapshotStatus, EtcdInfo, KvHash,
-    LegacyEntry, LegacyS3Config, SnapshotName, StorageKind, TokenHash,
+    Compression, DrillResult, ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotSpec, ETCDSnapshotStatus, EtcdInfo,
+    KvHash, LegacyEntry, LegacyS3Config, SnapshotName, StorageKind, TokenHash,
 };
 use etcdsnap_storage::{MetadataSource, Outcome, SnapshotRecord};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -48,6 +49,10 @@ impl RecordResource for SnapshotRecord {
         }
         if self.is_ready() {
             annotations.insert(ANNOTATION_COMPRESSION.to_string(), self.compression.to_string());
+        }
+        if let Some(drill) = &self.drill {
+            annotations.insert(ANNOTATION_DRILLED_AT.to_string(), drill.at.to_string());
+            annotations.insert(ANNOTATION_DRILL.to_string(), drill.result.clone());
         }
         annotations.insert(ANNOTATION_MANAGED_BY.to_string(), format!("etcdsnap/{}", env!("CARGO_PKG_VERSION")));
         let created = Time(self.created_at);
@@ -119,6 +124,7 @@ impl RecordResource for SnapshotRecord {
             token_hash: annotations.get(ANNOTATION_TOKEN_HASH).and_then(|h| TokenHash::parse_recorded(h)),
             s3: cr.spec.s3.clone(),
             extra_metadata: cr.spec.metadata.clone(),
+            drill: drill_of(&annotations),
             metadata_source: MetadataSource::Resource,
             ..stored
         })
@@ -152,6 +158,12 @@ impl RecordResource for SnapshotRecord {
             compressed: self.compression == Compression::Zip,
         }
     }
+}
+
+/// The drill annotations read back (both, or none).
+fn drill_of(annotations: &BTreeMap<String, String>) -> Option<DrillResult> {
+    let at = annotations.get(ANNOTATION_DRILLED_AT)?.parse().ok()?;
+    Some(DrillResult { at, result: annotations.get(ANNOTATION_DRILL)?.clone() })
 }
 
 #[cfg(test)]

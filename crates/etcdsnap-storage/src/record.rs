@@ -6,8 +6,8 @@
 use etcdsnap_api::consts::S3_STORAGE_NODE;
 use etcdsnap_api::metadata::{METADATA_API_VERSION, METADATA_KIND};
 use etcdsnap_api::{
-    Compression, CrNameInput, ETCDSnapshotS3, EtcdInfo, MetadataDocument, SnapshotName, StorageKind, TokenHash,
-    configmap_key, cr_name,
+    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, SnapshotName, StorageKind,
+    TokenHash, configmap_key, cr_name,
 };
 use std::collections::BTreeMap;
 
@@ -60,6 +60,8 @@ pub struct SnapshotRecord {
     /// S3 location details (never credentials) for S3 records.
     pub s3: Option<ETCDSnapshotS3>,
     pub extra_metadata: Option<BTreeMap<String, String>>,
+    /// The last restore drill of this copy.
+    pub drill: Option<DrillResult>,
     pub metadata_source: MetadataSource,
 }
 
@@ -90,6 +92,7 @@ impl SnapshotRecord {
             cluster_id: None,
             s3: None,
             extra_metadata: None,
+            drill: None,
             metadata_source: MetadataSource::None,
         }
     }
@@ -161,6 +164,7 @@ impl SnapshotRecord {
             cluster_id: self.cluster_id.clone(),
             s3: self.s3.clone(),
             extra_metadata: self.extra_metadata.clone(),
+            drill: self.drill.clone(),
         }
     }
 
@@ -177,6 +181,7 @@ impl SnapshotRecord {
         self.token_hash = doc.token_hash.or(self.token_hash.take());
         self.cluster_id = doc.cluster_id.or(self.cluster_id.take());
         self.extra_metadata = doc.extra_metadata;
+        self.drill = doc.drill;
         self.metadata_source = MetadataSource::Document;
     }
 }

@@ -63,6 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cluster_id: None,
         s3: None,
         extra_metadata: None,
+        drill: None,
     };
     sink_back.commit(&doc).await?;
     Ok(())

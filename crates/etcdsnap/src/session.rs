@@ -112,6 +112,8 @@ pub struct Session {
     usable: AtomicBool,
     started: OnceCell<()>,
     cluster_id: Mutex<Option<String>>,
+    /// Shared by every context of this session: see [`Context::removals`].
+    removals: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Session {
@@ -140,6 +142,7 @@ impl Session {
             kube,
             kube_absent,
             usable: AtomicBool::new(true),
+            removals: Arc::default(),
             started: OnceCell::new(),
             cluster_id,
         })
@@ -211,6 +214,7 @@ impl Session {
             zstd_level: self.config.zstd_level,
             record_hash_kv: self.config.record_hash_kv,
             lock_dir,
+            removals: self.removals.clone(),
         }
     }
 

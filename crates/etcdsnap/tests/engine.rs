@@ -80,11 +80,11 @@ async fn save_list_verify_every_compression() -> TestResult {
     let table = run(&["ls", "--data-dir", &dd], &env).await.expect_ok();
     assert!(table.stdout.starts_with("Name "), "{}", table.stdout);
     assert!(
-        table
-            .stdout
-            .lines()
-            .next()
-            .is_some_and(|h| h.split_whitespace().collect::<Vec<_>>() == ["Name", "Location", "Size", "Created"])
+        table.stdout.lines().next().is_some_and(
+            |h| h.split_whitespace().collect::<Vec<_>>() == ["Name", "Location", "Size", "Created", "Drill"]
+        ),
+        "K3s's four columns, then etcdsnap's Drill:\n{}",
+        table.stdout
     );
 
     let verified = run(&["verify", "--data-dir", &dd], &env).await.expect_ok();

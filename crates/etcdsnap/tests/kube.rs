@@ -132,6 +132,7 @@ fn record(name: &str, storage: StorageKind, node: &str, location: &str) -> Snaps
             ..Default::default()
         }),
         extra_metadata: None,
+        drill: None,
         metadata_source: MetadataSource::None,
     }
 }

@@ -622,6 +622,20 @@ impl SnapshotStore for LocalStore {
         Ok(self.snapshot_path(name).symlink_metadata().is_ok())
     }
 
+    async fn update_record(&self, record: &crate::SnapshotRecord) -> Result<(), StoreError> {
+        let name = record.name.clone();
+        if self.snapshot_path(&name).symlink_metadata().is_err() {
+            return Err(StoreError::NotFound(name.to_string(), self.describe()));
+        }
+        let (store, bytes) = (self.clone(), record.to_document().to_json());
+        tokio::task::spawn_blocking(move || {
+            create_private_dir(&store.metadata_dir)?;
+            write_atomic(&store.record_path(&name), &bytes)
+        })
+        .await
+        .map_err(|e| StoreError::worker(format!("rewriting a record in {}", self.dir.display()), e))?
+    }
+
     async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError> {
         let store = self.clone();
         let name = name.clone();
@@ -652,6 +666,7 @@ mod tests {
             cluster_id: None,
             s3: None,
             extra_metadata: extra,
+            drill: None,
         }
     }
 

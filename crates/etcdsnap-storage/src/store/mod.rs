@@ -150,6 +150,9 @@ pub trait SnapshotStore: Send + Sync {
     }
     /// Whether a snapshot of this name exists (a new save must not overwrite it).
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError>;
+    /// Rewrites etcdsnap's record of a stored snapshot (after a restore drill), atomically; the
+    /// snapshot itself and K3s's metadata are not touched. A snapshot that is gone is an error.
+    async fn update_record(&self, record: &crate::SnapshotRecord) -> Result<(), StoreError>;
     /// A save's housekeeping of `node`'s own objects: removes what interrupted saves under base
     /// name `base` left behind (an S3 multipart upload never completed nor aborted, idle for at
     /// least `idle`) and moves records of earlier releases out of K3s's metadata. Returns how

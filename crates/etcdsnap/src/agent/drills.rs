@@ -60,7 +60,7 @@ pub async fn drill_loop(
                 }
                 r = drill::drill(&source, &settings.options, None) => r,
             };
-            record(&session, &metrics, &report).await;
+            record(&session, &metrics, &source, &report).await;
         }
     }
 }
@@ -95,7 +95,7 @@ async fn select(session: &Session, leading: bool, run: usize) -> Vec<SnapshotSou
 }
 
 /// The result into the log, the metrics and the snapshot's resource.
-async fn record(session: &Session, metrics: &Metrics, report: &DrillReport) {
+async fn record(session: &Session, metrics: &Metrics, source: &SnapshotSource, report: &DrillReport) {
     let name = &report.record.name;
     if report.passed() {
         tracing::info!(snapshot = %name, level = ?report.level, seconds = report.duration.as_secs(), "restore drill passed");
@@ -103,19 +103,8 @@ async fn record(session: &Session, metrics: &Metrics, report: &DrillReport) {
         tracing::error!(snapshot = %name, level = ?report.level, problems = ?report.problems, "restore drill failed");
     }
     metrics.drilled(report.passed());
-    if let Some(kube) = session.kube() {
-        let at = etcdsnap_storage::clock::now();
-        if let Err(e) = etcdsnap_kube::drills::record_drill(
-            &kube.client,
-            &report.record,
-            at,
-            &report.verdict(),
-            session.node_name(),
-        )
-        .await
-        {
-            tracing::warn!(snapshot = %name, error = %e, "the drill's result is not on the resource");
-        }
+    for problem in drill::keep_result(source, report, session.kube(), session.node_name()).await {
+        tracing::warn!(snapshot = %name, "{problem}");
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap::drill::{self, DrillReport};
 use etcdsnap::ops::Context;
-use etcdsnap::restore::{SnapshotSource, SourceKind};
+use etcdsnap::restore::SnapshotSource;
 use etcdsnap::session::Purpose;
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::store::SnapshotStore;
@@ -42,16 +42,8 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         let progress = ProgressLine::start(&format!("Drilling {}", source.record.name));
         let report = drill::drill(source, &opts, Some(progress.counter())).await;
         progress.finish();
-        if let Some(kube) = session.kube()
-            && source.kind != SourceKind::File
-        {
-            let at = etcdsnap_storage::clock::now();
-            if let Err(e) =
-                etcdsnap_kube::drills::record_drill(&kube.client, &report.record, at, &report.verdict(), &ctx.node_name)
-                    .await
-            {
-                eprintln!("warning: the drill's result is not on the resource: {e}");
-            }
+        for problem in drill::keep_result(source, &report, session.kube(), &ctx.node_name).await {
+            eprintln!("warning: {problem}");
         }
         reports.push(report);
     }

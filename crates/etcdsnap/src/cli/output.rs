@@ -69,9 +69,21 @@ pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> std::i
 pub fn print_records(records: &[SnapshotRecord], format: OutputFormat) -> std::io::Result<()> {
     match format {
         OutputFormat::Table => {
-            let mut rows = vec![["Name", "Location", "Size", "Created"].map(String::from).to_vec()];
+            // K3s's four columns, then the last restore drill's result.
+            let mut rows = vec![["Name", "Location", "Size", "Created", "Drill"].map(String::from).to_vec()];
             for r in records {
-                rows.push(vec![r.name.to_string(), r.location.clone(), r.size.to_string(), rfc3339(r.created_at)]);
+                let drill = match &r.drill {
+                    Some(d) if d.passed() => "passed".to_string(),
+                    Some(_) => "failed".to_string(),
+                    None => "-".to_string(),
+                };
+                rows.push(vec![
+                    r.name.to_string(),
+                    r.location.clone(),
+                    r.size.to_string(),
+                    rfc3339(r.created_at),
+                    drill,
+                ]);
             }
             print!("{}", table(&rows));
             Ok(())

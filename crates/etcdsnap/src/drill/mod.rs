@@ -19,7 +19,7 @@ mod scratch;
 
 use crate::restore::SnapshotSource;
 use crate::restore::space;
-use etcdsnap_api::KvHash;
+use etcdsnap_api::{DrillResult, KvHash};
 use etcdsnap_storage::pipeline::Progress;
 use etcdsnap_storage::record::SnapshotRecord;
 use std::path::PathBuf;
@@ -154,6 +154,31 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
         }
         Err(e) => report.problems.push(e.to_string()),
     }
+}
+
+/// Keeps a drill's result where the snapshot's other facts are: in its record in storage (so a
+/// rebuilt resource keeps it) and on its resource with an Event. A file given by path has
+/// neither. Returns what could not be kept, for the caller to report.
+pub async fn keep_result(
+    source: &SnapshotSource,
+    report: &DrillReport,
+    kube: Option<&etcdsnap_kube::Kube>,
+    node: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(store) = source.store() else { return problems };
+    let at = etcdsnap_storage::clock::now();
+    let mut record = source.record.clone();
+    record.drill = Some(DrillResult { at, result: report.verdict() });
+    if let Err(e) = store.update_record(&record).await {
+        problems.push(format!("the drill's result is not in {}: {e}", store.describe()));
+    }
+    if let Some(kube) = kube
+        && let Err(e) = etcdsnap_kube::drills::record_drill(&kube.client, &record, at, &report.verdict(), node).await
+    {
+        problems.push(format!("the drill's result is not on the resource: {e}"));
+    }
+    problems
 }
 
 /// Compares a hash of the snapshot's contents with the one recorded from the live member.

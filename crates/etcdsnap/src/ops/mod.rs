@@ -47,6 +47,12 @@ pub struct Context {
     /// Where saves take their lock when there is no local store (S3 only): the directory a local
     /// store would use, so every save of the node takes the same lock.
     pub lock_dir: Option<PathBuf>,
+    /// Within one process (the agent): a reconcile pass holds it shared from its listing to
+    /// its last write, a prune or delete alone. Otherwise a pass that listed a snapshot just
+    /// before retention removed it would create its resource again (seen in
+    /// `agent_cluster.rs`: created, deleted, created). Processes exclude each other through
+    /// the removal lock file only for reads that verify.
+    pub removals: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Context {
@@ -402,6 +408,7 @@ fn with_context(ctx: &Context, record: SnapshotRecord) -> SnapshotRecord {
         cluster_id: ctx.cluster_id.clone(),
         s3: (record.storage == StorageKind::S3).then(|| ctx.remote_spec.clone()).flatten(),
         extra_metadata: ctx.extra_metadata.clone(),
+        drill: None,
         ..record
     }
 }
@@ -447,6 +454,7 @@ pub enum DeleteResult {
 /// Deletes `names` from every store; returns (name, store, result) for each.
 pub async fn delete(ctx: &Context, names: &[SnapshotName]) -> Vec<(SnapshotName, StorageKind, String, DeleteResult)> {
     let mut results = Vec::new();
+    let _in_process = ctx.removals.write().await;
     let _removing = match ctx.lock_for_removal() {
         Ok(lock) => lock,
         Err(e) => {
@@ -490,6 +498,7 @@ pub struct PruneReport {
 /// in S3 only to this node's snapshots of this cluster.
 pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
     let mut report = PruneReport::default();
+    let _in_process = ctx.removals.write().await;
     let _removing = match ctx.lock_for_removal() {
         Ok(lock) => lock,
         Err(e) => {

@@ -113,6 +113,7 @@ pub async fn run_pass(
     local_managed: bool,
 ) -> Result<PassOutcome, ReconcileError> {
     let pass = async {
+        let _no_removals = ctx.removals.read().await;
         let listing = list_storage(ctx, BTreeSet::new(), local_managed).await;
         reconcile_listed(kube, listing, leader).await
     };
@@ -132,6 +133,7 @@ pub async fn after_removal(
     local_managed: bool,
 ) -> Result<PassOutcome, ReconcileError> {
     let deleted: BTreeSet<String> = removed.iter().map(|(kind, name)| configmap_key(name, *kind)).collect();
+    let _no_removals = ctx.removals.read().await;
     let listing = list_storage(ctx, deleted, local_managed).await;
     reconcile_listed(kube, listing, None).await
 }

@@ -242,6 +242,7 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
 
     check_metadata(&mut report, source);
     check_size(&mut report, source);
+    check_drill(&mut report, source);
     check_token(&mut report, input.ignore_token_mismatch);
     let target = check_target(&mut report, input.data_dir, source.path(), input.now_unix);
     check_space(&mut report, source, target.as_ref(), materialise);
@@ -281,6 +282,17 @@ fn check_metadata(report: &mut PreflightReport, source: &SnapshotSource) {
         ),
     };
     report.push("metadata", status, detail, None);
+}
+
+/// When the snapshot last went through a restore drill. Information for the operator choosing
+/// a snapshot, never a reason to refuse: a failed drill warns.
+fn check_drill(report: &mut PreflightReport, source: &SnapshotSource) {
+    let (status, detail) = match &source.record.drill {
+        Some(d) if d.passed() => (CheckStatus::Pass, format!("passed a restore drill at {}", d.at)),
+        Some(d) => (CheckStatus::Warn, format!("its last restore drill, at {}, {}", d.at, d.result)),
+        None => (CheckStatus::Skipped, "never drilled (`etcdsnap drill` proves a snapshot restores)".to_string()),
+    };
+    report.push("drill", status, detail, None);
 }
 
 fn check_size(report: &mut PreflightReport, source: &SnapshotSource) {

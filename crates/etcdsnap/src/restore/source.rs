@@ -198,6 +198,14 @@ impl SnapshotSource {
         })
     }
 
+    /// The store the snapshot is in, when it came from one.
+    pub fn store(&self) -> Option<&Arc<dyn SnapshotStore>> {
+        match &self.origin {
+            Origin::Store(store) => Some(store),
+            Origin::Path(_) => None,
+        }
+    }
+
     /// The file, when the snapshot is read in place.
     pub fn path(&self) -> Option<&Path> {
         match &self.origin {

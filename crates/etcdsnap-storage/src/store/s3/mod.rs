@@ -646,6 +646,14 @@ impl SnapshotStore for S3Store {
         Ok(SnapshotReader { reader: Box::new(tokio_util::io::StreamReader::new(stream)), size })
     }
 
+    async fn update_record(&self, record: &crate::SnapshotRecord) -> Result<(), StoreError> {
+        let name = &record.name;
+        if !self.exists(name).await? {
+            return Err(StoreError::NotFound(name.to_string(), self.describe()));
+        }
+        self.put_json(&self.config.record_key(name.as_str()), record.to_document().to_json()).await
+    }
+
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError> {
         let path = self.path(&self.config.key(name.as_str()));
         self.count(1);
