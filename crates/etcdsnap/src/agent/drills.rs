@@ -12,6 +12,7 @@ use crate::session::{Purpose, Session};
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::store::SnapshotStore;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// When and how the agent drills.
@@ -21,16 +22,28 @@ pub struct DrillSettings {
     pub options: DrillOptions,
 }
 
-/// Which of a store's ready snapshots a run drills: the newest, and the `run`-th older one in
-/// turn (oldest first), so consecutive runs walk through all of them.
-pub fn pick(mut records: Vec<SnapshotRecord>, run: usize) -> Vec<SnapshotRecord> {
+/// Which of a store's ready snapshots a run drills: the newest, and older ones in turn (oldest
+/// first, continuing where the previous run stopped). Enough older ones per run that the
+/// turn comes round within the time the store's snapshots span, so every retained snapshot
+/// is drilled before retention removes it: with `interval` between runs and the oldest
+/// `span` older than the newest, `ceil(older × interval / span)` of them.
+pub fn pick(mut records: Vec<SnapshotRecord>, run: usize, interval: Duration) -> Vec<SnapshotRecord> {
     records.retain(SnapshotRecord::is_ready);
     records.sort_by_key(|r| r.created_at);
     let Some(newest) = records.pop() else { return Vec::new() };
-    let mut picked = vec![newest];
-    if !records.is_empty() {
-        picked.push(records.swap_remove(run % records.len()));
+    let older = records.len();
+    let mut picked = vec![newest.clone()];
+    if older == 0 {
+        return picked;
     }
+    let span = records.first().map(|oldest| newest.created_at.duration_since(oldest.created_at));
+    let span = span.and_then(|s| Duration::try_from(s).ok()).unwrap_or_default();
+    let per_run = match span.as_secs() {
+        0 => older,
+        secs => (older as u64 * interval.as_secs()).div_ceil(secs).clamp(1, older as u64) as usize,
+    };
+    let start = run.wrapping_mul(per_run) % older;
+    picked.extend((0..per_run).map(|i| records[(start + i) % older].clone()));
     picked
 }
 
@@ -50,7 +63,8 @@ pub async fn drill_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let sources = select(&session, leading(), run).await;
+        let interval = settings.schedule.interval().unwrap_or(Duration::from_secs(86_400));
+        let sources = select(&session, leading(), run, interval).await;
         run = run.wrapping_add(1);
         for source in sources {
             let report = tokio::select! {
@@ -66,7 +80,7 @@ pub async fn drill_loop(
 }
 
 /// The snapshots this run drills, from every store this node drills.
-async fn select(session: &Session, leading: bool, run: usize) -> Vec<SnapshotSource> {
+async fn select(session: &Session, leading: bool, run: usize, interval: Duration) -> Vec<SnapshotSource> {
     let ctx = session.context(Purpose::Read).await;
     let mut stores: Vec<Arc<dyn SnapshotStore>> = Vec::new();
     if let Some(local) = &ctx.local {
@@ -84,7 +98,7 @@ async fn select(session: &Session, leading: bool, run: usize) -> Vec<SnapshotSou
                 continue;
             }
         };
-        for record in pick(records, run) {
+        for record in pick(records, run, interval) {
             match SnapshotSource::from_store(store.clone(), &record.name).await {
                 Ok(s) => sources.push(s),
                 Err(e) => tracing::warn!(snapshot = %record.name, error = %e, "cannot drill"),
@@ -134,13 +148,36 @@ mod tests {
         picked.iter().map(|r| r.name.to_string()).collect()
     }
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
     fn each_run_takes_the_newest_and_walks_through_the_older_ones() {
+        // Snapshots 10 s apart, runs 10 s apart: one older one per run suffices.
         let all = || vec![record(30, true), record(10, true), record(40, false), record(20, true)];
-        assert_eq!(names(&pick(all(), 0)), ["etcd-snapshot-n1-30", "etcd-snapshot-n1-10"]);
-        assert_eq!(names(&pick(all(), 1)), ["etcd-snapshot-n1-30", "etcd-snapshot-n1-20"]);
-        assert_eq!(names(&pick(all(), 2)), ["etcd-snapshot-n1-30", "etcd-snapshot-n1-10"]);
-        assert_eq!(names(&pick(vec![record(5, true)], 7)), ["etcd-snapshot-n1-5"]);
-        assert!(pick(vec![record(5, false)], 0).is_empty());
+        let every = Duration::from_secs(10);
+        assert_eq!(names(&pick(all(), 0, every)), ["etcd-snapshot-n1-30", "etcd-snapshot-n1-10"]);
+        assert_eq!(names(&pick(all(), 1, every)), ["etcd-snapshot-n1-30", "etcd-snapshot-n1-20"]);
+        assert_eq!(names(&pick(all(), 2, every)), ["etcd-snapshot-n1-30", "etcd-snapshot-n1-10"]);
+        assert_eq!(names(&pick(vec![record(5, true)], 7, every)), ["etcd-snapshot-n1-5"]);
+        assert!(pick(vec![record(5, false)], 0, every).is_empty());
+    }
+
+    /// K3s's defaults: a snapshot every 12 h, 5 kept (the oldest 48 h older than the newest),
+    /// a drill every 24 h: two older ones per run, so all four are drilled within 48 h, before
+    /// the oldest (60 h old by then) goes.
+    #[test]
+    fn every_retained_snapshot_is_drilled_before_retention_removes_it() {
+        let snaps = || (0..5).map(|i| record(1_700_000_000 + i * 12 * 3600, true)).collect::<Vec<_>>();
+        let mut drilled = std::collections::BTreeSet::new();
+        for run in 0..2 {
+            let picked = pick(snaps(), run, 24 * HOUR);
+            assert_eq!(picked.len(), 3, "{:?}", names(&picked));
+            drilled.extend(names(&picked));
+        }
+        assert_eq!(drilled.len(), 5, "{drilled:?}");
+        // Drilling every hour needs only one older one per run.
+        assert_eq!(pick(snaps(), 0, HOUR).len(), 2);
+        // Runs rarer than the whole span drill everything every time.
+        assert_eq!(pick(snaps(), 0, 100 * HOUR).len(), 5);
     }
 }

@@ -40,6 +40,13 @@ impl Schedule {
         self.cron.find_next_occurrence(&now, false).ok()
     }
 
+    /// The time between the next two runs (for a regular schedule, its period).
+    pub fn interval(&self) -> Option<Duration> {
+        let first = self.next_after(jiff::Zoned::now())?;
+        let second = self.next_after(first.clone())?;
+        Duration::try_from(second.timestamp().duration_since(first.timestamp())).ok()
+    }
+
     /// How long to wait from now until the next run.
     pub fn until_next(&self) -> Option<Duration> {
         let now = jiff::Zoned::now();
