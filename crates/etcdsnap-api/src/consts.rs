@@ -65,6 +65,8 @@ pub const S3_META_COMPRESSION: &str = "etcdsnap-compression";
 pub const METADATA_DIR: &str = ".metadata";
 /// Suffix of etcdsnap's own record beside K3s's metadata: `.metadata/<name>.etcdsnap.json`.
 pub const RECORD_SUFFIX: &str = ".etcdsnap.json";
+/// The prefix Kubernetes keeps its objects under in etcd.
+pub const KUBERNETES_PREFIX: &[u8] = b"/registry/";
 /// etcdsnap's private directory beside the snapshot directory (its lock, partial writes), so
 /// the snapshot directory holds snapshots only: K3s takes every file there for a snapshot.
 pub const PRIVATE_DIR: &str = ".etcdsnap";

@@ -35,6 +35,10 @@ pub struct EtcdInfo {
     /// snapshot: what a restore drill compares the snapshot's contents with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_kv: Option<KvHash>,
+    /// Keys under `/registry/` (Kubernetes' objects) at `revision`, counted by the member with
+    /// the HashKV: a booted drill must find as many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_keys: Option<i64>,
 }
 
 /// The answer of etcd's Maintenance `HashKV` at a revision: a hash of every key revision from
@@ -196,6 +200,7 @@ mod tests {
                 member_id: "2".into(),
                 db_size: Some(20),
                 hash_kv: Some(KvHash { hash: 3_735_928_559, compact_revision: 2 }),
+                kubernetes_keys: Some(7),
             }),
             token_hash: TokenHash::parse_recorded("652c7dc687d9"),
             cluster_id: Some("uid".into()),

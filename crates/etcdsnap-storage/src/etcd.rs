@@ -90,6 +90,7 @@ impl MemberStatus {
             member_id: format!("{:x}", self.member_id),
             db_size: Some(self.db_size),
             hash_kv: None,
+            kubernetes_keys: None,
         }
     }
 }

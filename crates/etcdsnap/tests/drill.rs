@@ -55,6 +55,7 @@ fn assert_passed_at_boot_level(out: &serde_json::Value, what: &str, objects: usi
         assert_eq!(item["recordedHashKV"], item["computedHashKV"], "{what}: {item}");
         assert_eq!(item["booted"]["hashKV"], item["computedHashKV"], "{what}: {item}");
         assert_eq!(item["booted"]["kubernetesKeys"], objects as i64, "{what}: {item}");
+        assert_eq!(item["recordedKubernetesKeys"], objects as i64, "{what}: {item}");
     }
 }
 

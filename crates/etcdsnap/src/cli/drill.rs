@@ -151,6 +151,7 @@ fn json(r: &DrillReport) -> serde_json::Value {
         "revision": r.revision,
         "recordedHashKV": r.recorded,
         "computedHashKV": r.computed,
+        "recordedKubernetesKeys": r.record.etcd.as_ref().and_then(|e| e.kubernetes_keys),
         "booted": r.booted.as_ref().map(|b| serde_json::json!({
             "version": b.version, "revision": b.revision, "hashKV": b.hash, "kubernetesKeys": b.kubernetes_keys,
         })),

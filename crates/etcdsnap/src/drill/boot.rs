@@ -6,13 +6,11 @@
 use crate::restore::MemberSettings;
 use crate::restore::etcdutl;
 use etcdsnap_api::KvHash;
+use etcdsnap_api::consts::KUBERNETES_PREFIX;
 use etcdsnap_storage::etcd::{EtcdConfig, EtcdMember, MemberStatus};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// The prefix Kubernetes keeps its objects under.
-pub const KUBERNETES_PREFIX: &[u8] = b"/registry/";
 
 /// How long the private etcd may take to answer after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(60);

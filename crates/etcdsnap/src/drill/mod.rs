@@ -143,6 +143,14 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
                     report.computed.map(|c| c.to_annotation()).unwrap_or_default()
                 ));
             }
+            let recorded_keys = report.record.etcd.as_ref().and_then(|e| e.kubernetes_keys);
+            if let Some(recorded) = recorded_keys.filter(|k| *k != booted.kubernetes_keys) {
+                report.problems.push(format!(
+                    "the restored etcd holds {} Kubernetes objects at revision {}, the live member counted {recorded}",
+                    booted.kubernetes_keys,
+                    report.revision.unwrap_or_default()
+                ));
+            }
             if report.revision.is_some_and(|r| booted.revision < r) {
                 report.problems.push(format!(
                     "the restored etcd is at revision {}, before the snapshot's {}",

@@ -6,6 +6,7 @@
 pub mod catchup;
 pub mod reconcile;
 
+use etcdsnap_api::consts::KUBERNETES_PREFIX;
 use etcdsnap_api::{Compression, ETCDSnapshotS3, EtcdInfo, SnapshotName, StorageKind, TokenHash, snapshot_file_name};
 use etcdsnap_storage::etcd::{EtcdConfig, EtcdError, EtcdMember, MemberStatus};
 use etcdsnap_storage::failpoint;
@@ -283,13 +284,21 @@ impl Attempt<'_> {
     async fn etcd_facts(&self, member: &mut EtcdMember, status: &MemberStatus) -> EtcdInfo {
         let mut etcd = status.etcd_info();
         if self.ctx.record_hash_kv {
+            let facts = async {
+                let hash = member.hash_kv(status.revision).await?;
+                let keys = member.count_keys(KUBERNETES_PREFIX, status.revision).await?;
+                Ok::<_, EtcdError>((hash, keys))
+            };
             let answer = tokio::select! {
                 // A cancelled save publishes nothing; it does not wait for the hash either.
                 _ = self.opts.cancel.cancelled() => return etcd,
-                answer = member.hash_kv(status.revision) => answer,
+                answer = facts => answer,
             };
             match answer {
-                Ok(hash) => etcd.hash_kv = Some(hash),
+                Ok((hash, keys)) => {
+                    etcd.hash_kv = Some(hash);
+                    etcd.kubernetes_keys = Some(keys);
+                }
                 Err(e) => {
                     tracing::warn!(revision = status.revision, error = %e, "no HashKV recorded: drills of this snapshot check its bytes and trailer only")
                 }
