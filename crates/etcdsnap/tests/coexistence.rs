@@ -158,6 +158,14 @@ async fn k3s_finds_exactly_etcdsnap_s_snapshots_and_their_extra_metadata_after_e
     w.run_s3(node, FOLDER, &["ls"]).await.expect_ok();
     w.run_s3(node, FOLDER, &["reconcile"]).await.expect_ok();
     w.assert_k3s_sees_what_etcdsnap_recorded(node, FOLDER, "verify, ls and reconcile").await?;
+    // A restore drill of the newest local and S3 snapshot rewrites etcdsnap's records and
+    // annotates the resources: K3s's files, objects and fields stay as they were.
+    let etcdutl = testenv::testbin_version("etcdutl", "3.7")?.display().to_string();
+    w.run_s3(node, FOLDER, &["drill", "--etcdutl", &etcdutl]).await.expect_ok();
+    w.assert_k3s_sees_what_etcdsnap_recorded(node, FOLDER, "a drill").await?;
+    for cr in w.resources().await? {
+        assert_eq!(cr.spec.metadata.as_ref(), Some(&extra), "after a drill: {}", cr.spec.snapshot_name);
+    }
 
     // A save killed mid-stream leaves nothing K3s would take for a snapshot.
     let slow = SlowEtcd::start(1500, 300_000).await?;
