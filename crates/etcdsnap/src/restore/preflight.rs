@@ -242,8 +242,8 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
 
     check_metadata(&mut report, source);
     check_size(&mut report, source);
-    check_drill(&mut report, source);
     check_token(&mut report, input.ignore_token_mismatch);
+    check_drill(&mut report, source);
     let target = check_target(&mut report, input.data_dir, source.path(), input.now_unix);
     check_space(&mut report, source, target.as_ref(), materialise);
     check_member(&mut report);
