@@ -78,6 +78,11 @@ impl Agent {
     }
 
     pub fn start(&mut self, fleet: &Fleet, since: Instant) -> anyhow::Result<()> {
+        self.start_with(fleet, since, &[])
+    }
+
+    /// Starts the agent with `extra` arguments after the usual ones.
+    pub fn start_with(&mut self, fleet: &Fleet, since: Instant, extra: &[&str]) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let metrics = format!("127.0.0.1:{}", testenv::free_port()?);
         let kubeconfig = fleet.kubeconfig.display().to_string();
@@ -87,6 +92,7 @@ impl Agent {
             .args(["--endpoints", &self.endpoint, "--kubeconfig", &kubeconfig, "--metrics-addr", &metrics])
             .args(["--schedule", "*/2 * * * * *", "--compress", "zstd", "--reconcile-interval", "30s"])
             .args(["--leader-lease-duration", "10s"])
+            .args(extra)
             .env("AWS_ACCESS_KEY_ID", &fleet.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &fleet.secret_key)
             .env("HOME", "/nonexistent")
