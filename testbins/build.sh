@@ -56,6 +56,10 @@ for etcd_version in $ETCD_VERSIONS; do
   build "$moddir" go.etcd.io/etcd/etcdutl/v3 etcdutl "$etcd_version" -ldflags "-s -w"
 done
 build versitygw github.com/versity/versitygw/cmd/versitygw versitygw "$VERSITYGW_VERSION" -ldflags "-s -w"
+build helm helm.sh/helm/v4/cmd/helm helm "$HELM_VERSION" \
+  -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+build prometheus github.com/prometheus/prometheus/cmd/promtool promtool "$PROMETHEUS_VERSION" \
+  -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}"
 
 # Stable names for tools and scripts (bench/, make demo): symlinks to the pinned versions (the
 # default etcd; tests find the other minors by version, see testenv::testbin_version).
@@ -65,4 +69,6 @@ ln -sfn "etcd-$ETCD_VERSION" "$out/etcd"
 ln -sfn "etcdctl-$ETCD_VERSION" "$out/etcdctl"
 ln -sfn "etcdutl-$ETCD_VERSION" "$out/etcdutl"
 ln -sfn "versitygw-$VERSITYGW_VERSION" "$out/versitygw"
+ln -sfn "helm-$HELM_VERSION" "$out/helm"
+ln -sfn "promtool-$PROMETHEUS_VERSION" "$out/promtool"
 echo "testbins: $built built, all present in $out"

@@ -64,6 +64,23 @@ gen_versitygw() {
   go mod tidy
 }
 
+gen_helm() {
+  local dir="$here/helm"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init etcdsnap.test/testbins/helm >/dev/null 2>&1
+  go get -tool "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
+  go mod tidy
+}
+
+# promtool only; the Prometheus server itself is never run (the rules are unit-tested by promtool).
+gen_prometheus() {
+  local dir="$here/prometheus"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init etcdsnap.test/testbins/prometheus >/dev/null 2>&1
+  go get -tool "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}"
+  go mod tidy
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kube etcd versitygw)
+[ ${#targets[@]} -gt 0 ] || targets=(kube etcd versitygw helm prometheus)
 for t in "${targets[@]}"; do "gen_$t"; done
