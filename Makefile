@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps testbins test lint unit demo faults bench clean-testbins
+.PHONY: all build deps testbins test lint unit demo faults bench install install-files clean-testbins
 
 all: build
 
@@ -38,6 +38,22 @@ faults: deps testbins
 # Runs the main job end to end against a local etcd, kube-apiserver and S3 started on loopback.
 demo: deps testbins
 	@./scripts/demo.sh
+
+# The release binary, its manual pages and its shell completions under $(DESTDIR)$(PREFIX).
+PREFIX ?= /usr/local
+install: build
+	@$(MAKE) --no-print-directory install-files ETCDSNAP=target/release/etcdsnap
+
+# What `install` copies, from any built binary (the tests install a debug build).
+ETCDSNAP ?= target/release/etcdsnap
+install-files:
+	install -Dm755 $(ETCDSNAP) $(DESTDIR)$(PREFIX)/bin/etcdsnap
+	$(ETCDSNAP) man --dir $(DESTDIR)$(PREFIX)/share/man/man1 >/dev/null
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	$(ETCDSNAP) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/etcdsnap
+	$(ETCDSNAP) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_etcdsnap
+	$(ETCDSNAP) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/etcdsnap.fish
 
 clean-testbins:
 	rm -rf target/testbins

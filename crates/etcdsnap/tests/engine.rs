@@ -86,6 +86,19 @@ async fn save_list_verify_every_compression() -> TestResult {
         "K3s's four columns, then etcdsnap's Drill:\n{}",
         table.stdout
     );
+    // People read sizes in the table; programs get exact bytes from -o json. In a pipe (not a
+    // terminal) locations stay whole and times absolute.
+    for item in items {
+        let name = item["spec"]["snapshotName"].as_str().ok_or("no snapshotName")?;
+        let bytes: u64 = item["status"]["size"].as_str().ok_or("no size")?.parse()?;
+        let row = table.stdout.lines().find(|l| l.starts_with(name)).ok_or("no row")?;
+        let human = etcdsnap::units::human_bytes(bytes);
+        assert!(human.ends_with("MiB") || human.ends_with("KiB"), "{human}");
+        assert!(row.contains(&format!(" {human} ")), "{row}");
+        assert!(row.contains(item["spec"]["location"].as_str().ok_or("no location")?), "{row}");
+        let created = item["status"]["creationTime"].as_str().ok_or("no creationTime")?;
+        assert!(row.contains(created), "{row}");
+    }
 
     let verified = run(&["verify", "--data-dir", &dd], &env).await.expect_ok();
     assert!(verified.stdout.contains("3 verified, 0 failed"), "{}", verified.stdout);

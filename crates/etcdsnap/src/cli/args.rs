@@ -75,6 +75,26 @@ pub enum Command {
     /// compare etcd's HashKV of the contents with the one recorded at save time, and with
     /// --drill-etcd boot a private etcd on a restored copy. Exits non-zero if any drill fails.
     Drill(Box<super::drill::DrillArgs>),
+    /// Print a shell completion script: `etcdsnap completion bash > /etc/bash_completion.d/etcdsnap`.
+    Completion(CompletionArgs),
+    /// Write the manual pages (etcdsnap.1 and one etcdsnap-COMMAND.1 per command) into a
+    /// directory, or print etcdsnap.1 on stdout.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write every page into (created if missing); without it, etcdsnap.1 is
+    /// printed.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

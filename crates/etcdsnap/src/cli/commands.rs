@@ -7,7 +7,7 @@ use super::args::{
     VerifyArgs,
 };
 use super::kube_commands;
-use super::output::{self, human_bytes, rfc3339};
+use super::output::{self, human_bytes};
 use super::presets::Preset;
 use super::progress::ProgressLine;
 use anyhow::{Context as _, bail};
@@ -349,14 +349,15 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     ok &= listing_errors.is_empty();
     match args.flags.output.output {
         OutputFormat::Table => {
+            let cells = output::Cells::for_stdout();
             let mut rows = vec![["Name", "Location", "Size", "Created", "Result"].map(String::from).to_vec()];
             for r in &results {
                 let result = if r.ok() { "OK".to_string() } else { format!("FAILED: {}", r.problems.join("; ")) };
                 rows.push(vec![
                     r.record.name.to_string(),
-                    r.record.location.clone(),
-                    r.record.size.to_string(),
-                    rfc3339(r.record.created_at),
+                    cells.location(&r.record.location),
+                    cells.size(r.record.size),
+                    cells.created(r.record.created_at),
                     result,
                 ]);
             }

@@ -108,12 +108,13 @@ fn stores(ctx: &Context) -> Vec<Arc<dyn SnapshotStore>> {
 fn print(reports: &[DrillReport], format: OutputFormat) -> anyhow::Result<()> {
     match format {
         OutputFormat::Table => {
+            let cells = output::Cells::for_stdout();
             let mut rows =
                 vec![["Name", "Location", "Level", "Revision", "HashKV", "Took", "Result"].map(String::from).to_vec()];
             for r in reports {
                 rows.push(vec![
                     r.record.name.to_string(),
-                    r.record.location.clone(),
+                    cells.location(&r.record.location),
                     format!("{:?}", r.level).to_lowercase(),
                     r.revision.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                     r.computed.map(|h| h.hash.to_string()).unwrap_or_else(|| "-".into()),

@@ -4,7 +4,7 @@
 use super::args::{LsArgs, OutputFormat};
 use super::commands::{exit, session_config};
 use super::kube_args::{CrdArgs, KubeArgs, ReconcileArgs, WatchArgs, WatchFormat};
-use super::output::{self, rfc3339};
+use super::output;
 use anyhow::{Context as _, bail};
 use etcdsnap::ops::reconcile::{self as reconcile_job, PassOutcome};
 use etcdsnap::session::{KubePolicy, Purpose, Session};
@@ -138,7 +138,8 @@ pub(super) async fn ls_cluster(args: &LsArgs) -> anyhow::Result<ExitCode> {
                     .map(String::from)
                     .to_vec(),
             ];
-            rows.extend(items.iter().map(row));
+            let cells = output::Cells::for_stdout();
+            rows.extend(items.iter().map(|cr| row(cr, cells)));
             print!("{}", output::table(&rows));
         }
         format => {
@@ -149,15 +150,15 @@ pub(super) async fn ls_cluster(args: &LsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn row(cr: &ETCDSnapshotFile) -> Vec<String> {
+fn row(cr: &ETCDSnapshotFile, cells: output::Cells) -> Vec<String> {
     let status = cr.status.clone().unwrap_or_default();
     vec![
         cr.metadata.name.clone().unwrap_or_default(),
         cr.spec.snapshot_name.clone(),
         cr.spec.node_name.clone(),
-        cr.spec.location.clone(),
-        status.size.map(|q| q.0).unwrap_or_default(),
-        status.creation_time.map(|t| rfc3339(t.0)).unwrap_or_default(),
+        cells.location(&cr.spec.location),
+        status.size.map(|q| cells.quantity(&q.0)).unwrap_or_default(),
+        status.creation_time.map(|t| cells.created(t.0)).unwrap_or_default(),
         status.ready_to_use.unwrap_or(false).to_string(),
     ]
 }
@@ -165,6 +166,7 @@ fn row(cr: &ETCDSnapshotFile) -> Vec<String> {
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let kube = connect(&args.kube, "watch").await?;
     let mut stream = Box::pin(kwatch::changes(&kube.client));
+    let cells = output::Cells::for_stdout();
     if args.output == WatchFormat::Table {
         println!("EVENT NAME SNAPSHOTNAME NODE LOCATION SIZE CREATIONTIME READY");
     }
@@ -180,7 +182,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         };
         let line = match args.output {
             WatchFormat::Json => serde_json::json!({"type": change.kind(), "object": change.object()}).to_string(),
-            WatchFormat::Table => format!("{} {}", change.kind(), row(change.object()).join(" ")),
+            WatchFormat::Table => format!("{} {}", change.kind(), row(change.object(), cells).join(" ")),
         };
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}")?;

@@ -5,6 +5,7 @@ mod agent;
 mod args;
 mod commands;
 mod config_file;
+mod docs;
 mod drill;
 mod kube_args;
 mod kube_commands;
@@ -65,6 +66,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Watch(a) => kube_commands::watch(a).await,
         Command::Restore(a) => restore::restore(*a).await,
         Command::Drill(a) => drill::drill(*a).await,
+        Command::Completion(a) => docs::completion(a),
+        Command::Man(a) => docs::man(a),
     }
 }
 
@@ -75,7 +78,7 @@ fn init_logging(format: LogFormat, level: &str) {
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::LogWriter).with_ansi(ansi);
     let result = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),

@@ -1,6 +1,11 @@
 //! Printing: kubectl-style `-o table|json|yaml`, K3s's `ls` table, human sizes.
+//!
+//! Tables are for people and `-o json|yaml` for programs: tables show sizes as `64.1 MiB`
+//! everywhere, and, on a terminal only, ages (`5m ago`) and shortened `file://` locations;
+//! structured output keeps exact bytes, full locations and RFC 3339 times.
 
 use super::args::OutputFormat;
+use etcdsnap::units::human_age;
 pub use etcdsnap::units::human_bytes;
 use etcdsnap_kube::RecordResource;
 use etcdsnap_storage::SnapshotRecord;
@@ -29,6 +34,73 @@ pub fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// How table cells are written for whoever reads them: a person at a terminal, or a pipe.
+#[derive(Debug, Clone, Copy)]
+pub struct Cells {
+    terminal: bool,
+    now: jiff::Timestamp,
+}
+
+/// `file://` locations longer than this are shortened on a terminal, keeping the end.
+const LOCATION_WIDTH: usize = 60;
+
+impl Cells {
+    /// For tables printed on stdout.
+    pub fn for_stdout() -> Cells {
+        Cells::new(std::io::IsTerminal::is_terminal(&std::io::stdout()), jiff::Timestamp::now())
+    }
+
+    pub fn new(terminal: bool, now: jiff::Timestamp) -> Cells {
+        Cells { terminal, now }
+    }
+
+    /// Sizes read the same on a terminal and in a pipe: exact bytes are in `-o json`.
+    pub fn size(&self, bytes: u64) -> String {
+        human_bytes(bytes)
+    }
+
+    /// A size recorded as a Kubernetes quantity (`67174432`); shown as is when it is not a plain
+    /// byte count.
+    pub fn quantity(&self, quantity: &str) -> String {
+        quantity.parse::<u64>().map(|b| self.size(b)).unwrap_or_else(|_| quantity.to_string())
+    }
+
+    /// `5m ago` on a terminal, RFC 3339 otherwise (scripts and logs want a fixed point in time).
+    pub fn created(&self, t: jiff::Timestamp) -> String {
+        if self.terminal { format!("{} ago", human_age(self.now.duration_since(t).as_secs())) } else { rfc3339(t) }
+    }
+
+    /// Long `file://` locations lose their leading directories on a terminal, where the full
+    /// path would push every other column off the screen; pipes get them whole.
+    pub fn location(&self, location: &str) -> String {
+        if self.terminal { shorten_file_location(location, LOCATION_WIDTH) } else { location.to_string() }
+    }
+}
+
+/// `file:///var/lib/rancher/k3s/server/db/snapshots/x` → `file://…/db/snapshots/x`: the last
+/// directories are kept whole while the result fits `width`, the snapshot's file name always.
+fn shorten_file_location(location: &str, width: usize) -> String {
+    let Some(path) = location.strip_prefix("file://") else {
+        return location.to_string();
+    };
+    if location.chars().count() <= width {
+        return location.to_string();
+    }
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let Some((file, dirs)) = parts.split_last() else {
+        return location.to_string();
+    };
+    let mut tail = (*file).to_string();
+    for dir in dirs.iter().rev() {
+        let longer = format!("{dir}/{tail}");
+        if "file://…/".chars().count() + longer.chars().count() > width {
+            break;
+        }
+        tail = longer;
+    }
+    format!("file://…/{tail}")
 }
 
 /// RFC 3339 with whole seconds, as Kubernetes prints times.
@@ -69,27 +141,31 @@ pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> std::i
 pub fn print_records(records: &[SnapshotRecord], format: OutputFormat) -> std::io::Result<()> {
     match format {
         OutputFormat::Table => {
-            // K3s's four columns, then the last restore drill's result.
-            let mut rows = vec![["Name", "Location", "Size", "Created", "Drill"].map(String::from).to_vec()];
-            for r in records {
-                let drill = match &r.drill {
-                    Some(d) if d.passed() => "passed".to_string(),
-                    Some(_) => "failed".to_string(),
-                    None => "-".to_string(),
-                };
-                rows.push(vec![
-                    r.name.to_string(),
-                    r.location.clone(),
-                    r.size.to_string(),
-                    rfc3339(r.created_at),
-                    drill,
-                ]);
-            }
-            print!("{}", table(&rows));
+            print!("{}", records_table(records, Cells::for_stdout()));
             Ok(())
         }
         _ => print_structured(&as_list(records), format),
     }
+}
+
+/// K3s's four columns, then the last restore drill's result.
+fn records_table(records: &[SnapshotRecord], cells: Cells) -> String {
+    let mut rows = vec![["Name", "Location", "Size", "Created", "Drill"].map(String::from).to_vec()];
+    for r in records {
+        let drill = match &r.drill {
+            Some(d) if d.passed() => "passed".to_string(),
+            Some(_) => "failed".to_string(),
+            None => "-".to_string(),
+        };
+        rows.push(vec![
+            r.name.to_string(),
+            cells.location(&r.location),
+            cells.size(r.size),
+            cells.created(r.created_at),
+            drill,
+        ]);
+    }
+    table(&rows)
 }
 
 #[cfg(test)]
@@ -100,5 +176,38 @@ mod tests {
     fn tables_align_like_tabwriter() {
         let rows = vec![vec!["Name".into(), "Size".into()], vec!["a-long-name".into(), "1".into()]];
         assert_eq!(table(&rows), "Name        Size\na-long-name 1\n");
+    }
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_terminal_gets_ages_and_short_locations_a_pipe_gets_them_whole() {
+        let now = at("2026-12-02T10:00:00Z");
+        let loc = "file:///var/lib/rancher/k3s/server/db/snapshots/etcd-snapshot-k3s-server-1-1764669600";
+        let tty = Cells::new(true, now);
+        let pipe = Cells::new(false, now);
+        assert_eq!(tty.created(at("2026-12-02T09:55:00Z")), "5m ago");
+        assert_eq!(pipe.created(at("2026-12-02T09:55:00Z")), "2026-12-02T09:55:00Z");
+        assert_eq!(pipe.location(loc), loc);
+        let short = tty.location(loc);
+        assert_eq!(short, "file://…/db/snapshots/etcd-snapshot-k3s-server-1-1764669600");
+        assert!(short.chars().count() <= LOCATION_WIDTH, "{short}");
+        // Short ones and S3 ones stay as they are.
+        assert_eq!(tty.location("file:///db/x"), "file:///db/x");
+        let s3 = format!("s3://bucket/{}", "f/".repeat(40));
+        assert_eq!(tty.location(&s3), s3);
+        // A file name longer than the width is never cut.
+        let long = format!("file:///a/b/{}", "n".repeat(80));
+        assert_eq!(tty.location(&long), format!("file://…/{}", "n".repeat(80)));
+    }
+
+    #[test]
+    fn sizes_are_human_in_tables_and_quantities_that_are_not_bytes_stay() {
+        let cells = Cells::new(false, at("2026-12-02T10:00:00Z"));
+        assert_eq!(cells.size(67_174_432), "64.1 MiB");
+        assert_eq!(cells.quantity("67174432"), "64.1 MiB");
+        assert_eq!(cells.quantity("64Mi"), "64Mi");
     }
 }

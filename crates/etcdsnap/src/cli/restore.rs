@@ -270,6 +270,15 @@ fn status_word(s: CheckStatus) -> &'static str {
     }
 }
 
+/// The exact time, and on a terminal how long ago that was: the first question before a restore.
+fn created(t: jiff::Timestamp) -> String {
+    let cells = output::Cells::for_stdout();
+    match cells.created(t) {
+        ago if ago.ends_with(" ago") => format!("{} ({ago})", rfc3339(t)),
+        exact => exact,
+    }
+}
+
 /// The report as text: what will happen, then one line per check, then what to do.
 fn print_report(r: &PreflightReport) {
     let s = &r.snapshot;
@@ -285,8 +294,8 @@ fn print_report(r: &PreflightReport) {
         vec![
             "Created".into(),
             match &s.node_name {
-                Some(n) => format!("{} on node {n}", rfc3339(s.created_at)),
-                None => format!("{} (node not recorded)", rfc3339(s.created_at)),
+                Some(n) => format!("{} on node {n}", created(s.created_at)),
+                None => format!("{} (node not recorded)", created(s.created_at)),
             },
         ],
         vec![

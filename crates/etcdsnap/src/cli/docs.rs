@@ -1,0 +1,96 @@
+//! Shell completions and manual pages, generated from the same clap definitions as `--help`, so
+//! the three can never disagree.
+
+use super::args::{Cli, CompletionArgs, ManArgs};
+use anyhow::Context;
+use clap::CommandFactory;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn completion(args: CompletionArgs) -> anyhow::Result<ExitCode> {
+    let mut cmd = Cli::command();
+    // Into memory first: clap_complete panics when its writer fails (a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "etcdsnap", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script).and_then(|()| out.flush()).context("writing the completion script")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
+    match args.dir {
+        Some(dir) => {
+            let pages = write_pages(&dir)?;
+            println!("{pages} manual pages written to {}.", dir.display());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(&mut out).context("writing etcdsnap.1")?;
+            out.flush().context("writing etcdsnap.1")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// etcdsnap.1 and etcdsnap-COMMAND.1 for every command, as `git help` and `cargo help` lay
+/// them out; returns how many pages were written.
+fn write_pages(dir: &Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    // Subcommands inherit the binary's name and version only once the tree is built.
+    cmd.build();
+    let mut pages = vec![cmd.clone()];
+    // clap's generated `help` command has no page of its own: `man etcdsnap` is that.
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("etcdsnap-{}", sub.get_name());
+        pages.push(sub.clone().name(name.clone()).bin_name(name));
+    }
+    for page in &pages {
+        let path = dir.join(format!("{}.1", page.get_name()));
+        let mut file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        clap_mangen::Man::new(page.clone()).render(&mut file).with_context(|| format!("writing {}", path.display()))?;
+        file.sync_all().with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(pages.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `--help` fits an 100-column terminal (clap wraps to at most that; what it cannot
+    /// wrap, a long default or a long value list, has to be fixed in the definition).
+    #[test]
+    fn help_texts_fit_the_width() {
+        let mut cmd = Cli::command().term_width(100);
+        cmd.build();
+        let mut offenders = Vec::new();
+        let mut check = |name: &str, text: String| {
+            for line in text.lines().filter(|l| l.chars().count() > 100) {
+                offenders.push(format!("{name}: {line}"));
+            }
+        };
+        check("etcdsnap", cmd.render_long_help().to_string());
+        check("etcdsnap -h", cmd.render_help().to_string());
+        for sub in cmd.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            check(&name, sub.render_long_help().to_string());
+            check(&format!("{name} -h"), sub.render_help().to_string());
+        }
+        assert!(offenders.is_empty(), "help lines wider than 100 columns:\n{}", offenders.join("\n"));
+    }
+
+    #[test]
+    fn every_visible_command_gets_a_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_pages(dir.path()).unwrap();
+        let commands = Cli::command().get_subcommands().filter(|s| !s.is_hide_set()).count();
+        assert_eq!(written, commands + 1);
+        let save = std::fs::read_to_string(dir.path().join("etcdsnap-save.1")).unwrap();
+        assert!(save.contains(".TH etcdsnap-save 1"), "{save}");
+        assert!(save.contains("\\-\\-s3\\-retention"), "{save}");
+        let main = std::fs::read_to_string(dir.path().join("etcdsnap.1")).unwrap();
+        assert!(main.contains("etcdsnap\\-restore(1)"), "{main}");
+    }
+}
