@@ -5,7 +5,8 @@
 //! when no total ever arrives, as a byte counter after a second of work.
 
 use etcdsnap_storage::pipeline::{Progress, ProgressCounter};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use etcdsnap::units::human_bytes;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -107,15 +108,27 @@ impl Shown {
     fn template(self) -> &'static str {
         match self {
             Shown::Bar => {
-                "{msg} [{bar:24}] {binary_bytes} of {binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)"
+                "{msg} [{bar:24}] {done} of {total} ({rate}, {eta} left)"
             }
-            Shown::Counter | Shown::Nothing => "{msg} {binary_bytes} ({binary_bytes_per_sec}, {elapsed})",
+            Shown::Counter | Shown::Nothing => "{msg} {done} ({rate}, {elapsed})",
         }
     }
 
+    /// Sizes written by the same function as every table and report (`287.3 MiB`).
     fn style(self) -> ProgressStyle {
         ProgressStyle::with_template(self.template())
-            .map(|s| s.progress_chars("=> "))
+            .map(|s| {
+                s.progress_chars("=> ")
+                    .with_key("done", |p: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&human_bytes(p.pos()));
+                    })
+                    .with_key("total", |p: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&human_bytes(p.len().unwrap_or(0)));
+                    })
+                    .with_key("rate", |p: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{}/s", human_bytes(p.per_sec() as u64));
+                    })
+            })
             .unwrap_or_else(|_| ProgressStyle::default_bar())
     }
 }
