@@ -3,10 +3,19 @@
 # that this script starts itself (crates/testenv) and stops when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -q -p etcdsnap -p testenv --bins
+# The demo runs the dev profile (`make test`'s): a release build spends most of its time in
+# optimisation and link-time optimisation that a 64 MB demo never notices, and the dev build's
+# dependencies are the ones `make test` reuses next. bench/RESULTS.md has both build times.
+profile=${DEMO_PROFILE:-dev}
+out_dir=debug
+[ "$profile" = dev ] || out_dir=$profile
+echo "demo: building etcdsnap and testenv (the launcher of the local etcd, kube-apiserver and S3)"
+echo "demo: with cargo's $profile profile. A first build compiles about 420 crates (gRPC, TLS, the"
+echo "demo: Kubernetes and S3 clients) and takes minutes on 2 cores; later runs take seconds."
+cargo build --locked --profile "$profile" -p etcdsnap -p testenv --bins
 work=$(mktemp -d -t etcdsnap-demo-XXXXXX)
-bin=$PWD/target/release
-./target/release/testenv-up --env-file "$work/env" > "$work/testenv.log" 2>&1 &
+bin=$PWD/target/$out_dir
+"$bin/testenv-up" --env-file "$work/env" > "$work/testenv.log" 2>&1 &
 up=$!
 agent=""
 # Stops what the demo started and keeps the demo's own exit status.

@@ -21,6 +21,10 @@ build() {
     echo "testbins: $name $version present ($dest)"
     return
   fi
+  if [ "$built" -eq 0 ]; then
+    echo "testbins: building the missing servers from their Go modules, once per machine; on 2 cores"
+    echo "testbins: kube-apiserver takes about 10 minutes, promtool 6, each etcd and helm 2-3."
+  fi
   echo "testbins: building $name $version from $pkg ..."
   local start=$SECONDS
   if ! (cd "$here/$moddir" && go build -trimpath -o "$dest.tmp" "$@" "$pkg"); then
