@@ -1,8 +1,8 @@
 //! A restore drill's result on the snapshot's resource: two `etcdsnap.io/` annotations (K3s's
 //! fields untouched; reconcile keeps annotations it does not own) and an Event.
 
+use crate::ApiError;
 use crate::events::emit_described;
-use crate::{ApiError, RecordResource};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::{ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, EVENT_DRILL_FAILED, EVENT_DRILL_PASSED};
 use etcdsnap_storage::SnapshotRecord;
@@ -21,7 +21,7 @@ pub async fn record_drill(
     verdict: &str,
     reporting_node: &str,
 ) -> Result<bool, ApiError> {
-    let name = record.to_resource().metadata.name.unwrap_or_default();
+    let name = record.cr_name();
     let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
     let annotation: String = verdict.chars().take(MAX_REASON).collect();
     let patch = serde_json::json!({"metadata": {"annotations": {

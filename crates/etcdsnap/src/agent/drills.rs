@@ -91,17 +91,19 @@ async fn select(session: &Session, leading: bool, run: usize, interval: Duration
     }
     let mut sources = Vec::new();
     for store in stores {
-        let records = match store.list().await {
-            Ok(listing) => listing.records,
+        let listing = match store.list().await {
+            Ok(listing) => listing,
             Err(e) => {
                 tracing::warn!(store = %store.describe(), error = %e, "no drills of this store this time: it cannot be listed");
                 continue;
             }
         };
-        for record in pick(records, run, interval) {
-            match SnapshotSource::from_store(store.clone(), &record.name).await {
+        for record in pick(listing.records, run, interval) {
+            let name = record.name.clone();
+            let notes = listing.warnings.iter().filter(|w| w.contains(name.as_str())).cloned().collect();
+            match SnapshotSource::from_listed(store.clone(), record, notes) {
                 Ok(s) => sources.push(s),
-                Err(e) => tracing::warn!(snapshot = %record.name, error = %e, "cannot drill"),
+                Err(e) => tracing::warn!(snapshot = %name, error = %e, "cannot drill"),
             }
         }
     }

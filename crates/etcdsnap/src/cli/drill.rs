@@ -64,7 +64,8 @@ async fn select(ctx: &Context, given: &[String]) -> anyhow::Result<Vec<SnapshotS
                 .filter(|r| r.is_ready() && r.node_name == ctx.node_name)
                 .max_by_key(|r| r.created_at);
             if let Some(r) = newest {
-                out.push(SnapshotSource::from_store(store, &r.name).await?);
+                let notes = listing.warnings.into_iter().filter(|w| w.contains(r.name.as_str())).collect();
+                out.push(SnapshotSource::from_listed(store, r, notes)?);
             }
         }
         return Ok(out);

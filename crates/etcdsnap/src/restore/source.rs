@@ -181,8 +181,18 @@ impl SnapshotSource {
             .into_iter()
             .find(|r| &r.name == name)
             .ok_or_else(|| SourceError::NotInStore { name: name.to_string(), store: store.describe() })?;
+        Self::from_listed(store, record, notes)
+    }
+
+    /// A snapshot already found in `store`'s listing: callers that list once and pick several
+    /// snapshots (drills) do not list the store again for each one.
+    pub fn from_listed(
+        store: Arc<dyn SnapshotStore>,
+        record: SnapshotRecord,
+        notes: Vec<String>,
+    ) -> Result<SnapshotSource, SourceError> {
         if !record.is_ready() {
-            return Err(SourceError::Failed { name: name.to_string(), store: store.describe() });
+            return Err(SourceError::Failed { name: record.name.to_string(), store: store.describe() });
         }
         let kind = match store.kind() {
             StorageKind::Local => SourceKind::Local,
