@@ -11,26 +11,19 @@ cd "$(dirname "$0")/.."
 [ $# -gt 0 ] && sizes=("$@") || sizes=(500 2000)
 runs=${RUNS:-3}
 tb=${TESTBINS_DIR:-target/testbins}
-cargo build --release --locked -q -p etcdsnap -p testenv --bins
-./testbins/build.sh >/dev/null
+# shellcheck source=lib.sh
+. bench/lib.sh
+bench_build
 mkdir -p bench/out
 for size in "${sizes[@]}"; do
   work=$(mktemp -d -t etcdsnap-bench-drill-XXXXXX)
-  TESTBINS_DIR=$tb ./target/release/testenv-up --env-file "$work/env" --no-kube --no-s3 \
-    --etcd-arg --quota-backend-bytes=17179869184 > "$work/up.log" 2>&1 &
-  up=$!
-  trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$work"' EXIT
-  for _ in $(seq 1 300); do grep -q '^ready' "$work/up.log" && break; sleep 0.2; done
-  # shellcheck disable=SC1091
-  . "$work/env"
-  ./target/release/etcd-load --endpoints "$ETCDSNAP_ENDPOINTS" --target-bytes $((size * 1000 * 1000))
+  TESTBINS_DIR=$tb bench_etcd_up "$work" "$size"
   python3 bench/bench_drill.py --phase save --etcdsnap target/release/etcdsnap --endpoints "$ETCDSNAP_ENDPOINTS" \
     --workdir "$work" --runs "$runs" > "$work/save.json"
-  kill $up; wait $up 2>/dev/null || true
+  bench_etcd_down
   python3 bench/bench_drill.py --phase drill --etcdsnap target/release/etcdsnap --etcdutl "$tb/etcdutl-v3.7.3" \
     --etcd "$tb/etcd-v3.7.3" --workdir "$work" --runs "$runs" --label "${size}MB" --save-result "$work/save.json" \
     | tee "bench/out/drill-${size}.json"
-  rm -rf "$work"
-  trap - EXIT
+  bench_etcd_done "$work"
 done
 python3 bench/bench_drill.py --report bench/out/drill-*.json

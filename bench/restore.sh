@@ -9,32 +9,25 @@ cd "$(dirname "$0")/.."
 [ $# -gt 0 ] && sizes=("$@") || sizes=(500)
 runs=${RUNS:-7}
 tb=${TESTBINS_DIR:-target/testbins}
-cargo build --release --locked -q -p etcdsnap -p testenv --bins
-[ -x "$tb/etcdutl" ] || ./testbins/build.sh >/dev/null
+# shellcheck source=lib.sh
+. bench/lib.sh
+bench_build
 mkdir -p bench/out
 for size in "${sizes[@]}"; do
   work=$(mktemp -d -t etcdsnap-bench-restore-XXXXXX)
-  TESTBINS_DIR=$tb ./target/release/testenv-up --env-file "$work/env" --no-kube --no-s3 \
-    --etcd-arg --quota-backend-bytes=17179869184 > "$work/up.log" 2>&1 &
-  up=$!
-  trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$work"' EXIT
-  for _ in $(seq 1 300); do grep -q '^ready' "$work/up.log" && break; sleep 0.2; done
-  # shellcheck disable=SC1091
-  . "$work/env"
-  ./target/release/etcd-load --endpoints "$ETCDSNAP_ENDPOINTS" --target-bytes $((size * 1000 * 1000))
+  TESTBINS_DIR=$tb bench_etcd_up "$work" "$size"
   for c in none zstd zip; do
     ./target/release/etcdsnap save --data-dir "$work/store" --node-name bench --endpoints "$ETCDSNAP_ENDPOINTS" \
       --compress "$c" --token bench-token --log-level warn
     sleep 1 # one snapshot name per second
   done
   # etcd is not needed any more: stop it so that it does not compete with the restores.
-  kill $up; wait $up 2>/dev/null || true
+  bench_etcd_down
   snaps="$work/store/snapshots"
   python3 bench/bench_restore.py --etcdutl "$tb/etcdutl" --etcdsnap target/release/etcdsnap \
     --plain "$(ls "$snaps"/on-demand-bench-* | grep -v '\.z')" \
     --zstd "$(ls "$snaps"/*.zst)" --zip "$(ls "$snaps"/*.zip)" \
     --workdir "$work/out" --runs "$runs" --label "${size}MB" | tee "bench/out/restore-${size}.json"
-  rm -rf "$work"
-  trap - EXIT
+  bench_etcd_done "$work"
 done
 python3 bench/bench_restore.py --report bench/out/restore-*.json

@@ -14,27 +14,18 @@ profile=${PROFILE:-kube}
 # The kube profile keeps its historical file names, so earlier results still compare.
 suffix=""
 [ "$profile" = kube ] || suffix="-$profile"
-cargo build --release --locked -q -p etcdsnap -p testenv --bins
-./testbins/build.sh >/dev/null
+# shellcheck source=lib.sh
+. bench/lib.sh
+bench_build
 mkdir -p bench/out
 results=()
 for size in "${sizes[@]}"; do
   work=$(mktemp -d -t etcdsnap-bench-XXXXXX)
-  ./target/release/testenv-up --env-file "$work/env" --no-kube --no-s3 \
-    --etcd-arg --quota-backend-bytes=17179869184 > "$work/up.log" 2>&1 &
-  up=$!
-  trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$work"' EXIT
-  for _ in $(seq 1 300); do grep -q '^ready' "$work/up.log" && break; sleep 0.2; done
-  # shellcheck disable=SC1091
-  . "$work/env"
-  ./target/release/etcd-load --endpoints "$ETCDSNAP_ENDPOINTS" --target-bytes $((size * 1000 * 1000)) \
-    --profile "$profile"
+  bench_etcd_up "$work" "$size" "$profile"
   python3 bench/bench_save.py --endpoints "$ETCDSNAP_ENDPOINTS" --etcdctl target/testbins/etcdctl \
     --etcdsnap target/release/etcdsnap --workdir "$work/out" --runs "$runs" --label "${size}MB${suffix}" \
     | tee "bench/out/save-${size}${suffix}.json"
   results+=("bench/out/save-${size}${suffix}.json")
-  kill $up; wait $up 2>/dev/null || true
-  rm -rf "$work"
-  trap - EXIT
+  bench_etcd_done "$work"
 done
 python3 bench/report.py "${results[@]}"

@@ -34,6 +34,11 @@ fn tools() -> (String, String) {
     (s(&etcdutl), s(&etcd))
 }
 
+/// The flags of a node that keeps its snapshots under `data_dir` and has no API server.
+fn local_node<'a>(data_dir: &'a str, node: &'a str, endpoints: &'a str) -> [&'a str; 7] {
+    ["--data-dir", data_dir, "--node-name", node, "--endpoints", endpoints, "--no-kube"]
+}
+
 /// The snapshot files a save left in `dir` (not the metadata).
 fn snapshots(dir: &Path) -> Vec<String> {
     files_in(dir).into_iter().filter(|f| !f.starts_with('.')).collect()
@@ -72,7 +77,7 @@ async fn snapshots_of_etcd_3_5_3_6_and_3_7_pass_hash_and_boot_drills_in_every_fo
         let data = tempfile::tempdir()?;
         let dd = s(data.path());
         let endpoints = etcd.endpoints().join(",");
-        let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--no-kube"];
+        let node = local_node(&dd, "node-1", &endpoints);
         for compress in ["none", "zstd", "zip"] {
             run(&[&["save"], &node[..], &["--compress", compress]].concat(), &[]).await.expect_ok();
         }
@@ -103,7 +108,7 @@ async fn a_snapshot_taken_under_writes_matches_its_recorded_hashkv() -> TestResu
     let data = tempfile::tempdir()?;
     let dd = s(data.path());
     let endpoints = etcd.endpoints().join(",");
-    let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--no-kube"];
+    let node = local_node(&dd, "node-1", &endpoints);
     for _ in 0..3 {
         run(&[&["save"], &node[..], &["--compress", "zstd"]].concat(), &[]).await.expect_ok();
     }
@@ -231,7 +236,7 @@ async fn forge_from_another_cluster(work: &Path) -> Result<Vec<u8>, Box<dyn std:
     }
     let dir = work.join("forgery");
     let (dd, endpoints) = (s(&dir), other.endpoints().join(","));
-    let args = ["save", "--data-dir", &dd, "--node-name", "forger", "--endpoints", &endpoints, "--no-kube"];
+    let args = [&["save"], &local_node(&dd, "forger", &endpoints)[..]].concat();
     run(&[&args[..], &["--compress", "zstd"]].concat(), &[]).await.expect_ok();
     let file = snapshots(&dir.join("snapshots")).pop().ok_or("no forged snapshot")?;
     Ok(std::fs::read(dir.join("snapshots").join(file))?)
@@ -266,7 +271,7 @@ async fn a_killed_drill_leaves_no_etcd_running_and_the_next_one_cleans_up() -> T
     let scratch = tempfile::tempdir()?;
     let (dd, sd) = (s(data.path()), s(scratch.path()));
     let endpoints = etcd.endpoints().join(",");
-    let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--no-kube"];
+    let node = local_node(&dd, "node-1", &endpoints);
     run(&[&["save"], &node[..]].concat(), &[]).await.expect_ok();
 
     let tools = ["--etcdutl", &etcdutl, "--drill-etcd", &etcd_bin, "--drill-dir", &sd];
