@@ -4,8 +4,8 @@
 //! The bar appears only once the total size is known (a bar of `0 B of 0 B` says nothing), or,
 //! when no total ever arrives, as a byte counter after a second of work.
 
-use etcdsnap_storage::pipeline::{Progress, ProgressCounter};
 use etcdsnap::units::human_bytes;
+use etcdsnap_storage::pipeline::{Progress, ProgressCounter};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
@@ -107,9 +107,7 @@ impl Shown {
 
     fn template(self) -> &'static str {
         match self {
-            Shown::Bar => {
-                "{msg} [{bar:24}] {done} of {total} ({rate}, {eta} left)"
-            }
+            Shown::Bar => "{msg} [{bar:24}] {done} of {total} ({rate}, {eta} left)",
             Shown::Counter | Shown::Nothing => "{msg} {done} ({rate}, {elapsed})",
         }
     }
