@@ -45,41 +45,28 @@ gen_etcd() {
 }
 
 gen_etcd_one() {
-  local version=$1 name dir
+  local version=$1 name
   name=$(etcd_moddir "$version")
-  dir="$here/$name"
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  go mod init "etcdsnap.test/testbins/$name" >/dev/null 2>&1
-  go get -tool "go.etcd.io/etcd/server/v3@${version}" \
+  gen_tools "$name" "go.etcd.io/etcd/server/v3@${version}" \
     "go.etcd.io/etcd/etcdctl/v3@${version}" "go.etcd.io/etcd/etcdutl/v3@${version}"
-  go mod tidy
   echo "etcd: $version in testbins/$name"
 }
 
-gen_versitygw() {
-  local dir="$here/versitygw"
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  go mod init etcdsnap.test/testbins/versitygw >/dev/null 2>&1
-  go get -tool "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"
+# gen_tools <module dir> <package@version>...: a module under testbins/ whose only purpose is to
+# pin the given tools' dependency graph.
+gen_tools() {
+  local name=$1
+  shift
+  rm -rf "${here:?}/$name" && mkdir -p "$here/$name" && cd "$here/$name"
+  go mod init "etcdsnap.test/testbins/$name" >/dev/null 2>&1
+  go get -tool "$@"
   go mod tidy
 }
 
-gen_helm() {
-  local dir="$here/helm"
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  go mod init etcdsnap.test/testbins/helm >/dev/null 2>&1
-  go get -tool "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
-  go mod tidy
-}
-
+gen_versitygw() { gen_tools versitygw "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"; }
+gen_helm() { gen_tools helm "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"; }
 # promtool only; the Prometheus server itself is never run (the rules are unit-tested by promtool).
-gen_prometheus() {
-  local dir="$here/prometheus"
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  go mod init etcdsnap.test/testbins/prometheus >/dev/null 2>&1
-  go get -tool "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}"
-  go mod tidy
-}
+gen_prometheus() { gen_tools prometheus "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}"; }
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(kube etcd versitygw helm prometheus)
