@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps testbins test lint unit demo faults bench install install-files clean-testbins
+.PHONY: all build deps testbins test lint unit demo faults bench install install-files clean-testbins image
 
 all: build
 
@@ -54,6 +54,12 @@ install-files:
 	$(ETCDSNAP) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/etcdsnap
 	$(ETCDSNAP) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_etcdsnap
 	$(ETCDSNAP) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/etcdsnap.fish
+
+# A container image without a container daemon or registry: Debian's libc and CA certificates,
+# the release binary and the pinned etcdutl (`make testbins`), packed by crates/oci-image into
+# target/image/etcdsnap-<version>.oci.tar.
+image: build
+	./scripts/build-image.sh
 
 clean-testbins:
 	rm -rf target/testbins
