@@ -373,7 +373,9 @@ async fn agents_drill_on_a_schedule_each_its_own_and_the_leader_s3() -> TestResu
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let metrics = reqwest::get(format!("http://{}/metrics", agents[0].metrics)).await?.text().await?;
-    assert!(metrics.lines().any(|l| l.starts_with("etcdsnap_drills_total{result=\"passed\"}")), "{metrics}");
+    let passed = common::agent::metric(&metrics, "etcdsnap_drills_total{result=\"passed\"}");
+    assert!(passed.is_some_and(|n| n >= 1.0), "{metrics}");
+    assert_eq!(common::agent::metric(&metrics, "etcdsnap_last_drill_passed"), Some(1.0), "{metrics}");
     assert!(metrics.contains("etcdsnap_last_drill_timestamp_seconds{result=\"passed\"}"), "{metrics}");
     for a in &mut agents {
         a.stop_cleanly().await?;

@@ -5,7 +5,7 @@
 //! stopped the moment the term ends. Resources of the agent's own saves, prunes and late uploads
 //! are written right after them through the session, not here.
 
-use super::metrics::{Cause, Metrics};
+use super::metrics::{Cause, Location, Metrics};
 use crate::ops::reconcile::{self, PassOutcome};
 use crate::session::{Purpose, Session};
 use etcdsnap_api::StorageKind;
@@ -13,8 +13,10 @@ use etcdsnap_kube::Kube;
 use etcdsnap_kube::crd::ensure_crd;
 use etcdsnap_kube::leader::{LeaderElector, LeaderTerm, Timing};
 use etcdsnap_kube::lease::{heartbeat_interval, renew_heartbeat};
+use etcdsnap_kube::legacy::SyncReport;
 use etcdsnap_kube::legacy_controller::{self, StorageHints};
 use etcdsnap_kube::reconcile::ReconcileError;
+use etcdsnap_storage::record::SnapshotRecord;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -140,6 +142,13 @@ impl KubeDuties {
         for cause in outcome.failure_causes() {
             self.metrics.reconcile_failed(Cause(cause));
         }
+        let state = &outcome.listing.state;
+        let node = &self.kube.settings.node_name;
+        for (location, records) in [(Location::Local, &state.local), (Location::S3, &state.s3)] {
+            if let Some(at) = records.as_deref().and_then(|r| newest_ready_of(r, node)) {
+                self.metrics.seen_success(location, at);
+            }
+        }
     }
 
     /// Starts the legacy ConfigMap controller for a term (when the ConfigMap is kept).
@@ -150,8 +159,12 @@ impl KubeDuties {
         }
         let stop = CancellationToken::new();
         let metrics = self.metrics.clone();
-        let on_sync = move |outcome: &Result<_, ReconcileError>| match outcome {
-            Ok(report) => tracing::debug!(?report, "legacy ConfigMap synced"),
+        let limits = self.kube.settings.legacy.clone();
+        let on_sync = move |outcome: &Result<SyncReport, ReconcileError>| match outcome {
+            Ok(report) => {
+                tracing::debug!(?report, "legacy ConfigMap synced");
+                metrics.legacy_synced(report, &limits);
+            }
             Err(e) => {
                 metrics.reconcile_failed(Cause(e.cause()));
                 tracing::warn!("legacy ConfigMap: {e}; retrying");
@@ -211,6 +224,7 @@ impl KubeDuties {
             leader = self.leader_kube(leader, term.as_ref());
             if term.is_some() != was_leading {
                 was_leading = term.is_some();
+                self.metrics.leader.set(i64::from(was_leading));
                 if was_leading {
                     tracing::info!(node = %node, "took the leader lease: S3 resources, departed nodes and the legacy ConfigMap are this node's duties now");
                 } else {
@@ -245,6 +259,7 @@ impl KubeDuties {
             }
         }
         stop_legacy(legacy.take()).await;
+        self.metrics.leader.set(0);
         // Ends the term, then releases the Lease so another node leads at once.
         election_stop.cancel();
         let _ = election.await;
@@ -256,6 +271,15 @@ async fn stop_legacy(task: Option<LegacyTask>) {
         t.stop.cancel();
         let _ = t.task.await;
     }
+}
+
+/// When this node's newest ready snapshot among `records` was taken (Unix seconds).
+fn newest_ready_of(records: &[SnapshotRecord], node: &str) -> Option<f64> {
+    records
+        .iter()
+        .filter(|r| r.is_ready() && r.node_name == node)
+        .map(|r| r.created_at.as_second() as f64)
+        .reduce(f64::max)
 }
 
 /// The reconcile interval plus up to 5% (K3s's jitter factor).

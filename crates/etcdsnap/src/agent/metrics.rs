@@ -1,6 +1,8 @@
 //! Prometheus metrics: K3s's six snapshot histograms under an `etcdsnap_` prefix (same buckets:
 //! 0.008 s doubling 15 times, label `status` = success|error), prune durations, sizes, and
-//! freshness gauges an alert can watch ("no successful S3 snapshot for 13 hours").
+//! freshness gauges an alert can watch ("no successful S3 snapshot for 13 hours"), and the state
+//! deploy/monitoring's alerts need: the last save's and drill's outcome, the leader, the schedule's
+//! period, and how full the bounded legacy ConfigMap is.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -59,6 +61,19 @@ impl EncodeLabelValue for Location {
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Cause(pub &'static str);
 
+impl Cause {
+    /// The causes reconcile passes report (`ReconcileError::cause`, and listing failures).
+    pub const KNOWN: [&'static str; 7] = [
+        "storage_list",
+        "api_read",
+        "api_write",
+        "leadership_lost",
+        "legacy_configmap",
+        "finalizer",
+        "node_annotation",
+    ];
+}
+
 impl EncodeLabelValue for Cause {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(self.0)
@@ -105,6 +120,31 @@ pub struct Metrics {
     pub reconcile_failures: Family<CauseLabel, Counter>,
     pub drills: Family<ResultLabel, Counter>,
     pub last_drill: Family<ResultLabel, Gauge<f64, AtomicU64>>,
+    pub last_save_succeeded: Gauge,
+    pub last_drill_passed: Gauge,
+    pub leader: Gauge,
+    pub schedule_interval: Gauge<f64, AtomicU64>,
+    pub legacy: LegacyGauges,
+    pub info: Family<InfoLabels, Gauge>,
+}
+
+/// `etcdsnap_agent_info{node, version} 1`: joins a scrape target to its node name, so that
+/// dashboards can show nodes rather than addresses.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    pub node: String,
+    pub version: String,
+}
+
+/// The legacy ConfigMap as the leader last planned it, beside its bounds: an alert fires before
+/// entries have to be left out, not after.
+#[derive(Default)]
+pub struct LegacyGauges {
+    pub bytes: Gauge,
+    pub entries: Gauge,
+    pub dropped: Gauge,
+    pub max_bytes: Gauge,
+    pub max_entries: Gauge,
 }
 
 impl Metrics {
@@ -126,6 +166,12 @@ impl Metrics {
             reconcile_failures: Family::default(),
             drills: Family::default(),
             last_drill: Family::default(),
+            last_save_succeeded: Gauge::default(),
+            last_drill_passed: Gauge::default(),
+            leader: Gauge::default(),
+            schedule_interval: Gauge::default(),
+            legacy: LegacyGauges::default(),
+            info: Family::default(),
             registry: Registry::default(),
         };
         let histograms: [(&str, &str, &Durations); 7] = [
@@ -172,7 +218,55 @@ impl Metrics {
             "Unix time of the last restore drill per result",
             m.last_drill.clone(),
         );
+        register_state(&mut registry, &m);
+        m.start_counters_at_zero();
         Metrics { registry, ..m }
+    }
+
+    /// Creates every known label value of the counters at 0, so that `increase()` and alerts see
+    /// the first failure as a change rather than as a series appearing from nothing.
+    fn start_counters_at_zero(&self) {
+        for status in [Status::Success, Status::Error] {
+            let _ = self.saves.get_or_create(&StatusLabel { status });
+        }
+        for cause in Cause::KNOWN {
+            let _ = self.reconcile_failures.get_or_create(&CauseLabel { cause: Cause(cause) });
+        }
+        for result in ["passed", "failed"] {
+            let _ = self.drills.get_or_create(&ResultLabel { result });
+        }
+    }
+
+    /// Names this agent's node in `etcdsnap_agent_info`.
+    pub fn set_info(&self, node: &str) {
+        let labels = InfoLabels { node: node.to_string(), version: env!("CARGO_PKG_VERSION").to_string() };
+        self.info.get_or_create(&labels).set(1);
+    }
+
+    /// Records a save's outcome for the "last save failed" alert.
+    pub fn saved(&self, ok: bool) {
+        self.saves.get_or_create(&StatusLabel { status: Status::of(ok) }).inc();
+        self.last_save_succeeded.set(i64::from(ok));
+    }
+
+    /// The legacy ConfigMap as a sync left it, and its bounds.
+    pub fn legacy_synced(&self, report: &etcdsnap_kube::legacy::SyncReport, limits: &etcdsnap_kube::LegacySettings) {
+        let g = &self.legacy;
+        g.bytes.set(report.estimated_bytes as i64);
+        g.entries.set(report.entries as i64);
+        g.dropped.set(report.dropped as i64);
+        g.max_bytes.set(limits.max_bytes as i64);
+        g.max_entries.set(limits.max_keys as i64);
+    }
+
+    /// Raises a location's last success to `at` (Unix seconds) unless a later one is known: on
+    /// start, from the newest snapshot found in storage, so a restarted agent is not "stale"
+    /// (or silent) until its next scheduled save.
+    pub fn seen_success(&self, location: Location, at: f64) {
+        let gauge = self.last_success.get_or_create(&LocationLabel { location });
+        if gauge.get() < at {
+            gauge.set(at);
+        }
     }
 
     /// Counts one restore drill and stamps its time.
@@ -181,6 +275,7 @@ impl Metrics {
         self.drills.get_or_create(&label).inc();
         let now = etcdsnap_storage::clock::now().as_millisecond() as f64 / 1000.0;
         self.last_drill.get_or_create(&label).set(now);
+        self.last_drill_passed.set(i64::from(passed));
     }
 
     /// Counts one failure of a reconcile pass or legacy ConfigMap sync.
@@ -199,6 +294,42 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The gauges of [`Metrics`] that describe state rather than work done.
+fn register_state(registry: &mut Registry, m: &Metrics) {
+    registry.register(
+        "last_save_succeeded",
+        "1 when the last snapshot save reached every location, 0 when it failed anywhere",
+        m.last_save_succeeded.clone(),
+    );
+    registry.register(
+        "last_drill_passed",
+        "1 when the last restore drill passed, 0 when it failed",
+        m.last_drill_passed.clone(),
+    );
+    registry.register("agent_info", "Always 1: the agent's node name and version", m.info.clone());
+    registry.register("leader", "1 while this agent holds the leader Lease", m.leader.clone());
+    registry.register(
+        "schedule_interval_seconds",
+        "Time between two scheduled snapshots (absent without a schedule)",
+        m.schedule_interval.clone(),
+    );
+    let legacy = &m.legacy;
+    let gauges: [(&str, &str, &Gauge); 5] = [
+        ("legacy_configmap_bytes", "Estimated size of the legacy ConfigMap the leader keeps", &legacy.bytes),
+        ("legacy_configmap_entries", "Entries in the legacy ConfigMap", &legacy.entries),
+        (
+            "legacy_configmap_dropped_entries",
+            "Oldest entries left out of the legacy ConfigMap to keep it within its bounds",
+            &legacy.dropped,
+        ),
+        ("legacy_configmap_max_bytes", "The legacy ConfigMap's size bound", &legacy.max_bytes),
+        ("legacy_configmap_max_entries", "The legacy ConfigMap's entry bound", &legacy.max_entries),
+    ];
+    for (name, help, g) in gauges {
+        registry.register(name, help, g.clone());
     }
 }
 
@@ -230,5 +361,29 @@ mod tests {
         assert!(text.contains("etcdsnap_scheduled_runs_skipped_total 1"), "{text}");
         assert!(text.contains("etcdsnap_reconcile_failures_total{cause=\"storage_list\"} 1"), "{text}");
         assert!(text.contains("etcdsnap_last_success_timestamp_seconds{location=\"s3\"} 1700000000"), "{text}");
+    }
+
+    #[test]
+    fn a_success_seen_in_storage_never_moves_the_last_success_back() {
+        let m = Metrics::new();
+        m.seen_success(Location::Local, 100.0);
+        m.seen_success(Location::Local, 50.0);
+        assert_eq!(m.last_success.get_or_create(&LocationLabel { location: Location::Local }).get(), 100.0);
+        m.seen_success(Location::Local, 200.0);
+        assert_eq!(m.last_success.get_or_create(&LocationLabel { location: Location::Local }).get(), 200.0);
+    }
+
+    #[test]
+    fn outcomes_of_saves_and_drills_are_gauges_too() {
+        let m = Metrics::new();
+        m.saved(false);
+        m.drilled(true);
+        m.leader.set(1);
+        let text = m.encode();
+        assert!(text.contains("etcdsnap_last_save_succeeded 0"), "{text}");
+        assert!(text.contains("etcdsnap_saves_total{status=\"error\"} 1"), "{text}");
+        assert!(text.contains("etcdsnap_last_drill_passed 1"), "{text}");
+        assert!(text.contains("etcdsnap_leader 1"), "{text}");
+        assert!(text.contains("etcdsnap_legacy_configmap_max_bytes 0"), "{text}");
     }
 }

@@ -86,6 +86,10 @@ impl Agent {
             node = %self.session.node_name(),
             "etcdsnap agent started"
         );
+        self.metrics.set_info(self.session.node_name());
+        if let Some(period) = self.settings.schedule.as_ref().and_then(Schedule::interval) {
+            self.metrics.schedule_interval.set(period.as_secs_f64());
+        }
         let server = tokio::spawn(http::serve(listener, self.metrics.clone(), health, stop.clone()));
         let duties = self.duties.clone().map(|duties| {
             let stop = stop.clone();
@@ -175,7 +179,7 @@ impl Agent {
             }
             Err(e) => {
                 Metrics::observe(&self.metrics.save, false, started.elapsed());
-                self.metrics.saves.get_or_create(&metrics::StatusLabel { status: metrics::Status::Error }).inc();
+                self.metrics.saved(false);
                 tracing::error!(error = %e, "scheduled snapshot failed");
             }
         }
@@ -184,7 +188,7 @@ impl Agent {
     async fn after_save(&self, ctx: &Context, report: &SaveReport) {
         let ok = report.all_ready();
         Metrics::observe(&self.metrics.save, ok, report.duration);
-        self.metrics.saves.get_or_create(&metrics::StatusLabel { status: metrics::Status::of(ok) }).inc();
+        self.metrics.saved(ok);
         let now = jiff::Timestamp::now().as_second() as f64;
         for record in &report.records {
             let location = match record.storage {
