@@ -16,6 +16,7 @@
 //! metadata document and then publishes the snapshot.
 
 pub mod clock;
+pub mod deltas;
 pub mod error_chain;
 pub mod etcd;
 pub mod failpoint;

@@ -1,0 +1,21 @@
+//! Point-in-time recovery's stored form: delta segments (etcd's changes between full
+//! snapshots, [`segment`]), the record beside each and where both live ([`record`]), and the
+//! chains they form with the replay a restore to a revision or time performs ([`chain`]).
+//!
+//! A chain starts at a full snapshot at revision R and holds revisions R+1, R+2, ... in
+//! segments of consecutive revisions. Capture that cannot continue (compaction, a leader change,
+//! a restart) ends the chain; a new full snapshot starts the next one. Nothing here talks to
+//! etcd or a store: these are the formats and the decisions, tested alone.
+
+pub mod chain;
+pub mod record;
+pub mod segment;
+
+pub use chain::{Base, ChainSummary, Gap, PlanError, ReplayPlan, Target, plan, summarize};
+pub use record::{DELTAS_DIR, SegmentRecord};
+pub use segment::{DeltaEvent, EventKind, RevisionChanges, Segment, SegmentError};
+
+/// A chain is named after its base snapshot: a snapshot name is a safe path element.
+pub fn valid_chain_name(name: &str) -> bool {
+    etcdsnap_api::SnapshotName::parse(name).is_ok()
+}
