@@ -58,7 +58,7 @@ install-files:
 # A container image without a container daemon or registry: Debian's libc and CA certificates,
 # the release binary and the pinned etcdutl (`make testbins`), packed by crates/oci-image into
 # target/image/etcdsnap-<version>.oci.tar.
-image: build
+image: testbins build
 	./scripts/build-image.sh
 
 clean-testbins:
