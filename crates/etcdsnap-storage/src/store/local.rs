@@ -424,11 +424,22 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// parent, so a crash cannot lose the directory of a file already published in it.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
+        tighten(dir);
         return Ok(());
     }
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(StoreError::io("create directory", dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(StoreError::io("chmod", dir))?;
     sync_dir(dir.parent().unwrap_or(Path::new("/")))
+}
+
+/// A private directory made by someone else (a hostPath volume's `DirectoryOrCreate` makes
+/// 0755) is narrowed to 0700, as etcdsnap and K3s make it. Failing that (not its owner) is worth
+/// a warning, not a failed save: the files inside are 0600 either way.
+fn tighten(dir: &Path) {
+    let open = fs::metadata(dir).map(|m| m.permissions().mode() & 0o077 != 0).unwrap_or(false);
+    if open && let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "private directory is readable by others and cannot be narrowed to 0700");
+    }
 }
 
 fn part_path(path: &Path) -> PathBuf {
@@ -647,6 +658,17 @@ impl SnapshotStore for LocalStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_existing_private_directory_is_narrowed_to_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join(".metadata");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+        super::create_private_dir(&private).unwrap();
+        assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
     use super::*;
     use etcdsnap_api::metadata::{METADATA_API_VERSION, METADATA_KIND};
 
