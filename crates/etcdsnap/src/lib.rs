@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod drill;
 pub mod ops;
+pub mod pitr;
 pub mod restore;
 pub mod session;
 pub mod units;

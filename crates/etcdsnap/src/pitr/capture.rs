@@ -1,0 +1,323 @@
+//! Capture: etcd's changes after a full snapshot, as delta segments in `out_dir/<chain>/`.
+//!
+//! One watch over all keys starts at the base's revision + 1, with progress notifications.
+//! Watch responses are not fragmented, so each holds whole revisions (etcd batches by
+//! revision); the events of a revision are kept in etcd's order. A segment is flushed when
+//! `flush_interval` has passed since its first revision was observed, when its encoding reaches
+//! `max_bytes`, and when capture is stopped. Each segment is written crash-safely, then its
+//! record: a segment counts only once its record is written (a listing reads records alone).
+//!
+//! Gaps are never silent: a watch cancelled by compaction, a failed or ended watch, or a
+//! revision that does not follow the last one ends the chain. What was pending is written with
+//! `chain_broken` set (or, with nothing pending, the last record is rewritten with it) and the
+//! capture returns [`CaptureError::Broken`] naming the revision the chain stops at: the caller
+//! takes a new full snapshot, which starts a new chain.
+//!
+//! Lease TTLs are not captured (see the module documentation of [`crate::pitr`]).
+
+use super::{create_private_dir, now_ms, write_durably};
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use etcdsnap_storage::deltas::record::RECORD_FORMAT;
+use etcdsnap_storage::deltas::{Base, DeltaEvent, EventKind, RevisionChanges, Segment, SegmentRecord};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// zstd level of stored segments.
+const ZSTD_LEVEL: i32 = 3;
+
+/// When segments are flushed.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureSettings {
+    pub flush_interval: Duration,
+    pub max_bytes: usize,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        CaptureSettings { flush_interval: Duration::from_secs(10), max_bytes: 8 * 1024 * 1024 }
+    }
+}
+
+/// What a capture wrote.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureReport {
+    /// Records of the segments written, oldest first.
+    pub segments: Vec<SegmentRecord>,
+    /// The newest durable revision (the base's when nothing was written).
+    pub last_revision: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("delta chain name {0:?} is not a snapshot name")]
+    ChainName(String),
+    #[error("cannot watch etcd from revision {revision}: {message}")]
+    Start { revision: i64, message: String },
+    #[error(
+        "delta chain {chain} is broken after revision {last_revision}: {reason}; a new full snapshot must start a new chain"
+    )]
+    Broken { chain: String, last_revision: i64, reason: String },
+    #[error("cannot write delta file {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Captures changes after `base` into `out_dir/<base.name>/` until `stop` is cancelled.
+pub async fn capture(
+    client: &mut Client,
+    base: &Base,
+    out_dir: &Path,
+    settings: CaptureSettings,
+    stop: CancellationToken,
+) -> Result<CaptureReport, CaptureError> {
+    if !etcdsnap_storage::deltas::valid_chain_name(&base.name) {
+        return Err(CaptureError::ChainName(base.name.clone()));
+    }
+    let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings)?;
+    let start = base.revision + 1;
+    let opts = WatchOptions::new().with_all_keys().with_start_revision(start).with_progress_notify();
+    let mut stream = client
+        .watch("", Some(opts))
+        .await
+        .map_err(|e| CaptureError::Start { revision: start, message: e.to_string() })?;
+    tracing::info!(chain = %base.name, from = start, "delta capture started");
+    let reason = loop {
+        let deadline = writer.flush_deadline();
+        tokio::select! {
+            () = stop.cancelled() => {
+                writer.flush(None)?;
+                tracing::info!(chain = %base.name, last = writer.report.last_revision, "delta capture stopped");
+                return Ok(writer.report);
+            }
+            () = sleep_until(deadline) => writer.flush(None)?,
+            message = stream.message() => match message {
+                Ok(Some(resp)) => match writer.take(&resp) {
+                    Ok(()) => writer.flush_if_full()?,
+                    Err(reason) => break reason,
+                },
+                Ok(None) => break "the watch stream ended".to_string(),
+                Err(e) => break format!("the watch failed: {e}"),
+            },
+        }
+    };
+    writer.flush(Some(reason.clone()))?;
+    let last_revision = writer.report.last_revision;
+    tracing::warn!(chain = %base.name, last_revision, %reason, "delta chain broken");
+    Err(CaptureError::Broken { chain: base.name.clone(), last_revision, reason })
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The pending segment of one chain and the segments written.
+struct ChainWriter {
+    base: Base,
+    dir: PathBuf,
+    settings: CaptureSettings,
+    pending: Segment,
+    /// When the pending segment's first revision arrived.
+    opened: Option<Instant>,
+    /// The newest revision taken (pending or written).
+    taken: i64,
+    cluster_id: Option<String>,
+    report: CaptureReport,
+}
+
+impl ChainWriter {
+    fn new(base: &Base, dir: PathBuf, settings: CaptureSettings) -> Result<ChainWriter, CaptureError> {
+        create_private_dir(&dir).map_err(|source| CaptureError::Write { path: dir.clone(), source })?;
+        Ok(ChainWriter {
+            base: base.clone(),
+            dir,
+            settings,
+            pending: Segment::default(),
+            opened: None,
+            taken: base.revision,
+            cluster_id: None,
+            report: CaptureReport { segments: Vec::new(), last_revision: base.revision },
+        })
+    }
+
+    fn flush_deadline(&self) -> Option<Instant> {
+        self.opened.map(|at| at + self.settings.flush_interval)
+    }
+
+    /// Takes one watch response's events; Err with the reason the chain cannot continue.
+    fn take(&mut self, resp: &WatchResponse) -> Result<(), String> {
+        if self.cluster_id.is_none() {
+            self.cluster_id = resp.header().map(|h| format!("{:x}", h.cluster_id()));
+        }
+        if resp.compact_revision() > 0 {
+            return Err(format!(
+                "the watch from revision {} was cancelled by compaction (compact revision {})",
+                self.taken + 1,
+                resp.compact_revision()
+            ));
+        }
+        if resp.canceled() {
+            return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
+        }
+        let observed_ms = now_ms();
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { return Err("a watch event without a key".into()) };
+            let kind = match event.event_type() {
+                EventType::Put => EventKind::Put,
+                EventType::Delete => EventKind::Delete,
+            };
+            let delta = DeltaEvent {
+                kind,
+                key: kv.key().to_vec(),
+                value: if kind == EventKind::Put { kv.value().to_vec() } else { Vec::new() },
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+                version: kv.version(),
+                lease: kv.lease(),
+            };
+            self.push(delta, observed_ms)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, event: DeltaEvent, observed_ms: i64) -> Result<(), String> {
+        let revision = event.mod_revision;
+        if let Some(last) = self.pending.revisions.last_mut()
+            && last.revision == revision
+        {
+            last.events.push(event);
+            return Ok(());
+        }
+        if revision != self.taken + 1 {
+            return Err(format!("the watch delivered revision {revision} after {}", self.taken));
+        }
+        self.pending.revisions.push(RevisionChanges { revision, observed_ms, events: vec![event] });
+        self.taken = revision;
+        self.opened.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    fn flush_if_full(&mut self) -> Result<(), CaptureError> {
+        if self.pending.encoded_len() >= self.settings.max_bytes { self.flush(None) } else { Ok(()) }
+    }
+
+    /// Writes the pending segment and its record; with `broken`, marks the chain broken there
+    /// (on the last written record when nothing is pending).
+    fn flush(&mut self, broken: Option<String>) -> Result<(), CaptureError> {
+        let segment = std::mem::take(&mut self.pending);
+        self.opened = None;
+        let (Some(first), Some(last)) = (segment.revisions.first(), segment.revisions.last()) else {
+            return self.mark_last_broken(broken);
+        };
+        let stored = segment.to_stored(ZSTD_LEVEL).map_err(|source| self.write_error("segment", source))?;
+        let record = SegmentRecord {
+            format: RECORD_FORMAT,
+            chain: self.base.name.clone(),
+            base_revision: self.base.revision,
+            first_revision: first.revision,
+            last_revision: last.revision,
+            first_observed_ms: first.observed_ms,
+            last_observed_ms: last.observed_ms.max(first.observed_ms),
+            revisions: segment.revisions.len() as u64,
+            events: segment.event_count() as u64,
+            sha256: hex::encode(Sha256::digest(&stored)),
+            stored_bytes: stored.len() as u64,
+            cluster_id: self.cluster_id.clone(),
+            chain_broken: broken,
+        };
+        self.write(&record.segment_name(), &stored)?;
+        self.write(&record.record_name(), &record.to_json())?;
+        tracing::debug!(chain = %record.chain, first = record.first_revision, last = record.last_revision,
+            bytes = record.stored_bytes, "delta segment written");
+        self.report.last_revision = record.last_revision;
+        self.report.segments.push(record);
+        Ok(())
+    }
+
+    fn mark_last_broken(&mut self, broken: Option<String>) -> Result<(), CaptureError> {
+        let Some(reason) = broken else { return Ok(()) };
+        let Some(mut record) = self.report.segments.last().cloned() else { return Ok(()) };
+        record.chain_broken = Some(reason);
+        self.write(&record.record_name(), &record.to_json())?;
+        if let Some(last) = self.report.segments.last_mut() {
+            *last = record;
+        }
+        Ok(())
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), CaptureError> {
+        write_durably(&self.dir, name, bytes).map_err(|source| self.write_error(name, source))
+    }
+
+    fn write_error(&self, name: &str, source: std::io::Error) -> CaptureError {
+        CaptureError::Write { path: self.dir.join(name), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(revision: i64) -> DeltaEvent {
+        DeltaEvent {
+            kind: EventKind::Put,
+            key: format!("/k/{revision}").into_bytes(),
+            value: b"v".to_vec(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    fn writer(dir: &Path) -> ChainWriter {
+        let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0 };
+        ChainWriter::new(&base, dir.join(&base.name), CaptureSettings::default()).unwrap()
+    }
+
+    fn stored_record(w: &ChainWriter, r: &SegmentRecord) -> SegmentRecord {
+        let bytes = std::fs::read(w.dir.join(r.record_name())).unwrap();
+        SegmentRecord::parse("r", &bytes).unwrap()
+    }
+
+    #[test]
+    fn a_gap_breaks_the_chain_on_the_pending_segment_or_the_last_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        for rev in [11, 11, 12] {
+            w.push(put(rev), 1_000).unwrap();
+        }
+        w.flush(None).unwrap();
+        let first = w.report.segments[0].clone();
+        assert_eq!((first.first_revision, first.last_revision, first.events), (11, 12, 3));
+        assert_eq!(stored_record(&w, &first), first);
+        let stored = std::fs::read(w.dir.join(first.segment_name())).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&stored)), first.sha256);
+
+        w.push(put(13), 2_000).unwrap();
+        let reason = w.push(put(15), 2_000).unwrap_err();
+        assert!(reason.contains("revision 15 after 13"), "{reason}");
+        w.flush(Some(reason)).unwrap();
+        let second = w.report.segments[1].clone();
+        assert_eq!((second.first_revision, second.last_revision), (13, 13));
+        assert!(stored_record(&w, &second).chain_broken.is_some());
+
+        // Nothing pending: the last record written carries the break.
+        let mut w = writer(dir.path().join("other").as_path());
+        w.push(put(11), 1_000).unwrap();
+        w.flush(None).unwrap();
+        w.flush(Some("the watch failed".into())).unwrap();
+        let only = &w.report.segments[0];
+        assert_eq!(stored_record(&w, only).chain_broken.as_deref(), Some("the watch failed"));
+        let leftovers = std::fs::read_dir(&w.dir).unwrap().filter_map(Result::ok);
+        assert!(leftovers.map(|e| e.file_name()).all(|n| !n.to_string_lossy().starts_with(".tmp-")));
+    }
+}
