@@ -80,7 +80,7 @@ pub async fn capture(
         return Err(CaptureError::ChainName(base.name.clone()));
     }
     let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings)?;
-    let start = base.revision + 1;
+    let start = writer.taken + 1;
     let opts = WatchOptions::new().with_all_keys().with_start_revision(start).with_progress_notify();
     let mut stream = client
         .watch("", Some(opts))
@@ -134,17 +134,21 @@ struct ChainWriter {
 }
 
 impl ChainWriter {
+    /// A writer that continues the chain where its durable records end (a restarted capture
+    /// neither rewrites nor overlaps them), refusing a chain already broken or with a gap.
     fn new(base: &Base, dir: PathBuf, settings: CaptureSettings) -> Result<ChainWriter, CaptureError> {
         create_private_dir(&dir).map_err(|source| CaptureError::Write { path: dir.clone(), source })?;
+        let segments = durable_records(&dir, &base.name)?;
+        let last_revision = continue_from(base, &segments)?;
         Ok(ChainWriter {
             base: base.clone(),
             dir,
             settings,
             pending: Segment::default(),
             opened: None,
-            taken: base.revision,
+            taken: last_revision,
             cluster_id: None,
-            report: CaptureReport { segments: Vec::new(), last_revision: base.revision },
+            report: CaptureReport { segments, last_revision },
         })
     }
 
@@ -262,6 +266,49 @@ impl ChainWriter {
     }
 }
 
+/// The chain's records already in `dir`, oldest first (unreadable ones are an error: a chain
+/// is not continued over a record nobody can check).
+fn durable_records(dir: &Path, chain: &str) -> Result<Vec<SegmentRecord>, CaptureError> {
+    let read_error = |path: PathBuf, source| CaptureError::Write { path, source };
+    let entries = std::fs::read_dir(dir).map_err(|e| read_error(dir.to_path_buf(), e))?;
+    let mut records = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| read_error(dir.to_path_buf(), e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if !name.ends_with(".json") || name.starts_with(".tmp-") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| read_error(path.clone(), e))?;
+        let record = SegmentRecord::parse(&name, &bytes).map_err(|e| CaptureError::Broken {
+            chain: chain.into(),
+            last_revision: 0,
+            reason: e.to_string(),
+        })?;
+        records.push(record);
+    }
+    records.sort_by_key(|r| r.first_revision);
+    Ok(records)
+}
+
+/// The newest revision the chain holds without a gap, or why it cannot be continued.
+fn continue_from(base: &Base, records: &[SegmentRecord]) -> Result<i64, CaptureError> {
+    let Some(chain) = etcdsnap_storage::deltas::summarize(records).into_iter().next() else {
+        return Ok(base.revision);
+    };
+    let broken =
+        |reason: String| CaptureError::Broken { chain: base.name.clone(), last_revision: chain.reachable, reason };
+    if chain.base_revision != base.revision {
+        return Err(broken(format!("its records start from revision {}, not {}", chain.base_revision, base.revision)));
+    }
+    if let Some(reason) = chain.broken {
+        return Err(broken(format!("it was already broken ({reason})")));
+    }
+    if let Some(gap) = chain.gaps.first() {
+        return Err(broken(format!("revisions {}..{} are missing", gap.after + 1, gap.resumes_at - 1)));
+    }
+    Ok(chain.reachable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +333,25 @@ mod tests {
     fn stored_record(w: &ChainWriter, r: &SegmentRecord) -> SegmentRecord {
         let bytes = std::fs::read(w.dir.join(r.record_name())).unwrap();
         SegmentRecord::parse("r", &bytes).unwrap()
+    }
+
+    #[test]
+    fn a_restarted_capture_continues_after_the_durable_records_and_refuses_a_broken_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        for rev in 11..=14 {
+            w.push(put(rev), 1_000).unwrap();
+        }
+        w.flush(None).unwrap();
+        // A crash between a segment and its record leaves a segment nobody counts.
+        std::fs::write(w.dir.join(".tmp-00000000000000000015-00000000000000000015.json"), b"{").unwrap();
+        let mut again = writer(dir.path());
+        assert_eq!((again.taken, again.report.segments.len()), (14, 1));
+        assert!(again.push(put(14), 2_000).is_err(), "a revision already durable was taken twice");
+        again.push(put(15), 2_000).unwrap();
+        again.flush(Some("the watch failed".into())).unwrap();
+        let err = ChainWriter::new(&again.base, again.dir.clone(), CaptureSettings::default()).err().unwrap();
+        assert!(err.to_string().contains("already broken"), "{err}");
     }
 
     #[test]

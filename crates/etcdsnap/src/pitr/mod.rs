@@ -20,9 +20,17 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
-/// Creates `dir` (and its parents) with mode 0700 where missing.
+/// Creates `dir` (and its parents) with mode 0700 where missing, and makes the new entry
+/// durable in its parent: a segment in a directory a crash forgot would be lost with it.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    match dir.parent() {
+        Some(parent) => std::fs::File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Writes `bytes` to `dir/name` crash-safely: a `.tmp-` file in the same directory (mode
