@@ -68,42 +68,51 @@ pub enum PlanError {
     #[error("no full snapshot at or before {0}: point-in-time restore needs one to start from")]
     NoBase(String),
     #[error(
-        "revision {target} is past a gap in the captured changes of chain {chain}: revisions {}..{} were not captured; the newest revision before the gap is {}",
+        "revision {target} is past a gap in the changes captured after snapshot {chain}: revisions {}..{} were not captured; the newest revision before the gap is {}",
         gap.after + 1, gap.resumes_at - 1, gap.after
     )]
     AcrossGap { chain: String, target: i64, gap: Gap },
-    #[error("revision {target} was not captured yet: chain {chain} reaches revision {newest}")]
+    #[error(
+        "revision {target} was not captured yet: the changes captured after snapshot {chain} reach revision {newest}"
+    )]
     NotCaptured { chain: String, target: i64, newest: i64 },
 }
 
-/// Records of `chain`, ordered, without exact duplicates (the same segment listed from two
-/// stores, or written twice by a retried upload).
-fn chain_segments<'a>(records: &'a [SegmentRecord], chain: &str) -> Vec<&'a SegmentRecord> {
+/// Records of `chain` (every chain with None), ordered, without exact duplicates (the same
+/// segment listed from two stores, or written twice by a retried upload).
+fn chain_segments<'a>(records: &'a [SegmentRecord], chain: Option<&str>) -> Vec<&'a SegmentRecord> {
     let mut by_first: BTreeMap<(i64, i64), &SegmentRecord> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.chain == chain) {
+    for r in records.iter().filter(|r| chain.is_none_or(|c| r.chain == c)) {
         by_first.entry((r.first_revision, r.last_revision)).or_insert(r);
     }
     by_first.into_values().collect()
 }
 
-/// Walks a chain from its base: the segments that continue it without a gap, then the first gap.
+/// Walks forward from a base: the fewest segments that continue it without a gap (at each step
+/// the one reaching furthest among those that start by the next revision), then every gap
+/// after it, found by walking on from each gap's far side.
 fn walk<'a>(base_revision: i64, segments: &[&'a SegmentRecord]) -> (Vec<&'a SegmentRecord>, Vec<Gap>) {
     let mut reached = base_revision;
     let mut continuous = Vec::new();
     let mut gaps = Vec::new();
-    for s in segments {
-        if s.last_revision <= reached {
-            continue; // wholly covered by segments already taken
+    loop {
+        let next = segments.iter().filter(|s| s.first_revision <= reached + 1 && s.last_revision > reached);
+        if let Some(s) = next.max_by_key(|s| s.last_revision) {
+            if gaps.is_empty() {
+                continuous.push(*s);
+            }
+            reached = s.last_revision;
+            continue;
         }
-        if s.first_revision > reached + 1 {
-            gaps.push(Gap { after: reached, resumes_at: s.first_revision });
+        let after_gap = segments.iter().filter(|s| s.last_revision > reached).min_by_key(|s| s.first_revision);
+        match after_gap {
+            Some(s) => {
+                gaps.push(Gap { after: reached, resumes_at: s.first_revision });
+                reached = s.first_revision - 1;
+            }
+            None => return (continuous, gaps),
         }
-        if gaps.is_empty() {
-            continuous.push(*s);
-        }
-        reached = s.last_revision;
     }
-    (continuous, gaps)
 }
 
 /// Every chain of `records`, oldest base first.
@@ -115,7 +124,7 @@ pub fn summarize(records: &[SegmentRecord]) -> Vec<ChainSummary> {
     let mut chains: Vec<ChainSummary> = bases
         .into_iter()
         .map(|(chain, base_revision)| {
-            let segments = chain_segments(records, chain);
+            let segments = chain_segments(records, Some(chain));
             let (continuous, gaps) = walk(base_revision, &segments);
             ChainSummary {
                 chain: chain.to_string(),
@@ -137,7 +146,10 @@ pub fn summarize(records: &[SegmentRecord]) -> Vec<ChainSummary> {
 }
 
 /// The base and segments that reach `target`: the newest full snapshot at or before it, and
-/// its chain's segments up to it.
+/// the segments that roll it forward to the target, from whichever chain holds them. A chain
+/// outlives its own base: retention removes old full snapshots, and a newer snapshot is rolled
+/// forward by the segments of a chain begun before it. `records` must be one cluster's (the
+/// caller filters by cluster id).
 pub fn plan(bases: &[Base], records: &[SegmentRecord], target: Target) -> Result<ReplayPlan, PlanError> {
     let base = bases
         .iter()
@@ -152,12 +164,12 @@ pub fn plan(bases: &[Base], records: &[SegmentRecord], target: Target) -> Result
                 Target::Time(ms) => format!("time {}", fmt_ms(ms)),
             })
         })?;
-    let segments = chain_segments(records, &base.name);
+    let segments = chain_segments(records, None);
     let (continuous, gaps) = walk(base.revision, &segments);
     let reached = continuous.last().map_or(base.revision, |s| s.last_revision);
     let stop_at = match target {
         Target::Revision(rev) => rev,
-        Target::Time(ms) => revision_by_time(&segments, ms, base.revision),
+        Target::Time(ms) => revision_by_time(&segments, ms, base.revision).max(base.revision),
     };
     if stop_at > reached {
         return Err(match gaps.first() {
@@ -269,6 +281,21 @@ mod tests {
         assert_eq!(plan(&bases, &records, Target::Revision(240)).unwrap().base.name, CHAIN);
         let p = plan(&bases, &records, Target::Revision(390)).unwrap();
         assert_eq!((p.base.name.as_str(), p.segments.len()), (newer, 1));
+    }
+
+    #[test]
+    fn a_newer_snapshot_is_rolled_forward_by_a_chain_begun_before_it() {
+        // The chain began at 100; its base was pruned; a snapshot at 250 remains.
+        let newer = "etcd-snapshot-node-a-1700003600";
+        let bases = vec![base(newer, 250, 2_600)];
+        let records = vec![record(CHAIN, 100, 101, 200, 1_000, 2_000), record(CHAIN, 100, 201, 400, 2_000, 5_000)];
+        let p = plan(&bases, &records, Target::Revision(390)).unwrap();
+        assert_eq!(p.base.name, newer);
+        let ranges: Vec<(i64, i64)> = p.segments.iter().map(|s| (s.first_revision, s.last_revision)).collect();
+        assert_eq!(ranges, vec![(201, 400)], "only the segment past the base, whose first revisions the replay skips");
+        // A time before every change after the base lands on the base itself.
+        let p = plan(&bases, &records, Target::Time(2_700)).unwrap();
+        assert_eq!(p.stop_at, 250);
     }
 
     #[test]
