@@ -134,7 +134,7 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
         report.notes.push("no HashKV was recorded at save time: the contents were hashed, not compared".into());
     }
     let (Some(etcd), Some(restored)) = (&opts.etcd, restored) else { return };
-    match restored.boot(etcd, report.revision).await {
+    match boot::boot(&restored, etcd, report.revision).await {
         Ok(booted) => {
             if report.computed.is_some_and(|c| c != booted.hash) {
                 report.problems.push(format!(

@@ -17,14 +17,13 @@
 //! that lease ID for [`REPLAY_LEASE_TTL`] seconds (the capture does not record TTLs; see
 //! [`crate::pitr`]). Lease grants create no revision.
 
-use crate::restore::etcdutl::{self, EtcdutlError, MemberSettings};
+use crate::restore::loopback::{self, LoopbackError};
 use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use etcdsnap_api::KvHash;
 use etcdsnap_storage::deltas::{EventKind, ReplayPlan, RevisionChanges, Segment, SegmentError, Target};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// TTL, in seconds, of a lease the replay grants (one first seen after the base): an hour, the
@@ -33,8 +32,6 @@ use std::time::{Duration, Instant};
 pub const REPLAY_LEASE_TTL: i64 = 3600;
 /// The largest decompressed segment accepted (segments are flushed at 8 MiB by default).
 const SEGMENT_LIMIT: usize = 256 * 1024 * 1024;
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to replay, from where, with which binaries.
 #[derive(Debug, Clone)]
@@ -70,18 +67,8 @@ pub struct ReplayReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("no free loopback port for the replay's etcd: {0}")]
-    Port(std::io::Error),
     #[error(transparent)]
-    Restore(#[from] EtcdutlError),
-    #[error("cannot start {}: {source}", bin.display())]
-    Spawn {
-        bin: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the replay's etcd did not serve within {}s: {last}", START_TIMEOUT.as_secs())]
-    NotServing { last: String },
+    Loopback(#[from] LoopbackError),
     #[error("the restored base {chain} is at revision {found}, its record says {expected}")]
     BaseRevision { chain: String, expected: i64, found: i64 },
     #[error("cannot read delta segment {name}: {source}")]
@@ -113,22 +100,17 @@ pub enum ReplayError {
 /// Restores the base, applies the plan's revisions up to the target and checks the result.
 pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
-    let data_dir = r.work.join("data");
-    let peer = format!("http://127.0.0.1:{}", free_port()?);
-    let member = MemberSettings {
-        name: "pitr".into(),
-        initial_cluster: format!("pitr={peer}"),
-        initial_advertise_peer_urls: peer.clone(),
-        initial_cluster_token: "etcdsnap-pitr".into(),
-        bump_revision: None,
-        mark_compacted: false,
+    let restored = loopback::restore("pitr", r.etcdutl, r.base_snapshot, r.work).await?;
+    let mut cmd = tokio::process::Command::new(r.etcd);
+    cmd.kill_on_drop(true);
+    let etcd = restored.start(cmd, r.etcd).await?;
+    let result = match Client::connect([etcd.url()], None).await {
+        Ok(mut client) => apply_and_hash(r, &mut client).await,
+        Err(e) => Err(query(e)),
     };
-    etcdutl::start(r.etcdutl, r.base_snapshot, &data_dir, &member, &r.work.join("etcdutl.log"))?.wait().await?;
-    let mut etcd = PrivateEtcd::start(r.etcd, &data_dir, &member, &peer, r.work).await?;
-    let result = apply_and_hash(r, &mut etcd.client).await;
     etcd.stop().await;
     let mut report = result?;
-    report.data_dir = data_dir;
+    report.data_dir = restored.data_dir().to_path_buf();
     report.duration = started.elapsed();
     tracing::info!(
         revision = report.revision,
@@ -293,72 +275,4 @@ async fn revision_of(client: &mut Client) -> Result<i64, ReplayError> {
 
 fn query(e: etcd_client::Error) -> ReplayError {
     ReplayError::Query(e.to_string())
-}
-
-/// The replay's etcd on loopback; killed if dropped without [`PrivateEtcd::stop`].
-struct PrivateEtcd {
-    child: tokio::process::Child,
-    client: Client,
-}
-
-impl PrivateEtcd {
-    async fn start(
-        bin: &Path,
-        data_dir: &Path,
-        member: &MemberSettings,
-        peer: &str,
-        work: &Path,
-    ) -> Result<PrivateEtcd, ReplayError> {
-        let client_url = format!("http://127.0.0.1:{}", free_port()?);
-        let spawn = |source| ReplayError::Spawn { bin: bin.into(), source };
-        let log = std::fs::File::create(work.join("etcd.log")).map_err(spawn)?;
-        let log_err = log.try_clone().map_err(spawn)?;
-        let child = tokio::process::Command::new(bin)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--name", &member.name, "--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url, "--listen-peer-urls", peer])
-            .args(["--initial-advertise-peer-urls", peer, "--initial-cluster", &member.initial_cluster])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn)?;
-        let client = wait_serving(&client_url).await?;
-        Ok(PrivateEtcd { child, client })
-    }
-
-    /// SIGTERM, then a wait; killed when it does not exit in time.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        }
-        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await.is_err() {
-            tracing::warn!("the replay's etcd did not stop on SIGTERM; killing it");
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-async fn wait_serving(url: &str) -> Result<Client, ReplayError> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let last = match Client::connect([url], None).await {
-            Ok(mut client) => match client.status().await {
-                Ok(_) => return Ok(client),
-                Err(e) => e.to_string(),
-            },
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= deadline {
-            return Err(ReplayError::NotServing { last });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn free_port() -> Result<u16, ReplayError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(ReplayError::Port)?;
-    Ok(listener.local_addr().map_err(ReplayError::Port)?.port())
 }

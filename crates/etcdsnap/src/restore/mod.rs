@@ -21,6 +21,7 @@
 
 pub mod etcdutl;
 pub mod holders;
+pub mod loopback;
 pub mod preflight;
 pub mod source;
 pub mod space;
