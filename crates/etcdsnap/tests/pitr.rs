@@ -246,7 +246,7 @@ async fn a_replay_reaches_chosen_revisions_exactly() -> TestResult {
     let chain_dir = out.join(CHAIN);
     assert_eq!(common::mode(&chain_dir), 0o700);
     for name in common::files_in(&chain_dir) {
-        assert!(!name.starts_with(".tmp-"), "a temporary file was left: {name}");
+        assert!(!name.ends_with(".part"), "a temporary file was left: {name}");
         assert_eq!(common::mode(&chain_dir.join(&name)), 0o600, "{name}");
     }
 

@@ -422,7 +422,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Creates `dir` (and missing parents) 0700; a directory it creates is made durable in its
 /// parent, so a crash cannot lose the directory of a file already published in it.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         tighten(dir);
         return Ok(());
@@ -449,7 +449,7 @@ fn part_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` crash-safely: `.part`, fsync, rename, fsync of the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let part = part_path(path);
     let result = (|| {
         let mut f = open_private(&part, true).map_err(StoreError::io("create", &part))?;

@@ -15,10 +15,11 @@
 //!
 //! Lease TTLs are not captured (see the module documentation of [`crate::pitr`]).
 
-use super::{create_private_dir, now_ms, write_durably};
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
 use etcdsnap_storage::deltas::record::RECORD_FORMAT;
 use etcdsnap_storage::deltas::{Base, DeltaEvent, EventKind, RevisionChanges, Segment, SegmentRecord};
+use etcdsnap_storage::store::StoreError;
+use etcdsnap_storage::store::local::{create_private_dir, write_atomic};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,8 @@ pub enum CaptureError {
         "delta chain {chain} is broken after revision {last_revision}: {reason}; a new full snapshot must start a new chain"
     )]
     Broken { chain: String, last_revision: i64, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot write delta file {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -137,7 +140,7 @@ impl ChainWriter {
     /// A writer that continues the chain where its durable records end (a restarted capture
     /// neither rewrites nor overlaps them), refusing a chain already broken or with a gap.
     fn new(base: &Base, dir: PathBuf, settings: CaptureSettings) -> Result<ChainWriter, CaptureError> {
-        create_private_dir(&dir).map_err(|source| CaptureError::Write { path: dir.clone(), source })?;
+        create_private_dir(&dir)?;
         let segments = durable_records(&dir, &base.name)?;
         let last_revision = continue_from(base, &segments)?;
         Ok(ChainWriter {
@@ -171,7 +174,7 @@ impl ChainWriter {
         if resp.canceled() {
             return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
         }
-        let observed_ms = now_ms();
+        let observed_ms = etcdsnap_storage::clock::now().as_millisecond();
         for event in resp.events() {
             let Some(kv) = event.kv() else { return Err("a watch event without a key".into()) };
             let kind = match event.event_type() {
@@ -258,7 +261,7 @@ impl ChainWriter {
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), CaptureError> {
-        write_durably(&self.dir, name, bytes).map_err(|source| self.write_error(name, source))
+        Ok(write_atomic(&self.dir.join(name), bytes)?)
     }
 
     fn write_error(&self, name: &str, source: std::io::Error) -> CaptureError {
@@ -275,7 +278,7 @@ fn durable_records(dir: &Path, chain: &str) -> Result<Vec<SegmentRecord>, Captur
     for entry in entries {
         let path = entry.map_err(|e| read_error(dir.to_path_buf(), e))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if !name.ends_with(".json") || name.starts_with(".tmp-") {
+        if !name.ends_with(".json") {
             continue;
         }
         let bytes = std::fs::read(&path).map_err(|e| read_error(path.clone(), e))?;
@@ -344,7 +347,7 @@ mod tests {
         }
         w.flush(None).unwrap();
         // A crash between a segment and its record leaves a segment nobody counts.
-        std::fs::write(w.dir.join(".tmp-00000000000000000015-00000000000000000015.json"), b"{").unwrap();
+        std::fs::write(w.dir.join("00000000000000000015-00000000000000000015.json.part"), b"{").unwrap();
         let mut again = writer(dir.path());
         assert_eq!((again.taken, again.report.segments.len()), (14, 1));
         assert!(again.push(put(14), 2_000).is_err(), "a revision already durable was taken twice");
@@ -384,6 +387,6 @@ mod tests {
         let only = &w.report.segments[0];
         assert_eq!(stored_record(&w, only).chain_broken.as_deref(), Some("the watch failed"));
         let leftovers = std::fs::read_dir(&w.dir).unwrap().filter_map(Result::ok);
-        assert!(leftovers.map(|e| e.file_name()).all(|n| !n.to_string_lossy().starts_with(".tmp-")));
+        assert!(leftovers.map(|e| e.file_name()).all(|n| !n.to_string_lossy().ends_with(".part")));
     }
 }

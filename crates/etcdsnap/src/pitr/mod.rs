@@ -15,37 +15,3 @@
 
 pub mod capture;
 pub mod replay;
-
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
-
-/// Creates `dir` (and its parents) with mode 0700 where missing, and makes the new entry
-/// durable in its parent: a segment in a directory a crash forgot would be lost with it.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    match dir.parent() {
-        Some(parent) => std::fs::File::open(parent)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
-/// Writes `bytes` to `dir/name` crash-safely: a `.tmp-` file in the same directory (mode
-/// 0600), fsync, rename into place, fsync of the directory. A crash leaves either the old file
-/// or the new one, and at worst a `.tmp-` file that the next write of the name replaces.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
