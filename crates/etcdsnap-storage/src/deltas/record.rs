@@ -114,11 +114,6 @@ pub fn s3_key(folder: &str, chain: &str, file: &str) -> String {
     format!("{prefix}{DELTAS_DIR}/{chain}/{K3S_SKIPPED_PARENT}/{file}")
 }
 
-/// The local path of a chain's file, under the directory that holds the snapshot directory.
-pub fn local_path(parent_of_snapshots: &std::path::Path, chain: &str, file: &str) -> std::path::PathBuf {
-    parent_of_snapshots.join(DELTAS_DIR).join(chain).join(file)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
