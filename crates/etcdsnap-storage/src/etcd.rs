@@ -218,6 +218,11 @@ fn read_pem(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, EtcdError> {
 }
 
 impl EtcdMember {
+    /// The raw client, for what this module does not wrap (a point-in-time capture's watch).
+    pub fn into_client(self) -> Client {
+        self.client
+    }
+
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

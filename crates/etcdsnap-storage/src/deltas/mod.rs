@@ -8,6 +8,7 @@
 //! etcd or a store: these are the formats and the decisions, tested alone.
 
 pub mod chain;
+pub mod local;
 pub mod record;
 pub mod segment;
 

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::fmt::Write as _;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -125,7 +125,49 @@ pub struct Metrics {
     pub leader: Gauge,
     pub schedule_interval: Gauge<f64, AtomicU64>,
     pub legacy: LegacyGauges,
+    pub deltas: DeltaGauges,
     pub info: Family<InfoLabels, Gauge>,
+}
+
+/// Point-in-time capture (`agent --deltas`): how far behind the newest durable change is (the
+/// recovery point), and what was written.
+#[derive(Default)]
+pub struct DeltaGauges {
+    /// Seconds since every change was last known durable; set when scraped, while capturing.
+    pub lag: Gauge<f64, AtomicU64>,
+    /// 1 while this agent captures (it leads, or runs without Kubernetes).
+    pub capturing: Gauge,
+    pub durable_revision: Gauge,
+    pub bytes: Counter,
+    pub events: Counter,
+    /// Chains that could not continue (each is followed by a full snapshot).
+    pub breaks: Counter,
+    /// Unix milliseconds up to which every change is durable (0: not known).
+    caught_up_ms: AtomicI64,
+}
+
+impl DeltaGauges {
+    /// Every change up to `at_ms` is durable.
+    pub fn durable_until(&self, at_ms: i64) {
+        self.caught_up_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+
+    /// Capture starts (true) or stops (false) on this agent.
+    pub fn set_capturing(&self, on: bool, now_ms: i64) {
+        self.capturing.set(i64::from(on));
+        if on {
+            // A new capture is judged from now, not from a previous term's last segment.
+            self.caught_up_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    fn refresh_lag(&self, now_ms: i64) {
+        let lag = match self.capturing.get() {
+            0 => 0.0,
+            _ => (now_ms - self.caught_up_ms.load(Ordering::Relaxed)).max(0) as f64 / 1000.0,
+        };
+        self.lag.set(lag);
+    }
 }
 
 /// `etcdsnap_agent_info{node, version} 1`: joins a scrape target to its node name, so that
@@ -171,6 +213,7 @@ impl Metrics {
             leader: Gauge::default(),
             schedule_interval: Gauge::default(),
             legacy: LegacyGauges::default(),
+            deltas: DeltaGauges::default(),
             info: Family::default(),
             registry: Registry::default(),
         };
@@ -289,6 +332,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        self.deltas.refresh_lag(etcdsnap_storage::clock::now().as_millisecond());
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -316,6 +360,7 @@ fn register_state(registry: &mut Registry, m: &Metrics) {
         "Time between two scheduled snapshots (absent without a schedule)",
         m.schedule_interval.clone(),
     );
+    register_deltas(registry, &m.deltas);
     let legacy = &m.legacy;
     let gauges: [(&str, &str, &Gauge); 5] = [
         ("legacy_configmap_bytes", "Estimated size of the legacy ConfigMap the leader keeps", &legacy.bytes),
@@ -337,6 +382,27 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+fn register_deltas(registry: &mut Registry, d: &DeltaGauges) {
+    registry.register(
+        "delta_lag_seconds",
+        "Age of the newest durable point-in-time change: the recovery point (0 when not capturing)",
+        d.lag.clone(),
+    );
+    registry.register("delta_capturing", "1 while this agent captures etcd's changes (--deltas)", d.capturing.clone());
+    registry.register(
+        "delta_durable_revision",
+        "The newest etcd revision captured durably",
+        d.durable_revision.clone(),
+    );
+    registry.register("delta_bytes", "Bytes of delta segments written", d.bytes.clone());
+    registry.register("delta_events", "etcd events written to delta segments", d.events.clone());
+    registry.register(
+        "delta_chain_breaks",
+        "Delta chains that could not continue (compaction, a failed watch); each is followed by a full snapshot",
+        d.breaks.clone(),
+    );
 }
 
 #[cfg(test)]
@@ -361,6 +427,25 @@ mod tests {
         assert!(text.contains("etcdsnap_scheduled_runs_skipped_total 1"), "{text}");
         assert!(text.contains("etcdsnap_reconcile_failures_total{cause=\"storage_list\"} 1"), "{text}");
         assert!(text.contains("etcdsnap_last_success_timestamp_seconds{location=\"s3\"} 1700000000"), "{text}");
+    }
+
+    #[test]
+    fn the_delta_lag_is_the_age_of_the_last_moment_everything_was_durable() {
+        let d = DeltaGauges::default();
+        d.refresh_lag(10_000);
+        assert_eq!(d.lag.get(), 0.0, "not capturing: no lag to report");
+        d.set_capturing(true, 1_000);
+        d.durable_until(4_000);
+        d.durable_until(3_000);
+        d.refresh_lag(10_000);
+        assert_eq!(d.lag.get(), 6.0, "a later confirmation is never undone by an earlier one");
+        d.set_capturing(false, 11_000);
+        d.refresh_lag(20_000);
+        assert_eq!(d.lag.get(), 0.0);
+        let text = Metrics::new().encode();
+        for name in ["etcdsnap_delta_lag_seconds", "etcdsnap_delta_bytes_total", "etcdsnap_delta_events_total"] {
+            assert!(text.contains(name), "{name} missing: {text}");
+        }
     }
 
     #[test]

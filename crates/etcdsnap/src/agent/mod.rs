@@ -2,6 +2,7 @@
 //! snapshots (cron, jittered, never two at once), applies retention, verifies what it wrote,
 //! exposes metrics and health, and shuts down without leaving anything half-written.
 
+pub mod deltas;
 pub mod drills;
 pub mod health;
 pub mod http;
@@ -13,7 +14,7 @@ use crate::ops::{self, Context, PruneOptions, SaveError, SaveOptions, SaveReport
 use crate::session::{Purpose, Session};
 use etcdsnap_api::{Compression, StorageKind};
 use etcdsnap_storage::Outcome;
-use etcdsnap_storage::store::StoreError;
+use etcdsnap_storage::store::{SnapshotStore as _, StoreError};
 use health::Health;
 use kube_duties::KubeDuties;
 use metrics::{Location, LocationLabel, Metrics};
@@ -44,6 +45,8 @@ pub struct AgentSettings {
     pub jitter: Duration,
     /// Scheduled restore drills; None when disabled.
     pub drills: Option<drills::DrillSettings>,
+    /// Point-in-time capture (`--deltas`); None when disabled.
+    pub deltas: Option<crate::pitr::capture::CaptureSettings>,
 }
 
 /// The running agent's shared state.
@@ -105,8 +108,16 @@ impl Agent {
             let leading = move || duties.as_ref().is_some_and(|d| d.is_leading());
             tokio::spawn(drills::drill_loop(session, settings, metrics, leading, stop.clone()))
         });
+        let capturing = self.settings.deltas.map(|settings| {
+            let duties = self.duties.clone();
+            let leading = move || duties.as_ref().is_none_or(|d| d.is_leading());
+            tokio::spawn(deltas::delta_loop(self.clone(), settings, leading, stop.clone()))
+        });
         stop.cancelled().await;
         tracing::info!("shutting down");
+        if let Some(c) = capturing {
+            let _ = c.await;
+        }
         if let Some(d) = drilling {
             let _ = d.await;
         }
@@ -161,6 +172,26 @@ impl Agent {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
+        self.save(stop).await;
+    }
+
+    /// A snapshot outside the schedule (a new delta chain needs one), never beside a running
+    /// one: while a scheduled run is going, this waits for it instead. True when a snapshot was
+    /// taken everywhere (by this call or the run it waited for).
+    pub async fn snapshot_now(&self, stop: CancellationToken) -> bool {
+        while self.running.swap(true, Ordering::SeqCst) {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let ok = self.save(stop).await;
+        self.running.store(false, Ordering::SeqCst);
+        ok
+    }
+
+    /// Save, verify, prune, record; true when the snapshot is ready everywhere.
+    async fn save(&self, stop: CancellationToken) -> bool {
         let options = SaveOptions {
             base_name: self.settings.base_name.clone(),
             compression: self.settings.compression,
@@ -169,18 +200,24 @@ impl Agent {
         let started = Instant::now();
         let ctx = self.session.context(Purpose::Save).await;
         match ops::save(&ctx, &options, None).await {
-            Ok(report) => self.after_save(&ctx, &report).await,
+            Ok(report) => {
+                self.after_save(&ctx, &report).await;
+                report.all_ready()
+            }
             Err(SaveError::Store(StoreError::Locked(dir))) => {
                 self.metrics.skipped.inc();
                 tracing::warn!(dir = %dir.display(), "scheduled snapshot skipped: another save is running in this directory");
+                false
             }
             Err(SaveError::Cancelled) => {
-                tracing::info!("scheduled snapshot cancelled by shutdown; nothing was published")
+                tracing::info!("scheduled snapshot cancelled by shutdown; nothing was published");
+                false
             }
             Err(e) => {
                 Metrics::observe(&self.metrics.save, false, started.elapsed());
                 self.metrics.saved(false);
                 tracing::error!(error = %e, "scheduled snapshot failed");
+                false
             }
         }
     }
@@ -275,5 +312,13 @@ impl Agent {
         }
         let removed: Vec<(StorageKind, String)> = report.deleted.iter().map(|(k, n)| (*k, n.to_string())).collect();
         self.session.after_removal(ctx, &removed).await;
+        if let (Some(_), Some(local)) = (self.settings.deltas, &ctx.local) {
+            match local.list().await {
+                Ok(listing) => deltas::prune_segments(local, &listing.records),
+                Err(e) => {
+                    tracing::warn!(error = %e, "delta retention skipped: the snapshot directory cannot be listed")
+                }
+            }
+        }
     }
 }

@@ -29,6 +29,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if first.local.is_none() && first.remote.is_none() && session.config().kube_settings.s3_config_secret.is_none() {
         anyhow::bail!("nothing to save to: --no-local needs --s3 (or --s3-config-secret)");
     }
+    if args.deltas && first.local.is_none() {
+        anyhow::bail!("--deltas needs the local snapshot directory (segments are written beside it): drop --no-local");
+    }
+    if args.deltas && args.delta_interval.is_zero() {
+        anyhow::bail!("--delta-interval must be above 0");
+    }
     let settings = AgentSettings {
         schedule,
         base_name: args.snapshot_name.clone(),
@@ -38,6 +44,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         verify_after_save: args.verify_after_save,
         jitter: args.schedule_jitter,
         drills: drill_settings(&args)?,
+        deltas: args.deltas.then_some(etcdsnap::pitr::capture::CaptureSettings {
+            flush_interval: args.delta_interval,
+            max_bytes: args.delta_max_bytes,
+        }),
     };
     etcdsnap_api::SnapshotName::parse(&etcdsnap_api::snapshot_file_name(
         &settings.base_name,

@@ -139,6 +139,18 @@ pub struct AgentArgs {
     pub drill_schedule: String,
     #[command(flatten)]
     pub drill: DrillToolArgs,
+    /// Point-in-time recovery: capture etcd's changes between snapshots (the leader only)
+    /// into delta segments beside the snapshot directory, for `restore --to-revision|--to-time`.
+    #[arg(long, env = "ETCDSNAP_DELTAS")]
+    pub deltas: bool,
+    /// With --deltas: the longest a captured change waits before its segment is written (the
+    /// recovery point objective, roughly).
+    #[arg(long, env = "ETCDSNAP_DELTA_INTERVAL", value_parser = parse_duration, default_value = "10s", requires = "deltas")]
+    pub delta_interval: Duration,
+    /// With --deltas: a segment is written once its changes reach this size (8MiB, 512KiB,
+    /// 1000000).
+    #[arg(long, env = "ETCDSNAP_DELTA_MAX_BYTES", value_parser = parse_byte_size, default_value = "8MiB", requires = "deltas")]
+    pub delta_max_bytes: usize,
     #[command(flatten)]
     pub node: NodeFlags,
 }
@@ -480,6 +492,30 @@ fn go_duration_text(s: &str) -> Result<String, String> {
     parse_duration(s).map(|_| s.trim().to_string())
 }
 
+/// A size: a number of bytes with an optional unit, binary (KiB, MiB, GiB; also Ki, Mi, Gi as
+/// Kubernetes writes them) or decimal (KB, MB, GB).
+pub fn parse_byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits.parse().map_err(|_| format!("{s:?} is not a size (e.g. 8MiB, 512KiB, 1000000)"))?;
+    let factor: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" | "K" => 1 << 10,
+        "MiB" | "Mi" | "M" => 1 << 20,
+        "GiB" | "Gi" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    match n.checked_mul(factor) {
+        Some(0) => Err("a size must be above 0".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
 fn parse_compression(s: &str) -> Result<Compression, String> {
     s.parse()
 }
@@ -487,6 +523,17 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units_and_refuse_the_rest() {
+        assert_eq!(parse_byte_size("8MiB"), Ok(8 * 1024 * 1024));
+        assert_eq!(parse_byte_size("512Ki"), Ok(512 * 1024));
+        assert_eq!(parse_byte_size("1000000"), Ok(1_000_000));
+        assert_eq!(parse_byte_size("2 MB"), Ok(2_000_000));
+        for bad in ["", "MiB", "8XB", "-1", "0", "99999999999999999999GiB"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn s3_flags_become_raw_settings() {

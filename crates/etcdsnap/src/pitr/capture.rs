@@ -16,6 +16,7 @@
 //! Lease TTLs are not captured (see the module documentation of [`crate::pitr`]).
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use etcdsnap_storage::deltas::local;
 use etcdsnap_storage::deltas::record::RECORD_FORMAT;
 use etcdsnap_storage::deltas::{Base, DeltaEvent, EventKind, RevisionChanges, Segment, SegmentRecord};
 use etcdsnap_storage::store::StoreError;
@@ -28,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 /// zstd level of stored segments.
 const ZSTD_LEVEL: i32 = 3;
+/// How often an idle capture asks etcd whether anything is left to deliver.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// When segments are flushed.
 #[derive(Debug, Clone, Copy)]
@@ -79,29 +82,64 @@ pub async fn capture(
     settings: CaptureSettings,
     stop: CancellationToken,
 ) -> Result<CaptureReport, CaptureError> {
+    capture_observed(client, base, out_dir, settings, stop, &mut |_| {}).await
+}
+
+/// What a running capture reports as it goes (the agent's metrics).
+#[derive(Debug, Clone, Copy)]
+pub enum CaptureEvent<'a> {
+    /// A segment became durable.
+    Segment(&'a SegmentRecord),
+    /// etcd confirmed that nothing after `revision` exists: every change up to `at_ms` (Unix
+    /// milliseconds) is durable.
+    CaughtUp { revision: i64, at_ms: i64 },
+}
+
+/// [`capture`], telling `observe` of each durable segment and each confirmation that nothing is
+/// pending. With nothing pending, etcd is asked every [`PROGRESS_EVERY`] (at most the flush
+/// interval) for its progress, so that an idle cluster is seen to be caught up.
+pub async fn capture_observed(
+    client: &mut Client,
+    base: &Base,
+    out_dir: &Path,
+    settings: CaptureSettings,
+    stop: CancellationToken,
+    observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send),
+) -> Result<CaptureReport, CaptureError> {
     if !etcdsnap_storage::deltas::valid_chain_name(&base.name) {
         return Err(CaptureError::ChainName(base.name.clone()));
     }
     let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings)?;
     let start = writer.taken + 1;
     let opts = WatchOptions::new().with_all_keys().with_start_revision(start).with_progress_notify();
-    let mut stream = client
+    let (mut requests, mut stream) = client
         .watch("", Some(opts))
         .await
-        .map_err(|e| CaptureError::Start { revision: start, message: e.to_string() })?;
+        .map_err(|e| CaptureError::Start { revision: start, message: e.to_string() })?
+        .split();
     tracing::info!(chain = %base.name, from = start, "delta capture started");
+    let mut progress = tokio::time::interval(PROGRESS_EVERY.min(settings.flush_interval));
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         let deadline = writer.flush_deadline();
         tokio::select! {
             () = stop.cancelled() => {
-                writer.flush(None)?;
+                writer.flush(None, observe)?;
                 tracing::info!(chain = %base.name, last = writer.report.last_revision, "delta capture stopped");
                 return Ok(writer.report);
             }
-            () = sleep_until(deadline) => writer.flush(None)?,
+            () = sleep_until(deadline) => writer.flush(None, observe)?,
+            _ = progress.tick(), if writer.pending.revisions.is_empty() => {
+                if let Err(e) = requests.request_progress().await {
+                    break format!("the watch failed: {e}");
+                }
+            }
             message = stream.message() => match message {
                 Ok(Some(resp)) => match writer.take(&resp) {
-                    Ok(()) => writer.flush_if_full()?,
+                    Ok(()) => {
+                        writer.flush_if_full(observe)?;
+                        writer.caught_up(&resp, observe);
+                    }
                     Err(reason) => break reason,
                 },
                 Ok(None) => break "the watch stream ended".to_string(),
@@ -109,7 +147,7 @@ pub async fn capture(
             },
         }
     };
-    writer.flush(Some(reason.clone()))?;
+    writer.flush(Some(reason.clone()), observe)?;
     let last_revision = writer.report.last_revision;
     tracing::warn!(chain = %base.name, last_revision, %reason, "delta chain broken");
     Err(CaptureError::Broken { chain: base.name.clone(), last_revision, reason })
@@ -141,7 +179,11 @@ impl ChainWriter {
     /// neither rewrites nor overlaps them), refusing a chain already broken or with a gap.
     fn new(base: &Base, dir: PathBuf, settings: CaptureSettings) -> Result<ChainWriter, CaptureError> {
         create_private_dir(&dir)?;
-        let segments = durable_records(&dir, &base.name)?;
+        let segments = local::read_chain(&dir).map_err(|e| CaptureError::Broken {
+            chain: base.name.clone(),
+            last_revision: base.revision,
+            reason: e.to_string(),
+        })?;
         let last_revision = continue_from(base, &segments)?;
         Ok(ChainWriter {
             base: base.clone(),
@@ -212,13 +254,26 @@ impl ChainWriter {
         Ok(())
     }
 
-    fn flush_if_full(&mut self) -> Result<(), CaptureError> {
-        if self.pending.encoded_len() >= self.settings.max_bytes { self.flush(None) } else { Ok(()) }
+    fn flush_if_full(&mut self, observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send)) -> Result<(), CaptureError> {
+        if self.pending.encoded_len() >= self.settings.max_bytes { self.flush(None, observe) } else { Ok(()) }
+    }
+
+    /// A response without events (a progress notification) at the revision last taken, with
+    /// nothing pending, says every change is durable now.
+    fn caught_up(&self, resp: &WatchResponse, observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send)) {
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        if resp.events().is_empty() && !resp.created() && self.pending.revisions.is_empty() && revision == self.taken {
+            observe(CaptureEvent::CaughtUp { revision, at_ms: etcdsnap_storage::clock::now().as_millisecond() });
+        }
     }
 
     /// Writes the pending segment and its record; with `broken`, marks the chain broken there
     /// (on the last written record when nothing is pending).
-    fn flush(&mut self, broken: Option<String>) -> Result<(), CaptureError> {
+    fn flush(
+        &mut self,
+        broken: Option<String>,
+        observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send),
+    ) -> Result<(), CaptureError> {
         let segment = std::mem::take(&mut self.pending);
         self.opened = None;
         let (Some(first), Some(last)) = (segment.revisions.first(), segment.revisions.last()) else {
@@ -245,6 +300,7 @@ impl ChainWriter {
         tracing::debug!(chain = %record.chain, first = record.first_revision, last = record.last_revision,
             bytes = record.stored_bytes, "delta segment written");
         self.report.last_revision = record.last_revision;
+        observe(CaptureEvent::Segment(&record));
         self.report.segments.push(record);
         Ok(())
     }
@@ -267,30 +323,6 @@ impl ChainWriter {
     fn write_error(&self, name: &str, source: std::io::Error) -> CaptureError {
         CaptureError::Write { path: self.dir.join(name), source }
     }
-}
-
-/// The chain's records already in `dir`, oldest first (unreadable ones are an error: a chain
-/// is not continued over a record nobody can check).
-fn durable_records(dir: &Path, chain: &str) -> Result<Vec<SegmentRecord>, CaptureError> {
-    let read_error = |path: PathBuf, source| CaptureError::Write { path, source };
-    let entries = std::fs::read_dir(dir).map_err(|e| read_error(dir.to_path_buf(), e))?;
-    let mut records = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| read_error(dir.to_path_buf(), e))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if !name.ends_with(".json") {
-            continue;
-        }
-        let bytes = std::fs::read(&path).map_err(|e| read_error(path.clone(), e))?;
-        let record = SegmentRecord::parse(&name, &bytes).map_err(|e| CaptureError::Broken {
-            chain: chain.into(),
-            last_revision: 0,
-            reason: e.to_string(),
-        })?;
-        records.push(record);
-    }
-    records.sort_by_key(|r| r.first_revision);
-    Ok(records)
 }
 
 /// The newest revision the chain holds without a gap, or why it cannot be continued.
@@ -345,14 +377,14 @@ mod tests {
         for rev in 11..=14 {
             w.push(put(rev), 1_000).unwrap();
         }
-        w.flush(None).unwrap();
+        w.flush(None, &mut |_| {}).unwrap();
         // A crash between a segment and its record leaves a segment nobody counts.
         std::fs::write(w.dir.join("00000000000000000015-00000000000000000015.json.part"), b"{").unwrap();
         let mut again = writer(dir.path());
         assert_eq!((again.taken, again.report.segments.len()), (14, 1));
         assert!(again.push(put(14), 2_000).is_err(), "a revision already durable was taken twice");
         again.push(put(15), 2_000).unwrap();
-        again.flush(Some("the watch failed".into())).unwrap();
+        again.flush(Some("the watch failed".into()), &mut |_| {}).unwrap();
         let err = ChainWriter::new(&again.base, again.dir.clone(), CaptureSettings::default()).err().unwrap();
         assert!(err.to_string().contains("already broken"), "{err}");
     }
@@ -364,7 +396,7 @@ mod tests {
         for rev in [11, 11, 12] {
             w.push(put(rev), 1_000).unwrap();
         }
-        w.flush(None).unwrap();
+        w.flush(None, &mut |_| {}).unwrap();
         let first = w.report.segments[0].clone();
         assert_eq!((first.first_revision, first.last_revision, first.events), (11, 12, 3));
         assert_eq!(stored_record(&w, &first), first);
@@ -374,7 +406,7 @@ mod tests {
         w.push(put(13), 2_000).unwrap();
         let reason = w.push(put(15), 2_000).unwrap_err();
         assert!(reason.contains("revision 15 after 13"), "{reason}");
-        w.flush(Some(reason)).unwrap();
+        w.flush(Some(reason), &mut |_| {}).unwrap();
         let second = w.report.segments[1].clone();
         assert_eq!((second.first_revision, second.last_revision), (13, 13));
         assert!(stored_record(&w, &second).chain_broken.is_some());
@@ -382,8 +414,8 @@ mod tests {
         // Nothing pending: the last record written carries the break.
         let mut w = writer(dir.path().join("other").as_path());
         w.push(put(11), 1_000).unwrap();
-        w.flush(None).unwrap();
-        w.flush(Some("the watch failed".into())).unwrap();
+        w.flush(None, &mut |_| {}).unwrap();
+        w.flush(Some("the watch failed".into()), &mut |_| {}).unwrap();
         let only = &w.report.segments[0];
         assert_eq!(stored_record(&w, only).chain_broken.as_deref(), Some("the watch failed"));
         let leftovers = std::fs::read_dir(&w.dir).unwrap().filter_map(Result::ok);

@@ -1,0 +1,212 @@
+//! `agent --deltas`: point-in-time capture by the leader (deltas are cluster-wide; one copy is
+//! enough, and followers would only add load on etcd).
+//!
+//! While this agent leads (always, without Kubernetes), it captures etcd's changes after its
+//! newest local full snapshot of the live cluster into `.etcdsnap-deltas/` beside the snapshot
+//! directory ([`crate::pitr::capture`]). A restarted agent continues the chain after its
+//! durable segments. When the chain cannot continue (the revisions after it were compacted,
+//! the watch failed) the gap is marked, a full snapshot is taken at once and a new chain starts
+//! from it. When the term ends, capture stops at once: what was pending is written, and the
+//! next leader continues from its own newest snapshot.
+
+use super::Agent;
+use crate::pitr::capture::{self, CaptureError, CaptureEvent, CaptureSettings};
+use crate::session::Purpose;
+use etcdsnap_storage::deltas::{Base, local};
+use etcdsnap_storage::store::SnapshotStore;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often a follower checks whether it leads now, and a leader whether it still does.
+const TERM_CHECK: Duration = Duration::from_secs(1);
+/// First and longest wait after a capture could not run.
+const BACKOFF_MIN: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Why one capture term ended.
+#[derive(Debug, thiserror::Error)]
+enum TermError {
+    #[error("no local snapshot of this cluster to start from")]
+    NoBase,
+    #[error("--deltas needs a local snapshot directory (segments are written beside it)")]
+    NoLocal,
+    #[error("{0}")]
+    Capture(#[from] CaptureError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TermError {
+    /// Whether a full snapshot now lets capture go on (a new chain starts from it).
+    fn needs_snapshot(&self) -> bool {
+        matches!(self, TermError::NoBase | TermError::Capture(CaptureError::Broken { .. }))
+    }
+}
+
+/// Captures while `leading()` until `stop` is cancelled.
+pub async fn delta_loop(
+    agent: Arc<Agent>,
+    settings: CaptureSettings,
+    leading: impl Fn() -> bool + Send + Sync + 'static,
+    stop: CancellationToken,
+) {
+    let leading = Arc::new(leading);
+    let mut backoff = BACKOFF_MIN;
+    while !stop.is_cancelled() {
+        if !leading() {
+            agent.metrics.deltas.set_capturing(false, now_ms());
+            wait(TERM_CHECK, &stop).await;
+            continue;
+        }
+        let result = capture_term(&agent, settings, leading.clone(), &stop).await;
+        agent.metrics.deltas.set_capturing(false, now_ms());
+        let Err(e) = result else {
+            backoff = BACKOFF_MIN;
+            continue;
+        };
+        if matches!(e, TermError::Capture(CaptureError::Broken { .. })) {
+            agent.metrics.deltas.breaks.inc();
+        }
+        if e.needs_snapshot() && !stop.is_cancelled() {
+            tracing::warn!(reason = %e, "taking a full snapshot to start a new delta chain");
+            if agent.snapshot_now(stop.clone()).await {
+                backoff = BACKOFF_MIN;
+                continue;
+            }
+        } else {
+            tracing::error!(error = %e, "delta capture failed");
+        }
+        wait(backoff, &stop).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    agent.metrics.deltas.set_capturing(false, now_ms());
+}
+
+/// One term of capture: from the newest base, until the term or the agent ends.
+async fn capture_term(
+    agent: &Agent,
+    settings: CaptureSettings,
+    leading: Arc<impl Fn() -> bool + Send + Sync + 'static>,
+    stop: &CancellationToken,
+) -> Result<(), TermError> {
+    let ctx = agent.session.context(Purpose::Save).await;
+    let local = ctx.local.as_ref().ok_or(TermError::NoLocal)?;
+    let (member, status) = ctx.etcd.connect_member().await.map_err(|e| TermError::Other(e.to_string()))?;
+    let cluster = format!("{:x}", status.cluster_id);
+    let listing = local.list().await.map_err(|e| TermError::Other(e.to_string()))?;
+    let base = newest_base(&listing.records, &ctx.node_name, &cluster).ok_or(TermError::NoBase)?;
+    let deltas_dir: PathBuf = local::dir_beside(local.dir());
+    let term = stop.child_token();
+    let watcher = tokio::spawn(end_of_term(leading, term.clone()));
+    let metrics = agent.metrics.clone();
+    metrics.deltas.set_capturing(true, now_ms());
+    let mut observe = move |event: CaptureEvent<'_>| match event {
+        CaptureEvent::Segment(r) => {
+            metrics.deltas.bytes.inc_by(r.stored_bytes);
+            metrics.deltas.events.inc_by(r.events);
+            metrics.deltas.durable_revision.set(r.last_revision);
+            metrics.deltas.durable_until(r.last_observed_ms);
+        }
+        CaptureEvent::CaughtUp { at_ms, revision } => {
+            metrics.deltas.durable_revision.set(revision);
+            metrics.deltas.durable_until(at_ms);
+        }
+    };
+    let mut client = member.into_client();
+    let result = capture::capture_observed(&mut client, &base, &deltas_dir, settings, term, &mut observe).await;
+    watcher.abort();
+    result.map(|_| ()).map_err(TermError::from)
+}
+
+/// The newest ready snapshot of `node` taken from cluster `cluster`, with its revision: the
+/// chain starts there (another node's snapshot is on another disk; another cluster's would
+/// replay the wrong history).
+fn newest_base(records: &[etcdsnap_storage::SnapshotRecord], node: &str, cluster: &str) -> Option<Base> {
+    records
+        .iter()
+        .filter(|r| r.node_name == node && r.etcd.as_ref().is_some_and(|e| e.cluster_id == cluster))
+        .filter_map(local::base_of)
+        .max_by_key(|b| (b.revision, b.taken_ms))
+}
+
+/// Cancels `term` when this agent stops leading.
+async fn end_of_term(leading: Arc<impl Fn() -> bool + Send + Sync + 'static>, term: CancellationToken) {
+    while leading() {
+        tokio::select! {
+            () = term.cancelled() => return,
+            () = tokio::time::sleep(TERM_CHECK) => {}
+        }
+    }
+    tracing::info!("leadership lost: delta capture stops");
+    term.cancel();
+}
+
+/// Retention of segments: those ending at or before the oldest retained full snapshot's
+/// revision serve no snapshot any more. Without any snapshot, nothing is removed.
+pub fn prune_segments(
+    local: &etcdsnap_storage::store::local::LocalStore,
+    records: &[etcdsnap_storage::SnapshotRecord],
+) {
+    let Some(oldest) = records.iter().filter_map(local::base_of).map(|b| b.revision).min() else { return };
+    match local::remove_older_than(&local::dir_beside(local.dir()), oldest) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(
+                segments = removed.len(),
+                before = oldest,
+                "delta segments older than every snapshot removed"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "delta retention"),
+    }
+}
+
+async fn wait(d: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
+
+fn now_ms() -> i64 {
+    etcdsnap_storage::clock::now().as_millisecond()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdsnap_api::{EtcdInfo, SnapshotName, StorageKind};
+    use etcdsnap_storage::SnapshotRecord;
+
+    fn snap(node: &str, unix: i64, revision: i64, cluster: &str) -> SnapshotRecord {
+        let name = SnapshotName::parse(&format!("etcd-snapshot-{node}-{unix}")).unwrap();
+        let at = jiff::Timestamp::from_second(unix).unwrap();
+        let mut r = SnapshotRecord::stored(name, StorageKind::Local, node, "file:///x", at, 1);
+        r.etcd = Some(EtcdInfo {
+            revision,
+            version: "3.6.0".into(),
+            cluster_id: cluster.into(),
+            member_id: "1".into(),
+            db_size: None,
+            hash_kv: None,
+            kubernetes_keys: None,
+        });
+        r
+    }
+
+    #[test]
+    fn the_base_is_this_nodes_newest_snapshot_of_the_live_cluster() {
+        let records = [
+            snap("node-a", 100, 50, "c1"),
+            snap("node-a", 200, 90, "c1"),
+            // A node whose name ends in this one's, another cluster in the same folder.
+            snap("x-node-a", 300, 120, "c1"),
+            snap("node-a", 400, 200, "c2"),
+        ];
+        let base = newest_base(&records, "node-a", "c1").unwrap();
+        assert_eq!((base.name.as_str(), base.revision), ("etcd-snapshot-node-a-200", 90));
+        assert!(newest_base(&records, "node-b", "c1").is_none());
+    }
+}
