@@ -212,6 +212,7 @@ async fn replay_to(
         etcd: &etcd,
         work: work.path(),
         expected_hash: expected,
+        save_to: None,
     };
     let report = replay(&r).await?;
     assert!(report.data_dir.join("member").is_dir(), "{}", report.data_dir.display());

@@ -76,6 +76,10 @@ pub enum PlanError {
         "revision {target} was not captured yet: the changes captured after snapshot {chain} reach revision {newest}"
     )]
     NotCaptured { chain: String, target: i64, newest: i64 },
+    #[error(
+        "{at} was not captured yet: the changes captured after snapshot {chain} end at revision {newest}, observed at {newest_at} (to restore that, use --to-revision {newest})"
+    )]
+    TimeNotCaptured { chain: String, at: String, newest: i64, newest_at: String },
 }
 
 /// Records of `chain` (every chain with None), ordered, without exact duplicates (the same
@@ -171,6 +175,23 @@ pub fn plan(bases: &[Base], records: &[SegmentRecord], target: Target) -> Result
         Target::Revision(rev) => rev,
         Target::Time(ms) => revision_by_time(&segments, ms, base.revision).max(base.revision),
     };
+    let covered_ms = continuous.last().map_or(base.taken_ms, |s| s.last_observed_ms);
+    if let (Target::Time(ms), true) = (target, stop_at <= reached) {
+        // Nothing says what happened after the last change captured: capture may have stopped.
+        if ms > covered_ms {
+            return Err(match gaps.first() {
+                Some(gap) => {
+                    PlanError::AcrossGap { chain: base.name.clone(), target: stop_at.max(gap.after + 1), gap: *gap }
+                }
+                None => PlanError::TimeNotCaptured {
+                    chain: base.name.clone(),
+                    at: fmt_ms(ms),
+                    newest: reached,
+                    newest_at: fmt_ms(covered_ms),
+                },
+            });
+        }
+    }
     if stop_at > reached {
         return Err(match gaps.first() {
             Some(gap) => PlanError::AcrossGap { chain: base.name.clone(), target: stop_at, gap: *gap },
@@ -269,8 +290,24 @@ mod tests {
         let p = plan(&bases, &records, Target::Time(950)).unwrap();
         assert!(p.segments.is_empty());
         assert_eq!(p.stop_at, 100);
-        // After the gap's far side began: refused.
+        // After the gap's far side began, or inside the gap: refused.
         assert!(matches!(plan(&bases, &records, Target::Time(4_500)), Err(PlanError::AcrossGap { .. })));
+        assert!(matches!(plan(&bases, &records, Target::Time(3_500)), Err(PlanError::AcrossGap { .. })));
+    }
+
+    #[test]
+    fn a_time_after_the_last_captured_change_is_refused_with_the_newest_revision() {
+        // Nothing says what happened after 3000: capture may have stopped there.
+        let (bases, records) = chain_with_gap();
+        let no_gap: Vec<SegmentRecord> = records.into_iter().filter(|r| r.last_revision <= 300).collect();
+        assert_eq!(plan(&bases, &no_gap, Target::Time(3_000)).unwrap().stop_at, 300);
+        let err = plan(&bases, &no_gap, Target::Time(3_001)).unwrap_err();
+        assert!(matches!(err, PlanError::TimeNotCaptured { newest: 300, .. }), "{err}");
+        assert!(err.to_string().contains("--to-revision 300"), "{err}");
+        // A snapshot with nothing captured after it covers only its own moment.
+        let alone = [base(CHAIN, 100, 900)];
+        assert_eq!(plan(&alone, &[], Target::Time(900)).unwrap().stop_at, 100);
+        assert!(matches!(plan(&alone, &[], Target::Time(901)), Err(PlanError::TimeNotCaptured { .. })));
     }
 
     #[test]

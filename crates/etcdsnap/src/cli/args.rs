@@ -453,6 +453,10 @@ pub struct LsArgs {
     /// node's storage.
     #[arg(long)]
     pub cluster: bool,
+    /// List the delta chains of point-in-time recovery (`agent --deltas`) beside the snapshot
+    /// directory: base, revisions and times covered, gaps.
+    #[arg(long, conflicts_with = "cluster")]
+    pub deltas: bool,
     #[command(flatten)]
     pub flags: SnapshotFlags,
 }

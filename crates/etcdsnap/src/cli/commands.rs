@@ -230,6 +230,12 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     }
     let session = command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
+    if args.deltas {
+        let Some(local) = &ctx.local else {
+            bail!("delta chains live beside the local snapshot directory, which does not exist (pass --dir)");
+        };
+        return Ok(exit(super::ls_deltas::print_chains(local.dir(), args.flags.output.output)?));
+    }
     let report = ops::list(&ctx).await;
     for w in &report.warnings {
         tracing::warn!("{w}");

@@ -9,10 +9,12 @@ mod docs;
 mod drill;
 mod kube_args;
 mod kube_commands;
+mod ls_deltas;
 mod output;
 mod presets;
 mod progress;
 mod restore;
+mod restore_pitr;
 
 use args::{Cli, Command, LogFormat};
 use clap::{CommandFactory, Parser};

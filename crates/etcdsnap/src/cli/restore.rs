@@ -23,9 +23,26 @@ use std::process::ExitCode;
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Snapshot to restore: a snapshot name as `ls` shows it, looked up in the snapshot
-    /// directory, or a file path (anything containing a `/`, e.g. ./snap.db).
-    #[arg(value_name = "NAME|PATH")]
-    pub snapshot: String,
+    /// directory, or a file path (anything containing a `/`, e.g. ./snap.db). Not given with
+    /// --to-revision or --to-time, which choose the snapshot themselves.
+    #[arg(value_name = "NAME|PATH", required_unless_present_any = ["to_revision", "to_time"], conflicts_with_all = ["to_revision", "to_time"])]
+    pub snapshot: Option<String>,
+    /// Point-in-time recovery: the newest snapshot at or below revision N, rolled forward to N
+    /// through the changes `agent --deltas` captured, then restored like any snapshot.
+    #[arg(long, value_name = "N", conflicts_with = "to_time", value_parser = clap::value_parser!(i64).range(1..))]
+    pub to_revision: Option<i64>,
+    /// Point-in-time recovery to the newest revision observed at or before a time: RFC 3339
+    /// (2026-12-03T07:04:00Z) or how long ago ("4m ago").
+    #[arg(long, value_name = "TIME", value_parser = super::restore_pitr::parse_time)]
+    pub to_time: Option<jiff::Timestamp>,
+    /// With --to-revision/--to-time: the etcd binary the changes are replayed in (a private
+    /// member on loopback), at least as new as the snapshot's etcd [default: etcd from PATH]
+    #[arg(long, env = "ETCDSNAP_ETCD", value_name = "PATH")]
+    pub etcd: Option<PathBuf>,
+    /// With --to-revision/--to-time: the etcd cluster ID (as `ls -o wide` shows it) whose
+    /// snapshots to use, when the snapshot directory holds several clusters'.
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
     /// etcd data directory to restore into. If it holds data, that is moved aside to
     /// <dir>-old-<unix time>, never deleted. (Unlike other commands' --data-dir, this is
     /// never taken from the environment or a config file.)
@@ -93,36 +110,19 @@ struct Restored {
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let Some(snapshot) = args.snapshot.clone() else {
+        return super::restore_pitr::restore_to_point(args).await;
+    };
     let source = match args.s3.enabled {
-        true => resolve_s3(&args.snapshot, args.s3.raw(None)).await?,
-        false => resolve(&args)?,
-    };
-    let token = match token_hash(&args.token, Preset::detect().as_ref())? {
-        Some(hash) => Some(CurrentToken {
-            hash,
-            // --token and --token-file exclude each other.
-            from: match (&args.token.token, &args.token.token_file) {
-                (None, Some(p)) => format!("--token-file {}", p.display()),
-                _ => "--token".into(),
-            },
-        }),
-        None => None,
-    };
-    let first_peer = args.initial_advertise_peer_urls.split(',').next().unwrap_or_default().trim().to_string();
-    let member = MemberSettings {
-        initial_cluster: args.initial_cluster.clone().unwrap_or_else(|| format!("{}={first_peer}", args.name)),
-        name: args.name.clone(),
-        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
-        initial_cluster_token: args.initial_cluster_token.clone(),
-        bump_revision: args.bump_revision,
-        mark_compacted: args.mark_compacted,
+        true => resolve_s3(&snapshot, args.s3.raw(None)).await?,
+        false => resolve(&args, &snapshot)?,
     };
     let request = RestoreRequest {
         source,
         data_dir: args.data_dir.clone(),
-        member,
+        member: member_settings(&args),
         etcdutl: args.etcdutl.clone(),
-        token,
+        token: current_token(&args)?,
         ignore_token_mismatch: args.ignore_token_mismatch,
         dry_run: args.dry_run,
     };
@@ -207,8 +207,31 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A path (anything with a `/`) is a file; anything else is a snapshot name in the snapshot
-/// directory.
+/// The current server token's hash, with where it came from.
+pub(super) fn current_token(args: &RestoreArgs) -> anyhow::Result<Option<CurrentToken>> {
+    Ok(token_hash(&args.token, Preset::detect().as_ref())?.map(|hash| CurrentToken {
+        hash,
+        // --token and --token-file exclude each other.
+        from: match (&args.token.token, &args.token.token_file) {
+            (None, Some(p)) => format!("--token-file {}", p.display()),
+            _ => "--token".into(),
+        },
+    }))
+}
+
+/// The restored member, from the flags.
+pub(super) fn member_settings(args: &RestoreArgs) -> MemberSettings {
+    let first_peer = args.initial_advertise_peer_urls.split(',').next().unwrap_or_default().trim().to_string();
+    MemberSettings {
+        initial_cluster: args.initial_cluster.clone().unwrap_or_else(|| format!("{}={first_peer}", args.name)),
+        name: args.name.clone(),
+        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
+        initial_cluster_token: args.initial_cluster_token.clone(),
+        bump_revision: args.bump_revision,
+        mark_compacted: args.mark_compacted,
+    }
+}
+
 /// With `--s3`: a bare snapshot name in the configured bucket folder (like K3s's
 /// `--etcd-s3 --cluster-reset-restore-path=<name>`).
 async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::Result<SnapshotSource> {
@@ -223,13 +246,21 @@ async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::Result<Snap
     Ok(SnapshotSource::from_store(store, &name).await?)
 }
 
-fn resolve(args: &RestoreArgs) -> anyhow::Result<SnapshotSource> {
-    let given = args.snapshot.as_str();
+/// A path (anything with a `/`) is a file; anything else is a snapshot name in the snapshot
+/// directory.
+fn resolve(args: &RestoreArgs, given: &str) -> anyhow::Result<SnapshotSource> {
     if given.contains('/') {
         return Ok(SnapshotSource::from_path(Path::new(given))?);
     }
     let name =
         SnapshotName::parse(given).with_context(|| format!("{given:?} is neither a path nor a snapshot name"))?;
+    let store = open_snapshot_dir(args, &format!("snapshot {name} not found"), name.as_ref())?;
+    Ok(SnapshotSource::from_local_store(&store, &name)?)
+}
+
+/// The snapshot directory: --dir, else $ETCDSNAP_DATA_DIR's, a K3s/RKE2 server's, or the
+/// default. `what` and `example` word the error when it does not exist.
+pub(super) fn open_snapshot_dir(args: &RestoreArgs, what: &str, example: &str) -> anyhow::Result<LocalStore> {
     let dir = match (&args.dir, std::env::var_os("ETCDSNAP_DATA_DIR")) {
         (Some(dir), _) => dir.clone(),
         (None, Some(data_dir)) => match Preset::at(Path::new(&data_dir)) {
@@ -241,15 +272,14 @@ fn resolve(args: &RestoreArgs) -> anyhow::Result<SnapshotSource> {
             None => PathBuf::from(DEFAULT_DATA_DIR).join("snapshots"),
         },
     };
-    let store = match LocalStore::open(&dir, false, "") {
-        Ok(store) => store,
+    match LocalStore::open(&dir, false, "") {
+        Ok(store) => Ok(store),
         Err(StoreError::MissingDir(_)) => bail!(
-            "snapshot {name} not found: the snapshot directory {} does not exist (pass --dir, or give a path, e.g. ./{name})",
+            "{what}: the snapshot directory {} does not exist (pass --dir, or give a path, e.g. ./{example})",
             dir.display()
         ),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(SnapshotSource::from_local_store(&store, &name)?)
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn print_structured(
@@ -280,7 +310,7 @@ fn created(t: jiff::Timestamp) -> String {
 }
 
 /// The report as text: what will happen, then one line per check, then what to do.
-fn print_report(r: &PreflightReport) {
+pub(super) fn print_report(r: &PreflightReport) {
     let s = &r.snapshot;
     let mut out = String::new();
     let verb = if r.dry_run { "Dry run" } else { "Restore" };

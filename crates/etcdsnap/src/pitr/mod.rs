@@ -15,3 +15,4 @@
 
 pub mod capture;
 pub mod replay;
+pub mod restore;

@@ -48,6 +48,9 @@ pub struct Replay<'a> {
     pub work: &'a Path,
     /// HashKV recorded from the live cluster at the target revision.
     pub expected_hash: Option<KvHash>,
+    /// Where to write a snapshot of the result, taken from the replay's etcd before it stops
+    /// (a restore installs the result from it with the operator's member settings).
+    pub save_to: Option<&'a Path>,
 }
 
 /// What a replay produced.
@@ -95,6 +98,8 @@ pub enum ReplayError {
     Query(String),
     #[error("HashKV mismatch at revision {revision}: the live cluster hashed to {expected}, the replay to {found}")]
     HashMismatch { revision: i64, expected: u32, found: u32 },
+    #[error("cannot save the replayed etcd to {}: {message}", path.display())]
+    Save { path: PathBuf, message: String },
 }
 
 /// Restores the base, applies the plan's revisions up to the target and checks the result.
@@ -103,11 +108,16 @@ pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
     let restored = loopback::restore("pitr", r.etcdutl, r.base_snapshot, r.work).await?;
     let mut cmd = tokio::process::Command::new(r.etcd);
     cmd.kill_on_drop(true);
-    let etcd = restored.start(cmd, r.etcd).await?;
-    let result = match Client::connect([etcd.url()], None).await {
+    let mut etcd = restored.start(cmd, r.etcd).await?;
+    let mut result = match Client::connect([etcd.url()], None).await {
         Ok(mut client) => apply_and_hash(r, &mut client).await,
         Err(e) => Err(query(e)),
     };
+    if let (Ok(_), Some(path)) = (&result, r.save_to)
+        && let Err(e) = save_snapshot(&mut etcd.member, path).await
+    {
+        result = Err(e);
+    }
     etcd.stop().await;
     let mut report = result?;
     report.data_dir = restored.data_dir().to_path_buf();
@@ -150,6 +160,25 @@ async fn apply_and_hash(r: &Replay<'_>, client: &mut Client) -> Result<ReplayRep
     (report.revision, report.hash) = (revision, hash);
     compare(r.expected_hash, hash, revision, &mut report.notes)?;
     Ok(report)
+}
+
+/// Streams a snapshot of the replayed etcd into `path` (a new 0600 file), fsynced. etcd's sha256
+/// trailer comes with it; etcdutl checks it when the file is restored.
+async fn save_snapshot(member: &mut etcdsnap_storage::etcd::EtcdMember, path: &Path) -> Result<(), ReplayError> {
+    use tokio::io::AsyncWriteExt as _;
+    let failed = |message: String| ReplayError::Save { path: path.into(), message };
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut stream = member.snapshot().await.map_err(|e| failed(e.to_string()))?;
+    while let Some(chunk) = stream.next_chunk().await.map_err(|e| failed(e.to_string()))? {
+        file.write_all(&chunk).await.map_err(|e| failed(e.to_string()))?;
+    }
+    file.sync_all().await.map_err(|e| failed(e.to_string()))
 }
 
 fn compare(expected: Option<KvHash>, found: KvHash, revision: i64, notes: &mut Vec<String>) -> Result<(), ReplayError> {

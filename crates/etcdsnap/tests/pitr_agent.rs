@@ -1,0 +1,298 @@
+//! Point-in-time recovery through the binary, against real etcd: `agent --deltas` captures,
+//! `ls --deltas` lists, `restore --to-revision|--to-time` rolls a snapshot forward and installs
+//! it, and a real etcd started on the result has the live cluster's revision and HashKV.
+//!
+//! In company: a second etcd cluster's snapshot, newer and under the same node name, sits in the
+//! same snapshot directory (the capture and the restore must not base on it), and K3s's reading
+//! of the snapshot directory sees the snapshots only. Faults: a compacted start breaks the chain
+//! and a new snapshot starts the next one, a restore across that gap is refused naming it, an
+//! agent killed mid-segment continues after restart without a gap or an overlap.
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::agent::{AgentProcess, metric};
+use common::{TestResult, k3s, load_kube_like_data, run};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcdsnap_api::KvHash;
+use std::path::Path;
+use std::time::Duration;
+use testenv::Etcd;
+
+const NODE: &str = "n1";
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+async fn revision(client: &mut Client) -> i64 {
+    client.status().await.unwrap().header().unwrap().revision()
+}
+
+async fn hash_at(client: &mut Client, rev: i64) -> KvHash {
+    let resp = client.hash_kv(rev).await.unwrap();
+    KvHash { hash: resp.hash(), compact_revision: resp.compact_version() }
+}
+
+/// `n` revisions of puts, overwrites, deletes, multi-key transactions and a leased key.
+async fn churn(client: &mut Client, tag: &str, n: usize) {
+    let lease = client.lease_grant(600, None).await.unwrap().id();
+    for i in 0..n {
+        let key = format!("/registry/pods/ns-{}/{tag}-{}", i % 5, i % 40);
+        match i % 6 {
+            0..=2 => {
+                client.put(key, format!("{{\"i\":{i},\"tag\":\"{tag}\"}}"), None).await.unwrap();
+            }
+            3 => {
+                client.delete(key, None).await.unwrap();
+            }
+            4 => {
+                let txn = Txn::new()
+                    .when([Compare::version(key.clone(), CompareOp::Greater, -1)])
+                    .and_then([TxnOp::put(key.clone(), "a", None), TxnOp::put(format!("{key}-b"), "b", None)]);
+                client.txn(txn).await.unwrap();
+            }
+            _ => {
+                let opts = PutOptions::new().with_lease(lease);
+                client.put(format!("/registry/leases/{tag}-{i}"), "held", Some(opts)).await.unwrap();
+            }
+        }
+    }
+}
+
+/// The agent for `etcd` on data directory `data`, capturing with a one-second interval.
+async fn agent(etcd: &Etcd, data: &Path) -> AgentProcess {
+    let endpoints = etcd.endpoints().join(",");
+    let dd = s(data);
+    let args = [
+        "--endpoints",
+        endpoints.as_str(),
+        "--node-name",
+        NODE,
+        "--data-dir",
+        dd.as_str(),
+        "--schedule",
+        "0 0 1 1 *",
+        "--drill-schedule",
+        "",
+        "--deltas",
+        "--delta-interval",
+        "1s",
+    ];
+    AgentProcess::start(&args, &[], data).await.unwrap()
+}
+
+async fn save(etcd: &Etcd, data: &Path) {
+    let endpoints = etcd.endpoints().join(",");
+    run(&["save", "--endpoints", &endpoints, "--node-name", NODE, "--data-dir", &s(data)], &[]).await.expect_ok();
+}
+
+/// Restores `to` (`--to-revision N` or `--to-time T`) into a new directory and returns the
+/// revision and HashKV a real etcd started on it reports.
+async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvHash), Box<dyn std::error::Error>> {
+    let out = tempfile::tempdir()?;
+    let target = out.path().join("member-data");
+    let peer = testenv::free_port()?;
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
+    let snapshots = s(&data.join("snapshots"));
+    let args = [
+        "restore",
+        to[0],
+        to[1],
+        "--dir",
+        &snapshots,
+        "--data-dir",
+        &s(&target),
+        "--name",
+        "m0",
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--etcdutl",
+        &etcdutl,
+        "--etcd",
+        &etcd_bin,
+        "-o",
+        "json",
+    ];
+    let done = run(&args, &[]).await.expect_ok();
+    let printed = done.json();
+    let restored = Etcd::start_on_data_dir(&target, "m0", peer).await?;
+    let mut client = restored.client().await?;
+    let rev = revision(&mut client).await;
+    assert_eq!(printed["replayed"]["revision"], rev, "{printed}");
+    Ok((rev, hash_at(&mut client, rev).await))
+}
+
+async fn wait_durable(agent: &AgentProcess, rev: i64) -> String {
+    let series = "etcdsnap_delta_durable_revision";
+    agent.wait_for_metric(series, rev as f64, Duration::from_secs(30)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_asked_for() -> TestResult {
+    let (etcd, other) = (Etcd::single().await?, Etcd::single().await?);
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, 100).await?;
+    load_kube_like_data(&mut other.client().await?, 100).await?;
+    let data = tempfile::tempdir()?;
+    save(&etcd, data.path()).await;
+    let base_rev = revision(&mut client).await;
+    // Another cluster, same node name, a newer snapshot in the same directory.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    save(&other, data.path()).await;
+
+    let agent = agent(&etcd, data.path()).await;
+    churn(&mut client, "a", 300).await;
+    let r1 = revision(&mut client).await;
+    let h1 = hash_at(&mut client, r1).await;
+    wait_durable(&agent, r1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let between = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    churn(&mut client, "b", 300).await;
+    let r2 = revision(&mut client).await;
+    let h2 = hash_at(&mut client, r2).await;
+    let metrics = wait_durable(&agent, r2).await;
+    assert!(metric(&metrics, "etcdsnap_delta_capturing") == Some(1.0), "{metrics}");
+    assert!(metric(&metrics, "etcdsnap_delta_events_total").unwrap() >= (r2 - base_rev) as f64, "{metrics}");
+    assert!(metric(&metrics, "etcdsnap_delta_bytes_total").unwrap() > 0.0, "{metrics}");
+    let lag = metric(&metrics, "etcdsnap_delta_lag_seconds").unwrap();
+    assert!((0.0..30.0).contains(&lag), "lag {lag}: {metrics}");
+
+    // K3s sees two snapshots and nothing else; the chain is based on this cluster's.
+    let seen = k3s::list_local(&data.path().join("snapshots"), NODE)?;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let ls = run(&["ls", "--deltas", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await;
+    let chains = ls.expect_ok().json();
+    assert_eq!(chains.as_array().map(Vec::len), Some(1), "{chains}");
+    assert_eq!(chains[0]["baseRevision"], base_rev, "{chains}");
+    assert!(chains[0]["reachableRevision"].as_i64().unwrap() >= r2, "{chains}");
+    assert_eq!(chains[0]["gaps"], serde_json::json!([]), "{chains}");
+
+    let (rev, hash) = restore_to(&etcd, data.path(), ["--to-revision", &r2.to_string()]).await?;
+    assert_eq!((rev, hash.hash), (r2, h2.hash), "restore to {r2}");
+    let (rev, hash) = restore_to(&etcd, data.path(), ["--to-time", &between.to_string()]).await?;
+    assert_eq!((rev, hash.hash), (r1, h1.hash), "restore to {between}: the last revision observed before it");
+
+    // Past what was captured: refused, by revision, and nothing is created.
+    let target = data.path().join("never");
+    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
+    let past = (r2 + 1000).to_string();
+    let refused = run(
+        &[
+            "restore",
+            "--to-revision",
+            &past,
+            "--dir",
+            &s(&data.path().join("snapshots")),
+            "--data-dir",
+            &s(&target),
+            "--name",
+            "m0",
+            "--etcdutl",
+            &etcdutl,
+            "--etcd",
+            &etcd_bin,
+        ],
+        &[],
+    )
+    .await
+    .expect_fail();
+    assert!(refused.stderr.contains("not captured yet"), "{}", refused.stderr);
+    assert!(!target.exists());
+
+    let (code, log) = agent.terminate().await?;
+    assert_eq!(code, Some(0), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_chain_starts_anew_from_a_snapshot_and_a_killed_agent_leaves_no_gap() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, 50).await?;
+    let data = tempfile::tempdir()?;
+    save(&etcd, data.path()).await;
+    let old_base = revision(&mut client).await;
+    churn(&mut client, "lost", 60).await;
+    let compacted = revision(&mut client).await;
+    client.compact(compacted, None).await?;
+
+    // The revisions after the only snapshot are gone: the agent must say so and start over.
+    let first = agent(&etcd, data.path()).await;
+    let metrics = first.wait_for_metric("etcdsnap_delta_chain_breaks_total", 1.0, Duration::from_secs(30)).await?;
+    assert!(metric(&metrics, "etcdsnap_delta_chain_breaks_total").unwrap() >= 1.0);
+    first.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 1.0, Duration::from_secs(30)).await?;
+    churn(&mut client, "kept", 200).await;
+    let mid = revision(&mut client).await;
+    wait_durable(&first, mid).await;
+
+    // Killed (no chance to flush), during writes; restarted, it continues after what is durable.
+    let writer = {
+        let mut c = etcd.client().await?;
+        tokio::spawn(async move { churn(&mut c, "during", 400).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut first = first;
+    first.child.kill().await?;
+    writer.await?;
+    let end = revision(&mut client).await;
+    let second = agent(&etcd, data.path()).await;
+    wait_durable(&second, end).await;
+
+    let ls = run(&["ls", "--deltas", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await;
+    let chains = ls.expect_ok().json();
+    let chain = chains.as_array().unwrap().iter().find(|c| c["baseRevision"].as_i64() > Some(old_base)).unwrap();
+    assert_eq!(chain["gaps"], serde_json::json!([]), "{chains}");
+    assert!(chain["reachableRevision"].as_i64().unwrap() >= end, "{chains}");
+    assert!(chain["broken"].is_null(), "{chains}");
+    // The durable segments follow each other exactly: nothing lost, nothing twice.
+    let chain_dir = data.path().join(".etcdsnap-deltas").join(chain["chain"].as_str().unwrap());
+    let mut ranges: Vec<(i64, i64)> = std::fs::read_dir(&chain_dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .map(|e| {
+            let r: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            (r["firstRevision"].as_i64().unwrap(), r["lastRevision"].as_i64().unwrap())
+        })
+        .collect();
+    ranges.sort();
+    let mut next = chain["baseRevision"].as_i64().unwrap() + 1;
+    for (first, last) in &ranges {
+        assert_eq!(*first, next, "segments {ranges:?}");
+        next = last + 1;
+    }
+
+    // Between the old snapshot and the new chain nothing was captured: refused, gap named.
+    let target = data.path().join("never");
+    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
+    let inside = (old_base + 10).to_string();
+    let refused = run(
+        &[
+            "restore",
+            "--to-revision",
+            &inside,
+            "--dir",
+            &s(&data.path().join("snapshots")),
+            "--data-dir",
+            &s(&target),
+            "--name",
+            "m0",
+            "--etcdutl",
+            &etcdutl,
+            "--etcd",
+            &etcd_bin,
+        ],
+        &[],
+    )
+    .await
+    .expect_fail();
+    assert!(refused.stderr.contains("gap"), "{}", refused.stderr);
+    assert!(refused.stderr.contains(&format!("revisions {}..", old_base + 1)), "{}", refused.stderr);
+    assert!(!target.exists());
+    let (code, log) = second.terminate().await?;
+    assert_eq!(code, Some(0), "{log}");
+    Ok(())
+}
