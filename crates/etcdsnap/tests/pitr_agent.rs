@@ -18,7 +18,7 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use etcdsnap_api::KvHash;
 use std::path::Path;
 use std::time::Duration;
-use testenv::Etcd;
+use testenv::{Etcd, S3Server};
 
 const NODE: &str = "n1";
 
@@ -63,6 +63,10 @@ async fn churn(client: &mut Client, tag: &str, n: usize) {
 
 /// The agent for `etcd` on data directory `data`, capturing with a one-second interval.
 async fn agent(etcd: &Etcd, data: &Path) -> AgentProcess {
+    agent_with(etcd, data, &[], &[]).await
+}
+
+async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> AgentProcess {
     let endpoints = etcd.endpoints().join(",");
     let dd = s(data);
     let args = [
@@ -80,7 +84,8 @@ async fn agent(etcd: &Etcd, data: &Path) -> AgentProcess {
         "--delta-interval",
         "1s",
     ];
-    AgentProcess::start(&args, &[], data).await.unwrap()
+    let all: Vec<&str> = args.iter().chain(extra).copied().collect();
+    AgentProcess::start(&all, env, data).await.unwrap()
 }
 
 async fn save(etcd: &Etcd, data: &Path) {
@@ -293,6 +298,88 @@ async fn a_compacted_chain_starts_anew_from_a_snapshot_and_a_killed_agent_leaves
     assert!(refused.stderr.contains(&format!("revisions {}..", old_base + 1)), "{}", refused.stderr);
     assert!(!target.exists());
     let (code, log) = second.terminate().await?;
+    assert_eq!(code, Some(0), "{log}");
+    Ok(())
+}
+
+/// The delta objects of `folder` in the bucket: (chain, file) pairs.
+async fn s3_deltas(s3: &S3Server, bucket: &str, folder: &str) -> Vec<(String, String)> {
+    let keys = s3.list_keys(bucket, &format!("{folder}/.etcdsnap-deltas/")).await.unwrap();
+    keys.iter()
+        .map(|k| {
+            let parts: Vec<&str> = k.split('/').collect();
+            assert_eq!(parts[parts.len() - 2], ".metadata", "{k}: K3s would take it for a snapshot");
+            (parts[2].to_string(), parts[parts.len() - 1].to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_for_snapshots() -> TestResult {
+    const BUCKET: &str = "pitr";
+    const FOLDER: &str = "db";
+    let etcd = Etcd::single().await?;
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, 50).await?;
+    let mut s3 = S3Server::start().await?;
+    s3.create_bucket(BUCKET).await?;
+    let data = tempfile::tempdir()?;
+    let endpoint = s3.endpoint();
+    let s3_flags =
+        ["--s3", "--s3-endpoint", endpoint.as_str(), "--s3-insecure", "--s3-bucket", BUCKET, "--s3-folder", FOLDER];
+    let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
+    let endpoints = etcd.endpoints().join(",");
+    let mut save_args = vec!["save", "--endpoints", &endpoints, "--node-name", NODE];
+    let dd = s(data.path());
+    save_args.extend(["--data-dir", dd.as_str()]);
+    save_args.extend(s3_flags);
+    run(&save_args, &env).await.expect_ok();
+
+    let agent = agent_with(&etcd, data.path(), &s3_flags, &env).await;
+    churn(&mut client, "before", 100).await;
+    let r1 = revision(&mut client).await;
+    agent.wait_for_metric("etcdsnap_delta_uploaded_revision", r1 as f64, Duration::from_secs(30)).await?;
+
+    // S3 goes away for a minute; capture goes on locally, uploads wait.
+    s3.stop();
+    let down = std::time::Instant::now();
+    churn(&mut client, "during", 200).await;
+    let r2 = revision(&mut client).await;
+    wait_durable(&agent, r2).await;
+    agent.wait_for_metric("etcdsnap_delta_upload_failures_total", 1.0, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(down.elapsed())).await;
+    s3.restart().await?;
+    agent.wait_for_metric("etcdsnap_delta_uploaded_revision", r2 as f64, Duration::from_secs(60)).await?;
+
+    // Every durable local file is in S3, byte for byte, under .metadata/ parents only.
+    let in_s3 = s3_deltas(&s3, BUCKET, FOLDER).await;
+    let deltas = data.path().join(".etcdsnap-deltas");
+    let mut local_files = Vec::new();
+    for chain in std::fs::read_dir(&deltas)? {
+        let chain = chain?.path();
+        for f in std::fs::read_dir(&chain)? {
+            let f = f?.path();
+            let (c, name) = (
+                chain.file_name().unwrap().to_string_lossy().into_owned(),
+                f.file_name().unwrap().to_string_lossy().into_owned(),
+            );
+            let key = format!("{FOLDER}/.etcdsnap-deltas/{c}/.metadata/{name}");
+            if name.ends_with(".seg.zst") {
+                let (bytes, _) = s3.get_object(BUCKET, &key).await?;
+                assert_eq!(bytes, std::fs::read(&f)?, "{key}");
+            }
+            local_files.push((c, name));
+        }
+    }
+    local_files.sort();
+    let mut sorted = in_s3.clone();
+    sorted.sort();
+    assert_eq!(sorted, local_files, "S3 holds exactly the durable local files, each once");
+    // K3s's reading of the folder: the one snapshot, nothing else.
+    let seen = k3s::list_s3(&s3, BUCKET, FOLDER).await?;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].snapshot_name.starts_with("on-demand-n1-"), "{seen:?}");
+    let (code, log) = agent.terminate().await?;
     assert_eq!(code, Some(0), "{log}");
     Ok(())
 }

@@ -109,9 +109,13 @@ impl SegmentRecord {
 
 /// The S3 key of a chain's object `file` under `folder` (K3s's folder, possibly empty).
 pub fn s3_key(folder: &str, chain: &str, file: &str) -> String {
+    format!("{}/{chain}/{K3S_SKIPPED_PARENT}/{file}", s3_prefix(folder))
+}
+
+/// Where every chain of `folder` lives in the bucket (no trailing slash).
+pub fn s3_prefix(folder: &str) -> String {
     let folder = folder.trim_matches('/');
-    let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
-    format!("{prefix}{DELTAS_DIR}/{chain}/{K3S_SKIPPED_PARENT}/{file}")
+    if folder.is_empty() { DELTAS_DIR.to_string() } else { format!("{folder}/{DELTAS_DIR}") }
 }
 
 #[cfg(test)]

@@ -134,6 +134,10 @@ pub struct SnapshotReader {
 #[async_trait]
 pub trait SnapshotStore: Send + Sync {
     fn kind(&self) -> StorageKind;
+    /// The bucket behind this store, for what S3 holds besides snapshots (delta segments).
+    fn as_s3(&self) -> Option<&s3::S3Store> {
+        None
+    }
     /// Human description: the directory, or `s3://bucket/folder`.
     fn describe(&self) -> String;
     /// Every snapshot with its record. Unreadable metadata is a warning, not an error.

@@ -14,7 +14,10 @@ use crate::pitr::capture::{self, CaptureError, CaptureEvent, CaptureSettings};
 use crate::session::Purpose;
 use etcdsnap_storage::deltas::{Base, local};
 use etcdsnap_storage::store::SnapshotStore;
-use std::path::PathBuf;
+use etcdsnap_storage::store::s3::S3Store;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -141,6 +144,115 @@ async fn end_of_term(leading: Arc<impl Fn() -> bool + Send + Sync + 'static>, te
     }
     tracing::info!("leadership lost: delta capture stops");
     term.cancel();
+}
+
+/// Copies durable local segments to S3, each segment before its record (so a record in S3
+/// always has its segment), checked against the record's sha256 first. Runs on every agent with
+/// --deltas and S3: whichever node wrote segments while it led uploads them, and an outage only
+/// delays uploads (the local copies are durable already; the next pass retries).
+pub async fn upload_loop(agent: Arc<Agent>, every: Duration, stop: CancellationToken) {
+    let mut uploader = Uploader::default();
+    loop {
+        wait(every, &stop).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        let ctx = agent.session.context(Purpose::Read).await;
+        let (Some(local), Some(s3)) = (&ctx.local, ctx.remote.as_ref().and_then(|r| r.as_s3())) else { continue };
+        match uploader.pass(&local::dir_beside(local.dir()), s3).await {
+            Ok(n) => {
+                if uploader.failing {
+                    tracing::info!(uploaded = n, "delta uploads to S3 work again");
+                }
+                uploader.failing = false;
+                if let Some(rev) = uploader.newest {
+                    agent.metrics.deltas.uploaded_revision.set(rev);
+                }
+            }
+            Err(e) => {
+                agent.metrics.deltas.upload_failures.inc();
+                if !uploader.failing {
+                    tracing::warn!(error = %e, "delta upload to S3 failed; retrying every {}s", every.as_secs());
+                }
+                uploader.failing = true;
+            }
+        }
+    }
+}
+
+/// What is in S3 already (known after the first listing) and how the last pass went.
+#[derive(Default)]
+struct Uploader {
+    present: Option<HashSet<(String, String)>>,
+    newest: Option<i64>,
+    failing: bool,
+}
+
+impl Uploader {
+    /// Uploads what S3 lacks; returns how many files were uploaded.
+    async fn pass(&mut self, deltas_dir: &Path, s3: &S3Store) -> Result<usize, String> {
+        if self.present.is_none() {
+            let listed = s3.list_deltas().await.map_err(|e| e.to_string())?;
+            self.present = Some(listed.into_iter().map(|o| (o.chain, o.file)).collect());
+        }
+        let present = self.present.get_or_insert_with(HashSet::new);
+        let (records, warnings) = local::read_all(deltas_dir);
+        for w in warnings {
+            tracing::debug!("{w}");
+        }
+        let mut uploaded = 0;
+        for r in records {
+            let (segment, record) = ((r.chain.clone(), r.segment_name()), (r.chain.clone(), r.record_name()));
+            if !present.contains(&record) {
+                if !present.contains(&segment) {
+                    let bytes = read_checked(&deltas_dir.join(&r.chain).join(r.segment_name()), &r.sha256)?;
+                    s3.put_delta(&r.chain, &segment.1, bytes).await.map_err(|e| e.to_string())?;
+                    present.insert(segment);
+                    uploaded += 1;
+                }
+                s3.put_delta(&r.chain, &record.1, r.to_json()).await.map_err(|e| e.to_string())?;
+                present.insert(record);
+                uploaded += 1;
+            }
+            self.newest = self.newest.max(Some(r.last_revision));
+        }
+        Ok(uploaded)
+    }
+}
+
+/// A local segment's bytes, if they still match its record (a damaged copy is not spread).
+fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read delta segment {}: {e}", path.display()))?;
+    let found = hex::encode(Sha256::digest(&bytes));
+    if !found.eq_ignore_ascii_case(sha256) {
+        return Err(format!(
+            "delta segment {} is damaged (sha256 {found}, its record says {sha256}): not uploaded",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// S3 retention of delta objects: like [`prune_segments`], against the oldest snapshot S3 keeps
+/// (of any node: segments are the cluster's).
+pub async fn prune_s3_segments(s3: &S3Store, snapshots: &[etcdsnap_storage::SnapshotRecord]) {
+    let Some(oldest) = snapshots.iter().filter_map(local::base_of).map(|b| b.revision).min() else { return };
+    let listed = match s3.list_deltas().await {
+        Ok(l) => l,
+        Err(e) => return tracing::warn!(error = %e, "S3 delta retention skipped"),
+    };
+    // Records first: a segment without its record is never used.
+    let mut old: Vec<_> = listed.into_iter().filter(|o| o.last_revision().is_some_and(|l| l <= oldest)).collect();
+    old.sort_by_key(|o| !o.is_record());
+    let n = old.len();
+    for o in old {
+        if let Err(e) = s3.delete_delta(&o.chain, &o.file).await {
+            return tracing::warn!(error = %e, "S3 delta retention");
+        }
+    }
+    if n > 0 {
+        tracing::info!(objects = n, before = oldest, "S3 delta objects older than every S3 snapshot removed");
+    }
 }
 
 /// Retention of segments: those ending at or before the oldest retained full snapshot's

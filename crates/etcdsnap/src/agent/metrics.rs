@@ -142,6 +142,9 @@ pub struct DeltaGauges {
     pub events: Counter,
     /// Chains that could not continue (each is followed by a full snapshot).
     pub breaks: Counter,
+    /// The newest revision whose segment is in S3 too.
+    pub uploaded_revision: Gauge,
+    pub upload_failures: Counter,
     /// Unix milliseconds up to which every change is durable (0: not known).
     caught_up_ms: AtomicI64,
 }
@@ -398,6 +401,12 @@ fn register_deltas(registry: &mut Registry, d: &DeltaGauges) {
     );
     registry.register("delta_bytes", "Bytes of delta segments written", d.bytes.clone());
     registry.register("delta_events", "etcd events written to delta segments", d.events.clone());
+    registry.register(
+        "delta_uploaded_revision",
+        "The newest etcd revision whose delta segment is in S3 too",
+        d.uploaded_revision.clone(),
+    );
+    registry.register("delta_upload_failures", "Failed passes of delta uploads to S3", d.upload_failures.clone());
     registry.register(
         "delta_chain_breaks",
         "Delta chains that could not continue (compaction, a failed watch); each is followed by a full snapshot",

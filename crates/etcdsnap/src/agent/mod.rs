@@ -111,12 +111,14 @@ impl Agent {
         let capturing = self.settings.deltas.map(|settings| {
             let duties = self.duties.clone();
             let leading = move || duties.as_ref().is_none_or(|d| d.is_leading());
-            tokio::spawn(deltas::delta_loop(self.clone(), settings, leading, stop.clone()))
+            let uploads = tokio::spawn(deltas::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
+            (tokio::spawn(deltas::delta_loop(self.clone(), settings, leading, stop.clone())), uploads)
         });
         stop.cancelled().await;
         tracing::info!("shutting down");
-        if let Some(c) = capturing {
-            let _ = c.await;
+        if let Some((capture, uploads)) = capturing {
+            let _ = capture.await;
+            let _ = uploads.await;
         }
         if let Some(d) = drilling {
             let _ = d.await;

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod deltas;
 pub mod hints;
 pub mod list;
 mod request;
@@ -592,6 +593,10 @@ impl SnapshotStore for S3Store {
         let credential = self.credential().await?;
         self.count(1);
         list::probe(&self.http, &self.config, &credential, &self.folder_prefix()).await
+    }
+
+    fn as_s3(&self) -> Option<&S3Store> {
+        Some(self)
     }
 
     fn kind(&self) -> StorageKind {

@@ -1,0 +1,127 @@
+//! Delta segments and their records in the bucket, at the keys `deltas::record::s3_key` names
+//! (`<folder>/.etcdsnap-deltas/<chain>/.metadata/<file>`): never listed as snapshots, by K3s or
+//! by etcdsnap (whose snapshot listing does not descend into sub-folders).
+
+use super::S3Store;
+use crate::deltas::record::{s3_key, s3_prefix};
+use crate::store::StoreError;
+use futures::TryStreamExt as _;
+use object_store::{ObjectStore as _, ObjectStoreExt as _};
+
+/// One delta object in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaObject {
+    pub chain: String,
+    pub file: String,
+    pub size: u64,
+}
+
+impl S3Store {
+    /// Uploads one file of a chain (a segment or its record), in a single PUT: S3 makes it
+    /// visible whole or not at all.
+    pub async fn put_delta(&self, chain: &str, file: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let key = s3_key(&self.config.folder, chain, file);
+        self.count(1);
+        self.store
+            .put(&self.path(&key), object_store::PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("upload delta", key, &e))
+    }
+
+    /// Every delta object of the folder.
+    pub async fn list_deltas(&self) -> Result<Vec<DeltaObject>, StoreError> {
+        let prefix = s3_prefix(&self.config.folder);
+        self.count(1);
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.path(&prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list deltas", prefix.clone(), &e))?;
+        Ok(listed.into_iter().filter_map(|o| parse_key(o.location.as_ref(), &prefix, o.size)).collect())
+    }
+
+    /// Downloads one file of a chain, refusing one larger than `limit` bytes.
+    pub async fn get_delta(&self, chain: &str, file: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+        let key = s3_key(&self.config.folder, chain, file);
+        self.count(1);
+        let result =
+            self.store.get(&self.path(&key)).await.map_err(|e| self.error("download delta", key.clone(), &e))?;
+        if result.meta.size > limit {
+            return Err(StoreError::S3 {
+                op: "download delta",
+                target: key,
+                problem: None,
+                message: format!("{} bytes, more than the {limit} a delta object may have", result.meta.size),
+            });
+        }
+        let bytes = result.bytes().await.map_err(|e| self.error("download delta", key, &e))?;
+        Ok(bytes.to_vec())
+    }
+}
+
+impl S3Store {
+    /// Deletes one file of a chain (gone already is fine).
+    pub async fn delete_delta(&self, chain: &str, file: &str) -> Result<(), StoreError> {
+        let key = s3_key(&self.config.folder, chain, file);
+        self.count(1);
+        match self.store.delete(&self.path(&key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("delete delta", key, &e)),
+        }
+    }
+}
+
+impl DeltaObject {
+    /// The last revision a segment or record file covers, from its name
+    /// (`<first>-<last>.seg.zst` or `.json`).
+    pub fn last_revision(&self) -> Option<i64> {
+        let (_, rest) = self.file.split_once('-')?;
+        rest.split('.').next()?.parse().ok()
+    }
+
+    pub fn is_record(&self) -> bool {
+        self.file.ends_with(".json")
+    }
+}
+
+/// `<prefix>/<chain>/.metadata/<file>`, anything else is not ours.
+fn parse_key(key: &str, prefix: &str, size: u64) -> Option<DeltaObject> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix('/')?;
+    let mut parts = rest.split('/');
+    let (chain, metadata, file) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || metadata != ".metadata" || !crate::deltas::valid_chain_name(chain) {
+        return None;
+    }
+    Some(DeltaObject { chain: chain.into(), file: file.into(), size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keys_of_the_delta_layout_are_delta_objects() {
+        let prefix = "db/.etcdsnap-deltas";
+        let chain = "etcd-snapshot-node-a-1700000000";
+        let good = format!("{prefix}/{chain}/.metadata/00000000000000000001-00000000000000000002.json");
+        assert_eq!(
+            parse_key(&good, prefix, 7),
+            Some(DeltaObject {
+                chain: chain.into(),
+                file: "00000000000000000001-00000000000000000002.json".into(),
+                size: 7
+            })
+        );
+        assert_eq!(parse_key(&good, prefix, 7).unwrap().last_revision(), Some(2));
+        for bad in [
+            format!("{prefix}/{chain}/x.json"),
+            format!("{prefix}/{chain}/.metadata/a/b"),
+            format!("{prefix}/../.metadata/x"),
+            format!("{prefix}-other/{chain}/.metadata/x"),
+        ] {
+            assert_eq!(parse_key(&bad, prefix, 1), None, "{bad}");
+        }
+    }
+}
