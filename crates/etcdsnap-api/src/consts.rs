@@ -31,6 +31,10 @@ pub const ANNOTATION_COMPRESSION: &str = "etcdsnap.io/compression";
 /// (`passed` or `failed: <reason>`).
 pub const ANNOTATION_DRILLED_AT: &str = "etcdsnap.io/drilled-at";
 pub const ANNOTATION_DRILL: &str = "etcdsnap.io/drill";
+/// Point-in-time recovery on the newest snapshot's resource: the newest revision it can be
+/// rolled forward to (`restore --to-revision`) and when that revision was observed (RFC 3339).
+pub const ANNOTATION_ROLLS_FORWARD_TO: &str = "etcdsnap.io/rolls-forward-to-revision";
+pub const ANNOTATION_ROLLS_FORWARD_UNTIL: &str = "etcdsnap.io/rolls-forward-until";
 /// Marks CRs written by etcdsnap (value: the program version).
 pub const ANNOTATION_MANAGED_BY: &str = "etcdsnap.io/managed-by";
 

@@ -12,8 +12,10 @@
 use super::Agent;
 use crate::pitr::capture::{self, CaptureError, CaptureEvent, CaptureSettings};
 use crate::session::Purpose;
-use etcdsnap_storage::deltas::{Base, local};
+use etcdsnap_storage::SnapshotRecord;
+use etcdsnap_storage::deltas::local;
 use etcdsnap_storage::store::SnapshotStore;
+use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::s3::S3Store;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -22,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How often the newest snapshot's resource may be told how far it rolls forward.
+const ANNOTATE_EVERY: Duration = Duration::from_secs(5);
 /// How often a follower checks whether it leads now, and a leader whether it still does.
 const TERM_CHECK: Duration = Duration::from_secs(1);
 /// First and longest wait after a capture could not run.
@@ -99,18 +103,24 @@ async fn capture_term(
     let (member, status) = ctx.etcd.connect_member().await.map_err(|e| TermError::Other(e.to_string()))?;
     let cluster = format!("{:x}", status.cluster_id);
     let listing = local.list().await.map_err(|e| TermError::Other(e.to_string()))?;
-    let base = newest_base(&listing.records, &ctx.node_name, &cluster).ok_or(TermError::NoBase)?;
+    let base = newest_snapshot(&listing.records, &ctx.node_name, &cluster)
+        .and_then(local::base_of)
+        .ok_or(TermError::NoBase)?;
     let deltas_dir: PathBuf = local::dir_beside(local.dir());
     let term = stop.child_token();
     let watcher = tokio::spawn(end_of_term(leading, term.clone()));
+    let annotating = agent.session.kube().map(|kube| {
+        let (client, metrics, local) = (kube.client.clone(), agent.metrics.clone(), local.clone());
+        let (node, term) = (ctx.node_name.clone(), term.clone());
+        tokio::spawn(async move { annotate_loop(client, metrics, local, node, cluster, term).await })
+    });
     let metrics = agent.metrics.clone();
     metrics.deltas.set_capturing(true, now_ms());
     let mut observe = move |event: CaptureEvent<'_>| match event {
         CaptureEvent::Segment(r) => {
             metrics.deltas.bytes.inc_by(r.stored_bytes);
             metrics.deltas.events.inc_by(r.events);
-            metrics.deltas.durable_revision.set(r.last_revision);
-            metrics.deltas.durable_until(r.last_observed_ms);
+            metrics.deltas.segment_written(r.last_revision, r.last_observed_ms);
         }
         CaptureEvent::CaughtUp { at_ms, revision } => {
             metrics.deltas.durable_revision.set(revision);
@@ -120,18 +130,58 @@ async fn capture_term(
     let mut client = member.into_client();
     let result = capture::capture_observed(&mut client, &base, &deltas_dir, settings, term, &mut observe).await;
     watcher.abort();
+    if let Some(a) = annotating {
+        a.abort();
+    }
     result.map(|_| ()).map_err(TermError::from)
 }
 
 /// The newest ready snapshot of `node` taken from cluster `cluster`, with its revision: the
 /// chain starts there (another node's snapshot is on another disk; another cluster's would
 /// replay the wrong history).
-fn newest_base(records: &[etcdsnap_storage::SnapshotRecord], node: &str, cluster: &str) -> Option<Base> {
+fn newest_snapshot<'a>(records: &'a [SnapshotRecord], node: &str, cluster: &str) -> Option<&'a SnapshotRecord> {
     records
         .iter()
         .filter(|r| r.node_name == node && r.etcd.as_ref().is_some_and(|e| e.cluster_id == cluster))
-        .filter_map(local::base_of)
-        .max_by_key(|b| (b.revision, b.taken_ms))
+        .filter_map(|r| local::base_of(r).map(|b| (r, b)))
+        .max_by_key(|(_, b)| (b.revision, b.taken_ms))
+        .map(|(r, _)| r)
+}
+
+/// While capturing, says on the newest snapshot's resource how far it rolls forward
+/// (`etcdsnap.io/rolls-forward-to-revision` and `-until`), each time that changes, at most
+/// every [`ANNOTATE_EVERY`]. A snapshot without a resource yet is tried again next time.
+async fn annotate_loop(
+    client: kube::Client,
+    metrics: Arc<super::metrics::Metrics>,
+    local: LocalStore,
+    node: String,
+    cluster: String,
+    term: CancellationToken,
+) {
+    let mut said: Option<(String, i64)> = None;
+    loop {
+        wait(ANNOTATE_EVERY, &term).await;
+        if term.is_cancelled() {
+            return;
+        }
+        let (revision, observed_ms) = (metrics.deltas.durable_revision.get(), metrics.deltas.segment_observed_ms());
+        let Ok(observed) = jiff::Timestamp::from_millisecond(observed_ms) else { continue };
+        let Ok(listing) = local.list().await else { continue };
+        let Some(newest) = newest_snapshot(&listing.records, &node, &cluster) else { continue };
+        let now = (newest.name.to_string(), revision);
+        if observed_ms == 0
+            || newest.etcd.as_ref().is_some_and(|e| e.revision >= revision)
+            || said.as_ref() == Some(&now)
+        {
+            continue;
+        }
+        match etcdsnap_kube::drills::record_roll_forward(&client, newest, revision, observed).await {
+            Ok(true) => said = Some(now),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "roll-forward annotation not written"),
+        }
+    }
 }
 
 /// Cancels `term` when this agent stops leading.
@@ -235,7 +285,7 @@ fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>, String> {
 
 /// S3 retention of delta objects: like [`prune_segments`], against the oldest snapshot S3 keeps
 /// (of any node: segments are the cluster's).
-pub async fn prune_s3_segments(s3: &S3Store, snapshots: &[etcdsnap_storage::SnapshotRecord]) {
+pub async fn prune_s3_segments(s3: &S3Store, snapshots: &[SnapshotRecord]) {
     let Some(oldest) = snapshots.iter().filter_map(local::base_of).map(|b| b.revision).min() else { return };
     let listed = match s3.list_deltas().await {
         Ok(l) => l,
@@ -290,7 +340,6 @@ fn now_ms() -> i64 {
 mod tests {
     use super::*;
     use etcdsnap_api::{EtcdInfo, SnapshotName, StorageKind};
-    use etcdsnap_storage::SnapshotRecord;
 
     fn snap(node: &str, unix: i64, revision: i64, cluster: &str) -> SnapshotRecord {
         let name = SnapshotName::parse(&format!("etcd-snapshot-{node}-{unix}")).unwrap();
@@ -317,8 +366,8 @@ mod tests {
             snap("x-node-a", 300, 120, "c1"),
             snap("node-a", 400, 200, "c2"),
         ];
-        let base = newest_base(&records, "node-a", "c1").unwrap();
+        let base = newest_snapshot(&records, "node-a", "c1").and_then(local::base_of).unwrap();
         assert_eq!((base.name.as_str(), base.revision), ("etcd-snapshot-node-a-200", 90));
-        assert!(newest_base(&records, "node-b", "c1").is_none());
+        assert!(newest_snapshot(&records, "node-b", "c1").is_none());
     }
 }

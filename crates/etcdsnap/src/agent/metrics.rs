@@ -147,12 +147,26 @@ pub struct DeltaGauges {
     pub upload_failures: Counter,
     /// Unix milliseconds up to which every change is durable (0: not known).
     caught_up_ms: AtomicI64,
+    /// When the newest durable segment's last revision was observed (Unix milliseconds).
+    segment_observed_ms: AtomicI64,
 }
 
 impl DeltaGauges {
     /// Every change up to `at_ms` is durable.
     pub fn durable_until(&self, at_ms: i64) {
         self.caught_up_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+
+    /// A segment became durable: its last revision and when that was observed.
+    pub fn segment_written(&self, last_revision: i64, observed_ms: i64) {
+        self.durable_revision.set(last_revision);
+        self.segment_observed_ms.fetch_max(observed_ms, Ordering::Relaxed);
+        self.durable_until(observed_ms);
+    }
+
+    /// When the newest durable segment's last revision was observed (0: none yet).
+    pub fn segment_observed_ms(&self) -> i64 {
+        self.segment_observed_ms.load(Ordering::Relaxed)
     }
 
     /// Capture starts (true) or stops (false) on this agent.
