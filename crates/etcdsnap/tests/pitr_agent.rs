@@ -327,7 +327,8 @@ async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_f
     let endpoint = s3.endpoint();
     let s3_flags =
         ["--s3", "--s3-endpoint", endpoint.as_str(), "--s3-insecure", "--s3-bucket", BUCKET, "--s3-folder", FOLDER];
-    let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
+    let (key, secret) = (s3.access_key().to_string(), s3.secret_key().to_string());
+    let env = [("AWS_ACCESS_KEY_ID", key.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
     let endpoints = etcd.endpoints().join(",");
     let mut save_args = vec!["save", "--endpoints", &endpoints, "--node-name", NODE];
     let dd = s(data.path());
@@ -345,6 +346,7 @@ async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_f
     let down = std::time::Instant::now();
     churn(&mut client, "during", 200).await;
     let r2 = revision(&mut client).await;
+    let h2 = hash_at(&mut client, r2).await;
     wait_durable(&agent, r2).await;
     agent.wait_for_metric("etcdsnap_delta_upload_failures_total", 1.0, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(down.elapsed())).await;
@@ -379,7 +381,41 @@ async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_f
     let seen = k3s::list_s3(&s3, BUCKET, FOLDER).await?;
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(seen[0].snapshot_name.starts_with("on-demand-n1-"), "{seen:?}");
+
+    // The node's disk is gone: the snapshot and the segments in S3 are enough.
     let (code, log) = agent.terminate().await?;
+    std::fs::remove_dir_all(data.path().join("snapshots"))?;
+    std::fs::remove_dir_all(&deltas)?;
+    let out = tempfile::tempdir()?;
+    let target = out.path().join("member-data");
+    let peer = testenv::free_port()?;
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
+    let r2_text = r2.to_string();
+    let mut args = vec![
+        "restore",
+        "--to-revision",
+        &r2_text,
+        "--data-dir",
+        target.to_str().unwrap(),
+        "--name",
+        "m0",
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--etcdutl",
+        &etcdutl,
+        "--etcd",
+        &etcd_bin,
+        "-o",
+        "json",
+    ];
+    args.extend(s3_flags);
+    let printed = run(&args, &env).await.expect_ok().json();
+    assert_eq!(printed["targetRevision"], r2, "{printed}");
+    let restored = Etcd::start_on_data_dir(&target, "m0", peer).await?;
+    let mut rc = restored.client().await?;
+    assert_eq!(revision(&mut rc).await, r2);
+    assert_eq!(hash_at(&mut rc, r2).await.hash, h2.hash, "the replay from S3 differs from the live cluster");
     assert_eq!(code, Some(0), "{log}");
     Ok(())
 }

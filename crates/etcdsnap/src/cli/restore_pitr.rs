@@ -5,14 +5,17 @@ use super::args::OutputFormat;
 use super::output::{self, human_bytes, rfc3339};
 use super::restore::{RestoreArgs, current_token, member_settings, open_snapshot_dir, print_report};
 use anyhow::{Context as _, bail};
-use etcdsnap::pitr::restore::{PitrPlan, RollForward, RolledForward, plan_local, roll_forward};
+use etcdsnap::pitr::restore::{PitrPlan, RollForward, RolledForward, plan_local, plan_s3, roll_forward};
 use etcdsnap::restore::{self, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::deltas::Target;
+use etcdsnap_storage::store::SnapshotStore;
+use etcdsnap_storage::store::s3::S3Store;
 use serde::Serialize;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// `--to-time`: RFC 3339, or a duration and " ago" ("4m ago", "1h30m ago").
 pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
@@ -75,23 +78,27 @@ struct Restored {
 }
 
 pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    if args.s3.enabled {
-        bail!("--to-revision/--to-time read snapshots and segments from the local snapshot directory; drop --s3");
-    }
     let target = match (args.to_revision, args.to_time) {
         (Some(rev), _) => Target::Revision(rev),
         (None, Some(t)) => Target::Time(t.as_millisecond()),
         (None, None) => bail!("give a snapshot, --to-revision or --to-time"),
     };
     let format = args.output.output;
-    let store = open_snapshot_dir(&args, "nothing to roll forward", "snap.db")?;
-    let plan = plan_local(&store, target, args.cluster_id.as_deref()).await?;
+    let work = work_dir(&args.data_dir)?;
+    let (plan, base) = match args.s3.enabled {
+        true => plan_in_s3(&args, target, work.path()).await?,
+        false => {
+            let store = open_snapshot_dir(&args, "nothing to roll forward", "snap.db")?;
+            let plan = plan_local(&store, target, args.cluster_id.as_deref()).await?;
+            let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
+            let base = SnapshotSource::from_local_store(&store, &name)?;
+            (plan, base)
+        }
+    };
     let mut printed = printed_plan(&plan, args.dry_run);
     if format == OutputFormat::Table {
         print_plan(&plan);
     }
-    let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
-    let base = SnapshotSource::from_local_store(&store, &name)?;
 
     // The base's pre-flight report: token, target, space, etcdutl and its bytes, before any work.
     let check = request(&args, base.clone(), true, current_token(&args)?);
@@ -112,7 +119,6 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
     let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
     let etcd = locate_etcd(args.etcd.as_deref())?;
-    let work = work_dir(&args.data_dir)?;
     if format == OutputFormat::Table {
         eprintln!(
             "Replaying revisions {}..={} in a private etcd...",
@@ -163,6 +169,15 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         m.initial_advertise_peer_urls
     ));
     finish(&printed, format, &done)
+}
+
+/// With --s3: the snapshots and chains of the S3 folder; the plan's segments are downloaded
+/// into `work/deltas`.
+async fn plan_in_s3(args: &RestoreArgs, target: Target, work: &Path) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+    let store: Arc<dyn SnapshotStore> = S3Store::new(args.s3.raw(None).parse()?, None)?;
+    let plan = plan_s3(&store, target, args.cluster_id.as_deref(), &work.join("deltas")).await?;
+    let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
+    Ok((plan, base))
 }
 
 fn request(

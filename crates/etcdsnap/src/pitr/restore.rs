@@ -13,9 +13,10 @@ use etcdsnap_api::{Compression, KvHash};
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::deltas::{ChainSummary, PlanError, ReplayPlan, SegmentRecord, Target, local, plan, summarize};
 use etcdsnap_storage::store::local::LocalStore;
-use etcdsnap_storage::store::{SnapshotStore as _, StoreError};
+use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PitrError {
@@ -38,6 +39,8 @@ pub enum PitrError {
     },
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    #[error("cannot download the delta segments: {0}")]
+    Download(String),
 }
 
 /// What a point-in-time restore will do, for the pre-flight report.
@@ -62,15 +65,69 @@ pub async fn plan_local(store: &LocalStore, target: Target, cluster: Option<&str
     let deltas_dir = local::dir_beside(store.dir());
     let (records, mut warnings) = local::read_all(&deltas_dir);
     warnings.extend(listing.warnings);
-    let (cluster_id, replay) = choose_cluster(&listing.records, &records, target, cluster)?;
-    let base = listing.records.iter().find(|r| r.name.as_str() == replay.base.name).cloned();
+    finish_plan(listing.records, records, warnings, deltas_dir, target, cluster)
+}
+
+/// The largest record and segment objects downloaded from S3.
+const RECORD_LIMIT: u64 = 64 * 1024;
+const SEGMENT_LIMIT: u64 = 512 * 1024 * 1024;
+
+/// Plans a roll forward to `target` from the snapshots and chains in the S3 folder (a node whose
+/// disk is gone): the records that can matter are downloaded and checked, then the segments
+/// of the plan, into `download_dir/<chain>/`, where the replay reads them.
+pub async fn plan_s3(
+    store: &Arc<dyn SnapshotStore>,
+    target: Target,
+    cluster: Option<&str>,
+    download_dir: &Path,
+) -> Result<PitrPlan, PitrError> {
+    let s3 = store.as_s3().ok_or_else(|| PitrError::Download("the store is not S3".into()))?;
+    let listing = store.list().await?;
+    let mut warnings = listing.warnings;
+    // Segments ending before every usable base never matter.
+    let floor = listing.records.iter().filter_map(local::base_of).map(|b| b.revision).min().unwrap_or(i64::MAX);
+    let objects = s3.list_deltas().await?;
+    let mut records = Vec::new();
+    for o in objects.iter().filter(|o| o.is_record() && o.last_revision().is_some_and(|l| l > floor)) {
+        let parsed = s3
+            .get_delta(&o.chain, &o.file, RECORD_LIMIT)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| SegmentRecord::parse(&o.file, &bytes).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(r) if r.chain == o.chain && r.record_name() == o.file => records.push(r),
+            Ok(_) => warnings.push(format!("delta record {}/{} does not match its key: skipped", o.chain, o.file)),
+            Err(e) => warnings.push(format!("delta record {}/{}: {e}", o.chain, o.file)),
+        }
+    }
+    let plan = finish_plan(listing.records, records, warnings, download_dir.to_path_buf(), target, cluster)?;
+    for r in &plan.replay.segments {
+        let dir = download_dir.join(&r.chain);
+        std::fs::create_dir_all(&dir).map_err(|e| PitrError::Download(format!("{}: {e}", dir.display())))?;
+        let bytes = s3.get_delta(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
+        let path = dir.join(r.segment_name());
+        std::fs::write(&path, bytes).map_err(|e| PitrError::Download(format!("{}: {e}", path.display())))?;
+    }
+    Ok(plan)
+}
+
+/// The plan from listed snapshots and segment records, with what the report shows beside it.
+fn finish_plan(
+    snapshots: Vec<SnapshotRecord>,
+    records: Vec<SegmentRecord>,
+    warnings: Vec<String>,
+    deltas_dir: PathBuf,
+    target: Target,
+    cluster: Option<&str>,
+) -> Result<PitrPlan, PitrError> {
+    let (cluster_id, replay) = choose_cluster(&snapshots, &records, target, cluster)?;
+    let base = snapshots.iter().find(|r| r.name.as_str() == replay.base.name).cloned();
     let Some(base) = base else {
         return Err(PlanError::NoBase(replay.base.name.clone()).into());
     };
     let used: BTreeSet<&str> = replay.segments.iter().map(|s| s.chain.as_str()).collect();
     let chains = summarize(&records).into_iter().filter(|c| used.contains(c.chain.as_str())).collect();
-    let expected_hash = listing
-        .records
+    let expected_hash = snapshots
         .iter()
         .filter_map(|r| r.etcd.as_ref().filter(|_| r.is_ready()))
         .filter(|e| e.revision == replay.stop_at && cluster_id.as_deref().is_none_or(|c| e.cluster_id == c))
