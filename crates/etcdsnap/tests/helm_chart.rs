@@ -168,6 +168,9 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
                 "extraArgs[0]=--zstd-level=9",
                 "priorityClassName=system-cluster-critical",
                 "podAnnotations.team=platform",
+                "deltas.enabled=true",
+                "deltas.interval=5s",
+                "deltas.maxBytes=4MiB",
             ],
         ));
     }
@@ -224,7 +227,7 @@ struct HostPaths {
     node_selector: (&'static str, &'static str),
 }
 
-fn host_paths(preset: &str, data_dir: Option<&str>) -> HostPaths {
+fn host_paths(preset: &str, data_dir: Option<&str>, deltas: bool) -> HostPaths {
     match preset {
         "kubeadm" => {
             let dd = data_dir.unwrap_or("/var/lib/etcdsnap").to_string();
@@ -249,11 +252,15 @@ fn host_paths(preset: &str, data_dir: Option<&str>) -> HostPaths {
                     format!("{dd}/server/tls/etcd/client.key"),
                 ],
                 token: Some(format!("{dd}/server/token")),
-                writable: vec![
+                writable: [
                     format!("{dd}/server/db/snapshots"),
                     format!("{dd}/server/db/.metadata"),
                     format!("{dd}/server/db/{PRIVATE_DIR}"),
-                ],
+                ]
+                .into_iter()
+                // Delta chains live beside the snapshot directory.
+                .chain(deltas.then(|| format!("{dd}/server/db/.etcdsnap-deltas")))
+                .collect(),
                 data_dir: dd,
                 node_selector: ("node-role.kubernetes.io/etcd", "true"),
             }
@@ -296,7 +303,7 @@ fn mount_of<'a>(mounts: &'a [Mount], path: &str) -> Option<&'a Mount> {
 fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
     let preset = preset_of(sets);
     let data_dir = sets.iter().find_map(|s| s.strip_prefix("dataDir="));
-    let expected = host_paths(preset, data_dir);
+    let expected = host_paths(preset, data_dir, has(sets, "deltas.enabled=true"));
     let args = agent_args(objs);
     assert_eq!(args.first().map(String::as_str), Some("agent"), "{case}: {args:?}");
 
@@ -389,10 +396,17 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
         assert_eq!(flag(&args, "s3-retention"), Some("10"), "{case}");
         assert_eq!(flag(&args, "drill-etcd"), Some("/usr/local/bin/etcd"), "{case}");
         assert_eq!(flag(&args, "zstd-level"), Some("9"), "{case}: extraArgs");
+        assert!(args.iter().any(|a| a == "--deltas"), "{case}");
+        assert_eq!(
+            (flag(&args, "delta-interval"), flag(&args, "delta-max-bytes")),
+            (Some("5s"), Some("4MiB")),
+            "{case}"
+        );
     } else {
         assert_eq!(flag(&args, "compress"), Some("none"), "{case}");
         assert_eq!(flag(&args, "schedule"), Some("0 */12 * * *"), "{case}");
         assert_eq!(flag(&args, "s3-retention"), None, "{case}");
+        assert!(!args.iter().any(|a| a.starts_with("--delta")), "{case}: deltas are off by default");
     }
     let s3 = has(sets, "s3.enabled=true");
     assert_eq!(args.iter().any(|a| a == "--s3"), s3, "{case}");

@@ -69,6 +69,9 @@ never the rest of server/db (etcd's own data). kubeadm: etcdsnap's whole data di
 snapshots: {{ $dd }}/server/db/snapshots
 metadata: {{ $dd }}/server/db/.metadata
 state: {{ $dd }}/server/db/.etcdsnap
+{{- if .Values.deltas.enabled }}
+deltas: {{ $dd }}/server/db/.etcdsnap-deltas
+{{- end }}
 {{- else -}}
 data: {{ $dd }}
 {{- end -}}
