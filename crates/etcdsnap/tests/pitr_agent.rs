@@ -208,8 +208,37 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     assert!(refused.stderr.contains("not captured yet"), "{}", refused.stderr);
     assert!(!target.exists());
 
+    // Hostile content: a record for revisions nobody captured, over a segment of junk. The
+    // restore reads it, refuses it by its checksum, and touches nothing.
     let (code, log) = agent.terminate().await?;
     assert_eq!(code, Some(0), "{log}");
+    let chain = chains[0]["chain"].as_str().unwrap();
+    let chain_dir = data.path().join(".etcdsnap-deltas").join(chain);
+    let (first, last) = (r2 + 1, r2 + 100);
+    let planted = serde_json::json!({
+        "format": 1, "chain": chain, "baseRevision": base_rev, "firstRevision": first, "lastRevision": last,
+        "firstObservedMs": 1, "lastObservedMs": 2, "revisions": 100, "events": 100,
+        "sha256": "00".repeat(32), "storedBytes": 4,
+    });
+    std::fs::write(chain_dir.join(format!("{first:020}-{last:020}.json")), planted.to_string())?;
+    std::fs::write(chain_dir.join(format!("{first:020}-{last:020}.seg.zst")), b"junk")?;
+    let into = (r2 + 50).to_string();
+    let snapshots = s(&data.path().join("snapshots"));
+    let base_args = ["restore", "--to-revision", &into, "--dir", &snapshots, "--data-dir", &s(&target), "--name", "m0"];
+    let hostile =
+        run(&[&base_args[..], &["--etcdutl", &etcdutl, "--etcd", &etcd_bin]].concat(), &[]).await.expect_fail();
+    assert!(hostile.stderr.contains("damaged"), "{}", hostile.stderr);
+    assert!(!target.exists(), "a refused restore left {}", target.display());
+    // No etcd to replay in: said before any work.
+    let no_etcd = run(&[&base_args[..], &["--etcdutl", &etcdutl, "--etcd", "/nonexistent/etcd"]].concat(), &[]).await;
+    assert!(no_etcd.expect_fail().stderr.contains("--etcd /nonexistent/etcd"));
+    assert!(!target.exists());
+    let leftovers: Vec<String> = std::fs::read_dir(data.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".never"))
+        .collect();
+    assert!(leftovers.is_empty(), "working directories left behind: {leftovers:?}");
     Ok(())
 }
 

@@ -529,6 +529,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn point_in_time_restores_take_a_target_instead_of_a_snapshot() {
+        let base = ["etcdsnap", "restore", "--data-dir", "/d", "--name", "m0"];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra)).map(|_| ()).map_err(|e| e.kind());
+        assert!(with(&["--to-revision", "42"]).is_ok());
+        assert!(with(&["--to-time", "2026-12-03T07:04:00Z"]).is_ok());
+        assert!(with(&["--to-time", "10m ago"]).is_ok());
+        assert!(with(&["snap"]).is_ok());
+        for bad in [
+            &["snap", "--to-revision", "42"][..],
+            &["--to-revision", "42", "--to-time", "10m ago"],
+            &["--to-revision", "0"],
+            &["--to-revision", "-5"],
+            &["--to-time", "yesterday"],
+            &[],
+        ] {
+            assert!(with(bad).is_err(), "{bad:?} accepted");
+        }
+        let agent = |extra: &[&str]| Cli::try_parse_from(["etcdsnap", "agent"].iter().chain(extra)).map(|_| ());
+        assert!(agent(&["--deltas", "--delta-interval", "2s", "--delta-max-bytes", "1MiB"]).is_ok());
+        assert!(agent(&["--delta-interval", "2s"]).is_err(), "--delta-interval without --deltas");
+        assert!(agent(&["--deltas", "--delta-max-bytes", "lots"]).is_err());
+    }
+
+    #[test]
     fn sizes_take_binary_and_decimal_units_and_refuse_the_rest() {
         assert_eq!(parse_byte_size("8MiB"), Ok(8 * 1024 * 1024));
         assert_eq!(parse_byte_size("512Ki"), Ok(512 * 1024));
