@@ -5,7 +5,9 @@ use super::args::OutputFormat;
 use super::output::{self, human_bytes, rfc3339};
 use super::restore::{RestoreArgs, current_token, member_settings, open_snapshot_dir, print_report};
 use anyhow::{Context as _, bail};
-use etcdsnap::pitr::restore::{PitrPlan, RollForward, RolledForward, plan_local, plan_s3, roll_forward};
+use etcdsnap::pitr::restore::{
+    PitrPlan, RollForward, RolledForward, fetch_segments, plan_local, plan_s3, roll_forward,
+};
 use etcdsnap::restore::{self, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::deltas::Target;
@@ -84,9 +86,8 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give a snapshot, --to-revision or --to-time"),
     };
     let format = args.output.output;
-    let work = work_dir(&args.data_dir)?;
-    let (plan, base) = match args.s3.enabled {
-        true => plan_in_s3(&args, target, work.path()).await?,
+    let (mut plan, base) = match args.s3.enabled {
+        true => plan_in_s3(&args, target).await?,
         false => {
             let store = open_snapshot_dir(&args, "nothing to roll forward", "snap.db")?;
             let plan = plan_local(&store, target, args.cluster_id.as_deref()).await?;
@@ -104,7 +105,10 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let check = request(&args, base.clone(), true, current_token(&args)?);
     let outcome = restore::restore(&check, None, |r| {
         if format == OutputFormat::Table {
-            print_report(r)
+            // Checked like a dry run; headed as what the command will do.
+            let mut shown = r.clone();
+            shown.dry_run = args.dry_run;
+            print_report(&shown)
         }
     })
     .await?;
@@ -119,6 +123,10 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
     let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
     let etcd = locate_etcd(args.etcd.as_deref())?;
+    let work = work_dir(&args.data_dir)?;
+    if let Some(store) = base.store().filter(|_| args.s3.enabled) {
+        fetch_segments(store, &mut plan, &work.path().join("deltas")).await?;
+    }
     if format == OutputFormat::Table {
         eprintln!(
             "Replaying revisions {}..={} in a private etcd...",
@@ -171,11 +179,10 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     finish(&printed, format, &done)
 }
 
-/// With --s3: the snapshots and chains of the S3 folder; the plan's segments are downloaded
-/// into `work/deltas`.
-async fn plan_in_s3(args: &RestoreArgs, target: Target, work: &Path) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+/// With --s3: the snapshots and chains of the S3 folder.
+async fn plan_in_s3(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
     let store: Arc<dyn SnapshotStore> = S3Store::new(args.s3.raw(None).parse()?, None)?;
-    let plan = plan_s3(&store, target, args.cluster_id.as_deref(), &work.join("deltas")).await?;
+    let plan = plan_s3(&store, target, args.cluster_id.as_deref()).await?;
     let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
     Ok((plan, base))
 }

@@ -73,13 +73,12 @@ const RECORD_LIMIT: u64 = 64 * 1024;
 const SEGMENT_LIMIT: u64 = 512 * 1024 * 1024;
 
 /// Plans a roll forward to `target` from the snapshots and chains in the S3 folder (a node whose
-/// disk is gone): the records that can matter are downloaded and checked, then the segments
-/// of the plan, into `download_dir/<chain>/`, where the replay reads them.
+/// disk is gone): the records that can matter are downloaded and checked. The plan's segments
+/// are fetched by [`fetch_segments`] once the pre-flight checks passed.
 pub async fn plan_s3(
     store: &Arc<dyn SnapshotStore>,
     target: Target,
     cluster: Option<&str>,
-    download_dir: &Path,
 ) -> Result<PitrPlan, PitrError> {
     let s3 = store.as_s3().ok_or_else(|| PitrError::Download("the store is not S3".into()))?;
     let listing = store.list().await?;
@@ -100,15 +99,23 @@ pub async fn plan_s3(
             Err(e) => warnings.push(format!("delta record {}/{}: {e}", o.chain, o.file)),
         }
     }
-    let plan = finish_plan(listing.records, records, warnings, download_dir.to_path_buf(), target, cluster)?;
+    finish_plan(listing.records, records, warnings, PathBuf::new(), target, cluster)
+}
+
+/// Downloads the plan's segments from S3 into `dir/<chain>/` (a private directory), where the
+/// replay reads them and checks each against its record.
+pub async fn fetch_segments(store: &Arc<dyn SnapshotStore>, plan: &mut PitrPlan, dir: &Path) -> Result<(), PitrError> {
+    let s3 = store.as_s3().ok_or_else(|| PitrError::Download("the store is not S3".into()))?;
     for r in &plan.replay.segments {
-        let dir = download_dir.join(&r.chain);
-        std::fs::create_dir_all(&dir).map_err(|e| PitrError::Download(format!("{}: {e}", dir.display())))?;
+        let chain_dir = dir.join(&r.chain);
+        std::fs::create_dir_all(&chain_dir)
+            .map_err(|e| PitrError::Download(format!("{}: {e}", chain_dir.display())))?;
         let bytes = s3.get_delta(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
-        let path = dir.join(r.segment_name());
+        let path = chain_dir.join(r.segment_name());
         std::fs::write(&path, bytes).map_err(|e| PitrError::Download(format!("{}: {e}", path.display())))?;
     }
-    Ok(plan)
+    plan.deltas_dir = dir.to_path_buf();
+    Ok(())
 }
 
 /// The plan from listed snapshots and segment records, with what the report shows beside it.
