@@ -448,3 +448,65 @@ async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_f
     assert_eq!(code, Some(0), "{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_exactly_the_segments_a_kept_snapshot_can_use() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, 20).await?;
+    let data = tempfile::tempdir()?;
+    let agent = agent_with(&etcd, data.path(), &["--schedule", "*/3 * * * * *", "--retention", "2"], &[]).await;
+    // Writes across several scheduled snapshots, so that the oldest are pruned.
+    for round in 0..5 {
+        churn(&mut client, &format!("r{round}"), 60).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    churn(&mut client, "last", 60).await;
+    let end = revision(&mut client).await;
+    wait_durable(&agent, end).await;
+    let (code, log) = agent.terminate().await?;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("delta segments older than every snapshot removed"), "{log}");
+    // Retention emptying the running chain's directory never costs the capture its changes.
+    assert!(!log.contains("delta capture failed") && !log.contains("not written"), "{log}");
+
+    let ls = run(&["ls", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await.expect_ok();
+    let snapshots = ls.json();
+    let kept: Vec<i64> = snapshots["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["metadata"]["annotations"]["etcdsnap.io/etcd-revision"].as_str()?.parse().ok())
+        .collect();
+    assert_eq!(kept.len(), 2, "{snapshots}");
+    let oldest = *kept.iter().min().unwrap();
+    let chains = run(&["ls", "--deltas", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await;
+    let chains = chains.expect_ok().json();
+    let mut ranges = Vec::new();
+    for chain in std::fs::read_dir(data.path().join(".etcdsnap-deltas"))? {
+        for f in std::fs::read_dir(chain?.path())? {
+            let name = f?.file_name().to_string_lossy().into_owned();
+            if let Some(range) = name.strip_suffix(".json") {
+                let (first, last) = range.split_once('-').unwrap();
+                ranges.push((first.parse::<i64>()?, last.parse::<i64>()?));
+            }
+        }
+    }
+    ranges.sort();
+    assert!(
+        ranges.iter().all(|(_, last)| *last > oldest),
+        "a segment no kept snapshot can use: {ranges:?} (oldest {oldest})"
+    );
+    // What is left still rolls the oldest kept snapshot forward to the end, without a gap.
+    let covering = ranges.iter().find(|(first, last)| *first <= oldest + 1 && *last > oldest);
+    assert!(covering.is_some(), "the oldest kept snapshot at {oldest} cannot be rolled forward: {ranges:?}\n{chains}");
+    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
+    let out = tempfile::tempdir()?;
+    let target = out.path().join("data");
+    assert!(oldest < end, "{oldest} {end}");
+    let rev = end.to_string();
+    let snapshots_dir = s(&data.path().join("snapshots"));
+    let args = ["restore", "--to-revision", &rev, "--dir", &snapshots_dir, "--data-dir", &s(&target), "--name", "m0"];
+    run(&[&args[..], &["--etcdutl", &etcdutl, "--etcd", &etcd_bin]].concat(), &[]).await.expect_ok();
+    Ok(())
+}

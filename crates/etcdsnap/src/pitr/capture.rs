@@ -29,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 /// zstd level of stored segments.
 const ZSTD_LEVEL: i32 = 3;
+/// How long a capture waits before it writes again after a failed write.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How many segments' worth of changes a capture keeps in memory while writes fail.
+const PENDING_LIMIT: usize = 4;
 /// How often an idle capture asks etcd whether anything is left to deliver.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -128,7 +132,7 @@ pub async fn capture_observed(
                 tracing::info!(chain = %base.name, last = writer.report.last_revision, "delta capture stopped");
                 return Ok(writer.report);
             }
-            () = sleep_until(deadline) => writer.flush(None, observe)?,
+            () = sleep_until(deadline) => writer.flush_or_retry(observe)?,
             _ = progress.tick(), if writer.pending.revisions.is_empty() => {
                 if let Err(e) = requests.request_progress().await {
                     break format!("the watch failed: {e}");
@@ -168,6 +172,8 @@ struct ChainWriter {
     pending: Segment,
     /// When the pending segment's first revision arrived.
     opened: Option<Instant>,
+    /// After a failed write: not before then.
+    retry_at: Option<Instant>,
     /// The newest revision taken (pending or written).
     taken: i64,
     cluster_id: Option<String>,
@@ -191,6 +197,7 @@ impl ChainWriter {
             settings,
             pending: Segment::default(),
             opened: None,
+            retry_at: None,
             taken: last_revision,
             cluster_id: None,
             report: CaptureReport { segments, last_revision },
@@ -198,7 +205,8 @@ impl ChainWriter {
     }
 
     fn flush_deadline(&self) -> Option<Instant> {
-        self.opened.map(|at| at + self.settings.flush_interval)
+        let due = self.opened.map(|at| at + self.settings.flush_interval);
+        due.max(self.retry_at)
     }
 
     /// Takes one watch response's events; Err with the reason the chain cannot continue.
@@ -255,7 +263,12 @@ impl ChainWriter {
     }
 
     fn flush_if_full(&mut self, observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send)) -> Result<(), CaptureError> {
-        if self.pending.encoded_len() >= self.settings.max_bytes { self.flush(None, observe) } else { Ok(()) }
+        let retrying = self.retry_at.is_some_and(|at| Instant::now() < at);
+        if self.pending.encoded_len() >= self.settings.max_bytes && !retrying {
+            self.flush_or_retry(observe)
+        } else {
+            Ok(())
+        }
     }
 
     /// A response without events (a progress notification) at the revision last taken, with
@@ -268,18 +281,18 @@ impl ChainWriter {
     }
 
     /// Writes the pending segment and its record; with `broken`, marks the chain broken there
-    /// (on the last written record when nothing is pending).
+    /// (on the last written record when nothing is pending). On failure the pending changes are
+    /// kept, so a later flush can still write them.
     fn flush(
         &mut self,
         broken: Option<String>,
         observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send),
     ) -> Result<(), CaptureError> {
-        let segment = std::mem::take(&mut self.pending);
-        self.opened = None;
-        let (Some(first), Some(last)) = (segment.revisions.first(), segment.revisions.last()) else {
+        let (Some(first), Some(last)) = (self.pending.revisions.first(), self.pending.revisions.last()) else {
+            self.opened = None;
             return self.mark_last_broken(broken);
         };
-        let stored = segment.to_stored(ZSTD_LEVEL).map_err(|source| self.write_error("segment", source))?;
+        let stored = self.pending.to_stored(ZSTD_LEVEL).map_err(|source| self.write_error("segment", source))?;
         let record = SegmentRecord {
             format: RECORD_FORMAT,
             chain: self.base.name.clone(),
@@ -288,21 +301,39 @@ impl ChainWriter {
             last_revision: last.revision,
             first_observed_ms: first.observed_ms,
             last_observed_ms: last.observed_ms.max(first.observed_ms),
-            revisions: segment.revisions.len() as u64,
-            events: segment.event_count() as u64,
+            revisions: self.pending.revisions.len() as u64,
+            events: self.pending.event_count() as u64,
             sha256: hex::encode(Sha256::digest(&stored)),
             stored_bytes: stored.len() as u64,
             cluster_id: self.cluster_id.clone(),
             chain_broken: broken,
         };
+        // The directory may have been removed under a running capture (by hand, or emptied by
+        // retention): it is made again rather than losing what is pending.
+        create_private_dir(&self.dir)?;
         self.write(&record.segment_name(), &stored)?;
         self.write(&record.record_name(), &record.to_json())?;
         tracing::debug!(chain = %record.chain, first = record.first_revision, last = record.last_revision,
             bytes = record.stored_bytes, "delta segment written");
+        (self.pending, self.opened, self.retry_at) = (Segment::default(), None, None);
         self.report.last_revision = record.last_revision;
         observe(CaptureEvent::Segment(&record));
         self.report.segments.push(record);
         Ok(())
+    }
+
+    /// A flush on the timer or the size limit: a failure to write is retried after
+    /// [`RETRY_AFTER`] with the changes kept, while they stay within [`PENDING_LIMIT`] times the
+    /// segment size; past that the capture fails (memory is not an unbounded buffer).
+    fn flush_or_retry(&mut self, observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send)) -> Result<(), CaptureError> {
+        match self.flush(None, observe) {
+            Err(e) if self.pending.encoded_len() <= PENDING_LIMIT * self.settings.max_bytes => {
+                tracing::warn!(chain = %self.base.name, error = %e, "delta segment not written; retrying with the changes kept");
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn mark_last_broken(&mut self, broken: Option<String>) -> Result<(), CaptureError> {
@@ -387,6 +418,29 @@ mod tests {
         again.flush(Some("the watch failed".into()), &mut |_| {}).unwrap();
         let err = ChainWriter::new(&again.base, again.dir.clone(), CaptureSettings::default()).err().unwrap();
         assert!(err.to_string().contains("already broken"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_changes_and_a_removed_directory_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.push(put(11), 1_000).unwrap();
+        // Retention emptied and removed the chain's directory under the running capture.
+        std::fs::remove_dir(&w.dir).unwrap();
+        w.flush(None, &mut |_| {}).unwrap();
+        assert_eq!(w.report.last_revision, 11);
+        // A write that fails (here: a file where the directory should be) loses nothing.
+        std::fs::remove_dir_all(&w.dir).unwrap();
+        std::fs::write(&w.dir, b"in the way").unwrap();
+        w.push(put(12), 2_000).unwrap();
+        w.flush_or_retry(&mut |_| {}).unwrap();
+        assert!(w.retry_at.is_some(), "the failed write is retried later");
+        w.push(put(13), 3_000).unwrap();
+        std::fs::remove_file(&w.dir).unwrap();
+        w.flush_or_retry(&mut |_| {}).unwrap();
+        let last = w.report.segments.last().unwrap();
+        assert_eq!((last.first_revision, last.last_revision), (12, 13), "the kept changes were written");
+        assert!(w.pending.revisions.is_empty() && w.retry_at.is_none());
     }
 
     #[test]
