@@ -56,15 +56,23 @@ show "$bin/etcdsnap" save
 show "$bin/etcdsnap" save --compress zstd
 show "$bin/etcdsnap" save --compress zip
 
-step "The agent, as it runs on every etcd node: a save every 15 s, retention 3, reconcile, leader duties, metrics"
+step "The agent, as it runs on every etcd node: a save every 15 s, retention 3, reconcile, leader duties, metrics, and (--deltas) every change between snapshots"
 metrics=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf '$ etcdsnap agent --schedule "*/15 * * * * *" --retention 3 --compress zstd --reconcile-interval 20s --metrics-addr %s\n' "$metrics"
+printf '$ etcdsnap agent --schedule "*/15 * * * * *" --retention 3 --compress zstd --reconcile-interval 20s --deltas --delta-interval 5s --metrics-addr %s\n' "$metrics"
 "$bin/etcdsnap" agent --schedule "*/15 * * * * *" --retention 3 --compress zstd --reconcile-interval 20s \
-  --metrics-addr "$metrics" > "$work/agent.log" 2>&1 &
+  --deltas --delta-interval 5s --metrics-addr "$metrics" > "$work/agent.log" 2>&1 &
 agent=$!
+etcdctl=${TESTBINS_DIR:-$PWD/target/testbins}/etcdctl
+revision() { "$etcdctl" --endpoints "$ETCDSNAP_ENDPOINTS" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'; }
 for i in $(seq 1 50); do
   sleep 1
   if [ -t 1 ]; then printf '\r  running for %2d s ...' "$i"; fi
+  # Meanwhile the cluster is used: a namespace of configmaps comes, then goes by mistake.
+  if [ "$i" = 20 ]; then
+    for n in $(seq 1 40); do "$etcdctl" --endpoints "$ETCDSNAP_ENDPOINTS" put "/registry/configmaps/prod/app-$n" "{\"data\":$n}" > /dev/null; done
+    before_delete=$(revision)
+  fi
+  if [ "$i" = 30 ]; then "$etcdctl" --endpoints "$ETCDSNAP_ENDPOINTS" del --prefix /registry/configmaps/prod/ > /dev/null; fi
 done
 if [ -t 1 ]; then echo; fi
 echo "-- agent log:"
@@ -83,7 +91,7 @@ show "$kubectl" get etcdsnapshotfiles
 show "$bin/etcdsnap" reconcile
 show "$kubectl" -n kube-system get configmap k3s-etcd-snapshots
 
-step "The bucket: snapshots at the top, etcdsnap's record beside each in .metadata/<name>.etcdsnap.json (K3s's own .metadata/<name> appears only with extra metadata)"
+step "The bucket: snapshots at the top, etcdsnap's record beside each in .metadata/<name>.etcdsnap.json (K3s's own .metadata/<name> appears only with extra metadata), delta segments under .etcdsnap-deltas/<chain>/.metadata/ (K3s skips every object whose parent is .metadata)"
 (cd "$TESTENV_S3_ROOT/etcdsnap" && find . -type f | sed 's|^\./||' | sort)
 
 step "Verify every stored byte, locally and in S3, against its sha256 and etcd's integrity trailer"
@@ -92,6 +100,19 @@ show "$bin/etcdsnap" verify
 step "Restore pre-flight (dry run): what a restore of the newest snapshot would do, checked before anything is touched"
 newest=$("$bin/etcdsnap" ls -o json | python3 -c 'import json,sys; items=json.load(sys.stdin)["items"]; print(max(items, key=lambda i: i["status"]["creationTime"])["spec"]["snapshotName"])')
 show "$bin/etcdsnap" restore "$newest" --data-dir "$work/restored" --name demo --etcdutl "${TESTBINS_DIR:-$PWD/target/testbins}/etcdutl" --dry-run
+
+step "Point-in-time recovery: at second 30 the prod configmaps were deleted; roll back to revision $before_delete, just before"
+show "$bin/etcdsnap" ls --deltas
+etcd_bin=${TESTBINS_DIR:-$PWD/target/testbins}/etcd
+show "$bin/etcdsnap" restore --to-revision "$before_delete" --data-dir "$work/pitr-restored" --name demo \
+  --initial-advertise-peer-urls http://127.0.0.1:23980 --etcd "$etcd_bin" --etcdutl "${TESTBINS_DIR:-$PWD/target/testbins}/etcdutl"
+echo "-- the restored member, started on loopback: the configmaps are back"
+"$etcd_bin" --data-dir "$work/pitr-restored" --name demo --listen-client-urls http://127.0.0.1:23979 \
+  --advertise-client-urls http://127.0.0.1:23979 --listen-peer-urls http://127.0.0.1:23980 > "$work/pitr-etcd.log" 2>&1 &
+restored_etcd=$!
+for _ in $(seq 1 50); do "$etcdctl" --endpoints http://127.0.0.1:23979 endpoint health > /dev/null 2>&1 && break; sleep 0.2; done
+show "$etcdctl" --endpoints http://127.0.0.1:23979 get --prefix --count-only -w fields /registry/configmaps/prod/
+kill "$restored_etcd"; wait "$restored_etcd" 2>/dev/null || true
 
 step "Prune the on-demand snapshots to the newest one (locally and in S3; the agent's keep their own retention)"
 show "$bin/etcdsnap" prune --retention 1

@@ -243,6 +243,8 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
 
 /// The rolled-forward snapshot's file name: a snapshot name saying what it is.
 fn rolled_name(base: &str, target: Target, stop_at: i64) -> String {
+    // The result is an uncompressed database, whatever the base was.
+    let base = base.strip_suffix(".zst").or_else(|| base.strip_suffix(".zip")).unwrap_or(base);
     match target {
         Target::Revision(_) => format!("{base}-rolled-to-{stop_at}"),
         Target::Time(ms) => format!("{base}-rolled-to-{}", ms / 1000),
@@ -319,5 +321,8 @@ mod tests {
         assert!(SnapshotName::parse(&name).is_ok(), "{name}");
         let name = rolled_name("etcd-snapshot-node-a-1700000000", Target::Time(1_700_000_100_000), 5);
         assert!(SnapshotName::parse(&name).is_ok(), "{name}");
+        let name = rolled_name("etcd-snapshot-node-a-1700000000.zst", Target::Revision(5), 5);
+        assert_eq!(SnapshotName::parse(&name).unwrap().compression(), etcdsnap_api::Compression::None, "{name}");
+        assert_eq!(name, "etcd-snapshot-node-a-1700000000-rolled-to-5");
     }
 }
