@@ -250,6 +250,13 @@ impl Uploader {
         for w in warnings {
             tracing::debug!("{w}");
         }
+        // Only what is still on disk can need an upload: forget the rest (pruned), so the set
+        // stays as small as the local chains.
+        let local_files: HashSet<(String, String)> = records
+            .iter()
+            .flat_map(|r| [(r.chain.clone(), r.segment_name()), (r.chain.clone(), r.record_name())])
+            .collect();
+        present.retain(|f| local_files.contains(f));
         let mut uploaded = 0;
         for r in records {
             let (segment, record) = ((r.chain.clone(), r.segment_name()), (r.chain.clone(), r.record_name()));

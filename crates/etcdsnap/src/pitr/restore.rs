@@ -70,7 +70,7 @@ pub async fn plan_local(store: &LocalStore, target: Target, cluster: Option<&str
 
 /// The largest record and segment objects downloaded from S3.
 const RECORD_LIMIT: u64 = 64 * 1024;
-const SEGMENT_LIMIT: u64 = 512 * 1024 * 1024;
+const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Plans a roll forward to `target` from the snapshots and chains in the S3 folder (a node whose
 /// disk is gone): the records that can matter are downloaded and checked. The plan's segments
