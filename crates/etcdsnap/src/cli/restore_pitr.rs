@@ -88,33 +88,13 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let format = args.output.output;
     let (mut plan, base) = match args.s3.enabled {
         true => plan_in_s3(&args, target).await?,
-        false => {
-            let store = open_snapshot_dir(&args, "nothing to roll forward", "snap.db")?;
-            let plan = plan_local(&store, target, args.cluster_id.as_deref()).await?;
-            let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
-            let base = SnapshotSource::from_local_store(&store, &name)?;
-            (plan, base)
-        }
+        false => plan_in_dir(&args, target).await?,
     };
     let mut printed = printed_plan(&plan, args.dry_run);
     if format == OutputFormat::Table {
         print_plan(&plan);
     }
-
-    // The base's pre-flight report: token, target, space, etcdutl and its bytes, before any work.
-    let check = request(&args, base.clone(), true, current_token(&args)?);
-    let outcome = restore::restore(&check, None, |r| {
-        if format == OutputFormat::Table {
-            // Checked like a dry run; headed as what the command will do.
-            let mut shown = r.clone();
-            shown.dry_run = args.dry_run;
-            print_report(&shown)
-        }
-    })
-    .await?;
-    if let RestoreOutcome::Refused(report) = outcome {
-        let failed: Vec<&str> = report.failures().map(|c| c.name.as_str()).collect();
-        eprintln!("error: restore refused: {} failed (see the report); nothing was touched", failed.join(", "));
+    if !check_base(&args, &base).await? {
         return Ok(ExitCode::from(super::EXIT_FAILURE));
     }
     if args.dry_run {
@@ -159,7 +139,46 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         moved_aside_to: installed.moved_aside.clone(),
         seconds: duration.as_secs_f64(),
     });
-    let m = &report.member;
+    finish(&printed, format, &done_text(&plan, &rolled, &installed, &report.member))
+}
+
+/// The snapshots and chains of the snapshot directory.
+async fn plan_in_dir(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+    let store = open_snapshot_dir(args, "nothing to roll forward", "snap.db")?;
+    let plan = plan_local(&store, target, args.cluster_id.as_deref()).await?;
+    let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
+    let base = SnapshotSource::from_local_store(&store, &name)?;
+    Ok((plan, base))
+}
+
+/// The base's pre-flight report (token, target, space, etcdutl, and its bytes), before any
+/// work; false, said, when a check failed.
+async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result<bool> {
+    let check = request(args, base.clone(), true, current_token(args)?);
+    let outcome = restore::restore(&check, None, |r| {
+        if args.output.output == OutputFormat::Table {
+            // Checked like a dry run; headed as what the command will do.
+            let mut shown = r.clone();
+            shown.dry_run = args.dry_run;
+            print_report(&shown)
+        }
+    })
+    .await?;
+    if let RestoreOutcome::Refused(report) = outcome {
+        let failed: Vec<&str> = report.failures().map(|c| c.name.as_str()).collect();
+        eprintln!("error: restore refused: {} failed (see the report); nothing was touched", failed.join(", "));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// What was done and how to start etcd on it.
+fn done_text(
+    plan: &PitrPlan,
+    rolled: &RolledForward,
+    installed: &restore::Installed,
+    m: &restore::MemberSettings,
+) -> String {
     let mut done = format!(
         "Restored {} rolled forward to revision {} into {}.",
         plan.base.name,
@@ -176,7 +195,7 @@ pub async fn restore_to_point(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         m.initial_cluster,
         m.initial_advertise_peer_urls
     ));
-    finish(&printed, format, &done)
+    done
 }
 
 /// With --s3: the snapshots and chains of the S3 folder.
