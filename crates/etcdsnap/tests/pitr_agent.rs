@@ -510,3 +510,47 @@ async fn retention_keeps_exactly_the_segments_a_kept_snapshot_can_use() -> TestR
     run(&[&args[..], &["--etcdutl", &etcdutl, "--etcd", &etcd_bin]].concat(), &[]).await.expect_ok();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_compacting_past_a_stalled_watch_breaks_the_chain_and_a_new_one_starts() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, 20).await?;
+    let data = tempfile::tempdir()?;
+    let agent = agent(&etcd, data.path()).await;
+    churn(&mut client, "before", 50).await;
+    let before = revision(&mut client).await;
+    wait_durable(&agent, before).await;
+
+    // The agent stops reading (paused); etcd's buffers for its watch fill, then the revisions the
+    // watch still has to deliver are compacted away.
+    let pid = agent.child.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-STOP", &pid]).status()?;
+    let big = "x".repeat(4096);
+    for i in 0..3000 {
+        client.put(format!("/registry/events/default/e-{}", i % 500), big.clone(), None).await?;
+    }
+    let compacted = revision(&mut client).await;
+    client.compact(compacted, None).await?;
+    std::process::Command::new("kill").args(["-CONT", &pid]).status()?;
+
+    let metrics = agent.wait_for_metric("etcdsnap_delta_chain_breaks_total", 1.0, Duration::from_secs(60)).await?;
+    assert!(metric(&metrics, "etcdsnap_delta_chain_breaks_total").unwrap() >= 1.0, "{metrics}");
+    churn(&mut client, "after", 50).await;
+    let after = revision(&mut client).await;
+    wait_durable(&agent, after).await;
+    let ls = run(&["ls", "--deltas", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await;
+    let chains = ls.expect_ok().json();
+    let chains = chains.as_array().unwrap();
+    let broken = chains.iter().find_map(|c| c["broken"].as_str()).unwrap_or_default();
+    assert!(broken.contains("compaction"), "the break is marked with its cause: {chains:?}");
+    assert!(
+        chains
+            .iter()
+            .any(|c| c["baseRevision"].as_i64() >= Some(compacted) && c["reachableRevision"].as_i64() >= Some(after)),
+        "a new chain from a new snapshot reaches {after}: {chains:?}"
+    );
+    let (code, log) = agent.terminate().await?;
+    assert_eq!(code, Some(0), "{log}");
+    Ok(())
+}
