@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Benchmark of point-in-time recovery (issue 16): under a steady RATE writes/s (default 500) of
+# Kubernetes-like objects (`etcd-load --rate`: status updates, node lease renewals, Events created
+# and deleted, one revision each) on an etcd v3.7.3 filled with SIZE MB (default 100), fsync on:
+#  - the capture (`etcdsnap agent --deltas`, defaults): the recovery point (p50/p99/max age of the
+#    newest durable change, sampled every second for DURATION s, default 180), the agent's CPU
+#    and RSS, etcd's CPU beside an agent with and without --deltas, stored bytes per event;
+#  - `etcdsnap restore --to-revision` to base + 10,000 and base + 100,000 beside the plain
+#    restore of the base snapshot (medians of RUNS, default 3; each restored revision checked;
+#    PAST_BASE="10000 100000" are the distances).
+# Binaries from ${CARGO_TARGET_DIR:-target}/release. Results: bench/out/pitr.json and the tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-3}
+rate=${RATE:-500}
+duration=${DURATION:-180}
+size=${SIZE:-100}
+read -ra past <<< "${PAST_BASE:-10000 100000}"
+tb=$(realpath "${TESTBINS_DIR:-target/testbins}")
+bin=${CARGO_TARGET_DIR:-target}/release
+# shellcheck source=lib.sh
+. bench/lib.sh
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release --locked -q -p etcdsnap -p testenv --bins
+  ./testbins/build.sh >/dev/null
+fi
+mkdir -p bench/out
+work=$(mktemp -d -t etcdsnap-bench-pitr-XXXXXX)
+# testenv-up runs the default etcd (the `etcd` symlink of the testbins directory): v3.7.3 here.
+mkdir "$work/testbins"
+for t in etcd etcdctl etcdutl; do ln -s "$tb/$t-v3.7.3" "$work/testbins/$t"; done
+# bench_etcd_up (lib.sh) with two differences: the binaries of $bin, and fsync on (testenv-up
+# passes --unsafe-no-fsync; etcd takes the last value of a flag). Sets $up and the EXIT trap.
+pitr_etcd_up() {
+  TESTBINS_DIR=$work/testbins "$bin/testenv-up" --env-file "$work/env" --no-kube --no-s3 \
+    --etcd-arg --quota-backend-bytes=17179869184 --etcd-arg --unsafe-no-fsync=false > "$work/up.log" 2>&1 &
+  up=$!
+  # shellcheck disable=SC2064 # expand now: the trap must remove this run's directory
+  trap "kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf '$work'" EXIT
+  local _
+  for _ in $(seq 1 300); do
+    grep -q '^ready' "$work/up.log" && break
+    kill -0 "$up" 2>/dev/null || { cat "$work/up.log" >&2; return 1; }
+    sleep 0.2
+  done
+  grep -q '^ready' "$work/up.log" || { echo "bench: etcd did not start in 60 s" >&2; cat "$work/up.log" >&2; return 1; }
+  # shellcheck disable=SC1091
+  . "$work/env"
+  "$bin/etcd-load" --endpoints "$ETCDSNAP_ENDPOINTS" --target-bytes $((size * 1000 * 1000))
+}
+pitr_etcd_up
+python3 bench/bench_pitr.py --phase capture --etcdsnap "$bin/etcdsnap" --etcd-load "$bin/etcd-load" \
+  --endpoints "$ETCDSNAP_ENDPOINTS" --etcd-dir "$TESTENV_ETCD_DIR" --workdir "$work" \
+  --rate "$rate" --duration "$duration" --past-base "${past[@]}" | tee bench/out/pitr-capture.json > "$work/capture.json"
+# etcd is not needed any more: stop it so that it does not compete with the restores.
+bench_etcd_down
+python3 bench/bench_pitr.py --phase restore --etcdsnap "$bin/etcdsnap" --etcd "$tb/etcd-v3.7.3" \
+  --etcdutl "$tb/etcdutl-v3.7.3" --workdir "$work" --runs "$runs" --past-base "${past[@]}" --capture-result "$work/capture.json" \
+  > bench/out/pitr.json
+bench_etcd_done "$work"
+python3 bench/bench_pitr.py --report bench/out/pitr.json
