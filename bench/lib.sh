@@ -10,11 +10,15 @@ bench_build() {
 
 # bench_etcd_up WORK MB [PROFILE]: starts etcd with a 16 GiB quota, fills it with MB megabytes
 # (etcd-load profile PROFILE, default kube) and exports its ETCDSNAP_* variables. Sets $up (the
-# launcher's pid) and an EXIT trap that stops it and removes WORK.
+# launcher's pid) and an EXIT trap that stops it and removes WORK. BENCH_BIN is where testenv-up
+# and etcd-load are (default ./target/release); BENCH_ETCD_ARGS adds etcd flags (etcd takes the
+# last value of a flag, so `--unsafe-no-fsync=false` turns fsync back on).
 bench_etcd_up() {
-  local work=$1 size=$2 profile=${3:-kube}
-  TESTBINS_DIR=${TESTBINS_DIR:-target/testbins} ./target/release/testenv-up --env-file "$work/env" --no-kube --no-s3 \
-    --etcd-arg --quota-backend-bytes=17179869184 > "$work/up.log" 2>&1 &
+  local work=$1 size=$2 profile=${3:-kube} bin=${BENCH_BIN:-./target/release}
+  local etcd_args=(--etcd-arg --quota-backend-bytes=17179869184) extra
+  for extra in ${BENCH_ETCD_ARGS:-}; do etcd_args+=(--etcd-arg "$extra"); done
+  TESTBINS_DIR=${TESTBINS_DIR:-target/testbins} "$bin/testenv-up" --env-file "$work/env" --no-kube --no-s3 \
+    "${etcd_args[@]}" > "$work/up.log" 2>&1 &
   up=$!
   # shellcheck disable=SC2064 # expand now: the trap must remove this run's directory
   trap "kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf '$work'" EXIT
@@ -27,7 +31,7 @@ bench_etcd_up() {
   grep -q '^ready' "$work/up.log" || { echo "bench: etcd did not start in 60 s" >&2; cat "$work/up.log" >&2; return 1; }
   # shellcheck disable=SC1091
   . "$work/env"
-  ./target/release/etcd-load --endpoints "$ETCDSNAP_ENDPOINTS" --target-bytes $((size * 1000 * 1000)) --profile "$profile"
+  "$bin/etcd-load" --endpoints "$ETCDSNAP_ENDPOINTS" --target-bytes $((size * 1000 * 1000)) --profile "$profile"
 }
 
 # Stops the etcd of bench_etcd_up (before measuring what does not need it, so it does not compete).

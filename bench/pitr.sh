@@ -29,26 +29,8 @@ work=$(mktemp -d -t etcdsnap-bench-pitr-XXXXXX)
 # testenv-up runs the default etcd (the `etcd` symlink of the testbins directory): v3.7.3 here.
 mkdir "$work/testbins"
 for t in etcd etcdctl etcdutl; do ln -s "$tb/$t-v3.7.3" "$work/testbins/$t"; done
-# bench_etcd_up (lib.sh) with two differences: the binaries of $bin, and fsync on (testenv-up
-# passes --unsafe-no-fsync; etcd takes the last value of a flag). Sets $up and the EXIT trap.
-pitr_etcd_up() {
-  TESTBINS_DIR=$work/testbins "$bin/testenv-up" --env-file "$work/env" --no-kube --no-s3 \
-    --etcd-arg --quota-backend-bytes=17179869184 --etcd-arg --unsafe-no-fsync=false > "$work/up.log" 2>&1 &
-  up=$!
-  # shellcheck disable=SC2064 # expand now: the trap must remove this run's directory
-  trap "kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf '$work'" EXIT
-  local _
-  for _ in $(seq 1 300); do
-    grep -q '^ready' "$work/up.log" && break
-    kill -0 "$up" 2>/dev/null || { cat "$work/up.log" >&2; return 1; }
-    sleep 0.2
-  done
-  grep -q '^ready' "$work/up.log" || { echo "bench: etcd did not start in 60 s" >&2; cat "$work/up.log" >&2; return 1; }
-  # shellcheck disable=SC1091
-  . "$work/env"
-  "$bin/etcd-load" --endpoints "$ETCDSNAP_ENDPOINTS" --target-bytes $((size * 1000 * 1000))
-}
-pitr_etcd_up
+# The binaries of $bin, and fsync on (testenv-up passes --unsafe-no-fsync).
+BENCH_BIN=$bin BENCH_ETCD_ARGS=--unsafe-no-fsync=false TESTBINS_DIR=$work/testbins bench_etcd_up "$work" "$size"
 python3 bench/bench_pitr.py --phase capture --etcdsnap "$bin/etcdsnap" --etcd-load "$bin/etcd-load" \
   --endpoints "$ETCDSNAP_ENDPOINTS" --etcd-dir "$TESTENV_ETCD_DIR" --workdir "$work" \
   --rate "$rate" --duration "$duration" --past-base "${past[@]}" | tee bench/out/pitr-capture.json > "$work/capture.json"
