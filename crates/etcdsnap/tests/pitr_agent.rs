@@ -333,12 +333,14 @@ async fn a_compacted_chain_starts_anew_from_a_snapshot_and_a_killed_agent_leaves
 
 /// The delta objects of `folder` in the bucket: (chain, file) pairs.
 async fn s3_deltas(s3: &S3Server, bucket: &str, folder: &str) -> Vec<(String, String)> {
-    let keys = s3.list_keys(bucket, &format!("{folder}/.etcdsnap-deltas/")).await.unwrap();
+    let prefix =
+        if folder.is_empty() { ".etcdsnap-deltas/".to_string() } else { format!("{folder}/.etcdsnap-deltas/") };
+    let keys = s3.list_keys(bucket, &prefix).await.unwrap();
     keys.iter()
         .map(|k| {
             let parts: Vec<&str> = k.split('/').collect();
             assert_eq!(parts[parts.len() - 2], ".metadata", "{k}: K3s would take it for a snapshot");
-            (parts[2].to_string(), parts[parts.len() - 1].to_string())
+            (parts[parts.len() - 3].to_string(), parts[parts.len() - 1].to_string())
         })
         .collect()
 }
@@ -552,5 +554,56 @@ async fn etcd_compacting_past_a_stalled_watch_breaks_the_chain_and_a_new_one_sta
     );
     let (code, log) = agent.terminate().await?;
     assert_eq!(code, Some(0), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_retention_removes_the_delta_objects_no_s3_snapshot_can_use() -> TestResult {
+    const BUCKET: &str = "pitr-retention";
+    let etcd = Etcd::single().await?;
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, 20).await?;
+    let s3 = S3Server::start().await?;
+    s3.create_bucket(BUCKET).await?;
+    let data = tempfile::tempdir()?;
+    let endpoint = s3.endpoint();
+    // S3 retention needs to know which snapshots are this cluster's.
+    let mut extra = vec!["--schedule", "*/3 * * * * *", "--retention", "2", "--cluster-id", "c1"];
+    extra.extend(["--s3", "--s3-endpoint", endpoint.as_str(), "--s3-insecure", "--s3-bucket", BUCKET]);
+    let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
+    let agent = agent_with(&etcd, data.path(), &extra, &env).await;
+    for round in 0..5 {
+        churn(&mut client, &format!("r{round}"), 60).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    churn(&mut client, "last", 60).await;
+    let end = revision(&mut client).await;
+    agent.wait_for_metric("etcdsnap_delta_uploaded_revision", end as f64, Duration::from_secs(30)).await?;
+    let (code, log) = agent.terminate().await?;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("S3 delta objects older than every S3 snapshot removed"), "{log}");
+
+    // The S3 snapshots left, and their revisions (from etcdsnap's records beside them).
+    let keys = s3.list_keys(BUCKET, "").await?;
+    let mut revisions = Vec::new();
+    for key in keys.iter().filter(|k| k.starts_with(".metadata/") && k.ends_with(".etcdsnap.json")) {
+        let (bytes, _) = s3.get_object(BUCKET, key).await?;
+        let record: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let rev = record["etcd"]["revision"].as_i64().or(record["etcdRevision"].as_i64());
+        revisions.push(rev.ok_or_else(|| format!("no revision in {key}: {record}"))?);
+    }
+    assert_eq!(revisions.len(), 2, "{keys:?}");
+    let oldest = *revisions.iter().min().unwrap();
+    let deltas = s3_deltas(&s3, BUCKET, "").await;
+    assert!(!deltas.is_empty());
+    for (chain, file) in &deltas {
+        let last: i64 = file.split_once('-').unwrap().1.split('.').next().unwrap().parse()?;
+        assert!(last > oldest, "{chain}/{file} serves no S3 snapshot (oldest at {oldest})");
+    }
+    // Every record left has its segment.
+    for (chain, file) in deltas.iter().filter(|(_, f)| f.ends_with(".json")) {
+        let segment = file.replace(".json", ".seg.zst");
+        assert!(deltas.contains(&(chain.clone(), segment)), "{chain}/{file} without its segment");
+    }
     Ok(())
 }

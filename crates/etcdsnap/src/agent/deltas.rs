@@ -293,12 +293,15 @@ fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>, String> {
 /// S3 retention of delta objects: like [`prune_segments`], against the oldest snapshot S3 keeps
 /// (of any node: segments are the cluster's).
 pub async fn prune_s3_segments(s3: &S3Store, snapshots: &[SnapshotRecord]) {
-    let Some(oldest) = snapshots.iter().filter_map(local::base_of).map(|b| b.revision).min() else { return };
+    let Some(oldest) = snapshots.iter().filter_map(local::base_of).map(|b| b.revision).min() else {
+        return tracing::debug!(snapshots = snapshots.len(), "S3 delta retention: no S3 snapshot with a revision");
+    };
     let listed = match s3.list_deltas().await {
         Ok(l) => l,
         Err(e) => return tracing::warn!(error = %e, "S3 delta retention skipped"),
     };
     // Records first: a segment without its record is never used.
+    tracing::debug!(oldest, objects = listed.len(), "S3 delta retention");
     let mut old: Vec<_> = listed.into_iter().filter(|o| o.last_revision().is_some_and(|l| l <= oldest)).collect();
     old.sort_by_key(|o| !o.is_record());
     let n = old.len();

@@ -314,12 +314,27 @@ impl Agent {
         }
         let removed: Vec<(StorageKind, String)> = report.deleted.iter().map(|(k, n)| (*k, n.to_string())).collect();
         self.session.after_removal(ctx, &removed).await;
-        if let (Some(_), Some(local)) = (self.settings.deltas, &ctx.local) {
+        if self.settings.deltas.is_some() {
+            self.prune_segments(ctx).await;
+        }
+    }
+
+    /// Delta retention, after snapshot retention: locally, and in S3 against S3's snapshots.
+    async fn prune_segments(&self, ctx: &Context) {
+        if let Some(local) = &ctx.local {
             match local.list().await {
                 Ok(listing) => deltas::prune_segments(local, &listing.records),
                 Err(e) => {
                     tracing::warn!(error = %e, "delta retention skipped: the snapshot directory cannot be listed")
                 }
+            }
+        }
+        if let Some(remote) = &ctx.remote
+            && let Some(s3) = remote.as_s3()
+        {
+            match remote.list().await {
+                Ok(listing) => deltas::prune_s3_segments(s3, &listing.records).await,
+                Err(e) => tracing::warn!(error = %e, "S3 delta retention skipped: the folder cannot be listed"),
             }
         }
     }
