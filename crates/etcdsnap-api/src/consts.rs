@@ -69,6 +69,9 @@ pub const S3_META_COMPRESSION: &str = "etcdsnap-compression";
 pub const METADATA_DIR: &str = ".metadata";
 /// Suffix of etcdsnap's own record beside K3s's metadata: `.metadata/<name>.etcdsnap.json`.
 pub const RECORD_SUFFIX: &str = ".etcdsnap.json";
+/// Point-in-time recovery's delta chains: the directory beside the snapshot directory, and the
+/// path element under the S3 folder (`<folder>/.etcdsnap-deltas/<chain>/.metadata/<file>`).
+pub const DELTAS_DIR: &str = ".etcdsnap-deltas";
 /// The prefix Kubernetes keeps its objects under in etcd.
 pub const KUBERNETES_PREFIX: &[u8] = b"/registry/";
 /// etcdsnap's private directory beside the snapshot directory (its lock, partial writes), so

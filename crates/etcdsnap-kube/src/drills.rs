@@ -1,41 +1,16 @@
 //! A restore drill's result on the snapshot's resource: two `etcdsnap.io/` annotations (K3s's
-//! fields untouched; reconcile keeps annotations it does not own) and an Event. Point-in-time
-//! recovery's reach is said the same way, on the newest snapshot's resource.
+//! fields untouched; reconcile keeps annotations it does not own) and an Event.
 
 use crate::ApiError;
 use crate::events::emit_described;
 use etcdsnap_api::ETCDSnapshotFile;
-use etcdsnap_api::consts::{
-    ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ROLLS_FORWARD_TO, ANNOTATION_ROLLS_FORWARD_UNTIL,
-    EVENT_DRILL_FAILED, EVENT_DRILL_PASSED,
-};
+use etcdsnap_api::consts::{ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, EVENT_DRILL_FAILED, EVENT_DRILL_PASSED};
 use etcdsnap_storage::SnapshotRecord;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
 /// The longest reason kept in the annotation (the Event carries it whole).
 const MAX_REASON: usize = 512;
-
-/// Says on the resource of `record` (the newest snapshot) until which revision, observed when,
-/// point-in-time recovery can roll it forward. Ok(false) when the snapshot has no resource.
-pub async fn record_roll_forward(
-    client: &Client,
-    record: &SnapshotRecord,
-    revision: i64,
-    observed: jiff::Timestamp,
-) -> Result<bool, ApiError> {
-    let name = record.cr_name();
-    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        ANNOTATION_ROLLS_FORWARD_TO: revision.to_string(),
-        ANNOTATION_ROLLS_FORWARD_UNTIL: observed.to_string(),
-    }}});
-    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
-        Err(e) => Err(ApiError::new("patch", format!("etcdsnapshotfile {name}"))(e)),
-    }
-}
 
 /// Marks the resource of `record` with the drill's time and verdict (`passed` or
 /// `failed: <reason>`) and writes an Event. Ok(false) when the snapshot has no resource.

@@ -35,6 +35,7 @@ pub mod node_annotations;
 pub mod publish;
 pub mod reconcile;
 pub mod resources;
+pub mod roll_forward;
 pub mod s3_secret;
 pub mod watch;
 

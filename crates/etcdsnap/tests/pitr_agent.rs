@@ -130,6 +130,19 @@ async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvH
     Ok((rev, hash_at(&mut client, rev).await))
 }
 
+/// `restore --to-revision rev` from `data`'s snapshot directory into `target`, which must fail.
+async fn refused_restore(
+    etcd: &Etcd,
+    data: &Path,
+    rev: i64,
+    target: &Path,
+) -> Result<common::Run, Box<dyn std::error::Error>> {
+    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
+    let (rev, snapshots, target) = (rev.to_string(), s(&data.join("snapshots")), s(target));
+    let args = ["restore", "--to-revision", &rev, "--dir", &snapshots, "--data-dir", &target, "--name", "m0"];
+    Ok(run(&[&args[..], &["--etcdutl", &etcdutl, "--etcd", &etcd_bin]].concat(), &[]).await.expect_fail())
+}
+
 async fn wait_durable(agent: &AgentProcess, rev: i64) -> String {
     let series = "etcdsnap_delta_durable_revision";
     agent.wait_for_metric(series, rev as f64, Duration::from_secs(30)).await.unwrap()
@@ -183,28 +196,7 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
 
     // Past what was captured: refused, by revision, and nothing is created.
     let target = data.path().join("never");
-    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
-    let past = (r2 + 1000).to_string();
-    let refused = run(
-        &[
-            "restore",
-            "--to-revision",
-            &past,
-            "--dir",
-            &s(&data.path().join("snapshots")),
-            "--data-dir",
-            &s(&target),
-            "--name",
-            "m0",
-            "--etcdutl",
-            &etcdutl,
-            "--etcd",
-            &etcd_bin,
-        ],
-        &[],
-    )
-    .await
-    .expect_fail();
+    let refused = refused_restore(&etcd, data.path(), r2 + 1000, &target).await?;
     assert!(refused.stderr.contains("not captured yet"), "{}", refused.stderr);
     assert!(!target.exists());
 
@@ -222,15 +214,14 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     });
     std::fs::write(chain_dir.join(format!("{first:020}-{last:020}.json")), planted.to_string())?;
     std::fs::write(chain_dir.join(format!("{first:020}-{last:020}.seg.zst")), b"junk")?;
-    let into = (r2 + 50).to_string();
-    let snapshots = s(&data.path().join("snapshots"));
-    let base_args = ["restore", "--to-revision", &into, "--dir", &snapshots, "--data-dir", &s(&target), "--name", "m0"];
-    let hostile =
-        run(&[&base_args[..], &["--etcdutl", &etcdutl, "--etcd", &etcd_bin]].concat(), &[]).await.expect_fail();
+    let hostile = refused_restore(&etcd, data.path(), r2 + 50, &target).await?;
     assert!(hostile.stderr.contains("damaged"), "{}", hostile.stderr);
     assert!(!target.exists(), "a refused restore left {}", target.display());
     // No etcd to replay in: said before any work.
-    let no_etcd = run(&[&base_args[..], &["--etcdutl", &etcdutl, "--etcd", "/nonexistent/etcd"]].concat(), &[]).await;
+    let (etcdutl, into, snapshots) =
+        (s(&etcd.testbin("etcdutl")?), (r2 + 50).to_string(), s(&data.path().join("snapshots")));
+    let args = ["restore", "--to-revision", &into, "--dir", &snapshots, "--data-dir", &s(&target), "--name", "m0"];
+    let no_etcd = run(&[&args[..], &["--etcdutl", &etcdutl, "--etcd", "/nonexistent/etcd"]].concat(), &[]).await;
     assert!(no_etcd.expect_fail().stderr.contains("--etcd /nonexistent/etcd"));
     assert!(!target.exists());
     let leftovers: Vec<String> = std::fs::read_dir(data.path())?
@@ -301,28 +292,7 @@ async fn a_compacted_chain_starts_anew_from_a_snapshot_and_a_killed_agent_leaves
 
     // Between the old snapshot and the new chain nothing was captured: refused, gap named.
     let target = data.path().join("never");
-    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
-    let inside = (old_base + 10).to_string();
-    let refused = run(
-        &[
-            "restore",
-            "--to-revision",
-            &inside,
-            "--dir",
-            &s(&data.path().join("snapshots")),
-            "--data-dir",
-            &s(&target),
-            "--name",
-            "m0",
-            "--etcdutl",
-            &etcdutl,
-            "--etcd",
-            &etcd_bin,
-        ],
-        &[],
-    )
-    .await
-    .expect_fail();
+    let refused = refused_restore(&etcd, data.path(), old_base + 10, &target).await?;
     assert!(refused.stderr.contains("gap"), "{}", refused.stderr);
     assert!(refused.stderr.contains(&format!("revisions {}..", old_base + 1)), "{}", refused.stderr);
     assert!(!target.exists());

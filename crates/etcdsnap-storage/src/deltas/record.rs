@@ -16,10 +16,9 @@ use serde::{Deserialize, Serialize};
 
 /// Format version of [`SegmentRecord`].
 pub const RECORD_FORMAT: u32 = 1;
-/// Directory (local, beside the snapshot directory) and S3 path element of delta chains.
-pub const DELTAS_DIR: &str = ".etcdsnap-deltas";
-/// The S3 parent directory name K3s's listing skips.
-const K3S_SKIPPED_PARENT: &str = ".metadata";
+pub use etcdsnap_api::consts::DELTAS_DIR;
+/// The S3 parent directory name K3s's listing skips (and reads as snapshot metadata).
+use etcdsnap_api::consts::METADATA_DIR as K3S_SKIPPED_PARENT;
 
 /// What is known about one stored segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

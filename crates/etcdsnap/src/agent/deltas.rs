@@ -176,7 +176,7 @@ async fn annotate_loop(
         {
             continue;
         }
-        match etcdsnap_kube::drills::record_roll_forward(&client, newest, revision, observed).await {
+        match etcdsnap_kube::roll_forward::record_roll_forward(&client, newest, revision, observed).await {
             Ok(true) => said = Some(now),
             Ok(false) => {}
             Err(e) => tracing::debug!(error = %e, "roll-forward annotation not written"),
@@ -349,23 +349,7 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etcdsnap_api::{EtcdInfo, SnapshotName, StorageKind};
-
-    fn snap(node: &str, unix: i64, revision: i64, cluster: &str) -> SnapshotRecord {
-        let name = SnapshotName::parse(&format!("etcd-snapshot-{node}-{unix}")).unwrap();
-        let at = jiff::Timestamp::from_second(unix).unwrap();
-        let mut r = SnapshotRecord::stored(name, StorageKind::Local, node, "file:///x", at, 1);
-        r.etcd = Some(EtcdInfo {
-            revision,
-            version: "3.6.0".into(),
-            cluster_id: cluster.into(),
-            member_id: "1".into(),
-            db_size: None,
-            hash_kv: None,
-            kubernetes_keys: None,
-        });
-        r
-    }
+    use crate::pitr::restore::tests::snap;
 
     #[test]
     fn the_base_is_this_nodes_newest_snapshot_of_the_live_cluster() {

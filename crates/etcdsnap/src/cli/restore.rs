@@ -101,12 +101,13 @@ struct Printed<'a> {
     error: Option<String>,
 }
 
+/// Where a restore put the data, for `-o json|yaml`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Restored {
-    data_dir: PathBuf,
-    moved_aside_to: Option<PathBuf>,
-    seconds: f64,
+pub(super) struct Restored {
+    pub(super) data_dir: PathBuf,
+    pub(super) moved_aside_to: Option<PathBuf>,
+    pub(super) seconds: f64,
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {

@@ -3,7 +3,7 @@
 
 use super::args::OutputFormat;
 use super::output::{self, human_bytes, rfc3339};
-use super::restore::{RestoreArgs, current_token, member_settings, open_snapshot_dir, print_report};
+use super::restore::{RestoreArgs, Restored, current_token, member_settings, open_snapshot_dir, print_report};
 use anyhow::{Context as _, bail};
 use etcdsnap::pitr::restore::{
     PitrPlan, RollForward, RolledForward, fetch_segments, plan_local, plan_s3, roll_forward,
@@ -68,14 +68,6 @@ struct Replayed {
     hash_kv: u32,
     hash_checked: bool,
     notes: Vec<String>,
-    seconds: f64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Restored {
-    data_dir: PathBuf,
-    moved_aside_to: Option<PathBuf>,
     seconds: f64,
 }
 

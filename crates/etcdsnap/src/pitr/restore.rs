@@ -252,11 +252,12 @@ fn rolled_name(base: &str, target: Target, stop_at: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use etcdsnap_api::{EtcdInfo, SnapshotName, StorageKind};
 
-    fn snap(node: &str, unix: i64, revision: i64, cluster: &str) -> SnapshotRecord {
+    /// A ready local snapshot of `node` taken at `unix` from cluster `cluster` at `revision`.
+    pub(crate) fn snap(node: &str, unix: i64, revision: i64, cluster: &str) -> SnapshotRecord {
         let name = SnapshotName::parse(&format!("etcd-snapshot-{node}-{unix}")).unwrap();
         let at = jiff::Timestamp::from_second(unix).unwrap();
         let mut r = SnapshotRecord::stored(name, StorageKind::Local, node, "file:///x", at, 1);

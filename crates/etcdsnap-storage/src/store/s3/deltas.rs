@@ -91,7 +91,10 @@ fn parse_key(key: &str, prefix: &str, size: u64) -> Option<DeltaObject> {
     let rest = key.strip_prefix(prefix)?.strip_prefix('/')?;
     let mut parts = rest.split('/');
     let (chain, metadata, file) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || metadata != ".metadata" || !crate::deltas::valid_chain_name(chain) {
+    if parts.next().is_some()
+        || metadata != etcdsnap_api::consts::METADATA_DIR
+        || !crate::deltas::valid_chain_name(chain)
+    {
         return None;
     }
     Some(DeltaObject { chain: chain.into(), file: file.into(), size })
