@@ -4,7 +4,8 @@
 # etcdutl, packed by crates/oci-image into an OCI archive (`oci-archive:` for skopeo and podman).
 #
 #   ETCDSNAP_BIN   etcdsnap binary to ship        (default target/release/etcdsnap: `make image`)
-#   ETCDUTL_BIN    etcdutl binary to ship         (default target/testbins/etcdutl: `make testbins`)
+#   ETCDUTL_BIN    etcdutl binary to ship         (default target/testbins/etcdutl-$IMAGE_ETCDUTL_VERSION
+#                  from testbins/versions.env: `make testbins`)
 #   OCI_IMAGE_BIN  the packer                     (default: cargo build -p oci-image --locked)
 #   IMAGE_WORK     work directory: debs/ cache, rootfs/ (default target/image)
 #   IMAGE_OUT      the archive                    (default $IMAGE_WORK/etcdsnap-<version>.oci.tar)
@@ -23,7 +24,9 @@ abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$repo/$1" ;; 
 target_dir=$(abspath "${CARGO_TARGET_DIR:-target}")
 work=$(abspath "${IMAGE_WORK:-$target_dir/image}")
 etcdsnap_bin=$(abspath "${ETCDSNAP_BIN:-$target_dir/release/etcdsnap}")
-etcdutl_bin=$(abspath "${ETCDUTL_BIN:-${TESTBINS_DIR:-$target_dir/testbins}/etcdutl}")
+# shellcheck source=../testbins/versions.env
+source testbins/versions.env
+etcdutl_bin=$(abspath "${ETCDUTL_BIN:-${TESTBINS_DIR:-$target_dir/testbins}/etcdutl-$IMAGE_ETCDUTL_VERSION}")
 
 [ -x "$etcdsnap_bin" ] || fail "no etcdsnap binary at $etcdsnap_bin: run \`make build\` (or set ETCDSNAP_BIN)"
 [ -x "$etcdutl_bin" ] || fail "no etcdutl binary at $etcdutl_bin: run \`make testbins\` (or set ETCDUTL_BIN)"

@@ -53,6 +53,10 @@ case " $ETCD_VERSIONS " in
   *" $ETCD_VERSION "*) ;;
   *) echo "testbins: ETCD_VERSIONS ($ETCD_VERSIONS) must include ETCD_VERSION ($ETCD_VERSION)" >&2; exit 1 ;;
 esac
+case " $ETCD_VERSIONS " in
+  *" $IMAGE_ETCDUTL_VERSION "*) ;;
+  *) echo "testbins: ETCD_VERSIONS ($ETCD_VERSIONS) must include IMAGE_ETCDUTL_VERSION ($IMAGE_ETCDUTL_VERSION)" >&2; exit 1 ;;
+esac
 for etcd_version in $ETCD_VERSIONS; do
   moddir=$(etcd_moddir "$etcd_version")
   build "$moddir" go.etcd.io/etcd/server/v3 etcd "$etcd_version" -ldflags "-s -w"

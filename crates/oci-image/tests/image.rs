@@ -45,9 +45,16 @@ fn etcdsnap_bin() -> PathBuf {
     bin
 }
 
+/// The etcdutl the image ships (`IMAGE_ETCDUTL_VERSION` in testbins/versions.env).
+fn image_etcdutl_version() -> String {
+    let env = fs::read_to_string(workspace().join("testbins/versions.env")).unwrap();
+    let line = env.lines().find_map(|l| l.strip_prefix("IMAGE_ETCDUTL_VERSION=")).unwrap();
+    line.trim().to_string()
+}
+
 fn etcdutl_bin() -> PathBuf {
     let dir = std::env::var_os("TESTBINS_DIR").map_or_else(|| workspace().join("target/testbins"), PathBuf::from);
-    let bin = dir.join("etcdutl");
+    let bin = dir.join(format!("etcdutl-{}", image_etcdutl_version()));
     assert!(bin.exists(), "{} is missing: run `make testbins` first", bin.display());
     bin
 }
@@ -218,6 +225,10 @@ fn image_is_a_valid_layout_whose_binaries_run_as_the_image_user() {
     assert!(version.starts_with("etcdsnap "), "{version}");
     let etcdutl = run_in(root.path(), &["/usr/local/bin/etcdutl", "version"]);
     assert!(etcdutl.contains("etcdutl version"), "{etcdutl}");
+    // Drills hash with it: only 3.7 and later read snapshots holding leased keys.
+    let shipped = image_etcdutl_version();
+    assert!(etcdutl.contains(&format!("etcdutl version: {}", shipped.trim_start_matches('v'))), "{etcdutl}");
+    assert!(shipped.starts_with("v3.") && shipped[3..].split('.').next().unwrap().parse::<u32>().unwrap() >= 7);
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         metrics_addr: args.metrics_addr,
         verify_after_save: args.verify_after_save,
         jitter: args.schedule_jitter,
-        drills: drill_settings(&args)?,
+        drills: drill_settings(&args).await?,
         deltas: args.deltas.then_some(etcdsnap::pitr::capture::CaptureSettings {
             flush_interval: args.delta_interval,
             max_bytes: args.delta_max_bytes,
@@ -82,20 +82,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 
 /// Scheduled drills, unless `--drill-schedule ""`. Without an etcdutl the agent runs anyway
 /// (drills are on by default, and many hosts have no etcdutl) and says once how to enable them.
-fn drill_settings(args: &AgentArgs) -> anyhow::Result<Option<DrillSettings>> {
+async fn drill_settings(args: &AgentArgs) -> anyhow::Result<Option<DrillSettings>> {
     if args.drill_schedule.trim().is_empty() {
         return Ok(None);
     }
     let schedule = Schedule::parse(&args.drill_schedule).map_err(|e| anyhow::anyhow!("--drill-schedule: {e}"))?;
-    match args.drill.options() {
+    match args.drill.options().await {
         Ok(options) => Ok(Some(DrillSettings { schedule, options })),
         Err(e) if args.drill.etcdutl.is_none() => {
             tracing::warn!(
-                "restore drills are off: {e:#} (install etcdutl 3.6+ or pass --etcdutl; --drill-schedule \"\" silences this)"
+                "restore drills are off: {e:#} (install etcdutl 3.7+ or pass --etcdutl; --drill-schedule \"\" silences this)"
             );
             Ok(None)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -158,7 +158,8 @@ pub struct AgentArgs {
 /// The tools and limits of restore drills (`drill` and the agent's scheduled drills).
 #[derive(Debug, Clone, Args)]
 pub struct DrillToolArgs {
-    /// etcdutl 3.6 or later (drills need its `hashkv`) [default: etcdutl from PATH]
+    /// etcdutl for drills: 3.7 or later hashes snapshots of every etcd version; an older one
+    /// needs --drill-etcd (its hashkv cannot read leased keys) [default: etcdutl from PATH]
     #[arg(long, env = "ETCDSNAP_ETCDUTL", value_name = "PATH")]
     pub etcdutl: Option<PathBuf>,
     /// An etcd binary: also restore each drilled snapshot and boot a private etcd on it on
@@ -175,18 +176,16 @@ pub struct DrillToolArgs {
 }
 
 impl DrillToolArgs {
-    /// The drill options, with etcdutl found and the etcd binary checked.
-    pub fn options(&self) -> anyhow::Result<etcdsnap::drill::DrillOptions> {
-        let etcdutl = etcdsnap::restore::etcdutl::locate(self.etcdutl.as_deref())?;
-        if let Some(etcd) = &self.drill_etcd {
-            anyhow::ensure!(etcd.is_file(), "--drill-etcd {}: no such file", etcd.display());
-        }
-        Ok(etcdsnap::drill::DrillOptions {
-            etcdutl,
-            etcd: self.drill_etcd.clone(),
-            scratch_parent: self.drill_dir.clone().unwrap_or_else(std::env::temp_dir),
-            timeout: self.drill_timeout,
-        })
+    /// The drill options, with etcdutl found and asked for its version, the etcd binary
+    /// checked, and how the contents will be hashed (refused when they cannot be).
+    pub async fn options(&self) -> Result<etcdsnap::drill::DrillOptions, etcdsnap::drill::tools::ToolError> {
+        etcdsnap::drill::tools::prepare(
+            self.etcdutl.clone(),
+            self.drill_etcd.clone(),
+            self.drill_dir.clone().unwrap_or_else(std::env::temp_dir),
+            self.drill_timeout,
+        )
+        .await
     }
 }
 

@@ -30,7 +30,7 @@ pub struct DrillArgs {
 }
 
 pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
-    let opts = args.tools.options()?;
+    let opts = args.tools.options().await?;
     let session = command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
     let sources = select(&ctx, &args.snapshots).await?;
@@ -153,6 +153,7 @@ fn json(r: &DrillReport) -> serde_json::Value {
         "revision": r.revision,
         "recordedHashKV": r.recorded,
         "computedHashKV": r.computed,
+        "hashedBy": r.hashed_by,
         "recordedKubernetesKeys": r.record.etcd.as_ref().and_then(|e| e.kubernetes_keys),
         "booted": r.booted.as_ref().map(|b| serde_json::json!({
             "version": b.version, "revision": b.revision, "hashKV": b.hash, "kubernetesKeys": b.kubernetes_keys,

@@ -76,14 +76,18 @@ pub async fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 /// Puts `n` objects shaped like what a kube-apiserver stores (keys under `/registry/`, JSON
-/// values of a kilobyte or two) into etcd.
+/// values of a kilobyte or two) into etcd. Every fifth is an Event attached to a lease, as the
+/// API server attaches each minute's Events to one lease of `--event-ttl`: a snapshot of a real
+/// cluster always holds leased keys (etcdutl 3.6's `hashkv` cannot read them).
 pub async fn load_kube_like_data(client: &mut etcd_client::Client, n: usize) -> Result<(), etcd_client::Error> {
+    let lease = client.lease_grant(3600, None).await?.id();
     for i in 0..n {
-        let (kind, ns) = match i % 4 {
+        let (kind, ns) = match i % 5 {
             0 => ("configmaps", "kube-system"),
             1 => ("pods", "default"),
             2 => ("secrets", "app"),
-            _ => ("services", "default"),
+            3 => ("services", "default"),
+            _ => ("events", "default"),
         };
         let name = format!("obj-{i:06}");
         let value = serde_json::json!({
@@ -94,7 +98,8 @@ pub async fn load_kube_like_data(client: &mut etcd_client::Client, n: usize) -> 
                          "resourceVersion": (i + 1).to_string()},
             "data": {"config.yaml": format!("replicas: {}\nimage: registry.example.com/app:{}\n{}", i % 5, i % 11, "x: y\n".repeat(40 + i % 50))},
         });
-        client.put(format!("/registry/{kind}/{ns}/{name}"), value.to_string(), None).await?;
+        let options = (kind == "events").then(|| etcd_client::PutOptions::new().with_lease(lease));
+        client.put(format!("/registry/{kind}/{ns}/{name}"), value.to_string(), options).await?;
     }
     Ok(())
 }
