@@ -7,6 +7,7 @@
 
 pub mod encode;
 pub mod fanout;
+pub mod revision;
 pub mod trailer;
 pub mod verify;
 pub mod zipread;
