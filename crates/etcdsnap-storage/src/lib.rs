@@ -20,6 +20,7 @@ pub mod deltas;
 pub mod error_chain;
 pub mod etcd;
 pub mod failpoint;
+pub mod files;
 pub mod pipeline;
 pub mod record;
 pub mod retry;

@@ -131,7 +131,7 @@ fn record_paths(chain_dir: &Path) -> Result<Vec<PathBuf>, LocalDeltaError> {
 
 fn read_record(path: &Path) -> Result<SegmentRecord, LocalDeltaError> {
     let problem = |problem: String| LocalDeltaError::Record { path: path.into(), problem };
-    let bytes = crate::store::local::read_bounded(path).map_err(problem)?.ok_or_else(|| problem("gone".into()))?;
+    let bytes = crate::files::read_bounded(path).map_err(problem)?.ok_or_else(|| problem("gone".into()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let record = SegmentRecord::parse(&name, &bytes).map_err(|e| problem(e.to_string()))?;
     if name != record.record_name() {

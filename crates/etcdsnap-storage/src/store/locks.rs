@@ -12,7 +12,8 @@
 //! Both are `flock` locks, released when the holder exits however it exits.
 
 use super::StoreError;
-use super::local::{create_private_dir, open_private, private_dir_of};
+use super::local::private_dir_of;
+use crate::files::{create_private_dir, open_private};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -8,8 +8,9 @@
 
 use super::Context;
 use etcdsnap_api::{SnapshotName, StorageKind};
+use etcdsnap_storage::files::open_no_follow;
 use etcdsnap_storage::record::SnapshotRecord;
-use etcdsnap_storage::store::local::{LocalStore, open_no_follow};
+use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::{NewSnapshot, SnapshotSink, SnapshotStore, StoreError, retention::matches_base};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;

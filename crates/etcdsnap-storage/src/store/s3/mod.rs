@@ -6,43 +6,42 @@
 //! use the real `<folder>/` prefix with a `/` delimiter (no sibling or nested folders) and learn
 //! per-object details from metadata documents, or for K3s's objects from a HEAD, each fetched
 //! once per ETag thanks to [`cache::DetailsCache`].
+//!
+//! Where each part lives: this file holds the store and its [`SnapshotStore`] methods; `records`
+//! turns one listing into records; `sink` uploads a new snapshot; `cleanup` tidies what
+//! interrupted saves and earlier releases left; `list` and `request` are the hand-written,
+//! validated S3 calls; `settings` and `config` the settings; `deltas` point-in-time recovery's
+//! objects.
 
 pub mod cache;
+mod cleanup;
 pub mod config;
 pub mod deltas;
 pub mod hints;
 pub mod list;
+mod records;
 mod request;
 pub mod settings;
 mod sink;
 
 use super::{Listing, NewSnapshot, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
-use crate::record::{MetadataSource, SnapshotRecord};
-use async_trait::async_trait;
-use cache::{DetailsCache, Learned};
-
 use crate::describe_error;
-use crate::store::retention::matches_base;
+use async_trait::async_trait;
+use cache::DetailsCache;
 use etcdsnap_api::consts::{
     S3_META_CLUSTER_ID, S3_META_COMPRESSION, S3_META_ETCD_REVISION, S3_META_ETCD_VERSION, S3_META_NODE_NAME,
     S3_META_TOKEN_HASH,
 };
-use etcdsnap_api::metadata::MAX_METADATA_BYTES;
-use etcdsnap_api::{
-    ETCDSnapshotS3, MetadataDocument, SnapshotName, StorageKind, StoredMetadata, TokenHash, parse_stored_metadata,
-};
-use futures::{StreamExt, TryStreamExt};
+use etcdsnap_api::{ETCDSnapshotS3, SnapshotName, StorageKind};
+use futures::TryStreamExt;
 use hints::{S3Problem, explain};
-use list::{ListedObject, list_prefix};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential};
 use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMultipartOptions,
-    RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMultipartOptions, RetryConfig,
 };
 use sink::S3Sink;
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,9 +49,6 @@ use std::time::Duration;
 
 pub use config::{BucketLookup, S3Config};
 pub use settings::{RawS3Settings, S3Key, S3SettingsError, SettingsOrigin};
-
-/// Concurrent GET/HEAD requests while a listing fills its cache.
-const DETAIL_FETCHES: usize = 8;
 
 /// Hands object_store the HTTP client built from our settings (proxy, CA, timeouts), so every
 /// S3 request, ours and object_store's, goes through the same client.
@@ -192,40 +188,6 @@ impl S3Store {
         Ok(name)
     }
 
-    /// HEAD: the object's `x-amz-meta-*`.
-    async fn head_metadata(&self, key: &str) -> Result<BTreeMap<String, String>, String> {
-        self.count(1);
-        let options = GetOptions { head: true, ..Default::default() };
-        let result = self.store.get_opts(&self.path(key), options).await.map_err(|e| describe_error(&e))?;
-        Ok(user_metadata(&result.attributes))
-    }
-
-    /// GET of a metadata document (already known to be small enough), parsed.
-    async fn fetch_document(&self, key: &str, name: &SnapshotName) -> Learned {
-        self.count(1);
-        let bytes = match self.store.get(&self.path(key)).await {
-            Ok(r) => r.bytes().await,
-            Err(e) => Err(e),
-        };
-        match bytes {
-            Err(e) => Learned::Rejected { reason: describe_error(&e) },
-            Ok(bytes) => match parse_stored_metadata(&bytes, name.as_str()) {
-                Ok(StoredMetadata::Document(document)) => Learned::Document { document },
-                Ok(StoredMetadata::ExtraMetadata(metadata)) => Learned::ExtraMetadata { metadata },
-                Err(e) => Learned::Rejected { reason: e.to_string() },
-            },
-        }
-    }
-
-    fn record_of(&self, object: &ListedObject, name: SnapshotName) -> SnapshotRecord {
-        let created_at = SnapshotRecord::creation_time(&name, object.last_modified);
-        let location = self.config.location(name.as_str());
-        SnapshotRecord {
-            s3: Some(self.spec()),
-            ..SnapshotRecord::stored(name, StorageKind::S3, String::new(), location, created_at, object.size)
-        }
-    }
-
     /// A failed object_store request on `target`, with its remedy when one is known.
     fn error(&self, op: &'static str, target: impl Into<String>, e: &object_store::Error) -> StoreError {
         StoreError::S3 {
@@ -241,274 +203,6 @@ impl S3Store {
             what: "the S3 listing cache".into(),
             message: "a listing panicked while holding it".into(),
         })
-    }
-
-    /// One listing: two paginated LISTs (the folder and its `.metadata/`), then GETs of
-    /// documents and HEADs of document-less objects that the cache does not know at their ETag.
-    async fn list_inner(&self) -> Result<Listing, StoreError> {
-        let credential = self.credential().await?;
-        let folder = self.folder_prefix();
-        let meta_prefix = format!("{folder}{}/", etcdsnap_api::consts::METADATA_DIR);
-        let (objects, n1) = list_prefix(&self.http, &self.config, &credential, &folder).await?;
-        let (documents, n2) = list_prefix(&self.http, &self.config, &credential, &meta_prefix).await?;
-        self.count((n1 + n2) as u64);
-        let documents: HashMap<String, ListedObject> = documents
-            .into_iter()
-            .filter_map(|o| o.key.strip_prefix(&meta_prefix).map(str::to_string).map(|n| (n, o)))
-            .collect();
-
-        let mut listing = Listing::default();
-        let candidates = self.snapshot_objects(&objects, &mut listing.warnings);
-        self.learn_documents(&candidates, &documents).await?;
-        let (mut records, missing) = self.assemble(&candidates, &documents, &mut listing.warnings)?;
-        self.learn_user_metadata(&mut records, missing, &mut listing.warnings).await?;
-
-        let mut live: HashSet<String> = candidates.iter().map(|(o, _)| o.key.clone()).collect();
-        live.extend(documents.values().map(|d| d.key.clone()));
-        let mut cache = self.cache()?;
-        cache.retain(&live);
-        cache.save();
-        drop(cache);
-        records.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
-        listing.records = records;
-        Ok(listing)
-    }
-
-    /// Objects that are snapshots; every other key costs a warning naming it.
-    fn snapshot_objects<'a>(
-        &self,
-        objects: &'a [ListedObject],
-        warnings: &mut Vec<String>,
-    ) -> Vec<(&'a ListedObject, SnapshotName)> {
-        let mut out = Vec::new();
-        for object in objects {
-            if object.size == 0 {
-                continue; // K3s skips empty objects too (folder markers)
-            }
-            match self.name_of(&object.key) {
-                Ok(name) => out.push((object, name)),
-                Err(reason) => warnings.push(format!("skipping s3://{}/{}: {reason}", self.config.bucket, object.key)),
-            }
-        }
-        out
-    }
-
-    /// Fetches (in parallel) the metadata documents the cache does not know at their ETag.
-    /// Documents larger than the limit are never fetched.
-    async fn learn_documents(
-        &self,
-        candidates: &[(&ListedObject, SnapshotName)],
-        documents: &HashMap<String, ListedObject>,
-    ) -> Result<(), StoreError> {
-        let fetches: Vec<(String, String, SnapshotName)> = {
-            let cache = self.cache()?;
-            candidates
-                .iter()
-                .filter_map(|(_, name)| {
-                    let doc = document_of(documents, name)?;
-                    let small = doc.size as usize <= MAX_METADATA_BYTES;
-                    (small && cache.get(&doc.key, &doc.etag).is_none())
-                        .then(|| (doc.key.clone(), doc.etag.clone(), name.clone()))
-                })
-                .collect()
-        };
-        let fetched: Vec<(String, String, Learned)> = futures::stream::iter(fetches)
-            .map(|(key, etag, name)| async move {
-                let learned = self.fetch_document(&key, &name).await;
-                (key, etag, learned)
-            })
-            .buffer_unordered(DETAIL_FETCHES)
-            .collect()
-            .await;
-        let mut cache = self.cache()?;
-        for (key, etag, learned) in fetched {
-            cache.put(&key, &etag, learned);
-        }
-        Ok(())
-    }
-
-    /// Records from objects and what the cache knows; also returns which records still need
-    /// their object's user metadata (no usable document, not cached).
-    fn assemble(
-        &self,
-        candidates: &[(&ListedObject, SnapshotName)],
-        documents: &HashMap<String, ListedObject>,
-        warnings: &mut Vec<String>,
-    ) -> Result<(Vec<SnapshotRecord>, Vec<MissingHead>), StoreError> {
-        let cache = self.cache()?;
-        let mut records = Vec::with_capacity(candidates.len());
-        let mut missing = Vec::new();
-        for (object, name) in candidates {
-            let mut record = self.record_of(object, name.clone());
-            let has_document = match document_of(documents, name) {
-                Some(doc) => self.apply_cached_document(&mut record, doc, &cache, warnings),
-                None => false,
-            };
-            if has_document {
-                // The object's own location and size are authoritative, not the document's.
-                record.location = self.config.location(record.name.as_str());
-                record.size = object.size;
-                record.s3 = Some(self.spec());
-            } else {
-                match cache.get(&object.key, &object.etag) {
-                    Some(Learned::UserMetadata { metadata }) => apply_user_metadata(&mut record, metadata),
-                    _ => missing.push(MissingHead {
-                        index: records.len(),
-                        key: object.key.clone(),
-                        etag: object.etag.clone(),
-                    }),
-                }
-            }
-            records.push(record);
-        }
-        Ok((records, missing))
-    }
-
-    /// Applies what is known about a record's metadata document; true if it was an etcdsnap
-    /// document (which makes a HEAD of the object unnecessary).
-    fn apply_cached_document(
-        &self,
-        record: &mut SnapshotRecord,
-        doc: &ListedObject,
-        cache: &DetailsCache,
-        warnings: &mut Vec<String>,
-    ) -> bool {
-        if doc.size as usize > MAX_METADATA_BYTES {
-            warnings.push(format!(
-                "ignoring metadata s3://{}/{}: {} bytes, more than the {MAX_METADATA_BYTES} accepted",
-                self.config.bucket, doc.key, doc.size
-            ));
-            record.metadata_source = MetadataSource::Rejected;
-            return false;
-        }
-        match cache.get(&doc.key, &doc.etag) {
-            Some(Learned::Document { document }) => {
-                record.apply_document((**document).clone());
-                true
-            }
-            Some(Learned::ExtraMetadata { metadata }) => {
-                record.extra_metadata = Some(metadata.clone());
-                record.metadata_source = MetadataSource::K3sMap;
-                false
-            }
-            Some(Learned::Rejected { reason }) => {
-                warnings.push(format!("ignoring metadata s3://{}/{}: {reason}", self.config.bucket, doc.key));
-                record.metadata_source = MetadataSource::Rejected;
-                false
-            }
-            Some(Learned::UserMetadata { .. }) | None => false,
-        }
-    }
-
-    /// HEADs (in parallel) the objects whose user metadata is needed and not cached.
-    async fn learn_user_metadata(
-        &self,
-        records: &mut [SnapshotRecord],
-        missing: Vec<MissingHead>,
-        warnings: &mut Vec<String>,
-    ) -> Result<(), StoreError> {
-        let answers: Vec<(MissingHead, UserMetadataAnswer)> = futures::stream::iter(missing)
-            .map(|m| async move {
-                let result = self.head_metadata(&m.key).await;
-                (m, result)
-            })
-            .buffer_unordered(DETAIL_FETCHES)
-            .collect()
-            .await;
-        let mut cache = self.cache()?;
-        for (m, result) in answers {
-            match result {
-                Ok(metadata) => {
-                    apply_user_metadata(&mut records[m.index], &metadata);
-                    cache.put(&m.key, &m.etag, Learned::UserMetadata { metadata });
-                }
-                Err(e) => warnings.push(format!("no object metadata for s3://{}/{}: {e}", self.config.bucket, m.key)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Aborts multipart uploads that a crashed or killed save of `node` (snapshots named
-    /// `<base>-<node>-<unix>`, exactly: `server-1` never owns `k3s-server-1`'s uploads) left
-    /// open; S3 keeps and bills their parts until aborted. Only uploads idle (neither started nor
-    /// written to) for `idle`, and at least the S3 timeout, are touched: a save still running
-    /// writes a part far more often than that, so no save in progress loses its upload, not
-    /// even one of another cluster's node of the same name. The record and metadata a killed
-    /// save wrote before completing its upload go with it.
-    pub async fn abort_stale_uploads(&self, node: &str, base: &str, idle: Duration) -> Result<usize, StoreError> {
-        let credential = self.credential().await?;
-        let uploads = list::list_uploads(&self.http, &self.config, &credential, &self.folder_prefix()).await?;
-        self.count(1);
-        let idle = jiff::SignedDuration::try_from(idle.max(self.config.timeout)).unwrap_or(jiff::SignedDuration::MAX);
-        let before = jiff::Timestamp::now().checked_sub(idle).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        let mut aborted = 0;
-        for upload in uploads {
-            let Ok(name) = self.name_of(&upload.key) else { continue };
-            if !matches_base(&name, base, node) || upload.initiated >= before {
-                continue;
-            }
-            self.count(1);
-            if list::last_part_time(&self.http, &self.config, &credential, &upload).await?.is_some_and(|t| t >= before)
-            {
-                continue; // still being written
-            }
-            list::abort_upload(&self.http, &self.config, &credential, &upload).await?;
-            self.count(1);
-            tracing::info!(key = %upload.key, "aborted a multipart upload left by an interrupted save");
-            aborted += 1;
-            if let Ok(false) = self.exists(&name).await {
-                self.delete_documents(&name).await?;
-            }
-        }
-        Ok(aborted)
-    }
-
-    /// Earlier releases kept the record of a snapshot in `.metadata/<name>`, K3s's object: the
-    /// record moves to `<name>.etcdsnap.json`, and `<name>` becomes what K3s writes there (the
-    /// extra metadata, or nothing). Only `node`'s own snapshots are touched, and only records
-    /// a listing has already read (the listing cache knows them), so this costs one LIST and
-    /// the writes. The record is written before K3s's object changes: a crash loses nothing.
-    pub async fn migrate_legacy_records(&self, node: &str) -> Result<usize, StoreError> {
-        let credential = self.credential().await?;
-        let meta_prefix = format!("{}{}/", self.folder_prefix(), etcdsnap_api::consts::METADATA_DIR);
-        let (documents, requests) = list_prefix(&self.http, &self.config, &credential, &meta_prefix).await?;
-        self.count(requests as u64);
-        let names: HashSet<String> =
-            documents.iter().filter_map(|o| o.key.strip_prefix(&meta_prefix).map(str::to_string)).collect();
-        let legacy: Vec<MetadataDocument> = {
-            let cache = self.cache()?;
-            documents
-                .iter()
-                .filter_map(|o| {
-                    let name = SnapshotName::parse(o.key.strip_prefix(&meta_prefix)?).ok()?;
-                    if names.contains(&name.record_file_name()) {
-                        return None;
-                    }
-                    match cache.get(&o.key, &o.etag) {
-                        Some(Learned::Document { document }) if document.node_name == node => {
-                            Some((**document).clone())
-                        }
-                        _ => None,
-                    }
-                })
-                .collect()
-        };
-        let mut moved = 0;
-        for doc in legacy {
-            let name = SnapshotName::parse(&doc.name).map_err(|e| StoreError::Client(e.to_string()))?;
-            self.put_json(&self.config.record_key(name.as_str()), doc.to_json()).await?;
-            let k3s_key = self.config.metadata_key(name.as_str());
-            match doc.extra_metadata.as_ref().filter(|m| !m.is_empty()) {
-                Some(extra) => self.put_json(&k3s_key, etcdsnap_api::go::marshal_string_map(extra)).await?,
-                None => {
-                    self.count(1);
-                    self.store.delete(&self.path(&k3s_key)).await.map_err(|e| self.error("delete", &k3s_key, &e))?;
-                }
-            }
-            tracing::info!(snapshot = %name, "moved an earlier release's record out of K3s's metadata object");
-            moved += 1;
-        }
-        Ok(moved)
     }
 
     async fn put_json(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
@@ -534,47 +228,6 @@ impl S3Store {
             }
         }
         Ok(())
-    }
-}
-
-/// What describes a snapshot in the metadata folder: etcdsnap's record when there is one (it
-/// holds everything, the extra metadata included), else `.metadata/<name>` (K3s's extra
-/// metadata, or the record of a snapshot saved by an earlier etcdsnap release).
-fn document_of<'a>(documents: &'a HashMap<String, ListedObject>, name: &SnapshotName) -> Option<&'a ListedObject> {
-    documents.get(&name.record_file_name()).or_else(|| documents.get(name.as_str()))
-}
-
-/// A HEAD's answer: the object's user metadata, or why it could not be read.
-type UserMetadataAnswer = Result<BTreeMap<String, String>, String>;
-
-/// A record whose object's user metadata must be fetched.
-struct MissingHead {
-    index: usize,
-    key: String,
-    etag: String,
-}
-
-/// `x-amz-meta-*` attributes as a plain map with lowercase names.
-fn user_metadata(attributes: &Attributes) -> BTreeMap<String, String> {
-    attributes
-        .iter()
-        .filter_map(|(k, v)| match k {
-            Attribute::Metadata(name) => Some((name.to_lowercase(), v.as_ref().to_string())),
-            _ => None,
-        })
-        .collect()
-}
-
-/// What K3s's user metadata says about an object without an etcdsnap document.
-fn apply_user_metadata(record: &mut SnapshotRecord, metadata: &BTreeMap<String, String>) {
-    let get = |k: &str| metadata.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-    if let Some(node) = get(S3_META_NODE_NAME) {
-        record.node_name = node.to_string();
-    }
-    record.token_hash = get(S3_META_TOKEN_HASH).and_then(TokenHash::parse_recorded);
-    record.cluster_id = get(S3_META_CLUSTER_ID).map(str::to_string);
-    if let Some(sha) = get(etcdsnap_api::consts::S3_META_SHA256) {
-        record.sha256 = Some(sha.to_string());
     }
 }
 

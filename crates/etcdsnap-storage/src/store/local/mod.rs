@@ -1,0 +1,348 @@
+//! Snapshots in a local directory, in K3s's layout: `<dir>/<name>`, K3s's extra metadata in
+//! `<dir>/../.metadata/<name>` (only when there is some, byte for byte what K3s writes), and
+//! etcdsnap's record in `<dir>/../.metadata/<name>.etcdsnap.json`, which K3s never reads.
+//!
+//! The snapshot directory holds snapshots and nothing else, because K3s takes every file in it
+//! for one: the lock lives in etcdsnap's private directory `<dir>/../.etcdsnap/`, and a snapshot
+//! being written is an unnamed file in the snapshot directory (`O_TMPFILE`), invisible to every
+//! listing and gone if the process dies. Publishing fsyncs it, writes the record and the
+//! metadata, then links the file into place and fsyncs the directories: a snapshot that is
+//! visible is complete and has its record. On a file system without `O_TMPFILE` the bytes go to
+//! `<dir>/../.etcdsnap/partial/<name>.part` and are renamed into place instead. Files are 0600,
+//! directories 0700.
+//!
+//! This file holds the store: paths, listing, delete and the cleanup a save's lock holder does;
+//! `sink` writes and publishes a new snapshot; `metadata` reads records and K3s's metadata. The
+//! crash-safe file primitives they use are [`crate::files`].
+
+mod metadata;
+mod sink;
+
+use super::{Listing, NewSnapshot, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
+use crate::files::{create_private_dir, open_no_follow, sync_dir, write_atomic};
+use crate::record::SnapshotRecord;
+use async_trait::async_trait;
+use etcdsnap_api::consts::{METADATA_DIR, PART_SUFFIX, PRIVATE_DIR};
+use etcdsnap_api::{SnapshotName, StorageKind};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub use metadata::{FoundMetadata, read_metadata};
+pub use sink::LocalSink;
+
+/// Where partial snapshots go on file systems without `O_TMPFILE`.
+const PARTIAL_DIR: &str = "partial";
+
+/// A snapshot directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    dir: PathBuf,
+    metadata_dir: PathBuf,
+    private_dir: PathBuf,
+    node_name: String,
+}
+
+pub use super::locks::DirLock;
+
+/// etcdsnap's private directory of a snapshot directory: beside it, never in it.
+pub fn private_dir_of(snapshot_dir: &Path) -> PathBuf {
+    snapshot_dir.parent().unwrap_or(snapshot_dir).join(PRIVATE_DIR)
+}
+
+impl LocalStore {
+    /// Opens `dir`. With `create`, a missing directory is created with mode 0700 (like K3s,
+    /// only the default directory is created; a configured one must exist).
+    pub fn open(dir: &Path, create: bool, node_name: &str) -> Result<LocalStore, StoreError> {
+        if !dir.exists() {
+            if !create {
+                return Err(StoreError::MissingDir(dir.to_path_buf()));
+            }
+            create_private_dir(dir)?;
+        }
+        let meta = fs::metadata(dir).map_err(StoreError::io("inspect", dir))?;
+        if !meta.is_dir() {
+            return Err(StoreError::NotADirectory(dir.to_path_buf()));
+        }
+        let dir = dir.canonicalize().map_err(StoreError::io("resolve", dir))?;
+        let metadata_dir = dir.parent().unwrap_or(&dir).join(METADATA_DIR);
+        let private_dir = private_dir_of(&dir);
+        Ok(LocalStore { dir, metadata_dir, private_dir, node_name: node_name.to_string() })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn metadata_dir(&self) -> &Path {
+        &self.metadata_dir
+    }
+
+    pub fn snapshot_path(&self, name: &SnapshotName) -> PathBuf {
+        self.dir.join(name.as_str())
+    }
+
+    /// K3s's metadata file of a snapshot.
+    pub fn metadata_path(&self, name: &SnapshotName) -> PathBuf {
+        self.metadata_dir.join(name.as_str())
+    }
+
+    /// etcdsnap's record of a snapshot.
+    pub fn record_path(&self, name: &SnapshotName) -> PathBuf {
+        self.metadata_dir.join(name.record_file_name())
+    }
+
+    /// `file://` URL of a snapshot, as recorded in resources.
+    pub fn location(&self, name: &SnapshotName) -> String {
+        format!("file://{}", self.snapshot_path(name).display())
+    }
+
+    /// Takes the directory lock without waiting: a second writer gets
+    /// `snapshot save already in progress`. Holding it, whatever an interrupted save of this
+    /// directory left is removed.
+    pub fn lock(&self) -> Result<DirLock, StoreError> {
+        let lock = DirLock::take(&self.dir)?;
+        for removed in self.remove_interrupted() {
+            tracing::info!(file = %removed.display(), "removed what an interrupted save left");
+        }
+        for moved in self.migrate_records() {
+            tracing::info!(file = %moved.display(), "moved an earlier release's record out of K3s's metadata file");
+        }
+        Ok(lock)
+    }
+
+    /// Removes what a killed save of this directory leaves: partial files in the private
+    /// directory, half-written metadata files, and the record (with the K3s metadata written
+    /// with it) of a snapshot that was never published. Only a save holding the lock calls
+    /// this; K3s's own files are never touched (K3s writes no `.part` in the metadata
+    /// directory, and a record is etcdsnap's by its suffix).
+    fn remove_interrupted(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for dir in [self.private_dir.join(PARTIAL_DIR), self.metadata_dir.clone()] {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let Some(file_name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                if file_name.ends_with(PART_SUFFIX) && fs::remove_file(entry.path()).is_ok() {
+                    removed.push(entry.path());
+                } else if let Some(name) = SnapshotName::of_record_file(&file_name)
+                    && self.snapshot_path(&name).symlink_metadata().is_err()
+                {
+                    removed.extend(self.remove_metadata(&name));
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes a snapshot's record and K3s metadata; returns what was there.
+    fn remove_metadata(&self, name: &SnapshotName) -> Vec<PathBuf> {
+        [self.record_path(name), self.metadata_path(name)].into_iter().filter(|p| fs::remove_file(p).is_ok()).collect()
+    }
+
+    fn list_blocking(&self) -> Result<Listing, StoreError> {
+        let mut listing = Listing::default();
+        let entries = fs::read_dir(&self.dir).map_err(StoreError::io("list", &self.dir))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("list", &self.dir))?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                listing.warnings.push(format!("skipping {}: file name is not UTF-8", entry.path().display()));
+                continue;
+            };
+            // Hidden files and K3s's (or an old etcdsnap's) files in progress are no snapshots.
+            if file_name.starts_with('.') || file_name.ends_with(PART_SUFFIX) {
+                continue;
+            }
+            // Regular files only: directories, symlinks and devices are never snapshots.
+            let meta = match entry.path().symlink_metadata() {
+                Ok(m) if m.is_file() => m,
+                Ok(m) if m.file_type().is_symlink() => {
+                    listing.warnings.push(format!(
+                        "skipping {}: a symbolic link, which etcdsnap does not follow in its store",
+                        entry.path().display()
+                    ));
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    listing.warnings.push(format!("skipping {}: {e}", entry.path().display()));
+                    continue;
+                }
+            };
+            let name = match SnapshotName::parse(file_name) {
+                Ok(n) => n,
+                Err(e) => {
+                    listing.warnings.push(format!("skipping {}: {e}", entry.path().display()));
+                    continue;
+                }
+            };
+            listing.records.push(self.record_for(name, &meta, &mut listing.warnings));
+        }
+        listing.records.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+        Ok(listing)
+    }
+
+    /// The record of one file: from its name, its stat, its record and K3s's metadata.
+    fn record_for(&self, name: SnapshotName, meta: &fs::Metadata, warnings: &mut Vec<String>) -> SnapshotRecord {
+        let modified = meta.modified().ok().and_then(|t| jiff::Timestamp::try_from(t).ok());
+        let created_at = SnapshotRecord::creation_time(&name, modified.unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+        let location = self.location(&name);
+        let found = read_metadata(&self.metadata_dir, &name);
+        if let Some(doc) = &found.record
+            && doc.size != meta.len()
+        {
+            warnings.push(format!(
+                "{location}: {} bytes on disk but its record says {}; run `etcdsnap verify {name}`",
+                meta.len(),
+                doc.size
+            ));
+        }
+        let mut record =
+            SnapshotRecord::stored(name, StorageKind::Local, self.node_name.clone(), location, created_at, meta.len());
+        found.apply_to(&mut record, warnings);
+        record
+    }
+
+    fn delete_blocking(&self, name: &SnapshotName) -> Result<bool, StoreError> {
+        let path = self.snapshot_path(name);
+        let existed = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::io("delete", &path)(e)),
+        };
+        if existed {
+            sync_dir(&self.dir)?;
+        }
+        let mut removed_metadata = false;
+        for meta in [self.record_path(name), self.metadata_path(name)] {
+            match fs::remove_file(&meta) {
+                Ok(()) => removed_metadata = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("delete metadata", &meta)(e)),
+            }
+        }
+        if removed_metadata {
+            sync_dir(&self.metadata_dir)?;
+        }
+        Ok(existed)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for LocalStore {
+    fn kind(&self) -> StorageKind {
+        StorageKind::Local
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    async fn list(&self) -> Result<Listing, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.list_blocking())
+            .await
+            .map_err(|e| StoreError::worker(format!("listing {}", self.dir.display()), e))?
+    }
+
+    async fn create(&self, new: &NewSnapshot) -> Result<Box<dyn SnapshotSink>, StoreError> {
+        let store = self.clone();
+        let name = new.name.clone();
+        let sink = tokio::task::spawn_blocking(move || LocalSink::open(store, name))
+            .await
+            .map_err(|e| StoreError::worker(format!("creating a snapshot in {}", self.dir.display()), e))??;
+        Ok(Box::new(sink))
+    }
+
+    async fn open(&self, name: &SnapshotName) -> Result<SnapshotReader, StoreError> {
+        let path = self.snapshot_path(name);
+        // One open(2): not worth a blocking-pool hop.
+        let file = open_no_follow(&path).map(tokio::fs::File::from_std).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::NotFound(name.to_string(), self.describe())
+            } else {
+                StoreError::io("open", &path)(e)
+            }
+        })?;
+        let size = file.metadata().await.map_err(StoreError::io("inspect", &path))?.len();
+        Ok(SnapshotReader { reader: Box::new(file), size })
+    }
+
+    async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError> {
+        Ok(self.snapshot_path(name).symlink_metadata().is_ok())
+    }
+
+    async fn update_record(&self, record: &crate::SnapshotRecord) -> Result<(), StoreError> {
+        let name = record.name.clone();
+        if self.snapshot_path(&name).symlink_metadata().is_err() {
+            return Err(StoreError::NotFound(name.to_string(), self.describe()));
+        }
+        let (store, bytes) = (self.clone(), record.to_document().to_json());
+        tokio::task::spawn_blocking(move || {
+            create_private_dir(&store.metadata_dir)?;
+            write_atomic(&store.record_path(&name), &bytes)
+        })
+        .await
+        .map_err(|e| StoreError::worker(format!("rewriting a record in {}", self.dir.display()), e))?
+    }
+
+    async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError> {
+        let store = self.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || store.delete_blocking(&name))
+            .await
+            .map_err(|e| StoreError::worker(format!("deleting from {}", self.dir.display()), e))?
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use etcdsnap_api::MetadataDocument;
+    use etcdsnap_api::metadata::{METADATA_API_VERSION, METADATA_KIND};
+    use std::collections::BTreeMap;
+
+    /// The record of a 3-byte snapshot `name` of node `n`.
+    pub(crate) fn doc(name: &str, extra: Option<BTreeMap<String, String>>) -> MetadataDocument {
+        MetadataDocument {
+            api_version: METADATA_API_VERSION.into(),
+            kind: METADATA_KIND.into(),
+            name: name.into(),
+            node_name: "n".into(),
+            location: String::new(),
+            created_at: jiff::Timestamp::UNIX_EPOCH,
+            size: 3,
+            sha256: "ab".repeat(32),
+            compression: etcdsnap_api::Compression::None,
+            etcd: None,
+            token_hash: None,
+            cluster_id: None,
+            s3: None,
+            extra_metadata: extra,
+            drill: None,
+        }
+    }
+
+    #[test]
+    fn the_lock_holder_removes_what_a_killed_save_left_and_nothing_of_k3s() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&root.path().join("snapshots"), true, "n").unwrap();
+        fs::create_dir_all(store.metadata_dir()).unwrap();
+        // A save killed after its record: no snapshot behind the record.
+        fs::write(store.metadata_dir().join("gone-n-1.etcdsnap.json"), b"{}").unwrap();
+        fs::write(store.metadata_dir().join("gone-n-1"), b"{}").unwrap();
+        fs::write(store.metadata_dir().join("x.part"), b"{}").unwrap();
+        // K3s's snapshot and metadata, and K3s's save in progress in the snapshot directory.
+        fs::write(store.dir().join("k3s-n-2"), b"abc").unwrap();
+        fs::write(store.metadata_dir().join("k3s-n-2"), b"{}").unwrap();
+        fs::write(store.dir().join("k3s-n-3.part"), b"ab").unwrap();
+        let _lock = store.lock().unwrap();
+        let mut left: Vec<String> = fs::read_dir(store.metadata_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["k3s-n-2"]);
+        assert!(store.dir().join("k3s-n-3.part").exists(), "K3s's save in progress is not ours to remove");
+        assert!(matches!(DirLock::take(store.dir()), Err(StoreError::Locked(_))));
+    }
+}
