@@ -3,11 +3,10 @@
 
 use crate::ApiError;
 use crate::events::emit_described;
-use etcdsnap_api::ETCDSnapshotFile;
+use crate::resources::annotate;
 use etcdsnap_api::consts::{ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, EVENT_DRILL_FAILED, EVENT_DRILL_PASSED};
 use etcdsnap_storage::SnapshotRecord;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
 
 /// The longest reason kept in the annotation (the Event carries it whole).
 const MAX_REASON: usize = 512;
@@ -21,18 +20,9 @@ pub async fn record_drill(
     verdict: &str,
     reporting_node: &str,
 ) -> Result<bool, ApiError> {
-    let name = record.cr_name();
-    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
     let annotation: String = verdict.chars().take(MAX_REASON).collect();
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        ANNOTATION_DRILLED_AT: drilled_at.to_string(),
-        ANNOTATION_DRILL: annotation,
-    }}});
-    let patched = match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(cr) => cr,
-        Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(false),
-        Err(e) => return Err(ApiError::new("patch", format!("etcdsnapshotfile {name}"))(e)),
-    };
+    let annotations = [(ANNOTATION_DRILLED_AT, drilled_at.to_string()), (ANNOTATION_DRILL, annotation)];
+    let Some(patched) = annotate(client, &record.cr_name(), &annotations).await? else { return Ok(false) };
     let snapshot = &record.name;
     let described = if verdict == "passed" {
         ("Normal", EVENT_DRILL_PASSED, format!("Snapshot {snapshot} passed a restore drill"))

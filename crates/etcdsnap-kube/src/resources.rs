@@ -202,6 +202,29 @@ pub async fn remove_k3s_finalizer(client: &Client, cr: &ETCDSnapshotFile) -> Res
     }
 }
 
+/// Sets `annotations` on the object `name` with a JSON merge patch: nothing else on the object
+/// changes (K3s's fields stay; reconcile keeps annotations it does not own). Returns the object
+/// as patched, or None when there is no such object.
+pub async fn annotate(
+    client: &Client,
+    name: &str,
+    annotations: &[(&str, String)],
+) -> Result<Option<ETCDSnapshotFile>, ApiError> {
+    let patch = annotations_patch(annotations);
+    match api(client).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(cr) => Ok(Some(cr)),
+        Err(e) if crate::status_is(&e, |s| s.is_not_found()) => Ok(None),
+        Err(e) => Err(ApiError::new("patch", format!("etcdsnapshotfile {name}"))(e)),
+    }
+}
+
+/// The merge patch that sets `annotations` and nothing else.
+fn annotations_patch(annotations: &[(&str, String)]) -> serde_json::Value {
+    let annotations: serde_json::Map<String, serde_json::Value> =
+        annotations.iter().map(|(k, v)| ((*k).to_string(), serde_json::Value::from(v.as_str()))).collect();
+    serde_json::json!({"metadata": {"annotations": annotations}})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +284,14 @@ mod tests {
         let ann = merged.metadata.annotations.unwrap_or_default();
         assert!(ann.contains_key(ANNOTATION_SHA256));
         assert!(!ann.contains_key(ANNOTATION_TOKEN_HASH));
+    }
+
+    #[test]
+    fn an_annotation_patch_sets_its_annotations_and_nothing_else() {
+        let patch = annotations_patch(&[("etcdsnap.io/a", "1".into()), ("etcdsnap.io/b", "x y".into())]);
+        assert_eq!(
+            patch,
+            serde_json::json!({"metadata": {"annotations": {"etcdsnap.io/a": "1", "etcdsnap.io/b": "x y"}}})
+        );
     }
 }

@@ -2,11 +2,10 @@
 //! annotations, merged in (K3s's fields untouched; reconcile keeps annotations it does not own).
 
 use crate::ApiError;
-use etcdsnap_api::ETCDSnapshotFile;
+use crate::resources::annotate;
 use etcdsnap_api::consts::{ANNOTATION_ROLLS_FORWARD_TO, ANNOTATION_ROLLS_FORWARD_UNTIL};
 use etcdsnap_storage::SnapshotRecord;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
 
 /// Says on the resource of `record` (the newest snapshot) until which revision, observed when,
 /// point-in-time recovery can roll it forward. Ok(false) when the snapshot has no resource.
@@ -16,15 +15,7 @@ pub async fn record_roll_forward(
     revision: i64,
     observed: jiff::Timestamp,
 ) -> Result<bool, ApiError> {
-    let name = record.cr_name();
-    let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        ANNOTATION_ROLLS_FORWARD_TO: revision.to_string(),
-        ANNOTATION_ROLLS_FORWARD_UNTIL: observed.to_string(),
-    }}});
-    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
-        Err(e) => Err(ApiError::new("patch", format!("etcdsnapshotfile {name}"))(e)),
-    }
+    let annotations =
+        [(ANNOTATION_ROLLS_FORWARD_TO, revision.to_string()), (ANNOTATION_ROLLS_FORWARD_UNTIL, observed.to_string())];
+    Ok(annotate(client, &record.cr_name(), &annotations).await?.is_some())
 }

@@ -18,9 +18,15 @@
 //! - Every write carries the resourceVersion it was computed from, so two candidates that try at
 //!   once cannot both win: the loser gets a 409.
 //!
+//! This file is the election ([`LeaderElector`]: rounds, renewal, release); `rules.rs` holds its
+//! pure rules ([`Timing`], [`decide`]) and `term.rs` the term it hands out ([`LeaderTerm`]).
+//!
 //! kube-lease-manager and kubert's lease module were considered: both decide expiry from the
 //! holder's `renewTime` against the local clock (with a skew allowance at best), which is the
 //! very thing this module must not do.
+
+mod rules;
+mod term;
 
 use crate::{ApiError, status_is};
 use etcdsnap_api::consts::SYSTEM_NAMESPACE;
@@ -28,12 +34,14 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use rules::decide_remaining;
+pub use rules::{Decision, Observation, Timing, decide};
+pub use term::{LeaderTerm, LeadershipLost};
 
 /// Name of the leader Lease.
 pub const LEADER_LEASE: &str = "etcdsnap-leader";
@@ -47,193 +55,6 @@ fn leases(client: &Client) -> Api<Lease> {
 
 fn lease_path() -> String {
     format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}")
-}
-
-/// How an election is paced, all derived from the Lease duration as client-go's defaults are
-/// (15 s / 10 s / 2 s there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// How long candidates wait, after the Lease last changed, before they take it over.
-    pub lease_duration: Duration,
-    /// How long a holder keeps leading without a successful renewal: two thirds of the duration,
-    /// leaving a third as the margin for writes in flight.
-    pub renew_deadline: Duration,
-    /// Time between renewals (and between a candidate's looks).
-    pub retry_period: Duration,
-}
-
-impl Timing {
-    pub fn for_lease(lease_duration: Duration) -> Timing {
-        let lease_duration = lease_duration.max(Duration::from_secs(1));
-        Timing {
-            lease_duration,
-            renew_deadline: lease_duration * 2 / 3,
-            retry_period: (lease_duration / 6).clamp(Duration::from_millis(100), Duration::from_secs(5)),
-        }
-    }
-}
-
-/// The Lease as a candidate last saw it, and since when (its own monotonic clock).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
-    pub resource_version: String,
-    pub holder: String,
-    /// The duration the holder wrote into the Lease (a one-shot command's differs from an
-    /// agent's).
-    pub duration: Duration,
-    pub since: Instant,
-}
-
-impl Observation {
-    fn of(lease: &Lease, since: Instant) -> Observation {
-        let spec = lease.spec.clone().unwrap_or_default();
-        Observation {
-            resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
-            holder: spec.holder_identity.unwrap_or_default(),
-            duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
-            since,
-        }
-    }
-}
-
-/// What to do with the Lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// There is none: create it.
-    Create,
-    /// This identity holds it: renew it.
-    Renew,
-    /// Free (released), or unchanged for its whole duration: take it over.
-    TakeOver,
-    /// Someone else holds it; it can be taken over after `remaining` if it does not change.
-    Wait { holder: String, remaining: Duration },
-}
-
-/// Decides from the Lease as read now and the previous observation; returns the decision and
-/// the observation to keep. Pure: the rules are unit-tested.
-pub fn decide(
-    lease: Option<&Lease>,
-    identity: &str,
-    previous: Option<&Observation>,
-    now: Instant,
-) -> (Decision, Option<Observation>) {
-    let Some(lease) = lease else {
-        return (Decision::Create, None);
-    };
-    let mut seen = Observation::of(lease, now);
-    if let Some(previous) = previous
-        && previous.resource_version == seen.resource_version
-    {
-        seen.since = previous.since;
-    }
-    let decision = if seen.holder == identity {
-        Decision::Renew
-    } else if seen.holder.is_empty() {
-        Decision::TakeOver
-    } else {
-        let unchanged = now.saturating_duration_since(seen.since);
-        match seen.duration.checked_sub(unchanged) {
-            Some(remaining) if !remaining.is_zero() => Decision::Wait { holder: seen.holder.clone(), remaining },
-            _ => Decision::TakeOver,
-        }
-    };
-    (decision, Some(seen))
-}
-
-/// Why a leader-only write was not made.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "not the leader any more: {identity}'s term on lease {SYSTEM_NAMESPACE}/{LEADER_LEASE} ended ({why}); the leader's duties stopped before this write and the next leader does them"
-)]
-pub struct LeadershipLost {
-    pub identity: String,
-    pub why: &'static str,
-}
-
-/// One term of leadership: cloned into every task that does leader-only work, checked before
-/// each of its writes and deletes, and cancelled when the term ends.
-#[derive(Debug, Clone)]
-pub struct LeaderTerm(Arc<TermState>);
-
-#[derive(Debug)]
-struct TermState {
-    identity: String,
-    started: Instant,
-    /// The deadline, as nanoseconds after `started` (lock-free, only ever moved forward).
-    valid_for_nanos: AtomicU64,
-    ended: CancellationToken,
-}
-
-impl LeaderTerm {
-    fn start(identity: &str, valid_until: Instant) -> LeaderTerm {
-        let started = Instant::now();
-        let term = LeaderTerm(Arc::new(TermState {
-            identity: identity.to_string(),
-            started,
-            valid_for_nanos: AtomicU64::new(0),
-            ended: CancellationToken::new(),
-        }));
-        term.extend(valid_until);
-        term
-    }
-
-    /// A term that is valid until `valid_for` from now and never renewed: for tests and for
-    /// callers that hold leadership by other means.
-    pub fn fixed(identity: &str, valid_for: Duration) -> LeaderTerm {
-        LeaderTerm::start(identity, Instant::now() + valid_for)
-    }
-
-    fn extend(&self, valid_until: Instant) {
-        let nanos = valid_until.saturating_duration_since(self.0.started).as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.0.valid_for_nanos.fetch_max(nanos, Ordering::SeqCst);
-    }
-
-    /// Until when this term lasts unless renewed.
-    pub fn valid_until(&self) -> Instant {
-        self.0.started + Duration::from_nanos(self.0.valid_for_nanos.load(Ordering::SeqCst))
-    }
-
-    pub fn identity(&self) -> &str {
-        &self.0.identity
-    }
-
-    /// Ok while this term lasts. Call right before every leader-only write or delete.
-    pub fn check(&self) -> Result<(), LeadershipLost> {
-        if self.0.ended.is_cancelled() {
-            return Err(self.lost("another holder was seen, or the elector stopped"));
-        }
-        if Instant::now() >= self.valid_until() {
-            self.0.ended.cancel();
-            return Err(self.lost("not renewed within the renew deadline"));
-        }
-        Ok(())
-    }
-
-    /// Why this term is over (for a pass that was cancelled when it ended).
-    pub fn reason(&self) -> LeadershipLost {
-        match self.check() {
-            Err(lost) => lost,
-            Ok(()) => self.lost("still valid"),
-        }
-    }
-
-    fn lost(&self, why: &'static str) -> LeadershipLost {
-        LeadershipLost { identity: self.0.identity.clone(), why }
-    }
-
-    /// Cancelled when the term ends: the work done under it stops.
-    pub fn ended(&self) -> &CancellationToken {
-        &self.0.ended
-    }
-
-    fn end(&self) {
-        self.0.ended.cancel();
-    }
-
-    /// Whether both are the same term (not merely terms of the same identity).
-    pub fn is(&self, other: &LeaderTerm) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 /// Who leads, as this candidate sees it after a round.
@@ -504,118 +325,9 @@ impl LeaderElector {
     }
 }
 
-/// How long until an observed holder's Lease may be taken over (None: it is free now).
-fn decide_remaining(observed: Option<&Observation>, now: Instant) -> Option<Duration> {
-    let o = observed?;
-    if o.holder.is_empty() {
-        return None;
-    }
-    o.duration.checked_sub(now.saturating_duration_since(o.since)).filter(|d| !d.is_zero())
-}
-
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lease(version: &str, holder: &str, secs: i32, renewed_at_unix: i64) -> Lease {
-        Lease {
-            metadata: ObjectMeta { resource_version: Some(version.into()), ..Default::default() },
-            spec: Some(LeaseSpec {
-                holder_identity: (!holder.is_empty()).then(|| holder.to_string()),
-                lease_duration_seconds: Some(secs),
-                renew_time: Some(MicroTime(jiff::Timestamp::from_second(renewed_at_unix).unwrap_or_default())),
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn no_lease_is_created_and_our_own_is_renewed() {
-        let now = Instant::now();
-        assert_eq!(decide(None, "a", None, now).0, Decision::Create);
-        assert_eq!(decide(Some(&lease("1", "a", 30, 0)), "a", None, now).0, Decision::Renew);
-    }
-
-    #[test]
-    fn a_released_lease_is_taken_at_once() {
-        assert_eq!(decide(Some(&lease("1", "", 1, 0)), "a", None, Instant::now()).0, Decision::TakeOver);
-    }
-
-    #[test]
-    fn a_lease_first_seen_is_waited_for_its_whole_duration_whatever_its_stamp_says() {
-        // Renewed "in 1970" by the holder's clock: a skewed holder, not an expired one.
-        let now = Instant::now();
-        let (decision, seen) = decide(Some(&lease("7", "b", 30, 0)), "a", None, now);
-        assert_eq!(decision, Decision::Wait { holder: "b".into(), remaining: Duration::from_secs(30) });
-        let seen = seen.unwrap();
-        assert_eq!((seen.since, seen.resource_version.as_str()), (now, "7"));
-    }
-
-    #[test]
-    fn an_unchanged_lease_expires_after_its_duration_of_observation() {
-        let t0 = Instant::now();
-        let l = lease("7", "b", 30, 0);
-        let (_, seen) = decide(Some(&l), "a", None, t0);
-        let (d, seen) = decide(Some(&l), "a", seen.as_ref(), t0 + Duration::from_secs(29));
-        assert_eq!(d, Decision::Wait { holder: "b".into(), remaining: Duration::from_secs(1) });
-        assert_eq!(seen.as_ref().unwrap().since, t0, "the first observation is kept while nothing changes");
-        assert_eq!(decide(Some(&l), "a", seen.as_ref(), t0 + Duration::from_secs(30)).0, Decision::TakeOver);
-    }
-
-    #[test]
-    fn every_renewal_restarts_the_wait() {
-        let t0 = Instant::now();
-        let (_, seen) = decide(Some(&lease("7", "b", 30, 0)), "a", None, t0);
-        let later = t0 + Duration::from_secs(29);
-        // Renewed with a stamp far in the past: the change is what counts.
-        let (d, seen) = decide(Some(&lease("8", "b", 30, -3600)), "a", seen.as_ref(), later);
-        assert_eq!(d, Decision::Wait { holder: "b".into(), remaining: Duration::from_secs(30) });
-        assert_eq!(seen.unwrap().since, later);
-    }
-
-    #[test]
-    fn the_wait_uses_the_duration_the_holder_wrote() {
-        let t0 = Instant::now();
-        let (_, seen) = decide(Some(&lease("3", "cmd", 60, 0)), "agent", None, t0);
-        let at = t0 + Duration::from_secs(45);
-        assert!(matches!(decide(Some(&lease("3", "cmd", 60, 0)), "agent", seen.as_ref(), at).0, Decision::Wait { .. }));
-    }
-
-    #[test]
-    fn timing_leaves_a_margin_between_the_renew_deadline_and_the_lease_duration() {
-        let t = Timing::for_lease(Duration::from_secs(30));
-        assert_eq!((t.renew_deadline, t.retry_period), (Duration::from_secs(20), Duration::from_secs(5)));
-        let short = Timing::for_lease(Duration::from_secs(6));
-        assert!(short.retry_period < short.renew_deadline && short.renew_deadline < short.lease_duration);
-        assert_eq!(Timing::for_lease(Duration::ZERO).lease_duration, Duration::from_secs(1));
-    }
-
-    #[tokio::test]
-    async fn a_term_fails_its_check_after_its_deadline_and_cancels_its_work() {
-        let term = LeaderTerm::fixed("a", Duration::from_millis(50));
-        assert!(term.check().is_ok());
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        let err = term.check().unwrap_err();
-        assert!(err.to_string().contains("renew deadline"), "{err}");
-        assert!(term.ended().is_cancelled());
-    }
-
-    #[test]
-    fn a_term_is_extended_only_forward() {
-        let term = LeaderTerm::fixed("a", Duration::from_secs(10));
-        let until = term.valid_until();
-        term.extend(until - Duration::from_secs(5));
-        assert_eq!(term.valid_until(), until);
-        term.extend(until + Duration::from_secs(5));
-        assert_eq!(term.valid_until(), until + Duration::from_secs(5));
-        term.end();
-        assert!(term.check().unwrap_err().to_string().contains("another holder"));
     }
 }
