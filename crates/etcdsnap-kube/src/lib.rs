@@ -32,10 +32,10 @@ pub mod lease;
 pub mod legacy;
 pub mod legacy_controller;
 pub mod node_annotations;
+pub mod pitr;
 pub mod publish;
 pub mod reconcile;
 pub mod resources;
-pub mod roll_forward;
 pub mod s3_secret;
 pub mod watch;
 

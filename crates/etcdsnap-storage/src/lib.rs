@@ -16,12 +16,12 @@
 //! metadata document and then publishes the snapshot.
 
 pub mod clock;
-pub mod deltas;
 pub mod error_chain;
 pub mod etcd;
 pub mod failpoint;
 pub mod files;
 pub mod pipeline;
+pub mod pitr;
 pub mod record;
 pub mod retry;
 pub mod store;

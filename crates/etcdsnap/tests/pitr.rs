@@ -13,7 +13,7 @@ use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use etcdsnap::pitr::capture::{CaptureError, CaptureReport, CaptureSettings, capture};
 use etcdsnap::pitr::replay::{Replay, ReplayError, ReplayReport, replay};
 use etcdsnap_api::KvHash;
-use etcdsnap_storage::deltas::{Base, SegmentRecord, Target, plan};
+use etcdsnap_storage::pitr::{Base, SegmentRecord, Target, plan};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testenv::Etcd;

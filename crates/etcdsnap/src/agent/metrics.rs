@@ -125,14 +125,14 @@ pub struct Metrics {
     pub leader: Gauge,
     pub schedule_interval: Gauge<f64, AtomicU64>,
     pub legacy: LegacyGauges,
-    pub deltas: DeltaGauges,
+    pub pitr: PitrGauges,
     pub info: Family<InfoLabels, Gauge>,
 }
 
 /// Point-in-time capture (`agent --deltas`): how far behind the newest durable change is (the
 /// recovery point), and what was written.
 #[derive(Default)]
-pub struct DeltaGauges {
+pub struct PitrGauges {
     /// Seconds since every change was last known durable; set when scraped, while capturing.
     pub lag: Gauge<f64, AtomicU64>,
     /// 1 while this agent captures (it leads, or runs without Kubernetes).
@@ -151,7 +151,7 @@ pub struct DeltaGauges {
     segment_observed_ms: AtomicI64,
 }
 
-impl DeltaGauges {
+impl PitrGauges {
     /// Every change up to `at_ms` is durable.
     pub fn durable_until(&self, at_ms: i64) {
         self.caught_up_ms.fetch_max(at_ms, Ordering::Relaxed);
@@ -230,7 +230,7 @@ impl Metrics {
             leader: Gauge::default(),
             schedule_interval: Gauge::default(),
             legacy: LegacyGauges::default(),
-            deltas: DeltaGauges::default(),
+            pitr: PitrGauges::default(),
             info: Family::default(),
             registry: Registry::default(),
         };
@@ -349,7 +349,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        self.deltas.refresh_lag(etcdsnap_storage::clock::now().as_millisecond());
+        self.pitr.refresh_lag(etcdsnap_storage::clock::now().as_millisecond());
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -377,7 +377,7 @@ fn register_state(registry: &mut Registry, m: &Metrics) {
         "Time between two scheduled snapshots (absent without a schedule)",
         m.schedule_interval.clone(),
     );
-    register_deltas(registry, &m.deltas);
+    register_pitr(registry, &m.pitr);
     let legacy = &m.legacy;
     let gauges: [(&str, &str, &Gauge); 5] = [
         ("legacy_configmap_bytes", "Estimated size of the legacy ConfigMap the leader keeps", &legacy.bytes),
@@ -401,7 +401,7 @@ impl Default for Metrics {
     }
 }
 
-fn register_deltas(registry: &mut Registry, d: &DeltaGauges) {
+fn register_pitr(registry: &mut Registry, d: &PitrGauges) {
     registry.register(
         "delta_lag_seconds",
         "Age of the newest durable point-in-time change: the recovery point (0 when not capturing)",
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn the_delta_lag_is_the_age_of_the_last_moment_everything_was_durable() {
-        let d = DeltaGauges::default();
+        let d = PitrGauges::default();
         d.refresh_lag(10_000);
         assert_eq!(d.lag.get(), 0.0, "not capturing: no lag to report");
         d.set_capturing(true, 1_000);

@@ -2,18 +2,19 @@
 //! snapshots (cron, jittered, never two at once), applies retention, verifies what it wrote,
 //! exposes metrics and health, and shuts down without leaving anything half-written.
 
-pub mod deltas;
 pub mod drills;
 pub mod health;
 pub mod http;
 pub mod kube_duties;
 pub mod metrics;
+pub mod pitr;
 pub mod schedule;
 
 use crate::ops::{self, Context, PruneOptions, SaveError, SaveOptions, SaveReport};
 use crate::session::{Purpose, Session};
 use etcdsnap_api::{Compression, StorageKind};
 use etcdsnap_storage::Outcome;
+use etcdsnap_storage::pitr::retention as pitr_retention;
 use etcdsnap_storage::store::{SnapshotStore as _, StoreError};
 use health::Health;
 use kube_duties::KubeDuties;
@@ -111,8 +112,8 @@ impl Agent {
         let capturing = self.settings.deltas.map(|settings| {
             let duties = self.duties.clone();
             let leading = move || duties.as_ref().is_none_or(|d| d.is_leading());
-            let uploads = tokio::spawn(deltas::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
-            (tokio::spawn(deltas::delta_loop(self.clone(), settings, leading, stop.clone())), uploads)
+            let uploads = tokio::spawn(pitr::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
+            (tokio::spawn(pitr::capture_loop(self.clone(), settings, leading, stop.clone())), uploads)
         });
         stop.cancelled().await;
         tracing::info!("shutting down");
@@ -323,7 +324,7 @@ impl Agent {
     async fn prune_segments(&self, ctx: &Context) {
         if let Some(local) = &ctx.local {
             match local.list().await {
-                Ok(listing) => deltas::prune_segments(local, &listing.records),
+                Ok(listing) => pitr_retention::prune_local(local, &listing.records),
                 Err(e) => {
                     tracing::warn!(error = %e, "delta retention skipped: the snapshot directory cannot be listed")
                 }
@@ -333,7 +334,7 @@ impl Agent {
             && let Some(s3) = remote.as_s3()
         {
             match remote.list().await {
-                Ok(listing) => deltas::prune_s3_segments(s3, &listing.records).await,
+                Ok(listing) => pitr_retention::prune_s3(s3, &listing.records).await,
                 Err(e) => tracing::warn!(error = %e, "S3 delta retention skipped: the folder cannot be listed"),
             }
         }

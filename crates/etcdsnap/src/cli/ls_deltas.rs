@@ -4,7 +4,7 @@
 
 use super::args::OutputFormat;
 use super::output::{self, human_bytes, rfc3339};
-use etcdsnap_storage::deltas::{ChainSummary, local, summarize};
+use etcdsnap_storage::pitr::{ChainSummary, local, summarize};
 use serde::Serialize;
 use std::path::Path;
 

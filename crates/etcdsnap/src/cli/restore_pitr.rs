@@ -10,7 +10,7 @@ use etcdsnap::pitr::restore::{
 };
 use etcdsnap::restore::{self, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
-use etcdsnap_storage::deltas::Target;
+use etcdsnap_storage::pitr::Target;
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::s3::S3Store;
 use serde::Serialize;

@@ -16,10 +16,10 @@
 //! Lease TTLs are not captured (see the module documentation of [`crate::pitr`]).
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
-use etcdsnap_storage::deltas::local;
-use etcdsnap_storage::deltas::record::RECORD_FORMAT;
-use etcdsnap_storage::deltas::{Base, DeltaEvent, EventKind, RevisionChanges, Segment, SegmentRecord};
 use etcdsnap_storage::files::{create_private_dir, write_atomic};
+use etcdsnap_storage::pitr::local;
+use etcdsnap_storage::pitr::record::RECORD_FORMAT;
+use etcdsnap_storage::pitr::{Base, EventKind, PitrEvent, RevisionChanges, Segment, SegmentRecord};
 use etcdsnap_storage::store::StoreError;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -110,7 +110,7 @@ pub async fn capture_observed(
     stop: CancellationToken,
     observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send),
 ) -> Result<CaptureReport, CaptureError> {
-    if !etcdsnap_storage::deltas::valid_chain_name(&base.name) {
+    if !etcdsnap_storage::pitr::valid_chain_name(&base.name) {
         return Err(CaptureError::ChainName(base.name.clone()));
     }
     let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings)?;
@@ -231,7 +231,7 @@ impl ChainWriter {
                 EventType::Put => EventKind::Put,
                 EventType::Delete => EventKind::Delete,
             };
-            let delta = DeltaEvent {
+            let delta = PitrEvent {
                 kind,
                 key: kv.key().to_vec(),
                 value: if kind == EventKind::Put { kv.value().to_vec() } else { Vec::new() },
@@ -245,7 +245,7 @@ impl ChainWriter {
         Ok(())
     }
 
-    fn push(&mut self, event: DeltaEvent, observed_ms: i64) -> Result<(), String> {
+    fn push(&mut self, event: PitrEvent, observed_ms: i64) -> Result<(), String> {
         let revision = event.mod_revision;
         if let Some(last) = self.pending.revisions.last_mut()
             && last.revision == revision
@@ -358,7 +358,7 @@ impl ChainWriter {
 
 /// The newest revision the chain holds without a gap, or why it cannot be continued.
 fn continue_from(base: &Base, records: &[SegmentRecord]) -> Result<i64, CaptureError> {
-    let Some(chain) = etcdsnap_storage::deltas::summarize(records).into_iter().next() else {
+    let Some(chain) = etcdsnap_storage::pitr::summarize(records).into_iter().next() else {
         return Ok(base.revision);
     };
     let broken =
@@ -379,8 +379,8 @@ fn continue_from(base: &Base, records: &[SegmentRecord]) -> Result<i64, CaptureE
 mod tests {
     use super::*;
 
-    fn put(revision: i64) -> DeltaEvent {
-        DeltaEvent {
+    fn put(revision: i64) -> PitrEvent {
+        PitrEvent {
             kind: EventKind::Put,
             key: format!("/k/{revision}").into_bytes(),
             value: b"v".to_vec(),

@@ -3,7 +3,7 @@
 //! [`replay`] restores the full snapshot into a private etcd and applies the captured revisions
 //! up to a target, one transaction per revision, checking HashKV at the end.
 //!
-//! The stored formats and the plan of a replay are `etcdsnap_storage::deltas`.
+//! The stored formats and the plan of a replay are `etcdsnap_storage::pitr`.
 //!
 //! Leases: the capture records each put's lease ID (in the segment), not the lease's TTL. A
 //! lease present in the base snapshot is restored by etcdutl with it; a lease first seen in the

@@ -20,7 +20,7 @@
 use crate::restore::loopback::{self, LoopbackError};
 use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use etcdsnap_api::KvHash;
-use etcdsnap_storage::deltas::{EventKind, ReplayPlan, RevisionChanges, Segment, SegmentError, Target};
+use etcdsnap_storage::pitr::{EventKind, ReplayPlan, RevisionChanges, Segment, SegmentError, Target};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

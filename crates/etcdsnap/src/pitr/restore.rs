@@ -11,7 +11,7 @@ use super::replay::{self, Replay, ReplayError, ReplayReport};
 use crate::restore::{PassError, SnapshotSource, verify_pass};
 use etcdsnap_api::{Compression, KvHash};
 use etcdsnap_storage::SnapshotRecord;
-use etcdsnap_storage::deltas::{ChainSummary, PlanError, ReplayPlan, SegmentRecord, Target, local, plan, summarize};
+use etcdsnap_storage::pitr::{ChainSummary, PlanError, ReplayPlan, SegmentRecord, Target, local, plan, summarize};
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use std::collections::BTreeSet;
@@ -85,11 +85,11 @@ pub async fn plan_s3(
     let mut warnings = listing.warnings;
     // Segments ending before every usable base never matter.
     let floor = listing.records.iter().filter_map(local::base_of).map(|b| b.revision).min().unwrap_or(i64::MAX);
-    let objects = s3.list_deltas().await?;
+    let objects = s3.list_pitr_objects().await?;
     let mut records = Vec::new();
     for o in objects.iter().filter(|o| o.is_record() && o.last_revision().is_some_and(|l| l > floor)) {
         let parsed = s3
-            .get_delta(&o.chain, &o.file, RECORD_LIMIT)
+            .get_pitr_object(&o.chain, &o.file, RECORD_LIMIT)
             .await
             .map_err(|e| e.to_string())
             .and_then(|bytes| SegmentRecord::parse(&o.file, &bytes).map_err(|e| e.to_string()));
@@ -110,7 +110,7 @@ pub async fn fetch_segments(store: &Arc<dyn SnapshotStore>, plan: &mut PitrPlan,
         let chain_dir = dir.join(&r.chain);
         std::fs::create_dir_all(&chain_dir)
             .map_err(|e| PitrError::Download(format!("{}: {e}", chain_dir.display())))?;
-        let bytes = s3.get_delta(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
+        let bytes = s3.get_pitr_object(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
         let path = chain_dir.join(r.segment_name());
         std::fs::write(&path, bytes).map_err(|e| PitrError::Download(format!("{}: {e}", path.display())))?;
     }
@@ -275,7 +275,7 @@ pub(crate) mod tests {
 
     fn segment(chain: &str, base: i64, first: i64, last: i64, cluster: &str) -> SegmentRecord {
         SegmentRecord {
-            format: etcdsnap_storage::deltas::record::RECORD_FORMAT,
+            format: etcdsnap_storage::pitr::record::RECORD_FORMAT,
             chain: chain.into(),
             base_revision: base,
             first_revision: first,

@@ -10,15 +10,15 @@
 //! Where each part lives: this file holds the store and its [`SnapshotStore`] methods; `records`
 //! turns one listing into records; `sink` uploads a new snapshot; `cleanup` tidies what
 //! interrupted saves and earlier releases left; `list` and `request` are the hand-written,
-//! validated S3 calls; `settings` and `config` the settings; `deltas` point-in-time recovery's
+//! validated S3 calls; `settings` and `config` the settings; `pitr` point-in-time recovery's
 //! objects.
 
 pub mod cache;
 mod cleanup;
 pub mod config;
-pub mod deltas;
 pub mod hints;
 pub mod list;
+pub mod pitr;
 mod records;
 mod request;
 pub mod settings;

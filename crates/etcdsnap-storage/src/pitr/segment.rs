@@ -23,7 +23,7 @@ pub enum EventKind {
 /// One key's change, with the metadata etcd gave it: a replay must reproduce create and mod
 /// revisions and versions exactly, and re-attach the key to its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeltaEvent {
+pub struct PitrEvent {
     pub kind: EventKind,
     pub key: Vec<u8>,
     /// Empty for deletes.
@@ -41,7 +41,7 @@ pub struct RevisionChanges {
     pub revision: i64,
     /// Unix milliseconds at which the watch delivered the revision.
     pub observed_ms: i64,
-    pub events: Vec<DeltaEvent>,
+    pub events: Vec<PitrEvent>,
 }
 
 /// Consecutive revisions, oldest first.
@@ -234,7 +234,7 @@ impl<'a> Reader<'a> {
             if mod_revision != revision {
                 return Err(self.corrupt(format!("event of revision {mod_revision} inside revision {revision}")));
             }
-            events.push(DeltaEvent { kind, key, value, create_revision, mod_revision, version, lease });
+            events.push(PitrEvent { kind, key, value, create_revision, mod_revision, version, lease });
         }
         if events.is_empty() {
             return Err(self.corrupt(format!("revision {revision} without events")));
@@ -247,8 +247,8 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn put(key: &str, rev: i64, create: i64, version: i64, lease: i64) -> DeltaEvent {
-        DeltaEvent {
+    fn put(key: &str, rev: i64, create: i64, version: i64, lease: i64) -> PitrEvent {
+        PitrEvent {
             kind: EventKind::Put,
             key: key.into(),
             value: format!("value of {key} at {rev}").into_bytes(),
@@ -260,7 +260,7 @@ mod tests {
     }
 
     pub(crate) fn sample() -> Segment {
-        let delete = DeltaEvent {
+        let delete = PitrEvent {
             kind: EventKind::Delete,
             key: b"/registry/pods/a".to_vec(),
             value: Vec::new(),

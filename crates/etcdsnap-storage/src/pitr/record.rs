@@ -79,7 +79,7 @@ impl SegmentRecord {
         if self.format != RECORD_FORMAT {
             return Err(format!("format {} (this etcdsnap reads {RECORD_FORMAT})", self.format));
         }
-        if !crate::deltas::valid_chain_name(&self.chain) {
+        if !crate::pitr::valid_chain_name(&self.chain) {
             return Err(format!("chain name {:?} is not a snapshot name", self.chain));
         }
         if self.first_revision <= self.base_revision || self.last_revision < self.first_revision {

@@ -225,7 +225,7 @@ fn fmt_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deltas::record::tests::record;
+    use crate::pitr::record::tests::record;
 
     const CHAIN: &str = "etcd-snapshot-node-a-1700000000";
 

@@ -9,7 +9,7 @@ use kube::Client;
 
 /// Says on the resource of `record` (the newest snapshot) until which revision, observed when,
 /// point-in-time recovery can roll it forward. Ok(false) when the snapshot has no resource.
-pub async fn record_roll_forward(
+pub async fn record_reach(
     client: &Client,
     record: &SnapshotRecord,
     revision: i64,

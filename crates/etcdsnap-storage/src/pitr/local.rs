@@ -11,7 +11,7 @@ use crate::SnapshotRecord;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LocalDeltaError {
+pub enum LocalPitrError {
     #[error("cannot read delta directory {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -44,7 +44,7 @@ pub fn base_of(record: &SnapshotRecord) -> Option<Base> {
 
 /// The records of one chain, oldest first. Any unreadable or contradictory record is an error:
 /// a capture does not continue a chain over a record nobody can check.
-pub fn read_chain(chain_dir: &Path) -> Result<Vec<SegmentRecord>, LocalDeltaError> {
+pub fn read_chain(chain_dir: &Path) -> Result<Vec<SegmentRecord>, LocalPitrError> {
     let mut records = Vec::new();
     for path in record_paths(chain_dir)? {
         records.push(read_record(&path)?);
@@ -62,7 +62,7 @@ pub fn read_all(deltas_dir: &Path) -> (Vec<SegmentRecord>, Vec<String>) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (records, warnings),
         Err(source) => {
-            warnings.push(LocalDeltaError::Read { path: deltas_dir.into(), source }.to_string());
+            warnings.push(LocalPitrError::Read { path: deltas_dir.into(), source }.to_string());
             return (records, warnings);
         }
     };
@@ -86,39 +86,8 @@ pub fn read_all(deltas_dir: &Path) -> (Vec<SegmentRecord>, Vec<String>) {
     (records, warnings)
 }
 
-/// Retention: removes the segments (and their records) no retained snapshot can use, those
-/// ending at or before `oldest_kept_revision`, the revision of the oldest full snapshot kept,
-/// and chain directories left empty. Returns the records removed.
-pub fn remove_older_than(deltas_dir: &Path, oldest_kept_revision: i64) -> Result<Vec<SegmentRecord>, LocalDeltaError> {
-    let (records, _) = read_all(deltas_dir);
-    let mut removed = Vec::new();
-    for r in records.into_iter().filter(|r| r.last_revision <= oldest_kept_revision) {
-        let chain_dir = deltas_dir.join(&r.chain);
-        // The record goes first: a segment without a record is already ignored.
-        remove(&chain_dir.join(r.record_name()))?;
-        remove(&chain_dir.join(r.segment_name()))?;
-        removed.push(r);
-    }
-    if let Ok(chains) = std::fs::read_dir(deltas_dir) {
-        for chain in chains.filter_map(Result::ok).map(|e| e.path()) {
-            // Fails, harmlessly, unless the directory is empty.
-            let _ = std::fs::remove_dir(&chain);
-        }
-    }
-    Ok(removed)
-}
-
-fn remove(path: &Path) -> Result<(), LocalDeltaError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(LocalDeltaError::Remove { path: path.into(), source: e })
-        }
-        _ => Ok(()),
-    }
-}
-
-fn record_paths(chain_dir: &Path) -> Result<Vec<PathBuf>, LocalDeltaError> {
-    let read_error = |source| LocalDeltaError::Read { path: chain_dir.into(), source };
+fn record_paths(chain_dir: &Path) -> Result<Vec<PathBuf>, LocalPitrError> {
+    let read_error = |source| LocalPitrError::Read { path: chain_dir.into(), source };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(chain_dir).map_err(read_error)? {
         let path = entry.map_err(read_error)?.path();
@@ -129,8 +98,8 @@ fn record_paths(chain_dir: &Path) -> Result<Vec<PathBuf>, LocalDeltaError> {
     Ok(paths)
 }
 
-fn read_record(path: &Path) -> Result<SegmentRecord, LocalDeltaError> {
-    let problem = |problem: String| LocalDeltaError::Record { path: path.into(), problem };
+fn read_record(path: &Path) -> Result<SegmentRecord, LocalPitrError> {
+    let problem = |problem: String| LocalPitrError::Record { path: path.into(), problem };
     let bytes = crate::files::read_bounded(path).map_err(problem)?.ok_or_else(|| problem("gone".into()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let record = SegmentRecord::parse(&name, &bytes).map_err(|e| problem(e.to_string()))?;
@@ -144,13 +113,14 @@ fn read_record(path: &Path) -> Result<SegmentRecord, LocalDeltaError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::deltas::record::tests::record;
+    use crate::pitr::record::tests::record;
 
-    const CHAIN: &str = "etcd-snapshot-node-a-1700000000";
+    pub(crate) const CHAIN: &str = "etcd-snapshot-node-a-1700000000";
 
-    fn store(dir: &Path, r: &SegmentRecord) {
+    /// Stores a segment (its bytes do not matter here) and its record `r` under `dir`.
+    pub(crate) fn store(dir: &Path, r: &SegmentRecord) {
         let chain = dir.join(&r.chain);
         std::fs::create_dir_all(&chain).unwrap();
         std::fs::write(chain.join(r.segment_name()), b"seg").unwrap();
@@ -186,21 +156,5 @@ mod tests {
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(read_chain(&chain).is_err(), "a capture must not continue over a bad record");
         assert_eq!(read_all(&dir.path().join("missing")).0, []);
-    }
-
-    #[test]
-    fn retention_removes_only_segments_no_kept_snapshot_can_use() {
-        let dir = tempfile::tempdir().unwrap();
-        store(dir.path(), &record(CHAIN, 10, 11, 20, 0, 1));
-        store(dir.path(), &record(CHAIN, 10, 21, 30, 2, 3));
-        let other = "etcd-snapshot-node-a-1700000100";
-        store(dir.path(), &record(other, 5, 6, 9, 0, 1));
-        let removed = remove_older_than(dir.path(), 20).unwrap();
-        let ranges: Vec<_> = removed.iter().map(|r| (r.first_revision, r.last_revision)).collect();
-        assert_eq!(ranges, [(11, 20), (6, 9)]);
-        let (left, _) = read_all(dir.path());
-        assert_eq!(left.iter().map(|r| r.first_revision).collect::<Vec<_>>(), [21]);
-        assert!(!dir.path().join(CHAIN).join(record(CHAIN, 10, 11, 20, 0, 1).segment_name()).exists());
-        assert!(!dir.path().join(other).exists(), "an emptied chain directory is removed");
     }
 }

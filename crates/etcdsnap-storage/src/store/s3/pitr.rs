@@ -1,16 +1,16 @@
-//! Delta segments and their records in the bucket, at the keys `deltas::record::s3_key` names
+//! Point-in-time recovery's objects in the bucket, at the keys `pitr::record::s3_key` names
 //! (`<folder>/.etcdsnap-deltas/<chain>/.metadata/<file>`): never listed as snapshots, by K3s or
 //! by etcdsnap (whose snapshot listing does not descend into sub-folders).
 
 use super::S3Store;
-use crate::deltas::record::{s3_key, s3_prefix};
+use crate::pitr::record::{s3_key, s3_prefix};
 use crate::store::StoreError;
 use futures::TryStreamExt as _;
 use object_store::{ObjectStore as _, ObjectStoreExt as _};
 
 /// One delta object in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeltaObject {
+pub struct PitrObject {
     pub chain: String,
     pub file: String,
     pub size: u64,
@@ -19,7 +19,7 @@ pub struct DeltaObject {
 impl S3Store {
     /// Uploads one file of a chain (a segment or its record), in a single PUT: S3 makes it
     /// visible whole or not at all.
-    pub async fn put_delta(&self, chain: &str, file: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    pub async fn put_pitr_object(&self, chain: &str, file: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let key = s3_key(&self.config.folder, chain, file);
         self.count(1);
         self.store
@@ -30,7 +30,7 @@ impl S3Store {
     }
 
     /// Every delta object of the folder.
-    pub async fn list_deltas(&self) -> Result<Vec<DeltaObject>, StoreError> {
+    pub async fn list_pitr_objects(&self) -> Result<Vec<PitrObject>, StoreError> {
         let prefix = s3_prefix(&self.config.folder);
         self.count(1);
         let listed: Vec<object_store::ObjectMeta> = self
@@ -43,7 +43,7 @@ impl S3Store {
     }
 
     /// Downloads one file of a chain, refusing one larger than `limit` bytes.
-    pub async fn get_delta(&self, chain: &str, file: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+    pub async fn get_pitr_object(&self, chain: &str, file: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
         let key = s3_key(&self.config.folder, chain, file);
         self.count(1);
         let result =
@@ -63,7 +63,7 @@ impl S3Store {
 
 impl S3Store {
     /// Deletes one file of a chain (gone already is fine).
-    pub async fn delete_delta(&self, chain: &str, file: &str) -> Result<(), StoreError> {
+    pub async fn delete_pitr_object(&self, chain: &str, file: &str) -> Result<(), StoreError> {
         let key = s3_key(&self.config.folder, chain, file);
         self.count(1);
         match self.store.delete(&self.path(&key)).await {
@@ -73,7 +73,7 @@ impl S3Store {
     }
 }
 
-impl DeltaObject {
+impl PitrObject {
     /// The last revision a segment or record file covers, from its name
     /// (`<first>-<last>.seg.zst` or `.json`).
     pub fn last_revision(&self) -> Option<i64> {
@@ -87,17 +87,15 @@ impl DeltaObject {
 }
 
 /// `<prefix>/<chain>/.metadata/<file>`, anything else is not ours.
-fn parse_key(key: &str, prefix: &str, size: u64) -> Option<DeltaObject> {
+fn parse_key(key: &str, prefix: &str, size: u64) -> Option<PitrObject> {
     let rest = key.strip_prefix(prefix)?.strip_prefix('/')?;
     let mut parts = rest.split('/');
     let (chain, metadata, file) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some()
-        || metadata != etcdsnap_api::consts::METADATA_DIR
-        || !crate::deltas::valid_chain_name(chain)
+    if parts.next().is_some() || metadata != etcdsnap_api::consts::METADATA_DIR || !crate::pitr::valid_chain_name(chain)
     {
         return None;
     }
-    Some(DeltaObject { chain: chain.into(), file: file.into(), size })
+    Some(PitrObject { chain: chain.into(), file: file.into(), size })
 }
 
 #[cfg(test)]
@@ -111,7 +109,7 @@ mod tests {
         let good = format!("{prefix}/{chain}/.metadata/00000000000000000001-00000000000000000002.json");
         assert_eq!(
             parse_key(&good, prefix, 7),
-            Some(DeltaObject {
+            Some(PitrObject {
                 chain: chain.into(),
                 file: "00000000000000000001-00000000000000000002.json".into(),
                 size: 7

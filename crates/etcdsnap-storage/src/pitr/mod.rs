@@ -4,17 +4,20 @@
 //!
 //! A chain starts at a full snapshot at revision R and holds revisions R+1, R+2, ... in
 //! segments of consecutive revisions. Capture that cannot continue (compaction, a leader change,
-//! a restart) ends the chain; a new full snapshot starts the next one. Nothing here talks to
-//! etcd or a store: these are the formats and the decisions, tested alone.
+//! a restart) ends the chain; a new full snapshot starts the next one. Chains on local disk are
+//! read by [`local`]; their objects in S3 are `store::s3::pitr`; [`retention`] removes the
+//! segments no kept snapshot can use, in both places. Nothing here talks to etcd: capture and
+//! replay are the `etcdsnap` crate's `pitr`.
 
 pub mod chain;
 pub mod local;
 pub mod record;
+pub mod retention;
 pub mod segment;
 
 pub use chain::{Base, ChainSummary, Gap, PlanError, ReplayPlan, Target, plan, summarize};
 pub use record::{DELTAS_DIR, SegmentRecord};
-pub use segment::{DeltaEvent, EventKind, RevisionChanges, Segment, SegmentError};
+pub use segment::{EventKind, PitrEvent, RevisionChanges, Segment, SegmentError};
 
 /// A chain is named after its base snapshot: a snapshot name is a safe path element.
 pub fn valid_chain_name(name: &str) -> bool {

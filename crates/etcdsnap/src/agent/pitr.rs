@@ -8,12 +8,15 @@
 //! the watch failed) the gap is marked, a full snapshot is taken at once and a new chain starts
 //! from it. When the term ends, capture stops at once: what was pending is written, and the
 //! next leader continues from its own newest snapshot.
+//!
+//! Segments are uploaded to S3 by [`upload_loop`]; their retention, run after each prune, is
+//! `etcdsnap_storage::pitr::retention`, beside the snapshots' own.
 
 use super::Agent;
 use crate::pitr::capture::{self, CaptureError, CaptureEvent, CaptureSettings};
 use crate::session::Purpose;
 use etcdsnap_storage::SnapshotRecord;
-use etcdsnap_storage::deltas::local;
+use etcdsnap_storage::pitr::local;
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::s3::S3Store;
@@ -53,7 +56,7 @@ impl TermError {
 }
 
 /// Captures while `leading()` until `stop` is cancelled.
-pub async fn delta_loop(
+pub async fn capture_loop(
     agent: Arc<Agent>,
     settings: CaptureSettings,
     leading: impl Fn() -> bool + Send + Sync + 'static,
@@ -63,18 +66,18 @@ pub async fn delta_loop(
     let mut backoff = BACKOFF_MIN;
     while !stop.is_cancelled() {
         if !leading() {
-            agent.metrics.deltas.set_capturing(false, now_ms());
+            agent.metrics.pitr.set_capturing(false, now_ms());
             wait(TERM_CHECK, &stop).await;
             continue;
         }
         let result = capture_term(&agent, settings, leading.clone(), &stop).await;
-        agent.metrics.deltas.set_capturing(false, now_ms());
+        agent.metrics.pitr.set_capturing(false, now_ms());
         let Err(e) = result else {
             backoff = BACKOFF_MIN;
             continue;
         };
         if matches!(e, TermError::Capture(CaptureError::Broken { .. })) {
-            agent.metrics.deltas.breaks.inc();
+            agent.metrics.pitr.breaks.inc();
         }
         if e.needs_snapshot() && !stop.is_cancelled() {
             tracing::warn!(reason = %e, "taking a full snapshot to start a new delta chain");
@@ -88,7 +91,7 @@ pub async fn delta_loop(
         wait(backoff, &stop).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-    agent.metrics.deltas.set_capturing(false, now_ms());
+    agent.metrics.pitr.set_capturing(false, now_ms());
 }
 
 /// One term of capture: from the newest base, until the term or the agent ends.
@@ -115,16 +118,16 @@ async fn capture_term(
         tokio::spawn(async move { annotate_loop(client, metrics, local, node, cluster, term).await })
     });
     let metrics = agent.metrics.clone();
-    metrics.deltas.set_capturing(true, now_ms());
+    metrics.pitr.set_capturing(true, now_ms());
     let mut observe = move |event: CaptureEvent<'_>| match event {
         CaptureEvent::Segment(r) => {
-            metrics.deltas.bytes.inc_by(r.stored_bytes);
-            metrics.deltas.events.inc_by(r.events);
-            metrics.deltas.segment_written(r.last_revision, r.last_observed_ms);
+            metrics.pitr.bytes.inc_by(r.stored_bytes);
+            metrics.pitr.events.inc_by(r.events);
+            metrics.pitr.segment_written(r.last_revision, r.last_observed_ms);
         }
         CaptureEvent::CaughtUp { at_ms, revision } => {
-            metrics.deltas.durable_revision.set(revision);
-            metrics.deltas.durable_until(at_ms);
+            metrics.pitr.durable_revision.set(revision);
+            metrics.pitr.durable_until(at_ms);
         }
     };
     let mut client = member.into_client();
@@ -165,7 +168,7 @@ async fn annotate_loop(
         if term.is_cancelled() {
             return;
         }
-        let (revision, observed_ms) = (metrics.deltas.durable_revision.get(), metrics.deltas.segment_observed_ms());
+        let (revision, observed_ms) = (metrics.pitr.durable_revision.get(), metrics.pitr.segment_observed_ms());
         let Ok(observed) = jiff::Timestamp::from_millisecond(observed_ms) else { continue };
         let Ok(listing) = local.list().await else { continue };
         let Some(newest) = newest_snapshot(&listing.records, &node, &cluster) else { continue };
@@ -176,7 +179,7 @@ async fn annotate_loop(
         {
             continue;
         }
-        match etcdsnap_kube::roll_forward::record_roll_forward(&client, newest, revision, observed).await {
+        match etcdsnap_kube::pitr::record_reach(&client, newest, revision, observed).await {
             Ok(true) => said = Some(now),
             Ok(false) => {}
             Err(e) => tracing::debug!(error = %e, "roll-forward annotation not written"),
@@ -216,11 +219,11 @@ pub async fn upload_loop(agent: Arc<Agent>, every: Duration, stop: CancellationT
                 }
                 uploader.failing = false;
                 if let Some(rev) = uploader.newest {
-                    agent.metrics.deltas.uploaded_revision.set(rev);
+                    agent.metrics.pitr.uploaded_revision.set(rev);
                 }
             }
             Err(e) => {
-                agent.metrics.deltas.upload_failures.inc();
+                agent.metrics.pitr.upload_failures.inc();
                 if !uploader.failing {
                     tracing::warn!(error = %e, "delta upload to S3 failed; retrying every {}s", every.as_secs());
                 }
@@ -242,7 +245,7 @@ impl Uploader {
     /// Uploads what S3 lacks; returns how many files were uploaded.
     async fn pass(&mut self, deltas_dir: &Path, s3: &S3Store) -> Result<usize, String> {
         if self.present.is_none() {
-            let listed = s3.list_deltas().await.map_err(|e| e.to_string())?;
+            let listed = s3.list_pitr_objects().await.map_err(|e| e.to_string())?;
             self.present = Some(listed.into_iter().map(|o| (o.chain, o.file)).collect());
         }
         let present = self.present.get_or_insert_with(HashSet::new);
@@ -263,11 +266,11 @@ impl Uploader {
             if !present.contains(&record) {
                 if !present.contains(&segment) {
                     let bytes = read_checked(&deltas_dir.join(&r.chain).join(r.segment_name()), &r.sha256)?;
-                    s3.put_delta(&r.chain, &segment.1, bytes).await.map_err(|e| e.to_string())?;
+                    s3.put_pitr_object(&r.chain, &segment.1, bytes).await.map_err(|e| e.to_string())?;
                     present.insert(segment);
                     uploaded += 1;
                 }
-                s3.put_delta(&r.chain, &record.1, r.to_json()).await.map_err(|e| e.to_string())?;
+                s3.put_pitr_object(&r.chain, &record.1, r.to_json()).await.map_err(|e| e.to_string())?;
                 present.insert(record);
                 uploaded += 1;
             }
@@ -288,51 +291,6 @@ fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(bytes)
-}
-
-/// S3 retention of delta objects: like [`prune_segments`], against the oldest snapshot S3 keeps
-/// (of any node: segments are the cluster's).
-pub async fn prune_s3_segments(s3: &S3Store, snapshots: &[SnapshotRecord]) {
-    let Some(oldest) = snapshots.iter().filter_map(local::base_of).map(|b| b.revision).min() else {
-        return tracing::debug!(snapshots = snapshots.len(), "S3 delta retention: no S3 snapshot with a revision");
-    };
-    let listed = match s3.list_deltas().await {
-        Ok(l) => l,
-        Err(e) => return tracing::warn!(error = %e, "S3 delta retention skipped"),
-    };
-    // Records first: a segment without its record is never used.
-    tracing::debug!(oldest, objects = listed.len(), "S3 delta retention");
-    let mut old: Vec<_> = listed.into_iter().filter(|o| o.last_revision().is_some_and(|l| l <= oldest)).collect();
-    old.sort_by_key(|o| !o.is_record());
-    let n = old.len();
-    for o in old {
-        if let Err(e) = s3.delete_delta(&o.chain, &o.file).await {
-            return tracing::warn!(error = %e, "S3 delta retention");
-        }
-    }
-    if n > 0 {
-        tracing::info!(objects = n, before = oldest, "S3 delta objects older than every S3 snapshot removed");
-    }
-}
-
-/// Retention of segments: those ending at or before the oldest retained full snapshot's
-/// revision serve no snapshot any more. Without any snapshot, nothing is removed.
-pub fn prune_segments(
-    local: &etcdsnap_storage::store::local::LocalStore,
-    records: &[etcdsnap_storage::SnapshotRecord],
-) {
-    let Some(oldest) = records.iter().filter_map(local::base_of).map(|b| b.revision).min() else { return };
-    match local::remove_older_than(&local::dir_beside(local.dir()), oldest) {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::info!(
-                segments = removed.len(),
-                before = oldest,
-                "delta segments older than every snapshot removed"
-            )
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "delta retention"),
-    }
 }
 
 async fn wait(d: Duration, stop: &CancellationToken) {
