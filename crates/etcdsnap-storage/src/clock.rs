@@ -1,4 +1,5 @@
-//! The wall clock, as this process sees it.
+//! The wall clock, as this process sees it: the one place product code reads it
+//! (`clippy.toml` forbids `Timestamp::now`, `Zoned::now` and `SystemTime::now` elsewhere).
 //!
 //! Wall time stamps records, Leases and resources, and judges long TTLs (a failed save's 24 h, a
 //! departed node's heartbeat), where a few seconds or minutes of skew between machines do not
@@ -14,11 +15,17 @@ pub const FAKE_OFFSET_ENV: &str = "ETCDSNAP_FAKE_CLOCK_OFFSET";
 
 /// The current wall time.
 pub fn now() -> jiff::Timestamp {
+    #[allow(clippy::disallowed_methods, reason = "the one place that reads the system clock")]
     let now = jiff::Timestamp::now();
     match offset() {
         Some(seconds) => now.checked_add(jiff::SignedDuration::from_secs(seconds)).unwrap_or(now),
         None => now,
     }
+}
+
+/// The current wall time in the machine's time zone (schedules run in local time, like K3s's).
+pub fn now_zoned() -> jiff::Zoned {
+    now().to_zoned(jiff::tz::TimeZone::system())
 }
 
 #[cfg(feature = "failpoints")]

@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         name: name.to_string(),
         node_name: "bench".into(),
         location: String::new(),
-        created_at: jiff::Timestamp::now(),
+        created_at: etcdsnap_storage::clock::now(),
         size,
         sha256: String::new(),
         compression: name.compression(),

@@ -53,7 +53,7 @@ async fn scheduled_snapshots_keep_retention_locally_and_in_s3_and_move_the_gauge
         "--compress",
         "zstd",
     ];
-    let started = jiff::Timestamp::now().as_second() as f64;
+    let started = etcdsnap_storage::clock::now().as_second() as f64;
     let agent = AgentProcess::start(&args, &env, data.path()).await?;
     let first = agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 1.0, Duration::from_secs(30)).await?;
     let first_local =

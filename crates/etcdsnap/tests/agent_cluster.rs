@@ -181,7 +181,7 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
             .find(|c| &c.spec.snapshot_name == name && c.spec.s3.is_some())
             .ok_or("resource vanished")?;
         let created = cr.metadata.creation_timestamp.ok_or("no creation time")?.0;
-        let age = jiff::Timestamp::now().duration_since(created);
+        let age = etcdsnap_storage::clock::now().duration_since(created);
         assert!(
             age < jiff::SignedDuration::try_from(etcdsnap_kube::reconcile::NEW_S3_GRACE)?,
             "S3 resource {name} without its object, {age:?} old"

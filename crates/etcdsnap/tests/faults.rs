@@ -680,7 +680,7 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     )?;
     std::fs::write(meta.join("etcd-snapshot-node-1-1700000005.etcdsnap.json"), &hostile_docs[4].1)?;
     // `.part` links planted where older releases wrote: nothing must follow them.
-    let now = jiff::Timestamp::now().as_second();
+    let now = etcdsnap_storage::clock::now().as_second();
     for t in now..now + 60 {
         let _ = std::os::unix::fs::symlink(
             outside.path().join("victim"),

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 const CHAIN: &str = "etcd-snapshot-node-a-1700000000";
 
 fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
+    etcdsnap_storage::clock::now().as_millisecond()
 }
 
 async fn revision(client: &mut Client) -> i64 {

@@ -167,7 +167,7 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     let h1 = hash_at(&mut client, r1).await;
     wait_durable(&agent, r1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let between = jiff::Timestamp::now();
+    let between = etcdsnap_storage::clock::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     churn(&mut client, "b", 300).await;
     let r2 = revision(&mut client).await;

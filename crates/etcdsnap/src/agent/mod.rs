@@ -229,7 +229,7 @@ impl Agent {
         let ok = report.all_ready();
         Metrics::observe(&self.metrics.save, ok, report.duration);
         self.metrics.saved(ok);
-        let now = jiff::Timestamp::now().as_second() as f64;
+        let now = etcdsnap_storage::clock::now().as_second() as f64;
         for record in &report.records {
             let location = match record.storage {
                 StorageKind::Local => Location::Local,
@@ -295,7 +295,7 @@ impl Agent {
         };
         let result = ops::verify_record(local, record, None).await;
         if result.ok() {
-            self.metrics.last_verified.set(jiff::Timestamp::now().as_second() as f64);
+            self.metrics.last_verified.set(etcdsnap_storage::clock::now().as_second() as f64);
         } else {
             tracing::error!(snapshot = %record.name, problems = %result.problems.join("; "), "a snapshot just written does not verify");
         }

@@ -27,7 +27,9 @@ impl Schedule {
             .map_err(|e| format!("invalid cron expression {trimmed:?}: {e}"))?;
         let schedule = Schedule { cron, expression: trimmed.to_string() };
         // An expression that never fires (e.g. 30 February) is as wrong as a malformed one.
-        schedule.next_after(jiff::Zoned::now()).ok_or_else(|| format!("cron expression {trimmed:?} never fires"))?;
+        schedule
+            .next_after(etcdsnap_storage::clock::now_zoned())
+            .ok_or_else(|| format!("cron expression {trimmed:?} never fires"))?;
         Ok(schedule)
     }
 
@@ -42,14 +44,14 @@ impl Schedule {
 
     /// The time between the next two runs (for a regular schedule, its period).
     pub fn interval(&self) -> Option<Duration> {
-        let first = self.next_after(jiff::Zoned::now())?;
+        let first = self.next_after(etcdsnap_storage::clock::now_zoned())?;
         let second = self.next_after(first.clone())?;
         Duration::try_from(second.timestamp().duration_since(first.timestamp())).ok()
     }
 
     /// How long to wait from now until the next run.
     pub fn until_next(&self) -> Option<Duration> {
-        let now = jiff::Zoned::now();
+        let now = etcdsnap_storage::clock::now_zoned();
         let next = self.next_after(now.clone())?;
         let span = next.timestamp().duration_since(now.timestamp());
         Duration::try_from(span).ok()

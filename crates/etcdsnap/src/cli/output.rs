@@ -49,7 +49,7 @@ const LOCATION_WIDTH: usize = 60;
 impl Cells {
     /// For tables printed on stdout.
     pub fn for_stdout() -> Cells {
-        Cells::new(std::io::IsTerminal::is_terminal(&std::io::stdout()), jiff::Timestamp::now())
+        Cells::new(std::io::IsTerminal::is_terminal(&std::io::stdout()), etcdsnap_storage::clock::now())
     }
 
     pub fn new(terminal: bool, now: jiff::Timestamp) -> Cells {

@@ -25,7 +25,7 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
     if let Some(ago) = s.strip_suffix("ago") {
         let d = etcdsnap_api::go::parse_duration(ago.trim())?;
         let d = jiff::SignedDuration::try_from(d).map_err(|e| e.to_string())?;
-        return jiff::Timestamp::now().checked_sub(d).map_err(|e| e.to_string());
+        return etcdsnap_storage::clock::now().checked_sub(d).map_err(|e| e.to_string());
     }
     s.parse()
         .map_err(|e| format!("{s:?} is neither an RFC 3339 time (2026-12-03T07:04:00Z) nor \"<duration> ago\": {e}"))
@@ -364,7 +364,7 @@ mod tests {
     fn times_are_rfc3339_or_a_duration_ago() {
         assert_eq!(parse_time("2026-12-03T07:04:00Z").unwrap().as_second(), 1_796_281_440);
         let ago = parse_time("4m ago").unwrap();
-        let expected = jiff::Timestamp::now().as_second() - 240;
+        let expected = etcdsnap_storage::clock::now().as_second() - 240;
         assert!((ago.as_second() - expected).abs() <= 2);
         for bad in ["yesterday", "4 parsecs ago", "2026-13-03T07:04:00Z", ""] {
             assert!(parse_time(bad).is_err(), "{bad:?} accepted");

@@ -100,7 +100,7 @@ pub async fn restore(
     on_report: impl FnOnce(&PreflightReport),
 ) -> Result<RestoreOutcome, RestoreError> {
     let started = Instant::now();
-    let now_unix = jiff::Timestamp::now().as_second();
+    let now_unix = etcdsnap_storage::clock::now().as_second();
     let mut on_report = Some(on_report);
     let mut emit = |r: &PreflightReport| {
         if let Some(f) = on_report.take() {

@@ -154,6 +154,7 @@ pub async fn leader(client: &kube::Client) -> Option<String> {
     let lease = leases.get_opt("etcdsnap-leader").await.ok()??;
     let spec = lease.spec?;
     let renewed = spec.renew_time?.0;
-    let fresh = jiff::Timestamp::now() < renewed + jiff::SignedDuration::from_secs(spec.lease_duration_seconds? as i64);
+    let fresh =
+        etcdsnap_storage::clock::now() < renewed + jiff::SignedDuration::from_secs(spec.lease_duration_seconds? as i64);
     spec.holder_identity.filter(|h| !h.is_empty() && fresh)
 }

@@ -24,7 +24,7 @@ impl S3Store {
         let uploads = list::list_uploads(&self.http, &self.config, &credential, &self.folder_prefix()).await?;
         self.count(1);
         let idle = jiff::SignedDuration::try_from(idle.max(self.config.timeout)).unwrap_or(jiff::SignedDuration::MAX);
-        let before = jiff::Timestamp::now().checked_sub(idle).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let before = crate::clock::now().checked_sub(idle).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         let mut aborted = 0;
         for upload in uploads {
             let Ok(name) = self.name_of(&upload.key) else { continue };
