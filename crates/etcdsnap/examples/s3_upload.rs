@@ -4,7 +4,8 @@
 //! Usage: ETCDSNAP_S3_ENDPOINT=host:port ETCDSNAP_S3_BUCKET=b [ETCDSNAP_S3_INSECURE=true]
 //!        AWS_ACCESS_KEY_ID=.. AWS_SECRET_ACCESS_KEY=.. s3_upload FILE KEY
 
-use etcdsnap_api::{EtcdInfo, SnapshotName};
+use etcdsnap_api::{EtcdInfo, SnapshotName, StorageKind};
+use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::store::s3::{RawS3Settings, S3Key, S3Store, SettingsOrigin};
 use etcdsnap_storage::store::{NewSnapshot, SnapshotStore};
 use std::io::Read;
@@ -48,23 +49,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok((sink, size))
     })
     .await??;
-    let doc = etcdsnap_api::MetadataDocument {
-        api_version: etcdsnap_api::metadata::METADATA_API_VERSION.into(),
-        kind: etcdsnap_api::metadata::METADATA_KIND.into(),
-        name: name.to_string(),
-        node_name: "bench".into(),
-        location: String::new(),
-        created_at: etcdsnap_storage::clock::now(),
-        size,
-        sha256: String::new(),
-        compression: name.compression(),
-        etcd: None,
-        token_hash: None,
-        cluster_id: None,
-        s3: None,
-        extra_metadata: None,
-        drill: None,
-    };
+    let now = etcdsnap_storage::clock::now();
+    let doc = SnapshotRecord::stored(name, StorageKind::S3, "bench", String::new(), now, size).to_document();
     sink_back.commit(&doc).await?;
     Ok(())
 }

@@ -3,11 +3,11 @@
 //! fetched again, so a repeated listing of unchanged objects costs only LIST requests. Kept in
 //! memory and, when a data directory is available, in a file so that separate runs share it.
 
+use crate::files::{create_private_dir, write_atomic};
+use crate::store::StoreError;
 use etcdsnap_api::MetadataDocument;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// What is known about one object at one ETag.
@@ -99,15 +99,12 @@ impl DetailsCache {
     }
 }
 
-fn write_file(path: &Path, file: &CacheFile) -> std::io::Result<()> {
+fn write_file(path: &Path, file: &CacheFile) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(file).map_err(|e| StoreError::io("serialize", path)(std::io::Error::other(e)))?;
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        create_private_dir(dir)?;
     }
-    let part = path.with_extension("json.part");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&part)?;
-    f.write_all(&serde_json::to_vec(file).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&part, path)
+    write_atomic(path, &bytes)
 }
 
 #[cfg(test)]
@@ -131,5 +128,20 @@ mod tests {
         assert!(again.is_empty());
         std::fs::write(&path, "garbage").unwrap();
         assert!(DetailsCache::load(Some(path)).is_empty());
+    }
+
+    #[test]
+    fn the_cache_file_is_private_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache/s3.json");
+        let mut c = DetailsCache::load(Some(path.clone()));
+        c.put("k", "e1", Learned::Rejected { reason: "x".into() });
+        c.save();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&path), mode(path.parent().unwrap())), (0o600, 0o700));
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["s3.json"], "no partial file is left beside it");
     }
 }
