@@ -12,8 +12,8 @@ use super::presets::Preset;
 use super::progress::ProgressLine;
 use anyhow::{Context as _, bail};
 use etcdsnap::ops::{self, DeleteResult, PruneOptions, SaveOptions};
-use etcdsnap::session::{KubePolicy, LocalSetting, Purpose, Session, SessionConfig};
-use etcdsnap_api::{SnapshotName, StorageKind, TokenHash, validate_node_name};
+use etcdsnap::session::{AfterSave, CatchUp, KubePolicy, LocalSetting, Purpose, Session, SessionConfig};
+use etcdsnap_api::{SnapshotName, TokenHash, validate_node_name};
 use etcdsnap_storage::Outcome;
 use etcdsnap_storage::etcd::EtcdConfig;
 use std::path::{Path, PathBuf};
@@ -188,15 +188,15 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let result = ops::save(&ctx, &options, Some(progress.counter())).await;
     progress.finish();
     let mut report = result?;
-    // S3 answers again: upload what earlier saves of this name kept only locally.
-    if report.records.iter().any(|r| r.storage == StorageKind::S3 && r.is_ready()) {
-        let (uploaded, problems) = ops::catchup::upload_missing(&ctx, &flags.name, SAVE_CATCH_UP_KEEP).await;
-        for p in problems {
-            tracing::warn!("{p}");
-        }
-        report.records.extend(uploaded);
-    }
-    session.publish(&report.records).await;
+    // S3 answers again: upload what earlier saves of this name kept only locally. No verify and
+    // no prune: `save` never prunes, like K3s.
+    let steps = AfterSave {
+        verify: false,
+        catch_up: Some(CatchUp { base_name: flags.name.clone(), keep: SAVE_CATCH_UP_KEEP, only_after_upload: true }),
+        prune: None,
+    };
+    let after = session.after_save(&ctx, &report, &steps, &()).await;
+    report.records.extend(after.uploaded);
     match flags.output.output {
         OutputFormat::Table => {
             for r in &report.records {
@@ -254,34 +254,37 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     if ctx.stores().is_empty() {
         bail!("no snapshot storage found: the snapshot directory does not exist and S3 is not configured");
     }
-    let results = ops::delete(&ctx, &names).await;
+    let results = match ops::delete(&ctx, &names).await {
+        Ok(results) => results,
+        Err(e) => {
+            // The removal lock was not taken: nothing was removed anywhere.
+            for name in &names {
+                for store in ctx.stores() {
+                    eprintln!("error: deleting {name} from {}: {e}", store.describe());
+                }
+            }
+            return Ok(exit(false));
+        }
+    };
     let mut ok = true;
     for name in &names {
-        let mine: Vec<_> = results.iter().filter(|(n, ..)| n == name).collect();
-        let mut deleted = false;
-        for (_, _, store, result) in &mine {
-            match result {
-                DeleteResult::Deleted => {
-                    deleted = true;
-                    println!("Snapshot {name} deleted from {store}.");
-                }
+        let mine: Vec<_> = results.iter().filter(|d| d.name == *name).collect();
+        for d in &mine {
+            match &d.result {
+                DeleteResult::Deleted => println!("Snapshot {name} deleted from {}.", d.store),
                 DeleteResult::NotFound => {}
                 DeleteResult::Failed(e) => {
                     ok = false;
-                    eprintln!("error: deleting {name} from {store}: {e}");
+                    eprintln!("error: deleting {name} from {}: {e}", d.store);
                 }
             }
         }
-        if !deleted && mine.iter().all(|(.., r)| *r == DeleteResult::NotFound) {
+        if mine.iter().all(|d| matches!(d.result, DeleteResult::NotFound)) {
             ok = false;
             eprintln!("Snapshot {name} not found.");
         }
     }
-    let removed: Vec<(StorageKind, String)> = results
-        .iter()
-        .filter(|(.., r)| *r == DeleteResult::Deleted)
-        .map(|(name, kind, ..)| (*kind, name.to_string()))
-        .collect();
+    let removed = ops::remove::deleted(&results);
     session.after_removal(&ctx, &removed).await;
     Ok(exit(ok))
 }
@@ -299,9 +302,7 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     for e in &report.errors {
         eprintln!("error: {e}");
     }
-    let removed: Vec<(StorageKind, String)> =
-        report.deleted.iter().map(|(kind, name)| (*kind, name.to_string())).collect();
-    session.after_removal(&ctx, &removed).await;
+    session.after_removal(&ctx, &report.deleted).await;
     Ok(exit(report.errors.is_empty()))
 }
 

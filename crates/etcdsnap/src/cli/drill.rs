@@ -120,7 +120,7 @@ fn print(reports: &[DrillReport], format: OutputFormat) -> anyhow::Result<()> {
                     r.revision.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                     r.computed.map(|h| h.hash.to_string()).unwrap_or_else(|| "-".into()),
                     format!("{:.1}s", r.duration.as_secs_f64()),
-                    r.verdict(),
+                    r.verdict().to_string(),
                 ]);
             }
             print!("{}", output::table(&rows));
