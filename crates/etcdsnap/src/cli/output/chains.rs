@@ -9,20 +9,20 @@ use serde::Serialize;
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainView {
-    pub chain: String,
-    pub base_revision: i64,
+    chain: String,
+    base_revision: i64,
     /// The newest revision a restore can reach from the base without crossing a gap.
-    pub reachable_revision: i64,
-    pub last_revision: i64,
-    pub first_observed: Option<String>,
-    pub last_observed: Option<String>,
-    pub segments: usize,
-    pub events: u64,
-    pub stored_bytes: u64,
+    reachable_revision: i64,
+    last_revision: i64,
+    first_observed: Option<String>,
+    last_observed: Option<String>,
+    segments: usize,
+    events: u64,
+    stored_bytes: u64,
     /// Missing revisions, `first..last`.
-    pub gaps: Vec<String>,
+    gaps: Vec<String>,
     /// Why the chain stops, when it does.
-    pub broken: Option<String>,
+    broken: Option<String>,
 }
 
 impl ChainView {

@@ -14,35 +14,35 @@ pub struct DrillView {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Drilled {
-    pub name: String,
-    pub location: String,
-    pub created_at: String,
-    pub level: Level,
-    pub passed: bool,
+    name: String,
+    location: String,
+    created_at: String,
+    level: Level,
+    passed: bool,
     /// `passed` or `failed: <problem>`, as the resource's annotation says.
-    pub result: Verdict,
-    pub problems: Vec<String>,
-    pub notes: Vec<String>,
-    pub revision: Option<i64>,
+    result: Verdict,
+    problems: Vec<String>,
+    notes: Vec<String>,
+    revision: Option<i64>,
     #[serde(rename = "recordedHashKV")]
-    pub recorded_hash_kv: Option<KvHash>,
+    recorded_hash_kv: Option<KvHash>,
     #[serde(rename = "computedHashKV")]
-    pub computed_hash_kv: Option<KvHash>,
-    pub hashed_by: HashBy,
-    pub recorded_kubernetes_keys: Option<i64>,
-    pub booted: Option<BootedView>,
-    pub seconds: f64,
+    computed_hash_kv: Option<KvHash>,
+    hashed_by: HashBy,
+    recorded_kubernetes_keys: Option<i64>,
+    booted: Option<BootedView>,
+    seconds: f64,
 }
 
 /// What the private etcd of the boot level said.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BootedView {
-    pub version: String,
-    pub revision: i64,
+    version: String,
+    revision: i64,
     #[serde(rename = "hashKV")]
-    pub hash_kv: KvHash,
-    pub kubernetes_keys: i64,
+    hash_kv: KvHash,
+    kubernetes_keys: i64,
 }
 
 impl DrillView {

@@ -13,31 +13,31 @@ use serde::Serialize;
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PitrView {
-    pub base: String,
-    pub base_revision: i64,
-    pub target_revision: i64,
-    pub segments: Vec<String>,
-    pub chains: Vec<ChainView>,
-    pub warnings: Vec<String>,
+    base: String,
+    base_revision: i64,
+    target_revision: i64,
+    segments: Vec<String>,
+    chains: Vec<ChainView>,
+    warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub replayed: Option<Replayed>,
+    replayed: Option<Replayed>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub restored: Option<Restored>,
-    pub dry_run: bool,
+    restored: Option<Restored>,
+    dry_run: bool,
 }
 
 /// What the replay did.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Replayed {
-    pub revision: i64,
-    pub revisions: u64,
-    pub events: u64,
-    pub leases_granted: u64,
-    pub hash_kv: u32,
-    pub hash_checked: bool,
-    pub notes: Vec<String>,
-    pub seconds: f64,
+    revision: i64,
+    revisions: u64,
+    events: u64,
+    leases_granted: u64,
+    hash_kv: u32,
+    hash_checked: bool,
+    notes: Vec<String>,
+    seconds: f64,
 }
 
 impl PitrView {
@@ -57,9 +57,22 @@ impl PitrView {
     }
 }
 
+impl PitrView {
+    /// The replay's outcome: the revision reached, and whether its HashKV was compared with
+    /// one recorded at the target revision (`hash_checked`).
+    pub fn replayed(&mut self, rolled: &RolledForward, hash_checked: bool) {
+        self.target_revision = rolled.report.revision;
+        self.replayed = Some(Replayed::new(rolled, hash_checked));
+    }
+
+    /// Where the restore put the result.
+    pub fn restored(&mut self, restored: Restored) {
+        self.restored = Some(restored);
+    }
+}
+
 impl Replayed {
-    /// `hash_checked`: a HashKV was recorded at the target revision to compare with.
-    pub fn new(rolled: &RolledForward, hash_checked: bool) -> Replayed {
+    fn new(rolled: &RolledForward, hash_checked: bool) -> Replayed {
         let r = &rolled.report;
         Replayed {
             revision: r.revision,

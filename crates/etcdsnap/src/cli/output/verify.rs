@@ -16,15 +16,15 @@ pub struct VerifyView {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Verified {
-    pub name: String,
-    pub location: String,
-    pub ok: bool,
+    name: String,
+    location: String,
+    ok: bool,
     /// Empty when every check passed.
-    pub problems: Vec<String>,
-    pub recorded_sha256: Option<String>,
-    pub stored_sha256: Option<String>,
-    pub stored_size: Option<u64>,
-    pub trailer_valid: Option<bool>,
+    problems: Vec<String>,
+    recorded_sha256: Option<String>,
+    stored_sha256: Option<String>,
+    stored_size: Option<u64>,
+    trailer_valid: Option<bool>,
 }
 
 impl VerifyView {

@@ -3,7 +3,7 @@
 
 use super::{RestoreArgs, open_snapshot_dir, print_report};
 use crate::cli::flags::OutputFormat;
-use crate::cli::output::pitr::{self as view, PitrView, Replayed};
+use crate::cli::output::pitr::{self as view, PitrView};
 use crate::cli::output::print_structured;
 use crate::cli::output::restore::{Restored, refused_text};
 use crate::cli::{EXIT_FAILURE, resolve};
@@ -59,8 +59,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         r = roll_forward(&roll) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted during the replay: the data directory was not changed"),
     };
-    printed.target_revision = rolled.report.revision;
-    printed.replayed = Some(Replayed::new(&rolled, plan.expected_hash.is_some()));
+    printed.replayed(&rolled, plan.expected_hash.is_some());
     if format == OutputFormat::Table {
         println!("{}", view::replayed_text(&plan, &rolled));
     }
@@ -74,7 +73,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let RestoreOutcome::Restored { installed, duration, report } = result else {
         bail!("the rolled-forward snapshot {} did not pass its checks; nothing was touched", rolled.snapshot.display());
     };
-    printed.restored = Some(Restored::new(&installed, duration));
+    printed.restored(Restored::new(&installed, duration));
     finish(&printed, format, &view::done_text(&plan, &rolled, &installed, &report.member))
 }
 
