@@ -3,17 +3,21 @@
 //! its [`Context`]: the stores, the node's identity, and what Kubernetes adds (cluster id, extra
 //! metadata, S3 settings from the config Secret, read again each time). Every CLI command and the
 //! agent go through it, so there is one place that decides which stores an operation uses and
-//! one place that writes resources after an operation.
+//! one place that writes resources after an operation ([`Session::after_save`] for what follows
+//! a save, in `session/after_save.rs`).
 //!
 //! Which S3 settings apply (K3s's rule): S3 is used with `--s3`, or when a config Secret is
 //! named. Flags that describe a location win; with `--s3` and no location flags the Secret
 //! supplies the settings; `--s3-retention` always overrides the Secret's `etcd-s3-retention`.
 
+mod after_save;
+
+pub use after_save::{AfterSave, AfterSaveObserver, AfterSaveReport, CatchUp};
+
 use crate::ops::Context;
 use crate::ops::reconcile::{self as reconcile_job};
-use etcdsnap_api::StorageKind;
-use etcdsnap_api::TokenHash;
 use etcdsnap_api::consts::SYSTEM_NAMESPACE;
+use etcdsnap_api::{SnapshotName, StorageKind, TokenHash};
 use etcdsnap_kube::lease::{heartbeat_interval, renew_heartbeat};
 use etcdsnap_kube::{ConnectError, ConnectOptions, Kube, KubeSettings, crd, extra_metadata, publish, s3_secret};
 use etcdsnap_storage::SnapshotRecord;
@@ -326,7 +330,7 @@ impl Session {
     }
 
     /// After a delete or prune: the removed snapshots' resources go at once.
-    pub async fn after_removal(&self, ctx: &Context, removed: &[(StorageKind, String)]) {
+    pub async fn after_removal(&self, ctx: &Context, removed: &[(StorageKind, SnapshotName)]) {
         if removed.is_empty() {
             return;
         }

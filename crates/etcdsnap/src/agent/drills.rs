@@ -9,8 +9,8 @@ use super::schedule::Schedule;
 use crate::drill::{self, DrillOptions, DrillReport};
 use crate::restore::SnapshotSource;
 use crate::session::{Purpose, Session};
+use etcdsnap_api::StorageKind;
 use etcdsnap_storage::SnapshotRecord;
-use etcdsnap_storage::store::SnapshotStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -82,13 +82,7 @@ pub async fn drill_loop(
 /// The snapshots this run drills, from every store this node drills.
 async fn select(session: &Session, leading: bool, run: usize, interval: Duration) -> Vec<SnapshotSource> {
     let ctx = session.context(Purpose::Read).await;
-    let mut stores: Vec<Arc<dyn SnapshotStore>> = Vec::new();
-    if let Some(local) = &ctx.local {
-        stores.push(Arc::new(local.clone()));
-    }
-    if let Some(remote) = ctx.remote.clone().filter(|_| leading) {
-        stores.push(remote);
-    }
+    let stores = ctx.shared_stores().into_iter().filter(|s| leading || s.kind() == StorageKind::Local);
     let mut sources = Vec::new();
     for store in stores {
         let listing = match store.list().await {
@@ -127,7 +121,7 @@ async fn record(session: &Session, metrics: &Metrics, source: &SnapshotSource, r
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etcdsnap_api::{SnapshotName, StorageKind};
+    use etcdsnap_api::SnapshotName;
     use etcdsnap_storage::Outcome;
 
     fn record(secs: i64, ready: bool) -> SnapshotRecord {

@@ -95,7 +95,7 @@ impl KubeDuties {
     }
 
     /// One reconcile pass; the leader's duties only during a term.
-    async fn reconcile_once(&self, leader: Option<&LeaderKube>) -> Result<(), String> {
+    async fn reconcile_once(&self, leader: Option<&LeaderKube>) -> Result<(), ReconcileError> {
         let leading = leader.is_some();
         let (kube, term) = match leader {
             Some(l) => (&l.kube, Some(&l.term)),
@@ -110,7 +110,7 @@ impl KubeDuties {
             Ok(outcome) => self.record(outcome),
             Err(e) => self.metrics.reconcile_failed(Cause(e.cause())),
         }
-        let outcome = result.map_err(|e| e.to_string())?;
+        let outcome = result?;
         if leading {
             self.hints.set_s3_listed(outcome.listing.state.s3.is_some());
         }

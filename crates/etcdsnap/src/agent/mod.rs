@@ -10,8 +10,8 @@ pub mod metrics;
 pub mod pitr;
 pub mod schedule;
 
-use crate::ops::{self, Context, PruneOptions, SaveError, SaveOptions, SaveReport};
-use crate::session::{Purpose, Session};
+use crate::ops::{self, Context, PruneOptions, PruneReport, SaveError, SaveOptions, SaveReport, VerifyResult};
+use crate::session::{AfterSave, AfterSaveObserver, CatchUp, Purpose, Session};
 use etcdsnap_api::{Compression, StorageKind};
 use etcdsnap_storage::Outcome;
 use etcdsnap_storage::pitr::retention as pitr_retention;
@@ -225,7 +225,32 @@ impl Agent {
         }
     }
 
+    /// The agent's own record of a save (metrics, log), then what follows every save
+    /// ([`Session::after_save`]), then delta retention.
     async fn after_save(&self, ctx: &Context, report: &SaveReport) {
+        self.record_save(report);
+        let s3_retention = ctx.s3_retention.unwrap_or(self.settings.retention);
+        let steps = AfterSave {
+            verify: self.settings.verify_after_save,
+            catch_up: Some(CatchUp {
+                base_name: self.settings.base_name.clone(),
+                keep: s3_retention,
+                only_after_upload: false,
+            }),
+            prune: Some(PruneOptions {
+                base_name: self.settings.base_name.clone(),
+                keep_local: self.settings.retention,
+                keep_remote: s3_retention,
+            }),
+        };
+        self.session.after_save(ctx, report, &steps, self.metrics.as_ref()).await;
+        if self.settings.deltas.is_some() {
+            self.prune_segments(ctx).await;
+        }
+    }
+
+    /// A save's durations, sizes and outcome into the metrics and the log.
+    fn record_save(&self, report: &SaveReport) {
         let ok = report.all_ready();
         Metrics::observe(&self.metrics.save, ok, report.duration);
         self.metrics.saved(ok);
@@ -261,63 +286,6 @@ impl Agent {
             ok,
             "snapshot taken"
         );
-        if self.settings.verify_after_save {
-            self.verify_local(ctx, report).await;
-        }
-        self.session.publish(&report.records).await;
-        self.catch_up_uploads(ctx).await;
-        self.prune(ctx).await;
-    }
-
-    /// S3 retention: S3's own (`--s3-retention`, the Secret's `etcd-s3-retention`), else the local one.
-    fn s3_retention(&self, ctx: &Context) -> usize {
-        ctx.s3_retention.unwrap_or(self.settings.retention)
-    }
-
-    /// Uploads local snapshots whose earlier upload failed (see [`ops::catchup`]).
-    async fn catch_up_uploads(&self, ctx: &Context) {
-        if ctx.remote.is_none() || ctx.local.is_none() {
-            return;
-        }
-        let (uploaded, problems) =
-            ops::catchup::upload_missing(ctx, &self.settings.base_name, self.s3_retention(ctx)).await;
-        for p in problems {
-            tracing::warn!("{p}");
-        }
-        self.session.publish(&uploaded).await;
-    }
-
-    async fn verify_local(&self, ctx: &Context, report: &SaveReport) {
-        let (Some(local), Some(record)) =
-            (&ctx.local, report.records.iter().find(|r| r.storage == StorageKind::Local && r.is_ready()))
-        else {
-            return;
-        };
-        let result = ops::verify_record(local, record, None).await;
-        if result.ok() {
-            self.metrics.last_verified.set(etcdsnap_storage::clock::now().as_second() as f64);
-        } else {
-            tracing::error!(snapshot = %record.name, problems = %result.problems.join("; "), "a snapshot just written does not verify");
-        }
-    }
-
-    async fn prune(&self, ctx: &Context) {
-        let started = Instant::now();
-        let options = PruneOptions {
-            base_name: self.settings.base_name.clone(),
-            keep_local: self.settings.retention,
-            keep_remote: self.s3_retention(ctx),
-        };
-        let report = ops::prune(ctx, &options).await;
-        Metrics::observe(&self.metrics.prune, report.errors.is_empty(), started.elapsed());
-        for e in &report.errors {
-            tracing::warn!(error = %e, "retention");
-        }
-        let removed: Vec<(StorageKind, String)> = report.deleted.iter().map(|(k, n)| (*k, n.to_string())).collect();
-        self.session.after_removal(ctx, &removed).await;
-        if self.settings.deltas.is_some() {
-            self.prune_segments(ctx).await;
-        }
     }
 
     /// Delta retention, after snapshot retention: locally, and in S3 against S3's snapshots.
@@ -338,5 +306,18 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "S3 delta retention skipped: the folder cannot be listed"),
             }
         }
+    }
+}
+
+/// The steps after a save, into the metrics.
+impl AfterSaveObserver for Metrics {
+    fn verified(&self, result: &VerifyResult) {
+        if result.ok() {
+            self.last_verified.set(etcdsnap_storage::clock::now().as_second() as f64);
+        }
+    }
+
+    fn pruned(&self, report: &PruneReport, took: Duration) {
+        Metrics::observe(&self.prune, report.errors.is_empty(), took);
     }
 }

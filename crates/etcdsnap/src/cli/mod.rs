@@ -1,20 +1,21 @@
 //! The `etcdsnap` command line: parsing (flags, environment, `--config`), logging, and one
 //! handler per command. Errors become a message on stderr and a non-zero exit.
+//!
+//! - `args.rs`: the global options, the list of commands, the parsers of flag values;
+//! - `flags.rs`: the flag groups several commands share, each under its help heading;
+//! - `resolve.rs`: parsed flags turned into settings (node name, token hash, session, ...);
+//! - `commands/`: one file per command, its own flags and the function that runs it;
+//! - `output/`: one file per printed thing, its typed view and its table;
+//! - `config_file.rs`, `presets.rs` (K3s/RKE2 servers' paths), `progress.rs`.
 
-mod agent;
 mod args;
 mod commands;
 mod config_file;
-mod docs;
-mod drill;
-mod kube_args;
-mod kube_commands;
-mod ls_deltas;
+mod flags;
 mod output;
 mod presets;
 mod progress;
-mod restore;
-mod restore_pitr;
+mod resolve;
 
 use args::{Cli, Command, LogFormat};
 use clap::{CommandFactory, Parser};
@@ -57,20 +58,25 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Save(a) => commands::save(a).await,
-        Command::Ls(a) => commands::ls(a).await,
-        Command::Delete(a) => commands::delete(a).await,
-        Command::Prune(a) => commands::prune(a).await,
-        Command::Verify(a) => commands::verify(a).await,
-        Command::Agent(a) => agent::run(a).await,
-        Command::Crd(a) => kube_commands::crd(a).await,
-        Command::Reconcile(a) => kube_commands::reconcile(a).await,
-        Command::Watch(a) => kube_commands::watch(a).await,
-        Command::Restore(a) => restore::restore(*a).await,
-        Command::Drill(a) => drill::drill(*a).await,
-        Command::Completion(a) => docs::completion(a),
-        Command::Man(a) => docs::man(a),
+        Command::Save(a) => commands::save::run(a).await,
+        Command::Ls(a) => commands::ls::run(a).await,
+        Command::Delete(a) => commands::delete::run(a).await,
+        Command::Prune(a) => commands::prune::run(a).await,
+        Command::Verify(a) => commands::verify::run(a).await,
+        Command::Agent(a) => commands::agent::run(a).await,
+        Command::Crd(a) => commands::crd::run(a).await,
+        Command::Reconcile(a) => commands::reconcile::run(a).await,
+        Command::Watch(a) => commands::watch::run(a).await,
+        Command::Restore(a) => commands::restore::run(*a).await,
+        Command::Drill(a) => commands::drill::run(*a).await,
+        Command::Completion(a) => commands::completion::run(a),
+        Command::Man(a) => commands::man::run(a),
     }
+}
+
+/// The exit code of a command whose work succeeded (`ok`) or failed.
+fn exit(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
 }
 
 fn init_logging(format: LogFormat, level: &str) {

@@ -86,12 +86,35 @@ impl DrillReport {
         self.problems.is_empty()
     }
 
-    /// `passed`, or `failed: <first problem>`: the `etcdsnap.io/drill` annotation's value.
-    pub fn verdict(&self) -> String {
+    /// Passed, or failed with the first problem found.
+    pub fn verdict(&self) -> Verdict {
         match self.problems.first() {
-            None => "passed".into(),
-            Some(p) => format!("failed: {p}"),
+            None => Verdict::Passed,
+            Some(p) => Verdict::Failed { problem: p.clone() },
         }
+    }
+}
+
+/// How a drill ended. Its text, `passed` or `failed: <problem>`, is the `etcdsnap.io/drill`
+/// annotation's value and the result kept in the snapshot's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed { problem: String },
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Passed => f.write_str("passed"),
+            Verdict::Failed { problem } => write!(f, "failed: {problem}"),
+        }
+    }
+}
+
+impl serde::Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -201,13 +224,14 @@ pub async fn keep_result(
     let mut problems = Vec::new();
     let Some(store) = source.store() else { return problems };
     let at = etcdsnap_storage::clock::now();
+    let verdict = report.verdict().to_string();
     let mut record = source.record.clone();
-    record.drill = Some(DrillResult { at, result: report.verdict() });
+    record.drill = Some(DrillResult { at, result: verdict.clone() });
     if let Err(e) = store.update_record(&record).await {
         problems.push(format!("the drill's result is not in {}: {e}", store.describe()));
     }
     if let Some(kube) = kube
-        && let Err(e) = etcdsnap_kube::drills::record_drill(&kube.client, &record, at, &report.verdict(), node).await
+        && let Err(e) = etcdsnap_kube::drills::record_drill(&kube.client, &record, at, &verdict, node).await
     {
         problems.push(format!("the drill's result is not on the resource: {e}"));
     }

@@ -49,13 +49,27 @@ pub fn plan(
         .collect()
 }
 
+/// Why a catch-up did not upload something.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    /// A store could not be listed: nothing was uploaded.
+    #[error("catch-up uploads skipped: {0}")]
+    Listing(#[source] StoreError),
+    #[error("uploading {name} again: {source}")]
+    Upload {
+        name: SnapshotName,
+        #[source]
+        source: StoreError,
+    },
+}
+
 /// Uploads what [`plan`] selects; returns the new S3 records and the problems met.
-pub async fn upload_missing(ctx: &Context, base: &str, keep: usize) -> (Vec<SnapshotRecord>, Vec<String>) {
+pub async fn upload_missing(ctx: &Context, base: &str, keep: usize) -> (Vec<SnapshotRecord>, Vec<CatchUpError>) {
     let (Some(local), Some(remote)) = (&ctx.local, &ctx.remote) else { return (Vec::new(), Vec::new()) };
     let mut problems = Vec::new();
     let (local_list, remote_list) = match (local.list().await, remote.list().await) {
         (Ok(l), Ok(r)) => (l.records, r.records),
-        (Err(e), _) | (_, Err(e)) => return (Vec::new(), vec![format!("catch-up uploads skipped: {e}")]),
+        (Err(e), _) | (_, Err(e)) => return (Vec::new(), vec![CatchUpError::Listing(e)]),
     };
     let mut uploaded = Vec::new();
     for record in plan(&local_list, &remote_list, &ctx.node_name, ctx.cluster_id.as_deref(), base, keep) {
@@ -64,7 +78,7 @@ pub async fn upload_missing(ctx: &Context, base: &str, keep: usize) -> (Vec<Snap
                 tracing::info!(snapshot = %r.name, location = %r.location, "uploaded a snapshot whose earlier upload had failed");
                 uploaded.push(r);
             }
-            Err(e) => problems.push(format!("uploading {} again: {e}", record.name)),
+            Err(source) => problems.push(CatchUpError::Upload { name: record.name.clone(), source }),
         }
     }
     (uploaded, problems)

@@ -6,7 +6,8 @@
 //! are) and reported as a failure of the pass, so the metrics say why.
 
 use super::Context;
-use etcdsnap_api::{StorageKind, configmap_key};
+use super::list::list_stores;
+use etcdsnap_api::{SnapshotName, StorageKind, configmap_key};
 use etcdsnap_kube::Kube;
 use etcdsnap_kube::leader::LeaderTerm;
 use etcdsnap_kube::lease::NodeLiveness;
@@ -15,7 +16,7 @@ use etcdsnap_kube::reconcile::{
 };
 use etcdsnap_storage::store::StoreError;
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long listing one store took, and whether it worked (for the reconcile metrics).
 #[derive(Debug, Clone, Copy)]
@@ -46,19 +47,18 @@ pub async fn list_storage(ctx: &Context, deleted: BTreeSet<String>, local_manage
         // No local directory yet (nothing saved on this node): nothing local exists.
         listing.state.local = Some(Vec::new());
     }
-    for store in ctx.stores() {
-        let started = Instant::now();
-        let listed = store.list().await;
-        listing.timings.push(ListingTime { storage: store.kind(), elapsed: started.elapsed(), ok: listed.is_ok() });
-        let found = match listed {
+    for listed in list_stores(ctx).await {
+        let ok = listed.result.is_ok();
+        listing.timings.push(ListingTime { storage: listed.storage, elapsed: listed.elapsed, ok });
+        let found = match listed.result {
             Ok(found) => found,
             Err(e) => {
-                listing.failures.push((store.describe(), e));
+                listing.failures.push((listed.store, e));
                 continue;
             }
         };
         listing.warnings.extend(found.warnings);
-        match store.kind() {
+        match listed.storage {
             StorageKind::Local => {
                 let (mine, foreign): (Vec<_>, Vec<_>) =
                     found.records.into_iter().partition(|r| r.node_name == ctx.node_name);
@@ -129,10 +129,10 @@ pub async fn run_pass(
 pub async fn after_removal(
     kube: &Kube,
     ctx: &Context,
-    removed: &[(StorageKind, String)],
+    removed: &[(StorageKind, SnapshotName)],
     local_managed: bool,
 ) -> Result<PassOutcome, ReconcileError> {
-    let deleted: BTreeSet<String> = removed.iter().map(|(kind, name)| configmap_key(name, *kind)).collect();
+    let deleted: BTreeSet<String> = removed.iter().map(|(kind, name)| configmap_key(name.as_str(), *kind)).collect();
     let _no_removals = ctx.removals.read().await;
     let listing = list_storage(ctx, deleted, local_managed).await;
     reconcile_listed(kube, listing, None).await

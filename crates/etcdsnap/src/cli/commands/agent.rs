@@ -1,8 +1,11 @@
-//! `etcdsnap agent`.
+//! `etcdsnap agent`: validates every setting, then runs the agent (`etcdsnap::agent`) until
+//! SIGTERM or SIGINT.
 
-use super::args::AgentArgs;
-use super::commands::{preset, session_config, token_hash};
+use crate::cli::args::{parse_byte_size, parse_duration};
+use crate::cli::flags::{DrillToolArgs, NodeFlags, RetentionArgs, heading};
+use crate::cli::resolve;
 use anyhow::Context as _;
+use clap::Args;
 use etcdsnap::agent::drills::DrillSettings;
 use etcdsnap::agent::health::{Dependency, EtcdDependency, Health, KubeDependency, StoreDependency};
 use etcdsnap::agent::kube_duties::{KubeDuties, KubeDutySettings};
@@ -12,7 +15,66 @@ use etcdsnap::agent::{Agent, AgentSettings};
 use etcdsnap::session::{KubePolicy, Purpose, Session};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ETCDSNAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Re-read each new local snapshot and check it after saving.
+    #[arg(long, env = "ETCDSNAP_VERIFY_AFTER_SAVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub verify_after_save: bool,
+    /// How often the snapshot resources are reconciled with storage (jittered by 5%).
+    #[arg(long, visible_alias = "etcd-snapshot-reconcile-interval", env = "ETCDSNAP_RECONCILE_INTERVAL", value_parser = parse_duration, default_value = "10m")]
+    pub reconcile_interval: Duration,
+    /// How long the leader Lease outlives its last renewal: a leader that dies is replaced after
+    /// about this long (at once when it shuts down cleanly).
+    #[arg(long, env = "ETCDSNAP_LEADER_LEASE_DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub leader_lease_duration: Duration,
+    /// When to take snapshots: cron (5 fields, or 6 with leading seconds) or @hourly/@daily...,
+    /// in the local time zone.
+    #[arg(
+        long,
+        visible_alias = "etcd-snapshot-schedule-cron",
+        env = "ETCDSNAP_SCHEDULE",
+        default_value = "0 */12 * * *",
+        help_heading = heading::SCHEDULE
+    )]
+    pub schedule: String,
+    /// Base name of scheduled snapshots.
+    #[arg(long, visible_alias = "etcd-snapshot-name", env = "ETCDSNAP_SNAPSHOT_NAME", default_value = "etcd-snapshot", help_heading = heading::SCHEDULE)]
+    pub snapshot_name: String,
+    /// Take no scheduled snapshots (and run no periodic reconcile), like K3s's flag.
+    #[arg(long, visible_alias = "etcd-disable-snapshots", env = "ETCDSNAP_DISABLE_SNAPSHOTS", help_heading = heading::SCHEDULE)]
+    pub disable_snapshots: bool,
+    /// Upper bound of the random delay before each scheduled run.
+    #[arg(long, env = "ETCDSNAP_SCHEDULE_JITTER", value_parser = parse_duration, default_value = "5s", hide = true, help_heading = heading::SCHEDULE)]
+    pub schedule_jitter: Duration,
+    /// When to run restore drills (cron like --schedule); "" disables them. Each run drills the
+    /// newest snapshot of each store and one older one in turn; the leader drills S3's.
+    #[arg(long, env = "ETCDSNAP_DRILL_SCHEDULE", default_value = "@daily", help_heading = heading::DRILLS)]
+    pub drill_schedule: String,
+    /// Point-in-time recovery: capture etcd's changes between snapshots (the leader only)
+    /// into delta segments beside the snapshot directory, for `restore --to-revision|--to-time`.
+    #[arg(long, env = "ETCDSNAP_DELTAS", help_heading = heading::PITR)]
+    pub deltas: bool,
+    /// With --deltas: the longest a captured change waits before its segment is written (the
+    /// recovery point objective, roughly).
+    #[arg(long, env = "ETCDSNAP_DELTA_INTERVAL", value_parser = parse_duration, default_value = "10s", requires = "deltas", help_heading = heading::PITR)]
+    pub delta_interval: Duration,
+    /// With --deltas: a segment is written once its changes reach this size (8MiB, 512KiB,
+    /// 1000000).
+    #[arg(long, env = "ETCDSNAP_DELTA_MAX_BYTES", value_parser = parse_byte_size, default_value = "8MiB", requires = "deltas", help_heading = heading::PITR)]
+    pub delta_max_bytes: usize,
+    #[command(flatten)]
+    pub drill: DrillToolArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub node: NodeFlags,
+}
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // Everything is validated before anything starts: a bad flag fails at once, by name.
@@ -22,8 +84,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         Some(Schedule::parse(&args.schedule).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?)
     };
     let node = &args.node;
-    let mut config = session_config(node, true, KubePolicy::LongRunning)?;
-    config.token_hash = token_hash(&node.token, preset(&node.storage).as_ref())?;
+    let mut config = resolve::session_config(node, args.retention.s3_retention, true, KubePolicy::LongRunning)?;
+    config.token_hash = resolve::node_token_hash(node)?;
     let session = Arc::new(Session::open(config).await?);
     let first = session.context(Purpose::Read).await;
     if first.local.is_none() && first.remote.is_none() && session.config().kube_settings.s3_config_secret.is_none() {
@@ -38,8 +100,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let settings = AgentSettings {
         schedule,
         base_name: args.snapshot_name.clone(),
-        compression: node.compress.compression(),
-        retention: args.retention,
+        compression: resolve::compression(&node.compress),
+        retention: args.retention.retention,
         metrics_addr: args.metrics_addr,
         verify_after_save: args.verify_after_save,
         jitter: args.schedule_jitter,
@@ -87,7 +149,7 @@ async fn drill_settings(args: &AgentArgs) -> anyhow::Result<Option<DrillSettings
         return Ok(None);
     }
     let schedule = Schedule::parse(&args.drill_schedule).map_err(|e| anyhow::anyhow!("--drill-schedule: {e}"))?;
-    match args.drill.options().await {
+    match resolve::drill_options(&args.drill).await {
         Ok(options) => Ok(Some(DrillSettings { schedule, options })),
         Err(e) if args.drill.etcdutl.is_none() => {
             tracing::warn!(

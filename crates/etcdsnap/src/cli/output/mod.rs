@@ -1,14 +1,26 @@
 //! Printing: kubectl-style `-o table|json|yaml`, K3s's `ls` table, human sizes.
 //!
+//! One file per printed thing: its typed view (`#[derive(Serialize)]`, camelCase, what `-o
+//! json|yaml` prints) with its table beside it. This file holds what they share: the table
+//! layout, how cells are written, structured printing.
+//!
 //! Tables are for people and `-o json|yaml` for programs: tables show sizes as `64.1 MiB`
 //! everywhere, and, on a terminal only, ages (`5m ago`) and shortened `file://` locations;
 //! structured output keeps exact bytes, full locations and RFC 3339 times.
 
-use super::args::OutputFormat;
+pub mod chains;
+pub mod drill;
+pub mod pitr;
+pub mod reconcile;
+pub mod records;
+pub mod resources;
+pub mod restore;
+pub mod save;
+pub mod verify;
+
+use super::flags::OutputFormat;
 use etcdsnap::units::human_age;
 pub use etcdsnap::units::human_bytes;
-use etcdsnap_kube::RecordResource;
-use etcdsnap_storage::SnapshotRecord;
 use serde::Serialize;
 use std::io::Write;
 
@@ -108,20 +120,6 @@ pub fn rfc3339(t: jiff::Timestamp) -> String {
     jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", t).unwrap_or_else(|_| t.to_string())
 }
 
-/// A Kubernetes `List` of ETCDSnapshotFile objects, named by their ConfigMap-style key as K3s's
-/// list does.
-pub fn as_list(records: &[SnapshotRecord]) -> serde_json::Value {
-    let items: Vec<serde_json::Value> = records
-        .iter()
-        .map(|r| {
-            let mut cr = r.to_resource();
-            cr.metadata.name = Some(r.key());
-            serde_json::to_value(&cr).unwrap_or_default()
-        })
-        .collect();
-    serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
-}
-
 /// Prints a value as JSON or YAML.
 pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -137,35 +135,21 @@ pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> std::i
     }
 }
 
-/// `ls` output: K3s's table, or the List object.
-pub fn print_records(records: &[SnapshotRecord], format: OutputFormat) -> std::io::Result<()> {
+/// Prints a table for people, or the typed view as JSON or YAML for programs; only the one
+/// printed is built.
+pub fn print<T: Serialize>(
+    format: OutputFormat,
+    view: impl FnOnce() -> T,
+    table: impl FnOnce(Cells) -> String,
+) -> std::io::Result<()> {
     match format {
         OutputFormat::Table => {
-            print!("{}", records_table(records, Cells::for_stdout()));
-            Ok(())
+            let mut out = std::io::stdout().lock();
+            out.write_all(table(Cells::for_stdout()).as_bytes())?;
+            out.flush()
         }
-        _ => print_structured(&as_list(records), format),
+        format => print_structured(&view(), format),
     }
-}
-
-/// K3s's four columns, then the last restore drill's result.
-fn records_table(records: &[SnapshotRecord], cells: Cells) -> String {
-    let mut rows = vec![["Name", "Location", "Size", "Created", "Drill"].map(String::from).to_vec()];
-    for r in records {
-        let drill = match &r.drill {
-            Some(d) if d.passed() => "passed".to_string(),
-            Some(_) => "failed".to_string(),
-            None => "-".to_string(),
-        };
-        rows.push(vec![
-            r.name.to_string(),
-            cells.location(&r.location),
-            cells.size(r.size),
-            cells.created(r.created_at),
-            drill,
-        ]);
-    }
-    table(&rows)
 }
 
 #[cfg(test)]

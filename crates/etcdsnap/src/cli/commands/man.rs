@@ -1,24 +1,22 @@
-//! Shell completions and manual pages, generated from the same clap definitions as `--help`, so
-//! the three can never disagree.
+//! `etcdsnap man`: the manual pages, generated from the same clap definitions as `--help`, so
+//! the two can never disagree.
 
-use super::args::{Cli, CompletionArgs, ManArgs};
+use crate::cli::args::Cli;
 use anyhow::Context;
-use clap::CommandFactory;
+use clap::{Args, CommandFactory};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub fn completion(args: CompletionArgs) -> anyhow::Result<ExitCode> {
-    let mut cmd = Cli::command();
-    // Into memory first: clap_complete panics when its writer fails (a closed pipe).
-    let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut cmd, "etcdsnap", &mut script);
-    let mut out = std::io::stdout().lock();
-    out.write_all(&script).and_then(|()| out.flush()).context("writing the completion script")?;
-    Ok(ExitCode::SUCCESS)
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write every page into (created if missing); without it, etcdsnap.1 is
+    /// printed.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
-pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ManArgs) -> anyhow::Result<ExitCode> {
     match args.dir {
         Some(dir) => {
             let pages = write_pages(&dir)?;

@@ -1,9 +1,10 @@
-//! `etcdsnap drill`: restore drills of stored snapshots, their results on the resources.
+//! `etcdsnap drill [NAME|PATH...]`: restore drills of stored snapshots (by default the newest of
+//! this node in each store), their results kept on the records and resources.
 
-use super::args::{DrillToolArgs, OutputFormat, SnapshotFlags};
-use super::commands::{command_session, exit};
-use super::output::{self, rfc3339};
-use super::progress::ProgressLine;
+use crate::cli::flags::{DrillToolArgs, SnapshotFlags};
+use crate::cli::output::{self, drill as view};
+use crate::cli::progress::ProgressLine;
+use crate::cli::{exit, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap::drill::{self, DrillReport};
@@ -24,14 +25,14 @@ pub struct DrillArgs {
     #[arg(value_name = "NAME|PATH")]
     pub snapshots: Vec<String>,
     #[command(flatten)]
-    pub tools: DrillToolArgs,
-    #[command(flatten)]
     pub flags: SnapshotFlags,
+    #[command(flatten)]
+    pub tools: DrillToolArgs,
 }
 
-pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
-    let opts = args.tools.options().await?;
-    let session = command_session(&args.flags, false).await?;
+pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
+    let opts = resolve::drill_options(&args.tools).await?;
+    let session = resolve::command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
     let sources = select(&ctx, &args.snapshots).await?;
     if sources.is_empty() {
@@ -47,13 +48,17 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         }
         reports.push(report);
     }
-    print(&reports, args.flags.output.output)?;
+    output::print(
+        args.flags.output.output,
+        || view::DrillView::new(&reports),
+        |cells| view::table_of(&reports, cells),
+    )?;
     Ok(exit(reports.iter().all(DrillReport::passed)))
 }
 
 /// The snapshots named (or by default the newest of this node in each store), as sources.
 async fn select(ctx: &Context, given: &[String]) -> anyhow::Result<Vec<SnapshotSource>> {
-    let stores = stores(ctx);
+    let stores = ctx.shared_stores();
     if given.is_empty() {
         let mut out = Vec::new();
         for store in stores {
@@ -93,71 +98,4 @@ async fn find(stores: &[Arc<dyn SnapshotStore>], name: &SnapshotName) -> anyhow:
         }
     }
     bail!("snapshot {name} not found in {}", misses.join(", "))
-}
-
-fn stores(ctx: &Context) -> Vec<Arc<dyn SnapshotStore>> {
-    let mut out: Vec<Arc<dyn SnapshotStore>> = Vec::new();
-    if let Some(local) = &ctx.local {
-        out.push(Arc::new(local.clone()));
-    }
-    if let Some(remote) = &ctx.remote {
-        out.push(remote.clone());
-    }
-    out
-}
-
-fn print(reports: &[DrillReport], format: OutputFormat) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Table => {
-            let cells = output::Cells::for_stdout();
-            let mut rows =
-                vec![["Name", "Location", "Level", "Revision", "HashKV", "Took", "Result"].map(String::from).to_vec()];
-            for r in reports {
-                rows.push(vec![
-                    r.record.name.to_string(),
-                    cells.location(&r.record.location),
-                    format!("{:?}", r.level).to_lowercase(),
-                    r.revision.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-                    r.computed.map(|h| h.hash.to_string()).unwrap_or_else(|| "-".into()),
-                    format!("{:.1}s", r.duration.as_secs_f64()),
-                    r.verdict(),
-                ]);
-            }
-            print!("{}", output::table(&rows));
-            for r in reports {
-                for n in &r.notes {
-                    println!("note: {}: {n}", r.record.name);
-                }
-            }
-            let failed = reports.iter().filter(|r| !r.passed()).count();
-            println!("{} drilled, {failed} failed.", reports.len());
-        }
-        format => {
-            let items: Vec<serde_json::Value> = reports.iter().map(json).collect();
-            output::print_structured(&serde_json::json!({ "items": items }), format)?;
-        }
-    }
-    Ok(())
-}
-
-fn json(r: &DrillReport) -> serde_json::Value {
-    serde_json::json!({
-        "name": r.record.name.as_str(),
-        "location": r.record.location,
-        "createdAt": rfc3339(r.record.created_at),
-        "level": r.level,
-        "passed": r.passed(),
-        "result": r.verdict(),
-        "problems": r.problems,
-        "notes": r.notes,
-        "revision": r.revision,
-        "recordedHashKV": r.recorded,
-        "computedHashKV": r.computed,
-        "hashedBy": r.hashed_by,
-        "recordedKubernetesKeys": r.record.etcd.as_ref().and_then(|e| e.kubernetes_keys),
-        "booted": r.booted.as_ref().map(|b| serde_json::json!({
-            "version": b.version, "revision": b.revision, "hashKV": b.hash, "kubernetesKeys": b.kubernetes_keys,
-        })),
-        "seconds": r.duration.as_secs_f64(),
-    })
 }

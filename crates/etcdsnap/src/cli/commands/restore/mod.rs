@@ -1,0 +1,231 @@
+//! `etcdsnap restore NAME|PATH`: the snapshot resolved (a path, a name in the snapshot
+//! directory, or with `--s3` a name in the bucket), checked, and installed by
+//! `etcdsnap::restore`; with `--to-revision|--to-time`, a point-in-time restore ([`pitr`]).
+
+pub mod pitr;
+
+use crate::cli::args::parse_time;
+use crate::cli::flags::{OutputArgs, OutputFormat, S3Args, TokenArgs, heading};
+use crate::cli::output::print_structured;
+use crate::cli::output::restore::{self as view, RestoreView, Restored};
+use crate::cli::progress::ProgressLine;
+use crate::cli::{EXIT_FAILURE, resolve};
+use anyhow::{Context as _, bail};
+use clap::Args;
+use etcdsnap::restore::{self, PreflightReport, RestoreOutcome, RestoreRequest, SnapshotSource};
+use etcdsnap_api::SnapshotName;
+use etcdsnap_storage::store::StoreError;
+use etcdsnap_storage::store::local::LocalStore;
+use etcdsnap_storage::store::s3::{RawS3Settings, S3Store};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot to restore: a snapshot name as `ls` shows it, looked up in the snapshot
+    /// directory, or a file path (anything containing a `/`, e.g. ./snap.db). Not given with
+    /// --to-revision or --to-time, which choose the snapshot themselves.
+    #[arg(value_name = "NAME|PATH", required_unless_present_any = ["to_revision", "to_time"], conflicts_with_all = ["to_revision", "to_time"])]
+    pub snapshot: Option<String>,
+    /// etcdutl binary [default: etcdutl from PATH]
+    #[arg(long, env = "ETCDSNAP_ETCDUTL", value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
+    /// Restore even if the snapshot's recorded token hash differs from the current token's.
+    #[arg(long)]
+    pub ignore_token_mismatch: bool,
+    /// Print the pre-flight report (all checks, bytes included) and stop; nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// etcd data directory to restore into. If it holds data, that is moved aside to
+    /// <dir>-old-<unix time>, never deleted. (Unlike other commands' --data-dir, this is
+    /// never taken from the environment or a config file.)
+    #[arg(long, value_name = "DIR", required = true, help_heading = heading::MEMBER)]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// Snapshot directory in which NAME is looked up [default: $ETCDSNAP_DATA_DIR/snapshots, a
+    /// K3s/RKE2 server's snapshot directory, else /var/lib/etcdsnap/snapshots]
+    #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR", help_heading = heading::STORAGE)]
+    pub dir: Option<PathBuf>,
+    /// With `--s3`, NAME is a snapshot in the S3 folder (streamed, never kept locally).
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Point-in-time recovery: the newest snapshot at or below revision N, rolled forward to N
+    /// through the changes `agent --deltas` captured, then restored like any snapshot.
+    #[arg(long, value_name = "N", conflicts_with = "to_time", value_parser = clap::value_parser!(i64).range(1..), help_heading = heading::PITR)]
+    pub to_revision: Option<i64>,
+    /// Point-in-time recovery to the newest revision observed at or before a time: RFC 3339
+    /// (2026-12-03T07:04:00Z) or how long ago ("4m ago").
+    #[arg(long, value_name = "TIME", value_parser = parse_time, help_heading = heading::PITR)]
+    pub to_time: Option<jiff::Timestamp>,
+    /// With --to-revision/--to-time: the etcd binary the changes are replayed in (a private
+    /// member on loopback), at least as new as the snapshot's etcd [default: etcd from PATH]
+    #[arg(long, env = "ETCDSNAP_ETCD", value_name = "PATH", help_heading = heading::PITR)]
+    pub etcd: Option<PathBuf>,
+    /// With --to-revision/--to-time: the etcd cluster ID (as `ls -o wide` shows it) whose
+    /// snapshots to use, when the snapshot directory holds several clusters'.
+    #[arg(long, value_name = "ID", help_heading = heading::PITR)]
+    pub cluster_id: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// The restored etcd member.
+#[derive(Debug, Args)]
+#[command(next_help_heading = heading::MEMBER)]
+pub struct MemberArgs {
+    /// Name of the restored etcd member (etcd's --name; etcd must later start with it).
+    #[arg(long, value_name = "NAME", required = true)]
+    pub name: String,
+    /// Initial cluster of the restored member [default: <name>=<first peer URL>]
+    #[arg(long, value_name = "NAME=URL,...")]
+    pub initial_cluster: Option<String>,
+    /// Peer URLs of the restored member.
+    #[arg(long, value_name = "URLS", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Cluster token of the restored cluster (etcd's, not the K3s server token).
+    #[arg(long, value_name = "TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Add N to the restored revision, so that Kubernetes watchers never see revisions go
+    /// backwards (needs --mark-compacted).
+    #[arg(long, value_name = "N", requires = "mark_compacted")]
+    pub bump_revision: Option<u64>,
+    /// Mark the bumped revision compacted, so that watchers re-list (needs --bump-revision).
+    #[arg(long, requires = "bump_revision")]
+    pub mark_compacted: bool,
+}
+
+pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let Some(snapshot) = args.snapshot.clone() else {
+        return pitr::run(args).await;
+    };
+    let source = match args.s3.enabled {
+        true => resolve_s3(&snapshot, resolve::s3_settings(&args.s3, None)).await?,
+        false => resolve(&args, &snapshot)?,
+    };
+    let request = RestoreRequest {
+        source,
+        data_dir: args.data_dir.clone(),
+        member: resolve::member_settings(&args.member),
+        etcdutl: args.etcdutl.clone(),
+        token: resolve::current_token(&args.token)?,
+        ignore_token_mismatch: args.ignore_token_mismatch,
+        dry_run: args.dry_run,
+    };
+    let format = args.output.output;
+    let mut progress = Some(ProgressLine::start(&format!("Checking {}", request.source.record.name)));
+    let counter = progress.as_ref().map(ProgressLine::counter);
+    let mut shown: Option<PreflightReport> = None;
+    let run = restore::restore(&request, counter, |report| {
+        if let Some(p) = progress.take() {
+            p.finish();
+        }
+        if format == OutputFormat::Table {
+            print_report(report);
+        }
+        shown = Some(report.clone());
+    });
+    // The swap is a few renames inside one poll of `run`: an interrupt can stop the restore
+    // before or after it, never half-way. Dropping `run` stops etcdutl and removes the working
+    // directory.
+    let result = tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted before the restored data was put in place: the data directory was not changed"),
+    };
+    if let Some(p) = progress.take() {
+        p.finish();
+    }
+
+    let structured = |report: &PreflightReport, restored: Option<Restored>, error: Option<String>| {
+        print_structured(&RestoreView { report, restored, error }, format)
+    };
+    match result {
+        Ok(RestoreOutcome::Restored { report, installed, duration }) => {
+            if format == OutputFormat::Table {
+                println!(
+                    "Restored {} into {} in {:.1}s.",
+                    report.snapshot.name,
+                    installed.data_dir.display(),
+                    duration.as_secs_f64()
+                );
+                print!("{}", view::installed_text(&installed, &report.member));
+            } else {
+                structured(&report, Some(Restored::new(&installed, duration)), None)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(RestoreOutcome::DryRun(report)) => {
+            if format == OutputFormat::Table {
+                println!("Dry run: nothing was changed.");
+            } else {
+                structured(&report, None, None)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(RestoreOutcome::Refused(report)) => {
+            if format != OutputFormat::Table {
+                structured(&report, None, None)?;
+            }
+            eprintln!("{}", view::refused_text(&report));
+            Ok(ExitCode::from(EXIT_FAILURE))
+        }
+        Err(e) => {
+            if format != OutputFormat::Table
+                && let Some(report) = &shown
+            {
+                structured(report, None, Some(format!("{e}")))?;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The pre-flight report as text on stdout.
+pub(super) fn print_report(report: &PreflightReport) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(view::report_text(report).as_bytes());
+    let _ = stdout.flush();
+}
+
+/// With `--s3`: a bare snapshot name in the configured bucket folder (like K3s's
+/// `--etcd-s3 --cluster-reset-restore-path=<name>`).
+async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::Result<SnapshotSource> {
+    if given.starts_with("s3://") || given.contains('/') {
+        bail!(
+            "with --s3 give the snapshot's name ({:?}), and the bucket and folder with --s3-bucket and --s3-folder",
+            given.rsplit('/').next().unwrap_or(given)
+        );
+    }
+    let name = SnapshotName::parse(given).with_context(|| format!("{given:?} is not a snapshot name"))?;
+    let store = S3Store::new(settings.parse()?, None)?;
+    Ok(SnapshotSource::from_store(store, &name).await?)
+}
+
+/// A path (anything with a `/`) is a file; anything else is a snapshot name in the snapshot
+/// directory.
+fn resolve(args: &RestoreArgs, given: &str) -> anyhow::Result<SnapshotSource> {
+    if given.contains('/') {
+        return Ok(SnapshotSource::from_path(Path::new(given))?);
+    }
+    let name =
+        SnapshotName::parse(given).with_context(|| format!("{given:?} is neither a path nor a snapshot name"))?;
+    let store = open_snapshot_dir(args, &format!("snapshot {name} not found"), name.as_ref())?;
+    Ok(SnapshotSource::from_local_store(&store, &name)?)
+}
+
+/// The snapshot directory ([`resolve::restore_snapshot_dir`]). `what` and `example` word the
+/// error when it does not exist.
+pub(super) fn open_snapshot_dir(args: &RestoreArgs, what: &str, example: &str) -> anyhow::Result<LocalStore> {
+    let dir = resolve::restore_snapshot_dir(args.dir.as_deref());
+    match LocalStore::open(&dir, false, "") {
+        Ok(store) => Ok(store),
+        Err(StoreError::MissingDir(_)) => bail!(
+            "{what}: the snapshot directory {} does not exist (pass --dir, or give a path, e.g. ./{example})",
+            dir.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,164 @@
+//! `etcdsnap restore --to-revision N | --to-time T`: the plan (base, segments, gaps), the base's
+//! pre-flight report, the replay in a private etcd, then the ordinary restore of its result.
+
+use super::{RestoreArgs, open_snapshot_dir, print_report};
+use crate::cli::flags::OutputFormat;
+use crate::cli::output::pitr::{self as view, PitrView};
+use crate::cli::output::print_structured;
+use crate::cli::output::restore::{Restored, refused_text};
+use crate::cli::{EXIT_FAILURE, resolve};
+use anyhow::{Context as _, bail};
+use etcdsnap::pitr::restore::{PitrPlan, RollForward, fetch_segments, plan_local, plan_s3, roll_forward};
+use etcdsnap::restore::{self, CurrentToken, RestoreOutcome, RestoreRequest, SnapshotSource};
+use etcdsnap_api::SnapshotName;
+use etcdsnap_storage::pitr::Target;
+use etcdsnap_storage::store::SnapshotStore;
+use etcdsnap_storage::store::s3::S3Store;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let target = match (args.to_revision, args.to_time) {
+        (Some(rev), _) => Target::Revision(rev),
+        (None, Some(t)) => Target::Time(t.as_millisecond()),
+        (None, None) => bail!("give a snapshot, --to-revision or --to-time"),
+    };
+    let format = args.output.output;
+    let (mut plan, base) = match args.s3.enabled {
+        true => plan_in_s3(&args, target).await?,
+        false => plan_in_dir(&args, target).await?,
+    };
+    let mut printed = PitrView::new(&plan, args.dry_run);
+    if format == OutputFormat::Table {
+        print!("{}", view::plan_text(&plan));
+    }
+    if !check_base(&args, &base).await? {
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    }
+    if args.dry_run {
+        return finish(&printed, format, "Dry run: nothing was replayed or changed.");
+    }
+
+    let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
+    let etcd = locate_etcd(args.etcd.as_deref())?;
+    let work = work_dir(&args.data_dir)?;
+    if let Some(store) = base.store().filter(|_| args.s3.enabled) {
+        fetch_segments(store, &mut plan, &work.path().join("deltas")).await?;
+    }
+    if format == OutputFormat::Table {
+        eprintln!(
+            "Replaying revisions {}..={} in a private etcd...",
+            plan.replay.base.revision + 1,
+            plan.replay.stop_at
+        );
+    }
+    let roll = RollForward { plan: &plan, target, base: &base, etcdutl: &etcdutl, etcd: &etcd, work: work.path() };
+    let rolled = tokio::select! {
+        r = roll_forward(&roll) => r?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted during the replay: the data directory was not changed"),
+    };
+    printed.replayed(&rolled, plan.expected_hash.is_some());
+    if format == OutputFormat::Table {
+        println!("{}", view::replayed_text(&plan, &rolled));
+    }
+
+    // The token was checked against the base above; the rolled file carries no metadata.
+    let install = request(&args, SnapshotSource::from_path(&rolled.snapshot)?, false, None);
+    let result = tokio::select! {
+        r = restore::restore(&install, None, |r| if !r.ok { print_report(r) }) => r?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted before the restored data was put in place: the data directory was not changed"),
+    };
+    let RestoreOutcome::Restored { installed, duration, report } = result else {
+        bail!("the rolled-forward snapshot {} did not pass its checks; nothing was touched", rolled.snapshot.display());
+    };
+    printed.restored(Restored::new(&installed, duration));
+    finish(&printed, format, &view::done_text(&plan, &rolled, &installed, &report.member))
+}
+
+/// The snapshots and chains of the snapshot directory.
+async fn plan_in_dir(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+    let store = open_snapshot_dir(args, "nothing to roll forward", "snap.db")?;
+    let plan = plan_local(&store, target, args.cluster_id.as_deref()).await?;
+    let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
+    let base = SnapshotSource::from_local_store(&store, &name)?;
+    Ok((plan, base))
+}
+
+/// With --s3: the snapshots and chains of the S3 folder.
+async fn plan_in_s3(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+    let store: Arc<dyn SnapshotStore> = S3Store::new(resolve::s3_settings(&args.s3, None).parse()?, None)?;
+    let plan = plan_s3(&store, target, args.cluster_id.as_deref()).await?;
+    let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
+    Ok((plan, base))
+}
+
+/// The base's pre-flight report (token, target, space, etcdutl, and its bytes), before any
+/// work; false, said, when a check failed.
+async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result<bool> {
+    let check = request(args, base.clone(), true, resolve::current_token(&args.token)?);
+    let outcome = restore::restore(&check, None, |r| {
+        if args.output.output == OutputFormat::Table {
+            // Checked like a dry run; headed as what the command will do.
+            let mut shown = r.clone();
+            shown.dry_run = args.dry_run;
+            print_report(&shown)
+        }
+    })
+    .await?;
+    if let RestoreOutcome::Refused(report) = outcome {
+        eprintln!("{}", refused_text(&report));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The base's or the rolled-forward snapshot's restore request: `token` None skips the token
+/// check (it was made against the base).
+fn request(args: &RestoreArgs, source: SnapshotSource, dry_run: bool, token: Option<CurrentToken>) -> RestoreRequest {
+    RestoreRequest {
+        source,
+        data_dir: args.data_dir.clone(),
+        member: resolve::member_settings(&args.member),
+        etcdutl: args.etcdutl.clone(),
+        ignore_token_mismatch: args.ignore_token_mismatch || token.is_none(),
+        token,
+        dry_run,
+    }
+}
+
+/// Prints `text` for a table, or the view as JSON or YAML; success.
+fn finish(printed: &PitrView, format: OutputFormat, text: &str) -> anyhow::Result<ExitCode> {
+    match format {
+        OutputFormat::Table => println!("{text}"),
+        _ => print_structured(printed, format)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--etcd`, else `etcd` from PATH.
+fn locate_etcd(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let usable =
+        |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    if let Some(p) = explicit {
+        anyhow::ensure!(usable(p), "--etcd {}: not an executable file", p.display());
+        return Ok(p.to_path_buf());
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .map(|dir| dir.join("etcd"))
+        .find(|p| usable(p))
+        .context("no etcd binary to replay the changes in: pass --etcd PATH (at least as new as the snapshot's etcd)")
+}
+
+/// A private directory beside the data directory (the result is large and ends up there).
+fn work_dir(data_dir: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let absolute = std::path::absolute(data_dir).with_context(|| format!("--data-dir {}", data_dir.display()))?;
+    let parent = absolute.parent().unwrap_or(Path::new("/"));
+    let name = absolute.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.etcdsnap-pitr-"))
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a working directory in {}; nothing was touched", parent.display()))
+}

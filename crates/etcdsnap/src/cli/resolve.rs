@@ -1,0 +1,303 @@
+//! Parsed flags become settings here, in one place: the node's name, the server token's hash,
+//! etcd's endpoints and certificates, the S3 and Kubernetes settings, the session of a command,
+//! the tools of drills, a restore's member and snapshot directory. A K3s or RKE2 server on the
+//! machine (or named by `--data-dir`) supplies the defaults it knows ([`Preset`]).
+//!
+//! Commands call these and never read a flag's meaning from elsewhere; what to do with the
+//! settings is the service layer's (`etcdsnap::session`, `etcdsnap::restore`, `etcdsnap::drill`).
+
+use super::commands::restore::MemberArgs;
+use super::flags::{
+    CompressArgs, DrillToolArgs, EtcdArgs, KubeArgs, NodeFlags, S3Args, SnapshotFlags, StorageArgs, TokenArgs,
+};
+use super::presets::Preset;
+use anyhow::{Context as _, bail};
+use etcdsnap::drill::DrillOptions;
+use etcdsnap::drill::tools::ToolError;
+use etcdsnap::restore::{CurrentToken, MemberSettings};
+use etcdsnap::session::{KubePolicy, LocalSetting, Session, SessionConfig};
+use etcdsnap_api::{Compression, SnapshotName, TokenHash, validate_node_name};
+use etcdsnap_kube::{ConnectOptions, Kube, KubeSettings, LegacySettings};
+use etcdsnap_storage::etcd::EtcdConfig;
+use etcdsnap_storage::store::s3::{RawS3Settings, S3Key, SettingsOrigin};
+use std::path::{Path, PathBuf};
+
+/// etcdsnap's data directory when none is given.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/etcdsnap";
+
+/// The K3s or RKE2 server these flags are about, if any: `--data-dir` naming one, or with no
+/// `--data-dir` and no `--dir`, the machine's own.
+pub fn preset(storage: &StorageArgs) -> Option<Preset> {
+    match (&storage.data_dir, &storage.dir) {
+        (Some(dd), _) => Preset::at(dd),
+        (None, None) => Preset::detect(),
+        (None, Some(_)) => None,
+    }
+}
+
+/// This node's name: the flag (or `$ETCDSNAP_NODE_NAME`), else the first of `$NODE_NAME` (what
+/// K3s sets for itself), `$K3S_NODE_NAME`, `$RKE2_NODE_NAME` and the K3s/RKE2 config's
+/// `node-name`, else the host name in lower case. Any name K3s accepts is accepted, unless
+/// Kubernetes would refuse the objects named after it.
+pub fn node_name(args: &StorageArgs, preset: Option<&Preset>) -> anyhow::Result<String> {
+    let from_env = ["NODE_NAME", "K3S_NODE_NAME", "RKE2_NODE_NAME"]
+        .into_iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.trim().is_empty()));
+    let name = match (&args.node_name, from_env, preset.and_then(Preset::config_node_name)) {
+        (Some(n), _, _) => n.clone(),
+        (None, Some(n), _) | (None, None, Some(n)) => n,
+        (None, None, None) => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .context("cannot determine the node name: pass --node-name")?
+            .trim()
+            .to_lowercase(),
+    };
+    let name = name.trim().to_string();
+    validate_node_name(&name).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+    Ok(name)
+}
+
+/// The server token's hash: `--token` (or `$ETCDSNAP_TOKEN`), `--token-file`, then K3s's and
+/// RKE2's own variables (`$K3S_TOKEN`, `$K3S_TOKEN_FILE`, `$RKE2_TOKEN`, `$RKE2_TOKEN_FILE`), then
+/// the server's token file. None when there is no token anywhere (the hash is then not
+/// recorded). Where it came from is logged, never the token.
+pub fn token_hash(args: &TokenArgs, preset: Option<&Preset>) -> anyhow::Result<Option<TokenHash>> {
+    let hash_of = |token: &str, from: &str| TokenHash::of_token(token).with_context(|| from.to_string());
+    let from_file = |path: &Path, from: &str| -> anyhow::Result<TokenHash> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {from} {}", path.display()))?;
+        hash_of(&text, &format!("{from} {}", path.display()))
+    };
+    if let Some(token) = &args.token {
+        return Ok(Some(hash_of(token, "--token")?));
+    }
+    if let Some(path) = &args.token_file {
+        return Ok(Some(from_file(path, "--token-file")?));
+    }
+    for distro in ["K3S", "RKE2"] {
+        if let Ok(token) = std::env::var(format!("{distro}_TOKEN"))
+            && !token.trim().is_empty()
+        {
+            tracing::info!("server token from ${distro}_TOKEN");
+            return Ok(Some(hash_of(&token, &format!("${distro}_TOKEN"))?));
+        }
+        if let Some(path) = std::env::var_os(format!("{distro}_TOKEN_FILE")) {
+            tracing::info!("server token from ${distro}_TOKEN_FILE");
+            return Ok(Some(from_file(Path::new(&path), &format!("${distro}_TOKEN_FILE"))?));
+        }
+    }
+    if let Some(p) = preset
+        && p.token_file().is_file()
+    {
+        tracing::info!(file = %p.token_file().display(), "server token from the {} server", p.distro.name());
+        return Ok(Some(from_file(&p.token_file(), "the server token file")?));
+    }
+    Ok(None)
+}
+
+/// The token of a node's flags, for the commands that record it (`save`, the agent).
+pub fn node_token_hash(node: &NodeFlags) -> anyhow::Result<Option<TokenHash>> {
+    token_hash(&node.token, preset(&node.storage).as_ref())
+}
+
+/// The current server token's hash for a restore to compare with the recorded one, with where
+/// it came from (a restore runs on the machine's own server, if any).
+pub fn current_token(args: &TokenArgs) -> anyhow::Result<Option<CurrentToken>> {
+    Ok(token_hash(args, Preset::detect().as_ref())?.map(|hash| CurrentToken {
+        hash,
+        // --token and --token-file exclude each other.
+        from: match (&args.token, &args.token_file) {
+            (None, Some(p)) => format!("--token-file {}", p.display()),
+            _ => "--token".into(),
+        },
+    }))
+}
+
+/// etcd's endpoints and certificates: the flags, else a K3s/RKE2 server's client certificate.
+pub fn etcd_config(args: &EtcdArgs, preset: Option<&Preset>) -> EtcdConfig {
+    let mut config = EtcdConfig {
+        endpoints: args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
+        ca_file: args.cacert.clone(),
+        cert_file: args.cert.clone(),
+        key_file: args.key.clone(),
+        dial_timeout: args.dial_timeout,
+        command_timeout: args.command_timeout,
+        stream_idle_timeout: args.command_timeout,
+    };
+    let no_tls_flags = args.cacert.is_none() && args.cert.is_none() && args.key.is_none();
+    if no_tls_flags && let Some((ca, cert, key)) = preset.and_then(Preset::etcd_tls) {
+        tracing::info!(cert = %cert.display(), "etcd client certificate of the {} server", preset.map(|p| p.distro.name()).unwrap_or_default());
+        (config.ca_file, config.cert_file, config.key_file) = (Some(ca), Some(cert), Some(key));
+    }
+    config
+}
+
+/// The S3 flags as raw settings for the one S3 settings parser (which reads the config
+/// Secret's `etcd-s3-*` keys the same way); `retention` is `--s3-retention`, when given.
+pub fn s3_settings(args: &S3Args, retention: Option<usize>) -> RawS3Settings {
+    let mut raw = RawS3Settings::new(SettingsOrigin::Flags);
+    let flag = |b: bool| if b { "true".to_string() } else { String::new() };
+    let values = [
+        (S3Key::Endpoint, args.endpoint.clone()),
+        (S3Key::EndpointCa, args.endpoint_ca.clone()),
+        (S3Key::SkipSslVerify, Some(flag(args.skip_ssl_verify))),
+        (S3Key::AccessKey, args.access_key.clone()),
+        (S3Key::SecretKey, args.secret_key.clone()),
+        (S3Key::SessionToken, args.session_token.clone()),
+        (S3Key::Bucket, args.bucket.clone()),
+        (S3Key::Region, args.region.clone()),
+        (S3Key::Folder, args.folder.clone()),
+        (S3Key::Insecure, Some(flag(args.insecure))),
+        (S3Key::BucketLookupType, args.bucket_lookup.clone()),
+        (S3Key::Timeout, args.timeout.clone()),
+        (S3Key::Proxy, args.proxy.clone()),
+        (S3Key::Retention, retention.map(|r| r.to_string())),
+    ];
+    for (key, value) in values {
+        if let Some(v) = value {
+            raw.set(key, v);
+        }
+    }
+    raw
+}
+
+/// How to reach the API server (`--kubeconfig`, `--no-kube`).
+pub fn kube_connect(args: &KubeArgs) -> ConnectOptions {
+    ConnectOptions { kubeconfig: args.kubeconfig.clone(), disabled: args.no_kube }
+}
+
+/// What this node does in the cluster: its duties' limits and the objects it reads.
+pub fn kube_settings(args: &KubeArgs, node_name: &str) -> KubeSettings {
+    KubeSettings {
+        node_name: node_name.to_string(),
+        orphan_ttl: args.orphan_ttl,
+        legacy: LegacySettings {
+            enabled: args.legacy_configmap,
+            max_bytes: args.legacy_configmap_max_bytes,
+            max_keys: args.legacy_configmap_max_keys,
+        },
+        extra_metadata_configmap: args.extra_metadata_configmap.clone(),
+        s3_config_secret: args.s3_config_secret.clone(),
+        annotate_node: args.annotate_node,
+    }
+}
+
+/// A connection for the commands that read or write resources only (no storage); `what` names
+/// the command in the error when there is none.
+pub async fn kube_only(args: &KubeArgs, what: &str) -> anyhow::Result<Kube> {
+    match Kube::connect(&kube_connect(args), kube_settings(args, "")).await? {
+        Some(kube) => Ok(kube),
+        None => bail!("{what} needs Kubernetes access: no kubeconfig found (or --no-kube)"),
+    }
+}
+
+/// The compression of new snapshots: `--snapshot-compress` (K3s's switch) means zip.
+pub fn compression(args: &CompressArgs) -> Compression {
+    if args.snapshot_compress { Compression::Zip } else { args.compress }
+}
+
+/// What a command's node flags configure. `creates`: the command writes snapshots (the default
+/// directory is created, saves take its lock). `s3_retention`: `--s3-retention`, when given.
+pub fn session_config(
+    node: &NodeFlags,
+    s3_retention: Option<usize>,
+    creates: bool,
+    policy: KubePolicy,
+) -> anyhow::Result<SessionConfig> {
+    let storage = &node.storage;
+    let preset = preset(storage);
+    let name = node_name(storage, preset.as_ref())?;
+    let data_dir = match (&preset, &storage.data_dir) {
+        (Some(p), _) => p.state_dir(),
+        (None, Some(dd)) => dd.clone(),
+        (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+    };
+    let (dir, is_default) = match (&storage.dir, &preset) {
+        (Some(dir), _) => (dir.clone(), false),
+        (None, Some(p)) => (p.snapshot_dir(), true),
+        (None, None) => (data_dir.join("snapshots"), true),
+    };
+    if let Some(p) = &preset {
+        tracing::info!(data_dir = %p.data_dir.display(), snapshots = %dir.display(), "{} server: using its paths", p.distro.name());
+    }
+    Ok(SessionConfig {
+        kube: kube_connect(&node.kube),
+        kube_settings: kube_settings(&node.kube, &name),
+        kube_policy: policy,
+        node_name: name,
+        data_dir,
+        local: LocalSetting { dir, is_default, keep: !storage.no_local },
+        creates,
+        s3_enabled: storage.s3.enabled,
+        s3_flags: s3_settings(&storage.s3, s3_retention),
+        s3_stale_upload_after: storage.s3.stale_upload_after,
+        cluster_id: storage.cluster_id.clone(),
+        etcd: etcd_config(&node.etcd, preset.as_ref()),
+        token_hash: None,
+        zstd_level: node.compress.zstd_level,
+        record_hash_kv: node.etcd.record_hashkv,
+    })
+}
+
+/// The session of a snapshot command (the token is read only by the commands that record or
+/// check it).
+pub async fn command_session(flags: &SnapshotFlags, creates: bool) -> anyhow::Result<Session> {
+    let config = session_config(&flags.node, flags.retention.s3_retention, creates, KubePolicy::OneShot)?;
+    Ok(Session::open(config).await?)
+}
+
+/// Snapshot names as given; every one that is not a valid name is reported at once.
+pub fn snapshot_names(names: &[String]) -> anyhow::Result<Vec<SnapshotName>> {
+    let mut parsed = Vec::new();
+    let mut bad = Vec::new();
+    for n in names {
+        match SnapshotName::parse(n) {
+            Ok(name) => parsed.push(name),
+            Err(e) => bad.push(e.to_string()),
+        }
+    }
+    if !bad.is_empty() {
+        bail!("{}", bad.join("; "));
+    }
+    Ok(parsed)
+}
+
+/// The drill options, with etcdutl found and asked for its version, the etcd binary checked,
+/// and how the contents will be hashed (refused when they cannot be).
+pub async fn drill_options(args: &DrillToolArgs) -> Result<DrillOptions, ToolError> {
+    etcdsnap::drill::tools::prepare(
+        args.etcdutl.clone(),
+        args.drill_etcd.clone(),
+        args.drill_dir.clone().unwrap_or_else(std::env::temp_dir),
+        args.drill_timeout,
+    )
+    .await
+}
+
+/// The restored member's settings: the initial cluster defaults to `<name>=<first peer URL>`.
+pub fn member_settings(args: &MemberArgs) -> MemberSettings {
+    let first_peer = args.initial_advertise_peer_urls.split(',').next().unwrap_or_default().trim().to_string();
+    MemberSettings {
+        initial_cluster: args.initial_cluster.clone().unwrap_or_else(|| format!("{}={first_peer}", args.name)),
+        name: args.name.clone(),
+        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
+        initial_cluster_token: args.initial_cluster_token.clone(),
+        bump_revision: args.bump_revision,
+        mark_compacted: args.mark_compacted,
+    }
+}
+
+/// The snapshot directory a restore looks names up in: `--dir`, else `$ETCDSNAP_DATA_DIR`'s
+/// (a K3s/RKE2 data directory means its own), a K3s/RKE2 server's, or the default.
+pub fn restore_snapshot_dir(dir: Option<&Path>) -> PathBuf {
+    match (dir, std::env::var_os("ETCDSNAP_DATA_DIR")) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(data_dir)) => match Preset::at(Path::new(&data_dir)) {
+            Some(p) => p.snapshot_dir(),
+            None => PathBuf::from(data_dir).join("snapshots"),
+        },
+        (None, None) => match Preset::detect() {
+            Some(p) => p.snapshot_dir(),
+            None => PathBuf::from(DEFAULT_DATA_DIR).join("snapshots"),
+        },
+    }
+}

@@ -1,0 +1,90 @@
+//! The [`Context`] every operation runs in: the stores and identity one operation works with,
+//! built by [`crate::session::Session::context`].
+
+use etcdsnap_api::{ETCDSnapshotS3, TokenHash};
+use etcdsnap_storage::etcd::EtcdConfig;
+use etcdsnap_storage::store::local::LocalStore;
+use etcdsnap_storage::store::locks::RemovalLock;
+use etcdsnap_storage::store::{SnapshotStore, StoreError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The stores and identity one operation works with, from [`crate::session::Session::context`].
+#[derive(Clone)]
+pub struct Context {
+    pub node_name: String,
+    pub etcd: EtcdConfig,
+    /// The node's snapshot directory, if snapshots are kept locally.
+    pub local: Option<LocalStore>,
+    /// The S3 store, if configured.
+    pub remote: Option<Arc<dyn SnapshotStore>>,
+    /// Details of the S3 location for records (never credentials).
+    pub remote_spec: Option<ETCDSnapshotS3>,
+    /// Snapshots to keep per node in S3 when configured (`--s3-retention`, `etcd-s3-retention`).
+    pub s3_retention: Option<usize>,
+    /// How long an S3 upload of this node must have been idle before a save aborts it as left
+    /// by a killed save.
+    pub stale_upload_after: Duration,
+    pub token_hash: Option<TokenHash>,
+    pub cluster_id: Option<String>,
+    pub extra_metadata: Option<BTreeMap<String, String>>,
+    pub zstd_level: i32,
+    /// Ask the member for its HashKV after each save and record it.
+    pub record_hash_kv: bool,
+    /// Where saves take their lock when there is no local store (S3 only): the directory a local
+    /// store would use, so every save of the node takes the same lock.
+    pub lock_dir: Option<PathBuf>,
+    /// Within one process (the agent): a reconcile pass holds it shared from its listing to
+    /// its last write, a prune or delete alone. Otherwise a pass that listed a snapshot just
+    /// before retention removed it would create its resource again (seen in
+    /// `agent_cluster.rs`: created, deleted, created). Processes exclude each other through
+    /// the removal lock file only for reads that verify.
+    pub removals: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl Context {
+    /// The snapshot directory whose locks this node's operations take: the local store's, or
+    /// where a local copy would be kept (S3 only).
+    fn lock_dir(&self) -> Option<&Path> {
+        self.local.as_ref().map(LocalStore::dir).or(self.lock_dir.as_deref())
+    }
+
+    /// Held while snapshots are removed (prune, delete): refused while a verify reads them.
+    pub fn lock_for_removal(&self) -> Result<Option<RemovalLock>, StoreError> {
+        self.lock_dir().map(RemovalLock::remove).transpose()
+    }
+
+    /// Held while every snapshot is read (verify): waits up to `wait` for a removal to finish.
+    pub async fn lock_for_reading(&self, wait: Duration) -> Result<Option<RemovalLock>, StoreError> {
+        match self.lock_dir() {
+            Some(dir) => RemovalLock::read(dir, wait).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every configured store, local first.
+    pub fn stores(&self) -> Vec<&dyn SnapshotStore> {
+        let mut stores: Vec<&dyn SnapshotStore> = Vec::new();
+        if let Some(local) = &self.local {
+            stores.push(local);
+        }
+        if let Some(remote) = &self.remote {
+            stores.push(remote.as_ref());
+        }
+        stores
+    }
+
+    /// Every configured store, local first, as handles a snapshot source can keep.
+    pub fn shared_stores(&self) -> Vec<Arc<dyn SnapshotStore>> {
+        let mut stores: Vec<Arc<dyn SnapshotStore>> = Vec::new();
+        if let Some(local) = &self.local {
+            stores.push(Arc::new(local.clone()));
+        }
+        if let Some(remote) = &self.remote {
+            stores.push(remote.clone());
+        }
+        stores
+    }
+}

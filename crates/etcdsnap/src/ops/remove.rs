@@ -1,0 +1,139 @@
+//! Removing snapshots: `delete` by name from every store, and `prune`, which applies retention.
+//! Both hold the removal lock, so nothing is removed under a `verify` that reads the snapshots,
+//! and the process's removal guard, so no reconcile pass of the agent lists half a removal.
+
+use super::Context;
+use etcdsnap_api::{SnapshotName, StorageKind};
+use etcdsnap_storage::store::{RetentionPolicy, StoreError, plan_retention};
+
+/// What happened to one name in one store.
+#[derive(Debug)]
+pub enum DeleteResult {
+    Deleted,
+    NotFound,
+    Failed(StoreError),
+}
+
+/// One name in one store.
+#[derive(Debug)]
+pub struct Deletion {
+    pub name: SnapshotName,
+    pub storage: StorageKind,
+    /// The store as the operator knows it.
+    pub store: String,
+    pub result: DeleteResult,
+}
+
+/// Deletes `names` from every store; one [`Deletion`] per name and store. An error means the
+/// removal lock could not be taken (a verify is reading): nothing was removed.
+pub async fn delete(ctx: &Context, names: &[SnapshotName]) -> Result<Vec<Deletion>, StoreError> {
+    let _in_process = ctx.removals.write().await;
+    let _removing = ctx.lock_for_removal()?;
+    let mut results = Vec::new();
+    for name in names {
+        for store in ctx.stores() {
+            let result = match store.delete(name).await {
+                Ok(true) => DeleteResult::Deleted,
+                Ok(false) => DeleteResult::NotFound,
+                Err(e) => DeleteResult::Failed(e),
+            };
+            results.push(Deletion { name: name.clone(), storage: store.kind(), store: store.describe(), result });
+        }
+    }
+    Ok(results)
+}
+
+/// The snapshots a delete removed, for the resources to follow.
+pub fn deleted(results: &[Deletion]) -> Vec<(StorageKind, SnapshotName)> {
+    results.iter().filter(|d| matches!(d.result, DeleteResult::Deleted)).map(|d| (d.storage, d.name.clone())).collect()
+}
+
+/// Retention per store.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub base_name: String,
+    pub keep_local: usize,
+    pub keep_remote: usize,
+}
+
+/// Why a prune left something in place.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// The removal lock could not be taken (a verify is reading): nothing was removed.
+    #[error(transparent)]
+    Lock(StoreError),
+    #[error(
+        "{store}: S3 retention skipped: the cluster id is unknown (no Kubernetes access and no --cluster-id), so other clusters' snapshots cannot be told apart"
+    )]
+    UnknownCluster { store: String },
+    #[error("{store}: {source}")]
+    List {
+        store: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{store}: deleting {name}: {source}")]
+    Delete {
+        store: String,
+        name: SnapshotName,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// What a prune removed (and failed to remove) per store.
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    pub deleted: Vec<(StorageKind, SnapshotName)>,
+    pub errors: Vec<PruneError>,
+}
+
+/// Applies retention: locally to every node group found in the directory (it is this node's);
+/// in S3 only to this node's snapshots of this cluster.
+pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
+    let mut report = PruneReport::default();
+    let _in_process = ctx.removals.write().await;
+    let _removing = match ctx.lock_for_removal() {
+        Ok(lock) => lock,
+        Err(e) => {
+            report.errors.push(PruneError::Lock(e));
+            return report;
+        }
+    };
+    for store in ctx.stores() {
+        let policy = match store.kind() {
+            StorageKind::Local => {
+                RetentionPolicy { base: opts.base_name.clone(), keep: opts.keep_local, node: None, cluster_id: None }
+            }
+            StorageKind::S3 => {
+                let Some(cluster) = ctx.cluster_id.clone() else {
+                    report.errors.push(PruneError::UnknownCluster { store: store.describe() });
+                    continue;
+                };
+                RetentionPolicy {
+                    base: opts.base_name.clone(),
+                    keep: opts.keep_remote,
+                    node: Some(ctx.node_name.clone()),
+                    cluster_id: Some(cluster),
+                }
+            }
+        };
+        let listing = match store.list().await {
+            Ok(l) => l,
+            Err(source) => {
+                report.errors.push(PruneError::List { store: store.describe(), source });
+                continue;
+            }
+        };
+        for name in plan_retention(&listing.records, &policy) {
+            match store.delete(&name).await {
+                Ok(_) => {
+                    tracing::info!(snapshot = %name, store = %store.describe(), "removed by retention");
+                    report.deleted.push((store.kind(), name));
+                }
+                Err(source) => report.errors.push(PruneError::Delete { store: store.describe(), name, source }),
+            }
+        }
+    }
+    report
+}

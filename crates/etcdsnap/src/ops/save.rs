@@ -1,0 +1,359 @@
+//! Save: one snapshot streamed from an etcd member into every configured store in one pass,
+//! published (record first, then the snapshot) only where the whole stream arrived intact.
+//!
+//! [`save`] takes the node's lock and picks a free name; each [`Attempt`] streams from one
+//! member ([`Attempt::run`]), gathers what is recorded about etcd ([`Attempt::etcd_facts`]) and
+//! publishes every sink that received the whole stream ([`Attempt::publish`]). What follows a
+//! save (verify, resources, catch-up uploads, retention) is the session's:
+//! [`crate::session::Session::after_save`].
+
+use super::Context;
+use etcdsnap_api::consts::KUBERNETES_PREFIX;
+use etcdsnap_api::{Compression, EtcdInfo, SnapshotName, StorageKind, snapshot_file_name};
+use etcdsnap_storage::etcd::{EtcdError, EtcdMember, MemberStatus};
+use etcdsnap_storage::failpoint;
+use etcdsnap_storage::pipeline::encode::EncodeSpec;
+use etcdsnap_storage::pipeline::{self, PipelineError, PipelineOutput, Progress};
+use etcdsnap_storage::record::{MetadataSource, Outcome, SnapshotRecord};
+use etcdsnap_storage::store::local::DirLock;
+use etcdsnap_storage::store::{NewSnapshot, SnapshotSink, SnapshotStore, StoreError};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Failures that prevent a save from being attempted at all (nothing to record).
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("no snapshot destination: configure a local directory or S3")]
+    NoDestination,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Learner(EtcdError),
+    #[error(transparent)]
+    Etcd(EtcdError),
+    #[error("invalid snapshot name: {0}")]
+    Name(#[from] etcdsnap_api::NameError),
+    #[error("snapshot cancelled (shutting down); nothing was published")]
+    Cancelled,
+}
+
+/// What to save.
+#[derive(Debug, Clone)]
+pub struct SaveOptions {
+    /// Base name: `on-demand` for CLI saves, `etcd-snapshot` for scheduled ones.
+    pub base_name: String,
+    pub compression: Compression,
+    /// Cancelling aborts the save cleanly: no partial file, no open multipart upload.
+    pub cancel: CancellationToken,
+}
+
+/// The outcome of one save: a record per destination, ready or failed.
+#[derive(Debug, Clone)]
+pub struct SaveReport {
+    pub name: SnapshotName,
+    pub records: Vec<SnapshotRecord>,
+    pub member: Option<MemberStatus>,
+    /// Bytes received from etcd.
+    pub raw_size: u64,
+    pub duration: Duration,
+    /// When each destination was done (published or failed), from the start of the save.
+    pub finished: Vec<(StorageKind, Duration)>,
+}
+
+impl SaveReport {
+    pub fn all_ready(&self) -> bool {
+        self.records.iter().all(SnapshotRecord::is_ready)
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = (&SnapshotRecord, &str)> {
+        self.records.iter().filter_map(|r| match &r.outcome {
+            Outcome::Failed { message } => Some((r, message.as_str())),
+            Outcome::Ready => None,
+        })
+    }
+
+    /// The ready copy in `storage`, if the save reached it.
+    pub fn ready_in(&self, storage: StorageKind) -> Option<&SnapshotRecord> {
+        self.records.iter().find(|r| r.storage == storage && r.is_ready())
+    }
+}
+
+fn now_rounded() -> jiff::Timestamp {
+    let now = etcdsnap_storage::clock::now();
+    let secs = etcdsnap_api::round_to_second(now.as_nanosecond());
+    jiff::Timestamp::from_second(secs).unwrap_or(now)
+}
+
+/// Takes a snapshot and writes it to every configured store in one pass.
+pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>) -> Result<SaveReport, SaveError> {
+    let stores = ctx.stores();
+    if stores.is_empty() {
+        return Err(SaveError::NoDestination);
+    }
+    let _lock = match (&ctx.local, &ctx.lock_dir) {
+        (Some(local), _) => Some(local.lock()?),
+        (None, Some(dir)) => Some(DirLock::take(dir)?),
+        (None, None) => None,
+    };
+    let started = Instant::now();
+    clean_interrupted(ctx, &opts.base_name).await;
+    failpoint::reached(failpoint::SAVE_STARTED).await;
+    let (name, created_at) = free_name(ctx, &stores, opts).await?;
+    let mut report = SaveReport {
+        name,
+        records: Vec::new(),
+        member: None,
+        raw_size: 0,
+        duration: Duration::ZERO,
+        finished: Vec::new(),
+    };
+    let attempt = Attempt { ctx, opts, stores: &stores, created_at, started, progress: progress.as_ref() };
+    // A member that dies mid-stream costs one attempt only: the next streams from another member
+    // (same name; every sink of the broken attempt was aborted).
+    let mut tried: Vec<String> = Vec::new();
+    while let Some(lost) = attempt.run(&mut report, &tried).await? {
+        tried.push(lost);
+        if let Some(p) = &progress {
+            p.restart();
+        }
+    }
+    report.records.sort_by_key(|r| r.storage == StorageKind::S3);
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+/// One try at streaming the snapshot from a member into every store.
+struct Attempt<'a> {
+    ctx: &'a Context,
+    opts: &'a SaveOptions,
+    stores: &'a [&'a dyn SnapshotStore],
+    created_at: jiff::Timestamp,
+    started: Instant,
+    progress: Option<&'a Progress>,
+}
+
+impl Attempt<'_> {
+    /// Streams from the first member not in `tried` and records the outcome in `report`.
+    /// Returns the member's endpoint when it stopped streaming and another may be tried.
+    async fn run(&self, report: &mut SaveReport, tried: &[String]) -> Result<Option<String>, SaveError> {
+        let (ctx, name) = (self.ctx, report.name.clone());
+        let (mut member, status) = match ctx.etcd.connect_member_except(tried).await {
+            Ok(m) => m,
+            Err(e @ EtcdError::Learner { .. }) => return Err(SaveError::Learner(e)),
+            Err(e @ (EtcdError::ReadTls { .. } | EtcdError::IncompleteIdentity | EtcdError::NoEndpoints))
+                if tried.is_empty() =>
+            {
+                return Err(SaveError::Etcd(e));
+            }
+            Err(e) => {
+                let all: Vec<StorageKind> = self.stores.iter().map(|s| s.kind()).collect();
+                self.fail(report, &all, &e.to_string());
+                return Ok(None);
+            }
+        };
+        if let Some(p) = self.progress {
+            p.set_total(status.db_size.max(0) as u64);
+        }
+        tracing::info!(snapshot = %name, endpoint = %status.endpoint, revision = status.revision, db_size = status.db_size, "saving etcd snapshot");
+        report.member = Some(status.clone());
+
+        let sinks = self.open_sinks(report, &status).await;
+        let kinds: Vec<StorageKind> = sinks.iter().map(|s| s.storage()).collect();
+        if sinks.is_empty() {
+            return Ok(None);
+        }
+        let stream = match member.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                for sink in sinks {
+                    sink.abort().await;
+                }
+                self.fail(report, &kinds, &e.to_string());
+                return Ok(None);
+            }
+        };
+        let spec = EncodeSpec {
+            compression: self.opts.compression,
+            zstd_level: ctx.zstd_level,
+            zip_entry: name.without_compression_extension().to_string(),
+            created_at: self.created_at,
+            expected_size: status.db_size.max(0) as u64,
+        };
+        // The member computes its HashKV while it streams the snapshot: the save does not wait
+        // for it afterwards (bench/RESULTS.md, drills).
+        let streaming = pipeline::run(stream, sinks, spec, self.progress.cloned(), self.opts.cancel.clone());
+        let (streamed, etcd) = tokio::join!(streaming, self.etcd_facts(&mut member, &status));
+        match streamed {
+            Ok(output) => {
+                report.raw_size = output.raw_size;
+                self.publish(report, output, etcd).await;
+            }
+            Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
+            Err(PipelineError::Etcd(e @ (EtcdError::Stream { .. } | EtcdError::Stalled { .. })))
+                if tried.len() + 1 < ctx.etcd.endpoints.len() =>
+            {
+                tracing::warn!(snapshot = %name, error = %e, "the etcd member stopped streaming; taking the snapshot again from another member");
+                return Ok(Some(status.endpoint));
+            }
+            Err(e) => self.fail(report, &kinds, &e.to_string()),
+        }
+        Ok(None)
+    }
+
+    /// A sink in every store; a store that cannot take one is recorded as failed.
+    async fn open_sinks(&self, report: &mut SaveReport, status: &MemberStatus) -> Vec<Box<dyn SnapshotSink>> {
+        let ctx = self.ctx;
+        let new = NewSnapshot {
+            name: report.name.clone(),
+            node_name: ctx.node_name.clone(),
+            cluster_id: ctx.cluster_id.clone(),
+            token_hash: ctx.token_hash.clone(),
+            etcd: status.etcd_info(),
+        };
+        let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
+        for store in self.stores {
+            match store.create(&new).await {
+                Ok(sink) => sinks.push(sink),
+                Err(e) => self.fail(report, &[store.kind()], &e.to_string()),
+            }
+        }
+        sinks
+    }
+
+    /// What is recorded about etcd: the member's status and, when asked for, its HashKV at the
+    /// revision the snapshot started from (the snapshot holds every revision up to it, and a
+    /// HashKV at a past revision does not change while newer ones are written). A member that
+    /// cannot answer costs the record its hash, not the snapshot.
+    async fn etcd_facts(&self, member: &mut EtcdMember, status: &MemberStatus) -> EtcdInfo {
+        let mut etcd = status.etcd_info();
+        if self.ctx.record_hash_kv {
+            let facts = async {
+                let hash = member.hash_kv(status.revision).await?;
+                let keys = member.count_keys(KUBERNETES_PREFIX, status.revision).await?;
+                Ok::<_, EtcdError>((hash, keys))
+            };
+            let answer = tokio::select! {
+                // A cancelled save publishes nothing; it does not wait for the hash either.
+                _ = self.opts.cancel.cancelled() => return etcd,
+                answer = facts => answer,
+            };
+            match answer {
+                Ok((hash, keys)) => {
+                    etcd.hash_kv = Some(hash);
+                    etcd.kubernetes_keys = Some(keys);
+                }
+                Err(e) => {
+                    tracing::warn!(revision = status.revision, error = %e, "no HashKV recorded: drills of this snapshot check its bytes and trailer only")
+                }
+            }
+        }
+        etcd
+    }
+
+    /// Commits every sink that received the whole stream (metadata document first, then the
+    /// snapshot), aborts the ones that failed midway, and records the outcome of each.
+    async fn publish(&self, report: &mut SaveReport, output: PipelineOutput, etcd: EtcdInfo) {
+        let (ctx, name) = (self.ctx, report.name.clone());
+        failpoint::reached(failpoint::BEFORE_COMMIT).await;
+        for outcome in output.sinks {
+            let kind = outcome.sink.storage();
+            if let Some(e) = outcome.error {
+                outcome.sink.abort().await;
+                self.fail(report, &[kind], &e.to_string());
+                continue;
+            }
+            let stored = SnapshotRecord::stored(
+                name.clone(),
+                kind,
+                ctx.node_name.clone(),
+                outcome.sink.location(),
+                self.created_at,
+                output.stored_size,
+            );
+            let record = SnapshotRecord {
+                compression: self.opts.compression,
+                sha256: Some(output.stored_sha256.clone()),
+                etcd: Some(etcd.clone()),
+                metadata_source: MetadataSource::Document,
+                ..with_context(ctx, stored)
+            };
+            match outcome.sink.commit(&record.to_document()).await {
+                Ok(()) => {
+                    report.records.push(record);
+                    report.finished.push((kind, self.started.elapsed()));
+                }
+                Err(e) => self.fail(report, &[kind], &e.to_string()),
+            }
+        }
+    }
+
+    /// Records a failure for each of `kinds`.
+    fn fail(&self, report: &mut SaveReport, kinds: &[StorageKind], message: &str) {
+        for kind in kinds {
+            report.records.push(failed_record(self.ctx, &report.name, *kind, self.created_at, message));
+            report.finished.push((*kind, self.started.elapsed()));
+        }
+    }
+}
+
+/// Aborts what interrupted saves of this node and base name left in remote stores (best effort).
+async fn clean_interrupted(ctx: &Context, base: &str) {
+    if let Some(remote) = &ctx.remote
+        && let Err(e) = remote.clean_interrupted(&ctx.node_name, base, ctx.stale_upload_after).await
+    {
+        tracing::warn!(store = %remote.describe(), error = %e, "could not check for uploads left by interrupted saves");
+    }
+}
+
+/// K3s's name for a snapshot taken now; a name already taken this second (in any destination)
+/// moves to the next second rather than overwriting (K3s overwrites).
+async fn free_name(
+    ctx: &Context,
+    stores: &[&dyn SnapshotStore],
+    opts: &SaveOptions,
+) -> Result<(SnapshotName, jiff::Timestamp), SaveError> {
+    let mut created_at = now_rounded();
+    loop {
+        let file = snapshot_file_name(&opts.base_name, &ctx.node_name, created_at.as_second(), opts.compression);
+        let name = SnapshotName::parse(&file)?;
+        if !name_taken(stores, &name).await {
+            return Ok((name, created_at));
+        }
+        created_at = created_at.checked_add(jiff::SignedDuration::from_secs(1)).unwrap_or(created_at);
+    }
+}
+
+/// Whether any destination already holds `name`. A destination that cannot answer does not
+/// block the save (writing to it will report the problem).
+async fn name_taken(stores: &[&dyn SnapshotStore], name: &SnapshotName) -> bool {
+    for store in stores {
+        if let Ok(true) = store.exists(name).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// A failed record, shaped like K3s's: no location for local failures, size 0.
+fn failed_record(
+    ctx: &Context,
+    name: &SnapshotName,
+    storage: StorageKind,
+    created_at: jiff::Timestamp,
+    message: &str,
+) -> SnapshotRecord {
+    with_context(ctx, SnapshotRecord::failed(name.clone(), storage, ctx.node_name.clone(), created_at, message))
+}
+
+/// What this node records with every new copy: token hash, cluster id, the S3 location and the
+/// extra metadata.
+fn with_context(ctx: &Context, record: SnapshotRecord) -> SnapshotRecord {
+    SnapshotRecord {
+        token_hash: ctx.token_hash.clone(),
+        cluster_id: ctx.cluster_id.clone(),
+        s3: (record.storage == StorageKind::S3).then(|| ctx.remote_spec.clone()).flatten(),
+        extra_metadata: ctx.extra_metadata.clone(),
+        drill: None,
+        ..record
+    }
+}
