@@ -30,6 +30,7 @@ pub enum Fault {
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
     addr: SocketAddr,
+    target: String,
     fault: Arc<Mutex<Fault>>,
     forwarded: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -42,11 +43,10 @@ impl FaultProxy {
         let addr = listener.local_addr().map_err(|e| Error::io("proxy address", e))?;
         let fault = Arc::new(Mutex::new(Fault::None));
         let forwarded = Arc::new(AtomicU64::new(0));
-        let target = target.to_string();
-        let (f, n) = (fault.clone(), forwarded.clone());
+        let (to, f, n) = (target.to_string(), fault.clone(), forwarded.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (target, f, n) = (target.clone(), f.clone(), n.clone());
+                let (target, f, n) = (to.clone(), f.clone(), n.clone());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&target).await {
                         relay(client, server, f, n).await;
@@ -54,12 +54,17 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(FaultProxy { addr, fault, forwarded, task })
+        Ok(FaultProxy { addr, target: target.to_string(), fault, forwarded, task })
     }
 
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The `host:port` it forwards to.
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     pub fn set_fault(&self, fault: Fault) {

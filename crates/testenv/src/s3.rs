@@ -23,6 +23,8 @@ pub struct S3Tls {
 pub struct S3Server {
     server: Server,
     port: u16,
+    /// `127.0.0.1:<port>`.
+    endpoint: String,
     tls: Option<S3Tls>,
     access_key: String,
     secret_key: String,
@@ -47,6 +49,13 @@ impl S3Server {
     /// Plain HTTP.
     pub async fn start() -> Result<S3Server> {
         Self::start_with(false, None).await
+    }
+
+    /// Plain HTTP, with the bucket `bucket` created.
+    pub async fn with_bucket(bucket: &str) -> Result<S3Server> {
+        let s3 = Self::start().await?;
+        s3.create_bucket(bucket).await?;
+        Ok(s3)
     }
 
     /// HTTPS with a certificate from its own CA (see [`S3Server::tls`]).
@@ -115,7 +124,8 @@ impl S3Server {
         args.extend(["posix".into(), "--sidecar".into(), sidecar.display().to_string(), root.display().to_string()]);
         let server = Server::spawn("versitygw", &bin, args, d.join("versitygw.log"))?;
         let http = http.build().map_err(|e| Error::other("S3 HTTP client", e))?;
-        let mut s3 = S3Server { server, port, tls, access_key, secret_key, root, access_log, http, dir };
+        let endpoint = format!("127.0.0.1:{port}");
+        let mut s3 = S3Server { server, port, endpoint, tls, access_key, secret_key, root, access_log, http, dir };
         s3.wait_ready().await?;
         Ok(s3)
     }
@@ -162,7 +172,7 @@ impl S3Server {
 
     /// `127.0.0.1:<port>`: what K3s calls the endpoint (no scheme).
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.endpoint.clone()
     }
 
     /// `http://127.0.0.1:<port>` or `https://...`.
@@ -189,6 +199,39 @@ impl S3Server {
 
     pub fn region(&self) -> &str {
         REGION
+    }
+
+    /// The flags that point `etcdsnap` at `bucket` on this server: `--s3 --s3-endpoint <endpoint>
+    /// --s3-insecure --s3-bucket <bucket>`, without `--s3-insecure` when the server speaks TLS
+    /// (the caller then says how to trust it). The credentials go in the environment:
+    /// [`S3Server::credentials_env`].
+    pub fn etcdsnap_flags<'a>(&'a self, bucket: &'a str) -> Vec<&'a str> {
+        let mut flags = vec!["--s3", "--s3-endpoint", &self.endpoint];
+        if self.tls.is_none() {
+            flags.push("--s3-insecure");
+        }
+        flags.extend(["--s3-bucket", bucket]);
+        flags
+    }
+
+    /// The same settings as `etcdsnap` reads them from its environment (`ETCDSNAP_S3`,
+    /// `ETCDSNAP_S3_ENDPOINT`, `ETCDSNAP_S3_INSECURE` for plain HTTP, `ETCDSNAP_S3_BUCKET`), with
+    /// the credentials.
+    pub fn etcdsnap_env(&self, bucket: &str) -> Vec<(String, String)> {
+        let mut env =
+            vec![("ETCDSNAP_S3".to_string(), "true".to_string()), ("ETCDSNAP_S3_ENDPOINT".into(), self.endpoint())];
+        if self.tls.is_none() {
+            env.push(("ETCDSNAP_S3_INSECURE".into(), "true".into()));
+        }
+        env.push(("ETCDSNAP_S3_BUCKET".into(), bucket.to_string()));
+        env.extend(self.credentials_env().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    /// This server's credentials in the variables `etcdsnap` reads them from:
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub fn credentials_env(&self) -> [(&'static str, &str); 2] {
+        [("AWS_ACCESS_KEY_ID", &self.access_key), ("AWS_SECRET_ACCESS_KEY", &self.secret_key)]
     }
 
     /// The directory served as buckets (one sub-directory per bucket).
