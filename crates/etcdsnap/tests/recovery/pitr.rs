@@ -3,12 +3,9 @@
 //! HashKV equals the live member's there (HashKV covers every key's create and mod revision,
 //! version and lease, so equal hashes prove the replay exact). Then the refusals: a damaged
 //! segment, and a capture whose starting revision was compacted.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::TestResult;
+use crate::common;
+use crate::common::TestResult;
 use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use etcdsnap::pitr::capture::{CaptureError, CaptureReport, CaptureSettings, capture};
 use etcdsnap::pitr::replay::{Replay, ReplayError, ReplayReport, replay};

@@ -2,13 +2,10 @@
 //! PrometheusRule holds the same rules, the dashboard's queries are valid PromQL, and every
 //! metric the rules and the dashboard read exists on a real agent's /metrics (an agent that
 //! saved to disk and S3, led, kept the legacy ConfigMap and ran a drill).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::TestResult;
-use common::agent::metric;
-use common::cluster::{BUCKET, start_agent};
+use crate::common::TestResult;
+use crate::common::agent::metric;
+use crate::common::cluster::{BUCKET, start_agent};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -2,12 +2,9 @@
 //! default here, 3.7 is the newest. For each, against a real etcd of that version: `etcdsnap
 //! save` in every format, `etcdsnap verify`, `etcdsnap restore` with that version's own etcdutl,
 //! and that version's etcd started on the restored data directory serving the keys back.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestResult, files_in, load_kube_like_data, run};
+use crate::common;
+use crate::common::{TestResult, files_in, load_kube_like_data, run};
 use std::collections::BTreeMap;
 use std::path::Path;
 use testenv::Etcd;

@@ -1,12 +1,9 @@
 //! Three agents beside a 3-member etcd cluster, with one kube-apiserver and one S3 server: the
 //! production shape. Resources, retention and the leader Lease are checked on the real servers.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::cluster::{BUCKET, LEASE, agent_user, leader, start_agent};
-use common::{TestResult, files_in, load_kube_like_data};
+use crate::common;
+use crate::common::cluster::{BUCKET, LEASE, agent_user, leader, start_agent};
+use crate::common::{TestResult, files_in, load_kube_like_data};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::LABEL_STORAGE_NODE;
 use k8s_openapi::api::core::v1::ConfigMap;

@@ -1,11 +1,8 @@
 //! The snapshot engine and local storage, end to end: the real `etcdsnap` binary against real
 //! etcd servers started by testenv.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{
+use crate::common;
+use crate::common::{
     SlowEtcd, TestResult, etcdctl_snapshot, files_in, load_kube_like_data, mode, run, wait_for_save_in_progress,
 };
 use sha2::Digest;

@@ -1,14 +1,10 @@
 //! Point-in-time capture in company: two agents with Kubernetes beside one etcd. Only the
 //! leader captures; the newest snapshot's resource says how far it rolls forward; when the
 //! leader is killed, the new leader captures from its own newest snapshot.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::agent::metric;
-use common::cluster::{Agent, leader, start_agent};
-use common::{TestResult, load_kube_like_data};
+use crate::common::agent::metric;
+use crate::common::cluster::{Agent, leader, start_agent};
+use crate::common::{TestResult, load_kube_like_data};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::{ANNOTATION_ROLLS_FORWARD_TO, ANNOTATION_ROLLS_FORWARD_UNTIL};
 use kube::api::{Api, ListParams};

@@ -7,13 +7,10 @@
 //! of the snapshot directory sees the snapshots only. Faults: a compacted start breaks the chain
 //! and a new snapshot starts the next one, a restore across that gap is refused naming it, an
 //! agent killed mid-segment continues after restart without a gap or an overlap.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::agent::{AgentProcess, metric};
-use common::{TestResult, k3s, load_kube_like_data, run};
+use crate::common;
+use crate::common::agent::{AgentProcess, metric};
+use crate::common::{TestResult, k3s, load_kube_like_data, run};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use etcdsnap_api::KvHash;
 use std::path::Path;

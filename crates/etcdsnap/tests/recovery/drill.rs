@@ -2,12 +2,9 @@
 //! real API server: the HashKV recorded at save time, the hash level (etcdutl hashkv of the
 //! contents), the boot level (a private etcd on a restored copy), a snapshot rewritten so that
 //! its sha256 still matches, and a drill killed mid-way.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestResult, files_in, load_kube_like_data, run};
+use crate::common;
+use crate::common::{TestResult, files_in, load_kube_like_data, run};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::{ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ETCD_HASHKV};
 use k8s_openapi::api::core::v1::Event;

@@ -2,7 +2,6 @@
 //! the same RBAC rules, a DaemonSet whose flags the agent has and whose paths are mounted), refuses
 //! bad values, and the real kube-apiserver accepts every object it renders, for each preset.
 //! helm and kubectl are the pinned test binaries (`make testbins`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use etcdsnap_api::consts::{LEGACY_CONFIGMAP, PRIVATE_DIR, SYSTEM_NAMESPACE};
 use etcdsnap_storage::store::s3::settings::S3Key;

@@ -3,12 +3,8 @@
 //! retry or fail the listing; none of them reads as an empty bucket, so no resource is deleted
 //! and no snapshot re-uploaded because of it. Real etcd, API server and S3 server; the lies come
 //! from `testenv::LyingS3Proxy` in front of S3.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{Run, TestResult, files_in, load_kube_like_data, run};
+use crate::common::{Run, TestResult, files_in, load_kube_like_data, run};
 use etcdsnap_api::ETCDSnapshotFile;
 use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;

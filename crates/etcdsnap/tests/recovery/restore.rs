@@ -1,12 +1,9 @@
 //! `etcdsnap restore` end to end: snapshots of a real etcd, restored with the real etcdutl, and
 //! a real etcd started on the result to read the keys back. Damaged and hostile snapshots, token
 //! checks, occupied targets and dry runs are checked to leave the target exactly as it was.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestResult, files_in, load_kube_like_data, run};
+use crate::common;
+use crate::common::{TestResult, files_in, load_kube_like_data, run};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

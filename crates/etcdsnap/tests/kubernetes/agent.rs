@@ -1,12 +1,9 @@
 //! `etcdsnap agent` as a process, against real etcd and S3: schedule, retention, metrics,
 //! health, and shutdown.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::agent::{AgentProcess, metric};
-use common::{SlowEtcd, TestResult, files_in, load_kube_like_data};
+use crate::common;
+use crate::common::agent::{AgentProcess, metric};
+use crate::common::{SlowEtcd, TestResult, files_in, load_kube_like_data};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use testenv::{Etcd, Fault, S3Server};

@@ -1,11 +1,8 @@
 //! S3 storage end to end: the real `etcdsnap` binary, a real etcd and a real S3 server
 //! (versitygw) whose access log is the judge of which requests were made.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{Run, TestResult, files_in, load_kube_like_data, run};
+use crate::common;
+use crate::common::{Run, TestResult, files_in, load_kube_like_data, run};
 use sha2::Digest;
 use std::time::Duration;
 use testenv::{Etcd, Fault, FaultProxy, S3Server};

@@ -1,12 +1,9 @@
 //! The Kubernetes integration end to end: the real `etcdsnap` binary and library against a real
 //! kube-apiserver and etcd started by testenv. Requests are counted from the API server's own
 //! audit log.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{Run, TestResult, run};
+use crate::common;
+use crate::common::{Run, TestResult, run};
 use etcdsnap_api::consts::{
     ANNOTATION_TOKEN_HASH, FINALIZER_K3S, LABEL_STORAGE_NODE, LEGACY_CONFIGMAP, SYSTEM_NAMESPACE,
 };

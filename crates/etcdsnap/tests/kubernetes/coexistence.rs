@@ -2,14 +2,11 @@
 //! kind of etcdsnap run, node names K3s accepts, S3 settings from K3s's Secret, a bucket shared by
 //! folders, nodes whose names are suffixes of each other and two clusters, and K3s's flags and
 //! environment. Real etcd, kube-apiserver and S3 servers throughout.
-// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::agent::AgentProcess;
-use common::k3s;
-use common::{Run, SlowEtcd, TestResult, files_in, load_kube_like_data};
+use crate::common;
+use crate::common::agent::AgentProcess;
+use crate::common::k3s;
+use crate::common::{Run, SlowEtcd, TestResult, files_in, load_kube_like_data};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::{LABEL_STORAGE_NODE, SYSTEM_NAMESPACE};
 use k8s_openapi::api::coordination::v1::Lease;

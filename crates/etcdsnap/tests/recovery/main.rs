@@ -1,0 +1,15 @@
+//! Getting data back: `etcdsnap restore` (`restore`), every etcd minor saved and restored with
+//! its own tools (`versions`), restore drills (`drill`), and point-in-time recovery through the
+//! library (`pitr`), the agent (`pitr_agent`) and two agents with Kubernetes (`pitr_cluster`).
+// Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod drill;
+mod pitr;
+mod pitr_agent;
+mod pitr_cluster;
+mod restore;
+mod versions;
