@@ -6,10 +6,17 @@
 // Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+/// The helpers in `tests/common/` this binary uses (each binary names its own, so the compiler
+/// reports one that no test calls).
+#[path = "common"]
+mod common {
+    pub mod agent;
+    mod cli;
+    pub use cli::*;
+}
 
-use common::agent::{AgentProcess, metric};
-use common::{Run, TestResult};
+use common::agent::{Agent, metric};
+use common::{Run, TestResult, files_in, s};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_storage::failpoint;
 use kube::api::{Api, ListParams};
@@ -51,8 +58,7 @@ impl World {
         let etcd = Etcd::single().await?;
         load_megabytes(&etcd, mb).await?;
         let api = KubeApiServer::start(&etcd).await?;
-        let s3 = S3Server::start().await?;
-        s3.create_bucket(BUCKET).await?;
+        let s3 = S3Server::with_bucket(BUCKET).await?;
         Ok(World {
             etcd,
             api,
@@ -73,23 +79,19 @@ impl World {
 
     /// Settings shared by every run: etcd, node, data dir, S3, Kubernetes, server token.
     fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env: Vec<(String, String)> = vec![
             ("ETCDSNAP_ENDPOINTS".into(), self.etcd.endpoints().join(",")),
             ("ETCDSNAP_NODE_NAME".into(), NODE.into()),
-            ("ETCDSNAP_DATA_DIR".into(), self.data_dir().display().to_string()),
+            ("ETCDSNAP_DATA_DIR".into(), s(self.data_dir())),
             ("ETCDSNAP_TOKEN".into(), SERVER_TOKEN.into()),
-            ("ETCDSNAP_S3".into(), "true".into()),
-            ("ETCDSNAP_S3_ENDPOINT".into(), self.s3.endpoint()),
-            ("ETCDSNAP_S3_INSECURE".into(), "true".into()),
-            ("ETCDSNAP_S3_BUCKET".into(), BUCKET.into()),
-            // A save aborts the uploads its node left open once they are idle this long.
-            ("ETCDSNAP_S3_TIMEOUT".into(), format!("{}s", S3_TIMEOUT.as_secs())),
-            ("ETCDSNAP_S3_STALE_UPLOAD_AFTER".into(), format!("{}s", S3_TIMEOUT.as_secs())),
-            ("AWS_ACCESS_KEY_ID".into(), self.s3.access_key().into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), self.s3.secret_key().into()),
-            ("KUBECONFIG".into(), self.api.kubeconfig_path().display().to_string()),
+            ("KUBECONFIG".into(), s(self.api.kubeconfig_path())),
             ("RUST_LOG".into(), "info,etcdsnap=debug".into()),
-        ]
+        ];
+        env.extend(self.s3.etcdsnap_env(BUCKET));
+        // A save aborts the uploads its node left open once they are idle this long.
+        env.push(("ETCDSNAP_S3_TIMEOUT".into(), format!("{}s", S3_TIMEOUT.as_secs())));
+        env.push(("ETCDSNAP_S3_STALE_UPLOAD_AFTER".into(), format!("{}s", S3_TIMEOUT.as_secs())));
+        env
     }
 
     fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> tokio::process::Command {
@@ -192,12 +194,12 @@ impl World {
     /// Nothing half-done survives a normal run: no partial file, no open multipart upload, no
     /// record or metadata without its snapshot.
     async fn assert_nothing_partial(&self, after: &str) -> Result<(), Error> {
-        let partial = common::files_in(&self.data_dir().join(".etcdsnap/partial"));
+        let partial = files_in(&self.data_dir().join(".etcdsnap/partial"));
         assert!(partial.is_empty(), "after {after}: {partial:?} survived");
         let uploads = self.s3.list_multipart_uploads(BUCKET).await?;
         assert!(uploads.is_empty(), "after {after}: multipart uploads left open: {uploads:?}");
-        let snapshots: BTreeSet<String> = common::files_in(&self.snapshot_dir()).into_iter().collect();
-        for doc in common::files_in(&self.data_dir().join(".metadata")) {
+        let snapshots: BTreeSet<String> = files_in(&self.snapshot_dir()).into_iter().collect();
+        for doc in files_in(&self.data_dir().join(".metadata")) {
             let name = doc.strip_suffix(".etcdsnap.json").unwrap_or(&doc);
             assert!(snapshots.contains(name), "after {after}: local metadata {doc} without its snapshot");
         }
@@ -214,10 +216,8 @@ impl World {
     /// The snapshot directory holds published snapshots only, whatever happened: K3s takes every
     /// file there for a snapshot.
     fn assert_snapshots_only(&self, after: &str) {
-        let odd: Vec<String> = common::files_in(&self.snapshot_dir())
-            .into_iter()
-            .filter(|f| f.ends_with(".part") || f.starts_with('.'))
-            .collect();
+        let odd: Vec<String> =
+            files_in(&self.snapshot_dir()).into_iter().filter(|f| f.ends_with(".part") || f.starts_with('.')).collect();
         assert!(odd.is_empty(), "after {after}: the snapshot directory holds {odd:?}");
     }
 
@@ -233,23 +233,17 @@ impl World {
         }
     }
 
-    async fn start_agent(&self, args: &[&str], extra: &[(&str, &str)]) -> Result<AgentProcess, Error> {
+    async fn start_agent(&self, args: &[&str], extra: &[(&str, &str)]) -> Result<Agent, Error> {
         let env = self.env();
         let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         all.extend_from_slice(extra);
-        AgentProcess::start(args, &all, self.logs.path()).await
-    }
-
-    /// Folds an agent's log into the transcript.
-    fn keep_log(&self, agent: &AgentProcess) {
-        self.record("agent", &agent.log_text());
+        Agent::start(args, &all, self.logs.path()).await
     }
 
     /// SIGTERM; the agent must exit 0. Its log joins the transcript.
-    async fn stop_agent(&self, agent: AgentProcess) -> Result<(), Error> {
-        let (code, log) = agent.terminate().await?;
+    async fn stop_agent(&self, agent: Agent) -> Result<(), Error> {
+        let log = agent.stop().await?;
         self.record("agent", &log);
-        assert_eq!(code, Some(0), "{log}");
         Ok(())
     }
 }
@@ -297,7 +291,7 @@ fn by_location(stored: &BTreeSet<(String, bool)>) -> (BTreeSet<&String>, BTreeSe
 }
 
 /// Waits until the agent counts at least `n` successful saves; returns the count.
-async fn saves_at_least(agent: &AgentProcess, n: f64) -> Result<f64, Error> {
+async fn saves_at_least(agent: &Agent, n: f64) -> Result<f64, Error> {
     let series = "etcdsnap_saves_total{status=\"success\"}";
     let body = agent.wait_for_metric(series, n, Duration::from_secs(60)).await?;
     Ok(metric(&body, series).unwrap_or(n))
@@ -332,7 +326,7 @@ fn assert_private(dir: &Path) {
         if meta.file_type().is_symlink() {
             continue;
         }
-        let mode = common::mode(&path);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
         if meta.is_dir() {
             assert_eq!(mode, 0o700, "{} is {mode:o}", path.display());
             assert_private(&path);
@@ -371,9 +365,9 @@ async fn sigkill_at_every_point_of_a_save_loses_nothing() -> TestResult {
         // directory, where the bytes in flight have no name).
         world.assert_snapshots_only(&format!("SIGKILL at {point}"));
         if *point == failpoint::LOCAL_AFTER_METADATA {
-            let records = common::files_in(&world.data_dir().join(".metadata"));
+            let records = files_in(&world.data_dir().join(".metadata"));
             let orphans = records.iter().filter(|r| r.ends_with(".etcdsnap.json")).count();
-            assert!(orphans > common::files_in(&world.snapshot_dir()).len(), "SIGKILL at {point}: no orphan record");
+            assert!(orphans > files_in(&world.snapshot_dir()).len(), "SIGKILL at {point}: no orphan record");
         }
         let left_upload =
             [failpoint::MID_STREAM, failpoint::BEFORE_COMMIT, failpoint::S3_AFTER_METADATA].contains(point);
@@ -399,16 +393,15 @@ async fn sigkill_of_the_agent_mid_save_is_repaired_by_the_next_agent() -> TestRe
     let world = World::start(32).await?;
     let args = ["--schedule", "*/2 * * * * *", "--reconcile-interval", "3s", "--retention", "10"];
     for point in failpoint::POINTS {
-        let mut agent = world.start_agent(&args, &[(failpoint::ENV, point)]).await?;
+        let agent = world.start_agent(&args, &[(failpoint::ENV, point)]).await?;
         let wanted = format!("failpoint {point} reached");
         eventually(&format!("agent reaches {point}"), Duration::from_secs(60), || {
             let seen = agent.log_text().contains(&wanted);
             async move { Ok(seen) }
         })
         .await?;
-        agent.child.start_kill()?;
-        agent.child.wait().await?;
-        world.keep_log(&agent);
+        let log = agent.kill().await?;
+        world.record("agent", &log);
         world.assert_consistent(&format!("SIGKILL of the agent at {point}")).await?;
 
         // A fresh agent saves again, uploads what the killed one left local-only, and its
@@ -532,7 +525,7 @@ async fn killing_the_etcd_leader_mid_snapshot_makes_the_save_retry_from_a_surviv
     endpoints.extend(etcd.endpoints().into_iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, e)| e));
     let endpoints = endpoints.join(",");
     let data = tempfile::tempdir()?;
-    let dd = data.path().display().to_string();
+    let dd = s(data.path());
     let args = ["save", "--endpoints", &endpoints, "--node-name", NODE, "--data-dir", &dd, "--no-kube"];
     let child =
         common::command(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
@@ -548,7 +541,7 @@ async fn killing_the_etcd_leader_mid_snapshot_makes_the_save_retry_from_a_surviv
     // The stream broke with the leader; the same save took the snapshot again from a survivor.
     let out = out.expect_ok();
     assert!(out.stderr.contains("taking the snapshot again from another member"), "{}", out.stderr);
-    let published: Vec<String> = common::files_in(&data.path().join("snapshots")).into_iter().collect();
+    let published: Vec<String> = files_in(&data.path().join("snapshots")).into_iter().collect();
     assert_eq!(published.len(), 1, "{published:?}");
     let verified = common::run(&["verify", "--data-dir", &dd, "--node-name", NODE, "--no-kube", "-o", "json"], &[])
         .await
@@ -559,7 +552,7 @@ async fn killing_the_etcd_leader_mid_snapshot_makes_the_save_retry_from_a_surviv
     let alone = ["save", "--endpoints", &dead_only, "--node-name", NODE, "--data-dir", &dd, "--no-kube"];
     let out = common::run(&alone, &[]).await.expect_fail();
     assert!(out.stderr.contains(&dead_only), "the error names the endpoint: {}", out.stderr);
-    let after: Vec<String> = common::files_in(&data.path().join("snapshots")).into_iter().collect();
+    let after: Vec<String> = files_in(&data.path().join("snapshots")).into_iter().collect();
     assert_eq!(after, published);
     assert_private(data.path());
     Ok(())
@@ -581,7 +574,7 @@ async fn a_flipped_byte_anywhere_is_caught_by_verify_and_restore() -> TestResult
     eprintln!("corruption trials with FAULTS_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let target = tempfile::tempdir()?;
-    let restore_into = target.path().join("member-data").display().to_string();
+    let restore_into = s(&target.path().join("member-data"));
     let local_only = [("ETCDSNAP_S3", "false")];
     const TRIALS: usize = 100;
     for trial in 0..TRIALS {
@@ -603,7 +596,7 @@ async fn a_flipped_byte_anywhere_is_caught_by_verify_and_restore() -> TestResult
             let verify = world.run_with(verify_args, env).await;
             assert!(!verify.ok(), "{what}: verify passed\n{}", verify.stdout);
             let mut args = vec!["restore", name.as_str(), "--data-dir", &restore_into, "--name", "m0", "--dry-run"];
-            let dir = world.snapshot_dir().display().to_string();
+            let dir = s(&world.snapshot_dir());
             if !s3 {
                 args.extend(["--dir", dir.as_str()]);
             }
@@ -649,7 +642,7 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     let before_outside = contents(outside.path());
     let snaps = world.snapshot_dir();
     let meta = world.data_dir().join(".metadata");
-    let real = common::files_in(&snaps).into_iter().next().ok_or("no snapshot")?;
+    let real = files_in(&snaps).into_iter().next().ok_or("no snapshot")?;
 
     // Local: a snapshot that is a symlink out of the directory; a metadata document that is a
     // symlink; one that is huge, one deeply nested, one not JSON, one about another snapshot.

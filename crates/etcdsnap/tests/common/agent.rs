@@ -1,43 +1,63 @@
-//! `etcdsnap agent` as a child process with its metrics endpoint, for the agent and fault tests.
+//! `etcdsnap agent` as a child process with its metrics endpoint: the one way the tests start an
+//! agent (`cluster::start_agent` gives it the arguments of a cluster's node).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+type Error = Box<dyn std::error::Error>;
+
 /// A running agent; killed on drop.
-pub struct AgentProcess {
-    pub child: tokio::process::Child,
+pub struct Agent {
+    child: tokio::process::Child,
+    /// `127.0.0.1:<port>` of its /metrics, /healthz and /readyz.
     pub metrics: String,
-    pub log: PathBuf,
+    log: PathBuf,
 }
 
-impl AgentProcess {
-    pub async fn start(
-        args: &[&str],
-        env: &[(&str, &str)],
-        log_dir: &Path,
-    ) -> Result<AgentProcess, Box<dyn std::error::Error>> {
+impl Agent {
+    /// Starts `etcdsnap agent` with its metrics on a free port and no schedule jitter, then
+    /// `args` (a later flag overrides an earlier one) and `env` (nothing else of the caller's
+    /// ETCDSNAP_* or cloud settings: [`super::command`]); its log goes to `log_dir`. Returns as
+    /// soon as the process runs.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Result<Agent, Error> {
         let port = testenv::free_port()?;
         let metrics = format!("127.0.0.1:{port}");
         let log = log_dir.join(format!("agent-{port}.log"));
         let file = std::fs::File::create(&log)?;
         let mut cmd = super::command(&["agent", "--metrics-addr", &metrics, "--schedule-jitter", "0s"]);
-        cmd.args(args).stdout(file.try_clone()?).stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn()?;
-        let agent = AgentProcess { child, metrics, log };
+        cmd.args(args).envs(env.iter().copied()).stdout(file.try_clone()?).stderr(file);
+        Ok(Agent { child: cmd.spawn()?, metrics, log })
+    }
+
+    /// [`Agent::spawn`], then waits until /healthz answers.
+    pub async fn start(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Result<Agent, Error> {
+        let agent = Agent::spawn(args, env, log_dir)?;
         agent.wait_for("/healthz", |_, code| code == 200, Duration::from_secs(20)).await?;
         Ok(agent)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, `-TERM`, `-KILL`) to the agent.
+    pub fn signal(&self, signal: &str) -> Result<(), Error> {
+        let pid = self.pid().ok_or("agent not running")?;
+        let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status()?;
+        if !status.success() {
+            return Err(format!("kill {signal} {pid} failed").into());
+        }
+        Ok(())
+    }
+
+    /// The status code and body of `GET <path>` on its metrics address.
     pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
         let resp = reqwest::get(format!("http://{}{path}", self.metrics)).await.map_err(|e| e.to_string())?;
         let code = resp.status().as_u16();
         Ok((code, resp.text().await.map_err(|e| e.to_string())?))
     }
 
-    /// Polls `path` until `ok(body, status)`.
+    /// Polls `path` until `ok(body, status)`; returns the body.
     pub async fn wait_for(
         &self,
         path: &str,
@@ -67,12 +87,26 @@ impl AgentProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGTERM, then the exit code.
-    pub async fn terminate(mut self) -> Result<(Option<i32>, String), Box<dyn std::error::Error>> {
-        let pid = self.child.id().ok_or("agent already exited")?;
-        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    /// SIGTERM, then [`Agent::exited`]: the agent must shut down cleanly. Returns its log.
+    pub async fn stop(self) -> Result<String, Error> {
+        self.signal("-TERM")?;
+        self.exited().await
+    }
+
+    /// Waits (30 s at most) for the agent to exit, which it must do with status 0. Returns its log.
+    pub async fn exited(mut self) -> Result<String, Error> {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
-        Ok((status.code(), self.log_text()))
+        let log = self.log_text();
+        if !status.success() {
+            return Err(format!("the agent exited with {status}:\n{log}").into());
+        }
+        Ok(log)
+    }
+
+    /// SIGKILL (no chance to clean up), and waits for the process to go. Returns its log.
+    pub async fn kill(mut self) -> Result<String, Error> {
+        self.child.kill().await?;
+        Ok(self.log_text())
     }
 }
 

@@ -115,19 +115,3 @@ pub async fn list_s3(s3: &testenv::S3Server, bucket: &str, folder: &str) -> Resu
     found.sort();
     Ok(found)
 }
-
-/// The same view of the resources etcdsnap wrote: name, snapshot, size and `spec.metadata`.
-pub fn as_k3s_would_see(resources: &[etcdsnap_api::ETCDSnapshotFile]) -> Vec<K3sSnapshot> {
-    let mut out: Vec<K3sSnapshot> = resources
-        .iter()
-        .filter(|cr| cr.status.as_ref().and_then(|s| s.ready_to_use) == Some(true))
-        .map(|cr| K3sSnapshot {
-            cr_name: cr.metadata.name.clone().unwrap_or_default(),
-            snapshot_name: cr.spec.snapshot_name.clone(),
-            size: cr.status.as_ref().and_then(|s| s.size.as_ref()).and_then(|q| q.0.parse().ok()).unwrap_or(0),
-            metadata: cr.spec.metadata.clone(),
-        })
-        .collect();
-    out.sort();
-    out
-}

@@ -1,9 +1,10 @@
 //! `etcdsnap agent` as a process, against real etcd and S3: schedule, retention, metrics,
 //! health, and shutdown.
 
-use crate::common;
-use crate::common::agent::{AgentProcess, metric};
-use crate::common::{SlowEtcd, TestResult, files_in, load_kube_like_data};
+use crate::common::agent::{Agent, metric};
+use crate::common::etcd::etcd_with_objects;
+use crate::common::slow_etcd::{SlowEtcd, unpublished_bytes};
+use crate::common::{self, TestResult, files_in, s};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use testenv::{Etcd, Fault, S3Server};
@@ -21,37 +22,20 @@ fn snapshots(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_snapshots_keep_retention_locally_and_in_s3_and_move_the_gauges() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 200).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let etcd = etcd_with_objects(200).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
-    let (endpoints, dd) = (etcd.endpoints().join(","), data.path().to_string_lossy().to_string());
-    let env = [
-        ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
-        ("ETCDSNAP_NODE_NAME", "node-1"),
-        ("ETCDSNAP_DATA_DIR", dd.as_str()),
-        ("ETCDSNAP_S3_BUCKET", BUCKET),
-        ("AWS_ACCESS_KEY_ID", s3.access_key()),
-        ("AWS_SECRET_ACCESS_KEY", s3.secret_key()),
+    // etcd, the node, its data directory and S3 from the environment, as a DaemonSet gives them.
+    let mut env: Vec<(String, String)> = vec![
+        ("ETCDSNAP_ENDPOINTS".into(), etcd.endpoints().join(",")),
+        ("ETCDSNAP_NODE_NAME".into(), "node-1".into()),
+        ("ETCDSNAP_DATA_DIR".into(), s(data.path())),
     ];
-    let s3_endpoint = s3.endpoint();
-    let args = [
-        "--schedule",
-        "*/2 * * * * *",
-        "--retention",
-        "2",
-        "--s3",
-        "--s3-endpoint",
-        &s3_endpoint,
-        "--s3-insecure",
-        "--cluster-id",
-        "c1",
-        "--compress",
-        "zstd",
-    ];
+    env.extend(s3.etcdsnap_env(BUCKET));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let args = ["--schedule", "*/2 * * * * *", "--retention", "2", "--cluster-id", "c1", "--compress", "zstd"];
     let started = etcdsnap_storage::clock::now().as_second() as f64;
-    let agent = AgentProcess::start(&args, &env, data.path()).await?;
+    let agent = Agent::start(&args, &env, data.path()).await?;
     let first = agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 1.0, Duration::from_secs(30)).await?;
     let first_local =
         metric(&first, "etcdsnap_last_success_timestamp_seconds{location=\"local\"}").ok_or("no local gauge")?;
@@ -68,8 +52,7 @@ async fn scheduled_snapshots_keep_retention_locally_and_in_s3_and_move_the_gauge
         let series = format!("etcdsnap_etcd_snapshot_{m}_duration_seconds_count{{status=\"success\"}}");
         assert!(metric(&body, &series).is_some_and(|n| n >= 1.0), "{series} missing:\n{body}");
     }
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    let log = agent.stop().await?;
     // Retention held: the newest 2 locally and in S3, with their documents.
     let local = snapshots(data.path());
     assert_eq!(local.len(), 2, "{local:?}");
@@ -84,27 +67,20 @@ async fn scheduled_snapshots_keep_retention_locally_and_in_s3_and_move_the_gauge
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_snapshot_leaves_nothing_partial_and_exits_zero() -> TestResult {
     let slow = SlowEtcd::start(3000, 200_000).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
-    let (endpoint, dd, s3_endpoint) = (slow.endpoint.clone(), data.path().to_string_lossy().to_string(), s3.endpoint());
-    let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
-    let args = [
-        &node_n1(&endpoint, &dd)[..],
-        &["--schedule", "* * * * * *", "--s3", "--s3-endpoint", &s3_endpoint, "--s3-insecure", "--s3-bucket", BUCKET],
-    ]
-    .concat();
-    let agent = AgentProcess::start(&args, &env, data.path()).await?;
+    let (endpoint, dd) = (slow.endpoint.clone(), s(data.path()));
+    let args = [&node_n1(&endpoint, &dd)[..], &["--schedule", "* * * * * *"], &s3.etcdsnap_flags(BUCKET)].concat();
+    let agent = Agent::start(&args, &s3.credentials_env(), data.path()).await?;
     let snapdir = data.path().join("snapshots");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let pid = agent.child.id().ok_or("no pid")?;
-    while common::unpublished_bytes(pid, &snapdir).is_none() || s3.list_multipart_uploads(BUCKET).await?.is_empty() {
+    let pid = agent.pid().ok_or("no pid")?;
+    while unpublished_bytes(pid, &snapdir).is_none() || s3.list_multipart_uploads(BUCKET).await?.is_empty() {
         assert!(Instant::now() < deadline, "no snapshot in progress: {}", agent.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let t = Instant::now();
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    let log = agent.stop().await?;
     assert!(t.elapsed() < Duration::from_secs(15), "shutdown took {:?}", t.elapsed());
     assert!(log.contains("cancelled by shutdown"), "{log}");
     assert!(files_in(&snapdir).is_empty(), "left behind: {:?}", files_in(&snapdir));
@@ -117,13 +93,12 @@ async fn sigterm_mid_snapshot_leaves_nothing_partial_and_exits_zero() -> TestRes
 async fn an_overlapping_run_is_skipped_and_counted() -> TestResult {
     let slow = SlowEtcd::start(2000, 500_000).await?;
     let data = tempfile::tempdir()?;
-    let (endpoint, dd) = (slow.endpoint.clone(), data.path().to_string_lossy().to_string());
-    let args = ["--endpoints", &endpoint, "--node-name", "n1", "--data-dir", &dd, "--schedule", "* * * * * *"];
-    let agent = AgentProcess::start(&args, &[], data.path()).await?;
+    let (endpoint, dd) = (slow.endpoint.clone(), s(data.path()));
+    let args = [&node_n1(&endpoint, &dd)[..], &["--schedule", "* * * * * *"]].concat();
+    let agent = Agent::start(&args, &[], data.path()).await?;
     agent.wait_for_metric("etcdsnap_scheduled_runs_skipped_total", 2.0, Duration::from_secs(30)).await?;
     slow.proxy.set_fault(Fault::None);
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0));
+    let log = agent.stop().await?;
     assert!(log.contains("skipped: the previous run is still going"), "{log}");
     Ok(())
 }
@@ -131,7 +106,7 @@ async fn an_overlapping_run_is_skipped_and_counted() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_settings_fail_at_start_naming_the_flag() -> TestResult {
     let data = tempfile::tempdir()?;
-    let dd = data.path().to_string_lossy().to_string();
+    let dd = s(data.path());
     let base = ["agent", "--node-name", "n1", "--data-dir", dd.as_str()];
     let cases: [(&[&str], &str); 5] = [
         (&["--schedule", "every five minutes"], "--schedule"),
@@ -159,9 +134,9 @@ async fn invalid_settings_fail_at_start_naming_the_flag() -> TestResult {
 async fn readyz_follows_etcd() -> TestResult {
     let mut etcd = Etcd::single().await?;
     let data = tempfile::tempdir()?;
-    let (endpoints, dd) = (etcd.endpoints().join(","), data.path().to_string_lossy().to_string());
+    let (endpoints, dd) = (etcd.endpoints().join(","), s(data.path()));
     let args = [&node_n1(&endpoints, &dd)[..], &["--disable-snapshots", "--dial-timeout", "1s"]].concat();
-    let agent = AgentProcess::start(&args, &[], data.path()).await?;
+    let agent = Agent::start(&args, &[], data.path()).await?;
     agent.wait_for("/readyz", |_, code| code == 200, Duration::from_secs(20)).await?;
     etcd.kill(0);
     let body = agent.wait_for("/readyz", |_, code| code == 503, Duration::from_secs(30)).await?;
@@ -170,44 +145,25 @@ async fn readyz_follows_etcd() -> TestResult {
     agent.wait_for("/readyz", |_, code| code == 200, Duration::from_secs(30)).await?;
     let (code, _) = agent.get("/healthz").await?;
     assert_eq!(code, 200);
-    let (code, _) = agent.terminate().await?;
-    assert_eq!(code, Some(0));
+    agent.stop().await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_that_failed_while_s3_was_down_are_retried_by_later_runs() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 100).await?;
-    let mut s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let etcd = etcd_with_objects(100).await?;
+    let mut s3 = S3Server::with_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
-    let (endpoints, dd, s3_endpoint) =
-        (etcd.endpoints().join(","), data.path().to_string_lossy().to_string(), s3.endpoint());
+    let (endpoints, dd) = (etcd.endpoints().join(","), s(data.path()));
+    // Owned: the server is stopped and restarted while they are in use.
+    let s3_flags: Vec<String> = s3.etcdsnap_flags(BUCKET).into_iter().map(String::from).collect();
+    let s3_flags: Vec<&str> = s3_flags.iter().map(String::as_str).collect();
     let (access, secret) = (s3.access_key().to_string(), s3.secret_key().to_string());
     let env = [("AWS_ACCESS_KEY_ID", access.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
-    let args = [
-        &node_n1(&endpoints, &dd)[..],
-        &[
-            "--schedule",
-            "*/2 * * * * *",
-            "--retention",
-            "3",
-            "--s3",
-            "--s3-endpoint",
-            &s3_endpoint,
-            "--s3-insecure",
-            "--s3-bucket",
-            BUCKET,
-            "--s3-timeout",
-            "3s",
-            "--cluster-id",
-            "c1",
-        ],
-    ]
-    .concat();
+    let schedule = ["--schedule", "*/2 * * * * *", "--retention", "3", "--s3-timeout", "3s", "--cluster-id", "c1"];
+    let args = [&node_n1(&endpoints, &dd)[..], &schedule, &s3_flags].concat();
     s3.stop();
-    let agent = AgentProcess::start(&args, &env, data.path()).await?;
+    let agent = Agent::start(&args, &env, data.path()).await?;
     // Two runs with S3 down: local copies kept, uploads failed.
     let body = agent
         .wait_for_metric(
@@ -233,27 +189,10 @@ async fn uploads_that_failed_while_s3_was_down_are_retried_by_later_runs() -> Te
         assert!(Instant::now() < deadline, "S3 {remote:?} never caught up with local {local:?}:\n{}", agent.log_text());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (code, _) = agent.terminate().await?;
-    assert_eq!(code, Some(0));
+    agent.stop().await?;
     // What was uploaded late verifies like anything else.
-    let out = common::run(
-        &[
-            "verify",
-            "--data-dir",
-            &dd,
-            "--node-name",
-            "n1",
-            "--no-local",
-            "--s3",
-            "--s3-endpoint",
-            &s3_endpoint,
-            "--s3-insecure",
-            "--s3-bucket",
-            BUCKET,
-        ],
-        &env,
-    )
-    .await;
+    let verify = ["verify", "--data-dir", &dd, "--node-name", "n1", "--no-local"];
+    let out = common::run(&[&verify[..], &s3_flags].concat(), &env).await;
     assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     Ok(())
 }

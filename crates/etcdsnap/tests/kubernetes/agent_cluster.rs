@@ -1,9 +1,10 @@
 //! Three agents beside a 3-member etcd cluster, with one kube-apiserver and one S3 server: the
 //! production shape. Resources, retention and the leader Lease are checked on the real servers.
 
-use crate::common;
-use crate::common::cluster::{BUCKET, LEASE, agent_user, leader, start_agent};
-use crate::common::{TestResult, files_in, load_kube_like_data};
+use crate::agent_user;
+use crate::common::cluster::{BUCKET, LEASE, leader, start_agent};
+use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::{self, TestResult, files_in, s};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::LABEL_STORAGE_NODE;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -23,8 +24,7 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
     let etcd = Etcd::cluster(3).await?;
     load_kube_like_data(&mut etcd.client().await?, 200).await?;
     let api = KubeApiServer::start(&etcd).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let client = api.client().await?;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
     let nodes = ["node-a", "node-b", "node-c"];
@@ -94,11 +94,8 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
     // Kill the leader (no clean shutdown, no Lease release); a survivor takes over within a lease
     // duration plus one check.
     let idx = nodes.iter().position(|n| *n == first_leader).ok_or("leader is not an agent")?;
-    let mut dead = agents.remove(idx);
-    if let Some(mut c) = dead.child.take() {
-        c.start_kill()?;
-        c.wait().await?;
-    }
+    agents.remove(idx).kill().await?;
+    let survivors: Vec<&str> = nodes.iter().copied().filter(|n| *n != first_leader).collect();
     let killed = Instant::now();
     let new_leader = loop {
         if let Some(l) = leader(&client).await
@@ -110,44 +107,23 @@ async fn three_agents_one_leader_resources_once_retention_per_node_and_failover(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let takeover = killed.elapsed();
-    assert!(agents.iter().any(|a| a.node == new_leader));
+    assert!(survivors.contains(&new_leader.as_str()));
     eprintln!("leader {first_leader} killed; {new_leader} took over after {takeover:?}");
 
     // Stop the survivors cleanly, then one reconcile by the new leader's node makes resources
     // match storage exactly, with no resource created twice along the way.
-    for a in &mut agents {
-        if let Some(c) = a.child.as_ref().and_then(|c| c.id()) {
-            std::process::Command::new("kill").args(["-TERM", &c.to_string()]).status()?;
-        }
+    for agent in &agents {
+        agent.signal("-TERM")?;
     }
-    for a in &mut agents {
-        if let Some(mut c) = a.child.take() {
-            let status = tokio::time::timeout(Duration::from_secs(30), c.wait()).await??;
-            assert!(status.success(), "{} exited with {status}:\n{}", a.node, a.log_text());
-        }
+    for (node, agent) in survivors.iter().zip(agents) {
+        agent.exited().await.map_err(|e| format!("{node}: {e}"))?;
     }
+    let s3_flags = s3.etcdsnap_flags(BUCKET);
     for (i, node) in nodes.iter().enumerate() {
-        let (dd, kc) =
-            (dirs[i].path().to_string_lossy().to_string(), api.kubeconfig_path().to_string_lossy().to_string());
-        let out = common::run(
-            &[
-                "reconcile",
-                "--node-name",
-                node,
-                "--data-dir",
-                &dd,
-                "--kubeconfig",
-                &kc,
-                "--s3",
-                "--s3-endpoint",
-                &s3.endpoint(),
-                "--s3-insecure",
-                "--s3-bucket",
-                BUCKET,
-            ],
-            &[("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())],
-        )
-        .await;
+        let (dd, kc) = (s(dirs[i].path()), s(api.kubeconfig_path()));
+        let reconcile = ["reconcile", "--node-name", node, "--data-dir", &dd, "--kubeconfig", &kc];
+        let args = [&reconcile[..], &s3_flags].concat();
+        let out = common::run(&args, &s3.credentials_env()).await;
         assert!(out.ok(), "{node}: {}\n{}", out.stdout, out.stderr);
     }
     let by_label = check_consistent().await?;
@@ -206,21 +182,21 @@ async fn legacy_keys(client: &kube::Client) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_legacy_configmap_follows_every_node_s_saves_within_seconds() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 100).await?;
+    let etcd = etcd_with_objects(100).await?;
     let api = KubeApiServer::start(&etcd).await?;
     let client = api.client().await?;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
     // The agents' default reconcile interval (10 minutes): only the controller can be this quick.
     // 8 kept: each snapshot lives well beyond the 10 s its entry may take.
     let keep = ["--retention", "8"];
-    let mut agents = vec![start_agent("node-a", &etcd.endpoints()[0], dirs[0].path(), &api, None, &keep, &[]).await?];
+    let nodes = ["node-a", "node-b"];
+    let mut agents = vec![start_agent(nodes[0], &etcd.endpoints()[0], dirs[0].path(), &api, None, &keep, &[]).await?];
     let deadline = Instant::now() + Duration::from_secs(20);
     while leader(&client).await.as_deref() != Some("node-a") {
         assert!(Instant::now() < deadline, "node-a never led:\n{}", agents[0].log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    agents.push(start_agent("node-b", &etcd.endpoints()[0], dirs[1].path(), &api, None, &keep, &[]).await?);
+    agents.push(start_agent(nodes[1], &etcd.endpoints()[0], dirs[1].path(), &api, None, &keep, &[]).await?);
 
     // Every new snapshot of either node, the follower's included, gets its entry within 10 s.
     let mut seen: BTreeSet<String> = BTreeSet::new();
@@ -267,14 +243,8 @@ async fn the_legacy_configmap_follows_every_node_s_saves_within_seconds() -> Tes
         assert!(Instant::now() < deadline, "the ConfigMap never matched the resources: {keys:?} vs {resources:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for a in &mut agents {
-        if let Some(mut c) = a.child.take() {
-            if let Some(id) = c.id() {
-                std::process::Command::new("kill").args(["-TERM", &id.to_string()]).status()?;
-            }
-            let status = c.wait().await?;
-            assert!(status.success(), "{} exited with {status}:\n{}", a.node, a.log_text());
-        }
+    for (node, agent) in nodes.iter().zip(agents) {
+        agent.stop().await.map_err(|e| format!("{node}: {e}"))?;
     }
     Ok(())
 }

@@ -3,10 +3,11 @@
 //! folders, nodes whose names are suffixes of each other and two clusters, and K3s's flags and
 //! environment. Real etcd, kube-apiserver and S3 servers throughout.
 
-use crate::common;
-use crate::common::agent::AgentProcess;
-use crate::common::k3s;
-use crate::common::{Run, SlowEtcd, TestResult, files_in, load_kube_like_data};
+use crate::common::agent::Agent;
+use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::k3s::{self, K3sSnapshot};
+use crate::common::slow_etcd::{SlowEtcd, wait_for_save_in_progress};
+use crate::common::{self, Run, TestResult, files_in, s};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::{LABEL_STORAGE_NODE, SYSTEM_NAMESPACE};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -30,11 +31,9 @@ struct World {
 
 impl World {
     async fn start(objects: usize) -> Result<World, Box<dyn std::error::Error>> {
-        let etcd = Etcd::single().await?;
-        load_kube_like_data(&mut etcd.client().await?, objects).await?;
+        let etcd = etcd_with_objects(objects).await?;
         let api = KubeApiServer::start(&etcd).await?;
-        let s3 = S3Server::start().await?;
-        s3.create_bucket(BUCKET).await?;
+        let s3 = S3Server::with_bucket(BUCKET).await?;
         Ok(World { etcd, api, s3, data: tempfile::tempdir()? })
     }
 
@@ -52,8 +51,8 @@ impl World {
         vec![
             ("ETCDSNAP_ENDPOINTS".into(), self.etcd.endpoints().join(",")),
             ("ETCDSNAP_NODE_NAME".into(), node.into()),
-            ("ETCDSNAP_DATA_DIR".into(), self.data_dir(node).display().to_string()),
-            ("KUBECONFIG".into(), self.api.kubeconfig_path().display().to_string()),
+            ("ETCDSNAP_DATA_DIR".into(), s(&self.data_dir(node))),
+            ("KUBECONFIG".into(), s(self.api.kubeconfig_path())),
             ("HOME".into(), "/nonexistent".into()),
             ("AWS_ACCESS_KEY_ID".into(), self.s3.access_key().into()),
             ("AWS_SECRET_ACCESS_KEY".into(), self.s3.secret_key().into()),
@@ -61,11 +60,10 @@ impl World {
     }
 
     /// The S3 flags of `folder` in the shared bucket.
-    fn s3_flags(&self, folder: &str) -> Vec<String> {
-        ["--s3", "--s3-endpoint", &self.s3.endpoint(), "--s3-insecure", "--s3-bucket", BUCKET, "--s3-folder", folder]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+    fn s3_flags<'a>(&'a self, folder: &'a str) -> Vec<&'a str> {
+        let mut flags = self.s3.etcdsnap_flags(BUCKET);
+        flags.extend(["--s3-folder", folder]);
+        flags
     }
 
     async fn run(&self, node: &str, args: &[&str], extra: &[(&str, &str)]) -> Run {
@@ -77,10 +75,7 @@ impl World {
 
     /// `etcdsnap <args>` on `node` with S3 in `folder` of the shared bucket.
     async fn run_s3(&self, node: &str, folder: &str, args: &[&str]) -> Run {
-        let flags = self.s3_flags(folder);
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(flags.iter().map(String::as_str));
-        self.run(node, &all, &[]).await
+        self.run(node, &[args, &self.s3_flags(folder)].concat(), &[]).await
     }
 
     async fn resources(&self) -> Result<Vec<ETCDSnapshotFile>, Box<dyn std::error::Error>> {
@@ -109,10 +104,26 @@ impl World {
         let mut k3s_view = k3s::list_local(&self.snapshot_dir(node), node)?;
         k3s_view.extend(k3s::list_s3(&self.s3, BUCKET, folder).await?);
         k3s_view.sort();
-        let ours = k3s::as_k3s_would_see(&self.resources().await?);
+        let ours = as_k3s_would_see(&self.resources().await?);
         assert_eq!(k3s_view, ours, "after {after}: K3s's listing differs from etcdsnap's resources");
         Ok(())
     }
+}
+
+/// The same view of the resources etcdsnap wrote: name, snapshot, size and `spec.metadata`.
+fn as_k3s_would_see(resources: &[ETCDSnapshotFile]) -> Vec<K3sSnapshot> {
+    let mut out: Vec<K3sSnapshot> = resources
+        .iter()
+        .filter(|cr| cr.status.as_ref().and_then(|s| s.ready_to_use) == Some(true))
+        .map(|cr| K3sSnapshot {
+            cr_name: cr.metadata.name.clone().unwrap_or_default(),
+            snapshot_name: cr.spec.snapshot_name.clone(),
+            size: cr.status.as_ref().and_then(|s| s.size.as_ref()).and_then(|q| q.0.parse().ok()).unwrap_or(0),
+            metadata: cr.spec.metadata.clone(),
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn published(dir: &Path) -> Vec<String> {
@@ -166,9 +177,7 @@ async fn k3s_finds_exactly_etcdsnap_s_snapshots_and_their_extra_metadata_after_e
 
     // A save killed mid-stream leaves nothing K3s would take for a snapshot.
     let slow = SlowEtcd::start(1500, 300_000).await?;
-    let mut args: Vec<String> = ["save", "--endpoints", &slow.endpoint].iter().map(|s| s.to_string()).collect();
-    args.extend(w.s3_flags(FOLDER));
-    let mut cmd = common::command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut cmd = common::command(&[&["save", "--endpoints", &slow.endpoint], &w.s3_flags(FOLDER)[..]].concat());
     for (k, v) in w.env(node) {
         if k != "ETCDSNAP_ENDPOINTS" {
             cmd.env(k, v);
@@ -176,21 +185,19 @@ async fn k3s_finds_exactly_etcdsnap_s_snapshots_and_their_extra_metadata_after_e
     }
     let mut child = cmd.spawn()?;
     let pid = child.id().ok_or("no pid")?;
-    common::wait_for_save_in_progress(pid, &w.snapshot_dir(node), 100_000, Duration::from_secs(30)).await?;
+    wait_for_save_in_progress(pid, &w.snapshot_dir(node), 100_000, Duration::from_secs(30)).await?;
     child.start_kill()?;
     child.wait().await?;
     w.assert_k3s_sees_what_etcdsnap_recorded(node, FOLDER, "a killed save").await?;
 
     // The agent's scheduled runs.
-    let s3_flags = w.s3_flags(FOLDER);
     let mut agent_args = vec!["--schedule", "*/2 * * * * *", "--retention", "3"];
-    agent_args.extend(s3_flags.iter().map(String::as_str));
+    agent_args.extend(w.s3_flags(FOLDER));
     let env = w.env(node);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let agent = AgentProcess::start(&agent_args, &env, w.data.path()).await?;
+    let agent = Agent::start(&agent_args, &env, w.data.path()).await?;
     agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 3.0, Duration::from_secs(30)).await?;
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    agent.stop().await?;
     w.run_s3(node, FOLDER, &["reconcile"]).await.expect_ok();
     w.assert_k3s_sees_what_etcdsnap_recorded(node, FOLDER, "agent runs").await?;
     Ok(())
@@ -223,7 +230,7 @@ async fn node_names_k3s_accepts_get_k3s_s_names_and_only_what_kubernetes_refuses
         .collect();
     assert_eq!(holders, BTreeSet::from(["Node-B".to_string(), "node-b".to_string()]));
     // K3s's own variable names the node when etcdsnap's is unset.
-    let dir = w.data_dir("from-k3s").display().to_string();
+    let dir = s(&w.data_dir("from-k3s"));
     let endpoints = w.etcd.endpoints().join(",");
     let env = [
         ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
@@ -284,10 +291,9 @@ async fn s3_from_the_config_secret_with_just_the_s3_flag_for_every_command_and_t
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     env.extend([("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")]);
     let args = ["--schedule", "*/2 * * * * *", "--retention", "3", "--s3", "--s3-config-secret", "s3-config"];
-    let agent = AgentProcess::start(&args, &env, w.data.path()).await?;
+    let agent = Agent::start(&args, &env, w.data.path()).await?;
     agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 3.0, Duration::from_secs(30)).await?;
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    let log = agent.stop().await?;
     assert_eq!(in_s3(w.s3.list_keys(BUCKET, "from-secret/").await?), 1, "the agent keeps etcd-s3-retention: {log}");
     Ok(())
 }
@@ -364,55 +370,27 @@ async fn three_nodes_whose_names_are_suffixes_of_each_other_save_at_once_into_on
     // Slow enough that every upload is in flight, partless, for longer than the idle time after
     // which a node aborts its own leftover uploads: ownership alone keeps the others' safe.
     let slow = SlowEtcd::start(2500, 1_500_000).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
     // Two clusters: a (server-1, k3s-server-1) and b (a-k3s-server-1).
     let nodes = [("server-1", "a"), ("k3s-server-1", "a"), ("a-k3s-server-1", "b")];
     let mut agents = Vec::new();
     for (node, cluster) in nodes {
         let dir = data.path().join(node);
-        let (dd, s3_endpoint) = (dir.display().to_string(), s3.endpoint());
-        let args = [
-            "--no-kube",
-            "--node-name",
-            node,
-            "--cluster-id",
-            cluster,
-            "--endpoints",
-            &slow.endpoint,
-            "--data-dir",
-            &dd,
-            "--schedule",
-            "*/3 * * * * *",
-            "--schedule-jitter",
-            "1s",
-            "--retention",
-            "2",
-            "--s3",
-            "--s3-endpoint",
-            &s3_endpoint,
-            "--s3-insecure",
-            "--s3-bucket",
-            BUCKET,
-            "--s3-folder",
-            FOLDER,
-            "--s3-timeout",
-            "2s",
-            "--s3-stale-upload-after",
-            "1s",
-        ];
-        let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
+        let dd = s(&dir);
+        let mut args = vec!["--no-kube", "--node-name", node, "--cluster-id", cluster, "--endpoints", &slow.endpoint];
+        args.extend(["--data-dir", &dd, "--schedule", "*/3 * * * * *", "--schedule-jitter", "1s", "--retention", "2"]);
+        args.extend(s3.etcdsnap_flags(BUCKET));
+        args.extend(["--s3-folder", FOLDER, "--s3-timeout", "2s", "--s3-stale-upload-after", "1s"]);
         std::fs::create_dir_all(&dir)?;
-        agents.push(AgentProcess::start(&args, &env, &dir).await?);
+        agents.push(Agent::start(&args, &s3.credentials_env(), &dir).await?);
     }
     for agent in &agents {
         agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 4.0, Duration::from_secs(120)).await?;
     }
     let mut logs = Vec::new();
     for agent in agents {
-        let (code, log) = agent.terminate().await?;
-        assert_eq!(code, Some(0), "{log}");
+        let log = agent.stop().await?;
         logs.push(log);
     }
     for (log, (node, _)) in logs.iter().zip(nodes) {
@@ -439,32 +417,19 @@ async fn two_clusters_with_a_node_of_the_same_name_in_one_folder_keep_their_own(
     let (etcd_a, etcd_b) = (Etcd::single().await?, Etcd::single().await?);
     load_kube_like_data(&mut etcd_a.client().await?, 50).await?;
     load_kube_like_data(&mut etcd_b.client().await?, 60).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
-    let s3_endpoint = s3.endpoint();
     let run = |cluster: &'static str, etcd: &Etcd, args: &[&str]| {
-        let dd = data.path().join(cluster).display().to_string();
+        let dd = s(&data.path().join(cluster));
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         for flag in ["--no-kube", "--node-name", "server-1", "--cluster-id", cluster, "--data-dir", &dd, "--endpoints"]
         {
             all.push(flag.into());
         }
         all.push(etcd.endpoints()[0].clone());
-        for flag in
-            ["--s3", "--s3-endpoint", &s3_endpoint, "--s3-insecure", "--s3-bucket", BUCKET, "--s3-folder", FOLDER]
-        {
-            all.push(flag.into());
-        }
-        let env = [
-            ("AWS_ACCESS_KEY_ID", s3.access_key().to_string()),
-            ("AWS_SECRET_ACCESS_KEY", s3.secret_key().to_string()),
-        ];
-        async move {
-            let args: Vec<&str> = all.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            common::run(&args, &env).await
-        }
+        all.extend(s3.etcdsnap_flags(BUCKET).into_iter().chain(["--s3-folder", FOLDER]).map(String::from));
+        let s3 = &s3;
+        async move { common::run(&all, &s3.credentials_env()).await }
     };
     // Each cluster saves 3 (a second apart, the two clusters' names never the same second).
     for _ in 0..3 {
@@ -576,10 +541,10 @@ async fn on_a_k3s_server_save_needs_no_flags() -> TestResult {
     common::run(&["verify"], &env).await.expect_ok();
     assert_eq!(files_in(&k3s.join("server/db/snapshots")), snapshots);
     // A K3s script's --data-dir means the same place.
-    let dd = k3s.display().to_string();
+    let dd = s(&k3s);
     let env2 = [("ETCDSNAP_ENDPOINTS", endpoint.as_str()), ("ETCDSNAP_NO_KUBE", "true")];
-    let ca = tls.ca.display().to_string();
-    let (cert, key) = (tls.cert.display().to_string(), tls.key.display().to_string());
+    let ca = s(&tls.ca);
+    let (cert, key) = (s(&tls.cert), s(&tls.key));
     let out = common::run(
         &["ls", "--data-dir", &dd, "--node-name", "K3s-Server-1", "--cacert", &ca, "--cert", &cert, "--key", &key],
         &env2,

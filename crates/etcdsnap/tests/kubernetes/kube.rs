@@ -2,8 +2,7 @@
 //! kube-apiserver and etcd started by testenv. Requests are counted from the API server's own
 //! audit log.
 
-use crate::common;
-use crate::common::{Run, TestResult, run};
+use crate::common::{self, Run, TestResult, files_in, run, s};
 use etcdsnap_api::consts::{
     ANNOTATION_TOKEN_HASH, FINALIZER_K3S, LABEL_STORAGE_NODE, LEGACY_CONFIGMAP, SYSTEM_NAMESPACE,
 };
@@ -48,9 +47,9 @@ impl Env {
     }
 
     async fn etcdsnap_with(&self, node: &str, args: &[&str], kubeconfig: &Path) -> Run {
-        let data_dir = self.data_dir(node).display().to_string();
+        let data_dir = s(&self.data_dir(node));
         let endpoints = self.etcd.endpoints().join(",");
-        let kubeconfig = kubeconfig.display().to_string();
+        let kubeconfig = s(kubeconfig);
         let mut all: Vec<&str> = args.to_vec();
         if !matches!(args.first(), Some(&"watch") | Some(&"crd")) {
             all.extend(["--data-dir", &data_dir]);
@@ -97,10 +96,6 @@ async fn lead(
 
 fn names_of(items: &[ETCDSnapshotFile]) -> BTreeSet<String> {
     items.iter().filter_map(|c| c.metadata.name.clone()).collect()
-}
-
-fn files(dir: &Path) -> Vec<String> {
-    common::files_in(dir).into_iter().collect()
 }
 
 fn ts(secs: i64) -> jiff::Timestamp {
@@ -166,7 +161,7 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     let out = env.etcdsnap("node-1", &["save", "--token", "mysecret"]).await.expect_ok();
     assert!(out.stdout.contains("saved to file://"), "{}", out.stdout);
     let dir = env.snapshot_dir("node-1").canonicalize()?;
-    let name = files(&dir).pop().ok_or("no snapshot file")?;
+    let name = files_in(&dir).pop().ok_or("no snapshot file")?;
     let location = format!("file://{}/{name}", dir.display());
     let expected = cr_name(CrNameInput {
         name: &name,
@@ -287,8 +282,8 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
 async fn failed_saves_become_failed_resources_without_secrets() -> TestResult {
     let env = Env::start().await?;
     let dead = format!("http://127.0.0.1:{}", testenv::free_port()?);
-    let data_dir = env.data_dir("node-1").display().to_string();
-    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let data_dir = s(&env.data_dir("node-1"));
+    let kubeconfig = s(env.api.kubeconfig_path());
     let out = run(
         &["save", "--data-dir", &data_dir, "--token", "K10::server:topsecretpassword", "--dial-timeout", "1s"],
         &[("ETCDSNAP_ENDPOINTS", dead.as_str()), ("ETCDSNAP_NODE_NAME", "node-1"), ("KUBECONFIG", kubeconfig.as_str())],
@@ -350,7 +345,7 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
 
     // A snapshot file deleted by hand loses its resource.
     let dir = env.snapshot_dir("node-1");
-    let gone = files(&dir).into_iter().next().ok_or("no file")?;
+    let gone = files_in(&dir).into_iter().next().ok_or("no file")?;
     std::fs::remove_file(dir.join(&gone))?;
     let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
     assert!(out.stdout.contains("0 created, 0 updated, 1 deleted, 2 unchanged"), "{}", out.stdout);
@@ -394,7 +389,7 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     assert_eq!(lists, 1);
 
     // Delete and prune remove their resources at once.
-    let first = files(&dir).into_iter().next().ok_or("no file")?;
+    let first = files_in(&dir).into_iter().next().ok_or("no file")?;
     let out = env.etcdsnap("node-1", &["delete", &first]).await.expect_ok();
     assert!(out.stdout.contains("deleted"), "{}", out.stdout);
     assert_eq!(env.resources().await?.len(), 1);
@@ -403,7 +398,7 @@ async fn reconcile_restores_removes_and_a_no_op_writes_nothing() -> TestResult {
     env.etcdsnap("node-1", &["prune", "--retention", "1"]).await.expect_ok();
     let left = env.resources().await?;
     assert_eq!(left.len(), 1);
-    assert_eq!(files(&dir), [left[0].spec.snapshot_name.clone()]);
+    assert_eq!(files_in(&dir), [left[0].spec.snapshot_name.clone()]);
     Ok(())
 }
 
@@ -418,13 +413,13 @@ async fn saves_succeed_while_the_api_server_is_down_and_one_reconcile_catches_up
         assert_eq!(out.stderr.matches("Kubernetes API not usable").count(), 1, "{}", out.stderr);
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    assert_eq!(files(&env.snapshot_dir("node-1")).len(), 6);
+    assert_eq!(files_in(&env.snapshot_dir("node-1")).len(), 6);
     env.api.restart().await?;
     assert_eq!(env.resources().await?.len(), 1);
     let out = env.etcdsnap("node-1", &["reconcile"]).await.expect_ok();
     assert!(out.stdout.contains("5 created, 0 updated, 0 deleted, 1 unchanged"), "{}", out.stdout);
     let items = env.resources().await?;
-    let expected: BTreeSet<String> = files(&env.snapshot_dir("node-1")).into_iter().collect();
+    let expected: BTreeSet<String> = files_in(&env.snapshot_dir("node-1")).into_iter().collect();
     let got: BTreeSet<String> = items.iter().map(|c| c.spec.snapshot_name.clone()).collect();
     assert_eq!(got, expected);
     // Rebuilt from the metadata documents: sha256 and revision came back too.
@@ -439,7 +434,7 @@ async fn saves_succeed_while_the_api_server_is_down_and_one_reconcile_catches_up
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_kubernetes_everything_else_works_and_says_so_once() -> TestResult {
     let env = Env::start().await?;
-    let data_dir = env.data_dir("node-1").display().to_string();
+    let data_dir = s(&env.data_dir("node-1"));
     let endpoints = env.etcd.endpoints().join(",");
     let base = [("ETCDSNAP_ENDPOINTS", endpoints.as_str()), ("ETCDSNAP_NODE_NAME", "node-1"), ("HOME", "/nonexistent")];
     let out = run(&["save", "--data-dir", &data_dir], &base).await.expect_ok();
@@ -458,19 +453,19 @@ async fn without_kubernetes_everything_else_works_and_says_so_once() -> TestResu
     assert!(out.stderr.contains("(no kubeconfig found)"), "{}", out.stderr);
     let broken = env.data.path().join("broken-kubeconfig");
     std::fs::write(&broken, "this: [is not a kubeconfig")?;
-    let broken = broken.display().to_string();
+    let broken = s(&broken);
     let out = run(&["save", "--data-dir", &data_dir, "--kubeconfig", &broken], &base).await.expect_ok();
     assert_eq!(out.stderr.matches("Kubernetes not usable").count(), 1, "{}", out.stderr);
-    assert_eq!(files(&env.snapshot_dir("node-1")).len(), 3);
+    assert_eq!(files_in(&env.snapshot_dir("node-1")).len(), 3);
 
-    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let kubeconfig = s(env.api.kubeconfig_path());
     let mut with_kube = base.to_vec();
     with_kube.push(("KUBECONFIG", kubeconfig.as_str()));
     let out = run(&["save", "--data-dir", &data_dir, "--no-kube"], &with_kube).await.expect_ok();
     assert_eq!(out.stderr.matches("(--no-kube)").count(), 1, "{}", out.stderr);
     assert!(env.resources().await.map(|r| r.is_empty()).unwrap_or(true));
     run(&["ls", "--data-dir", &data_dir, "--no-kube"], &with_kube).await.expect_ok();
-    let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
+    let first = files_in(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
     run(&["delete", "--data-dir", &data_dir, &first], &base).await.expect_ok();
     Ok(())
 }
@@ -550,16 +545,25 @@ async fn kubectl(env: &Env, args: &[&str]) -> Result<String, Box<dyn std::error:
 }
 
 fn deploy(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file).display().to_string()
+    s(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file))
+}
+
+/// deploy/crd.yaml and deploy/rbac.yaml applied as an operator applies them, and a kubeconfig
+/// for the agent's service account they grant, with its token.
+async fn install_crd_and_rbac(env: &Env) -> Result<(String, PathBuf), Box<dyn std::error::Error>> {
+    kubectl(env, &["apply", "-f", &deploy("crd.yaml")]).await?;
+    kubectl(env, &["wait", "--for=condition=Established", "crd/etcdsnapshotfiles.k3s.cattle.io"]).await?;
+    kubectl(env, &["apply", "-f", &deploy("rbac.yaml")]).await?;
+    let token = env.api.mint_service_account_token(SYSTEM_NAMESPACE, "etcdsnap").await?;
+    let kubeconfig = env.api.write_kubeconfig("agent-kubeconfig", &token)?;
+    Ok((token, kubeconfig))
 }
 
 /// The agent's identity from deploy/rbac.yaml is enough for every duty, and no more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     let env = Env::start().await?;
-    kubectl(&env, &["apply", "-f", &deploy("crd.yaml")]).await?;
-    kubectl(&env, &["wait", "--for=condition=Established", "crd/etcdsnapshotfiles.k3s.cattle.io"]).await?;
-    kubectl(&env, &["apply", "-f", &deploy("rbac.yaml")]).await?;
+    let (token, kubeconfig) = install_crd_and_rbac(&env).await?;
     let admin = env.api.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
     let extra: ConfigMap = serde_json::from_value(serde_json::json!({
@@ -577,8 +581,6 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
         let s: Secret = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "stringData": data}))?;
         secrets.create(&PostParams::default(), &s).await?;
     }
-    let token = env.api.mint_service_account_token(SYSTEM_NAMESPACE, "etcdsnap").await?;
-    let kubeconfig = env.api.write_kubeconfig("agent-kubeconfig", &token)?;
     let user = "system:serviceaccount:kube-system:etcdsnap";
     let before = env.audit().len();
 
@@ -598,7 +600,7 @@ async fn the_agent_role_is_enough_and_no_more() -> TestResult {
     let out = agent(a(&["reconcile", "--s3-config-secret", "etcdsnap-s3-config"])).await.expect_ok();
     assert!(out.stdout.contains("Leader duties done"), "{}", out.stdout);
     assert!(out.stderr.contains("S3 settings from the config secret"), "{}", out.stderr);
-    let first = files(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
+    let first = files_in(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
     agent(a(&["delete", &first])).await.expect_ok();
     agent(a(&["prune", "--retention", "1"])).await.expect_ok();
     let out = agent(a(&["ls", "--cluster", "-o", "json"])).await.expect_ok();
@@ -671,16 +673,12 @@ async fn every_deploy_manifest_is_accepted_by_the_api_server() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotate_node_marks_the_node_like_k3s_with_its_own_optional_role() -> TestResult {
     let env = Env::start().await?;
-    kubectl(&env, &["apply", "-f", &deploy("crd.yaml")]).await?;
-    kubectl(&env, &["wait", "--for=condition=Established", "crd/etcdsnapshotfiles.k3s.cattle.io"]).await?;
-    kubectl(&env, &["apply", "-f", &deploy("rbac.yaml")]).await?;
+    let (_, kubeconfig) = install_crd_and_rbac(&env).await?;
     let admin = env.api.client().await?;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(admin.clone());
     let node: k8s_openapi::api::core::v1::Node =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "node-1"}}))?;
     nodes.create(&PostParams::default(), &node).await?;
-    let token = env.api.mint_service_account_token(SYSTEM_NAMESPACE, "etcdsnap").await?;
-    let kubeconfig = env.api.write_kubeconfig("agent-kubeconfig", &token)?;
     env.etcdsnap_with("node-1", &["save"], &kubeconfig).await.expect_ok();
 
     // Off by default: the Node is not touched.
@@ -840,16 +838,16 @@ async fn takes_over_from_k3s_without_losing_metadata_or_leaving_finalizers() -> 
     // Resources K3s's leader put its finalizer on: one for a snapshot that is gone, one already
     // being deleted (stuck Terminating without K3s's controller).
     let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
-    let mut vanished =
-        record("on-demand-node-1-1600000000", StorageKind::Local, "node-1", "file:///gone/on-demand-node-1-1600000000")
-            .to_resource();
-    vanished.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
+    let with_k3s_finalizer = |name: &str, node: &str, location: &str| {
+        let mut resource = record(name, StorageKind::Local, node, location).to_resource();
+        resource.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
+        resource
+    };
+    let vanished =
+        with_k3s_finalizer("on-demand-node-1-1600000000", "node-1", "file:///gone/on-demand-node-1-1600000000");
     let vanished_name = vanished.metadata.name.clone().unwrap_or_default();
     api.create(&PostParams::default(), &vanished).await?;
-    let mut stuck =
-        record("on-demand-node-2-1600000000", StorageKind::Local, "node-2", "file:///x/on-demand-node-2-1600000000")
-            .to_resource();
-    stuck.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
+    let stuck = with_k3s_finalizer("on-demand-node-2-1600000000", "node-2", "file:///x/on-demand-node-2-1600000000");
     let stuck_name = stuck.metadata.name.clone().unwrap_or_default();
     api.create(&PostParams::default(), &stuck).await?;
     api.delete(&stuck_name, &DeleteParams::default()).await?;
@@ -889,7 +887,7 @@ async fn watch_streams_changes_and_ls_cluster_lists_every_node() -> TestResult {
     use tokio::io::AsyncBufReadExt;
     let env = Env::start().await?;
     env.etcdsnap("node-1", &["save"]).await.expect_ok();
-    let kubeconfig = env.api.kubeconfig_path().display().to_string();
+    let kubeconfig = s(env.api.kubeconfig_path());
     let mut child = common::command(&["watch", "-o", "json"])
         .env("KUBECONFIG", &kubeconfig)
         .stdout(std::process::Stdio::piped())
@@ -912,7 +910,7 @@ async fn watch_streams_changes_and_ls_cluster_lists_every_node() -> TestResult {
             v["object"]["spec"]["snapshotName"].as_str().unwrap_or_default().to_string(),
         ))
     };
-    let existing = files(&env.snapshot_dir("node-1")).pop().ok_or("no file")?;
+    let existing = files_in(&env.snapshot_dir("node-1")).pop().ok_or("no file")?;
     assert_eq!(next().await?, ("ADDED".to_string(), existing.clone()));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     env.etcdsnap("node-1", &["save"]).await.expect_ok();

@@ -3,11 +3,12 @@
 //! ahead. The judge is the API server's audit log: after the takeover, no leader-only write
 //! carries the old leader's identity, even once it runs again with its pass half done.
 
-use crate::common;
-use crate::common::cluster::{Agent, LEASE, agent_user, lease_holder, start_agent};
-use crate::common::{TestResult, load_kube_like_data};
+use crate::agent_user;
+use crate::common::TestResult;
+use crate::common::cluster::{BUCKET, LEASE, leader_lease, start_agent, wait_until};
+use crate::common::etcd::etcd_with_objects;
 use std::time::{Duration, Instant};
-use testenv::{AuditEvent, Etcd, KubeApiServer, S3Server};
+use testenv::{AuditEvent, KubeApiServer, S3Server};
 
 /// S3 objects no agent saved (`testenv::fill_snapshot_objects` names them after nodes
 /// `node0`..`node2`): only a leader's reconcile writes their resources, and creating 1,500 of
@@ -29,36 +30,30 @@ fn leader_only(e: &AuditEvent, other_node: &str) -> bool {
     e.is_write() && (lease || configmap || is_planted(e) || others)
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) -> TestResult {
-    let deadline = Instant::now() + timeout;
-    while !done().await {
-        if Instant::now() > deadline {
-            return Err(format!("{what}: not within {timeout:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
+/// The holder of the leader Lease as written, fresh or not.
+async fn lease_holder(client: &kube::Client) -> Option<String> {
+    leader_lease(client).await?.holder_identity.filter(|h| !h.is_empty())
 }
 
 /// alpha leads with bravo beside it; alpha is paused longer than the Lease, bravo takes over,
 /// alpha resumes. `alpha_env` sets alpha's environment (its clock).
 async fn paused_leader_never_writes_after_the_takeover(alpha_env: &[(&str, &str)]) -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 100).await?;
+    let etcd = etcd_with_objects(100).await?;
     let api = KubeApiServer::start(&etcd).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(common::cluster::BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let (url, access, secret) = (s3.url(), s3.access_key().to_string(), s3.secret_key().to_string());
-    testenv::fill_snapshot_objects(&url, common::cluster::BUCKET, FOLDER, PLANTED, &access, &secret).await?;
+    testenv::fill_snapshot_objects(&url, BUCKET, FOLDER, PLANTED, &access, &secret).await?;
     let client = api.client().await?;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
     let extra = ["--reconcile-interval", "2s", "--s3-folder", FOLDER];
     let endpoint = &etcd.endpoints()[0];
-    let mut alpha = start_agent("alpha", endpoint, dirs[0].path(), &api, Some(&s3), &extra, alpha_env).await?;
-    wait_for("alpha leads", Duration::from_secs(30), async || lease_holder(&client).await.as_deref() == Some("alpha"))
-        .await
-        .map_err(|e| format!("{e}\n{}", alpha.log_text()))?;
-    let mut bravo = start_agent("bravo", endpoint, dirs[1].path(), &api, Some(&s3), &extra, &[]).await?;
+    let alpha = start_agent("alpha", endpoint, dirs[0].path(), &api, Some(&s3), &extra, alpha_env).await?;
+    wait_until("alpha leads", Duration::from_secs(30), async || {
+        lease_holder(&client).await.as_deref() == Some("alpha")
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}", alpha.log_text()))?;
+    let bravo = start_agent("bravo", endpoint, dirs[1].path(), &api, Some(&s3), &extra, &[]).await?;
 
     // alpha's first pass as the leader creates the planted objects' resources: pause it in the
     // middle of that, at a random point, for well over the Lease.
@@ -68,7 +63,7 @@ async fn paused_leader_never_writes_after_the_takeover(alpha_env: &[(&str, &str)
         events.iter().filter(|e| e.user == user && is_planted(e) && e.is_write()).count()
     };
     let pause_after = rand::random_range(20..200);
-    wait_for("alpha creates the planted objects' resources", Duration::from_secs(60), async || {
+    wait_until("alpha creates the planted objects' resources", Duration::from_secs(60), async || {
         planted_by(&api.audit_events().unwrap_or_default(), &alpha_user) >= pause_after
     })
     .await
@@ -78,7 +73,8 @@ async fn paused_leader_never_writes_after_the_takeover(alpha_env: &[(&str, &str)
     assert!(written_before < PLANTED, "alpha's pass was over before the pause: {written_before} written");
     let paused = Instant::now();
     let takeover =
-        wait_for("bravo takes over", LEASE * 3, async || lease_holder(&client).await.as_deref() == Some("bravo")).await;
+        wait_until("bravo takes over", LEASE * 3, async || lease_holder(&client).await.as_deref() == Some("bravo"))
+            .await;
     if let Err(e) = takeover {
         alpha.signal("-CONT")?;
         return Err(format!("{e}\nbravo:\n{}", bravo.log_text()).into());
@@ -115,12 +111,9 @@ async fn paused_leader_never_writes_after_the_takeover(alpha_env: &[(&str, &str)
         "alpha wrote no resource of its own after it resumed:\n{}",
         alpha.log_text()
     );
-    stop_both(&mut alpha, &mut bravo).await
-}
-
-async fn stop_both(alpha: &mut Agent, bravo: &mut Agent) -> TestResult {
-    bravo.stop_cleanly().await?;
-    alpha.stop_cleanly().await
+    bravo.stop().await?;
+    alpha.stop().await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use crate::common::agent::metric;
 use crate::common::cluster::{BUCKET, start_agent};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testenv::{Etcd, KubeApiServer, S3Server};
 
 fn monitoring_dir() -> PathBuf {
@@ -144,32 +144,24 @@ async fn every_metric_the_rules_and_dashboard_read_exists_on_a_real_agent() -> T
 
     let etcd = Etcd::single().await?;
     let api = KubeApiServer::start(&etcd).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
     let etcdutl = testenv::testbin_version("etcdutl", "3.7")?;
     let etcdutl = etcdutl.to_string_lossy();
     let extra = ["--drill-schedule", "*/5 * * * * *", "--etcdutl", &etcdutl, "--reconcile-interval", "3s"];
-    let mut agent = start_agent("node-m", &etcd.endpoints()[0], data.path(), &api, Some(&s3), &extra, &[]).await?;
+    let agent = start_agent("node-m", &etcd.endpoints()[0], data.path(), &api, Some(&s3), &extra, &[]).await?;
 
     // Until the agent has saved to both locations, led, synced the legacy ConfigMap and drilled.
-    let url = format!("http://{}/metrics", agent.metrics);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let body = loop {
-        let body = match reqwest::get(&url).await {
-            Ok(resp) => resp.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let worked = metric(&body, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 1.0)
-            && metric(&body, "etcdsnap_drills_total{result=\"passed\"}").is_some_and(|n| n >= 1.0)
-            && metric(&body, "etcdsnap_leader") == Some(1.0)
-            && metric(&body, "etcdsnap_legacy_configmap_entries").is_some_and(|n| n >= 1.0);
-        if worked {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "the agent did not do its work in time:\n{body}\n{}", agent.log_text());
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let worked = |body: &str, _| {
+        metric(body, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 1.0)
+            && metric(body, "etcdsnap_drills_total{result=\"passed\"}").is_some_and(|n| n >= 1.0)
+            && metric(body, "etcdsnap_leader") == Some(1.0)
+            && metric(body, "etcdsnap_legacy_configmap_entries").is_some_and(|n| n >= 1.0)
     };
+    let body = agent
+        .wait_for("/metrics", worked, Duration::from_secs(90))
+        .await
+        .map_err(|e| format!("the agent did not do its work in time: {e}"))?;
     let missing: Vec<&String> = wanted.iter().filter(|name| !exposed(&body, name)).collect();
     assert!(
         missing.is_empty(),
@@ -182,6 +174,6 @@ async fn every_metric_the_rules_and_dashboard_read_exists_on_a_real_agent() -> T
     assert_eq!(metric(&body, "etcdsnap_legacy_configmap_max_bytes"), Some(900_000.0), "{body}");
     assert!(metric(&body, "etcdsnap_legacy_configmap_bytes").is_some_and(|b| b > 0.0), "{body}");
     assert!(body.contains("etcdsnap_agent_info{node=\"node-m\""), "{body}");
-    agent.stop_cleanly().await?;
+    agent.stop().await?;
     Ok(())
 }

@@ -3,8 +3,11 @@
 //! contents), the boot level (a private etcd on a restored copy), a snapshot rewritten so that
 //! its sha256 still matches, and a drill killed mid-way.
 
-use crate::common;
-use crate::common::{TestResult, files_in, load_kube_like_data, run};
+use crate::common::agent::metric;
+use crate::common::cluster::{BUCKET, start_agent};
+use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::restore::revision;
+use crate::common::{self, TestResult, files_in, run, s};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::{ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ETCD_HASHKV};
 use k8s_openapi::api::core::v1::Event;
@@ -14,14 +17,6 @@ use std::time::{Duration, Instant};
 use testenv::{Etcd, KubeApiServer, S3Server};
 
 const OBJECTS: usize = 200;
-
-fn owned(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// etcdutl and etcd of the newest pinned release: drills at the hash level need etcdutl 3.7 or
 /// later (its hashkv reads leased keys), and read snapshots of every version.
@@ -39,10 +34,6 @@ fn local_node<'a>(data_dir: &'a str, node: &'a str, endpoints: &'a str) -> [&'a 
 /// The snapshot files a save left in `dir` (not the metadata).
 fn snapshots(dir: &Path) -> Vec<String> {
     files_in(dir).into_iter().filter(|f| !f.starts_with('.')).collect()
-}
-
-async fn revision(client: &mut etcd_client::Client) -> i64 {
-    client.status().await.unwrap().header().map(|h| h.revision()).unwrap_or_default()
 }
 
 /// Each item of a drill's JSON passed at the boot level, its hash equal to the recorded one
@@ -118,7 +109,7 @@ async fn a_snapshot_of_an_etcd_that_a_kube_apiserver_writes_to_drills_with_every
             .chain(tools)
             .chain(["-o", "json"].map(String::from))
             .collect();
-        async move { run(&owned(&args), &[]).await }
+        async move { run(&args, &[]).await }
     };
 
     let refused = drill(vec!["--etcdutl".into(), etcdutl_3_6.clone()]).await.expect_fail();
@@ -146,9 +137,7 @@ async fn a_snapshot_of_an_etcd_that_a_kube_apiserver_writes_to_drills_with_every
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_taken_under_writes_matches_its_recorded_hashkv() -> TestResult {
     let (etcdutl, _) = tools();
-    let etcd = Etcd::single().await?;
-    let mut client = etcd.client().await?;
-    load_kube_like_data(&mut client, OBJECTS).await?;
+    let etcd = etcd_with_objects(OBJECTS).await?;
     let mut writer = etcd.client().await?;
     let workload = tokio::spawn(async move {
         for i in 0u64.. {
@@ -186,43 +175,27 @@ async fn a_snapshot_taken_under_writes_matches_its_recorded_hashkv() -> TestResu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drills_of_s3_snapshots_mark_their_resources_and_a_consistent_rewrite_fails_on_the_hashkv() -> TestResult {
     let (etcdutl, etcd_bin) = tools();
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, OBJECTS).await?;
+    let etcd = etcd_with_objects(OBJECTS).await?;
     let api = KubeApiServer::start(&etcd).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket("drills").await?;
+    let s3 = S3Server::with_bucket("drills").await?;
     let data = tempfile::tempdir()?;
     let kubeconfig = s(api.kubeconfig_path());
     let endpoints = etcd.endpoints().join(",");
-    let (endpoint, access, secret) = (s3.endpoint(), s3.access_key().to_string(), s3.secret_key().to_string());
-    let env = [("AWS_ACCESS_KEY_ID", access.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
-    let flags = |node: &str| -> Vec<String> {
+    let env = s3.credentials_env();
+    // `etcdsnap <command>` as `node`, with S3 only.
+    let etcdsnap = |command: &[&str], node: &str| -> Vec<String> {
+        let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
         let dd = s(&data.path().join(node));
-        [
-            "--data-dir",
-            &dd,
-            "--node-name",
-            node,
-            "--endpoints",
-            &endpoints,
-            "--kubeconfig",
-            &kubeconfig,
-            "--s3",
-            "--s3-endpoint",
-            &endpoint,
-            "--s3-insecure",
-            "--s3-bucket",
-            "drills",
-            "--no-local",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect()
+        let node_flags =
+            ["--data-dir", &dd, "--node-name", node, "--endpoints", &endpoints, "--kubeconfig", &kubeconfig];
+        args.extend(node_flags.map(String::from));
+        args.extend(s3.etcdsnap_flags("drills").into_iter().map(String::from));
+        args.push("--no-local".into());
+        args
     };
     // server-1 and k3s-server-1: names that are suffixes of each other.
     for node in ["server-1", "k3s-server-1"] {
-        let f = flags(node);
-        run(&[&["save"], &owned(&f)[..], &["--compress", "zstd"]].concat(), &env).await.expect_ok();
+        run(&etcdsnap(&["save", "--compress", "zstd"], node), &env).await.expect_ok();
     }
     let client = api.client().await?;
     let resources: Api<ETCDSnapshotFile> = Api::all(client.clone());
@@ -234,9 +207,8 @@ async fn drills_of_s3_snapshots_mark_their_resources_and_a_consistent_rewrite_fa
     assert!(mine.metadata.annotations.as_ref().unwrap().contains_key(ANNOTATION_ETCD_HASHKV), "{mine:?}");
 
     // The default drill of server-1: its newest S3 snapshot, at the boot level.
-    let f = flags("server-1");
-    let tools = ["--etcdutl", &etcdutl, "--drill-etcd", &etcd_bin, "-o", "json"];
-    let out = run(&[&["drill"], &owned(&f)[..], &tools[..]].concat(), &env).await.expect_ok().json();
+    let drill = ["drill", "--etcdutl", &etcdutl, "--drill-etcd", &etcd_bin, "-o", "json"];
+    let out = run(&etcdsnap(&drill, "server-1"), &env).await.expect_ok().json();
     assert_passed_at_boot_level(&out, "S3", OBJECTS);
     assert_eq!(out["items"].as_array().unwrap().len(), 1, "{out}");
     assert_eq!(out["items"][0]["name"], mine.spec.snapshot_name.as_str(), "{out}");
@@ -258,10 +230,10 @@ async fn drills_of_s3_snapshots_mark_their_resources_and_a_consistent_rewrite_fa
     let name = mine.spec.snapshot_name.clone();
     let forged = forge_from_another_cluster(data.path()).await?;
     replace_in_s3(&s3, "drills", &name, forged).await?;
-    let verified = run(&[&["verify"], &owned(&f)[..], &[name.as_str()]].concat(), &env).await;
+    let verified = run(&etcdsnap(&["verify", &name], "server-1"), &env).await;
     assert!(verified.ok(), "verify should not see a consistent rewrite:\n{}\n{}", verified.stdout, verified.stderr);
-    let tools = ["--etcdutl", &etcdutl, "-o", "json"];
-    let failed = run(&[&["drill"], &owned(&f)[..], &tools[..], &[name.as_str()]].concat(), &env).await.expect_fail();
+    let drill = ["drill", "--etcdutl", &etcdutl, "-o", "json", &name];
+    let failed = run(&etcdsnap(&drill, "server-1"), &env).await.expect_fail();
     let item = &failed.json()["items"][0];
     assert_eq!(item["passed"], false, "{item}");
     assert!(item["result"].as_str().unwrap().contains("HashKV mismatch"), "{item}");
@@ -315,8 +287,7 @@ async fn replace_in_s3(s3: &S3Server, bucket: &str, name: &str, forged: Vec<u8>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_drill_leaves_no_etcd_running_and_the_next_one_cleans_up() -> TestResult {
     let (etcdutl, etcd_bin) = tools();
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, OBJECTS).await?;
+    let etcd = etcd_with_objects(OBJECTS).await?;
     let data = tempfile::tempdir()?;
     let scratch = tempfile::tempdir()?;
     let (dd, sd) = (s(data.path()), s(scratch.path()));
@@ -384,17 +355,15 @@ fn etcd_running_in(dir: &Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_drill_on_a_schedule_each_its_own_and_the_leader_s3() -> TestResult {
     let (etcdutl, _) = tools();
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, OBJECTS).await?;
+    let etcd = etcd_with_objects(OBJECTS).await?;
     let api = KubeApiServer::start(&etcd).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(common::cluster::BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
     let extra = ["--drill-schedule", "*/4 * * * * *", "--etcdutl", &etcdutl];
     let endpoint = &etcd.endpoints()[0];
     let mut agents = Vec::new();
     for (node, dir) in ["server-1", "k3s-server-1"].iter().zip(&dirs) {
-        agents.push(common::cluster::start_agent(node, endpoint, dir.path(), &api, Some(&s3), &extra, &[]).await?);
+        agents.push(start_agent(node, endpoint, dir.path(), &api, Some(&s3), &extra, &[]).await?);
     }
     let resources: Api<ETCDSnapshotFile> = Api::all(api.client().await?);
     let drilled = |r: &ETCDSnapshotFile| {
@@ -422,13 +391,13 @@ async fn agents_drill_on_a_schedule_each_its_own_and_the_leader_s3() -> TestResu
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", agents[0].metrics)).await?.text().await?;
-    let passed = common::agent::metric(&metrics, "etcdsnap_drills_total{result=\"passed\"}");
+    let (_, metrics) = agents[0].get("/metrics").await?;
+    let passed = metric(&metrics, "etcdsnap_drills_total{result=\"passed\"}");
     assert!(passed.is_some_and(|n| n >= 1.0), "{metrics}");
-    assert_eq!(common::agent::metric(&metrics, "etcdsnap_last_drill_passed"), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "etcdsnap_last_drill_passed"), Some(1.0), "{metrics}");
     assert!(metrics.contains("etcdsnap_last_drill_timestamp_seconds{result=\"passed\"}"), "{metrics}");
-    for a in &mut agents {
-        a.stop_cleanly().await?;
+    for agent in agents {
+        agent.stop().await?;
     }
     Ok(())
 }

@@ -4,8 +4,19 @@
 // Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../common/mod.rs"]
-mod common;
+/// The helpers in `tests/common/` this binary uses (each binary names its own, so the compiler
+/// reports one that no test calls).
+#[path = "../common"]
+mod common {
+    pub mod agent;
+    mod cli;
+    pub mod cluster;
+    pub mod etcd;
+    pub mod k3s;
+    pub mod restore;
+    pub mod snapshot_files;
+    pub use cli::*;
+}
 
 mod drill;
 mod pitr;

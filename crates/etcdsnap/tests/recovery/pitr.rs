@@ -4,8 +4,9 @@
 //! version and lease, so equal hashes prove the replay exact). Then the refusals: a damaged
 //! segment, and a capture whose starting revision was compacted.
 
-use crate::common;
-use crate::common::TestResult;
+use crate::common::restore::{hash_kv, revision};
+use crate::common::snapshot_files::{etcdctl_snapshot, mode};
+use crate::common::{TestResult, files_in};
 use etcd_client::{Client, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use etcdsnap::pitr::capture::{CaptureError, CaptureReport, CaptureSettings, capture};
 use etcdsnap::pitr::replay::{Replay, ReplayError, ReplayReport, replay};
@@ -21,15 +22,6 @@ const CHAIN: &str = "etcd-snapshot-node-a-1700000000";
 
 fn now_ms() -> i64 {
     etcdsnap_storage::clock::now().as_millisecond()
-}
-
-async fn revision(client: &mut Client) -> i64 {
-    client.status().await.unwrap().header().unwrap().revision()
-}
-
-async fn live_hash(client: &mut Client, rev: i64) -> KvHash {
-    let resp = client.hash_kv(rev).await.unwrap();
-    KvHash { hash: resp.hash(), compact_revision: resp.compact_version() }
 }
 
 /// A deterministic PRNG (xorshift64*): the same seed makes the same workload.
@@ -150,7 +142,7 @@ async fn base_snapshot(dir: &Path) -> (Etcd, Client, PathBuf, Base, i64) {
     client.put("/registry/base/leased", "x", Some(PutOptions::new().with_lease(old_lease))).await.unwrap();
     let r0 = revision(&mut client).await;
     let snapshot = dir.join("base.db");
-    common::etcdctl_snapshot(&etcd, &snapshot).await.unwrap();
+    etcdctl_snapshot(&etcd, &snapshot).await.unwrap();
     assert_eq!(revision(&mut client).await, r0, "nothing wrote during the snapshot");
     let base = Base { name: CHAIN.into(), revision: r0, taken_ms: now_ms() };
     (etcd, client, snapshot, base, old_lease)
@@ -175,7 +167,7 @@ fn start_capture(
 /// The records written in `out/<chain>/`, read back from disk.
 fn records(out: &Path) -> Vec<SegmentRecord> {
     let dir = out.join(CHAIN);
-    let mut names: Vec<String> = common::files_in(&dir).into_iter().filter(|n| n.ends_with(".json")).collect();
+    let mut names: Vec<String> = files_in(&dir).into_iter().filter(|n| n.ends_with(".json")).collect();
     names.sort();
     names.iter().map(|n| SegmentRecord::parse(n, &std::fs::read(dir.join(n)).unwrap()).unwrap()).collect()
 }
@@ -233,7 +225,7 @@ async fn a_replay_reaches_chosen_revisions_exactly() -> TestResult {
     let end = work.run_until(&mut client, base.revision + 2000).await;
     let workload_time = started.elapsed();
     let (r1, r2) = (base.revision + 777, end - 3);
-    let (h1, h2) = (live_hash(&mut client, r1).await, live_hash(&mut client, r2).await);
+    let (h1, h2) = (hash_kv(&mut client, r1).await, hash_kv(&mut client, r2).await);
 
     wait_captured(&out, end).await;
     stop.cancel();
@@ -242,10 +234,10 @@ async fn a_replay_reaches_chosen_revisions_exactly() -> TestResult {
     assert!(report.segments.len() > 1, "flushes every 500 ms make several segments");
     assert!(report.segments.iter().all(|s| s.chain_broken.is_none()));
     let chain_dir = out.join(CHAIN);
-    assert_eq!(common::mode(&chain_dir), 0o700);
-    for name in common::files_in(&chain_dir) {
+    assert_eq!(mode(&chain_dir), 0o700);
+    for name in files_in(&chain_dir) {
         assert!(!name.ends_with(".part"), "a temporary file was left: {name}");
-        assert_eq!(common::mode(&chain_dir.join(&name)), 0o600, "{name}");
+        assert_eq!(mode(&chain_dir.join(&name)), 0o600, "{name}");
     }
 
     for (target, hash) in [(r1, h1), (r2, h2)] {
@@ -285,7 +277,7 @@ async fn a_time_target_lands_on_the_last_revision_observed_by_then() -> TestResu
     let at = now_ms();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let end = work.run_until(&mut client, first + 100).await;
-    let hash = live_hash(&mut client, first).await;
+    let hash = hash_kv(&mut client, first).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     let report = task.await??;

@@ -8,9 +8,11 @@
 //! and a new snapshot starts the next one, a restore across that gap is refused naming it, an
 //! agent killed mid-segment continues after restart without a gap or an overlap.
 
-use crate::common;
-use crate::common::agent::{AgentProcess, metric};
-use crate::common::{TestResult, k3s, load_kube_like_data, run};
+use crate::common::agent::{Agent, metric};
+use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::k3s;
+use crate::common::restore::{hash_kv, restore_args, revision};
+use crate::common::{Run, TestResult, run, s};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use etcdsnap_api::KvHash;
 use std::path::Path;
@@ -19,18 +21,7 @@ use testenv::{Etcd, S3Server};
 
 const NODE: &str = "n1";
 
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-async fn revision(client: &mut Client) -> i64 {
-    client.status().await.unwrap().header().unwrap().revision()
-}
-
-async fn hash_at(client: &mut Client, rev: i64) -> KvHash {
-    let resp = client.hash_kv(rev).await.unwrap();
-    KvHash { hash: resp.hash(), compact_revision: resp.compact_version() }
-}
+type Error = Box<dyn std::error::Error>;
 
 /// `n` revisions of puts, overwrites, deletes, multi-key transactions and a leased key.
 async fn churn(client: &mut Client, tag: &str, n: usize) {
@@ -59,11 +50,11 @@ async fn churn(client: &mut Client, tag: &str, n: usize) {
 }
 
 /// The agent for `etcd` on data directory `data`, capturing with a one-second interval.
-async fn agent(etcd: &Etcd, data: &Path) -> AgentProcess {
+async fn agent(etcd: &Etcd, data: &Path) -> Agent {
     agent_with(etcd, data, &[], &[]).await
 }
 
-async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> AgentProcess {
+async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
     let endpoints = etcd.endpoints().join(",");
     let dd = s(data);
     let args = [
@@ -82,7 +73,7 @@ async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str
         "1s",
     ];
     let all: Vec<&str> = args.iter().chain(extra).copied().collect();
-    AgentProcess::start(&all, env, data).await.unwrap()
+    Agent::start(&all, env, data).await.unwrap()
 }
 
 async fn save(etcd: &Etcd, data: &Path) {
@@ -90,57 +81,43 @@ async fn save(etcd: &Etcd, data: &Path) {
     run(&["save", "--endpoints", &endpoints, "--node-name", NODE, "--data-dir", &s(data)], &[]).await.expect_ok();
 }
 
-/// Restores `to` (`--to-revision N` or `--to-time T`) into a new directory and returns the
-/// revision and HashKV a real etcd started on it reports.
-async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvHash), Box<dyn std::error::Error>> {
+/// `restore <to>` (`--to-revision N` or `--to-time T`) of `data`'s snapshot directory into
+/// `target` as member `m0` on `peer_port`, replayed with `etcd`'s own etcdutl and etcd.
+fn roll_forward_args(
+    etcd: &Etcd,
+    data: &Path,
+    to: &[&str],
+    target: &Path,
+    peer_port: u16,
+) -> Result<Vec<String>, Error> {
+    let mut args = restore_args(to, target, peer_port, &etcd.testbin("etcdutl")?);
+    args.extend(["--dir".into(), s(&data.join("snapshots")), "--etcd".into(), s(&etcd.testbin("etcd")?)]);
+    Ok(args)
+}
+
+/// Restores `to` into a new directory and returns the revision and HashKV a real etcd started
+/// on it reports.
+async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvHash), Error> {
     let out = tempfile::tempdir()?;
     let target = out.path().join("member-data");
     let peer = testenv::free_port()?;
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
-    let snapshots = s(&data.join("snapshots"));
-    let args = [
-        "restore",
-        to[0],
-        to[1],
-        "--dir",
-        &snapshots,
-        "--data-dir",
-        &s(&target),
-        "--name",
-        "m0",
-        "--initial-advertise-peer-urls",
-        &peer_url,
-        "--etcdutl",
-        &etcdutl,
-        "--etcd",
-        &etcd_bin,
-        "-o",
-        "json",
-    ];
-    let done = run(&args, &[]).await.expect_ok();
-    let printed = done.json();
+    let mut args = roll_forward_args(etcd, data, &to, &target, peer)?;
+    args.extend(["-o".into(), "json".into()]);
+    let printed = run(&args, &[]).await.expect_ok().json();
     let restored = Etcd::start_on_data_dir(&target, "m0", peer).await?;
     let mut client = restored.client().await?;
     let rev = revision(&mut client).await;
     assert_eq!(printed["replayed"]["revision"], rev, "{printed}");
-    Ok((rev, hash_at(&mut client, rev).await))
+    Ok((rev, hash_kv(&mut client, rev).await))
 }
 
 /// `restore --to-revision rev` from `data`'s snapshot directory into `target`, which must fail.
-async fn refused_restore(
-    etcd: &Etcd,
-    data: &Path,
-    rev: i64,
-    target: &Path,
-) -> Result<common::Run, Box<dyn std::error::Error>> {
-    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
-    let (rev, snapshots, target) = (rev.to_string(), s(&data.join("snapshots")), s(target));
-    let args = ["restore", "--to-revision", &rev, "--dir", &snapshots, "--data-dir", &target, "--name", "m0"];
-    Ok(run(&[&args[..], &["--etcdutl", &etcdutl, "--etcd", &etcd_bin]].concat(), &[]).await.expect_fail())
+async fn refused_restore(etcd: &Etcd, data: &Path, rev: i64, target: &Path) -> Result<Run, Error> {
+    let args = roll_forward_args(etcd, data, &["--to-revision", &rev.to_string()], target, testenv::free_port()?)?;
+    Ok(run(&args, &[]).await.expect_fail())
 }
 
-async fn wait_durable(agent: &AgentProcess, rev: i64) -> String {
+async fn wait_durable(agent: &Agent, rev: i64) -> String {
     let series = "etcdsnap_delta_durable_revision";
     agent.wait_for_metric(series, rev as f64, Duration::from_secs(30)).await.unwrap()
 }
@@ -161,14 +138,14 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     let agent = agent(&etcd, data.path()).await;
     churn(&mut client, "a", 300).await;
     let r1 = revision(&mut client).await;
-    let h1 = hash_at(&mut client, r1).await;
+    let h1 = hash_kv(&mut client, r1).await;
     wait_durable(&agent, r1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let between = etcdsnap_storage::clock::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     churn(&mut client, "b", 300).await;
     let r2 = revision(&mut client).await;
-    let h2 = hash_at(&mut client, r2).await;
+    let h2 = hash_kv(&mut client, r2).await;
     let metrics = wait_durable(&agent, r2).await;
     assert!(metric(&metrics, "etcdsnap_delta_capturing") == Some(1.0), "{metrics}");
     assert!(metric(&metrics, "etcdsnap_delta_events_total").unwrap() >= (r2 - base_rev) as f64, "{metrics}");
@@ -199,8 +176,7 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
 
     // Hostile content: a record for revisions nobody captured, over a segment of junk. The
     // restore reads it, refuses it by its checksum, and touches nothing.
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    agent.stop().await?;
     let chain = chains[0]["chain"].as_str().unwrap();
     let chain_dir = data.path().join(".etcdsnap-deltas").join(chain);
     let (first, last) = (r2 + 1, r2 + 100);
@@ -215,10 +191,10 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     assert!(hostile.stderr.contains("damaged"), "{}", hostile.stderr);
     assert!(!target.exists(), "a refused restore left {}", target.display());
     // No etcd to replay in: said before any work.
-    let (etcdutl, into, snapshots) =
-        (s(&etcd.testbin("etcdutl")?), (r2 + 50).to_string(), s(&data.path().join("snapshots")));
-    let args = ["restore", "--to-revision", &into, "--dir", &snapshots, "--data-dir", &s(&target), "--name", "m0"];
-    let no_etcd = run(&[&args[..], &["--etcdutl", &etcdutl, "--etcd", "/nonexistent/etcd"]].concat(), &[]).await;
+    let into = (r2 + 50).to_string();
+    let mut args = roll_forward_args(&etcd, data.path(), &["--to-revision", &into], &target, testenv::free_port()?)?;
+    args.extend(["--etcd".into(), "/nonexistent/etcd".into()]); // the later flag wins
+    let no_etcd = run(&args, &[]).await;
     assert!(no_etcd.expect_fail().stderr.contains("--etcd /nonexistent/etcd"));
     assert!(!target.exists());
     let leftovers: Vec<String> = std::fs::read_dir(data.path())?
@@ -232,9 +208,8 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_chain_starts_anew_from_a_snapshot_and_a_killed_agent_leaves_no_gap() -> TestResult {
-    let etcd = Etcd::single().await?;
+    let etcd = etcd_with_objects(50).await?;
     let mut client = etcd.client().await?;
-    load_kube_like_data(&mut client, 50).await?;
     let data = tempfile::tempdir()?;
     save(&etcd, data.path()).await;
     let old_base = revision(&mut client).await;
@@ -257,8 +232,7 @@ async fn a_compacted_chain_starts_anew_from_a_snapshot_and_a_killed_agent_leaves
         tokio::spawn(async move { churn(&mut c, "during", 400).await })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut first = first;
-    first.child.kill().await?;
+    first.kill().await?;
     writer.await?;
     let end = revision(&mut client).await;
     let second = agent(&etcd, data.path()).await;
@@ -293,8 +267,7 @@ async fn a_compacted_chain_starts_anew_from_a_snapshot_and_a_killed_agent_leaves
     assert!(refused.stderr.contains("gap"), "{}", refused.stderr);
     assert!(refused.stderr.contains(&format!("revisions {}..", old_base + 1)), "{}", refused.stderr);
     assert!(!target.exists());
-    let (code, log) = second.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    second.stop().await?;
     Ok(())
 }
 
@@ -316,22 +289,21 @@ async fn s3_deltas(s3: &S3Server, bucket: &str, folder: &str) -> Vec<(String, St
 async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_for_snapshots() -> TestResult {
     const BUCKET: &str = "pitr";
     const FOLDER: &str = "db";
-    let etcd = Etcd::single().await?;
+    let etcd = etcd_with_objects(50).await?;
     let mut client = etcd.client().await?;
-    load_kube_like_data(&mut client, 50).await?;
-    let mut s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let mut s3 = S3Server::with_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
-    let endpoint = s3.endpoint();
-    let s3_flags =
-        ["--s3", "--s3-endpoint", endpoint.as_str(), "--s3-insecure", "--s3-bucket", BUCKET, "--s3-folder", FOLDER];
+    // Owned: the server is stopped and restarted while they are in use.
+    let s3_flags: Vec<String> =
+        s3.etcdsnap_flags(BUCKET).into_iter().chain(["--s3-folder", FOLDER]).map(String::from).collect();
+    let s3_flags: Vec<&str> = s3_flags.iter().map(String::as_str).collect();
     let (key, secret) = (s3.access_key().to_string(), s3.secret_key().to_string());
     let env = [("AWS_ACCESS_KEY_ID", key.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
     let endpoints = etcd.endpoints().join(",");
     let mut save_args = vec!["save", "--endpoints", &endpoints, "--node-name", NODE];
     let dd = s(data.path());
     save_args.extend(["--data-dir", dd.as_str()]);
-    save_args.extend(s3_flags);
+    save_args.extend(&s3_flags);
     run(&save_args, &env).await.expect_ok();
 
     let agent = agent_with(&etcd, data.path(), &s3_flags, &env).await;
@@ -344,7 +316,7 @@ async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_f
     let down = std::time::Instant::now();
     churn(&mut client, "during", 200).await;
     let r2 = revision(&mut client).await;
-    let h2 = hash_at(&mut client, r2).await;
+    let h2 = hash_kv(&mut client, r2).await;
     wait_durable(&agent, r2).await;
     agent.wait_for_metric("etcdsnap_delta_upload_failures_total", 1.0, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(down.elapsed())).await;
@@ -381,48 +353,28 @@ async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_f
     assert!(seen[0].snapshot_name.starts_with("on-demand-n1-"), "{seen:?}");
 
     // The node's disk is gone: the snapshot and the segments in S3 are enough.
-    let (code, log) = agent.terminate().await?;
+    agent.stop().await?;
     std::fs::remove_dir_all(data.path().join("snapshots"))?;
     std::fs::remove_dir_all(&deltas)?;
     let out = tempfile::tempdir()?;
     let target = out.path().join("member-data");
     let peer = testenv::free_port()?;
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
-    let r2_text = r2.to_string();
-    let mut args = vec![
-        "restore",
-        "--to-revision",
-        &r2_text,
-        "--data-dir",
-        target.to_str().unwrap(),
-        "--name",
-        "m0",
-        "--initial-advertise-peer-urls",
-        &peer_url,
-        "--etcdutl",
-        &etcdutl,
-        "--etcd",
-        &etcd_bin,
-        "-o",
-        "json",
-    ];
-    args.extend(s3_flags);
+    let mut args = restore_args(&["--to-revision", &r2.to_string()], &target, peer, &etcd.testbin("etcdutl")?);
+    args.extend(["--etcd".into(), s(&etcd.testbin("etcd")?), "-o".into(), "json".into()]);
+    args.extend(s3_flags.iter().map(|f| f.to_string()));
     let printed = run(&args, &env).await.expect_ok().json();
     assert_eq!(printed["targetRevision"], r2, "{printed}");
     let restored = Etcd::start_on_data_dir(&target, "m0", peer).await?;
     let mut rc = restored.client().await?;
     assert_eq!(revision(&mut rc).await, r2);
-    assert_eq!(hash_at(&mut rc, r2).await.hash, h2.hash, "the replay from S3 differs from the live cluster");
-    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(hash_kv(&mut rc, r2).await.hash, h2.hash, "the replay from S3 differs from the live cluster");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_exactly_the_segments_a_kept_snapshot_can_use() -> TestResult {
-    let etcd = Etcd::single().await?;
+    let etcd = etcd_with_objects(20).await?;
     let mut client = etcd.client().await?;
-    load_kube_like_data(&mut client, 20).await?;
     let data = tempfile::tempdir()?;
     let agent = agent_with(&etcd, data.path(), &["--schedule", "*/3 * * * * *", "--retention", "2"], &[]).await;
     // Writes across several scheduled snapshots, so that the oldest are pruned.
@@ -433,8 +385,7 @@ async fn retention_keeps_exactly_the_segments_a_kept_snapshot_can_use() -> TestR
     churn(&mut client, "last", 60).await;
     let end = revision(&mut client).await;
     wait_durable(&agent, end).await;
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    let log = agent.stop().await?;
     assert!(log.contains("delta segments older than every snapshot removed"), "{log}");
     // Retention emptying the running chain's directory never costs the capture its changes.
     assert!(!log.contains("delta capture failed") && !log.contains("not written"), "{log}");
@@ -482,9 +433,8 @@ async fn retention_keeps_exactly_the_segments_a_kept_snapshot_can_use() -> TestR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_compacting_past_a_stalled_watch_breaks_the_chain_and_a_new_one_starts() -> TestResult {
-    let etcd = Etcd::single().await?;
+    let etcd = etcd_with_objects(20).await?;
     let mut client = etcd.client().await?;
-    load_kube_like_data(&mut client, 20).await?;
     let data = tempfile::tempdir()?;
     let agent = agent(&etcd, data.path()).await;
     churn(&mut client, "before", 50).await;
@@ -493,15 +443,14 @@ async fn etcd_compacting_past_a_stalled_watch_breaks_the_chain_and_a_new_one_sta
 
     // The agent stops reading (paused); etcd's buffers for its watch fill, then the revisions the
     // watch still has to deliver are compacted away.
-    let pid = agent.child.id().unwrap().to_string();
-    std::process::Command::new("kill").args(["-STOP", &pid]).status()?;
+    agent.signal("-STOP")?;
     let big = "x".repeat(4096);
     for i in 0..3000 {
         client.put(format!("/registry/events/default/e-{}", i % 500), big.clone(), None).await?;
     }
     let compacted = revision(&mut client).await;
     client.compact(compacted, None).await?;
-    std::process::Command::new("kill").args(["-CONT", &pid]).status()?;
+    agent.signal("-CONT")?;
 
     let metrics = agent.wait_for_metric("etcdsnap_delta_chain_breaks_total", 1.0, Duration::from_secs(60)).await?;
     assert!(metric(&metrics, "etcdsnap_delta_chain_breaks_total").unwrap() >= 1.0, "{metrics}");
@@ -519,26 +468,21 @@ async fn etcd_compacting_past_a_stalled_watch_breaks_the_chain_and_a_new_one_sta
             .any(|c| c["baseRevision"].as_i64() >= Some(compacted) && c["reachableRevision"].as_i64() >= Some(after)),
         "a new chain from a new snapshot reaches {after}: {chains:?}"
     );
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    agent.stop().await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_retention_removes_the_delta_objects_no_s3_snapshot_can_use() -> TestResult {
     const BUCKET: &str = "pitr-retention";
-    let etcd = Etcd::single().await?;
+    let etcd = etcd_with_objects(20).await?;
     let mut client = etcd.client().await?;
-    load_kube_like_data(&mut client, 20).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let data = tempfile::tempdir()?;
-    let endpoint = s3.endpoint();
     // S3 retention needs to know which snapshots are this cluster's.
     let mut extra = vec!["--schedule", "*/3 * * * * *", "--retention", "2", "--cluster-id", "c1"];
-    extra.extend(["--s3", "--s3-endpoint", endpoint.as_str(), "--s3-insecure", "--s3-bucket", BUCKET]);
-    let env = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
-    let agent = agent_with(&etcd, data.path(), &extra, &env).await;
+    extra.extend(s3.etcdsnap_flags(BUCKET));
+    let agent = agent_with(&etcd, data.path(), &extra, &s3.credentials_env()).await;
     for round in 0..5 {
         churn(&mut client, &format!("r{round}"), 60).await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -546,8 +490,7 @@ async fn s3_retention_removes_the_delta_objects_no_s3_snapshot_can_use() -> Test
     churn(&mut client, "last", 60).await;
     let end = revision(&mut client).await;
     agent.wait_for_metric("etcdsnap_delta_uploaded_revision", end as f64, Duration::from_secs(30)).await?;
-    let (code, log) = agent.terminate().await?;
-    assert_eq!(code, Some(0), "{log}");
+    let log = agent.stop().await?;
     assert!(log.contains("S3 delta objects older than every S3 snapshot removed"), "{log}");
 
     // The S3 snapshots left, and their revisions (from etcdsnap's records beside them).

@@ -2,23 +2,22 @@
 //! a real etcd started on the result to read the keys back. Damaged and hostile snapshots, token
 //! checks, occupied targets and dry runs are checked to leave the target exactly as it was.
 
-use crate::common;
-use crate::common::{TestResult, files_in, load_kube_like_data, run};
+use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::restore::{restore_args, revision};
+use crate::common::snapshot_files::etcdctl_snapshot;
+use crate::common::{Run, TestResult, files_in, run, s};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use testenv::Etcd;
+use testenv::{Etcd, S3Server};
 
 const TOKEN: &str = "mysecret";
 const TOKEN_HASH: &str = "652c7dc687d9";
 const KNOWN: usize = 40;
 
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-fn etcdutl() -> String {
-    testenv::testbin("etcdutl").map(|p| s(&p)).unwrap()
+/// The pinned etcdutl.
+fn etcdutl() -> PathBuf {
+    testenv::testbin("etcdutl").unwrap()
 }
 
 /// An etcd with known keys and a snapshot directory holding one snapshot per format, saved
@@ -33,13 +32,12 @@ struct Fixture {
 
 impl Fixture {
     async fn new(formats: &[&'static str]) -> Result<Fixture, Box<dyn std::error::Error>> {
-        let etcd = Etcd::single().await?;
+        let etcd = etcd_with_objects(150).await?;
         let mut client = etcd.client().await?;
-        load_kube_like_data(&mut client, 150).await?;
         for i in 0..KNOWN {
             client.put(format!("/restore-test/key-{i:03}"), format!("value-{i}"), None).await?;
         }
-        let revision = client.status().await?.header().map(|h| h.revision()).unwrap_or_default();
+        let revision = revision(&mut client).await;
         let data = tempfile::tempdir()?;
         let endpoints = etcd.endpoints().join(",");
         let mut names = BTreeMap::new();
@@ -96,26 +94,7 @@ async fn assert_keys_back(data_dir: &Path, name: &str, peer_port: u16) -> Result
     Ok(revision)
 }
 
-/// Arguments for restoring `snapshot` into `data_dir` as member `m0` on `peer_port`.
-fn restore_args(snapshot: &str, data_dir: &Path, peer_port: u16) -> Vec<String> {
-    [
-        "restore",
-        snapshot,
-        "--data-dir",
-        &s(data_dir),
-        "--name",
-        "m0",
-        "--initial-advertise-peer-urls",
-        &format!("http://127.0.0.1:{peer_port}"),
-        "--etcdutl",
-        &etcdutl(),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
-}
-
-async fn restore(args: &[String], extra: &[&str]) -> common::Run {
+async fn restore(args: &[String], extra: &[&str]) -> Run {
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend_from_slice(extra);
     run(&all, &[]).await
@@ -160,7 +139,7 @@ async fn every_format_restores_and_etcd_serves_the_keys() -> TestResult {
         let parent = tempfile::tempdir()?;
         let target = parent.path().join("etcd");
         let port = testenv::free_port()?;
-        let mut args = restore_args(&fx.names[compress], &target, port);
+        let mut args = restore_args(&[&fx.names[compress]], &target, port, &etcdutl());
         args.extend(["--dir".into(), s(&fx.dir()), "--token".into(), TOKEN.into()]);
         let bump = compress == "none";
         if bump {
@@ -190,7 +169,7 @@ async fn the_report_shows_everything_and_dry_run_touches_nothing() -> TestResult
     let before = tree(parent.path());
     let snapshots_before = tree(fx.data.path());
     let port = testenv::free_port()?;
-    let mut args = restore_args(&s(&fx.path("zstd")), &target, port);
+    let mut args = restore_args(&[&s(&fx.path("zstd"))], &target, port, &etcdutl());
     args.extend(["--token".into(), TOKEN.into(), "--dry-run".into(), "-o".into(), "json".into()]);
     let out = restore(&args, &[]).await.expect_ok();
     let r = out.json();
@@ -231,7 +210,7 @@ async fn the_report_shows_everything_and_dry_run_touches_nothing() -> TestResult
     assert_eq!(tree(fx.data.path()), snapshots_before, "dry run changed the snapshot directory");
 
     // The table says the same, in words.
-    let mut args = restore_args(&s(&fx.path("zstd")), &target, port);
+    let mut args = restore_args(&[&s(&fx.path("zstd"))], &target, port, &etcdutl());
     args.push("--dry-run".into());
     let out = restore(&args, &[]).await.expect_ok();
     assert!(out.stdout.contains("Dry run: "), "{}", out.stdout);
@@ -283,7 +262,7 @@ async fn damaged_and_hostile_snapshots_are_refused_before_the_target_is_touched(
     for (path, expected) in cases {
         let (parent, target) = occupied_target()?;
         let before = tree(parent.path());
-        let out = restore(&restore_args(&s(path), &target, port), &[]).await.expect_fail();
+        let out = restore(&restore_args(&[&s(path)], &target, port, &etcdutl()), &[]).await.expect_fail();
         assert!(
             out.stdout.contains(expected) && out.stdout.contains("FAIL"),
             "{}: expected {expected:?} in\n{}",
@@ -319,7 +298,7 @@ async fn token_match_mismatch_and_unknown() -> TestResult {
     let path = s(&fx.path("none"));
     let (parent, target) = occupied_target()?;
     let port = testenv::free_port()?;
-    let base = restore_args(&path, &target, port);
+    let base = restore_args(&[&path], &target, port, &etcdutl());
     let token_file = parent.path().join("token");
     std::fs::write(&token_file, format!("K10{}::server:{TOKEN}\n", "ab".repeat(32)))?;
     let before_with_token = tree(parent.path());
@@ -360,12 +339,18 @@ async fn token_match_mismatch_and_unknown() -> TestResult {
 
     // Unknown: no token given (a warning), or no hash recorded (a K3s snapshot): restores.
     let fresh = parent.path().join("fresh");
-    let r = restore(&restore_args(&path, &fresh, port), &["--dry-run", "-o", "json"]).await.expect_ok().json();
+    let r = restore(&restore_args(&[&path], &fresh, port, &etcdutl()), &["--dry-run", "-o", "json"])
+        .await
+        .expect_ok()
+        .json();
     assert_eq!(r["token"]["result"], "unknown");
     assert_eq!(r["token"]["recorded"], TOKEN_HASH);
     let bare = parent.path().join("bare.db");
     std::fs::copy(fx.path("none"), &bare)?;
-    let r = restore(&restore_args(&s(&bare), &fresh, port), &["--token", TOKEN, "-o", "json"]).await.expect_ok().json();
+    let r = restore(&restore_args(&[&s(&bare)], &fresh, port, &etcdutl()), &["--token", TOKEN, "-o", "json"])
+        .await
+        .expect_ok()
+        .json();
     assert_eq!(r["token"]["result"], "unknown");
     assert!(r["token"]["recorded"].is_null());
     assert_eq!(r["restored"]["dataDir"], s(&fresh));
@@ -386,7 +371,7 @@ async fn k3s_style_zip_without_metadata_restores() -> TestResult {
     std::fs::create_dir_all(&snapdir)?;
     std::fs::create_dir_all(root.path().join("server/db/.metadata"))?;
     let plain = snapdir.join("on-demand-server1-1700000000");
-    common::etcdctl_snapshot(&etcd, &plain).await?;
+    etcdctl_snapshot(&etcd, &plain).await?;
     let zipped = snapdir.join("on-demand-server1-1700000000.zip");
     write_zip(&zipped, &[("on-demand-server1-1700000000", &std::fs::read(&plain)?)])?;
     std::fs::remove_file(&plain)?;
@@ -473,7 +458,7 @@ async fn an_occupied_data_dir_is_moved_aside_and_kept_when_etcdutl_fails() -> Te
     ] {
         let (parent, target) = occupied_target()?;
         let before = tree(parent.path());
-        let mut args = restore_args(&s(&fx.path(compress)), &target, port);
+        let mut args = restore_args(&[&s(&fx.path(compress))], &target, port, &etcdutl());
         args.extend(["--etcdutl".into(), s(tool)]);
         let out = restore(&args, &[]).await.expect_fail();
         assert!(out.stdout.contains("All checks passed."), "{}", out.stdout);
@@ -484,7 +469,7 @@ async fn an_occupied_data_dir_is_moved_aside_and_kept_when_etcdutl_fails() -> Te
 
     // The real etcdutl: the old data directory is moved aside, intact, and the new one works.
     let (parent, target) = occupied_target()?;
-    let out = restore(&restore_args(&s(&fx.path("zstd")), &target, port), &[]).await.expect_ok();
+    let out = restore(&restore_args(&[&s(&fx.path("zstd"))], &target, port, &etcdutl()), &[]).await.expect_ok();
     let aside: Vec<PathBuf> = std::fs::read_dir(parent.path())?
         .flatten()
         .map(|e| e.path())
@@ -498,7 +483,7 @@ async fn an_occupied_data_dir_is_moved_aside_and_kept_when_etcdutl_fails() -> Te
     assert_keys_back(&target, "m0", port).await?;
 
     // Restoring again keeps both earlier directories.
-    restore(&restore_args(&s(&fx.path("zstd")), &target, port), &[]).await.expect_ok();
+    restore(&restore_args(&[&s(&fx.path("zstd"))], &target, port, &etcdutl()), &[]).await.expect_ok();
     assert_eq!(std::fs::read_dir(parent.path())?.count(), 3, "{:?}", tree(parent.path()));
     Ok(())
 }
@@ -518,12 +503,12 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     };
 
     let missing = s(&scratch.path().join("missing.db"));
-    refuse(restore_args(&missing, &target, port), "does not exist").await;
-    refuse(restore_args(&s(scratch.path()), &target, port), "is a directory").await;
-    let mut unknown = restore_args("on-demand-node-1-1", &target, port);
+    refuse(restore_args(&[&missing], &target, port, &etcdutl()), "does not exist").await;
+    refuse(restore_args(&[&s(scratch.path())], &target, port, &etcdutl()), "is a directory").await;
+    let mut unknown = restore_args(&["on-demand-node-1-1"], &target, port, &etcdutl());
     unknown.extend(["--dir".into(), s(&fx.dir())]);
     refuse(unknown, "not found in").await;
-    let mut no_tool = restore_args(&path, &target, port);
+    let mut no_tool = restore_args(&[&path], &target, port, &etcdutl());
     no_tool.extend(["--etcdutl".into(), s(&scratch.path().join("etcdutl"))]);
     refuse(no_tool, "--etcdutl").await;
     // Found but broken: refused by the pre-flight (its restore run, already started for a
@@ -531,7 +516,7 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     let broken = scratch.path().join("broken-etcdutl");
     std::fs::write(&broken, "#!/bin/sh\necho 'cannot execute' >&2\nexit 126\n")?;
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut broken_tool = restore_args(&path, &target, port);
+    let mut broken_tool = restore_args(&[&path], &target, port, &etcdutl());
     broken_tool.extend(["--etcdutl".into(), s(&broken)]);
     refuse(broken_tool, "`etcdutl version` failed").await;
     std::fs::remove_file(&broken)?;
@@ -544,17 +529,18 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
 
     let file_target = scratch.path().join("a-file");
     std::fs::write(&file_target, "x")?;
-    refuse(restore_args(&path, &file_target, port), "is not a directory").await;
-    refuse(restore_args(&path, &scratch.path().join("no/such/parent/etcd"), port), "does not exist").await;
+    refuse(restore_args(&[&path], &file_target, port, &etcdutl()), "is not a directory").await;
+    refuse(restore_args(&[&path], &scratch.path().join("no/such/parent/etcd"), port, &etcdutl()), "does not exist")
+        .await;
     // An occupied directory that is not an etcd data directory is not moved aside.
     std::fs::write(scratch.path().join("some-file"), "x")?;
-    refuse(restore_args(&path, scratch.path(), port), "not an etcd data directory").await;
+    refuse(restore_args(&[&path], scratch.path(), port, &etcdutl()), "not an etcd data directory").await;
     // Nor one that holds the snapshot being restored.
     let inside = target.join("member/backup.db");
     std::fs::copy(fx.path("none"), &inside)?;
-    refuse(restore_args(&s(&inside), &target, port), "the snapshot is inside").await;
+    refuse(restore_args(&[&s(&inside)], &target, port, &etcdutl()), "the snapshot is inside").await;
     std::fs::remove_file(&inside)?;
-    let mut bump = restore_args(&path, &target, port);
+    let mut bump = restore_args(&[&path], &target, port, &etcdutl());
     bump.extend(["--bump-revision".into(), "10".into()]);
     refuse(bump, "--mark-compacted").await;
 
@@ -572,7 +558,7 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     let zst = scratch.path().join("snapshots/on-demand-node-1-1700000000.zst");
     std::fs::write(&zst, zstd::encode_all(std::fs::File::open(&huge)?, 3)?)?;
     std::fs::write(scratch.path().join(".metadata/on-demand-node-1-1700000000.zst"), serde_json::to_vec(&doc)?)?;
-    let out = restore(&restore_args(&s(&zst), &target, port), &[]).await.expect_fail();
+    let out = restore(&restore_args(&[&s(&zst)], &target, port, &etcdutl()), &[]).await.expect_fail();
     assert!(out.stdout.contains("space    FAIL"), "{}", out.stdout);
     assert!(out.stdout.contains("free at least"), "{}", out.stdout);
 
@@ -627,22 +613,20 @@ async fn a_snapshot_streams_from_any_store() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restores_from_s3_by_name_including_k3s_objects() -> TestResult {
-    let etcd = Etcd::single().await?;
+    let etcd = etcd_with_objects(150).await?;
     let mut client = etcd.client().await?;
-    load_kube_like_data(&mut client, 150).await?;
     for i in 0..KNOWN {
         client.put(format!("/restore-test/key-{i:03}"), format!("value-{i}"), None).await?;
     }
-    let s3 = testenv::S3Server::start().await?;
-    s3.create_bucket("snaps").await?;
+    let s3 = S3Server::with_bucket("snaps").await?;
     let data = tempfile::tempdir()?;
-    let endpoint = s3.endpoint();
-    let s3_args = ["--s3", "--s3-endpoint", &endpoint, "--s3-insecure", "--s3-bucket", "snaps", "--s3-folder", "prod"];
-    let creds = [("AWS_ACCESS_KEY_ID", s3.access_key()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key())];
+    let mut s3_args = s3.etcdsnap_flags("snaps");
+    s3_args.extend(["--s3-folder", "prod"]);
+    let creds = s3.credentials_env();
     let mut save = vec!["save", "--data-dir", data.path().to_str().ok_or("path")?, "--node-name", "node-1"];
     let endpoints = etcd.endpoints().join(",");
     save.extend(["--endpoints", &endpoints, "--no-local", "--compress", "zstd", "--token", TOKEN]);
-    save.extend(s3_args);
+    save.extend(&s3_args);
     run(&save, &creds).await.expect_ok();
     let name =
         s3.list_keys("snaps", "prod/").await?.into_iter().find(|k| !k.contains(".metadata")).ok_or("no object")?;
@@ -651,7 +635,7 @@ async fn restores_from_s3_by_name_including_k3s_objects() -> TestResult {
     // By name from S3, streamed: checked, restored, and etcd serves the keys.
     let target = data.path().join("restored");
     let port = testenv::free_port()?;
-    let mut args: Vec<String> = restore_args(&name, &target, port);
+    let mut args: Vec<String> = restore_args(&[&name], &target, port, &etcdutl());
     args.extend(s3_args.iter().map(|a| a.to_string()));
     let all: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut with_token = all.clone();
@@ -670,13 +654,13 @@ async fn restores_from_s3_by_name_including_k3s_objects() -> TestResult {
 
     // What K3s uploads: a plain snapshot whose token hash is only in S3 user metadata.
     let k3s_file = data.path().join("k3s.db");
-    common::etcdctl_snapshot(&etcd, &k3s_file).await?;
+    etcdctl_snapshot(&etcd, &k3s_file).await?;
     let k3s_meta = [("K3s-Node-Name", "server-1"), ("K3s-Token-Hash", TOKEN_HASH)];
     s3.put_object("snaps", "prod/etcd-snapshot-server-1-1700000000", std::fs::read(&k3s_file)?, &k3s_meta).await?;
     let mut k3s = all.clone();
     k3s[1] = "etcd-snapshot-server-1-1700000000";
     let k3s_target = data.path().join("from-k3s");
-    let k3s_target_s = k3s_target.to_string_lossy().to_string();
+    let k3s_target_s = s(&k3s_target);
     k3s[3] = &k3s_target_s;
     let mut mismatch = k3s.clone();
     mismatch.extend(["--token", "another-token"]);
@@ -702,7 +686,7 @@ async fn a_data_dir_in_use_is_refused_and_the_running_etcd_keeps_serving() -> Te
     let siblings = || std::fs::read_dir(&parent).map(|d| d.count()).unwrap_or_default();
     let before = siblings();
     for extra in [&[][..], &["--dry-run"][..]] {
-        let out = restore(&restore_args(&snapshot, &live, port), extra).await.expect_fail();
+        let out = restore(&restore_args(&[&snapshot], &live, port, &etcdutl()), extra).await.expect_fail();
         assert!(out.stdout.contains("in use"), "{}", out.stdout);
         // The testbin's command name is etcd-v<version>.
         assert!(out.stdout.contains("is in use: etcd"), "the report does not name etcd:\n{}", out.stdout);
@@ -719,7 +703,7 @@ async fn a_data_dir_in_use_is_refused_and_the_running_etcd_keeps_serving() -> Te
     let (parent, target) = occupied_target()?;
     let held = std::fs::File::open(target.join("member/precious"))?;
     let mut holder = std::process::Command::new("sleep").arg("60").stdin(held).spawn()?;
-    let out = restore(&restore_args(&snapshot, &target, port), &[]).await.expect_fail();
+    let out = restore(&restore_args(&[&snapshot], &target, port, &etcdutl()), &[]).await.expect_fail();
     assert!(out.stdout.contains(&format!("sleep (pid {})", holder.id())), "{}", out.stdout);
     holder.kill()?;
     holder.wait()?;
@@ -732,13 +716,13 @@ async fn a_data_dir_in_use_is_refused_and_the_running_etcd_keeps_serving() -> Te
         tools.path(),
         &format!(
             "{} \"$@\" || exit $?\n(cd {} && exec sleep 60) </dev/null >/dev/null 2>&1 &\necho $! > {}",
-            etcdutl(),
+            s(&etcdutl()),
             s(&target),
             s(&tools.path().join("pid"))
         ),
     )?;
     let before = tree(parent.path());
-    let mut args = restore_args(&snapshot, &target, port);
+    let mut args = restore_args(&[&snapshot], &target, port, &etcdutl());
     args.extend(["--etcdutl".into(), s(&sneaky)]);
     let out = restore(&args, &[]).await.expect_fail();
     assert!(out.stderr.contains("is in use") && out.stderr.contains("nothing was moved"), "{}", out.stderr);

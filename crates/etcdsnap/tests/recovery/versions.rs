@@ -3,8 +3,9 @@
 //! save` in every format, `etcdsnap verify`, `etcdsnap restore` with that version's own etcdutl,
 //! and that version's etcd started on the restored data directory serving the keys back.
 
-use crate::common;
-use crate::common::{TestResult, files_in, load_kube_like_data, run};
+use crate::common::etcd::load_kube_like_data;
+use crate::common::restore::{restore_args, revision};
+use crate::common::{TestResult, files_in, run, s};
 use std::collections::BTreeMap;
 use std::path::Path;
 use testenv::Etcd;
@@ -16,10 +17,6 @@ const FORMATS: [&str; 3] = ["none", "zstd", "zip"];
 const TOKEN: &str = "mysecret";
 const KNOWN: usize = 40;
 const OBJECTS: usize = 150;
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
 
 /// `v3.5.35` -> `3.5.35`, the form etcd and etcdutl print and etcdsnap records.
 fn bare(release: &str) -> &str {
@@ -34,33 +31,12 @@ fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("no {name} check in {report}"))
 }
 
-/// Arguments for restoring `name` from `dir` into `target` as member `m0` on `peer_port`.
-fn restore_args(name: &str, dir: &Path, target: &Path, peer_port: u16, etcdutl: &Path) -> Vec<String> {
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let args = [
-        "restore",
-        name,
-        "--dir",
-        &s(dir),
-        "--data-dir",
-        &s(target),
-        "--name",
-        "m0",
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--etcdutl",
-        &s(etcdutl),
-        "--token",
-        TOKEN,
-        "-o",
-        "json",
-    ];
-    args.iter().map(|a| a.to_string()).collect()
-}
-
-async fn run_owned(args: &[String]) -> common::Run {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(&args, &[]).await
+/// Arguments for restoring `name` from `dir` into `target` as member `m0` on `peer_port` with
+/// `etcdutl`, reporting in JSON.
+fn restore_json(name: &str, dir: &Path, target: &Path, peer_port: u16, etcdutl: &Path) -> Vec<String> {
+    let mut args = restore_args(&[name], target, peer_port, etcdutl);
+    args.extend(["--dir", &s(dir), "--token", TOKEN, "-o", "json"].map(String::from));
+    args
 }
 
 /// Saves, verifies and restores snapshots of an etcd `minor`, and reads them back with etcd
@@ -74,7 +50,7 @@ async fn save_verify_restore(minor: &str) -> TestResult {
     for i in 0..KNOWN {
         client.put(format!("/versions-test/key-{i:03}"), format!("{minor}-value-{i}"), None).await?;
     }
-    let revision = client.status().await?.header().map(|h| h.revision()).unwrap_or_default();
+    let revision = revision(&mut client).await;
 
     // save, once per format, from this etcd.
     let data = tempfile::tempdir()?;
@@ -115,13 +91,13 @@ async fn save_verify_restore(minor: &str) -> TestResult {
         let parent = tempfile::tempdir()?;
         let target = parent.path().join("etcd");
         let port = testenv::free_port()?;
-        let mut args = restore_args(&names[compress], &snapdir, &target, port, &etcdutl);
+        let mut args = restore_json(&names[compress], &snapdir, &target, port, &etcdutl);
         // Every etcdutl minor takes etcdsnap's revision bump (K3s restores with it too).
         let bump = compress == "none";
         if bump {
             args.extend(["--bump-revision".into(), "1000000".into(), "--mark-compacted".into()]);
         }
-        let out = run_owned(&args).await;
+        let out = run(&args, &[]).await;
         assert!(out.ok(), "etcd {minor}, {compress}: restore failed\n{}\n{}", out.stdout, out.stderr);
         let report = out.json();
         assert_eq!(report["ok"], true, "etcd {minor}, {compress}: {report}");
@@ -144,9 +120,9 @@ async fn save_verify_restore(minor: &str) -> TestResult {
         let parent = tempfile::tempdir()?;
         let old_etcdutl = testenv::testbin_version("etcdutl", oldest)?;
         let port = testenv::free_port()?;
-        let mut args = restore_args(&names["zstd"], &snapdir, &parent.path().join("etcd"), port, &old_etcdutl);
+        let mut args = restore_json(&names["zstd"], &snapdir, &parent.path().join("etcd"), port, &old_etcdutl);
         args.push("--dry-run".into());
-        let report = run_owned(&args).await.expect_ok().json();
+        let report = run(&args, &[]).await.expect_ok().json();
         let versions = check(&report, "versions");
         assert_eq!(versions["status"], "warn", "etcd {minor} snapshot, etcdutl {oldest}: {report}");
         assert!(

@@ -1,10 +1,10 @@
 //! The snapshot engine and local storage, end to end: the real `etcdsnap` binary against real
 //! etcd servers started by testenv.
 
-use crate::common;
-use crate::common::{
-    SlowEtcd, TestResult, etcdctl_snapshot, files_in, load_kube_like_data, mode, run, wait_for_save_in_progress,
-};
+use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::slow_etcd::{SlowEtcd, wait_for_save_in_progress};
+use crate::common::snapshot_files::{etcdctl_snapshot, mode};
+use crate::common::{self, Run, TestResult, files_in, run, s};
 use sha2::Digest;
 use std::io::Read;
 use std::path::Path;
@@ -31,13 +31,12 @@ fn trailer_ok(bytes: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_list_verify_every_compression() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 500).await?;
+    let etcd = etcd_with_objects(500).await?;
     let data = tempfile::tempdir()?;
     let data_dir = data.path().join("state");
     let endpoints = etcd.endpoints().join(",");
     let env = [("ETCDSNAP_ENDPOINTS", endpoints.as_str()), ("ETCDSNAP_NODE_NAME", "node-1")];
-    let dd = data_dir.to_string_lossy().to_string();
+    let dd = s(&data_dir);
     for compress in ["none", "zstd", "zip"] {
         let out = run(&["save", "--data-dir", &dd, "--compress", compress], &env).await.expect_ok();
         assert!(out.stdout.contains("saved to file://"), "{}", out.stdout);
@@ -138,7 +137,7 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
     load_kube_like_data(&mut etcd.client().await?, 200).await?;
     let tls = etcd.client_tls().ok_or("no tls")?.clone();
     let data = tempfile::tempdir()?;
-    let dd = data.path().to_string_lossy().to_string();
+    let dd = s(data.path());
     let endpoints = etcd.endpoints().join(",");
     let (ca, cert, key) = (tls.ca.to_string_lossy(), tls.cert.to_string_lossy(), tls.key.to_string_lossy());
     // A save of node cp-1 trusting `ca` with the client certificate `cert`/`key`.
@@ -163,7 +162,7 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
     let out = run_save(save(&ca, &wcert, &wkey, &["--dial-timeout", "3s"])).await.expect_fail();
     assert!(out.stderr.contains("failed"), "{}", out.stderr);
     // And a wrong CA for the server certificate is refused by us.
-    let wca = other.ca_path().to_string_lossy().to_string();
+    let wca = s(&other.ca_path());
     run_save(save(&wca, &cert, &key, &["--dial-timeout", "3s"])).await.expect_fail();
     let published: Vec<_> = files_in(&data.path().join("snapshots")).into_iter().collect();
     assert_eq!(published.len(), 1, "{published:?}");
@@ -179,8 +178,7 @@ fn assert_nothing_published(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_truncated_streams_publish_nothing() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 1500).await?;
+    let etcd = etcd_with_objects(1500).await?;
     let target = etcd.endpoints()[0].trim_start_matches("http://").to_string();
     let proxy = FaultProxy::start(&target).await?;
     let endpoint = format!("http://{}", proxy.addr());
@@ -190,7 +188,7 @@ async fn corrupt_and_truncated_streams_publish_nothing() -> TestResult {
     ];
     for (fault, what) in cases {
         let data = tempfile::tempdir()?;
-        let dd = data.path().to_string_lossy().to_string();
+        let dd = s(data.path());
         proxy.set_fault(fault);
         let out = run(
             &["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &endpoint, "--command-timeout", "5s"],
@@ -211,7 +209,7 @@ async fn corrupt_and_truncated_streams_publish_nothing() -> TestResult {
 async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> TestResult {
     let slow = SlowEtcd::start(1500, 300_000).await?;
     let data = tempfile::tempdir()?;
-    let dd = data.path().to_string_lossy().to_string();
+    let dd = s(data.path());
     let snapdir = data.path().join("snapshots");
     let args = ["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &slow.endpoint];
 
@@ -240,30 +238,29 @@ async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> 
 async fn a_second_save_into_the_same_directory_is_refused_while_one_runs() -> TestResult {
     let slow = SlowEtcd::start(1000, 400_000).await?;
     let data = tempfile::tempdir()?;
-    let dd = data.path().to_string_lossy().to_string();
+    let dd = s(data.path());
     let first =
         common::command(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &slow.endpoint]).spawn()?;
     let snapdir = data.path().join("snapshots");
     let pid = first.id().ok_or("no pid")?;
     wait_for_save_in_progress(pid, &snapdir, 0, Duration::from_secs(30)).await?;
-    let direct = slow.etcd.endpoints()[0].clone();
+    let direct = format!("http://{}", slow.proxy.target());
     let second =
         run(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &direct], &[]).await.expect_fail();
     assert!(second.stderr.contains("snapshot save already in progress"), "{}", second.stderr);
     slow.proxy.set_fault(Fault::None);
-    let first: common::Run = first.wait_with_output().await?.into();
+    let first: Run = first.wait_with_output().await?.into();
     first.expect_ok();
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_detects_a_flipped_byte_in_every_format() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 300).await?;
+    let etcd = etcd_with_objects(300).await?;
     let endpoints = etcd.endpoints().join(",");
     for compress in ["none", "zstd", "zip"] {
         let data = tempfile::tempdir()?;
-        let dd = data.path().to_string_lossy().to_string();
+        let dd = s(data.path());
         let env = [
             ("ETCDSNAP_ENDPOINTS", endpoints.as_str()),
             ("ETCDSNAP_NODE_NAME", "n1"),
@@ -292,7 +289,7 @@ async fn retention_keeps_the_newest_per_prefix_and_node() -> TestResult {
     let etcd = Etcd::single().await?;
     let endpoints = etcd.endpoints().join(",");
     let data = tempfile::tempdir()?;
-    let dd = data.path().to_string_lossy().to_string();
+    let dd = s(data.path());
     let save = |node: &'static str, name: &'static str| {
         let (dd, endpoints) = (dd.clone(), endpoints.clone());
         async move {
@@ -339,7 +336,7 @@ async fn path_traversal_and_bad_names_are_refused() -> TestResult {
     let etcd = Etcd::single().await?;
     let endpoints = etcd.endpoints().join(",");
     let data = tempfile::tempdir()?;
-    let dd = data.path().join("d").to_string_lossy().to_string();
+    let dd = s(&data.path().join("d"));
     run(&["save", "--data-dir", &dd, "--endpoints", &endpoints, "--node-name", "n1"], &[]).await.expect_ok();
     let victim = data.path().join("victim");
     std::fs::write(&victim, "keep me")?;
@@ -368,8 +365,7 @@ async fn path_traversal_and_bad_names_are_refused() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 100).await?;
+    let etcd = etcd_with_objects(100).await?;
     let root = tempfile::tempdir()?;
     // K3s: <data-dir>/server/db/snapshots and <data-dir>/server/db/.metadata
     let snapdir = root.path().join("server/db/snapshots");
@@ -394,7 +390,7 @@ async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
     std::fs::write(snapdir.join("nested/etcd-snapshot-server1-1"), "x")?;
     std::fs::write(snapdir.join(".hidden"), "x")?;
 
-    let dir = snapdir.to_string_lossy().to_string();
+    let dir = s(&snapdir);
     let out = run(&["ls", "--dir", &dir, "--node-name", "server1", "-o", "json"], &[]).await.expect_ok();
     let listed = out.json();
     let items = listed["items"].as_array().ok_or("no items")?;
@@ -419,7 +415,7 @@ async fn learners_and_unreachable_members_are_clear_failures() -> TestResult {
     let learner = etcd.add_learner().await?;
     let learner_url = etcd.members()[learner].client_url.clone();
     let data = tempfile::tempdir()?;
-    let dd = data.path().to_string_lossy().to_string();
+    let dd = s(data.path());
     let out =
         run(&["save", "--data-dir", &dd, "--node-name", "n1", "--endpoints", &learner_url], &[]).await.expect_fail();
     assert!(out.stderr.contains("is a learner"), "{}", out.stderr);
@@ -448,7 +444,7 @@ async fn config_file_environment_and_flags_in_that_order_of_precedence() -> Test
             etcd.endpoints()[0]
         ),
     )?;
-    let cfg = config.to_string_lossy().to_string();
+    let cfg = s(&config);
     run(&["save", "--config", &cfg], &[]).await.expect_ok();
     run(&["save", "--config", &cfg], &[("ETCDSNAP_NAME", "fromenv")]).await.expect_ok();
     run(&["save", "--config", &cfg, "--name", "fromflag"], &[("ETCDSNAP_NAME", "fromenv")]).await.expect_ok();
@@ -475,7 +471,7 @@ async fn verify_reports_what_it_checked_before_a_store_it_could_not_list_and_nev
     let etcd = Etcd::single().await?;
     let endpoints = etcd.endpoints().join(",");
     let data = tempfile::tempdir()?;
-    let dd = data.path().to_string_lossy().to_string();
+    let dd = s(data.path());
     let base = ["--data-dir", &dd, "--node-name", "a", "--no-kube"];
     for _ in 0..2 {
         let mut args = vec!["save", "--endpoints", &endpoints];

@@ -4,12 +4,13 @@
 //! and no snapshot re-uploaded because of it. Real etcd, API server and S3 server; the lies come
 //! from `testenv::LyingS3Proxy` in front of S3.
 
-use crate::common::{Run, TestResult, files_in, load_kube_like_data, run};
+use crate::common::etcd::etcd_with_objects;
+use crate::common::{Run, TestResult, files_in, run, s};
 use etcdsnap_api::ETCDSnapshotFile;
 use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use testenv::{Etcd, KubeApiServer, Lie, LyingS3Proxy, S3Server};
+use testenv::{KubeApiServer, Lie, LyingS3Proxy, S3Server};
 
 const BUCKET: &str = "lies";
 
@@ -29,27 +30,23 @@ async fn resource_names(client: &kube::Client) -> Result<BTreeSet<String>, kube:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_listing_never_deletes_a_resource_nor_re_uploads_a_snapshot() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 200).await?;
+    let etcd = etcd_with_objects(200).await?;
     let api = KubeApiServer::start(&etcd).await?;
     let client = api.client().await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let proxy = LyingS3Proxy::start(&s3.url()).await?;
     let data = tempfile::tempdir()?;
-    let env = Env(vec![
+    let mut env = Env(vec![
         ("ETCDSNAP_ENDPOINTS".into(), etcd.endpoints().join(",")),
         ("ETCDSNAP_NODE_NAME".into(), "node-1".into()),
-        ("ETCDSNAP_DATA_DIR".into(), data.path().to_string_lossy().into()),
-        ("ETCDSNAP_KUBECONFIG".into(), api.kubeconfig_path().to_string_lossy().into()),
-        ("ETCDSNAP_S3".into(), "true".into()),
-        ("ETCDSNAP_S3_ENDPOINT".into(), proxy.endpoint()),
-        ("ETCDSNAP_S3_INSECURE".into(), "true".into()),
-        ("ETCDSNAP_S3_BUCKET".into(), BUCKET.into()),
-        ("ETCDSNAP_S3_TIMEOUT".into(), "3s".into()),
-        ("AWS_ACCESS_KEY_ID".into(), s3.access_key().into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key().into()),
+        ("ETCDSNAP_DATA_DIR".into(), s(data.path())),
+        ("ETCDSNAP_KUBECONFIG".into(), s(api.kubeconfig_path())),
     ]);
+    env.0.extend(s3.etcdsnap_env(BUCKET));
+    // The lies come from the proxy, in front of the server.
+    env.0.retain(|(k, _)| k != "ETCDSNAP_S3_ENDPOINT");
+    env.0.push(("ETCDSNAP_S3_ENDPOINT".into(), proxy.endpoint()));
+    env.0.push(("ETCDSNAP_S3_TIMEOUT".into(), "3s".into()));
     for _ in 0..3 {
         env.run(&["save"]).await.expect_ok();
         tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -1,8 +1,8 @@
 //! S3 storage end to end: the real `etcdsnap` binary, a real etcd and a real S3 server
 //! (versitygw) whose access log is the judge of which requests were made.
 
-use crate::common;
-use crate::common::{Run, TestResult, files_in, load_kube_like_data, run};
+use crate::common::etcd::etcd_with_objects;
+use crate::common::{self, Run, TestResult, files_in, run, s};
 use sha2::Digest;
 use std::time::Duration;
 use testenv::{Etcd, Fault, FaultProxy, S3Server};
@@ -17,16 +17,9 @@ impl Env {
         let mut v: Vec<(String, String)> = vec![
             ("ETCDSNAP_ENDPOINTS".into(), etcd.endpoints().join(",")),
             ("ETCDSNAP_NODE_NAME".into(), node.into()),
-            ("ETCDSNAP_DATA_DIR".into(), data.to_string_lossy().into()),
-            ("ETCDSNAP_S3".into(), "true".into()),
-            ("ETCDSNAP_S3_ENDPOINT".into(), s3.endpoint()),
-            ("ETCDSNAP_S3_BUCKET".into(), BUCKET.into()),
-            ("AWS_ACCESS_KEY_ID".into(), s3.access_key().into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key().into()),
+            ("ETCDSNAP_DATA_DIR".into(), s(data)),
         ];
-        if s3.tls().is_none() {
-            v.push(("ETCDSNAP_S3_INSECURE".into(), "true".into()));
-        }
+        v.extend(s3.etcdsnap_env(BUCKET));
         if !folder.is_empty() {
             v.push(("ETCDSNAP_S3_FOLDER".into(), folder.into()));
         }
@@ -46,10 +39,8 @@ impl Env {
 }
 
 async fn servers() -> Result<(Etcd, S3Server), Box<dyn std::error::Error>> {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 400).await?;
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let etcd = etcd_with_objects(400).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     Ok((etcd, s3))
 }
 
@@ -133,7 +124,7 @@ async fn tls_with_a_custom_ca_and_with_skip_verify() -> TestResult {
     let out = env.run(&["save"]).await.expect_fail();
     assert!(out.stderr.contains("failed (s3)"), "{}", out.stderr);
     assert_eq!(snapshot_names(data.path()).len(), 1);
-    let ca = tls.ca.to_string_lossy().to_string();
+    let ca = s(&tls.ca);
     env.run(&["save", "--s3-endpoint-ca", &ca]).await.expect_ok();
     use base64::Engine as _;
     let inline = base64::engine::general_purpose::STANDARD.encode(tls.ca_pem.as_bytes());
@@ -213,10 +204,8 @@ async fn a_missing_bucket_and_wrong_credentials_are_clear_errors() -> TestResult
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_upload_leaves_no_object_and_the_local_copy_intact() -> TestResult {
-    let etcd = Etcd::single().await?;
-    load_kube_like_data(&mut etcd.client().await?, 3000).await?;
-    let mut s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let etcd = etcd_with_objects(3000).await?;
+    let mut s3 = S3Server::with_bucket(BUCKET).await?;
     let slow = FaultProxy::start(&s3.endpoint()).await?;
     let data = tempfile::tempdir()?;
     let env = Env::new(&etcd, &s3, data.path(), "n1", "f").set("ETCDSNAP_S3_ENDPOINT", &slow.addr().to_string());
@@ -405,8 +394,7 @@ async fn k3s_objects_are_listed_sibling_folders_ignored_and_hostile_metadata_ski
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_listing_of_a_thousand_unchanged_objects_makes_only_list_requests() -> TestResult {
-    let s3 = S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
     let etcd = Etcd::single().await?;
     // 500 with etcdsnap documents, 500 as K3s writes them (user metadata only).
     for i in 0..1000u64 {
