@@ -21,7 +21,8 @@ pub const MAX_METADATA_BYTES: usize = 1024 * 1024;
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdInfo {
-    /// Revision of the key space when the snapshot started.
+    /// The revision the snapshot holds, read from its own pages as it streamed (a `Status` taken
+    /// before the stream can be older: any write in between is in the file).
     pub revision: i64,
     /// etcd server version, e.g. `3.6.16`.
     pub version: String,

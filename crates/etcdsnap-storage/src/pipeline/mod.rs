@@ -1,5 +1,6 @@
-//! One pass over an etcd snapshot stream: etcd's integrity trailer is checked, the bytes are
-//! compressed if asked, hashed as stored, and written to every sink at once. Memory is bounded
+//! One pass over an etcd snapshot stream: etcd's integrity trailer is checked, the revision the
+//! snapshot holds is read from its pages ([`revision`]), the bytes are compressed if asked,
+//! hashed as stored, and written to every sink at once. Memory is bounded
 //! by a small channel and fixed buffers, whatever the size of the database.
 //!
 //! The network side (receiving gRPC messages) runs on the async runtime; hashing, compression
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use encode::{EncodeSpec, Encoder};
 use etcdsnap_api::Compression;
 use fanout::{FanOut, SinkSlot, StoredHash};
+use revision::{RevisionError, RevisionScanner, SnapshotRevision};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,6 +81,8 @@ pub enum PipelineError {
     Etcd(#[from] EtcdError),
     #[error("snapshot refused: {0}")]
     Integrity(String),
+    #[error("snapshot refused: cannot read the revision it holds from its pages: {0}")]
+    Revision(#[from] RevisionError),
     #[error("every destination failed: {0}")]
     AllSinksFailed(String),
     #[error("compressing the snapshot failed: {0}")]
@@ -103,13 +107,15 @@ pub struct PipelineOutput {
     pub stored_size: u64,
     /// sha256 of the stored bytes.
     pub stored_sha256: String,
+    /// The revision the snapshot holds, read from its own pages.
+    pub revision: SnapshotRevision,
     pub sinks: Vec<SinkOutcome>,
 }
 
 struct WorkerOutput {
     slots: Vec<SinkSlot>,
     stored: StoredHash,
-    result: Result<TrailerOutcome, WorkerError>,
+    result: Result<(TrailerOutcome, Result<SnapshotRevision, RevisionError>), WorkerError>,
 }
 
 /// Why the worker stopped before the end of the stream.
@@ -135,11 +141,14 @@ impl WorkerError {
     }
 }
 
-/// Runs the pass: `source` to `sinks`, encoded per `spec`.
+/// Runs the pass: `source` to `sinks`, encoded per `spec`. `revision_floor` is a revision the
+/// snapshot is known to hold (the member's, asked before the stream began): the revision read
+/// from the pages must be at least that.
 pub async fn run<S: ChunkSource>(
     mut source: S,
     sinks: Vec<Box<dyn SnapshotSink>>,
     spec: EncodeSpec,
+    revision_floor: i64,
     progress: Option<Progress>,
     cancel: CancellationToken,
 ) -> Result<PipelineOutput, PipelineError> {
@@ -148,7 +157,7 @@ pub async fn run<S: ChunkSource>(
     let slots: Vec<SinkSlot> = sinks.into_iter().map(|sink| SinkSlot { sink, error: None }).collect();
     let worker_aborted = aborted.clone();
     let compression = spec.compression;
-    let worker = tokio::task::spawn_blocking(move || work(rx, slots, spec, worker_aborted));
+    let worker = tokio::task::spawn_blocking(move || work(rx, slots, spec, revision_floor, worker_aborted));
 
     let mut receive_error = None;
     let mut cancelled = false;
@@ -198,7 +207,11 @@ pub async fn run<S: ChunkSource>(
         (Some(_), _) | (None, Err(WorkerError::Aborted)) => None,
         (None, Err(WorkerError::AllSinksFailed)) => Some(PipelineError::AllSinksFailed(describe_failures(&out.slots))),
         (None, Err(WorkerError::Encode(e))) => Some(PipelineError::Encode(format!("{compression}: {e}"))),
-        (None, Ok(trailer)) => trailer.problem().map(PipelineError::Integrity),
+        (None, Ok((trailer, revision))) => match (trailer.problem(), revision) {
+            (Some(problem), _) => Some(PipelineError::Integrity(problem)),
+            (None, Err(e)) => Some(PipelineError::Revision(e.clone())),
+            (None, Ok(_)) => None,
+        },
     };
     if cancelled {
         abort_all(out.slots).await;
@@ -212,12 +225,16 @@ pub async fn run<S: ChunkSource>(
         abort_all(out.slots).await;
         return Err(e);
     }
-    let (raw_size, whole) = out.result.map(|t| (t.total, t.whole)).unwrap_or_default();
+    let Ok((trailer, Ok(revision))) = out.result else {
+        abort_all(out.slots).await;
+        return Err(PipelineError::Worker("the pass ended without a result".into()));
+    };
     let stored_size = out.stored.size;
     Ok(PipelineOutput {
-        raw_size,
+        raw_size: trailer.total,
         stored_size,
-        stored_sha256: out.stored.hex().unwrap_or(whole),
+        stored_sha256: out.stored.hex().unwrap_or(trailer.whole),
+        revision,
         sinks: out.slots.into_iter().map(|s| SinkOutcome { sink: s.sink, error: s.error }).collect(),
     })
 }
@@ -245,10 +262,11 @@ fn work(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     mut slots: Vec<SinkSlot>,
     spec: EncodeSpec,
+    revision_floor: i64,
     aborted: Arc<AtomicBool>,
 ) -> WorkerOutput {
     let mut stored = StoredHash::new(spec.compression != Compression::None);
-    let result = encode_all(&mut rx, &mut slots, &mut stored, &spec, &aborted);
+    let result = encode_all(&mut rx, &mut slots, &mut stored, &spec, revision_floor, &aborted);
     let result = result.map_err(|e| match e {
         EncodeFailure::Aborted => WorkerError::Aborted,
         EncodeFailure::Io(e) => WorkerError::from_io(e, &slots),
@@ -272,14 +290,19 @@ fn encode_all(
     slots: &mut [SinkSlot],
     stored: &mut StoredHash,
     spec: &EncodeSpec,
+    revision_floor: i64,
     aborted: &AtomicBool,
-) -> Result<TrailerOutcome, EncodeFailure> {
+) -> Result<(TrailerOutcome, Result<SnapshotRevision, RevisionError>), EncodeFailure> {
     let fan = FanOut { slots, stored };
     let mut encoder = Encoder::new(spec, fan)?;
     let mut trailer = TrailerCheck::new();
+    let mut revision = RevisionScanner::new(revision_floor);
     while let Some(batch) = rx.blocking_recv() {
         let before = trailer.total();
-        encoder.write_batch(&batch, |chunk| trailer.update(chunk))?;
+        encoder.write_batch(&batch, |chunk| {
+            trailer.update(chunk);
+            revision.feed(chunk);
+        })?;
         failpoint_mid_stream(before, trailer.total());
     }
     if aborted.load(Ordering::SeqCst) {
@@ -287,7 +310,7 @@ fn encode_all(
     }
     let mut out = encoder.finish()?;
     out.flush()?;
-    Ok(trailer.finish())
+    Ok((trailer.finish(), revision.finish()))
 }
 
 /// The reliability suite's mid-stream point, once the stream passes [`failpoint::MID_STREAM_BYTES`].
@@ -369,10 +392,12 @@ mod tests {
         }
     }
 
+    /// An etcd database of 80 pages holding revision [`REVISION`], with its trailer.
     fn snapshot_bytes() -> Vec<u8> {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8 ^ (i >> 10) as u8).collect();
-        trailer::with_trailer(&data)
+        trailer::with_trailer(&revision::fixture::database(REVISION, 80))
     }
+
+    const REVISION: i64 = 42;
 
     fn chunks(b: &[u8]) -> Vec<Bytes> {
         b.chunks(32 * 1024).map(Bytes::copy_from_slice).collect()
@@ -388,7 +413,7 @@ mod tests {
             .into_iter()
             .map(|(shared, fail_after)| Box::new(MemSink { shared, fail_after }) as Box<dyn SnapshotSink>)
             .collect();
-        run(VecSource(input, tail_error), boxed, spec(compression), None, CancellationToken::new()).await
+        run(VecSource(input, tail_error), boxed, spec(compression), 0, None, CancellationToken::new()).await
     }
 
     #[tokio::test]
@@ -403,7 +428,8 @@ mod tests {
             assert_eq!(stored, b.bytes.lock().map(|v| v.clone()).unwrap_or_default());
             assert_eq!(out.stored_size, stored.len() as u64);
             assert_eq!(out.raw_size, snap.len() as u64);
-            let check = verify::verify_reader(std::io::Cursor::new(&stored), compression)
+            assert_eq!(out.revision.revision, REVISION, "{compression}");
+            let check = verify::verify_reader(std::io::Cursor::new(&stored), compression, verify::ReadRevision::No)
                 .unwrap_or_else(|e| panic!("{compression}: {e}"));
             assert_eq!(check.stored_sha256, out.stored_sha256);
             assert!(check.trailer.is_valid());
@@ -425,6 +451,24 @@ mod tests {
         let truncated = chunks(&snap[..snap.len() - 100]);
         let err = run_into(Compression::Zstd, truncated, None, vec![(a.clone(), None)]).await.err();
         assert!(matches!(err, Some(PipelineError::Integrity(_))), "{err:?}");
+        assert!(a.aborted.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_revision_cannot_be_read_publishes_nothing() {
+        // Not a database, but with a valid trailer.
+        let junk = trailer::with_trailer(&vec![7u8; 300_000]);
+        let a = Shared::default();
+        let err = run_into(Compression::Zstd, chunks(&junk), None, vec![(a.clone(), None)]).await.err();
+        assert!(matches!(err, Some(PipelineError::Revision(_))), "{err:?}");
+        assert!(a.aborted.load(Ordering::SeqCst));
+        // A database whose pages hold less than the member had before the stream began.
+        let snap = snapshot_bytes();
+        let a = Shared::default();
+        let boxed: Vec<Box<dyn SnapshotSink>> = vec![Box::new(MemSink { shared: a.clone(), fail_after: None })];
+        let source = VecSource(chunks(&snap), None);
+        let err = run(source, boxed, spec(Compression::None), REVISION + 1, None, CancellationToken::new()).await.err();
+        assert!(matches!(err, Some(PipelineError::Revision(RevisionError::BeforeFloor { .. }))), "{err:?}");
         assert!(a.aborted.load(Ordering::SeqCst));
     }
 

@@ -389,13 +389,14 @@ fn read_u64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
+/// Small bbolt files laid out as etcd's, for the tests of this module and of the pipeline.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixture {
     use super::*;
 
-    const PS: usize = 4096;
+    pub(crate) const PS: usize = 4096;
 
-    fn rev_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
+    pub(crate) fn rev_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
         let mut k = main.to_be_bytes().to_vec();
         k.push(b'_');
         k.extend_from_slice(&sub.to_be_bytes());
@@ -406,7 +407,7 @@ mod tests {
     }
 
     /// A page of `size` bytes with its header.
-    fn page(id: u64, flags: u16, count: u16, overflow: u32, size: usize) -> Vec<u8> {
+    pub(crate) fn page(id: u64, flags: u16, count: u16, overflow: u32, size: usize) -> Vec<u8> {
         let mut p = vec![0u8; size];
         p[0..8].copy_from_slice(&id.to_le_bytes());
         p[8..10].copy_from_slice(&flags.to_le_bytes());
@@ -416,7 +417,7 @@ mod tests {
     }
 
     /// A leaf page holding `elems` (flags, key, value), laid out as bbolt does.
-    fn leaf(id: u64, elems: &[(u32, Vec<u8>, Vec<u8>)], pages: usize) -> Vec<u8> {
+    pub(crate) fn leaf(id: u64, elems: &[(u32, Vec<u8>, Vec<u8>)], pages: usize) -> Vec<u8> {
         let mut p = page(id, LEAF, elems.len() as u16, (pages - 1) as u32, pages * PS);
         let mut data = PAGE_HEADER + elems.len() * ELEMENT;
         for (i, (flags, k, v)) in elems.iter().enumerate() {
@@ -432,7 +433,7 @@ mod tests {
         p
     }
 
-    fn branch(id: u64, children: &[(Vec<u8>, u64)]) -> Vec<u8> {
+    pub(crate) fn branch(id: u64, children: &[(Vec<u8>, u64)]) -> Vec<u8> {
         let mut p = page(id, BRANCH, children.len() as u16, 0, PS);
         let mut data = PAGE_HEADER + children.len() * ELEMENT;
         for (i, (k, child)) in children.iter().enumerate() {
@@ -446,7 +447,7 @@ mod tests {
         p
     }
 
-    fn bucket_value(root: u64, inline: Option<Vec<u8>>) -> Vec<u8> {
+    pub(crate) fn bucket_value(root: u64, inline: Option<Vec<u8>>) -> Vec<u8> {
         let mut v = root.to_le_bytes().to_vec();
         v.extend_from_slice(&0u64.to_le_bytes());
         if let Some(i) = inline {
@@ -455,7 +456,7 @@ mod tests {
         v
     }
 
-    fn meta(root: u64, pages: u64) -> Vec<u8> {
+    pub(crate) fn meta(root: u64, pages: u64) -> Vec<u8> {
         let mut p = page(0, 0x04, 0, 0, PS);
         let m = PAGE_HEADER;
         p[m..m + 4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -468,7 +469,7 @@ mod tests {
 
     /// A database: meta pages, then `pages` placed at their ids (gaps filled with free pages),
     /// then a 32-byte trailer.
-    fn file(root: u64, pages: Vec<(u64, Vec<u8>)>) -> Vec<u8> {
+    pub(crate) fn file(root: u64, pages: Vec<(u64, Vec<u8>)>) -> Vec<u8> {
         let total = pages.iter().map(|(id, p)| id + (p.len() / PS) as u64).max().unwrap_or(2);
         let mut out = meta(root, total);
         out.extend(meta(root, total));
@@ -480,20 +481,12 @@ mod tests {
         out
     }
 
-    fn scan(bytes: &[u8], floor: i64, chunk: usize) -> Result<SnapshotRevision, RevisionError> {
-        let mut s = RevisionScanner::new(floor);
-        for c in bytes.chunks(chunk) {
-            s.feed(c);
-        }
-        s.finish()
-    }
-
-    fn kv(main: i64) -> (u32, Vec<u8>, Vec<u8>) {
+    pub(crate) fn kv(main: i64) -> (u32, Vec<u8>, Vec<u8>) {
         (0, rev_key(main, 0, false), b"value".to_vec())
     }
 
     /// Root bucket at page 2 with `key` rooted at `key_root` and an inline `meta` bucket.
-    fn root_page(key_root: u64, compaction: Option<(i64, i64)>) -> Vec<u8> {
+    pub(crate) fn root_page(key_root: u64, compaction: Option<(i64, i64)>) -> Vec<u8> {
         let meta_elems: Vec<(u32, Vec<u8>, Vec<u8>)> = match compaction {
             Some((finished, scheduled)) => vec![
                 (0, b"finishedCompactRev".to_vec(), rev_key(finished, 0, false)),
@@ -514,6 +507,38 @@ mod tests {
             ],
             1,
         )
+    }
+
+    /// A database of `pages` pages (at least 8) whose key bucket ends at revision `revision`.
+    pub(crate) fn database(revision: i64, pages: u64) -> Vec<u8> {
+        let mut db = file(2, vec![(2, root_page(3, None)), (3, leaf(3, &[kv(revision - 1), kv(revision)], 1))]);
+        db.truncate(db.len() - 32);
+        let total = pages.max(8);
+        let m = PAGE_HEADER;
+        for meta_page in 0..2 {
+            let at = meta_page * PS + m + 40;
+            db[at..at + 8].copy_from_slice(&total.to_le_bytes());
+        }
+        db.resize(total as usize * PS, 0);
+        // Filler that is no page of the tree (free pages as a busy etcd leaves them).
+        for (i, b) in db.iter_mut().enumerate().skip(8 * PS) {
+            *b = (i % 251) as u8;
+        }
+        db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::*;
+    use super::*;
+
+    fn scan(bytes: &[u8], floor: i64, chunk: usize) -> Result<SnapshotRevision, RevisionError> {
+        let mut s = RevisionScanner::new(floor);
+        for c in bytes.chunks(chunk) {
+            s.feed(c);
+        }
+        s.finish()
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Re-reading stored bytes: sha256 of what is stored, and etcd's trailer after decompression.
-//! Used by `verify`, by restore's pre-flight check, and by tests.
+//! Re-reading stored bytes: sha256 of what is stored, etcd's trailer after decompression and,
+//! when asked, the revision the snapshot holds. Used by `verify`, by restore's pre-flight check,
+//! by drills, and by tests.
 
+use super::revision::{RevisionError, RevisionScanner, SnapshotRevision};
 use super::trailer::{TrailerCheck, TrailerOutcome};
 use super::zipread::{self, ZipReadError};
 use etcdsnap_api::Compression;
@@ -17,6 +19,17 @@ pub struct StoredCheck {
     pub trailer: TrailerOutcome,
     /// Name of the entry inside a zip.
     pub zip_entry: Option<String>,
+    /// The revision read from the snapshot's pages, when asked for ([`ReadRevision`]).
+    pub revision: Option<Result<SnapshotRevision, RevisionError>>,
+}
+
+/// Whether a pass also reads the revision the snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadRevision {
+    No,
+    /// Yes; the snapshot is expected to hold at least this revision (its record's). Leaves
+    /// before it are not remembered, so memory stays small whatever the database's size.
+    AtLeast(i64),
 }
 
 /// Why the bytes could not be read to the end.
@@ -56,6 +69,7 @@ impl<R: Read> Read for HashingReader<R> {
 /// aside, so that it is reported as a write failure rather than as damaged input.
 struct TrailerWriter<W> {
     check: TrailerCheck,
+    revision: Option<RevisionScanner>,
     out: W,
     write_error: Option<io::Error>,
 }
@@ -74,6 +88,9 @@ impl<W: Write> Write for TrailerWriter<W> {
             return Err(self.failed(e));
         }
         self.check.update(buf);
+        if let Some(r) = &mut self.revision {
+            r.feed(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -88,8 +105,12 @@ const BUF: usize = 1024 * 1024;
 
 /// Reads `input` to its end once, computing the stored hash and checking the decompressed
 /// stream's trailer. Blocking: call it from a blocking thread.
-pub fn verify_reader<R: Read>(input: R, compression: Compression) -> Result<StoredCheck, VerifyError> {
-    verify_copy(input, compression, io::sink()).map(|(check, _)| check)
+pub fn verify_reader<R: Read>(
+    input: R,
+    compression: Compression,
+    read_revision: ReadRevision,
+) -> Result<StoredCheck, VerifyError> {
+    verify_copy(input, compression, io::sink(), read_revision).map(|(check, _)| check)
 }
 
 /// The same single pass as [`verify_reader`], also writing the decompressed bytes (the etcd
@@ -100,22 +121,35 @@ pub fn verify_copy<R: Read, W: Write>(
     input: R,
     compression: Compression,
     out: W,
+    read_revision: ReadRevision,
 ) -> Result<(StoredCheck, W), VerifyError> {
     let hashing =
         HashingReader { inner: input, hasher: (compression != Compression::None).then(Sha256::new), count: 0 };
-    let mut sink = TrailerWriter { check: TrailerCheck::new(), out, write_error: None };
+    let revision = match read_revision {
+        ReadRevision::No => None,
+        ReadRevision::AtLeast(floor) => Some(RevisionScanner::new(floor)),
+    };
+    let mut sink = TrailerWriter { check: TrailerCheck::new(), revision, out, write_error: None };
     let result = copy_through(hashing, compression, &mut sink);
     if let Some(e) = sink.write_error.take() {
         return Err(VerifyError::Write(e));
     }
     let (hashing, zip_entry) = result?;
     let trailer = sink.check.finish();
+    let revision = sink.revision.map(RevisionScanner::finish);
     let stored_sha256 = match hashing.hasher {
         Some(h) => hex::encode(h.finalize()),
         None => trailer.whole.clone(),
     };
     Ok((
-        StoredCheck { stored_sha256, stored_size: hashing.count, raw_size: trailer.total, trailer, zip_entry },
+        StoredCheck {
+            stored_sha256,
+            stored_size: hashing.count,
+            raw_size: trailer.total,
+            trailer,
+            zip_entry,
+            revision,
+        },
         sink.out,
     ))
 }
@@ -174,12 +208,23 @@ mod tests {
         let snap = snapshot();
         let zst = zstd::encode_all(&snap[..], 3).unwrap_or_default();
         for (stored, compression) in [(snap.clone(), Compression::None), (zst.clone(), Compression::Zstd)] {
-            let (check, out) = verify_copy(&stored[..], compression, Vec::new()).unwrap();
+            let (check, out) = verify_copy(&stored[..], compression, Vec::new(), ReadRevision::No).unwrap();
             assert_eq!(out, snap, "{compression}");
             assert!(check.trailer.is_valid());
             assert_eq!(check.stored_size, stored.len() as u64);
             assert_eq!(check.stored_sha256, hex::encode(Sha256::digest(&stored)), "{compression}");
         }
+    }
+
+    #[test]
+    fn the_revision_is_read_when_asked() {
+        let db = with_trailer(&crate::pipeline::revision::fixture::database(9, 20));
+        let zst = zstd::encode_all(&db[..], 3).unwrap_or_default();
+        let check = verify_reader(&zst[..], Compression::Zstd, ReadRevision::AtLeast(5)).unwrap();
+        assert_eq!(check.revision.map(|r| r.map(|r| r.revision)), Some(Ok(9)));
+        let check = verify_reader(&db[..], Compression::None, ReadRevision::AtLeast(10)).unwrap();
+        assert!(matches!(check.revision, Some(Err(RevisionError::BeforeFloor { .. }))));
+        assert!(verify_reader(&db[..], Compression::None, ReadRevision::No).unwrap().revision.is_none());
     }
 
     struct Full;
@@ -194,7 +239,7 @@ mod tests {
 
     #[test]
     fn a_failing_destination_is_a_write_error() {
-        let err = verify_copy(&snapshot()[..], Compression::None, Full).err();
+        let err = verify_copy(&snapshot()[..], Compression::None, Full, ReadRevision::No).err();
         assert!(matches!(err, Some(VerifyError::Write(_))), "{err:?}");
     }
 }

@@ -24,6 +24,7 @@ use crate::restore::SnapshotSource;
 use crate::restore::space;
 use etcdsnap_api::{DrillResult, KvHash};
 use etcdsnap_storage::pipeline::Progress;
+use etcdsnap_storage::pipeline::revision::{RevisionError, SnapshotRevision};
 use etcdsnap_storage::record::SnapshotRecord;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -148,7 +149,10 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
     };
     let db = scratch.path().join("snapshot.db");
     match crate::restore::verify_pass(source, Some(db.clone()), progress).await {
-        Ok(check) => report.problems.extend(crate::ops::check_problems(&source.record, &check)),
+        Ok(check) => {
+            report.problems.extend(crate::ops::check_problems(&source.record, &check));
+            report.problems.extend(revision_problem(report.revision, check.revision.as_ref()));
+        }
         Err(e) => report.problems.push(format!("cannot read the snapshot to its end: {e}")),
     }
     if !report.problems.is_empty() {
@@ -198,11 +202,10 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
                     report.revision.unwrap_or_default()
                 ));
             }
-            if report.revision.is_some_and(|r| booted.revision < r) {
+            if let Some(r) = report.revision.filter(|r| booted.revision != *r) {
                 report.problems.push(format!(
-                    "the restored etcd is at revision {}, before the snapshot's {}",
-                    booted.revision,
-                    report.revision.unwrap_or_default()
+                    "the restored etcd is at revision {}, the snapshot's record says {r}: it is not the snapshot the record describes",
+                    booted.revision
                 ));
             }
             report.revision.get_or_insert(booted.revision);
@@ -236,6 +239,24 @@ pub async fn keep_result(
         problems.push(format!("the drill's result is not on the resource: {e}"));
     }
     problems
+}
+
+/// Whether the snapshot holds exactly the revision its record says (read from its pages in the
+/// pass over its bytes). A later snapshot of the same etcd in an earlier one's place hashes
+/// alike at the recorded revision: only its own revision tells them apart.
+fn revision_problem(recorded: Option<i64>, read: Option<&Result<SnapshotRevision, RevisionError>>) -> Option<String> {
+    let recorded = recorded?;
+    match read? {
+        Ok(found) if found.revision == recorded => None,
+        Ok(found) => Some(format!(
+            "the snapshot holds revision {}, its record says {recorded}: it is not the snapshot the record describes",
+            found.revision
+        )),
+        Err(RevisionError::BeforeFloor { .. }) => Some(format!(
+            "the snapshot's contents end before revision {recorded}, the revision its record says it holds"
+        )),
+        Err(e) => Some(format!("cannot read the revision the snapshot holds: {e}")),
+    }
 }
 
 /// Compares a hash of the snapshot's contents with the one recorded from the live member.
@@ -306,4 +327,27 @@ fn die_with_parent(cmd: &mut tokio::process::Command) {
 
 fn on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(revision: i64) -> Result<SnapshotRevision, RevisionError> {
+        Ok(SnapshotRevision { revision, newest_key: revision, compacted: 0 })
+    }
+
+    #[test]
+    fn a_snapshot_passes_only_at_exactly_its_recorded_revision() {
+        assert_eq!(revision_problem(Some(7), Some(&read(7))), None);
+        let later = revision_problem(Some(7), Some(&read(9))).unwrap();
+        assert!(later.contains("holds revision 9, its record says 7"), "{later}");
+        let short = revision_problem(Some(7), Some(&Err(RevisionError::BeforeFloor { found: 0, floor: 7 }))).unwrap();
+        assert!(short.contains("end before revision 7"), "{short}");
+        let unreadable = revision_problem(Some(7), Some(&Err(RevisionError::NotBolt("x".into())))).unwrap();
+        assert!(unreadable.contains("cannot read the revision"), "{unreadable}");
+        // Nothing recorded, or nothing read (a record without a revision): nothing to compare.
+        assert_eq!(revision_problem(None, Some(&read(9))), None);
+        assert_eq!(revision_problem(Some(7), None), None);
+    }
 }

@@ -9,7 +9,7 @@
 
 use super::Context;
 use etcdsnap_api::consts::KUBERNETES_PREFIX;
-use etcdsnap_api::{Compression, EtcdInfo, SnapshotName, StorageKind, snapshot_file_name};
+use etcdsnap_api::{Compression, EtcdInfo, KvHash, SnapshotName, StorageKind, snapshot_file_name};
 use etcdsnap_storage::etcd::{EtcdError, EtcdMember, MemberStatus};
 use etcdsnap_storage::failpoint;
 use etcdsnap_storage::pipeline::encode::EncodeSpec;
@@ -122,6 +122,13 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     Ok(report)
 }
 
+/// etcd's HashKV and object count at one revision.
+struct KvFacts {
+    revision: i64,
+    hash: KvHash,
+    keys: i64,
+}
+
 /// One try at streaming the snapshot from a member into every store.
 struct Attempt<'a> {
     ctx: &'a Context,
@@ -179,13 +186,24 @@ impl Attempt<'_> {
             created_at: self.created_at,
             expected_size: status.db_size.max(0) as u64,
         };
-        // The member computes its HashKV while it streams the snapshot: the save does not wait
-        // for it afterwards (bench/RESULTS.md, drills).
-        let streaming = pipeline::run(stream, sinks, spec, self.progress.cloned(), self.opts.cancel.clone());
-        let (streamed, etcd) = tokio::join!(streaming, self.etcd_facts(&mut member, &status));
+        // The member starts hashing at the revision it reported while it streams; the snapshot
+        // holds that revision or a later one (writes between the status and the stream), read
+        // from its own pages. When they differ, it is asked again at the snapshot's revision.
+        let streaming =
+            pipeline::run(stream, sinks, spec, status.revision, self.progress.cloned(), self.opts.cancel.clone());
+        let (streamed, early) = tokio::join!(streaming, self.kv_facts(&mut member, status.revision));
         match streamed {
             Ok(output) => {
                 report.raw_size = output.raw_size;
+                let revision = output.revision.revision;
+                let facts = match early {
+                    facts if revision == status.revision => facts,
+                    _ => self.kv_facts(&mut member, revision).await,
+                };
+                if revision != status.revision {
+                    tracing::debug!(snapshot = %name, status = status.revision, revision, "the member wrote while the snapshot started");
+                }
+                let etcd = EtcdInfo { revision, ..self.etcd_facts(&status, facts) };
                 self.publish(report, output, etcd).await;
             }
             Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
@@ -220,32 +238,36 @@ impl Attempt<'_> {
         sinks
     }
 
-    /// What is recorded about etcd: the member's status and, when asked for, its HashKV at the
-    /// revision the snapshot started from (the snapshot holds every revision up to it, and a
-    /// HashKV at a past revision does not change while newer ones are written). A member that
-    /// cannot answer costs the record its hash, not the snapshot.
-    async fn etcd_facts(&self, member: &mut EtcdMember, status: &MemberStatus) -> EtcdInfo {
+    /// The member's HashKV and count of Kubernetes objects at `revision`, when the save records
+    /// them (`--record-hashkv`). A HashKV at a past revision does not change while newer ones are
+    /// written. A member that cannot answer costs the record its hash, not the snapshot.
+    async fn kv_facts(&self, member: &mut EtcdMember, revision: i64) -> Option<KvFacts> {
+        if !self.ctx.record_hash_kv {
+            return None;
+        }
+        let facts = async {
+            let hash = member.hash_kv(revision).await?;
+            let keys = member.count_keys(KUBERNETES_PREFIX, revision).await?;
+            Ok::<_, EtcdError>(KvFacts { revision, hash, keys })
+        };
+        let answer = tokio::select! {
+            // A cancelled save publishes nothing; it does not wait for the hash either.
+            _ = self.opts.cancel.cancelled() => return None,
+            answer = facts => answer,
+        };
+        answer
+            .inspect_err(|e| {
+                tracing::warn!(revision, error = %e, "no HashKV recorded: drills of this snapshot check its bytes, trailer and revision only")
+            })
+            .ok()
+    }
+
+    /// What is recorded about etcd: the member's status, and the HashKV at the snapshot's own
+    /// revision when there is one.
+    fn etcd_facts(&self, status: &MemberStatus, facts: Option<KvFacts>) -> EtcdInfo {
         let mut etcd = status.etcd_info();
-        if self.ctx.record_hash_kv {
-            let facts = async {
-                let hash = member.hash_kv(status.revision).await?;
-                let keys = member.count_keys(KUBERNETES_PREFIX, status.revision).await?;
-                Ok::<_, EtcdError>((hash, keys))
-            };
-            let answer = tokio::select! {
-                // A cancelled save publishes nothing; it does not wait for the hash either.
-                _ = self.opts.cancel.cancelled() => return etcd,
-                answer = facts => answer,
-            };
-            match answer {
-                Ok((hash, keys)) => {
-                    etcd.hash_kv = Some(hash);
-                    etcd.kubernetes_keys = Some(keys);
-                }
-                Err(e) => {
-                    tracing::warn!(revision = status.revision, error = %e, "no HashKV recorded: drills of this snapshot check its bytes and trailer only")
-                }
-            }
+        if let Some(f) = facts {
+            (etcd.revision, etcd.hash_kv, etcd.kubernetes_keys) = (f.revision, Some(f.hash), Some(f.keys));
         }
         etcd
     }

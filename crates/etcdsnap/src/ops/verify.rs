@@ -2,7 +2,7 @@
 //! etcd's trailer after decompression. Drills start with the same checks ([`check_problems`]).
 
 use etcdsnap_storage::pipeline::Progress;
-use etcdsnap_storage::pipeline::verify::{StoredCheck, verify_reader};
+use etcdsnap_storage::pipeline::verify::{ReadRevision, StoredCheck, verify_reader};
 use etcdsnap_storage::record::{MetadataSource, SnapshotRecord};
 use etcdsnap_storage::store::SnapshotStore;
 
@@ -42,7 +42,7 @@ pub async fn verify_record(
     let counted = CountingReader { inner: reader.reader, progress };
     let check = tokio::task::spawn_blocking(move || {
         let bridge = tokio_util::io::SyncIoBridge::new(counted);
-        verify_reader(bridge, compression)
+        verify_reader(bridge, compression, ReadRevision::No)
     })
     .await;
     let check = match check {

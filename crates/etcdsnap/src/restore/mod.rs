@@ -33,7 +33,7 @@ pub use source::{SnapshotSource, SourceError, SourceKind};
 pub use swap::{Installed, SwapError, TargetState};
 
 use etcdsnap_storage::pipeline::Progress;
-use etcdsnap_storage::pipeline::verify::{StoredCheck, VerifyError, verify_copy, verify_reader};
+use etcdsnap_storage::pipeline::verify::{ReadRevision, StoredCheck, VerifyError, verify_copy, verify_reader};
 use std::ffi::OsString;
 use std::io::{BufWriter, Read};
 use std::os::unix::fs::OpenOptionsExt;
@@ -261,10 +261,16 @@ pub(crate) async fn verify_pass(
         p.set_total(size);
     }
     let compression = source.compression;
+    // The revision the snapshot holds, read as it passes: what a drill and a restore compare
+    // with the record.
+    let read_revision = match source.record.etcd.as_ref().map(|e| e.revision) {
+        Some(r) if r > 0 => ReadRevision::AtLeast(r),
+        _ => ReadRevision::No,
+    };
     let reader = Counting { inner: reader, progress };
     tokio::task::spawn_blocking(move || -> Result<StoredCheck, PassError> {
         let Some(path) = out else {
-            return Ok(verify_reader(reader, compression)?);
+            return Ok(verify_reader(reader, compression, read_revision)?);
         };
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -272,7 +278,7 @@ pub(crate) async fn verify_pass(
             .mode(0o600)
             .open(&path)
             .map_err(|source| PassError::Create { path: path.clone(), source })?;
-        let (check, _) = verify_copy(reader, compression, BufWriter::with_capacity(WRITE_BUF, file))?;
+        let (check, _) = verify_copy(reader, compression, BufWriter::with_capacity(WRITE_BUF, file), read_revision)?;
         Ok(check)
     })
     .await

@@ -401,3 +401,46 @@ async fn agents_drill_on_a_schedule_each_its_own_and_the_leader_s3() -> TestResu
     }
     Ok(())
 }
+
+/// A later snapshot of the same etcd put in an earlier one's place, its record made to agree
+/// with the new bytes (sha256, size): the later file still holds every revision up to the
+/// earlier one, so it hashes alike at the recorded revision and counts the same objects there.
+/// Only its own revision tells them apart: the drill fails at both levels and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_snapshot_in_an_earlier_ones_place_fails_the_drill() -> TestResult {
+    use sha2::Digest;
+    let (etcdutl, etcd_bin) = tools();
+    let etcd = etcd_with_objects(OBJECTS).await?;
+    let data = tempfile::tempdir()?;
+    let dd = s(data.path());
+    let endpoints = etcd.endpoints().join(",");
+    let node = local_node(&dd, "node-1", &endpoints);
+    run(&[&["save"], &node[..]].concat(), &[]).await.expect_ok();
+    let mut client = etcd.client().await?;
+    for i in 0..5 {
+        client.put(format!("/registry/configmaps/later/cm-{i}"), "after the first snapshot", None).await?;
+    }
+    run(&[&["save"], &node[..]].concat(), &[]).await.expect_ok();
+    let dir = data.path().join("snapshots");
+    let names = snapshots(&dir);
+    let [earlier, later] = [&names[0], &names[1]];
+    let forged = std::fs::read(dir.join(later))?;
+    std::fs::write(dir.join(earlier), &forged)?;
+    let record_path = data.path().join(".metadata").join(format!("{earlier}{}", etcdsnap_api::consts::RECORD_SUFFIX));
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path)?)?;
+    let recorded = record["etcd"]["revision"].as_i64().unwrap();
+    record["sha256"] = hex::encode(sha2::Sha256::digest(&forged)).into();
+    record["size"] = forged.len().into();
+    std::fs::write(&record_path, serde_json::to_vec(&record)?)?;
+    run(&[&["verify"], &node[..], &[earlier.as_str()]].concat(), &[]).await.expect_ok();
+
+    for tools in [vec!["--etcdutl", &etcdutl], vec!["--etcdutl", &etcdutl, "--drill-etcd", &etcd_bin]] {
+        let args = [&["drill"], &node[..], &tools[..], &["-o", "json", earlier.as_str()]].concat();
+        let item = run(&args, &[]).await.expect_fail().json()["items"][0].clone();
+        assert_eq!(item["passed"], false, "{item}");
+        let result = item["result"].as_str().unwrap_or_default();
+        assert!(result.contains(&format!("its record says {recorded}")), "{tools:?}: {item}");
+        assert!(result.contains(&format!("holds revision {}", recorded + 5)), "{tools:?}: {item}");
+    }
+    Ok(())
+}

@@ -532,3 +532,70 @@ async fn verify_reports_what_it_checked_before_a_store_it_could_not_list_and_nev
     assert_eq!(files_in(&snapdir).len(), 1);
     Ok(())
 }
+
+/// A writer puts every 2 ms during the saves and after them, as a busy control plane does.
+/// Each snapshot's recorded revision, in its local record and on its S3 copy, is the revision
+/// its file holds as etcdutl reads it; and the saves did start while writes landed (some
+/// member's status, taken before its stream, is older than the file it then streamed), so
+/// the test covers the race a Status call before the stream loses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_writer_every_2ms_the_recorded_revision_is_the_one_the_file_holds() -> TestResult {
+    let etcd = etcd_with_objects(300).await?;
+    let s3 = testenv::S3Server::with_bucket("busy").await?;
+    let mut writer = etcd.client().await?;
+    let writes = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        for i in 0u64.. {
+            tick.tick().await;
+            if writer.put(format!("/registry/leases/busy/{}", i % 64), format!("renew-{i}"), None).await.is_err() {
+                break;
+            }
+        }
+    });
+    let data = tempfile::tempdir()?;
+    let dd = s(data.path());
+    let endpoints = etcd.endpoints().join(",");
+    let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--no-kube"];
+    let env = s3.credentials_env();
+    let mut started_at = Vec::new();
+    for compress in ["none", "zstd", "none", "zstd"] {
+        let args =
+            [&["save", "--log-level", "info", "--compress", compress][..], &node, &s3.etcdsnap_flags("busy")].concat();
+        let out = run(&args, &env).await.expect_ok();
+        // `saving etcd snapshot ... revision=N`: the member's status before the stream.
+        let line = out.stderr.lines().find(|l| l.contains("saving etcd snapshot")).unwrap_or_default().to_string();
+        let status: i64 =
+            line.split("revision=").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap();
+        started_at.push(status);
+    }
+    writes.abort();
+
+    let listed =
+        run(&[&["ls", "-o", "json"][..], &node, &s3.etcdsnap_flags("busy")].concat(), &env).await.expect_ok().json();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 8, "{listed}");
+    let recorded = |item: &serde_json::Value| -> i64 {
+        let r = &item["metadata"]["annotations"][etcdsnap_api::consts::ANNOTATION_ETCD_REVISION];
+        r.as_str().unwrap_or_default().parse().unwrap_or_else(|_| panic!("no recorded revision: {item}"))
+    };
+    let snapdir = data.path().join("snapshots");
+    let mut later_than_status = 0;
+    for (file, status) in files_in(&snapdir).iter().zip(&started_at) {
+        let path = snapdir.join(file);
+        let plain = if file.ends_with(".zst") {
+            let db = data.path().join("plain.db");
+            std::fs::write(&db, zstd::decode_all(std::fs::File::open(&path)?)?)?;
+            db
+        } else {
+            path
+        };
+        let holds = etcdutl_status(&plain).await?["revision"].as_i64().unwrap();
+        let copies: Vec<i64> =
+            items.iter().filter(|i| i["spec"]["snapshotName"] == file.as_str()).map(recorded).collect();
+        assert_eq!(copies, vec![holds, holds], "{file}: recorded (local, S3) vs the file's own revision");
+        assert!(holds >= *status, "{file}: holds {holds}, the member was at {status} before the stream");
+        later_than_status += usize::from(holds > *status);
+    }
+    assert!(later_than_status > 0, "no save started while a write landed: {started_at:?}");
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! The pass over the bytes: the sha256 against the recorded one, etcd's trailer.
+//! The pass over the bytes: the sha256 against the recorded one, etcd's trailer, the revision.
 
 use super::report::{CheckStatus, PreflightReport};
 use crate::units::human_bytes as human;
@@ -53,5 +53,30 @@ pub(crate) fn add_integrity(report: &mut PreflightReport, result: Result<StoredC
             None,
         ),
         Some(p) => report.push("trailer", CheckStatus::Fail, p, Some("restore another snapshot".into())),
+    }
+    add_revision(report, &check);
+}
+
+/// The revision the file holds against its record's. A mismatch is a warning: the bytes are
+/// etcd's and restore as they are, but the record (written by an etcdsnap that took the
+/// revision from a Status call before the stream) understates what they hold.
+fn add_revision(report: &mut PreflightReport, check: &StoredCheck) {
+    let (Some(recorded), Some(read)) = (report.snapshot.etcd_revision, check.revision.as_ref()) else { return };
+    match read {
+        Ok(found) if found.revision == recorded => {
+            report.push("revision", CheckStatus::Pass, format!("the file holds revision {recorded}, as recorded"), None)
+        }
+        Ok(found) => report.push(
+            "revision",
+            CheckStatus::Warn,
+            format!("the file holds revision {}, its record says {recorded}", found.revision),
+            Some("the restored etcd starts at the file's revision; check that this is the snapshot you meant".into()),
+        ),
+        Err(e) => report.push(
+            "revision",
+            CheckStatus::Warn,
+            format!("the revision the file holds could not be read from its pages: {e}"),
+            None,
+        ),
     }
 }
