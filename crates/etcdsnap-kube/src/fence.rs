@@ -2,13 +2,38 @@
 //!
 //! Checking the term before a request is not enough on its own: between that check and the
 //! bytes reaching the socket, a request passes through kube's buffer task, hyper's pool and the
-//! connection task. A leader paused there (SIGSTOP, a VM freeze, a long GC-like stall of the
-//! host) sends it when it runs again, long after another node took over. The fenced client
-//! checks the term inside the socket's `poll_write`, with no await between the check and the
-//! write system call, so a request not yet written when the term ended is never written.
+//! connection task. A leader paused there (SIGSTOP, a long stall of the host) sends it when it
+//! runs again, long after another node took over. The fenced client checks the term inside the
+//! socket's `poll_write`, with no await between the check and the write system call, so a
+//! request not yet written when the term ended is never written.
 //!
 //! What remains is a request whose bytes the kernel already had before the pause: it reached
 //! the API server then, before any other node could take over.
+//!
+//! What the fence covers depends on the clock that ends the term. The term's deadline is on the
+//! boot clock (`CLOCK_BOOTTIME`, [`etcdsnap_storage::clock::since_boot`]), so it covers:
+//!
+//! - a process stopped (SIGSTOP, a debugger, a cgroup freezer) or starved of CPU past its
+//!   Lease: on the boot clock its deadline passed, and its first write after it runs again is
+//!   refused (tested against a real API server in `tests/kubernetes/leadership.rs`);
+//! - a machine suspended (suspend to RAM or disk): the boot clock counts the time asleep, where
+//!   the monotonic clock would not.
+//!
+//! It does not cover a virtual machine paused by its hypervisor with its clocks stopped (QEMU's
+//! `stop`, a saved and restored VM, the downtime of a live migration): no clock inside the
+//! machine shows that time passed, so its term still looks valid when it runs again. Such a
+//! leader goes on writing until its elector's next round, at most one retry period later (a
+//! sixth of the Lease, 5 s at most), reads the Lease, sees the other holder and ends the term.
+//! Some of those writes are refused by the API server anyway (a replace carries the
+//! resourceVersion it was computed from, so one of an object the new leader changed fails with
+//! 409); creates and annotation patches are not. A pause shorter than a third of the Lease
+//! duration (the margin between the renew deadline and the Lease) is harmless: its term then
+//! ends, by its own clock, before another node may take over. Where such pauses happen, choose
+//! a Lease duration (`--leader-lease-duration`) above three times the longest of them.
+//!
+//! The leader's S3 writes (a drill's record, delta retention) do not go through this client:
+//! they check the term right before each request, which a pause between the check and the
+//! request's bytes leaving can defeat, the same window as above.
 
 use crate::leader::LeaderTerm;
 use hyper::rt::{Read, ReadBufCursor, Write};
