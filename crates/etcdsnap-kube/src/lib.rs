@@ -27,6 +27,7 @@ pub mod drills;
 pub mod events;
 pub mod extra_metadata;
 pub mod fence;
+pub mod instance;
 pub mod leader;
 pub mod lease;
 pub mod legacy;
