@@ -36,140 +36,19 @@
 //! request's bytes leaving can defeat, the same window as above.
 
 use crate::leader::LeaderTerm;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioExecutor;
-use kube::client::ConfigExt;
 use kube::{Client, Config};
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
-use tower::ServiceBuilder;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Builds a client like kube's default one (base URI, TLS, credentials, extra headers, connect
-/// and read timeouts) whose every connection is fenced by `term`.
+/// Builds a client like every other of etcdsnap ([`crate::client`]) whose every connection is
+/// fenced by `term`.
 pub fn fenced_client(config: &Config, term: &LeaderTerm) -> Result<Client, kube::Error> {
-    let mut tcp = HttpConnector::new();
-    tcp.enforce_http(false);
-    tcp.set_connect_timeout(config.connect_timeout);
-    let connector = FencedConnector { inner: tcp, term: term.clone(), read_timeout: config.read_timeout };
-    let https = config.rustls_https_connector_with_connector(connector)?;
-    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
-    let service = ServiceBuilder::new()
-        .layer(config.base_uri_layer())
-        .option_layer(config.auth_layer()?)
-        .layer(config.extra_headers_layer()?)
-        .map_err(BoxError::from)
-        .service(http);
-    Ok(Client::new(service, config.default_namespace.clone()))
-}
-
-/// Connects like [`HttpConnector`], refusing once the term ended, and fences the stream.
-#[derive(Clone)]
-struct FencedConnector {
-    inner: HttpConnector,
-    term: LeaderTerm,
-    read_timeout: Option<Duration>,
-}
-
-impl tower::Service<http::Uri> for FencedConnector {
-    type Response = FencedStream<<HttpConnector as tower::Service<http::Uri>>::Response>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        tower::Service::<http::Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let term = self.term.clone();
-        let read_timeout = self.read_timeout;
-        let connecting = tower::Service::<http::Uri>::call(&mut self.inner, uri);
-        Box::pin(async move {
-            term.check()?;
-            let stream = connecting.await?;
-            Ok(FencedStream { inner: stream, term, read_timeout, read_deadline: None })
-        })
-    }
-}
-
-/// A connection that writes nothing once its term ended. Like kube's default client, a read
-/// that waits longer than the read timeout fails (a dead API server must not hang a pass).
-struct FencedStream<S> {
-    inner: S,
-    term: LeaderTerm,
-    read_timeout: Option<Duration>,
-    /// Armed while a read is pending.
-    read_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> FencedStream<S> {
-    fn fence(&self) -> io::Result<()> {
-        self.term.check().map_err(io::Error::other)
-    }
-}
-
-impl<S: Read + Unpin> Read for FencedStream<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if let Poll::Ready(read) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-            this.read_deadline = None;
-            return Poll::Ready(read);
-        }
-        let Some(timeout) = this.read_timeout else { return Poll::Pending };
-        let deadline = this.read_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                this.read_deadline = None;
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the API server")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S: Write + Unpin> Write for FencedStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.fence()?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.fence()?;
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl<S: Connection> Connection for FencedStream<S> {
-    fn connected(&self) -> Connected {
-        self.inner.connected()
-    }
+    crate::client::build(config, Some(term))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leader::LeaderTerm;
+    use crate::client::Stream;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A fenced stream over a real socket pair: writes pass during the term and fail after it,
@@ -179,13 +58,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let term = LeaderTerm::fixed("alpha", std::time::Duration::from_secs(60));
-        let mut fenced = hyper_util::rt::TokioIo::new(FencedStream {
-            inner: hyper_util::rt::TokioIo::new(client.unwrap()),
-            term: term.clone(),
-            read_timeout: None,
-            read_deadline: None,
-        });
+        let term = LeaderTerm::fixed("alpha", Duration::from_secs(60));
+        let stream = Stream::new(hyper_util::rt::TokioIo::new(client.unwrap()), Some(term.clone()), None);
+        let mut fenced = hyper_util::rt::TokioIo::new(stream);
         let (mut peer, _) = server.unwrap();
         fenced.write_all(b"during").await.unwrap();
         term.ended().cancel();
@@ -195,23 +70,5 @@ mod tests {
         let mut received = Vec::new();
         peer.read_to_end(&mut received).await.unwrap();
         assert_eq!(received, b"during");
-    }
-
-    /// A peer that never answers makes a read fail after the read timeout, not hang.
-    #[tokio::test]
-    async fn a_silent_peer_fails_the_read_after_the_timeout() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let _peer = server.unwrap();
-        let mut fenced = hyper_util::rt::TokioIo::new(FencedStream {
-            inner: hyper_util::rt::TokioIo::new(client.unwrap()),
-            term: LeaderTerm::fixed("alpha", Duration::from_secs(60)),
-            read_timeout: Some(Duration::from_millis(200)),
-            read_deadline: None,
-        });
-        let mut buf = [0u8; 8];
-        let err = fenced.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

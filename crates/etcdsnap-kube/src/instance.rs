@@ -18,7 +18,7 @@
 //! a crash does not wait a Lease duration.
 
 use crate::ApiError;
-use crate::leader::{GoneHolder, LeaderElector, LeaseRef, Role, Timing, holder_node};
+use crate::leader::{GoneHolder, LeaderElector, LeaseRef, Role, Timing};
 use crate::lease::{HEARTBEAT_NAMESPACE, create_heartbeat_namespace};
 use kube::Client;
 use sha2::{Digest, Sha256};
@@ -240,6 +240,7 @@ impl NodeClaim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leader::holder_node;
 
     #[test]
     fn every_instance_is_unique_and_names_its_node_host_and_pid() {

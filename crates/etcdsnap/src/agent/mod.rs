@@ -68,7 +68,13 @@ pub enum AgentError {
     Start(String),
     /// Another agent runs with this node name.
     #[error(transparent)]
-    NodeTaken(#[from] ClaimError),
+    NodeTaken(Box<ClaimError>),
+}
+
+impl From<ClaimError> for AgentError {
+    fn from(e: ClaimError) -> AgentError {
+        AgentError::NodeTaken(Box::new(e))
+    }
 }
 
 /// Whether this agent does the leader-only duties now, and under which term.
