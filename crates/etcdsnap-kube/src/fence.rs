@@ -31,9 +31,14 @@
 //! ends, by its own clock, before another node may take over. Where such pauses happen, choose
 //! a Lease duration (`--leader-lease-duration`) above three times the longest of them.
 //!
-//! The leader's S3 writes (a drill's record, delta retention) do not go through this client:
-//! they check the term right before each request, which a pause between the check and the
-//! request's bytes leaving can defeat, the same window as above.
+//! The leader's S3 writes (a drill's result in its record, the deletes of delta retention) do
+//! not go through this client: the S3 client's connections are reqwest's, which offer no hook
+//! inside the socket's write. Each such write checks the term right before it starts and is cut
+//! off (dropped, its connection closed) if the term ends while it runs
+//! ([`LeaderTerm::during`]). A pause between that check and the request's bytes reaching the
+//! kernel can still let one request out after the term: a record put whose content was read
+//! from S3 right before it, or a delete of a segment older than every S3 snapshot, which the
+//! next leader's retention deletes too.
 
 use crate::leader::LeaderTerm;
 use kube::{Client, Config};

@@ -98,6 +98,15 @@ impl Lead {
     pub fn check(&self) -> Result<(), etcdsnap_kube::leader::LeadershipLost> {
         self.term().map_or(Ok(()), LeaderTerm::check)
     }
+
+    /// Runs `work`, a leader-only request outside the fenced connection (an S3 delete), only
+    /// while the duties are this agent's, cut off if the term ends first ([`LeaderTerm::during`]).
+    pub async fn during<F: Future>(&self, work: F) -> Result<F::Output, etcdsnap_kube::leader::LeadershipLost> {
+        match self.term() {
+            Some(term) => term.during(work).await,
+            None => Ok(work.await),
+        }
+    }
 }
 
 impl Agent {

@@ -229,15 +229,17 @@ pub(super) async fn prune_s3_segments(s3: &S3Store, snapshots: &[SnapshotRecord]
     };
     let mut removed = 0;
     for o in pitr_retention::expired_objects(listed, oldest) {
-        if let Err(lost) = lead.check() {
-            tracing::info!("S3 delta retention stopped: {lost}");
-            break;
+        match lead.during(s3.delete_pitr_object(&o.chain, &o.file)).await {
+            Ok(Ok(())) => removed += 1,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "S3 delta retention");
+                break;
+            }
+            Err(lost) => {
+                tracing::info!("S3 delta retention stopped: {lost}");
+                break;
+            }
         }
-        if let Err(e) = s3.delete_pitr_object(&o.chain, &o.file).await {
-            tracing::warn!(error = %e, "S3 delta retention");
-            break;
-        }
-        removed += 1;
     }
     if removed > 0 {
         tracing::info!(objects = removed, before = oldest, "S3 delta objects older than every S3 snapshot removed");

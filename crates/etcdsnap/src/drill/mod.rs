@@ -222,8 +222,9 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
 ///
 /// The record is read again right before it is rewritten, so that only the drill's result
 /// changes in it (the copy listed before the drill may be minutes old). With a leader's `term`
-/// (an S3 snapshot drilled by the agent), the term is checked before each write and nothing is
-/// written once it ended; `kube` is then the term's fenced connection.
+/// (an S3 snapshot drilled by the agent), the term is checked before each write, the record's
+/// write is cut off if the term ends meanwhile, and nothing is written once it ended; `kube` is
+/// then the term's fenced connection.
 pub async fn keep_result(
     source: &SnapshotSource,
     report: &DrillReport,
@@ -250,8 +251,14 @@ pub async fn keep_result(
     if let Err(lost) = fence() {
         return vec![format!("the drill's result is not kept: {lost}")];
     }
-    if let Err(e) = store.update_record(&record).await {
-        problems.push(format!("the drill's result is not in {}: {e}", store.describe()));
+    let updated = match term {
+        Some(term) => term.during(store.update_record(&record)).await,
+        None => Ok(store.update_record(&record).await),
+    };
+    match updated {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("the drill's result is not in {}: {e}", store.describe())),
+        Err(lost) => return vec![format!("the drill's result is not kept: {lost}")],
     }
     if let Some(kube) = kube {
         let written = match fence() {
