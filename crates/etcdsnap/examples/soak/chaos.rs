@@ -74,6 +74,16 @@ impl World<'_> {
             tokio::time::sleep((end - Instant::now()).min(Duration::from_secs(5))).await;
         }
     }
+
+    /// Logs every running agent's open files by kind.
+    pub fn log_open_files(&self) {
+        let at = self.started.elapsed().as_secs();
+        for a in self.agents.iter() {
+            if let Some(kinds) = a.open_files() {
+                eprintln!("soak: t={at}s open files of {}: {}", a.node, crate::fds::summary(kinds));
+            }
+        }
+    }
 }
 
 pub struct Chaos {
@@ -95,6 +105,8 @@ impl Chaos {
         while Instant::now() < until {
             let calm = Duration::from_secs(self.rng.random_range(5..=30));
             world.sleep_sampling(calm).await;
+            // What the last fault and the calm after it left open.
+            world.log_open_files();
             if Instant::now() >= until {
                 break;
             }

@@ -12,6 +12,7 @@
 mod agents;
 mod chaos;
 mod check;
+mod fds;
 mod report;
 
 use agents::{Agent, BUCKET, Fleet, NODES};
@@ -68,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         s3_endpoint: proxy.addr().to_string(),
         access_key: s3.access_key().to_string(),
         secret_key: s3.secret_key().to_string(),
+        peers: fds::Peers::new(&etcd.endpoints(), api.url(), &proxy.addr().to_string()),
     };
     let endpoints = etcd.endpoints();
     let mut agents: Vec<Agent> = NODES
