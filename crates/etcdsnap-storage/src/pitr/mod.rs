@@ -17,7 +17,9 @@ pub mod segment;
 
 pub use chain::{Base, ChainSummary, Gap, PlanError, ReplayPlan, Target, plan, summarize};
 pub use record::{DELTAS_DIR, SegmentRecord};
-pub use segment::{EventKind, PitrEvent, RevisionChanges, Segment, SegmentError};
+pub use segment::{
+    EventKind, LeaseObservation, PitrEvent, PrevDigest, PrevState, RevisionChanges, Segment, SegmentError,
+};
 
 /// A chain is named after its base snapshot: a snapshot name is a safe path element.
 pub fn valid_chain_name(name: &str) -> bool {

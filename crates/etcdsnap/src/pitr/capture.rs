@@ -1,8 +1,12 @@
 //! Capture: etcd's changes after a full snapshot, as delta segments in `out_dir/<chain>/`.
 //!
-//! One watch over all keys starts at the base's revision + 1, with progress notifications.
-//! Watch responses are not fragmented, so each holds whole revisions (etcd batches by
-//! revision); the events of a revision are kept in etcd's order. A segment is flushed when
+//! One watch over all keys starts at the base's revision + 1, with progress notifications, the
+//! keys' previous states (`prev_kv`) and fragmenting: etcd splits a response larger than its
+//! `--max-request-bytes` into fragments, which are put back together here before anything is
+//! taken, so every response taken holds whole revisions (etcd batches by revision); the events
+//! of a revision are kept in etcd's order. The watch's messages may be far larger than tonic's
+//! default 4 MiB limit (one event of a large value and its previous state, or a response etcd
+//! could not fragment), so its limit is [`WATCH_MESSAGE_LIMIT`]. A segment is flushed when
 //! `flush_interval` has passed since its first revision was observed, when its encoding reaches
 //! `max_bytes`, and when capture is stopped. Each segment is written crash-safely, then its
 //! record: a segment counts only once its record is written (a listing reads records alone).
@@ -13,15 +17,21 @@
 //! capture returns [`CaptureError::Broken`] naming the revision the chain stops at: the caller
 //! takes a new full snapshot, which starts a new chain.
 //!
-//! Lease TTLs are not captured (see the module documentation of [`crate::pitr`]).
+//! Each event keeps a digest of its key's previous state (absent for a put that created the
+//! key), which the replay compares with its own (see [`crate::pitr::replay`]). The first time a
+//! segment holds a put attached to a lease, etcd is asked for that lease's granted and
+//! remaining TTL (LeaseTimeToLive), kept in the segment as a [`LeaseObservation`].
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
 use etcdsnap_storage::files::{create_private_dir, write_atomic};
 use etcdsnap_storage::pitr::local;
 use etcdsnap_storage::pitr::record::RECORD_FORMAT;
-use etcdsnap_storage::pitr::{Base, EventKind, PitrEvent, RevisionChanges, Segment, SegmentRecord};
+use etcdsnap_storage::pitr::{
+    Base, EventKind, LeaseObservation, PitrEvent, PrevDigest, PrevState, RevisionChanges, Segment, SegmentRecord,
+};
 use etcdsnap_storage::store::StoreError;
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -35,6 +45,13 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const PENDING_LIMIT: usize = 4;
 /// How often an idle capture asks etcd whether anything is left to deliver.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The largest watch message accepted. With fragmenting, etcd keeps each message under its
+/// `--max-request-bytes` (1.5 MiB by default) unless one event alone is larger: a value and its
+/// previous state, each as large as etcd accepts. 256 MiB covers any request size etcd is
+/// configured with in practice; only what etcd sends is allocated.
+pub const WATCH_MESSAGE_LIMIT: usize = 256 * 1024 * 1024;
+/// How long etcd may take to say how long a lease has left.
+const LEASE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When segments are flushed.
 #[derive(Debug, Clone, Copy)]
@@ -115,8 +132,15 @@ pub async fn capture_observed(
     }
     let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings)?;
     let start = writer.taken + 1;
-    let opts = WatchOptions::new().with_all_keys().with_start_revision(start).with_progress_notify();
+    let opts = WatchOptions::new()
+        .with_all_keys()
+        .with_start_revision(start)
+        .with_progress_notify()
+        .with_prev_key()
+        .with_fragment();
     let (mut requests, mut stream) = client
+        .watch_client()
+        .max_decoding_message_size(WATCH_MESSAGE_LIMIT)
         .watch("", Some(opts))
         .await
         .map_err(|e| CaptureError::Start { revision: start, message: e.to_string() })?
@@ -124,6 +148,8 @@ pub async fn capture_observed(
     tracing::info!(chain = %base.name, from = start, "delta capture started");
     let mut progress = tokio::time::interval(PROGRESS_EVERY.min(settings.flush_interval));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The fragments of the response being received, until its last one.
+    let mut fragments: Vec<WatchResponse> = Vec::new();
     let reason = loop {
         let deadline = writer.flush_deadline();
         tokio::select! {
@@ -139,13 +165,19 @@ pub async fn capture_observed(
                 }
             }
             message = stream.message() => match message {
-                Ok(Some(resp)) => match writer.take(&resp) {
-                    Ok(()) => {
-                        writer.flush_if_full(observe)?;
-                        writer.caught_up(&resp, observe);
+                Ok(Some(resp)) if resp.0.fragment => fragments.push(resp),
+                Ok(Some(resp)) => {
+                    fragments.push(resp);
+                    let parts = std::mem::take(&mut fragments);
+                    match writer.take(&parts) {
+                        Ok(leases) => {
+                            writer.observe_leases(client, leases).await;
+                            writer.flush_if_full(observe)?;
+                            writer.caught_up(&parts, observe);
+                        }
+                        Err(reason) => break reason,
                     }
-                    Err(reason) => break reason,
-                },
+                }
                 Ok(None) => break "the watch stream ended".to_string(),
                 Err(e) => break format!("the watch failed: {e}"),
             },
@@ -176,6 +208,8 @@ struct ChainWriter {
     retry_at: Option<Instant>,
     /// The newest revision taken (pending or written).
     taken: i64,
+    /// The leases the pending segment has an observation of (or asked for in vain).
+    leases_seen: HashSet<i64>,
     cluster_id: Option<String>,
     report: CaptureReport,
 }
@@ -199,6 +233,7 @@ impl ChainWriter {
             opened: None,
             retry_at: None,
             taken: last_revision,
+            leases_seen: HashSet::new(),
             cluster_id: None,
             report: CaptureReport { segments, last_revision },
         })
@@ -209,8 +244,11 @@ impl ChainWriter {
         due.max(self.retry_at)
     }
 
-    /// Takes one watch response's events; Err with the reason the chain cannot continue.
-    fn take(&mut self, resp: &WatchResponse) -> Result<(), String> {
+    /// Takes one watch response's events (`parts`: its fragments, in order); Err with the
+    /// reason the chain cannot continue. Returns the leases the pending segment has not
+    /// observed yet, each with the revision of the first put attached to it.
+    fn take(&mut self, parts: &[WatchResponse]) -> Result<Vec<(i64, i64)>, String> {
+        let Some(resp) = parts.last() else { return Ok(Vec::new()) };
         if self.cluster_id.is_none() {
             self.cluster_id = resp.header().map(|h| format!("{:x}", h.cluster_id()));
         }
@@ -225,11 +263,26 @@ impl ChainWriter {
             return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
         }
         let observed_ms = etcdsnap_storage::clock::now().as_millisecond();
-        for event in resp.events() {
+        let mut new_leases = Vec::new();
+        for event in parts.iter().flat_map(|p| p.events()) {
             let Some(kv) = event.kv() else { return Err("a watch event without a key".into()) };
             let kind = match event.event_type() {
                 EventType::Put => EventKind::Put,
                 EventType::Delete => EventKind::Delete,
+            };
+            let prev = match event.prev_kv() {
+                Some(p) => PrevState::Present(PrevDigest::of(
+                    p.value(),
+                    p.create_revision(),
+                    p.mod_revision(),
+                    p.version(),
+                    p.lease(),
+                )),
+                // etcd sends no previous state for a put that creates its key: there was none.
+                None if kind == EventKind::Put && kv.create_revision() == kv.mod_revision() => PrevState::Absent,
+                // Otherwise the key existed, and etcd could not read it back (its revision was
+                // compacted in between): the event is kept, unchecked.
+                None => PrevState::NotCaptured,
             };
             let delta = PitrEvent {
                 kind,
@@ -239,10 +292,36 @@ impl ChainWriter {
                 mod_revision: kv.mod_revision(),
                 version: kv.version(),
                 lease: kv.lease(),
+                prev,
             };
+            if delta.lease != 0 && self.leases_seen.insert(delta.lease) {
+                new_leases.push((delta.lease, delta.mod_revision));
+            }
             self.push(delta, observed_ms)?;
         }
-        Ok(())
+        Ok(new_leases)
+    }
+
+    /// Asks etcd how long each of `leases` has left, keeping the answers in the pending
+    /// segment. A lease already gone is kept with -1 left; a failed question leaves the lease
+    /// unobserved (the replay then says so), and never stops the capture.
+    async fn observe_leases(&mut self, client: &mut Client, leases: Vec<(i64, i64)>) {
+        for (id, revision) in leases {
+            let asked = tokio::time::timeout(LEASE_QUERY_TIMEOUT, client.lease_time_to_live(id, None)).await;
+            match asked {
+                Ok(Ok(resp)) => self.pending.leases.push(LeaseObservation {
+                    id,
+                    revision,
+                    observed_ms: etcdsnap_storage::clock::now().as_millisecond(),
+                    granted_ttl: resp.granted_ttl(),
+                    remaining_ttl: if resp.ttl() < 0 { -1 } else { resp.ttl() },
+                }),
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = %format!("{id:x}"), error = %e, "cannot ask etcd for a lease's TTL")
+                }
+                Err(_) => tracing::warn!(lease = %format!("{id:x}"), "etcd did not say a lease's TTL in time"),
+            }
+        }
     }
 
     fn push(&mut self, event: PitrEvent, observed_ms: i64) -> Result<(), String> {
@@ -273,9 +352,10 @@ impl ChainWriter {
 
     /// A response without events (a progress notification) at the revision last taken, with
     /// nothing pending, says every change is durable now.
-    fn caught_up(&self, resp: &WatchResponse, observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send)) {
+    fn caught_up(&self, parts: &[WatchResponse], observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send)) {
+        let ([resp], true) = (parts, self.pending.revisions.is_empty()) else { return };
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        if resp.events().is_empty() && !resp.created() && self.pending.revisions.is_empty() && revision == self.taken {
+        if resp.events().is_empty() && !resp.created() && revision == self.taken {
             observe(CaptureEvent::CaughtUp { revision, at_ms: etcdsnap_storage::clock::now().as_millisecond() });
         }
     }
@@ -316,6 +396,7 @@ impl ChainWriter {
         tracing::debug!(chain = %record.chain, first = record.first_revision, last = record.last_revision,
             bytes = record.stored_bytes, "delta segment written");
         (self.pending, self.opened, self.retry_at) = (Segment::default(), None, None);
+        self.leases_seen.clear();
         self.report.last_revision = record.last_revision;
         observe(CaptureEvent::Segment(&record));
         self.report.segments.push(record);
@@ -388,6 +469,7 @@ mod tests {
             mod_revision: revision,
             version: 1,
             lease: 0,
+            prev: PrevState::Absent,
         }
     }
 
