@@ -266,7 +266,8 @@ impl RevisionScanner {
             Some(BucketRef::Root(pgid)) => find(&self.compactions, pgid).copied().unwrap_or_default(),
         };
         let compacted = compaction.finished.unwrap_or(0);
-        let revision = newest_key.unwrap_or(0).max(compacted).max(compaction.scheduled.unwrap_or(0));
+        // etcd's store starts at revision 1: a database that never held a key is at 1.
+        let revision = newest_key.unwrap_or(0).max(compacted).max(compaction.scheduled.unwrap_or(0)).max(1);
         if revision < self.floor {
             return Err(RevisionError::BeforeFloor { found: revision, floor: self.floor });
         }
@@ -559,7 +560,7 @@ mod tests {
         }
         assert_eq!(scan(&bytes, 6, 4096).unwrap().revision, 7);
         let e = scan(&bytes, 8, 4096).unwrap_err();
-        assert!(matches!(e, RevisionError::BeforeFloor { found: 0, floor: 8 }), "{e}");
+        assert!(matches!(e, RevisionError::BeforeFloor { found: 1, floor: 8 }), "{e}");
     }
 
     #[test]
@@ -577,6 +578,14 @@ mod tests {
         for chunk in [3, 1000, PS] {
             assert_eq!(scan(&bytes, 0, chunk).unwrap().revision, 41, "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn a_database_that_never_held_a_key_is_at_revision_one() {
+        let empty = leaf(0, &[], 1);
+        let root = leaf(2, &[(BUCKET_LEAF, b"key".to_vec(), bucket_value(0, Some(empty[..PAGE_HEADER].to_vec())))], 1);
+        let r = scan(&file(2, vec![(2, root)]), 1, 100).unwrap();
+        assert_eq!(r, SnapshotRevision { revision: 1, newest_key: 0, compacted: 0 });
     }
 
     #[test]

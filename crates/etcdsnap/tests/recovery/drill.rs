@@ -225,10 +225,12 @@ async fn drills_of_s3_snapshots_mark_their_resources_and_a_consistent_rewrite_fa
     assert_eq!(marked.spec, mine.spec, "K3s's fields changed");
     assert_eq!(marked.status, mine.status, "K3s's fields changed");
 
-    // The rewrite: another cluster's snapshot (valid trailer, a later revision) in its place,
+    // The rewrite: another cluster's snapshot (valid trailer, the same revision) in its place,
     // with a metadata document that agrees with the new bytes.
     let name = mine.spec.snapshot_name.clone();
-    let forged = forge_from_another_cluster(data.path()).await?;
+    let annotations = mine.metadata.annotations.clone().unwrap_or_default();
+    let revision: i64 = annotations.get(etcdsnap_api::consts::ANNOTATION_ETCD_REVISION).unwrap().parse()?;
+    let forged = forge_from_another_cluster(data.path(), revision).await?;
     replace_in_s3(&s3, "drills", &name, forged).await?;
     let verified = run(&etcdsnap(&["verify", &name], "server-1"), &env).await;
     assert!(verified.ok(), "verify should not see a consistent rewrite:\n{}\n{}", verified.stdout, verified.stderr);
@@ -248,14 +250,16 @@ async fn drills_of_s3_snapshots_mark_their_resources_and_a_consistent_rewrite_fa
     Ok(())
 }
 
-/// The bytes of a zstd snapshot of a different etcd: same shape of data, a later revision, a
-/// valid trailer.
-async fn forge_from_another_cluster(work: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+/// The bytes of a zstd snapshot of a different etcd: same shape of data, a valid trailer, and
+/// exactly revision `at` (so only its contents differ from the snapshot it replaces).
+async fn forge_from_another_cluster(work: &Path, at: i64) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let other = Etcd::single().await?;
     let mut client = other.client().await?;
-    for _ in 0..4 {
-        load_kube_like_data(&mut client, OBJECTS).await?;
+    load_kube_like_data(&mut client, OBJECTS).await?;
+    for i in revision(&mut client).await..at {
+        client.put(format!("/registry/configmaps/forged/cm-{}", i % 50), format!("forged {i}"), None).await?;
     }
+    assert_eq!(revision(&mut client).await, at, "the forgery is not at the recorded revision");
     let dir = work.join("forgery");
     let (dd, endpoints) = (s(&dir), other.endpoints().join(","));
     let args = [&["save"], &local_node(&dd, "forger", &endpoints)[..]].concat();
