@@ -80,6 +80,8 @@ pub struct SessionConfig {
     /// Record etcd's HashKV with each save (`--record-hashkv`).
     pub record_hash_kv: bool,
     pub kube: ConnectOptions,
+    /// The Kubernetes duties' settings, and the program (`k3s` or `rke2`) whose names everything
+    /// carries: resources, ConfigMaps, Node annotations and the S3 user metadata.
     pub kube_settings: KubeSettings,
     pub kube_policy: KubePolicy,
 }
@@ -296,7 +298,7 @@ impl Session {
     async fn use_s3_secret(&self, kube: &Kube, ctx: &mut Context) {
         let Some(name) = kube.settings.s3_config_secret.clone() else { return };
         let config = match s3_secret::load(&kube.client, &name).await {
-            Ok(raw) => raw.parse().map_err(|e| e.to_string()),
+            Ok(raw) => raw.parse().map(|c| c.for_program(self.config.kube_settings.program)).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         let store = config.and_then(|c| S3Store::with_cache_in(c, &self.config.data_dir).map_err(|e| e.to_string()));
@@ -380,5 +382,5 @@ fn flag_s3_config(config: &SessionConfig) -> Result<Option<S3Config>, StoreError
     if secret {
         tracing::warn!("ignoring the S3 config secret: S3 is configured by flags");
     }
-    Ok(Some(config.s3_flags.parse()?))
+    Ok(Some(config.s3_flags.parse()?.for_program(config.kube_settings.program)))
 }

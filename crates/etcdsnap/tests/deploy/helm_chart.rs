@@ -3,7 +3,10 @@
 //! bad values, and the real kube-apiserver accepts every object it renders, for each preset.
 //! helm and kubectl are the pinned test binaries (`make testbins`).
 
-use etcdsnap_api::consts::{LEGACY_CONFIGMAP, PRIVATE_DIR, SYSTEM_NAMESPACE};
+use etcdsnap_api::consts::{PRIVATE_DIR, SYSTEM_NAMESPACE};
+
+/// K3s's legacy ConfigMap (the kubeadm preset writes K3s's names).
+const LEGACY_CONFIGMAP: &str = "k3s-etcd-snapshots";
 use etcdsnap_storage::store::s3::settings::S3Key;
 use serde::Deserialize;
 use serde_norway::Value;

@@ -9,7 +9,10 @@ use crate::common::k3s::{self, K3sSnapshot};
 use crate::common::slow_etcd::{SlowEtcd, wait_for_save_in_progress};
 use crate::common::{self, Run, TestResult, files_in, s};
 use etcdsnap_api::ETCDSnapshotFile;
-use etcdsnap_api::consts::{LABEL_STORAGE_NODE, SYSTEM_NAMESPACE};
+use etcdsnap_api::consts::SYSTEM_NAMESPACE;
+
+/// K3s's storage-node label.
+const LABEL_STORAGE_NODE: &str = "etcd.k3s.cattle.io/snapshot-storage-node";
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, PostParams};

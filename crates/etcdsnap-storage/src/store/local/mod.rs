@@ -319,6 +319,7 @@ pub(crate) mod tests {
             s3: None,
             extra_metadata: extra,
             drill: None,
+            program: None,
         }
     }
 
