@@ -118,11 +118,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         settings.compression,
     ))
     .context("--snapshot-name")?;
+    if settings.schedule.is_some() {
+        resolve::warn_about_server_snapshots(node, &settings.base_name)?;
+    }
     let mut dependencies: Vec<Box<dyn Dependency>> = vec![Box::new(EtcdDependency(session.config().etcd.clone()))];
     if let Some(remote) = &first.remote {
         dependencies.push(Box::new(StoreDependency(remote.clone())));
     }
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_program(session.config().kube_settings.program));
     let duties = session.kube().cloned().map(|kube| {
         dependencies.push(Box::new(KubeDependency(kube.clone())));
         let duties = KubeDutySettings {
