@@ -43,7 +43,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
     let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
     let etcd = locate_etcd(args.etcd.as_deref())?;
-    let work = work_dir(&args.data_dir)?;
+    let work = work_dir(&super::target_dir(&args)?)?;
     if let Some(store) = base.store().filter(|_| args.s3.enabled) {
         fetch_segments(store, &mut plan, &work.path().join("deltas")).await?;
     }
@@ -88,7 +88,8 @@ async fn plan_in_dir(args: &RestoreArgs, target: Target) -> anyhow::Result<(Pitr
 
 /// With --s3: the snapshots and chains of the S3 folder.
 async fn plan_in_s3(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
-    let store: Arc<dyn SnapshotStore> = S3Store::new(resolve::s3_settings(&args.s3, None).parse()?, None)?;
+    let settings = resolve::s3_settings(&args.s3, None).parse()?.for_program(resolve::machine_program()?);
+    let store: Arc<dyn SnapshotStore> = S3Store::new(settings, None)?;
     let plan = plan_s3(&store, target, args.cluster_id.as_deref()).await?;
     let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
     Ok((plan, base))
@@ -119,7 +120,8 @@ async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result
 fn request(args: &RestoreArgs, source: SnapshotSource, dry_run: bool, token: Option<CurrentToken>) -> RestoreRequest {
     RestoreRequest {
         source,
-        data_dir: args.data_dir.clone(),
+        // Present: --prepare-for, which alone makes it optional, excludes --to-revision/--to-time.
+        data_dir: args.data_dir.clone().unwrap_or_default(),
         member: resolve::member_settings(&args.member),
         etcdutl: args.etcdutl.clone(),
         ignore_token_mismatch: args.ignore_token_mismatch || token.is_none(),
