@@ -42,6 +42,10 @@ pub enum ConfigFileError {
 /// flags take under the same names (as aliases): every `etcd-s3*` key and these.
 pub const SERVER_KEYS: [&str; 2] = ["etcd-snapshot-compress", "etcd-snapshot-retention"];
 
+/// The arguments with the settings added, and which of the server's settings came from which
+/// file (to log once logging runs).
+pub type Applied = (Vec<OsString>, Vec<(String, PathBuf)>);
+
 fn is_server_key(key: &str) -> bool {
     key == "etcd-s3" || key.starts_with("etcd-s3-") || SERVER_KEYS.contains(&key)
 }
@@ -49,10 +53,7 @@ fn is_server_key(key: &str) -> bool {
 /// `--config`'s settings, then the K3s/RKE2 server's (each a flag the command line, the
 /// environment and `--config` left unset). Returns the arguments and which settings came from
 /// which of the server's files, to log once logging runs.
-pub fn apply(
-    command: Command,
-    args: Vec<OsString>,
-) -> Result<(Vec<OsString>, Vec<(String, PathBuf)>), ConfigFileError> {
+pub fn apply(command: Command, args: Vec<OsString>) -> Result<Applied, ConfigFileError> {
     let args = apply_config_file(command.clone(), args)?;
     apply_server_config(command, args)
 }
@@ -92,7 +93,7 @@ fn apply_config_file(command: Command, args: Vec<OsString>) -> Result<Vec<OsStri
             continue;
         }
         let long = arg.get_long().unwrap_or(arg.get_id().as_str()).to_string();
-        let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values());
+        let takes_value = arg.get_action().takes_values();
         let values =
             scalar_values(&value).ok_or_else(|| ConfigFileError::BadValue { path: path.clone(), key: key.clone() })?;
         for v in values {
@@ -114,10 +115,7 @@ fn insert(mut args: Vec<OsString>, extra: Vec<OsString>) -> Vec<OsString> {
 }
 
 /// The server's snapshot settings for a command with node flags, on a K3s or RKE2 server.
-fn apply_server_config(
-    command: Command,
-    args: Vec<OsString>,
-) -> Result<(Vec<OsString>, Vec<(String, PathBuf)>), ConfigFileError> {
+fn apply_server_config(command: Command, args: Vec<OsString>) -> Result<Applied, ConfigFileError> {
     let Ok(matches) = command.clone().try_get_matches_from(&args) else {
         return Ok((args, Vec::new()));
     };
@@ -144,7 +142,7 @@ fn apply_server_config(
             continue;
         }
         let long = arg.get_long().unwrap_or(arg.get_id().as_str()).to_string();
-        let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values());
+        let takes_value = arg.get_action().takes_values();
         let (candidate, file) = if takes_value {
             let Some((values, file)) = preset.config.values(key)? else { continue };
             (values.iter().map(|v| OsString::from(format!("--{long}={v}"))).collect::<Vec<_>>(), file.to_path_buf())

@@ -5,7 +5,7 @@
 
 use crate::common::agent::Agent;
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
-use crate::common::k3s::{self, K3sSnapshot};
+use crate::common::k3s;
 use crate::common::slow_etcd::{SlowEtcd, wait_for_save_in_progress};
 use crate::common::{self, Run, TestResult, files_in, s};
 use etcdsnap_api::ETCDSnapshotFile;
@@ -107,26 +107,10 @@ impl World {
         let mut k3s_view = k3s::list_local(&self.snapshot_dir(node), node)?;
         k3s_view.extend(k3s::list_s3(&self.s3, BUCKET, folder).await?);
         k3s_view.sort();
-        let ours = as_k3s_would_see(&self.resources().await?);
+        let ours = crate::as_k3s_would_see(&self.resources().await?);
         assert_eq!(k3s_view, ours, "after {after}: K3s's listing differs from etcdsnap's resources");
         Ok(())
     }
-}
-
-/// The same view of the resources etcdsnap wrote: name, snapshot, size and `spec.metadata`.
-fn as_k3s_would_see(resources: &[ETCDSnapshotFile]) -> Vec<K3sSnapshot> {
-    let mut out: Vec<K3sSnapshot> = resources
-        .iter()
-        .filter(|cr| cr.status.as_ref().and_then(|s| s.ready_to_use) == Some(true))
-        .map(|cr| K3sSnapshot {
-            cr_name: cr.metadata.name.clone().unwrap_or_default(),
-            snapshot_name: cr.spec.snapshot_name.clone(),
-            size: cr.status.as_ref().and_then(|s| s.size.as_ref()).and_then(|q| q.0.parse().ok()).unwrap_or(0),
-            metadata: cr.spec.metadata.clone(),
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn published(dir: &Path) -> Vec<String> {

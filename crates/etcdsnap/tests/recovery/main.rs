@@ -1,6 +1,7 @@
 //! Getting data back: `etcdsnap restore` (`restore`), every etcd minor saved and restored with
 //! its own tools (`versions`), restore drills (`drill`), and point-in-time recovery through the
-//! library (`pitr`), the agent (`pitr_agent`) and two agents with Kubernetes (`pitr_cluster`).
+//! library (`pitr`), the agent (`pitr_agent`) and two agents with Kubernetes (`pitr_cluster`),
+//! and snapshots prepared for K3s's and RKE2's own restore (`prepare`).
 // Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,5 +23,6 @@ mod drill;
 mod pitr;
 mod pitr_agent;
 mod pitr_cluster;
+mod prepare;
 mod restore;
 mod versions;
