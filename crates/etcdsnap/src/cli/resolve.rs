@@ -62,7 +62,7 @@ pub fn preset(storage: &StorageArgs) -> anyhow::Result<Option<Preset>> {
 pub fn program(preset: Option<&Preset>) -> anyhow::Result<Program> {
     match (program_flag(), preset) {
         (Some(flag), Some(p)) if flag != p.program => bail!(
-            "--program {flag}, but this is a {} server ({}): its cleanup deletes resources named for {flag}; drop --program or pass --program {}",
+            "--program {flag}, but the server here is {}'s ({}): its cleanup deletes resources named for {flag}; drop --program or pass --program {}",
             p.program.display_name(),
             p.data_dir.display(),
             p.program
