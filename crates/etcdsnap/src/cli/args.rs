@@ -214,6 +214,37 @@ mod tests {
     }
 
     #[test]
+    fn k3s_s_short_flags_and_log_flags_are_taken() {
+        let cli = Cli::parse_from([
+            "etcdsnap",
+            "save",
+            "-t",
+            "tok",
+            "-s",
+            "https://127.0.0.1:6443",
+            "-d",
+            "/var/lib/rancher/rke2",
+            "-c",
+            "/etc/x.yaml",
+            "-l",
+            "/var/log/x.log",
+            "--alsologtostderr",
+            "--program",
+            "rke2",
+        ]);
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/etc/x.yaml")));
+        assert_eq!(cli.log.as_deref(), Some(std::path::Path::new("/var/log/x.log")));
+        assert!(cli.alsologtostderr);
+        assert_eq!(cli.program, Some(Program::Rke2));
+        let Command::Save(save) = cli.command else { panic!("not save") };
+        assert_eq!(save.flags.node.token.token.as_deref(), Some("tok"));
+        assert_eq!(save.flags.etcd_server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(save.flags.node.storage.data_dir.as_deref(), Some(std::path::Path::new("/var/lib/rancher/rke2")));
+        assert!(Cli::try_parse_from(["etcdsnap", "save", "--alsologtostderr"]).is_err(), "needs --log");
+        assert!(Cli::try_parse_from(["etcdsnap", "save", "--program", "rke1"]).is_err());
+    }
+
+    #[test]
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

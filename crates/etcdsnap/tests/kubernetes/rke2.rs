@@ -260,9 +260,13 @@ async fn the_server_s_config_yaml_d_is_merged_as_the_server_merges_it() -> TestR
     let out = run_no_kube(&etcd, &root, &["prune"], &[]).await.expect_ok();
     assert!(out.stderr.contains("etcd-snapshot-retention from the server's configuration"), "{}", out.stderr);
     assert_eq!(files_in(&root.snapshot_dir()), files[1..]);
-    // A flag wins over the server's value.
-    let out = run_no_kube(&etcd, &root, &["save", "--node-name", "by-flag"], &[]).await.expect_ok();
+    // A flag wins over the server's value; K3s's --log writes the log to a file instead.
+    let log = root.root.path().join("etcdsnap.log");
+    let out = run_no_kube(&etcd, &root, &["save", "--node-name", "by-flag", "-l", &s(&log)], &[]).await.expect_ok();
     assert!(out.stdout.contains("on-demand-by-flag-"), "{}", out.stdout);
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(logged.contains("etcd-snapshot-retention from the server's configuration"), "{logged}");
+    assert!(!out.stderr.contains("server's configuration"), "{}", out.stderr);
 
     // $RKE2_CONFIG_FILE names another file, with its own drop-ins.
     let elsewhere = tempfile::tempdir()?;
