@@ -77,6 +77,15 @@ impl World {
         self.data.path().join("snapshots")
     }
 
+    /// etcdsnap's own directory of the snapshot directory: its records, locks, partial files.
+    fn private_dir(&self) -> PathBuf {
+        self.data.path().join(".etcdsnap/dirs/snapshots")
+    }
+
+    fn records_dir(&self) -> PathBuf {
+        self.private_dir().join("records")
+    }
+
     /// Settings shared by every run: etcd, node, data dir, S3, Kubernetes, server token.
     fn env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
@@ -194,12 +203,12 @@ impl World {
     /// Nothing half-done survives a normal run: no partial file, no open multipart upload, no
     /// record or metadata without its snapshot.
     async fn assert_nothing_partial(&self, after: &str) -> Result<(), Error> {
-        let partial = files_in(&self.data_dir().join(".etcdsnap/partial"));
+        let partial = files_in(&self.private_dir().join("partial"));
         assert!(partial.is_empty(), "after {after}: {partial:?} survived");
         let uploads = self.s3.list_multipart_uploads(BUCKET).await?;
         assert!(uploads.is_empty(), "after {after}: multipart uploads left open: {uploads:?}");
         let snapshots: BTreeSet<String> = files_in(&self.snapshot_dir()).into_iter().collect();
-        for doc in files_in(&self.data_dir().join(".metadata")) {
+        for doc in files_in(&self.data_dir().join(".metadata")).into_iter().chain(files_in(&self.records_dir())) {
             let name = doc.strip_suffix(".etcdsnap.json").unwrap_or(&doc);
             assert!(snapshots.contains(name), "after {after}: local metadata {doc} without its snapshot");
         }
@@ -365,7 +374,7 @@ async fn sigkill_at_every_point_of_a_save_loses_nothing() -> TestResult {
         // directory, where the bytes in flight have no name).
         world.assert_snapshots_only(&format!("SIGKILL at {point}"));
         if *point == failpoint::LOCAL_AFTER_METADATA {
-            let records = files_in(&world.data_dir().join(".metadata"));
+            let records = files_in(&world.records_dir());
             let orphans = records.iter().filter(|r| r.ends_with(".etcdsnap.json")).count();
             assert!(orphans > files_in(&world.snapshot_dir()).len(), "SIGKILL at {point}: no orphan record");
         }

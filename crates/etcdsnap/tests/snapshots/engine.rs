@@ -2,6 +2,7 @@
 //! etcd servers started by testenv.
 
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::layout::records_dir;
 use crate::common::slow_etcd::{SlowEtcd, wait_for_save_in_progress};
 use crate::common::snapshot_files::{etcdctl_snapshot, mode};
 use crate::common::{self, Run, TestResult, files_in, run, s};
@@ -43,14 +44,16 @@ async fn save_list_verify_every_compression() -> TestResult {
     }
     let snapdir = data_dir.join("snapshots");
     let metadir = data_dir.join(".metadata");
+    let records = records_dir(&snapdir);
     // Least privilege: 0700 directories, 0600 files.
     assert_eq!(mode(&snapdir), 0o700);
-    assert_eq!(mode(&metadir), 0o700);
+    assert_eq!(mode(&records), 0o700);
+    assert_eq!(mode(&data_dir.join(".etcdsnap")), 0o700);
     let files: Vec<String> = files_in(&snapdir).into_iter().collect();
     assert_eq!(files.len(), 3, "{files:?}");
     for f in &files {
         assert_eq!(mode(&snapdir.join(f)), 0o600, "{f}");
-        assert_eq!(mode(&metadir.join(format!("{f}.etcdsnap.json"))), 0o600, "record of {f}");
+        assert_eq!(mode(&records.join(format!("{f}.etcdsnap.json"))), 0o600, "record of {f}");
         // No extra metadata (no Kubernetes here): no K3s metadata file, as K3s does.
         assert!(!metadir.join(f).exists(), "{f}");
         assert!(f.starts_with("on-demand-node-1-"), "{f}");
@@ -103,7 +106,7 @@ async fn save_list_verify_every_compression() -> TestResult {
     for f in &files {
         let stored = std::fs::read(snapdir.join(f))?;
         let doc: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(metadir.join(format!("{f}.etcdsnap.json")))?)?;
+            serde_json::from_slice(&std::fs::read(records.join(format!("{f}.etcdsnap.json")))?)?;
         assert_eq!(doc["apiVersion"], "etcdsnap.io/v1");
         assert_eq!(doc["sha256"], hex::encode(sha2::Sha256::digest(&stored)));
         assert_eq!(doc["size"], stored.len() as u64);
@@ -174,6 +177,7 @@ fn assert_nothing_published(dir: &Path) {
     let files: Vec<_> = files_in(&dir.join("snapshots")).into_iter().collect();
     assert!(files.is_empty(), "published or left over: {files:?}");
     assert!(files_in(&dir.join(".metadata")).is_empty());
+    assert!(files_in(&records_dir(&dir.join("snapshots"))).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,6 +229,7 @@ async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> 
     // empty and the metadata directory holds no record.
     assert!(files_in(&snapdir).is_empty(), "{:?}", files_in(&snapdir));
     assert!(files_in(&data.path().join(".metadata")).is_empty());
+    assert!(files_in(&records_dir(&snapdir)).is_empty());
     let listed = run(&["ls", "--data-dir", &dd, "--node-name", "n1", "-o", "json"], &[]).await.expect_ok().json();
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "a killed save must not be listed");
 
@@ -277,7 +282,7 @@ async fn verify_detects_a_flipped_byte_in_every_format() -> TestResult {
         let out = run(&["verify"], &env).await.expect_fail();
         assert!(out.stdout.contains("FAILED"), "{compress}: {}", out.stdout);
         // With the metadata document gone only etcd's own trailer is left, and it still catches it.
-        std::fs::remove_file(data.path().join(".metadata").join(format!("{file}.etcdsnap.json")))?;
+        std::fs::remove_file(records_dir(&snapdir).join(format!("{file}.etcdsnap.json")))?;
         let out = run(&["verify", &file], &env).await.expect_fail();
         assert!(out.stdout.contains("FAILED"), "{compress} without document: {}", out.stdout);
     }
@@ -327,7 +332,7 @@ async fn retention_keeps_the_newest_per_prefix_and_node() -> TestResult {
     assert_eq!(after, expected);
     // Records go with their snapshots.
     let records: Vec<String> = expected.iter().map(|n| format!("{n}.etcdsnap.json")).collect();
-    assert_eq!(files_in(&data.path().join(".metadata")), records);
+    assert_eq!(files_in(&records_dir(&snapdir)), records);
     Ok(())
 }
 
@@ -502,7 +507,7 @@ async fn verify_reports_what_it_checked_before_a_store_it_could_not_list_and_nev
     assert_eq!(out.json()["errors"].as_array().map(Vec::len), Some(1), "{}", out.stdout);
 
     // While a verify reads (its shared lock, held here), a prune removes nothing.
-    let lock_path = etcdsnap_storage::store::local::private_dir_of(&snapdir).join("removal.lock");
+    let lock_path = crate::common::layout::private_dir(&snapdir).join("removal.lock");
     let reader = std::fs::File::open(&lock_path)?;
     reader.lock_shared()?;
     let mut prune = vec!["prune", "--retention", "1"];

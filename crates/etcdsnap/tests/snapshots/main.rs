@@ -10,6 +10,7 @@
 mod common {
     mod cli;
     pub mod etcd;
+    pub mod layout;
     pub mod slow_etcd;
     pub mod snapshot_files;
     pub use cli::*;
@@ -18,3 +19,4 @@ mod common {
 mod engine;
 mod lying_s3;
 mod s3;
+mod shared_parent;
