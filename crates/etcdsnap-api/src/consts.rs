@@ -52,6 +52,8 @@ pub const EVENT_DELETED: &str = "ETCDSnapshotDeleted";
 /// etcdsnap's events of restore drills.
 pub const EVENT_DRILL_PASSED: &str = "ETCDSnapshotDrillPassed";
 pub const EVENT_DRILL_FAILED: &str = "ETCDSnapshotDrillFailed";
+/// A drill in which nothing failed but the contents could not be compared with the live member's.
+pub const EVENT_DRILL_NOT_COMPARED: &str = "ETCDSnapshotDrillNotCompared";
 
 /// S3 user metadata keys (sent as `x-amz-meta-<key>`).
 pub const S3_META_CLUSTER_ID: &str = "k3s-cluster-id";

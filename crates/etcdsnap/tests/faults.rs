@@ -467,7 +467,7 @@ async fn a_stalled_s3_times_out_keeps_the_local_copy_and_is_caught_up_later() ->
     let started = Instant::now();
     let out = world.run_with(&["save"], &extra).await.expect_fail();
     assert!(started.elapsed() < Duration::from_secs(60), "the timeout was not applied");
-    assert!(out.stderr.contains("failed (s3)") && out.stderr.contains("timed out"), "{}", out.stderr);
+    assert!(out.stderr.contains("was not saved to s3") && out.stderr.contains("timed out"), "{}", out.stderr);
     let api: Api<ETCDSnapshotFile> = Api::all(world.api.client().await?);
     let failed: Vec<ETCDSnapshotFile> = api
         .list(&ListParams::default())
@@ -604,7 +604,8 @@ async fn a_flipped_byte_anywhere_is_caught_by_verify_and_restore() -> TestResult
             let verify_args: &[&str] = if s3 { &["verify", "--no-local", name] } else { &["verify", name] };
             let verify = world.run_with(verify_args, env).await;
             assert!(!verify.ok(), "{what}: verify passed\n{}", verify.stdout);
-            let mut args = vec!["restore", name.as_str(), "--data-dir", &restore_into, "--name", "m0", "--dry-run"];
+            let mut args =
+                vec!["restore", name.as_str(), "--data-dir", &restore_into, "--member-name", "m0", "--dry-run"];
             let dir = s(&world.snapshot_dir());
             if !s3 {
                 args.extend(["--dir", dir.as_str()]);
@@ -752,8 +753,10 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     world.record("save", &format!("{}\n{}", save.stdout, save.stderr));
     assert!(save.ok(), "{}\n{}", save.stdout, save.stderr);
     for bad in ["../outside", "../../etc/passwd", "/etc/passwd", "etcd-snapshot-node-1-1700000001"] {
-        let out: Run =
-            in_cwd(&["restore", bad, "--data-dir", "target", "--name", "m0", "--dry-run"]).output().await?.into();
+        let out: Run = in_cwd(&["restore", bad, "--data-dir", "target", "--member-name", "m0", "--dry-run"])
+            .output()
+            .await?
+            .into();
         world.record("restore", &format!("{}\n{}", out.stdout, out.stderr));
         assert!(!out.ok(), "restore of {bad} was accepted:\n{}", out.stdout);
     }

@@ -327,7 +327,7 @@ async fn a_killed_drill_leaves_no_etcd_running_and_the_next_one_cleans_up() -> T
 
     let out =
         run(&[&["drill"], &node[..], &["--etcdutl", &etcdutl, "--drill-dir", &sd]].concat(), &[]).await.expect_ok();
-    assert!(out.stdout.contains("1 drilled, 0 failed"), "{}", out.stdout);
+    assert!(out.stdout.contains("1 drilled: 1 passed, 0 not compared, 0 failed"), "{}", out.stdout);
     assert!(!dir.exists(), "the next drill left the abandoned directory");
     assert_eq!(std::fs::read_dir(scratch.path())?.count(), 0, "the drill left its own directory");
 
@@ -337,7 +337,8 @@ async fn a_killed_drill_leaves_no_etcd_running_and_the_next_one_cleans_up() -> T
     assert!(row.split_whitespace().last() == Some("passed"), "{}", table.stdout);
     let name = row.split_whitespace().next().unwrap_or_default().to_string();
     let target = s(&data.path().join("restored"));
-    let restore = ["restore", &name, "--dir", &s(&data.path().join("snapshots")), "--data-dir", &target, "--name", "m"];
+    let restore =
+        ["restore", &name, "--dir", &s(&data.path().join("snapshots")), "--data-dir", &target, "--member-name", "m"];
     let report = run(&[&restore[..], &["--etcdutl", &etcdutl, "--dry-run"]].concat(), &[]).await.expect_ok();
     assert!(report.stdout.contains("passed a restore drill at"), "{}", report.stdout);
     Ok(())

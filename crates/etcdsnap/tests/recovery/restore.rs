@@ -392,7 +392,7 @@ async fn k3s_style_zip_without_metadata_restores() -> TestResult {
             &s(&snapdir),
             "--data-dir",
             &s(&target),
-            "--name",
+            "--member-name",
             "m0",
             "--initial-advertise-peer-urls",
             &format!("http://127.0.0.1:{port}"),
@@ -523,7 +523,7 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     // Not in PATH either.
     let mut args: Vec<&str> = vec!["restore", &path, "--data-dir"];
     let t = s(&target);
-    args.extend([t.as_str(), "--name", "m0"]);
+    args.extend([t.as_str(), "--member-name", "m0"]);
     let out = run(&args, &[("PATH", "/nonexistent")]).await.expect_fail();
     assert!(out.stdout.contains("etcdutl not found in PATH"), "{}", out.stdout);
 

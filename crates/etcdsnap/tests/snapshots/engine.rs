@@ -85,22 +85,24 @@ async fn save_list_verify_every_compression() -> TestResult {
         "K3s's four columns, then etcdsnap's Drill:\n{}",
         table.stdout
     );
-    // People read sizes in the table; programs get exact bytes from -o json. In a pipe (not a
-    // terminal) locations stay whole and times absolute.
+    // In a pipe (not a terminal) the table is K3s's: whole bytes, whole locations, absolute
+    // times, as scripts parse them.
     for item in items {
         let name = item["spec"]["snapshotName"].as_str().ok_or("no snapshotName")?;
         let bytes: u64 = item["status"]["size"].as_str().ok_or("no size")?.parse()?;
         let row = table.stdout.lines().find(|l| l.starts_with(name)).ok_or("no row")?;
-        let human = etcdsnap::units::human_bytes(bytes);
-        assert!(human.ends_with("MiB") || human.ends_with("KiB"), "{human}");
-        assert!(row.contains(&format!(" {human} ")), "{row}");
+        assert!(row.contains(&format!(" {bytes} ")), "{row}");
         assert!(row.contains(item["spec"]["location"].as_str().ok_or("no location")?), "{row}");
         let created = item["status"]["creationTime"].as_str().ok_or("no creationTime")?;
         assert!(row.contains(created), "{row}");
     }
 
     let verified = run(&["verify", "--data-dir", &dd], &env).await.expect_ok();
-    assert!(verified.stdout.contains("3 verified, 0 failed"), "{}", verified.stdout);
+    assert!(
+        verified.stdout.contains("3 checked: 3 verified against their record, 0 trailer only (no record), 0 failed"),
+        "{}",
+        verified.stdout
+    );
 
     // Each format decompresses, with standard tools, to a snapshot etcd itself accepts.
     for f in &files {
@@ -163,7 +165,8 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
     let wrong = other.client("wrong", "root", &[])?;
     let (wcert, wkey) = (wrong.cert.to_string_lossy(), wrong.key.to_string_lossy());
     let out = run_save(save(&ca, &wcert, &wkey, &["--dial-timeout", "3s"])).await.expect_fail();
-    assert!(out.stderr.contains("failed"), "{}", out.stderr);
+    assert!(out.stderr.contains("error: no snapshot saved: "), "{}", out.stderr);
+    assert!(!out.stderr.contains("Snapshot on-demand"), "a snapshot never taken is named: {}", out.stderr);
     // And a wrong CA for the server certificate is refused by us.
     let wca = s(&other.ca_path());
     run_save(save(&wca, &cert, &key, &["--dial-timeout", "3s"])).await.expect_fail();
@@ -409,8 +412,13 @@ async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
         "{}",
         out.stderr
     );
+    // Without records only etcd's trailer can be checked: a warning says so, never an `OK`.
     let verified = run(&["verify", "--dir", &dir, "--node-name", "server1"], &[]).await.expect_ok();
-    assert!(verified.stdout.contains("2 verified, 0 failed"), "{}", verified.stdout);
+    let summary = "2 checked: 0 verified against their record, 2 trailer only (no record), 0 failed";
+    assert!(verified.stdout.contains(summary), "{}", verified.stdout);
+    assert!(!verified.stdout.contains(" OK"), "{}", verified.stdout);
+    assert_eq!(verified.stdout.matches("WARNING: no record").count(), 2, "{}", verified.stdout);
+    assert_eq!(verified.stderr.matches("has no record").count(), 2, "{}", verified.stderr);
     Ok(())
 }
 
@@ -498,7 +506,11 @@ async fn verify_reports_what_it_checked_before_a_store_it_could_not_list_and_nev
     for name in &saved {
         assert!(out.stdout.lines().any(|l| l.contains(name.as_str()) && l.contains("OK")), "{name}:\n{}", out.stdout);
     }
-    assert!(out.stdout.contains("2 verified, 0 failed."), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("2 checked: 2 verified against their record, 0 trailer only (no record), 0 failed."),
+        "{}",
+        out.stdout
+    );
     assert!(out.stderr.contains("error: listing s3://b") && out.stderr.contains("not verified"), "{}", out.stderr);
     let mut json_args = args.clone();
     json_args.extend(["-o", "json"]);

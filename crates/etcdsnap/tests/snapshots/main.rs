@@ -16,6 +16,7 @@ mod common {
     pub use cli::*;
 }
 
+mod cli;
 mod engine;
 mod lying_s3;
 mod s3;
