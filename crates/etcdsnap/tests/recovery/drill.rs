@@ -6,6 +6,7 @@
 use crate::common::agent::metric;
 use crate::common::cluster::{BUCKET, start_agent};
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::layout::records_dir;
 use crate::common::restore::revision;
 use crate::common::{self, TestResult, files_in, run, s};
 use etcdsnap_api::ETCDSnapshotFile;
@@ -431,7 +432,7 @@ async fn a_later_snapshot_in_an_earlier_ones_place_fails_the_drill() -> TestResu
     let [earlier, later] = [&names[0], &names[1]];
     let forged = std::fs::read(dir.join(later))?;
     std::fs::write(dir.join(earlier), &forged)?;
-    let record_path = data.path().join(".metadata").join(format!("{earlier}{}", etcdsnap_api::consts::RECORD_SUFFIX));
+    let record_path = records_dir(&dir).join(format!("{earlier}{}", etcdsnap_api::consts::RECORD_SUFFIX));
     let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path)?)?;
     let recorded = record["etcd"]["revision"].as_i64().unwrap();
     record["sha256"] = hex::encode(sha2::Sha256::digest(&forged)).into();

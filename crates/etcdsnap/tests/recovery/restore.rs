@@ -3,6 +3,7 @@
 //! checks, occupied targets and dry runs are checked to leave the target exactly as it was.
 
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::layout::records_dir;
 use crate::common::restore::{restore_args, revision};
 use crate::common::snapshot_files::etcdctl_snapshot;
 use crate::common::{Run, TestResult, files_in, run, s};
@@ -548,8 +549,9 @@ async fn bad_input_gets_a_clear_error_and_touches_nothing() -> TestResult {
     let huge = scratch.path().join("snapshots/on-demand-node-1-1700000000");
     std::fs::create_dir_all(huge.parent().ok_or("no parent")?)?;
     std::fs::copy(fx.path("none"), &huge)?;
-    let doc =
-        std::fs::read_to_string(fx.data.path().join(".metadata").join(format!("{}.etcdsnap.json", fx.names["none"])))?;
+    let doc = std::fs::read_to_string(
+        records_dir(&fx.data.path().join("snapshots")).join(format!("{}.etcdsnap.json", fx.names["none"])),
+    )?;
     let mut doc: serde_json::Value = serde_json::from_str(&doc)?;
     doc["name"] = "on-demand-node-1-1700000000.zst".into();
     doc["compression"] = "zstd".into();

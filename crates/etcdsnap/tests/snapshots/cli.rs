@@ -1,8 +1,10 @@
 //! The command line as a person at a terminal and a script in a pipe meet it: what empty and
 //! missing directories say, `ls` on an 80-column terminal (tmux) and into a pipe, a reader that
-//! goes away, and previews of what `prune` and `delete` remove.
+//! goes away, Ctrl-C during a save, and previews of what `prune` and `delete` remove.
 
 use crate::common::etcd::etcd_with_objects;
+use crate::common::layout::records_dir;
+use crate::common::slow_etcd::{SlowEtcd, wait_for_save_in_progress};
 use crate::common::{TestResult, files_in, run, s};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -219,5 +221,28 @@ async fn prune_and_delete_dry_runs_remove_nothing_and_say_exactly_what_the_real_
     let real = run(&args[..args.len() - 1], &[]).await.expect_ok();
     assert_eq!(real.stdout, format!("Snapshot {victim} deleted from {}.\n", canonical.display()), "{}", real.stderr);
     assert!(!dir.join(&victim).exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_save_saves_nothing_and_says_so() -> TestResult {
+    let slow = SlowEtcd::start(1000, 300_000).await?;
+    let data = tempfile::tempdir()?;
+    let dir = data.path().join("snapshots");
+    std::fs::create_dir(&dir)?;
+    let args = ["save", "--dir", &s(&dir), "--node-name", "n1", "--endpoints", &slow.endpoint, "--no-kube"];
+    let mut cmd = crate::common::command(&args);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn()?;
+    let pid = child.id().ok_or("no pid")?;
+    wait_for_save_in_progress(pid, &dir, 50_000, Duration::from_secs(30)).await?;
+    let sent = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status()?;
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.trim_end().ends_with("interrupted: no snapshot saved"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(files_in(&dir).is_empty() && files_in(&records_dir(&dir)).is_empty(), "an interrupted save left files");
     Ok(())
 }

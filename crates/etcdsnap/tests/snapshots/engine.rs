@@ -367,7 +367,9 @@ async fn path_traversal_and_bad_names_are_refused() -> TestResult {
     assert_eq!(std::fs::read_to_string(&victim)?, "keep me");
     // A name that does not exist is reported, and the exit code says so.
     let out = run(&["delete", "--data-dir", &dd, "--node-name", "n1", "on-demand-n1-1"], &[]).await.expect_fail();
-    assert!(out.stderr.contains("Snapshot on-demand-n1-1 not found."), "{}", out.stderr);
+    let snapdir = data.path().join("d/snapshots").canonicalize()?;
+    let expected = format!("Snapshot on-demand-n1-1 not found in {}.", snapdir.display());
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
     Ok(())
 }
 
