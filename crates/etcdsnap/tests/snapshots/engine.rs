@@ -576,16 +576,19 @@ async fn under_a_writer_every_2ms_the_recorded_revision_is_the_one_the_file_hold
     let endpoints = etcd.endpoints().join(",");
     let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--no-kube"];
     let env = s3.credentials_env();
-    let mut started_at = Vec::new();
+    // Snapshot name (without extension) → the member's revision before its stream. Names, not the
+    // order of a directory listing: two saves in one second get suffixed names that sort apart.
+    let mut started_at = std::collections::HashMap::new();
     for compress in ["none", "zstd", "none", "zstd"] {
         let args =
             [&["save", "--log-level", "info", "--compress", compress][..], &node, &s3.etcdsnap_flags("busy")].concat();
         let out = run(&args, &env).await.expect_ok();
         // `saving etcd snapshot ... revision=N`: the member's status before the stream.
         let line = out.stderr.lines().find(|l| l.contains("saving etcd snapshot")).unwrap_or_default().to_string();
-        let status: i64 =
-            line.split("revision=").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap();
-        started_at.push(status);
+        let field = |name: &str| line.split(name).nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
+        let status: i64 = field("revision=").and_then(|r| r.parse().ok()).unwrap();
+        let snapshot = field(" snapshot=").unwrap_or_else(|| panic!("no snapshot name in {line}"));
+        started_at.insert(snapshot, status);
     }
     writes.abort();
 
@@ -599,7 +602,13 @@ async fn under_a_writer_every_2ms_the_recorded_revision_is_the_one_the_file_hold
     };
     let snapdir = data.path().join("snapshots");
     let mut later_than_status = 0;
-    for (file, status) in files_in(&snapdir).iter().zip(&started_at) {
+    let files = files_in(&snapdir);
+    assert_eq!(files.len(), 4, "{files:?}");
+    for file in &files {
+        let status = started_at
+            .get(file.as_str())
+            .or_else(|| started_at.get(file.strip_suffix(".zst")?))
+            .unwrap_or_else(|| panic!("{file}: no save logged it: {started_at:?}"));
         let path = snapdir.join(file);
         let plain = if file.ends_with(".zst") {
             let db = data.path().join("plain.db");
