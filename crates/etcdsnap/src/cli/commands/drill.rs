@@ -53,9 +53,19 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let opts = resolve::drill_options(&args.tools).await?;
     let session = resolve::command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
+    if let Some(e) = ctx.missing_local_error() {
+        bail!(e);
+    }
+    if let Some(w) = ctx.missing_local_warning() {
+        tracing::warn!("{w}");
+    }
     let sources = select(&ctx, &args.snapshots).await?;
     if sources.is_empty() {
-        bail!("no snapshots of node {} to drill: take one with `etcdsnap save`", ctx.node_name);
+        bail!(
+            "no snapshots of node {} to drill in {}: take one with `etcdsnap save`",
+            ctx.node_name,
+            ctx.describe_stores()
+        );
     }
     let mut reports = Vec::new();
     for source in &sources {
