@@ -13,6 +13,7 @@ mod common {
     pub mod layout;
     pub mod slow_etcd;
     pub mod snapshot_files;
+    pub mod terminal;
     pub use cli::*;
 }
 

@@ -3,7 +3,7 @@
 //! and records an earlier release left in the shared parent are found and moved, not lost.
 
 use crate::common::etcd::etcd_with_objects;
-use crate::common::layout::{private_dir, records_dir};
+use crate::common::layout::records_dir;
 use crate::common::{TestResult, files_in, run, s};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -111,7 +111,7 @@ async fn two_snapshot_directories_in_one_parent_keep_every_record() -> TestResul
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(3));
     for dir in [&a, &b] {
         assert!(std::fs::read_dir(dir)?.flatten().all(|e| e.file_type().is_ok_and(|t| t.is_file())));
-        assert!(private_dir(dir).join("lock").is_file(), "{} has its own lock", dir.display());
+        assert!(crate::common::layout::private_dir(dir).join("lock").is_file(), "{} has its own lock", dir.display());
     }
     assert!(!parent.path().join(".etcdsnap/lock").exists(), "no lock shared by the two");
     assert!(files_in(&parent.path().join(".metadata")).is_empty(), "no extra metadata: nothing of K3s's");
@@ -168,5 +168,51 @@ async fn records_of_the_earlier_shared_layout_are_found_and_moved() -> TestResul
     for (name, sha) in before.0.iter().chain(&before.1) {
         assert_eq!(after.0.get(name).or(after.1.get(name)), Some(sha), "{name}: record lost in the move");
     }
+    Ok(())
+}
+
+/// K3s keeps its extra metadata in `<parent>/.metadata/<name>`, shared by every snapshot
+/// directory of the parent. An interrupted save into b whose name a holds (its record is
+/// all it left) is cleaned up by b's next save: b's record goes, and K3s's file of that name,
+/// which may be a's, stays, with a's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k3s_metadata_of_a_snapshot_the_other_directory_holds_is_never_removed() -> TestResult {
+    let etcd = etcd_with_objects(50).await?;
+    let endpoints = etcd.endpoints().join(",");
+    let parent = tempfile::tempdir()?;
+    let (a, b) = (parent.path().join("a"), parent.path().join("b"));
+    for dir in [&a, &b] {
+        std::fs::create_dir(dir)?;
+    }
+    let save = |dir: &Path| {
+        let (dir, endpoints) = (s(dir), endpoints.clone());
+        async move {
+            run(&["save", "--dir", &dir, "--node-name", "n1", "--endpoints", &endpoints], &[]).await.expect_ok();
+        }
+    };
+    save(&a).await;
+    let [name] = <[String; 1]>::try_from(files_in(&a)).map_err(|n| format!("{n:?}"))?;
+    let record = format!("{name}.etcdsnap.json");
+    // K3s's extra metadata of a's snapshot, as K3s writes it.
+    let k3s_file = parent.path().join(".metadata").join(&name);
+    std::fs::create_dir(parent.path().join(".metadata"))?;
+    std::fs::write(&k3s_file, br#"{"cluster":"prod"}"#)?;
+    // What a save into b of the same name, killed after its record, leaves.
+    std::fs::create_dir_all(records_dir(&b))?;
+    std::fs::copy(records_dir(&a).join(&record), records_dir(&b).join(&record))?;
+
+    // Another base name: within the same second a save into b would otherwise take the name.
+    let args = ["save", "--dir", &s(&b), "--name", "in-b", "--node-name", "n1", "--endpoints", &endpoints];
+    run(&args, &[]).await.expect_ok();
+    let b_records = files_in(&records_dir(&b));
+    assert!(
+        b_records.len() == 1 && b_records[0].starts_with("in-b-n1-"),
+        "b's interrupted record stays: {b_records:?}"
+    );
+    assert_eq!(std::fs::read(&k3s_file)?, br#"{"cluster":"prod"}"#, "K3s's file of a's snapshot changed");
+    assert_eq!(files_in(&records_dir(&a)), [record]);
+    let listed = run(&["ls", "--dir", &s(&a), "--node-name", "n1", "-o", "json"], &[]).await.expect_ok().json();
+    assert_eq!(listed["items"][0]["spec"]["metadata"]["cluster"], "prod", "{listed}");
+    assert_eq!(verified_against_records(&a, &endpoints).await?.len(), 1);
     Ok(())
 }
