@@ -88,7 +88,7 @@ async fn ls_on_a_terminal(dir: &Path, columns: u16) -> Result<String, Box<dyn st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ls_fits_an_80_column_terminal_and_gives_a_pipe_whole_bytes() -> TestResult {
+async fn ls_fits_80_and_120_column_terminals_and_gives_a_pipe_whole_bytes() -> TestResult {
     let etcd = etcd_with_objects(300).await?;
     let endpoints = etcd.endpoints().join(",");
     let data = tempfile::tempdir()?;
