@@ -310,7 +310,7 @@ pub fn session_config(
         cluster_id: storage.cluster_id.clone(),
         etcd: etcd_config(&node.etcd, preset.as_ref()),
         token_hash: None,
-        zstd_level: node.compress.zstd_level,
+        zstd_level: node.compress.zstd_level.unwrap_or(etcdsnap::session::DEFAULT_ZSTD_LEVEL),
         record_hash_kv: node.etcd.record_hashkv,
     })
 }
@@ -353,8 +353,8 @@ pub async fn drill_options(args: &DrillToolArgs) -> Result<DrillOptions, ToolErr
 /// The restored member's settings: the initial cluster defaults to `<name>=<first peer URL>`.
 pub fn member_settings(args: &MemberArgs) -> MemberSettings {
     let first_peer = args.initial_advertise_peer_urls.split(',').next().unwrap_or_default().trim().to_string();
-    // clap requires --name unless --prepare-for, which restores no member.
-    let name = args.name.clone().unwrap_or_default();
+    // clap requires --member-name unless --prepare-for, which restores no member.
+    let name = args.member_name.clone().unwrap_or_default();
     MemberSettings {
         initial_cluster: args.initial_cluster.clone().unwrap_or_else(|| format!("{name}={first_peer}")),
         name,

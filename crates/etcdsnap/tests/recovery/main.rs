@@ -14,6 +14,7 @@ mod common {
     pub mod cluster;
     pub mod etcd;
     pub mod k3s;
+    pub mod layout;
     pub mod restore;
     pub mod snapshot_files;
     pub use cli::*;

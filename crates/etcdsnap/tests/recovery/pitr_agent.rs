@@ -426,7 +426,8 @@ async fn retention_keeps_exactly_the_segments_a_kept_snapshot_can_use() -> TestR
     assert!(oldest < end, "{oldest} {end}");
     let rev = end.to_string();
     let snapshots_dir = s(&data.path().join("snapshots"));
-    let args = ["restore", "--to-revision", &rev, "--dir", &snapshots_dir, "--data-dir", &s(&target), "--name", "m0"];
+    let args =
+        ["restore", "--to-revision", &rev, "--dir", &snapshots_dir, "--data-dir", &s(&target), "--member-name", "m0"];
     run(&[&args[..], &["--etcdutl", &etcdutl, "--etcd", &etcd_bin]].concat(), &[]).await.expect_ok();
     Ok(())
 }

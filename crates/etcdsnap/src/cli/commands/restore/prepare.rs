@@ -5,8 +5,7 @@
 //! rejoin with an empty `server/db`.
 
 use super::RestoreArgs;
-use crate::cli::flags::OutputFormat;
-use crate::cli::output::{human_bytes, print_structured};
+use crate::cli::output::{self, human_bytes};
 use crate::cli::presets::Preset;
 use crate::cli::progress::ProgressLine;
 use crate::cli::resolve;
@@ -72,14 +71,12 @@ pub async fn run(args: &RestoreArgs, source: SnapshotSource, program: Program) -
         steps: steps(program, &prepared, &data_dir, !warnings.is_empty()),
         warnings,
     };
-    if args.output.output != OutputFormat::Table {
-        print_structured(&view, args.output.output)?;
-        return Ok(ExitCode::SUCCESS);
+    if args.output.output.is_table() {
+        for w in &view.warnings {
+            eprintln!("warning: {w}");
+        }
     }
-    for w in &view.warnings {
-        eprintln!("warning: {w}");
-    }
-    print!("{}", text(&view));
+    output::print(args.output.output, || &view, |_| text(&view))?;
     Ok(ExitCode::SUCCESS)
 }
 
