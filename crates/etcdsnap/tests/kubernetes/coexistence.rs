@@ -517,9 +517,9 @@ async fn on_a_k3s_server_save_needs_no_flags() -> TestResult {
     let snapshots = files_in(&k3s.join("server/db/snapshots"));
     assert_eq!(snapshots.len(), 1);
     assert!(snapshots[0].starts_with("on-demand-K3s-Server-1-"), "{snapshots:?}");
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        k3s.join(format!("server/db/.metadata/{}.etcdsnap.json", snapshots[0])),
-    )?)?;
+    let records = common::layout::records_dir(&k3s.join("server/db/snapshots"));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(records.join(format!("{}.etcdsnap.json", snapshots[0])))?)?;
     let hash = etcdsnap_api::TokenHash::of_token(&token)?;
     assert_eq!(record["tokenHash"], hash.as_str());
     // ls and verify find it the same way; the snapshot directory holds nothing else.
@@ -554,8 +554,9 @@ async fn records_an_earlier_release_kept_in_k3s_s_metadata_are_read_then_moved_b
     // `.metadata/<name>`, no `.etcdsnap.json`.
     let old = "on-demand-node-1-1700000000";
     let meta = w.data_dir(node).join(".metadata");
+    let records = common::layout::records_dir(&w.snapshot_dir(node));
     let mut record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(meta.join(format!("{name}.etcdsnap.json")))?)?;
+        serde_json::from_slice(&std::fs::read(records.join(format!("{name}.etcdsnap.json")))?)?;
     record["name"] = old.into();
     std::fs::copy(w.snapshot_dir(node).join(&name), w.snapshot_dir(node).join(old))?;
     std::fs::write(meta.join(old), serde_json::to_vec(&record)?)?;
@@ -576,7 +577,7 @@ async fn records_an_earlier_release_kept_in_k3s_s_metadata_are_read_then_moved_b
     w.run_s3(node, FOLDER, &["save"]).await.expect_ok();
     let k3s_file: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(meta.join(old))?)?;
     assert_eq!(k3s_file.get("team").map(String::as_str), Some("platform"));
-    assert!(meta.join(format!("{old}.etcdsnap.json")).is_file());
+    assert!(records.join(format!("{old}.etcdsnap.json")).is_file());
     let (k3s_object, _) = w.s3.get_object(BUCKET, &format!("{FOLDER}/.metadata/{old}")).await?;
     let k3s_object: BTreeMap<String, String> = serde_json::from_slice(&k3s_object)?;
     assert_eq!(k3s_object.get("team").map(String::as_str), Some("platform"));

@@ -198,8 +198,9 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     assert_eq!(status.creation_time.map(|t| t.0.as_second()), Some(stamp));
     // The same extra metadata is in etcdsnap's record on disk, and in K3s's file as K3s writes it.
     let meta_dir = env.data_dir("node-1").join(".metadata");
+    let records = common::layout::records_dir(&env.data_dir("node-1").join("snapshots"));
     let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(meta_dir.join(format!("{name}.etcdsnap.json")))?)?;
+        serde_json::from_slice(&std::fs::read(records.join(format!("{name}.etcdsnap.json")))?)?;
     assert_eq!(doc["extraMetadata"]["cluster-name"], "c-12345");
     let k3s: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(meta_dir.join(&name))?)?;
     assert_eq!(k3s.get("cluster-name").map(String::as_str), Some("c-12345"));

@@ -15,6 +15,7 @@ mod common {
     pub mod cluster;
     pub mod etcd;
     pub mod k3s;
+    pub mod layout;
     pub mod slow_etcd;
     pub use cli::*;
 }
