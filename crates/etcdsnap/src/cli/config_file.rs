@@ -128,9 +128,10 @@ fn apply_server_config(command: Command, args: Vec<OsString>) -> Result<Applied,
     if !sub.get_arguments().any(|a| a.get_id() == "node_name") {
         return Ok((args, Vec::new())); // no node flags: not a command of a server's node
     }
-    let data_dir = sub_matches.get_one::<PathBuf>("data_dir").cloned();
-    let dir_given = sub_matches.get_one::<PathBuf>("dir").is_some();
-    let program = sub_matches.get_one::<Program>("program").or(matches.get_one::<Program>("program")).copied();
+    let path = |id: &str| sub_matches.try_get_one::<PathBuf>(id).ok().flatten().cloned();
+    let (data_dir, dir_given) = (path("data_dir"), path("dir").is_some());
+    let program = [sub_matches, &matches].into_iter().find_map(|m| m.try_get_one::<Program>("program").ok().flatten());
+    let program = program.copied();
     let Some(preset) = Preset::find(data_dir.as_deref(), dir_given, program)? else {
         return Ok((args, Vec::new()));
     };

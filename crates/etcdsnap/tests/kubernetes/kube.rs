@@ -296,7 +296,7 @@ async fn failed_saves_become_failed_resources_without_secrets() -> TestResult {
     )
     .await
     .expect_fail();
-    assert!(out.stderr.contains("failed"), "{}", out.stderr);
+    assert!(out.stderr.contains("no snapshot saved"), "{}", out.stderr);
     let items = env.resources().await?;
     assert_eq!(items.len(), 1, "{items:?}");
     let cr = &items[0];
