@@ -5,6 +5,7 @@
 //! etcdsnap's snapshots. Then the server's config.yaml.d merged as the server merges it, and a
 //! change of program carried through. Real etcd, kube-apiserver and S3 servers throughout.
 
+use crate::common::agent::Agent;
 use crate::common::etcd::etcd_with_objects;
 use crate::common::k3s;
 use crate::common::{self, Run, TestResult, files_in, s};
@@ -276,6 +277,20 @@ async fn the_server_s_config_yaml_d_is_merged_as_the_server_merges_it() -> TestR
     let other = s(&other);
     let out = run_no_kube(&etcd, &root, &["save"], &[("RKE2_CONFIG_FILE", &other)]).await.expect_ok();
     assert!(out.stdout.contains("on-demand-elsewhere-"), "{}", out.stdout);
+
+    // The agent on this server says the server's own scheduled snapshots are on and count its
+    // own (the same name prefix), and exposes K3s's histograms under RKE2's names.
+    let logs = tempfile::tempdir()?;
+    let (preset_root, endpoints) = (root.root(), etcd.endpoints().join(","));
+    let env = [("ETCDSNAP_PRESET_ROOT", preset_root.as_str()), ("ETCDSNAP_ENDPOINTS", endpoints.as_str())];
+    let args = ["--no-kube", "--schedule", "*/2 * * * * *", "--drill-schedule", ""];
+    let agent = Agent::start(&args, &env, logs.path()).await?;
+    let series = "etcdsnap_saves_total{status=\"success\"}";
+    let metrics = agent.wait_for_metric(series, 1.0, Duration::from_secs(30)).await?;
+    assert!(metrics.contains("rke2_etcd_snapshot_save_duration_seconds_count{status=\"success\"}"), "{metrics}");
+    let log = agent.stop().await?;
+    assert!(log.contains("the RKE2 server's own scheduled snapshots are on"), "{log}");
+    assert!(log.contains(&s(&root.config_file())) && log.contains("--snapshot-name etcd-snapshot) match"), "{log}");
 
     // A bad value is refused naming its file and key, and nothing is removed.
     let before = files_in(&root.snapshot_dir());
