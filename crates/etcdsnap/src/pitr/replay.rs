@@ -16,8 +16,8 @@
 //! from the live cluster when there is one, and the etcd is stopped cleanly (SIGTERM, then a
 //! wait) so the data directory can be swapped in.
 //!
-//! A time target stops at the last revision observed at or before the time: the plan's
-//! `stop_at` is a lower bound from the records; the last segment's own times give the exact one.
+//! A time target was mapped to a revision by the plan (the last revision observed at or before
+//! the time); the replay stops there, and uses the time only for what leases have left.
 
 mod apply;
 mod guard;
@@ -25,6 +25,7 @@ mod leases;
 mod scan;
 
 pub use leases::REPLAY_LEASE_TTL;
+pub use scan::last_observed_by;
 
 use crate::restore::loopback::{self, LoopbackError};
 use apply::{Leases, Pipeline};
