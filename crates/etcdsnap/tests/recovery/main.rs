@@ -1,7 +1,7 @@
 //! Getting data back: `etcdsnap restore` (`restore`), every etcd minor saved and restored with
 //! its own tools (`versions`), restore drills (`drill`), and point-in-time recovery through the
-//! library (`pitr`, and the replay's proof: `pitr_proof`), the agent (`pitr_agent`) and two agents
-//! with Kubernetes (`pitr_cluster`).
+//! library (`pitr`, and the replay's proof: `pitr_proof`), the agent (`pitr_agent`), across restarts and
+//! rolled-back histories (`pitr_history`), and two agents with Kubernetes (`pitr_cluster`).
 // Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +24,7 @@ mod drill;
 mod pitr;
 mod pitr_agent;
 mod pitr_cluster;
+mod pitr_history;
 mod pitr_proof;
 mod restore;
 mod versions;
