@@ -241,7 +241,7 @@ fn revision_at_time(segments: &[&SegmentRecord], ms: i64, observed_by: &mut Obse
             earliest: earliest.map(|s| (s.first_revision, fmt_ms(s.first_observed_ms))),
         });
     };
-    let holds_next = segments.iter().any(|s| s.first_revision <= revision + 1 && revision + 1 <= s.last_revision);
+    let holds_next = segments.iter().any(|s| s.first_revision <= revision + 1 && revision < s.last_revision);
     let newest_ms = segments.iter().map(|s| s.last_observed_ms).max().unwrap_or(i64::MIN);
     if holds_next || ms <= newest_ms && segments.iter().all(|s| s.last_revision <= revision) {
         return Ok(revision);
