@@ -52,6 +52,8 @@ pub const EVENT_DELETED: &str = "ETCDSnapshotDeleted";
 /// etcdsnap's events of restore drills.
 pub const EVENT_DRILL_PASSED: &str = "ETCDSnapshotDrillPassed";
 pub const EVENT_DRILL_FAILED: &str = "ETCDSnapshotDrillFailed";
+/// A drill in which nothing failed but the contents could not be compared with the live member's.
+pub const EVENT_DRILL_NOT_COMPARED: &str = "ETCDSnapshotDrillNotCompared";
 
 /// S3 user metadata keys (sent as `x-amz-meta-<key>`).
 pub const S3_META_CLUSTER_ID: &str = "k3s-cluster-id";
@@ -63,19 +65,29 @@ pub const S3_META_ETCD_REVISION: &str = "etcdsnap-etcd-revision";
 pub const S3_META_ETCD_VERSION: &str = "etcdsnap-etcd-version";
 pub const S3_META_COMPRESSION: &str = "etcdsnap-compression";
 
-/// K3s's metadata directory: beside the snapshot directory, and under the S3 folder. It holds
-/// `<name>`, K3s's extra metadata of snapshot `<name>`, and etcdsnap's record `<name>` +
-/// [`RECORD_SUFFIX`], which K3s never reads (it matches metadata to snapshots by exact name).
+/// K3s's metadata directory: beside the snapshot directory (`<dir>/../.metadata/`), and under
+/// the S3 folder. It holds `<name>`, K3s's extra metadata of snapshot `<name>`. In S3 it also
+/// holds etcdsnap's record `<name>` + [`RECORD_SUFFIX`], which K3s never reads (it matches
+/// metadata to snapshots by exact name); on local disk the records live in etcdsnap's own
+/// directory of the snapshot directory ([`PRIVATE_DIR`]), and earlier releases' records found
+/// in `.metadata/` are moved there.
 pub const METADATA_DIR: &str = ".metadata";
-/// Suffix of etcdsnap's own record beside K3s's metadata: `.metadata/<name>.etcdsnap.json`.
+/// Suffix of etcdsnap's record of a snapshot: `<name>.etcdsnap.json`.
 pub const RECORD_SUFFIX: &str = ".etcdsnap.json";
 /// Point-in-time recovery's delta chains: the directory beside the snapshot directory, and the
 /// path element under the S3 folder (`<folder>/.etcdsnap-deltas/<chain>/.metadata/<file>`).
 pub const DELTAS_DIR: &str = ".etcdsnap-deltas";
 /// The prefix Kubernetes keeps its objects under in etcd.
 pub const KUBERNETES_PREFIX: &[u8] = b"/registry/";
-/// etcdsnap's private directory beside the snapshot directory (its lock, partial writes), so
-/// the snapshot directory holds snapshots only: K3s takes every file there for a snapshot.
+/// etcdsnap's private directory beside snapshot directories: `<parent>/.etcdsnap/`. Each
+/// snapshot directory `<parent>/<dir>` has its own part of it, `<parent>/.etcdsnap/dirs/<dir>/`
+/// ([`PRIVATE_DIRS`]), with its records ([`RECORDS_DIR`]), locks and partial writes, so that two
+/// snapshot directories of one parent never share them, and the snapshot directory holds
+/// snapshots only: K3s takes every file there for a snapshot.
 pub const PRIVATE_DIR: &str = ".etcdsnap";
+/// In [`PRIVATE_DIR`]: one directory per snapshot directory, named like it.
+pub const PRIVATE_DIRS: &str = "dirs";
+/// In a snapshot directory's private directory: etcdsnap's records, `<name>` + [`RECORD_SUFFIX`].
+pub const RECORDS_DIR: &str = "records";
 /// Suffix of files being written; never a snapshot.
 pub const PART_SUFFIX: &str = ".part";

@@ -107,13 +107,18 @@ pub struct MetadataDocument {
 #[serde(rename_all = "camelCase")]
 pub struct DrillResult {
     pub at: jiff::Timestamp,
-    /// `passed`, or `failed: <reason>`.
+    /// `passed`, `not compared: <why>` or `failed: <reason>`.
     pub result: String,
 }
 
 impl DrillResult {
     pub fn passed(&self) -> bool {
         self.result == "passed"
+    }
+
+    /// Whether the drill found a problem (a drill that could not compare did not).
+    pub fn failed(&self) -> bool {
+        !self.passed() && !self.result.starts_with("not compared")
     }
 }
 

@@ -108,6 +108,8 @@ pub enum SessionError {
 pub struct Session {
     config: SessionConfig,
     local: Option<LocalStore>,
+    /// The default snapshot directory, kept and not there yet (a command that does not save).
+    missing_local: Option<PathBuf>,
     /// The S3 store the flags describe, built (and validated) once.
     flag_s3: Option<Arc<S3Store>>,
     kube: Option<Kube>,
@@ -125,6 +127,7 @@ impl Session {
     /// Kubernetes when it is configured (no request is made yet).
     pub async fn open(config: SessionConfig) -> Result<Session, SessionError> {
         let local = open_local(&config)?;
+        let missing_local = (config.local.keep && local.is_none()).then(|| config.local.dir.clone());
         let flag_s3 = match flag_s3_config(&config)? {
             Some(s3) => Some(S3Store::with_cache_in(s3, &config.data_dir)?),
             None => None,
@@ -132,8 +135,11 @@ impl Session {
         let (kube, kube_absent) = match Kube::connect(&config.kube, config.kube_settings.clone()).await {
             Ok(Some(kube)) => (Some(kube), None),
             Ok(None) => {
-                let why = if config.kube.disabled { "--no-kube" } else { "no kubeconfig found" };
-                (None, Some(format!("Kubernetes not configured ({why})")))
+                let why = match config.kube.disabled {
+                    true => "Kubernetes not used (--no-kube)",
+                    false => "Kubernetes not configured (no kubeconfig found)",
+                };
+                (None, Some(why.to_string()))
             }
             Err(e) if config.kube_policy == KubePolicy::OneShot => (None, Some(format!("Kubernetes not usable ({e})"))),
             Err(e) => return Err(e.into()),
@@ -142,6 +148,7 @@ impl Session {
         Ok(Session {
             config,
             local,
+            missing_local,
             flag_s3,
             kube,
             kube_absent,
@@ -208,6 +215,7 @@ impl Session {
             node_name: self.config.node_name.clone(),
             etcd: self.config.etcd.clone(),
             local: self.local.clone(),
+            missing_local: self.missing_local.clone(),
             remote_spec: self.flag_s3.as_ref().map(|s| s.spec()),
             remote: self.flag_s3.clone().map(|s| s as Arc<dyn SnapshotStore>),
             s3_retention: self.flag_retention().or(self.flag_s3.as_ref().and_then(|s| s.config().retention)),
@@ -235,7 +243,11 @@ impl Session {
                 if let Some(why) = &self.kube_absent
                     && self.usable.swap(false, Ordering::Relaxed)
                 {
-                    tracing::warn!("{why}: ETCDSnapshotFile resources are skipped");
+                    // Asked for with --no-kube: worth a line, not a warning.
+                    match self.config.kube.disabled {
+                        true => tracing::info!("{why}: ETCDSnapshotFile resources are skipped"),
+                        false => tracing::warn!("{why}: ETCDSnapshotFile resources are skipped"),
+                    }
                 }
                 None
             }

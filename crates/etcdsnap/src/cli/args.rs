@@ -78,6 +78,17 @@ pub enum Command {
     Man(ManArgs),
 }
 
+impl Command {
+    /// A combination of flags that clap cannot refuse by itself: the command's name and why.
+    pub fn conflict(&self) -> Option<(&'static str, String)> {
+        match self {
+            Command::Save(a) => a.flags.node.compress.conflict().map(|m| ("save", m)),
+            Command::Agent(a) => a.node.compress.conflict().map(|m| ("agent", m)),
+            _ => None,
+        }
+    }
+}
+
 /// `--to-time`: RFC 3339, or a duration and " ago" ("4m ago", "1h30m ago").
 pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
     let s = s.trim();
@@ -137,7 +148,7 @@ mod tests {
 
     #[test]
     fn point_in_time_restores_take_a_target_instead_of_a_snapshot() {
-        let base = ["etcdsnap", "restore", "--data-dir", "/d", "--name", "m0"];
+        let base = ["etcdsnap", "restore", "--data-dir", "/d", "--member-name", "m0"];
         let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra)).map(|_| ()).map_err(|e| e.kind());
         assert!(with(&["--to-revision", "42"]).is_ok());
         assert!(with(&["--to-time", "2026-12-03T07:04:00Z"]).is_ok());

@@ -6,12 +6,18 @@
 //! - `resolve.rs`: parsed flags turned into settings (node name, token hash, session, ...);
 //! - `commands/`: one file per command, its own flags and the function that runs it;
 //! - `output/`: one file per printed thing, its typed view and its table;
+//! - `help.rs`: which shared flags each command's help shows, and the examples' manual section;
 //! - `config_file.rs`, `presets.rs` (K3s/RKE2 servers' paths), `progress.rs`.
+
+// Everything on stdout goes through `output::emit` (or `output::print`), whose errors say when
+// the reader went away: `println!` would panic instead.
+#![deny(clippy::print_stdout)]
 
 mod args;
 mod commands;
 mod config_file;
 mod flags;
+mod help;
 mod output;
 mod presets;
 mod progress;
@@ -36,6 +42,13 @@ pub fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
+    if let Some((command, message)) = cli.command.conflict() {
+        // What clap cannot declare, refused the way clap refuses the rest (usage, exit 2).
+        let mut cmd = Cli::command();
+        cmd.build();
+        let sub = cmd.find_subcommand_mut(command).unwrap_or_else(|| unreachable!("{command} is a command"));
+        sub.error(clap::error::ErrorKind::ArgumentConflict, message).exit();
+    }
     init_logging(cli.log_format, if cli.debug { "debug" } else { &cli.log_level });
     // One async thread: the gRPC connection and the stream reader then share it instead of
     // waking each other across threads for every frame. CPU-heavy work (hashing, compression,
@@ -49,6 +62,8 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
+        // The reader of stdout went away (`etcdsnap ls | head`): what it wanted it has.
+        Err(e) if reader_gone(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_FAILURE)
@@ -72,6 +87,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Completion(a) => commands::completion::run(a),
         Command::Man(a) => commands::man::run(a),
     }
+}
+
+/// Whether `e` is, or was caused by, a write to a pipe nobody reads any more.
+fn reader_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// The exit code of a command whose work succeeded (`ok`) or failed.

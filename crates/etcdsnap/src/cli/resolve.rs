@@ -233,7 +233,7 @@ pub fn session_config(
         cluster_id: storage.cluster_id.clone(),
         etcd: etcd_config(&node.etcd, preset.as_ref()),
         token_hash: None,
-        zstd_level: node.compress.zstd_level,
+        zstd_level: node.compress.zstd_level.unwrap_or(etcdsnap::session::DEFAULT_ZSTD_LEVEL),
         record_hash_kv: node.etcd.record_hashkv,
     })
 }
@@ -277,8 +277,8 @@ pub async fn drill_options(args: &DrillToolArgs) -> Result<DrillOptions, ToolErr
 pub fn member_settings(args: &MemberArgs) -> MemberSettings {
     let first_peer = args.initial_advertise_peer_urls.split(',').next().unwrap_or_default().trim().to_string();
     MemberSettings {
-        initial_cluster: args.initial_cluster.clone().unwrap_or_else(|| format!("{}={first_peer}", args.name)),
-        name: args.name.clone(),
+        initial_cluster: args.initial_cluster.clone().unwrap_or_else(|| format!("{}={first_peer}", args.member_name)),
+        name: args.member_name.clone(),
         initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
         initial_cluster_token: args.initial_cluster_token.clone(),
         bump_revision: args.bump_revision,

@@ -31,7 +31,7 @@ pub enum PitrError {
     #[error("no snapshot of cluster {0} in this snapshot directory")]
     NoSuchCluster(String),
     #[error(
-        "snapshots of several etcd clusters ({}) can reach this target: choose one with --cluster-id",
+        "snapshots of several etcd clusters ({}) can reach this target: choose one with --etcd-cluster-id",
         .0.join(", ")
     )]
     Ambiguous(Vec<String>),

@@ -15,6 +15,7 @@ mod common {
     pub mod etcd;
     pub mod k3s;
     pub mod keyspace;
+    pub mod layout;
     pub mod restore;
     pub mod snapshot_files;
     pub use cli::*;

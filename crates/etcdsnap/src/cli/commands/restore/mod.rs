@@ -5,11 +5,11 @@
 pub mod pitr;
 
 use crate::cli::args::parse_time;
-use crate::cli::flags::{OutputArgs, OutputFormat, S3Args, TokenArgs, heading};
-use crate::cli::output::print_structured;
+use crate::cli::flags::{OutputArgs, S3Args, TokenArgs, heading};
 use crate::cli::output::restore::{self as view, RestoreView, Restored};
+use crate::cli::output::{emit, print_structured};
 use crate::cli::progress::ProgressLine;
-use crate::cli::{EXIT_FAILURE, resolve};
+use crate::cli::{EXIT_FAILURE, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap::restore::{self, PreflightReport, RestoreOutcome, RestoreRequest, SnapshotSource};
@@ -22,6 +22,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = EXAMPLES,
+    mut_arg("enabled", |a| a.help("NAME is a snapshot in the S3 folder the other S3 flags name: streamed from it, never kept locally")),
+    mut_args(help::unused(&[&["stale_upload_after"]])),
+    mut_args(help::no_wide)
+)]
 pub struct RestoreArgs {
     /// Snapshot to restore: a snapshot name as `ls` shows it, looked up in the snapshot
     /// directory, or a file path (anything containing a `/`, e.g. ./snap.db). Not given with
@@ -48,7 +54,6 @@ pub struct RestoreArgs {
     /// K3s/RKE2 server's snapshot directory, else /var/lib/etcdsnap/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR", help_heading = heading::STORAGE)]
     pub dir: Option<PathBuf>,
-    /// With `--s3`, NAME is a snapshot in the S3 folder (streamed, never kept locally).
     #[command(flatten)]
     pub s3: S3Args,
     /// Point-in-time recovery: the newest snapshot at or below revision N, rolled forward to N
@@ -64,9 +69,12 @@ pub struct RestoreArgs {
     #[arg(long, env = "ETCDSNAP_ETCD", value_name = "PATH", help_heading = heading::PITR)]
     pub etcd: Option<PathBuf>,
     /// With --to-revision/--to-time: the etcd cluster ID (as `ls -o wide` shows it) whose
-    /// snapshots to use, when the snapshot directory holds several clusters'.
+    /// snapshots to use, when the snapshot directory holds several etcd clusters'.
     #[arg(long, value_name = "ID", help_heading = heading::PITR)]
-    pub cluster_id: Option<String>,
+    pub etcd_cluster_id: Option<String>,
+    /// Restore never talks to Kubernetes; accepted, like on every other command.
+    #[arg(long, env = "ETCDSNAP_NO_KUBE", help_heading = heading::KUBERNETES)]
+    pub no_kube: bool,
     #[command(flatten)]
     pub token: TokenArgs,
     #[command(flatten)]
@@ -79,7 +87,7 @@ pub struct RestoreArgs {
 pub struct MemberArgs {
     /// Name of the restored etcd member (etcd's --name; etcd must later start with it).
     #[arg(long, value_name = "NAME", required = true)]
-    pub name: String,
+    pub member_name: String,
     /// Initial cluster of the restored member [default: <name>=<first peer URL>]
     #[arg(long, value_name = "NAME=URL,...")]
     pub initial_cluster: Option<String>,
@@ -97,6 +105,21 @@ pub struct MemberArgs {
     #[arg(long, requires = "bump_revision")]
     pub mark_compacted: bool,
 }
+
+const EXAMPLES: &str = "Examples:
+  # What a restore would do (every check, the bytes included), changing nothing
+  etcdsnap restore on-demand-node-1-1700000000.zst --data-dir /var/lib/etcd --member-name node-1 --dry-run
+
+  # A file by path into a new data directory; an existing one is moved aside, never deleted
+  etcdsnap restore ./snap.db --data-dir /var/lib/etcd --member-name node-1 \\
+    --initial-advertise-peer-urls https://10.0.0.5:2380
+
+  # A snapshot streamed from S3
+  etcdsnap restore etcd-snapshot-node-1-1700000000 --s3 --s3-bucket backups --data-dir /var/lib/etcd --member-name node-1
+
+  # Point-in-time: the state of 4 minutes ago, replayed from the agent's delta segments
+  etcdsnap restore --to-time \"4m ago\" --data-dir /var/lib/etcd --member-name node-1 --etcd /usr/local/bin/etcd
+";
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(snapshot) = args.snapshot.clone() else {
@@ -123,7 +146,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         if let Some(p) = progress.take() {
             p.finish();
         }
-        if format == OutputFormat::Table {
+        if format.is_table() {
             print_report(report);
         }
         shown = Some(report.clone());
@@ -144,36 +167,36 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     match result {
         Ok(RestoreOutcome::Restored { report, installed, duration }) => {
-            if format == OutputFormat::Table {
-                println!(
-                    "Restored {} into {} in {:.1}s.",
+            if format.is_table() {
+                emit(&format!(
+                    "Restored {} into {} in {:.1}s.\n{}",
                     report.snapshot.name,
                     installed.data_dir.display(),
-                    duration.as_secs_f64()
-                );
-                print!("{}", view::installed_text(&installed, &report.member));
+                    duration.as_secs_f64(),
+                    view::installed_text(&installed, &report.member)
+                ))?;
             } else {
                 structured(&report, Some(Restored::new(&installed, duration)), None)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Ok(RestoreOutcome::DryRun(report)) => {
-            if format == OutputFormat::Table {
-                println!("Dry run: nothing was changed.");
+            if format.is_table() {
+                emit("Dry run: nothing was changed.\n")?;
             } else {
                 structured(&report, None, None)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Ok(RestoreOutcome::Refused(report)) => {
-            if format != OutputFormat::Table {
+            if !format.is_table() {
                 structured(&report, None, None)?;
             }
             eprintln!("{}", view::refused_text(&report));
             Ok(ExitCode::from(EXIT_FAILURE))
         }
         Err(e) => {
-            if format != OutputFormat::Table
+            if !format.is_table()
                 && let Some(report) = &shown
             {
                 structured(report, None, Some(format!("{e}")))?;
