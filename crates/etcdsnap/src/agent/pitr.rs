@@ -120,8 +120,12 @@ async fn capture_term(
     }
     let mut client = member.into_client();
     let snapshot = newest_snapshot(&listing.records, &ctx.node_name, &cluster);
-    let start = resume::choose(&mut client, chain, snapshot, &deltas_dir).await.map_err(TermError::Other)?;
-    let start = start.ok_or(TermError::NoBase)?;
+    let choice = resume::choose(&mut client, chain, snapshot, &deltas_dir).await.map_err(TermError::Other)?;
+    if let Some(revision) = choice.compacted {
+        tracing::warn!(revision, "etcd compacted past where delta capture stood: the revisions after it are a gap");
+        agent.metrics.pitr.breaks.inc();
+    }
+    let start = choice.start.ok_or(TermError::NoBase)?;
     let term = stop.child_token();
     let watcher = tokio::spawn(end_of_term(leading, term.clone()));
     let annotating = agent.session.kube().map(|kube| {

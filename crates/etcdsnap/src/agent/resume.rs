@@ -109,22 +109,32 @@ pub(super) async fn held(client: &mut Client, revision: i64) -> Result<Held, etc
     }
 }
 
+/// Where a term starts, and the gap choosing it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Choice {
+    /// None: nothing can be continued, a new full snapshot must start a chain.
+    pub start: Option<Start>,
+    /// Set when etcd compacted past where capture stood (the chain's last revision, or the
+    /// newest snapshot's when there was no chain): the revisions after it were never captured.
+    pub compacted: Option<i64>,
+}
+
 /// Chooses where the term starts: `chain` (the newest resumable one) when etcd still holds its
 /// last revision, else `snapshot` (the newest local one of the live cluster) when etcd still
 /// holds its revision. A chain etcd compacted past is marked broken in `deltas_dir`, saying so.
-/// None: nothing can be continued, a new full snapshot must start a chain.
 pub(super) async fn choose(
     client: &mut Client,
     chain: Option<Resumable>,
     snapshot: Option<&SnapshotRecord>,
     deltas_dir: &Path,
-) -> Result<Option<Start>, String> {
+) -> Result<Choice, String> {
     let snapshot = snapshot.and_then(local::base_of);
+    let mut compacted = None;
     if let Some(c) = chain {
         match held(client, c.durable).await.map_err(|e| e.to_string())? {
             Held::Yes => {
                 let base = Base { name: c.chain, revision: c.base_revision, taken_ms: 0 };
-                return Ok(Some(Start { base, durable: c.durable }));
+                return Ok(Choice { start: Some(Start { base, durable: c.durable }), compacted: None });
             }
             Held::Compacted => {
                 let reason = format!(
@@ -133,6 +143,7 @@ pub(super) async fn choose(
                 );
                 tracing::warn!(chain = %c.chain, durable = c.durable, "{reason}");
                 crate::pitr::capture::mark_broken(deltas_dir, &c.chain, &reason).map_err(|e| e.to_string())?;
+                compacted = Some(c.durable);
             }
             Held::Ahead => {
                 tracing::warn!(chain = %c.chain, durable = c.durable,
@@ -140,11 +151,16 @@ pub(super) async fn choose(
             }
         }
     }
-    let Some(base) = snapshot else { return Ok(None) };
-    match held(client, base.revision).await.map_err(|e| e.to_string())? {
-        Held::Yes => Ok(Some(Start { durable: base.revision, base })),
-        Held::Compacted | Held::Ahead => Ok(None),
-    }
+    let Some(base) = snapshot else { return Ok(Choice { start: None, compacted }) };
+    let start = match held(client, base.revision).await.map_err(|e| e.to_string())? {
+        Held::Yes => Some(Start { durable: base.revision, base }),
+        Held::Compacted => {
+            compacted = compacted.or(Some(base.revision));
+            None
+        }
+        Held::Ahead => None,
+    };
+    Ok(Choice { start, compacted })
 }
 
 #[cfg(test)]
