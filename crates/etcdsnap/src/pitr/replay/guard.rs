@@ -132,12 +132,13 @@ mod tests {
     /// A history over 6 keys from revision 1 (etcd's rule: a delete only of a key that exists),
     /// with long runs of delete-only revisions, and every state it passes through: key ->
     /// (mod revision, version).
+    #[allow(clippy::type_complexity)]
     fn history(seed: u64, len: i64) -> (Vec<RevisionChanges>, Vec<HashMap<u8, (i64, i64)>>) {
         let mut seed = seed | 1;
         let mut state: HashMap<u8, (i64, i64)> = HashMap::new();
         let (mut revisions, mut states) = (Vec::new(), vec![state.clone()]);
         for revision in 1..=len {
-            let delete_only = next(&mut seed) % 3 == 0 && !state.is_empty();
+            let delete_only = next(&mut seed).is_multiple_of(3) && !state.is_empty();
             let mut events = Vec::new();
             let mut used = Vec::new();
             for _ in 0..1 + next(&mut seed) % 3 {
@@ -145,7 +146,7 @@ mod tests {
                 if used.contains(&key) {
                     continue;
                 }
-                if delete_only || (state.contains_key(&key) && next(&mut seed) % 4 == 0) {
+                if delete_only || (state.contains_key(&key) && next(&mut seed).is_multiple_of(4)) {
                     if state.remove(&key).is_some() {
                         events.push(event(EventKind::Delete, key, revision));
                         used.push(key);
