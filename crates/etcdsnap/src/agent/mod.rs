@@ -8,6 +8,7 @@ pub mod http;
 pub mod kube_duties;
 pub mod metrics;
 pub mod pitr;
+mod resume;
 pub mod schedule;
 
 use crate::ops::{self, Context, PruneOptions, PruneReport, SaveError, SaveOptions, SaveReport, VerifyResult};

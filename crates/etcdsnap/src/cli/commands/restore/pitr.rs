@@ -61,7 +61,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     printed.replayed(&rolled, plan.expected_hash.is_some());
     if format.is_table() {
-        emit(&format!("{}\n", view::replayed_text(&plan, &rolled)))?;
+        emit(&format!("{}\n", view::replayed_text(&rolled)))?;
     }
 
     // The token was checked against the base above; the rolled file carries no metadata.
