@@ -15,7 +15,9 @@ pub mod record;
 pub mod retention;
 pub mod segment;
 
-pub use chain::{Base, ChainSummary, Gap, PlanError, ReplayPlan, Target, plan, summarize};
+pub use chain::{
+    Base, ChainSummary, Gap, ObservedBy, PlanError, ReplayPlan, Target, plan, segments_spanning, summarize,
+};
 pub use record::{DELTAS_DIR, SegmentRecord};
 pub use segment::{
     EventKind, LeaseObservation, PitrEvent, PrevDigest, PrevState, RevisionChanges, Segment, SegmentError,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncRead;
 
-pub use retention::{RetentionPolicy, plan_retention};
+pub use retention::{RetentionPolicy, in_scope, plan_retention};
 
 /// Failures of a store. Messages name the snapshot, file or object concerned.
 #[derive(Debug, thiserror::Error)]

@@ -107,7 +107,9 @@ async fn select(session: &Session, leading: bool, run: usize, interval: Duration
 /// The result into the log, the metrics and the snapshot's resource.
 async fn record(session: &Session, metrics: &Metrics, source: &SnapshotSource, report: &DrillReport) {
     let name = &report.record.name;
-    if report.passed() {
+    if let Some(why) = report.not_compared.as_ref().filter(|_| report.passed()) {
+        tracing::info!(snapshot = %name, level = ?report.level, seconds = report.duration.as_secs(), "restore drill: nothing failed, but the contents were not compared: {why}");
+    } else if report.passed() {
         tracing::info!(snapshot = %name, level = ?report.level, seconds = report.duration.as_secs(), "restore drill passed");
     } else {
         tracing::error!(snapshot = %name, level = ?report.level, problems = ?report.problems, "restore drill failed");

@@ -8,6 +8,7 @@ pub mod http;
 pub mod kube_duties;
 pub mod metrics;
 pub mod pitr;
+mod resume;
 pub mod schedule;
 
 use crate::ops::{self, Context, PruneOptions, PruneReport, SaveError, SaveOptions, SaveReport, VerifyResult};
@@ -142,10 +143,15 @@ impl Agent {
     async fn schedule_loop(self: Arc<Self>, schedule: Schedule, stop: CancellationToken) {
         let mut current: Option<JoinHandle<()>> = None;
         loop {
-            let Some(wait) = schedule.until_next() else {
+            let Some((at, wait)) = schedule.next() else {
                 tracing::error!(schedule = schedule.expression(), "the schedule has no next time");
                 break;
             };
+            tracing::info!(
+                at = %at.timestamp(),
+                "next scheduled snapshot in {}",
+                crate::units::human_age(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX))
+            );
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
@@ -241,6 +247,7 @@ impl Agent {
                 base_name: self.settings.base_name.clone(),
                 keep_local: self.settings.retention,
                 keep_remote: s3_retention,
+                dry_run: false,
             }),
         };
         self.session.after_save(ctx, report, &steps, self.metrics.as_ref()).await;

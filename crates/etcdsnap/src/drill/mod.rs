@@ -70,8 +70,11 @@ pub struct DrillReport {
     pub level: Level,
     /// Empty when the drill passed.
     pub problems: Vec<String>,
-    /// Things worth knowing that are not failures (no recorded hash, a compaction in between).
+    /// Things worth knowing that are not failures.
     pub notes: Vec<String>,
+    /// Why the contents were hashed but not compared with what the live member had (no HashKV
+    /// recorded, a compaction in between): such a drill did not fail, and did not pass either.
+    pub not_compared: Option<String>,
     /// The revision drilled at (the recorded one, else the snapshot's latest).
     pub revision: Option<i64>,
     pub recorded: Option<KvHash>,
@@ -87,31 +90,44 @@ impl DrillReport {
         self.problems.is_empty()
     }
 
-    /// Passed, or failed with the first problem found.
+    /// Passed, failed with the first problem found, or not compared (and why).
     pub fn verdict(&self) -> Verdict {
-        match self.problems.first() {
-            None => Verdict::Passed,
-            Some(p) => Verdict::Failed { problem: p.clone() },
+        match (self.problems.first(), &self.not_compared) {
+            (Some(p), _) => Verdict::Failed { problem: p.clone() },
+            (None, Some(why)) => Verdict::NotCompared { why: why.clone() },
+            (None, None) => Verdict::Passed,
         }
     }
 }
 
-/// How a drill ended. Its text, `passed` or `failed: <problem>`, is the `etcdsnap.io/drill`
-/// annotation's value and the result kept in the snapshot's record.
+/// How a drill ended. Its text, `passed`, `not compared: <why>` or `failed: <problem>`, is the
+/// `etcdsnap.io/drill` annotation's value and the result kept in the snapshot's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Every check passed, the contents' HashKV equal to the live member's.
     Passed,
-    Failed { problem: String },
+    /// Nothing failed, but the contents could not be compared with the live member's: the bytes,
+    /// the trailer and the revision were checked and the contents hashed, no more.
+    NotCompared {
+        why: String,
+    },
+    Failed {
+        problem: String,
+    },
 }
 
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Verdict::Passed => f.write_str("passed"),
+            Verdict::NotCompared { why } => write!(f, "{NOT_COMPARED}: {why}"),
             Verdict::Failed { problem } => write!(f, "failed: {problem}"),
         }
     }
 }
+
+/// How the text of a drill that was not compared begins.
+pub const NOT_COMPARED: &str = "not compared";
 
 impl serde::Serialize for Verdict {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -127,6 +143,7 @@ pub async fn drill(source: &SnapshotSource, opts: &DrillOptions, progress: Optio
         level: if opts.etcd.is_some() { Level::Boot } else { Level::Hash },
         problems: Vec::new(),
         notes: source.notes.clone(),
+        not_compared: None,
         revision: source.record.etcd.as_ref().map(|e| e.revision).filter(|r| *r > 0),
         recorded: source.record.etcd.as_ref().and_then(|e| e.hash_kv),
         computed: None,
@@ -177,7 +194,10 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
         }
     }
     if report.recorded.is_none() {
-        report.notes.push("no HashKV was recorded at save time: the contents were hashed, not compared".into());
+        report.not_compared = Some(
+            "no HashKV was recorded at save time; the bytes, trailer and revision were checked and the contents hashed"
+                .into(),
+        );
     }
     let (Some(etcd), Some(restored)) = (&opts.etcd, restored) else { return };
     match boot::boot(&restored, etcd, report.revision).await {
@@ -264,8 +284,8 @@ fn compare(report: &mut DrillReport, what: &str, computed: KvHash) {
     let Some(recorded) = report.recorded else { return };
     let revision = report.revision.unwrap_or_default();
     if recorded.compact_revision != computed.compact_revision {
-        report.notes.push(format!(
-            "not compared: etcd compacted between the snapshot and its HashKV (compact revision {} recorded, {} in the snapshot)",
+        report.not_compared = Some(format!(
+            "etcd compacted between the snapshot and its HashKV (compact revision {} recorded, {} in the snapshot)",
             recorded.compact_revision, computed.compact_revision
         ));
     } else if recorded.hash != computed.hash {

@@ -16,8 +16,20 @@ pub struct VerifyResult {
 }
 
 impl VerifyResult {
+    /// Nothing found wrong.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Whether the stored bytes were compared with a recorded sha256. Without one (a K3s
+    /// snapshot, a record lost), only etcd's integrity trailer was checked.
+    pub fn against_record(&self) -> bool {
+        self.record.sha256.is_some() && self.check.is_some()
+    }
+
+    /// Checked against its record and nothing wrong: the only result worth an `OK`.
+    pub fn verified(&self) -> bool {
+        self.ok() && self.against_record()
     }
 }
 

@@ -11,11 +11,14 @@
 //! `max_bytes`, and when capture is stopped. Each segment is written crash-safely, then its
 //! record: a segment counts only once its record is written (a listing reads records alone).
 //!
-//! Gaps are never silent: a watch cancelled by compaction, a failed or ended watch, or a
-//! revision that does not follow the last one ends the chain. What was pending is written with
-//! `chain_broken` set (or, with nothing pending, the last record is rewritten with it) and the
-//! capture returns [`CaptureError::Broken`] naming the revision the chain stops at: the caller
-//! takes a new full snapshot, which starts a new chain.
+//! Gaps are never silent: a watch cancelled by compaction, or a revision that does not follow
+//! the last one, ends the chain. What was pending is written with `chain_broken` set (or, with
+//! nothing pending, the last record is rewritten with it) and the capture returns
+//! [`CaptureError::Broken`] naming the revision the chain stops at: the caller takes a new full
+//! snapshot, which starts a new chain. A watch that fails or ends (etcd restarted, a leader
+//! change, the network) only interrupts the capture: what was pending is written and
+//! [`CaptureError::Interrupted`] says where the chain stands; a later capture continues it from
+//! there as long as etcd still holds the revisions after it.
 //!
 //! Each event keeps a digest of its key's previous state (absent for a put that created the
 //! key), which the replay compares with its own (see [`crate::pitr::replay`]). The first time a
@@ -85,6 +88,8 @@ pub enum CaptureError {
         "delta chain {chain} is broken after revision {last_revision}: {reason}; a new full snapshot must start a new chain"
     )]
     Broken { chain: String, last_revision: i64, reason: String },
+    #[error("delta capture of chain {chain} was interrupted after revision {last_revision}: {reason}")]
+    Interrupted { chain: String, last_revision: i64, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot write delta file {}: {source}", path.display())]
@@ -103,7 +108,7 @@ pub async fn capture(
     settings: CaptureSettings,
     stop: CancellationToken,
 ) -> Result<CaptureReport, CaptureError> {
-    capture_observed(client, base, out_dir, settings, stop, &mut |_| {}).await
+    capture_observed(client, base, base.revision, out_dir, settings, stop, &mut |_| {}).await
 }
 
 /// What a running capture reports as it goes (the agent's metrics).
@@ -116,12 +121,15 @@ pub enum CaptureEvent<'a> {
     CaughtUp { revision: i64, at_ms: i64 },
 }
 
-/// [`capture`], telling `observe` of each durable segment and each confirmation that nothing is
-/// pending. With nothing pending, etcd is asked every [`PROGRESS_EVERY`] (at most the flush
-/// interval) for its progress, so that an idle cluster is seen to be caught up.
+/// [`capture`], continuing the chain after `durable` (its last revision durable anywhere: this
+/// node's records, or another node's in S3), telling `observe` of each durable segment and each
+/// confirmation that nothing is pending. With nothing pending, etcd is asked every
+/// [`PROGRESS_EVERY`] (at most the flush interval) for its progress, so that an idle cluster is
+/// seen to be caught up.
 pub async fn capture_observed(
     client: &mut Client,
     base: &Base,
+    durable: i64,
     out_dir: &Path,
     settings: CaptureSettings,
     stop: CancellationToken,
@@ -130,7 +138,7 @@ pub async fn capture_observed(
     if !etcdsnap_storage::pitr::valid_chain_name(&base.name) {
         return Err(CaptureError::ChainName(base.name.clone()));
     }
-    let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings)?;
+    let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings, durable)?;
     let start = writer.taken + 1;
     let opts = WatchOptions::new()
         .with_all_keys()
@@ -150,7 +158,8 @@ pub async fn capture_observed(
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The fragments of the response being received, until its last one.
     let mut fragments: Vec<WatchResponse> = Vec::new();
-    let reason = loop {
+    // Err: the chain is broken there; Ok: the watch was interrupted there.
+    let reason: Result<String, String> = loop {
         let deadline = writer.flush_deadline();
         tokio::select! {
             () = stop.cancelled() => {
@@ -161,7 +170,7 @@ pub async fn capture_observed(
             () = sleep_until(deadline) => writer.flush_or_retry(observe)?,
             _ = progress.tick(), if writer.pending.revisions.is_empty() => {
                 if let Err(e) = requests.request_progress().await {
-                    break format!("the watch failed: {e}");
+                    break Ok(format!("the watch failed: {e}"));
                 }
             }
             message = stream.message() => match message {
@@ -175,18 +184,48 @@ pub async fn capture_observed(
                             writer.flush_if_full(observe)?;
                             writer.caught_up(&parts, observe);
                         }
-                        Err(reason) => break reason,
+                        Err(reason) => break Err(reason),
                     }
                 }
-                Ok(None) => break "the watch stream ended".to_string(),
-                Err(e) => break format!("the watch failed: {e}"),
+                Ok(None) => break Ok("the watch stream ended".to_string()),
+                Err(e) => break Ok(format!("the watch failed: {e}")),
             },
         }
     };
-    writer.flush(Some(reason.clone()), observe)?;
-    let last_revision = writer.report.last_revision;
-    tracing::warn!(chain = %base.name, last_revision, %reason, "delta chain broken");
-    Err(CaptureError::Broken { chain: base.name.clone(), last_revision, reason })
+    let chain = base.name.clone();
+    match reason {
+        Ok(reason) => {
+            writer.flush(None, observe)?;
+            let last_revision = writer.report.last_revision;
+            tracing::warn!(%chain, last_revision, %reason, "delta capture interrupted");
+            Err(CaptureError::Interrupted { chain, last_revision, reason })
+        }
+        Err(reason) => {
+            writer.flush(Some(reason.clone()), observe)?;
+            let last_revision = writer.report.last_revision;
+            tracing::warn!(%chain, last_revision, %reason, "delta chain broken");
+            Err(CaptureError::Broken { chain, last_revision, reason })
+        }
+    }
+}
+
+/// Marks the chain in `out_dir/<chain>/` broken on its last durable record, with `reason`: the
+/// revisions after it can no longer be captured (etcd compacted them while nobody watched).
+/// Without a local record (a chain continued from S3 with nothing written here yet) nothing is
+/// written; the restore still finds the gap.
+pub fn mark_broken(out_dir: &Path, chain: &str, reason: &str) -> Result<(), CaptureError> {
+    let dir = out_dir.join(chain);
+    let records = match local::read_chain(&dir) {
+        Ok(records) => records,
+        Err(_) if !dir.exists() => return Ok(()),
+        Err(e) => return Err(CaptureError::Broken { chain: chain.into(), last_revision: 0, reason: e.to_string() }),
+    };
+    let Some(mut last) = records.into_iter().max_by_key(|r| r.last_revision) else { return Ok(()) };
+    if last.chain_broken.is_none() {
+        last.chain_broken = Some(reason.to_string());
+        write_atomic(&dir.join(last.record_name()), &last.to_json())?;
+    }
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -215,16 +254,17 @@ struct ChainWriter {
 }
 
 impl ChainWriter {
-    /// A writer that continues the chain where its durable records end (a restarted capture
-    /// neither rewrites nor overlaps them), refusing a chain already broken or with a gap.
-    fn new(base: &Base, dir: PathBuf, settings: CaptureSettings) -> Result<ChainWriter, CaptureError> {
+    /// A writer that continues the chain where its durable records end, or after `durable` when
+    /// that is later (a restarted capture neither rewrites nor overlaps them), refusing a chain
+    /// already broken or with a gap.
+    fn new(base: &Base, dir: PathBuf, settings: CaptureSettings, durable: i64) -> Result<ChainWriter, CaptureError> {
         create_private_dir(&dir)?;
         let segments = local::read_chain(&dir).map_err(|e| CaptureError::Broken {
             chain: base.name.clone(),
             last_revision: base.revision,
             reason: e.to_string(),
         })?;
-        let last_revision = continue_from(base, &segments)?;
+        let last_revision = continue_from(base, &segments, durable)?;
         Ok(ChainWriter {
             base: base.clone(),
             dir,
@@ -437,23 +477,28 @@ impl ChainWriter {
     }
 }
 
-/// The newest revision the chain holds without a gap, or why it cannot be continued.
-fn continue_from(base: &Base, records: &[SegmentRecord]) -> Result<i64, CaptureError> {
-    let Some(chain) = etcdsnap_storage::pitr::summarize(records).into_iter().next() else {
-        return Ok(base.revision);
-    };
+/// The newest revision the chain holds without a gap after `durable` (the base's revision, or
+/// a later one known durable elsewhere), or why it cannot be continued.
+fn continue_from(base: &Base, records: &[SegmentRecord], durable: i64) -> Result<i64, CaptureError> {
+    let mut reached = durable.max(base.revision);
     let broken =
-        |reason: String| CaptureError::Broken { chain: base.name.clone(), last_revision: chain.reachable, reason };
-    if chain.base_revision != base.revision {
-        return Err(broken(format!("its records start from revision {}, not {}", chain.base_revision, base.revision)));
+        |last_revision: i64, reason: String| CaptureError::Broken { chain: base.name.clone(), last_revision, reason };
+    if let Some(r) = records.iter().find(|r| r.base_revision != base.revision) {
+        let reason = format!("its records start from revision {}, not {}", r.base_revision, base.revision);
+        return Err(broken(reached, reason));
     }
-    if let Some(reason) = chain.broken {
-        return Err(broken(format!("it was already broken ({reason})")));
+    if let Some(reason) = records.iter().find_map(|r| r.chain_broken.clone()) {
+        return Err(broken(reached, format!("it was already broken ({reason})")));
     }
-    if let Some(gap) = chain.gaps.first() {
-        return Err(broken(format!("revisions {}..{} are missing", gap.after + 1, gap.resumes_at - 1)));
+    let mut later: Vec<&SegmentRecord> = records.iter().filter(|r| r.last_revision > reached).collect();
+    later.sort_by_key(|r| r.first_revision);
+    for r in later {
+        if r.first_revision > reached + 1 {
+            return Err(broken(reached, format!("revisions {}..{} are missing", reached + 1, r.first_revision - 1)));
+        }
+        reached = reached.max(r.last_revision);
     }
-    Ok(chain.reachable)
+    Ok(reached)
 }
 
 #[cfg(test)]
@@ -475,7 +520,7 @@ mod tests {
 
     fn writer(dir: &Path) -> ChainWriter {
         let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0 };
-        ChainWriter::new(&base, dir.join(&base.name), CaptureSettings::default()).unwrap()
+        ChainWriter::new(&base, dir.join(&base.name), CaptureSettings::default(), base.revision).unwrap()
     }
 
     fn stored_record(w: &ChainWriter, r: &SegmentRecord) -> SegmentRecord {
@@ -498,8 +543,24 @@ mod tests {
         assert!(again.push(put(14), 2_000).is_err(), "a revision already durable was taken twice");
         again.push(put(15), 2_000).unwrap();
         again.flush(Some("the watch failed".into()), &mut |_| {}).unwrap();
-        let err = ChainWriter::new(&again.base, again.dir.clone(), CaptureSettings::default()).err().unwrap();
+        let err = ChainWriter::new(&again.base, again.dir.clone(), CaptureSettings::default(), 10).err().unwrap();
         assert!(err.to_string().contains("already broken"), "{err}");
+    }
+
+    #[test]
+    fn a_chain_continues_after_the_last_revision_durable_anywhere() {
+        let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0 };
+        let rec = |first, last| crate::pitr::restore::tests::segment(&base.name, 10, first, last, "c1");
+        // Nothing here, revisions up to 50 durable in S3 (another leader's): from 50.
+        assert_eq!(continue_from(&base, &[], 50).unwrap(), 50);
+        // This node's own older records do not hold it back; its newer ones carry it on.
+        assert_eq!(continue_from(&base, &[rec(11, 40)], 50).unwrap(), 50);
+        assert_eq!(continue_from(&base, &[rec(11, 40), rec(51, 60)], 50).unwrap(), 60);
+        assert_eq!(continue_from(&base, &[rec(11, 40), rec(41, 45)], 10).unwrap(), 45);
+        let err = continue_from(&base, &[rec(55, 60)], 50).unwrap_err();
+        assert!(err.to_string().contains("revisions 51..54 are missing"), "{err}");
+        let other = crate::pitr::restore::tests::segment(&base.name, 9, 11, 20, "c1");
+        assert!(continue_from(&base, &[other], 10).is_err(), "a record of another base");
     }
 
     #[test]

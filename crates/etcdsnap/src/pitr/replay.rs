@@ -3,9 +3,9 @@
 //! First every segment of the plan is read, checked against its record's sha256 and decoded
 //! ([`scan`]), while the base snapshot is restored with etcdutl into `work/data` for a
 //! one-member cluster on loopback: a damaged segment fails before the private etcd starts, and
-//! the pass learns the exact revision to stop at, the largest transaction to apply and the
-//! leases' TTLs. Then a private etcd is booted on the restored base with request limits that
-//! fit the largest captured revision. Every captured revision after the base, up to the
+//! the pass learns the largest transaction to apply, the target's moment and the leases' TTLs.
+//! Then a private etcd is booted on the restored base with request limits that fit the largest
+//! captured revision. Every captured revision after the base, up to the
 //! target, is applied as exactly one transaction holding all its events in their order, so
 //! that etcd numbers it as it was numbered live: create and mod revisions and versions come
 //! out as they were. Many transactions are in flight at once, each guarded so that etcd
@@ -17,8 +17,8 @@
 //! is one, and the etcd is stopped cleanly (SIGTERM, then a wait); its database then becomes
 //! the snapshot file that a restore installs.
 //!
-//! A time target stops at the last revision observed at or before the time: the plan's
-//! `stop_at` is a lower bound from the records; the last segment's own times give the exact one.
+//! A time target was mapped to a revision by the plan (the last revision observed at or before
+//! the time); the replay stops there, and uses the time only for what leases have left.
 
 mod apply;
 mod database;
@@ -27,6 +27,7 @@ mod leases;
 mod scan;
 
 pub use leases::REPLAY_LEASE_TTL;
+pub use scan::last_observed_by;
 
 use crate::restore::loopback::{self, LoopbackError};
 use apply::{Leases, Pipeline};

@@ -75,6 +75,13 @@ impl Session {
             let started = Instant::now();
             let pruned = ops::prune(ctx, options).await;
             observer.pruned(&pruned, started.elapsed());
+            for plan in &pruned.plans {
+                for name in
+                    plan.removed.iter().filter(|n| pruned.deleted.iter().any(|(k, d)| *k == plan.storage && d == *n))
+                {
+                    tracing::info!(snapshot = %name, store = %plan.store, rule = %plan.rule, "removed by retention");
+                }
+            }
             for e in &pruned.errors {
                 tracing::warn!(error = %e, "retention");
             }

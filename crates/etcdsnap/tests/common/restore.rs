@@ -14,7 +14,7 @@ use super::s;
 pub fn restore_args(source: &[&str], data_dir: &Path, peer_port: u16, etcdutl: &Path) -> Vec<String> {
     let mut args = vec!["restore".to_string()];
     args.extend(source.iter().map(|a| a.to_string()));
-    args.extend(["--data-dir".into(), s(data_dir), "--name".into(), "m0".into()]);
+    args.extend(["--data-dir".into(), s(data_dir), "--member-name".into(), "m0".into()]);
     args.extend(["--initial-advertise-peer-urls".into(), format!("http://127.0.0.1:{peer_port}")]);
     args.extend(["--etcdutl".into(), s(etcdutl)]);
     args

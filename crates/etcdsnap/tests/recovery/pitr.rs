@@ -13,7 +13,7 @@ use crate::common::snapshot_files::{etcdctl_snapshot, mode};
 use crate::common::{TestResult, files_in};
 use etcd_client::{Client, DeleteOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use etcdsnap::pitr::capture::{CaptureError, CaptureReport, CaptureSettings, capture};
-use etcdsnap::pitr::replay::{Replay, ReplayError, ReplayReport, replay};
+use etcdsnap::pitr::replay::{Replay, ReplayError, ReplayReport, last_observed_by, replay};
 use etcdsnap_api::KvHash;
 use etcdsnap_storage::pipeline::revision::RevisionScanner;
 use etcdsnap_storage::pitr::{Base, EventKind, Segment, SegmentRecord, Target, plan};
@@ -252,7 +252,8 @@ pub(crate) async fn replay_to(
     expected: Option<KvHash>,
     save_to: Option<&Path>,
 ) -> Result<ReplayReport, ReplayError> {
-    let plan = plan(std::slice::from_ref(base), &records(out), target).unwrap();
+    let mut observed_by = |r: &SegmentRecord, ms: i64| last_observed_by(out, r, ms);
+    let plan = plan(std::slice::from_ref(base), &records(out), target, &mut observed_by).unwrap();
     let work = tempfile::tempdir().unwrap();
     let (etcdutl, etcd) =
         (testenv::testbin_version("etcdutl", "3.7").unwrap(), testenv::testbin_version("etcd", "3.7").unwrap());

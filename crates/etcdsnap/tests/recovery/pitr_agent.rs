@@ -22,12 +22,12 @@ use std::path::Path;
 use std::time::Duration;
 use testenv::{Etcd, S3Server};
 
-const NODE: &str = "n1";
+pub(crate) const NODE: &str = "n1";
 
 type Error = Box<dyn std::error::Error>;
 
 /// `n` revisions of puts, overwrites, deletes, multi-key transactions and a leased key.
-async fn churn(client: &mut Client, tag: &str, n: usize) {
+pub(crate) async fn churn(client: &mut Client, tag: &str, n: usize) {
     let lease = client.lease_grant(600, None).await.unwrap().id();
     for i in 0..n {
         let key = format!("/registry/pods/ns-{}/{tag}-{}", i % 5, i % 40);
@@ -53,11 +53,11 @@ async fn churn(client: &mut Client, tag: &str, n: usize) {
 }
 
 /// The agent for `etcd` on data directory `data`, capturing with a one-second interval.
-async fn agent(etcd: &Etcd, data: &Path) -> Agent {
+pub(crate) async fn agent(etcd: &Etcd, data: &Path) -> Agent {
     agent_with(etcd, data, &[], &[]).await
 }
 
-async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+pub(crate) async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
     let endpoints = etcd.endpoints().join(",");
     let dd = s(data);
     let args = [
@@ -79,14 +79,14 @@ async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str
     Agent::start(&all, env, data).await.unwrap()
 }
 
-async fn save(etcd: &Etcd, data: &Path) {
+pub(crate) async fn save(etcd: &Etcd, data: &Path) {
     let endpoints = etcd.endpoints().join(",");
     run(&["save", "--endpoints", &endpoints, "--node-name", NODE, "--data-dir", &s(data)], &[]).await.expect_ok();
 }
 
 /// `restore <to>` (`--to-revision N` or `--to-time T`) of `data`'s snapshot directory into
 /// `target` as member `m0` on `peer_port`, replayed with `etcd`'s own etcdutl and etcd.
-fn roll_forward_args(
+pub(crate) fn roll_forward_args(
     etcd: &Etcd,
     data: &Path,
     to: &[&str],
@@ -100,7 +100,7 @@ fn roll_forward_args(
 
 /// Restores `to` into a new directory, starts a real etcd on it, checks that it holds exactly
 /// the live key space at its revision, and returns that revision and its HashKV.
-async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvHash), Error> {
+pub(crate) async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvHash), Error> {
     let out = tempfile::tempdir()?;
     let target = out.path().join("member-data");
     let peer = testenv::free_port()?;
@@ -117,12 +117,12 @@ async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvH
 }
 
 /// `restore --to-revision rev` from `data`'s snapshot directory into `target`, which must fail.
-async fn refused_restore(etcd: &Etcd, data: &Path, rev: i64, target: &Path) -> Result<Run, Error> {
+pub(crate) async fn refused_restore(etcd: &Etcd, data: &Path, rev: i64, target: &Path) -> Result<Run, Error> {
     let args = roll_forward_args(etcd, data, &["--to-revision", &rev.to_string()], target, testenv::free_port()?)?;
     Ok(run(&args, &[]).await.expect_fail())
 }
 
-async fn wait_durable(agent: &Agent, rev: i64) -> String {
+pub(crate) async fn wait_durable(agent: &Agent, rev: i64) -> String {
     let series = "etcdsnap_delta_durable_revision";
     agent.wait_for_metric(series, rev as f64, Duration::from_secs(30)).await.unwrap()
 }

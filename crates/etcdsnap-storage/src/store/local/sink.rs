@@ -1,8 +1,9 @@
 //! A local snapshot being written: an unnamed file in the snapshot directory (`O_TMPFILE`), or
-//! on a file system without unnamed files `<dir>/../.etcdsnap/partial/<name>.part`, published
-//! by linking or renaming it into place once its record and K3s's metadata are written.
+//! on a file system without unnamed files `partial/<name>.part` in the directory's private
+//! directory, published by linking or renaming it into place once its record and K3s's
+//! metadata are written.
 
-use super::{LocalStore, PARTIAL_DIR};
+use super::LocalStore;
 use crate::failpoint;
 use crate::files::{
     create_private_dir, link_unnamed, open_private, open_unnamed, same_file_system, sync_dir, unnamed_unsupported,
@@ -70,9 +71,10 @@ impl LocalSink {
         }
         let pending = self.pending.as_mut().ok_or_else(|| StoreError::Finished(self.store.location(&self.name)))?;
         pending.file().sync_all().map_err(StoreError::io("fsync", self.store.snapshot_path(&self.name)))?;
-        create_private_dir(&self.store.metadata_dir)?;
+        create_private_dir(&self.store.layout.records())?;
         write_atomic(&self.store.record_path(&self.name), &doc.to_json())?;
         if let Some(extra) = doc.extra_metadata.as_ref().filter(|m| !m.is_empty()) {
+            create_private_dir(&self.store.layout.k3s_metadata)?;
             write_atomic(&self.store.metadata_path(&self.name), &etcdsnap_api::go::marshal_string_map(extra))?;
         }
         failpoint::reached_blocking(failpoint::LOCAL_AFTER_METADATA);
@@ -157,7 +159,7 @@ impl LocalStore {
             Err(e) if unnamed_unsupported(&e) => {}
             Err(e) => return Err(StoreError::io("create a snapshot file in", &self.dir)(e)),
         }
-        let partial = self.private_dir.join(PARTIAL_DIR);
+        let partial = self.layout.partial();
         create_private_dir(&partial)?;
         if !same_file_system(&partial, &self.dir)? {
             return Err(StoreError::Unsupported(format!(
@@ -199,8 +201,9 @@ mod tests {
         assert_eq!(fs::read(store.snapshot_path(&SnapshotName::parse("s-n-1").unwrap())).unwrap(), b"abc");
         // K3s's metadata, byte for byte as K3s writes it; etcdsnap's record beside it.
         assert_eq!(fs::read(root.path().join(".metadata/s-n-1")).unwrap(), br#"{"rancher":"\u003cx\u003e"}"#);
-        assert!(root.path().join(".metadata/s-n-1.etcdsnap.json").is_file());
-        assert!(root.path().join(".etcdsnap/lock").is_file());
+        assert!(root.path().join(".etcdsnap/dirs/snapshots/records/s-n-1.etcdsnap.json").is_file());
+        assert!(root.path().join(".etcdsnap/dirs/snapshots/lock").is_file());
+        assert!(!root.path().join(".metadata/s-n-1.etcdsnap.json").exists());
     }
 
     #[test]

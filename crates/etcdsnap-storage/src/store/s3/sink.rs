@@ -141,6 +141,8 @@ impl S3Sink {
     /// does). Returns what was written, also when a later put failed.
     async fn put_documents(&self, doc: &MetadataDocument) -> Result<Vec<ObjectPath>, (Vec<ObjectPath>, StoreError)> {
         let config = self.store.config();
+        // The record says whose names the object's user metadata carries.
+        let doc = &MetadataDocument { program: Some(config.program), ..doc.clone() };
         let mut documents = vec![(config.record_key(self.name.as_str()), doc.to_json(), true)];
         if let Some(extra) = doc.extra_metadata.as_ref().filter(|m| !m.is_empty()) {
             let k3s = etcdsnap_api::go::marshal_string_map(extra);
@@ -151,7 +153,7 @@ impl S3Sink {
             let mut attributes = Attributes::new();
             for (name, value) in self.attributes.iter() {
                 // K3s's object carries K3s's user metadata only; etcdsnap's goes on its record.
-                let k3s = matches!(name, Attribute::Metadata(m) if m.starts_with("k3s-"));
+                let k3s = matches!(name, Attribute::Metadata(m) if m.starts_with(config.program.s3_meta_prefix()));
                 if is_record || k3s {
                     attributes.insert(name.clone(), value.clone());
                 }

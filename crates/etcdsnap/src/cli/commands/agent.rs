@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub struct AgentArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "ETCDSNAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
@@ -47,7 +48,7 @@ pub struct AgentArgs {
     #[arg(long, visible_alias = "etcd-snapshot-name", env = "ETCDSNAP_SNAPSHOT_NAME", default_value = "etcd-snapshot", help_heading = heading::SCHEDULE)]
     pub snapshot_name: String,
     /// Take no scheduled snapshots (and run no periodic reconcile), like K3s's flag.
-    #[arg(long, visible_alias = "etcd-disable-snapshots", env = "ETCDSNAP_DISABLE_SNAPSHOTS", help_heading = heading::SCHEDULE)]
+    #[arg(long, visible_alias = "etcd-disable-snapshots", env = "ETCDSNAP_DISABLE_SNAPSHOTS", conflicts_with = "schedule", help_heading = heading::SCHEDULE)]
     pub disable_snapshots: bool,
     /// Upper bound of the random delay before each scheduled run.
     #[arg(long, env = "ETCDSNAP_SCHEDULE_JITTER", value_parser = parse_duration, default_value = "5s", hide = true, help_heading = heading::SCHEDULE)]
@@ -75,6 +76,17 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub node: NodeFlags,
 }
+
+const EXAMPLES: &str = "Examples:
+  # On a K3s or RKE2 server: its paths, token and etcd certificate; snapshots every 12 hours
+  etcdsnap agent
+
+  # Hourly, 24 kept locally and in S3, restore drills daily with etcdutl 3.7+
+  etcdsnap agent --schedule @hourly --retention 24 --s3 --s3-bucket backups --etcdutl /usr/local/bin/etcdutl
+
+  # Also capture every change between snapshots, for restore --to-time
+  etcdsnap agent --deltas --delta-interval 5s
+";
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // Everything is validated before anything starts: a bad flag fails at once, by name.
@@ -118,11 +130,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         settings.compression,
     ))
     .context("--snapshot-name")?;
+    if settings.schedule.is_some() {
+        resolve::warn_about_server_snapshots(node, &settings.base_name)?;
+    }
     let mut dependencies: Vec<Box<dyn Dependency>> = vec![Box::new(EtcdDependency(session.config().etcd.clone()))];
     if let Some(remote) = &first.remote {
         dependencies.push(Box::new(StoreDependency(remote.clone())));
     }
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_program(session.config().kube_settings.program));
     let duties = session.kube().cloned().map(|kube| {
         dependencies.push(Box::new(KubeDependency(kube.clone())));
         let duties = KubeDutySettings {
@@ -132,8 +147,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         };
         Arc::new(KubeDuties::new(kube, session.clone(), duties, metrics.clone()))
     });
-    if duties.is_none() {
-        tracing::warn!("Kubernetes not configured: ETCDSnapshotFile resources are skipped");
+    match (duties.is_none(), node.kube.no_kube) {
+        (true, true) => tracing::info!("Kubernetes not used (--no-kube): ETCDSnapshotFile resources are skipped"),
+        (true, false) => tracing::warn!("Kubernetes not configured: ETCDSnapshotFile resources are skipped"),
+        (false, _) => {}
     }
     let health = Arc::new(Health::new(dependencies));
     let stop = CancellationToken::new();

@@ -1,7 +1,6 @@
 //! The replay's first pass: every segment of the plan is read, checked against its record's
-//! sha256 and decoded before the private etcd starts, so a damaged segment fails the restore
-//! before any work. The pass learns what the second one needs: the exact revision to stop at
-//! (a time target's, from the last segment's own times), the largest transaction to apply
+//! sha256 and decoded while etcdutl restores the base, so a damaged segment fails the restore
+//! before the private etcd starts. The pass learns what the second one needs: the largest transaction to apply
 //! (the private etcd's request limits), each lease's newest observation at or before the
 //! target, and how much of the replay can be checked against captured previous states.
 //! Nothing is kept in memory but those facts: the second pass reads the segments again.
@@ -38,7 +37,8 @@ pub(super) struct Scan {
 /// Reads every segment of `plan` (from `segments_dir/<chain>/`) once.
 pub(super) fn scan(plan: &ReplayPlan, target: Target, segments_dir: &Path) -> Result<Scan, ReplayError> {
     let base = &plan.base;
-    let mut stop_at = plan.stop_at;
+    // The plan's revision is exact: a time target was mapped to one before the base was chosen.
+    let stop_at = plan.stop_at;
     let mut target_ms = match target {
         Target::Time(ms) => ms,
         Target::Revision(_) => base.taken_ms,
@@ -53,11 +53,8 @@ pub(super) fn scan(plan: &ReplayPlan, target: Target, segments_dir: &Path) -> Re
         events: 0,
         unchecked: 0,
     };
-    for (i, record) in plan.segments.iter().enumerate() {
+    for record in &plan.segments {
         let segment = read_segment(segments_dir, record)?;
-        if let (Target::Time(ms), true) = (target, i + 1 == plan.segments.len()) {
-            stop_at = segment.last_revision_observed_by(ms).unwrap_or(stop_at).max(stop_at);
-        }
         let applied = |rev: i64| rev > base.revision && rev <= stop_at;
         for changes in segment.revisions.iter().filter(|c| applied(c.revision)) {
             s.revisions += 1;
@@ -77,7 +74,7 @@ pub(super) fn scan(plan: &ReplayPlan, target: Target, segments_dir: &Path) -> Re
             }
         }
     }
-    (s.stop_at, s.target_ms) = (stop_at, target_ms);
+    s.target_ms = target_ms;
     s.limits = limits(max_ops, max_bytes, max_key);
     Ok(s)
 }
@@ -92,6 +89,12 @@ fn limits(ops: usize, bytes: usize, key: usize) -> RequestLimits {
         max_txn_ops: default.max_txn_ops.max((ops.max(MAX_GUARD_COMPARES) * 5).div_ceil(4)),
         max_request_bytes: default.max_request_bytes.max(((bytes + guard) * 5).div_ceil(4) + 64 * 1024),
     }
+}
+
+/// The last revision of `record`'s segment in `segments_dir` observed at or before `ms` (a time
+/// target's revision, for the plan), the segment checked against its record first.
+pub fn last_observed_by(segments_dir: &Path, record: &SegmentRecord, ms: i64) -> Result<Option<i64>, String> {
+    Ok(read_segment(segments_dir, record).map_err(|e| e.to_string())?.last_revision_observed_by(ms))
 }
 
 /// Reads the segment of `record` from `segments_dir/<chain>/`, checks it against the record's

@@ -4,8 +4,8 @@
 use super::{RestoreArgs, open_snapshot_dir, print_report};
 use crate::cli::flags::OutputFormat;
 use crate::cli::output::pitr::{self as view, PitrView};
-use crate::cli::output::print_structured;
 use crate::cli::output::restore::{Restored, refused_text};
+use crate::cli::output::{emit, print_structured};
 use crate::cli::{EXIT_FAILURE, resolve};
 use anyhow::{Context as _, bail};
 use etcdsnap::pitr::restore::{PitrPlan, RollForward, fetch_segments, plan_local, plan_s3, roll_forward};
@@ -31,8 +31,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         false => plan_in_dir(&args, target).await?,
     };
     let mut printed = PitrView::new(&plan, args.dry_run);
-    if format == OutputFormat::Table {
-        print!("{}", view::plan_text(&plan));
+    if format.is_table() {
+        emit(&view::plan_text(&plan))?;
     }
     if !check_base(&args, &base).await? {
         return Ok(ExitCode::from(EXIT_FAILURE));
@@ -43,11 +43,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
     let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
     let etcd = locate_etcd(args.etcd.as_deref())?;
-    let work = work_dir(&args.data_dir)?;
+    let work = work_dir(&super::target_dir(&args)?)?;
     if let Some(store) = base.store().filter(|_| args.s3.enabled) {
         fetch_segments(store, &mut plan, &work.path().join("deltas")).await?;
     }
-    if format == OutputFormat::Table {
+    if format.is_table() {
         eprintln!(
             "Replaying revisions {}..={} in a private etcd...",
             plan.replay.base.revision + 1,
@@ -60,8 +60,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => bail!("interrupted during the replay: the data directory was not changed"),
     };
     printed.replayed(&rolled, plan.expected_hash.is_some());
-    if format == OutputFormat::Table {
-        println!("{}", view::replayed_text(&rolled));
+    if format.is_table() {
+        emit(&format!("{}\n", view::replayed_text(&rolled)))?;
     }
 
     // The token was checked against the base above; the rolled file carries no metadata.
@@ -80,7 +80,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// The snapshots and chains of the snapshot directory.
 async fn plan_in_dir(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
     let store = open_snapshot_dir(args, "nothing to roll forward", "snap.db")?;
-    let plan = plan_local(&store, target, args.cluster_id.as_deref()).await?;
+    let plan = plan_local(&store, target, args.etcd_cluster_id.as_deref()).await?;
     let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
     let base = SnapshotSource::from_local_store(&store, &name)?;
     Ok((plan, base))
@@ -88,8 +88,9 @@ async fn plan_in_dir(args: &RestoreArgs, target: Target) -> anyhow::Result<(Pitr
 
 /// With --s3: the snapshots and chains of the S3 folder.
 async fn plan_in_s3(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
-    let store: Arc<dyn SnapshotStore> = S3Store::new(resolve::s3_settings(&args.s3, None).parse()?, None)?;
-    let plan = plan_s3(&store, target, args.cluster_id.as_deref()).await?;
+    let settings = resolve::s3_settings(&args.s3, None).parse()?.for_program(resolve::machine_program()?);
+    let store: Arc<dyn SnapshotStore> = S3Store::new(settings, None)?;
+    let plan = plan_s3(&store, target, args.etcd_cluster_id.as_deref()).await?;
     let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
     Ok((plan, base))
 }
@@ -99,7 +100,7 @@ async fn plan_in_s3(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrP
 async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result<bool> {
     let check = request(args, base.clone(), true, resolve::current_token(&args.token)?);
     let outcome = restore::restore(&check, None, |r| {
-        if args.output.output == OutputFormat::Table {
+        if args.output.output.is_table() {
             // Checked like a dry run; headed as what the command will do.
             let mut shown = r.clone();
             shown.dry_run = args.dry_run;
@@ -119,7 +120,8 @@ async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result
 fn request(args: &RestoreArgs, source: SnapshotSource, dry_run: bool, token: Option<CurrentToken>) -> RestoreRequest {
     RestoreRequest {
         source,
-        data_dir: args.data_dir.clone(),
+        // Present: --prepare-for, which alone makes it optional, excludes --to-revision/--to-time.
+        data_dir: args.data_dir.clone().unwrap_or_default(),
         member: resolve::member_settings(&args.member),
         etcdutl: args.etcdutl.clone(),
         ignore_token_mismatch: args.ignore_token_mismatch || token.is_none(),
@@ -131,7 +133,7 @@ fn request(args: &RestoreArgs, source: SnapshotSource, dry_run: bool, token: Opt
 /// Prints `text` for a table, or the view as JSON or YAML; success.
 fn finish(printed: &PitrView, format: OutputFormat, text: &str) -> anyhow::Result<ExitCode> {
     match format {
-        OutputFormat::Table => println!("{text}"),
+        OutputFormat::Table | OutputFormat::Wide => emit(&format!("{text}\n"))?,
         _ => print_structured(printed, format)?,
     }
     Ok(ExitCode::SUCCESS)
