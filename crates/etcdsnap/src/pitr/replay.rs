@@ -1,25 +1,27 @@
 //! Replay: a full snapshot rolled forward to a target revision or time.
 //!
 //! First every segment of the plan is read, checked against its record's sha256 and decoded
-//! ([`scan`]): a damaged segment fails before any work, and the pass learns the exact revision
-//! to stop at, the largest transaction to apply and the leases' TTLs. Then the base snapshot
-//! is restored with etcdutl into `work/data` for a one-member cluster on loopback, and a private
-//! etcd is booted on it with request limits that fit the largest captured revision. Every
-//! captured revision after the base, up to the target, is applied as exactly one transaction
-//! holding all its events in their order, so that etcd numbers it as it was numbered live:
-//! create and mod revisions and versions come out as they were. Many transactions are in flight
-//! at once, each guarded so that etcd cannot apply it out of order, and each operation's
-//! previous state is compared with the one the capture saw ([`apply`]): a replay onto another
-//! history, or one that drifts, fails naming the revision and the key, before anything is
-//! installed. While it runs, every lease of the replayed etcd is renewed ([`leases`]). At the
-//! end the etcd must be at the target revision, HashKV there is compared with the value recorded
-//! from the live cluster when there is one, and the etcd is stopped cleanly (SIGTERM, then a
-//! wait) so the data directory can be swapped in.
+//! ([`scan`]), while the base snapshot is restored with etcdutl into `work/data` for a
+//! one-member cluster on loopback: a damaged segment fails before the private etcd starts, and
+//! the pass learns the exact revision to stop at, the largest transaction to apply and the
+//! leases' TTLs. Then a private etcd is booted on the restored base with request limits that
+//! fit the largest captured revision. Every captured revision after the base, up to the
+//! target, is applied as exactly one transaction holding all its events in their order, so
+//! that etcd numbers it as it was numbered live: create and mod revisions and versions come
+//! out as they were. Many transactions are in flight at once, each guarded so that etcd
+//! cannot apply it out of order, and each operation's previous state is compared with the one
+//! the capture saw ([`apply`]): a replay onto another history, or one that drifts, fails
+//! naming the revision and the key, before anything is installed. While it runs, every lease
+//! of the replayed etcd is renewed ([`leases`]). At the end the etcd must be at the target
+//! revision, HashKV there is compared with the value recorded from the live cluster when there
+//! is one, and the etcd is stopped cleanly (SIGTERM, then a wait); its database then becomes
+//! the snapshot file that a restore installs.
 //!
 //! A time target was mapped to a revision by the plan (the last revision observed at or before
 //! the time); the replay stops there, and uses the time only for what leases have left.
 
 mod apply;
+mod database;
 mod guard;
 mod leases;
 mod scan;
@@ -61,8 +63,10 @@ pub struct Replay<'a> {
     pub work: &'a Path,
     /// HashKV recorded from the live cluster at the target revision.
     pub expected_hash: Option<KvHash>,
-    /// Where to write a snapshot of the result, taken from the replay's etcd before it stops
-    /// (a restore installs the result from it with the operator's member settings).
+    /// Where to write a snapshot of the result (a restore installs the result from it with the
+    /// operator's member settings): the replay's database once its etcd has stopped, made into
+    /// the file etcd's Snapshot call would have sent ([`database`]). It is moved there, not
+    /// copied: the data directory of the report is left without it.
     pub save_to: Option<&'a Path>,
 }
 
@@ -132,15 +136,30 @@ pub enum ReplayError {
 /// Restores the base, applies the plan's revisions up to the target and checks the result.
 pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
-    let scan = scan::scan(r)?;
-    let restored = loopback::restore("pitr", r.etcdutl, r.base_snapshot, r.work).await?;
+    // The first pass runs while etcdutl restores the base: neither needs the other. A damaged
+    // segment still fails the replay before its etcd starts (once etcdutl is done, so that
+    // nothing writes in the working directory any more).
+    let (plan, target, dir) = (r.plan.clone(), r.target, r.segments_dir.to_path_buf());
+    let scanning = tokio::task::spawn_blocking(move || scan::scan(&plan, target, &dir));
+    let (scanned, restored) = tokio::join!(scanning, loopback::restore("pitr", r.etcdutl, r.base_snapshot, r.work));
+    let scan = scanned.map_err(|e| ReplayError::Query(format!("the first pass over the segments failed: {e}")))??;
+    let restored = restored?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        revisions = scan.revisions,
+        "segments read, base restored"
+    );
     let mut cmd = tokio::process::Command::new(r.etcd);
     // The replayed etcd is scratch: its result is saved as a snapshot (etcd's own checksum) and
     // restored again, and a replay that stops half-way is started over. So it need not fsync each
     // of its (one per revision) commits, which dominates the replay's time; and its quota must
-    // not stop a large cluster's replay half-way.
-    cmd.args(["--unsafe-no-fsync", REPLAY_QUOTA]).args(scan.limits.args()).kill_on_drop(true);
-    let mut etcd = restored.start(cmd, r.etcd).await?;
+    // not stop a large cluster's replay half-way. It runs Go code on one thread (GOMAXPROCS=1):
+    // etcd applies one revision after another anyway, and with a single thread its requests are
+    // taken in the order they arrive, which the pipeline of [`apply`] relies on to keep its guards
+    // true (with two, a guard failed and a transaction was sent again for most revisions).
+    cmd.args(["--unsafe-no-fsync", REPLAY_QUOTA]).args(scan.limits.args()).env("GOMAXPROCS", "1").kill_on_drop(true);
+    let etcd = restored.start(cmd, r.etcd).await?;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "private etcd ready");
     let job = Job {
         url: etcd.url().to_string(),
         base_name: r.plan.base.name.clone(),
@@ -150,14 +169,17 @@ pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
         expected_hash: r.expected_hash,
         scan,
     };
-    let mut result = on_own_runtime(job).await;
-    if let (Ok(_), Some(path)) = (&result, r.save_to)
-        && let Err(e) = save_snapshot(&mut etcd.member, path).await
-    {
-        result = Err(e);
-    }
+    let result = on_own_runtime(job).await;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "replayed and hashed");
     etcd.stop().await;
     let mut report = result?;
+    if let Some(path) = r.save_to {
+        let (data, revision, path) = (restored.data_dir().to_path_buf(), report.revision, path.to_path_buf());
+        tokio::task::spawn_blocking(move || database::into_snapshot(&data, &path, revision))
+            .await
+            .map_err(|e| ReplayError::Query(format!("saving the result failed: {e}")))??;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "saved");
+    }
     report.data_dir = restored.data_dir().to_path_buf();
     report.duration = started.elapsed();
     tracing::info!(
@@ -212,7 +234,9 @@ async fn apply_and_hash(job: Job) -> Result<ReplayReport, ReplayError> {
         return Err(ReplayError::BaseRevision { chain, expected, found });
     }
     let mut client = member.into_client();
+    let started = Instant::now();
     let applied = apply_all(&job, &client).await?;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "applied");
     let revision = revision_of(&mut client).await?;
     if revision != job.scan.stop_at {
         return Err(ReplayError::Drift { revision: job.scan.stop_at, found: revision });
@@ -294,25 +318,6 @@ fn proof_notes(scan: &scan::Scan, leases_unobserved: u64) -> Vec<String> {
         ));
     }
     notes
-}
-
-/// Streams a snapshot of the replayed etcd into `path` (a new 0600 file), fsynced. etcd's sha256
-/// trailer comes with it; etcdutl checks it when the file is restored.
-async fn save_snapshot(member: &mut etcdsnap_storage::etcd::EtcdMember, path: &Path) -> Result<(), ReplayError> {
-    use tokio::io::AsyncWriteExt as _;
-    let failed = |message: String| ReplayError::Save { path: path.into(), message };
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let mut stream = member.snapshot().await.map_err(|e| failed(e.to_string()))?;
-    while let Some(chunk) = stream.next_chunk().await.map_err(|e| failed(e.to_string()))? {
-        file.write_all(&chunk).await.map_err(|e| failed(e.to_string()))?;
-    }
-    file.sync_all().await.map_err(|e| failed(e.to_string()))
 }
 
 /// Compares the replay's HashKV with the live cluster's; whether it was compared.

@@ -149,7 +149,7 @@ async fn wait_serving(url: &str, log: &Path) -> Result<(EtcdMember, MemberStatus
     // Until the port accepts connections there is nobody to ask (and nothing worth a warning).
     let addr = url.trim_start_matches("http://").to_string();
     while tokio::net::TcpStream::connect(&addr).await.is_err() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     loop {
         match config.connect_member().await {

@@ -129,13 +129,14 @@ mod tests {
         *seed
     }
 
+    /// The keys that exist, each with its mod revision and version.
+    type State = HashMap<u8, (i64, i64)>;
+
     /// A history over 6 keys from revision 1 (etcd's rule: a delete only of a key that exists),
-    /// with long runs of delete-only revisions, and every state it passes through: key ->
-    /// (mod revision, version).
-    #[allow(clippy::type_complexity)]
-    fn history(seed: u64, len: i64) -> (Vec<RevisionChanges>, Vec<HashMap<u8, (i64, i64)>>) {
+    /// with long runs of delete-only revisions, and every state it passes through.
+    fn history(seed: u64, len: i64) -> (Vec<RevisionChanges>, Vec<State>) {
         let mut seed = seed | 1;
-        let mut state: HashMap<u8, (i64, i64)> = HashMap::new();
+        let mut state = State::new();
         let (mut revisions, mut states) = (Vec::new(), vec![state.clone()]);
         for revision in 1..=len {
             let delete_only = next(&mut seed).is_multiple_of(3) && !state.is_empty();
@@ -170,7 +171,7 @@ mod tests {
         (revisions, states)
     }
 
-    fn holds(guard: &Guard, state: &HashMap<u8, (i64, i64)>) -> bool {
+    fn holds(guard: &Guard, state: &State) -> bool {
         let (key, revision) = &guard.put;
         let put = state.get(&key[0]).is_some_and(|(m, _)| m == revision);
         put && guard.absent.iter().all(|k| !state.contains_key(&k[0]))

@@ -6,9 +6,9 @@
 //! Nothing is kept in memory but those facts: the second pass reads the segments again.
 
 use super::guard::MAX_GUARD_COMPARES;
-use super::{Replay, ReplayError, SEGMENT_LIMIT};
+use super::{ReplayError, SEGMENT_LIMIT};
 use crate::restore::loopback::RequestLimits;
-use etcdsnap_storage::pitr::{LeaseObservation, PrevState, Segment, SegmentRecord, Target};
+use etcdsnap_storage::pitr::{LeaseObservation, PrevState, ReplayPlan, Segment, SegmentRecord, Target};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,12 +34,12 @@ pub(super) struct Scan {
     pub unchecked: u64,
 }
 
-/// Reads every segment of the plan once.
-pub(super) fn scan(r: &Replay<'_>) -> Result<Scan, ReplayError> {
-    let base = &r.plan.base;
+/// Reads every segment of `plan` (from `segments_dir/<chain>/`) once.
+pub(super) fn scan(plan: &ReplayPlan, target: Target, segments_dir: &Path) -> Result<Scan, ReplayError> {
+    let base = &plan.base;
     // The plan's revision is exact: a time target was mapped to one before the base was chosen.
-    let stop_at = r.plan.stop_at;
-    let mut target_ms = match r.target {
+    let stop_at = plan.stop_at;
+    let mut target_ms = match target {
         Target::Time(ms) => ms,
         Target::Revision(_) => base.taken_ms,
     };
@@ -53,8 +53,8 @@ pub(super) fn scan(r: &Replay<'_>) -> Result<Scan, ReplayError> {
         events: 0,
         unchecked: 0,
     };
-    for record in &r.plan.segments {
-        let segment = read_segment(r.segments_dir, record)?;
+    for record in &plan.segments {
+        let segment = read_segment(segments_dir, record)?;
         let applied = |rev: i64| rev > base.revision && rev <= stop_at;
         for changes in segment.revisions.iter().filter(|c| applied(c.revision)) {
             s.revisions += 1;
@@ -63,7 +63,7 @@ pub(super) fn scan(r: &Replay<'_>) -> Result<Scan, ReplayError> {
             max_ops = max_ops.max(changes.events.len());
             max_bytes = max_bytes.max(changes.payload_bytes() + OP_OVERHEAD * changes.events.len());
             max_key = max_key.max(changes.events.iter().map(|e| e.key.len()).max().unwrap_or(0));
-            if changes.revision == stop_at && matches!(r.target, Target::Revision(_)) {
+            if changes.revision == stop_at && matches!(target, Target::Revision(_)) {
                 target_ms = changes.observed_ms;
             }
         }
