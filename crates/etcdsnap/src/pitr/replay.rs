@@ -5,17 +5,17 @@
 //! one-member cluster on loopback: a damaged segment fails before the private etcd starts, and
 //! the pass learns the largest transaction to apply, the target's moment and the leases' TTLs.
 //! Then a private etcd is booted on the restored base with request limits that fit the largest
-//! captured revision. Every captured revision after the base, up to the
-//! target, is applied as exactly one transaction holding all its events in their order, so
-//! that etcd numbers it as it was numbered live: create and mod revisions and versions come
-//! out as they were. Many transactions are in flight at once, each guarded so that etcd
-//! cannot apply it out of order, and each operation's previous state is compared with the one
-//! the capture saw ([`apply`]): a replay onto another history, or one that drifts, fails
-//! naming the revision and the key, before anything is installed. While it runs, every lease
-//! of the replayed etcd is renewed ([`leases`]). At the end the etcd must be at the target
-//! revision, HashKV there is compared with the value recorded from the live cluster when there
-//! is one, and the etcd is stopped cleanly (SIGTERM, then a wait); its database then becomes
-//! the snapshot file that a restore installs.
+//! captured revision. Every captured revision after the base, up to the target, is applied as
+//! exactly one transaction holding all its events in their order, so that etcd numbers it as
+//! it was numbered live: create and mod revisions and versions come out as they were. Many
+//! transactions are in flight at once, each guarded so that etcd cannot apply it out of order,
+//! and each operation's previous state is compared with the one the capture saw ([`apply`]): a
+//! replay onto another history, or one that drifts, fails naming the revision and the key,
+//! before anything is installed. While it runs, every lease of the replayed etcd is renewed
+//! ([`leases`]). At the end the etcd must be at the target revision, HashKV there is compared
+//! with the value recorded from the live cluster when there is one, and the etcd is stopped
+//! cleanly (SIGTERM, then a wait); its database then becomes the snapshot file that a restore
+//! installs ([`database`]).
 //!
 //! A time target was mapped to a revision by the plan (the last revision observed at or before
 //! the time); the replay stops there, and uses the time only for what leases have left.

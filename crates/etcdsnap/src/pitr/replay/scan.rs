@@ -1,9 +1,10 @@
 //! The replay's first pass: every segment of the plan is read, checked against its record's
 //! sha256 and decoded while etcdutl restores the base, so a damaged segment fails the restore
-//! before the private etcd starts. The pass learns what the second one needs: the largest transaction to apply
-//! (the private etcd's request limits), each lease's newest observation at or before the
-//! target, and how much of the replay can be checked against captured previous states.
-//! Nothing is kept in memory but those facts: the second pass reads the segments again.
+//! before the private etcd starts. The pass learns what the second one needs: the largest
+//! transaction to apply (the private etcd's request limits), each lease's newest observation
+//! at or before the target, and how much of the replay can be checked against captured
+//! previous states. Nothing is kept in memory but those facts: the second pass reads the
+//! segments again.
 
 use super::guard::MAX_GUARD_COMPARES;
 use super::{ReplayError, SEGMENT_LIMIT};
