@@ -105,9 +105,14 @@ impl Kube {
         Kube { client, settings: Arc::new(settings), config: None }
     }
 
-    /// A Kube from a client configuration; leader terms get fenced connections.
+    /// A Kube from a client configuration ([`crate::client`]); leader terms get fenced
+    /// connections.
     pub fn from_config(config: Config, settings: KubeSettings) -> Result<Kube, ConnectError> {
-        let client = Client::try_from(config.clone()).map_err(|e| ConnectError::Config(e.to_string()))?;
+        if let Some(proxy) = &config.proxy_url {
+            // As kube's own client refuses it without its proxy features.
+            return Err(ConnectError::Config(format!("proxy-url {proxy}: proxies are not supported")));
+        }
+        let client = crate::client::build(&config, None).map_err(|e| ConnectError::Config(e.to_string()))?;
         Ok(Kube { client, settings: Arc::new(settings), config: Some(Arc::new(config)) })
     }
 

@@ -111,7 +111,8 @@ pub async fn renew_heartbeat(
     }
 }
 
-async fn create_heartbeat_namespace(client: &Client) -> Result<(), ApiError> {
+/// Creates etcdsnap's namespace of Leases (heartbeats, node Leases); existing is fine.
+pub(crate) async fn create_heartbeat_namespace(client: &Client) -> Result<(), ApiError> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = k8s_openapi::api::core::v1::Namespace {
         metadata: ObjectMeta { name: Some(HEARTBEAT_NAMESPACE.into()), ..Default::default() },

@@ -75,8 +75,12 @@ impl Env {
         Ok(api.list(&ListParams::default()).await?.items)
     }
 
+    /// The audit log so far; one that cannot be read fails the test (an empty list would let
+    /// every "no such request" assertion pass).
     fn audit(&self) -> Vec<AuditEvent> {
-        self.api.audit_events().unwrap_or_default()
+        let events = self.api.audit_events().expect("the API server's audit log");
+        assert!(!events.is_empty(), "the audit log is empty: the API server audits every request");
+        events
     }
 }
 
@@ -464,12 +468,19 @@ async fn without_kubernetes_everything_else_works_and_says_so_once() -> TestResu
     assert_eq!(out.stderr.matches("Kubernetes not usable").count(), 1, "{}", out.stderr);
     assert_eq!(files_in(&env.snapshot_dir("node-1")).len(), 3);
 
+    // --no-kube with a usable kubeconfig and the CRD installed, so that a resource written by
+    // mistake would be there to find: none is, and the binary made no request at all.
+    etcdsnap_kube::crd::ensure_crd(&env.api.client().await?).await?;
     let kubeconfig = s(env.api.kubeconfig_path());
     let mut with_kube = base.to_vec();
     with_kube.push(("KUBECONFIG", kubeconfig.as_str()));
+    let before = env.audit().len();
     let out = run(&["save", "--data-dir", &data_dir, "--no-kube"], &with_kube).await.expect_ok();
     assert_eq!(out.stderr.matches("(--no-kube)").count(), 1, "{}", out.stderr);
-    assert!(env.resources().await.map(|r| r.is_empty()).unwrap_or(true));
+    let requests: Vec<AuditEvent> = env.audit().into_iter().skip(before).filter(|e| e.user == "admin").collect();
+    assert!(requests.is_empty(), "--no-kube talked to the API server: {requests:#?}");
+    let resources = env.resources().await?;
+    assert!(resources.is_empty(), "--no-kube wrote resources: {resources:?}");
     run(&["ls", "--data-dir", &data_dir, "--no-kube"], &with_kube).await.expect_ok();
     let first = files_in(&env.snapshot_dir("node-1")).into_iter().next().ok_or("no file")?;
     run(&["delete", "--data-dir", &data_dir, &first], &base).await.expect_ok();
