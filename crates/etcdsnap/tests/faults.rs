@@ -658,7 +658,10 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     std::fs::write(outside.path().join("victim"), "must stay as it is")?;
     let before_outside = contents(outside.path());
     let snaps = world.snapshot_dir();
+    // K3s's metadata directory (etcdsnap reads it, and creates it only for extra metadata).
     let meta = world.data_dir().join(".metadata");
+    std::fs::create_dir_all(&meta)?;
+    let records = world.records_dir();
     let real = files_in(&snaps).into_iter().next().ok_or("no snapshot")?;
 
     // Local: a snapshot that is a symlink out of the directory; a metadata document that is a
@@ -686,9 +689,9 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     // etcdsnap's own records, hostile too: a symlink out, and a lie about another snapshot.
     std::os::unix::fs::symlink(
         outside.path().join("secret"),
-        meta.join("etcd-snapshot-node-1-1700000003.etcdsnap.json"),
+        records.join("etcd-snapshot-node-1-1700000003.etcdsnap.json"),
     )?;
-    std::fs::write(meta.join("etcd-snapshot-node-1-1700000005.etcdsnap.json"), &hostile_docs[4].1)?;
+    std::fs::write(records.join("etcd-snapshot-node-1-1700000005.etcdsnap.json"), &hostile_docs[4].1)?;
     // `.part` links planted where older releases wrote: nothing must follow them.
     let now = etcdsnap_storage::clock::now().as_second();
     for t in now..now + 60 {
