@@ -44,6 +44,7 @@ pub mod go;
 pub mod legacy;
 pub mod metadata;
 pub mod names;
+pub mod seal;
 pub mod token;
 
 pub use crd::{ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotS3, ETCDSnapshotSpec, ETCDSnapshotStatus, crd};
@@ -56,4 +57,5 @@ pub use names::{
     is_dns1123_subdomain, is_valid_configmap_key, round_to_second, snapshot_file_name, timestamp_from_name,
     validate_node_name,
 };
+pub use seal::{KitRef, Sealed};
 pub use token::{TokenError, TokenHash};

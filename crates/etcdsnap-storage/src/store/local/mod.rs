@@ -364,6 +364,8 @@ pub(crate) mod tests {
             cluster_id: None,
             s3: None,
             extra_metadata: extra,
+            sealed: None,
+            encryption_config_sha256: None,
             drill: None,
         }
     }
