@@ -21,6 +21,10 @@ pub const KIT_SUFFIX: &str = ".etcdsnap-kit.age";
 /// Suffix of a record's detached signature: `<name>.etcdsnap.json.minisig`.
 pub const SIGNATURE_SUFFIX: &str = ".minisig";
 
+/// The key of the S3 config Secret that lists the recipients new snapshots are sealed to
+/// (comma- or newline-separated), beside K3s's `etcd-s3-*` keys.
+pub const SECRET_RECIPIENTS_KEY: &str = "etcdsnap-encrypt-to";
+
 /// The file name of a snapshot's record signature, `<name>.etcdsnap.json.minisig`.
 pub fn signature_file_name(name: &str) -> String {
     format!("{name}{RECORD_SUFFIX}{SIGNATURE_SUFFIX}")

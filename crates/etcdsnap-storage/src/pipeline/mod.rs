@@ -372,7 +372,11 @@ mod tests {
             b.extend_from_slice(buf);
             Ok(())
         }
-        async fn commit(self: Box<Self>, _doc: &MetadataDocument) -> Result<(), StoreError> {
+        async fn commit(
+            self: Box<Self>,
+            _doc: &MetadataDocument,
+            _companions: &crate::store::Companions,
+        ) -> Result<(), StoreError> {
             Ok(())
         }
         async fn abort(self: Box<Self>) {

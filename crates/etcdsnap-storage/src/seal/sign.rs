@@ -70,6 +70,12 @@ impl SigningKey {
             .map_err(|e| SignatureError::Sign(e.to_string()))
     }
 
+    /// The matching public key, to check what this key signed.
+    pub fn verify_key(&self) -> VerifyKey {
+        let id = self.public.keynum().iter().rev().map(|b| format!("{b:02X}")).collect();
+        VerifyKey { key: self.public.clone(), id }
+    }
+
     /// The matching public key, as `minisign -G` writes it to its `.pub` file.
     pub fn public_key_file(&self) -> String {
         self.public.to_box().map(|b| b.into_string()).unwrap_or_default()

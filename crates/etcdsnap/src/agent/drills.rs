@@ -115,7 +115,8 @@ async fn record(session: &Session, metrics: &Metrics, source: &SnapshotSource, r
         tracing::error!(snapshot = %name, level = ?report.level, problems = ?report.problems, "restore drill failed");
     }
     metrics.drilled(report.passed());
-    for problem in drill::keep_result(source, report, session.kube(), session.node_name()).await {
+    let signer = session.config().sealing.signing_key.clone();
+    for problem in drill::keep_result(source, report, session.kube(), session.node_name(), signer.as_deref()).await {
         tracing::warn!(snapshot = %name, "{problem}");
     }
 }

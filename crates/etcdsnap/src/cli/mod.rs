@@ -6,6 +6,7 @@
 //! - `resolve.rs`: parsed flags turned into settings (node name, token hash, session, ...);
 //! - `commands/`: one file per command, its own flags and the function that runs it;
 //! - `output/`: one file per printed thing, its typed view and its table;
+//! - `seal.rs`: the sealing flags (age, minisign, the restore kit) and what they mean;
 //! - `help.rs`: which shared flags each command's help shows, and the examples' manual section;
 //! - `config_file.rs`, `presets.rs` (K3s/RKE2 servers' paths), `progress.rs`.
 
@@ -22,6 +23,7 @@ mod output;
 mod presets;
 mod progress;
 mod resolve;
+mod seal;
 
 use args::{Cli, Command, LogFormat};
 use clap::{CommandFactory, Parser};

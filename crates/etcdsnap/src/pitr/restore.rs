@@ -191,12 +191,14 @@ fn describe(target: Target) -> String {
 }
 
 /// The binaries and the private directory a roll forward uses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RollForward<'a> {
     pub plan: &'a PitrPlan,
     pub target: Target,
     /// The base snapshot (as resolved for its pre-flight report).
     pub base: &'a SnapshotSource,
+    /// Opens a sealed base.
+    pub identity: Option<std::sync::Arc<etcdsnap_storage::seal::Identity>>,
     pub etcdutl: &'a Path,
     pub etcd: &'a Path,
     /// A private, empty directory; the result is written in it.
@@ -212,13 +214,15 @@ pub struct RolledForward {
 
 /// Replays the plan in a private etcd and saves the result as `work/<name>`.
 pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrError> {
-    let base_file = match (r.base.compression, r.base.path()) {
-        (Compression::None, Some(path)) => path.to_path_buf(),
+    let base_file = match (r.base.compression, r.base.path(), r.base.sealed) {
+        (Compression::None, Some(path), false) => path.to_path_buf(),
         _ => {
-            // Compressed or remote: decompressed once, checked on the way.
+            // Compressed, sealed or remote: opened and decompressed once, checked on the way.
             let out = r.work.join("base.db");
             let name = r.base.record.name.to_string();
-            verify_pass(r.base, Some(out.clone()), None).await.map_err(|source| PitrError::Base { name, source })?;
+            verify_pass(r.base, r.identity.clone(), Some(out.clone()), None)
+                .await
+                .map_err(|source| PitrError::Base { name, source })?;
             out
         }
     };
@@ -243,7 +247,8 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
 
 /// The rolled-forward snapshot's file name: a snapshot name saying what it is.
 fn rolled_name(base: &str, target: Target, stop_at: i64) -> String {
-    // The result is an uncompressed database, whatever the base was.
+    // The result is an uncompressed, unsealed database, whatever the base was.
+    let base = base.strip_suffix(etcdsnap_api::seal::SEALED_EXTENSION).unwrap_or(base);
     let base = base.strip_suffix(".zst").or_else(|| base.strip_suffix(".zip")).unwrap_or(base);
     match target {
         Target::Revision(_) => format!("{base}-rolled-to-{stop_at}"),

@@ -12,6 +12,7 @@ use etcdsnap::pitr::restore::{PitrPlan, RollForward, fetch_segments, plan_local,
 use etcdsnap::restore::{self, CurrentToken, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::pitr::Target;
+use etcdsnap_storage::seal::OpenKeys;
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::s3::S3Store;
 use std::os::unix::fs::PermissionsExt as _;
@@ -34,7 +35,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     if format.is_table() {
         emit(&view::plan_text(&plan))?;
     }
-    if !check_base(&args, &base).await? {
+    let keys = crate::cli::seal::open_keys(&args.unseal)?;
+    if !check_base(&args, &keys, &base).await? {
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
     if args.dry_run {
@@ -54,7 +56,15 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             plan.replay.stop_at
         );
     }
-    let roll = RollForward { plan: &plan, target, base: &base, etcdutl: &etcdutl, etcd: &etcd, work: work.path() };
+    let roll = RollForward {
+        plan: &plan,
+        target,
+        base: &base,
+        identity: keys.identity.clone(),
+        etcdutl: &etcdutl,
+        etcd: &etcd,
+        work: work.path(),
+    };
     let rolled = tokio::select! {
         r = roll_forward(&roll) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted during the replay: the data directory was not changed"),
@@ -65,7 +75,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 
     // The token was checked against the base above; the rolled file carries no metadata.
-    let install = request(&args, SnapshotSource::from_path(&rolled.snapshot)?, false, None);
+    // The rolled-forward file is a new, clear snapshot in a private directory: no key applies.
+    let install = request(&args, &OpenKeys::default(), SnapshotSource::from_path(&rolled.snapshot)?, false, None);
     let result = tokio::select! {
         r = restore::restore(&install, None, |r| if !r.ok { print_report(r) }) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted before the restored data was put in place: the data directory was not changed"),
@@ -96,8 +107,8 @@ async fn plan_in_s3(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrP
 
 /// The base's pre-flight report (token, target, space, etcdutl, and its bytes), before any
 /// work; false, said, when a check failed.
-async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result<bool> {
-    let check = request(args, base.clone(), true, resolve::current_token(&args.token)?);
+async fn check_base(args: &RestoreArgs, keys: &OpenKeys, base: &SnapshotSource) -> anyhow::Result<bool> {
+    let check = request(args, keys, base.clone(), true, resolve::current_token(&args.token)?);
     let outcome = restore::restore(&check, None, |r| {
         if args.output.output.is_table() {
             // Checked like a dry run; headed as what the command will do.
@@ -116,7 +127,13 @@ async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result
 
 /// The base's or the rolled-forward snapshot's restore request: `token` None skips the token
 /// check (it was made against the base).
-fn request(args: &RestoreArgs, source: SnapshotSource, dry_run: bool, token: Option<CurrentToken>) -> RestoreRequest {
+fn request(
+    args: &RestoreArgs,
+    keys: &OpenKeys,
+    source: SnapshotSource,
+    dry_run: bool,
+    token: Option<CurrentToken>,
+) -> RestoreRequest {
     RestoreRequest {
         source,
         data_dir: args.data_dir.clone(),
@@ -125,6 +142,8 @@ fn request(args: &RestoreArgs, source: SnapshotSource, dry_run: bool, token: Opt
         ignore_token_mismatch: args.ignore_token_mismatch || token.is_none(),
         token,
         dry_run,
+        keys: keys.clone(),
+        encryption_config: super::encryption_config(args),
     }
 }
 
