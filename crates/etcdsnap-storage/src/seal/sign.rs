@@ -45,6 +45,7 @@ impl SigningKey {
         let boxed = minisign::SecretKeyBox::from_string(&text).map_err(|e| invalid(e.to_string()))?;
         let secret = match boxed.clone().into_unencrypted_secret_key() {
             Ok(k) => k,
+            Err(_) if let Some(k) = without_checksum(&text) => k,
             Err(_) => match std::env::var(SIGN_KEY_PASSWORD_ENV) {
                 Ok(password) => boxed.into_secret_key(Some(password)).map_err(|e| invalid(e.to_string()))?,
                 Err(_) => {
@@ -55,7 +56,11 @@ impl SigningKey {
             },
         };
         let public = minisign::PublicKey::from_secret_key(&secret).map_err(|e| invalid(e.to_string()))?;
-        Ok(SigningKey { secret, public })
+        let key = SigningKey { secret, public };
+        // A damaged key signs what its own public key does not verify: refused now, not at the
+        // first save.
+        key.sign("probe", b"probe").map_err(|_| invalid("the key is damaged: its signatures do not verify".into()))?;
+        Ok(key)
     }
 
     /// The signature of `bytes`, the record of snapshot `name`, as the text of a `.minisig` file.
@@ -80,6 +85,19 @@ impl SigningKey {
     pub fn public_key_file(&self) -> String {
         self.public.to_box().map(|b| b.into_string()).unwrap_or_default()
     }
+}
+
+/// A password-less secret key whose checksum is zero: the `minisign` tool up to 0.11 (Debian's)
+/// writes such keys with `-G -W`. The crate refuses them as corrupted; the key itself is whole,
+/// which the caller proves by signing with it and verifying with its public key.
+fn without_checksum(text: &str) -> Option<minisign::SecretKey> {
+    use base64::Engine as _;
+    const KDF_NONE: [u8; 2] = [0, 0];
+    let line = text.lines().nth(1)?.trim();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(line).ok()?;
+    let checksum = bytes.get(bytes.len().checked_sub(32)?..)?;
+    (bytes.get(2..4)? == KDF_NONE && checksum.iter().all(|b| *b == 0)).then_some(())?;
+    minisign::SecretKey::from_bytes(&bytes).ok()
 }
 
 /// A minisign public key: checks records' signatures.
@@ -224,6 +242,31 @@ pub(crate) mod tests {
             Some(signature.as_bytes()),
         );
         assert!(matches!(err, Err(SignatureError::Bad(_))), "{err:?}");
+    }
+
+    #[test]
+    fn a_password_less_key_with_a_zero_checksum_signs() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (sk, pk) = keypair(dir.path());
+        let text = std::fs::read_to_string(&sk).unwrap();
+        let mut lines = text.lines();
+        let comment = lines.next().unwrap();
+        let engine = base64::engine::general_purpose::STANDARD;
+        let mut bytes = engine.decode(lines.next().unwrap()).unwrap();
+        let n = bytes.len();
+        bytes[n - 32..].fill(0);
+        std::fs::write(&sk, format!("{comment}\n{}\n", engine.encode(&bytes))).unwrap();
+        let key = SigningKey::from_file(&sk).unwrap();
+        let signature = key.sign("s-n-1", b"{}").unwrap();
+        let verify = VerifyKey::from_file(&pk).unwrap();
+        let boxed = minisign::SignatureBox::from_string(&signature).unwrap();
+        assert!(minisign::verify(&verify.key, &boxed, Cursor::new(b"{}"), true, false, false).is_ok());
+        // A damaged key is refused.
+        // A flipped bit of the secret seed (bytes 62.. hold the Ed25519 key).
+        bytes[70] ^= 1;
+        std::fs::write(&sk, format!("{comment}\n{}\n", engine.encode(&bytes))).unwrap();
+        assert!(SigningKey::from_file(&sk).is_err());
     }
 
     #[test]

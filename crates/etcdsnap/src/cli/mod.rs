@@ -86,6 +86,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Watch(a) => commands::watch::run(a).await,
         Command::Restore(a) => commands::restore::run(*a).await,
         Command::Drill(a) => commands::drill::run(*a).await,
+        Command::Kit(a) => commands::kit::run(*a).await,
         Command::Completion(a) => commands::completion::run(a),
         Command::Man(a) => commands::man::run(a),
     }

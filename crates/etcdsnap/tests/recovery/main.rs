@@ -1,6 +1,7 @@
 //! Getting data back: `etcdsnap restore` (`restore`), every etcd minor saved and restored with
 //! its own tools (`versions`), restore drills (`drill`), and point-in-time recovery through the
-//! library (`pitr`), the agent (`pitr_agent`) and two agents with Kubernetes (`pitr_cluster`).
+//! library (`pitr`), the agent (`pitr_agent`) and two agents with Kubernetes (`pitr_cluster`),
+//! and sealed backups opened and checked with the age and minisign tools (`sealed`).
 // Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,4 +25,5 @@ mod pitr;
 mod pitr_agent;
 mod pitr_cluster;
 mod restore;
+mod sealed;
 mod versions;
