@@ -109,7 +109,7 @@ impl Agent {
             let leading = move || duties.as_ref().is_some_and(|d| d.is_leading());
             tokio::spawn(drills::drill_loop(session, settings, metrics, leading, stop.clone()))
         });
-        let capturing = self.settings.deltas.map(|settings| {
+        let capturing = self.settings.deltas.clone().map(|settings| {
             let duties = self.duties.clone();
             let leading = move || duties.as_ref().is_none_or(|d| d.is_leading());
             let uploads = tokio::spawn(pitr::upload_loop(self.clone(), settings.flush_interval, stop.clone()));

@@ -70,7 +70,7 @@ pub async fn capture_loop(
             wait(TERM_CHECK, &stop).await;
             continue;
         }
-        let result = capture_term(&agent, settings, leading.clone(), &stop).await;
+        let result = capture_term(&agent, settings.clone(), leading.clone(), &stop).await;
         agent.metrics.pitr.set_capturing(false, now_ms());
         let Err(e) = result else {
             backoff = BACKOFF_MIN;

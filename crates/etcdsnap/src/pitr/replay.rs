@@ -53,6 +53,8 @@ pub struct Replay<'a> {
     /// Where to write a snapshot of the result, taken from the replay's etcd before it stops
     /// (a restore installs the result from it with the operator's member settings).
     pub save_to: Option<&'a Path>,
+    /// Opens sealed segments.
+    pub identity: Option<&'a etcdsnap_storage::seal::Identity>,
 }
 
 /// What a replay produced.
@@ -150,7 +152,7 @@ async fn apply_and_hash(r: &Replay<'_>, client: &mut Client) -> Result<ReplayRep
             break;
         }
         let name = format!("{}/{}", record.chain, record.segment_name());
-        let segment = read_segment(r.segments_dir, &name, &record.sha256)?;
+        let segment = read_segment(r.segments_dir, &name, &record.sha256, r.identity)?;
         if let (Target::Time(ms), true) = (r.target, i + 1 == r.plan.segments.len()) {
             stop_at = segment.last_revision_observed_by(ms).unwrap_or(stop_at).max(stop_at);
         }
@@ -218,15 +220,21 @@ fn empty_report() -> ReplayReport {
     }
 }
 
-/// Reads `segments_dir/name`, checks it against the record's sha256, then decodes it.
-fn read_segment(segments_dir: &Path, name: &str, sha256: &str) -> Result<Segment, ReplayError> {
+/// Reads `segments_dir/name`, checks it against the record's sha256 (of the stored bytes: no key
+/// needed), then opens it when sealed and decodes it.
+fn read_segment(
+    segments_dir: &Path,
+    name: &str,
+    sha256: &str,
+    identity: Option<&etcdsnap_storage::seal::Identity>,
+) -> Result<Segment, ReplayError> {
     let stored =
         std::fs::read(segments_dir.join(name)).map_err(|source| ReplayError::Read { name: name.into(), source })?;
     let found = hex::encode(Sha256::digest(&stored));
     if !found.eq_ignore_ascii_case(sha256) {
         return Err(ReplayError::Checksum { name: name.into(), expected: sha256.into(), found });
     }
-    Ok(Segment::from_stored(name, &stored, SEGMENT_LIMIT)?)
+    Ok(Segment::from_stored(name, &stored, SEGMENT_LIMIT, identity)?)
 }
 
 struct Applier<'a> {

@@ -240,6 +240,7 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
         work: &replay_dir,
         expected_hash: r.plan.expected_hash,
         save_to: Some(&snapshot),
+        identity: r.identity.as_deref(),
     })
     .await?;
     Ok(RolledForward { snapshot, report })

@@ -202,6 +202,7 @@ async fn replay_to(
         work: work.path(),
         expected_hash: expected,
         save_to: None,
+        identity: None,
     };
     let report = replay(&r).await?;
     assert!(report.data_dir.join("member").is_dir(), "{}", report.data_dir.display());

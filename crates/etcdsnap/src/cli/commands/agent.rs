@@ -138,6 +138,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         deltas: args.deltas.then_some(etcdsnap::pitr::capture::CaptureSettings {
             flush_interval: args.delta_interval,
             max_bytes: args.delta_max_bytes,
+            // Segments are sealed to the recipients snapshots are (those given here; recipients
+            // from the S3 config Secret seal snapshots only).
+            recipients: session.config().sealing.recipients.clone(),
         }),
     };
     etcdsnap_api::SnapshotName::parse(&etcdsnap_api::snapshot_file_name(
