@@ -211,7 +211,7 @@ pub(crate) mod tests {
         let (secret, public) = keypair();
         let (other_secret, other_public) = keypair();
         let recipients = Recipients::parse([format!("# ops\n{public}\n").as_str(), public.as_str()]).unwrap();
-        assert_eq!(recipients.names(), [public.clone()]);
+        assert_eq!(recipients.names(), std::slice::from_ref(&public));
         let sealed = recipients.seal(b"kit").unwrap();
         assert!(sealed.starts_with(AGE_MAGIC));
         let id = Identity::parse(&format!("# created: now\n{secret}\n")).unwrap();

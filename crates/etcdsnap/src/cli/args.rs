@@ -56,7 +56,7 @@ pub enum Command {
     /// integrity trailer. Exits non-zero if any check fails.
     Verify(VerifyArgs),
     /// Run beside an etcd member: scheduled snapshots, retention, metrics and health.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print the ETCDSnapshotFile CRD as YAML (or install it with --install).
     Crd(CrdArgs),
     /// Bring the ETCDSnapshotFile resources in line with storage: this node's, and the leader's

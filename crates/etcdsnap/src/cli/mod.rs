@@ -80,7 +80,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => commands::delete::run(a).await,
         Command::Prune(a) => commands::prune::run(a).await,
         Command::Verify(a) => commands::verify::run(a).await,
-        Command::Agent(a) => commands::agent::run(a).await,
+        Command::Agent(a) => commands::agent::run(*a).await,
         Command::Crd(a) => commands::crd::run(a).await,
         Command::Reconcile(a) => commands::reconcile::run(a).await,
         Command::Watch(a) => commands::watch::run(a).await,
