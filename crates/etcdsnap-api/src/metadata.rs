@@ -5,6 +5,7 @@
 
 use crate::crd::ETCDSnapshotS3;
 use crate::names::Compression;
+use crate::program::Program;
 use crate::seal::Sealed;
 use crate::token::TokenHash;
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,10 @@ pub struct MetadataDocument {
     /// written after the save, so a record's signature covers the record without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillResult>,
+    /// The program (`k3s` or `rke2`) whose names the S3 object's user metadata carries. Absent
+    /// for local copies and in records of earlier releases, which uploaded under K3s's names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<Program>,
 }
 
 /// When a snapshot was last drilled and how it ended.
@@ -227,6 +232,7 @@ mod tests {
                 at: jiff::Timestamp::from_second(1_700_000_100).unwrap_or_default(),
                 result: "passed".into(),
             }),
+            program: Some(Program::Rke2),
         }
     }
 
@@ -237,6 +243,7 @@ mod tests {
         let text = String::from_utf8_lossy(&json);
         assert!(text.contains("\"apiVersion\":\"etcdsnap.io/v1\""), "{text}");
         assert!(text.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""), "{text}");
+        assert!(text.contains("\"program\":\"rke2\""), "{text}");
         assert_eq!(parse_stored_metadata(&json, "a-n1-1700000000.zst"), Ok(StoredMetadata::Document(Box::new(d))));
     }
 

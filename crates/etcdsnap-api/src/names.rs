@@ -1,6 +1,6 @@
 //! Naming rules: snapshot file names, timestamps in names, CR object names, ConfigMap keys.
 
-use crate::consts::{LABEL_STORAGE_NODE, PART_SUFFIX, RECORD_SUFFIX, S3_STORAGE_NODE};
+use crate::consts::{PART_SUFFIX, RECORD_SUFFIX, S3_STORAGE_NODE};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -225,7 +225,7 @@ pub enum NodeNameError {
     #[error("the node name is empty")]
     Empty,
     #[error(
-        "node name {0:?} has more than 63 characters: it is the value of the label {LABEL_STORAGE_NODE} of its ETCDSnapshotFile resources, which Kubernetes limits to 63"
+        "node name {0:?} has more than 63 characters: it is the value of the storage-node label of its ETCDSnapshotFile resources, which Kubernetes limits to 63"
     )]
     TooLong(String),
     #[error(

@@ -20,6 +20,7 @@
 //!   snapshots it touched, S3 ones included (a new S3 resource is protected from the leader's
 //!   reconcile for a minute, like K3s does, so the two cannot flap).
 
+pub mod client;
 pub mod connect;
 pub mod convert;
 pub mod crd;
@@ -27,6 +28,7 @@ pub mod drills;
 pub mod events;
 pub mod extra_metadata;
 pub mod fence;
+pub mod instance;
 pub mod leader;
 pub mod lease;
 pub mod legacy;

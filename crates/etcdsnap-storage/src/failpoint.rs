@@ -1,5 +1,7 @@
 //! Named points in a save where the reliability suite (`tests/faults.rs`) stops the process, so
-//! it can kill it there with SIGKILL and prove that nothing half-written is ever published.
+//! it can kill it there with SIGKILL and prove that nothing half-written is ever published; and
+//! points in a leader's duties where the leadership tests (`tests/kubernetes/leadership.rs`)
+//! pause it with SIGSTOP, to prove that a leader whose term ended meanwhile writes nothing.
 //!
 //! A point is armed with `ETCDSNAP_FAILPOINT=<point>` (the process announces the point on stderr
 //! and waits until it is killed) or `ETCDSNAP_FAILPOINT=<point>=<ms>` (it waits that long and goes
@@ -47,6 +49,12 @@ pub const S3_AFTER_COMPLETE: &str = "s3-after-complete";
 pub const BEFORE_RESOURCES: &str = "before-resources";
 /// The resources are written; the process has not reported yet.
 pub const AFTER_RESOURCES: &str = "after-resources";
+
+/// A leader's drill of an S3 snapshot is over; its result is not kept yet (`agent/drills.rs`).
+pub const S3_DRILL_RESULT: &str = "s3-drill-result";
+/// A leader is about to say on a resource how far point-in-time recovery rolls forward
+/// (`agent/pitr.rs`).
+pub const ROLL_FORWARD_ANNOTATION: &str = "roll-forward-annotation";
 
 /// Bytes of the stream after which [`MID_STREAM`] fires.
 pub const MID_STREAM_BYTES: u64 = 20 << 20;

@@ -6,7 +6,7 @@
 use etcdsnap_api::consts::S3_STORAGE_NODE;
 use etcdsnap_api::metadata::{METADATA_API_VERSION, METADATA_KIND};
 use etcdsnap_api::{
-    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, Sealed, SnapshotName,
+    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, Program, Sealed, SnapshotName,
     StorageKind, TokenHash, configmap_key, cr_name,
 };
 use std::collections::BTreeMap;
@@ -67,6 +67,12 @@ pub struct SnapshotRecord {
     /// The last restore drill of this copy.
     pub drill: Option<DrillResult>,
     pub metadata_source: MetadataSource,
+    /// S3 copies: the program whose names the object's user metadata carries, when known.
+    pub program: Option<Program>,
+    /// S3 copies: the object's user metadata does not name its uploader under the cluster's
+    /// program (it was uploaded under the other program's names), so the server names its
+    /// resource after `s3` rather than the uploader, and so does etcdsnap.
+    pub uploader_unnamed: bool,
 }
 
 impl SnapshotRecord {
@@ -100,6 +106,8 @@ impl SnapshotRecord {
             encryption_config_sha256: None,
             drill: None,
             metadata_source: MetadataSource::None,
+            program: None,
+            uploader_unnamed: false,
         }
     }
 
@@ -134,7 +142,7 @@ impl SnapshotRecord {
         cr_name(CrNameInput {
             name: self.name.as_str(),
             storage: self.storage,
-            node_name: &self.node_name,
+            node_name: self.resource_node(),
             location: &self.location,
             created_unix: self.created_at.as_second(),
         })
@@ -143,6 +151,12 @@ impl SnapshotRecord {
     /// K3s's legacy ConfigMap key, also the identity used to match storage to resources.
     pub fn key(&self) -> String {
         configmap_key(self.name.as_str(), self.storage)
+    }
+
+    /// The node K3s names the resource after and records in `spec.nodeName` (`s3` for S3
+    /// copies when empty): the node that took it, unless the server cannot see the uploader.
+    pub fn resource_node(&self) -> &str {
+        if self.uploader_unnamed { "" } else { &self.node_name }
     }
 
     /// Value of the storage-node label: the node for local copies, `s3` for S3 copies.
@@ -173,6 +187,7 @@ impl SnapshotRecord {
             sealed: self.sealed.clone(),
             encryption_config_sha256: self.encryption_config_sha256.clone(),
             drill: self.drill.clone(),
+            program: self.program,
         }
     }
 
@@ -192,6 +207,7 @@ impl SnapshotRecord {
         self.sealed = doc.sealed;
         self.encryption_config_sha256 = doc.encryption_config_sha256;
         self.drill = doc.drill;
+        self.program = doc.program;
         self.metadata_source = MetadataSource::Document;
     }
 }

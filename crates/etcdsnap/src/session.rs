@@ -85,6 +85,8 @@ pub struct SessionConfig {
     /// The keys that open and check stored snapshots.
     pub keys: etcdsnap_storage::seal::OpenKeys,
     pub kube: ConnectOptions,
+    /// The Kubernetes duties' settings, and the program (`k3s` or `rke2`) whose names everything
+    /// carries: resources, ConfigMaps, Node annotations and the S3 user metadata.
     pub kube_settings: KubeSettings,
     pub kube_policy: KubePolicy,
 }
@@ -317,7 +319,7 @@ impl Session {
         let config = match s3_secret::load(&kube.client, &name).await {
             Ok(raw) => {
                 self.use_secret_recipients(kube, &raw, ctx);
-                raw.parse().map_err(|e| e.to_string())
+                raw.parse().map(|c| c.for_program(self.config.kube_settings.program)).map_err(|e| e.to_string())
             }
             Err(e) => Err(e.to_string()),
         };
@@ -420,5 +422,5 @@ fn flag_s3_config(config: &SessionConfig) -> Result<Option<S3Config>, StoreError
     if secret {
         tracing::warn!("ignoring the S3 config secret: S3 is configured by flags");
     }
-    Ok(Some(config.s3_flags.parse()?))
+    Ok(Some(config.s3_flags.parse()?.for_program(config.kube_settings.program)))
 }

@@ -823,7 +823,7 @@ async fn concurrent_saves_agents_and_reconciles_never_lose_or_duplicate_a_record
     let stored = world.assert_consistent("concurrent saves and reconciles").await?;
     let cm: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(world.api.client().await?, "kube-system");
     world.run(&["reconcile"]).await.expect_ok();
-    let legacy = cm.get(etcdsnap_api::consts::LEGACY_CONFIGMAP).await?;
+    let legacy = cm.get("k3s-etcd-snapshots").await?;
     assert_eq!(legacy.data.map(|d| d.len()), Some(stored.len()), "legacy ConfigMap entries != snapshots");
     world.assert_nothing_partial("concurrent saves").await?;
     world.assert_no_secrets(&[]);

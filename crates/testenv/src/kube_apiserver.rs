@@ -241,9 +241,11 @@ impl KubeApiServer {
         client_from_kubeconfig(&path).await
     }
 
-    /// Every request audited so far (ResponseComplete stage).
+    /// Every request audited so far (ResponseComplete stage). A log that cannot be read is an
+    /// error, never an empty list: tests that find no offending request in it must fail then.
     pub fn audit_events(&self) -> Result<Vec<AuditEvent>> {
-        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        let text = std::fs::read_to_string(&self.audit_log)
+            .map_err(|e| Error::io(format!("read the audit log {}", self.audit_log.display()), e))?;
         let mut events = Vec::new();
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {

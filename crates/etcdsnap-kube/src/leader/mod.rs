@@ -7,14 +7,18 @@
 //!   machine's wall clock) decides nothing, so clock skew cannot hand the Lease to a second node.
 //! - Renewal runs in the background ([`LeaderElector::run`]), independent of the work, every
 //!   retry period.
-//! - Every term has a deadline on the holder's own monotonic clock: the start of the last
-//!   successful renewal plus the renew deadline, which is shorter than the Lease duration. A
-//!   [`LeaderTerm`] is checked before every leader-only write and delete ([`LeaderTerm::check`]);
-//!   past the deadline, or once another holder is seen, the check fails and the term's token is
+//! - Every term has a deadline on the holder's own boot clock: the start of the last successful
+//!   renewal plus the renew deadline, which is shorter than the Lease duration. A [`LeaderTerm`]
+//!   is checked before every leader-only write and delete ([`LeaderTerm::check`]); past the
+//!   deadline, or once another holder is seen, the check fails and the term's token is
 //!   cancelled, so the running pass stops. Others can take over no earlier than the Lease
 //!   duration after that renewal started: the difference is the margin for a write already on
-//!   the wire. A process paused by SIGSTOP finds its deadline passed when it resumes (the
-//!   monotonic clock runs on while it is stopped).
+//!   the wire. A process paused by SIGSTOP, or on a machine that was suspended, finds its
+//!   deadline passed when it runs again (the boot clock counts both; `fence.rs` says what no
+//!   clock of the machine can see).
+//! - Identities are unique per process: an agent's is its node name and its instance
+//!   ([`crate::instance`]), so a second process with the same node name is another holder and
+//!   can never renew the first one's term.
 //! - Every write carries the resourceVersion it was computed from, so two candidates that try at
 //!   once cannot both win: the loser gets a 409.
 //!
@@ -49,13 +53,35 @@ pub const LEADER_LEASE: &str = "etcdsnap-leader";
 /// works and releases it when done.
 pub const COMMAND_LEADER_DURATION: Duration = Duration::from_secs(60);
 
-fn leases(client: &Client) -> Api<Lease> {
-    Api::namespaced(client.clone(), SYSTEM_NAMESPACE)
+/// Which Lease an election is about: the leader Lease, or a node's own Lease
+/// ([`crate::instance`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub namespace: String,
+    pub name: String,
 }
 
-fn lease_path() -> String {
-    format!("lease {SYSTEM_NAMESPACE}/{LEADER_LEASE}")
+impl LeaseRef {
+    pub fn leader() -> LeaseRef {
+        LeaseRef { namespace: SYSTEM_NAMESPACE.into(), name: LEADER_LEASE.into() }
+    }
 }
+
+impl std::fmt::Display for LeaseRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lease {}/{}", self.namespace, self.name)
+    }
+}
+
+/// The node part of a holder identity: an agent's identity is `<node>/<instance>`, a one-shot
+/// command's `<node>/reconcile-<pid>`, an earlier release's the node name alone.
+pub fn holder_node(holder: &str) -> &str {
+    holder.split_once('/').map_or(holder, |(node, _)| node)
+}
+
+/// Tells the election that a holder is known to be gone (a process of this machine that no
+/// longer exists), so its Lease can be taken over at once instead of after its duration.
+pub type GoneHolder = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Who leads, as this candidate sees it after a round.
 #[derive(Debug, Clone)]
@@ -76,16 +102,46 @@ impl Role {
 /// One candidate in the election.
 pub struct LeaderElector {
     client: Client,
+    lease: LeaseRef,
     identity: String,
+    gone: Option<GoneHolder>,
     timing: Timing,
     observed: Option<Observation>,
     term: Option<LeaderTerm>,
 }
 
 impl LeaderElector {
-    /// `identity` names this process in the Lease: the node name for agents.
+    /// A candidate for the leader Lease. `identity` names this process in the Lease and must be
+    /// unique to it (an agent's is [`crate::instance::Instance::identity`]).
     pub fn new(client: Client, identity: &str, timing: Timing) -> LeaderElector {
-        LeaderElector { client, identity: identity.to_string(), timing, observed: None, term: None }
+        LeaderElector::on_lease(client, LeaseRef::leader(), identity, timing)
+    }
+
+    /// A candidate for any Lease, under the same rules.
+    pub fn on_lease(client: Client, lease: LeaseRef, identity: &str, timing: Timing) -> LeaderElector {
+        LeaderElector { client, lease, identity: identity.to_string(), gone: None, timing, observed: None, term: None }
+    }
+
+    /// Holders for which `gone` says so are taken over at once.
+    pub fn with_gone_holders(mut self, gone: GoneHolder) -> LeaderElector {
+        self.gone = Some(gone);
+        self
+    }
+
+    pub fn lease(&self) -> &LeaseRef {
+        &self.lease
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn leases(&self) -> Api<Lease> {
+        Api::namespaced(self.client.clone(), &self.lease.namespace)
+    }
+
+    fn lease_path(&self) -> String {
+        self.lease.to_string()
     }
 
     pub fn identity(&self) -> &str {
@@ -99,15 +155,23 @@ impl LeaderElector {
     /// One look at the Lease, and at most one write: takes or renews it when the rules allow.
     pub async fn round(&mut self) -> Result<Role, ApiError> {
         let started = Instant::now();
-        let api = leases(&self.client);
-        let existing = match api.get_opt(LEADER_LEASE).await {
+        let started_boot = etcdsnap_storage::clock::since_boot();
+        let api = self.leases();
+        let name = self.lease.name.clone();
+        let existing = match api.get_opt(&name).await {
             Ok(lease) => lease,
             Err(e) => {
                 self.end_term_if_expired();
-                return Err(ApiError::new("get", lease_path())(e));
+                return Err(ApiError::new("get", self.lease_path())(e));
             }
         };
-        let (decision, observed) = decide(existing.as_ref(), &self.identity, self.observed.as_ref(), started);
+        let (mut decision, observed) = decide(existing.as_ref(), &self.identity, self.observed.as_ref(), started);
+        if let (Decision::Wait { holder, .. }, Some(gone)) = (&decision, &self.gone)
+            && gone(holder)
+        {
+            tracing::info!(holder = %holder, lease = %self.lease, "the holder's process is gone from this machine: taking its lease over at once");
+            decision = Decision::TakeOver;
+        }
         self.observed = observed;
         let written = match decision {
             Decision::Wait { holder, .. } => {
@@ -117,8 +181,8 @@ impl LeaderElector {
             Decision::Create => {
                 let lease = Lease {
                     metadata: ObjectMeta {
-                        name: Some(LEADER_LEASE.into()),
-                        namespace: Some(SYSTEM_NAMESPACE.into()),
+                        name: Some(name.clone()),
+                        namespace: Some(self.lease.namespace.clone()),
                         ..Default::default()
                     },
                     spec: Some(self.spec(None)),
@@ -130,20 +194,22 @@ impl LeaderElector {
                     return Ok(Role::Follower { holder: String::new() });
                 };
                 lease.spec = Some(self.spec(lease.spec.take()));
-                api.replace(LEADER_LEASE, &PostParams::default(), &lease).await
+                api.replace(&name, &PostParams::default(), &lease).await
             }
         };
         match written {
             Ok(lease) => {
                 self.observed = Some(Observation::of(&lease, started));
-                let valid_until = started + self.timing.renew_deadline;
+                let deadline = started_boot + self.timing.renew_deadline;
                 let term = match &self.term {
-                    Some(term) if !term.ended().is_cancelled() && Instant::now() < term.valid_until() => {
-                        term.extend(valid_until);
+                    Some(term) if term.check().is_ok() => {
+                        term.extend(deadline);
                         term.clone()
                     }
                     _ => {
-                        let term = LeaderTerm::start(&self.identity, valid_until);
+                        // A term that lapsed stays over: its work stopped, and a new term starts.
+                        self.end_term();
+                        let term = LeaderTerm::start(&self.identity, deadline);
                         self.term = Some(term.clone());
                         term
                     }
@@ -154,7 +220,7 @@ impl LeaderElector {
             Err(e) if status_is(&e, |s| s.is_conflict() || s.is_already_exists()) => {
                 self.end_term();
                 let holder = api
-                    .get_opt(LEADER_LEASE)
+                    .get_opt(&name)
                     .await
                     .ok()
                     .flatten()
@@ -165,7 +231,7 @@ impl LeaderElector {
             }
             Err(e) => {
                 self.end_term_if_expired();
-                Err(ApiError::new("write", lease_path())(e))
+                Err(ApiError::new("write", self.lease_path())(e))
             }
         }
     }
@@ -191,7 +257,7 @@ impl LeaderElector {
     }
 
     fn end_term_if_expired(&mut self) {
-        if self.term.as_ref().is_some_and(|t| Instant::now() >= t.valid_until()) {
+        if self.term.as_ref().is_some_and(LeaderTerm::expired) {
             self.end_term();
         }
     }
@@ -213,7 +279,8 @@ impl LeaderElector {
                 None => {
                     tracing::info!(
                         holder = %holder,
-                        "leader lease held by {holder}; watching it for up to {:?} to see whether its holder is alive",
+                        "{} held by {holder}; watching it for up to {:?} to see whether its holder is alive",
+                        self.lease,
                         remaining.min(max_wait)
                     );
                     first = Some(version);
@@ -241,10 +308,10 @@ impl LeaderElector {
             if std::mem::take(&mut wait_first) && self.pause(&stop, &leading).await.is_break() {
                 break;
             }
-            let deadline = self.term.as_ref().map(LeaderTerm::valid_until);
+            let deadline = self.term.as_ref().map(LeaderTerm::remaining);
             let step = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = sleep_until(deadline) => None,
+                _ = sleep_for(deadline) => None,
                 result = tokio::time::timeout(bound, self.round()) => Some(result),
             };
             match step {
@@ -275,13 +342,21 @@ impl LeaderElector {
         leading: &watch::Sender<Option<LeaderTerm>>,
     ) -> std::ops::ControlFlow<()> {
         let pause = self.timing.retry_period + etcdsnap_storage::retry::jitter(self.timing.retry_period / 5);
-        let deadline = self.term.as_ref().map(LeaderTerm::valid_until);
+        let deadline = self.term.as_ref().map(LeaderTerm::remaining);
+        let before = etcdsnap_storage::clock::since_boot();
         let expired = tokio::select! {
             _ = stop.cancelled() => return std::ops::ControlFlow::Break(()),
-            _ = sleep_until(deadline) => true,
+            _ = sleep_for(deadline) => true,
             _ = tokio::time::sleep(pause) => false,
         };
-        if expired {
+        // A pause that took far longer than asked: the process was stopped or the machine
+        // suspended (tokio's timer does not count a suspend, the boot clock does). The term
+        // ends if its deadline passed meanwhile, and the next round reads the Lease afresh.
+        let took = etcdsnap_storage::clock::since_boot().saturating_sub(before);
+        if took > pause + self.timing.retry_period {
+            tracing::warn!(lease = %self.lease, "the election did not run for {took:?} (process stopped or machine suspended)");
+        }
+        if expired || self.term.as_ref().is_some_and(LeaderTerm::expired) {
             self.end_term();
             self.publish(leading);
         }
@@ -306,8 +381,9 @@ impl LeaderElector {
     /// Gives the Lease up (only if this identity holds it), so another node can lead at once.
     pub async fn release(&mut self) -> Result<(), ApiError> {
         self.end_term();
-        let api = leases(&self.client);
-        let Some(mut lease) = api.get_opt(LEADER_LEASE).await.map_err(ApiError::new("get", lease_path()))? else {
+        let api = self.leases();
+        let name = self.lease.name.clone();
+        let Some(mut lease) = api.get_opt(&name).await.map_err(ApiError::new("get", self.lease_path()))? else {
             return Ok(());
         };
         let mut spec = lease.spec.take().unwrap_or_default();
@@ -317,17 +393,29 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         lease.spec = Some(spec);
-        match api.replace(LEADER_LEASE, &PostParams::default(), &lease).await {
+        match api.replace(&name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(()),
             Err(e) if status_is(&e, |s| s.is_conflict()) => Ok(()),
-            Err(e) => Err(ApiError::new("release", lease_path())(e)),
+            Err(e) => Err(ApiError::new("release", self.lease_path())(e)),
         }
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+async fn sleep_for(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_of_a_holder_is_what_comes_before_the_first_slash() {
+        assert_eq!(holder_node("node-a/host.7.1a2b3c4d.9f8e7d6c"), "node-a");
+        assert_eq!(holder_node("node-a/reconcile-42"), "node-a");
+        assert_eq!(holder_node("node-a"), "node-a");
     }
 }

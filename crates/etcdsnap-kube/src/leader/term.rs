@@ -1,14 +1,18 @@
 //! A leader's term: cloned into every task that does leader-only work, checked right before each
-//! of its writes, and ended (its token cancelled) at its deadline on the holder's own monotonic
-//! clock or as soon as the elector sees another holder. The elector (`leader/mod.rs`) starts a
-//! term when it takes the Lease and moves its deadline forward on every successful renewal.
+//! of its writes, and ended (its token cancelled) at its deadline or as soon as the elector sees
+//! another holder. The elector (`leader/mod.rs`) starts a term when it takes the Lease and moves
+//! its deadline forward on every successful renewal.
+//!
+//! The deadline is on the boot clock ([`etcdsnap_storage::clock::since_boot`]), which runs on
+//! while the process is stopped (SIGSTOP) and while the machine is suspended: a leader that runs
+//! again after either finds its term over before it makes any other request.
 
 use super::LEADER_LEASE;
 use etcdsnap_api::consts::SYSTEM_NAMESPACE;
+use etcdsnap_storage::clock::since_boot;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Why a leader-only write was not made.
@@ -29,39 +33,53 @@ pub struct LeaderTerm(Arc<TermState>);
 #[derive(Debug)]
 struct TermState {
     identity: String,
-    started: Instant,
-    /// The deadline, as nanoseconds after `started` (lock-free, only ever moved forward).
-    valid_for_nanos: AtomicU64,
+    /// The deadline, as nanoseconds since boot (lock-free, only ever moved forward).
+    deadline_nanos: AtomicU64,
     ended: CancellationToken,
 }
 
+/// How soon [`LeaderTerm::during`] notices a deadline that passed while the process or the
+/// machine was stopped (an end by the elector is noticed at once).
+const DURING_POLL: Duration = Duration::from_secs(1);
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
 impl LeaderTerm {
-    pub(super) fn start(identity: &str, valid_until: Instant) -> LeaderTerm {
-        let started = Instant::now();
-        let term = LeaderTerm(Arc::new(TermState {
+    /// A term of `identity` lasting until `deadline` on the boot clock.
+    pub(super) fn start(identity: &str, deadline: Duration) -> LeaderTerm {
+        LeaderTerm(Arc::new(TermState {
             identity: identity.to_string(),
-            started,
-            valid_for_nanos: AtomicU64::new(0),
+            deadline_nanos: AtomicU64::new(nanos(deadline)),
             ended: CancellationToken::new(),
-        }));
-        term.extend(valid_until);
-        term
+        }))
     }
 
     /// A term that is valid until `valid_for` from now and never renewed: for tests and for
     /// callers that hold leadership by other means.
     pub fn fixed(identity: &str, valid_for: Duration) -> LeaderTerm {
-        LeaderTerm::start(identity, Instant::now() + valid_for)
+        LeaderTerm::start(identity, since_boot() + valid_for)
     }
 
-    pub(super) fn extend(&self, valid_until: Instant) {
-        let nanos = valid_until.saturating_duration_since(self.0.started).as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.0.valid_for_nanos.fetch_max(nanos, Ordering::SeqCst);
+    /// Moves the deadline to `deadline` (on the boot clock) if that is later.
+    pub(super) fn extend(&self, deadline: Duration) {
+        self.0.deadline_nanos.fetch_max(nanos(deadline), Ordering::SeqCst);
     }
 
-    /// Until when this term lasts unless renewed.
-    pub fn valid_until(&self) -> Instant {
-        self.0.started + Duration::from_nanos(self.0.valid_for_nanos.load(Ordering::SeqCst))
+    /// The deadline on the boot clock.
+    fn deadline(&self) -> Duration {
+        Duration::from_nanos(self.0.deadline_nanos.load(Ordering::SeqCst))
+    }
+
+    /// How long this term lasts unless renewed (zero once its deadline passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline().saturating_sub(since_boot())
+    }
+
+    /// Whether the deadline passed (whether or not the term was ended yet).
+    pub(super) fn expired(&self) -> bool {
+        since_boot() >= self.deadline()
     }
 
     pub fn identity(&self) -> &str {
@@ -73,7 +91,7 @@ impl LeaderTerm {
         if self.0.ended.is_cancelled() {
             return Err(self.lost("another holder was seen, or the elector stopped"));
         }
-        if Instant::now() >= self.valid_until() {
+        if self.expired() {
             self.0.ended.cancel();
             return Err(self.lost("not renewed within the renew deadline"));
         }
@@ -95,6 +113,31 @@ impl LeaderTerm {
     /// Cancelled when the term ends: the work done under it stops.
     pub fn ended(&self) -> &CancellationToken {
         &self.0.ended
+    }
+
+    /// Resolves when the term is over: ended by the elector, or its deadline passed. Tasks that
+    /// wait on this stop within `poll` of a deadline that passed while the process or the
+    /// machine was stopped (tokio's timers do not count a suspend; the check does).
+    pub async fn over(&self, poll: Duration) {
+        while self.check().is_ok() {
+            tokio::select! {
+                () = self.0.ended.cancelled() => return,
+                () = tokio::time::sleep(self.remaining().min(poll)) => {}
+            }
+        }
+    }
+
+    /// Runs `work`, a leader-only request that does not go through the fenced connection (an S3
+    /// write), only if the term lasts, and cuts it off (drops it, closing its connection) if the
+    /// term ends before it is done. A request already written to the socket before a pause is
+    /// not taken back (`fence.rs`).
+    pub async fn during<F: Future>(&self, work: F) -> Result<F::Output, LeadershipLost> {
+        self.check()?;
+        tokio::select! {
+            biased;
+            () = self.over(DURING_POLL) => Err(self.reason()),
+            out = work => Ok(out),
+        }
     }
 
     pub(super) fn end(&self) {
@@ -124,12 +167,46 @@ mod tests {
     #[test]
     fn a_term_is_extended_only_forward() {
         let term = LeaderTerm::fixed("a", Duration::from_secs(10));
-        let until = term.valid_until();
+        let until = term.deadline();
         term.extend(until - Duration::from_secs(5));
-        assert_eq!(term.valid_until(), until);
+        assert_eq!(term.deadline(), until);
         term.extend(until + Duration::from_secs(5));
-        assert_eq!(term.valid_until(), until + Duration::from_secs(5));
+        assert_eq!(term.deadline(), until + Duration::from_secs(5));
+        assert!(term.remaining() > Duration::from_secs(14));
         term.end();
         assert!(term.check().unwrap_err().to_string().contains("another holder"));
+    }
+
+    #[tokio::test]
+    async fn work_during_a_term_is_cut_off_when_the_term_ends() {
+        let term = LeaderTerm::fixed("a", Duration::from_secs(60));
+        assert_eq!(term.during(async { 7 }).await.unwrap(), 7);
+        let ending = term.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            ending.end();
+        });
+        let started = std::time::Instant::now();
+        let cut = term.during(tokio::time::sleep(Duration::from_secs(30))).await;
+        assert!(cut.unwrap_err().to_string().contains("another holder"));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let refused = term.during(async { ran.store(true, Ordering::SeqCst) }).await;
+        assert!(refused.is_err() && !ran.load(Ordering::SeqCst), "work ran after the term");
+    }
+
+    #[tokio::test]
+    async fn a_term_is_over_at_its_deadline_or_when_ended() {
+        let term = LeaderTerm::fixed("a", Duration::from_millis(80));
+        let started = std::time::Instant::now();
+        term.over(Duration::from_secs(1)).await;
+        assert!(started.elapsed() >= Duration::from_millis(80));
+        let term = LeaderTerm::fixed("a", Duration::from_secs(60));
+        let ending = term.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            ending.end();
+        });
+        tokio::time::timeout(Duration::from_secs(5), term.over(Duration::from_secs(1))).await.unwrap();
     }
 }

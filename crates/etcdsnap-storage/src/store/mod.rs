@@ -143,6 +143,11 @@ pub trait SnapshotSink: Send {
     /// `file:///...` or `s3://bucket/key` the snapshot will have once committed.
     fn location(&self) -> String;
     fn storage(&self) -> StorageKind;
+    /// The program the committed record names (an S3 record says whose names its object's user
+    /// metadata carries), so that a signature is made over the record as it is stored.
+    fn program(&self) -> Option<etcdsnap_api::Program> {
+        None
+    }
 }
 
 /// Stored bytes of one snapshot, streamed.

@@ -1,6 +1,7 @@
 //! The soak's agents: one `etcdsnap agent` process per node, restarted after a kill, with its
 //! log appended across restarts and its memory and open files sampled over each life.
 
+use crate::fds::{self, Kinds, Peers};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,14 +19,18 @@ pub struct Fleet {
     pub s3_endpoint: String,
     pub access_key: String,
     pub secret_key: String,
+    /// The servers, to tell the agents' sockets apart.
+    pub peers: Peers,
 }
 
 /// One sample of a running agent.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sample {
     pub at: Duration,
     pub rss_kib: u64,
     pub fds: u64,
+    /// The open files by kind ([`fds::classify`]).
+    pub kinds: Kinds,
 }
 
 /// One process lifetime of an agent.
@@ -41,13 +46,22 @@ pub struct Agent {
     pub log: PathBuf,
     child: Option<std::process::Child>,
     pub lives: Vec<Life>,
+    peers: Peers,
 }
 
 impl Agent {
     pub fn new(node: &'static str, endpoint: String, work: &Path) -> anyhow::Result<Agent> {
         let dir = work.join(node);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        Ok(Agent { node, endpoint, log: dir.join("agent.log"), dir, child: None, lives: Vec::new() })
+        Ok(Agent {
+            node,
+            endpoint,
+            log: dir.join("agent.log"),
+            dir,
+            child: None,
+            lives: Vec::new(),
+            peers: Peers::default(),
+        })
     }
 
     pub fn snapshot_dir(&self) -> PathBuf {
@@ -101,6 +115,7 @@ impl Agent {
             .spawn()
             .with_context(|| format!("start the agent of {}", self.node))?;
         self.child = Some(child);
+        self.peers = fleet.peers.clone();
         self.lives.push(Life::default());
         self.sample(since);
         Ok(())
@@ -141,7 +156,7 @@ impl Agent {
         }
     }
 
-    /// Records the process's resident memory and open file count (Linux /proc).
+    /// Records the process's resident memory and open files (Linux /proc).
     pub fn sample(&mut self, since: Instant) {
         let Some(pid) = self.pid() else { return };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -150,12 +165,19 @@ impl Agent {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+        let kinds = fds::classify(pid, &self.peers);
+        let fds = kinds.values().sum();
         if rss_kib > 0
             && let Some(life) = self.lives.last_mut()
         {
-            life.samples.push(Sample { at: since.elapsed(), rss_kib, fds });
+            life.samples.push(Sample { at: since.elapsed(), rss_kib, fds, kinds });
         }
+    }
+
+    /// The open files of the running agent by kind, as last sampled.
+    pub fn open_files(&self) -> Option<&Kinds> {
+        self.child.as_ref()?;
+        self.lives.last()?.samples.last().map(|s| &s.kinds)
     }
 
     pub fn log_text(&self) -> String {

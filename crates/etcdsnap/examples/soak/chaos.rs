@@ -23,7 +23,35 @@ pub enum Kind {
     KillEtcdLeader,
 }
 
-const KINDS: [Kind; 5] = [Kind::PauseAgent, Kind::KillAgent, Kind::RestartApiServer, Kind::CutS3, Kind::KillEtcdLeader];
+pub const KINDS: [Kind; 5] =
+    [Kind::PauseAgent, Kind::KillAgent, Kind::RestartApiServer, Kind::CutS3, Kind::KillEtcdLeader];
+
+impl Kind {
+    /// The name `SOAK_FAULTS` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::PauseAgent => "pause-agent",
+            Kind::KillAgent => "kill-agent",
+            Kind::RestartApiServer => "restart-api-server",
+            Kind::CutS3 => "cut-s3",
+            Kind::KillEtcdLeader => "kill-etcd-leader",
+        }
+    }
+
+    /// The kinds named in a comma-separated list (`SOAK_FAULTS`).
+    pub fn parse_list(list: &str) -> anyhow::Result<Vec<Kind>> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                KINDS.into_iter().find(|k| k.name() == n).ok_or_else(|| {
+                    let known: Vec<&str> = KINDS.iter().map(|k| k.name()).collect();
+                    anyhow::anyhow!("SOAK_FAULTS: unknown fault {n:?} (known: {})", known.join(", "))
+                })
+            })
+            .collect()
+    }
+}
 
 /// Everything the driver may break.
 pub struct World<'a> {
@@ -46,18 +74,30 @@ impl World<'_> {
             tokio::time::sleep((end - Instant::now()).min(Duration::from_secs(5))).await;
         }
     }
+
+    /// Logs every running agent's open files by kind.
+    pub fn log_open_files(&self) {
+        let at = self.started.elapsed().as_secs();
+        for a in self.agents.iter() {
+            if let Some(kinds) = a.open_files() {
+                eprintln!("soak: t={at}s open files of {}: {}", a.node, crate::fds::summary(kinds));
+            }
+        }
+    }
 }
 
 pub struct Chaos {
     rng: StdRng,
+    /// The kinds of fault to choose from.
+    kinds: Vec<Kind>,
     pub injected: BTreeMap<Kind, u32>,
     /// One line per fault, for the run's log.
     pub journal: Vec<String>,
 }
 
 impl Chaos {
-    pub fn new(seed: u64) -> Chaos {
-        Chaos { rng: StdRng::seed_from_u64(seed), injected: BTreeMap::new(), journal: Vec::new() }
+    pub fn new(seed: u64, kinds: Vec<Kind>) -> Chaos {
+        Chaos { rng: StdRng::seed_from_u64(seed), kinds, injected: BTreeMap::new(), journal: Vec::new() }
     }
 
     /// Injects faults until `until`, with 5–30 s of calm between them.
@@ -65,10 +105,12 @@ impl Chaos {
         while Instant::now() < until {
             let calm = Duration::from_secs(self.rng.random_range(5..=30));
             world.sleep_sampling(calm).await;
+            // What the last fault and the calm after it left open.
+            world.log_open_files();
             if Instant::now() >= until {
                 break;
             }
-            let kind = KINDS[self.rng.random_range(0..KINDS.len())];
+            let kind = self.kinds[self.rng.random_range(0..self.kinds.len())];
             self.inject(world, kind).await?;
         }
         Ok(())
@@ -135,8 +177,10 @@ impl Chaos {
     }
 }
 
+/// The node of the leader Lease's holder (an agent holds it as `<node>/<instance>`).
 async fn leader_holder(client: &kube::Client) -> Option<String> {
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(client.clone(), "kube-system");
-    leases.get_opt("etcdsnap-leader").await.ok()??.spec?.holder_identity
+    let holder = leases.get_opt("etcdsnap-leader").await.ok()??.spec?.holder_identity?;
+    Some(etcdsnap_kube::leader::holder_node(&holder).to_string())
 }

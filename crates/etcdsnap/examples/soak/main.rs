@@ -5,11 +5,14 @@
 //! agents stop, and the servers are read directly to judge the invariants (see `check.rs`).
 //!
 //! Environment: `ETCDSNAP_BIN` (the binary under test, required), `SOAK_MINUTES` (30),
-//! `SOAK_SEED` (random, printed), `SOAK_REPORT` (a JSON report file, optional).
+//! `SOAK_SEED` (random, printed), `SOAK_REPORT` (a JSON report file, optional), `SOAK_FAULTS`
+//! (the kinds of fault to inject, comma-separated, e.g. `cut-s3,kill-etcd-leader`; all by
+//! default: narrows a soak down to one fault when looking for what a fault leaves behind).
 
 mod agents;
 mod chaos;
 mod check;
+mod fds;
 mod report;
 
 use agents::{Agent, BUCKET, Fleet, NODES};
@@ -25,6 +28,7 @@ struct Options {
     minutes: u64,
     seed: u64,
     report: Option<std::path::PathBuf>,
+    faults: Vec<chaos::Kind>,
 }
 
 impl Options {
@@ -38,14 +42,21 @@ impl Options {
             Ok(s) => s.parse().context("SOAK_SEED must be a whole number")?,
             Err(_) => rand::random(),
         };
-        Ok(Options { bin: bin.into(), minutes, seed, report: std::env::var_os("SOAK_REPORT").map(Into::into) })
+        let faults = match std::env::var("SOAK_FAULTS") {
+            Ok(list) if !list.trim().is_empty() => chaos::Kind::parse_list(&list)?,
+            _ => chaos::KINDS.to_vec(),
+        };
+        anyhow::ensure!(!faults.is_empty(), "SOAK_FAULTS names no fault");
+        let report = std::env::var_os("SOAK_REPORT").map(Into::into);
+        Ok(Options { bin: bin.into(), minutes, seed, report, faults })
     }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let opts = Options::from_env()?;
-    eprintln!("soak: seed {} for {} minutes", opts.seed, opts.minutes);
+    let faults: Vec<&str> = opts.faults.iter().map(|k| k.name()).collect();
+    eprintln!("soak: seed {} for {} minutes, faults: {}", opts.seed, opts.minutes, faults.join(" "));
     let mut etcd = Etcd::cluster(3).await?;
     let mut api = KubeApiServer::start(&etcd).await?;
     let s3 = S3Server::start().await?;
@@ -58,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         s3_endpoint: proxy.addr().to_string(),
         access_key: s3.access_key().to_string(),
         secret_key: s3.secret_key().to_string(),
+        peers: fds::Peers::new(&etcd.endpoints(), api.url(), &proxy.addr().to_string()),
     };
     let endpoints = etcd.endpoints();
     let mut agents: Vec<Agent> = NODES
@@ -72,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     let workload = tokio::spawn(workload(etcd.client().await?));
 
     let chaos_end = started + Duration::from_secs(opts.minutes * 60).saturating_sub(SETTLE);
-    let mut chaos = chaos::Chaos::new(opts.seed);
+    let mut chaos = chaos::Chaos::new(opts.seed, opts.faults.clone());
     let mut world =
         chaos::World { etcd: &mut etcd, api: &mut api, proxy: &proxy, agents: &mut agents, fleet: &fleet, started };
     chaos.run(&mut world, chaos_end).await?;

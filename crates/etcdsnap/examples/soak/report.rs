@@ -5,6 +5,7 @@ use crate::Options;
 use crate::agents::{Agent, Life, Sample};
 use crate::chaos::Chaos;
 use crate::check::Verdict;
+use crate::fds::{self, Kinds};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ fn saves(agent: &Agent) -> Saves {
 /// Memory and open files over one agent's longest life: early (minutes 3–6 of it, once the
 /// allocator and connection pools are warm) against late (its last 2 minutes), medians of 5 s
 /// samples.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Footprint {
     life: Duration,
     rss_early_kib: u64,
@@ -53,6 +54,8 @@ struct Footprint {
     fds_early: u64,
     fds_late: u64,
     fds_max: u64,
+    /// The open files by kind at the last sample of that life.
+    kinds_late: Kinds,
 }
 
 impl Footprint {
@@ -70,6 +73,7 @@ impl Footprint {
             fds_early: median(early.iter().map(|s| s.fds))?,
             fds_late: median(late.iter().map(|s| s.fds))?,
             fds_max: life.samples.iter().map(|s| s.fds).max()?,
+            kinds_late: life.samples.last()?.kinds.clone(),
         })
     }
 
@@ -175,6 +179,12 @@ impl Report {
             };
             out += &format!("| {node} | {} | {} | {} | {lives} | {rss} | {fds} |\n", s.complete, s.partial, s.failed);
         }
+        out += "\nOpen files at the end of each agent's longest life:\n";
+        for (node, f) in &self.footprints {
+            if let Some(f) = f {
+                out += &format!("- {node}: {}\n", fds::summary(&f.kinds_late));
+            }
+        }
         let faults: Vec<String> = self.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
         out += &format!(
             "\nFaults injected: {} ({}).\nAt the end: {} local and {} S3 snapshots, {} resources ({} of failed saves), {} snapshots verified ({} failed).\nInvariant violations: {}.\n",
@@ -203,7 +213,7 @@ impl Report {
                 "node": n, "complete": s.complete, "partial": s.partial, "failed": s.failed, "lives": lives,
             })).collect::<Vec<_>>(),
             "footprints": self.footprints.iter().map(|(n, f)| serde_json::json!({
-                "node": n, "footprint": f.map(|f| format!("{f:?}")), "flat": f.map(|f| f.flat()),
+                "node": n, "footprint": f.as_ref().map(|f| format!("{f:?}")), "flat": f.as_ref().map(Footprint::flat),
             })).collect::<Vec<_>>(),
             "faults": self.faults,
             "journal": self.journal,

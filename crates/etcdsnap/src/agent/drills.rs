@@ -3,7 +3,13 @@
 //! snapshot of each store (the one a restore would pick) and one older snapshot in turn, so
 //! every retained snapshot is drilled within its retention. SIGTERM stops a drill at once; its
 //! private etcd is killed and its scratch directory removed.
+//!
+//! Drills of S3 snapshots run under the leader term they were picked in: the end of the term
+//! stops them like SIGTERM does, and their results are kept (the S3 record, the resource)
+//! through the term's fenced connection, checked right before each write, so a leader that lost
+//! its term writes none of them.
 
+use super::kube_duties::LeaderKube;
 use super::metrics::Metrics;
 use super::schedule::Schedule;
 use crate::drill::{self, DrillOptions, DrillReport};
@@ -47,13 +53,17 @@ pub fn pick(mut records: Vec<SnapshotRecord>, run: usize, interval: Duration) ->
     picked
 }
 
-/// Runs drills on `settings.schedule` until `stop`. `leading` says whether this node leads now
-/// (S3 snapshots are the leader's to drill).
+/// How soon a drill of an S3 snapshot notices that its term's deadline passed while the
+/// process or the machine was stopped (the term's own end is noticed at once).
+const TERM_POLL: Duration = Duration::from_secs(1);
+
+/// Runs drills on `settings.schedule` until `stop`. `leader` gives the current leader term and
+/// its fenced connection, if this node leads now (S3 snapshots are the leader's to drill).
 pub async fn drill_loop(
     session: Arc<Session>,
     settings: DrillSettings,
     metrics: Arc<Metrics>,
-    leading: impl Fn() -> bool,
+    leader: impl Fn() -> Option<LeaderKube>,
     stop: CancellationToken,
 ) {
     let mut run = 0usize;
@@ -64,18 +74,37 @@ pub async fn drill_loop(
             _ = tokio::time::sleep(wait) => {}
         }
         let interval = settings.schedule.interval().unwrap_or(Duration::from_secs(86_400));
-        let sources = select(&session, leading(), run, interval).await;
+        let lead = leader();
+        let sources = select(&session, lead.is_some(), run, interval).await;
         run = run.wrapping_add(1);
         for source in sources {
+            // An S3 snapshot is drilled under the term it was picked in, or not at all.
+            let term = lead.as_ref().filter(|_| source.record.storage == StorageKind::S3);
+            if let Some(lost) = term.and_then(|l| l.term.check().err()) {
+                tracing::info!(snapshot = %source.record.name, "S3 drill skipped: {lost}");
+                continue;
+            }
             let report = tokio::select! {
                 _ = stop.cancelled() => {
                     tracing::info!(snapshot = %source.record.name, "drill stopped by shutdown");
                     return;
                 }
+                _ = term_over(term) => {
+                    tracing::info!(snapshot = %source.record.name, "S3 drill stopped: this agent's leader term ended; the next leader drills S3");
+                    continue;
+                }
                 r = drill::drill(&source, &settings.options, None) => r,
             };
-            record(&session, &metrics, &source, &report).await;
+            record(&session, &metrics, &source, &report, term).await;
         }
+    }
+}
+
+/// Resolves when `lead`'s term is over; never without one.
+async fn term_over(lead: Option<&LeaderKube>) {
+    match lead {
+        Some(l) => l.term.over(TERM_POLL).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -104,8 +133,15 @@ async fn select(session: &Session, leading: bool, run: usize, interval: Duration
     sources
 }
 
-/// The result into the log, the metrics and the snapshot's resource.
-async fn record(session: &Session, metrics: &Metrics, source: &SnapshotSource, report: &DrillReport) {
+/// The result into the log, the metrics, the snapshot's record and its resource: for an S3
+/// snapshot (`lead`), through the term's fenced connection and only while the term lasts.
+async fn record(
+    session: &Session,
+    metrics: &Metrics,
+    source: &SnapshotSource,
+    report: &DrillReport,
+    lead: Option<&LeaderKube>,
+) {
     let name = &report.record.name;
     if let Some(why) = report.not_compared.as_ref().filter(|_| report.passed()) {
         tracing::info!(snapshot = %name, level = ?report.level, seconds = report.duration.as_secs(), "restore drill: nothing failed, but the contents were not compared: {why}");
@@ -115,8 +151,15 @@ async fn record(session: &Session, metrics: &Metrics, source: &SnapshotSource, r
         tracing::error!(snapshot = %name, level = ?report.level, problems = ?report.problems, "restore drill failed");
     }
     metrics.drilled(report.passed());
+    let (kube, term) = match lead {
+        Some(l) => {
+            etcdsnap_storage::failpoint::reached(etcdsnap_storage::failpoint::S3_DRILL_RESULT).await;
+            (Some(&l.kube), Some(&l.term))
+        }
+        None => (session.kube(), None),
+    };
     let signer = session.config().sealing.signing_key.clone();
-    for problem in drill::keep_result(source, report, session.kube(), session.node_name(), signer.as_deref()).await {
+    for problem in drill::keep_result(source, report, kube, session.node_name(), term, signer.as_deref()).await {
         tracing::warn!(snapshot = %name, "{problem}");
     }
 }

@@ -4,6 +4,11 @@
 //! legacy ConfigMap, which a controller keeps in step with the resources within seconds), each
 //! stopped the moment the term ends. Resources of the agent's own saves, prunes and late uploads
 //! are written right after them through the session, not here.
+//!
+//! The agent's other leader-only duties (S3 drills, delta capture and its annotations, S3 delta
+//! retention) take the current term and its fenced connection from [`KubeDuties::leader`]. The
+//! node's own Lease, which keeps a second agent with this node name out, is claimed through
+//! [`KubeDuties::node_claim`] before the agent starts.
 
 use super::metrics::{Cause, Location, Metrics};
 use crate::ops::reconcile::{self, PassOutcome};
@@ -11,13 +16,14 @@ use crate::session::{Purpose, Session};
 use etcdsnap_api::StorageKind;
 use etcdsnap_kube::Kube;
 use etcdsnap_kube::crd::ensure_crd;
+use etcdsnap_kube::instance::{Instance, NodeClaim};
 use etcdsnap_kube::leader::{LeaderElector, LeaderTerm, Timing};
 use etcdsnap_kube::lease::{heartbeat_interval, renew_heartbeat};
 use etcdsnap_kube::legacy::SyncReport;
 use etcdsnap_kube::legacy_controller::{self, StorageHints};
 use etcdsnap_kube::reconcile::ReconcileError;
 use etcdsnap_storage::record::SnapshotRecord;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -41,14 +47,20 @@ pub struct KubeDuties {
     settings: KubeDutySettings,
     metrics: Arc<Metrics>,
     hints: Arc<StorageHints>,
+    /// This process in the Leases: the leader Lease and the node's own.
+    instance: Instance,
     /// The current leader term, published by the election task.
     leading: watch::Sender<Option<LeaderTerm>>,
+    /// The current term's fenced connection, built once per term and shared by every duty.
+    lead: Mutex<Option<LeaderKube>>,
 }
 
-/// A leader term and the fenced connection its duties write through ([`Kube::for_term`]).
-struct LeaderKube {
-    term: LeaderTerm,
-    kube: Kube,
+/// A leader term and the fenced connection its duties write through ([`Kube::for_term`]): every
+/// leader-only request goes through `kube`, which writes nothing once `term` ended.
+#[derive(Clone)]
+pub struct LeaderKube {
+    pub term: LeaderTerm,
+    pub kube: Kube,
 }
 
 /// The legacy ConfigMap controller during one leader term.
@@ -60,19 +72,56 @@ struct LegacyTask {
 
 impl KubeDuties {
     pub fn new(kube: Kube, session: Arc<Session>, settings: KubeDutySettings, metrics: Arc<Metrics>) -> KubeDuties {
+        let instance = Instance::new(&kube.settings.node_name);
         KubeDuties {
             kube,
             session,
             settings,
             metrics,
             hints: Arc::new(StorageHints::default()),
+            instance,
             leading: watch::Sender::new(None),
+            lead: Mutex::new(None),
         }
     }
 
     /// Whether this agent is in a leader term now.
     pub fn is_leading(&self) -> bool {
         self.current_term().is_some()
+    }
+
+    /// The election's timing (the node's own Lease follows it too).
+    pub fn timing(&self) -> Timing {
+        Timing::for_lease(self.settings.lease_duration)
+    }
+
+    /// The claim on this node's own Lease, not yet made ([`NodeClaim::acquire`]).
+    pub fn node_claim(&self) -> NodeClaim {
+        NodeClaim::new(self.kube.client.clone(), &self.instance, self.timing())
+    }
+
+    /// The current term with its fenced connection, if this agent leads now. Leader-only work
+    /// outside the reconcile (drills of S3 snapshots, delta capture, S3 delta retention) writes
+    /// through it and checks its term before each write.
+    pub fn leader(&self) -> Option<LeaderKube> {
+        let term = self.current_term();
+        let mut lead = self.lead.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(term) = term else {
+            // The ended term's connections close with its client.
+            *lead = None;
+            return None;
+        };
+        if let Some(l) = lead.as_ref().filter(|l| l.term.is(&term)) {
+            return Some(l.clone());
+        }
+        *lead = match self.kube.for_term(&term) {
+            Ok(kube) => Some(LeaderKube { term, kube }),
+            Err(e) => {
+                tracing::warn!("leader duties skipped this term: {e}");
+                None
+            }
+        };
+        lead.clone()
     }
 
     /// The current leader term, if it still lasts.
@@ -180,22 +229,6 @@ impl KubeDuties {
         Some(LegacyTask { term, stop, task })
     }
 
-    /// The fenced connection for `term`: kept while the term lasts, built when a new one starts.
-    /// A term whose connection cannot be built does no leader's duties (and says why).
-    fn leader_kube(&self, current: Option<LeaderKube>, term: Option<&LeaderTerm>) -> Option<LeaderKube> {
-        let term = term?;
-        if let Some(l) = current.filter(|l| l.term.is(term)) {
-            return Some(l);
-        }
-        match self.kube.for_term(term) {
-            Ok(kube) => Some(LeaderKube { term: term.clone(), kube }),
-            Err(e) => {
-                tracing::warn!("leader duties skipped this term: {e}");
-                None
-            }
-        }
-    }
-
     pub async fn run(&self, stop: CancellationToken) {
         // The CRD first; without it nothing else can be written. Retried until it works.
         while let Err(e) = ensure_crd(&self.kube.client).await {
@@ -206,8 +239,9 @@ impl KubeDuties {
             }
         }
         let node = self.kube.settings.node_name.clone();
-        let timing = Timing::for_lease(self.settings.lease_duration);
-        let elector = LeaderElector::new(self.kube.client.clone(), &node, timing);
+        let timing = self.timing();
+        let elector = LeaderElector::new(self.kube.client.clone(), &self.instance.identity(), timing)
+            .with_gone_holders(self.instance.gone_holders());
         let election_stop = CancellationToken::new();
         let election = tokio::spawn(elector.run(election_stop.clone(), self.leading.clone()));
         let mut terms = self.leading.subscribe();
@@ -216,12 +250,11 @@ impl KubeDuties {
         let _ = tokio::time::timeout(timing.retry_period, terms.changed()).await;
         let mut next_reconcile = Instant::now();
         let mut legacy: Option<LegacyTask> = None;
-        let mut leader: Option<LeaderKube> = None;
         let mut was_leading = false;
         loop {
             self.heartbeat().await;
-            let term = self.current_term();
-            leader = self.leader_kube(leader, term.as_ref());
+            let leader = self.leader();
+            let term = leader.as_ref().map(|l| l.term.clone());
             if term.is_some() != was_leading {
                 was_leading = term.is_some();
                 self.metrics.leader.set(i64::from(was_leading));
@@ -259,6 +292,7 @@ impl KubeDuties {
             }
         }
         stop_legacy(legacy.take()).await;
+        self.lead.lock().unwrap_or_else(PoisonError::into_inner).take();
         self.metrics.leader.set(0);
         // Ends the term, then releases the Lease so another node leads at once.
         election_stop.cancel();

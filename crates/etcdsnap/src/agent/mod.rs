@@ -8,16 +8,19 @@ pub mod http;
 pub mod kube_duties;
 pub mod metrics;
 pub mod pitr;
+mod resume;
 pub mod schedule;
 
 use crate::ops::{self, Context, PruneOptions, PruneReport, SaveError, SaveOptions, SaveReport, VerifyResult};
 use crate::session::{AfterSave, AfterSaveObserver, CatchUp, Purpose, Session};
 use etcdsnap_api::{Compression, StorageKind};
+use etcdsnap_kube::instance::ClaimError;
+use etcdsnap_kube::leader::LeaderTerm;
 use etcdsnap_storage::Outcome;
 use etcdsnap_storage::pitr::retention as pitr_retention;
 use etcdsnap_storage::store::{SnapshotStore as _, StoreError};
 use health::Health;
-use kube_duties::KubeDuties;
+use kube_duties::{KubeDuties, LeaderKube};
 use metrics::{Location, LocationLabel, Metrics};
 use schedule::Schedule;
 use std::net::SocketAddr;
@@ -59,11 +62,52 @@ pub struct Agent {
     running: AtomicBool,
 }
 
-/// Why the agent could not start.
+/// Why the agent could not start, or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{0}")]
     Start(String),
+    /// Another agent runs with this node name.
+    #[error(transparent)]
+    NodeTaken(Box<ClaimError>),
+}
+
+impl From<ClaimError> for AgentError {
+    fn from(e: ClaimError) -> AgentError {
+        AgentError::NodeTaken(Box::new(e))
+    }
+}
+
+/// Whether this agent does the leader-only duties now, and under which term.
+#[derive(Clone)]
+pub enum Lead {
+    /// Without Kubernetes there is no election: each agent does them on its own.
+    Alone,
+    /// During a leader term, through its fenced connection.
+    Term(LeaderKube),
+}
+
+impl Lead {
+    pub fn term(&self) -> Option<&LeaderTerm> {
+        match self {
+            Lead::Alone => None,
+            Lead::Term(l) => Some(&l.term),
+        }
+    }
+
+    /// Ok while the leader-only duties are still this agent's (always, alone).
+    pub fn check(&self) -> Result<(), etcdsnap_kube::leader::LeadershipLost> {
+        self.term().map_or(Ok(()), LeaderTerm::check)
+    }
+
+    /// Runs `work`, a leader-only request outside the fenced connection (an S3 delete), only
+    /// while the duties are this agent's, cut off if the term ends first ([`LeaderTerm::during`]).
+    pub async fn during<F: Future>(&self, work: F) -> Result<F::Output, etcdsnap_kube::leader::LeadershipLost> {
+        match self.term() {
+            Some(term) => term.during(work).await,
+            None => Ok(work.await),
+        }
+    }
 }
 
 impl Agent {
@@ -80,10 +124,25 @@ impl Agent {
         self.metrics.clone()
     }
 
+    /// The leader-only duties' term now: None while another agent leads.
+    pub fn lead(&self) -> Option<Lead> {
+        match &self.duties {
+            None => Some(Lead::Alone),
+            Some(duties) => duties.leader().map(Lead::Term),
+        }
+    }
+
     /// Runs until `stop` is cancelled (SIGTERM/SIGINT in the binary), then lets a running
-    /// snapshot finish or abort cleanly and returns.
+    /// snapshot finish or abort cleanly and returns. With Kubernetes, it first claims its node's
+    /// Lease: it refuses to start while another agent with this node name runs, and stops (with
+    /// [`AgentError::NodeTaken`]) if one takes the node over while this one was stopped.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, health: Arc<Health>) -> Result<(), AgentError> {
+        let stop = stop.child_token();
         let listener = http::bind(self.settings.metrics_addr).await.map_err(AgentError::Start)?;
+        let claim = match &self.duties {
+            Some(duties) => Some(self.claim_node(duties).await?),
+            None => None,
+        };
         tracing::info!(
             metrics = %self.settings.metrics_addr,
             schedule = self.settings.schedule.as_ref().map(Schedule::expression).unwrap_or("disabled"),
@@ -95,6 +154,9 @@ impl Agent {
             self.metrics.schedule_interval.set(period.as_secs_f64());
         }
         let server = tokio::spawn(http::serve(listener, self.metrics.clone(), health, stop.clone()));
+        // The node's Lease is released last, once nothing of this agent runs any more.
+        let claim_stop = CancellationToken::new();
+        let mut claim = claim.map(|claim| tokio::spawn(claim.keep(claim_stop.clone())));
         let duties = self.duties.clone().map(|duties| {
             let stop = stop.clone();
             tokio::spawn(async move { duties.run(stop).await })
@@ -106,16 +168,35 @@ impl Agent {
         });
         let drilling = self.settings.drills.clone().map(|settings| {
             let (session, metrics, duties) = (self.session.clone(), self.metrics.clone(), self.duties.clone());
-            let leading = move || duties.as_ref().is_some_and(|d| d.is_leading());
-            tokio::spawn(drills::drill_loop(session, settings, metrics, leading, stop.clone()))
+            // S3 snapshots are the leader's to drill: never without Kubernetes' election.
+            let leader = move || duties.as_ref().and_then(|d| d.leader());
+            tokio::spawn(drills::drill_loop(session, settings, metrics, leader, stop.clone()))
         });
         let capturing = self.settings.deltas.clone().map(|settings| {
-            let duties = self.duties.clone();
-            let leading = move || duties.as_ref().is_none_or(|d| d.is_leading());
             let uploads = tokio::spawn(pitr::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
-            (tokio::spawn(pitr::capture_loop(self.clone(), settings, leading, stop.clone())), uploads)
+            (tokio::spawn(pitr::capture_loop(self.clone(), settings, stop.clone())), uploads)
         });
-        stop.cancelled().await;
+        let mut taken = None;
+        if let Some(keeping) = claim.as_mut() {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                kept = keeping => {
+                    claim = None;
+                    match kept {
+                        Ok(Err(e)) => taken = Some(e),
+                        Ok(Ok(())) => {}
+                        Err(e) => tracing::error!("the node lease's task failed: {e}"),
+                    }
+                }
+            }
+        }
+        match &taken {
+            Some(e) => {
+                tracing::error!("{e}");
+                stop.cancel();
+            }
+            None => stop.cancelled().await,
+        }
         tracing::info!("shutting down");
         if let Some((capture, uploads)) = capturing {
             let _ = capture.await;
@@ -133,8 +214,25 @@ impl Agent {
             let _ = tokio::time::timeout(Duration::from_secs(10), d).await;
         }
         let _ = server.await;
+        claim_stop.cancel();
+        if let Some(keeping) = claim {
+            let _ = keeping.await;
+        }
         tracing::info!("etcdsnap agent stopped");
-        Ok(())
+        taken.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Takes this node's own Lease before anything else runs. Another agent holding and renewing
+    /// it refuses the start; an API server that cannot be reached only delays the check, which
+    /// the claim's renewals then make (saving must not wait for Kubernetes).
+    async fn claim_node(&self, duties: &KubeDuties) -> Result<etcdsnap_kube::instance::NodeClaim, AgentError> {
+        let mut claim = duties.node_claim();
+        match claim.acquire().await {
+            Ok(()) => {}
+            Err(e @ (ClaimError::Taken { .. } | ClaimError::Lost { .. })) => return Err(e.into()),
+            Err(e) => tracing::warn!("{e}; checked again with every renewal"),
+        }
+        Ok(claim)
     }
 
     /// Waits for each scheduled time and starts a run, unless the previous one is still going
@@ -294,7 +392,8 @@ impl Agent {
         );
     }
 
-    /// Delta retention, after snapshot retention: locally, and in S3 against S3's snapshots.
+    /// Delta retention, after snapshot retention: locally, and (the leader's duty: segments are
+    /// the cluster's) in S3 against S3's snapshots, each delete made only while the term lasts.
     async fn prune_segments(&self, ctx: &Context) {
         if let Some(local) = &ctx.local {
             match local.list().await {
@@ -306,9 +405,10 @@ impl Agent {
         }
         if let Some(remote) = &ctx.remote
             && let Some(s3) = remote.as_s3()
+            && let Some(lead) = self.lead()
         {
             match remote.list().await {
-                Ok(listing) => pitr_retention::prune_s3(s3, &listing.records).await,
+                Ok(listing) => pitr::prune_s3_segments(s3, &listing.records, &lead).await,
                 Err(e) => tracing::warn!(error = %e, "S3 delta retention skipped: the folder cannot be listed"),
             }
         }

@@ -1,22 +1,29 @@
 //! `agent --deltas`: point-in-time capture by the leader (deltas are cluster-wide; one copy is
 //! enough, and followers would only add load on etcd).
 //!
-//! While this agent leads (always, without Kubernetes), it captures etcd's changes after its
-//! newest local full snapshot of the live cluster into `.etcdsnap-deltas/` beside the snapshot
-//! directory ([`crate::pitr::capture`]). A restarted agent continues the chain after its
-//! durable segments. When the chain cannot continue (the revisions after it were compacted,
-//! the watch failed) the gap is marked, a full snapshot is taken at once and a new chain starts
-//! from it. When the term ends, capture stops at once: what was pending is written, and the
-//! next leader continues from its own newest snapshot.
+//! While this agent leads (always, without Kubernetes), it captures etcd's changes into
+//! `.etcdsnap-deltas/` beside the snapshot directory ([`crate::pitr::capture`]). Each term
+//! continues the newest chain of the live cluster from its last durable revision, here or in S3,
+//! as long as etcd still holds the revisions after it ([`super::resume`]); a restart or a leader
+//! change therefore leaves no gap. Only a chain etcd compacted past ends, marked so; capture
+//! then starts from the newest local snapshot, or a full snapshot is taken at once and a new
+//! chain starts from it. A watch that fails is resumed the same way. When the term ends,
+//! capture stops at once: what was pending is written. The roll-forward
+//! annotations written meanwhile go through the term's fenced connection and stop with the term.
 //!
 //! Segments are uploaded to S3 by [`upload_loop`]; their retention, run after each prune, is
-//! `etcdsnap_storage::pitr::retention`, beside the snapshots' own.
+//! `etcdsnap_storage::pitr::retention`'s rule, beside the snapshots' own. In S3 it is the
+//! leader's ([`prune_s3_segments`]), each delete made only while its term lasts.
 
-use super::Agent;
+use super::kube_duties::LeaderKube;
+use super::{Agent, Lead, resume};
 use crate::pitr::capture::{self, CaptureError, CaptureEvent, CaptureSettings};
 use crate::session::Purpose;
+use etcdsnap_kube::leader::LeaderTerm;
 use etcdsnap_storage::SnapshotRecord;
+use etcdsnap_storage::failpoint;
 use etcdsnap_storage::pitr::local;
+use etcdsnap_storage::pitr::retention as pitr_retention;
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::s3::S3Store;
@@ -29,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the newest snapshot's resource may be told how far it rolls forward.
 const ANNOTATE_EVERY: Duration = Duration::from_secs(5);
+/// How long the annotations may take to stop once capture stopped.
+const ANNOTATE_GRACE: Duration = Duration::from_secs(5);
 /// How often a follower checks whether it leads now, and a leader whether it still does.
 const TERM_CHECK: Duration = Duration::from_secs(1);
 /// First and longest wait after a capture could not run.
@@ -38,7 +47,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Why one capture term ended.
 #[derive(Debug, thiserror::Error)]
 enum TermError {
-    #[error("no local snapshot of this cluster to start from")]
+    #[error("no delta chain or local snapshot of this cluster that etcd can continue")]
     NoBase,
     #[error("--deltas needs a local snapshot directory (segments are written beside it)")]
     NoLocal,
@@ -55,22 +64,16 @@ impl TermError {
     }
 }
 
-/// Captures while `leading()` until `stop` is cancelled.
-pub async fn capture_loop(
-    agent: Arc<Agent>,
-    settings: CaptureSettings,
-    leading: impl Fn() -> bool + Send + Sync + 'static,
-    stop: CancellationToken,
-) {
-    let leading = Arc::new(leading);
+/// Captures while this agent leads ([`Agent::lead`]) until `stop` is cancelled.
+pub async fn capture_loop(agent: Arc<Agent>, settings: CaptureSettings, stop: CancellationToken) {
     let mut backoff = BACKOFF_MIN;
     while !stop.is_cancelled() {
-        if !leading() {
+        let Some(lead) = agent.lead() else {
             agent.metrics.pitr.set_capturing(false, now_ms());
             wait(TERM_CHECK, &stop).await;
             continue;
-        }
-        let result = capture_term(&agent, settings.clone(), leading.clone(), &stop).await;
+        };
+        let result = capture_term(&agent, settings.clone(), lead, &stop).await;
         agent.metrics.pitr.set_capturing(false, now_ms());
         let Err(e) = result else {
             backoff = BACKOFF_MIN;
@@ -98,7 +101,7 @@ pub async fn capture_loop(
 async fn capture_term(
     agent: &Agent,
     settings: CaptureSettings,
-    leading: Arc<impl Fn() -> bool + Send + Sync + 'static>,
+    lead: Lead,
     stop: &CancellationToken,
 ) -> Result<(), TermError> {
     let ctx = agent.session.context(Purpose::Save).await;
@@ -106,17 +109,35 @@ async fn capture_term(
     let (member, status) = ctx.etcd.connect_member().await.map_err(|e| TermError::Other(e.to_string()))?;
     let cluster = format!("{:x}", status.cluster_id);
     let listing = local.list().await.map_err(|e| TermError::Other(e.to_string()))?;
-    let base = newest_snapshot(&listing.records, &ctx.node_name, &cluster)
-        .and_then(local::base_of)
-        .ok_or(TermError::NoBase)?;
     let deltas_dir: PathBuf = local::dir_beside(local.dir());
+    let (records, _) = local::read_all(&deltas_dir);
+    let mut chain = resume::newest_chain(&records, &cluster);
+    if let Some(s3) = ctx.remote.as_ref().and_then(|r| r.as_s3()) {
+        let after = chain.as_ref().map_or(i64::MIN, |c| c.durable);
+        let newer = resume::newest_in_s3(s3, &cluster, after).await.filter(|r| r.chain_broken.is_none());
+        if let Some(r) = newer {
+            chain =
+                Some(resume::Resumable { chain: r.chain, base_revision: r.base_revision, durable: r.last_revision });
+        }
+    }
+    let mut client = member.into_client();
+    let snapshot = newest_snapshot(&listing.records, &ctx.node_name, &cluster);
+    let choice = resume::choose(&mut client, chain, snapshot, &deltas_dir).await.map_err(TermError::Other)?;
+    if let Some(revision) = choice.compacted {
+        tracing::warn!(revision, "etcd compacted past where delta capture stood: the revisions after it are a gap");
+        agent.metrics.pitr.breaks.inc();
+    }
+    let start = choice.start.ok_or(TermError::NoBase)?;
     let term = stop.child_token();
-    let watcher = tokio::spawn(end_of_term(leading, term.clone()));
-    let annotating = agent.session.kube().map(|kube| {
-        let (client, metrics, local) = (kube.client.clone(), agent.metrics.clone(), local.clone());
-        let (node, term) = (ctx.node_name.clone(), term.clone());
-        tokio::spawn(async move { annotate_loop(client, metrics, local, node, cluster, term).await })
-    });
+    let watcher = tokio::spawn(end_of_term(lead.term().cloned(), term.clone()));
+    let annotating = match lead {
+        Lead::Term(leader) => {
+            let (metrics, local) = (agent.metrics.clone(), local.clone());
+            let (node, term) = (ctx.node_name.clone(), term.clone());
+            Some(tokio::spawn(async move { annotate_loop(leader, metrics, local, node, cluster, term).await }))
+        }
+        Lead::Alone => None,
+    };
     let metrics = agent.metrics.clone();
     metrics.pitr.set_capturing(true, now_ms());
     let mut observe = move |event: CaptureEvent<'_>| match event {
@@ -130,10 +151,17 @@ async fn capture_term(
             metrics.pitr.durable_until(at_ms);
         }
     };
-    let mut client = member.into_client();
-    let result = capture::capture_observed(&mut client, &base, &deltas_dir, settings, term, &mut observe).await;
+    let stopped = term.clone();
+    let result =
+        capture::capture_observed(&mut client, &start.base, start.durable, &deltas_dir, settings, term, &mut observe)
+            .await;
     watcher.abort();
-    if let Some(a) = annotating {
+    // The annotations stop on their own (an annotation under way is refused by the fence once
+    // the term ended); one stuck on the API server is cut off.
+    stopped.cancel();
+    if let Some(mut a) = annotating
+        && tokio::time::timeout(ANNOTATE_GRACE, &mut a).await.is_err()
+    {
         a.abort();
     }
     result.map(|_| ()).map_err(TermError::from)
@@ -153,9 +181,10 @@ fn newest_snapshot<'a>(records: &'a [SnapshotRecord], node: &str, cluster: &str)
 
 /// While capturing, says on the newest snapshot's resource how far it rolls forward
 /// (`etcdsnap.io/rolls-forward-to-revision` and `-until`), each time that changes, at most
-/// every [`ANNOTATE_EVERY`]. A snapshot without a resource yet is tried again next time.
+/// every [`ANNOTATE_EVERY`]. A snapshot without a resource yet is tried again next time. It
+/// writes through the term's fenced connection, after checking the term, and stops with it.
 async fn annotate_loop(
-    client: kube::Client,
+    leader: LeaderKube,
     metrics: Arc<super::metrics::Metrics>,
     local: LocalStore,
     node: String,
@@ -179,24 +208,59 @@ async fn annotate_loop(
         {
             continue;
         }
-        match etcdsnap_kube::pitr::record_reach(&client, newest, revision, observed).await {
+        failpoint::reached(failpoint::ROLL_FORWARD_ANNOTATION).await;
+        if let Err(lost) = leader.term.check() {
+            return tracing::info!("roll-forward annotation not written: {lost}");
+        }
+        match etcdsnap_kube::pitr::record_reach(&leader.kube.client, newest, revision, observed).await {
             Ok(true) => said = Some(now),
             Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "roll-forward annotation not written"),
+            Err(e) => tracing::info!(error = %e, "roll-forward annotation not written"),
         }
     }
 }
 
-/// Cancels `term` when this agent stops leading.
-async fn end_of_term(leading: Arc<impl Fn() -> bool + Send + Sync + 'static>, term: CancellationToken) {
-    while leading() {
-        tokio::select! {
-            () = term.cancelled() => return,
-            () = tokio::time::sleep(TERM_CHECK) => {}
-        }
+/// Cancels `capture` when the leader term ends (never without one: alone, capture stops with
+/// the agent only).
+async fn end_of_term(term: Option<LeaderTerm>, capture: CancellationToken) {
+    let Some(term) = term else { return };
+    tokio::select! {
+        () = capture.cancelled() => return,
+        () = term.over(TERM_CHECK) => {}
     }
     tracing::info!("leadership lost: delta capture stops");
-    term.cancel();
+    capture.cancel();
+}
+
+/// S3 retention of delta segments (the rule is `etcdsnap_storage::pitr::retention`'s): the
+/// leader's duty, since the segments are the cluster's. Each delete is made only while `lead`'s
+/// term lasts; a pass cut short by the end of the term, or by a failed request, is finished by
+/// the next one.
+pub(super) async fn prune_s3_segments(s3: &S3Store, snapshots: &[SnapshotRecord], lead: &Lead) {
+    let Some(oldest) = pitr_retention::oldest_base_revision(snapshots) else {
+        return tracing::debug!(snapshots = snapshots.len(), "S3 delta retention: no S3 snapshot with a revision");
+    };
+    let listed = match s3.list_pitr_objects().await {
+        Ok(l) => l,
+        Err(e) => return tracing::warn!(error = %e, "S3 delta retention skipped"),
+    };
+    let mut removed = 0;
+    for o in pitr_retention::expired_objects(listed, oldest) {
+        match lead.during(s3.delete_pitr_object(&o.chain, &o.file)).await {
+            Ok(Ok(())) => removed += 1,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "S3 delta retention");
+                break;
+            }
+            Err(lost) => {
+                tracing::info!("S3 delta retention stopped: {lost}");
+                break;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(objects = removed, before = oldest, "S3 delta objects older than every S3 snapshot removed");
+    }
 }
 
 /// Copies durable local segments to S3, each segment before its record (so a record in S3

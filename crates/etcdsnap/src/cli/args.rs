@@ -9,7 +9,7 @@ use super::commands::{
 };
 use super::flags::heading;
 use clap::{Parser, Subcommand, ValueEnum};
-use etcdsnap_api::Compression;
+use etcdsnap_api::{Compression, Program};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,9 +19,21 @@ use std::time::Duration;
 #[command(name = "etcdsnap", version, propagate_version = true, args_override_self = true, max_term_width = 100)]
 pub struct Cli {
     /// YAML file of settings: keys are flag names (`dir: /x`, `s3-bucket: b`). Flags and
-    /// environment variables take precedence over it.
-    #[arg(long, global = true, env = "ETCDSNAP_CONFIG", value_name = "FILE", help_heading = heading::GLOBAL)]
+    /// environment variables take precedence over it. (A K3s or RKE2 server's own config.yaml
+    /// is read by itself.)
+    #[arg(long, short = 'c', global = true, env = "ETCDSNAP_CONFIG", value_name = "FILE", help_heading = heading::GLOBAL)]
     pub config: Option<PathBuf>,
+    /// Whose names to write and read: k3s or rke2 (labels etcd.<program>.cattle.io/..., the
+    /// <program>-etcd-snapshots ConfigMaps, <program>-* S3 metadata) [default: the server's on
+    /// a K3s or RKE2 server, else k3s]
+    #[arg(long, global = true, env = "ETCDSNAP_PROGRAM", value_name = "PROGRAM", value_parser = parse_program, help_heading = heading::GLOBAL)]
+    pub program: Option<Program>,
+    /// K3s's `--log`: write the log to this file (appended) instead of stderr.
+    #[arg(long, short = 'l', global = true, env = "ETCDSNAP_LOG_FILE", value_name = "FILE", help_heading = heading::GLOBAL)]
+    pub log: Option<PathBuf>,
+    /// K3s's `--alsologtostderr`: with --log, log to stderr as well.
+    #[arg(long, global = true, requires = "log", help_heading = heading::GLOBAL)]
+    pub alsologtostderr: bool,
     /// Log format on stderr.
     #[arg(long, global = true, env = "ETCDSNAP_LOG_FORMAT", value_enum, default_value = "text", help_heading = heading::GLOBAL)]
     pub log_format: LogFormat,
@@ -143,6 +155,10 @@ pub fn parse_compression(s: &str) -> Result<Compression, String> {
     s.parse()
 }
 
+pub fn parse_program(s: &str) -> Result<Program, String> {
+    s.parse()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +225,37 @@ mod tests {
         for bad in ["yesterday", "4 parsecs ago", "2026-13-03T07:04:00Z", ""] {
             assert!(parse_time(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn k3s_s_short_flags_and_log_flags_are_taken() {
+        let cli = Cli::parse_from([
+            "etcdsnap",
+            "save",
+            "-t",
+            "tok",
+            "-s",
+            "https://127.0.0.1:6443",
+            "-d",
+            "/var/lib/rancher/rke2",
+            "-c",
+            "/etc/x.yaml",
+            "-l",
+            "/var/log/x.log",
+            "--alsologtostderr",
+            "--program",
+            "rke2",
+        ]);
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/etc/x.yaml")));
+        assert_eq!(cli.log.as_deref(), Some(std::path::Path::new("/var/log/x.log")));
+        assert!(cli.alsologtostderr);
+        assert_eq!(cli.program, Some(Program::Rke2));
+        let Command::Save(save) = cli.command else { panic!("not save") };
+        assert_eq!(save.flags.node.token.token.as_deref(), Some("tok"));
+        assert_eq!(save.flags.etcd_server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(save.flags.node.storage.data_dir.as_deref(), Some(std::path::Path::new("/var/lib/rancher/rke2")));
+        assert!(Cli::try_parse_from(["etcdsnap", "save", "--alsologtostderr"]).is_err(), "needs --log");
+        assert!(Cli::try_parse_from(["etcdsnap", "save", "--program", "rke1"]).is_err());
     }
 
     #[test]

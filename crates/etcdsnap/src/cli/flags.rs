@@ -44,9 +44,9 @@ pub struct SnapshotFlags {
     /// newest of this name.
     #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
     pub name: String,
-    /// K3s's supervisor address (`k3s etcd-snapshot --etcd-server`): accepted and ignored,
+    /// K3s's supervisor address (`k3s etcd-snapshot --etcd-server`, `-s`): accepted and ignored,
     /// etcdsnap talks to etcd itself.
-    #[arg(long = "etcd-server", hide = true, value_name = "URL")]
+    #[arg(long = "etcd-server", short = 's', hide = true, value_name = "URL")]
     pub etcd_server: Option<String>,
     #[command(flatten)]
     pub node: NodeFlags,
@@ -97,7 +97,7 @@ pub struct StorageArgs {
     /// data directory (/var/lib/rancher/k3s) means its own snapshot directory, token and etcd
     /// certificates, and on a K3s or RKE2 server those are the defaults. [default:
     /// /var/lib/etcdsnap]
-    #[arg(long, env = "ETCDSNAP_DATA_DIR", value_name = "DIR")]
+    #[arg(long, short = 'd', env = "ETCDSNAP_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Snapshot directory; must exist unless it is the default [default: <data-dir>/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
@@ -269,6 +269,7 @@ pub struct TokenArgs {
     /// [default: $K3S_TOKEN, $RKE2_TOKEN, or the K3s/RKE2 server's token file]
     #[arg(
         long,
+        short = 't',
         visible_alias = "etcd-token",
         env = "ETCDSNAP_TOKEN",
         hide_env_values = true,
@@ -294,7 +295,8 @@ pub struct KubeArgs {
     /// the resources of its local snapshots.
     #[arg(long, env = "ETCDSNAP_ORPHAN_TTL", value_parser = parse_duration, default_value = "24h", value_name = "DURATION")]
     pub orphan_ttl: Duration,
-    /// Maintain the legacy ConfigMap kube-system/k3s-etcd-snapshots (leader only).
+    /// Maintain the legacy ConfigMap kube-system/k3s-etcd-snapshots (rke2-etcd-snapshots with
+    /// --program rke2; leader only).
     #[arg(long, env = "ETCDSNAP_LEGACY_CONFIGMAP", action = ArgAction::Set, default_value_t = true, value_name = "BOOL")]
     pub legacy_configmap: bool,
     /// Largest serialized legacy ConfigMap, in bytes; oldest entries are left out to stay under it.
@@ -303,14 +305,10 @@ pub struct KubeArgs {
     /// Most entries in the legacy ConfigMap; oldest entries are left out beyond it.
     #[arg(long, env = "ETCDSNAP_LEGACY_CONFIGMAP_MAX_KEYS", default_value_t = 1_000, value_name = "N")]
     pub legacy_configmap_max_keys: usize,
-    /// ConfigMap in kube-system whose data is copied into every new snapshot's metadata.
-    #[arg(
-        long,
-        env = "ETCDSNAP_EXTRA_METADATA_CONFIGMAP",
-        default_value = etcdsnap_api::consts::EXTRA_METADATA_CONFIGMAP,
-        value_name = "NAME"
-    )]
-    pub extra_metadata_configmap: String,
+    /// ConfigMap in kube-system whose data is copied into every new snapshot's metadata
+    /// [default: k3s-etcd-snapshot-extra-metadata, or rke2-... with --program rke2]
+    #[arg(long, env = "ETCDSNAP_EXTRA_METADATA_CONFIGMAP", value_name = "NAME")]
+    pub extra_metadata_configmap: Option<String>,
     /// Secret in kube-system holding S3 settings under K3s's etcd-s3-* keys; used when no S3 flag
     /// is set, and read again on every operation.
     #[arg(long, visible_alias = "etcd-s3-config-secret", env = "ETCDSNAP_S3_CONFIG_SECRET", value_name = "NAME")]

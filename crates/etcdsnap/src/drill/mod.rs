@@ -23,6 +23,7 @@ pub mod tools;
 use crate::restore::SnapshotSource;
 use crate::restore::space;
 use etcdsnap_api::{DrillResult, KvHash};
+use etcdsnap_kube::leader::LeaderTerm;
 use etcdsnap_storage::pipeline::Progress;
 use etcdsnap_storage::pipeline::revision::{RevisionError, SnapshotRevision};
 use etcdsnap_storage::record::SnapshotRecord;
@@ -273,19 +274,39 @@ async fn check_seal(source: &mut SnapshotSource, keys: &etcdsnap_storage::seal::
 /// rebuilt resource keeps it, signed again when `signer` is given) and on its resource with an
 /// Event. A file given by path has neither. Returns what could not be kept, for the caller to
 /// report.
+///
+/// The record is read again right before it is rewritten, so that only the drill's result
+/// changes in it (the copy listed before the drill may be minutes old). With a leader's `term`
+/// (an S3 snapshot drilled by the agent), the term is checked before each write, the record's
+/// write is cut off if the term ends meanwhile, and nothing is written once it ended; `kube` is
+/// then the term's fenced connection.
 pub async fn keep_result(
     source: &SnapshotSource,
     report: &DrillReport,
     kube: Option<&etcdsnap_kube::Kube>,
     node: &str,
+    term: Option<&LeaderTerm>,
     signer: Option<&etcdsnap_storage::seal::SigningKey>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(store) = source.store() else { return problems };
+    let fence = || term.map_or(Ok(()), LeaderTerm::check);
     let at = etcdsnap_storage::clock::now();
     let verdict = report.verdict().to_string();
-    let mut record = report.record.clone();
+    let name = &source.record.name;
+    let current = match fence() {
+        Err(lost) => return vec![format!("the drill's result is not kept: {lost}")],
+        Ok(()) => store.list().await.map(|l| l.records.into_iter().find(|r| &r.name == name)),
+    };
+    let mut record = match current {
+        Ok(Some(record)) => record,
+        Ok(None) => return vec![format!("the drill's result is not kept: {name} is gone from {}", store.describe())],
+        Err(e) => return vec![format!("the drill's result is not kept: {} cannot be listed: {e}", store.describe())],
+    };
     record.drill = Some(DrillResult { at, result: verdict.clone() });
+    if let Err(lost) = fence() {
+        return vec![format!("the drill's result is not kept: {lost}")];
+    }
     let signature = match signer {
         Some(key) => sign_again(store.as_ref(), &record, key).await.unwrap_or_else(|e| {
             problems.push(format!("the drill's result is not signed: {e}"));
@@ -293,13 +314,28 @@ pub async fn keep_result(
         }),
         None => None,
     };
-    if let Err(e) = store.update_record(&record, signature.as_deref()).await {
-        problems.push(format!("the drill's result is not in {}: {e}", store.describe()));
+    if let Err(lost) = fence() {
+        return vec![format!("the drill's result is not kept: {lost}")];
     }
-    if let Some(kube) = kube
-        && let Err(e) = etcdsnap_kube::drills::record_drill(&kube.client, &record, at, &verdict, node).await
-    {
-        problems.push(format!("the drill's result is not on the resource: {e}"));
+    let updated = match term {
+        Some(term) => term.during(store.update_record(&record, signature.as_deref())).await,
+        None => Ok(store.update_record(&record, signature.as_deref()).await),
+    };
+    match updated {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("the drill's result is not in {}: {e}", store.describe())),
+        Err(lost) => return vec![format!("the drill's result is not kept: {lost}")],
+    }
+    if let Some(kube) = kube {
+        let written = match fence() {
+            Err(lost) => Err(lost.to_string()),
+            Ok(()) => etcdsnap_kube::drills::record_drill(&kube.client, &record, at, &verdict, node)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = written {
+            problems.push(format!("the drill's result is not on the resource: {e}"));
+        }
     }
     problems
 }

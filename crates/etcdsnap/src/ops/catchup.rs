@@ -143,6 +143,7 @@ async fn upload_one(
     uploaded.location = sink.location();
     uploaded.s3 = ctx.remote_spec.clone();
     uploaded.cluster_id = new.cluster_id;
+    uploaded.program = sink.program();
     let doc = uploaded.to_document();
     match companions(ctx, local, &doc).await {
         Ok(companions) => sink.commit(&doc, &companions).await?,

@@ -309,6 +309,7 @@ impl Attempt<'_> {
                 sealed: self.sealed.sealed.clone(),
                 encryption_config_sha256: self.sealed.encryption_config_sha256.clone(),
                 metadata_source: MetadataSource::Document,
+                program: outcome.sink.program(),
                 ..with_context(ctx, stored)
             };
             let doc = record.to_document();

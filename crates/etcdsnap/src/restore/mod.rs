@@ -23,6 +23,7 @@ pub mod etcdutl;
 pub mod holders;
 pub mod loopback;
 pub mod preflight;
+pub mod prepare;
 pub mod source;
 pub mod space;
 pub mod swap;

@@ -94,13 +94,22 @@ impl Agent {
     }
 
     /// Waits (30 s at most) for the agent to exit, which it must do with status 0. Returns its log.
-    pub async fn exited(mut self) -> Result<String, Error> {
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
-        let log = self.log_text();
+    pub async fn exited(self) -> Result<String, Error> {
+        let (status, log) = self.exit_status(Duration::from_secs(30)).await?;
         if !status.success() {
             return Err(format!("the agent exited with {status}:\n{log}").into());
         }
         Ok(log)
+    }
+
+    /// Waits (`timeout` at most) for the agent to exit, whatever its status. Returns the status
+    /// and its log.
+    pub async fn exit_status(mut self, timeout: Duration) -> Result<(std::process::ExitStatus, String), Error> {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => return Err(format!("the agent did not exit within {timeout:?}:\n{}", self.log_text()).into()),
+        };
+        Ok((status, self.log_text()))
     }
 
     /// SIGKILL (no chance to clean up), and waits for the process to go. Returns its log.

@@ -82,14 +82,15 @@ pub async fn leader_lease(client: &kube::Client) -> Option<LeaseSpec> {
     leases.get_opt("etcdsnap-leader").await.ok()??.spec
 }
 
-/// The holder of the leader Lease if it renewed within its duration (by this machine's clock,
-/// which all the test's processes share).
+/// The node of the leader Lease's holder if it renewed within its duration (by this machine's
+/// clock, which all the test's processes share). An agent holds it as `<node>/<instance>`.
 pub async fn leader(client: &kube::Client) -> Option<String> {
     let spec = leader_lease(client).await?;
     let renewed = spec.renew_time?.0;
     let fresh =
         etcdsnap_storage::clock::now() < renewed + jiff::SignedDuration::from_secs(spec.lease_duration_seconds? as i64);
-    spec.holder_identity.filter(|h| !h.is_empty() && fresh)
+    let holder = spec.holder_identity.filter(|h| !h.is_empty() && fresh)?;
+    Some(etcdsnap_kube::leader::holder_node(&holder).to_string())
 }
 
 /// Polls `done` until it holds; an error names `what` once `timeout` has passed.

@@ -31,3 +31,28 @@ pub async fn hash_kv(client: &mut Client, rev: i64) -> KvHash {
     let resp = client.hash_kv(rev).await.expect("etcd answers HashKV");
     KvHash { hash: resp.hash(), compact_revision: resp.compact_version() }
 }
+
+/// A real etcd of `version` (a minor such as `"3.7"`) serving the snapshot file `db`, restored
+/// with that minor's etcdutl as member `m0`; the directory holding its data goes with it.
+pub async fn serve_snapshot(db: &Path, version: &str) -> (tempfile::TempDir, testenv::Etcd) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let peer = testenv::free_port().expect("a free port");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let etcdutl = testenv::testbin_version("etcdutl", version).expect("etcdutl of that minor");
+    let out = tokio::process::Command::new(etcdutl)
+        .args(["snapshot", "restore"])
+        .arg(db)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "m0", "--initial-cluster", &format!("m0={peer_url}")])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .output()
+        .await
+        .expect("etcdutl runs");
+    assert!(out.status.success(), "etcdutl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
+    let etcd = testenv::Etcd::start_on_data_dir_version(&data, "m0", peer, Some(version))
+        .await
+        .expect("etcd serves the restored snapshot");
+    (dir, etcd)
+}

@@ -406,6 +406,7 @@ pub(crate) mod tests {
             sealed: None,
             encryption_config_sha256: None,
             drill: None,
+            program: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Snapshots in an S3 bucket folder, in K3s's layout: `<folder>/<name>` and
 //! `<folder>/.metadata/<name>`, with K3s's user metadata (`k3s-cluster-id`, `k3s-node-name`,
-//! `k3s-token-hash`) plus etcdsnap's own.
+//! `k3s-token-hash`, or RKE2's `rke2-*`: [`S3Config::program`]) plus etcdsnap's own.
 //!
 //! Uploads stream as multipart uploads in the same pass that writes the local copy. Listings
 //! use the real `<folder>/` prefix with a `/` delimiter (no sibling or nested folders) and learn
@@ -28,10 +28,7 @@ use super::{Listing, NewSnapshot, SignedRecord, SnapshotReader, SnapshotSink, Sn
 use crate::describe_error;
 use async_trait::async_trait;
 use cache::DetailsCache;
-use etcdsnap_api::consts::{
-    S3_META_CLUSTER_ID, S3_META_COMPRESSION, S3_META_ETCD_REVISION, S3_META_ETCD_VERSION, S3_META_NODE_NAME,
-    S3_META_TOKEN_HASH,
-};
+use etcdsnap_api::consts::{S3_META_COMPRESSION, S3_META_ETCD_REVISION, S3_META_ETCD_VERSION};
 use etcdsnap_api::{ETCDSnapshotS3, SnapshotName, StorageKind};
 use futures::TryStreamExt;
 use hints::{S3Problem, explain};
@@ -296,12 +293,13 @@ impl SnapshotStore for S3Store {
         let mut put = |k: &'static str, v: String| {
             attributes.insert(Attribute::Metadata(k.into()), v.into());
         };
-        put(S3_META_NODE_NAME, new.node_name.clone());
+        let program = self.config.program;
+        put(program.s3_meta_node_name(), new.node_name.clone());
         if let Some(c) = &new.cluster_id {
-            put(S3_META_CLUSTER_ID, c.clone());
+            put(program.s3_meta_cluster_id(), c.clone());
         }
         if let Some(t) = &new.token_hash {
-            put(S3_META_TOKEN_HASH, t.to_string());
+            put(program.s3_meta_token_hash(), t.to_string());
         }
         put(S3_META_ETCD_REVISION, new.etcd.revision.to_string());
         put(S3_META_ETCD_VERSION, new.etcd.version.clone());

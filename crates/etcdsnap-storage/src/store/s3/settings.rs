@@ -8,6 +8,7 @@ use super::config::{
     BucketLookup, CONCURRENCY, DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TIMEOUT, PART_SIZE, ProxySetting, S3Config,
 };
 use base64::Engine as _;
+use etcdsnap_api::Program;
 use etcdsnap_api::consts::SYSTEM_NAMESPACE;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -265,6 +266,7 @@ impl RawS3Settings {
             retention,
             part_size: PART_SIZE,
             concurrency: CONCURRENCY,
+            program: Program::default(),
         })
     }
 

@@ -158,6 +158,9 @@ impl S3Sink {
     ) -> Result<Vec<ObjectPath>, (Vec<ObjectPath>, StoreError)> {
         let config = self.store.config();
         let name = self.name.as_str();
+        // The record says whose names the object's user metadata carries (the signer signed
+        // it so: see `SnapshotSink::program`).
+        let doc = &MetadataDocument { program: Some(config.program), ..doc.clone() };
         let mut documents = Vec::new();
         if let Some(kit) = &companions.kit {
             let key = config.metadata_key(&etcdsnap_api::seal::kit_file_name(name));
@@ -177,7 +180,7 @@ impl S3Sink {
             let mut attributes = Attributes::new();
             for (name, value) in self.attributes.iter() {
                 // K3s's object carries K3s's user metadata only; etcdsnap's goes on its record.
-                let k3s = matches!(name, Attribute::Metadata(m) if m.starts_with("k3s-"));
+                let k3s = matches!(name, Attribute::Metadata(m) if m.starts_with(config.program.s3_meta_prefix()));
                 if kind == Document::Record || (kind == Document::K3s && k3s) {
                     attributes.insert(name.clone(), value.clone());
                 }
@@ -275,6 +278,10 @@ impl SnapshotSink for S3Sink {
 
     fn storage(&self) -> StorageKind {
         StorageKind::S3
+    }
+
+    fn program(&self) -> Option<etcdsnap_api::Program> {
+        Some(self.store.config().program)
     }
 }
 

@@ -109,7 +109,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let node = &args.node;
     let mut config = resolve::session_config(node, args.retention.s3_retention, true, KubePolicy::LongRunning)?;
     config.token_hash = resolve::node_token_hash(node)?;
-    let preset = resolve::preset(&node.storage);
+    let preset = resolve::preset(&node.storage)?;
     let token = resolve::server_token(&node.token, preset.as_ref())?.map(|(t, _)| t);
     config.sealing = seal::sealing(&args.seal, &args.encryption, token, preset.as_ref())?;
     // Scheduled drills open sealed snapshots with the identity, and with a verify key drill
@@ -150,11 +150,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         settings.compression,
     ))
     .context("--snapshot-name")?;
+    if settings.schedule.is_some() {
+        resolve::warn_about_server_snapshots(node, &settings.base_name)?;
+    }
     let mut dependencies: Vec<Box<dyn Dependency>> = vec![Box::new(EtcdDependency(session.config().etcd.clone()))];
     if let Some(remote) = &first.remote {
         dependencies.push(Box::new(StoreDependency(remote.clone())));
     }
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_program(session.config().kube_settings.program));
     let duties = session.kube().cloned().map(|kube| {
         dependencies.push(Box::new(KubeDependency(kube.clone())));
         let duties = KubeDutySettings {

@@ -79,7 +79,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
         let progress = ProgressLine::start(&format!("Drilling {}", source.record.name));
         let report = drill::drill(source, &opts, Some(progress.counter())).await;
         progress.finish();
-        for problem in drill::keep_result(source, &report, session.kube(), &ctx.node_name, None).await {
+        for problem in drill::keep_result(source, &report, session.kube(), &ctx.node_name, None, None).await {
             eprintln!("warning: {problem}");
         }
         reports.push(report);

@@ -54,7 +54,7 @@ pub async fn run(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let node = &flags.node;
     let mut config = resolve::session_config(node, flags.retention.s3_retention, true, KubePolicy::OneShot)?;
     config.token_hash = resolve::node_token_hash(node)?;
-    let preset = resolve::preset(&node.storage);
+    let preset = resolve::preset(&node.storage)?;
     let token = resolve::server_token(&node.token, preset.as_ref())?.map(|(t, _)| t);
     config.sealing = seal::sealing(&args.seal, &args.encryption, token, preset.as_ref())?;
     let session = Session::open(config).await?;

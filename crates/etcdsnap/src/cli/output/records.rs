@@ -30,13 +30,13 @@ impl<T> KubeList<T> {
     }
 }
 
-/// The records as resources, each named by its key.
+/// The records as resources (labelled with this run's program's names), each named by its key.
 pub fn view(records: &[SnapshotRecord]) -> KubeList<ETCDSnapshotFile> {
     KubeList::new(
         records
             .iter()
             .map(|r| {
-                let mut cr = r.to_resource();
+                let mut cr = r.to_resource(crate::cli::resolve::program_in_use());
                 cr.metadata.name = Some(r.key());
                 cr
             })

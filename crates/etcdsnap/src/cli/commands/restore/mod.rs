@@ -1,10 +1,12 @@
 //! `etcdsnap restore NAME|PATH`: the snapshot resolved (a path, a name in the snapshot
 //! directory, or with `--s3` a name in the bucket), checked, and installed by
-//! `etcdsnap::restore`; with `--to-revision|--to-time`, a point-in-time restore ([`pitr`]).
+//! `etcdsnap::restore`; with `--to-revision|--to-time`, a point-in-time restore ([`pitr`]); with
+//! `--prepare-for k3s|rke2`, a plain file for the server's own restore ([`prepare`]).
 
 pub mod pitr;
+pub mod prepare;
 
-use crate::cli::args::parse_time;
+use crate::cli::args::{parse_program, parse_time};
 use crate::cli::flags::{OutputArgs, S3Args, TokenArgs, heading};
 use crate::cli::output::restore::{self as view, RestoreView, Restored};
 use crate::cli::output::{emit, print_structured};
@@ -14,7 +16,7 @@ use crate::cli::{EXIT_FAILURE, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap::restore::{self, PreflightReport, RestoreOutcome, RestoreRequest, SnapshotSource};
-use etcdsnap_api::SnapshotName;
+use etcdsnap_api::{Program, SnapshotName};
 use etcdsnap_storage::store::StoreError;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::s3::{RawS3Settings, S3Store};
@@ -47,8 +49,17 @@ pub struct RestoreArgs {
     /// etcd data directory to restore into. If it holds data, that is moved aside to
     /// <dir>-old-<unix time>, never deleted. (Unlike other commands' --data-dir, this is
     /// never taken from the environment or a config file.)
-    #[arg(long, value_name = "DIR", required = true, help_heading = heading::MEMBER)]
-    pub data_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "prepare_for", help_heading = heading::MEMBER)]
+    pub data_dir: Option<PathBuf>,
+    /// Instead of restoring: write the snapshot as a plain etcd snapshot file that K3s or RKE2
+    /// restores itself (`--cluster-reset-restore-path`; neither reads .zst), checked on the
+    /// way, and print the commands that restore it.
+    #[arg(long, value_name = "PROGRAM", value_parser = parse_program, conflicts_with_all = ["data_dir", "to_revision", "to_time", "dry_run"])]
+    pub prepare_for: Option<Program>,
+    /// With --prepare-for: where the plain file is written [default: the directory holding the
+    /// snapshot directory, server/db on a K3s or RKE2 server]
+    #[arg(long, value_name = "DIR", requires = "prepare_for")]
+    pub prepare_dir: Option<PathBuf>,
     #[command(flatten)]
     pub member: MemberArgs,
     /// Snapshot directory in which NAME is looked up [default: $ETCDSNAP_DATA_DIR/snapshots, a
@@ -91,8 +102,8 @@ pub struct RestoreArgs {
 #[command(next_help_heading = heading::MEMBER)]
 pub struct MemberArgs {
     /// Name of the restored etcd member (etcd's --name; etcd must later start with it).
-    #[arg(long, value_name = "NAME", required = true)]
-    pub member_name: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "prepare_for")]
+    pub member_name: Option<String>,
     /// Initial cluster of the restored member [default: <name>=<first peer URL>]
     #[arg(long, value_name = "NAME=URL,...")]
     pub initial_cluster: Option<String>,
@@ -138,9 +149,12 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         true => resolve_s3(&snapshot, resolve::s3_settings(&args.s3, None)).await?,
         false => resolve(&args, &snapshot)?,
     };
+    if let Some(program) = args.prepare_for {
+        return prepare::run(&args, source, program).await;
+    }
     let request = RestoreRequest {
         source,
-        data_dir: args.data_dir.clone(),
+        data_dir: target_dir(&args)?,
         member: resolve::member_settings(&args.member),
         etcdutl: args.etcdutl.clone(),
         token: resolve::current_token(&args.token)?,
@@ -217,9 +231,19 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// This host's EncryptionConfiguration: the flag, else the K3s/RKE2 server's own.
+/// This host's EncryptionConfiguration: the flag, else the K3s/RKE2 server's own (none, said,
+/// when the server's configuration cannot be read: the restore does not depend on it).
 pub(super) fn encryption_config(args: &RestoreArgs) -> Option<PathBuf> {
-    args.encryption.resolve(crate::cli::presets::Preset::detect().as_ref())
+    let preset = crate::cli::presets::Preset::detect(resolve::program_flag()).unwrap_or_else(|e| {
+        tracing::warn!("cannot read the server's configuration for its EncryptionConfiguration: {e}");
+        None
+    });
+    args.encryption.resolve(preset.as_ref())
+}
+
+/// `--data-dir`, which clap requires unless `--prepare-for` is given.
+pub(super) fn target_dir(args: &RestoreArgs) -> anyhow::Result<PathBuf> {
+    args.data_dir.clone().context("--data-dir is required")
 }
 
 /// The pre-flight report as text on stdout.
@@ -239,7 +263,7 @@ async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::Result<Snap
         );
     }
     let name = SnapshotName::parse(given).with_context(|| format!("{given:?} is not a snapshot name"))?;
-    let store = S3Store::new(settings.parse()?, None)?;
+    let store = S3Store::new(settings.parse()?.for_program(resolve::machine_program()?), None)?;
     Ok(SnapshotSource::from_store(store, &name).await?)
 }
 
@@ -258,7 +282,7 @@ fn resolve(args: &RestoreArgs, given: &str) -> anyhow::Result<SnapshotSource> {
 /// The snapshot directory ([`resolve::restore_snapshot_dir`]). `what` and `example` word the
 /// error when it does not exist.
 pub(super) fn open_snapshot_dir(args: &RestoreArgs, what: &str, example: &str) -> anyhow::Result<LocalStore> {
-    let dir = resolve::restore_snapshot_dir(args.dir.as_deref());
+    let dir = resolve::restore_snapshot_dir(args.dir.as_deref())?;
     match LocalStore::open(&dir, false, "") {
         Ok(store) => Ok(store),
         Err(StoreError::MissingDir(_)) => bail!(

@@ -12,7 +12,7 @@ use etcdsnap::pitr::restore::{PitrPlan, RollForward, fetch_segments, plan_local,
 use etcdsnap::restore::{self, CurrentToken, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::pitr::Target;
-use etcdsnap_storage::seal::OpenKeys;
+use etcdsnap_storage::seal::{Identity, OpenKeys};
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::s3::S3Store;
 use std::os::unix::fs::PermissionsExt as _;
@@ -27,15 +27,16 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give a snapshot, --to-revision or --to-time"),
     };
     let format = args.output.output;
+    let keys = crate::cli::seal::open_keys(&args.unseal)?;
+    let identity = keys.identity.as_deref();
     let (mut plan, base) = match args.s3.enabled {
-        true => plan_in_s3(&args, target).await?,
-        false => plan_in_dir(&args, target).await?,
+        true => plan_in_s3(&args, target, identity).await?,
+        false => plan_in_dir(&args, target, identity).await?,
     };
     let mut printed = PitrView::new(&plan, args.dry_run);
     if format.is_table() {
         emit(&view::plan_text(&plan))?;
     }
-    let keys = crate::cli::seal::open_keys(&args.unseal)?;
     if !check_base(&args, &keys, &base).await? {
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
@@ -45,7 +46,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
     let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
     let etcd = locate_etcd(args.etcd.as_deref())?;
-    let work = work_dir(&args.data_dir)?;
+    let work = work_dir(&super::target_dir(&args)?)?;
     if let Some(store) = base.store().filter(|_| args.s3.enabled) {
         fetch_segments(store, &mut plan, &work.path().join("deltas")).await?;
     }
@@ -71,7 +72,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     printed.replayed(&rolled, plan.expected_hash.is_some());
     if format.is_table() {
-        emit(&format!("{}\n", view::replayed_text(&plan, &rolled)))?;
+        emit(&format!("{}\n", view::replayed_text(&rolled)))?;
     }
 
     // The token was checked against the base above; the rolled file carries no metadata.
@@ -89,18 +90,27 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The snapshots and chains of the snapshot directory.
-async fn plan_in_dir(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+async fn plan_in_dir(
+    args: &RestoreArgs,
+    target: Target,
+    identity: Option<&Identity>,
+) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
     let store = open_snapshot_dir(args, "nothing to roll forward", "snap.db")?;
-    let plan = plan_local(&store, target, args.etcd_cluster_id.as_deref()).await?;
+    let plan = plan_local(&store, target, args.etcd_cluster_id.as_deref(), identity).await?;
     let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
     let base = SnapshotSource::from_local_store(&store, &name)?;
     Ok((plan, base))
 }
 
 /// With --s3: the snapshots and chains of the S3 folder.
-async fn plan_in_s3(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
-    let store: Arc<dyn SnapshotStore> = S3Store::new(resolve::s3_settings(&args.s3, None).parse()?, None)?;
-    let plan = plan_s3(&store, target, args.etcd_cluster_id.as_deref()).await?;
+async fn plan_in_s3(
+    args: &RestoreArgs,
+    target: Target,
+    identity: Option<&Identity>,
+) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+    let settings = resolve::s3_settings(&args.s3, None).parse()?.for_program(resolve::machine_program()?);
+    let store: Arc<dyn SnapshotStore> = S3Store::new(settings, None)?;
+    let plan = plan_s3(&store, target, args.etcd_cluster_id.as_deref(), identity).await?;
     let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
     Ok((plan, base))
 }
@@ -136,7 +146,8 @@ fn request(
 ) -> RestoreRequest {
     RestoreRequest {
         source,
-        data_dir: args.data_dir.clone(),
+        // Present: --prepare-for, which alone makes it optional, excludes --to-revision/--to-time.
+        data_dir: args.data_dir.clone().unwrap_or_default(),
         member: resolve::member_settings(&args.member),
         etcdutl: args.etcdutl.clone(),
         ignore_token_mismatch: args.ignore_token_mismatch || token.is_none(),
