@@ -405,6 +405,19 @@ async fn restore_drill_and_point_in_time_restore_open_a_sealed_snapshot_only_wit
     agent
         .wait_for_metric("etcdsnap_delta_durable_revision", target_rev as f64, std::time::Duration::from_secs(30))
         .await?;
+    // Every segment on disk is sealed (format 2 inside): no captured value is stored in the clear.
+    let mut segments = 0;
+    for chain in std::fs::read_dir(data.path().join(".etcdsnap-deltas"))? {
+        for file in std::fs::read_dir(chain?.path())? {
+            let path = file?.path();
+            if path.to_string_lossy().ends_with(".seg.zst") {
+                let bytes = std::fs::read(&path)?;
+                assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{} is not sealed", path.display());
+                segments += 1;
+            }
+        }
+    }
+    assert!(segments > 0, "no delta segment was written");
     let pitr_target = work.path().join("pitr");
     let pitr_port = testenv::free_port()?;
     let mut pitr =
