@@ -46,6 +46,7 @@ pub mod legacy;
 pub mod metadata;
 pub mod names;
 pub mod program;
+pub mod seal;
 pub mod token;
 
 pub use crd::{ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotS3, ETCDSnapshotSpec, ETCDSnapshotStatus, crd};
@@ -59,4 +60,5 @@ pub use names::{
     validate_node_name,
 };
 pub use program::Program;
+pub use seal::{KitRef, Sealed};
 pub use token::{TokenError, TokenHash};

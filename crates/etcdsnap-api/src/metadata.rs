@@ -6,6 +6,7 @@
 use crate::crd::ETCDSnapshotS3;
 use crate::names::Compression;
 use crate::program::Program;
+use crate::seal::Sealed;
 use crate::token::TokenHash;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -98,7 +99,15 @@ pub struct MetadataDocument {
     /// Copy of the extra-metadata ConfigMap's data at save time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_metadata: Option<BTreeMap<String, String>>,
-    /// The last restore drill of this copy, kept with it so a rebuilt resource keeps it.
+    /// Set when the stored bytes are sealed (age): to whom, and the restore kit beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+    /// sha256 of the API server's EncryptionConfiguration file at save time: a restore
+    /// compares it with the target host's (Secrets read as garbage under another key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_config_sha256: Option<String>,
+    /// The last restore drill of this copy, kept with it so a rebuilt resource keeps it. It is
+    /// written after the save, so a record's signature covers the record without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillResult>,
     /// The program (`k3s` or `rke2`) whose names the S3 object's user metadata carries. Absent
@@ -217,6 +226,8 @@ mod tests {
             cluster_id: Some("uid".into()),
             s3: None,
             extra_metadata: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+            sealed: Some(Sealed { recipients: vec!["age1x".into()], kit: None }),
+            encryption_config_sha256: None,
             drill: Some(DrillResult {
                 at: jiff::Timestamp::from_second(1_700_000_100).unwrap_or_default(),
                 result: "passed".into(),

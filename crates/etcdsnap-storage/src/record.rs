@@ -6,7 +6,7 @@
 use etcdsnap_api::consts::S3_STORAGE_NODE;
 use etcdsnap_api::metadata::{METADATA_API_VERSION, METADATA_KIND};
 use etcdsnap_api::{
-    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, Program, SnapshotName,
+    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, Program, Sealed, SnapshotName,
     StorageKind, TokenHash, configmap_key, cr_name,
 };
 use std::collections::BTreeMap;
@@ -60,6 +60,10 @@ pub struct SnapshotRecord {
     /// S3 location details (never credentials) for S3 records.
     pub s3: Option<ETCDSnapshotS3>,
     pub extra_metadata: Option<BTreeMap<String, String>>,
+    /// Sealed with age: to which recipients, and the restore kit beside it.
+    pub sealed: Option<Sealed>,
+    /// sha256 of the API server's EncryptionConfiguration at save time.
+    pub encryption_config_sha256: Option<String>,
     /// The last restore drill of this copy.
     pub drill: Option<DrillResult>,
     pub metadata_source: MetadataSource,
@@ -98,6 +102,8 @@ impl SnapshotRecord {
             cluster_id: None,
             s3: None,
             extra_metadata: None,
+            sealed: None,
+            encryption_config_sha256: None,
             drill: None,
             metadata_source: MetadataSource::None,
             program: None,
@@ -178,6 +184,8 @@ impl SnapshotRecord {
             cluster_id: self.cluster_id.clone(),
             s3: self.s3.clone(),
             extra_metadata: self.extra_metadata.clone(),
+            sealed: self.sealed.clone(),
+            encryption_config_sha256: self.encryption_config_sha256.clone(),
             drill: self.drill.clone(),
             program: self.program,
         }
@@ -196,6 +204,8 @@ impl SnapshotRecord {
         self.token_hash = doc.token_hash.or(self.token_hash.take());
         self.cluster_id = doc.cluster_id.or(self.cluster_id.take());
         self.extra_metadata = doc.extra_metadata;
+        self.sealed = doc.sealed;
+        self.encryption_config_sha256 = doc.encryption_config_sha256;
         self.drill = doc.drill;
         self.program = doc.program;
         self.metadata_source = MetadataSource::Document;

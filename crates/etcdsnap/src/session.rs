@@ -79,6 +79,11 @@ pub struct SessionConfig {
     pub zstd_level: i32,
     /// Record etcd's HashKV with each save (`--record-hashkv`).
     pub record_hash_kv: bool,
+    /// How new snapshots are sealed and signed (recipients from the S3 config Secret apply when
+    /// none is configured here).
+    pub sealing: crate::seal::Sealing,
+    /// The keys that open and check stored snapshots.
+    pub keys: etcdsnap_storage::seal::OpenKeys,
     pub kube: ConnectOptions,
     /// The Kubernetes duties' settings, and the program (`k3s` or `rke2`) whose names everything
     /// carries: resources, ConfigMaps, Node annotations and the S3 user metadata.
@@ -227,6 +232,8 @@ impl Session {
             extra_metadata: None,
             zstd_level: self.config.zstd_level,
             record_hash_kv: self.config.record_hash_kv,
+            sealing: self.config.sealing.clone(),
+            keys: self.config.keys.clone(),
             lock_dir,
             removals: self.removals.clone(),
         }
@@ -310,7 +317,10 @@ impl Session {
     async fn use_s3_secret(&self, kube: &Kube, ctx: &mut Context) {
         let Some(name) = kube.settings.s3_config_secret.clone() else { return };
         let config = match s3_secret::load(&kube.client, &name).await {
-            Ok(raw) => raw.parse().map(|c| c.for_program(self.config.kube_settings.program)).map_err(|e| e.to_string()),
+            Ok(raw) => {
+                self.use_secret_recipients(kube, &raw, ctx);
+                raw.parse().map(|c| c.for_program(self.config.kube_settings.program)).map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         let store = config.and_then(|c| S3Store::with_cache_in(c, &self.config.data_dir).map_err(|e| e.to_string()));
@@ -322,6 +332,24 @@ impl Session {
                 ctx.remote = Some(store);
             }
             Err(e) => tracing::warn!("S3 unavailable: {e} (config secret {SYSTEM_NAMESPACE}/{name})"),
+        }
+    }
+
+    /// The Secret's recipients (`etcdsnap-encrypt-to`) seal new snapshots when no recipient is
+    /// configured otherwise. Recipients that cannot be used stop every save (an unsealed copy
+    /// must not be taken for a sealed one).
+    fn use_secret_recipients(&self, kube: &Kube, raw: &RawS3Settings, ctx: &mut Context) {
+        let Some(given) = raw.recipients() else { return };
+        if ctx.sealing.recipients.is_some() {
+            return;
+        }
+        match etcdsnap_storage::seal::Recipients::parse([given]) {
+            Ok(r) => ctx.sealing.recipients = Some(Arc::new(r)),
+            Err(e) => {
+                let name = kube.settings.s3_config_secret.as_deref().unwrap_or_default();
+                let key = etcdsnap_api::seal::SECRET_RECIPIENTS_KEY;
+                ctx.sealing.invalid = Some(format!("S3 config secret {SYSTEM_NAMESPACE}/{name}: key {key}: {e}"));
+            }
         }
     }
 

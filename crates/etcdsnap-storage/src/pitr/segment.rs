@@ -6,7 +6,8 @@
 //! in memory; its size does not grow with the database. The encoding is explicit and versioned
 //! (little-endian integers, length-prefixed byte strings) and ends in a trailer that counts what
 //! it holds, so a truncated segment is an error, never a shorter history. The stored form is
-//! this encoding compressed with zstd ([`Segment::to_stored`]).
+//! this encoding compressed with zstd ([`Segment::to_stored`]), and with sealing on, that sealed
+//! with age to the snapshots' recipients: `age -d <segment> | zstd -d` gives the encoding back.
 //!
 //! Format 2 (`ESDSEG2`), written since the replay proves itself: after the magic, a sequence of
 //! records, each a tag byte, a u32 length and that many bytes:
@@ -22,6 +23,8 @@
 //! Format 1 (`ESDSEG1`, without lengths, previous states or leases) is still read: its events'
 //! previous states are [`PrevState::NotCaptured`].
 
+use crate::seal::keys::AGE_MAGIC;
+use crate::seal::{Identity, Recipients};
 use sha2::{Digest as _, Sha256};
 use std::io::Read;
 
@@ -149,6 +152,10 @@ pub enum SegmentError {
     Corrupt { name: String, offset: usize, problem: String },
     #[error("delta segment {name}: cannot decompress: {message}")]
     Decompress { name: String, message: String },
+    #[error("delta segment {name} is sealed with age: pass --decrypt-identity to replay it")]
+    Sealed { name: String },
+    #[error("delta segment {name}: cannot open it with the identity given: {message}")]
+    Unseal { name: String, message: String },
 }
 
 impl Segment {
@@ -277,14 +284,34 @@ impl Segment {
         }
     }
 
-    /// The stored form: the encoding, zstd-compressed.
-    pub fn to_stored(&self, level: i32) -> std::io::Result<Vec<u8>> {
-        zstd::encode_all(self.encode().as_slice(), level)
+    /// The stored form: the encoding, zstd-compressed, then sealed to `recipients` when given.
+    pub fn to_stored(&self, level: i32, recipients: Option<&Recipients>) -> std::io::Result<Vec<u8>> {
+        let compressed = zstd::encode_all(self.encode().as_slice(), level)?;
+        match recipients {
+            Some(r) => r.seal(&compressed).map_err(std::io::Error::other),
+            None => Ok(compressed),
+        }
     }
 
-    /// Reads the stored form; at most `limit` decompressed bytes are accepted, so a hostile
-    /// object cannot exhaust memory.
-    pub fn from_stored(name: &str, stored: &[u8], limit: usize) -> Result<Segment, SegmentError> {
+    /// Reads the stored form, opening a sealed one with `identity`; at most `limit`
+    /// decompressed bytes are accepted, so a hostile object cannot exhaust memory.
+    pub fn from_stored(
+        name: &str,
+        stored: &[u8],
+        limit: usize,
+        identity: Option<&Identity>,
+    ) -> Result<Segment, SegmentError> {
+        let opened;
+        let stored = match (stored.starts_with(AGE_MAGIC), identity) {
+            (false, _) => stored,
+            (true, None) => return Err(SegmentError::Sealed { name: name.into() }),
+            (true, Some(id)) => {
+                opened = id
+                    .open(stored, stored.len() as u64)
+                    .map_err(|message| SegmentError::Unseal { name: name.into(), message })?;
+                opened.as_slice()
+            }
+        };
         let decompress = |message: String| SegmentError::Decompress { name: name.into(), message };
         let decoder = zstd::Decoder::new(stored).map_err(|e| decompress(e.to_string()))?;
         let mut bytes = Vec::new();
@@ -528,8 +555,8 @@ mod tests {
     fn a_segment_reads_back_as_written_stored_or_not() {
         let s = sample();
         assert_eq!(Segment::decode("s", &s.encode()).unwrap(), s);
-        let stored = s.to_stored(3).unwrap();
-        assert_eq!(Segment::from_stored("s", &stored, 1 << 20).unwrap(), s);
+        let stored = s.to_stored(3, None).unwrap();
+        assert_eq!(Segment::from_stored("s", &stored, 1 << 20, None).unwrap(), s);
         assert_eq!((s.first_revision(), s.last_revision(), s.event_count()), (Some(11), Some(13), 4));
         assert!(s.encoded_len() >= s.encode().len(), "{} < {}", s.encoded_len(), s.encode().len());
     }
@@ -548,6 +575,23 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(Segment::decode("s", &bytes[..len]).is_err(), "a format-1 segment cut to {len} bytes was accepted");
         }
+    }
+
+    #[test]
+    fn a_sealed_segment_opens_with_its_identity_only() {
+        let (secret, public) = crate::seal::keys::tests::keypair();
+        let (other, _) = crate::seal::keys::tests::keypair();
+        let recipients = Recipients::parse([public.as_str()]).unwrap();
+        let s = sample();
+        let stored = s.to_stored(3, Some(&recipients)).unwrap();
+        assert!(stored.starts_with(AGE_MAGIC));
+        let clear = s.to_stored(3, None).unwrap();
+        assert!(!stored.windows(16).any(|w| clear.windows(16).any(|c| c == w)), "compressed bytes stored in the clear");
+        let id = Identity::parse(&secret).unwrap();
+        assert_eq!(Segment::from_stored("s", &stored, 1 << 20, Some(&id)).unwrap(), s);
+        assert!(matches!(Segment::from_stored("s", &stored, 1 << 20, None), Err(SegmentError::Sealed { .. })));
+        let other = Identity::parse(&other).unwrap();
+        assert!(matches!(Segment::from_stored("s", &stored, 1 << 20, Some(&other)), Err(SegmentError::Unseal { .. })));
     }
 
     #[test]
@@ -621,7 +665,7 @@ mod tests {
     fn a_decompression_bomb_is_refused() {
         let big = vec![0u8; 4 << 20];
         let stored = zstd::encode_all(big.as_slice(), 3).unwrap();
-        let err = Segment::from_stored("bomb", &stored, 1 << 20).unwrap_err();
+        let err = Segment::from_stored("bomb", &stored, 1 << 20, None).unwrap_err();
         assert!(err.to_string().contains("larger than"), "{err}");
     }
 

@@ -158,7 +158,8 @@ async fn record(
         }
         None => (session.kube(), None),
     };
-    for problem in drill::keep_result(source, report, kube, session.node_name(), term).await {
+    let signer = session.config().sealing.signing_key.clone();
+    for problem in drill::keep_result(source, report, kube, session.node_name(), term, signer.as_deref()).await {
         tracing::warn!(snapshot = %name, "{problem}");
     }
 }

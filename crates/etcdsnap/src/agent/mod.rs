@@ -172,7 +172,7 @@ impl Agent {
             let leader = move || duties.as_ref().and_then(|d| d.leader());
             tokio::spawn(drills::drill_loop(session, settings, metrics, leader, stop.clone()))
         });
-        let capturing = self.settings.deltas.map(|settings| {
+        let capturing = self.settings.deltas.clone().map(|settings| {
             let uploads = tokio::spawn(pitr::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
             (tokio::spawn(pitr::capture_loop(self.clone(), settings, stop.clone())), uploads)
         });

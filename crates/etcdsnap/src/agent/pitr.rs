@@ -73,7 +73,7 @@ pub async fn capture_loop(agent: Arc<Agent>, settings: CaptureSettings, stop: Ca
             wait(TERM_CHECK, &stop).await;
             continue;
         };
-        let result = capture_term(&agent, settings, lead, &stop).await;
+        let result = capture_term(&agent, settings.clone(), lead, &stop).await;
         agent.metrics.pitr.set_capturing(false, now_ms());
         let Err(e) = result else {
             backoff = BACKOFF_MIN;

@@ -3,9 +3,9 @@
 //! and the parsers of flag values.
 
 use super::commands::{
-    agent::AgentArgs, completion::CompletionArgs, crd::CrdArgs, delete::DeleteArgs, drill::DrillArgs, ls::LsArgs,
-    man::ManArgs, prune::PruneArgs, reconcile::ReconcileArgs, restore::RestoreArgs, save::SaveArgs, verify::VerifyArgs,
-    watch::WatchArgs,
+    agent::AgentArgs, completion::CompletionArgs, crd::CrdArgs, delete::DeleteArgs, drill::DrillArgs, kit::KitArgs,
+    ls::LsArgs, man::ManArgs, prune::PruneArgs, reconcile::ReconcileArgs, restore::RestoreArgs, save::SaveArgs,
+    verify::VerifyArgs, watch::WatchArgs,
 };
 use super::flags::heading;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -68,7 +68,7 @@ pub enum Command {
     /// integrity trailer. Exits non-zero if any check fails.
     Verify(VerifyArgs),
     /// Run beside an etcd member: scheduled snapshots, retention, metrics and health.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print the ETCDSnapshotFile CRD as YAML (or install it with --install).
     Crd(CrdArgs),
     /// Bring the ETCDSnapshotFile resources in line with storage: this node's, and the leader's
@@ -83,6 +83,9 @@ pub enum Command {
     /// compare etcd's HashKV of the contents with the one recorded at save time, and with
     /// --drill-etcd boot a private etcd on a restored copy. Exits non-zero if any drill fails.
     Drill(Box<DrillArgs>),
+    /// Open a sealed snapshot's restore kit and write it into a directory: the server token and
+    /// the files kept with the snapshot (certificates, EncryptionConfiguration), with their modes.
+    Kit(Box<KitArgs>),
     /// Print a shell completion script: `etcdsnap completion bash > /etc/bash_completion.d/etcdsnap`.
     Completion(CompletionArgs),
     /// Write the manual pages (etcdsnap.1 and one etcdsnap-COMMAND.1 per command) into a

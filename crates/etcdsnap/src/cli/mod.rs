@@ -6,6 +6,7 @@
 //! - `resolve.rs`: parsed flags turned into settings (node name, token hash, session, ...);
 //! - `commands/`: one file per command, its own flags and the function that runs it;
 //! - `output/`: one file per printed thing, its typed view and its table;
+//! - `seal.rs`: the sealing flags (age, minisign, the restore kit) and what they mean;
 //! - `help.rs`: which shared flags each command's help shows, and the examples' manual section;
 //! - `config_file.rs` (`--config`, and the settings a K3s/RKE2 server's own configuration
 //!   supplies), `server_config.rs` (that configuration, merged as the server merges it),
@@ -24,6 +25,7 @@ mod output;
 mod presets;
 mod progress;
 mod resolve;
+mod seal;
 mod server_config;
 
 use anyhow::Context as _;
@@ -93,12 +95,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => commands::delete::run(a).await,
         Command::Prune(a) => commands::prune::run(a).await,
         Command::Verify(a) => commands::verify::run(a).await,
-        Command::Agent(a) => commands::agent::run(a).await,
+        Command::Agent(a) => commands::agent::run(*a).await,
         Command::Crd(a) => commands::crd::run(a).await,
         Command::Reconcile(a) => commands::reconcile::run(a).await,
         Command::Watch(a) => commands::watch::run(a).await,
         Command::Restore(a) => commands::restore::run(*a).await,
         Command::Drill(a) => commands::drill::run(*a).await,
+        Command::Kit(a) => commands::kit::run(*a).await,
         Command::Completion(a) => commands::completion::run(a),
         Command::Man(a) => commands::man::run(a),
     }

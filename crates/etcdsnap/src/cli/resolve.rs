@@ -115,13 +115,21 @@ pub fn node_name(args: &StorageArgs, preset: Option<&Preset>) -> anyhow::Result<
 /// the server's token file. None when there is no token anywhere (the hash is then not
 /// recorded). Where it came from is logged, never the token.
 pub fn token_hash(args: &TokenArgs, preset: Option<&Preset>) -> anyhow::Result<Option<TokenHash>> {
-    let hash_of = |token: &str, from: &str| TokenHash::of_token(token).with_context(|| from.to_string());
-    let from_file = |path: &Path, from: &str| -> anyhow::Result<TokenHash> {
+    match server_token(args, preset)? {
+        Some((token, from)) => Ok(Some(TokenHash::of_token(&token).with_context(|| from)?)),
+        None => Ok(None),
+    }
+}
+
+/// The server token itself, from the sources [`token_hash`] reads in its order, with where it
+/// came from: only a sealed restore kit ever stores it.
+pub fn server_token(args: &TokenArgs, preset: Option<&Preset>) -> anyhow::Result<Option<(String, String)>> {
+    let from_file = |path: &Path, from: &str| -> anyhow::Result<(String, String)> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {from} {}", path.display()))?;
-        hash_of(&text, &format!("{from} {}", path.display()))
+        Ok((text, format!("{from} {}", path.display())))
     };
     if let Some(token) = &args.token {
-        return Ok(Some(hash_of(token, "--token")?));
+        return Ok(Some((token.clone(), "--token".into())));
     }
     if let Some(path) = &args.token_file {
         return Ok(Some(from_file(path, "--token-file")?));
@@ -131,7 +139,7 @@ pub fn token_hash(args: &TokenArgs, preset: Option<&Preset>) -> anyhow::Result<O
             && !token.trim().is_empty()
         {
             tracing::info!("server token from ${distro}_TOKEN");
-            return Ok(Some(hash_of(&token, &format!("${distro}_TOKEN"))?));
+            return Ok(Some((token, format!("${distro}_TOKEN"))));
         }
         if let Some(path) = std::env::var_os(format!("{distro}_TOKEN_FILE")) {
             tracing::info!("server token from ${distro}_TOKEN_FILE");
@@ -312,6 +320,8 @@ pub fn session_config(
         token_hash: None,
         zstd_level: node.compress.zstd_level.unwrap_or(etcdsnap::session::DEFAULT_ZSTD_LEVEL),
         record_hash_kv: node.etcd.record_hashkv,
+        sealing: Default::default(),
+        keys: Default::default(),
     })
 }
 

@@ -36,6 +36,10 @@ pub struct Context {
     pub zstd_level: i32,
     /// Ask the member for its HashKV after each save and record it.
     pub record_hash_kv: bool,
+    /// How new snapshots are sealed and signed, and what their kits hold.
+    pub sealing: crate::seal::Sealing,
+    /// The keys that open and check stored snapshots (verify, drills).
+    pub keys: etcdsnap_storage::seal::OpenKeys,
     /// Where saves take their lock when there is no local store (S3 only): the directory a local
     /// store would use, so every save of the node takes the same lock.
     pub lock_dir: Option<PathBuf>,

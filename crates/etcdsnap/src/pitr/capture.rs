@@ -57,15 +57,17 @@ pub const WATCH_MESSAGE_LIMIT: usize = 256 * 1024 * 1024;
 const LEASE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When segments are flushed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CaptureSettings {
     pub flush_interval: Duration,
     pub max_bytes: usize,
+    /// Seal every segment to these age recipients (the snapshots').
+    pub recipients: Option<std::sync::Arc<etcdsnap_storage::seal::Recipients>>,
 }
 
 impl Default for CaptureSettings {
     fn default() -> Self {
-        CaptureSettings { flush_interval: Duration::from_secs(10), max_bytes: 8 * 1024 * 1024 }
+        CaptureSettings { flush_interval: Duration::from_secs(10), max_bytes: 8 * 1024 * 1024, recipients: None }
     }
 }
 
@@ -138,7 +140,7 @@ pub async fn capture_observed(
     if !etcdsnap_storage::pitr::valid_chain_name(&base.name) {
         return Err(CaptureError::ChainName(base.name.clone()));
     }
-    let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings, durable)?;
+    let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings.clone(), durable)?;
     let start = writer.taken + 1;
     let opts = WatchOptions::new()
         .with_all_keys()
@@ -412,7 +414,10 @@ impl ChainWriter {
             self.opened = None;
             return self.mark_last_broken(broken);
         };
-        let stored = self.pending.to_stored(ZSTD_LEVEL).map_err(|source| self.write_error("segment", source))?;
+        let stored = self
+            .pending
+            .to_stored(ZSTD_LEVEL, self.settings.recipients.as_deref())
+            .map_err(|source| self.write_error("segment", source))?;
         let record = SegmentRecord {
             format: RECORD_FORMAT,
             chain: self.base.name.clone(),

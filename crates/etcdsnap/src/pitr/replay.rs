@@ -35,8 +35,10 @@ use etcd_client::Client;
 use etcdsnap_api::KvHash;
 use etcdsnap_storage::etcd::EtcdConfig;
 use etcdsnap_storage::pitr::{ReplayPlan, SegmentError, SegmentRecord, Target};
+use etcdsnap_storage::seal::Identity;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The replayed etcd's backend quota: 16 GiB, above any database etcd supports (8 GiB).
@@ -68,6 +70,8 @@ pub struct Replay<'a> {
     /// the file etcd's Snapshot call would have sent ([`database`]). It is moved there, not
     /// copied: the data directory of the report is left without it.
     pub save_to: Option<&'a Path>,
+    /// Opens sealed segments (both passes read them).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// What a replay produced.
@@ -139,8 +143,8 @@ pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
     // The first pass runs while etcdutl restores the base: neither needs the other. A damaged
     // segment still fails the replay before its etcd starts (once etcdutl is done, so that
     // nothing writes in the working directory any more).
-    let (plan, target, dir) = (r.plan.clone(), r.target, r.segments_dir.to_path_buf());
-    let scanning = tokio::task::spawn_blocking(move || scan::scan(&plan, target, &dir));
+    let (plan, target, dir, identity) = (r.plan.clone(), r.target, r.segments_dir.to_path_buf(), r.identity.clone());
+    let scanning = tokio::task::spawn_blocking(move || scan::scan(&plan, target, &dir, identity.as_deref()));
     let (scanned, restored) = tokio::join!(scanning, loopback::restore("pitr", r.etcdutl, r.base_snapshot, r.work));
     let scan = scanned.map_err(|e| ReplayError::Query(format!("the first pass over the segments failed: {e}")))??;
     let restored = restored?;
@@ -166,6 +170,7 @@ pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
         base_revision: r.plan.base.revision,
         segments: r.plan.segments.clone(),
         segments_dir: r.segments_dir.to_path_buf(),
+        identity: r.identity.clone(),
         expected_hash: r.expected_hash,
         scan,
     };
@@ -199,6 +204,7 @@ struct Job {
     base_revision: i64,
     segments: Vec<SegmentRecord>,
     segments_dir: PathBuf,
+    identity: Option<Arc<Identity>>,
     expected_hash: Option<KvHash>,
     scan: scan::Scan,
 }
@@ -279,7 +285,7 @@ async fn apply_all(job: &Job, client: &Client) -> Result<apply::Applied, ReplayE
         if next > job.scan.stop_at {
             break;
         }
-        let segment = scan::read_segment(&job.segments_dir, record)?;
+        let segment = scan::read_segment(&job.segments_dir, record, job.identity.as_deref())?;
         let first = next;
         for changes in segment.revisions.into_iter().filter(|c| c.revision >= first && c.revision <= job.scan.stop_at) {
             if changes.revision != next {

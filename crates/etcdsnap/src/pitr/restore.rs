@@ -15,6 +15,7 @@ use etcdsnap_storage::pitr::{
     ChainSummary, ObservedBy, PlanError, ReplayPlan, Segment, SegmentRecord, Target, local, plan, segments_spanning,
     summarize,
 };
+use etcdsnap_storage::seal::Identity;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use sha2::{Digest as _, Sha256};
@@ -63,14 +64,20 @@ pub struct PitrPlan {
     pub warnings: Vec<String>,
 }
 
-/// Plans a roll forward to `target` from the snapshots in `store` and the chains beside it.
-pub async fn plan_local(store: &LocalStore, target: Target, cluster: Option<&str>) -> Result<PitrPlan, PitrError> {
+/// Plans a roll forward to `target` from the snapshots in `store` and the chains beside it
+/// (`identity` opens sealed segments, read when a time target falls inside one).
+pub async fn plan_local(
+    store: &LocalStore,
+    target: Target,
+    cluster: Option<&str>,
+    identity: Option<&Identity>,
+) -> Result<PitrPlan, PitrError> {
     let listing = store.list().await?;
     let deltas_dir = local::dir_beside(store.dir());
     let (records, mut warnings) = local::read_all(&deltas_dir);
     warnings.extend(listing.warnings);
     let dir = deltas_dir.clone();
-    let mut observed_by = move |r: &SegmentRecord, ms: i64| replay::last_observed_by(&dir, r, ms);
+    let mut observed_by = move |r: &SegmentRecord, ms: i64| replay::last_observed_by(&dir, r, ms, identity);
     finish_plan(listing.records, records, warnings, deltas_dir, target, cluster, &mut observed_by)
 }
 
@@ -85,6 +92,7 @@ pub async fn plan_s3(
     store: &Arc<dyn SnapshotStore>,
     target: Target,
     cluster: Option<&str>,
+    identity: Option<&Identity>,
 ) -> Result<PitrPlan, PitrError> {
     let s3 = store.as_s3().ok_or_else(|| PitrError::Download("the store is not S3".into()))?;
     let listing = store.list().await?;
@@ -117,14 +125,20 @@ pub async fn plan_s3(
         let name = format!("{}/{}", r.chain, r.segment_name());
         let stored =
             spanning.get(&(r.chain.clone(), r.segment_name())).ok_or_else(|| format!("{name}: not downloaded"))?;
-        observed_in(&name, stored, r, ms)
+        observed_in(&name, stored, r, ms, identity)
     };
     finish_plan(listing.records, records, warnings, PathBuf::new(), target, cluster, &mut observed_by)
 }
 
 /// The last revision of a stored segment observed at or before `ms`, once its bytes match its
-/// record.
-fn observed_in(name: &str, stored: &[u8], record: &SegmentRecord, ms: i64) -> Result<Option<i64>, String> {
+/// record (opened with `identity` when sealed).
+fn observed_in(
+    name: &str,
+    stored: &[u8],
+    record: &SegmentRecord,
+    ms: i64,
+    identity: Option<&Identity>,
+) -> Result<Option<i64>, String> {
     let found = hex::encode(Sha256::digest(stored));
     if !found.eq_ignore_ascii_case(&record.sha256) {
         return Err(format!(
@@ -132,7 +146,7 @@ fn observed_in(name: &str, stored: &[u8], record: &SegmentRecord, ms: i64) -> Re
             record.sha256
         ));
     }
-    let segment = Segment::from_stored(name, stored, SEGMENT_LIMIT as usize).map_err(|e| e.to_string())?;
+    let segment = Segment::from_stored(name, stored, SEGMENT_LIMIT as usize, identity).map_err(|e| e.to_string())?;
     Ok(segment.last_revision_observed_by(ms))
 }
 
@@ -228,12 +242,14 @@ fn describe(target: Target) -> String {
 }
 
 /// The binaries and the private directory a roll forward uses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RollForward<'a> {
     pub plan: &'a PitrPlan,
     pub target: Target,
     /// The base snapshot (as resolved for its pre-flight report).
     pub base: &'a SnapshotSource,
+    /// Opens a sealed base.
+    pub identity: Option<std::sync::Arc<etcdsnap_storage::seal::Identity>>,
     pub etcdutl: &'a Path,
     pub etcd: &'a Path,
     /// A private, empty directory; the result is written in it.
@@ -249,13 +265,15 @@ pub struct RolledForward {
 
 /// Replays the plan in a private etcd and saves the result as `work/<name>`.
 pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrError> {
-    let base_file = match (r.base.compression, r.base.path()) {
-        (Compression::None, Some(path)) => path.to_path_buf(),
+    let base_file = match (r.base.compression, r.base.path(), r.base.sealed) {
+        (Compression::None, Some(path), false) => path.to_path_buf(),
         _ => {
-            // Compressed or remote: decompressed once, checked on the way.
+            // Compressed, sealed or remote: opened and decompressed once, checked on the way.
             let out = r.work.join("base.db");
             let name = r.base.record.name.to_string();
-            verify_pass(r.base, Some(out.clone()), None).await.map_err(|source| PitrError::Base { name, source })?;
+            verify_pass(r.base, r.identity.clone(), Some(out.clone()), None)
+                .await
+                .map_err(|source| PitrError::Base { name, source })?;
             out
         }
     };
@@ -273,6 +291,7 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
         work: &replay_dir,
         expected_hash: r.plan.expected_hash,
         save_to: Some(&snapshot),
+        identity: r.identity.clone(),
     })
     .await?;
     Ok(RolledForward { snapshot, report })
@@ -280,7 +299,8 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
 
 /// The rolled-forward snapshot's file name: a snapshot name saying what it is.
 fn rolled_name(base: &str, target: Target, stop_at: i64) -> String {
-    // The result is an uncompressed database, whatever the base was.
+    // The result is an uncompressed, unsealed database, whatever the base was.
+    let base = base.strip_suffix(etcdsnap_api::seal::SEALED_EXTENSION).unwrap_or(base);
     let base = base.strip_suffix(".zst").or_else(|| base.strip_suffix(".zip")).unwrap_or(base);
     match target {
         Target::Revision(_) => format!("{base}-rolled-to-{stop_at}"),

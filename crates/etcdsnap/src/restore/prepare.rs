@@ -7,7 +7,9 @@
 use super::{PassError, verify_pass};
 use crate::restore::SnapshotSource;
 use etcdsnap_storage::pipeline::Progress;
+use etcdsnap_storage::seal::Identity;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The prepared file.
 #[derive(Debug, Clone)]
@@ -40,15 +42,18 @@ pub enum PrepareError {
     Trailer(String),
 }
 
-/// Where a snapshot is prepared in `dir`: its name without a compression extension.
+/// Where a snapshot is prepared in `dir`: its name without its sealing and compression
+/// extensions.
 pub fn prepared_path(source: &SnapshotSource, dir: &Path) -> PathBuf {
     dir.join(source.record.name.without_compression_extension())
 }
 
-/// Writes `source` decompressed to [`prepared_path`] in `dir`, checked on the way.
+/// Writes `source` opened (with `identity`, when sealed) and decompressed to [`prepared_path`]
+/// in `dir`, checked on the way.
 pub async fn prepare_plain(
     source: &SnapshotSource,
     dir: &Path,
+    identity: Option<Arc<Identity>>,
     progress: Option<Progress>,
 ) -> Result<Prepared, PrepareError> {
     let path = prepared_path(source, dir);
@@ -62,7 +67,7 @@ pub async fn prepare_plain(
     // A private directory beside the result (same file system), removed whatever happens.
     let work = tempfile::Builder::new().prefix(".etcdsnap-prepare-").tempdir_in(dir).map_err(io(dir))?;
     let staged = work.path().join("snapshot.db");
-    let check = verify_pass(source, Some(staged.clone()), progress).await?;
+    let check = verify_pass(source, identity, Some(staged.clone()), progress).await?;
     if let Some(problem) = check.trailer.problem() {
         return Err(PrepareError::Trailer(problem));
     }

@@ -82,6 +82,8 @@ pub struct SnapshotSource {
     pub record: SnapshotRecord,
     /// How the bytes are compressed (from the content when it disagrees with the name).
     pub compression: Compression,
+    /// Whether the bytes are sealed with age (from the name, or the content).
+    pub sealed: bool,
     /// Size recorded in the metadata document, to compare with what is there now.
     pub recorded_size: Option<u64>,
     /// Things worth saying that do not stop the restore (unreadable metadata, odd names).
@@ -89,6 +91,8 @@ pub struct SnapshotSource {
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// How every age file begins (`age-encryption.org/v1`), as far as the sniffed header goes.
+const AGE_MAGIC: [u8; 4] = *b"age-";
 const ZIP_MAGIC: [u8; 4] = *b"PK\x03\x04";
 
 /// Compression recognised from the first bytes; None for anything else (an etcd database).
@@ -137,6 +141,7 @@ impl SnapshotSource {
             kind: SourceKind::File,
             origin: Origin::Path(path.clone()),
             compression: name.compression(),
+            sealed: name.is_sealed() || header[..read].starts_with(&AGE_MAGIC),
             record: file_record(name, &path, &meta),
             recorded_size: None,
             notes: Vec::new(),
@@ -144,7 +149,7 @@ impl SnapshotSource {
         if let Some(layout) = layout {
             source.apply_metadata(&layout);
         }
-        if let Some(found) = sniff(&header[..read])
+        if let Some(found) = sniff(&header[..read]).filter(|_| !source.sealed)
             && found != source.compression
         {
             source.notes.push(format!(
@@ -201,6 +206,7 @@ impl SnapshotSource {
         Ok(SnapshotSource {
             kind,
             compression: record.name.compression(),
+            sealed: record.name.is_sealed(),
             recorded_size: None,
             record,
             origin: Origin::Store(store),
@@ -213,6 +219,18 @@ impl SnapshotSource {
         match &self.origin {
             Origin::Store(store) => Some(store),
             Origin::Path(_) => None,
+        }
+    }
+
+    /// Where the snapshot's record, signature and kit are kept: its store, or for a file given
+    /// by path the records etcdsnap keeps beside its directory.
+    pub fn companions(&self) -> Result<Arc<dyn SnapshotStore>, SourceError> {
+        match &self.origin {
+            Origin::Store(store) => Ok(store.clone()),
+            Origin::Path(path) => {
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                Ok(Arc::new(LocalStore::open(dir, false, &self.record.node_name)?))
+            }
         }
     }
 

@@ -113,7 +113,7 @@ async fn verify_local(ctx: &Context, saved: &SaveReport) -> Option<VerifyResult>
     let (Some(local), Some(record)) = (&ctx.local, saved.ready_in(StorageKind::Local)) else {
         return None;
     };
-    let result = ops::verify_record(local, record, None).await;
+    let result = ops::verify_record(local, record, &ctx.keys, None).await;
     if !result.ok() {
         tracing::error!(snapshot = %record.name, problems = %result.problems.join("; "), "a snapshot just written does not verify");
     }

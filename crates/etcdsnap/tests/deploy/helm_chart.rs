@@ -173,6 +173,12 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
                 "deltas.enabled=true",
                 "deltas.interval=5s",
                 "deltas.maxBytes=4MiB",
+                "sealing.recipients.existingSecret=etcdsnap-recipients",
+                "sealing.signingKey.existingSecret=etcdsnap-signing",
+                "sealing.identity.existingSecret=etcdsnap-identity",
+                "sealing.verifyKey.existingSecret=etcdsnap-verify",
+                "sealing.kitFiles[0]=/etc/kubernetes/pki/etcd",
+                "sealing.encryptionConfig=/etc/kubernetes/encryption-config.yaml",
             ],
         ));
     }
@@ -340,6 +346,9 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
     if let Some(token) = flag(&args, "token-file") {
         used.push((token.to_string(), false));
     }
+    for sealing in ["encrypt-to-file", "sign-key", "decrypt-identity", "verify-key", "kit-file", "encryption-config"] {
+        used.extend(flag(&args, sealing).map(|p| (p.to_string(), false)));
+    }
     used.extend(expected.writable.iter().map(|p| (p.clone(), true)));
     for (path, writes) in &used {
         let m = mount_of(&mounts, path).unwrap_or_else(|| panic!("{case}: {path} is not mounted"));
@@ -357,8 +366,14 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
             assert!(used.iter().any(|(p, _)| p == host), "{case}: hostPath {host} is not one the agent uses");
         } else {
             let source = m.volume.as_mapping().map(|v| v.keys().filter_map(Value::as_str).collect::<Vec<_>>());
+            // 0400 in the chart: YAML 1.1 (the API server's) reads it as octal, YAML 1.2 as decimal.
+            let secret = |v: &Value| {
+                let mode = &v["secret"]["defaultMode"];
+                matches!(mode.as_u64(), Some(0o400 | 400)) || mode.as_str() == Some("0400")
+            };
             let ok = (m.path == "/tmp" && !m.volume["emptyDir"].is_null())
-                || (token_secret && m.path == "/etc/etcdsnap/token" && !m.volume["secret"].is_null());
+                || (token_secret && m.path == "/etc/etcdsnap/token" && !m.volume["secret"].is_null())
+                || (m.path.starts_with("/etc/etcdsnap/sealing/") && secret(&m.volume));
             assert!(ok, "{case}: unexpected volume at {}: {source:?}", m.path);
         }
     }
@@ -399,6 +414,18 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
         assert_eq!(flag(&args, "drill-etcd"), Some("/usr/local/bin/etcd"), "{case}");
         assert_eq!(flag(&args, "zstd-level"), Some("9"), "{case}: extraArgs");
         assert!(args.iter().any(|a| a == "--deltas"), "{case}");
+        // Sealing: each key from its Secret, the kit's files from the host.
+        let sealing = [
+            ("encrypt-to-file", "/etc/etcdsnap/sealing/recipients/recipients.txt"),
+            ("sign-key", "/etc/etcdsnap/sealing/signing-key/sign.key"),
+            ("decrypt-identity", "/etc/etcdsnap/sealing/identity/identity.txt"),
+            ("verify-key", "/etc/etcdsnap/sealing/verify-key/sign.pub"),
+            ("kit-file", "/etc/kubernetes/pki/etcd"),
+            ("encryption-config", "/etc/kubernetes/encryption-config.yaml"),
+        ];
+        for (name, value) in sealing {
+            assert_eq!(flag(&args, name), Some(value), "{case}: --{name}");
+        }
         assert_eq!(
             (flag(&args, "delta-interval"), flag(&args, "delta-max-bytes")),
             (Some("5s"), Some("4MiB")),
@@ -409,6 +436,9 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
         assert_eq!(flag(&args, "schedule"), Some("0 */12 * * *"), "{case}");
         assert_eq!(flag(&args, "s3-retention"), None, "{case}");
         assert!(!args.iter().any(|a| a.starts_with("--delta")), "{case}: deltas are off by default");
+        for name in ["encrypt-to-file", "sign-key", "decrypt-identity", "verify-key", "kit-file"] {
+            assert_eq!(flag(&args, name), None, "{case}: sealing is off by default");
+        }
     }
     let s3 = has(sets, "s3.enabled=true");
     assert_eq!(args.iter().any(|a| a == "--s3"), s3, "{case}");

@@ -19,7 +19,7 @@ fn help(command: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-const COMMANDS: [&str; 13] = [
+const COMMANDS: [&str; 14] = [
     "save",
     "ls",
     "delete",
@@ -31,6 +31,7 @@ const COMMANDS: [&str; 13] = [
     "watch",
     "restore",
     "drill",
+    "kit",
     "completion",
     "man",
 ];

@@ -131,6 +131,8 @@ fn record(name: &str, storage: StorageKind, node: &str, location: &str) -> Snaps
             ..Default::default()
         }),
         extra_metadata: None,
+        sealed: None,
+        encryption_config_sha256: None,
         drill: None,
         metadata_source: MetadataSource::None,
         program: None,

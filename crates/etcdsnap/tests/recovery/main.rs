@@ -1,8 +1,9 @@
 //! Getting data back: `etcdsnap restore` (`restore`), every etcd minor saved and restored with
 //! its own tools (`versions`), restore drills (`drill`), and point-in-time recovery through the
 //! library (`pitr`, and the replay's proof: `pitr_proof`), the agent (`pitr_agent`), across restarts
-//! (`pitr_history`), two agents with Kubernetes (`pitr_cluster`), and snapshots prepared for K3s's
-//! and RKE2's own restore (`prepare`).
+//! (`pitr_history`), two agents with Kubernetes (`pitr_cluster`), snapshots prepared for K3s's
+//! and RKE2's own restore (`prepare`), and sealed backups opened and checked with the age and
+//! minisign tools (`sealed`).
 // Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,4 +31,5 @@ mod pitr_history;
 mod pitr_proof;
 mod prepare;
 mod restore;
+mod sealed;
 mod versions;

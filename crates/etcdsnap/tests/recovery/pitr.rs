@@ -252,7 +252,7 @@ pub(crate) async fn replay_to(
     expected: Option<KvHash>,
     save_to: Option<&Path>,
 ) -> Result<ReplayReport, ReplayError> {
-    let mut observed_by = |r: &SegmentRecord, ms: i64| last_observed_by(out, r, ms);
+    let mut observed_by = |r: &SegmentRecord, ms: i64| last_observed_by(out, r, ms, None);
     let plan = plan(std::slice::from_ref(base), &records(out), target, &mut observed_by).unwrap();
     let work = tempfile::tempdir().unwrap();
     let (etcdutl, etcd) =
@@ -267,6 +267,7 @@ pub(crate) async fn replay_to(
         work: work.path(),
         expected_hash: expected,
         save_to,
+        identity: None,
     };
     let report = replay(&r).await?;
     assert!(report.data_dir.join("member").is_dir(), "{}", report.data_dir.display());
@@ -305,7 +306,7 @@ fn captured(out: &Path) -> Vec<etcdsnap_storage::pitr::RevisionChanges> {
     let dir = out.join(CHAIN);
     let decode = |r: &SegmentRecord| {
         let stored = std::fs::read(dir.join(r.segment_name())).unwrap();
-        Segment::from_stored(&r.segment_name(), &stored, 1 << 30).unwrap().revisions
+        Segment::from_stored(&r.segment_name(), &stored, 1 << 30, None).unwrap().revisions
     };
     records(out).iter().flat_map(decode).collect()
 }

@@ -39,7 +39,7 @@ fn last_observed_by(data: &Path, ms: i64) -> Option<i64> {
             let Some(stem) = name.strip_suffix(".json") else { continue };
             let record = SegmentRecord::parse(&name, &std::fs::read(file.path()).unwrap()).unwrap();
             let stored = std::fs::read(chain.path().join(format!("{stem}.seg.zst"))).unwrap();
-            let segment = Segment::from_stored(&name, &stored, 256 << 20).unwrap();
+            let segment = Segment::from_stored(&name, &stored, 256 << 20, None).unwrap();
             assert_eq!(segment.last_revision(), Some(record.last_revision));
             newest = newest.max(segment.last_revision_observed_by(ms));
         }

@@ -96,7 +96,7 @@ fn downgrade(out: &Path) {
     let dir = out.join(CHAIN);
     for record in records(out) {
         let path = dir.join(record.segment_name());
-        let segment = Segment::from_stored("s", &std::fs::read(&path).unwrap(), 1 << 30).unwrap();
+        let segment = Segment::from_stored("s", &std::fs::read(&path).unwrap(), 1 << 30, None).unwrap();
         let stored = zstd::encode_all(format_1(&segment).as_slice(), 3).unwrap();
         std::fs::write(&path, &stored).unwrap();
         let old = SegmentRecord {

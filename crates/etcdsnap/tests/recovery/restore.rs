@@ -603,6 +603,8 @@ async fn a_snapshot_streams_from_any_store() -> TestResult {
         etcdutl: Some(testenv::testbin("etcdutl")?),
         token: Some(restore::CurrentToken { hash: etcdsnap_api::TokenHash::of_token(TOKEN)?, from: "--token".into() }),
         ignore_token_mismatch: false,
+        keys: Default::default(),
+        encryption_config: None,
         dry_run: false,
     };
     let mut seen = None;

@@ -58,6 +58,21 @@ impl Layout {
         self.records().join(name.record_file_name())
     }
 
+    /// The detached signature of a snapshot's record, beside it.
+    pub fn signature_path(&self, name: &SnapshotName) -> PathBuf {
+        self.records().join(etcdsnap_api::seal::signature_file_name(name.as_str()))
+    }
+
+    /// A snapshot's sealed restore kit, beside its record.
+    pub fn kit_path(&self, name: &SnapshotName) -> PathBuf {
+        self.records().join(etcdsnap_api::seal::kit_file_name(name.as_str()))
+    }
+
+    /// Every file etcdsnap keeps beside a snapshot's record: its signature and kit.
+    pub fn companion_paths(&self, name: &SnapshotName) -> [PathBuf; 2] {
+        [self.signature_path(name), self.kit_path(name)]
+    }
+
     /// K3s's metadata file of a snapshot.
     pub fn k3s_metadata_path(&self, name: &SnapshotName) -> PathBuf {
         self.k3s_metadata.join(name.as_str())

@@ -23,7 +23,7 @@ mod legacy;
 mod metadata;
 mod sink;
 
-use super::{Listing, NewSnapshot, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
+use super::{Listing, NewSnapshot, SignedRecord, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
 use crate::files::{create_private_dir, open_no_follow, sync_dir, write_atomic};
 use crate::record::SnapshotRecord;
 use async_trait::async_trait;
@@ -139,12 +139,15 @@ impl LocalStore {
                 let Some(file_name) = entry.file_name().to_str().map(str::to_string) else { continue };
                 if file_name.ends_with(PART_SUFFIX) && fs::remove_file(entry.path()).is_ok() {
                     removed.push(entry.path());
-                } else if let Some(name) = SnapshotName::of_record_file(&file_name)
+                } else if let Some(name) =
+                    etcdsnap_api::seal::companion_of(&file_name).and_then(|n| SnapshotName::parse(n).ok())
                     && self.snapshot_path(&name).symlink_metadata().is_err()
                     && fs::remove_file(entry.path()).is_ok()
                 {
                     removed.push(entry.path());
-                    removed.extend(self.remove_k3s_metadata(&name));
+                    if SnapshotName::of_record_file(&file_name).is_some() {
+                        removed.extend(self.remove_k3s_metadata(&name));
+                    }
                 }
             }
         }
@@ -163,11 +166,12 @@ impl LocalStore {
         [path, PathBuf::from(part)].into_iter().filter(|p| fs::remove_file(p).is_ok()).collect()
     }
 
-    /// Removes a snapshot's record and K3s metadata after a failed publish; returns what was
-    /// there.
+    /// Removes a snapshot's record, its companions and K3s metadata after a failed publish;
+    /// returns what was there.
     fn remove_metadata(&self, name: &SnapshotName) -> Vec<PathBuf> {
+        let [signature, kit] = self.layout.companion_paths(name);
         let mut removed: Vec<PathBuf> =
-            [self.record_path(name)].into_iter().filter(|p| fs::remove_file(p).is_ok()).collect();
+            [self.record_path(name), signature, kit].into_iter().filter(|p| fs::remove_file(p).is_ok()).collect();
         removed.extend(self.remove_k3s_metadata(name));
         removed
     }
@@ -253,6 +257,7 @@ impl LocalStore {
             Some(Ok(etcdsnap_api::StoredMetadata::Document(doc))) if legacy::is_this_directorys(&self.layout, name, &doc)
         );
         let mut candidates = vec![self.record_path(name)];
+        candidates.extend(self.layout.companion_paths(name));
         if legacy_is_mine {
             candidates.push(legacy);
         }
@@ -317,18 +322,30 @@ impl SnapshotStore for LocalStore {
         Ok(self.snapshot_path(name).symlink_metadata().is_ok())
     }
 
-    async fn update_record(&self, record: &crate::SnapshotRecord) -> Result<(), StoreError> {
+    async fn update_record(&self, record: &crate::SnapshotRecord, signature: Option<&str>) -> Result<(), StoreError> {
         let name = record.name.clone();
         if self.snapshot_path(&name).symlink_metadata().is_err() {
             return Err(StoreError::NotFound(name.to_string(), self.describe()));
         }
         let (store, bytes) = (self.clone(), record.to_document().to_json());
+        let signature = signature.map(str::to_string);
         tokio::task::spawn_blocking(move || {
             create_private_dir(&store.layout.records())?;
+            if let Some(signature) = signature {
+                write_atomic(&store.layout.signature_path(&name), signature.as_bytes())?;
+            }
             write_atomic(&store.record_path(&name), &bytes)
         })
         .await
         .map_err(|e| StoreError::worker(format!("rewriting a record in {}", self.dir.display()), e))?
+    }
+
+    async fn signed_record(&self, name: &SnapshotName) -> Result<SignedRecord, StoreError> {
+        read_signed_record(&self.layout, name)
+    }
+
+    async fn kit(&self, name: &SnapshotName) -> Result<Option<Vec<u8>>, StoreError> {
+        read_kit(&self.layout, name)
     }
 
     async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError> {
@@ -338,6 +355,28 @@ impl SnapshotStore for LocalStore {
             .await
             .map_err(|e| StoreError::worker(format!("deleting from {}", self.dir.display()), e))?
     }
+}
+
+/// The record of snapshot `name` of the directory `layout` describes, as stored, and its
+/// signature (a snapshot given by path has no store, only its directory's layout).
+pub fn read_signed_record(layout: &Layout, name: &SnapshotName) -> Result<SignedRecord, StoreError> {
+    let read =
+        |path: PathBuf| crate::files::read_bounded(&path).map_err(|message| StoreError::Unreadable { path, message });
+    Ok(SignedRecord { record: read(layout.record_path(name))?, signature: read(layout.signature_path(name))? })
+}
+
+/// The sealed restore kit of snapshot `name` of the directory `layout` describes.
+pub fn read_kit(layout: &Layout, name: &SnapshotName) -> Result<Option<Vec<u8>>, StoreError> {
+    let path = layout.kit_path(name);
+    let file = match open_no_follow(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("open", &path)(e)),
+    };
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, crate::seal::kit::MAX_KIT_BYTES * 2), &mut bytes)
+        .map_err(StoreError::io("read", &path))?;
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]
@@ -364,6 +403,8 @@ pub(crate) mod tests {
             cluster_id: None,
             s3: None,
             extra_metadata: extra,
+            sealed: None,
+            encryption_config_sha256: None,
             drill: None,
             program: None,
         }

@@ -24,7 +24,7 @@ mod request;
 pub mod settings;
 mod sink;
 
-use super::{Listing, NewSnapshot, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
+use super::{Listing, NewSnapshot, SignedRecord, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
 use crate::describe_error;
 use async_trait::async_trait;
 use cache::DetailsCache;
@@ -214,9 +214,35 @@ impl S3Store {
             .map_err(|e| self.error("put", key, &e))
     }
 
-    /// Deletes a snapshot's record and K3s metadata objects (missing ones are fine).
+    /// GET of a small object beside a snapshot, at most `limit` bytes; None when absent.
+    async fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.count(1);
+        let result = match self.store.get(&self.path(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("get", key, &e)),
+        };
+        if result.meta.size > limit {
+            return Err(StoreError::S3 {
+                op: "get",
+                target: key.to_string(),
+                problem: None,
+                message: format!("{} bytes, more than the {limit} accepted", result.meta.size),
+            });
+        }
+        result.bytes().await.map(|b| Some(b.to_vec())).map_err(|e| self.error("get", key, &e))
+    }
+
+    /// Deletes a snapshot's record, its companions and K3s metadata objects (missing ones are
+    /// fine).
     async fn delete_documents(&self, name: &SnapshotName) -> Result<(), StoreError> {
-        for key in [self.config.record_key(name.as_str()), self.config.metadata_key(name.as_str())] {
+        let n = name.as_str();
+        for key in [
+            self.config.record_key(n),
+            self.config.metadata_key(&etcdsnap_api::seal::signature_file_name(n)),
+            self.config.metadata_key(&etcdsnap_api::seal::kit_file_name(n)),
+            self.config.metadata_key(n),
+        ] {
             let path = self.path(&key);
             self.count(1);
             match self.store.delete(&path).await {
@@ -302,12 +328,34 @@ impl SnapshotStore for S3Store {
         Ok(SnapshotReader { reader: Box::new(tokio_util::io::StreamReader::new(stream)), size })
     }
 
-    async fn update_record(&self, record: &crate::SnapshotRecord) -> Result<(), StoreError> {
+    async fn update_record(&self, record: &crate::SnapshotRecord, signature: Option<&str>) -> Result<(), StoreError> {
         let name = &record.name;
         if !self.exists(name).await? {
             return Err(StoreError::NotFound(name.to_string(), self.describe()));
         }
+        if let Some(signature) = signature {
+            let key = self.config.metadata_key(&etcdsnap_api::seal::signature_file_name(name.as_str()));
+            self.count(1);
+            self.store
+                .put(&self.path(&key), object_store::PutPayload::from(signature.as_bytes().to_vec()))
+                .await
+                .map_err(|e| self.error("put", key.as_str(), &e))?;
+        }
         self.put_json(&self.config.record_key(name.as_str()), record.to_document().to_json()).await
+    }
+
+    async fn signed_record(&self, name: &SnapshotName) -> Result<SignedRecord, StoreError> {
+        let limit = etcdsnap_api::metadata::MAX_METADATA_BYTES as u64;
+        let signature_key = self.config.metadata_key(&etcdsnap_api::seal::signature_file_name(name.as_str()));
+        Ok(SignedRecord {
+            record: self.get_small(&self.config.record_key(name.as_str()), limit).await?,
+            signature: self.get_small(&signature_key, limit).await?,
+        })
+    }
+
+    async fn kit(&self, name: &SnapshotName) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.config.metadata_key(&etcdsnap_api::seal::kit_file_name(name.as_str()));
+        self.get_small(&key, crate::seal::kit::MAX_KIT_BYTES * 2).await
     }
 
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError> {

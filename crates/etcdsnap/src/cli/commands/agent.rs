@@ -4,6 +4,7 @@
 use crate::cli::args::{parse_byte_size, parse_duration};
 use crate::cli::flags::{DrillToolArgs, NodeFlags, RetentionArgs, heading};
 use crate::cli::resolve;
+use crate::cli::seal::{self, EncryptionConfigArg, SealArgs, UnsealArgs};
 use anyhow::Context as _;
 use clap::Args;
 use etcdsnap::agent::drills::DrillSettings;
@@ -75,6 +76,12 @@ pub struct AgentArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub node: NodeFlags,
+    #[command(flatten)]
+    pub seal: SealArgs,
+    #[command(flatten)]
+    pub unseal: UnsealArgs,
+    #[command(flatten)]
+    pub encryption: EncryptionConfigArg,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -83,6 +90,10 @@ const EXAMPLES: &str = "Examples:
 
   # Hourly, 24 kept locally and in S3, restore drills daily with etcdutl 3.7+
   etcdsnap agent --schedule @hourly --retention 24 --s3 --s3-bucket backups --etcdutl /usr/local/bin/etcdutl
+
+  # Sealed and signed snapshots; drills open them, and pass only records signed by the key
+  etcdsnap agent --encrypt-to-file /etc/etcdsnap/recipients.txt --sign-key /etc/etcdsnap/sign.key \\
+    --decrypt-identity /etc/etcdsnap/identity.txt --verify-key /etc/etcdsnap/sign.pub
 
   # Also capture every change between snapshots, for restore --to-time
   etcdsnap agent --deltas --delta-interval 5s
@@ -98,6 +109,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let node = &args.node;
     let mut config = resolve::session_config(node, args.retention.s3_retention, true, KubePolicy::LongRunning)?;
     config.token_hash = resolve::node_token_hash(node)?;
+    let preset = resolve::preset(&node.storage)?;
+    let token = resolve::server_token(&node.token, preset.as_ref())?.map(|(t, _)| t);
+    config.sealing = seal::sealing(&args.seal, &args.encryption, token, preset.as_ref())?;
+    // Scheduled drills open sealed snapshots with the identity, and with a verify key drill
+    // (and so pass) only snapshots whose records carry a good signature.
+    config.keys = seal::open_keys(&args.unseal)?;
     let session = Arc::new(Session::open(config).await?);
     let first = session.context(Purpose::Read).await;
     if first.local.is_none() && first.remote.is_none() && session.config().kube_settings.s3_config_secret.is_none() {
@@ -121,6 +138,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         deltas: args.deltas.then_some(etcdsnap::pitr::capture::CaptureSettings {
             flush_interval: args.delta_interval,
             max_bytes: args.delta_max_bytes,
+            // Segments are sealed to the recipients snapshots are (those given here; recipients
+            // from the S3 config Secret seal snapshots only).
+            recipients: session.config().sealing.recipients.clone(),
         }),
     };
     etcdsnap_api::SnapshotName::parse(&etcdsnap_api::snapshot_file_name(
@@ -167,7 +187,10 @@ async fn drill_settings(args: &AgentArgs) -> anyhow::Result<Option<DrillSettings
     }
     let schedule = Schedule::parse(&args.drill_schedule).map_err(|e| anyhow::anyhow!("--drill-schedule: {e}"))?;
     match resolve::drill_options(&args.drill).await {
-        Ok(options) => Ok(Some(DrillSettings { schedule, options })),
+        Ok(mut options) => {
+            options.keys = seal::open_keys(&args.unseal)?;
+            Ok(Some(DrillSettings { schedule, options }))
+        }
         Err(e) if args.drill.etcdutl.is_none() => {
             tracing::warn!(
                 "restore drills are off: {e:#} (install etcdutl 3.7+ or pass --etcdutl; --drill-schedule \"\" silences this)"

@@ -4,6 +4,7 @@
 use crate::cli::flags::{DrillToolArgs, SnapshotFlags};
 use crate::cli::output::{self, drill as view};
 use crate::cli::progress::ProgressLine;
+use crate::cli::seal::UnsealArgs;
 use crate::cli::{exit, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -36,6 +37,8 @@ pub struct DrillArgs {
     pub flags: SnapshotFlags,
     #[command(flatten)]
     pub tools: DrillToolArgs,
+    #[command(flatten)]
+    pub unseal: UnsealArgs,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -45,12 +48,16 @@ const EXAMPLES: &str = "Examples:
   # One snapshot, restored and booted in a private etcd on loopback as well
   etcdsnap drill on-demand-node-1-1700000000 --drill-etcd /usr/local/bin/etcd
 
+  # A sealed snapshot, opened with an age identity; only signed records are drilled
+  etcdsnap drill --decrypt-identity /root/etcd.agekey --verify-key /etc/etcdsnap/sign.pub
+
   # A copy elsewhere, by path
   etcdsnap drill ./copy/on-demand-node-1-1700000000.zst
 ";
 
 pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
-    let opts = resolve::drill_options(&args.tools).await?;
+    let mut opts = resolve::drill_options(&args.tools).await?;
+    opts.keys = crate::cli::seal::open_keys(&args.unseal)?;
     let session = resolve::command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
     if let Some(e) = ctx.missing_local_error() {
@@ -72,7 +79,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
         let progress = ProgressLine::start(&format!("Drilling {}", source.record.name));
         let report = drill::drill(source, &opts, Some(progress.counter())).await;
         progress.finish();
-        for problem in drill::keep_result(source, &report, session.kube(), &ctx.node_name, None).await {
+        for problem in drill::keep_result(source, &report, session.kube(), &ctx.node_name, None, None).await {
             eprintln!("warning: {problem}");
         }
         reports.push(report);

@@ -2,6 +2,7 @@
 
 use crate::cli::flags::SnapshotFlags;
 use crate::cli::progress::ProgressLine;
+use crate::cli::seal::{self, EncryptionConfigArg, SealArgs};
 use crate::cli::{exit, help, output, resolve};
 use clap::Args;
 use etcdsnap::ops::{self, SaveError, SaveOptions};
@@ -20,6 +21,10 @@ const INTERRUPTED: u8 = 130;
 pub struct SaveArgs {
     #[command(flatten)]
     pub flags: SnapshotFlags,
+    #[command(flatten)]
+    pub seal: SealArgs,
+    #[command(flatten)]
+    pub encryption: EncryptionConfigArg,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -31,6 +36,10 @@ const EXAMPLES: &str = "Examples:
 
   # K3s's own command line works unchanged
   etcdsnap save --etcd-snapshot-compress --etcd-s3 --etcd-s3-bucket backups
+
+  # Sealed with age to two recipients, its record signed, the etcd certificates kept in its kit
+  etcdsnap save --encrypt-to age1... --encrypt-to age1... --sign-key /etc/etcdsnap/sign.key \\
+    --kit-file /etc/kubernetes/pki/etcd
 
   # From a remote member with mutual TLS, the saved records as JSON
   etcdsnap save --endpoints https://10.0.0.5:2379 --cacert ca.crt --cert client.crt --key client.key -o json
@@ -45,6 +54,9 @@ pub async fn run(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let node = &flags.node;
     let mut config = resolve::session_config(node, flags.retention.s3_retention, true, KubePolicy::OneShot)?;
     config.token_hash = resolve::node_token_hash(node)?;
+    let preset = resolve::preset(&node.storage)?;
+    let token = resolve::server_token(&node.token, preset.as_ref())?.map(|(t, _)| t);
+    config.sealing = seal::sealing(&args.seal, &args.encryption, token, preset.as_ref())?;
     let session = Session::open(config).await?;
     let ctx = session.context(Purpose::Save).await;
     let progress = ProgressLine::start("Saving snapshot");

@@ -5,6 +5,7 @@
 use crate::cli::flags::SnapshotFlags;
 use crate::cli::output::{self, verify};
 use crate::cli::progress::ProgressLine;
+use crate::cli::seal::UnsealArgs;
 use crate::cli::{exit, help, resolve};
 use anyhow::bail;
 use clap::Args;
@@ -12,6 +13,7 @@ use etcdsnap::ops::{self, VerifyResult};
 use etcdsnap::restore::SnapshotSource;
 use etcdsnap::session::Purpose;
 use etcdsnap_storage::SnapshotRecord;
+use etcdsnap_storage::seal::OpenKeys;
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::local::LocalStore;
 use std::path::Path;
@@ -34,6 +36,8 @@ pub struct VerifyArgs {
     pub names: Vec<String>,
     #[command(flatten)]
     pub flags: SnapshotFlags,
+    #[command(flatten)]
+    pub unseal: UnsealArgs,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -43,6 +47,9 @@ const EXAMPLES: &str = "Examples:
   # Two snapshots by name, and a copy somewhere else by path
   etcdsnap verify on-demand-node-1-1700000000 etcd-snapshot-node-1-1700003600.zst ./copy/snap.db
 
+  # Records must carry a good minisign signature; sealed snapshots opened to check their trailer
+  etcdsnap verify --verify-key /etc/etcdsnap/sign.pub --decrypt-identity /root/etcd.agekey
+
   # Every snapshot in S3 too, the results as JSON
   etcdsnap verify --s3 --s3-bucket backups -o json
 ";
@@ -51,11 +58,12 @@ const EXAMPLES: &str = "Examples:
 const VERIFY_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let keys = crate::cli::seal::open_keys(&args.unseal)?;
     let (paths, names): (Vec<&String>, Vec<&String>) = args.names.iter().partition(|n| n.contains('/'));
     let names = resolve::snapshot_names(&names.into_iter().cloned().collect::<Vec<_>>())?;
     let mut results = Vec::new();
     for path in &paths {
-        results.push(verify_path(Path::new(path)).await?);
+        results.push(verify_path(Path::new(path), &keys).await?);
     }
     let mut listing_errors = Vec::new();
     let mut ok = true;
@@ -89,7 +97,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     };
                     found[i] = true;
                 }
-                results.push(verify_one(store, &record).await);
+                results.push(verify_one(store, &record, &keys).await);
             }
         }
         for (name, _) in names.iter().zip(&found).filter(|(_, f)| !**f) {
@@ -116,6 +124,12 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     for e in &listing_errors {
         eprintln!("error: {e}");
     }
+    for r in results.iter().filter(|r| r.ok() && r.check.as_ref().is_some_and(|c| !c.trailer_checked)) {
+        eprintln!(
+            "note: {} is sealed: its bytes match its record; give --decrypt-identity to check etcd's trailer inside too",
+            r.record.location
+        );
+    }
     for r in results.iter().filter(|r| r.ok() && !r.against_record()) {
         eprintln!(
             "warning: {} has no record: etcd's integrity trailer is valid, but its sha256 and size could not be checked",
@@ -126,21 +140,21 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One stored snapshot, read again with a progress line.
-async fn verify_one(store: &dyn SnapshotStore, record: &SnapshotRecord) -> VerifyResult {
+async fn verify_one(store: &dyn SnapshotStore, record: &SnapshotRecord, keys: &OpenKeys) -> VerifyResult {
     let progress = ProgressLine::start(&format!("Verifying {}", record.name));
-    let result = ops::verify_record(store, record, Some(progress.counter())).await;
+    let result = ops::verify_record(store, record, keys, Some(progress.counter())).await;
     progress.finish();
     result
 }
 
 /// A snapshot file given by path, checked against the record kept beside its directory (as
 /// `restore` and `drill` find it).
-async fn verify_path(path: &Path) -> anyhow::Result<VerifyResult> {
+async fn verify_path(path: &Path, keys: &OpenKeys) -> anyhow::Result<VerifyResult> {
     let source = SnapshotSource::from_path(path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let store = LocalStore::open(dir, false, &source.record.node_name)?;
     for note in &source.notes {
         tracing::warn!("{note}");
     }
-    Ok(verify_one(&store, &source.record).await)
+    Ok(verify_one(&store, &source.record, keys).await)
 }

@@ -44,7 +44,7 @@ impl VerifyView {
                 recorded_sha256: r.record.sha256.clone(),
                 stored_sha256: r.check.as_ref().map(|c| c.stored_sha256.clone()),
                 stored_size: r.check.as_ref().map(|c| c.stored_size),
-                trailer_valid: r.check.as_ref().map(|c| c.trailer.is_valid()),
+                trailer_valid: r.check.as_ref().filter(|c| c.trailer_checked).map(|c| c.trailer.is_valid()),
             })
             .collect();
         VerifyView { items, errors }

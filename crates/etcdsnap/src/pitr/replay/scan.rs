@@ -10,6 +10,7 @@ use super::guard::MAX_GUARD_COMPARES;
 use super::{ReplayError, SEGMENT_LIMIT};
 use crate::restore::loopback::RequestLimits;
 use etcdsnap_storage::pitr::{LeaseObservation, PrevState, ReplayPlan, Segment, SegmentRecord, Target};
+use etcdsnap_storage::seal::Identity;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,8 +36,14 @@ pub(super) struct Scan {
     pub unchecked: u64,
 }
 
-/// Reads every segment of `plan` (from `segments_dir/<chain>/`) once.
-pub(super) fn scan(plan: &ReplayPlan, target: Target, segments_dir: &Path) -> Result<Scan, ReplayError> {
+/// Reads every segment of `plan` (from `segments_dir/<chain>/`) once, opening sealed ones with
+/// `identity`.
+pub(super) fn scan(
+    plan: &ReplayPlan,
+    target: Target,
+    segments_dir: &Path,
+    identity: Option<&Identity>,
+) -> Result<Scan, ReplayError> {
     let base = &plan.base;
     // The plan's revision is exact: a time target was mapped to one before the base was chosen.
     let stop_at = plan.stop_at;
@@ -55,7 +62,7 @@ pub(super) fn scan(plan: &ReplayPlan, target: Target, segments_dir: &Path) -> Re
         unchecked: 0,
     };
     for record in &plan.segments {
-        let segment = read_segment(segments_dir, record)?;
+        let segment = read_segment(segments_dir, record, identity)?;
         let applied = |rev: i64| rev > base.revision && rev <= stop_at;
         for changes in segment.revisions.iter().filter(|c| applied(c.revision)) {
             s.revisions += 1;
@@ -93,14 +100,25 @@ fn limits(ops: usize, bytes: usize, key: usize) -> RequestLimits {
 }
 
 /// The last revision of `record`'s segment in `segments_dir` observed at or before `ms` (a time
-/// target's revision, for the plan), the segment checked against its record first.
-pub fn last_observed_by(segments_dir: &Path, record: &SegmentRecord, ms: i64) -> Result<Option<i64>, String> {
-    Ok(read_segment(segments_dir, record).map_err(|e| e.to_string())?.last_revision_observed_by(ms))
+/// target's revision, for the plan), the segment checked against its record first and opened
+/// with `identity` when sealed.
+pub fn last_observed_by(
+    segments_dir: &Path,
+    record: &SegmentRecord,
+    ms: i64,
+    identity: Option<&Identity>,
+) -> Result<Option<i64>, String> {
+    Ok(read_segment(segments_dir, record, identity).map_err(|e| e.to_string())?.last_revision_observed_by(ms))
 }
 
 /// Reads the segment of `record` from `segments_dir/<chain>/`, checks it against the record's
-/// sha256, then decodes it.
-pub(super) fn read_segment(segments_dir: &Path, record: &SegmentRecord) -> Result<Segment, ReplayError> {
+/// sha256 (of the stored bytes: no key needed), then opens it with `identity` when sealed and
+/// decodes it.
+pub(super) fn read_segment(
+    segments_dir: &Path,
+    record: &SegmentRecord,
+    identity: Option<&Identity>,
+) -> Result<Segment, ReplayError> {
     let name = format!("{}/{}", record.chain, record.segment_name());
     let stored =
         std::fs::read(segments_dir.join(&name)).map_err(|source| ReplayError::Read { name: name.clone(), source })?;
@@ -108,7 +126,7 @@ pub(super) fn read_segment(segments_dir: &Path, record: &SegmentRecord) -> Resul
     if !found.eq_ignore_ascii_case(&record.sha256) {
         return Err(ReplayError::Checksum { name, expected: record.sha256.clone(), found });
     }
-    Ok(Segment::from_stored(&name, &stored, SEGMENT_LIMIT)?)
+    Ok(Segment::from_stored(&name, &stored, SEGMENT_LIMIT, identity)?)
 }
 
 #[cfg(test)]

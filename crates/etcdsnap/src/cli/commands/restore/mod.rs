@@ -11,6 +11,7 @@ use crate::cli::flags::{OutputArgs, S3Args, TokenArgs, heading};
 use crate::cli::output::restore::{self as view, RestoreView, Restored};
 use crate::cli::output::{emit, print_structured};
 use crate::cli::progress::ProgressLine;
+use crate::cli::seal::{EncryptionConfigArg, UnsealArgs};
 use crate::cli::{EXIT_FAILURE, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -89,6 +90,10 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub token: TokenArgs,
     #[command(flatten)]
+    pub unseal: UnsealArgs,
+    #[command(flatten)]
+    pub encryption: EncryptionConfigArg,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -128,6 +133,10 @@ const EXAMPLES: &str = "Examples:
   # A snapshot streamed from S3
   etcdsnap restore etcd-snapshot-node-1-1700000000 --s3 --s3-bucket backups --data-dir /var/lib/etcd --member-name node-1
 
+  # A sealed snapshot, opened with an age identity, its record's signature checked first
+  etcdsnap restore on-demand-node-1-1700000000.zst.age --decrypt-identity /root/etcd.agekey \\
+    --verify-key /etc/etcdsnap/sign.pub --data-dir /var/lib/etcd --member-name node-1
+
   # Point-in-time: the state of 4 minutes ago, replayed from the agent's delta segments
   etcdsnap restore --to-time \"4m ago\" --data-dir /var/lib/etcd --member-name node-1 --etcd /usr/local/bin/etcd
 ";
@@ -151,6 +160,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         token: resolve::current_token(&args.token)?,
         ignore_token_mismatch: args.ignore_token_mismatch,
         dry_run: args.dry_run,
+        keys: crate::cli::seal::open_keys(&args.unseal)?,
+        encryption_config: encryption_config(&args),
     };
     let format = args.output.output;
     let mut progress = Some(ProgressLine::start(&format!("Checking {}", request.source.record.name)));
@@ -218,6 +229,16 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             Err(e.into())
         }
     }
+}
+
+/// This host's EncryptionConfiguration: the flag, else the K3s/RKE2 server's own (none, said,
+/// when the server's configuration cannot be read: the restore does not depend on it).
+pub(super) fn encryption_config(args: &RestoreArgs) -> Option<PathBuf> {
+    let preset = crate::cli::presets::Preset::detect(resolve::program_flag()).unwrap_or_else(|e| {
+        tracing::warn!("cannot read the server's configuration for its EncryptionConfiguration: {e}");
+        None
+    });
+    args.encryption.resolve(preset.as_ref())
 }
 
 /// `--data-dir`, which clap requires unless `--prepare-for` is given.

@@ -57,7 +57,8 @@ pub async fn run(args: &RestoreArgs, source: SnapshotSource, program: Program) -
         ));
     }
     let progress = ProgressLine::start(&format!("Preparing {}", source.record.name));
-    let prepared = prepare_plain(&source, &dir, Some(progress.counter())).await;
+    let identity = crate::cli::seal::open_keys(&args.unseal)?.identity;
+    let prepared = prepare_plain(&source, &dir, identity, Some(progress.counter())).await;
     progress.finish();
     let prepared = prepared?;
     let data_dir = server_data_dir(program)?;
