@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build deps testbins test lint unit demo faults bench install install-files clean-testbins image
+.PHONY: all build deps testbins testbins-demo test lint unit demo faults bench install install-files clean-testbins image
 
 all: build
 
@@ -14,9 +14,14 @@ deps:
 	@./scripts/install-deps.sh
 
 # Real etcd, kube-apiserver, kubectl and S3 servers built from pinned Go modules into
-# target/testbins/ (skipped when already built).
+# target/testbins/ (skipped when already built): everything the tests run.
 testbins: deps
 	@./testbins/build.sh
+
+# Only the servers `make demo` starts: no helm, promtool or other etcd minors.
+DEMO_TESTBINS := kube-apiserver kubectl etcd versitygw
+testbins-demo: deps
+	@./testbins/build.sh $(DEMO_TESTBINS)
 
 # Test builds compile the reliability suite's failpoints in; release builds never do.
 TEST_FEATURES := --features etcdsnap/failpoints
@@ -36,7 +41,7 @@ faults: deps testbins
 	$(CARGO) test -p etcdsnap --locked $(TEST_FEATURES) --test faults -- --nocapture
 
 # Runs the main job end to end against a local etcd, kube-apiserver and S3 started on loopback.
-demo: deps testbins
+demo: deps testbins-demo
 	@./scripts/demo.sh
 
 # The release binary, its manual pages and its shell completions under $(DESTDIR)$(PREFIX).

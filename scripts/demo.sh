@@ -99,12 +99,12 @@ show "$bin/etcdsnap" verify
 
 step "Restore pre-flight (dry run): what a restore of the newest snapshot would do, checked before anything is touched"
 newest=$("$bin/etcdsnap" ls -o json | python3 -c 'import json,sys; items=json.load(sys.stdin)["items"]; print(max(items, key=lambda i: i["status"]["creationTime"])["spec"]["snapshotName"])')
-show "$bin/etcdsnap" restore "$newest" --data-dir "$work/restored" --name demo --etcdutl "${TESTBINS_DIR:-$PWD/target/testbins}/etcdutl" --dry-run
+show "$bin/etcdsnap" restore "$newest" --data-dir "$work/restored" --member-name demo --etcdutl "${TESTBINS_DIR:-$PWD/target/testbins}/etcdutl" --dry-run
 
 step "Point-in-time recovery: at second 30 the prod configmaps were deleted; roll back to revision $before_delete, just before"
 show "$bin/etcdsnap" ls --deltas
 etcd_bin=${TESTBINS_DIR:-$PWD/target/testbins}/etcd
-show "$bin/etcdsnap" restore --to-revision "$before_delete" --data-dir "$work/pitr-restored" --name demo \
+show "$bin/etcdsnap" restore --to-revision "$before_delete" --data-dir "$work/pitr-restored" --member-name demo \
   --initial-advertise-peer-urls http://127.0.0.1:23980 --etcd "$etcd_bin" --etcdutl "${TESTBINS_DIR:-$PWD/target/testbins}/etcdutl"
 echo "-- the restored member, started on loopback: the configmaps are back"
 "$etcd_bin" --data-dir "$work/pitr-restored" --name demo --listen-client-urls http://127.0.0.1:23979 \

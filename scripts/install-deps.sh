@@ -7,6 +7,10 @@ apt_packages=()
 command -v protoc >/dev/null 2>&1 || apt_packages+=(protobuf-compiler)   # etcd-client's build
 command -v cc >/dev/null 2>&1 || apt_packages+=(build-essential)         # aws-lc-sys, zstd-sys
 command -v man >/dev/null 2>&1 || apt_packages+=(man-db)                 # tests/deploy/install.rs renders the manual pages
+command -v tmux >/dev/null 2>&1 || apt_packages+=(tmux)                  # tests/snapshots/cli.rs: ls on an 80-column terminal
+command -v age >/dev/null 2>&1 || apt_packages+=(age)                    # tests/recovery/sealed.rs: the age tool opens sealed snapshots
+command -v minisign >/dev/null 2>&1 || apt_packages+=(minisign)          # tests/recovery/sealed.rs: the minisign tool checks and makes signatures
+command -v zstd >/dev/null 2>&1 || apt_packages+=(zstd)                  # tests/recovery/sealed.rs: age -d | zstd -d
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   sudo=""

@@ -2,7 +2,28 @@
 # Builds the real servers the tests run against into target/testbins/<name>-<version>.
 # Skips any binary that already exists, so a warm machine pays nothing; fails loudly otherwise.
 # Output dir can be overridden with TESTBINS_DIR.
+#
+# With no argument it builds everything the tests use (`make test`). Arguments choose a part:
+#   kube-apiserver kubectl versitygw helm promtool   that tool
+#   etcd                                              the default etcd with its etcdctl and etcdutl
+#   etcd-versions                                     every etcd of ETCD_VERSIONS, with their tools
+# `make demo` builds only what the demo starts: kube-apiserver kubectl etcd versitygw.
 set -euo pipefail
+parts=("$@")
+known="kube-apiserver kubectl versitygw helm promtool etcd etcd-versions"
+for p in "${parts[@]}"; do
+  case " $known " in
+    *" $p "*) ;;
+    *) echo "testbins: unknown part '$p' (one of: $known)" >&2; exit 2 ;;
+  esac
+done
+# Whether part $1 is to be built: all of them when none is named.
+wanted() {
+  [ ${#parts[@]} -eq 0 ] && return 0
+  local p
+  for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done
+  return 1
+}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 # shellcheck source=versions.env
@@ -38,9 +59,9 @@ build() {
 }
 
 kube_minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
-build kubernetes k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$KUBE_VERSION" \
+wanted kube-apiserver && build kubernetes k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$KUBE_VERSION" \
   -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/component-base/version.gitTreeState=clean"
-build kubernetes k8s.io/kubernetes/cmd/kubectl kubectl "$KUBE_VERSION" \
+wanted kubectl && build kubernetes k8s.io/kubernetes/cmd/kubectl kubectl "$KUBE_VERSION" \
   -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$kube_minor"
 # Every etcd minor the version tests run against (ETCD_VERSIONS, the default ETCD_VERSION among
 # them), each from its own module: the default's is testbins/etcd, the others'
@@ -58,25 +79,32 @@ case " $ETCD_VERSIONS " in
   *) echo "testbins: ETCD_VERSIONS ($ETCD_VERSIONS) must include IMAGE_ETCDUTL_VERSION ($IMAGE_ETCDUTL_VERSION)" >&2; exit 1 ;;
 esac
 for etcd_version in $ETCD_VERSIONS; do
+  if ! wanted etcd-versions && ! { wanted etcd && [ "$etcd_version" = "$ETCD_VERSION" ]; }; then
+    continue
+  fi
   moddir=$(etcd_moddir "$etcd_version")
   build "$moddir" go.etcd.io/etcd/server/v3 etcd "$etcd_version" -ldflags "-s -w"
   build "$moddir" go.etcd.io/etcd/etcdctl/v3 etcdctl "$etcd_version" -ldflags "-s -w"
   build "$moddir" go.etcd.io/etcd/etcdutl/v3 etcdutl "$etcd_version" -ldflags "-s -w"
 done
-build versitygw github.com/versity/versitygw/cmd/versitygw versitygw "$VERSITYGW_VERSION" -ldflags "-s -w"
-build helm helm.sh/helm/v4/cmd/helm helm "$HELM_VERSION" \
+wanted versitygw && build versitygw github.com/versity/versitygw/cmd/versitygw versitygw "$VERSITYGW_VERSION" -ldflags "-s -w"
+wanted helm && build helm helm.sh/helm/v4/cmd/helm helm "$HELM_VERSION" \
   -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
-build prometheus github.com/prometheus/prometheus/cmd/promtool promtool "$PROMETHEUS_VERSION" \
+wanted promtool && build prometheus github.com/prometheus/prometheus/cmd/promtool promtool "$PROMETHEUS_VERSION" \
   -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}"
 
 # Stable names for tools and scripts (bench/, make demo): symlinks to the pinned versions (the
-# default etcd; tests find the other minors by version, see testenv::testbin_version).
-ln -sfn "kube-apiserver-$KUBE_VERSION" "$out/kube-apiserver"
-ln -sfn "kubectl-$KUBE_VERSION" "$out/kubectl"
-ln -sfn "etcd-$ETCD_VERSION" "$out/etcd"
-ln -sfn "etcdctl-$ETCD_VERSION" "$out/etcdctl"
-ln -sfn "etcdutl-$ETCD_VERSION" "$out/etcdutl"
-ln -sfn "versitygw-$VERSITYGW_VERSION" "$out/versitygw"
-ln -sfn "helm-$HELM_VERSION" "$out/helm"
-ln -sfn "promtool-$PROMETHEUS_VERSION" "$out/promtool"
-echo "testbins: $built built, all present in $out"
+# default etcd; tests find the other minors by version, see testenv::testbin_version), for
+# those that are built.
+link() {
+  if [ -x "$out/$2" ]; then ln -sfn "$2" "$out/$1"; fi
+}
+link kube-apiserver "kube-apiserver-$KUBE_VERSION"
+link kubectl "kubectl-$KUBE_VERSION"
+link etcd "etcd-$ETCD_VERSION"
+link etcdctl "etcdctl-$ETCD_VERSION"
+link etcdutl "etcdutl-$ETCD_VERSION"
+link versitygw "versitygw-$VERSITYGW_VERSION"
+link helm "helm-$HELM_VERSION"
+link promtool "promtool-$PROMETHEUS_VERSION"
+echo "testbins: $built built, ${parts[*]:-all} present in $out"

@@ -6,12 +6,21 @@
 //! KUBECONFIG=/path/to/kubeconfig cargo run -p etcdsnap-api --example list_and_watch -- --node node-1 --watch
 //! ```
 
-use etcdsnap_api::ETCDSnapshotFile;
-use etcdsnap_api::consts::{ANNOTATION_TOKEN_HASH, LABEL_STORAGE_NODE};
+use etcdsnap_api::{ETCDSnapshotFile, Program};
 use futures::TryStreamExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
+
+/// `k3s`, or `rke2` with `--program rke2` (RKE2 names the label and annotation after itself).
+fn program() -> Program {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--program")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_default()
+}
 
 fn describe(snap: &ETCDSnapshotFile) -> String {
     let status = snap.status.clone().unwrap_or_default();
@@ -23,7 +32,7 @@ fn describe(snap: &ETCDSnapshotFile) -> String {
         status.size.map(|q| q.0).unwrap_or_default(),
         status.creation_time.map(|t| t.0.to_string()).unwrap_or_default(),
         status.ready_to_use.unwrap_or(false),
-        snap.annotations().get(ANNOTATION_TOKEN_HASH).map(String::as_str).unwrap_or("-"),
+        snap.annotations().get(program().annotation_token_hash()).map(String::as_str).unwrap_or("-"),
     )
 }
 
@@ -39,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let api: Api<ETCDSnapshotFile> = Api::all(client);
 
     // One node's snapshots (or `s3`) through the storage-node label; pages of 500.
-    let selector = node.map(|n| format!("{LABEL_STORAGE_NODE}={n}"));
+    let selector = node.map(|n| format!("{}={n}", program().label_storage_node()));
     let mut params = ListParams::default().limit(500);
     if let Some(s) = &selector {
         params = params.labels(s);

@@ -1,4 +1,6 @@
-//! Names shared with K3s/RKE2 (identical on the wire) and etcdsnap's own additions.
+//! Names shared with K3s/RKE2 (identical on the wire) and etcdsnap's own additions. Names K3s
+//! builds from its program name (`k3s` or `rke2`: labels, annotations, ConfigMaps, S3 user
+//! metadata) are [`crate::Program`]'s, never constants.
 
 /// API group of the `ETCDSnapshotFile` resource (K3s's group).
 pub const GROUP: &str = "k3s.cattle.io";
@@ -7,16 +9,9 @@ pub const VERSION: &str = "v1";
 /// Name of the CRD.
 pub const CRD_NAME: &str = "etcdsnapshotfiles.k3s.cattle.io";
 
-/// Label on every CR: the node that stores the snapshot, or [`S3_STORAGE_NODE`].
-pub const LABEL_STORAGE_NODE: &str = "etcd.k3s.cattle.io/snapshot-storage-node";
-/// Storage-node label value of snapshots that live in S3.
+/// Storage-node label value of snapshots that live in S3 (the label is
+/// [`crate::Program::label_storage_node`]).
 pub const S3_STORAGE_NODE: &str = "s3";
-/// Annotation holding the 12-hex-character hash of the server token.
-pub const ANNOTATION_TOKEN_HASH: &str = "etcd.k3s.cattle.io/snapshot-token-hash";
-/// Node annotation: time of the node's last local reconcile (RFC 3339).
-pub const ANNOTATION_LOCAL_RECONCILED: &str = "etcd.k3s.cattle.io/local-snapshots-timestamp";
-/// Node annotation: time of the node's last S3 reconcile (RFC 3339).
-pub const ANNOTATION_S3_RECONCILED: &str = "etcd.k3s.cattle.io/s3-snapshots-timestamp";
 /// Finalizer K3s's leader puts on CRs so it can drop their legacy ConfigMap entry.
 pub const FINALIZER_K3S: &str = "wrangler.cattle.io/managed-etcd-snapshots-controller";
 
@@ -40,10 +35,6 @@ pub const ANNOTATION_MANAGED_BY: &str = "etcdsnap.io/managed-by";
 
 /// Namespace of the ConfigMaps, Secrets and Leases.
 pub const SYSTEM_NAMESPACE: &str = "kube-system";
-/// The legacy ConfigMap listing snapshots (kept during the transition).
-pub const LEGACY_CONFIGMAP: &str = "k3s-etcd-snapshots";
-/// The ConfigMap whose `data` is copied into every new snapshot's metadata.
-pub const EXTRA_METADATA_CONFIGMAP: &str = "k3s-etcd-snapshot-extra-metadata";
 
 /// Event reasons on `ETCDSnapshotFile` objects.
 pub const EVENT_CREATED: &str = "ETCDSnapshotCreated";
@@ -52,30 +43,40 @@ pub const EVENT_DELETED: &str = "ETCDSnapshotDeleted";
 /// etcdsnap's events of restore drills.
 pub const EVENT_DRILL_PASSED: &str = "ETCDSnapshotDrillPassed";
 pub const EVENT_DRILL_FAILED: &str = "ETCDSnapshotDrillFailed";
+/// A drill in which nothing failed but the contents could not be compared with the live member's.
+pub const EVENT_DRILL_NOT_COMPARED: &str = "ETCDSnapshotDrillNotCompared";
 
-/// S3 user metadata keys (sent as `x-amz-meta-<key>`).
-pub const S3_META_CLUSTER_ID: &str = "k3s-cluster-id";
-pub const S3_META_NODE_NAME: &str = "k3s-node-name";
-pub const S3_META_TOKEN_HASH: &str = "k3s-token-hash";
+/// etcdsnap's S3 user metadata keys (sent as `x-amz-meta-<key>`; K3s's are
+/// [`crate::Program::s3_meta_node_name`] and its siblings).
 pub const S3_META_SHA256: &str = "etcdsnap-sha256";
 pub const S3_META_SIZE: &str = "etcdsnap-size";
 pub const S3_META_ETCD_REVISION: &str = "etcdsnap-etcd-revision";
 pub const S3_META_ETCD_VERSION: &str = "etcdsnap-etcd-version";
 pub const S3_META_COMPRESSION: &str = "etcdsnap-compression";
 
-/// K3s's metadata directory: beside the snapshot directory, and under the S3 folder. It holds
-/// `<name>`, K3s's extra metadata of snapshot `<name>`, and etcdsnap's record `<name>` +
-/// [`RECORD_SUFFIX`], which K3s never reads (it matches metadata to snapshots by exact name).
+/// K3s's metadata directory: beside the snapshot directory (`<dir>/../.metadata/`), and under
+/// the S3 folder. It holds `<name>`, K3s's extra metadata of snapshot `<name>`. In S3 it also
+/// holds etcdsnap's record `<name>` + [`RECORD_SUFFIX`], which K3s never reads (it matches
+/// metadata to snapshots by exact name); on local disk the records live in etcdsnap's own
+/// directory of the snapshot directory ([`PRIVATE_DIR`]), and earlier releases' records found
+/// in `.metadata/` are moved there.
 pub const METADATA_DIR: &str = ".metadata";
-/// Suffix of etcdsnap's own record beside K3s's metadata: `.metadata/<name>.etcdsnap.json`.
+/// Suffix of etcdsnap's record of a snapshot: `<name>.etcdsnap.json`.
 pub const RECORD_SUFFIX: &str = ".etcdsnap.json";
 /// Point-in-time recovery's delta chains: the directory beside the snapshot directory, and the
 /// path element under the S3 folder (`<folder>/.etcdsnap-deltas/<chain>/.metadata/<file>`).
 pub const DELTAS_DIR: &str = ".etcdsnap-deltas";
 /// The prefix Kubernetes keeps its objects under in etcd.
 pub const KUBERNETES_PREFIX: &[u8] = b"/registry/";
-/// etcdsnap's private directory beside the snapshot directory (its lock, partial writes), so
-/// the snapshot directory holds snapshots only: K3s takes every file there for a snapshot.
+/// etcdsnap's private directory beside snapshot directories: `<parent>/.etcdsnap/`. Each
+/// snapshot directory `<parent>/<dir>` has its own part of it, `<parent>/.etcdsnap/dirs/<dir>/`
+/// ([`PRIVATE_DIRS`]), with its records ([`RECORDS_DIR`]), locks and partial writes, so that two
+/// snapshot directories of one parent never share them, and the snapshot directory holds
+/// snapshots only: K3s takes every file there for a snapshot.
 pub const PRIVATE_DIR: &str = ".etcdsnap";
+/// In [`PRIVATE_DIR`]: one directory per snapshot directory, named like it.
+pub const PRIVATE_DIRS: &str = "dirs";
+/// In a snapshot directory's private directory: etcdsnap's records, `<name>` + [`RECORD_SUFFIX`].
+pub const RECORDS_DIR: &str = "records";
 /// Suffix of files being written; never a snapshot.
 pub const PART_SUFFIX: &str = ".part";

@@ -5,6 +5,8 @@
 
 use crate::crd::ETCDSnapshotS3;
 use crate::names::Compression;
+use crate::program::Program;
+use crate::seal::Sealed;
 use crate::token::TokenHash;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -97,9 +99,21 @@ pub struct MetadataDocument {
     /// Copy of the extra-metadata ConfigMap's data at save time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_metadata: Option<BTreeMap<String, String>>,
-    /// The last restore drill of this copy, kept with it so a rebuilt resource keeps it.
+    /// Set when the stored bytes are sealed (age): to whom, and the restore kit beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+    /// sha256 of the API server's EncryptionConfiguration file at save time: a restore
+    /// compares it with the target host's (Secrets read as garbage under another key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_config_sha256: Option<String>,
+    /// The last restore drill of this copy, kept with it so a rebuilt resource keeps it. It is
+    /// written after the save, so a record's signature covers the record without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillResult>,
+    /// The program (`k3s` or `rke2`) whose names the S3 object's user metadata carries. Absent
+    /// for local copies and in records of earlier releases, which uploaded under K3s's names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<Program>,
 }
 
 /// When a snapshot was last drilled and how it ended.
@@ -107,13 +121,18 @@ pub struct MetadataDocument {
 #[serde(rename_all = "camelCase")]
 pub struct DrillResult {
     pub at: jiff::Timestamp,
-    /// `passed`, or `failed: <reason>`.
+    /// `passed`, `not compared: <why>` or `failed: <reason>`.
     pub result: String,
 }
 
 impl DrillResult {
     pub fn passed(&self) -> bool {
         self.result == "passed"
+    }
+
+    /// Whether the drill found a problem (a drill that could not compare did not).
+    pub fn failed(&self) -> bool {
+        !self.passed() && !self.result.starts_with("not compared")
     }
 }
 
@@ -207,10 +226,13 @@ mod tests {
             cluster_id: Some("uid".into()),
             s3: None,
             extra_metadata: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+            sealed: Some(Sealed { recipients: vec!["age1x".into()], kit: None }),
+            encryption_config_sha256: None,
             drill: Some(DrillResult {
                 at: jiff::Timestamp::from_second(1_700_000_100).unwrap_or_default(),
                 result: "passed".into(),
             }),
+            program: Some(Program::Rke2),
         }
     }
 
@@ -221,6 +243,7 @@ mod tests {
         let text = String::from_utf8_lossy(&json);
         assert!(text.contains("\"apiVersion\":\"etcdsnap.io/v1\""), "{text}");
         assert!(text.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""), "{text}");
+        assert!(text.contains("\"program\":\"rke2\""), "{text}");
         assert_eq!(parse_stored_metadata(&json, "a-n1-1700000000.zst"), Ok(StoredMetadata::Document(Box::new(d))));
     }
 

@@ -1,6 +1,6 @@
 //! Naming rules: snapshot file names, timestamps in names, CR object names, ConfigMap keys.
 
-use crate::consts::{LABEL_STORAGE_NODE, PART_SUFFIX, RECORD_SUFFIX, S3_STORAGE_NODE};
+use crate::consts::{PART_SUFFIX, RECORD_SUFFIX, S3_STORAGE_NODE};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -30,8 +30,9 @@ impl Compression {
         }
     }
 
-    /// Compression implied by a snapshot file name.
+    /// Compression implied by a snapshot file name (under the `.age` of a sealed one).
     pub fn from_name(name: &str) -> Compression {
+        let name = name.strip_suffix(crate::seal::SEALED_EXTENSION).unwrap_or(name);
         if name.ends_with(".zip") {
             Compression::Zip
         } else if name.ends_with(".zst") {
@@ -143,7 +144,13 @@ impl SnapshotName {
         SnapshotName::parse(file_name.strip_suffix(RECORD_SUFFIX)?).ok()
     }
 
-    /// The name without its compression extension (the name of the entry inside a K3s zip).
+    /// Whether the stored bytes are sealed: an age file, named `<name>[.zst|.zip].age`.
+    pub fn is_sealed(&self) -> bool {
+        self.0.ends_with(crate::seal::SEALED_EXTENSION)
+    }
+
+    /// The name without its compression and sealing extensions (the name of the entry inside
+    /// a K3s zip).
     pub fn without_compression_extension(&self) -> &str {
         strip_compression_extension(&self.0)
     }
@@ -170,6 +177,7 @@ fn truncate_for_display(s: &str) -> String {
 }
 
 fn strip_compression_extension(name: &str) -> &str {
+    let name = name.strip_suffix(crate::seal::SEALED_EXTENSION).unwrap_or(name);
     name.strip_suffix(".zip").or_else(|| name.strip_suffix(".zst")).unwrap_or(name)
 }
 
@@ -217,7 +225,7 @@ pub enum NodeNameError {
     #[error("the node name is empty")]
     Empty,
     #[error(
-        "node name {0:?} has more than 63 characters: it is the value of the label {LABEL_STORAGE_NODE} of its ETCDSnapshotFile resources, which Kubernetes limits to 63"
+        "node name {0:?} has more than 63 characters: it is the value of the storage-node label of its ETCDSnapshotFile resources, which Kubernetes limits to 63"
     )]
     TooLong(String),
     #[error(
@@ -493,6 +501,8 @@ mod tests {
     fn timestamps_come_from_the_last_dash() {
         assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000"), Some(1700000000));
         assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000.zip"), Some(1700000000));
+        assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000.zst.age"), Some(1700000000));
+        assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000.age"), Some(1700000000));
         assert_eq!(timestamp_from_name("etcd-snapshot-node-1-1700000000.zst"), Some(1700000000));
         assert_eq!(timestamp_from_name("no-timestamp-here"), None);
         assert_eq!(timestamp_from_name("nodash"), None);
@@ -546,6 +556,11 @@ mod tests {
         assert_eq!(n.without_compression_extension(), "etcd-snapshot-n-5");
         assert_eq!(Compression::from_name("x.zst"), Compression::Zstd);
         assert_eq!(Compression::from_name("x"), Compression::None);
+        let sealed = SnapshotName::parse("etcd-snapshot-n-5.zip.age").unwrap();
+        assert!(sealed.is_sealed() && !n.is_sealed());
+        assert_eq!(sealed.compression(), Compression::Zip);
+        assert_eq!(sealed.without_compression_extension(), "etcd-snapshot-n-5");
+        assert_eq!(Compression::from_name("x.age"), Compression::None);
         assert_eq!("zstd".parse::<Compression>(), Ok(Compression::Zstd));
         assert!("gzip".parse::<Compression>().is_err());
     }

@@ -2,6 +2,7 @@
 //! settings every Kubernetes duty shares.
 
 use crate::leader::LeaderTerm;
+use etcdsnap_api::Program;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::path::PathBuf;
@@ -37,11 +38,13 @@ impl Default for LegacySettings {
 #[derive(Debug, Clone)]
 pub struct KubeSettings {
     pub node_name: String,
+    /// Whose names the resources, ConfigMaps and Node annotations carry (`k3s` or `rke2`).
+    pub program: Program,
     /// A node whose heartbeat Lease was not renewed for this long is gone; the leader removes the
     /// resources of its local snapshots (they cannot be restored anywhere).
     pub orphan_ttl: Duration,
     pub legacy: LegacySettings,
-    /// Name of the extra-metadata ConfigMap in kube-system.
+    /// Name of the extra-metadata ConfigMap in kube-system (the program's by default).
     pub extra_metadata_configmap: String,
     /// Name of the S3 config Secret in kube-system, if S3 settings come from one.
     pub s3_config_secret: Option<String>,
@@ -50,12 +53,19 @@ pub struct KubeSettings {
 }
 
 impl KubeSettings {
+    /// K3s's names; [`KubeSettings::for_program`] for RKE2's.
     pub fn new(node_name: &str) -> KubeSettings {
+        KubeSettings::for_program(node_name, Program::K3s)
+    }
+
+    /// The defaults of a node of a `program` cluster.
+    pub fn for_program(node_name: &str, program: Program) -> KubeSettings {
         KubeSettings {
             node_name: node_name.to_string(),
+            program,
             orphan_ttl: Duration::from_secs(24 * 3600),
             legacy: LegacySettings::default(),
-            extra_metadata_configmap: etcdsnap_api::consts::EXTRA_METADATA_CONFIGMAP.to_string(),
+            extra_metadata_configmap: program.extra_metadata_configmap().to_string(),
             s3_config_secret: None,
             annotate_node: false,
         }

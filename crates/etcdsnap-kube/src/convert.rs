@@ -1,15 +1,15 @@
-//! A snapshot record as Kubernetes sees it: the `ETCDSnapshotFile` K3s would write for it (plus
-//! etcdsnap's `etcdsnap.io/` annotations), the record rebuilt from any such resource (K3s's or
-//! ours), and the value K3s keeps for it in the legacy ConfigMap.
+//! A snapshot record as Kubernetes sees it: the `ETCDSnapshotFile` K3s (or RKE2: the label and
+//! the token-hash annotation follow the [`Program`]) would write for it, plus etcdsnap's
+//! `etcdsnap.io/` annotations; the record rebuilt from any such resource (K3s's or ours); and
+//! the value K3s keeps for it in the legacy ConfigMap.
 
 use etcdsnap_api::consts::{
     ANNOTATION_COMPRESSION, ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ETCD_HASHKV, ANNOTATION_ETCD_REVISION,
-    ANNOTATION_ETCD_VERSION, ANNOTATION_MANAGED_BY, ANNOTATION_SHA256, ANNOTATION_TOKEN_HASH, LABEL_STORAGE_NODE,
-    S3_STORAGE_NODE,
+    ANNOTATION_ETCD_VERSION, ANNOTATION_MANAGED_BY, ANNOTATION_SHA256, S3_STORAGE_NODE,
 };
 use etcdsnap_api::{
     Compression, DrillResult, ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotSpec, ETCDSnapshotStatus, EtcdInfo,
-    KvHash, LegacyEntry, LegacyS3Config, SnapshotName, StorageKind, TokenHash,
+    KvHash, LegacyEntry, LegacyS3Config, Program, SnapshotName, StorageKind, TokenHash,
 };
 use etcdsnap_storage::{MetadataSource, Outcome, SnapshotRecord};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -19,23 +19,23 @@ use std::collections::BTreeMap;
 
 /// Conversions between [`SnapshotRecord`] and its Kubernetes forms.
 pub trait RecordResource: Sized {
-    /// The `ETCDSnapshotFile` for this record.
-    fn to_resource(&self) -> ETCDSnapshotFile;
-    /// Rebuilds a record from a resource. None if the snapshot name is not a valid file name
-    /// (such a resource is never matched to storage).
-    fn from_resource(cr: &ETCDSnapshotFile) -> Option<Self>;
+    /// The `ETCDSnapshotFile` for this record, labelled and annotated with `program`'s names.
+    fn to_resource(&self, program: Program) -> ETCDSnapshotFile;
+    /// Rebuilds a record from a resource, reading `program`'s names. None if the snapshot name
+    /// is not a valid file name (such a resource is never matched to storage).
+    fn from_resource(cr: &ETCDSnapshotFile, program: Program) -> Option<Self>;
     /// The value K3s keeps for this snapshot in the legacy ConfigMap.
     fn to_legacy_entry(&self) -> LegacyEntry;
 }
 
 impl RecordResource for SnapshotRecord {
     /// The `ETCDSnapshotFile` for this record, as K3s would write it plus etcdsnap's annotations.
-    fn to_resource(&self) -> ETCDSnapshotFile {
+    fn to_resource(&self, program: Program) -> ETCDSnapshotFile {
         let mut labels = BTreeMap::new();
-        labels.insert(LABEL_STORAGE_NODE.to_string(), self.storage_node().to_string());
+        labels.insert(program.label_storage_node().to_string(), self.storage_node().to_string());
         let mut annotations = BTreeMap::new();
         if let Some(hash) = &self.token_hash {
-            annotations.insert(ANNOTATION_TOKEN_HASH.to_string(), hash.to_string());
+            annotations.insert(program.annotation_token_hash().to_string(), hash.to_string());
         }
         if let Some(sha) = &self.sha256 {
             annotations.insert(ANNOTATION_SHA256.to_string(), sha.clone());
@@ -71,7 +71,10 @@ impl RecordResource for SnapshotRecord {
             },
             spec: ETCDSnapshotSpec {
                 snapshot_name: self.name.to_string(),
-                node_name: if self.node_name.is_empty() { S3_STORAGE_NODE.into() } else { self.node_name.clone() },
+                node_name: match self.resource_node() {
+                    "" => S3_STORAGE_NODE.into(),
+                    node => node.to_string(),
+                },
                 location: self.location.clone(),
                 metadata: self.extra_metadata.clone().filter(|m| !m.is_empty()),
                 s3: self.s3.clone(),
@@ -87,7 +90,7 @@ impl RecordResource for SnapshotRecord {
 
     /// Rebuilds a record from a resource (K3s's or ours). None if the snapshot name is not a
     /// valid file name (such a resource is never matched to storage).
-    fn from_resource(cr: &ETCDSnapshotFile) -> Option<SnapshotRecord> {
+    fn from_resource(cr: &ETCDSnapshotFile, program: Program) -> Option<SnapshotRecord> {
         let name = SnapshotName::parse(&cr.spec.snapshot_name).ok()?;
         let storage = if cr.spec.s3.is_some() { StorageKind::S3 } else { StorageKind::Local };
         let status = cr.status.clone().unwrap_or_default();
@@ -121,7 +124,7 @@ impl RecordResource for SnapshotRecord {
             outcome,
             sha256: annotations.get(ANNOTATION_SHA256).cloned(),
             etcd,
-            token_hash: annotations.get(ANNOTATION_TOKEN_HASH).and_then(|h| TokenHash::parse_recorded(h)),
+            token_hash: annotations.get(program.annotation_token_hash()).and_then(|h| TokenHash::parse_recorded(h)),
             s3: cr.spec.s3.clone(),
             extra_metadata: cr.spec.metadata.clone(),
             drill: drill_of(&annotations),
@@ -170,8 +173,11 @@ fn drill_of(annotations: &BTreeMap<String, String>) -> Option<DrillResult> {
 mod tests {
     use super::*;
     use crate::test_record;
-    use etcdsnap_api::consts::{ANNOTATION_TOKEN_HASH, LABEL_STORAGE_NODE};
     use etcdsnap_api::{ETCDSnapshotS3, TokenHash};
+
+    const K3S: Program = Program::K3s;
+    const LABEL_STORAGE_NODE: &str = "etcd.k3s.cattle.io/snapshot-storage-node";
+    const ANNOTATION_TOKEN_HASH: &str = "etcd.k3s.cattle.io/snapshot-token-hash";
     use etcdsnap_storage::Outcome;
 
     #[test]
@@ -181,7 +187,7 @@ mod tests {
         r.size = 2891808;
         r.token_hash = TokenHash::parse_recorded("652c7dc687d9");
         r.sha256 = Some("ab".repeat(32));
-        let cr = r.to_resource();
+        let cr = r.to_resource(K3S);
         assert_eq!(cr.metadata.name.as_deref(), Some("local-on-demand-k3s-server-1-1730308816-3e9290"));
         let labels = cr.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels.get(LABEL_STORAGE_NODE).map(String::as_str), Some("k3s-server-1"));
@@ -192,7 +198,7 @@ mod tests {
         assert_eq!(v["status"]["creationTime"], "2024-10-30T17:20:16Z");
         assert_eq!(v["status"]["readyToUse"], true);
         assert!(v["spec"].get("metadata").is_none());
-        let back = SnapshotRecord::from_resource(&cr).unwrap();
+        let back = SnapshotRecord::from_resource(&cr, K3S).unwrap();
         assert_eq!(back.cr_name(), r.cr_name());
         assert_eq!(back.token_hash, r.token_hash);
         assert_eq!(back.sha256, r.sha256);
@@ -206,15 +212,15 @@ mod tests {
         r.location = "s3://etcd/k3s-test/on-demand-k3s-server-1-1730308816".into();
         r.s3 =
             Some(ETCDSnapshotS3 { bucket: Some("etcd".into()), prefix: Some("k3s-test".into()), ..Default::default() });
-        let cr = r.to_resource();
+        let cr = r.to_resource(K3S);
         assert_eq!(cr.metadata.name.as_deref(), Some("s3-on-demand-k3s-server-1-1730308816-3b38ed"));
         assert_eq!(cr.metadata.labels.unwrap_or_default().get(LABEL_STORAGE_NODE).map(String::as_str), Some("s3"));
         assert_eq!(cr.spec.node_name, "k3s-server-1");
         r.node_name.clear();
-        let cr = r.to_resource();
+        let cr = r.to_resource(K3S);
         assert_eq!(cr.metadata.name.as_deref(), Some("s3-on-demand-k3s-server-1-1730308816-79b15c"));
         assert_eq!(cr.spec.node_name, "s3");
-        let back = SnapshotRecord::from_resource(&cr).unwrap();
+        let back = SnapshotRecord::from_resource(&cr, K3S).unwrap();
         assert_eq!(back.node_name, "");
         assert_eq!(back.cr_name(), "s3-on-demand-k3s-server-1-1730308816-79b15c");
     }
@@ -224,13 +230,13 @@ mod tests {
         let mut r = test_record("etcd-snapshot-server1-1700000000", "server1");
         r.location.clear();
         r.outcome = Outcome::Failed { message: "etcd unreachable".into() };
-        let cr = r.to_resource();
+        let cr = r.to_resource(K3S);
         assert_eq!(cr.metadata.name.as_deref(), Some("local-etcd-snapshot-server1-1700000000-7f409b"));
         let status = cr.status.clone().unwrap_or_default();
         assert_eq!(status.ready_to_use, Some(false));
         assert_eq!(status.size, Some(Quantity("0".into())));
         assert_eq!(status.error.and_then(|e| e.message).as_deref(), Some("etcd unreachable"));
-        let back = SnapshotRecord::from_resource(&cr).unwrap();
+        let back = SnapshotRecord::from_resource(&cr, K3S).unwrap();
         assert_eq!(back.outcome, r.outcome);
         let entry = r.to_legacy_entry();
         assert_eq!(entry.status, "failed");
@@ -246,5 +252,38 @@ mod tests {
         assert_eq!(e.node_name, "n");
         assert_eq!(e.created_at, "2024-10-30T17:20:16Z");
         assert_eq!(e.extra_metadata(), r.extra_metadata);
+    }
+
+    #[test]
+    fn rke2_resources_carry_rke2_s_label_and_annotation_only() {
+        let mut r = test_record("on-demand-rke2-server-1-1730308816", "rke2-server-1");
+        r.token_hash = TokenHash::parse_recorded("652c7dc687d9");
+        let cr = r.to_resource(Program::Rke2);
+        let labels = cr.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.keys().collect::<Vec<_>>(),
+            ["etcd.rke2.cattle.io/snapshot-storage-node"],
+            "no K3s label on an RKE2 cluster"
+        );
+        assert_eq!(labels.values().next().map(String::as_str), Some("rke2-server-1"));
+        let ann = cr.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(ann.get("etcd.rke2.cattle.io/snapshot-token-hash").map(String::as_str), Some("652c7dc687d9"));
+        assert!(!ann.contains_key(ANNOTATION_TOKEN_HASH));
+        // Read back under RKE2's names it is the same record; under K3s's the hash is unknown.
+        assert_eq!(SnapshotRecord::from_resource(&cr, Program::Rke2).unwrap().token_hash, r.token_hash);
+        assert_eq!(SnapshotRecord::from_resource(&cr, K3S).unwrap().token_hash, None);
+    }
+
+    #[test]
+    fn an_upload_the_server_cannot_attribute_is_named_after_s3() {
+        let mut r = test_record("on-demand-k3s-server-1-1730308816", "k3s-server-1");
+        r.storage = StorageKind::S3;
+        r.location = "s3://etcd/k3s-test/on-demand-k3s-server-1-1730308816".into();
+        r.s3 = Some(ETCDSnapshotS3 { bucket: Some("etcd".into()), ..Default::default() });
+        r.uploader_unnamed = true;
+        let cr = r.to_resource(Program::Rke2);
+        assert_eq!(cr.metadata.name.as_deref(), Some("s3-on-demand-k3s-server-1-1730308816-79b15c"));
+        assert_eq!(cr.spec.node_name, "s3");
+        assert_eq!(r.node_name, "k3s-server-1", "the record still knows who took it");
     }
 }

@@ -4,15 +4,17 @@
 use crate::ApiError;
 use crate::events::emit_described;
 use crate::resources::annotate;
-use etcdsnap_api::consts::{ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, EVENT_DRILL_FAILED, EVENT_DRILL_PASSED};
+use etcdsnap_api::consts::{
+    ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, EVENT_DRILL_FAILED, EVENT_DRILL_NOT_COMPARED, EVENT_DRILL_PASSED,
+};
 use etcdsnap_storage::SnapshotRecord;
 use kube::Client;
 
 /// The longest reason kept in the annotation (the Event carries it whole).
 const MAX_REASON: usize = 512;
 
-/// Marks the resource of `record` with the drill's time and verdict (`passed` or
-/// `failed: <reason>`) and writes an Event. Ok(false) when the snapshot has no resource.
+/// Marks the resource of `record` with the drill's time and verdict (`passed`, `not compared:
+/// <why>` or `failed: <reason>`) and writes an Event. Ok(false) when the snapshot has no resource.
 pub async fn record_drill(
     client: &Client,
     record: &SnapshotRecord,
@@ -26,6 +28,9 @@ pub async fn record_drill(
     let snapshot = &record.name;
     let described = if verdict == "passed" {
         ("Normal", EVENT_DRILL_PASSED, format!("Snapshot {snapshot} passed a restore drill"))
+    } else if let Some(why) = verdict.strip_prefix("not compared: ") {
+        let text = format!("Snapshot {snapshot} went through a restore drill, its contents not compared: {why}");
+        ("Normal", EVENT_DRILL_NOT_COMPARED, text)
     } else {
         ("Warning", EVENT_DRILL_FAILED, format!("Snapshot {snapshot} failed a restore drill: {verdict}"))
     };

@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn messages_match_k3s() {
         let r = test_record("on-demand-n1-1700000000", "n1");
-        let cr = r.to_resource();
+        let cr = r.to_resource(etcdsnap_api::Program::K3s);
         assert_eq!(
             describe(&cr, SnapshotEvent::Created),
             ("Normal", "ETCDSnapshotCreated", "Snapshot on-demand-n1-1700000000 saved on n1".to_string())
@@ -111,7 +111,7 @@ mod tests {
         let mut failed = r.clone();
         failed.outcome = Outcome::Failed { message: "etcd unreachable".into() };
         assert_eq!(
-            describe(&failed.to_resource(), SnapshotEvent::Created),
+            describe(&failed.to_resource(etcdsnap_api::Program::K3s), SnapshotEvent::Created),
             (
                 "Warning",
                 "ETCDSnapshotFailed",

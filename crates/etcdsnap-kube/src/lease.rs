@@ -11,8 +11,8 @@
 
 use crate::resources::{is_terminating, storage_label};
 use crate::{ApiError, status_is};
-use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_api::consts::S3_STORAGE_NODE;
+use etcdsnap_api::{ETCDSnapshotFile, Program};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
@@ -163,11 +163,17 @@ impl NodeLiveness {
     /// for `ttl`. A label without a heartbeat is not one of etcdsnap's nodes (a K3s server that
     /// does not run etcdsnap, say): its resources belong to whoever writes them and are never
     /// judged here. Never `s3` and never `self_node`.
-    pub fn orphaned_labels(&self, resources: &[ETCDSnapshotFile], self_node: &str, ttl: Duration) -> Vec<String> {
+    pub fn orphaned_labels(
+        &self,
+        resources: &[ETCDSnapshotFile],
+        program: Program,
+        self_node: &str,
+        ttl: Duration,
+    ) -> Vec<String> {
         let labels: BTreeSet<&str> = resources
             .iter()
             .filter(|c| !is_terminating(c))
-            .filter_map(storage_label)
+            .filter_map(|c| storage_label(c, program))
             .filter(|label| *label != S3_STORAGE_NODE && *label != self_node)
             .collect();
         labels
@@ -201,7 +207,7 @@ mod tests {
     }
 
     fn cr(node: &str, created: i64) -> ETCDSnapshotFile {
-        let mut cr = test_record(&format!("a-{node}-{created}"), node).to_resource();
+        let mut cr = test_record(&format!("a-{node}-{created}"), node).to_resource(Program::K3s);
         cr.metadata.creation_timestamp = Some(Time(t(created)));
         cr
     }
@@ -222,7 +228,7 @@ mod tests {
             cr("k3s-only-old", 1),
             cr("k3s-only-new", now - 60),
         ];
-        assert_eq!(liveness.orphaned_labels(&resources, "me", day), ["stale"]);
+        assert_eq!(liveness.orphaned_labels(&resources, Program::K3s, "me", day), ["stale"]);
         assert_eq!(liveness.live_nodes(day), BTreeSet::from(["alive".to_string()]));
     }
 }

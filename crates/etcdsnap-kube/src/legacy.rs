@@ -1,5 +1,6 @@
-//! The legacy ConfigMap `kube-system/k3s-etcd-snapshots`, kept for consumers that predate the
-//! custom resources: K3s's keys and JSON values, one entry per snapshot, newest first.
+//! The legacy ConfigMap `kube-system/k3s-etcd-snapshots` (`rke2-etcd-snapshots` on RKE2), kept
+//! for consumers that predate the custom resources: K3s's keys and JSON values, one entry per
+//! snapshot, newest first.
 //!
 //! K3s discovered its size limit by being rejected and then trimming; etcdsnap bounds the map
 //! before writing ([`bound`]): entries are dropped oldest first until the whole serialized object
@@ -12,9 +13,9 @@
 use crate::convert::RecordResource;
 use crate::resources::is_terminating;
 use crate::{ApiError, CONFLICT_RETRIES, Kube, LegacySettings, status_is};
-use etcdsnap_api::consts::{LEGACY_CONFIGMAP, S3_STORAGE_NODE, SYSTEM_NAMESPACE};
+use etcdsnap_api::consts::{S3_STORAGE_NODE, SYSTEM_NAMESPACE};
 use etcdsnap_api::names::MAX_CONFIGMAP_KEY_LEN;
-use etcdsnap_api::{ETCDSnapshotFile, LegacyEntry, StorageKind, is_valid_configmap_key, timestamp_from_name};
+use etcdsnap_api::{ETCDSnapshotFile, LegacyEntry, Program, StorageKind, is_valid_configmap_key, timestamp_from_name};
 use etcdsnap_storage::SnapshotRecord;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
@@ -29,15 +30,16 @@ fn configmaps(client: &Client) -> Api<ConfigMap> {
     Api::namespaced(client.clone(), SYSTEM_NAMESPACE)
 }
 
-/// The legacy ConfigMap, if it exists (and this identity may read it).
-pub async fn read(client: &Client) -> Result<Option<ConfigMap>, ApiError> {
-    match configmaps(client).get_opt(LEGACY_CONFIGMAP).await {
+/// `program`'s legacy ConfigMap, if it exists (and this identity may read it).
+pub async fn read(client: &Client, program: Program) -> Result<Option<ConfigMap>, ApiError> {
+    let name = program.legacy_configmap();
+    match configmaps(client).get_opt(name).await {
         Ok(cm) => Ok(cm),
         Err(e) if status_is(&e, |s| s.is_forbidden()) => {
             tracing::debug!("not allowed to read the legacy ConfigMap; no metadata back-fill");
             Ok(None)
         }
-        Err(e) => Err(ApiError::new("get", format!("configmap {SYSTEM_NAMESPACE}/{LEGACY_CONFIGMAP}"))(e)),
+        Err(e) => Err(ApiError::new("get", format!("configmap {SYSTEM_NAMESPACE}/{name}"))(e)),
     }
 }
 
@@ -76,10 +78,15 @@ pub struct SyncScope {
 /// The entries the ConfigMap should hold before bounding: one per live resource, plus entries of
 /// nodes that have not reconciled with etcdsnap yet (K3s nodes mid-migration), which are kept
 /// rather than lost.
-pub fn desired_entries(resources: &[ETCDSnapshotFile], existing: Option<&ConfigMap>, scope: &SyncScope) -> Vec<Entry> {
+pub fn desired_entries(
+    resources: &[ETCDSnapshotFile],
+    existing: Option<&ConfigMap>,
+    scope: &SyncScope,
+    program: Program,
+) -> Vec<Entry> {
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     for cr in resources.iter().filter(|c| !is_terminating(c)) {
-        let Some(record) = SnapshotRecord::from_resource(cr) else {
+        let Some(record) = SnapshotRecord::from_resource(cr, program) else {
             continue;
         };
         let key = record.key();
@@ -177,10 +184,8 @@ pub struct SyncReport {
 pub enum LegacyError {
     #[error(transparent)]
     Api(#[from] ApiError),
-    #[error(
-        "configmap {SYSTEM_NAMESPACE}/{LEGACY_CONFIGMAP} kept changing under etcdsnap ({CONFLICT_RETRIES} attempts)"
-    )]
-    Contended,
+    #[error("configmap {SYSTEM_NAMESPACE}/{0} kept changing under etcdsnap ({CONFLICT_RETRIES} attempts)")]
+    Contended(&'static str),
     #[error(transparent)]
     NotLeader(#[from] crate::leader::LeadershipLost),
 }
@@ -202,17 +207,18 @@ pub fn plan(
     existing: Option<&ConfigMap>,
     scope: &SyncScope,
     limits: &LegacySettings,
+    program: Program,
 ) -> LegacyPlan {
     let mut cm = existing.cloned().unwrap_or_else(|| ConfigMap {
         metadata: ObjectMeta {
-            name: Some(LEGACY_CONFIGMAP.into()),
+            name: Some(program.legacy_configmap().into()),
             namespace: Some(SYSTEM_NAMESPACE.into()),
             ..Default::default()
         },
         ..Default::default()
     });
     let bounded =
-        bound(desired_entries(resources, existing, scope), base_bytes(&cm), limits.max_bytes, limits.max_keys);
+        bound(desired_entries(resources, existing, scope, program), base_bytes(&cm), limits.max_bytes, limits.max_keys);
     let report = SyncReport {
         entries: bounded.data.len(),
         dropped: bounded.dropped,
@@ -237,9 +243,11 @@ pub async fn sync(
     term: &crate::leader::LeaderTerm,
 ) -> Result<SyncReport, LegacyError> {
     let api = configmaps(&kube.client);
+    let program = kube.settings.program;
+    let name = program.legacy_configmap();
     let mut existing = existing;
     for _ in 0..CONFLICT_RETRIES {
-        let planned = plan(resources, existing.as_ref(), scope, &kube.settings.legacy);
+        let planned = plan(resources, existing.as_ref(), scope, &kube.settings.legacy, program);
         let mut report = planned.report;
         for key in &report.invalid {
             tracing::warn!(
@@ -261,7 +269,7 @@ pub async fn sync(
         }
         term.check()?;
         let result = match &existing {
-            Some(_) => api.replace(LEGACY_CONFIGMAP, &PostParams::default(), &planned.configmap).await,
+            Some(_) => api.replace(name, &PostParams::default(), &planned.configmap).await,
             None => api.create(&PostParams::default(), &planned.configmap).await,
         };
         match result {
@@ -270,16 +278,14 @@ pub async fn sync(
                 return Ok(report);
             }
             Err(e) if status_is(&e, |s| s.is_conflict() || s.is_already_exists()) => {
-                existing = read(&kube.client).await?;
+                existing = read(&kube.client, program).await?;
             }
             Err(e) => {
-                return Err(
-                    ApiError::new("write", format!("configmap {SYSTEM_NAMESPACE}/{LEGACY_CONFIGMAP}"))(e).into()
-                );
+                return Err(ApiError::new("write", format!("configmap {SYSTEM_NAMESPACE}/{name}"))(e).into());
             }
         }
     }
-    Err(LegacyError::Contended)
+    Err(LegacyError::Contended(name))
 }
 
 #[cfg(test)]
@@ -332,7 +338,7 @@ mod tests {
 
     #[test]
     fn entries_come_from_resources_and_unsynced_nodes_only() {
-        let ours = test_record("a-n1-1700000000", "n1").to_resource();
+        let ours = test_record("a-n1-1700000000", "n1").to_resource(Program::K3s);
         let k3s_entry = |node: &str, name: &str| {
             LegacyEntry {
                 name: name.into(),
@@ -358,7 +364,7 @@ mod tests {
             s3_listed: true,
             deleted: BTreeSet::from(["local-a-k3s-1600000001".to_string()]),
         };
-        let entries = desired_entries(&[ours], Some(&cm), &scope);
+        let entries = desired_entries(&[ours], Some(&cm), &scope, Program::K3s);
         let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["local-a-k3s-1600000000", "local-a-n1-1700000000"]);
         assert_eq!(entries[0].created, 1_700_000_000);
@@ -371,19 +377,28 @@ mod tests {
     fn the_plan_writes_only_what_differs() {
         let limits = LegacySettings::default();
         let scope = SyncScope::default();
-        let ours = test_record("a-n1-1700000000", "n1").to_resource();
-        let first = plan(std::slice::from_ref(&ours), None, &scope, &limits);
+        let ours = test_record("a-n1-1700000000", "n1").to_resource(Program::K3s);
+        let first = plan(std::slice::from_ref(&ours), None, &scope, &limits, Program::K3s);
         assert!(first.write, "a missing ConfigMap is created");
         assert_eq!(first.report.entries, 1);
-        let again = plan(std::slice::from_ref(&ours), Some(&first.configmap), &scope, &limits);
+        let again = plan(std::slice::from_ref(&ours), Some(&first.configmap), &scope, &limits, Program::K3s);
         assert!(!again.write, "nothing changed");
         let emptied = plan(
             &[],
             Some(&first.configmap),
             &SyncScope { s3_listed: true, live_nodes: BTreeSet::from(["n1".to_string()]), ..scope },
             &limits,
+            Program::K3s,
         );
         assert!(emptied.write && emptied.report.entries == 0);
+    }
+
+    #[test]
+    fn rke2_s_configmap_is_rke2_s_name() {
+        let ours = test_record("a-n1-1700000000", "n1").to_resource(Program::Rke2);
+        let planned = plan(&[ours], None, &SyncScope::default(), &LegacySettings::default(), Program::Rke2);
+        assert_eq!(planned.configmap.metadata.name.as_deref(), Some("rke2-etcd-snapshots"));
+        assert_eq!(planned.report.entries, 1);
     }
 
     #[test]

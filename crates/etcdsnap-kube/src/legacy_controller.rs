@@ -106,7 +106,7 @@ async fn sync_once(
     term: &LeaderTerm,
 ) -> Result<SyncReport, ReconcileError> {
     let resources: Vec<ETCDSnapshotFile> = store.state().iter().map(|cr| (**cr).clone()).collect();
-    let existing = legacy::read(&kube.client).await.map_err(ReconcileError::Read)?;
+    let existing = legacy::read(&kube.client, kube.settings.program).await.map_err(ReconcileError::Read)?;
     let liveness = NodeLiveness::read(&kube.client).await.map_err(ReconcileError::Read)?;
     let scope = SyncScope {
         live_nodes: liveness.live_nodes(kube.settings.orphan_ttl),

@@ -1,6 +1,6 @@
 //! K3s's "this node has reconciled its snapshots" marks on the Node object
 //! (`etcd.k3s.cattle.io/local-snapshots-timestamp`, and `…/s3-snapshots-timestamp` when S3 was
-//! listed). A K3s server's legacy-ConfigMap controller only prunes entries of nodes that carry
+//! listed; `etcd.rke2.cattle.io/…` on RKE2). A K3s server's legacy-ConfigMap controller only prunes entries of nodes that carry
 //! them, so they matter when K3s servers and etcdsnap share a cluster.
 //!
 //! Opt-in (`--annotate-node`): patching Nodes needs a ClusterRole on `nodes`, more than the
@@ -9,7 +9,7 @@
 //! writes almost always.
 
 use crate::{ApiError, Kube};
-use etcdsnap_api::consts::{ANNOTATION_LOCAL_RECONCILED, ANNOTATION_S3_RECONCILED};
+use etcdsnap_api::Program;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ pub async fn mark_reconciled(kube: &Kube, s3: bool, now: jiff::Timestamp) -> Res
         return Ok(Marked::NoNode);
     };
     let current = node.metadata.annotations.unwrap_or_default();
-    let wanted = due(&current, s3, now);
+    let wanted = due(&current, kube.settings.program, s3, now);
     if wanted.is_empty() {
         return Ok(Marked::Fresh);
     }
@@ -50,10 +50,10 @@ pub async fn mark_reconciled(kube: &Kube, s3: bool, now: jiff::Timestamp) -> Res
 }
 
 /// The annotations to (re)write: missing, unparsable or older than [`REFRESH_AFTER`].
-fn due(current: &BTreeMap<String, String>, s3: bool, now: jiff::Timestamp) -> Vec<&'static str> {
-    let mut keys = vec![ANNOTATION_LOCAL_RECONCILED];
+fn due(current: &BTreeMap<String, String>, program: Program, s3: bool, now: jiff::Timestamp) -> Vec<&'static str> {
+    let mut keys = vec![program.annotation_local_reconciled()];
     if s3 {
-        keys.push(ANNOTATION_S3_RECONCILED);
+        keys.push(program.annotation_s3_reconciled());
     }
     keys.into_iter()
         .filter(|k| {
@@ -74,13 +74,28 @@ mod tests {
     #[test]
     fn only_missing_or_stale_marks_are_written() {
         let now = at("2026-11-26T12:00:00Z");
+        let p = Program::K3s;
+        let (local, s3) = ("etcd.k3s.cattle.io/local-snapshots-timestamp", "etcd.k3s.cattle.io/s3-snapshots-timestamp");
         let mut current = BTreeMap::new();
-        assert_eq!(due(&current, false, now), vec![ANNOTATION_LOCAL_RECONCILED]);
-        assert_eq!(due(&current, true, now), vec![ANNOTATION_LOCAL_RECONCILED, ANNOTATION_S3_RECONCILED]);
-        current.insert(ANNOTATION_LOCAL_RECONCILED.to_string(), "2026-11-26T11:30:00Z".to_string());
-        current.insert(ANNOTATION_S3_RECONCILED.to_string(), "2026-11-26T10:00:00Z".to_string());
-        assert_eq!(due(&current, true, now), vec![ANNOTATION_S3_RECONCILED]);
-        current.insert(ANNOTATION_LOCAL_RECONCILED.to_string(), "yesterday".to_string());
-        assert_eq!(due(&current, false, now), vec![ANNOTATION_LOCAL_RECONCILED]);
+        assert_eq!(due(&current, p, false, now), vec![local]);
+        assert_eq!(due(&current, p, true, now), vec![local, s3]);
+        current.insert(local.to_string(), "2026-11-26T11:30:00Z".to_string());
+        current.insert(s3.to_string(), "2026-11-26T10:00:00Z".to_string());
+        assert_eq!(due(&current, p, true, now), vec![s3]);
+        current.insert(local.to_string(), "yesterday".to_string());
+        assert_eq!(due(&current, p, false, now), vec![local]);
+    }
+
+    #[test]
+    fn rke2_marks_its_own_names_and_ignores_k3s_s() {
+        let now = at("2026-11-26T12:00:00Z");
+        let current = BTreeMap::from([
+            ("etcd.k3s.cattle.io/local-snapshots-timestamp".to_string(), "2026-11-26T11:59:00Z".to_string()),
+            ("etcd.k3s.cattle.io/s3-snapshots-timestamp".to_string(), "2026-11-26T11:59:00Z".to_string()),
+        ]);
+        assert_eq!(
+            due(&current, Program::Rke2, true, now),
+            vec!["etcd.rke2.cattle.io/local-snapshots-timestamp", "etcd.rke2.cattle.io/s3-snapshots-timestamp"]
+        );
     }
 }

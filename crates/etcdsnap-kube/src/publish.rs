@@ -22,7 +22,14 @@ pub async fn publish_records(kube: &Kube, records: &[SnapshotRecord]) -> Publish
     let mut out = Published::default();
     failpoint::reached(failpoint::BEFORE_RESOURCES).await;
     for record in records {
-        match resources::upsert(&kube.client, &record.to_resource(), &kube.settings.node_name, None).await {
+        match resources::upsert(
+            &kube.client,
+            &record.to_resource(kube.settings.program),
+            &kube.settings.node_name,
+            None,
+        )
+        .await
+        {
             Ok(Written::Created) => out.created += 1,
             Ok(Written::Updated) => out.updated += 1,
             Ok(Written::Unchanged) => out.unchanged += 1,

@@ -4,8 +4,8 @@
 use crate::events::{SnapshotEvent, emit};
 use crate::leader::{LeaderTerm, LeadershipLost};
 use crate::{ApiError, CONFLICT_RETRIES};
-use etcdsnap_api::consts::{ANNOTATION_MANAGED_BY, FINALIZER_K3S, LABEL_STORAGE_NODE};
-use etcdsnap_api::{ETCDSnapshotFile, StorageKind, configmap_key};
+use etcdsnap_api::consts::{ANNOTATION_MANAGED_BY, FINALIZER_K3S};
+use etcdsnap_api::{ETCDSnapshotFile, Program, StorageKind, configmap_key};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 
@@ -15,8 +15,15 @@ pub fn resource_key(cr: &ETCDSnapshotFile) -> String {
     configmap_key(&cr.spec.snapshot_name, kind)
 }
 
-pub fn storage_label(cr: &ETCDSnapshotFile) -> Option<&str> {
-    cr.metadata.labels.as_ref().and_then(|l| l.get(LABEL_STORAGE_NODE)).map(String::as_str)
+/// The value of `program`'s storage-node label: a resource without it is not one of `program`'s
+/// (its server's cleanup deletes it).
+pub fn storage_label(cr: &ETCDSnapshotFile, program: Program) -> Option<&str> {
+    cr.metadata.labels.as_ref().and_then(|l| l.get(program.label_storage_node())).map(String::as_str)
+}
+
+/// Whether etcdsnap wrote the resource (K3s's own carry no `etcdsnap.io/managed-by`).
+pub fn is_managed(cr: &ETCDSnapshotFile) -> bool {
+    cr.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION_MANAGED_BY))
 }
 
 /// Objects per LIST page: one request per thousand snapshots.
@@ -230,8 +237,11 @@ mod tests {
     use super::*;
     use crate::RecordResource;
     use crate::test_record;
-    use etcdsnap_api::consts::{ANNOTATION_SHA256, ANNOTATION_TOKEN_HASH};
+    use etcdsnap_api::consts::ANNOTATION_SHA256;
     use std::collections::BTreeMap;
+
+    const K3S: Program = Program::K3s;
+    const ANNOTATION_TOKEN_HASH: &str = "etcd.k3s.cattle.io/snapshot-token-hash";
 
     fn server_copy(cr: &ETCDSnapshotFile) -> ETCDSnapshotFile {
         let mut c = cr.clone();
@@ -243,13 +253,13 @@ mod tests {
 
     #[test]
     fn identical_objects_need_no_write() {
-        let cr = test_record("a-n-1700000000", "n").to_resource();
+        let cr = test_record("a-n-1700000000", "n").to_resource(K3S);
         assert!(merge_for_update(&server_copy(&cr), &cr).is_none());
     }
 
     #[test]
     fn a_newer_program_version_alone_is_no_change() {
-        let cr = test_record("a-n-1700000000", "n").to_resource();
+        let cr = test_record("a-n-1700000000", "n").to_resource(K3S);
         let mut old = server_copy(&cr);
         old.metadata.annotations.get_or_insert_default().insert(ANNOTATION_MANAGED_BY.into(), "etcdsnap/0.0.1".into());
         assert!(merge_for_update(&old, &cr).is_none());
@@ -261,15 +271,15 @@ mod tests {
         full.token_hash = etcdsnap_api::TokenHash::parse_recorded("652c7dc687d9");
         full.sha256 = Some("ab".repeat(32));
         full.extra_metadata = Some(BTreeMap::from([("k".into(), "v".into())]));
-        let existing = server_copy(&full.to_resource());
+        let existing = server_copy(&full.to_resource(K3S));
         // Rebuilt from a bare file: no hash, no sha256, no extra metadata known.
-        let bare = test_record("a-n-1700000000", "n").to_resource();
+        let bare = test_record("a-n-1700000000", "n").to_resource(K3S);
         assert!(merge_for_update(&existing, &bare).is_none());
     }
 
     #[test]
     fn differences_in_owned_fields_are_written_and_the_rest_kept() {
-        let cr = test_record("a-n-1700000000", "n").to_resource();
+        let cr = test_record("a-n-1700000000", "n").to_resource(K3S);
         let mut existing = server_copy(&cr);
         existing.metadata.labels.get_or_insert_default().insert("team".into(), "x".into());
         existing.status.get_or_insert_default().ready_to_use = Some(false);

@@ -100,7 +100,7 @@ mod tests {
     use crate::test_record;
 
     fn obj(name: &str, rv: &str) -> ETCDSnapshotFile {
-        let mut o = test_record(name, "n").to_resource();
+        let mut o = test_record(name, "n").to_resource(etcdsnap_api::Program::K3s);
         o.metadata.name = Some(name.into());
         o.metadata.resource_version = Some(rv.into());
         o

@@ -138,7 +138,10 @@ impl EtcdConfig {
 
     /// A gRPC channel to one endpoint, with large flow-control windows.
     async fn channel(&self, endpoint: &str) -> Result<tonic::transport::Channel, EtcdError> {
-        let unreachable = |message: String| EtcdError::Unreachable { endpoint: endpoint.to_string(), message };
+        let unreachable = |message: String| EtcdError::Unreachable {
+            endpoint: endpoint.to_string(),
+            message: with_hint(endpoint, message),
+        };
         let url = if endpoint.contains("://") {
             endpoint.to_string()
         } else if self.tls_options(endpoint)?.is_some() {
@@ -182,7 +185,8 @@ impl EtcdConfig {
             self.tls_options(endpoint)?;
         }
         let mut last = None;
-        for endpoint in self.endpoints.iter().filter(|e| !tried.contains(e)) {
+        let candidates: Vec<&String> = self.endpoints.iter().filter(|e| !tried.contains(e)).collect();
+        for (i, endpoint) in candidates.iter().copied().enumerate() {
             match self.try_member(endpoint).await {
                 Ok((member, status)) => {
                     if status.is_learner {
@@ -193,10 +197,13 @@ impl EtcdConfig {
                     }
                     return Ok((member, status));
                 }
-                Err(e) => {
-                    tracing::warn!(endpoint = %endpoint, error = %e, "etcd endpoint not usable");
+                // Said here only when another endpoint is tried next: the last one's error is
+                // the caller's to report, once.
+                Err(e) if i + 1 < candidates.len() => {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "etcd endpoint not usable; trying the next");
                     last = Some(e);
                 }
+                Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or(EtcdError::NoEndpoints))
@@ -206,10 +213,27 @@ impl EtcdConfig {
         let channel = self.channel(endpoint).await?;
         let client = Client::from_channel(etcd_client::Channel::Tonic(channel), Some(ConnectOptions::new()))
             .await
-            .map_err(|e| EtcdError::Unreachable { endpoint: endpoint.to_string(), message: describe_error(&e) })?;
+            .map_err(|e| EtcdError::Unreachable {
+                endpoint: endpoint.to_string(),
+                message: with_hint(endpoint, describe_error(&e)),
+            })?;
         let mut member = EtcdMember { client, endpoint: endpoint.to_string(), config: self.clone() };
         let status = member.status().await?;
         Ok((member, status))
+    }
+}
+
+/// A connection error with what to try when its cause is a known mistake: https against a
+/// member that serves plain HTTP (the TLS handshake meets a plain HTTP/2 answer).
+fn with_hint(endpoint: &str, message: String) -> String {
+    let plain_answer = ["tls handshake eof", "InvalidContentType", "corrupt message", "wrong version number"]
+        .iter()
+        .any(|m| message.contains(m));
+    match endpoint.strip_prefix("https://") {
+        Some(rest) if plain_answer => {
+            format!("{message} (the member may serve plain HTTP: try --endpoints http://{rest})")
+        }
+        _ => message,
     }
 }
 
@@ -230,7 +254,10 @@ impl EtcdMember {
     /// The member's Status, within the command timeout.
     pub async fn status(&mut self) -> Result<MemberStatus, EtcdError> {
         let endpoint = self.endpoint.clone();
-        let unreachable = |message: String| EtcdError::Unreachable { endpoint: endpoint.clone(), message };
+        let unreachable = |message: String| EtcdError::Unreachable {
+            endpoint: endpoint.clone(),
+            message: with_hint(&endpoint, message),
+        };
         let resp = tokio::time::timeout(self.config.command_timeout, self.client.status())
             .await
             .map_err(|_| unreachable(format!("no Status answer within {:?}", self.config.command_timeout)))?
@@ -255,7 +282,10 @@ impl EtcdMember {
     /// reads the member's whole key space (a cost measured in bench/RESULTS.md).
     pub async fn hash_kv(&mut self, revision: i64) -> Result<KvHash, EtcdError> {
         let endpoint = self.endpoint.clone();
-        let unreachable = |message: String| EtcdError::Unreachable { endpoint: endpoint.clone(), message };
+        let unreachable = |message: String| EtcdError::Unreachable {
+            endpoint: endpoint.clone(),
+            message: with_hint(&endpoint, message),
+        };
         let resp = tokio::time::timeout(self.config.command_timeout, self.client.hash_kv(revision))
             .await
             .map_err(|_| unreachable(format!("no HashKV answer within {:?}", self.config.command_timeout)))?
@@ -266,7 +296,10 @@ impl EtcdMember {
     /// How many keys under `prefix` exist at `revision`, within the command timeout.
     pub async fn count_keys(&mut self, prefix: &[u8], revision: i64) -> Result<i64, EtcdError> {
         let endpoint = self.endpoint.clone();
-        let unreachable = |message: String| EtcdError::Unreachable { endpoint: endpoint.clone(), message };
+        let unreachable = |message: String| EtcdError::Unreachable {
+            endpoint: endpoint.clone(),
+            message: with_hint(&endpoint, message),
+        };
         let opts = etcd_client::GetOptions::new().with_prefix().with_count_only().with_revision(revision);
         let resp = tokio::time::timeout(self.config.command_timeout, self.client.get(prefix, Some(opts)))
             .await

@@ -114,16 +114,26 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io("fsync directory", dir))
 }
 
-/// Creates `dir` (and missing parents) 0700; a directory it creates is made durable in its
+/// Creates `dir` (and missing parents) 0700; every directory it creates is made durable in its
 /// parent, so a crash cannot lose the directory of a file already published in it.
 pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         tighten(dir);
         return Ok(());
     }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(StoreError::io("create directory", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(StoreError::io("chmod", dir))?;
-    sync_dir(dir.parent().unwrap_or(Path::new("/")))
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.is_dir()).collect();
+    for created in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(created) {
+            Ok(()) => {}
+            // Made by another process meanwhile: as good.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && created.is_dir() => continue,
+            Err(e) => return Err(StoreError::io("create directory", created)(e)),
+        }
+        fs::set_permissions(created, fs::Permissions::from_mode(0o700)).map_err(StoreError::io("chmod", created))?;
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 /// A private directory made by someone else (a hostPath volume's `DirectoryOrCreate` makes

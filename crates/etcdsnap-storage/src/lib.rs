@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod pitr;
 pub mod record;
 pub mod retry;
+pub mod seal;
 pub mod store;
 
 pub use error_chain::describe_error;

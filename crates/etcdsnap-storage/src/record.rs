@@ -6,8 +6,8 @@
 use etcdsnap_api::consts::S3_STORAGE_NODE;
 use etcdsnap_api::metadata::{METADATA_API_VERSION, METADATA_KIND};
 use etcdsnap_api::{
-    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, SnapshotName, StorageKind,
-    TokenHash, configmap_key, cr_name,
+    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, Program, Sealed, SnapshotName,
+    StorageKind, TokenHash, configmap_key, cr_name,
 };
 use std::collections::BTreeMap;
 
@@ -60,9 +60,19 @@ pub struct SnapshotRecord {
     /// S3 location details (never credentials) for S3 records.
     pub s3: Option<ETCDSnapshotS3>,
     pub extra_metadata: Option<BTreeMap<String, String>>,
+    /// Sealed with age: to which recipients, and the restore kit beside it.
+    pub sealed: Option<Sealed>,
+    /// sha256 of the API server's EncryptionConfiguration at save time.
+    pub encryption_config_sha256: Option<String>,
     /// The last restore drill of this copy.
     pub drill: Option<DrillResult>,
     pub metadata_source: MetadataSource,
+    /// S3 copies: the program whose names the object's user metadata carries, when known.
+    pub program: Option<Program>,
+    /// S3 copies: the object's user metadata does not name its uploader under the cluster's
+    /// program (it was uploaded under the other program's names), so the server names its
+    /// resource after `s3` rather than the uploader, and so does etcdsnap.
+    pub uploader_unnamed: bool,
 }
 
 impl SnapshotRecord {
@@ -92,8 +102,12 @@ impl SnapshotRecord {
             cluster_id: None,
             s3: None,
             extra_metadata: None,
+            sealed: None,
+            encryption_config_sha256: None,
             drill: None,
             metadata_source: MetadataSource::None,
+            program: None,
+            uploader_unnamed: false,
         }
     }
 
@@ -128,7 +142,7 @@ impl SnapshotRecord {
         cr_name(CrNameInput {
             name: self.name.as_str(),
             storage: self.storage,
-            node_name: &self.node_name,
+            node_name: self.resource_node(),
             location: &self.location,
             created_unix: self.created_at.as_second(),
         })
@@ -137,6 +151,12 @@ impl SnapshotRecord {
     /// K3s's legacy ConfigMap key, also the identity used to match storage to resources.
     pub fn key(&self) -> String {
         configmap_key(self.name.as_str(), self.storage)
+    }
+
+    /// The node K3s names the resource after and records in `spec.nodeName` (`s3` for S3
+    /// copies when empty): the node that took it, unless the server cannot see the uploader.
+    pub fn resource_node(&self) -> &str {
+        if self.uploader_unnamed { "" } else { &self.node_name }
     }
 
     /// Value of the storage-node label: the node for local copies, `s3` for S3 copies.
@@ -164,7 +184,10 @@ impl SnapshotRecord {
             cluster_id: self.cluster_id.clone(),
             s3: self.s3.clone(),
             extra_metadata: self.extra_metadata.clone(),
+            sealed: self.sealed.clone(),
+            encryption_config_sha256: self.encryption_config_sha256.clone(),
             drill: self.drill.clone(),
+            program: self.program,
         }
     }
 
@@ -181,7 +204,10 @@ impl SnapshotRecord {
         self.token_hash = doc.token_hash.or(self.token_hash.take());
         self.cluster_id = doc.cluster_id.or(self.cluster_id.take());
         self.extra_metadata = doc.extra_metadata;
+        self.sealed = doc.sealed;
+        self.encryption_config_sha256 = doc.encryption_config_sha256;
         self.drill = doc.drill;
+        self.program = doc.program;
         self.metadata_source = MetadataSource::Document;
     }
 }

@@ -39,14 +39,14 @@ fn local_record(name: &str, location: String) -> Result<SnapshotRecord> {
 }
 
 fn write_local(dir: &Path, n: usize) -> Result<()> {
-    let meta = dir.parent().ok_or("no parent")?.join(".metadata");
     std::fs::create_dir_all(dir)?;
-    std::fs::create_dir_all(&meta)?;
+    let layout = etcdsnap_storage::store::local::Layout::of(dir);
+    std::fs::create_dir_all(layout.records())?;
     for i in 0..n {
         let name = format!("etcd-snapshot-node-1-{}", 1_700_000_000 + i);
         let r = local_record(&name, format!("file://{}/{name}", dir.display()))?;
         std::fs::write(dir.join(&name), b"x")?;
-        std::fs::write(meta.join(&name), r.to_document().to_json())?;
+        std::fs::write(layout.record_path(&r.name), r.to_document().to_json())?;
     }
     Ok(())
 }

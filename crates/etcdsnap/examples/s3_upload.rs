@@ -51,6 +51,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await??;
     let now = etcdsnap_storage::clock::now();
     let doc = SnapshotRecord::stored(name, StorageKind::S3, "bench", String::new(), now, size).to_document();
-    sink_back.commit(&doc).await?;
+    sink_back.commit(&doc, &Default::default()).await?;
     Ok(())
 }

@@ -13,5 +13,6 @@ pub mod drill;
 pub mod ops;
 pub mod pitr;
 pub mod restore;
+pub mod seal;
 pub mod session;
 pub mod units;

@@ -79,7 +79,14 @@ pub struct SessionConfig {
     pub zstd_level: i32,
     /// Record etcd's HashKV with each save (`--record-hashkv`).
     pub record_hash_kv: bool,
+    /// How new snapshots are sealed and signed (recipients from the S3 config Secret apply when
+    /// none is configured here).
+    pub sealing: crate::seal::Sealing,
+    /// The keys that open and check stored snapshots.
+    pub keys: etcdsnap_storage::seal::OpenKeys,
     pub kube: ConnectOptions,
+    /// The Kubernetes duties' settings, and the program (`k3s` or `rke2`) whose names everything
+    /// carries: resources, ConfigMaps, Node annotations and the S3 user metadata.
     pub kube_settings: KubeSettings,
     pub kube_policy: KubePolicy,
 }
@@ -108,6 +115,8 @@ pub enum SessionError {
 pub struct Session {
     config: SessionConfig,
     local: Option<LocalStore>,
+    /// The default snapshot directory, kept and not there yet (a command that does not save).
+    missing_local: Option<PathBuf>,
     /// The S3 store the flags describe, built (and validated) once.
     flag_s3: Option<Arc<S3Store>>,
     kube: Option<Kube>,
@@ -125,6 +134,7 @@ impl Session {
     /// Kubernetes when it is configured (no request is made yet).
     pub async fn open(config: SessionConfig) -> Result<Session, SessionError> {
         let local = open_local(&config)?;
+        let missing_local = (config.local.keep && local.is_none()).then(|| config.local.dir.clone());
         let flag_s3 = match flag_s3_config(&config)? {
             Some(s3) => Some(S3Store::with_cache_in(s3, &config.data_dir)?),
             None => None,
@@ -132,8 +142,11 @@ impl Session {
         let (kube, kube_absent) = match Kube::connect(&config.kube, config.kube_settings.clone()).await {
             Ok(Some(kube)) => (Some(kube), None),
             Ok(None) => {
-                let why = if config.kube.disabled { "--no-kube" } else { "no kubeconfig found" };
-                (None, Some(format!("Kubernetes not configured ({why})")))
+                let why = match config.kube.disabled {
+                    true => "Kubernetes not used (--no-kube)",
+                    false => "Kubernetes not configured (no kubeconfig found)",
+                };
+                (None, Some(why.to_string()))
             }
             Err(e) if config.kube_policy == KubePolicy::OneShot => (None, Some(format!("Kubernetes not usable ({e})"))),
             Err(e) => return Err(e.into()),
@@ -142,6 +155,7 @@ impl Session {
         Ok(Session {
             config,
             local,
+            missing_local,
             flag_s3,
             kube,
             kube_absent,
@@ -208,6 +222,7 @@ impl Session {
             node_name: self.config.node_name.clone(),
             etcd: self.config.etcd.clone(),
             local: self.local.clone(),
+            missing_local: self.missing_local.clone(),
             remote_spec: self.flag_s3.as_ref().map(|s| s.spec()),
             remote: self.flag_s3.clone().map(|s| s as Arc<dyn SnapshotStore>),
             s3_retention: self.flag_retention().or(self.flag_s3.as_ref().and_then(|s| s.config().retention)),
@@ -217,6 +232,8 @@ impl Session {
             extra_metadata: None,
             zstd_level: self.config.zstd_level,
             record_hash_kv: self.config.record_hash_kv,
+            sealing: self.config.sealing.clone(),
+            keys: self.config.keys.clone(),
             lock_dir,
             removals: self.removals.clone(),
         }
@@ -235,7 +252,11 @@ impl Session {
                 if let Some(why) = &self.kube_absent
                     && self.usable.swap(false, Ordering::Relaxed)
                 {
-                    tracing::warn!("{why}: ETCDSnapshotFile resources are skipped");
+                    // Asked for with --no-kube: worth a line, not a warning.
+                    match self.config.kube.disabled {
+                        true => tracing::info!("{why}: ETCDSnapshotFile resources are skipped"),
+                        false => tracing::warn!("{why}: ETCDSnapshotFile resources are skipped"),
+                    }
                 }
                 None
             }
@@ -296,7 +317,10 @@ impl Session {
     async fn use_s3_secret(&self, kube: &Kube, ctx: &mut Context) {
         let Some(name) = kube.settings.s3_config_secret.clone() else { return };
         let config = match s3_secret::load(&kube.client, &name).await {
-            Ok(raw) => raw.parse().map_err(|e| e.to_string()),
+            Ok(raw) => {
+                self.use_secret_recipients(kube, &raw, ctx);
+                raw.parse().map(|c| c.for_program(self.config.kube_settings.program)).map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         let store = config.and_then(|c| S3Store::with_cache_in(c, &self.config.data_dir).map_err(|e| e.to_string()));
@@ -308,6 +332,24 @@ impl Session {
                 ctx.remote = Some(store);
             }
             Err(e) => tracing::warn!("S3 unavailable: {e} (config secret {SYSTEM_NAMESPACE}/{name})"),
+        }
+    }
+
+    /// The Secret's recipients (`etcdsnap-encrypt-to`) seal new snapshots when no recipient is
+    /// configured otherwise. Recipients that cannot be used stop every save (an unsealed copy
+    /// must not be taken for a sealed one).
+    fn use_secret_recipients(&self, kube: &Kube, raw: &RawS3Settings, ctx: &mut Context) {
+        let Some(given) = raw.recipients() else { return };
+        if ctx.sealing.recipients.is_some() {
+            return;
+        }
+        match etcdsnap_storage::seal::Recipients::parse([given]) {
+            Ok(r) => ctx.sealing.recipients = Some(Arc::new(r)),
+            Err(e) => {
+                let name = kube.settings.s3_config_secret.as_deref().unwrap_or_default();
+                let key = etcdsnap_api::seal::SECRET_RECIPIENTS_KEY;
+                ctx.sealing.invalid = Some(format!("S3 config secret {SYSTEM_NAMESPACE}/{name}: key {key}: {e}"));
+            }
         }
     }
 
@@ -380,5 +422,5 @@ fn flag_s3_config(config: &SessionConfig) -> Result<Option<S3Config>, StoreError
     if secret {
         tracing::warn!("ignoring the S3 config secret: S3 is configured by flags");
     }
-    Ok(Some(config.s3_flags.parse()?))
+    Ok(Some(config.s3_flags.parse()?.for_program(config.kube_settings.program)))
 }

@@ -77,6 +77,15 @@ impl World {
         self.data.path().join("snapshots")
     }
 
+    /// etcdsnap's own directory of the snapshot directory: its records, locks, partial files.
+    fn private_dir(&self) -> PathBuf {
+        self.data.path().join(".etcdsnap/dirs/snapshots")
+    }
+
+    fn records_dir(&self) -> PathBuf {
+        self.private_dir().join("records")
+    }
+
     /// Settings shared by every run: etcd, node, data dir, S3, Kubernetes, server token.
     fn env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
@@ -180,11 +189,18 @@ impl World {
 
     /// The invariants every fault must leave intact.
     async fn assert_consistent(&self, after: &str) -> Result<BTreeSet<(String, bool)>, Error> {
+        let stored = self.stored().await?;
         let verify = self.run(&["verify"]).await;
-        assert!(verify.ok(), "after {after}: a published snapshot fails verify\n{}\n{}", verify.stdout, verify.stderr);
+        // With nothing stored, verify has nothing to check, and says so as an error.
+        let nothing = stored.is_empty() && verify.stderr.contains("nothing to verify");
+        assert!(
+            verify.ok() || nothing,
+            "after {after}: a published snapshot fails verify\n{}\n{}",
+            verify.stdout,
+            verify.stderr
+        );
         let reconcile = self.run(&["reconcile"]).await;
         assert!(reconcile.ok(), "after {after}: reconcile failed\n{}\n{}", reconcile.stdout, reconcile.stderr);
-        let stored = self.stored().await?;
         let resources = self.resources().await?;
         assert_eq!(resources, stored, "after {after}: resources do not match storage");
         assert_private(self.data_dir());
@@ -194,12 +210,12 @@ impl World {
     /// Nothing half-done survives a normal run: no partial file, no open multipart upload, no
     /// record or metadata without its snapshot.
     async fn assert_nothing_partial(&self, after: &str) -> Result<(), Error> {
-        let partial = files_in(&self.data_dir().join(".etcdsnap/partial"));
+        let partial = files_in(&self.private_dir().join("partial"));
         assert!(partial.is_empty(), "after {after}: {partial:?} survived");
         let uploads = self.s3.list_multipart_uploads(BUCKET).await?;
         assert!(uploads.is_empty(), "after {after}: multipart uploads left open: {uploads:?}");
         let snapshots: BTreeSet<String> = files_in(&self.snapshot_dir()).into_iter().collect();
-        for doc in files_in(&self.data_dir().join(".metadata")) {
+        for doc in files_in(&self.data_dir().join(".metadata")).into_iter().chain(files_in(&self.records_dir())) {
             let name = doc.strip_suffix(".etcdsnap.json").unwrap_or(&doc);
             assert!(snapshots.contains(name), "after {after}: local metadata {doc} without its snapshot");
         }
@@ -365,7 +381,7 @@ async fn sigkill_at_every_point_of_a_save_loses_nothing() -> TestResult {
         // directory, where the bytes in flight have no name).
         world.assert_snapshots_only(&format!("SIGKILL at {point}"));
         if *point == failpoint::LOCAL_AFTER_METADATA {
-            let records = files_in(&world.data_dir().join(".metadata"));
+            let records = files_in(&world.records_dir());
             let orphans = records.iter().filter(|r| r.ends_with(".etcdsnap.json")).count();
             assert!(orphans > files_in(&world.snapshot_dir()).len(), "SIGKILL at {point}: no orphan record");
         }
@@ -458,7 +474,7 @@ async fn a_stalled_s3_times_out_keeps_the_local_copy_and_is_caught_up_later() ->
     let started = Instant::now();
     let out = world.run_with(&["save"], &extra).await.expect_fail();
     assert!(started.elapsed() < Duration::from_secs(60), "the timeout was not applied");
-    assert!(out.stderr.contains("failed (s3)") && out.stderr.contains("timed out"), "{}", out.stderr);
+    assert!(out.stderr.contains("was not saved to s3") && out.stderr.contains("timed out"), "{}", out.stderr);
     let api: Api<ETCDSnapshotFile> = Api::all(world.api.client().await?);
     let failed: Vec<ETCDSnapshotFile> = api
         .list(&ListParams::default())
@@ -595,7 +611,8 @@ async fn a_flipped_byte_anywhere_is_caught_by_verify_and_restore() -> TestResult
             let verify_args: &[&str] = if s3 { &["verify", "--no-local", name] } else { &["verify", name] };
             let verify = world.run_with(verify_args, env).await;
             assert!(!verify.ok(), "{what}: verify passed\n{}", verify.stdout);
-            let mut args = vec!["restore", name.as_str(), "--data-dir", &restore_into, "--name", "m0", "--dry-run"];
+            let mut args =
+                vec!["restore", name.as_str(), "--data-dir", &restore_into, "--member-name", "m0", "--dry-run"];
             let dir = s(&world.snapshot_dir());
             if !s3 {
                 args.extend(["--dir", dir.as_str()]);
@@ -641,7 +658,10 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     std::fs::write(outside.path().join("victim"), "must stay as it is")?;
     let before_outside = contents(outside.path());
     let snaps = world.snapshot_dir();
+    // K3s's metadata directory (etcdsnap reads it, and creates it only for extra metadata).
     let meta = world.data_dir().join(".metadata");
+    std::fs::create_dir_all(&meta)?;
+    let records = world.records_dir();
     let real = files_in(&snaps).into_iter().next().ok_or("no snapshot")?;
 
     // Local: a snapshot that is a symlink out of the directory; a metadata document that is a
@@ -669,9 +689,9 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     // etcdsnap's own records, hostile too: a symlink out, and a lie about another snapshot.
     std::os::unix::fs::symlink(
         outside.path().join("secret"),
-        meta.join("etcd-snapshot-node-1-1700000003.etcdsnap.json"),
+        records.join("etcd-snapshot-node-1-1700000003.etcdsnap.json"),
     )?;
-    std::fs::write(meta.join("etcd-snapshot-node-1-1700000005.etcdsnap.json"), &hostile_docs[4].1)?;
+    std::fs::write(records.join("etcd-snapshot-node-1-1700000005.etcdsnap.json"), &hostile_docs[4].1)?;
     // `.part` links planted where older releases wrote: nothing must follow them.
     let now = etcdsnap_storage::clock::now().as_second();
     for t in now..now + 60 {
@@ -743,8 +763,10 @@ async fn hostile_storage_content_is_skipped_with_a_warning_and_nothing_outside_i
     world.record("save", &format!("{}\n{}", save.stdout, save.stderr));
     assert!(save.ok(), "{}\n{}", save.stdout, save.stderr);
     for bad in ["../outside", "../../etc/passwd", "/etc/passwd", "etcd-snapshot-node-1-1700000001"] {
-        let out: Run =
-            in_cwd(&["restore", bad, "--data-dir", "target", "--name", "m0", "--dry-run"]).output().await?.into();
+        let out: Run = in_cwd(&["restore", bad, "--data-dir", "target", "--member-name", "m0", "--dry-run"])
+            .output()
+            .await?
+            .into();
         world.record("restore", &format!("{}\n{}", out.stdout, out.stderr));
         assert!(!out.ok(), "restore of {bad} was accepted:\n{}", out.stdout);
     }
@@ -804,7 +826,7 @@ async fn concurrent_saves_agents_and_reconciles_never_lose_or_duplicate_a_record
     let stored = world.assert_consistent("concurrent saves and reconciles").await?;
     let cm: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(world.api.client().await?, "kube-system");
     world.run(&["reconcile"]).await.expect_ok();
-    let legacy = cm.get(etcdsnap_api::consts::LEGACY_CONFIGMAP).await?;
+    let legacy = cm.get("k3s-etcd-snapshots").await?;
     assert_eq!(legacy.data.map(|d| d.len()), Some(stored.len()), "legacy ConfigMap entries != snapshots");
     world.assert_nothing_partial("concurrent saves").await?;
     world.assert_no_secrets(&[]);

@@ -8,18 +8,20 @@
 //! carries the plan out ([`execute`]) and reports typed errors. A pass that finds nothing to
 //! change makes no write.
 
+mod migrate;
 mod plan;
 
 use crate::leader::{LeaderTerm, LeadershipLost};
 use crate::lease::NodeLiveness;
 use crate::resources::{self, Written, is_terminating};
 use crate::{ApiError, Kube, legacy};
-use etcdsnap_api::consts::{LABEL_STORAGE_NODE, S3_STORAGE_NODE};
+use etcdsnap_api::consts::S3_STORAGE_NODE;
 use etcdsnap_api::{ETCDSnapshotFile, ETCDSnapshotS3, StorageKind};
 use etcdsnap_storage::SnapshotRecord;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use migrate::relabel;
 pub use plan::{FAILED_TTL, NEW_S3_GRACE, Plan, PlanInput, Scope, plan, same_location};
 
 /// Writes in flight at once during a reconcile.
@@ -189,6 +191,8 @@ pub struct LeaderView {
 #[derive(Debug, Default)]
 pub struct ReconcileReport {
     pub listed: usize,
+    /// etcdsnap's resources moved from the other program's names to this one's.
+    pub migrated: usize,
     pub created: usize,
     pub updated: usize,
     pub deleted: usize,
@@ -220,7 +224,9 @@ async fn reconcile(
     leader: Option<&LeaderView>,
 ) -> Result<ReconcileReport, ReconcileError> {
     let node = kube.settings.node_name.clone();
-    let legacy_map = legacy::read(&kube.client).await.map_err(ReconcileError::Read)?;
+    let program = kube.settings.program;
+    let label = program.label_storage_node();
+    let legacy_map = legacy::read(&kube.client, program).await.map_err(ReconcileError::Read)?;
     let legacy_metadata = legacy_map.as_ref().map(legacy::metadata_by_key).unwrap_or_default();
 
     // The leader looks at every resource (S3, departed nodes, the ConfigMap); a node only at its
@@ -228,10 +234,14 @@ async fn reconcile(
     let s3_deleted = state.deleted.iter().any(|k| k.starts_with(StorageKind::S3.prefix()));
     let selector = match (leader.is_some(), s3_deleted) {
         (true, _) => None,
-        (false, true) => Some(format!("{LABEL_STORAGE_NODE} in ({node},{S3_STORAGE_NODE})")),
-        (false, false) => Some(format!("{LABEL_STORAGE_NODE}={node}")),
+        (false, true) => Some(format!("{label} in ({node},{S3_STORAGE_NODE})")),
+        (false, false) => Some(format!("{label}={node}")),
     };
-    let existing = resources::list(&kube.client, selector.as_deref()).await.map_err(ReconcileError::Read)?;
+    let mut existing = resources::list(&kube.client, selector.as_deref()).await.map_err(ReconcileError::Read)?;
+    let (migrated, migration_errors) = match leader {
+        Some(view) => migrate::run(kube, &mut existing, &view.term).await,
+        None => (0, Vec::new()),
+    };
 
     let mut scopes = Vec::new();
     if let Some(local) = &state.local {
@@ -254,7 +264,7 @@ async fn reconcile(
                 location: Some(location),
             });
         }
-        orphaned = view.liveness.orphaned_labels(&existing, &node, kube.settings.orphan_ttl);
+        orphaned = view.liveness.orphaned_labels(&existing, program, &node, kube.settings.orphan_ttl);
         for label in &orphaned {
             scopes.push(Scope {
                 label: label.clone(),
@@ -266,6 +276,7 @@ async fn reconcile(
         }
     }
     let input = PlanInput {
+        program,
         scopes,
         existing: &existing,
         deleted: &state.deleted,
@@ -277,6 +288,7 @@ async fn reconcile(
     let plan = plan(&input);
     let mut report = ReconcileReport {
         listed: existing.len(),
+        migrated,
         unchanged: plan.unchanged,
         kept: plan.kept,
         orphaned_nodes: orphaned,
@@ -287,7 +299,8 @@ async fn reconcile(
     report.created = applied.created;
     report.updated = applied.updated;
     report.deleted = applied.deleted;
-    report.errors = applied.errors;
+    report.errors = migration_errors;
+    report.errors.extend(applied.errors);
 
     if let Some(view) = leader {
         let after = state_after(existing, &deleted_names, applied.written);

@@ -10,7 +10,7 @@
 use crate::convert::RecordResource;
 use crate::resources::{is_terminating, merge_for_update, resource_key, storage_label};
 use etcdsnap_api::consts::S3_STORAGE_NODE;
-use etcdsnap_api::{ETCDSnapshotFile, ETCDSnapshotS3};
+use etcdsnap_api::{ETCDSnapshotFile, ETCDSnapshotS3, Program};
 use etcdsnap_storage::SnapshotRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -38,6 +38,8 @@ pub struct Scope<'a> {
 /// Everything the planner looks at.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
+    /// Whose names the resources carry: a resource is in a scope by this program's label.
+    pub program: Program,
     pub scopes: Vec<Scope<'a>>,
     /// Every resource listed (resources outside the scopes are only touched by `deleted`).
     pub existing: &'a [ETCDSnapshotFile],
@@ -86,7 +88,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         if handled.contains(name) || is_terminating(cr) || !input.deleted.contains(&resource_key(cr)) {
             continue;
         }
-        let label = storage_label(cr);
+        let label = storage_label(cr, input.program);
         let ours = match label {
             Some(S3_STORAGE_NODE) => input.s3_location.is_some_and(|loc| same_location(cr.spec.s3.as_ref(), loc)),
             other => other == Some(input.node_name),
@@ -113,7 +115,7 @@ fn plan_scope<'a>(input: &PlanInput<'a>, scope: &Scope<'_>, plan: &mut Plan, han
         wanted.entry(record.key()).or_insert(record);
     }
     for cr in input.existing {
-        if storage_label(cr) != Some(scope.label.as_str()) || is_terminating(cr) {
+        if storage_label(cr, input.program) != Some(scope.label.as_str()) || is_terminating(cr) {
             continue;
         }
         if scope.location.is_some_and(|loc| !same_location(cr.spec.s3.as_ref(), loc)) {
@@ -125,7 +127,7 @@ fn plan_scope<'a>(input: &PlanInput<'a>, scope: &Scope<'_>, plan: &mut Plan, han
         if let Some(record) = wanted.get(&key)
             && record.cr_name() == name
         {
-            match merge_for_update(cr, &record.to_resource()) {
+            match merge_for_update(cr, &record.to_resource(input.program)) {
                 Some(merged) => plan.update.push(merged),
                 None => plan.unchanged += 1,
             }
@@ -138,7 +140,7 @@ fn plan_scope<'a>(input: &PlanInput<'a>, scope: &Scope<'_>, plan: &mut Plan, han
         }
         plan.delete.push(cr.clone());
     }
-    plan.create.extend(wanted.values().map(SnapshotRecord::to_resource));
+    plan.create.extend(wanted.values().map(|r| r.to_resource(input.program)));
 }
 
 /// Whether a resource's `spec.s3` names the S3 location `listed`: same endpoint, bucket and
@@ -215,9 +217,9 @@ mod tests {
         let there = s3_record_in("a-n1-1700000000", "n1", "two");
         let only_there = s3_record_in("a-n2-1700000000", "n2", "two");
         c.existing = vec![
-            stored(here.to_resource(), 1_700_000_000),
-            stored(there.to_resource(), 1_700_000_000),
-            stored(only_there.to_resource(), 1_700_000_000),
+            stored(here.to_resource(Program::K3s), 1_700_000_000),
+            stored(there.to_resource(Program::K3s), 1_700_000_000),
+            stored(only_there.to_resource(Program::K3s), 1_700_000_000),
         ];
         // Listed: the folder holds nothing any more, and this node just deleted a-n1 there.
         c.s3 = Some(Vec::new());
@@ -239,6 +241,7 @@ mod tests {
         deleted: BTreeSet<String>,
         orphans: Vec<String>,
         now: i64,
+        program: Program,
     }
 
     impl Case {
@@ -250,6 +253,7 @@ mod tests {
                 deleted: BTreeSet::new(),
                 orphans: Vec::new(),
                 now: 1_800_000_000,
+                program: Program::K3s,
             }
         }
 
@@ -274,6 +278,7 @@ mod tests {
                 BTreeMap::from([("from".to_string(), "legacy".to_string())]),
             )]);
             plan(&PlanInput {
+                program: self.program,
                 scopes,
                 existing: &self.existing,
                 deleted: &self.deleted,
@@ -294,7 +299,7 @@ mod tests {
         let mut c = Case::new();
         let a = test_record("a-n1-1700000000", "n1");
         let b = test_record("a-n1-1700000001", "n1");
-        c.existing = vec![stored(a.to_resource(), 1_700_000_000)];
+        c.existing = vec![stored(a.to_resource(Program::K3s), 1_700_000_000)];
         c.local = vec![a, b.clone()];
         let p = c.plan();
         assert_eq!(names(&p.create), [b.cr_name()]);
@@ -306,7 +311,7 @@ mod tests {
     fn nothing_changed_means_an_empty_plan() {
         let mut c = Case::new();
         c.local = (0..50).map(|i| test_record(&format!("a-n1-{}", 1_700_000_100 + i), "n1")).collect();
-        c.existing = c.local.iter().map(|r| stored(r.to_resource(), 1_700_000_000)).collect();
+        c.existing = c.local.iter().map(|r| stored(r.to_resource(Program::K3s), 1_700_000_000)).collect();
         let p = c.plan();
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(p.unchanged, 50);
@@ -319,7 +324,10 @@ mod tests {
         let mut changed = a.clone();
         changed.size = 999;
         let gone = test_record("a-n1-1600000000", "n1");
-        c.existing = vec![stored(a.to_resource(), 1_700_000_000), stored(gone.to_resource(), 1_600_000_000)];
+        c.existing = vec![
+            stored(a.to_resource(Program::K3s), 1_700_000_000),
+            stored(gone.to_resource(Program::K3s), 1_600_000_000),
+        ];
         c.local = vec![changed];
         let p = c.plan();
         assert_eq!(names(&p.update), [a.cr_name()]);
@@ -333,7 +341,7 @@ mod tests {
         let mut old = test_record("a-n1-1700000000", "n1");
         old.location = "file:///old/dir/a-n1-1700000000".into();
         let new = test_record("a-n1-1700000000", "n1");
-        c.existing = vec![stored(old.to_resource(), 1_700_000_000)];
+        c.existing = vec![stored(old.to_resource(Program::K3s), 1_700_000_000)];
         c.local = vec![new.clone()];
         let p = c.plan();
         assert_eq!(names(&p.create), [new.cr_name()]);
@@ -350,8 +358,10 @@ mod tests {
         let mut old_failure = failed.clone();
         old_failure.name = etcdsnap_api::SnapshotName::parse("a-n1-1600000000").unwrap();
         old_failure.created_at = t(c.now - 25 * 3600);
-        c.existing =
-            vec![stored(failed.to_resource(), c.now - 3600), stored(old_failure.to_resource(), c.now - 25 * 3600)];
+        c.existing = vec![
+            stored(failed.to_resource(Program::K3s), c.now - 3600),
+            stored(old_failure.to_resource(Program::K3s), c.now - 25 * 3600),
+        ];
         let p = c.plan();
         assert_eq!(names(&p.delete), [old_failure.cr_name()]);
         assert_eq!(p.kept, 1);
@@ -365,7 +375,10 @@ mod tests {
         let mut c = Case::new();
         let young = s3_record("a-n2-1700000000", "n2");
         let old = s3_record("a-n2-1700000001", "n2");
-        c.existing = vec![stored(young.to_resource(), c.now - 30), stored(old.to_resource(), c.now - 120)];
+        c.existing = vec![
+            stored(young.to_resource(Program::K3s), c.now - 30),
+            stored(old.to_resource(Program::K3s), c.now - 120),
+        ];
         c.s3 = Some(Vec::new());
         let p = c.plan();
         assert_eq!(names(&p.delete), [old.cr_name()]);
@@ -377,7 +390,7 @@ mod tests {
         let mut c = Case::new();
         let s3 = s3_record("a-n2-1700000000", "n2");
         let other_local = test_record("a-n2-1700000000", "n2");
-        c.existing = vec![stored(s3.to_resource(), 1), stored(other_local.to_resource(), 1)];
+        c.existing = vec![stored(s3.to_resource(Program::K3s), 1), stored(other_local.to_resource(Program::K3s), 1)];
         assert!(c.plan().is_empty());
         c.deleted.insert(s3.key());
         c.deleted.insert(other_local.key());
@@ -392,7 +405,7 @@ mod tests {
         failed.outcome = Outcome::Failed { message: "x".into() };
         failed.created_at = t(c.now - 10);
         let ok = test_record("a-gone-1700000000", "gone");
-        c.existing = vec![stored(failed.to_resource(), c.now), stored(ok.to_resource(), 1)];
+        c.existing = vec![stored(failed.to_resource(Program::K3s), c.now), stored(ok.to_resource(Program::K3s), 1)];
         c.orphans = vec!["gone".into()];
         assert_eq!(c.plan().delete.len(), 2);
     }
@@ -401,7 +414,7 @@ mod tests {
     fn terminating_resources_are_left_to_their_finalizers() {
         let mut c = Case::new();
         let gone = test_record("a-n1-1600000000", "n1");
-        let mut cr = stored(gone.to_resource(), 1);
+        let mut cr = stored(gone.to_resource(Program::K3s), 1);
         cr.metadata.deletion_timestamp = Some(Time(t(c.now)));
         c.existing = vec![cr];
         assert!(c.plan().is_empty());
@@ -420,11 +433,30 @@ mod tests {
         let mut c = Case::new();
         let mine = s3_record("a-n1-1700000000", "n1");
         let legacy = s3_record("a-n1-1700000000", "");
-        c.existing = vec![stored(legacy.to_resource(), 1)];
+        c.existing = vec![stored(legacy.to_resource(Program::K3s), 1)];
         c.s3 = Some(vec![mine.clone()]);
         let p = c.plan();
         // K3s renamed S3 resources when it started hashing the uploader: replace, not duplicate.
         assert_eq!(names(&p.create), [mine.cr_name()]);
         assert_eq!(names(&p.delete), [legacy.cr_name()]);
+    }
+
+    #[test]
+    fn on_rke2_only_rke2_s_label_puts_a_resource_in_scope() {
+        let mut c = Case::new();
+        c.program = Program::Rke2;
+        let a = test_record("a-n1-1700000000", "n1");
+        let k3s_only = test_record("a-n1-1600000000", "n1");
+        // K3s's label alone: not RKE2's resource (RKE2's cleanup judges it), never touched here.
+        c.existing =
+            vec![stored(a.to_resource(Program::Rke2), 1_700_000_000), stored(k3s_only.to_resource(Program::K3s), 1)];
+        let b = test_record("a-n1-1700000001", "n1");
+        c.local = vec![a, b.clone()];
+        let p = c.plan();
+        assert_eq!(names(&p.create), [b.cr_name()]);
+        let labels = p.create[0].metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.keys().collect::<Vec<_>>(), ["etcd.rke2.cattle.io/snapshot-storage-node"]);
+        assert!(p.update.is_empty() && p.delete.is_empty(), "{p:?}");
+        assert_eq!(p.unchanged, 1);
     }
 }

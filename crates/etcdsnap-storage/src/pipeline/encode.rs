@@ -18,6 +18,8 @@ pub struct EncodeSpec {
     pub created_at: jiff::Timestamp,
     /// Expected uncompressed size; zip needs its zip64 form from 4 GiB on.
     pub expected_size: u64,
+    /// Seal the stored bytes to these age recipients (after compression).
+    pub recipients: Option<std::sync::Arc<crate::seal::Recipients>>,
 }
 
 /// The end of the encoder chain: stored bytes, one buffer or several at a time.

@@ -9,6 +9,7 @@
 pub mod encode;
 pub mod fanout;
 pub mod revision;
+pub mod seal;
 pub mod trailer;
 pub mod verify;
 pub mod zipread;
@@ -22,6 +23,7 @@ use encode::{EncodeSpec, Encoder};
 use etcdsnap_api::Compression;
 use fanout::{FanOut, SinkSlot, StoredHash};
 use revision::{RevisionError, RevisionScanner, SnapshotRevision};
+use seal::Sealer;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -265,7 +267,7 @@ fn work(
     revision_floor: i64,
     aborted: Arc<AtomicBool>,
 ) -> WorkerOutput {
-    let mut stored = StoredHash::new(spec.compression != Compression::None);
+    let mut stored = StoredHash::new(spec.compression != Compression::None || spec.recipients.is_some());
     let result = encode_all(&mut rx, &mut slots, &mut stored, &spec, revision_floor, &aborted);
     let result = result.map_err(|e| match e {
         EncodeFailure::Aborted => WorkerError::Aborted,
@@ -294,7 +296,8 @@ fn encode_all(
     aborted: &AtomicBool,
 ) -> Result<(TrailerOutcome, Result<SnapshotRevision, RevisionError>), EncodeFailure> {
     let fan = FanOut { slots, stored };
-    let mut encoder = Encoder::new(spec, fan)?;
+    let sealer = Sealer::new(spec.recipients.as_deref(), fan)?;
+    let mut encoder = Encoder::new(spec, sealer)?;
     let mut trailer = TrailerCheck::new();
     let mut revision = RevisionScanner::new(revision_floor);
     while let Some(batch) = rx.blocking_recv() {
@@ -308,7 +311,7 @@ fn encode_all(
     if aborted.load(Ordering::SeqCst) {
         return Err(EncodeFailure::Aborted);
     }
-    let mut out = encoder.finish()?;
+    let mut out = encoder.finish()?.finish()?;
     out.flush()?;
     Ok((trailer.finish(), revision.finish()))
 }
@@ -331,6 +334,7 @@ mod tests {
     use crate::store::SnapshotSink;
     use async_trait::async_trait;
     use etcdsnap_api::{MetadataDocument, StorageKind};
+    use sha2::Digest;
     use std::sync::Mutex;
 
     struct VecSource(Vec<Bytes>, Option<EtcdError>);
@@ -368,7 +372,11 @@ mod tests {
             b.extend_from_slice(buf);
             Ok(())
         }
-        async fn commit(self: Box<Self>, _doc: &MetadataDocument) -> Result<(), StoreError> {
+        async fn commit(
+            self: Box<Self>,
+            _doc: &MetadataDocument,
+            _companions: &crate::store::Companions,
+        ) -> Result<(), StoreError> {
             Ok(())
         }
         async fn abort(self: Box<Self>) {
@@ -389,6 +397,7 @@ mod tests {
             zip_entry: "snap-n-1".into(),
             created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap_or_default(),
             expected_size: 0,
+            recipients: None,
         }
     }
 
@@ -429,11 +438,73 @@ mod tests {
             assert_eq!(out.stored_size, stored.len() as u64);
             assert_eq!(out.raw_size, snap.len() as u64);
             assert_eq!(out.revision.revision, REVISION, "{compression}");
-            let check = verify::verify_reader(std::io::Cursor::new(&stored), compression, verify::ReadRevision::No)
-                .unwrap_or_else(|e| panic!("{compression}: {e}"));
+            let check = verify::verify_reader(
+                std::io::Cursor::new(&stored),
+                compression,
+                verify::Unseal::No,
+                verify::ReadRevision::No,
+            )
+            .unwrap_or_else(|e| panic!("{compression}: {e}"));
             assert_eq!(check.stored_sha256, out.stored_sha256);
             assert!(check.trailer.is_valid());
             assert_eq!(check.raw_size, snap.len() as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn sealed_passes_store_what_age_opens_and_hash_what_is_stored() {
+        let snap = snapshot_bytes();
+        let (secret, public) = crate::seal::keys::tests::keypair();
+        let recipients = Arc::new(crate::seal::Recipients::parse([public.as_str()]).unwrap());
+        let identity = crate::seal::Identity::parse(&secret).unwrap();
+        for compression in [Compression::None, Compression::Zstd, Compression::Zip] {
+            let a = Shared::default();
+            let boxed: Vec<Box<dyn SnapshotSink>> = vec![Box::new(MemSink { shared: a.clone(), fail_after: None })];
+            let spec = EncodeSpec { recipients: Some(recipients.clone()), ..spec(compression) };
+            let out = run(VecSource(chunks(&snap), None), boxed, spec, 0, None, CancellationToken::new())
+                .await
+                .unwrap_or_else(|e| panic!("{compression}: {e}"));
+            let stored = a.bytes.lock().map(|v| v.clone()).unwrap_or_default();
+            assert!(stored.starts_with(crate::seal::keys::AGE_MAGIC), "{compression}");
+            assert!(
+                !stored.windows(64).any(|w| snap.windows(64).next() == Some(w)),
+                "{compression}: clear bytes stored"
+            );
+            assert_eq!(out.stored_sha256, hex::encode(sha2::Sha256::digest(&stored)), "{compression}");
+            assert_eq!(out.revision.revision, REVISION);
+            // Opened: the trailer is checked after decryption and decompression.
+            let opened = verify::verify_reader(
+                &stored[..],
+                compression,
+                verify::Unseal::With(&identity),
+                verify::ReadRevision::No,
+            )
+            .unwrap_or_else(|e| panic!("{compression}: {e}"));
+            assert!(opened.trailer_checked && opened.trailer.is_valid(), "{compression}");
+            assert_eq!(
+                (opened.stored_sha256.as_str(), opened.raw_size),
+                (out.stored_sha256.as_str(), snap.len() as u64)
+            );
+            // Without the identity only the stored bytes are hashed: the same sha256.
+            let hashed =
+                verify::verify_reader(&stored[..], compression, verify::Unseal::HashOnly, verify::ReadRevision::No)
+                    .unwrap();
+            assert!(!hashed.trailer_checked);
+            assert_eq!((hashed.stored_sha256, hashed.stored_size), (out.stored_sha256.clone(), stored.len() as u64));
+            // A changed byte anywhere fails to open.
+            let mut damaged = stored.clone();
+            let last = damaged.len() - 5;
+            damaged[last] ^= 1;
+            assert!(
+                verify::verify_reader(
+                    &damaged[..],
+                    compression,
+                    verify::Unseal::With(&identity),
+                    verify::ReadRevision::No
+                )
+                .is_err(),
+                "{compression}"
+            );
         }
     }
 

@@ -1,10 +1,14 @@
-//! Re-reading stored bytes: sha256 of what is stored, etcd's trailer after decompression and,
-//! when asked, the revision the snapshot holds. Used by `verify`, by restore's pre-flight check,
-//! by drills, and by tests.
+//! Re-reading stored bytes: sha256 of what is stored, etcd's trailer after decryption and
+//! decompression and, when asked, the revision the snapshot holds. Used by `verify`, by
+//! restore's pre-flight check, by drills, and by tests.
+//!
+//! Sealed bytes are opened with an identity ([`Unseal::With`]); without one ([`Unseal::HashOnly`])
+//! only their sha256 and size are checked, which is what the record vouches for.
 
 use super::revision::{RevisionError, RevisionScanner, SnapshotRevision};
 use super::trailer::{TrailerCheck, TrailerOutcome};
 use super::zipread::{self, ZipReadError};
+use crate::seal::Identity;
 use etcdsnap_api::Compression;
 use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -17,6 +21,9 @@ pub struct StoredCheck {
     /// Decompressed size (the etcd database plus its trailer).
     pub raw_size: u64,
     pub trailer: TrailerOutcome,
+    /// Whether the bytes were opened and the trailer checked (false for sealed bytes read
+    /// without an identity: then only the sha256 and size say anything).
+    pub trailer_checked: bool,
     /// Name of the entry inside a zip.
     pub zip_entry: Option<String>,
     /// The revision read from the snapshot's pages, when asked for ([`ReadRevision`]).
@@ -32,6 +39,28 @@ pub enum ReadRevision {
     AtLeast(i64),
 }
 
+/// How sealed bytes are read.
+#[derive(Debug, Clone, Copy)]
+pub enum Unseal<'a> {
+    /// The bytes are not sealed.
+    No,
+    /// Sealed: opened with this identity, then decompressed and checked.
+    With(&'a Identity),
+    /// Sealed, and no identity: only the stored bytes are hashed and counted.
+    HashOnly,
+}
+
+impl Unseal<'_> {
+    /// How to read bytes sealed or not, with the identity (if any) the caller has.
+    pub fn for_sealed(sealed: bool, identity: Option<&Identity>) -> Unseal<'_> {
+        match (sealed, identity) {
+            (false, _) => Unseal::No,
+            (true, Some(id)) => Unseal::With(id),
+            (true, None) => Unseal::HashOnly,
+        }
+    }
+}
+
 /// Why the bytes could not be read to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -43,6 +72,8 @@ pub enum VerifyError {
     Zip(#[from] ZipReadError),
     #[error("writing the decompressed snapshot failed: {0}")]
     Write(io::Error),
+    #[error("the sealed snapshot cannot be opened: {0}")]
+    Unseal(String),
 }
 
 /// Counts everything read through it and, when the stored bytes differ from the decompressed
@@ -108,9 +139,10 @@ const BUF: usize = 1024 * 1024;
 pub fn verify_reader<R: Read>(
     input: R,
     compression: Compression,
+    unseal: Unseal<'_>,
     read_revision: ReadRevision,
 ) -> Result<StoredCheck, VerifyError> {
-    verify_copy(input, compression, io::sink(), read_revision).map(|(check, _)| check)
+    verify_copy(input, compression, unseal, io::sink(), read_revision).map(|(check, _)| check)
 }
 
 /// The same single pass as [`verify_reader`], also writing the decompressed bytes (the etcd
@@ -120,17 +152,25 @@ pub fn verify_reader<R: Read>(
 pub fn verify_copy<R: Read, W: Write>(
     input: R,
     compression: Compression,
+    unseal: Unseal<'_>,
     out: W,
     read_revision: ReadRevision,
 ) -> Result<(StoredCheck, W), VerifyError> {
-    let hashing =
-        HashingReader { inner: input, hasher: (compression != Compression::None).then(Sha256::new), count: 0 };
+    let transformed = compression != Compression::None || !matches!(unseal, Unseal::No);
+    let hashing = HashingReader { inner: input, hasher: transformed.then(Sha256::new), count: 0 };
     let revision = match read_revision {
         ReadRevision::No => None,
         ReadRevision::AtLeast(floor) => Some(RevisionScanner::new(floor)),
     };
     let mut sink = TrailerWriter { check: TrailerCheck::new(), revision, out, write_error: None };
-    let result = copy_through(hashing, compression, &mut sink);
+    let result = match unseal {
+        Unseal::No => copy_through(hashing, compression, &mut sink),
+        Unseal::With(identity) => open_through(hashing, identity, compression, &mut sink),
+        Unseal::HashOnly => {
+            let mut r = BufReader::with_capacity(BUF, hashing);
+            drain(&mut r).map(|()| (r.into_inner(), None)).map_err(VerifyError::Io)
+        }
+    };
     if let Some(e) = sink.write_error.take() {
         return Err(VerifyError::Write(e));
     }
@@ -147,6 +187,7 @@ pub fn verify_copy<R: Read, W: Write>(
             stored_size: hashing.count,
             raw_size: trailer.total,
             trailer,
+            trailer_checked: !matches!(unseal, Unseal::HashOnly),
             zip_entry,
             revision,
         },
@@ -154,12 +195,32 @@ pub fn verify_copy<R: Read, W: Write>(
     ))
 }
 
-type Copied<R> = (HashingReader<R>, Option<String>);
+type Copied<R> = (R, Option<String>);
 
-/// Decompresses `hashing` into `sink` to the end of the input; returns the reader (for its hash
-/// and count) and the zip entry name.
-fn copy_through<R: Read, W: Write>(
+/// Opens sealed bytes with `identity` and decompresses them into `sink`, to the end of the
+/// input (age authenticates every chunk as it is read, the last one included); returns the
+/// hashing reader and the zip entry name.
+fn open_through<R: Read, W: Write>(
     hashing: HashingReader<R>,
+    identity: &Identity,
+    compression: Compression,
+    sink: &mut TrailerWriter<W>,
+) -> Result<Copied<HashingReader<R>>, VerifyError> {
+    let mut buffered = BufReader::with_capacity(BUF, hashing);
+    let zip_entry = {
+        let decryptor =
+            ::age::Decryptor::new_buffered(&mut buffered).map_err(|e| VerifyError::Unseal(e.to_string()))?;
+        let plain = decryptor.decrypt(identity.as_age()).map_err(|e| VerifyError::Unseal(e.to_string()))?;
+        copy_through(plain, compression, sink)?.1
+    };
+    drain(&mut buffered)?;
+    Ok((buffered.into_inner(), zip_entry))
+}
+
+/// Decompresses `input` into `sink` to its end; returns the reader (for its hash and count)
+/// and the zip entry name.
+fn copy_through<R: Read, W: Write>(
+    hashing: R,
     compression: Compression,
     sink: &mut TrailerWriter<W>,
 ) -> Result<Copied<R>, VerifyError> {
@@ -208,7 +269,7 @@ mod tests {
         let snap = snapshot();
         let zst = zstd::encode_all(&snap[..], 3).unwrap_or_default();
         for (stored, compression) in [(snap.clone(), Compression::None), (zst.clone(), Compression::Zstd)] {
-            let (check, out) = verify_copy(&stored[..], compression, Vec::new(), ReadRevision::No).unwrap();
+            let (check, out) = verify_copy(&stored[..], compression, Unseal::No, Vec::new(), ReadRevision::No).unwrap();
             assert_eq!(out, snap, "{compression}");
             assert!(check.trailer.is_valid());
             assert_eq!(check.stored_size, stored.len() as u64);
@@ -220,11 +281,11 @@ mod tests {
     fn the_revision_is_read_when_asked() {
         let db = with_trailer(&crate::pipeline::revision::fixture::database(9, 20));
         let zst = zstd::encode_all(&db[..], 3).unwrap_or_default();
-        let check = verify_reader(&zst[..], Compression::Zstd, ReadRevision::AtLeast(5)).unwrap();
+        let check = verify_reader(&zst[..], Compression::Zstd, Unseal::No, ReadRevision::AtLeast(5)).unwrap();
         assert_eq!(check.revision.map(|r| r.map(|r| r.revision)), Some(Ok(9)));
-        let check = verify_reader(&db[..], Compression::None, ReadRevision::AtLeast(10)).unwrap();
+        let check = verify_reader(&db[..], Compression::None, Unseal::No, ReadRevision::AtLeast(10)).unwrap();
         assert!(matches!(check.revision, Some(Err(RevisionError::BeforeFloor { .. }))));
-        assert!(verify_reader(&db[..], Compression::None, ReadRevision::No).unwrap().revision.is_none());
+        assert!(verify_reader(&db[..], Compression::None, Unseal::No, ReadRevision::No).unwrap().revision.is_none());
     }
 
     struct Full;
@@ -239,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_failing_destination_is_a_write_error() {
-        let err = verify_copy(&snapshot()[..], Compression::None, Full, ReadRevision::No).err();
+        let err = verify_copy(&snapshot()[..], Compression::None, Unseal::No, Full, ReadRevision::No).err();
         assert!(matches!(err, Some(VerifyError::Write(_))), "{err:?}");
     }
 }

@@ -77,9 +77,21 @@ pub enum PlanError {
     )]
     NotCaptured { chain: String, target: i64, newest: i64 },
     #[error(
-        "{at} was not captured yet: the changes captured after snapshot {chain} end at revision {newest}, observed at {newest_at} (to restore that, use --to-revision {newest})"
+        "{at} was not captured yet: the captured changes end at revision {newest}, observed at {newest_at} (to restore that, use --to-revision {newest})"
     )]
-    TimeNotCaptured { chain: String, at: String, newest: i64, newest_at: String },
+    TimeNotCaptured { at: String, newest: i64, newest_at: String },
+    #[error(
+        "{at} falls in a gap in the captured changes: revision {} was the last observed by then, and revisions {}..{} were not captured (to restore revision {}, use --to-revision {})",
+        gap.after, gap.after + 1, gap.resumes_at - 1, gap.after, gap.after
+    )]
+    TimeAcrossGap { at: String, gap: Gap },
+    #[error("no captured change was observed at or before {at}{}", match earliest {
+        Some((rev, at)) => format!(": the earliest is revision {rev}, observed at {at}"),
+        None => String::new(),
+    })]
+    NothingObserved { at: String, earliest: Option<(i64, String)> },
+    #[error("cannot read a delta segment's times: {0}")]
+    Segment(String),
 }
 
 /// Records of `chain` (every chain with None), ordered, without exact duplicates (the same
@@ -149,73 +161,99 @@ pub fn summarize(records: &[SegmentRecord]) -> Vec<ChainSummary> {
     chains
 }
 
-/// The base and segments that reach `target`: the newest full snapshot at or before it, and
-/// the segments that roll it forward to the target, from whichever chain holds them. A chain
+/// The last revision a segment holds that was observed at or before a time, read from the
+/// segment's own times (records give only each segment's first and last): Ok(None) when none
+/// was. Err says why the segment cannot be read.
+pub type ObservedBy<'a> = dyn FnMut(&SegmentRecord, i64) -> Result<Option<i64>, String> + 'a;
+
+/// The base and segments that reach `target`. A time target is first mapped to a revision, the
+/// last one observed at or before the time ([`revision_at_time`]); then, as for a revision
+/// target, the base is the newest full snapshot at or before that revision (a snapshot's time
+/// never decides: it is stamped before the snapshot's revision is known), and the segments are
+/// those that roll it forward to the revision, from whichever chain holds them. A chain
 /// outlives its own base: retention removes old full snapshots, and a newer snapshot is rolled
 /// forward by the segments of a chain begun before it. `records` must be one cluster's (the
-/// caller filters by cluster id).
-pub fn plan(bases: &[Base], records: &[SegmentRecord], target: Target) -> Result<ReplayPlan, PlanError> {
-    let base = bases
-        .iter()
-        .filter(|b| match target {
-            Target::Revision(rev) => b.revision <= rev,
-            Target::Time(ms) => b.taken_ms <= ms,
-        })
-        .max_by_key(|b| (b.revision, b.taken_ms))
-        .ok_or_else(|| {
-            PlanError::NoBase(match target {
-                Target::Revision(rev) => format!("revision {rev}"),
-                Target::Time(ms) => format!("time {}", fmt_ms(ms)),
-            })
-        })?;
+/// caller filters by cluster id). `observed_by` reads a segment's own times; it is asked only
+/// about segments a time target falls inside.
+pub fn plan(
+    bases: &[Base],
+    records: &[SegmentRecord],
+    target: Target,
+    observed_by: &mut ObservedBy<'_>,
+) -> Result<ReplayPlan, PlanError> {
     let segments = chain_segments(records, None);
-    let (continuous, gaps) = walk(base.revision, &segments);
-    let reached = continuous.last().map_or(base.revision, |s| s.last_revision);
     let stop_at = match target {
         Target::Revision(rev) => rev,
-        Target::Time(ms) => revision_by_time(&segments, ms, base.revision).max(base.revision),
+        Target::Time(ms) => revision_at_time(&segments, ms, observed_by)?,
     };
-    let covered_ms = continuous.last().map_or(base.taken_ms, |s| s.last_observed_ms);
-    if let (Target::Time(ms), true) = (target, stop_at <= reached) {
-        // Nothing says what happened after the last change captured: capture may have stopped.
-        if ms > covered_ms {
-            return Err(match gaps.first() {
-                Some(gap) => {
-                    PlanError::AcrossGap { chain: base.name.clone(), target: stop_at.max(gap.after + 1), gap: *gap }
-                }
-                None => PlanError::TimeNotCaptured {
-                    chain: base.name.clone(),
-                    at: fmt_ms(ms),
-                    newest: reached,
-                    newest_at: fmt_ms(covered_ms),
-                },
-            });
-        }
-    }
+    let base =
+        bases.iter().filter(|b| b.revision <= stop_at).max_by_key(|b| (b.revision, b.taken_ms)).ok_or_else(|| {
+            PlanError::NoBase(match target {
+                Target::Revision(rev) => format!("revision {rev}"),
+                Target::Time(ms) => format!("revision {stop_at} (the last observed at or before {})", fmt_ms(ms)),
+            })
+        })?;
+    let (continuous, gaps) = walk(base.revision, &segments);
+    let reached = continuous.last().map_or(base.revision, |s| s.last_revision);
     if stop_at > reached {
         return Err(match gaps.first() {
             Some(gap) => PlanError::AcrossGap { chain: base.name.clone(), target: stop_at, gap: *gap },
             None => PlanError::NotCaptured { chain: base.name.clone(), target: stop_at, newest: reached },
         });
     }
-    let needed: Vec<SegmentRecord> = match target {
-        Target::Revision(rev) => {
-            continuous.iter().take_while(|s| s.first_revision <= rev).map(|s| (*s).clone()).collect()
-        }
-        Target::Time(ms) => continuous.iter().take_while(|s| s.first_observed_ms <= ms).map(|s| (*s).clone()).collect(),
-    };
+    let needed = continuous.iter().take_while(|s| s.first_revision <= stop_at).map(|s| (*s).clone()).collect();
     Ok(ReplayPlan { base: base.clone(), segments: needed, stop_at })
 }
 
-/// A lower bound of the newest revision observed at or before `ms`, from records alone: exact
-/// when a segment ends by then, else the first revision of the segment the time falls in (the
-/// replay finds the exact one in that segment's own times).
-fn revision_by_time(segments: &[&SegmentRecord], ms: i64, base_revision: i64) -> i64 {
-    let known = segments.iter().filter(|s| s.first_observed_ms <= ms);
-    known
-        .map(|s| if s.last_observed_ms <= ms { s.last_revision } else { s.first_revision })
-        .max()
-        .unwrap_or(base_revision)
+/// The segments a time falls strictly inside (observed from before it to after it): only their
+/// own times say which of their revisions were observed by then. A restore from S3 downloads
+/// these before planning.
+pub fn segments_spanning(records: &[SegmentRecord], ms: i64) -> Vec<SegmentRecord> {
+    chain_segments(records, None)
+        .into_iter()
+        .filter(|s| s.first_observed_ms <= ms && ms < s.last_observed_ms)
+        .cloned()
+        .collect()
+}
+
+/// The last revision observed at or before `ms` by any capture, from the records where a
+/// segment ends by then and from the segment's own times where the time falls inside one.
+/// What is known after it must show that capture went on past the time: the next revision is
+/// held by some segment (observed after the time), or the time is that of the last change
+/// captured. Otherwise nothing says what happened between the revision and the time, and the
+/// target is refused: past a gap when a later segment exists, else as not captured yet.
+fn revision_at_time(segments: &[&SegmentRecord], ms: i64, observed_by: &mut ObservedBy<'_>) -> Result<i64, PlanError> {
+    let mut best: Option<i64> = None;
+    for s in segments.iter().filter(|s| s.last_observed_ms <= ms) {
+        best = best.max(Some(s.last_revision));
+    }
+    for s in segments.iter().filter(|s| s.first_observed_ms <= ms && ms < s.last_observed_ms) {
+        if best.is_some_and(|b| b >= s.last_revision) {
+            continue;
+        }
+        let found = observed_by(s, ms).map_err(PlanError::Segment)?;
+        best = best.max(found);
+    }
+    let Some(revision) = best else {
+        let earliest = segments.iter().min_by_key(|s| (s.first_observed_ms, s.first_revision));
+        return Err(PlanError::NothingObserved {
+            at: fmt_ms(ms),
+            earliest: earliest.map(|s| (s.first_revision, fmt_ms(s.first_observed_ms))),
+        });
+    };
+    let holds_next = segments.iter().any(|s| s.first_revision <= revision + 1 && revision < s.last_revision);
+    let newest_ms = segments.iter().map(|s| s.last_observed_ms).max().unwrap_or(i64::MIN);
+    if holds_next || ms <= newest_ms && segments.iter().all(|s| s.last_revision <= revision) {
+        return Ok(revision);
+    }
+    let after = segments.iter().filter(|s| s.first_revision > revision).map(|s| s.first_revision).min();
+    Err(match after {
+        Some(resumes_at) => PlanError::TimeAcrossGap { at: fmt_ms(ms), gap: Gap { after: revision, resumes_at } },
+        None => {
+            let newest_at = segments.iter().filter(|s| s.last_revision == revision).map(|s| s.last_observed_ms).max();
+            PlanError::TimeNotCaptured { at: fmt_ms(ms), newest: revision, newest_at: fmt_ms(newest_at.unwrap_or(ms)) }
+        }
+    })
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -231,6 +269,16 @@ mod tests {
 
     fn base(name: &str, revision: i64, taken_ms: i64) -> Base {
         Base { name: name.into(), revision, taken_ms }
+    }
+
+    /// Plans with segments whose revisions were observed evenly spread over their times.
+    fn plan(bases: &[Base], records: &[SegmentRecord], target: Target) -> Result<ReplayPlan, PlanError> {
+        super::plan(bases, records, target, &mut |s, ms| Ok(Some(evenly_observed_by(s, ms))))
+    }
+
+    fn evenly_observed_by(s: &SegmentRecord, ms: i64) -> i64 {
+        let span = (s.last_observed_ms - s.first_observed_ms).max(1);
+        s.first_revision + (ms - s.first_observed_ms) * (s.last_revision - s.first_revision) / span
     }
 
     /// Base at 100; segments 101-200 (t 1000-2000), 201-300 (t 2000-3000), a gap, 351-400.
@@ -276,23 +324,53 @@ mod tests {
         let err = plan(&bases, &no_gap, Target::Revision(301)).unwrap_err();
         assert_eq!(err, PlanError::NotCaptured { chain: CHAIN.into(), target: 301, newest: 300 });
         assert!(matches!(plan(&bases, &no_gap, Target::Revision(99)), Err(PlanError::NoBase(_))));
-        assert!(matches!(plan(&bases, &no_gap, Target::Time(800)), Err(PlanError::NoBase(_))));
+        assert!(matches!(plan(&bases, &no_gap, Target::Time(800)), Err(PlanError::NothingObserved { .. })));
     }
 
     #[test]
-    fn a_time_target_takes_the_segments_begun_by_then() {
+    fn a_time_target_maps_to_the_last_revision_observed_by_then() {
         let (bases, records) = chain_with_gap();
-        // Inside the second segment: its revisions up to the time are found by the replay.
+        // Inside the second segment: its own times say which revision (here 250 at 2500).
         let p = plan(&bases, &records, Target::Time(2_500)).unwrap();
-        assert_eq!(p.segments.len(), 2);
-        assert_eq!(p.stop_at, 201);
-        // Between the base and the first event: the base alone.
-        let p = plan(&bases, &records, Target::Time(950)).unwrap();
-        assert!(p.segments.is_empty());
-        assert_eq!(p.stop_at, 100);
-        // After the gap's far side began, or inside the gap: refused.
+        assert_eq!((p.stop_at, p.segments.len()), (250, 2));
+        // Before every captured change: nothing says which revision that was, whatever the
+        // base's time.
+        let err = plan(&bases, &records, Target::Time(950)).unwrap_err();
+        assert!(matches!(err, PlanError::NothingObserved { .. }), "{err}");
+        assert!(err.to_string().contains("the earliest is revision 101"), "{err}");
+        // In the gap: the last revision observed is known, what followed it is not.
+        let err = plan(&bases, &records, Target::Time(3_500)).unwrap_err();
+        assert_eq!(err, PlanError::TimeAcrossGap { at: fmt_ms(3_500), gap: Gap { after: 300, resumes_at: 351 } });
+        assert!(err.to_string().contains("--to-revision 300"), "{err}");
+        // After the gap's far side began: past the gap from the base.
         assert!(matches!(plan(&bases, &records, Target::Time(4_500)), Err(PlanError::AcrossGap { .. })));
-        assert!(matches!(plan(&bases, &records, Target::Time(3_500)), Err(PlanError::AcrossGap { .. })));
+        // Only the segments a time falls inside are read.
+        let mut asked = Vec::new();
+        let p = super::plan(&bases, &records, Target::Time(2_500), &mut |s, ms| {
+            asked.push(s.first_revision);
+            Ok(Some(evenly_observed_by(s, ms)))
+        });
+        assert_eq!((p.unwrap().stop_at, asked), (250, vec![201]));
+        let unreadable = super::plan(&bases, &records, Target::Time(2_500), &mut |_, _| Err("gone".into()));
+        assert_eq!(unreadable, Err(PlanError::Segment("gone".into())));
+        assert_eq!(segments_spanning(&records, 2_500).len(), 1, "listed once though stored twice");
+    }
+
+    #[test]
+    fn a_base_taken_before_the_time_but_holding_later_revisions_is_not_used() {
+        // A snapshot stamped at 2600 whose stream ended at revision 250, while revision 231 was
+        // the last one observed by 2600 (a snapshot's time is taken before its revision).
+        let newer = "etcd-snapshot-node-a-1700003600";
+        let bases = vec![base(CHAIN, 100, 900), base(newer, 250, 2_600)];
+        let records = vec![record(CHAIN, 100, 101, 200, 1_000, 2_000), record(CHAIN, 100, 201, 301, 2_300, 3_300)];
+        let p = plan(&bases, &records, Target::Time(2_600)).unwrap();
+        assert_eq!((p.base.name.as_str(), p.stop_at), (CHAIN, 231), "never raised to the newer base's revision");
+        // Without the older base, no snapshot is at or before that revision.
+        let err = plan(&bases[1..], &records, Target::Time(2_600)).unwrap_err();
+        assert!(matches!(err, PlanError::NoBase(ref what) if what.contains("revision 231")), "{err}");
+        // Once the time reaches revision 250, the newer base is used.
+        let p = plan(&bases, &records, Target::Time(2_800)).unwrap();
+        assert_eq!((p.base.name.as_str(), p.stop_at), (newer, 251));
     }
 
     #[test]
@@ -304,10 +382,10 @@ mod tests {
         let err = plan(&bases, &no_gap, Target::Time(3_001)).unwrap_err();
         assert!(matches!(err, PlanError::TimeNotCaptured { newest: 300, .. }), "{err}");
         assert!(err.to_string().contains("--to-revision 300"), "{err}");
-        // A snapshot with nothing captured after it covers only its own moment.
+        // A snapshot with nothing captured after it: no revision was observed at any time.
         let alone = [base(CHAIN, 100, 900)];
-        assert_eq!(plan(&alone, &[], Target::Time(900)).unwrap().stop_at, 100);
-        assert!(matches!(plan(&alone, &[], Target::Time(901)), Err(PlanError::TimeNotCaptured { .. })));
+        let err = plan(&alone, &[], Target::Time(900)).unwrap_err();
+        assert!(matches!(err, PlanError::NothingObserved { earliest: None, .. }), "{err}");
     }
 
     #[test]
@@ -330,9 +408,13 @@ mod tests {
         assert_eq!(p.base.name, newer);
         let ranges: Vec<(i64, i64)> = p.segments.iter().map(|s| (s.first_revision, s.last_revision)).collect();
         assert_eq!(ranges, vec![(201, 400)], "only the segment past the base, whose first revisions the replay skips");
-        // A time before every change after the base lands on the base itself.
-        let p = plan(&bases, &records, Target::Time(2_700)).unwrap();
-        assert_eq!(p.stop_at, 250);
+        // At 2700 revision 250 was not observed yet (247 was): that base cannot be used,
+        // whatever its time. The target is refused, never raised to the base's revision.
+        assert_eq!(evenly_observed_by(&records[1], 2_700), 247);
+        let err = plan(&bases, &records, Target::Time(2_700)).unwrap_err();
+        assert!(matches!(err, PlanError::NoBase(_)), "{err}");
+        let p = plan(&bases, &records, Target::Time(4_000)).unwrap();
+        assert_eq!((p.base.name.as_str(), p.stop_at), (newer, 333));
     }
 
     #[test]

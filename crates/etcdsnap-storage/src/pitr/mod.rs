@@ -15,9 +15,13 @@ pub mod record;
 pub mod retention;
 pub mod segment;
 
-pub use chain::{Base, ChainSummary, Gap, PlanError, ReplayPlan, Target, plan, summarize};
+pub use chain::{
+    Base, ChainSummary, Gap, ObservedBy, PlanError, ReplayPlan, Target, plan, segments_spanning, summarize,
+};
 pub use record::{DELTAS_DIR, SegmentRecord};
-pub use segment::{EventKind, PitrEvent, RevisionChanges, Segment, SegmentError};
+pub use segment::{
+    EventKind, LeaseObservation, PitrEvent, PrevDigest, PrevState, RevisionChanges, Segment, SegmentError,
+};
 
 /// A chain is named after its base snapshot: a snapshot name is a safe path element.
 pub fn valid_chain_name(name: &str) -> bool {

@@ -14,8 +14,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Format version of [`SegmentRecord`].
-pub const RECORD_FORMAT: u32 = 1;
+/// Format version of [`SegmentRecord`] written: 2 since segments carry the keys' previous states
+/// and lease observations (segment format 2). A record of format 1 describes a segment of
+/// format 1; both are read.
+pub const RECORD_FORMAT: u32 = 2;
+/// The oldest record format still read.
+const OLDEST_RECORD_FORMAT: u32 = 1;
 pub use etcdsnap_api::consts::DELTAS_DIR;
 /// The S3 parent directory name K3s's listing skips (and reads as snapshot metadata).
 use etcdsnap_api::consts::METADATA_DIR as K3S_SKIPPED_PARENT;
@@ -76,8 +80,11 @@ impl SegmentRecord {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.format != RECORD_FORMAT {
-            return Err(format!("format {} (this etcdsnap reads {RECORD_FORMAT})", self.format));
+        if !(OLDEST_RECORD_FORMAT..=RECORD_FORMAT).contains(&self.format) {
+            return Err(format!(
+                "format {} (this etcdsnap reads {OLDEST_RECORD_FORMAT} to {RECORD_FORMAT})",
+                self.format
+            ));
         }
         if !crate::pitr::valid_chain_name(&self.chain) {
             return Err(format!("chain name {:?} is not a snapshot name", self.chain));
@@ -143,6 +150,12 @@ pub(crate) mod tests {
     fn a_record_reads_back_and_names_sort_by_revision() {
         let r = record("etcd-snapshot-node-a-1700000000", 10, 11, 99, 1, 2);
         assert_eq!(SegmentRecord::parse("r", &r.to_json()).unwrap(), r);
+        let older = SegmentRecord { format: 1, ..r.clone() };
+        assert_eq!(
+            SegmentRecord::parse("r", &older.to_json()).unwrap(),
+            older,
+            "the previous release's records are read"
+        );
         let later = record("etcd-snapshot-node-a-1700000000", 10, 100, 1000, 3, 4);
         assert!(r.segment_name() < later.segment_name());
         assert_eq!(r.segment_name(), "00000000000000000011-00000000000000000099.seg.zst");

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncRead;
 
-pub use retention::{RetentionPolicy, plan_retention};
+pub use retention::{RetentionPolicy, in_scope, plan_retention};
 
 /// Failures of a store. Messages name the snapshot, file or object concerned.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,9 @@ pub enum StoreError {
     /// The file system cannot hold snapshots the way etcdsnap writes them.
     #[error("{0}")]
     Unsupported(String),
+    /// A small file beside a snapshot (its record, its signature) that cannot be read.
+    #[error("cannot read {}: {message}", path.display())]
+    Unreadable { path: PathBuf, message: String },
     /// A sink was used after it was committed or aborted (a bug in the caller).
     #[error("{0}: the snapshot is already finished")]
     Finished(String),
@@ -101,6 +104,24 @@ pub struct NewSnapshot {
     pub etcd: EtcdInfo,
 }
 
+/// What is published beside a snapshot's record, before it: the record's detached signature
+/// and the sealed restore kit.
+#[derive(Debug, Clone, Default)]
+pub struct Companions {
+    /// The minisign signature of the record's bytes (`doc.to_json()`), as a `.minisig` file's text.
+    pub signature: Option<String>,
+    /// The sealed restore kit.
+    pub kit: Option<std::sync::Arc<Vec<u8>>>,
+}
+
+/// A snapshot's record as stored, byte for byte, and the detached signature beside it: what
+/// a signature check reads.
+#[derive(Debug, Clone, Default)]
+pub struct SignedRecord {
+    pub record: Option<Vec<u8>>,
+    pub signature: Option<Vec<u8>>,
+}
+
 /// The destination of one snapshot being written. Writes are blocking and happen on the
 /// pipeline's worker thread; publishing is async.
 #[async_trait]
@@ -113,14 +134,20 @@ pub trait SnapshotSink: Send {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Result<(), StoreError> {
         bufs.iter().try_for_each(|buf| self.write(buf))
     }
-    /// Makes the bytes durable, writes the metadata document, then publishes the snapshot, in
-    /// that order: a published snapshot always has its document.
-    async fn commit(self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError>;
+    /// Makes the bytes durable, writes the companions, the metadata document, then publishes
+    /// the snapshot, in that order: a published snapshot always has its document, kit and
+    /// signature.
+    async fn commit(self: Box<Self>, doc: &MetadataDocument, companions: &Companions) -> Result<(), StoreError>;
     /// Discards everything written (no partial file or multipart upload is left behind).
     async fn abort(self: Box<Self>);
     /// `file:///...` or `s3://bucket/key` the snapshot will have once committed.
     fn location(&self) -> String;
     fn storage(&self) -> StorageKind;
+    /// The program the committed record names (an S3 record says whose names its object's user
+    /// metadata carries), so that a signature is made over the record as it is stored.
+    fn program(&self) -> Option<etcdsnap_api::Program> {
+        None
+    }
 }
 
 /// Stored bytes of one snapshot, streamed.
@@ -154,9 +181,15 @@ pub trait SnapshotStore: Send + Sync {
     }
     /// Whether a snapshot of this name exists (a new save must not overwrite it).
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError>;
-    /// Rewrites etcdsnap's record of a stored snapshot (after a restore drill), atomically; the
-    /// snapshot itself and K3s's metadata are not touched. A snapshot that is gone is an error.
-    async fn update_record(&self, record: &crate::SnapshotRecord) -> Result<(), StoreError>;
+    /// Rewrites etcdsnap's record of a stored snapshot (after a restore drill), atomically, with
+    /// its new signature when there is one (else the old signature stays: it covers the record
+    /// as it was signed); the snapshot itself and K3s's metadata are not touched. A snapshot
+    /// that is gone is an error.
+    async fn update_record(&self, record: &crate::SnapshotRecord, signature: Option<&str>) -> Result<(), StoreError>;
+    /// The record as stored and its signature, each None when absent.
+    async fn signed_record(&self, name: &SnapshotName) -> Result<SignedRecord, StoreError>;
+    /// The sealed restore kit stored beside the snapshot, if any.
+    async fn kit(&self, name: &SnapshotName) -> Result<Option<Vec<u8>>, StoreError>;
     /// A save's housekeeping of `node`'s own objects: removes what interrupted saves under base
     /// name `base` left behind (an S3 multipart upload never completed nor aborted, idle for at
     /// least `idle`) and moves records of earlier releases out of K3s's metadata. Returns how

@@ -23,6 +23,21 @@ pub struct RetentionPolicy {
     pub cluster_id: Option<String>,
 }
 
+impl RetentionPolicy {
+    /// The rule in words, for a preview or a report.
+    pub fn describe(&self) -> String {
+        if self.keep == 0 {
+            return format!("retention 0: every {}-* snapshot is kept", self.base);
+        }
+        let scope = match (&self.node, &self.cluster_id) {
+            (Some(node), Some(cluster)) => format!("{}-{node}-<time> of cluster {cluster}", self.base),
+            (Some(node), None) => format!("{}-{node}-<time>", self.base),
+            (None, _) => format!("{}-<node>-<time> per node", self.base),
+        };
+        format!("keep the newest {} of {scope}", self.keep)
+    }
+}
+
 /// Whether `name` is `<base>-<node>-<digits>` with an optional compression extension.
 pub fn matches_base(name: &SnapshotName, base: &str, node: &str) -> bool {
     let stem = name.without_compression_extension();
@@ -35,6 +50,23 @@ pub fn matches_base(name: &SnapshotName, base: &str, node: &str) -> bool {
     !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Whether `r` is one of the snapshots `policy` counts: ready, of its base name, of its node
+/// and cluster when it names them.
+pub fn in_scope(r: &SnapshotRecord, policy: &RetentionPolicy) -> bool {
+    if !r.is_ready() || r.node_name.is_empty() {
+        return false;
+    }
+    if policy.node.as_deref().is_some_and(|n| n != r.node_name) {
+        return false;
+    }
+    if let Some(cluster) = &policy.cluster_id
+        && r.cluster_id.as_deref() != Some(cluster.as_str())
+    {
+        return false;
+    }
+    matches_base(&r.name, &policy.base, &r.node_name)
+}
+
 /// Names to delete, oldest first. Snapshots are ordered by the time in their name (the
 /// record's creation time when the name has none), newest kept.
 pub fn plan_retention(records: &[SnapshotRecord], policy: &RetentionPolicy) -> Vec<SnapshotName> {
@@ -42,21 +74,8 @@ pub fn plan_retention(records: &[SnapshotRecord], policy: &RetentionPolicy) -> V
         return Vec::new();
     }
     let mut groups: BTreeMap<&str, Vec<&SnapshotRecord>> = BTreeMap::new();
-    for r in records {
-        if !r.is_ready() || r.node_name.is_empty() {
-            continue;
-        }
-        if policy.node.as_deref().is_some_and(|n| n != r.node_name) {
-            continue;
-        }
-        if let Some(cluster) = &policy.cluster_id
-            && r.cluster_id.as_deref() != Some(cluster.as_str())
-        {
-            continue;
-        }
-        if matches_base(&r.name, &policy.base, &r.node_name) {
-            groups.entry(r.node_name.as_str()).or_default().push(r);
-        }
+    for r in records.iter().filter(|r| in_scope(r, policy)) {
+        groups.entry(r.node_name.as_str()).or_default().push(r);
     }
     let mut expired = Vec::new();
     for (_, mut group) in groups {

@@ -2,7 +2,8 @@
 //! API server), not through etcdsnap: what storage holds and what the index says must agree.
 
 use crate::agents::{Agent, BUCKET, FOLDER, Fleet, RETENTION};
-use etcdsnap_api::consts::{LEGACY_CONFIGMAP, SYSTEM_NAMESPACE};
+use etcdsnap_api::Program;
+use etcdsnap_api::consts::SYSTEM_NAMESPACE;
 use etcdsnap_api::{ETCDSnapshotFile, StorageKind, configmap_key};
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -96,8 +97,13 @@ fn check_resource(v: &mut Verdict, s: &Stored, r: &ETCDSnapshotFile) {
 /// The legacy ConfigMap names exactly the resources' snapshots.
 async fn check_legacy(v: &mut Verdict, client: &kube::Client, resources: &[ETCDSnapshotFile]) -> anyhow::Result<()> {
     let cms: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-    let keys: BTreeSet<String> =
-        cms.get_opt(LEGACY_CONFIGMAP).await?.and_then(|c| c.data).unwrap_or_default().into_keys().collect();
+    let keys: BTreeSet<String> = cms
+        .get_opt(Program::K3s.legacy_configmap())
+        .await?
+        .and_then(|c| c.data)
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
     let expected: BTreeSet<String> = resources
         .iter()
         .map(|r| {

@@ -143,7 +143,9 @@ async fn record(
     lead: Option<&LeaderKube>,
 ) {
     let name = &report.record.name;
-    if report.passed() {
+    if let Some(why) = report.not_compared.as_ref().filter(|_| report.passed()) {
+        tracing::info!(snapshot = %name, level = ?report.level, seconds = report.duration.as_secs(), "restore drill: nothing failed, but the contents were not compared: {why}");
+    } else if report.passed() {
         tracing::info!(snapshot = %name, level = ?report.level, seconds = report.duration.as_secs(), "restore drill passed");
     } else {
         tracing::error!(snapshot = %name, level = ?report.level, problems = ?report.problems, "restore drill failed");
@@ -156,7 +158,8 @@ async fn record(
         }
         None => (session.kube(), None),
     };
-    for problem in drill::keep_result(source, report, kube, session.node_name(), term).await {
+    let signer = session.config().sealing.signing_key.clone();
+    for problem in drill::keep_result(source, report, kube, session.node_name(), term, signer.as_deref()).await {
         tracing::warn!(snapshot = %name, "{problem}");
     }
 }

@@ -1,9 +1,12 @@
 //! Prometheus metrics: K3s's six snapshot histograms under an `etcdsnap_` prefix (same buckets:
-//! 0.008 s doubling 15 times, label `status` = success|error), prune durations, sizes, and
+//! 0.008 s doubling 15 times, label `status` = success|error) and again under the server's own
+//! names (`k3s_etcd_snapshot_*`, `rke2_etcd_snapshot_*`) for dashboards made for K3s or RKE2,
+//! prune durations, sizes, and
 //! freshness gauges an alert can watch ("no successful S3 snapshot for 13 hours"), and the state
 //! deploy/monitoring's alerts need: the last save's and drill's outcome, the leader, the schedule's
 //! period, and how full the bounded legacy ConfigMap is.
 
+use etcdsnap_api::Program;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -207,8 +210,15 @@ pub struct LegacyGauges {
 }
 
 impl Metrics {
+    /// The metrics, K3s's histograms also under K3s's names.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("etcdsnap");
+        Metrics::for_program(Program::K3s)
+    }
+
+    /// The metrics, K3s's histograms also under `program`'s names (`rke2_etcd_snapshot_*`).
+    pub fn for_program(program: Program) -> Metrics {
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("etcdsnap");
         let m = Metrics {
             save: durations(),
             save_local: durations(),
@@ -235,6 +245,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         let histograms: [(&str, &str, &Durations); 7] = [
+            // The first six are the server's own, registered under its names below too.
             ("etcd_snapshot_save_duration_seconds", "Whole snapshot save operation", &m.save),
             ("etcd_snapshot_save_local_duration_seconds", "Snapshot save to local disk", &m.save_local),
             ("etcd_snapshot_save_s3_duration_seconds", "Snapshot upload to S3", &m.save_s3),
@@ -247,7 +258,7 @@ impl Metrics {
             ("etcd_snapshot_reconcile_s3_duration_seconds", "Listing of the S3 folder", &m.reconcile_s3),
             ("etcd_snapshot_prune_duration_seconds", "Retention (prune) run", &m.prune),
         ];
-        for (name, help, h) in histograms {
+        for &(name, help, h) in &histograms {
             registry.register(name, help, h.clone());
         }
         registry.register(
@@ -278,9 +289,13 @@ impl Metrics {
             "Unix time of the last restore drill per result",
             m.last_drill.clone(),
         );
-        register_state(&mut registry, &m);
+        register_state(registry, &m);
+        for (name, help, h) in histograms.into_iter().take(6) {
+            let name = name.replace("etcd_snapshot_", &format!("{}_etcd_snapshot_", program.metric_prefix()));
+            root.register(name, format!("{help} (the {} server's name)", program.display_name()), h.clone());
+        }
         m.start_counters_at_zero();
-        Metrics { registry, ..m }
+        Metrics { registry: root, ..m }
     }
 
     /// Creates every known label value of the counters at 0, so that `increase()` and alerts see
@@ -450,6 +465,26 @@ mod tests {
         assert!(text.contains("etcdsnap_scheduled_runs_skipped_total 1"), "{text}");
         assert!(text.contains("etcdsnap_reconcile_failures_total{cause=\"storage_list\"} 1"), "{text}");
         assert!(text.contains("etcdsnap_last_success_timestamp_seconds{location=\"s3\"} 1700000000"), "{text}");
+    }
+
+    #[test]
+    fn the_server_s_histograms_are_exposed_under_its_own_names_too() {
+        let m = Metrics::for_program(Program::Rke2);
+        Metrics::observe(&m.save, true, Duration::from_millis(20));
+        Metrics::observe(&m.reconcile_s3, false, Duration::from_secs(1));
+        let text = m.encode();
+        for name in ["etcdsnap_etcd_snapshot_save_duration_seconds", "rke2_etcd_snapshot_save_duration_seconds"] {
+            assert!(text.contains(&format!("{name}_bucket{{le=\"0.008\",status=\"success\"}} 0")), "{text}");
+            assert!(text.contains(&format!("{name}_count{{status=\"success\"}} 1")), "{name}: {text}");
+        }
+        assert!(text.contains("rke2_etcd_snapshot_reconcile_s3_duration_seconds_count{status=\"error\"} 1"), "{text}");
+        assert!(!text.contains("rke2_etcd_snapshot_prune"), "K3s has no prune histogram");
+        assert!(!text.contains("k3s_etcd_snapshot"), "{text}");
+        let k3s = Metrics::new();
+        Metrics::observe(&k3s.save_local, true, Duration::from_millis(20));
+        let k3s = k3s.encode();
+        assert!(k3s.contains("k3s_etcd_snapshot_save_local_duration_seconds_count{status=\"success\"} 1"), "{k3s}");
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod http;
 pub mod kube_duties;
 pub mod metrics;
 pub mod pitr;
+mod resume;
 pub mod schedule;
 
 use crate::ops::{self, Context, PruneOptions, PruneReport, SaveError, SaveOptions, SaveReport, VerifyResult};
@@ -171,7 +172,7 @@ impl Agent {
             let leader = move || duties.as_ref().and_then(|d| d.leader());
             tokio::spawn(drills::drill_loop(session, settings, metrics, leader, stop.clone()))
         });
-        let capturing = self.settings.deltas.map(|settings| {
+        let capturing = self.settings.deltas.clone().map(|settings| {
             let uploads = tokio::spawn(pitr::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
             (tokio::spawn(pitr::capture_loop(self.clone(), settings, stop.clone())), uploads)
         });
@@ -239,10 +240,15 @@ impl Agent {
     async fn schedule_loop(self: Arc<Self>, schedule: Schedule, stop: CancellationToken) {
         let mut current: Option<JoinHandle<()>> = None;
         loop {
-            let Some(wait) = schedule.until_next() else {
+            let Some((at, wait)) = schedule.next() else {
                 tracing::error!(schedule = schedule.expression(), "the schedule has no next time");
                 break;
             };
+            tracing::info!(
+                at = %at.timestamp(),
+                "next scheduled snapshot in {}",
+                crate::units::human_age(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX))
+            );
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
@@ -338,6 +344,7 @@ impl Agent {
                 base_name: self.settings.base_name.clone(),
                 keep_local: self.settings.retention,
                 keep_remote: s3_retention,
+                dry_run: false,
             }),
         };
         self.session.after_save(ctx, report, &steps, self.metrics.as_ref()).await;

@@ -1,21 +1,22 @@
 //! `agent --deltas`: point-in-time capture by the leader (deltas are cluster-wide; one copy is
 //! enough, and followers would only add load on etcd).
 //!
-//! While this agent leads (always, without Kubernetes), it captures etcd's changes after its
-//! newest local full snapshot of the live cluster into `.etcdsnap-deltas/` beside the snapshot
-//! directory ([`crate::pitr::capture`]). A restarted agent continues the chain after its
-//! durable segments. When the chain cannot continue (the revisions after it were compacted,
-//! the watch failed) the gap is marked, a full snapshot is taken at once and a new chain starts
-//! from it. When the term ends, capture stops at once: what was pending is written, and the
-//! next leader continues from its own newest snapshot. The roll-forward annotations written
-//! meanwhile go through the term's fenced connection and stop with the term.
+//! While this agent leads (always, without Kubernetes), it captures etcd's changes into
+//! `.etcdsnap-deltas/` beside the snapshot directory ([`crate::pitr::capture`]). Each term
+//! continues the newest chain of the live cluster from its last durable revision, here or in S3,
+//! as long as etcd still holds the revisions after it ([`super::resume`]); a restart or a leader
+//! change therefore leaves no gap. Only a chain etcd compacted past ends, marked so; capture
+//! then starts from the newest local snapshot, or a full snapshot is taken at once and a new
+//! chain starts from it. A watch that fails is resumed the same way. When the term ends,
+//! capture stops at once: what was pending is written. The roll-forward
+//! annotations written meanwhile go through the term's fenced connection and stop with the term.
 //!
 //! Segments are uploaded to S3 by [`upload_loop`]; their retention, run after each prune, is
 //! `etcdsnap_storage::pitr::retention`'s rule, beside the snapshots' own. In S3 it is the
 //! leader's ([`prune_s3_segments`]), each delete made only while its term lasts.
 
 use super::kube_duties::LeaderKube;
-use super::{Agent, Lead};
+use super::{Agent, Lead, resume};
 use crate::pitr::capture::{self, CaptureError, CaptureEvent, CaptureSettings};
 use crate::session::Purpose;
 use etcdsnap_kube::leader::LeaderTerm;
@@ -46,7 +47,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Why one capture term ended.
 #[derive(Debug, thiserror::Error)]
 enum TermError {
-    #[error("no local snapshot of this cluster to start from")]
+    #[error("no delta chain or local snapshot of this cluster that etcd can continue")]
     NoBase,
     #[error("--deltas needs a local snapshot directory (segments are written beside it)")]
     NoLocal,
@@ -72,7 +73,7 @@ pub async fn capture_loop(agent: Arc<Agent>, settings: CaptureSettings, stop: Ca
             wait(TERM_CHECK, &stop).await;
             continue;
         };
-        let result = capture_term(&agent, settings, lead, &stop).await;
+        let result = capture_term(&agent, settings.clone(), lead, &stop).await;
         agent.metrics.pitr.set_capturing(false, now_ms());
         let Err(e) = result else {
             backoff = BACKOFF_MIN;
@@ -108,10 +109,25 @@ async fn capture_term(
     let (member, status) = ctx.etcd.connect_member().await.map_err(|e| TermError::Other(e.to_string()))?;
     let cluster = format!("{:x}", status.cluster_id);
     let listing = local.list().await.map_err(|e| TermError::Other(e.to_string()))?;
-    let base = newest_snapshot(&listing.records, &ctx.node_name, &cluster)
-        .and_then(local::base_of)
-        .ok_or(TermError::NoBase)?;
     let deltas_dir: PathBuf = local::dir_beside(local.dir());
+    let (records, _) = local::read_all(&deltas_dir);
+    let mut chain = resume::newest_chain(&records, &cluster);
+    if let Some(s3) = ctx.remote.as_ref().and_then(|r| r.as_s3()) {
+        let after = chain.as_ref().map_or(i64::MIN, |c| c.durable);
+        let newer = resume::newest_in_s3(s3, &cluster, after).await.filter(|r| r.chain_broken.is_none());
+        if let Some(r) = newer {
+            chain =
+                Some(resume::Resumable { chain: r.chain, base_revision: r.base_revision, durable: r.last_revision });
+        }
+    }
+    let mut client = member.into_client();
+    let snapshot = newest_snapshot(&listing.records, &ctx.node_name, &cluster);
+    let choice = resume::choose(&mut client, chain, snapshot, &deltas_dir).await.map_err(TermError::Other)?;
+    if let Some(revision) = choice.compacted {
+        tracing::warn!(revision, "etcd compacted past where delta capture stood: the revisions after it are a gap");
+        agent.metrics.pitr.breaks.inc();
+    }
+    let start = choice.start.ok_or(TermError::NoBase)?;
     let term = stop.child_token();
     let watcher = tokio::spawn(end_of_term(lead.term().cloned(), term.clone()));
     let annotating = match lead {
@@ -135,9 +151,10 @@ async fn capture_term(
             metrics.pitr.durable_until(at_ms);
         }
     };
-    let mut client = member.into_client();
     let stopped = term.clone();
-    let result = capture::capture_observed(&mut client, &base, &deltas_dir, settings, term, &mut observe).await;
+    let result =
+        capture::capture_observed(&mut client, &start.base, start.durable, &deltas_dir, settings, term, &mut observe)
+            .await;
     watcher.abort();
     // The annotations stop on their own (an annotation under way is refused by the fence once
     // the term ended); one stuck on the API server is cut off.

@@ -20,11 +20,10 @@ impl Schedule {
         if trimmed.is_empty() {
             return Err("empty cron expression".into());
         }
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .build()
-            .parse(trimmed)
-            .map_err(|e| format!("invalid cron expression {trimmed:?}: {e}"))?;
+        let cron = parser().parse(trimmed).map_err(|e| match field_at_fault(trimmed) {
+            Some(fault) => format!("invalid cron expression {trimmed:?}: {fault}"),
+            None => format!("invalid cron expression {trimmed:?}: {e}"),
+        })?;
         let schedule = Schedule { cron, expression: trimmed.to_string() };
         // An expression that never fires (e.g. 30 February) is as wrong as a malformed one.
         schedule
@@ -51,11 +50,43 @@ impl Schedule {
 
     /// How long to wait from now until the next run.
     pub fn until_next(&self) -> Option<Duration> {
+        self.next().map(|(_, wait)| wait)
+    }
+
+    /// The next run: when, and how long from now.
+    pub fn next(&self) -> Option<(jiff::Zoned, Duration)> {
         let now = etcdsnap_storage::clock::now_zoned();
         let next = self.next_after(now.clone())?;
         let span = next.timestamp().duration_since(now.timestamp());
-        Duration::try_from(span).ok()
+        Duration::try_from(span).ok().map(|wait| (next, wait))
     }
+}
+
+/// The names of a 5-field expression's fields, in order (a 6-field one starts with seconds).
+const FIELDS: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+
+fn parser() -> CronParser {
+    CronParser::builder().seconds(Seconds::Optional).build()
+}
+
+/// Which field of a refused expression is wrong, and why: each field is tried alone, the others
+/// `*`. None for nicknames and when no single field is to blame.
+fn field_at_fault(expression: &str) -> Option<String> {
+    if expression.starts_with('@') {
+        return None;
+    }
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let names: Vec<&str> = match fields.len() {
+        5 => FIELDS.to_vec(),
+        6 => std::iter::once("second").chain(FIELDS).collect(),
+        n => {
+            return Some(format!("{n} fields; a schedule has 5 ({}) or 6, with seconds first", FIELDS.join(" ")));
+        }
+    };
+    fields.iter().enumerate().find_map(|(i, value)| {
+        let alone: Vec<&str> = (0..fields.len()).map(|j| if i == j { *value } else { "*" }).collect();
+        parser().parse(&alone.join(" ")).err().map(|e| format!("the {} field {value:?}: {e}", names[i]))
+    })
 }
 
 pub use etcdsnap_storage::retry::jitter;
@@ -86,6 +117,17 @@ mod tests {
         let next = s.next_after(at("2026-11-25T10:15:01+00:00[UTC]")).map(|z| z.to_string());
         assert_eq!(next.as_deref(), Some("2026-11-25T11:00:00+00:00[UTC]"));
         assert!(Schedule::parse("@daily").is_ok());
+    }
+
+    #[test]
+    fn an_error_names_the_field_at_fault() {
+        let err = |e: &str| Schedule::parse(e).unwrap_err();
+        assert!(err("61 * * * *").contains("the minute field \"61\""), "{}", err("61 * * * *"));
+        assert!(err("0 25 * * *").contains("the hour field \"25\""), "{}", err("0 25 * * *"));
+        assert!(err("0 0 * 13 *").contains("the month field \"13\""), "{}", err("0 0 * 13 *"));
+        assert!(err("*/5 0 0 * * 9").contains("the day-of-week field \"9\""), "{}", err("*/5 0 0 * * 9"));
+        assert!(err("70 0 0 * * *").contains("the second field \"70\""), "{}", err("70 0 0 * * *"));
+        assert!(err("* * *").contains("3 fields; a schedule has 5"), "{}", err("* * *"));
     }
 
     #[test]

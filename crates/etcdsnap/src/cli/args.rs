@@ -3,13 +3,13 @@
 //! and the parsers of flag values.
 
 use super::commands::{
-    agent::AgentArgs, completion::CompletionArgs, crd::CrdArgs, delete::DeleteArgs, drill::DrillArgs, ls::LsArgs,
-    man::ManArgs, prune::PruneArgs, reconcile::ReconcileArgs, restore::RestoreArgs, save::SaveArgs, verify::VerifyArgs,
-    watch::WatchArgs,
+    agent::AgentArgs, completion::CompletionArgs, crd::CrdArgs, delete::DeleteArgs, drill::DrillArgs, kit::KitArgs,
+    ls::LsArgs, man::ManArgs, prune::PruneArgs, reconcile::ReconcileArgs, restore::RestoreArgs, save::SaveArgs,
+    verify::VerifyArgs, watch::WatchArgs,
 };
 use super::flags::heading;
 use clap::{Parser, Subcommand, ValueEnum};
-use etcdsnap_api::Compression;
+use etcdsnap_api::{Compression, Program};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,9 +19,21 @@ use std::time::Duration;
 #[command(name = "etcdsnap", version, propagate_version = true, args_override_self = true, max_term_width = 100)]
 pub struct Cli {
     /// YAML file of settings: keys are flag names (`dir: /x`, `s3-bucket: b`). Flags and
-    /// environment variables take precedence over it.
-    #[arg(long, global = true, env = "ETCDSNAP_CONFIG", value_name = "FILE", help_heading = heading::GLOBAL)]
+    /// environment variables take precedence over it. (A K3s or RKE2 server's own config.yaml
+    /// is read by itself.)
+    #[arg(long, short = 'c', global = true, env = "ETCDSNAP_CONFIG", value_name = "FILE", help_heading = heading::GLOBAL)]
     pub config: Option<PathBuf>,
+    /// Whose names to write and read: k3s or rke2 (labels etcd.<program>.cattle.io/..., the
+    /// <program>-etcd-snapshots ConfigMaps, <program>-* S3 metadata) [default: the server's on
+    /// a K3s or RKE2 server, else k3s]
+    #[arg(long, global = true, env = "ETCDSNAP_PROGRAM", value_name = "PROGRAM", value_parser = parse_program, help_heading = heading::GLOBAL)]
+    pub program: Option<Program>,
+    /// K3s's `--log`: write the log to this file (appended) instead of stderr.
+    #[arg(long, short = 'l', global = true, env = "ETCDSNAP_LOG_FILE", value_name = "FILE", help_heading = heading::GLOBAL)]
+    pub log: Option<PathBuf>,
+    /// K3s's `--alsologtostderr`: with --log, log to stderr as well.
+    #[arg(long, global = true, requires = "log", help_heading = heading::GLOBAL)]
+    pub alsologtostderr: bool,
     /// Log format on stderr.
     #[arg(long, global = true, env = "ETCDSNAP_LOG_FORMAT", value_enum, default_value = "text", help_heading = heading::GLOBAL)]
     pub log_format: LogFormat,
@@ -56,7 +68,7 @@ pub enum Command {
     /// integrity trailer. Exits non-zero if any check fails.
     Verify(VerifyArgs),
     /// Run beside an etcd member: scheduled snapshots, retention, metrics and health.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print the ETCDSnapshotFile CRD as YAML (or install it with --install).
     Crd(CrdArgs),
     /// Bring the ETCDSnapshotFile resources in line with storage: this node's, and the leader's
@@ -71,11 +83,25 @@ pub enum Command {
     /// compare etcd's HashKV of the contents with the one recorded at save time, and with
     /// --drill-etcd boot a private etcd on a restored copy. Exits non-zero if any drill fails.
     Drill(Box<DrillArgs>),
+    /// Open a sealed snapshot's restore kit and write it into a directory: the server token and
+    /// the files kept with the snapshot (certificates, EncryptionConfiguration), with their modes.
+    Kit(Box<KitArgs>),
     /// Print a shell completion script: `etcdsnap completion bash > /etc/bash_completion.d/etcdsnap`.
     Completion(CompletionArgs),
     /// Write the manual pages (etcdsnap.1 and one etcdsnap-COMMAND.1 per command) into a
     /// directory, or print etcdsnap.1 on stdout.
     Man(ManArgs),
+}
+
+impl Command {
+    /// A combination of flags that clap cannot refuse by itself: the command's name and why.
+    pub fn conflict(&self) -> Option<(&'static str, String)> {
+        match self {
+            Command::Save(a) => a.flags.node.compress.conflict().map(|m| ("save", m)),
+            Command::Agent(a) => a.node.compress.conflict().map(|m| ("agent", m)),
+            _ => None,
+        }
+    }
 }
 
 /// `--to-time`: RFC 3339, or a duration and " ago" ("4m ago", "1h30m ago").
@@ -129,6 +155,10 @@ pub fn parse_compression(s: &str) -> Result<Compression, String> {
     s.parse()
 }
 
+pub fn parse_program(s: &str) -> Result<Program, String> {
+    s.parse()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +167,7 @@ mod tests {
 
     #[test]
     fn point_in_time_restores_take_a_target_instead_of_a_snapshot() {
-        let base = ["etcdsnap", "restore", "--data-dir", "/d", "--name", "m0"];
+        let base = ["etcdsnap", "restore", "--data-dir", "/d", "--member-name", "m0"];
         let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra)).map(|_| ()).map_err(|e| e.kind());
         assert!(with(&["--to-revision", "42"]).is_ok());
         assert!(with(&["--to-time", "2026-12-03T07:04:00Z"]).is_ok());
@@ -195,6 +225,37 @@ mod tests {
         for bad in ["yesterday", "4 parsecs ago", "2026-13-03T07:04:00Z", ""] {
             assert!(parse_time(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn k3s_s_short_flags_and_log_flags_are_taken() {
+        let cli = Cli::parse_from([
+            "etcdsnap",
+            "save",
+            "-t",
+            "tok",
+            "-s",
+            "https://127.0.0.1:6443",
+            "-d",
+            "/var/lib/rancher/rke2",
+            "-c",
+            "/etc/x.yaml",
+            "-l",
+            "/var/log/x.log",
+            "--alsologtostderr",
+            "--program",
+            "rke2",
+        ]);
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/etc/x.yaml")));
+        assert_eq!(cli.log.as_deref(), Some(std::path::Path::new("/var/log/x.log")));
+        assert!(cli.alsologtostderr);
+        assert_eq!(cli.program, Some(Program::Rke2));
+        let Command::Save(save) = cli.command else { panic!("not save") };
+        assert_eq!(save.flags.node.token.token.as_deref(), Some("tok"));
+        assert_eq!(save.flags.etcd_server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(save.flags.node.storage.data_dir.as_deref(), Some(std::path::Path::new("/var/lib/rancher/rke2")));
+        assert!(Cli::try_parse_from(["etcdsnap", "save", "--alsologtostderr"]).is_err(), "needs --log");
+        assert!(Cli::try_parse_from(["etcdsnap", "save", "--program", "rke1"]).is_err());
     }
 
     #[test]

@@ -35,15 +35,18 @@ pub mod heading {
 }
 
 /// The flags every `k3s etcd-snapshot` subcommand takes, on every snapshot command, so K3s
-/// scripts work unchanged: each command uses the ones it needs and ignores the others.
+/// scripts work unchanged and one command line, environment or config file serves every
+/// command: each command uses the ones it needs, and its help shows only those
+/// ([`super::help::unused`] hides the others).
 #[derive(Debug, Clone, Args)]
 pub struct SnapshotFlags {
-    /// Base name of snapshots: <name>-<node>-<unix time> for `save`, the name pruned by `prune`.
+    /// Base name of snapshots: `save` names them <name>-<node>-<unix time>, `prune` keeps the
+    /// newest of this name.
     #[arg(long, env = "ETCDSNAP_NAME", default_value = "on-demand")]
     pub name: String,
-    /// K3s's supervisor address (`k3s etcd-snapshot --etcd-server`): accepted and ignored,
+    /// K3s's supervisor address (`k3s etcd-snapshot --etcd-server`, `-s`): accepted and ignored,
     /// etcdsnap talks to etcd itself.
-    #[arg(long = "etcd-server", hide = true, value_name = "URL")]
+    #[arg(long = "etcd-server", short = 's', hide = true, value_name = "URL")]
     pub etcd_server: Option<String>,
     #[command(flatten)]
     pub node: NodeFlags,
@@ -58,9 +61,9 @@ pub struct SnapshotFlags {
 #[derive(Debug, Clone, Args)]
 pub struct NodeFlags {
     #[command(flatten)]
-    pub storage: StorageArgs,
-    #[command(flatten)]
     pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
@@ -73,8 +76,8 @@ pub struct NodeFlags {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = heading::RETENTION)]
 pub struct RetentionArgs {
-    /// Snapshots to keep per node: the agent prunes after each scheduled snapshot, `prune` when
-    /// run; 0 keeps all. (`save` never prunes, like K3s.)
+    /// Snapshots of --name to keep per node: the agent prunes after each scheduled snapshot,
+    /// `prune` when run; 0 keeps all.
     #[arg(long, visible_aliases = ["snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", default_value_t = 5)]
     pub retention: usize,
     /// Snapshots to keep per node in S3 (this cluster's only) [default: --retention]
@@ -94,7 +97,7 @@ pub struct StorageArgs {
     /// data directory (/var/lib/rancher/k3s) means its own snapshot directory, token and etcd
     /// certificates, and on a K3s or RKE2 server those are the defaults. [default:
     /// /var/lib/etcdsnap]
-    #[arg(long, env = "ETCDSNAP_DATA_DIR", value_name = "DIR")]
+    #[arg(long, short = 'd', env = "ETCDSNAP_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Snapshot directory; must exist unless it is the default [default: <data-dir>/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
@@ -102,8 +105,8 @@ pub struct StorageArgs {
     /// Keep no local copy (S3 only).
     #[arg(long, env = "ETCDSNAP_NO_LOCAL")]
     pub no_local: bool,
-    /// Cluster identity recorded with snapshots and used to scope S3 retention
-    /// [default: the UID of the kube-system namespace, when Kubernetes is reachable]
+    /// K3s's cluster id, recorded with snapshots and scoping S3 retention: the UID of the
+    /// kube-system namespace [default: read from Kubernetes, when it is reachable]
     #[arg(long, env = "ETCDSNAP_CLUSTER_ID", value_name = "ID")]
     pub cluster_id: Option<String>,
     #[command(flatten)]
@@ -199,12 +202,34 @@ pub struct CompressArgs {
     /// Compression of the stored snapshot: none, zstd (.zst) or zip (K3s's format).
     #[arg(long, env = "ETCDSNAP_COMPRESS", value_parser = parse_compression, default_value = "none")]
     pub compress: Compression,
-    /// K3s's switch for zip compression (same as --compress zip).
-    #[arg(long, visible_alias = "etcd-snapshot-compress", env = "ETCDSNAP_SNAPSHOT_COMPRESS")]
+    /// K3s's switch for zip compression: --compress zip.
+    #[arg(
+        long,
+        visible_alias = "etcd-snapshot-compress",
+        env = "ETCDSNAP_SNAPSHOT_COMPRESS",
+        conflicts_with = "compress"
+    )]
     pub snapshot_compress: bool,
-    /// zstd compression level (1-19).
-    #[arg(long, env = "ETCDSNAP_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
-    pub zstd_level: i32,
+    /// zstd compression level (1-19), with --compress zstd [default: 3]
+    #[arg(long, env = "ETCDSNAP_ZSTD_LEVEL", value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: Option<i32>,
+}
+
+impl CompressArgs {
+    /// What clap cannot check by itself: a zstd level is only for zstd.
+    pub fn conflict(&self) -> Option<String> {
+        let zstd = !self.snapshot_compress && self.compress == Compression::Zstd;
+        (self.zstd_level.is_some() && !zstd).then(|| {
+            format!(
+                "--zstd-level is for --compress zstd, and the compression is {}",
+                if self.snapshot_compress {
+                    "zip (--snapshot-compress)".to_string()
+                } else {
+                    self.compress.to_string()
+                }
+            )
+        })
+    }
 }
 
 /// How to reach etcd.
@@ -244,6 +269,7 @@ pub struct TokenArgs {
     /// [default: $K3S_TOKEN, $RKE2_TOKEN, or the K3s/RKE2 server's token file]
     #[arg(
         long,
+        short = 't',
         visible_alias = "etcd-token",
         env = "ETCDSNAP_TOKEN",
         hide_env_values = true,
@@ -269,7 +295,8 @@ pub struct KubeArgs {
     /// the resources of its local snapshots.
     #[arg(long, env = "ETCDSNAP_ORPHAN_TTL", value_parser = parse_duration, default_value = "24h", value_name = "DURATION")]
     pub orphan_ttl: Duration,
-    /// Maintain the legacy ConfigMap kube-system/k3s-etcd-snapshots (leader only).
+    /// Maintain the legacy ConfigMap kube-system/k3s-etcd-snapshots (rke2-etcd-snapshots with
+    /// --program rke2; leader only).
     #[arg(long, env = "ETCDSNAP_LEGACY_CONFIGMAP", action = ArgAction::Set, default_value_t = true, value_name = "BOOL")]
     pub legacy_configmap: bool,
     /// Largest serialized legacy ConfigMap, in bytes; oldest entries are left out to stay under it.
@@ -278,14 +305,10 @@ pub struct KubeArgs {
     /// Most entries in the legacy ConfigMap; oldest entries are left out beyond it.
     #[arg(long, env = "ETCDSNAP_LEGACY_CONFIGMAP_MAX_KEYS", default_value_t = 1_000, value_name = "N")]
     pub legacy_configmap_max_keys: usize,
-    /// ConfigMap in kube-system whose data is copied into every new snapshot's metadata.
-    #[arg(
-        long,
-        env = "ETCDSNAP_EXTRA_METADATA_CONFIGMAP",
-        default_value = etcdsnap_api::consts::EXTRA_METADATA_CONFIGMAP,
-        value_name = "NAME"
-    )]
-    pub extra_metadata_configmap: String,
+    /// ConfigMap in kube-system whose data is copied into every new snapshot's metadata
+    /// [default: k3s-etcd-snapshot-extra-metadata, or rke2-... with --program rke2]
+    #[arg(long, env = "ETCDSNAP_EXTRA_METADATA_CONFIGMAP", value_name = "NAME")]
+    pub extra_metadata_configmap: Option<String>,
     /// Secret in kube-system holding S3 settings under K3s's etcd-s3-* keys; used when no S3 flag
     /// is set, and read again on every operation.
     #[arg(long, visible_alias = "etcd-s3-config-secret", env = "ETCDSNAP_S3_CONFIG_SECRET", value_name = "NAME")]
@@ -298,17 +321,28 @@ pub struct KubeArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
 pub enum OutputFormat {
+    /// For people: columns that fit the terminal.
     #[default]
     Table,
+    /// The table with more columns (ls only).
+    Wide,
+    /// For programs: the typed view, exact bytes and times.
     Json,
     Yaml,
+}
+
+impl OutputFormat {
+    /// A table (plain or wide) rather than structured output.
+    pub fn is_table(self) -> bool {
+        matches!(self, OutputFormat::Table | OutputFormat::Wide)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = heading::OUTPUT)]
 pub struct OutputArgs {
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    /// Output format: table, json or yaml (`ls` also takes wide).
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table", hide_possible_values = true)]
     pub output: OutputFormat,
 }
 

@@ -4,6 +4,8 @@
 //! The bar appears only once the total size is known (a bar of `0 B of 0 B` says nothing), or,
 //! when no total ever arrives, as a byte counter after a second of work.
 
+mod stderr;
+
 use etcdsnap::units::human_bytes;
 use etcdsnap_storage::pipeline::{Progress, ProgressCounter};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
@@ -28,10 +30,11 @@ pub struct ProgressLine {
 }
 
 impl ProgressLine {
-    /// Starts counting `what`, and drawing it if stderr is a terminal.
+    /// Starts counting `what`, and drawing it if stderr is a terminal that can move its cursor.
     pub fn start(what: &str) -> ProgressLine {
         let counter: Progress = Arc::new(ProgressCounter::default());
-        if !std::io::stderr().is_terminal() {
+        let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        if !std::io::stderr().is_terminal() || dumb {
             return ProgressLine { counter, task: None, bar: None };
         }
         // Hidden until there is something worth drawing.
@@ -48,7 +51,10 @@ impl ProgressLine {
                 if next != shown {
                     b.set_style(next.style());
                     if shown == Shown::Nothing {
-                        b.set_draw_target(ProgressDrawTarget::stderr());
+                        b.set_draw_target(ProgressDrawTarget::term_like_with_hz(
+                            Box::new(stderr::NarrowStderr::default()),
+                            20,
+                        ));
                     }
                     shown = next;
                 }

@@ -44,6 +44,8 @@ pub struct DrillOptions {
     /// Where scratch directories are made.
     pub scratch_parent: PathBuf,
     pub timeout: Duration,
+    /// Opens sealed snapshots; with a verify key, only signed records are drilled.
+    pub keys: etcdsnap_storage::seal::OpenKeys,
 }
 
 /// What computes the HashKV of a snapshot's contents.
@@ -71,8 +73,11 @@ pub struct DrillReport {
     pub level: Level,
     /// Empty when the drill passed.
     pub problems: Vec<String>,
-    /// Things worth knowing that are not failures (no recorded hash, a compaction in between).
+    /// Things worth knowing that are not failures.
     pub notes: Vec<String>,
+    /// Why the contents were hashed but not compared with what the live member had (no HashKV
+    /// recorded, a compaction in between): such a drill did not fail, and did not pass either.
+    pub not_compared: Option<String>,
     /// The revision drilled at (the recorded one, else the snapshot's latest).
     pub revision: Option<i64>,
     pub recorded: Option<KvHash>,
@@ -88,31 +93,44 @@ impl DrillReport {
         self.problems.is_empty()
     }
 
-    /// Passed, or failed with the first problem found.
+    /// Passed, failed with the first problem found, or not compared (and why).
     pub fn verdict(&self) -> Verdict {
-        match self.problems.first() {
-            None => Verdict::Passed,
-            Some(p) => Verdict::Failed { problem: p.clone() },
+        match (self.problems.first(), &self.not_compared) {
+            (Some(p), _) => Verdict::Failed { problem: p.clone() },
+            (None, Some(why)) => Verdict::NotCompared { why: why.clone() },
+            (None, None) => Verdict::Passed,
         }
     }
 }
 
-/// How a drill ended. Its text, `passed` or `failed: <problem>`, is the `etcdsnap.io/drill`
-/// annotation's value and the result kept in the snapshot's record.
+/// How a drill ended. Its text, `passed`, `not compared: <why>` or `failed: <problem>`, is the
+/// `etcdsnap.io/drill` annotation's value and the result kept in the snapshot's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Every check passed, the contents' HashKV equal to the live member's.
     Passed,
-    Failed { problem: String },
+    /// Nothing failed, but the contents could not be compared with the live member's: the bytes,
+    /// the trailer and the revision were checked and the contents hashed, no more.
+    NotCompared {
+        why: String,
+    },
+    Failed {
+        problem: String,
+    },
 }
 
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Verdict::Passed => f.write_str("passed"),
+            Verdict::NotCompared { why } => write!(f, "{NOT_COMPARED}: {why}"),
             Verdict::Failed { problem } => write!(f, "failed: {problem}"),
         }
     }
 }
+
+/// How the text of a drill that was not compared begins.
+pub const NOT_COMPARED: &str = "not compared";
 
 impl serde::Serialize for Verdict {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -128,6 +146,7 @@ pub async fn drill(source: &SnapshotSource, opts: &DrillOptions, progress: Optio
         level: if opts.etcd.is_some() { Level::Boot } else { Level::Hash },
         problems: Vec::new(),
         notes: source.notes.clone(),
+        not_compared: None,
         revision: source.record.etcd.as_ref().map(|e| e.revision).filter(|r| *r > 0),
         recorded: source.record.etcd.as_ref().and_then(|e| e.hash_kv),
         computed: None,
@@ -143,13 +162,19 @@ pub async fn drill(source: &SnapshotSource, opts: &DrillOptions, progress: Optio
 }
 
 async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Progress>, report: &mut DrillReport) {
+    let mut source = source.clone();
+    if let Err(problem) = check_seal(&mut source, &opts.keys).await {
+        return report.problems.push(problem);
+    }
+    report.record = source.record.clone();
+    let source = &source;
     let needed = needed_space(source, report.level);
     let scratch = match Scratch::create(&opts.scratch_parent, needed) {
         Ok(s) => s,
         Err(e) => return report.problems.push(e.to_string()),
     };
     let db = scratch.path().join("snapshot.db");
-    match crate::restore::verify_pass(source, Some(db.clone()), progress).await {
+    match crate::restore::verify_pass(source, opts.keys.identity.clone(), Some(db.clone()), progress).await {
         Ok(check) => {
             report.problems.extend(crate::ops::check_problems(&source.record, &check));
             report.problems.extend(revision_problem(report.revision, check.revision.as_ref()));
@@ -178,7 +203,10 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
         }
     }
     if report.recorded.is_none() {
-        report.notes.push("no HashKV was recorded at save time: the contents were hashed, not compared".into());
+        report.not_compared = Some(
+            "no HashKV was recorded at save time; the bytes, trailer and revision were checked and the contents hashed"
+                .into(),
+        );
     }
     let (Some(etcd), Some(restored)) = (&opts.etcd, restored) else { return };
     match boot::boot(&restored, etcd, report.revision).await {
@@ -216,9 +244,36 @@ async fn run(source: &SnapshotSource, opts: &DrillOptions, progress: Option<Prog
     }
 }
 
+/// Before anything is written: with a verify key, the record's signature (the signed record is
+/// the one drilled); a sealed snapshot needs an identity that opens it.
+async fn check_seal(source: &mut SnapshotSource, keys: &etcdsnap_storage::seal::OpenKeys) -> Result<(), String> {
+    if keys.verify_key.is_some() {
+        let store = source.companions().map_err(|e| format!("signature: {e}"))?;
+        match crate::seal::check_signature(keys, store.as_ref(), &source.record.name).await {
+            Ok(Some(doc)) => source.record.apply_document(doc),
+            Ok(None) => {}
+            Err(e) => return Err(format!("signature: {e}")),
+        }
+    }
+    if !source.sealed {
+        return Ok(());
+    }
+    let recipients = source.record.sealed.as_ref().map(|s| s.recipients.join(", ")).unwrap_or_default();
+    match &keys.identity {
+        None => Err(format!("sealed with age to {recipients}: no --decrypt-identity to open it")),
+        Some(id)
+            if !recipients.is_empty() && !id.opens(&source.record.sealed.clone().unwrap_or_default().recipients) =>
+        {
+            Err(format!("sealed with age to {recipients}; the identity given is for {}", id.recipients().join(", ")))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// Keeps a drill's result where the snapshot's other facts are: in its record in storage (so a
-/// rebuilt resource keeps it) and on its resource with an Event. A file given by path has
-/// neither. Returns what could not be kept, for the caller to report.
+/// rebuilt resource keeps it, signed again when `signer` is given) and on its resource with an
+/// Event. A file given by path has neither. Returns what could not be kept, for the caller to
+/// report.
 ///
 /// The record is read again right before it is rewritten, so that only the drill's result
 /// changes in it (the copy listed before the drill may be minutes old). With a leader's `term`
@@ -231,6 +286,7 @@ pub async fn keep_result(
     kube: Option<&etcdsnap_kube::Kube>,
     node: &str,
     term: Option<&LeaderTerm>,
+    signer: Option<&etcdsnap_storage::seal::SigningKey>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(store) = source.store() else { return problems };
@@ -251,9 +307,19 @@ pub async fn keep_result(
     if let Err(lost) = fence() {
         return vec![format!("the drill's result is not kept: {lost}")];
     }
+    let signature = match signer {
+        Some(key) => sign_again(store.as_ref(), &record, key).await.unwrap_or_else(|e| {
+            problems.push(format!("the drill's result is not signed: {e}"));
+            None
+        }),
+        None => None,
+    };
+    if let Err(lost) = fence() {
+        return vec![format!("the drill's result is not kept: {lost}")];
+    }
     let updated = match term {
-        Some(term) => term.during(store.update_record(&record)).await,
-        None => Ok(store.update_record(&record).await),
+        Some(term) => term.during(store.update_record(&record, signature.as_deref())).await,
+        None => Ok(store.update_record(&record, signature.as_deref()).await),
     };
     match updated {
         Ok(Ok(())) => {}
@@ -272,6 +338,21 @@ pub async fn keep_result(
         }
     }
     problems
+}
+
+/// The signature of a drilled record, made only when the stored record's signature verifies
+/// with this key: a record someone else wrote is never vouched for by a drill.
+async fn sign_again(
+    store: &dyn etcdsnap_storage::store::SnapshotStore,
+    record: &etcdsnap_storage::SnapshotRecord,
+    key: &etcdsnap_storage::seal::SigningKey,
+) -> Result<Option<String>, String> {
+    let own =
+        etcdsnap_storage::seal::OpenKeys { identity: None, verify_key: Some(std::sync::Arc::new(key.verify_key())) };
+    match crate::seal::check_signature(&own, store, &record.name).await {
+        Ok(_) => key.sign(record.name.as_str(), &record.to_document().to_json()).map(Some).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("its record's signature does not verify with this node's key ({e})")),
+    }
 }
 
 /// Whether the snapshot holds exactly the revision its record says (read from its pages in the
@@ -297,8 +378,8 @@ fn compare(report: &mut DrillReport, what: &str, computed: KvHash) {
     let Some(recorded) = report.recorded else { return };
     let revision = report.revision.unwrap_or_default();
     if recorded.compact_revision != computed.compact_revision {
-        report.notes.push(format!(
-            "not compared: etcd compacted between the snapshot and its HashKV (compact revision {} recorded, {} in the snapshot)",
+        report.not_compared = Some(format!(
+            "etcd compacted between the snapshot and its HashKV (compact revision {} recorded, {} in the snapshot)",
             recorded.compact_revision, computed.compact_revision
         ));
     } else if recorded.hash != computed.hash {

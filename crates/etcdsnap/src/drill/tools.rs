@@ -63,7 +63,15 @@ pub async fn prepare(
     if hash_by == HashBy::BootedEtcd {
         tracing::info!(etcdutl = %bin.display(), %version, "drills hash each snapshot's contents with the booted etcd: this etcdutl's hashkv cannot read leased keys");
     }
-    Ok(DrillOptions { etcdutl: bin, etcdutl_version: version, hash_by, etcd, scratch_parent, timeout })
+    Ok(DrillOptions {
+        etcdutl: bin,
+        etcdutl_version: version,
+        hash_by,
+        etcd,
+        scratch_parent,
+        timeout,
+        keys: Default::default(),
+    })
 }
 
 #[cfg(test)]

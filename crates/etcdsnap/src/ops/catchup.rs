@@ -7,11 +7,14 @@
 //! than in S3 does not upload-and-prune in a loop.
 
 use super::Context;
+use etcdsnap_api::MetadataDocument;
 use etcdsnap_api::{SnapshotName, StorageKind};
 use etcdsnap_storage::files::open_no_follow;
 use etcdsnap_storage::record::SnapshotRecord;
 use etcdsnap_storage::store::local::LocalStore;
-use etcdsnap_storage::store::{NewSnapshot, SnapshotSink, SnapshotStore, StoreError, retention::matches_base};
+use etcdsnap_storage::store::{
+    Companions, NewSnapshot, SnapshotSink, SnapshotStore, StoreError, retention::matches_base,
+};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::io::Read;
@@ -140,8 +143,31 @@ async fn upload_one(
     uploaded.location = sink.location();
     uploaded.s3 = ctx.remote_spec.clone();
     uploaded.cluster_id = new.cluster_id;
-    sink.commit(&uploaded.to_document()).await?;
+    uploaded.program = sink.program();
+    let doc = uploaded.to_document();
+    match companions(ctx, local, &doc).await {
+        Ok(companions) => sink.commit(&doc, &companions).await?,
+        Err(e) => {
+            sink.abort().await;
+            return Err(e);
+        }
+    }
     Ok(uploaded)
+}
+
+/// The kit the local copy has, and the S3 record's own signature (it names another location,
+/// so the local one's signature cannot serve; without a signing key the copy goes unsigned).
+async fn companions(ctx: &Context, local: &LocalStore, doc: &MetadataDocument) -> Result<Companions, StoreError> {
+    let name = SnapshotName::parse(&doc.name).map_err(|e| StoreError::Unsupported(e.to_string()))?;
+    let kit = match doc.sealed.as_ref().and_then(|s| s.kit.as_ref()) {
+        Some(_) => local.kit(&name).await?.map(std::sync::Arc::new),
+        None => None,
+    };
+    let signature = match &ctx.sealing.signing_key {
+        Some(key) => Some(key.sign(&doc.name, &doc.to_json()).map_err(|e| StoreError::Unsupported(e.to_string()))?),
+        None => None,
+    };
+    Ok(Companions { signature, kit })
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub struct Context {
     pub etcd: EtcdConfig,
     /// The node's snapshot directory, if snapshots are kept locally.
     pub local: Option<LocalStore>,
+    /// The snapshot directory, when snapshots are kept locally but it does not exist (the
+    /// default directory before its first save): commands that read it say so.
+    pub missing_local: Option<PathBuf>,
     /// The S3 store, if configured.
     pub remote: Option<Arc<dyn SnapshotStore>>,
     /// Details of the S3 location for records (never credentials).
@@ -33,6 +36,10 @@ pub struct Context {
     pub zstd_level: i32,
     /// Ask the member for its HashKV after each save and record it.
     pub record_hash_kv: bool,
+    /// How new snapshots are sealed and signed, and what their kits hold.
+    pub sealing: crate::seal::Sealing,
+    /// The keys that open and check stored snapshots (verify, drills).
+    pub keys: etcdsnap_storage::seal::OpenKeys,
     /// Where saves take their lock when there is no local store (S3 only): the directory a local
     /// store would use, so every save of the node takes the same lock.
     pub lock_dir: Option<PathBuf>,
@@ -61,6 +68,30 @@ impl Context {
         match self.lock_dir() {
             Some(dir) => RemovalLock::read(dir, wait).await.map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// The error of a snapshot directory that should be there and is not, when it was the only
+    /// store to read.
+    pub fn missing_local_error(&self) -> Option<StoreError> {
+        self.missing_local.clone().filter(|_| self.remote.is_none()).map(StoreError::MissingDir)
+    }
+
+    /// The warning of a default snapshot directory that is not there while S3 is read: a node
+    /// that keeps its snapshots in S3 only need not say `--no-local` to every command.
+    pub fn missing_local_warning(&self) -> Option<String> {
+        let (dir, remote) = (self.missing_local.as_ref()?, self.remote.as_ref()?);
+        Some(format!("the snapshot directory {} does not exist: only {} was read", dir.display(), remote.describe()))
+    }
+
+    /// Every store and directory this context reads, as the operator knows them: for messages
+    /// such as "no snapshots found in ...".
+    pub fn describe_stores(&self) -> String {
+        let mut all: Vec<String> = self.missing_local.iter().map(|d| d.display().to_string()).collect();
+        all.extend(self.stores().iter().map(|s| s.describe()));
+        match all.len() {
+            0 => "no store (no local directory, no S3)".to_string(),
+            _ => all.join(" or "),
         }
     }
 

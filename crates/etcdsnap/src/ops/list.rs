@@ -43,9 +43,14 @@ pub struct ListReport {
     pub errors: Vec<(String, StoreError)>,
 }
 
-/// Every snapshot of every store, oldest first (local before S3 within a name).
+/// Every snapshot of every store, oldest first (local before S3 within a name). A snapshot
+/// directory that should be there and is not is one of the errors.
 pub async fn list(ctx: &Context) -> ListReport {
     let mut report = ListReport::default();
+    if let (Some(dir), Some(e)) = (&ctx.missing_local, ctx.missing_local_error()) {
+        report.errors.push((dir.display().to_string(), e));
+    }
+    report.warnings.extend(ctx.missing_local_warning());
     for listed in list_stores(ctx).await {
         match listed.result {
             Ok(listing) => {

@@ -4,7 +4,7 @@
 
 use super::Context;
 use etcdsnap_api::{SnapshotName, StorageKind};
-use etcdsnap_storage::store::{RetentionPolicy, StoreError, plan_retention};
+use etcdsnap_storage::store::{RetentionPolicy, StoreError, in_scope, plan_retention};
 
 /// What happened to one name in one store.
 #[derive(Debug)]
@@ -54,6 +54,8 @@ pub struct PruneOptions {
     pub base_name: String,
     pub keep_local: usize,
     pub keep_remote: usize,
+    /// Plan only: say what each store's rule keeps and removes, remove nothing.
+    pub dry_run: bool,
 }
 
 /// Why a prune left something in place.
@@ -81,24 +83,42 @@ pub enum PruneError {
     },
 }
 
-/// What a prune removed (and failed to remove) per store.
+/// What one store's retention rule keeps and removes.
+#[derive(Debug, Clone)]
+pub struct PrunePlan {
+    pub storage: StorageKind,
+    /// The store as the operator knows it.
+    pub store: String,
+    /// The rule in words ([`RetentionPolicy::describe`]).
+    pub rule: String,
+    /// The snapshots the rule counts and keeps, oldest first.
+    pub kept: Vec<SnapshotName>,
+    /// The snapshots the rule removes, oldest first.
+    pub removed: Vec<SnapshotName>,
+}
+
+/// What a prune planned, removed (and failed to remove) per store.
 #[derive(Debug, Default)]
 pub struct PruneReport {
+    pub plans: Vec<PrunePlan>,
     pub deleted: Vec<(StorageKind, SnapshotName)>,
     pub errors: Vec<PruneError>,
 }
 
 /// Applies retention: locally to every node group found in the directory (it is this node's);
-/// in S3 only to this node's snapshots of this cluster.
+/// in S3 only to this node's snapshots of this cluster. With `dry_run`, only plans.
 pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
     let mut report = PruneReport::default();
     let _in_process = ctx.removals.write().await;
-    let _removing = match ctx.lock_for_removal() {
-        Ok(lock) => lock,
-        Err(e) => {
-            report.errors.push(PruneError::Lock(e));
-            return report;
-        }
+    let _removing = match opts.dry_run {
+        true => None,
+        false => match ctx.lock_for_removal() {
+            Ok(lock) => lock,
+            Err(e) => {
+                report.errors.push(PruneError::Lock(e));
+                return report;
+            }
+        },
     };
     for store in ctx.stores() {
         let policy = match store.kind() {
@@ -125,12 +145,26 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
                 continue;
             }
         };
-        for name in plan_retention(&listing.records, &policy) {
+        let removed = plan_retention(&listing.records, &policy);
+        let kept = listing
+            .records
+            .iter()
+            .filter(|r| in_scope(r, &policy) && !removed.contains(&r.name))
+            .map(|r| r.name.clone())
+            .collect();
+        report.plans.push(PrunePlan {
+            storage: store.kind(),
+            store: store.describe(),
+            rule: policy.describe(),
+            kept,
+            removed: removed.clone(),
+        });
+        if opts.dry_run {
+            continue;
+        }
+        for name in removed {
             match store.delete(&name).await {
-                Ok(_) => {
-                    tracing::info!(snapshot = %name, store = %store.describe(), "removed by retention");
-                    report.deleted.push((store.kind(), name));
-                }
+                Ok(_) => report.deleted.push((store.kind(), name)),
                 Err(source) => report.errors.push(PruneError::Delete { store: store.describe(), name, source }),
             }
         }

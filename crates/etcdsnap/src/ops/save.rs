@@ -8,6 +8,7 @@
 //! [`crate::session::Session::after_save`].
 
 use super::Context;
+use crate::seal::Prepared;
 use etcdsnap_api::consts::KUBERNETES_PREFIX;
 use etcdsnap_api::{Compression, EtcdInfo, KvHash, SnapshotName, StorageKind, snapshot_file_name};
 use etcdsnap_storage::etcd::{EtcdError, EtcdMember, MemberStatus};
@@ -33,6 +34,10 @@ pub enum SaveError {
     Etcd(EtcdError),
     #[error("invalid snapshot name: {0}")]
     Name(#[from] etcdsnap_api::NameError),
+    /// The kit or the EncryptionConfiguration could not be read, or a record not signed:
+    /// nothing was published.
+    #[error("sealing: {0}; nothing was saved")]
+    Seal(#[from] crate::seal::SealError),
     #[error("snapshot cancelled (shutting down); nothing was published")]
     Cancelled,
 }
@@ -99,6 +104,7 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
     clean_interrupted(ctx, &opts.base_name).await;
     failpoint::reached(failpoint::SAVE_STARTED).await;
     let (name, created_at) = free_name(ctx, &stores, opts).await?;
+    let sealed = ctx.sealing.prepare().await?;
     let mut report = SaveReport {
         name,
         records: Vec::new(),
@@ -107,7 +113,8 @@ pub async fn save(ctx: &Context, opts: &SaveOptions, progress: Option<Progress>)
         duration: Duration::ZERO,
         finished: Vec::new(),
     };
-    let attempt = Attempt { ctx, opts, stores: &stores, created_at, started, progress: progress.as_ref() };
+    let attempt =
+        Attempt { ctx, opts, stores: &stores, created_at, started, progress: progress.as_ref(), sealed: &sealed };
     // A member that dies mid-stream costs one attempt only: the next streams from another member
     // (same name; every sink of the broken attempt was aborted).
     let mut tried: Vec<String> = Vec::new();
@@ -137,6 +144,8 @@ struct Attempt<'a> {
     created_at: jiff::Timestamp,
     started: Instant,
     progress: Option<&'a Progress>,
+    /// What sealing adds to this save's records and stores beside them.
+    sealed: &'a Prepared,
 }
 
 impl Attempt<'_> {
@@ -185,6 +194,7 @@ impl Attempt<'_> {
             zip_entry: name.without_compression_extension().to_string(),
             created_at: self.created_at,
             expected_size: status.db_size.max(0) as u64,
+            recipients: ctx.sealing.recipients.clone(),
         };
         // The member starts hashing at the revision it reported while it streams; the snapshot
         // holds that revision or a later one (writes between the status and the stream), read
@@ -296,10 +306,22 @@ impl Attempt<'_> {
                 compression: self.opts.compression,
                 sha256: Some(output.stored_sha256.clone()),
                 etcd: Some(etcd.clone()),
+                sealed: self.sealed.sealed.clone(),
+                encryption_config_sha256: self.sealed.encryption_config_sha256.clone(),
                 metadata_source: MetadataSource::Document,
+                program: outcome.sink.program(),
                 ..with_context(ctx, stored)
             };
-            match outcome.sink.commit(&record.to_document()).await {
+            let doc = record.to_document();
+            let companions = match ctx.sealing.companions(&doc, self.sealed) {
+                Ok(c) => c,
+                Err(e) => {
+                    outcome.sink.abort().await;
+                    self.fail(report, &[kind], &e.to_string());
+                    continue;
+                }
+            };
+            match outcome.sink.commit(&doc, &companions).await {
                 Ok(()) => {
                     report.records.push(record);
                     report.finished.push((kind, self.started.elapsed()));
@@ -335,8 +357,10 @@ async fn free_name(
     opts: &SaveOptions,
 ) -> Result<(SnapshotName, jiff::Timestamp), SaveError> {
     let mut created_at = now_rounded();
+    let sealed = if ctx.sealing.seals() { etcdsnap_api::seal::SEALED_EXTENSION } else { "" };
     loop {
         let file = snapshot_file_name(&opts.base_name, &ctx.node_name, created_at.as_second(), opts.compression);
+        let file = format!("{file}{sealed}");
         let name = SnapshotName::parse(&file)?;
         if !name_taken(stores, &name).await {
             return Ok((name, created_at));

@@ -1,27 +1,40 @@
 //! Capture: etcd's changes after a full snapshot, as delta segments in `out_dir/<chain>/`.
 //!
-//! One watch over all keys starts at the base's revision + 1, with progress notifications.
-//! Watch responses are not fragmented, so each holds whole revisions (etcd batches by
-//! revision); the events of a revision are kept in etcd's order. A segment is flushed when
+//! One watch over all keys starts at the base's revision + 1, with progress notifications, the
+//! keys' previous states (`prev_kv`) and fragmenting: etcd splits a response larger than its
+//! `--max-request-bytes` into fragments, which are put back together here before anything is
+//! taken, so every response taken holds whole revisions (etcd batches by revision); the events
+//! of a revision are kept in etcd's order. The watch's messages may be far larger than tonic's
+//! default 4 MiB limit (one event of a large value and its previous state, or a response etcd
+//! could not fragment), so its limit is [`WATCH_MESSAGE_LIMIT`]. A segment is flushed when
 //! `flush_interval` has passed since its first revision was observed, when its encoding reaches
 //! `max_bytes`, and when capture is stopped. Each segment is written crash-safely, then its
 //! record: a segment counts only once its record is written (a listing reads records alone).
 //!
-//! Gaps are never silent: a watch cancelled by compaction, a failed or ended watch, or a
-//! revision that does not follow the last one ends the chain. What was pending is written with
-//! `chain_broken` set (or, with nothing pending, the last record is rewritten with it) and the
-//! capture returns [`CaptureError::Broken`] naming the revision the chain stops at: the caller
-//! takes a new full snapshot, which starts a new chain.
+//! Gaps are never silent: a watch cancelled by compaction, or a revision that does not follow
+//! the last one, ends the chain. What was pending is written with `chain_broken` set (or, with
+//! nothing pending, the last record is rewritten with it) and the capture returns
+//! [`CaptureError::Broken`] naming the revision the chain stops at: the caller takes a new full
+//! snapshot, which starts a new chain. A watch that fails or ends (etcd restarted, a leader
+//! change, the network) only interrupts the capture: what was pending is written and
+//! [`CaptureError::Interrupted`] says where the chain stands; a later capture continues it from
+//! there as long as etcd still holds the revisions after it.
 //!
-//! Lease TTLs are not captured (see the module documentation of [`crate::pitr`]).
+//! Each event keeps a digest of its key's previous state (absent for a put that created the
+//! key), which the replay compares with its own (see [`crate::pitr::replay`]). The first time a
+//! segment holds a put attached to a lease, etcd is asked for that lease's granted and
+//! remaining TTL (LeaseTimeToLive), kept in the segment as a [`LeaseObservation`].
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
 use etcdsnap_storage::files::{create_private_dir, write_atomic};
 use etcdsnap_storage::pitr::local;
 use etcdsnap_storage::pitr::record::RECORD_FORMAT;
-use etcdsnap_storage::pitr::{Base, EventKind, PitrEvent, RevisionChanges, Segment, SegmentRecord};
+use etcdsnap_storage::pitr::{
+    Base, EventKind, LeaseObservation, PitrEvent, PrevDigest, PrevState, RevisionChanges, Segment, SegmentRecord,
+};
 use etcdsnap_storage::store::StoreError;
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -35,17 +48,26 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const PENDING_LIMIT: usize = 4;
 /// How often an idle capture asks etcd whether anything is left to deliver.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The largest watch message accepted. With fragmenting, etcd keeps each message under its
+/// `--max-request-bytes` (1.5 MiB by default) unless one event alone is larger: a value and its
+/// previous state, each as large as etcd accepts. 256 MiB covers any request size etcd is
+/// configured with in practice; only what etcd sends is allocated.
+pub const WATCH_MESSAGE_LIMIT: usize = 256 * 1024 * 1024;
+/// How long etcd may take to say how long a lease has left.
+const LEASE_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When segments are flushed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CaptureSettings {
     pub flush_interval: Duration,
     pub max_bytes: usize,
+    /// Seal every segment to these age recipients (the snapshots').
+    pub recipients: Option<std::sync::Arc<etcdsnap_storage::seal::Recipients>>,
 }
 
 impl Default for CaptureSettings {
     fn default() -> Self {
-        CaptureSettings { flush_interval: Duration::from_secs(10), max_bytes: 8 * 1024 * 1024 }
+        CaptureSettings { flush_interval: Duration::from_secs(10), max_bytes: 8 * 1024 * 1024, recipients: None }
     }
 }
 
@@ -68,6 +90,8 @@ pub enum CaptureError {
         "delta chain {chain} is broken after revision {last_revision}: {reason}; a new full snapshot must start a new chain"
     )]
     Broken { chain: String, last_revision: i64, reason: String },
+    #[error("delta capture of chain {chain} was interrupted after revision {last_revision}: {reason}")]
+    Interrupted { chain: String, last_revision: i64, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot write delta file {}: {source}", path.display())]
@@ -86,7 +110,7 @@ pub async fn capture(
     settings: CaptureSettings,
     stop: CancellationToken,
 ) -> Result<CaptureReport, CaptureError> {
-    capture_observed(client, base, out_dir, settings, stop, &mut |_| {}).await
+    capture_observed(client, base, base.revision, out_dir, settings, stop, &mut |_| {}).await
 }
 
 /// What a running capture reports as it goes (the agent's metrics).
@@ -99,12 +123,15 @@ pub enum CaptureEvent<'a> {
     CaughtUp { revision: i64, at_ms: i64 },
 }
 
-/// [`capture`], telling `observe` of each durable segment and each confirmation that nothing is
-/// pending. With nothing pending, etcd is asked every [`PROGRESS_EVERY`] (at most the flush
-/// interval) for its progress, so that an idle cluster is seen to be caught up.
+/// [`capture`], continuing the chain after `durable` (its last revision durable anywhere: this
+/// node's records, or another node's in S3), telling `observe` of each durable segment and each
+/// confirmation that nothing is pending. With nothing pending, etcd is asked every
+/// [`PROGRESS_EVERY`] (at most the flush interval) for its progress, so that an idle cluster is
+/// seen to be caught up.
 pub async fn capture_observed(
     client: &mut Client,
     base: &Base,
+    durable: i64,
     out_dir: &Path,
     settings: CaptureSettings,
     stop: CancellationToken,
@@ -113,10 +140,17 @@ pub async fn capture_observed(
     if !etcdsnap_storage::pitr::valid_chain_name(&base.name) {
         return Err(CaptureError::ChainName(base.name.clone()));
     }
-    let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings)?;
+    let mut writer = ChainWriter::new(base, out_dir.join(&base.name), settings.clone(), durable)?;
     let start = writer.taken + 1;
-    let opts = WatchOptions::new().with_all_keys().with_start_revision(start).with_progress_notify();
+    let opts = WatchOptions::new()
+        .with_all_keys()
+        .with_start_revision(start)
+        .with_progress_notify()
+        .with_prev_key()
+        .with_fragment();
     let (mut requests, mut stream) = client
+        .watch_client()
+        .max_decoding_message_size(WATCH_MESSAGE_LIMIT)
         .watch("", Some(opts))
         .await
         .map_err(|e| CaptureError::Start { revision: start, message: e.to_string() })?
@@ -124,7 +158,10 @@ pub async fn capture_observed(
     tracing::info!(chain = %base.name, from = start, "delta capture started");
     let mut progress = tokio::time::interval(PROGRESS_EVERY.min(settings.flush_interval));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reason = loop {
+    // The fragments of the response being received, until its last one.
+    let mut fragments: Vec<WatchResponse> = Vec::new();
+    // Err: the chain is broken there; Ok: the watch was interrupted there.
+    let reason: Result<String, String> = loop {
         let deadline = writer.flush_deadline();
         tokio::select! {
             () = stop.cancelled() => {
@@ -135,26 +172,62 @@ pub async fn capture_observed(
             () = sleep_until(deadline) => writer.flush_or_retry(observe)?,
             _ = progress.tick(), if writer.pending.revisions.is_empty() => {
                 if let Err(e) = requests.request_progress().await {
-                    break format!("the watch failed: {e}");
+                    break Ok(format!("the watch failed: {e}"));
                 }
             }
             message = stream.message() => match message {
-                Ok(Some(resp)) => match writer.take(&resp) {
-                    Ok(()) => {
-                        writer.flush_if_full(observe)?;
-                        writer.caught_up(&resp, observe);
+                Ok(Some(resp)) if resp.0.fragment => fragments.push(resp),
+                Ok(Some(resp)) => {
+                    fragments.push(resp);
+                    let parts = std::mem::take(&mut fragments);
+                    match writer.take(&parts) {
+                        Ok(leases) => {
+                            writer.observe_leases(client, leases).await;
+                            writer.flush_if_full(observe)?;
+                            writer.caught_up(&parts, observe);
+                        }
+                        Err(reason) => break Err(reason),
                     }
-                    Err(reason) => break reason,
-                },
-                Ok(None) => break "the watch stream ended".to_string(),
-                Err(e) => break format!("the watch failed: {e}"),
+                }
+                Ok(None) => break Ok("the watch stream ended".to_string()),
+                Err(e) => break Ok(format!("the watch failed: {e}")),
             },
         }
     };
-    writer.flush(Some(reason.clone()), observe)?;
-    let last_revision = writer.report.last_revision;
-    tracing::warn!(chain = %base.name, last_revision, %reason, "delta chain broken");
-    Err(CaptureError::Broken { chain: base.name.clone(), last_revision, reason })
+    let chain = base.name.clone();
+    match reason {
+        Ok(reason) => {
+            writer.flush(None, observe)?;
+            let last_revision = writer.report.last_revision;
+            tracing::warn!(%chain, last_revision, %reason, "delta capture interrupted");
+            Err(CaptureError::Interrupted { chain, last_revision, reason })
+        }
+        Err(reason) => {
+            writer.flush(Some(reason.clone()), observe)?;
+            let last_revision = writer.report.last_revision;
+            tracing::warn!(%chain, last_revision, %reason, "delta chain broken");
+            Err(CaptureError::Broken { chain, last_revision, reason })
+        }
+    }
+}
+
+/// Marks the chain in `out_dir/<chain>/` broken on its last durable record, with `reason`: the
+/// revisions after it can no longer be captured (etcd compacted them while nobody watched).
+/// Without a local record (a chain continued from S3 with nothing written here yet) nothing is
+/// written; the restore still finds the gap.
+pub fn mark_broken(out_dir: &Path, chain: &str, reason: &str) -> Result<(), CaptureError> {
+    let dir = out_dir.join(chain);
+    let records = match local::read_chain(&dir) {
+        Ok(records) => records,
+        Err(_) if !dir.exists() => return Ok(()),
+        Err(e) => return Err(CaptureError::Broken { chain: chain.into(), last_revision: 0, reason: e.to_string() }),
+    };
+    let Some(mut last) = records.into_iter().max_by_key(|r| r.last_revision) else { return Ok(()) };
+    if last.chain_broken.is_none() {
+        last.chain_broken = Some(reason.to_string());
+        write_atomic(&dir.join(last.record_name()), &last.to_json())?;
+    }
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -176,21 +249,24 @@ struct ChainWriter {
     retry_at: Option<Instant>,
     /// The newest revision taken (pending or written).
     taken: i64,
+    /// The leases the pending segment has an observation of (or asked for in vain).
+    leases_seen: HashSet<i64>,
     cluster_id: Option<String>,
     report: CaptureReport,
 }
 
 impl ChainWriter {
-    /// A writer that continues the chain where its durable records end (a restarted capture
-    /// neither rewrites nor overlaps them), refusing a chain already broken or with a gap.
-    fn new(base: &Base, dir: PathBuf, settings: CaptureSettings) -> Result<ChainWriter, CaptureError> {
+    /// A writer that continues the chain where its durable records end, or after `durable` when
+    /// that is later (a restarted capture neither rewrites nor overlaps them), refusing a chain
+    /// already broken or with a gap.
+    fn new(base: &Base, dir: PathBuf, settings: CaptureSettings, durable: i64) -> Result<ChainWriter, CaptureError> {
         create_private_dir(&dir)?;
         let segments = local::read_chain(&dir).map_err(|e| CaptureError::Broken {
             chain: base.name.clone(),
             last_revision: base.revision,
             reason: e.to_string(),
         })?;
-        let last_revision = continue_from(base, &segments)?;
+        let last_revision = continue_from(base, &segments, durable)?;
         Ok(ChainWriter {
             base: base.clone(),
             dir,
@@ -199,6 +275,7 @@ impl ChainWriter {
             opened: None,
             retry_at: None,
             taken: last_revision,
+            leases_seen: HashSet::new(),
             cluster_id: None,
             report: CaptureReport { segments, last_revision },
         })
@@ -209,8 +286,11 @@ impl ChainWriter {
         due.max(self.retry_at)
     }
 
-    /// Takes one watch response's events; Err with the reason the chain cannot continue.
-    fn take(&mut self, resp: &WatchResponse) -> Result<(), String> {
+    /// Takes one watch response's events (`parts`: its fragments, in order); Err with the
+    /// reason the chain cannot continue. Returns the leases the pending segment has not
+    /// observed yet, each with the revision of the first put attached to it.
+    fn take(&mut self, parts: &[WatchResponse]) -> Result<Vec<(i64, i64)>, String> {
+        let Some(resp) = parts.last() else { return Ok(Vec::new()) };
         if self.cluster_id.is_none() {
             self.cluster_id = resp.header().map(|h| format!("{:x}", h.cluster_id()));
         }
@@ -225,11 +305,26 @@ impl ChainWriter {
             return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
         }
         let observed_ms = etcdsnap_storage::clock::now().as_millisecond();
-        for event in resp.events() {
+        let mut new_leases = Vec::new();
+        for event in parts.iter().flat_map(|p| p.events()) {
             let Some(kv) = event.kv() else { return Err("a watch event without a key".into()) };
             let kind = match event.event_type() {
                 EventType::Put => EventKind::Put,
                 EventType::Delete => EventKind::Delete,
+            };
+            let prev = match event.prev_kv() {
+                Some(p) => PrevState::Present(PrevDigest::of(
+                    p.value(),
+                    p.create_revision(),
+                    p.mod_revision(),
+                    p.version(),
+                    p.lease(),
+                )),
+                // etcd sends no previous state for a put that creates its key: there was none.
+                None if kind == EventKind::Put && kv.create_revision() == kv.mod_revision() => PrevState::Absent,
+                // Otherwise the key existed, and etcd could not read it back (its revision was
+                // compacted in between): the event is kept, unchecked.
+                None => PrevState::NotCaptured,
             };
             let delta = PitrEvent {
                 kind,
@@ -239,10 +334,36 @@ impl ChainWriter {
                 mod_revision: kv.mod_revision(),
                 version: kv.version(),
                 lease: kv.lease(),
+                prev,
             };
+            if delta.lease != 0 && self.leases_seen.insert(delta.lease) {
+                new_leases.push((delta.lease, delta.mod_revision));
+            }
             self.push(delta, observed_ms)?;
         }
-        Ok(())
+        Ok(new_leases)
+    }
+
+    /// Asks etcd how long each of `leases` has left, keeping the answers in the pending
+    /// segment. A lease already gone is kept with -1 left; a failed question leaves the lease
+    /// unobserved (the replay then says so), and never stops the capture.
+    async fn observe_leases(&mut self, client: &mut Client, leases: Vec<(i64, i64)>) {
+        for (id, revision) in leases {
+            let asked = tokio::time::timeout(LEASE_QUERY_TIMEOUT, client.lease_time_to_live(id, None)).await;
+            match asked {
+                Ok(Ok(resp)) => self.pending.leases.push(LeaseObservation {
+                    id,
+                    revision,
+                    observed_ms: etcdsnap_storage::clock::now().as_millisecond(),
+                    granted_ttl: resp.granted_ttl(),
+                    remaining_ttl: if resp.ttl() < 0 { -1 } else { resp.ttl() },
+                }),
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = %format!("{id:x}"), error = %e, "cannot ask etcd for a lease's TTL")
+                }
+                Err(_) => tracing::warn!(lease = %format!("{id:x}"), "etcd did not say a lease's TTL in time"),
+            }
+        }
     }
 
     fn push(&mut self, event: PitrEvent, observed_ms: i64) -> Result<(), String> {
@@ -273,9 +394,10 @@ impl ChainWriter {
 
     /// A response without events (a progress notification) at the revision last taken, with
     /// nothing pending, says every change is durable now.
-    fn caught_up(&self, resp: &WatchResponse, observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send)) {
+    fn caught_up(&self, parts: &[WatchResponse], observe: &mut (dyn FnMut(CaptureEvent<'_>) + Send)) {
+        let ([resp], true) = (parts, self.pending.revisions.is_empty()) else { return };
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        if resp.events().is_empty() && !resp.created() && self.pending.revisions.is_empty() && revision == self.taken {
+        if resp.events().is_empty() && !resp.created() && revision == self.taken {
             observe(CaptureEvent::CaughtUp { revision, at_ms: etcdsnap_storage::clock::now().as_millisecond() });
         }
     }
@@ -292,7 +414,10 @@ impl ChainWriter {
             self.opened = None;
             return self.mark_last_broken(broken);
         };
-        let stored = self.pending.to_stored(ZSTD_LEVEL).map_err(|source| self.write_error("segment", source))?;
+        let stored = self
+            .pending
+            .to_stored(ZSTD_LEVEL, self.settings.recipients.as_deref())
+            .map_err(|source| self.write_error("segment", source))?;
         let record = SegmentRecord {
             format: RECORD_FORMAT,
             chain: self.base.name.clone(),
@@ -316,6 +441,7 @@ impl ChainWriter {
         tracing::debug!(chain = %record.chain, first = record.first_revision, last = record.last_revision,
             bytes = record.stored_bytes, "delta segment written");
         (self.pending, self.opened, self.retry_at) = (Segment::default(), None, None);
+        self.leases_seen.clear();
         self.report.last_revision = record.last_revision;
         observe(CaptureEvent::Segment(&record));
         self.report.segments.push(record);
@@ -356,23 +482,28 @@ impl ChainWriter {
     }
 }
 
-/// The newest revision the chain holds without a gap, or why it cannot be continued.
-fn continue_from(base: &Base, records: &[SegmentRecord]) -> Result<i64, CaptureError> {
-    let Some(chain) = etcdsnap_storage::pitr::summarize(records).into_iter().next() else {
-        return Ok(base.revision);
-    };
+/// The newest revision the chain holds without a gap after `durable` (the base's revision, or
+/// a later one known durable elsewhere), or why it cannot be continued.
+fn continue_from(base: &Base, records: &[SegmentRecord], durable: i64) -> Result<i64, CaptureError> {
+    let mut reached = durable.max(base.revision);
     let broken =
-        |reason: String| CaptureError::Broken { chain: base.name.clone(), last_revision: chain.reachable, reason };
-    if chain.base_revision != base.revision {
-        return Err(broken(format!("its records start from revision {}, not {}", chain.base_revision, base.revision)));
+        |last_revision: i64, reason: String| CaptureError::Broken { chain: base.name.clone(), last_revision, reason };
+    if let Some(r) = records.iter().find(|r| r.base_revision != base.revision) {
+        let reason = format!("its records start from revision {}, not {}", r.base_revision, base.revision);
+        return Err(broken(reached, reason));
     }
-    if let Some(reason) = chain.broken {
-        return Err(broken(format!("it was already broken ({reason})")));
+    if let Some(reason) = records.iter().find_map(|r| r.chain_broken.clone()) {
+        return Err(broken(reached, format!("it was already broken ({reason})")));
     }
-    if let Some(gap) = chain.gaps.first() {
-        return Err(broken(format!("revisions {}..{} are missing", gap.after + 1, gap.resumes_at - 1)));
+    let mut later: Vec<&SegmentRecord> = records.iter().filter(|r| r.last_revision > reached).collect();
+    later.sort_by_key(|r| r.first_revision);
+    for r in later {
+        if r.first_revision > reached + 1 {
+            return Err(broken(reached, format!("revisions {}..{} are missing", reached + 1, r.first_revision - 1)));
+        }
+        reached = reached.max(r.last_revision);
     }
-    Ok(chain.reachable)
+    Ok(reached)
 }
 
 #[cfg(test)]
@@ -388,12 +519,13 @@ mod tests {
             mod_revision: revision,
             version: 1,
             lease: 0,
+            prev: PrevState::Absent,
         }
     }
 
     fn writer(dir: &Path) -> ChainWriter {
         let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0 };
-        ChainWriter::new(&base, dir.join(&base.name), CaptureSettings::default()).unwrap()
+        ChainWriter::new(&base, dir.join(&base.name), CaptureSettings::default(), base.revision).unwrap()
     }
 
     fn stored_record(w: &ChainWriter, r: &SegmentRecord) -> SegmentRecord {
@@ -416,8 +548,24 @@ mod tests {
         assert!(again.push(put(14), 2_000).is_err(), "a revision already durable was taken twice");
         again.push(put(15), 2_000).unwrap();
         again.flush(Some("the watch failed".into()), &mut |_| {}).unwrap();
-        let err = ChainWriter::new(&again.base, again.dir.clone(), CaptureSettings::default()).err().unwrap();
+        let err = ChainWriter::new(&again.base, again.dir.clone(), CaptureSettings::default(), 10).err().unwrap();
         assert!(err.to_string().contains("already broken"), "{err}");
+    }
+
+    #[test]
+    fn a_chain_continues_after_the_last_revision_durable_anywhere() {
+        let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0 };
+        let rec = |first, last| crate::pitr::restore::tests::segment(&base.name, 10, first, last, "c1");
+        // Nothing here, revisions up to 50 durable in S3 (another leader's): from 50.
+        assert_eq!(continue_from(&base, &[], 50).unwrap(), 50);
+        // This node's own older records do not hold it back; its newer ones carry it on.
+        assert_eq!(continue_from(&base, &[rec(11, 40)], 50).unwrap(), 50);
+        assert_eq!(continue_from(&base, &[rec(11, 40), rec(51, 60)], 50).unwrap(), 60);
+        assert_eq!(continue_from(&base, &[rec(11, 40), rec(41, 45)], 10).unwrap(), 45);
+        let err = continue_from(&base, &[rec(55, 60)], 50).unwrap_err();
+        assert!(err.to_string().contains("revisions 51..54 are missing"), "{err}");
+        let other = crate::pitr::restore::tests::segment(&base.name, 9, 11, 20, "c1");
+        assert!(continue_from(&base, &[other], 10).is_err(), "a record of another base");
     }
 
     #[test]

@@ -11,10 +11,15 @@ use super::replay::{self, Replay, ReplayError, ReplayReport};
 use crate::restore::{PassError, SnapshotSource, verify_pass};
 use etcdsnap_api::{Compression, KvHash};
 use etcdsnap_storage::SnapshotRecord;
-use etcdsnap_storage::pitr::{ChainSummary, PlanError, ReplayPlan, SegmentRecord, Target, local, plan, summarize};
+use etcdsnap_storage::pitr::{
+    ChainSummary, ObservedBy, PlanError, ReplayPlan, Segment, SegmentRecord, Target, local, plan, segments_spanning,
+    summarize,
+};
+use etcdsnap_storage::seal::Identity;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::{SnapshotStore, StoreError};
-use std::collections::BTreeSet;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,7 +32,7 @@ pub enum PitrError {
     #[error("no snapshot of cluster {0} in this snapshot directory")]
     NoSuchCluster(String),
     #[error(
-        "snapshots of several etcd clusters ({}) can reach this target: choose one with --cluster-id",
+        "snapshots of several etcd clusters ({}) can reach this target: choose one with --etcd-cluster-id",
         .0.join(", ")
     )]
     Ambiguous(Vec<String>),
@@ -59,13 +64,21 @@ pub struct PitrPlan {
     pub warnings: Vec<String>,
 }
 
-/// Plans a roll forward to `target` from the snapshots in `store` and the chains beside it.
-pub async fn plan_local(store: &LocalStore, target: Target, cluster: Option<&str>) -> Result<PitrPlan, PitrError> {
+/// Plans a roll forward to `target` from the snapshots in `store` and the chains beside it
+/// (`identity` opens sealed segments, read when a time target falls inside one).
+pub async fn plan_local(
+    store: &LocalStore,
+    target: Target,
+    cluster: Option<&str>,
+    identity: Option<&Identity>,
+) -> Result<PitrPlan, PitrError> {
     let listing = store.list().await?;
     let deltas_dir = local::dir_beside(store.dir());
     let (records, mut warnings) = local::read_all(&deltas_dir);
     warnings.extend(listing.warnings);
-    finish_plan(listing.records, records, warnings, deltas_dir, target, cluster)
+    let dir = deltas_dir.clone();
+    let mut observed_by = move |r: &SegmentRecord, ms: i64| replay::last_observed_by(&dir, r, ms, identity);
+    finish_plan(listing.records, records, warnings, deltas_dir, target, cluster, &mut observed_by)
 }
 
 /// The largest record and segment objects downloaded from S3.
@@ -79,6 +92,7 @@ pub async fn plan_s3(
     store: &Arc<dyn SnapshotStore>,
     target: Target,
     cluster: Option<&str>,
+    identity: Option<&Identity>,
 ) -> Result<PitrPlan, PitrError> {
     let s3 = store.as_s3().ok_or_else(|| PitrError::Download("the store is not S3".into()))?;
     let listing = store.list().await?;
@@ -99,7 +113,41 @@ pub async fn plan_s3(
             Err(e) => warnings.push(format!("delta record {}/{}: {e}", o.chain, o.file)),
         }
     }
-    finish_plan(listing.records, records, warnings, PathBuf::new(), target, cluster)
+    // A time target inside a segment is mapped to a revision by the segment's own times.
+    let mut spanning = HashMap::new();
+    if let Target::Time(ms) = target {
+        for r in segments_spanning(&records, ms) {
+            let bytes = s3.get_pitr_object(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
+            spanning.insert((r.chain.clone(), r.segment_name()), bytes);
+        }
+    }
+    let mut observed_by = |r: &SegmentRecord, ms: i64| {
+        let name = format!("{}/{}", r.chain, r.segment_name());
+        let stored =
+            spanning.get(&(r.chain.clone(), r.segment_name())).ok_or_else(|| format!("{name}: not downloaded"))?;
+        observed_in(&name, stored, r, ms, identity)
+    };
+    finish_plan(listing.records, records, warnings, PathBuf::new(), target, cluster, &mut observed_by)
+}
+
+/// The last revision of a stored segment observed at or before `ms`, once its bytes match its
+/// record (opened with `identity` when sealed).
+fn observed_in(
+    name: &str,
+    stored: &[u8],
+    record: &SegmentRecord,
+    ms: i64,
+    identity: Option<&Identity>,
+) -> Result<Option<i64>, String> {
+    let found = hex::encode(Sha256::digest(stored));
+    if !found.eq_ignore_ascii_case(&record.sha256) {
+        return Err(format!(
+            "delta segment {name} is damaged: its sha256 is {found}, its record says {}",
+            record.sha256
+        ));
+    }
+    let segment = Segment::from_stored(name, stored, SEGMENT_LIMIT as usize, identity).map_err(|e| e.to_string())?;
+    Ok(segment.last_revision_observed_by(ms))
 }
 
 /// Downloads the plan's segments from S3 into `dir/<chain>/` (a private directory), where the
@@ -126,14 +174,16 @@ fn finish_plan(
     deltas_dir: PathBuf,
     target: Target,
     cluster: Option<&str>,
+    observed_by: &mut ObservedBy<'_>,
 ) -> Result<PitrPlan, PitrError> {
-    let (cluster_id, replay) = choose_cluster(&snapshots, &records, target, cluster)?;
+    let (cluster_id, replay) = choose_cluster(&snapshots, &records, target, cluster, observed_by)?;
     let base = snapshots.iter().find(|r| r.name.as_str() == replay.base.name).cloned();
     let Some(base) = base else {
         return Err(PlanError::NoBase(replay.base.name.clone()).into());
     };
     let used: BTreeSet<&str> = replay.segments.iter().map(|s| s.chain.as_str()).collect();
     let chains = summarize(&records).into_iter().filter(|c| used.contains(c.chain.as_str())).collect();
+    // Only a snapshot taken exactly at the revision the replay ends at can vouch for it.
     let expected_hash = snapshots
         .iter()
         .filter_map(|r| r.etcd.as_ref().filter(|_| r.is_ready()))
@@ -149,6 +199,7 @@ fn choose_cluster(
     segments: &[SegmentRecord],
     target: Target,
     wanted: Option<&str>,
+    observed_by: &mut ObservedBy<'_>,
 ) -> Result<(Option<String>, ReplayPlan), PitrError> {
     let cluster_of = |r: &SnapshotRecord| r.etcd.as_ref().map(|e| e.cluster_id.clone());
     let mut clusters: BTreeSet<Option<String>> = snapshots.iter().filter(|r| r.is_ready()).map(cluster_of).collect();
@@ -167,7 +218,7 @@ fn choose_cluster(
             .filter(|s| s.cluster_id.is_none() || cluster.is_none() || s.cluster_id == cluster)
             .cloned()
             .collect();
-        match plan(&bases, &own, target) {
+        match plan(&bases, &own, target, observed_by) {
             Ok(p) => reached.push((cluster, p)),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -191,12 +242,14 @@ fn describe(target: Target) -> String {
 }
 
 /// The binaries and the private directory a roll forward uses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RollForward<'a> {
     pub plan: &'a PitrPlan,
     pub target: Target,
     /// The base snapshot (as resolved for its pre-flight report).
     pub base: &'a SnapshotSource,
+    /// Opens a sealed base.
+    pub identity: Option<std::sync::Arc<etcdsnap_storage::seal::Identity>>,
     pub etcdutl: &'a Path,
     pub etcd: &'a Path,
     /// A private, empty directory; the result is written in it.
@@ -212,13 +265,15 @@ pub struct RolledForward {
 
 /// Replays the plan in a private etcd and saves the result as `work/<name>`.
 pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrError> {
-    let base_file = match (r.base.compression, r.base.path()) {
-        (Compression::None, Some(path)) => path.to_path_buf(),
+    let base_file = match (r.base.compression, r.base.path(), r.base.sealed) {
+        (Compression::None, Some(path), false) => path.to_path_buf(),
         _ => {
-            // Compressed or remote: decompressed once, checked on the way.
+            // Compressed, sealed or remote: opened and decompressed once, checked on the way.
             let out = r.work.join("base.db");
             let name = r.base.record.name.to_string();
-            verify_pass(r.base, Some(out.clone()), None).await.map_err(|source| PitrError::Base { name, source })?;
+            verify_pass(r.base, r.identity.clone(), Some(out.clone()), None)
+                .await
+                .map_err(|source| PitrError::Base { name, source })?;
             out
         }
     };
@@ -236,6 +291,7 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
         work: &replay_dir,
         expected_hash: r.plan.expected_hash,
         save_to: Some(&snapshot),
+        identity: r.identity.clone(),
     })
     .await?;
     Ok(RolledForward { snapshot, report })
@@ -243,7 +299,8 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
 
 /// The rolled-forward snapshot's file name: a snapshot name saying what it is.
 fn rolled_name(base: &str, target: Target, stop_at: i64) -> String {
-    // The result is an uncompressed database, whatever the base was.
+    // The result is an uncompressed, unsealed database, whatever the base was.
+    let base = base.strip_suffix(etcdsnap_api::seal::SEALED_EXTENSION).unwrap_or(base);
     let base = base.strip_suffix(".zst").or_else(|| base.strip_suffix(".zip")).unwrap_or(base);
     match target {
         Target::Revision(_) => format!("{base}-rolled-to-{stop_at}"),
@@ -273,7 +330,7 @@ pub(crate) mod tests {
         r
     }
 
-    fn segment(chain: &str, base: i64, first: i64, last: i64, cluster: &str) -> SegmentRecord {
+    pub(crate) fn segment(chain: &str, base: i64, first: i64, last: i64, cluster: &str) -> SegmentRecord {
         SegmentRecord {
             format: etcdsnap_storage::pitr::record::RECORD_FORMAT,
             chain: chain.into(),
@@ -291,6 +348,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// Revision targets never read a segment's times.
+    fn unread(_: &SegmentRecord, _: i64) -> Result<Option<i64>, String> {
+        Err("a revision target read a segment".into())
+    }
+
     #[test]
     fn two_clusters_in_one_directory_never_mix() {
         // Cluster c1's chain reaches 200; cluster c2's snapshot is newer but its segments
@@ -300,19 +362,19 @@ pub(crate) mod tests {
             segment("etcd-snapshot-node-a-100", 50, 51, 200, "c1"),
             segment("etcd-snapshot-node-a-110", 120, 121, 150, "c2"),
         ];
-        let (cluster, p) = choose_cluster(&snapshots, &segments, Target::Revision(180), None).unwrap();
+        let (cluster, p) = choose_cluster(&snapshots, &segments, Target::Revision(180), None, &mut unread).unwrap();
         assert_eq!((cluster.as_deref(), p.base.name.as_str()), (Some("c1"), "etcd-snapshot-node-a-100"));
         // Both reach 140: the operator must choose.
-        let err = choose_cluster(&snapshots, &segments, Target::Revision(140), None).unwrap_err();
+        let err = choose_cluster(&snapshots, &segments, Target::Revision(140), None, &mut unread).unwrap_err();
         assert!(matches!(err, PitrError::Ambiguous(ref c) if c.len() == 2), "{err}");
-        let (_, p) = choose_cluster(&snapshots, &segments, Target::Revision(140), Some("c2")).unwrap();
+        let (_, p) = choose_cluster(&snapshots, &segments, Target::Revision(140), Some("c2"), &mut unread).unwrap();
         assert_eq!(p.base.name, "etcd-snapshot-node-a-110");
         assert!(matches!(
-            choose_cluster(&snapshots, &segments, Target::Revision(140), Some("c3")),
+            choose_cluster(&snapshots, &segments, Target::Revision(140), Some("c3"), &mut unread),
             Err(PitrError::NoSuchCluster(_))
         ));
         // Past every chain: the reason names what is missing.
-        let err = choose_cluster(&snapshots, &segments, Target::Revision(500), None).unwrap_err();
+        let err = choose_cluster(&snapshots, &segments, Target::Revision(500), None, &mut unread).unwrap_err();
         assert!(err.to_string().contains("not captured yet"), "{err}");
     }
 

@@ -162,7 +162,9 @@ pub fn start(
     let spawn_err = |source| EtcdutlError::Spawn { path: bin.to_path_buf(), source };
     let out = std::fs::File::create(log).map_err(spawn_err)?;
     let err = out.try_clone().map_err(spawn_err)?;
-    tracing::info!(etcdutl = %bin.display(), snapshot = %snapshot.display(), data_dir = %data_dir.display(), member = %member.name, "running etcdutl snapshot restore");
+    // Debug only: for a local file it starts while the bytes are still checked, and its result
+    // is discarded when a check fails.
+    tracing::debug!(etcdutl = %bin.display(), snapshot = %snapshot.display(), data_dir = %data_dir.display(), member = %member.name, "etcdutl snapshot restore started");
     let child = tokio::process::Command::new(bin)
         .args(restore_args(snapshot, data_dir, member))
         .stdin(Stdio::null())

@@ -2,6 +2,9 @@
 //! one to ask what a cluster restored from the snapshot would hold, point-in-time replays roll
 //! one forward. It is a one-member cluster of its own (its own name and cluster token), on ports
 //! the system chose, so it can never join or be mistaken for the live cluster.
+//!
+//! A replay raises the request limits etcd starts with ([`RequestLimits`]): a revision the live
+//! etcd accepted must be replayable as one transaction, however many keys it changed.
 
 use super::etcdutl::{self, EtcdutlError, MemberSettings};
 use etcdsnap_storage::etcd::{EtcdConfig, EtcdMember, MemberStatus};
@@ -13,6 +16,29 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a clean stop may take before the etcd is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How large a transaction the private etcd accepts (`--max-txn-ops`, `--max-request-bytes`).
+/// etcd's defaults are 128 operations and 1.5 MiB; one revision of a real cluster can hold more
+/// (a range delete of 300 keys, the expiry of a lease holding a minute of Events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    /// etcd's own defaults.
+    fn default() -> Self {
+        RequestLimits { max_txn_ops: 128, max_request_bytes: 1536 * 1024 }
+    }
+}
+
+impl RequestLimits {
+    /// The flags that set them.
+    pub fn args(&self) -> [String; 2] {
+        [format!("--max-txn-ops={}", self.max_txn_ops), format!("--max-request-bytes={}", self.max_request_bytes)]
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopbackError {
@@ -123,7 +149,7 @@ async fn wait_serving(url: &str, log: &Path) -> Result<(EtcdMember, MemberStatus
     // Until the port accepts connections there is nobody to ask (and nothing worth a warning).
     let addr = url.trim_start_matches("http://").to_string();
     while tokio::net::TcpStream::connect(&addr).await.is_err() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     loop {
         match config.connect_member().await {

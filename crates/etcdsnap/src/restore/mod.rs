@@ -23,6 +23,7 @@ pub mod etcdutl;
 pub mod holders;
 pub mod loopback;
 pub mod preflight;
+pub mod prepare;
 pub mod source;
 pub mod space;
 pub mod swap;
@@ -33,11 +34,13 @@ pub use source::{SnapshotSource, SourceError, SourceKind};
 pub use swap::{Installed, SwapError, TargetState};
 
 use etcdsnap_storage::pipeline::Progress;
-use etcdsnap_storage::pipeline::verify::{ReadRevision, StoredCheck, VerifyError, verify_copy, verify_reader};
+use etcdsnap_storage::pipeline::verify::{ReadRevision, StoredCheck, Unseal, VerifyError, verify_copy, verify_reader};
+use etcdsnap_storage::seal::{Identity, OpenKeys};
 use std::ffi::OsString;
 use std::io::{BufWriter, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swap::Target;
 
@@ -62,6 +65,11 @@ pub struct RestoreRequest {
     pub ignore_token_mismatch: bool,
     /// Check and report only; touch nothing.
     pub dry_run: bool,
+    /// The identity that opens a sealed snapshot (and its kit), the key its record's signature
+    /// must verify with.
+    pub keys: OpenKeys,
+    /// This host's EncryptionConfiguration, to compare with the one recorded.
+    pub encryption_config: Option<PathBuf>,
 }
 
 /// How a restore ended, when it did not fail outright.
@@ -107,8 +115,15 @@ pub async fn restore(
             f(r);
         }
     };
+    let mut source = req.source.clone();
+    let sealing =
+        preflight::gather_sealing(&mut source, &req.keys, req.token.is_some(), req.encryption_config.as_deref()).await;
+    let source = &source;
+    let identity = &req.keys.identity;
     let plan = preflight::plan(preflight::PlanInput {
-        source: &req.source,
+        source,
+        keys: &req.keys,
+        sealing: &sealing,
         data_dir: &req.data_dir,
         member: &req.member,
         etcdutl: req.etcdutl.as_deref(),
@@ -123,7 +138,7 @@ pub async fn restore(
     let version = etcdutl_version(plan.etcdutl.as_deref());
 
     if req.dry_run {
-        let (result, version) = tokio::join!(verify_pass(&req.source, None, progress), version);
+        let (result, version) = tokio::join!(verify_pass(source, identity.clone(), None, progress), version);
         preflight::add_etcdutl(&mut report, version);
         preflight::add_integrity(&mut report, result.map_err(|e| e.to_string()));
         emit(&report);
@@ -147,7 +162,7 @@ pub async fn restore(
         }
     };
     let staged = work.data_dir();
-    let in_place = req.source.path().filter(|_| !plan.materialise).map(Path::to_path_buf);
+    let in_place = source.path().filter(|_| !plan.materialise).map(Path::to_path_buf);
     let (result, version, running) = match &in_place {
         Some(path) => {
             // etcdutl builds into the private working directory while the bytes are checked;
@@ -161,11 +176,11 @@ pub async fn restore(
                     return Err(e.into());
                 }
             };
-            let (result, version) = tokio::join!(verify_pass(&req.source, None, progress), version);
+            let (result, version) = tokio::join!(verify_pass(source, identity.clone(), None, progress), version);
             (result, version, Some(running))
         }
         None => {
-            let pass = verify_pass(&req.source, Some(work.snapshot_path()), progress);
+            let pass = verify_pass(source, identity.clone(), Some(work.snapshot_path()), progress);
             let (result, version) = tokio::join!(pass, version);
             (result, version, None)
         }
@@ -190,7 +205,7 @@ pub async fn restore(
     }
     let installed = target.install(&staged, now_unix)?;
     drop(work);
-    tracing::info!(data_dir = %installed.data_dir.display(), snapshot = %req.source.record.name, "restored");
+    tracing::info!(data_dir = %installed.data_dir.display(), snapshot = %source.record.name, "restored");
     Ok(RestoreOutcome::Restored { report, installed, duration: started.elapsed() })
 }
 
@@ -249,10 +264,12 @@ pub enum PassError {
     Worker(String),
 }
 
-/// Reads the snapshot once: hashes it, checks etcd's trailer after decompression, and writes
-/// the decompressed bytes to `out` (a new 0600 file) when given.
+/// Reads the snapshot once: hashes it, opens it with `identity` when it is sealed, checks
+/// etcd's trailer after decompression, and writes the decompressed bytes to `out` (a new 0600
+/// file) when given. A sealed snapshot read without an identity is only hashed.
 pub(crate) async fn verify_pass(
     source: &SnapshotSource,
+    identity: Option<Arc<Identity>>,
     out: Option<PathBuf>,
     progress: Option<Progress>,
 ) -> Result<StoredCheck, PassError> {
@@ -268,9 +285,11 @@ pub(crate) async fn verify_pass(
         _ => ReadRevision::No,
     };
     let reader = Counting { inner: reader, progress };
+    let sealed = source.sealed;
     tokio::task::spawn_blocking(move || -> Result<StoredCheck, PassError> {
+        let unseal = Unseal::for_sealed(sealed, identity.as_deref());
         let Some(path) = out else {
-            return Ok(verify_reader(reader, compression, read_revision)?);
+            return Ok(verify_reader(reader, compression, unseal, read_revision)?);
         };
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -278,7 +297,8 @@ pub(crate) async fn verify_pass(
             .mode(0o600)
             .open(&path)
             .map_err(|source| PassError::Create { path: path.clone(), source })?;
-        let (check, _) = verify_copy(reader, compression, BufWriter::with_capacity(WRITE_BUF, file), read_revision)?;
+        let out = BufWriter::with_capacity(WRITE_BUF, file);
+        let (check, _) = verify_copy(reader, compression, unseal, out, read_revision)?;
         Ok(check)
     })
     .await

@@ -5,10 +5,9 @@
 //! Files are read in place (etcdutl can read a plain snapshot directly, with no copy); snapshots
 //! in a store are streamed through [`SnapshotStore::open`], so S3 needs nothing but a store.
 
-use etcdsnap_api::consts::METADATA_DIR;
 use etcdsnap_api::{Compression, NameError, SnapshotName, StorageKind};
 use etcdsnap_storage::record::SnapshotRecord;
-use etcdsnap_storage::store::local::{LocalStore, read_metadata};
+use etcdsnap_storage::store::local::{Layout, LocalStore, read_metadata};
 use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use serde::Serialize;
 use std::fs::File;
@@ -83,6 +82,8 @@ pub struct SnapshotSource {
     pub record: SnapshotRecord,
     /// How the bytes are compressed (from the content when it disagrees with the name).
     pub compression: Compression,
+    /// Whether the bytes are sealed with age (from the name, or the content).
+    pub sealed: bool,
     /// Size recorded in the metadata document, to compare with what is there now.
     pub recorded_size: Option<u64>,
     /// Things worth saying that do not stop the restore (unreadable metadata, odd names).
@@ -90,6 +91,8 @@ pub struct SnapshotSource {
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// How every age file begins (`age-encryption.org/v1`), as far as the sniffed header goes.
+const AGE_MAGIC: [u8; 4] = *b"age-";
 const ZIP_MAGIC: [u8; 4] = *b"PK\x03\x04";
 
 /// Compression recognised from the first bytes; None for anything else (an etcd database).
@@ -104,9 +107,10 @@ pub fn sniff(header: &[u8]) -> Option<Compression> {
 }
 
 impl SnapshotSource {
-    /// A snapshot file given by path. Its metadata document is looked for where etcdsnap and
-    /// K3s keep it (`<dir>/../.metadata/<name>`); without one the restore still works, with
-    /// fewer checks.
+    /// A snapshot file given by path. Its record and K3s's metadata are looked for where
+    /// etcdsnap and K3s keep them beside its directory ([`Layout`]: etcdsnap's records of that
+    /// directory, K3s's `<dir>/../.metadata/<name>`); without a record the restore still works,
+    /// with fewer checks.
     pub fn from_path(path: &Path) -> Result<SnapshotSource, SourceError> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
@@ -132,19 +136,20 @@ impl SnapshotSource {
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name =
             SnapshotName::parse(&file_name).map_err(|source| SourceError::BadName { path: path.clone(), source })?;
-        let metadata_dir = path.parent().and_then(Path::parent).map(|p| p.join(METADATA_DIR));
+        let layout = path.parent().map(Layout::of);
         let mut source = SnapshotSource {
             kind: SourceKind::File,
             origin: Origin::Path(path.clone()),
             compression: name.compression(),
+            sealed: name.is_sealed() || header[..read].starts_with(&AGE_MAGIC),
             record: file_record(name, &path, &meta),
             recorded_size: None,
             notes: Vec::new(),
         };
-        if let Some(dir) = metadata_dir {
-            source.apply_metadata(&dir);
+        if let Some(layout) = layout {
+            source.apply_metadata(&layout);
         }
-        if let Some(found) = sniff(&header[..read])
+        if let Some(found) = sniff(&header[..read]).filter(|_| !source.sealed)
             && found != source.compression
         {
             source.notes.push(format!(
@@ -201,6 +206,7 @@ impl SnapshotSource {
         Ok(SnapshotSource {
             kind,
             compression: record.name.compression(),
+            sealed: record.name.is_sealed(),
             recorded_size: None,
             record,
             origin: Origin::Store(store),
@@ -213,6 +219,18 @@ impl SnapshotSource {
         match &self.origin {
             Origin::Store(store) => Some(store),
             Origin::Path(_) => None,
+        }
+    }
+
+    /// Where the snapshot's record, signature and kit are kept: its store, or for a file given
+    /// by path the records etcdsnap keeps beside its directory.
+    pub fn companions(&self) -> Result<Arc<dyn SnapshotStore>, SourceError> {
+        match &self.origin {
+            Origin::Store(store) => Ok(store.clone()),
+            Origin::Path(path) => {
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                Ok(Arc::new(LocalStore::open(dir, false, &self.record.node_name)?))
+            }
         }
     }
 
@@ -242,8 +260,8 @@ impl SnapshotSource {
     }
 
     /// The record and K3s's metadata found where etcdsnap and K3s keep them.
-    fn apply_metadata(&mut self, metadata_dir: &Path) {
-        let found = read_metadata(metadata_dir, &self.record.name);
+    fn apply_metadata(&mut self, layout: &Layout) {
+        let found = read_metadata(layout, &self.record.name);
         self.recorded_size = found.record.as_ref().map(|d| d.size);
         found.apply_to(&mut self.record, &mut self.notes);
         // What the file system says stays authoritative for the record itself.
@@ -307,13 +325,19 @@ mod tests {
         record.size = 99;
         record.token_hash = TokenHash::parse_recorded("652c7dc687d9");
         record.etcd = Some(EtcdInfo { revision: 7, version: "3.6.16".into(), ..Default::default() });
-        // An earlier release's record at `.metadata/<name>`, then today's beside K3s's metadata.
+        // An earlier release's record at `.metadata/<name>`, then one beside K3s's metadata, then
+        // today's in the snapshot directory's own records: each is found.
         write(&dir.path().join(".metadata/on-demand-n1-1700000000"), &record.to_document().to_json());
         let old = SnapshotSource::from_path(&snap).unwrap();
         assert_eq!(old.record.metadata_source, MetadataSource::Document);
         assert_eq!(old.recorded_size, Some(99));
         write(&dir.path().join(".metadata/on-demand-n1-1700000000"), br#"{"rancher":"x"}"#);
-        write(&dir.path().join(".metadata/on-demand-n1-1700000000.etcdsnap.json"), &record.to_document().to_json());
+        let legacy = dir.path().join(".metadata/on-demand-n1-1700000000.etcdsnap.json");
+        write(&legacy, &record.to_document().to_json());
+        assert_eq!(SnapshotSource::from_path(&snap).unwrap().recorded_size, Some(99));
+        std::fs::remove_file(&legacy).unwrap();
+        let records = dir.path().join(".etcdsnap/dirs/snapshots/records");
+        write(&records.join("on-demand-n1-1700000000.etcdsnap.json"), &record.to_document().to_json());
         let full = SnapshotSource::from_path(&snap).unwrap();
         assert_eq!(full.record.metadata_source, MetadataSource::Document);
         assert_eq!(full.record.node_name, "n1");

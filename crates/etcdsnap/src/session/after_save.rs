@@ -75,6 +75,13 @@ impl Session {
             let started = Instant::now();
             let pruned = ops::prune(ctx, options).await;
             observer.pruned(&pruned, started.elapsed());
+            for plan in &pruned.plans {
+                for name in
+                    plan.removed.iter().filter(|n| pruned.deleted.iter().any(|(k, d)| *k == plan.storage && d == *n))
+                {
+                    tracing::info!(snapshot = %name, store = %plan.store, rule = %plan.rule, "removed by retention");
+                }
+            }
             for e in &pruned.errors {
                 tracing::warn!(error = %e, "retention");
             }
@@ -106,7 +113,7 @@ async fn verify_local(ctx: &Context, saved: &SaveReport) -> Option<VerifyResult>
     let (Some(local), Some(record)) = (&ctx.local, saved.ready_in(StorageKind::Local)) else {
         return None;
     };
-    let result = ops::verify_record(local, record, None).await;
+    let result = ops::verify_record(local, record, &ctx.keys, None).await;
     if !result.ok() {
         tracing::error!(snapshot = %record.name, problems = %result.problems.join("; "), "a snapshot just written does not verify");
     }

@@ -1,14 +1,16 @@
 //! A K3s reader, written from K3s's listing rules (docs: k3s-compat.md sections 1.6, 5.1 and
 //! 5.2), not from K3s's code: it sees the snapshot directory and the S3 folder the way a K3s
-//! server's reconcile would, and names the resources K3s would create for what it finds.
+//! server's reconcile would, and names the resources K3s would create for what it finds. RKE2
+//! reads the same way under its own names ([`list_s3_as`]).
 //!
 //! - Local: every regular file under the snapshot directory, recursively, is a snapshot; its
 //!   metadata is `<dir>/../.metadata/<basename>`, decoded as a string map.
 //! - S3: every non-empty object under the folder *prefix* (no trailing slash, recursive) whose
 //!   parent directory is not `.metadata` is a snapshot; a `.metadata/<basename>` object is the
-//!   metadata of the snapshot with that basename; the uploader is the `k3s-node-name` metadata.
+//!   metadata of the snapshot with that basename; the uploader is the `k3s-node-name` metadata
+//!   (`rke2-node-name` for RKE2: a server reads its own program's key only).
 
-use etcdsnap_api::{CrNameInput, StorageKind, cr_name};
+use etcdsnap_api::{CrNameInput, Program, StorageKind, cr_name};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -72,6 +74,16 @@ pub fn list_local(dir: &Path, node: &str) -> Result<Vec<K3sSnapshot>, String> {
 
 /// What K3s's reconcile finds in `folder` of `bucket`.
 pub async fn list_s3(s3: &testenv::S3Server, bucket: &str, folder: &str) -> Result<Vec<K3sSnapshot>, String> {
+    list_s3_as(s3, bucket, folder, Program::K3s).await
+}
+
+/// What the reconcile of a `program` server finds in `folder` of `bucket`.
+pub async fn list_s3_as(
+    s3: &testenv::S3Server,
+    bucket: &str,
+    folder: &str,
+    program: Program,
+) -> Result<Vec<K3sSnapshot>, String> {
     let keys = s3.list_keys(bucket, folder).await.map_err(|e| e.to_string())?;
     let parent_is_metadata =
         |key: &str| key.rsplit_once('/').and_then(|(dir, _)| dir.rsplit('/').next()) == Some(".metadata");
@@ -94,7 +106,7 @@ pub async fn list_s3(s3: &testenv::S3Server, bucket: &str, folder: &str) -> Resu
             continue;
         }
         let name = basename(&key);
-        let node = header("x-amz-meta-k3s-node-name").unwrap_or_default();
+        let node = header(&format!("x-amz-meta-{}-node-name", program.name())).unwrap_or_default();
         let location = format!("s3://{bucket}/{key}");
         let metadata = match metadata_keys.get(&name) {
             Some(meta_key) => {

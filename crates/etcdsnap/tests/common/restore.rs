@@ -14,7 +14,7 @@ use super::s;
 pub fn restore_args(source: &[&str], data_dir: &Path, peer_port: u16, etcdutl: &Path) -> Vec<String> {
     let mut args = vec!["restore".to_string()];
     args.extend(source.iter().map(|a| a.to_string()));
-    args.extend(["--data-dir".into(), s(data_dir), "--name".into(), "m0".into()]);
+    args.extend(["--data-dir".into(), s(data_dir), "--member-name".into(), "m0".into()]);
     args.extend(["--initial-advertise-peer-urls".into(), format!("http://127.0.0.1:{peer_port}")]);
     args.extend(["--etcdutl".into(), s(etcdutl)]);
     args
@@ -30,4 +30,29 @@ pub async fn revision(client: &mut Client) -> i64 {
 pub async fn hash_kv(client: &mut Client, rev: i64) -> KvHash {
     let resp = client.hash_kv(rev).await.expect("etcd answers HashKV");
     KvHash { hash: resp.hash(), compact_revision: resp.compact_version() }
+}
+
+/// A real etcd of `version` (a minor such as `"3.7"`) serving the snapshot file `db`, restored
+/// with that minor's etcdutl as member `m0`; the directory holding its data goes with it.
+pub async fn serve_snapshot(db: &Path, version: &str) -> (tempfile::TempDir, testenv::Etcd) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let peer = testenv::free_port().expect("a free port");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let etcdutl = testenv::testbin_version("etcdutl", version).expect("etcdutl of that minor");
+    let out = tokio::process::Command::new(etcdutl)
+        .args(["snapshot", "restore"])
+        .arg(db)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "m0", "--initial-cluster", &format!("m0={peer_url}")])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .output()
+        .await
+        .expect("etcdutl runs");
+    assert!(out.status.success(), "etcdutl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
+    let etcd = testenv::Etcd::start_on_data_dir_version(&data, "m0", peer, Some(version))
+        .await
+        .expect("etcd serves the restored snapshot");
+    (dir, etcd)
 }

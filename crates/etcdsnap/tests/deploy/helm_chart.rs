@@ -3,7 +3,10 @@
 //! bad values, and the real kube-apiserver accepts every object it renders, for each preset.
 //! helm and kubectl are the pinned test binaries (`make testbins`).
 
-use etcdsnap_api::consts::{LEGACY_CONFIGMAP, PRIVATE_DIR, SYSTEM_NAMESPACE};
+use etcdsnap_api::consts::{PRIVATE_DIR, SYSTEM_NAMESPACE};
+
+/// K3s's legacy ConfigMap (the kubeadm preset writes K3s's names).
+const LEGACY_CONFIGMAP: &str = "k3s-etcd-snapshots";
 use etcdsnap_storage::store::s3::settings::S3Key;
 use serde::Deserialize;
 use serde_norway::Value;
@@ -170,6 +173,12 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
                 "deltas.enabled=true",
                 "deltas.interval=5s",
                 "deltas.maxBytes=4MiB",
+                "sealing.recipients.existingSecret=etcdsnap-recipients",
+                "sealing.signingKey.existingSecret=etcdsnap-signing",
+                "sealing.identity.existingSecret=etcdsnap-identity",
+                "sealing.verifyKey.existingSecret=etcdsnap-verify",
+                "sealing.kitFiles[0]=/etc/kubernetes/pki/etcd",
+                "sealing.encryptionConfig=/etc/kubernetes/encryption-config.yaml",
             ],
         ));
     }
@@ -337,6 +346,9 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
     if let Some(token) = flag(&args, "token-file") {
         used.push((token.to_string(), false));
     }
+    for sealing in ["encrypt-to-file", "sign-key", "decrypt-identity", "verify-key", "kit-file", "encryption-config"] {
+        used.extend(flag(&args, sealing).map(|p| (p.to_string(), false)));
+    }
     used.extend(expected.writable.iter().map(|p| (p.clone(), true)));
     for (path, writes) in &used {
         let m = mount_of(&mounts, path).unwrap_or_else(|| panic!("{case}: {path} is not mounted"));
@@ -354,8 +366,14 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
             assert!(used.iter().any(|(p, _)| p == host), "{case}: hostPath {host} is not one the agent uses");
         } else {
             let source = m.volume.as_mapping().map(|v| v.keys().filter_map(Value::as_str).collect::<Vec<_>>());
+            // 0400 in the chart: YAML 1.1 (the API server's) reads it as octal, YAML 1.2 as decimal.
+            let secret = |v: &Value| {
+                let mode = &v["secret"]["defaultMode"];
+                matches!(mode.as_u64(), Some(0o400 | 400)) || mode.as_str() == Some("0400")
+            };
             let ok = (m.path == "/tmp" && !m.volume["emptyDir"].is_null())
-                || (token_secret && m.path == "/etc/etcdsnap/token" && !m.volume["secret"].is_null());
+                || (token_secret && m.path == "/etc/etcdsnap/token" && !m.volume["secret"].is_null())
+                || (m.path.starts_with("/etc/etcdsnap/sealing/") && secret(&m.volume));
             assert!(ok, "{case}: unexpected volume at {}: {source:?}", m.path);
         }
     }
@@ -396,6 +414,18 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
         assert_eq!(flag(&args, "drill-etcd"), Some("/usr/local/bin/etcd"), "{case}");
         assert_eq!(flag(&args, "zstd-level"), Some("9"), "{case}: extraArgs");
         assert!(args.iter().any(|a| a == "--deltas"), "{case}");
+        // Sealing: each key from its Secret, the kit's files from the host.
+        let sealing = [
+            ("encrypt-to-file", "/etc/etcdsnap/sealing/recipients/recipients.txt"),
+            ("sign-key", "/etc/etcdsnap/sealing/signing-key/sign.key"),
+            ("decrypt-identity", "/etc/etcdsnap/sealing/identity/identity.txt"),
+            ("verify-key", "/etc/etcdsnap/sealing/verify-key/sign.pub"),
+            ("kit-file", "/etc/kubernetes/pki/etcd"),
+            ("encryption-config", "/etc/kubernetes/encryption-config.yaml"),
+        ];
+        for (name, value) in sealing {
+            assert_eq!(flag(&args, name), Some(value), "{case}: --{name}");
+        }
         assert_eq!(
             (flag(&args, "delta-interval"), flag(&args, "delta-max-bytes")),
             (Some("5s"), Some("4MiB")),
@@ -406,17 +436,27 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
         assert_eq!(flag(&args, "schedule"), Some("0 */12 * * *"), "{case}");
         assert_eq!(flag(&args, "s3-retention"), None, "{case}");
         assert!(!args.iter().any(|a| a.starts_with("--delta")), "{case}: deltas are off by default");
+        for name in ["encrypt-to-file", "sign-key", "decrypt-identity", "verify-key", "kit-file"] {
+            assert_eq!(flag(&args, name), None, "{case}: sealing is off by default");
+        }
     }
     let s3 = has(sets, "s3.enabled=true");
     assert_eq!(args.iter().any(|a| a == "--s3"), s3, "{case}");
     let secret = if has(sets, "s3.existingSecret=my-s3") { "my-s3" } else { "etcdsnap-s3-config" };
     assert_eq!(flag(&args, "s3-config-secret"), s3.then_some(secret), "{case}");
-    let extra = if has(sets, "extraMetadataConfigMap=my-extra-metadata") {
-        "my-extra-metadata"
-    } else {
-        "k3s-etcd-snapshot-extra-metadata"
+    // The rke2 preset writes RKE2's names and reads the ConfigMap Rancher writes on RKE2.
+    let program = program_of(sets);
+    assert_eq!(flag(&args, "program"), Some(program), "{case}");
+    let extra = match has(sets, "extraMetadataConfigMap=my-extra-metadata") {
+        true => "my-extra-metadata".to_string(),
+        false => format!("{program}-etcd-snapshot-extra-metadata"),
     };
-    assert_eq!(flag(&args, "extra-metadata-configmap"), Some(extra), "{case}");
+    assert_eq!(flag(&args, "extra-metadata-configmap"), Some(extra.as_str()), "{case}");
+}
+
+/// The program whose names a preset writes: RKE2's on rke2, K3s's otherwise.
+fn program_of(sets: &[&str]) -> &'static str {
+    if preset_of(sets) == "rke2" { "rke2" } else { "k3s" }
 }
 
 #[test]
@@ -459,9 +499,20 @@ fn the_crd_is_deploys_with_the_keep_policy() -> TestResult {
     Ok(())
 }
 
-/// deploy/rbac.yaml's objects (and rbac-node-annotations.yaml's), with the names the values give.
+/// deploy/rbac.yaml's objects (and rbac-node-annotations.yaml's), with the names the values give:
+/// deploy/ names both programs' ConfigMaps, the chart only its preset's program's.
 fn expected_rbac(sets: &[&str]) -> Result<Vec<Value>, Error> {
+    let program = program_of(sets);
+    let other = if program == "rke2" { "k3s" } else { "rke2" };
     let mut docs = deploy_docs("rbac.yaml")?;
+    docs.retain(|d| kind_name(d) != ("ConfigMap".into(), SYSTEM_NAMESPACE.into(), format!("{other}-etcd-snapshots")));
+    for doc in &mut docs {
+        for rule in doc["rules"].as_sequence_mut().into_iter().flatten() {
+            if let Some(names) = rule.get_mut("resourceNames").and_then(Value::as_sequence_mut) {
+                names.retain(|n| !str_of(n).starts_with(&format!("{other}-etcd-snapshot")));
+            }
+        }
+    }
     if has(sets, "rbac.nodeAnnotations=true") {
         docs.extend(deploy_docs("rbac-node-annotations.yaml")?);
     }
@@ -470,7 +521,7 @@ fn expected_rbac(sets: &[&str]) -> Result<Vec<Value>, Error> {
         text = text.replace("etcdsnap-s3-config", "my-s3");
     }
     if has(sets, "extraMetadataConfigMap=my-extra-metadata") {
-        text = text.replace("k3s-etcd-snapshot-extra-metadata", "my-extra-metadata");
+        text = text.replace(&format!("{program}-etcd-snapshot-extra-metadata"), "my-extra-metadata");
     }
     let mut docs: Vec<Value> = serde_norway::from_str(&text)?;
     if has(sets, "s3.create.endpointCAName=s3-endpoint-ca") {
@@ -498,6 +549,7 @@ fn rbac_is_deploys_with_the_values_names() -> TestResult {
                 ("Namespace", _) => !has(&sets, "heartbeatNamespace.create=false"),
                 // K3s and RKE2 servers own the legacy ConfigMap: only kubeadm's is the chart's.
                 ("ConfigMap", LEGACY_CONFIGMAP) => preset_of(&sets) == "kubeadm",
+                ("ConfigMap", n) if n.ends_with("-etcd-snapshots") => false,
                 _ => true,
             };
             let Some(got) = rendered else {

@@ -77,7 +77,8 @@ fn the_manual_pages_render() -> Result {
     let main = page("etcdsnap")?;
     assert!(main.contains("SUBCOMMANDS") && main.contains("etcdsnap-restore(1)"), "{main}");
     let save = page("etcdsnap-save")?;
-    assert!(save.contains("--s3-retention") || save.contains("-\u{2010}-s3-retention"), "{save}");
+    assert!(save.contains("--s3-bucket") || save.contains("-\u{2010}-s3-bucket"), "{save}");
+    assert!(save.contains("EXAMPLES") && save.contains("etcdsnap save --name before-upgrade"), "{save}");
     Ok(())
 }
 
@@ -113,7 +114,7 @@ fn bash_completes_commands_and_flags() -> Result {
         Ok(sh(Command::new("bash").arg("--norc").arg("-c").arg(program))?.lines().map(String::from).collect())
     };
     assert_eq!(complete("etcdsnap res")?, ["restore"]);
-    let flags = complete("etcdsnap save --s3-ret")?;
+    let flags = complete("etcdsnap prune --s3-ret")?;
     assert_eq!(flags, ["--s3-retention"]);
     Ok(())
 }

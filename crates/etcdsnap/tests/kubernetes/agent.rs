@@ -108,9 +108,14 @@ async fn invalid_settings_fail_at_start_naming_the_flag() -> TestResult {
     let data = tempfile::tempdir()?;
     let dd = s(data.path());
     let base = ["agent", "--node-name", "n1", "--data-dir", dd.as_str()];
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--schedule", "every five minutes"], "--schedule"),
         (&["--schedule", "0 0 30 2 *"], "--schedule"),
+        // A cron error names the field at fault.
+        (&["--schedule", "61 * * * *"], "the minute field \"61\""),
+        (&["--schedule", "0 25 * * *"], "the hour field \"25\""),
+        (&["--schedule", "0 0 * 13 *"], "the month field \"13\""),
+        (&["--schedule", "0 0 * *"], "4 fields; a schedule has 5 (minute hour day-of-month month day-of-week)"),
         (&["--metrics-addr", "not-an-address"], "--metrics-addr"),
         (&["--s3", "--s3-bucket", ""], "--s3-bucket"),
         (&["--snapshot-name", "../x"], "--snapshot-name"),
@@ -127,6 +132,37 @@ async fn invalid_settings_fail_at_start_naming_the_flag() -> TestResult {
     let args: Vec<&str> = base.iter().copied().chain(["--metrics-addr", addr.as_str()]).collect();
     let out = tokio::time::timeout(Duration::from_secs(20), common::run(&args, &[])).await?;
     assert!(!out.ok() && out.stderr.contains("--metrics-addr"), "{}", out.stderr);
+    Ok(())
+}
+
+/// The agent says when its next snapshot is due, at start and after each run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_logs_when_the_next_snapshot_is_due() -> TestResult {
+    let etcd = etcd_with_objects(20).await?;
+    let data = tempfile::tempdir()?;
+    let (endpoints, dd) = (etcd.endpoints().join(","), s(data.path()));
+    // Once a year, at midnight on 1 January, in UTC.
+    let yearly = [&node_n1(&endpoints, &dd)[..], &["--schedule", "0 0 1 1 *", "--no-kube"]].concat();
+    let agent = Agent::start(&yearly, &[("TZ", "UTC")], data.path()).await?;
+    let next_year = etcdsnap_storage::clock::now().to_zoned(jiff::tz::TimeZone::UTC).year() + 1;
+    let due = format!("at={next_year}-01-01T00:00:00Z");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log_text().contains("next scheduled snapshot in") {
+        assert!(Instant::now() < deadline, "no next run logged:\n{}", agent.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = agent.stop().await?;
+    let line = log.lines().find(|l| l.contains("next scheduled snapshot in")).unwrap_or_default();
+    assert!(line.contains(" INFO ") && line.contains(&due), "{line}");
+    assert!(snapshots(data.path()).is_empty(), "a snapshot before its time");
+
+    // Every second: each run is followed by the next one's time.
+    let every_second = [&node_n1(&endpoints, &dd)[..], &["--schedule", "* * * * * *", "--no-kube"]].concat();
+    let agent = Agent::start(&every_second, &[], data.path()).await?;
+    agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 2.0, Duration::from_secs(30)).await?;
+    let log = agent.stop().await?;
+    let taken = log.matches("snapshot taken").count();
+    assert!(taken >= 2 && log.matches("next scheduled snapshot in").count() > taken, "{log}");
     Ok(())
 }
 

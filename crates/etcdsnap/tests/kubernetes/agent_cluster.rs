@@ -6,7 +6,8 @@ use crate::common::cluster::{BUCKET, LEASE, leader, start_agent};
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
 use crate::common::{self, TestResult, files_in, s};
 use etcdsnap_api::ETCDSnapshotFile;
-use etcdsnap_api::consts::LABEL_STORAGE_NODE;
+/// K3s's storage-node label.
+const LABEL_STORAGE_NODE: &str = "etcd.k3s.cattle.io/snapshot-storage-node";
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,11 +5,14 @@
 
 use crate::common::agent::Agent;
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
-use crate::common::k3s::{self, K3sSnapshot};
+use crate::common::k3s;
 use crate::common::slow_etcd::{SlowEtcd, wait_for_save_in_progress};
 use crate::common::{self, Run, TestResult, files_in, s};
 use etcdsnap_api::ETCDSnapshotFile;
-use etcdsnap_api::consts::{LABEL_STORAGE_NODE, SYSTEM_NAMESPACE};
+use etcdsnap_api::consts::SYSTEM_NAMESPACE;
+
+/// K3s's storage-node label.
+const LABEL_STORAGE_NODE: &str = "etcd.k3s.cattle.io/snapshot-storage-node";
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, PostParams};
@@ -104,26 +107,10 @@ impl World {
         let mut k3s_view = k3s::list_local(&self.snapshot_dir(node), node)?;
         k3s_view.extend(k3s::list_s3(&self.s3, BUCKET, folder).await?);
         k3s_view.sort();
-        let ours = as_k3s_would_see(&self.resources().await?);
+        let ours = crate::as_k3s_would_see(&self.resources().await?);
         assert_eq!(k3s_view, ours, "after {after}: K3s's listing differs from etcdsnap's resources");
         Ok(())
     }
-}
-
-/// The same view of the resources etcdsnap wrote: name, snapshot, size and `spec.metadata`.
-fn as_k3s_would_see(resources: &[ETCDSnapshotFile]) -> Vec<K3sSnapshot> {
-    let mut out: Vec<K3sSnapshot> = resources
-        .iter()
-        .filter(|cr| cr.status.as_ref().and_then(|s| s.ready_to_use) == Some(true))
-        .map(|cr| K3sSnapshot {
-            cr_name: cr.metadata.name.clone().unwrap_or_default(),
-            snapshot_name: cr.spec.snapshot_name.clone(),
-            size: cr.status.as_ref().and_then(|s| s.size.as_ref()).and_then(|q| q.0.parse().ok()).unwrap_or(0),
-            metadata: cr.spec.metadata.clone(),
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn published(dir: &Path) -> Vec<String> {
@@ -530,9 +517,9 @@ async fn on_a_k3s_server_save_needs_no_flags() -> TestResult {
     let snapshots = files_in(&k3s.join("server/db/snapshots"));
     assert_eq!(snapshots.len(), 1);
     assert!(snapshots[0].starts_with("on-demand-K3s-Server-1-"), "{snapshots:?}");
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        k3s.join(format!("server/db/.metadata/{}.etcdsnap.json", snapshots[0])),
-    )?)?;
+    let records = common::layout::records_dir(&k3s.join("server/db/snapshots"));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(records.join(format!("{}.etcdsnap.json", snapshots[0])))?)?;
     let hash = etcdsnap_api::TokenHash::of_token(&token)?;
     assert_eq!(record["tokenHash"], hash.as_str());
     // ls and verify find it the same way; the snapshot directory holds nothing else.
@@ -567,8 +554,9 @@ async fn records_an_earlier_release_kept_in_k3s_s_metadata_are_read_then_moved_b
     // `.metadata/<name>`, no `.etcdsnap.json`.
     let old = "on-demand-node-1-1700000000";
     let meta = w.data_dir(node).join(".metadata");
+    let records = common::layout::records_dir(&w.snapshot_dir(node));
     let mut record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(meta.join(format!("{name}.etcdsnap.json")))?)?;
+        serde_json::from_slice(&std::fs::read(records.join(format!("{name}.etcdsnap.json")))?)?;
     record["name"] = old.into();
     std::fs::copy(w.snapshot_dir(node).join(&name), w.snapshot_dir(node).join(old))?;
     std::fs::write(meta.join(old), serde_json::to_vec(&record)?)?;
@@ -589,7 +577,7 @@ async fn records_an_earlier_release_kept_in_k3s_s_metadata_are_read_then_moved_b
     w.run_s3(node, FOLDER, &["save"]).await.expect_ok();
     let k3s_file: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(meta.join(old))?)?;
     assert_eq!(k3s_file.get("team").map(String::as_str), Some("platform"));
-    assert!(meta.join(format!("{old}.etcdsnap.json")).is_file());
+    assert!(records.join(format!("{old}.etcdsnap.json")).is_file());
     let (k3s_object, _) = w.s3.get_object(BUCKET, &format!("{FOLDER}/.metadata/{old}")).await?;
     let k3s_object: BTreeMap<String, String> = serde_json::from_slice(&k3s_object)?;
     assert_eq!(k3s_object.get("team").map(String::as_str), Some("platform"));

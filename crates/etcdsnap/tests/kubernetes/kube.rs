@@ -3,9 +3,7 @@
 //! audit log.
 
 use crate::common::{self, Run, TestResult, files_in, run, s};
-use etcdsnap_api::consts::{
-    ANNOTATION_TOKEN_HASH, FINALIZER_K3S, LABEL_STORAGE_NODE, LEGACY_CONFIGMAP, SYSTEM_NAMESPACE,
-};
+use etcdsnap_api::consts::{FINALIZER_K3S, SYSTEM_NAMESPACE};
 use etcdsnap_api::{CrNameInput, ETCDSnapshotFile, ETCDSnapshotS3, SnapshotName, StorageKind, cr_name};
 use etcdsnap_kube::leader::{LeaderElector, LeaderTerm, Role, Timing};
 use etcdsnap_kube::lease::{NodeLiveness, renew_heartbeat};
@@ -18,6 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use testenv::{AuditEvent, Etcd, KubeApiServer};
+
+/// K3s's names, spelled out: what a K3s server reads.
+const LABEL_STORAGE_NODE: &str = "etcd.k3s.cattle.io/snapshot-storage-node";
+const ANNOTATION_TOKEN_HASH: &str = "etcd.k3s.cattle.io/snapshot-token-hash";
+const LEGACY_CONFIGMAP: &str = "k3s-etcd-snapshots";
 
 /// etcd for snapshots and a kube-apiserver (on the same etcd, its own prefix), plus a data dir.
 struct Env {
@@ -128,8 +131,12 @@ fn record(name: &str, storage: StorageKind, node: &str, location: &str) -> Snaps
             ..Default::default()
         }),
         extra_metadata: None,
+        sealed: None,
+        encryption_config_sha256: None,
         drill: None,
         metadata_source: MetadataSource::None,
+        program: None,
+        uploader_unnamed: false,
     }
 }
 
@@ -197,8 +204,9 @@ async fn saves_publish_k3s_compatible_resources_and_kubectl_shows_them() -> Test
     assert_eq!(status.creation_time.map(|t| t.0.as_second()), Some(stamp));
     // The same extra metadata is in etcdsnap's record on disk, and in K3s's file as K3s writes it.
     let meta_dir = env.data_dir("node-1").join(".metadata");
+    let records = common::layout::records_dir(&env.data_dir("node-1").join("snapshots"));
     let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(meta_dir.join(format!("{name}.etcdsnap.json")))?)?;
+        serde_json::from_slice(&std::fs::read(records.join(format!("{name}.etcdsnap.json")))?)?;
     assert_eq!(doc["extraMetadata"]["cluster-name"], "c-12345");
     let k3s: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(meta_dir.join(&name))?)?;
     assert_eq!(k3s.get("cluster-name").map(String::as_str), Some("c-12345"));
@@ -294,7 +302,7 @@ async fn failed_saves_become_failed_resources_without_secrets() -> TestResult {
     )
     .await
     .expect_fail();
-    assert!(out.stderr.contains("failed"), "{}", out.stderr);
+    assert!(out.stderr.contains("no snapshot saved"), "{}", out.stderr);
     let items = env.resources().await?;
     assert_eq!(items.len(), 1, "{items:?}");
     let cr = &items[0];
@@ -702,7 +710,7 @@ async fn annotate_node_marks_the_node_like_k3s_with_its_own_optional_role() -> T
     kubectl(&env, &["apply", "-f", &deploy("rbac-node-annotations.yaml")]).await?;
     env.etcdsnap_with("node-1", &["reconcile", "--annotate-node"], &kubeconfig).await.expect_ok();
     let annotations = nodes.get("node-1").await?.metadata.annotations.unwrap_or_default();
-    let stamp = annotations.get(etcdsnap_api::consts::ANNOTATION_LOCAL_RECONCILED).ok_or("no annotation")?;
+    let stamp = annotations.get("etcd.k3s.cattle.io/local-snapshots-timestamp").ok_or("no annotation")?;
     assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{stamp}");
     let before = env.audit().len();
     env.etcdsnap_with("node-1", &["reconcile", "--annotate-node", "--no-leader"], &kubeconfig).await.expect_ok();
@@ -850,7 +858,7 @@ async fn takes_over_from_k3s_without_losing_metadata_or_leaving_finalizers() -> 
     // being deleted (stuck Terminating without K3s's controller).
     let api: Api<ETCDSnapshotFile> = Api::all(client.clone());
     let with_k3s_finalizer = |name: &str, node: &str, location: &str| {
-        let mut resource = record(name, StorageKind::Local, node, location).to_resource();
+        let mut resource = record(name, StorageKind::Local, node, location).to_resource(etcdsnap_api::Program::K3s);
         resource.metadata.finalizers = Some(vec![FINALIZER_K3S.into()]);
         resource
     };

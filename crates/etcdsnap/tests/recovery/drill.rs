@@ -6,6 +6,7 @@
 use crate::common::agent::metric;
 use crate::common::cluster::{BUCKET, start_agent};
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::layout::records_dir;
 use crate::common::restore::revision;
 use crate::common::{self, TestResult, files_in, run, s};
 use etcdsnap_api::ETCDSnapshotFile;
@@ -327,7 +328,7 @@ async fn a_killed_drill_leaves_no_etcd_running_and_the_next_one_cleans_up() -> T
 
     let out =
         run(&[&["drill"], &node[..], &["--etcdutl", &etcdutl, "--drill-dir", &sd]].concat(), &[]).await.expect_ok();
-    assert!(out.stdout.contains("1 drilled, 0 failed"), "{}", out.stdout);
+    assert!(out.stdout.contains("1 drilled: 1 passed, 0 not compared, 0 failed"), "{}", out.stdout);
     assert!(!dir.exists(), "the next drill left the abandoned directory");
     assert_eq!(std::fs::read_dir(scratch.path())?.count(), 0, "the drill left its own directory");
 
@@ -337,7 +338,8 @@ async fn a_killed_drill_leaves_no_etcd_running_and_the_next_one_cleans_up() -> T
     assert!(row.split_whitespace().last() == Some("passed"), "{}", table.stdout);
     let name = row.split_whitespace().next().unwrap_or_default().to_string();
     let target = s(&data.path().join("restored"));
-    let restore = ["restore", &name, "--dir", &s(&data.path().join("snapshots")), "--data-dir", &target, "--name", "m"];
+    let restore =
+        ["restore", &name, "--dir", &s(&data.path().join("snapshots")), "--data-dir", &target, "--member-name", "m"];
     let report = run(&[&restore[..], &["--etcdutl", &etcdutl, "--dry-run"]].concat(), &[]).await.expect_ok();
     assert!(report.stdout.contains("passed a restore drill at"), "{}", report.stdout);
     Ok(())
@@ -430,7 +432,7 @@ async fn a_later_snapshot_in_an_earlier_ones_place_fails_the_drill() -> TestResu
     let [earlier, later] = [&names[0], &names[1]];
     let forged = std::fs::read(dir.join(later))?;
     std::fs::write(dir.join(earlier), &forged)?;
-    let record_path = data.path().join(".metadata").join(format!("{earlier}{}", etcdsnap_api::consts::RECORD_SUFFIX));
+    let record_path = records_dir(&dir).join(format!("{earlier}{}", etcdsnap_api::consts::RECORD_SUFFIX));
     let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path)?)?;
     let recorded = record["etcd"]["revision"].as_i64().unwrap();
     record["sha256"] = hex::encode(sha2::Sha256::digest(&forged)).into();
@@ -446,5 +448,55 @@ async fn a_later_snapshot_in_an_earlier_ones_place_fails_the_drill() -> TestResu
         assert!(result.contains(&format!("its record says {recorded}")), "{tools:?}: {item}");
         assert!(result.contains(&format!("holds revision {}", recorded + 5)), "{tools:?}: {item}");
     }
+    Ok(())
+}
+
+/// A snapshot saved without a HashKV (`--record-hashkv false`) is hashed, but there is nothing
+/// to compare its contents with: the drill says `not compared` and why, never `passed`, and so
+/// do the count, the record (`ls`), the resource's annotation and its Event. It is no failure:
+/// the drill exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_without_a_recorded_hashkv_is_not_compared_and_never_passes() -> TestResult {
+    let (etcdutl, _) = tools();
+    let etcd = etcd_with_objects(OBJECTS).await?;
+    let api = KubeApiServer::start(&etcd).await?;
+    let data = tempfile::tempdir()?;
+    let (dd, kubeconfig, endpoints) = (s(data.path()), s(api.kubeconfig_path()), etcd.endpoints().join(","));
+    let node = ["--data-dir", &dd, "--node-name", "node-1", "--endpoints", &endpoints, "--kubeconfig", &kubeconfig];
+    run(&[&["save", "--record-hashkv", "false"], &node[..]].concat(), &[]).await.expect_ok();
+    let dir = data.path().join("snapshots");
+    let [name] = <[String; 1]>::try_from(snapshots(&dir)).map_err(|n| format!("{n:?}"))?;
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(records_dir(&dir).join(format!("{name}.etcdsnap.json")))?)?;
+    assert!(record["etcd"]["revision"].is_i64() && record["etcd"].get("hashKv").is_none(), "{record}");
+
+    let table = run(&[&["drill", &name, "--etcdutl", &etcdutl], &node[..]].concat(), &[]).await.expect_ok();
+    let row = table.stdout.lines().find(|l| l.starts_with(name.as_str())).unwrap_or_default();
+    assert!(row.ends_with(" not compared"), "{}", table.stdout);
+    assert!(table.stdout.contains(&format!("not compared: {name}: no HashKV was recorded at save time")));
+    assert!(table.stdout.contains("1 drilled: 0 passed, 1 not compared, 0 failed."), "{}", table.stdout);
+    let args = [&["drill", &name, "--etcdutl", &etcdutl, "-o", "json"], &node[..]].concat();
+    let item = run(&args, &[]).await.expect_ok().json()["items"][0].clone();
+    assert_eq!(item["passed"], false, "{item}");
+    assert!(item["recordedHashKV"].is_null() && item["computedHashKV"].is_object(), "{item}");
+    let result = item["result"].as_str().unwrap_or_default().to_string();
+    assert!(result.starts_with("not compared: no HashKV was recorded"), "{item}");
+
+    // The record, the resource and its Event say the same.
+    let listed = run(&[&["ls"], &node[..]].concat(), &[]).await.expect_ok();
+    let row = listed.stdout.lines().find(|l| l.starts_with(name.as_str())).unwrap_or_default();
+    assert!(row.ends_with(" not compared"), "{}", listed.stdout);
+    let client = api.client().await?;
+    let resources: Api<ETCDSnapshotFile> = Api::all(client.clone());
+    let all = resources.list(&ListParams::default()).await?.items;
+    let resource = all.iter().find(|r| r.spec.snapshot_name == name).ok_or("no resource")?;
+    let annotations = resource.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.get(ANNOTATION_DRILL), Some(&result), "{annotations:?}");
+    assert!(!annotations.contains_key(ANNOTATION_ETCD_HASHKV), "{annotations:?}");
+    let events: Api<Event> = Api::namespaced(client, "default");
+    let reasons: Vec<String> =
+        events.list(&ListParams::default()).await?.items.into_iter().filter_map(|e| e.reason).collect();
+    assert!(reasons.iter().any(|r| r == "ETCDSnapshotDrillNotCompared"), "{reasons:?}");
+    assert!(!reasons.iter().any(|r| r == "ETCDSnapshotDrillPassed"), "{reasons:?}");
     Ok(())
 }

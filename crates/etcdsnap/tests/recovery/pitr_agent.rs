@@ -1,6 +1,7 @@
 //! Point-in-time recovery through the binary, against real etcd: `agent --deltas` captures,
 //! `ls --deltas` lists, `restore --to-revision|--to-time` rolls a snapshot forward and installs
-//! it, and a real etcd started on the result has the live cluster's revision and HashKV.
+//! it, and a real etcd started on the result holds the live cluster's key space at that revision,
+//! key by key, and its HashKV. A writer puts every 2 ms through the save and after it.
 //!
 //! In company: a second etcd cluster's snapshot, newer and under the same node name, sits in the
 //! same snapshot directory (the capture and the restore must not base on it), and K3s's reading
@@ -11,20 +12,22 @@
 use crate::common::agent::{Agent, metric};
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
 use crate::common::k3s;
+use crate::common::keyspace::assert_same_key_space;
 use crate::common::restore::{hash_kv, restore_args, revision};
 use crate::common::{Run, TestResult, run, s};
+use crate::pitr::Writer;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use etcdsnap_api::KvHash;
 use std::path::Path;
 use std::time::Duration;
 use testenv::{Etcd, S3Server};
 
-const NODE: &str = "n1";
+pub(crate) const NODE: &str = "n1";
 
 type Error = Box<dyn std::error::Error>;
 
 /// `n` revisions of puts, overwrites, deletes, multi-key transactions and a leased key.
-async fn churn(client: &mut Client, tag: &str, n: usize) {
+pub(crate) async fn churn(client: &mut Client, tag: &str, n: usize) {
     let lease = client.lease_grant(600, None).await.unwrap().id();
     for i in 0..n {
         let key = format!("/registry/pods/ns-{}/{tag}-{}", i % 5, i % 40);
@@ -50,11 +53,11 @@ async fn churn(client: &mut Client, tag: &str, n: usize) {
 }
 
 /// The agent for `etcd` on data directory `data`, capturing with a one-second interval.
-async fn agent(etcd: &Etcd, data: &Path) -> Agent {
+pub(crate) async fn agent(etcd: &Etcd, data: &Path) -> Agent {
     agent_with(etcd, data, &[], &[]).await
 }
 
-async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+pub(crate) async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
     let endpoints = etcd.endpoints().join(",");
     let dd = s(data);
     let args = [
@@ -76,14 +79,14 @@ async fn agent_with(etcd: &Etcd, data: &Path, extra: &[&str], env: &[(&str, &str
     Agent::start(&all, env, data).await.unwrap()
 }
 
-async fn save(etcd: &Etcd, data: &Path) {
+pub(crate) async fn save(etcd: &Etcd, data: &Path) {
     let endpoints = etcd.endpoints().join(",");
     run(&["save", "--endpoints", &endpoints, "--node-name", NODE, "--data-dir", &s(data)], &[]).await.expect_ok();
 }
 
 /// `restore <to>` (`--to-revision N` or `--to-time T`) of `data`'s snapshot directory into
 /// `target` as member `m0` on `peer_port`, replayed with `etcd`'s own etcdutl and etcd.
-fn roll_forward_args(
+pub(crate) fn roll_forward_args(
     etcd: &Etcd,
     data: &Path,
     to: &[&str],
@@ -95,9 +98,9 @@ fn roll_forward_args(
     Ok(args)
 }
 
-/// Restores `to` into a new directory and returns the revision and HashKV a real etcd started
-/// on it reports.
-async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvHash), Error> {
+/// Restores `to` into a new directory, starts a real etcd on it, checks that it holds exactly
+/// the live key space at its revision, and returns that revision and its HashKV.
+pub(crate) async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvHash), Error> {
     let out = tempfile::tempdir()?;
     let target = out.path().join("member-data");
     let peer = testenv::free_port()?;
@@ -108,16 +111,18 @@ async fn restore_to(etcd: &Etcd, data: &Path, to: [&str; 2]) -> Result<(i64, KvH
     let mut client = restored.client().await?;
     let rev = revision(&mut client).await;
     assert_eq!(printed["replayed"]["revision"], rev, "{printed}");
+    assert_eq!(printed["replayed"]["eventsProven"], printed["replayed"]["events"], "{printed}");
+    assert_same_key_space(&etcd.client().await?, &client, rev).await;
     Ok((rev, hash_kv(&mut client, rev).await))
 }
 
 /// `restore --to-revision rev` from `data`'s snapshot directory into `target`, which must fail.
-async fn refused_restore(etcd: &Etcd, data: &Path, rev: i64, target: &Path) -> Result<Run, Error> {
+pub(crate) async fn refused_restore(etcd: &Etcd, data: &Path, rev: i64, target: &Path) -> Result<Run, Error> {
     let args = roll_forward_args(etcd, data, &["--to-revision", &rev.to_string()], target, testenv::free_port()?)?;
     Ok(run(&args, &[]).await.expect_fail())
 }
 
-async fn wait_durable(agent: &Agent, rev: i64) -> String {
+pub(crate) async fn wait_durable(agent: &Agent, rev: i64) -> String {
     let series = "etcdsnap_delta_durable_revision";
     agent.wait_for_metric(series, rev as f64, Duration::from_secs(30)).await.unwrap()
 }
@@ -129,8 +134,11 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     load_kube_like_data(&mut client, 100).await?;
     load_kube_like_data(&mut other.client().await?, 100).await?;
     let data = tempfile::tempdir()?;
+    let writer = Writer::start(&etcd, None).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before_save = revision(&mut client).await;
     save(&etcd, data.path()).await;
-    let base_rev = revision(&mut client).await;
+    let after_save = revision(&mut client).await;
     // Another cluster, same node name, a newer snapshot in the same directory.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     save(&other, data.path()).await;
@@ -138,17 +146,23 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     let agent = agent(&etcd, data.path()).await;
     churn(&mut client, "a", 300).await;
     let r1 = revision(&mut client).await;
-    let h1 = hash_kv(&mut client, r1).await;
     wait_durable(&agent, r1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The revision a time target lands on is the last one the capture had seen by then, some
+    // milliseconds after it was written: known only within these bounds while the writer runs.
+    let before_between = revision(&mut client).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let between = etcdsnap_storage::clock::now();
+    let after_between = revision(&mut client).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     churn(&mut client, "b", 300).await;
     let r2 = revision(&mut client).await;
     let h2 = hash_kv(&mut client, r2).await;
+    // A few seconds later, the writer still going.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = wait_durable(&agent, r2).await;
     assert!(metric(&metrics, "etcdsnap_delta_capturing") == Some(1.0), "{metrics}");
-    assert!(metric(&metrics, "etcdsnap_delta_events_total").unwrap() >= (r2 - base_rev) as f64, "{metrics}");
+    assert!(metric(&metrics, "etcdsnap_delta_events_total").unwrap() >= (r2 - after_save) as f64, "{metrics}");
     assert!(metric(&metrics, "etcdsnap_delta_bytes_total").unwrap() > 0.0, "{metrics}");
     let lag = metric(&metrics, "etcdsnap_delta_lag_seconds").unwrap();
     assert!((0.0..30.0).contains(&lag), "lag {lag}: {metrics}");
@@ -159,18 +173,24 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     let ls = run(&["ls", "--deltas", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await;
     let chains = ls.expect_ok().json();
     assert_eq!(chains.as_array().map(Vec::len), Some(1), "{chains}");
-    assert_eq!(chains[0]["baseRevision"], base_rev, "{chains}");
+    let base_rev = chains[0]["baseRevision"].as_i64().unwrap();
+    assert!((before_save..=after_save).contains(&base_rev), "{before_save}..={after_save}: {chains}");
     assert!(chains[0]["reachableRevision"].as_i64().unwrap() >= r2, "{chains}");
     assert_eq!(chains[0]["gaps"], serde_json::json!([]), "{chains}");
 
     let (rev, hash) = restore_to(&etcd, data.path(), ["--to-revision", &r2.to_string()]).await?;
     assert_eq!((rev, hash.hash), (r2, h2.hash), "restore to {r2}");
-    let (rev, hash) = restore_to(&etcd, data.path(), ["--to-time", &between.to_string()]).await?;
-    assert_eq!((rev, hash.hash), (r1, h1.hash), "restore to {between}: the last revision observed before it");
+    let (rev, _) = restore_to(&etcd, data.path(), ["--to-time", &between.to_string()]).await?;
+    assert!(
+        (before_between..=after_between).contains(&rev),
+        "restore to {between}: revision {rev}, not the last observed by then ({before_between}..={after_between})"
+    );
+    assert!(writer.stop().await > 1000, "the writer wrote through the save and the captures");
 
     // Past what was captured: refused, by revision, and nothing is created.
     let target = data.path().join("never");
-    let refused = refused_restore(&etcd, data.path(), r2 + 1000, &target).await?;
+    let beyond = revision(&mut client).await + 100_000;
+    let refused = refused_restore(&etcd, data.path(), beyond, &target).await?;
     assert!(refused.stderr.contains("not captured yet"), "{}", refused.stderr);
     assert!(!target.exists());
 
@@ -179,7 +199,9 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     agent.stop().await?;
     let chain = chains[0]["chain"].as_str().unwrap();
     let chain_dir = data.path().join(".etcdsnap-deltas").join(chain);
-    let (first, last) = (r2 + 1, r2 + 100);
+    let ls = run(&["ls", "--deltas", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await;
+    let tip = ls.expect_ok().json()[0]["reachableRevision"].as_i64().unwrap();
+    let (first, last) = (tip + 1, tip + 100);
     let planted = serde_json::json!({
         "format": 1, "chain": chain, "baseRevision": base_rev, "firstRevision": first, "lastRevision": last,
         "firstObservedMs": 1, "lastObservedMs": 2, "revisions": 100, "events": 100,
@@ -187,11 +209,11 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     });
     std::fs::write(chain_dir.join(format!("{first:020}-{last:020}.json")), planted.to_string())?;
     std::fs::write(chain_dir.join(format!("{first:020}-{last:020}.seg.zst")), b"junk")?;
-    let hostile = refused_restore(&etcd, data.path(), r2 + 50, &target).await?;
+    let hostile = refused_restore(&etcd, data.path(), tip + 50, &target).await?;
     assert!(hostile.stderr.contains("damaged"), "{}", hostile.stderr);
     assert!(!target.exists(), "a refused restore left {}", target.display());
     // No etcd to replay in: said before any work.
-    let into = (r2 + 50).to_string();
+    let into = (tip + 50).to_string();
     let mut args = roll_forward_args(&etcd, data.path(), &["--to-revision", &into], &target, testenv::free_port()?)?;
     args.extend(["--etcd".into(), "/nonexistent/etcd".into()]); // the later flag wins
     let no_etcd = run(&args, &[]).await;
@@ -260,6 +282,9 @@ async fn a_compacted_chain_starts_anew_from_a_snapshot_and_a_killed_agent_leaves
         assert_eq!(*first, next, "segments {ranges:?}");
         next = last + 1;
     }
+    // And what they hold, replayed, is the live key space at the end.
+    let (rev, _) = restore_to(&etcd, data.path(), ["--to-revision", &end.to_string()]).await?;
+    assert_eq!(rev, end);
 
     // Between the old snapshot and the new chain nothing was captured: refused, gap named.
     let target = data.path().join("never");
@@ -367,6 +392,8 @@ async fn segments_reach_s3_after_a_minute_long_outage_and_k3s_never_takes_them_f
     let restored = Etcd::start_on_data_dir(&target, "m0", peer).await?;
     let mut rc = restored.client().await?;
     assert_eq!(revision(&mut rc).await, r2);
+    assert_eq!(printed["replayed"]["eventsProven"], printed["replayed"]["events"], "{printed}");
+    assert_same_key_space(&client, &rc, r2).await;
     assert_eq!(hash_kv(&mut rc, r2).await.hash, h2.hash, "the replay from S3 differs from the live cluster");
     Ok(())
 }
@@ -420,14 +447,9 @@ async fn retention_keeps_exactly_the_segments_a_kept_snapshot_can_use() -> TestR
     // What is left still rolls the oldest kept snapshot forward to the end, without a gap.
     let covering = ranges.iter().find(|(first, last)| *first <= oldest + 1 && *last > oldest);
     assert!(covering.is_some(), "the oldest kept snapshot at {oldest} cannot be rolled forward: {ranges:?}\n{chains}");
-    let (etcdutl, etcd_bin) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
-    let out = tempfile::tempdir()?;
-    let target = out.path().join("data");
     assert!(oldest < end, "{oldest} {end}");
-    let rev = end.to_string();
-    let snapshots_dir = s(&data.path().join("snapshots"));
-    let args = ["restore", "--to-revision", &rev, "--dir", &snapshots_dir, "--data-dir", &s(&target), "--name", "m0"];
-    run(&[&args[..], &["--etcdutl", &etcdutl, "--etcd", &etcd_bin]].concat(), &[]).await.expect_ok();
+    let (rev, _) = restore_to(&etcd, data.path(), ["--to-revision", &end.to_string()]).await?;
+    assert_eq!(rev, end);
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! etcd servers started by testenv.
 
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::layout::records_dir;
 use crate::common::slow_etcd::{SlowEtcd, wait_for_save_in_progress};
 use crate::common::snapshot_files::{etcdctl_snapshot, mode};
 use crate::common::{self, Run, TestResult, files_in, run, s};
@@ -43,14 +44,16 @@ async fn save_list_verify_every_compression() -> TestResult {
     }
     let snapdir = data_dir.join("snapshots");
     let metadir = data_dir.join(".metadata");
+    let records = records_dir(&snapdir);
     // Least privilege: 0700 directories, 0600 files.
     assert_eq!(mode(&snapdir), 0o700);
-    assert_eq!(mode(&metadir), 0o700);
+    assert_eq!(mode(&records), 0o700);
+    assert_eq!(mode(&data_dir.join(".etcdsnap")), 0o700);
     let files: Vec<String> = files_in(&snapdir).into_iter().collect();
     assert_eq!(files.len(), 3, "{files:?}");
     for f in &files {
         assert_eq!(mode(&snapdir.join(f)), 0o600, "{f}");
-        assert_eq!(mode(&metadir.join(format!("{f}.etcdsnap.json"))), 0o600, "record of {f}");
+        assert_eq!(mode(&records.join(format!("{f}.etcdsnap.json"))), 0o600, "record of {f}");
         // No extra metadata (no Kubernetes here): no K3s metadata file, as K3s does.
         assert!(!metadir.join(f).exists(), "{f}");
         assert!(f.starts_with("on-demand-node-1-"), "{f}");
@@ -82,28 +85,30 @@ async fn save_list_verify_every_compression() -> TestResult {
         "K3s's four columns, then etcdsnap's Drill:\n{}",
         table.stdout
     );
-    // People read sizes in the table; programs get exact bytes from -o json. In a pipe (not a
-    // terminal) locations stay whole and times absolute.
+    // In a pipe (not a terminal) the table is K3s's: whole bytes, whole locations, absolute
+    // times, as scripts parse them.
     for item in items {
         let name = item["spec"]["snapshotName"].as_str().ok_or("no snapshotName")?;
         let bytes: u64 = item["status"]["size"].as_str().ok_or("no size")?.parse()?;
         let row = table.stdout.lines().find(|l| l.starts_with(name)).ok_or("no row")?;
-        let human = etcdsnap::units::human_bytes(bytes);
-        assert!(human.ends_with("MiB") || human.ends_with("KiB"), "{human}");
-        assert!(row.contains(&format!(" {human} ")), "{row}");
+        assert!(row.contains(&format!(" {bytes} ")), "{row}");
         assert!(row.contains(item["spec"]["location"].as_str().ok_or("no location")?), "{row}");
         let created = item["status"]["creationTime"].as_str().ok_or("no creationTime")?;
         assert!(row.contains(created), "{row}");
     }
 
     let verified = run(&["verify", "--data-dir", &dd], &env).await.expect_ok();
-    assert!(verified.stdout.contains("3 verified, 0 failed"), "{}", verified.stdout);
+    assert!(
+        verified.stdout.contains("3 checked: 3 verified against their record, 0 trailer only (no record), 0 failed"),
+        "{}",
+        verified.stdout
+    );
 
     // Each format decompresses, with standard tools, to a snapshot etcd itself accepts.
     for f in &files {
         let stored = std::fs::read(snapdir.join(f))?;
         let doc: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(metadir.join(format!("{f}.etcdsnap.json")))?)?;
+            serde_json::from_slice(&std::fs::read(records.join(format!("{f}.etcdsnap.json")))?)?;
         assert_eq!(doc["apiVersion"], "etcdsnap.io/v1");
         assert_eq!(doc["sha256"], hex::encode(sha2::Sha256::digest(&stored)));
         assert_eq!(doc["size"], stored.len() as u64);
@@ -160,7 +165,8 @@ async fn save_from_a_three_member_mtls_cluster() -> TestResult {
     let wrong = other.client("wrong", "root", &[])?;
     let (wcert, wkey) = (wrong.cert.to_string_lossy(), wrong.key.to_string_lossy());
     let out = run_save(save(&ca, &wcert, &wkey, &["--dial-timeout", "3s"])).await.expect_fail();
-    assert!(out.stderr.contains("failed"), "{}", out.stderr);
+    assert!(out.stderr.contains("error: no snapshot saved: "), "{}", out.stderr);
+    assert!(!out.stderr.contains("Snapshot on-demand"), "a snapshot never taken is named: {}", out.stderr);
     // And a wrong CA for the server certificate is refused by us.
     let wca = s(&other.ca_path());
     run_save(save(&wca, &cert, &key, &["--dial-timeout", "3s"])).await.expect_fail();
@@ -174,6 +180,7 @@ fn assert_nothing_published(dir: &Path) {
     let files: Vec<_> = files_in(&dir.join("snapshots")).into_iter().collect();
     assert!(files.is_empty(), "published or left over: {files:?}");
     assert!(files_in(&dir.join(".metadata")).is_empty());
+    assert!(files_in(&records_dir(&dir.join("snapshots"))).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,6 +232,7 @@ async fn kill_mid_stream_leaves_nothing_visible_and_the_next_run_cleans_up() -> 
     // empty and the metadata directory holds no record.
     assert!(files_in(&snapdir).is_empty(), "{:?}", files_in(&snapdir));
     assert!(files_in(&data.path().join(".metadata")).is_empty());
+    assert!(files_in(&records_dir(&snapdir)).is_empty());
     let listed = run(&["ls", "--data-dir", &dd, "--node-name", "n1", "-o", "json"], &[]).await.expect_ok().json();
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "a killed save must not be listed");
 
@@ -277,7 +285,7 @@ async fn verify_detects_a_flipped_byte_in_every_format() -> TestResult {
         let out = run(&["verify"], &env).await.expect_fail();
         assert!(out.stdout.contains("FAILED"), "{compress}: {}", out.stdout);
         // With the metadata document gone only etcd's own trailer is left, and it still catches it.
-        std::fs::remove_file(data.path().join(".metadata").join(format!("{file}.etcdsnap.json")))?;
+        std::fs::remove_file(records_dir(&snapdir).join(format!("{file}.etcdsnap.json")))?;
         let out = run(&["verify", &file], &env).await.expect_fail();
         assert!(out.stdout.contains("FAILED"), "{compress} without document: {}", out.stdout);
     }
@@ -327,7 +335,7 @@ async fn retention_keeps_the_newest_per_prefix_and_node() -> TestResult {
     assert_eq!(after, expected);
     // Records go with their snapshots.
     let records: Vec<String> = expected.iter().map(|n| format!("{n}.etcdsnap.json")).collect();
-    assert_eq!(files_in(&data.path().join(".metadata")), records);
+    assert_eq!(files_in(&records_dir(&snapdir)), records);
     Ok(())
 }
 
@@ -359,7 +367,9 @@ async fn path_traversal_and_bad_names_are_refused() -> TestResult {
     assert_eq!(std::fs::read_to_string(&victim)?, "keep me");
     // A name that does not exist is reported, and the exit code says so.
     let out = run(&["delete", "--data-dir", &dd, "--node-name", "n1", "on-demand-n1-1"], &[]).await.expect_fail();
-    assert!(out.stderr.contains("Snapshot on-demand-n1-1 not found."), "{}", out.stderr);
+    let snapdir = data.path().join("d/snapshots").canonicalize()?;
+    let expected = format!("Snapshot on-demand-n1-1 not found in {}.", snapdir.display());
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
     Ok(())
 }
 
@@ -404,8 +414,13 @@ async fn a_k3s_layout_directory_is_listed_and_verified() -> TestResult {
         "{}",
         out.stderr
     );
+    // Without records only etcd's trailer can be checked: a warning says so, never an `OK`.
     let verified = run(&["verify", "--dir", &dir, "--node-name", "server1"], &[]).await.expect_ok();
-    assert!(verified.stdout.contains("2 verified, 0 failed"), "{}", verified.stdout);
+    let summary = "2 checked: 0 verified against their record, 2 trailer only (no record), 0 failed";
+    assert!(verified.stdout.contains(summary), "{}", verified.stdout);
+    assert!(!verified.stdout.contains(" OK"), "{}", verified.stdout);
+    assert_eq!(verified.stdout.matches("WARNING: no record").count(), 2, "{}", verified.stdout);
+    assert_eq!(verified.stderr.matches("has no record").count(), 2, "{}", verified.stderr);
     Ok(())
 }
 
@@ -493,7 +508,11 @@ async fn verify_reports_what_it_checked_before_a_store_it_could_not_list_and_nev
     for name in &saved {
         assert!(out.stdout.lines().any(|l| l.contains(name.as_str()) && l.contains("OK")), "{name}:\n{}", out.stdout);
     }
-    assert!(out.stdout.contains("2 verified, 0 failed."), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("2 checked: 2 verified against their record, 0 trailer only (no record), 0 failed."),
+        "{}",
+        out.stdout
+    );
     assert!(out.stderr.contains("error: listing s3://b") && out.stderr.contains("not verified"), "{}", out.stderr);
     let mut json_args = args.clone();
     json_args.extend(["-o", "json"]);
@@ -502,7 +521,7 @@ async fn verify_reports_what_it_checked_before_a_store_it_could_not_list_and_nev
     assert_eq!(out.json()["errors"].as_array().map(Vec::len), Some(1), "{}", out.stdout);
 
     // While a verify reads (its shared lock, held here), a prune removes nothing.
-    let lock_path = etcdsnap_storage::store::local::private_dir_of(&snapdir).join("removal.lock");
+    let lock_path = crate::common::layout::private_dir(&snapdir).join("removal.lock");
     let reader = std::fs::File::open(&lock_path)?;
     reader.lock_shared()?;
     let mut prune = vec!["prune", "--retention", "1"];

@@ -10,11 +10,15 @@
 mod common {
     mod cli;
     pub mod etcd;
+    pub mod layout;
     pub mod slow_etcd;
     pub mod snapshot_files;
+    pub mod terminal;
     pub use cli::*;
 }
 
+mod cli;
 mod engine;
 mod lying_s3;
 mod s3;
+mod shared_parent;

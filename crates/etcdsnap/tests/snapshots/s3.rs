@@ -98,7 +98,11 @@ async fn one_pass_writes_identical_bytes_locally_and_in_s3_with_k3s_layout_and_m
         assert_eq!(item["spec"]["s3"]["prefix"], "k3s/prod");
     }
     let verified = env.run(&["verify"]).await.expect_ok();
-    assert!(verified.stdout.contains("6 verified, 0 failed"), "{}", verified.stdout);
+    assert!(
+        verified.stdout.contains("6 checked: 6 verified against their record, 0 trailer only (no record), 0 failed"),
+        "{}",
+        verified.stdout
+    );
     assert!(s3.list_multipart_uploads(BUCKET).await?.is_empty());
 
     // S3 only: no local copy at all.
@@ -122,7 +126,7 @@ async fn tls_with_a_custom_ca_and_with_skip_verify() -> TestResult {
     // Without the CA the certificate is refused; the local copy is still saved and the failure
     // reported.
     let out = env.run(&["save"]).await.expect_fail();
-    assert!(out.stderr.contains("failed (s3)"), "{}", out.stderr);
+    assert!(out.stderr.contains("was not saved to s3"), "{}", out.stderr);
     assert_eq!(snapshot_names(data.path()).len(), 1);
     let ca = s(&tls.ca);
     env.run(&["save", "--s3-endpoint-ca", &ca]).await.expect_ok();
@@ -231,14 +235,16 @@ async fn an_interrupted_upload_leaves_no_object_and_the_local_copy_intact() -> T
         tokio::io::AsyncReadExt::read_to_string(&mut e, &mut stderr).await?;
     }
     assert!(!status.success(), "the S3 failure must be reported: {stderr}");
-    assert!(stderr.contains("failed (s3)"), "{stderr}");
+    assert!(stderr.contains("was not saved to s3"), "{stderr}");
     s3.restart().await?;
     slow.set_fault(Fault::None);
     // Nothing half-written is visible, the local snapshot is complete.
     let visible: Vec<String> = s3.list_keys(BUCKET, "f/").await?;
     assert!(visible.is_empty(), "{visible:?}");
     assert_eq!(snapshot_names(data.path()).len(), 1);
-    env.run(&["verify", "--no-local"]).await.expect_ok();
+    // S3 holds nothing to verify: that is said, and it is no success.
+    let out = env.run(&["verify", "--no-local"]).await.expect_fail();
+    assert!(out.stderr.contains("nothing to verify: no snapshots in s3://"), "{}", out.stderr);
     let local_only = env.clone_without_s3();
     local_only.run(&["verify"]).await.expect_ok();
     // A save aborts the upload the killed server left open once it has been idle for

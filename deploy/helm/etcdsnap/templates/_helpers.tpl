@@ -40,6 +40,22 @@ app.kubernetes.io/component: agent
 {{- end -}}
 {{- end -}}
 
+{{/*
+Whose names the agent writes (--program): RKE2's on the rke2 preset (etcd.rke2.cattle.io/ labels,
+rke2-etcd-snapshots, rke2-* S3 metadata), K3s's otherwise.
+*/}}
+{{- define "etcdsnap.program" -}}
+{{- if eq .Values.preset "rke2" -}}rke2{{- else -}}k3s{{- end -}}
+{{- end -}}
+
+{{- define "etcdsnap.legacyConfigMap" -}}
+{{- printf "%s-etcd-snapshots" (include "etcdsnap.program" .) -}}
+{{- end -}}
+
+{{- define "etcdsnap.extraMetadataConfigMap" -}}
+{{- default (printf "%s-etcd-snapshot-extra-metadata" (include "etcdsnap.program" .)) .Values.extraMetadataConfigMap -}}
+{{- end -}}
+
 {{- define "etcdsnap.isRancher" -}}
 {{- if has .Values.preset (list "k3s" "rke2") -}}true{{- end -}}
 {{- end -}}

@@ -1,14 +1,15 @@
 //! A local snapshot being written: an unnamed file in the snapshot directory (`O_TMPFILE`), or
-//! on a file system without unnamed files `<dir>/../.etcdsnap/partial/<name>.part`, published
-//! by linking or renaming it into place once its record and K3s's metadata are written.
+//! on a file system without unnamed files `partial/<name>.part` in the directory's private
+//! directory, published by linking or renaming it into place once its record and K3s's
+//! metadata are written.
 
-use super::{LocalStore, PARTIAL_DIR};
+use super::LocalStore;
 use crate::failpoint;
 use crate::files::{
     create_private_dir, link_unnamed, open_private, open_unnamed, same_file_system, sync_dir, unnamed_unsupported,
     write_all_vectored, write_atomic,
 };
-use crate::store::{SnapshotSink, StoreError};
+use crate::store::{Companions, SnapshotSink, StoreError};
 use async_trait::async_trait;
 use etcdsnap_api::consts::PART_SUFFIX;
 use etcdsnap_api::{MetadataDocument, SnapshotName, StorageKind};
@@ -60,9 +61,10 @@ pub struct LocalSink {
 }
 
 impl LocalSink {
-    /// fsync, record and K3s's metadata, link or rename into place, fsync of the directories.
-    /// If any step fails the sink is dropped unpublished and nothing of it stays.
-    fn publish(&mut self, doc: &MetadataDocument) -> Result<(), StoreError> {
+    /// fsync, kit and signature, record and K3s's metadata, link or rename into place, fsync of
+    /// the directories. If any step fails the sink is dropped unpublished and nothing of it
+    /// stays.
+    fn publish(&mut self, doc: &MetadataDocument, companions: &Companions) -> Result<(), StoreError> {
         let final_path = self.store.snapshot_path(&self.name);
         if final_path.symlink_metadata().is_ok() {
             // Never replace a snapshot, nor its record.
@@ -70,9 +72,23 @@ impl LocalSink {
         }
         let pending = self.pending.as_mut().ok_or_else(|| StoreError::Finished(self.store.location(&self.name)))?;
         pending.file().sync_all().map_err(StoreError::io("fsync", self.store.snapshot_path(&self.name)))?;
-        create_private_dir(&self.store.metadata_dir)?;
+        create_private_dir(&self.store.layout.records())?;
+        let layout = &self.store.layout;
+        let written = [
+            (layout.kit_path(&self.name), companions.kit.as_ref().map(|k| k.as_slice())),
+            (layout.signature_path(&self.name), companions.signature.as_ref().map(|s| s.as_bytes())),
+        ];
+        for (path, bytes) in written {
+            if let Some(bytes) = bytes
+                && let Err(e) = write_atomic(&path, bytes)
+            {
+                self.store.remove_metadata(&self.name);
+                return Err(e);
+            }
+        }
         write_atomic(&self.store.record_path(&self.name), &doc.to_json())?;
         if let Some(extra) = doc.extra_metadata.as_ref().filter(|m| !m.is_empty()) {
+            create_private_dir(&self.store.layout.k3s_metadata)?;
             write_atomic(&self.store.metadata_path(&self.name), &etcdsnap_api::go::marshal_string_map(extra))?;
         }
         failpoint::reached_blocking(failpoint::LOCAL_AFTER_METADATA);
@@ -119,11 +135,11 @@ impl SnapshotSink for LocalSink {
         write_all_vectored(pending.file(), bufs).map_err(|e| StoreError::io("write", store.snapshot_path(name))(e))
     }
 
-    async fn commit(self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError> {
-        let doc = doc.clone();
+    async fn commit(self: Box<Self>, doc: &MetadataDocument, companions: &Companions) -> Result<(), StoreError> {
+        let (doc, companions) = (doc.clone(), companions.clone());
         let location = self.store.location(&self.name);
         let mut sink = self;
-        tokio::task::spawn_blocking(move || sink.publish(&doc))
+        tokio::task::spawn_blocking(move || sink.publish(&doc, &companions))
             .await
             .map_err(|e| StoreError::worker(format!("writing {location}"), e))?
     }
@@ -157,7 +173,7 @@ impl LocalStore {
             Err(e) if unnamed_unsupported(&e) => {}
             Err(e) => return Err(StoreError::io("create a snapshot file in", &self.dir)(e)),
         }
-        let partial = self.private_dir.join(PARTIAL_DIR);
+        let partial = self.layout.partial();
         create_private_dir(&partial)?;
         if !same_file_system(&partial, &self.dir)? {
             return Err(StoreError::Unsupported(format!(
@@ -192,15 +208,16 @@ mod tests {
         // While written, the bytes have no name anywhere in the snapshot directory.
         assert_eq!(fs::read_dir(store.dir()).unwrap().count(), 0);
         let extra = BTreeMap::from([("rancher".to_string(), "<x>".to_string())]);
-        s.publish(&doc("s-n-1", Some(extra))).unwrap();
+        s.publish(&doc("s-n-1", Some(extra)), &Companions::default()).unwrap();
         let names: Vec<String> =
             fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names, ["s-n-1"]);
         assert_eq!(fs::read(store.snapshot_path(&SnapshotName::parse("s-n-1").unwrap())).unwrap(), b"abc");
         // K3s's metadata, byte for byte as K3s writes it; etcdsnap's record beside it.
         assert_eq!(fs::read(root.path().join(".metadata/s-n-1")).unwrap(), br#"{"rancher":"\u003cx\u003e"}"#);
-        assert!(root.path().join(".metadata/s-n-1.etcdsnap.json").is_file());
-        assert!(root.path().join(".etcdsnap/lock").is_file());
+        assert!(root.path().join(".etcdsnap/dirs/snapshots/records/s-n-1.etcdsnap.json").is_file());
+        assert!(root.path().join(".etcdsnap/dirs/snapshots/lock").is_file());
+        assert!(!root.path().join(".metadata/s-n-1.etcdsnap.json").exists());
     }
 
     #[test]
@@ -209,7 +226,7 @@ mod tests {
         let store = LocalStore::open(&root.path().join("snapshots"), true, "n").unwrap();
         let mut s = sink(&store, "s-n-1");
         s.write(b"abc").unwrap();
-        s.publish(&doc("s-n-1", None)).unwrap();
+        s.publish(&doc("s-n-1", None), &Companions::default()).unwrap();
         assert!(!root.path().join(".metadata/s-n-1").exists());
         let mut dropped = sink(&store, "s-n-2");
         dropped.write(b"x").unwrap();
@@ -219,7 +236,7 @@ mod tests {
         // A second snapshot of the same name is refused, not overwritten.
         let mut again = sink(&store, "s-n-1");
         again.write(b"other").unwrap();
-        assert!(again.publish(&doc("s-n-1", None)).is_err());
+        assert!(again.publish(&doc("s-n-1", None), &Companions::default()).is_err());
         assert_eq!(fs::read(store.dir().join("s-n-1")).unwrap(), b"abc");
     }
 }

@@ -2,6 +2,7 @@
 //! [`super::settings`]) and what follows from them: URLs, keys, locations and the HTTP client.
 
 use super::super::StoreError;
+use etcdsnap_api::Program;
 use std::fmt;
 use std::time::Duration;
 
@@ -80,6 +81,9 @@ pub struct S3Config {
     pub part_size: usize,
     /// Parts uploaded at once.
     pub concurrency: usize,
+    /// The program whose names the objects' user metadata carries (`k3s-node-name` or
+    /// `rke2-node-name`); not a setting of the folder but of the cluster ([`S3Config::for_program`]).
+    pub program: Program,
 }
 
 impl fmt::Debug for S3Config {
@@ -95,6 +99,7 @@ impl fmt::Debug for S3Config {
             .field("endpoint_ca", &self.endpoint_ca.len())
             .field("proxy", &matches!(self.proxy, ProxySetting::Url(_)).then_some("<set>"))
             .field("retention", &self.retention)
+            .field("program", &self.program)
             .field("access_key", &self.access_key.as_ref().map(|_| "<set>"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
             .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
@@ -111,6 +116,11 @@ pub(crate) const PART_SIZE: usize = 6 * 1024 * 1024;
 pub(crate) const CONCURRENCY: usize = 2;
 
 impl S3Config {
+    /// The same folder, its objects' user metadata named after `program`.
+    pub fn for_program(self, program: Program) -> S3Config {
+        S3Config { program, ..self }
+    }
+
     fn scheme(&self) -> &'static str {
         if self.insecure { "http" } else { "https" }
     }

@@ -1,6 +1,6 @@
 //! Snapshots in an S3 bucket folder, in K3s's layout: `<folder>/<name>` and
 //! `<folder>/.metadata/<name>`, with K3s's user metadata (`k3s-cluster-id`, `k3s-node-name`,
-//! `k3s-token-hash`) plus etcdsnap's own.
+//! `k3s-token-hash`, or RKE2's `rke2-*`: [`S3Config::program`]) plus etcdsnap's own.
 //!
 //! Uploads stream as multipart uploads in the same pass that writes the local copy. Listings
 //! use the real `<folder>/` prefix with a `/` delimiter (no sibling or nested folders) and learn
@@ -24,14 +24,11 @@ mod request;
 pub mod settings;
 mod sink;
 
-use super::{Listing, NewSnapshot, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
+use super::{Listing, NewSnapshot, SignedRecord, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
 use crate::describe_error;
 use async_trait::async_trait;
 use cache::DetailsCache;
-use etcdsnap_api::consts::{
-    S3_META_CLUSTER_ID, S3_META_COMPRESSION, S3_META_ETCD_REVISION, S3_META_ETCD_VERSION, S3_META_NODE_NAME,
-    S3_META_TOKEN_HASH,
-};
+use etcdsnap_api::consts::{S3_META_COMPRESSION, S3_META_ETCD_REVISION, S3_META_ETCD_VERSION};
 use etcdsnap_api::{ETCDSnapshotS3, SnapshotName, StorageKind};
 use futures::TryStreamExt;
 use hints::{S3Problem, explain};
@@ -217,9 +214,35 @@ impl S3Store {
             .map_err(|e| self.error("put", key, &e))
     }
 
-    /// Deletes a snapshot's record and K3s metadata objects (missing ones are fine).
+    /// GET of a small object beside a snapshot, at most `limit` bytes; None when absent.
+    async fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.count(1);
+        let result = match self.store.get(&self.path(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("get", key, &e)),
+        };
+        if result.meta.size > limit {
+            return Err(StoreError::S3 {
+                op: "get",
+                target: key.to_string(),
+                problem: None,
+                message: format!("{} bytes, more than the {limit} accepted", result.meta.size),
+            });
+        }
+        result.bytes().await.map(|b| Some(b.to_vec())).map_err(|e| self.error("get", key, &e))
+    }
+
+    /// Deletes a snapshot's record, its companions and K3s metadata objects (missing ones are
+    /// fine).
     async fn delete_documents(&self, name: &SnapshotName) -> Result<(), StoreError> {
-        for key in [self.config.record_key(name.as_str()), self.config.metadata_key(name.as_str())] {
+        let n = name.as_str();
+        for key in [
+            self.config.record_key(n),
+            self.config.metadata_key(&etcdsnap_api::seal::signature_file_name(n)),
+            self.config.metadata_key(&etcdsnap_api::seal::kit_file_name(n)),
+            self.config.metadata_key(n),
+        ] {
             let path = self.path(&key);
             self.count(1);
             match self.store.delete(&path).await {
@@ -270,12 +293,13 @@ impl SnapshotStore for S3Store {
         let mut put = |k: &'static str, v: String| {
             attributes.insert(Attribute::Metadata(k.into()), v.into());
         };
-        put(S3_META_NODE_NAME, new.node_name.clone());
+        let program = self.config.program;
+        put(program.s3_meta_node_name(), new.node_name.clone());
         if let Some(c) = &new.cluster_id {
-            put(S3_META_CLUSTER_ID, c.clone());
+            put(program.s3_meta_cluster_id(), c.clone());
         }
         if let Some(t) = &new.token_hash {
-            put(S3_META_TOKEN_HASH, t.to_string());
+            put(program.s3_meta_token_hash(), t.to_string());
         }
         put(S3_META_ETCD_REVISION, new.etcd.revision.to_string());
         put(S3_META_ETCD_VERSION, new.etcd.version.clone());
@@ -304,12 +328,34 @@ impl SnapshotStore for S3Store {
         Ok(SnapshotReader { reader: Box::new(tokio_util::io::StreamReader::new(stream)), size })
     }
 
-    async fn update_record(&self, record: &crate::SnapshotRecord) -> Result<(), StoreError> {
+    async fn update_record(&self, record: &crate::SnapshotRecord, signature: Option<&str>) -> Result<(), StoreError> {
         let name = &record.name;
         if !self.exists(name).await? {
             return Err(StoreError::NotFound(name.to_string(), self.describe()));
         }
+        if let Some(signature) = signature {
+            let key = self.config.metadata_key(&etcdsnap_api::seal::signature_file_name(name.as_str()));
+            self.count(1);
+            self.store
+                .put(&self.path(&key), object_store::PutPayload::from(signature.as_bytes().to_vec()))
+                .await
+                .map_err(|e| self.error("put", key.as_str(), &e))?;
+        }
         self.put_json(&self.config.record_key(name.as_str()), record.to_document().to_json()).await
+    }
+
+    async fn signed_record(&self, name: &SnapshotName) -> Result<SignedRecord, StoreError> {
+        let limit = etcdsnap_api::metadata::MAX_METADATA_BYTES as u64;
+        let signature_key = self.config.metadata_key(&etcdsnap_api::seal::signature_file_name(name.as_str()));
+        Ok(SignedRecord {
+            record: self.get_small(&self.config.record_key(name.as_str()), limit).await?,
+            signature: self.get_small(&signature_key, limit).await?,
+        })
+    }
+
+    async fn kit(&self, name: &SnapshotName) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.config.metadata_key(&etcdsnap_api::seal::kit_file_name(name.as_str()));
+        self.get_small(&key, crate::seal::kit::MAX_KIT_BYTES * 2).await
     }
 
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError> {

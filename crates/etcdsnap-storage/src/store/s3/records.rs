@@ -8,9 +8,8 @@ use super::list::{ListedObject, list_prefix};
 use crate::describe_error;
 use crate::record::{MetadataSource, SnapshotRecord};
 use crate::store::{Listing, StoreError};
-use etcdsnap_api::consts::{S3_META_CLUSTER_ID, S3_META_NODE_NAME, S3_META_TOKEN_HASH};
 use etcdsnap_api::metadata::MAX_METADATA_BYTES;
-use etcdsnap_api::{SnapshotName, StorageKind, StoredMetadata, TokenHash, parse_stored_metadata};
+use etcdsnap_api::{Program, SnapshotName, StorageKind, StoredMetadata, TokenHash, parse_stored_metadata};
 use futures::StreamExt;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -161,7 +160,9 @@ impl S3Store {
                 record.s3 = Some(self.spec());
             } else {
                 match cache.get(&object.key, &object.etag) {
-                    Some(Learned::UserMetadata { metadata }) => apply_user_metadata(&mut record, metadata),
+                    Some(Learned::UserMetadata { metadata }) => {
+                        apply_user_metadata(&mut record, metadata, self.config.program)
+                    }
                     _ => missing.push(MissingHead {
                         index: records.len(),
                         key: object.key.clone(),
@@ -194,6 +195,8 @@ impl S3Store {
         match cache.get(&doc.key, &doc.etag) {
             Some(Learned::Document { document }) => {
                 record.apply_document((**document).clone());
+                // Records of earlier releases say nothing: those uploaded under K3s's names.
+                record.uploader_unnamed = record.program.unwrap_or(Program::K3s) != self.config.program;
                 true
             }
             Some(Learned::ExtraMetadata { metadata }) => {
@@ -229,7 +232,7 @@ impl S3Store {
         for (m, result) in answers {
             match result {
                 Ok(metadata) => {
-                    apply_user_metadata(&mut records[m.index], &metadata);
+                    apply_user_metadata(&mut records[m.index], &metadata, self.config.program);
                     cache.put(&m.key, &m.etag, Learned::UserMetadata { metadata });
                 }
                 Err(e) => warnings.push(format!("no object metadata for s3://{}/{}: {e}", self.config.bucket, m.key)),
@@ -267,15 +270,53 @@ fn user_metadata(attributes: &Attributes) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// What K3s's user metadata says about an object without an etcdsnap document.
-fn apply_user_metadata(record: &mut SnapshotRecord, metadata: &BTreeMap<String, String>) {
+/// What K3s's user metadata says about an object without an etcdsnap document, read as the
+/// server of `program` reads it: under its own names only (an RKE2 server never reads
+/// `k3s-node-name`, and names the resource of such an object after `s3`).
+fn apply_user_metadata(record: &mut SnapshotRecord, metadata: &BTreeMap<String, String>, program: Program) {
     let get = |k: &str| metadata.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-    if let Some(node) = get(S3_META_NODE_NAME) {
+    if let Some(node) = get(program.s3_meta_node_name()) {
         record.node_name = node.to_string();
+        record.program = Some(program);
     }
-    record.token_hash = get(S3_META_TOKEN_HASH).and_then(TokenHash::parse_recorded);
-    record.cluster_id = get(S3_META_CLUSTER_ID).map(str::to_string);
+    record.token_hash = get(program.s3_meta_token_hash()).and_then(TokenHash::parse_recorded);
+    record.cluster_id = get(program.s3_meta_cluster_id()).map(str::to_string);
     if let Some(sha) = get(etcdsnap_api::consts::S3_META_SHA256) {
         record.sha256 = Some(sha.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bare() -> SnapshotRecord {
+        let name = SnapshotName::parse("etcd-snapshot-n1-1700000000").unwrap();
+        SnapshotRecord::stored(
+            name,
+            StorageKind::S3,
+            "",
+            "s3://b/etcd-snapshot-n1-1700000000",
+            jiff::Timestamp::UNIX_EPOCH,
+            5,
+        )
+    }
+
+    #[test]
+    fn user_metadata_is_read_under_the_program_s_names_only() {
+        let metadata = BTreeMap::from([
+            ("k3s-node-name".to_string(), "n1".to_string()),
+            ("k3s-token-hash".to_string(), "652c7dc687d9".to_string()),
+        ]);
+        let mut k3s = bare();
+        apply_user_metadata(&mut k3s, &metadata, Program::K3s);
+        assert_eq!((k3s.node_name.as_str(), k3s.program), ("n1", Some(Program::K3s)));
+        assert!(k3s.token_hash.is_some());
+        // An RKE2 server reads rke2-node-name only: this object's resource is named after s3.
+        let mut rke2 = bare();
+        apply_user_metadata(&mut rke2, &metadata, Program::Rke2);
+        assert_eq!((rke2.node_name.as_str(), rke2.program), ("", None));
+        assert!(rke2.token_hash.is_none());
+        assert_eq!(rke2.cr_name(), bare().cr_name());
     }
 }

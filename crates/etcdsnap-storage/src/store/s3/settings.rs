@@ -8,6 +8,7 @@ use super::config::{
     BucketLookup, CONCURRENCY, DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TIMEOUT, PART_SIZE, ProxySetting, S3Config,
 };
 use base64::Engine as _;
+use etcdsnap_api::Program;
 use etcdsnap_api::consts::SYSTEM_NAMESPACE;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -123,6 +124,8 @@ pub struct RawS3Settings {
     origin: SettingsOrigin,
     values: BTreeMap<S3Key, String>,
     extra_ca: Vec<String>,
+    /// The Secret's `etcdsnap-encrypt-to`: age recipients (public keys), not an S3 setting.
+    recipients: Option<String>,
 }
 
 impl fmt::Debug for RawS3Settings {
@@ -142,7 +145,7 @@ impl fmt::Debug for RawS3Settings {
 
 impl RawS3Settings {
     pub fn new(origin: SettingsOrigin) -> RawS3Settings {
-        RawS3Settings { origin, values: BTreeMap::new(), extra_ca: Vec::new() }
+        RawS3Settings { origin, values: BTreeMap::new(), extra_ca: Vec::new(), recipients: None }
     }
 
     /// A Secret's data: UTF-8 text per key, blank values treated as absent. Unknown keys are
@@ -150,6 +153,11 @@ impl RawS3Settings {
     pub fn from_secret_data(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<RawS3Settings, S3SettingsError> {
         let mut raw = RawS3Settings::new(SettingsOrigin::Secret(secret.to_string()));
         for (name, bytes) in data {
+            if name == etcdsnap_api::seal::SECRET_RECIPIENTS_KEY {
+                raw.recipients =
+                    std::str::from_utf8(bytes).ok().map(str::trim).filter(|r| !r.is_empty()).map(String::from);
+                continue;
+            }
             let Some(key) = S3Key::from_k3s_name(name) else {
                 tracing::warn!(secret = %secret, key = %name, "ignoring unknown key in the S3 config secret");
                 continue;
@@ -177,6 +185,11 @@ impl RawS3Settings {
 
     pub fn origin(&self) -> &SettingsOrigin {
         &self.origin
+    }
+
+    /// The age recipients the Secret lists (`etcdsnap-encrypt-to`), as given.
+    pub fn recipients(&self) -> Option<&str> {
+        self.recipients.as_deref()
     }
 
     /// Whether anything but the retention is set: K3s uses the Secret only when the flags
@@ -253,6 +266,7 @@ impl RawS3Settings {
             retention,
             part_size: PART_SIZE,
             concurrency: CONCURRENCY,
+            program: Program::default(),
         })
     }
 

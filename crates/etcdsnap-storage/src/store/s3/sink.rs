@@ -7,7 +7,7 @@ use super::S3Store;
 use super::hints::{S3Problem, explain};
 use crate::describe_error;
 use crate::failpoint;
-use crate::store::{SnapshotSink, StoreError};
+use crate::store::{Companions, SnapshotSink, StoreError};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use etcdsnap_api::consts::{S3_META_SHA256, S3_META_SIZE};
@@ -19,6 +19,17 @@ use object_store::{Attribute, Attributes, MultipartUpload, ObjectStore, ObjectSt
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// What an object put beside the snapshot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Document {
+    /// etcdsnap's record.
+    Record,
+    /// K3s's extra metadata.
+    K3s,
+    /// The record's signature or the restore kit, with its content type.
+    Companion(&'static str),
+}
 
 type Uploader = JoinHandle<Result<Box<dyn MultipartUpload>, String>>;
 
@@ -136,28 +147,50 @@ async fn upload_parts(
 }
 
 impl S3Sink {
-    /// Puts etcdsnap's record and, when there is extra metadata, K3s's metadata object (the
-    /// compact string map K3s writes, with the same user metadata as the snapshot, as K3s
-    /// does). Returns what was written, also when a later put failed.
-    async fn put_documents(&self, doc: &MetadataDocument) -> Result<Vec<ObjectPath>, (Vec<ObjectPath>, StoreError)> {
+    /// Puts the record's companions (kit, signature), etcdsnap's record and, when there is extra
+    /// metadata, K3s's metadata object (the compact string map K3s writes, with the same user
+    /// metadata as the snapshot, as K3s does). Returns what was written, also when a later put
+    /// failed.
+    async fn put_documents(
+        &self,
+        doc: &MetadataDocument,
+        companions: &Companions,
+    ) -> Result<Vec<ObjectPath>, (Vec<ObjectPath>, StoreError)> {
         let config = self.store.config();
-        let mut documents = vec![(config.record_key(self.name.as_str()), doc.to_json(), true)];
+        let name = self.name.as_str();
+        // The record says whose names the object's user metadata carries (the signer signed
+        // it so: see `SnapshotSink::program`).
+        let doc = &MetadataDocument { program: Some(config.program), ..doc.clone() };
+        let mut documents = Vec::new();
+        if let Some(kit) = &companions.kit {
+            let key = config.metadata_key(&etcdsnap_api::seal::kit_file_name(name));
+            documents.push((key, kit.as_ref().clone(), Document::Companion("application/octet-stream")));
+        }
+        if let Some(signature) = &companions.signature {
+            let key = config.metadata_key(&etcdsnap_api::seal::signature_file_name(name));
+            documents.push((key, signature.clone().into_bytes(), Document::Companion("text/plain")));
+        }
+        documents.push((config.record_key(name), doc.to_json(), Document::Record));
         if let Some(extra) = doc.extra_metadata.as_ref().filter(|m| !m.is_empty()) {
             let k3s = etcdsnap_api::go::marshal_string_map(extra);
-            documents.push((config.metadata_key(self.name.as_str()), k3s, false));
+            documents.push((config.metadata_key(name), k3s, Document::K3s));
         }
         let mut written = Vec::new();
-        for (key, body, is_record) in documents {
+        for (key, body, kind) in documents {
             let mut attributes = Attributes::new();
             for (name, value) in self.attributes.iter() {
                 // K3s's object carries K3s's user metadata only; etcdsnap's goes on its record.
-                let k3s = matches!(name, Attribute::Metadata(m) if m.starts_with("k3s-"));
-                if is_record || k3s {
+                let k3s = matches!(name, Attribute::Metadata(m) if m.starts_with(config.program.s3_meta_prefix()));
+                if kind == Document::Record || (kind == Document::K3s && k3s) {
                     attributes.insert(name.clone(), value.clone());
                 }
             }
-            attributes.insert(Attribute::ContentType, "application/json".into());
-            if is_record {
+            let content_type = match kind {
+                Document::Companion(t) => t,
+                Document::Record | Document::K3s => "application/json",
+            };
+            attributes.insert(Attribute::ContentType, content_type.into());
+            if kind == Document::Record {
                 attributes.insert(Attribute::Metadata(S3_META_SHA256.into()), doc.sha256.clone().into());
                 attributes.insert(Attribute::Metadata(S3_META_SIZE.into()), doc.size.to_string().into());
             }
@@ -206,10 +239,11 @@ impl SnapshotSink for S3Sink {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>, doc: &MetadataDocument) -> Result<(), StoreError> {
+    async fn commit(mut self: Box<Self>, doc: &MetadataDocument, companions: &Companions) -> Result<(), StoreError> {
         let mut upload = self.finish_parts().await?;
-        // The record (and K3s's metadata) first: a completed object always has its record.
-        let written = self.put_documents(doc).await;
+        // The record (and its companions, and K3s's metadata) first: a completed object always
+        // has its record.
+        let written = self.put_documents(doc, companions).await;
         let written = match written {
             Ok(written) => written,
             Err((written, e)) => {
@@ -244,6 +278,10 @@ impl SnapshotSink for S3Sink {
 
     fn storage(&self) -> StorageKind {
         StorageKind::S3
+    }
+
+    fn program(&self) -> Option<etcdsnap_api::Program> {
+        Some(self.store.config().program)
     }
 }
 

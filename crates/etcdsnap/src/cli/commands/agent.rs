@@ -4,6 +4,7 @@
 use crate::cli::args::{parse_byte_size, parse_duration};
 use crate::cli::flags::{DrillToolArgs, NodeFlags, RetentionArgs, heading};
 use crate::cli::resolve;
+use crate::cli::seal::{self, EncryptionConfigArg, SealArgs, UnsealArgs};
 use anyhow::Context as _;
 use clap::Args;
 use etcdsnap::agent::drills::DrillSettings;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub struct AgentArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "ETCDSNAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
@@ -47,7 +49,7 @@ pub struct AgentArgs {
     #[arg(long, visible_alias = "etcd-snapshot-name", env = "ETCDSNAP_SNAPSHOT_NAME", default_value = "etcd-snapshot", help_heading = heading::SCHEDULE)]
     pub snapshot_name: String,
     /// Take no scheduled snapshots (and run no periodic reconcile), like K3s's flag.
-    #[arg(long, visible_alias = "etcd-disable-snapshots", env = "ETCDSNAP_DISABLE_SNAPSHOTS", help_heading = heading::SCHEDULE)]
+    #[arg(long, visible_alias = "etcd-disable-snapshots", env = "ETCDSNAP_DISABLE_SNAPSHOTS", conflicts_with = "schedule", help_heading = heading::SCHEDULE)]
     pub disable_snapshots: bool,
     /// Upper bound of the random delay before each scheduled run.
     #[arg(long, env = "ETCDSNAP_SCHEDULE_JITTER", value_parser = parse_duration, default_value = "5s", hide = true, help_heading = heading::SCHEDULE)]
@@ -74,7 +76,28 @@ pub struct AgentArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub node: NodeFlags,
+    #[command(flatten)]
+    pub seal: SealArgs,
+    #[command(flatten)]
+    pub unseal: UnsealArgs,
+    #[command(flatten)]
+    pub encryption: EncryptionConfigArg,
 }
+
+const EXAMPLES: &str = "Examples:
+  # On a K3s or RKE2 server: its paths, token and etcd certificate; snapshots every 12 hours
+  etcdsnap agent
+
+  # Hourly, 24 kept locally and in S3, restore drills daily with etcdutl 3.7+
+  etcdsnap agent --schedule @hourly --retention 24 --s3 --s3-bucket backups --etcdutl /usr/local/bin/etcdutl
+
+  # Sealed and signed snapshots; drills open them, and pass only records signed by the key
+  etcdsnap agent --encrypt-to-file /etc/etcdsnap/recipients.txt --sign-key /etc/etcdsnap/sign.key \\
+    --decrypt-identity /etc/etcdsnap/identity.txt --verify-key /etc/etcdsnap/sign.pub
+
+  # Also capture every change between snapshots, for restore --to-time
+  etcdsnap agent --deltas --delta-interval 5s
+";
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // Everything is validated before anything starts: a bad flag fails at once, by name.
@@ -86,6 +109,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let node = &args.node;
     let mut config = resolve::session_config(node, args.retention.s3_retention, true, KubePolicy::LongRunning)?;
     config.token_hash = resolve::node_token_hash(node)?;
+    let preset = resolve::preset(&node.storage)?;
+    let token = resolve::server_token(&node.token, preset.as_ref())?.map(|(t, _)| t);
+    config.sealing = seal::sealing(&args.seal, &args.encryption, token, preset.as_ref())?;
+    // Scheduled drills open sealed snapshots with the identity, and with a verify key drill
+    // (and so pass) only snapshots whose records carry a good signature.
+    config.keys = seal::open_keys(&args.unseal)?;
     let session = Arc::new(Session::open(config).await?);
     let first = session.context(Purpose::Read).await;
     if first.local.is_none() && first.remote.is_none() && session.config().kube_settings.s3_config_secret.is_none() {
@@ -109,6 +138,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         deltas: args.deltas.then_some(etcdsnap::pitr::capture::CaptureSettings {
             flush_interval: args.delta_interval,
             max_bytes: args.delta_max_bytes,
+            // Segments are sealed to the recipients snapshots are (those given here; recipients
+            // from the S3 config Secret seal snapshots only).
+            recipients: session.config().sealing.recipients.clone(),
         }),
     };
     etcdsnap_api::SnapshotName::parse(&etcdsnap_api::snapshot_file_name(
@@ -118,11 +150,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         settings.compression,
     ))
     .context("--snapshot-name")?;
+    if settings.schedule.is_some() {
+        resolve::warn_about_server_snapshots(node, &settings.base_name)?;
+    }
     let mut dependencies: Vec<Box<dyn Dependency>> = vec![Box::new(EtcdDependency(session.config().etcd.clone()))];
     if let Some(remote) = &first.remote {
         dependencies.push(Box::new(StoreDependency(remote.clone())));
     }
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_program(session.config().kube_settings.program));
     let duties = session.kube().cloned().map(|kube| {
         dependencies.push(Box::new(KubeDependency(kube.clone())));
         let duties = KubeDutySettings {
@@ -132,8 +167,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         };
         Arc::new(KubeDuties::new(kube, session.clone(), duties, metrics.clone()))
     });
-    if duties.is_none() {
-        tracing::warn!("Kubernetes not configured: ETCDSnapshotFile resources are skipped");
+    match (duties.is_none(), node.kube.no_kube) {
+        (true, true) => tracing::info!("Kubernetes not used (--no-kube): ETCDSnapshotFile resources are skipped"),
+        (true, false) => tracing::warn!("Kubernetes not configured: ETCDSnapshotFile resources are skipped"),
+        (false, _) => {}
     }
     let health = Arc::new(Health::new(dependencies));
     let stop = CancellationToken::new();
@@ -150,7 +187,10 @@ async fn drill_settings(args: &AgentArgs) -> anyhow::Result<Option<DrillSettings
     }
     let schedule = Schedule::parse(&args.drill_schedule).map_err(|e| anyhow::anyhow!("--drill-schedule: {e}"))?;
     match resolve::drill_options(&args.drill).await {
-        Ok(options) => Ok(Some(DrillSettings { schedule, options })),
+        Ok(mut options) => {
+            options.keys = seal::open_keys(&args.unseal)?;
+            Ok(Some(DrillSettings { schedule, options }))
+        }
         Err(e) if args.drill.etcdutl.is_none() => {
             tracing::warn!(
                 "restore drills are off: {e:#} (install etcdutl 3.7+ or pass --etcdutl; --drill-schedule \"\" silences this)"

@@ -8,11 +8,18 @@ use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub struct CompletionArgs {
     /// The shell to complete for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
 }
+
+const EXAMPLES: &str = "Examples:
+  etcdsnap completion bash > /etc/bash_completion.d/etcdsnap
+  etcdsnap completion zsh > \"${fpath[1]}/_etcdsnap\"
+  etcdsnap completion fish > ~/.config/fish/completions/etcdsnap.fish
+";
 
 pub fn run(args: CompletionArgs) -> anyhow::Result<ExitCode> {
     let mut cmd = Cli::command();

@@ -4,7 +4,8 @@
 use crate::cli::flags::{DrillToolArgs, SnapshotFlags};
 use crate::cli::output::{self, drill as view};
 use crate::cli::progress::ProgressLine;
-use crate::cli::{exit, resolve};
+use crate::cli::seal::UnsealArgs;
+use crate::cli::{exit, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap::drill::{self, DrillReport};
@@ -18,6 +19,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = EXAMPLES,
+    mut_args(help::unused(&[
+        help::ETCD, help::TOKEN, help::COMPRESS, help::RETENTION, help::KUBE_DUTIES, help::SAVE_ONLY,
+        &["name", "cluster_id"],
+    ])),
+    mut_args(help::no_wide)
+)]
 pub struct DrillArgs {
     /// Snapshots to drill: names as `ls` shows them (looked up locally, then in S3), or file
     /// paths (anything containing a `/`) [default: the newest snapshot of this node in each
@@ -28,22 +37,49 @@ pub struct DrillArgs {
     pub flags: SnapshotFlags,
     #[command(flatten)]
     pub tools: DrillToolArgs,
+    #[command(flatten)]
+    pub unseal: UnsealArgs,
 }
 
+const EXAMPLES: &str = "Examples:
+  # The newest snapshot of this node in each store: hashed with etcdutl 3.7+, compared
+  etcdsnap drill --etcdutl /usr/local/bin/etcdutl
+
+  # One snapshot, restored and booted in a private etcd on loopback as well
+  etcdsnap drill on-demand-node-1-1700000000 --drill-etcd /usr/local/bin/etcd
+
+  # A sealed snapshot, opened with an age identity; only signed records are drilled
+  etcdsnap drill --decrypt-identity /root/etcd.agekey --verify-key /etc/etcdsnap/sign.pub
+
+  # A copy elsewhere, by path
+  etcdsnap drill ./copy/on-demand-node-1-1700000000.zst
+";
+
 pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
-    let opts = resolve::drill_options(&args.tools).await?;
+    let mut opts = resolve::drill_options(&args.tools).await?;
+    opts.keys = crate::cli::seal::open_keys(&args.unseal)?;
     let session = resolve::command_session(&args.flags, false).await?;
     let ctx = session.context(Purpose::Read).await;
+    if let Some(e) = ctx.missing_local_error() {
+        bail!(e);
+    }
+    if let Some(w) = ctx.missing_local_warning() {
+        tracing::warn!("{w}");
+    }
     let sources = select(&ctx, &args.snapshots).await?;
     if sources.is_empty() {
-        bail!("no snapshots of node {} to drill: take one with `etcdsnap save`", ctx.node_name);
+        bail!(
+            "no snapshots of node {} to drill in {}: take one with `etcdsnap save`",
+            ctx.node_name,
+            ctx.describe_stores()
+        );
     }
     let mut reports = Vec::new();
     for source in &sources {
         let progress = ProgressLine::start(&format!("Drilling {}", source.record.name));
         let report = drill::drill(source, &opts, Some(progress.counter())).await;
         progress.finish();
-        for problem in drill::keep_result(source, &report, session.kube(), &ctx.node_name, None).await {
+        for problem in drill::keep_result(source, &report, session.kube(), &ctx.node_name, None, None).await {
             eprintln!("warning: {problem}");
         }
         reports.push(report);

@@ -3,7 +3,7 @@
 
 use crate::cli::flags::{OutputFormat, SnapshotFlags};
 use crate::cli::output::{self, chains, records, resources};
-use crate::cli::{exit, resolve};
+use crate::cli::{exit, help, resolve};
 use anyhow::bail;
 use clap::Args;
 use etcdsnap::ops;
@@ -11,14 +11,23 @@ use etcdsnap::session::Purpose;
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_kube::resources as kube_resources;
 use etcdsnap_storage::pitr::{local, summarize};
+use etcdsnap_storage::store::StoreError;
 use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = EXAMPLES,
+    mut_args(help::unused(&[
+        help::ETCD, help::TOKEN, help::COMPRESS, help::RETENTION, help::KUBE_DUTIES, help::SAVE_ONLY,
+        &["name", "cluster_id"],
+    ])),
+    mut_arg("output", |a| a.help("Output format: table, wide (more columns), json or yaml"))
+)]
 pub struct LsArgs {
     /// List the ETCDSnapshotFile resources of every node (from the API server) instead of this
     /// node's storage.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_kube")]
     pub cluster: bool,
     /// List the delta chains of point-in-time recovery (`agent --deltas`) beside the snapshot
     /// directory: base, revisions and times covered, gaps.
@@ -27,6 +36,21 @@ pub struct LsArgs {
     #[command(flatten)]
     pub flags: SnapshotFlags,
 }
+
+const EXAMPLES: &str = "Examples:
+  # This node's snapshots, locally and in S3 (columns that fit the terminal)
+  etcdsnap ls --s3 --s3-bucket backups
+
+  # With the location, revision, compression and cluster id of each
+  etcdsnap ls -o wide
+
+  # K3s's columns with whole bytes, for a script (as into any pipe)
+  etcdsnap ls | awk '{print $1, $3}'
+
+  # Every node's snapshots, from the API server; the delta chains of point-in-time recovery
+  etcdsnap ls --cluster
+  etcdsnap ls --deltas
+";
 
 pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     if args.cluster {
@@ -45,13 +69,21 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     for (store, e) in &report.errors {
-        eprintln!("error: listing {store}: {e}");
+        match e {
+            StoreError::MissingDir(_) => eprintln!("error: {e}"),
+            e => eprintln!("error: listing {store}: {e}"),
+        }
     }
-    output::print(
-        args.flags.output.output,
-        || records::view(&report.records),
-        |cells| records::table_of(&report.records, cells),
-    )?;
+    let format = args.flags.output.output;
+    if format.is_table() && report.records.is_empty() {
+        // Like kubectl's "No resources found": nothing on stdout, where a script expects rows.
+        if report.errors.is_empty() {
+            eprintln!("No snapshots found in {}.", ctx.describe_stores());
+        }
+        return Ok(exit(report.errors.is_empty()));
+    }
+    let wide = format == OutputFormat::Wide;
+    output::print(format, || records::view(&report.records), |cells| records::table_of(&report.records, cells, wide))?;
     Ok(exit(report.errors.is_empty()))
 }
 
@@ -78,8 +110,8 @@ fn deltas(snapshot_dir: &Path, format: OutputFormat) -> std::io::Result<bool> {
         eprintln!("warning: {w}");
     }
     let summaries = summarize(&found);
-    if format == OutputFormat::Table && summaries.is_empty() {
-        println!("No delta chains beside {} (run the agent with --deltas).", snapshot_dir.display());
+    if format.is_table() && summaries.is_empty() {
+        eprintln!("No delta chains beside {} (run the agent with --deltas).", snapshot_dir.display());
         return Ok(warnings.is_empty());
     }
     let view = || summaries.iter().map(chains::ChainView::new).collect::<Vec<_>>();

@@ -2,6 +2,7 @@
 //! the two can never disagree.
 
 use crate::cli::args::Cli;
+use crate::cli::help;
 use anyhow::Context;
 use clap::{Args, CommandFactory};
 use std::io::Write;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub struct ManArgs {
     /// Directory to write every page into (created if missing); without it, etcdsnap.1 is
     /// printed.
@@ -16,15 +18,23 @@ pub struct ManArgs {
     pub dir: Option<PathBuf>,
 }
 
+const EXAMPLES: &str = "Examples:
+  # Every page, where man finds them
+  etcdsnap man --dir /usr/local/share/man/man1
+
+  # The main page, read now
+  etcdsnap man | man -l -
+";
+
 pub fn run(args: ManArgs) -> anyhow::Result<ExitCode> {
     match args.dir {
         Some(dir) => {
             let pages = write_pages(&dir)?;
-            println!("{pages} manual pages written to {}.", dir.display());
+            crate::cli::output::emit(&format!("{pages} manual pages written to {}.\n", dir.display()))?;
         }
         None => {
             let mut out = std::io::stdout().lock();
-            clap_mangen::Man::new(Cli::command()).render(&mut out).context("writing etcdsnap.1")?;
+            render(&Cli::command(), &mut out).context("writing etcdsnap.1")?;
             out.flush().context("writing etcdsnap.1")?;
         }
     }
@@ -47,10 +57,29 @@ fn write_pages(dir: &Path) -> anyhow::Result<usize> {
     for page in &pages {
         let path = dir.join(format!("{}.1", page.get_name()));
         let mut file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        clap_mangen::Man::new(page.clone()).render(&mut file).with_context(|| format!("writing {}", path.display()))?;
+        render(page, &mut file).with_context(|| format!("writing {}", path.display()))?;
         file.sync_all().with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(pages.len())
+}
+
+/// One page: clap_mangen's sections, with the command's examples as EXAMPLES.
+fn render(page: &clap::Command, w: &mut dyn Write) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(page.clone());
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    if page.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(w)?;
+    }
+    if page.has_subcommands() {
+        man.render_subcommands_section(w)?;
+    }
+    if let Some(roff) = page.get_after_help().and_then(|h| help::examples_roff(&h.to_string())) {
+        w.write_all(roff.as_bytes())?;
+    }
+    man.render_version_section(w)
 }
 
 #[cfg(test)]
@@ -87,7 +116,9 @@ mod tests {
         assert_eq!(written, commands + 1);
         let save = std::fs::read_to_string(dir.path().join("etcdsnap-save.1")).unwrap();
         assert!(save.contains(".TH etcdsnap-save 1"), "{save}");
-        assert!(save.contains("\\-\\-s3\\-retention"), "{save}");
+        assert!(save.contains("\\-\\-s3\\-bucket"), "{save}");
+        assert!(!save.contains("\\-\\-orphan\\-ttl"), "save does not use it: {save}");
+        assert!(save.contains(".SH EXAMPLES") && !save.contains(".SH EXTRA"), "{save}");
         let main = std::fs::read_to_string(dir.path().join("etcdsnap.1")).unwrap();
         assert!(main.contains("etcdsnap\\-restore(1)"), "{main}");
     }

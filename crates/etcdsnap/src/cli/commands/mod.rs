@@ -8,6 +8,7 @@ pub mod completion;
 pub mod crd;
 pub mod delete;
 pub mod drill;
+pub mod kit;
 pub mod ls;
 pub mod man;
 pub mod prune;

@@ -1,32 +1,70 @@
-//! `etcdsnap prune`: retention applied now, then the removed snapshots' resources.
+//! `etcdsnap prune`: retention applied now (or, with `--dry-run`, what each store's rule keeps
+//! and removes), then the removed snapshots' resources.
 
-use crate::cli::flags::SnapshotFlags;
-use crate::cli::{exit, resolve};
+use crate::cli::flags::{OutputFormat, SnapshotFlags};
+use crate::cli::output::{emit, print_structured, prune as view};
+use crate::cli::{exit, help, resolve};
 use clap::Args;
 use etcdsnap::ops::{self, PruneOptions};
 use etcdsnap::session::Purpose;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = EXAMPLES,
+    mut_args(help::unused(&[help::ETCD, help::TOKEN, help::COMPRESS, help::KUBE_DUTIES, help::SAVE_ONLY])),
+    mut_args(help::no_wide)
+)]
 pub struct PruneArgs {
+    /// Say what each store's rule keeps and removes, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub flags: SnapshotFlags,
 }
+
+const EXAMPLES: &str = "Examples:
+  # What keeping the 3 newest on-demand snapshots would remove, without removing anything
+  etcdsnap prune --retention 3 --dry-run
+
+  # Keep the 3 newest on-demand snapshots (K3s's spelling works too)
+  etcdsnap prune --snapshot-retention 3
+
+  # The agent's scheduled snapshots, locally and in S3 (S3 counts this node's, of this cluster)
+  etcdsnap prune --name etcd-snapshot --retention 5 --s3 --s3-bucket backups
+";
 
 pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let flags = &args.flags;
     let session = resolve::command_session(flags, false).await?;
     let ctx = session.context(Purpose::Write).await;
-    let keep = flags.retention.retention;
-    let options =
-        PruneOptions { base_name: flags.name.clone(), keep_local: keep, keep_remote: ctx.s3_retention.unwrap_or(keep) };
-    let report = ops::prune(&ctx, &options).await;
-    for (_, name) in &report.deleted {
-        println!("Snapshot {name} deleted.");
+    let missing = ctx.missing_local_error();
+    if let Some(w) = ctx.missing_local_warning() {
+        tracing::warn!("{w}");
     }
-    for e in &report.errors {
+    if let Some(e) = &missing
+        && ctx.stores().is_empty()
+    {
+        anyhow::bail!("{e}");
+    }
+    let keep = flags.retention.retention;
+    let options = PruneOptions {
+        base_name: flags.name.clone(),
+        keep_local: keep,
+        keep_remote: ctx.s3_retention.unwrap_or(keep),
+        dry_run: args.dry_run,
+    };
+    let report = ops::prune(&ctx, &options).await;
+    match flags.output.output {
+        OutputFormat::Table | OutputFormat::Wide if args.dry_run => emit(&view::preview_text(&report))?,
+        OutputFormat::Table | OutputFormat::Wide => emit(&view::deleted_text(&report))?,
+        format => print_structured(&view::PruneView::new(&report, args.dry_run), format)?,
+    }
+    for e in missing.iter().map(ToString::to_string).chain(report.errors.iter().map(ToString::to_string)) {
         eprintln!("error: {e}");
     }
-    session.after_removal(&ctx, &report.deleted).await;
-    Ok(exit(report.errors.is_empty()))
+    if !args.dry_run {
+        session.after_removal(&ctx, &report.deleted).await;
+    }
+    Ok(exit(report.errors.is_empty() && missing.is_none()))
 }

@@ -3,7 +3,7 @@
 
 use crate::cli::flags::SnapshotFlags;
 use crate::cli::output::reconcile as view;
-use crate::cli::{exit, resolve};
+use crate::cli::{exit, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap::ops::reconcile as reconcile_job;
@@ -18,6 +18,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = EXAMPLES,
+    mut_args(help::unused(&[help::ETCD, help::TOKEN, help::COMPRESS, help::RETENTION, help::SAVE_ONLY, &["name", "output"]]))
+)]
 pub struct ReconcileArgs {
     /// Only this node's duties, even if the leader Lease is free.
     #[arg(long)]
@@ -25,6 +29,14 @@ pub struct ReconcileArgs {
     #[command(flatten)]
     pub flags: SnapshotFlags,
 }
+
+const EXAMPLES: &str = "Examples:
+  # This node's resources, and the leader's duties if the leader Lease is free
+  etcdsnap reconcile
+
+  # Only this node's resources, S3 included
+  etcdsnap reconcile --no-leader --s3 --s3-bucket backups
+";
 
 /// How long `reconcile` watches a leader Lease that is not being renewed before it gives up on
 /// the leader's duties: a holder that died without releasing it is waited out for the Lease's
@@ -59,7 +71,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         let _ = task.await;
     }
     let outcome = result?;
-    print!("{}", view::text(&node, &role, &outcome));
+    crate::cli::output::emit(&view::text(&node, &role, &outcome))?;
     for e in &outcome.report.errors {
         eprintln!("error: {e}");
     }

@@ -3,7 +3,7 @@
 
 use crate::cli::flags::{KubeArgs, heading};
 use crate::cli::output::{Cells, resources};
-use crate::cli::resolve;
+use crate::cli::{help, resolve};
 use clap::{Args, ValueEnum};
 use etcdsnap_kube::watch as kwatch;
 use futures::StreamExt;
@@ -20,6 +20,7 @@ pub enum WatchFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES, mut_args(help::unused(&[help::KUBE_DUTIES, help::SAVE_ONLY, &["s3_config_secret"]])))]
 pub struct WatchArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table", help_heading = heading::OUTPUT)]
@@ -28,12 +29,20 @@ pub struct WatchArgs {
     pub kube: KubeArgs,
 }
 
+const EXAMPLES: &str = "Examples:
+  # Snapshots appearing, changing and going away on every node, as they happen
+  etcdsnap watch
+
+  # One JSON event per line, for a program
+  etcdsnap watch -o json | jq -r 'select(.type == \"ADDED\") | .object.spec.snapshotName'
+";
+
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let kube = resolve::kube_only(&args.kube, "watch").await?;
     let mut stream = Box::pin(kwatch::changes(&kube.client));
     let cells = Cells::for_stdout();
     if args.output == WatchFormat::Table {
-        println!("EVENT {}", resources::HEADER.join(" "));
+        crate::cli::output::emit(&format!("EVENT {}\n", resources::HEADER.join(" ")))?;
     }
     while let Some(change) = stream.next().await {
         let change = match change {

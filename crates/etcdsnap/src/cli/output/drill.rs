@@ -18,8 +18,10 @@ pub struct Drilled {
     location: String,
     created_at: String,
     level: Level,
+    /// Every check passed, the contents compared equal to the live member's (false when they
+    /// could not be compared: see `result`).
     passed: bool,
-    /// `passed` or `failed: <problem>`, as the resource's annotation says.
+    /// `passed`, `not compared: <why>` or `failed: <problem>`, as the resource's annotation says.
     result: Verdict,
     problems: Vec<String>,
     notes: Vec<String>,
@@ -57,7 +59,7 @@ fn drilled(r: &DrillReport) -> Drilled {
         location: r.record.location.clone(),
         created_at: rfc3339(r.record.created_at),
         level: r.level,
-        passed: r.passed(),
+        passed: r.verdict() == Verdict::Passed,
         result: r.verdict(),
         problems: r.problems.clone(),
         notes: r.notes.clone(),
@@ -76,11 +78,16 @@ fn drilled(r: &DrillReport) -> Drilled {
     }
 }
 
-/// A row per snapshot, then each one's notes, then how many were drilled and failed.
+/// A row per snapshot, then each one's notes and why it was not compared, then how many
+/// passed, were not compared and failed (adding up to how many were drilled).
 pub fn table_of(reports: &[DrillReport], cells: Cells) -> String {
     let mut rows =
         vec![["Name", "Location", "Level", "Revision", "HashKV", "Took", "Result"].map(String::from).to_vec()];
     for r in reports {
+        let result = match r.verdict() {
+            Verdict::NotCompared { .. } => etcdsnap::drill::NOT_COMPARED.to_string(),
+            other => other.to_string(),
+        };
         rows.push(vec![
             r.record.name.to_string(),
             cells.location(&r.record.location),
@@ -88,7 +95,7 @@ pub fn table_of(reports: &[DrillReport], cells: Cells) -> String {
             r.revision.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
             r.computed.map(|h| h.hash.to_string()).unwrap_or_else(|| "-".into()),
             format!("{:.1}s", r.duration.as_secs_f64()),
-            r.verdict().to_string(),
+            result,
         ]);
     }
     let mut out = table(&rows);
@@ -96,8 +103,16 @@ pub fn table_of(reports: &[DrillReport], cells: Cells) -> String {
         for n in &r.notes {
             out.push_str(&format!("note: {}: {n}\n", r.record.name));
         }
+        if let Verdict::NotCompared { why } = r.verdict() {
+            out.push_str(&format!("not compared: {}: {why}\n", r.record.name));
+        }
     }
     let failed = reports.iter().filter(|r| !r.passed()).count();
-    out.push_str(&format!("{} drilled, {failed} failed.\n", reports.len()));
+    let not_compared = reports.iter().filter(|r| matches!(r.verdict(), Verdict::NotCompared { .. })).count();
+    let passed = reports.len() - failed - not_compared;
+    out.push_str(&format!(
+        "{} drilled: {passed} passed, {not_compared} not compared, {failed} failed.\n",
+        reports.len()
+    ));
     out
 }

@@ -4,13 +4,18 @@
 //! json|yaml` prints) with its table beside it. This file holds what they share: the table
 //! layout, how cells are written, structured printing.
 //!
-//! Tables are for people and `-o json|yaml` for programs: tables show sizes as `64.1 MiB`
-//! everywhere, and, on a terminal only, ages (`5m ago`) and shortened `file://` locations;
-//! structured output keeps exact bytes, full locations and RFC 3339 times.
+//! Tables are for people and `-o json|yaml` for programs. On a terminal, tables show sizes as
+//! `64.1 MiB`, ages (`5m ago`) and shortened `file://` locations, and fit its width; into a
+//! pipe or a file they show whole bytes, RFC 3339 times and full locations, as K3s's do, for
+//! the scripts that parse them. Structured output is always exact.
+//!
+//! Everything printed on stdout goes through [`emit`] (or [`print`]), which returns the write's
+//! error: a reader that went away (`| head`) ends the command quietly (`cli::main`).
 
 pub mod chains;
 pub mod drill;
 pub mod pitr;
+pub mod prune;
 pub mod reconcile;
 pub mod records;
 pub mod resources;
@@ -48,10 +53,19 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Writes `text` to stdout and flushes it.
+pub fn emit(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
 /// How table cells are written for whoever reads them: a person at a terminal, or a pipe.
 #[derive(Debug, Clone, Copy)]
 pub struct Cells {
     terminal: bool,
+    /// The terminal's width in columns, when stdout is one.
+    width: Option<usize>,
     now: jiff::Timestamp,
 }
 
@@ -61,16 +75,36 @@ const LOCATION_WIDTH: usize = 60;
 impl Cells {
     /// For tables printed on stdout.
     pub fn for_stdout() -> Cells {
-        Cells::new(std::io::IsTerminal::is_terminal(&std::io::stdout()), etcdsnap_storage::clock::now())
+        let stdout = std::io::stdout();
+        let terminal = std::io::IsTerminal::is_terminal(&stdout);
+        let width = terminal.then(|| terminal_width(&stdout)).flatten();
+        Cells { terminal, width, now: etcdsnap_storage::clock::now() }
     }
 
+    #[cfg(test)]
     pub fn new(terminal: bool, now: jiff::Timestamp) -> Cells {
-        Cells { terminal, now }
+        Cells { terminal, width: None, now }
     }
 
-    /// Sizes read the same on a terminal and in a pipe: exact bytes are in `-o json`.
+    /// The same with a terminal `width` columns wide.
+    #[cfg(test)]
+    pub fn with_width(self, width: usize) -> Cells {
+        Cells { width: Some(width), ..self }
+    }
+
+    /// Whether a person reads the table (stdout is a terminal).
+    pub fn terminal(&self) -> bool {
+        self.terminal
+    }
+
+    /// The width to fit, when stdout is a terminal.
+    pub fn width(&self) -> Option<usize> {
+        self.width
+    }
+
+    /// `64.1 MiB` on a terminal; whole bytes into a pipe, as K3s prints them for scripts.
     pub fn size(&self, bytes: u64) -> String {
-        human_bytes(bytes)
+        if self.terminal { human_bytes(bytes) } else { bytes.to_string() }
     }
 
     /// A size recorded as a Kubernetes quantity (`67174432`); shown as is when it is not a plain
@@ -89,6 +123,12 @@ impl Cells {
     pub fn location(&self, location: &str) -> String {
         if self.terminal { shorten_file_location(location, LOCATION_WIDTH) } else { location.to_string() }
     }
+}
+
+/// The terminal's width: `$COLUMNS` when set (what a shell says), else asked of the terminal.
+fn terminal_width(stdout: &std::io::Stdout) -> Option<usize> {
+    let columns = std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse().ok()).filter(|c: &usize| *c > 0);
+    columns.or_else(|| terminal_size::terminal_size_of(stdout).map(|(w, _)| usize::from(w.0)))
 }
 
 /// `file:///var/lib/rancher/k3s/server/db/snapshots/x` → `file://…/db/snapshots/x`: the last
@@ -113,6 +153,52 @@ fn shorten_file_location(location: &str, width: usize) -> String {
         tail = longer;
     }
     format!("file://…/{tail}")
+}
+
+/// The shortest a name is cut to (its head, `…`, and the time at its end stay readable).
+const MIN_NAME: usize = 24;
+
+/// Rows (a header first) that fit `width` columns: names (the first column) lose their middle
+/// first, down to [`MIN_NAME`] characters, then, if `drop_last`, the last column goes.
+pub fn fit(mut rows: Vec<Vec<String>>, width: usize, drop_last: bool) -> Vec<Vec<String>> {
+    let line = |rows: &[Vec<String>]| {
+        let columns = rows.first().map_or(0, Vec::len);
+        (0..columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).sum::<usize>()
+            + columns.saturating_sub(1)
+    };
+    for dropping in [false, true] {
+        if dropping && !drop_last {
+            break;
+        }
+        if dropping && line(&rows) > width {
+            for row in &mut rows {
+                row.pop();
+            }
+        }
+        let excess = line(&rows).saturating_sub(width);
+        if excess == 0 {
+            break;
+        }
+        let longest = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
+        let target = longest.saturating_sub(excess).max(MIN_NAME);
+        for row in rows.iter_mut().skip(1) {
+            row[0] = elide_middle(&row[0], target);
+        }
+    }
+    rows
+}
+
+/// `name` cut to `max` characters by replacing its middle with `…`, keeping the end (the time
+/// and extension that tell snapshots apart) longer than the start.
+fn elide_middle(name: &str, max: usize) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= max || max < 3 {
+        return name.to_string();
+    }
+    let keep = max - 1;
+    let head = keep * 2 / 5;
+    let tail = keep - head;
+    format!("{}…{}", chars[..head].iter().collect::<String>(), chars[chars.len() - tail..].iter().collect::<String>())
 }
 
 /// RFC 3339 with whole seconds, as Kubernetes prints times.
@@ -143,11 +229,7 @@ pub fn print<T: Serialize>(
     table: impl FnOnce(Cells) -> String,
 ) -> std::io::Result<()> {
     match format {
-        OutputFormat::Table => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(table(Cells::for_stdout()).as_bytes())?;
-            out.flush()
-        }
+        OutputFormat::Table | OutputFormat::Wide => emit(&table(Cells::for_stdout())),
         format => print_structured(&view(), format),
     }
 }
@@ -155,6 +237,14 @@ pub fn print<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_lose_their_middle_and_keep_their_end() {
+        assert_eq!(elide_middle("abcdefghij", 10), "abcdefghij");
+        let cut = elide_middle("etcd-snapshot-node-1-1700000000.zst", 24);
+        assert_eq!(cut.chars().count(), 24);
+        assert!(cut.ends_with("1700000000.zst") && cut.starts_with("etcd-snap"), "{cut}");
+    }
 
     #[test]
     fn tables_align_like_tabwriter() {
@@ -188,10 +278,13 @@ mod tests {
     }
 
     #[test]
-    fn sizes_are_human_in_tables_and_quantities_that_are_not_bytes_stay() {
-        let cells = Cells::new(false, at("2026-12-02T10:00:00Z"));
-        assert_eq!(cells.size(67_174_432), "64.1 MiB");
-        assert_eq!(cells.quantity("67174432"), "64.1 MiB");
-        assert_eq!(cells.quantity("64Mi"), "64Mi");
+    fn sizes_are_human_on_a_terminal_whole_bytes_in_a_pipe_and_other_quantities_stay() {
+        let tty = Cells::new(true, at("2026-12-02T10:00:00Z"));
+        let pipe = Cells::new(false, at("2026-12-02T10:00:00Z"));
+        assert_eq!(tty.size(67_174_432), "64.1 MiB");
+        assert_eq!(tty.quantity("67174432"), "64.1 MiB");
+        assert_eq!(pipe.size(67_174_432), "67174432");
+        assert_eq!(pipe.quantity("67174432"), "67174432");
+        assert_eq!(tty.quantity("64Mi"), "64Mi");
     }
 }

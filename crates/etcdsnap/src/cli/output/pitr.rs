@@ -33,6 +33,8 @@ pub struct Replayed {
     revision: i64,
     revisions: u64,
     events: u64,
+    /// Events whose key's previous state in the replay was the one the capture saw.
+    events_proven: u64,
     leases_granted: u64,
     hash_kv: u32,
     hash_checked: bool,
@@ -78,9 +80,10 @@ impl Replayed {
             revision: r.revision,
             revisions: r.revisions_applied,
             events: r.events_applied,
+            events_proven: r.events_proven,
             leases_granted: r.leases_granted,
             hash_kv: r.hash.hash,
-            hash_checked: hash_checked && r.notes.is_empty(),
+            hash_checked: hash_checked && r.hash_compared,
             notes: r.notes.clone(),
             seconds: r.duration.as_secs_f64(),
         }
@@ -140,22 +143,28 @@ pub fn plan_text(plan: &PitrPlan) -> String {
     out
 }
 
-/// The replay's outcome, and whether its HashKV matched the live cluster's.
-pub fn replayed_text(plan: &PitrPlan, rolled: &RolledForward) -> String {
+/// The replay's outcome: how much of it was proven against the capture, whether its HashKV
+/// matched the live cluster's, and anything else worth knowing.
+pub fn replayed_text(rolled: &RolledForward) -> String {
     let r = &rolled.report;
-    let hash = match (plan.expected_hash, r.notes.first()) {
-        (Some(_), None) => format!("HashKV {} matches the live cluster's at that revision", r.hash.hash),
-        (_, Some(note)) => format!("HashKV {} ({note})", r.hash.hash),
-        (None, None) => format!("HashKV {}", r.hash.hash),
+    let hash = if r.hash_compared {
+        format!("HashKV {} matches the live cluster's at that revision", r.hash.hash)
+    } else {
+        format!("HashKV {}", r.hash.hash)
     };
-    format!(
-        "Replayed {} revisions ({} events, {} leases granted) to revision {} in {:.1}s; {hash}.",
+    let mut text = format!(
+        "Replayed {} revisions ({} events, {} proven against the capture; {} leases granted) to revision {} in {:.1}s; {hash}.",
         r.revisions_applied,
         r.events_applied,
+        r.events_proven,
         r.leases_granted,
         r.revision,
         r.duration.as_secs_f64()
-    )
+    );
+    for note in &r.notes {
+        text.push_str(&format!("\n  note: {note}"));
+    }
+    text
 }
 
 /// What was done and how to start etcd on it.

@@ -2,7 +2,7 @@
 //! ETCDSnapshotFile objects their records make, named by their ConfigMap-style key as K3s's
 //! list does.
 
-use super::{Cells, table};
+use super::{Cells, fit, table};
 use etcdsnap_api::ETCDSnapshotFile;
 use etcdsnap_kube::RecordResource;
 use etcdsnap_storage::SnapshotRecord;
@@ -30,13 +30,13 @@ impl<T> KubeList<T> {
     }
 }
 
-/// The records as resources, each named by its key.
+/// The records as resources (labelled with this run's program's names), each named by its key.
 pub fn view(records: &[SnapshotRecord]) -> KubeList<ETCDSnapshotFile> {
     KubeList::new(
         records
             .iter()
             .map(|r| {
-                let mut cr = r.to_resource();
+                let mut cr = r.to_resource(crate::cli::resolve::program_in_use());
                 cr.metadata.name = Some(r.key());
                 cr
             })
@@ -44,22 +44,98 @@ pub fn view(records: &[SnapshotRecord]) -> KubeList<ETCDSnapshotFile> {
     )
 }
 
-/// K3s's four columns, then the last restore drill's result.
-pub fn table_of(records: &[SnapshotRecord], cells: Cells) -> String {
-    let mut rows = vec![["Name", "Location", "Size", "Created", "Drill"].map(String::from).to_vec()];
+/// The tables of `ls`: for a person at a terminal, name, where, size, age and drill, fitted to
+/// its width; into a pipe, K3s's four columns (name, location, whole bytes, RFC 3339 time) and
+/// the drill, which scripts written for `k3s etcd-snapshot ls` parse; `wide`, every column.
+pub fn table_of(records: &[SnapshotRecord], cells: Cells, wide: bool) -> String {
+    let header: &[&str] = match (wide, cells.terminal()) {
+        (true, _) => {
+            &["Name", "Where", "Location", "Size", "Created", "Drill", "Revision", "Compression", "Cluster-ID"]
+        }
+        (false, true) => &["Name", "Where", "Size", "Created", "Drill"],
+        (false, false) => &["Name", "Location", "Size", "Created", "Drill"],
+    };
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     for r in records {
-        let drill = match &r.drill {
-            Some(d) if d.passed() => "passed".to_string(),
-            Some(_) => "failed".to_string(),
-            None => "-".to_string(),
+        let cell = |column: &str| match column {
+            "Name" => r.name.to_string(),
+            "Where" => r.storage.prefix().trim_end_matches('-').to_string(),
+            // A wide table is read whole: locations are never shortened there.
+            "Location" if wide => r.location.clone(),
+            "Location" => cells.location(&r.location),
+            "Size" => cells.size(r.size),
+            "Created" => cells.created(r.created_at),
+            "Drill" => drill(r),
+            "Revision" => r.etcd.as_ref().map(|e| e.revision.to_string()).unwrap_or_else(|| "-".into()),
+            "Compression" => r.compression.to_string(),
+            _ => r.etcd.as_ref().map(|e| e.cluster_id.clone()).filter(|c| !c.is_empty()).unwrap_or_else(|| "-".into()),
         };
-        rows.push(vec![
-            r.name.to_string(),
-            cells.location(&r.location),
-            cells.size(r.size),
-            cells.created(r.created_at),
-            drill,
-        ]);
+        rows.push(header.iter().map(|h| cell(h)).collect());
     }
-    table(&rows)
+    match (wide, cells.width()) {
+        (false, Some(width)) => table(&fit(rows, width, true)),
+        _ => table(&rows),
+    }
+}
+
+/// The last restore drill's result, in a word or two.
+fn drill(r: &SnapshotRecord) -> String {
+    match &r.drill {
+        Some(d) if d.passed() => "passed".to_string(),
+        Some(d) if d.failed() => "failed".to_string(),
+        Some(_) => "not compared".to_string(),
+        None => "-".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdsnap_api::{SnapshotName, StorageKind};
+
+    fn record(name: &str, storage: StorageKind) -> SnapshotRecord {
+        let name = SnapshotName::parse(name).unwrap();
+        let created = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let location = format!("file:///var/lib/rancher/k3s/server/db/snapshots/{name}");
+        SnapshotRecord::stored(name, storage, "n", location, created, 67_174_432)
+    }
+
+    fn now() -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_700_000_300).unwrap()
+    }
+
+    #[test]
+    fn a_pipe_gets_k3s_s_columns_and_whole_bytes() {
+        let text = table_of(&[record("on-demand-n-1700000000", StorageKind::Local)], Cells::new(false, now()), false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["Name", "Location", "Size", "Created", "Drill"]);
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(row[1], "file:///var/lib/rancher/k3s/server/db/snapshots/on-demand-n-1700000000");
+        assert_eq!(&row[2..], ["67174432", "2023-11-14T22:13:20Z", "-"]);
+    }
+
+    #[test]
+    fn a_terminal_gets_short_columns_fitted_to_its_width() {
+        let long = "on-demand-ip-172-31-10-20.eu-west-1.compute.internal-1700000000.zst";
+        let records = [record(long, StorageKind::Local), record(long, StorageKind::S3)];
+        let tty = Cells::new(true, now());
+        let roomy = table_of(&records, tty.with_width(200), false);
+        assert!(roomy.lines().nth(1).unwrap().starts_with(long), "{roomy}");
+        assert_eq!(
+            roomy.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(),
+            ["Name", "Where", "Size", "Created", "Drill"]
+        );
+        for width in [80, 60] {
+            let text = table_of(&records, tty.with_width(width), false);
+            for line in text.lines() {
+                assert!(line.chars().count() <= width, "{width}: {line:?}");
+            }
+            let row = text.lines().nth(1).unwrap();
+            assert!(row.contains('…') && row.contains("1700000000.zst") && row.contains("64.1 MiB"), "{text}");
+        }
+        // Wide: every column, every name whole.
+        let wide = table_of(&records, tty.with_width(80), true);
+        assert!(wide.lines().nth(1).unwrap().starts_with(long), "{wide}");
+        assert_eq!(wide.lines().next().unwrap().split_whitespace().count(), 9);
+    }
 }

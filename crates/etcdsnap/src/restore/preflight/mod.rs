@@ -14,6 +14,7 @@
 mod integrity;
 mod metadata;
 mod report;
+mod seal;
 mod space;
 mod target;
 mod token;
@@ -21,9 +22,11 @@ mod tools;
 
 pub(crate) use integrity::add_integrity;
 pub use report::{
-    Check, CheckStatus, CurrentToken, EtcdutlSummary, IntegritySummary, PreflightReport, SnapshotSummary, SpaceSummary,
-    TargetSummary, TokenResult, TokenSummary,
+    Check, CheckStatus, CurrentToken, EtcdutlSummary, IntegritySummary, PreflightReport, SealSummary, SnapshotSummary,
+    SpaceSummary, TargetSummary, TokenResult, TokenSummary,
 };
+pub(crate) use seal::gather as gather_sealing;
+pub use seal::{FROM_KIT, SealFacts};
 pub use token::TOKEN_MISMATCH_FIX;
 pub(crate) use tools::add_etcdutl;
 
@@ -46,6 +49,8 @@ pub(crate) struct Plan {
 /// Inputs of the pre-flight checks.
 pub(crate) struct PlanInput<'a> {
     pub source: &'a SnapshotSource,
+    pub keys: &'a etcdsnap_storage::seal::OpenKeys,
+    pub sealing: &'a SealFacts,
     pub data_dir: &'a std::path::Path,
     pub member: &'a MemberSettings,
     pub etcdutl: Option<&'a std::path::Path>,
@@ -60,7 +65,7 @@ pub(crate) struct PlanInput<'a> {
 pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
     let source = input.source;
     let record = &source.record;
-    let materialise = source.compression != Compression::None || source.path().is_none();
+    let materialise = source.compression != Compression::None || source.path().is_none() || source.sealed;
     let mut report = PreflightReport {
         snapshot: SnapshotSummary {
             name: record.name.to_string(),
@@ -87,7 +92,9 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
             current: input.token.map(|t| t.hash.to_string()),
             current_from: input.token.map(|t| t.from.clone()),
             result: TokenResult::Unknown,
+            recoverable: false,
         },
+        seal: SealSummary::default(),
         space: SpaceSummary {
             path: PathBuf::new(),
             available_bytes: None,
@@ -103,8 +110,11 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
     };
 
     metadata::check_metadata(&mut report, source);
+    seal::check_sealing(&mut report, source, input.keys, input.sealing);
     metadata::check_size(&mut report, source);
+    seal::kit_token(&mut report, input.sealing);
     token::check_token(&mut report, input.ignore_token_mismatch);
+    seal::check_encryption_config(&mut report, source, input.sealing);
     metadata::check_drill(&mut report, source);
     let target = target::check_target(&mut report, input.data_dir, source.path(), input.now_unix);
     space::check_space(&mut report, source, target.as_ref(), materialise);

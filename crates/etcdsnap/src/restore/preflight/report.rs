@@ -96,6 +96,29 @@ pub struct TokenSummary {
     pub current: Option<String>,
     pub current_from: Option<String>,
     pub result: TokenResult,
+    /// The server token is in the snapshot's restore kit (and hashes as recorded when
+    /// `result` is match): `etcdsnap kit` gives it back.
+    pub recoverable: bool,
+}
+
+/// Sealing and signature, as found.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SealSummary {
+    pub sealed: bool,
+    /// The age recipients the snapshot is sealed to (public keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// What the restore kit holds, by path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kit: Option<Vec<String>>,
+    /// The minisign key id the record's signature verified with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_config_recorded: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_config_host: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +159,7 @@ pub struct PreflightReport {
     pub member: MemberSettings,
     pub etcdutl: EtcdutlSummary,
     pub token: TokenSummary,
+    pub seal: SealSummary,
     pub space: SpaceSummary,
     pub integrity: IntegritySummary,
     pub checks: Vec<Check>,

@@ -9,6 +9,15 @@ pub(super) fn check_token(report: &mut PreflightReport, ignore_mismatch: bool) {
     use CheckStatus::*;
     let t = &report.token;
     let (result, status, detail, fix) = match (&t.recorded, &t.current) {
+        (Some(r), Some(c)) if r == c && t.recoverable => (
+            TokenResult::Match,
+            Pass,
+            format!(
+                "token recoverable: {} holds the server token, which hashes to {r} as recorded; `etcdsnap kit` writes it back",
+                super::FROM_KIT
+            ),
+            None,
+        ),
         (Some(r), Some(c)) if r == c => (
             TokenResult::Match,
             Pass,

@@ -1,19 +1,22 @@
 //! `etcdsnap restore NAME|PATH`: the snapshot resolved (a path, a name in the snapshot
 //! directory, or with `--s3` a name in the bucket), checked, and installed by
-//! `etcdsnap::restore`; with `--to-revision|--to-time`, a point-in-time restore ([`pitr`]).
+//! `etcdsnap::restore`; with `--to-revision|--to-time`, a point-in-time restore ([`pitr`]); with
+//! `--prepare-for k3s|rke2`, a plain file for the server's own restore ([`prepare`]).
 
 pub mod pitr;
+pub mod prepare;
 
-use crate::cli::args::parse_time;
-use crate::cli::flags::{OutputArgs, OutputFormat, S3Args, TokenArgs, heading};
-use crate::cli::output::print_structured;
+use crate::cli::args::{parse_program, parse_time};
+use crate::cli::flags::{OutputArgs, S3Args, TokenArgs, heading};
 use crate::cli::output::restore::{self as view, RestoreView, Restored};
+use crate::cli::output::{emit, print_structured};
 use crate::cli::progress::ProgressLine;
-use crate::cli::{EXIT_FAILURE, resolve};
+use crate::cli::seal::{EncryptionConfigArg, UnsealArgs};
+use crate::cli::{EXIT_FAILURE, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap::restore::{self, PreflightReport, RestoreOutcome, RestoreRequest, SnapshotSource};
-use etcdsnap_api::SnapshotName;
+use etcdsnap_api::{Program, SnapshotName};
 use etcdsnap_storage::store::StoreError;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::s3::{RawS3Settings, S3Store};
@@ -22,6 +25,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = EXAMPLES,
+    mut_arg("enabled", |a| a.help("NAME is a snapshot in the S3 folder the other S3 flags name: streamed from it, never kept locally")),
+    mut_args(help::unused(&[&["stale_upload_after"]])),
+    mut_args(help::no_wide)
+)]
 pub struct RestoreArgs {
     /// Snapshot to restore: a snapshot name as `ls` shows it, looked up in the snapshot
     /// directory, or a file path (anything containing a `/`, e.g. ./snap.db). Not given with
@@ -40,15 +49,23 @@ pub struct RestoreArgs {
     /// etcd data directory to restore into. If it holds data, that is moved aside to
     /// <dir>-old-<unix time>, never deleted. (Unlike other commands' --data-dir, this is
     /// never taken from the environment or a config file.)
-    #[arg(long, value_name = "DIR", required = true, help_heading = heading::MEMBER)]
-    pub data_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "prepare_for", help_heading = heading::MEMBER)]
+    pub data_dir: Option<PathBuf>,
+    /// Instead of restoring: write the snapshot as a plain etcd snapshot file that K3s or RKE2
+    /// restores itself (`--cluster-reset-restore-path`; neither reads .zst), checked on the
+    /// way, and print the commands that restore it.
+    #[arg(long, value_name = "PROGRAM", value_parser = parse_program, conflicts_with_all = ["data_dir", "to_revision", "to_time", "dry_run"])]
+    pub prepare_for: Option<Program>,
+    /// With --prepare-for: where the plain file is written [default: the directory holding the
+    /// snapshot directory, server/db on a K3s or RKE2 server]
+    #[arg(long, value_name = "DIR", requires = "prepare_for")]
+    pub prepare_dir: Option<PathBuf>,
     #[command(flatten)]
     pub member: MemberArgs,
     /// Snapshot directory in which NAME is looked up [default: $ETCDSNAP_DATA_DIR/snapshots, a
     /// K3s/RKE2 server's snapshot directory, else /var/lib/etcdsnap/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR", help_heading = heading::STORAGE)]
     pub dir: Option<PathBuf>,
-    /// With `--s3`, NAME is a snapshot in the S3 folder (streamed, never kept locally).
     #[command(flatten)]
     pub s3: S3Args,
     /// Point-in-time recovery: the newest snapshot at or below revision N, rolled forward to N
@@ -64,11 +81,18 @@ pub struct RestoreArgs {
     #[arg(long, env = "ETCDSNAP_ETCD", value_name = "PATH", help_heading = heading::PITR)]
     pub etcd: Option<PathBuf>,
     /// With --to-revision/--to-time: the etcd cluster ID (as `ls -o wide` shows it) whose
-    /// snapshots to use, when the snapshot directory holds several clusters'.
+    /// snapshots to use, when the snapshot directory holds several etcd clusters'.
     #[arg(long, value_name = "ID", help_heading = heading::PITR)]
-    pub cluster_id: Option<String>,
+    pub etcd_cluster_id: Option<String>,
+    /// Restore never talks to Kubernetes; accepted, like on every other command.
+    #[arg(long, env = "ETCDSNAP_NO_KUBE", help_heading = heading::KUBERNETES)]
+    pub no_kube: bool,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub unseal: UnsealArgs,
+    #[command(flatten)]
+    pub encryption: EncryptionConfigArg,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -78,8 +102,8 @@ pub struct RestoreArgs {
 #[command(next_help_heading = heading::MEMBER)]
 pub struct MemberArgs {
     /// Name of the restored etcd member (etcd's --name; etcd must later start with it).
-    #[arg(long, value_name = "NAME", required = true)]
-    pub name: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "prepare_for")]
+    pub member_name: Option<String>,
     /// Initial cluster of the restored member [default: <name>=<first peer URL>]
     #[arg(long, value_name = "NAME=URL,...")]
     pub initial_cluster: Option<String>,
@@ -98,6 +122,25 @@ pub struct MemberArgs {
     pub mark_compacted: bool,
 }
 
+const EXAMPLES: &str = "Examples:
+  # What a restore would do (every check, the bytes included), changing nothing
+  etcdsnap restore on-demand-node-1-1700000000.zst --data-dir /var/lib/etcd --member-name node-1 --dry-run
+
+  # A file by path into a new data directory; an existing one is moved aside, never deleted
+  etcdsnap restore ./snap.db --data-dir /var/lib/etcd --member-name node-1 \\
+    --initial-advertise-peer-urls https://10.0.0.5:2380
+
+  # A snapshot streamed from S3
+  etcdsnap restore etcd-snapshot-node-1-1700000000 --s3 --s3-bucket backups --data-dir /var/lib/etcd --member-name node-1
+
+  # A sealed snapshot, opened with an age identity, its record's signature checked first
+  etcdsnap restore on-demand-node-1-1700000000.zst.age --decrypt-identity /root/etcd.agekey \\
+    --verify-key /etc/etcdsnap/sign.pub --data-dir /var/lib/etcd --member-name node-1
+
+  # Point-in-time: the state of 4 minutes ago, replayed from the agent's delta segments
+  etcdsnap restore --to-time \"4m ago\" --data-dir /var/lib/etcd --member-name node-1 --etcd /usr/local/bin/etcd
+";
+
 pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(snapshot) = args.snapshot.clone() else {
         return pitr::run(args).await;
@@ -106,14 +149,19 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         true => resolve_s3(&snapshot, resolve::s3_settings(&args.s3, None)).await?,
         false => resolve(&args, &snapshot)?,
     };
+    if let Some(program) = args.prepare_for {
+        return prepare::run(&args, source, program).await;
+    }
     let request = RestoreRequest {
         source,
-        data_dir: args.data_dir.clone(),
+        data_dir: target_dir(&args)?,
         member: resolve::member_settings(&args.member),
         etcdutl: args.etcdutl.clone(),
         token: resolve::current_token(&args.token)?,
         ignore_token_mismatch: args.ignore_token_mismatch,
         dry_run: args.dry_run,
+        keys: crate::cli::seal::open_keys(&args.unseal)?,
+        encryption_config: encryption_config(&args),
     };
     let format = args.output.output;
     let mut progress = Some(ProgressLine::start(&format!("Checking {}", request.source.record.name)));
@@ -123,7 +171,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         if let Some(p) = progress.take() {
             p.finish();
         }
-        if format == OutputFormat::Table {
+        if format.is_table() {
             print_report(report);
         }
         shown = Some(report.clone());
@@ -144,36 +192,36 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     match result {
         Ok(RestoreOutcome::Restored { report, installed, duration }) => {
-            if format == OutputFormat::Table {
-                println!(
-                    "Restored {} into {} in {:.1}s.",
+            if format.is_table() {
+                emit(&format!(
+                    "Restored {} into {} in {:.1}s.\n{}",
                     report.snapshot.name,
                     installed.data_dir.display(),
-                    duration.as_secs_f64()
-                );
-                print!("{}", view::installed_text(&installed, &report.member));
+                    duration.as_secs_f64(),
+                    view::installed_text(&installed, &report.member)
+                ))?;
             } else {
                 structured(&report, Some(Restored::new(&installed, duration)), None)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Ok(RestoreOutcome::DryRun(report)) => {
-            if format == OutputFormat::Table {
-                println!("Dry run: nothing was changed.");
+            if format.is_table() {
+                emit("Dry run: nothing was changed.\n")?;
             } else {
                 structured(&report, None, None)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Ok(RestoreOutcome::Refused(report)) => {
-            if format != OutputFormat::Table {
+            if !format.is_table() {
                 structured(&report, None, None)?;
             }
             eprintln!("{}", view::refused_text(&report));
             Ok(ExitCode::from(EXIT_FAILURE))
         }
         Err(e) => {
-            if format != OutputFormat::Table
+            if !format.is_table()
                 && let Some(report) = &shown
             {
                 structured(report, None, Some(format!("{e}")))?;
@@ -181,6 +229,21 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             Err(e.into())
         }
     }
+}
+
+/// This host's EncryptionConfiguration: the flag, else the K3s/RKE2 server's own (none, said,
+/// when the server's configuration cannot be read: the restore does not depend on it).
+pub(super) fn encryption_config(args: &RestoreArgs) -> Option<PathBuf> {
+    let preset = crate::cli::presets::Preset::detect(resolve::program_flag()).unwrap_or_else(|e| {
+        tracing::warn!("cannot read the server's configuration for its EncryptionConfiguration: {e}");
+        None
+    });
+    args.encryption.resolve(preset.as_ref())
+}
+
+/// `--data-dir`, which clap requires unless `--prepare-for` is given.
+pub(super) fn target_dir(args: &RestoreArgs) -> anyhow::Result<PathBuf> {
+    args.data_dir.clone().context("--data-dir is required")
 }
 
 /// The pre-flight report as text on stdout.
@@ -200,7 +263,7 @@ async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::Result<Snap
         );
     }
     let name = SnapshotName::parse(given).with_context(|| format!("{given:?} is not a snapshot name"))?;
-    let store = S3Store::new(settings.parse()?, None)?;
+    let store = S3Store::new(settings.parse()?.for_program(resolve::machine_program()?), None)?;
     Ok(SnapshotSource::from_store(store, &name).await?)
 }
 
@@ -219,7 +282,7 @@ fn resolve(args: &RestoreArgs, given: &str) -> anyhow::Result<SnapshotSource> {
 /// The snapshot directory ([`resolve::restore_snapshot_dir`]). `what` and `example` word the
 /// error when it does not exist.
 pub(super) fn open_snapshot_dir(args: &RestoreArgs, what: &str, example: &str) -> anyhow::Result<LocalStore> {
-    let dir = resolve::restore_snapshot_dir(args.dir.as_deref());
+    let dir = resolve::restore_snapshot_dir(args.dir.as_deref())?;
     match LocalStore::open(&dir, false, "") {
         Ok(store) => Ok(store),
         Err(StoreError::MissingDir(_)) => bail!(

@@ -4,14 +4,15 @@
 use super::{RestoreArgs, open_snapshot_dir, print_report};
 use crate::cli::flags::OutputFormat;
 use crate::cli::output::pitr::{self as view, PitrView};
-use crate::cli::output::print_structured;
 use crate::cli::output::restore::{Restored, refused_text};
+use crate::cli::output::{emit, print_structured};
 use crate::cli::{EXIT_FAILURE, resolve};
 use anyhow::{Context as _, bail};
 use etcdsnap::pitr::restore::{PitrPlan, RollForward, fetch_segments, plan_local, plan_s3, roll_forward};
 use etcdsnap::restore::{self, CurrentToken, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::pitr::Target;
+use etcdsnap_storage::seal::{Identity, OpenKeys};
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::s3::S3Store;
 use std::os::unix::fs::PermissionsExt as _;
@@ -26,15 +27,17 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give a snapshot, --to-revision or --to-time"),
     };
     let format = args.output.output;
+    let keys = crate::cli::seal::open_keys(&args.unseal)?;
+    let identity = keys.identity.as_deref();
     let (mut plan, base) = match args.s3.enabled {
-        true => plan_in_s3(&args, target).await?,
-        false => plan_in_dir(&args, target).await?,
+        true => plan_in_s3(&args, target, identity).await?,
+        false => plan_in_dir(&args, target, identity).await?,
     };
     let mut printed = PitrView::new(&plan, args.dry_run);
-    if format == OutputFormat::Table {
-        print!("{}", view::plan_text(&plan));
+    if format.is_table() {
+        emit(&view::plan_text(&plan))?;
     }
-    if !check_base(&args, &base).await? {
+    if !check_base(&args, &keys, &base).await? {
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
     if args.dry_run {
@@ -43,29 +46,38 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
     let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
     let etcd = locate_etcd(args.etcd.as_deref())?;
-    let work = work_dir(&args.data_dir)?;
+    let work = work_dir(&super::target_dir(&args)?)?;
     if let Some(store) = base.store().filter(|_| args.s3.enabled) {
         fetch_segments(store, &mut plan, &work.path().join("deltas")).await?;
     }
-    if format == OutputFormat::Table {
+    if format.is_table() {
         eprintln!(
             "Replaying revisions {}..={} in a private etcd...",
             plan.replay.base.revision + 1,
             plan.replay.stop_at
         );
     }
-    let roll = RollForward { plan: &plan, target, base: &base, etcdutl: &etcdutl, etcd: &etcd, work: work.path() };
+    let roll = RollForward {
+        plan: &plan,
+        target,
+        base: &base,
+        identity: keys.identity.clone(),
+        etcdutl: &etcdutl,
+        etcd: &etcd,
+        work: work.path(),
+    };
     let rolled = tokio::select! {
         r = roll_forward(&roll) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted during the replay: the data directory was not changed"),
     };
     printed.replayed(&rolled, plan.expected_hash.is_some());
-    if format == OutputFormat::Table {
-        println!("{}", view::replayed_text(&plan, &rolled));
+    if format.is_table() {
+        emit(&format!("{}\n", view::replayed_text(&rolled)))?;
     }
 
     // The token was checked against the base above; the rolled file carries no metadata.
-    let install = request(&args, SnapshotSource::from_path(&rolled.snapshot)?, false, None);
+    // The rolled-forward file is a new, clear snapshot in a private directory: no key applies.
+    let install = request(&args, &OpenKeys::default(), SnapshotSource::from_path(&rolled.snapshot)?, false, None);
     let result = tokio::select! {
         r = restore::restore(&install, None, |r| if !r.ok { print_report(r) }) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted before the restored data was put in place: the data directory was not changed"),
@@ -78,28 +90,37 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The snapshots and chains of the snapshot directory.
-async fn plan_in_dir(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+async fn plan_in_dir(
+    args: &RestoreArgs,
+    target: Target,
+    identity: Option<&Identity>,
+) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
     let store = open_snapshot_dir(args, "nothing to roll forward", "snap.db")?;
-    let plan = plan_local(&store, target, args.cluster_id.as_deref()).await?;
+    let plan = plan_local(&store, target, args.etcd_cluster_id.as_deref(), identity).await?;
     let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
     let base = SnapshotSource::from_local_store(&store, &name)?;
     Ok((plan, base))
 }
 
 /// With --s3: the snapshots and chains of the S3 folder.
-async fn plan_in_s3(args: &RestoreArgs, target: Target) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
-    let store: Arc<dyn SnapshotStore> = S3Store::new(resolve::s3_settings(&args.s3, None).parse()?, None)?;
-    let plan = plan_s3(&store, target, args.cluster_id.as_deref()).await?;
+async fn plan_in_s3(
+    args: &RestoreArgs,
+    target: Target,
+    identity: Option<&Identity>,
+) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
+    let settings = resolve::s3_settings(&args.s3, None).parse()?.for_program(resolve::machine_program()?);
+    let store: Arc<dyn SnapshotStore> = S3Store::new(settings, None)?;
+    let plan = plan_s3(&store, target, args.etcd_cluster_id.as_deref(), identity).await?;
     let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
     Ok((plan, base))
 }
 
 /// The base's pre-flight report (token, target, space, etcdutl, and its bytes), before any
 /// work; false, said, when a check failed.
-async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result<bool> {
-    let check = request(args, base.clone(), true, resolve::current_token(&args.token)?);
+async fn check_base(args: &RestoreArgs, keys: &OpenKeys, base: &SnapshotSource) -> anyhow::Result<bool> {
+    let check = request(args, keys, base.clone(), true, resolve::current_token(&args.token)?);
     let outcome = restore::restore(&check, None, |r| {
-        if args.output.output == OutputFormat::Table {
+        if args.output.output.is_table() {
             // Checked like a dry run; headed as what the command will do.
             let mut shown = r.clone();
             shown.dry_run = args.dry_run;
@@ -116,22 +137,31 @@ async fn check_base(args: &RestoreArgs, base: &SnapshotSource) -> anyhow::Result
 
 /// The base's or the rolled-forward snapshot's restore request: `token` None skips the token
 /// check (it was made against the base).
-fn request(args: &RestoreArgs, source: SnapshotSource, dry_run: bool, token: Option<CurrentToken>) -> RestoreRequest {
+fn request(
+    args: &RestoreArgs,
+    keys: &OpenKeys,
+    source: SnapshotSource,
+    dry_run: bool,
+    token: Option<CurrentToken>,
+) -> RestoreRequest {
     RestoreRequest {
         source,
-        data_dir: args.data_dir.clone(),
+        // Present: --prepare-for, which alone makes it optional, excludes --to-revision/--to-time.
+        data_dir: args.data_dir.clone().unwrap_or_default(),
         member: resolve::member_settings(&args.member),
         etcdutl: args.etcdutl.clone(),
         ignore_token_mismatch: args.ignore_token_mismatch || token.is_none(),
         token,
         dry_run,
+        keys: keys.clone(),
+        encryption_config: super::encryption_config(args),
     }
 }
 
 /// Prints `text` for a table, or the view as JSON or YAML; success.
 fn finish(printed: &PitrView, format: OutputFormat, text: &str) -> anyhow::Result<ExitCode> {
     match format {
-        OutputFormat::Table => println!("{text}"),
+        OutputFormat::Table | OutputFormat::Wide => emit(&format!("{text}\n"))?,
         _ => print_structured(printed, format)?,
     }
     Ok(ExitCode::SUCCESS)

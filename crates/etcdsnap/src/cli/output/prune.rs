@@ -1,0 +1,86 @@
+//! What `prune` planned and removed: each store's rule with what it keeps and removes (the
+//! dry run's preview), a line per removal, or [`PruneView`].
+
+use etcdsnap::ops::PruneReport;
+use serde::Serialize;
+
+/// Every store's rule, what it keeps and removes, and what was deleted.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneView {
+    dry_run: bool,
+    stores: Vec<StorePlan>,
+    /// `<store>/<name>` of every snapshot deleted (none in a dry run).
+    deleted: Vec<String>,
+    errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StorePlan {
+    store: String,
+    rule: String,
+    kept: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl PruneView {
+    pub fn new(report: &PruneReport, dry_run: bool) -> PruneView {
+        let stores = report
+            .plans
+            .iter()
+            .map(|p| StorePlan {
+                store: p.store.clone(),
+                rule: p.rule.clone(),
+                kept: p.kept.iter().map(ToString::to_string).collect(),
+                removed: p.removed.iter().map(ToString::to_string).collect(),
+            })
+            .collect();
+        let deleted = report
+            .plans
+            .iter()
+            .flat_map(|p| {
+                let deleted = &report.deleted;
+                p.removed
+                    .iter()
+                    .filter(|n| deleted.iter().any(|(k, d)| *k == p.storage && d == *n))
+                    .map(|n| format!("{}/{n}", p.store))
+            })
+            .collect();
+        PruneView { dry_run, stores, deleted, errors: report.errors.iter().map(ToString::to_string).collect() }
+    }
+}
+
+/// A dry run: per store, the rule, then each snapshot it counts, kept or deleted, oldest
+/// first; then what would happen in all.
+pub fn preview_text(report: &PruneReport) -> String {
+    let mut out = String::new();
+    let (mut kept, mut removed) = (0, 0);
+    for p in &report.plans {
+        out.push_str(&format!("{}: {}\n", p.store, p.rule));
+        let mut all: Vec<(&etcdsnap_api::SnapshotName, &str)> =
+            p.kept.iter().map(|n| (n, "keep")).chain(p.removed.iter().map(|n| (n, "delete"))).collect();
+        all.sort_by_key(|(n, _)| (etcdsnap_api::timestamp_from_name(n.as_str()), (*n).clone()));
+        for (name, action) in all {
+            out.push_str(&format!("  {action:<6} {name}\n"));
+        }
+        if p.kept.is_empty() && p.removed.is_empty() {
+            out.push_str("  (no snapshot of this name)\n");
+        }
+        kept += p.kept.len();
+        removed += p.removed.len();
+    }
+    out.push_str(&format!("Dry run: {removed} would be deleted, {kept} kept; nothing was deleted.\n"));
+    out
+}
+
+/// A real prune: one line per snapshot deleted, K3s's `Snapshot <name> deleted.` with the store.
+pub fn deleted_text(report: &PruneReport) -> String {
+    let mut out = String::new();
+    for p in &report.plans {
+        for name in p.removed.iter().filter(|n| report.deleted.iter().any(|(k, d)| *k == p.storage && d == *n)) {
+            out.push_str(&format!("Snapshot {name} deleted from {}.\n", p.store));
+        }
+    }
+    out
+}
