@@ -2,6 +2,7 @@
 //! implementation; the pipeline writes to any number of them in one pass through
 //! [`SnapshotSink`]s, and every command lists, reads and deletes through the same trait.
 
+pub mod keep;
 pub mod local;
 pub mod locks;
 pub mod retention;
@@ -15,7 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncRead;
 
-pub use retention::{RetentionPolicy, in_scope, plan_retention};
+pub use keep::KeepPolicy;
+pub use retention::{Decision, RetentionPolicy, decide, in_scope, plan_retention};
 
 /// Failures of a store. Messages name the snapshot, file or object concerned.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,8 @@
 
 use super::Context;
 use etcdsnap_api::{SnapshotName, StorageKind};
-use etcdsnap_storage::store::{RetentionPolicy, StoreError, in_scope, plan_retention};
+use etcdsnap_storage::store::{KeepPolicy, RetentionPolicy, StoreError, decide};
+use std::collections::BTreeMap;
 
 /// What happened to one name in one store.
 #[derive(Debug)]
@@ -52,8 +53,10 @@ pub fn deleted(results: &[Deletion]) -> Vec<(StorageKind, SnapshotName)> {
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
     pub base_name: String,
-    pub keep_local: usize,
-    pub keep_remote: usize,
+    /// What to keep per node in the local directory.
+    pub keep_local: KeepPolicy,
+    /// What to keep of this node's snapshots of this cluster in S3.
+    pub keep_remote: KeepPolicy,
     /// Plan only: say what each store's rule keeps and removes, remove nothing.
     pub dry_run: bool,
 }
@@ -93,6 +96,8 @@ pub struct PrunePlan {
     pub rule: String,
     /// The snapshots the rule counts and keeps, oldest first.
     pub kept: Vec<SnapshotName>,
+    /// Why each kept snapshot stays: the rules that keep it (`last snapshot, daily snapshot`).
+    pub reasons: BTreeMap<SnapshotName, String>,
     /// The snapshots the rule removes, oldest first.
     pub removed: Vec<SnapshotName>,
 }
@@ -145,18 +150,20 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
                 continue;
             }
         };
-        let removed = plan_retention(&listing.records, &policy);
-        let kept = listing
-            .records
+        let mut decisions = decide(&listing.records, &policy);
+        decisions.sort_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)));
+        let (kept, removed): (Vec<_>, Vec<_>) = decisions.into_iter().partition(|d| d.kept());
+        let reasons = kept
             .iter()
-            .filter(|r| in_scope(r, &policy) && !removed.contains(&r.name))
-            .map(|r| r.name.clone())
+            .map(|d| (d.name.clone(), d.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
             .collect();
+        let removed: Vec<SnapshotName> = removed.into_iter().map(|d| d.name).collect();
         report.plans.push(PrunePlan {
             storage: store.kind(),
             store: store.describe(),
             rule: policy.describe(),
-            kept,
+            kept: kept.into_iter().map(|d| d.name).collect(),
+            reasons,
             removed: removed.clone(),
         });
         if opts.dry_run {

@@ -21,6 +21,8 @@ struct StorePlan {
     store: String,
     rule: String,
     kept: Vec<String>,
+    /// Why each kept snapshot stays (`last snapshot, daily snapshot`).
+    kept_because: std::collections::BTreeMap<String, String>,
     removed: Vec<String>,
 }
 
@@ -33,6 +35,7 @@ impl PruneView {
                 store: p.store.clone(),
                 rule: p.rule.clone(),
                 kept: p.kept.iter().map(ToString::to_string).collect(),
+                kept_because: p.reasons.iter().map(|(n, r)| (n.to_string(), r.clone())).collect(),
                 removed: p.removed.iter().map(ToString::to_string).collect(),
             })
             .collect();
@@ -62,7 +65,10 @@ pub fn preview_text(report: &PruneReport) -> String {
             p.kept.iter().map(|n| (n, "keep")).chain(p.removed.iter().map(|n| (n, "delete"))).collect();
         all.sort_by_key(|(n, _)| (etcdsnap_api::timestamp_from_name(n.as_str()), (*n).clone()));
         for (name, action) in all {
-            out.push_str(&format!("  {action:<6} {name}\n"));
+            match p.reasons.get(name) {
+                Some(why) => out.push_str(&format!("  {action:<6} {name}  ({why})\n")),
+                None => out.push_str(&format!("  {action:<6} {name}\n")),
+            }
         }
         if p.kept.is_empty() && p.removed.is_empty() {
             out.push_str("  (no snapshot of this name)\n");
