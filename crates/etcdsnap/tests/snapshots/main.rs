@@ -19,6 +19,7 @@ mod common {
 
 mod cli;
 mod engine;
+mod keep;
 mod lying_s3;
 mod s3;
 mod shared_parent;
