@@ -243,6 +243,15 @@ pub struct S3Args {
     /// save aborts it (never sooner than --s3-timeout).
     #[arg(long = "s3-stale-upload-after", env = "ETCDSNAP_S3_STALE_UPLOAD_AFTER", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub stale_upload_after: Duration,
+    /// Lock each object written (snapshot and records) with S3 Object Lock for this long after
+    /// its upload (2h, 720h, 30d); the bucket must have Object Lock enabled. Retention keeps a
+    /// locked snapshot until its date and removes it afterwards
+    #[arg(long = "s3-lock-retention", env = "ETCDSNAP_S3_LOCK_RETENTION", value_name = "DURATION")]
+    pub lock_retention: Option<String>,
+    /// Object Lock mode of --s3-lock-retention: governance (privileged users may still remove
+    /// the lock) or compliance (nobody can) [default: governance]
+    #[arg(long = "s3-lock-mode", env = "ETCDSNAP_S3_LOCK_MODE", value_name = "MODE", value_parser = ["governance", "compliance"])]
+    pub lock_mode: Option<String>,
 }
 
 /// How stored snapshots are compressed.

@@ -102,11 +102,44 @@ pub struct PrunePlan {
     pub removed: Vec<SnapshotName>,
 }
 
+/// A snapshot retention would remove that S3 Object Lock keeps: not a failure, it is removed
+/// by a prune after its date.
+#[derive(Debug, Clone)]
+pub struct LockedSnapshot {
+    pub storage: StorageKind,
+    /// The store as the operator knows it.
+    pub store: String,
+    pub name: SnapshotName,
+    /// None: the bucket refused the deletion without saying until when.
+    pub until: Option<jiff::Timestamp>,
+}
+
+impl std::fmt::Display for LockedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.until {
+            Some(t) => write!(
+                f,
+                "{}: {} is locked until {}; kept, to be removed after that",
+                self.store,
+                self.name,
+                t.strftime("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            None => write!(
+                f,
+                "{}: {} is locked (the bucket did not say until when); kept, to be removed once it is not",
+                self.store, self.name
+            ),
+        }
+    }
+}
+
 /// What a prune planned, removed (and failed to remove) per store.
 #[derive(Debug, Default)]
 pub struct PruneReport {
     pub plans: Vec<PrunePlan>,
     pub deleted: Vec<(StorageKind, SnapshotName)>,
+    /// Snapshots the rule removes that Object Lock keeps for now (not errors).
+    pub locked: Vec<LockedSnapshot>,
     pub errors: Vec<PruneError>,
 }
 
@@ -172,6 +205,11 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
         for name in removed {
             match store.delete(&name).await {
                 Ok(_) => report.deleted.push((store.kind(), name)),
+                Err(StoreError::ObjectLocked { until, .. }) => {
+                    let locked = LockedSnapshot { storage: store.kind(), store: store.describe(), name, until };
+                    tracing::info!("{locked}");
+                    report.locked.push(locked);
+                }
                 Err(source) => report.errors.push(PruneError::Delete { store: store.describe(), name, source }),
             }
         }

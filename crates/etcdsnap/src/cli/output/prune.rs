@@ -12,7 +12,19 @@ pub struct PruneView {
     stores: Vec<StorePlan>,
     /// `<store>/<name>` of every snapshot deleted (none in a dry run).
     deleted: Vec<String>,
+    /// Snapshots the rules remove that S3 Object Lock keeps for now, and until when.
+    locked: Vec<LockedView>,
     errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LockedView {
+    store: String,
+    name: String,
+    /// RFC 3339; absent when the bucket did not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -50,7 +62,16 @@ impl PruneView {
                     .map(|n| format!("{}/{n}", p.store))
             })
             .collect();
-        PruneView { dry_run, stores, deleted, errors: report.errors.iter().map(ToString::to_string).collect() }
+        let locked = report
+            .locked
+            .iter()
+            .map(|l| LockedView {
+                store: l.store.clone(),
+                name: l.name.to_string(),
+                until: l.until.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            })
+            .collect();
+        PruneView { dry_run, stores, deleted, locked, errors: report.errors.iter().map(ToString::to_string).collect() }
     }
 }
 
@@ -88,5 +109,19 @@ pub fn deleted_text(report: &PruneReport) -> String {
             out.push_str(&format!("Snapshot {name} deleted from {}.\n", p.store));
         }
     }
+    for locked in &report.locked {
+        out.push_str(&format!("Snapshot {} kept in {}: {}.\n", locked.name, locked.store, lock_text(locked.until)));
+    }
     out
+}
+
+/// `locked until <date>` in words.
+fn lock_text(until: Option<jiff::Timestamp>) -> String {
+    match until {
+        Some(t) => format!(
+            "locked by S3 Object Lock until {}, removed by a prune after that",
+            t.strftime("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        None => "locked by S3 Object Lock (the bucket did not say until when)".to_string(),
+    }
 }
