@@ -212,7 +212,8 @@ fn forty_snapshots_over_120_days_match_the_grouping_formulation() {
     times.sort_by(|a, b| b.cmp(a));
     let set = |p: &KeepPolicy| kept(p, &times).into_iter().collect::<BTreeSet<usize>>();
     type Bucket = fn(&DateTime) -> String;
-    let rules: [(fn(usize) -> KeepPolicy, Bucket); 5] = [
+    type Make = fn(usize) -> KeepPolicy;
+    let rules: [(Make, Bucket); 5] = [
         (|n| KeepPolicy { hourly: n, ..Default::default() }, |d| d.strftime("%Y-%m-%d %H").to_string()),
         (|n| KeepPolicy { daily: n, ..Default::default() }, |d| d.strftime("%Y-%m-%d").to_string()),
         (|n| KeepPolicy { weekly: n, ..Default::default() }, |d| d.date().iso_week_date().to_string()[..8].to_string()),

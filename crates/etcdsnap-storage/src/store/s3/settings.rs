@@ -460,6 +460,32 @@ mod tests {
         assert!(e.starts_with("--s3-access-key") && !e.contains("s3cr3t"), "{e}");
     }
 
+    #[test]
+    fn object_lock_settings() {
+        let lock = |pairs: &[(S3Key, &str)]| flags(pairs).parse().map(|c| c.lock);
+        let bucket = (S3Key::Bucket, "b");
+        assert_eq!(lock(&[bucket]), Ok(None));
+        let two_hours = Some(ObjectLock { mode: LockMode::Governance, retention: Duration::from_secs(7200) });
+        assert_eq!(lock(&[bucket, (S3Key::LockRetention, "2h")]), Ok(two_hours));
+        assert_eq!(
+            lock(&[bucket, (S3Key::LockRetention, "30d"), (S3Key::LockMode, "COMPLIANCE")]),
+            Ok(Some(ObjectLock { mode: LockMode::Compliance, retention: Duration::from_secs(30 * 86_400) }))
+        );
+        assert!(err(flags(&[bucket, (S3Key::LockRetention, "soon")])).starts_with("--s3-lock-retention"));
+        assert!(err(flags(&[bucket, (S3Key::LockRetention, "0s")])).starts_with("--s3-lock-retention"));
+        assert!(
+            err(flags(&[bucket, (S3Key::LockRetention, "2h"), (S3Key::LockMode, "strict")]))
+                .starts_with("--s3-lock-mode")
+        );
+        assert!(err(flags(&[bucket, (S3Key::LockMode, "governance")])).starts_with("--s3-lock-mode"));
+        let raw = secret(&[("etcd-s3-bucket", "b"), ("etcd-s3-lock-retention", "48h")]).unwrap();
+        assert_eq!(raw.parse().unwrap().lock.map(|l| l.retention), Some(Duration::from_secs(48 * 3600)));
+        // Lock settings alone do not name a location: the Secret's is used.
+        let mut raw = RawS3Settings::new(SettingsOrigin::Flags);
+        raw.set(S3Key::LockRetention, "2h").set(S3Key::LockMode, "governance");
+        assert!(!raw.names_a_location());
+    }
+
     fn secret(pairs: &[(&str, &str)]) -> Result<RawS3Settings, S3SettingsError> {
         let data = pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
         RawS3Settings::from_secret_data("cfg", &data)
