@@ -13,6 +13,9 @@ use crate::store::StoreError;
 use jiff::Timestamp;
 use serde::Deserialize;
 
+/// How long the question whether the bucket locks objects may take before it counts as no.
+const BUCKET_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The bucket's default retention, read once per store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DefaultRetention {
@@ -127,7 +130,9 @@ impl S3Store {
         if let Some(known) = self.bucket_lock.get() {
             return *known;
         }
-        let answer = async {
+        // A server that answers this call with a retryable error (some answer 501 for what they
+        // do not implement) must not hold up every prune for the whole S3 timeout.
+        let answer = tokio::time::timeout(BUCKET_LOCK_WAIT, async {
             let credential = self.credential().await?;
             let mut url = bucket_url(&self.config)?;
             url.set_query(Some("object-lock="));
@@ -140,13 +145,17 @@ impl S3Store {
             };
             self.count(1);
             request::send(&self.http, &self.config, &credential, &call, parse_configuration).await.map(|(c, _)| c)
-        }
+        })
         .await;
         let known = match answer {
-            Ok(c) => c,
-            Err(e) => {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 // Buckets without Object Lock answer with an error on some servers.
                 tracing::debug!(error = %e, "no object lock configuration");
+                (false, None)
+            }
+            Err(_) => {
+                tracing::debug!("no answer about the object lock configuration in time: taken as none");
                 (false, None)
             }
         };
