@@ -4,7 +4,7 @@
 
 use super::Context;
 use etcdsnap_api::{SnapshotName, StorageKind};
-use etcdsnap_storage::store::{KeepPolicy, RetentionPolicy, StoreError, decide};
+use etcdsnap_storage::store::{KeepPolicy, RetentionPolicy, StoreError, decide, in_scope};
 use std::collections::BTreeMap;
 
 /// What happened to one name in one store.
@@ -183,19 +183,12 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
                 continue;
             }
         };
-        let mut decisions = decide(&listing.records, &policy);
-        decisions.sort_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)));
-        let (kept, removed): (Vec<_>, Vec<_>) = decisions.into_iter().partition(|d| d.kept());
-        let reasons = kept
-            .iter()
-            .map(|d| (d.name.clone(), d.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
-            .collect();
-        let removed: Vec<SnapshotName> = removed.into_iter().map(|d| d.name).collect();
+        let (kept, reasons, removed) = plan_store(&listing.records, &policy);
         report.plans.push(PrunePlan {
             storage: store.kind(),
             store: store.describe(),
             rule: policy.describe(),
-            kept: kept.into_iter().map(|d| d.name).collect(),
+            kept,
             reasons,
             removed: removed.clone(),
         });
@@ -215,4 +208,25 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
         }
     }
     report
+}
+
+/// What `policy` keeps (oldest first, with the rules that keep each) and removes (oldest
+/// first). With no rule, every snapshot it counts is kept.
+fn plan_store(
+    records: &[etcdsnap_storage::SnapshotRecord],
+    policy: &RetentionPolicy,
+) -> (Vec<SnapshotName>, BTreeMap<SnapshotName, String>, Vec<SnapshotName>) {
+    if policy.keep.is_empty() {
+        let kept: Vec<SnapshotName> = records.iter().filter(|r| in_scope(r, policy)).map(|r| r.name.clone()).collect();
+        let reasons = kept.iter().map(|n| (n.clone(), "no retention rule".to_string())).collect();
+        return (kept, reasons, Vec::new());
+    }
+    let mut decisions = decide(records, policy);
+    decisions.sort_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)));
+    let (kept, removed): (Vec<_>, Vec<_>) = decisions.into_iter().partition(|d| d.kept());
+    let reasons = kept
+        .iter()
+        .map(|d| (d.name.clone(), d.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
+        .collect();
+    (kept.into_iter().map(|d| d.name).collect(), reasons, removed.into_iter().map(|d| d.name).collect())
 }

@@ -116,6 +116,8 @@ async fn forty_snapshots_over_120_days_keep_exactly_what_restic_s_rules_keep_loc
         (vec!["--keep-monthly", "3"], by_grouping(&scheduled, 3, "monthly")),
         (vec!["--keep-monthly", "12"], by_grouping(&scheduled, 12, "monthly")),
         (vec!["--keep-within", "10d"], within_days(&scheduled, 10)),
+        // No rule: everything is kept, as `--retention 0` always did.
+        (vec!["--keep-last", "0"], scheduled.iter().cloned().collect()),
     ];
     for (rule, expected) in &cases {
         let mut args = vec!["prune", "--name", BASE, "--no-kube", "--dry-run", "-o", "json"];
