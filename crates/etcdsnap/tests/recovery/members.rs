@@ -273,7 +273,8 @@ async fn recover_restores_a_lost_one_member_cluster_to_the_last_captured_revisio
         "--etcd",
         &bin,
     ];
-    run(&args, &[]).await.expect_ok();
+    let out = run(&args, &[]).await.expect_ok();
+    assert!(out.stdout.contains(&format!("rolled forward to revision {rev}")), "{}\n{}", out.stdout, out.stderr);
     {
         let restored = Etcd::start_on_data_dir(&target, "m0", peer).await?;
         let mut rc = restored.client().await?;

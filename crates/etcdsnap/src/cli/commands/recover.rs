@@ -13,11 +13,11 @@ use crate::cli::seal::{EncryptionConfigArg, UnsealArgs};
 use crate::cli::{EXIT_FAILURE, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
-use etcdsnap::pitr::restore::{plan_local, plan_s3};
+use etcdsnap::pitr::restore::{PitrError, plan_local, plan_s3};
 use etcdsnap_api::ClusterMember;
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::etcd::EtcdConfig;
-use etcdsnap_storage::pitr::Target;
+use etcdsnap_storage::pitr::{PlanError, Target};
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::s3::S3Store;
 use std::path::{Path, PathBuf};
@@ -112,16 +112,14 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
     // The captured changes reach past the snapshot: roll forward to the newest of them.
-    let now = etcdsnap_storage::clock::now();
-    let deltas = match rolls_forward(&args, store, &newest).await {
-        Ok(true) => true,
-        Ok(false) => false,
+    let reach = match rolls_forward(&args, store, &newest).await {
+        Ok(reach) => reach,
         Err(e) => {
             println!("No captured changes to roll forward ({e}): restoring snapshot {name} as it is.");
-            false
+            None
         }
     };
-    let restore = restore_args(args, (!deltas).then_some(name), deltas.then_some(now));
+    let restore = restore_args(args, reach.is_none().then_some(name), reach);
     match restore.snapshot.is_some() {
         true => super::restore::run(restore).await,
         false => super::restore::pitr::run(restore).await,
@@ -175,24 +173,31 @@ async fn newest_snapshot(args: &RecoverArgs) -> anyhow::Result<(SnapshotRecord, 
     Ok((source.record, store))
 }
 
-/// Whether captured changes reach past `newest`'s revision.
+/// The newest revision the captured changes reach without a gap, when it is past `newest`'s.
 async fn rolls_forward(
     args: &RecoverArgs,
     store: Option<Arc<dyn SnapshotStore>>,
     newest: &SnapshotRecord,
-) -> anyhow::Result<bool> {
-    let target = Target::Time(etcdsnap_storage::clock::now().as_millisecond());
+) -> anyhow::Result<Option<i64>> {
+    // Planned to a revision no chain reaches, the plan answers with the newest one reached.
+    let target = Target::Revision(i64::MAX);
     let keys = crate::cli::seal::open_keys(&args.unseal)?;
     let identity = keys.identity.as_deref();
-    let plan = match store {
-        Some(store) => plan_s3(&store, target, None, identity).await?,
+    let planned = match store {
+        Some(store) => plan_s3(&store, target, None, identity).await,
         None => {
             let local = open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?;
-            plan_local(&local, target, None, identity).await?
+            plan_local(&local, target, None, identity).await
         }
     };
+    let reach = match planned {
+        Ok(plan) => plan.replay.stop_at,
+        Err(PitrError::Plan(PlanError::NotCaptured { newest, .. })) => newest,
+        Err(PitrError::Plan(PlanError::AcrossGap { gap, .. })) => gap.after,
+        Err(e) => return Err(e.into()),
+    };
     let base = newest.etcd.as_ref().map(|e| e.revision).unwrap_or_default();
-    Ok(plan.replay.stop_at > base)
+    Ok((reach > base).then_some(reach))
 }
 
 /// Why a lost member of a cluster is not restored alone, and how to replace it.
@@ -238,8 +243,8 @@ async fn refusal(args: &RecoverArgs, name: &str, recorded: &[ClusterMember]) -> 
     )
 }
 
-/// The restore recover delegates to: `snapshot` as it is, or rolled forward to `to_time`.
-fn restore_args(args: RecoverArgs, snapshot: Option<String>, to_time: Option<jiff::Timestamp>) -> RestoreArgs {
+/// The restore recover delegates to: `snapshot` as it is, or rolled forward to `to_revision`.
+fn restore_args(args: RecoverArgs, snapshot: Option<String>, to_revision: Option<i64>) -> RestoreArgs {
     RestoreArgs {
         snapshot,
         etcdutl: args.etcdutl,
@@ -259,8 +264,8 @@ fn restore_args(args: RecoverArgs, snapshot: Option<String>, to_time: Option<jif
         cluster: ClusterArgs { all_members: args.all_members, members: args.members },
         dir: args.dir,
         s3: args.s3,
-        to_revision: None,
-        to_time,
+        to_revision,
+        to_time: None,
         etcd: args.etcd,
         etcd_cluster_id: None,
         no_kube: true,
