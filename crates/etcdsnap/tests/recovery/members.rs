@@ -144,6 +144,17 @@ async fn every_member_restores_from_one_snapshot_and_the_check_proves_it() -> Te
     assert!(out.stderr.contains("records no cluster members"), "{}", out.stderr);
     assert!(!target.exists());
 
+    // On a K3s server the server restores its own cluster: the plain file and its steps.
+    let root = tempfile::tempdir()?;
+    std::fs::create_dir_all(root.path().join("var/lib/rancher/k3s/server/db/etcd"))?;
+    let (snaps, tool, dd) = (s(&snap_dir), s(&etcdutl()), s(&target));
+    let args = ["restore", &name, "--all-members", "--member-name", "m0", "--data-dir", &dd, "--dir", &snaps];
+    let out = run(&[&args[..], &["--etcdutl", &tool]].concat(), &[("ETCDSNAP_PRESET_ROOT", &s(root.path()))]).await;
+    let out = out.expect_ok();
+    assert!(out.stdout.contains("k3s server --cluster-reset --cluster-reset-restore-path="), "{}", out.stdout);
+    assert!(out.stderr.contains("bootstrap data"), "{}", out.stderr);
+    assert!(!target.exists());
+
     // The same command on every node; m2 moves to a new peer URL.
     let moved = format!("http://127.0.0.1:{}", testenv::free_port()?);
     let move_flag = format!("m2={moved}");
