@@ -9,6 +9,7 @@
 use super::restore::members::ClusterArgs;
 use super::restore::{MemberArgs, RestoreArgs, open_snapshot_dir, resolve_s3};
 use crate::cli::flags::{EtcdArgs, OutputArgs, S3Args, TokenArgs, heading};
+use crate::cli::output::emit;
 use crate::cli::seal::{EncryptionConfigArg, UnsealArgs};
 use crate::cli::{EXIT_FAILURE, help, resolve};
 use anyhow::{Context as _, bail};
@@ -83,7 +84,10 @@ const EXAMPLES: &str = "Examples:
 pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
     match data_state(&args.data_dir)? {
         DataState::Member => {
-            println!("{} holds a member's data: nothing to recover, nothing changed.", args.data_dir.display());
+            emit(&format!(
+                "{} holds a member's data: nothing to recover, nothing changed.\n",
+                args.data_dir.display()
+            ))?;
             return Ok(ExitCode::SUCCESS);
         }
         DataState::Other => bail!(
@@ -115,7 +119,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
     let reach = match rolls_forward(&args, store, &newest).await {
         Ok(reach) => reach,
         Err(e) => {
-            println!("No captured changes to roll forward ({e}): restoring snapshot {name} as it is.");
+            emit(&format!("No captured changes to roll forward ({e}): restoring snapshot {name} as it is.\n"))?;
             None
         }
     };
