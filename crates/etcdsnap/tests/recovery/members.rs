@@ -158,6 +158,13 @@ async fn every_member_restores_from_one_snapshot_and_the_check_proves_it() -> Te
     // The same command on every node; m2 moves to a new peer URL.
     let moved = format!("http://127.0.0.1:{}", testenv::free_port()?);
     let move_flag = format!("m2={moved}");
+    // A dry run as JSON: the same member set, token and commands, and nothing written.
+    let dry =
+        restore_member(&snap_dir, &name, "m1", &target, &["--member", &move_flag, "--dry-run", "-o", "json"]).await;
+    let dry = dry.expect_ok().json();
+    assert_eq!(dry["cluster"]["members"]["m2"][0], moved.as_str(), "{dry}");
+    assert!(dry["cluster"]["commands"]["m0"].as_str().unwrap_or_default().contains("--member-name m0"), "{dry}");
+    assert!(!target.exists());
     let mut tokens = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         let out = restore_member(&snap_dir, &name, &format!("m{i}"), d, &["--member", &move_flag]).await.expect_ok();
@@ -170,6 +177,7 @@ async fn every_member_restores_from_one_snapshot_and_the_check_proves_it() -> Te
         assert!(out.stdout.contains("Recorded members"), "{}", out.stdout);
     }
     assert!(tokens.iter().all(|t| *t == tokens[0] && t.starts_with("etcdsnap-")), "{tokens:?}");
+    assert_eq!(dry["cluster"]["token"], tokens[0].as_str(), "{dry}");
     let peers = [old_peers[0].clone(), old_peers[1].clone(), moved.clone()];
     let logs = data.path();
     let mut running: Vec<Member> = (0..3)

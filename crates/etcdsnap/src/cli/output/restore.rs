@@ -17,6 +17,9 @@ pub struct RestoreView<'a> {
     pub restored: Option<Restored>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With --all-members: the whole cluster's members, token and each other node's command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cli::commands::restore::members::ClusterView>,
 }
 
 /// Where a restore put the data.

@@ -16,6 +16,8 @@ use clap::Args;
 use etcdsnap::restore::MemberSettings;
 use etcdsnap_api::{MemberOverride, MemberSet, Program};
 use etcdsnap_storage::SnapshotRecord;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 
 /// Restoring every member of the recorded cluster.
@@ -76,6 +78,25 @@ pub fn k3s_note(program: Program) -> String {
     )
 }
 
+/// The member set and each other node's command, for `-o json|yaml`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterView {
+    #[serde(flatten)]
+    pub set: MemberSet,
+    /// The command to run on each other member's node, by member name.
+    pub commands: BTreeMap<String, String>,
+}
+
+impl ClusterView {
+    pub fn new(set: &MemberSet, this: &str, revision: Option<i64>) -> ClusterView {
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let others = set.members.keys().filter(|n| *n != this);
+        let commands = others.map(|n| (n.clone(), command_for(&args, n, revision))).collect();
+        ClusterView { set: set.clone(), commands }
+    }
+}
+
 /// The member table, the token, and the command to run on each other member's node.
 pub fn report_text(set: &MemberSet, this: &str, revision: Option<i64>) -> String {
     let mut rows = vec![vec!["MEMBER".to_string(), "PEER URLS".into(), "".into()]];
@@ -97,12 +118,11 @@ pub fn report_text(set: &MemberSet, this: &str, revision: Option<i64>) -> String
     for line in table(&rows).lines() {
         out.push_str(&format!("  {}\n", line.trim_end()));
     }
-    let others: Vec<&String> = set.members.keys().filter(|n| *n != this).collect();
-    if !others.is_empty() {
+    let view = ClusterView::new(set, this, revision);
+    if !view.commands.is_empty() {
         out.push_str("Run on each other member's node (then start every member):\n");
-        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-        for name in others {
-            out.push_str(&format!("  {name}: {}\n", command_for(&args, name, revision)));
+        for (name, command) in &view.commands {
+            out.push_str(&format!("  {name}: {command}\n"));
         }
     }
     out

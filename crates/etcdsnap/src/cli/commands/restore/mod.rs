@@ -202,7 +202,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 
     let structured = |report: &PreflightReport, restored: Option<Restored>, error: Option<String>| {
-        print_structured(&RestoreView { report, restored, error }, format)
+        let cluster = cluster.as_ref().map(|set| members::ClusterView::new(set, &report.member.name, None));
+        print_structured(&RestoreView { report, restored, error, cluster }, format)
     };
     match result {
         Ok(RestoreOutcome::Restored { report, installed, duration }) => {
