@@ -324,8 +324,7 @@ pub(crate) mod tests {
             cluster_id: cluster.into(),
             member_id: "1".into(),
             db_size: None,
-            hash_kv: None,
-            kubernetes_keys: None,
+            ..Default::default()
         });
         r
     }
