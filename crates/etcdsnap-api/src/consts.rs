@@ -21,6 +21,9 @@ pub const ANNOTATION_ETCD_REVISION: &str = "etcdsnap.io/etcd-revision";
 pub const ANNOTATION_ETCD_VERSION: &str = "etcdsnap.io/etcd-version";
 /// etcd's HashKV at the snapshot's revision, `<hash>/<compact revision>` ([`crate::KvHash`]).
 pub const ANNOTATION_ETCD_HASHKV: &str = "etcdsnap.io/etcd-hashkv";
+/// The history the snapshot belongs to (`etcd.history` in its record): the run of revisions
+/// etcd numbered since it last started over (a restore, a member rolled back).
+pub const ANNOTATION_ETCD_HISTORY: &str = "etcdsnap.io/etcd-history";
 pub const ANNOTATION_COMPRESSION: &str = "etcdsnap.io/compression";
 /// When the snapshot last went through a restore drill (RFC 3339), and how it ended
 /// (`passed` or `failed: <reason>`).

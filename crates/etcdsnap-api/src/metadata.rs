@@ -42,6 +42,15 @@ pub struct EtcdInfo {
     /// the HashKV: a booted drill must find as many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_keys: Option<i64>,
+    /// The history the snapshot belongs to: the revisions etcd numbered since it last started
+    /// over (a restore, a member rolled back). None for snapshots saved before histories were
+    /// recorded: each cluster's such snapshots count as one legacy history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
+    /// A digest of the puts etcd made at `revision` (`etcdsnap_storage::pitr::history`): what
+    /// tells, later, whether a live etcd's revision `revision` is this snapshot's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// The answer of etcd's Maintenance `HashKV` at a revision: a hash of every key revision from

@@ -91,6 +91,8 @@ impl MemberStatus {
             db_size: Some(self.db_size),
             hash_kv: None,
             kubernetes_keys: None,
+            history: None,
+            fingerprint: None,
         }
     }
 }
@@ -245,6 +247,11 @@ impl EtcdMember {
     /// The raw client, for what this module does not wrap (a point-in-time capture's watch).
     pub fn into_client(self) -> Client {
         self.client
+    }
+
+    /// The member's client, for a question this type does not ask itself.
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 
     pub fn endpoint(&self) -> &str {
