@@ -123,15 +123,23 @@ async fn capture_term(
     let tips = etcdsnap_storage::pitr::history::candidates(&listing.records, &records, &cluster);
     let live = history::live_history(&mut client, &tips).await.map_err(|e| TermError::Other(e.to_string()))?;
     let Some(live) = live else {
-        if let Some(newest) = resume::newest_chain(&records, &cluster, None) {
-            let compacted = resume::end_unmatched(&mut client, &newest, &deltas_dir).await.map_err(TermError::Other)?;
-            if let Some(revision) = compacted {
-                tracing::warn!(
-                    revision,
-                    "etcd compacted past where delta capture stood: the revisions after it are a gap"
-                );
-                agent.metrics.pitr.breaks.inc();
-            }
+        // Where capture stood: the newest chain, else the newest snapshot it would have started
+        // from. When etcd compacted past it, the revisions after it are a gap.
+        let compacted = match resume::newest_chain(&records, &cluster, None) {
+            Some(newest) => resume::end_unmatched(&mut client, &newest, &deltas_dir).await.map_err(TermError::Other)?,
+            None => match newest_snapshot_of(&listing.records, &ctx.node_name, &cluster, |_| true)
+                .and_then(local::base_of)
+            {
+                Some(base) => match resume::held(&mut client, base.revision).await {
+                    Ok(resume::Held::Compacted) => Some(base.revision),
+                    _ => None,
+                },
+                None => None,
+            },
+        };
+        if let Some(revision) = compacted {
+            tracing::warn!(revision, "etcd compacted past where delta capture stood: the revisions after it are a gap");
+            agent.metrics.pitr.breaks.inc();
         }
         return Err(TermError::NoBase);
     };
@@ -202,10 +210,21 @@ fn newest_snapshot<'a>(
     cluster: &str,
     history: &str,
 ) -> Option<&'a SnapshotRecord> {
+    newest_snapshot_of(records, node, cluster, |h| h == Some(history))
+}
+
+/// The newest ready snapshot of `node` taken from cluster `cluster`, in a history that
+/// `history` takes.
+fn newest_snapshot_of<'a>(
+    records: &'a [SnapshotRecord],
+    node: &str,
+    cluster: &str,
+    history: impl Fn(Option<&str>) -> bool,
+) -> Option<&'a SnapshotRecord> {
     records
         .iter()
         .filter(|r| r.node_name == node)
-        .filter(|r| r.etcd.as_ref().is_some_and(|e| e.cluster_id == cluster && e.history.as_deref() == Some(history)))
+        .filter(|r| r.etcd.as_ref().is_some_and(|e| e.cluster_id == cluster && history(e.history.as_deref())))
         .filter_map(|r| local::base_of(r).map(|b| (r, b)))
         .max_by_key(|(_, b)| (b.revision, b.taken_ms))
         .map(|(r, _)| r)

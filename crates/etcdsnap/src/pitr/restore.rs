@@ -44,6 +44,11 @@ pub enum PitrError {
         .histories.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
     )]
     AmbiguousHistory { target: String, cluster: String, histories: Vec<HistorySpan> },
+    #[error(
+        "revision {target} falls in a gap: the changes captured in history {history} reach revision {newest}, and history {later} begins at revision {begins}: revisions {}..{} were not captured",
+        newest + 1, begins - 1
+    )]
+    BetweenHistories { target: i64, history: String, newest: i64, later: String, begins: i64 },
     #[error("the base snapshot {name} cannot be read: {source}")]
     Base {
         name: String,
@@ -266,7 +271,7 @@ fn choose_history(
         }
     }
     let mut reached = Vec::new();
-    let mut first_error = None;
+    let mut failed = Vec::new();
     for (cluster, hist) in groups {
         let bases: Vec<_> =
             ready().filter(|r| cluster_of(r) == cluster && history_of(r) == hist).filter_map(local::base_of).collect();
@@ -276,11 +281,10 @@ fn choose_history(
             .filter(|s| s.history == hist)
             .cloned()
             .collect();
+        let reach = span(hist.as_deref(), &bases, &own);
         match plan(&bases, &own, target, observed_by) {
-            Ok(p) => reached.push((cluster, hist, p, span(&bases, &own))),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+            Ok(p) => reached.push((cluster, hist, p, reach)),
+            Err(e) => failed.push((cluster, e, reach)),
         }
     }
     let clusters: BTreeSet<Option<String>> = reached.iter().map(|(c, ..)| c.clone()).collect();
@@ -289,7 +293,7 @@ fn choose_history(
             let (cluster, hist, plan, _) = reached.remove(0);
             Ok((cluster, hist, plan))
         }
-        (0, _) => Err(first_error.unwrap_or_else(|| PlanError::NoBase(describe(target))).into()),
+        (0, _) => Err(why_unreached(failed, target)),
         (_, 1) => Err(PitrError::AmbiguousHistory {
             target: describe(target),
             cluster: clusters.into_iter().flatten().next().unwrap_or_else(|| "unknown".into()),
@@ -299,16 +303,42 @@ fn choose_history(
     }
 }
 
+/// Why no history reaches the target: the reason of a history that has a snapshot at or before
+/// it (rather than one that has none); when that history's changes end before the target and
+/// a later history of the same cluster begins after it, the revisions between are a gap.
+fn why_unreached(mut failed: Vec<(Option<String>, PlanError, HistorySpan)>, target: Target) -> PitrError {
+    let Some(i) = failed.iter().position(|(_, e, _)| !matches!(e, PlanError::NoBase(_))) else {
+        let first = failed.into_iter().next().map(|(_, e, _)| e);
+        return first.unwrap_or_else(|| PlanError::NoBase(describe(target))).into();
+    };
+    if let PlanError::NotCaptured { target: revision, newest, .. } = &failed[i].1 {
+        let (cluster, span) = (&failed[i].0, &failed[i].2);
+        let next = failed
+            .iter()
+            .filter(|(c, _, s)| c == cluster && s.first_revision > *revision)
+            .min_by_key(|(_, _, s)| s.first_revision);
+        if let Some((_, _, later)) = next {
+            return PitrError::BetweenHistories {
+                target: *revision,
+                history: span.history.clone(),
+                newest: *newest,
+                later: later.history.clone(),
+                begins: later.first_revision,
+            };
+        }
+    }
+    failed.swap_remove(i).1.into()
+}
+
 /// A history's reach, from its snapshots and segments.
-fn span(bases: &[Base], segments: &[SegmentRecord]) -> HistorySpan {
-    let history = bases.first().and_then(|b| b.history.clone());
+fn span(history: Option<&str>, bases: &[Base], segments: &[SegmentRecord]) -> HistorySpan {
     let revisions =
         bases.iter().map(|b| b.revision).chain(segments.iter().flat_map(|s| [s.first_revision, s.last_revision]));
     let times =
         bases.iter().map(|b| b.taken_ms).chain(segments.iter().flat_map(|s| [s.first_observed_ms, s.last_observed_ms]));
     let (revisions, times): (Vec<i64>, Vec<i64>) = (revisions.collect(), times.collect());
     HistorySpan {
-        history: history::label(history.as_deref()).to_string(),
+        history: history::label(history).to_string(),
         first_revision: revisions.iter().copied().min().unwrap_or_default(),
         last_revision: revisions.iter().copied().max().unwrap_or_default(),
         first_ms: times.iter().copied().min().unwrap_or_default(),
@@ -511,6 +541,21 @@ pub(crate) mod tests {
         let choose = Choose { cluster: None, history: Some("h1") };
         let err = choose_history(&snapshots, &segments, Target::Revision(600), choose, &mut unread).unwrap_err();
         assert!(err.to_string().contains("not captured yet"), "{err}");
+    }
+
+    #[test]
+    fn a_target_between_two_histories_is_a_gap_named_as_such() {
+        // The first history's tip was compacted away before capture resumed: a new history
+        // began at 200. Nothing between 100 and 200 was captured.
+        let snapshots =
+            [in_history(snap("node-a", 100, 100, "c1"), "h1"), in_history(snap("node-a", 200, 200, "c1"), "h2")];
+        let segments =
+            [SegmentRecord { history: Some("h2".into()), ..segment("etcd-snapshot-node-a-200", 200, 201, 300, "c1") }];
+        let err =
+            choose_history(&snapshots, &segments, Target::Revision(150), Choose::default(), &mut unread).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PitrError::BetweenHistories { newest: 100, begins: 200, .. }), "{text}");
+        assert!(text.contains("gap") && text.contains("revisions 101..199") && text.contains("h2"), "{text}");
     }
 
     #[test]
