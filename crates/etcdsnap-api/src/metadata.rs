@@ -230,6 +230,8 @@ mod tests {
                 db_size: Some(20),
                 hash_kv: Some(KvHash { hash: 3_735_928_559, compact_revision: 2 }),
                 kubernetes_keys: Some(7),
+                history: Some("0123456789abcdef".into()),
+                fingerprint: Some("ab".repeat(16)),
             }),
             token_hash: TokenHash::parse_recorded("652c7dc687d9"),
             cluster_id: Some("uid".into()),

@@ -248,6 +248,30 @@ async fn a_member_rolled_back_in_place_starts_a_new_history_and_targets_never_mi
     let (old, new) = (old[0].0.clone(), new[0].0.clone());
     assert_eq!(histories[&new].1, new_end, "{histories:?}");
     assert!(histories[&new].0 > rolled_back_to, "the new history starts at its own snapshot: {histories:?}");
+    // `ls` names each snapshot's history: the first save's is the one its chain continued, the
+    // agent's snapshot after the rollback the new one.
+    let ls = run(&["ls", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await.expect_ok();
+    let named: BTreeMap<String, String> = ls.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|cr| {
+            let ann = &cr["metadata"]["annotations"];
+            (
+                cr["spec"]["snapshotName"].as_str().unwrap().to_string(),
+                ann["etcdsnap.io/etcd-history"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(named.len(), 2, "{named:?}");
+    assert_eq!(named[&snapshot], old, "{named:?}");
+    assert!(named.iter().any(|(n, h)| *n != snapshot && *h == new), "{named:?}");
+    let wide = run(&["ls", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "wide"], &[]).await.expect_ok();
+    assert!(
+        wide.stdout.contains("History") && wide.stdout.contains(old.as_str()) && wide.stdout.contains(new.as_str()),
+        "{}",
+        wide.stdout
+    );
 
     // Only the new history holds revisions past the old one's end: no choice to make.
     let (rev, _, restored, _dir) =
