@@ -593,7 +593,7 @@ mod tests {
         // reused after a rollback), is never continued.
         let new = Base { history: Some("h2".into()), ..base.clone() };
         let old = SegmentRecord { history: Some("h1".into()), ..rec(11, 40) };
-        let err = continue_from(&new, &[old.clone()], 10).unwrap_err();
+        let err = continue_from(&new, std::slice::from_ref(&old), 10).unwrap_err();
         assert!(err.to_string().contains("history h1, the capture to history h2"), "{err}");
         assert!(continue_from(&base, &[old], 10).is_err(), "a legacy capture over a chain with a history");
         let same = SegmentRecord { history: Some("h2".into()), ..rec(11, 40) };
