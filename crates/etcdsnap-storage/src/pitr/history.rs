@@ -25,7 +25,7 @@
 //! values, so in practice the puts of two histories differ.
 
 use super::record::SegmentRecord;
-use super::segment::PrevDigest;
+use super::segment::{EventKind, PrevDigest, RevisionChanges};
 use crate::SnapshotRecord;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
@@ -78,6 +78,19 @@ pub fn fingerprint<'a>(revision: i64, puts: impl IntoIterator<Item = Put<'a>>) -
         h.update(PrevDigest::of(p.value, p.create_revision, p.mod_revision, p.version, p.lease).0);
     }
     hex::encode(&h.finalize()[..16])
+}
+
+/// The fingerprint of the puts a captured revision made.
+pub fn fingerprint_of_revision(changes: &RevisionChanges) -> String {
+    let puts = changes.events.iter().filter(|e| e.kind == EventKind::Put).map(|e| Put {
+        key: &e.key,
+        value: &e.value,
+        create_revision: e.create_revision,
+        mod_revision: e.mod_revision,
+        version: e.version,
+        lease: e.lease,
+    });
+    fingerprint(changes.revision, puts)
 }
 
 /// A history's newest snapshot or segment: what a live etcd must match to be that history.

@@ -433,7 +433,7 @@ impl ChainWriter {
             cluster_id: self.cluster_id.clone(),
             chain_broken: broken,
             history: self.base.history.clone(),
-            fingerprint: Some(fingerprint_of(last)),
+            fingerprint: Some(history::fingerprint_of_revision(last)),
         };
         // The directory may have been removed under a running capture (by hand, or emptied by
         // retention): it is made again rather than losing what is pending.
@@ -482,19 +482,6 @@ impl ChainWriter {
     fn write_error(&self, name: &str, source: std::io::Error) -> CaptureError {
         CaptureError::Write { path: self.dir.join(name), source }
     }
-}
-
-/// The fingerprint of the puts a captured revision made (`history::fingerprint`).
-fn fingerprint_of(changes: &RevisionChanges) -> String {
-    let puts = changes.events.iter().filter(|e| e.kind == EventKind::Put).map(|e| history::Put {
-        key: &e.key,
-        value: &e.value,
-        create_revision: e.create_revision,
-        mod_revision: e.mod_revision,
-        version: e.version,
-        lease: e.lease,
-    });
-    history::fingerprint(changes.revision, puts)
 }
 
 /// The newest revision the chain holds without a gap after `durable` (the base's revision, or
