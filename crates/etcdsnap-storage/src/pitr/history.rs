@@ -28,7 +28,7 @@ use super::record::SegmentRecord;
 use super::segment::{EventKind, PrevDigest, RevisionChanges};
 use crate::SnapshotRecord;
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How the history of records without one (saved before histories were recorded) is named.
 pub const LEGACY: &str = "legacy";
@@ -101,6 +101,18 @@ pub struct Tip {
     /// None: the tip cannot be checked (its fingerprint could not be taken), so the live etcd
     /// is never taken for this history.
     pub fingerprint: Option<String>,
+    /// Whether the history has captured changes (a segment record) within reach.
+    pub captured: bool,
+}
+
+/// Which of the histories the live etcd matched (their tips, newest first) it is taken for:
+/// one with captured changes (the capturing leader's, which every agent should name its
+/// snapshots after) before one of snapshots only (a history an agent named on its own while
+/// the leader's chain was not within its reach), else the newest. Two matching histories agree
+/// with the live etcd each at its tip, so either is right; preferring the captured one keeps
+/// the snapshots of one real history under one ID wherever the chain can be seen.
+pub fn preferred<'a>(matched: &[&'a Tip]) -> Option<&'a Tip> {
+    matched.iter().find(|t| t.captured).or(matched.first()).copied()
 }
 
 /// The tips of cluster `cluster`'s histories among `snapshots` and `segments`, newest first:
@@ -108,6 +120,7 @@ pub struct Tip {
 /// carry no fingerprint): a legacy history is never continued.
 pub fn candidates(snapshots: &[SnapshotRecord], segments: &[SegmentRecord], cluster: &str) -> Vec<Tip> {
     let mut tips: BTreeMap<&str, (i64, Option<&str>)> = BTreeMap::new();
+    let mut captured: BTreeSet<&str> = BTreeSet::new();
     let snapshot_items = snapshots.iter().filter(|r| r.is_ready()).filter_map(|r| r.etcd.as_ref()).filter_map(|e| {
         let history = e.history.as_deref().filter(|_| e.cluster_id == cluster)?;
         Some((history, e.revision, e.fingerprint.as_deref()))
@@ -116,6 +129,9 @@ pub fn candidates(snapshots: &[SnapshotRecord], segments: &[SegmentRecord], clus
         .iter()
         .filter(|r| r.cluster_id.as_deref() == Some(cluster))
         .filter_map(|r| Some((r.history.as_deref()?, r.last_revision, r.fingerprint.as_deref())));
+    let segment_items = segment_items.inspect(|(history, ..)| {
+        captured.insert(history);
+    });
     for (history, revision, fingerprint) in snapshot_items.chain(segment_items) {
         let tip = tips.entry(history).or_insert((revision, fingerprint));
         if revision > tip.0 || revision == tip.0 && tip.1.is_none() {
@@ -128,6 +144,7 @@ pub fn candidates(snapshots: &[SnapshotRecord], segments: &[SegmentRecord], clus
             history: history.to_string(),
             revision,
             fingerprint: fingerprint.map(str::to_string),
+            captured: captured.contains(history),
         })
         .collect();
     tips.sort_by(|a, b| b.revision.cmp(&a.revision).then_with(|| a.history.cmp(&b.history)));
@@ -204,6 +221,11 @@ mod tests {
         let got: Vec<(&str, i64, Option<&str>)> =
             tips.iter().map(|t| (t.history.as_str(), t.revision, t.fingerprint.as_deref())).collect();
         assert_eq!(got, [("h2", 400, Some("f400")), ("h1", 300, Some("f300"))]);
+        assert_eq!(tips.iter().map(|t| t.captured).collect::<Vec<_>>(), [false, true]);
+        // Both matched: the captured history is preferred; alone, the snapshots' is taken.
+        assert_eq!(preferred(&[&tips[0], &tips[1]]).map(|t| t.history.as_str()), Some("h1"));
+        assert_eq!(preferred(&[&tips[0]]).map(|t| t.history.as_str()), Some("h2"));
+        assert_eq!(preferred(&[]), None);
         assert!(candidates(&snapshots, &[], "c9").is_empty());
     }
 }

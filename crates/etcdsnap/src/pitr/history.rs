@@ -17,6 +17,8 @@ use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::s3::S3Store;
 use std::collections::BTreeMap;
 
+/// The most tips a live etcd is checked against (one Range each).
+const MAX_CHECKS: usize = 8;
 /// The largest record object read from S3.
 const RECORD_LIMIT: u64 = 64 * 1024;
 
@@ -56,19 +58,23 @@ pub async fn fingerprint_at(client: &mut Client, revision: i64) -> Result<AtRevi
     Ok(AtRevision::Fingerprint(history::fingerprint(revision, puts)))
 }
 
-/// The history of `tips` (newest first, [`history::candidates`]) that the live etcd is: the
-/// first whose tip it matches. None: none matches, a new history begins.
+/// The history of `tips` (newest first, [`history::candidates`]) that the live etcd is: of
+/// those whose tip it matches (at most [`MAX_CHECKS`] are asked about), the one
+/// [`history::preferred`] takes. None: none matches, a new history begins.
 pub async fn live_history(client: &mut Client, tips: &[Tip]) -> Result<Option<String>, etcd_client::Error> {
-    for tip in tips {
-        let Some(expected) = tip.fingerprint.as_deref() else { continue };
+    let mut matched = Vec::new();
+    for tip in tips.iter().filter(|t| t.fingerprint.is_some()).take(MAX_CHECKS) {
         match fingerprint_at(client, tip.revision).await? {
-            AtRevision::Fingerprint(found) if found == expected => return Ok(Some(tip.history.clone())),
+            AtRevision::Fingerprint(found) if Some(&found) == tip.fingerprint.as_ref() => matched.push(tip),
             verdict => {
                 tracing::debug!(history = %tip.history, revision = tip.revision, ?verdict, "the live etcd is not this history")
             }
         }
+        if matched.iter().any(|t| t.captured) {
+            break;
+        }
     }
-    Ok(None)
+    Ok(history::preferred(&matched).map(|t| t.history.clone()))
 }
 
 /// The records within reach: this node's snapshots (when it has a local store) and delta
