@@ -41,6 +41,9 @@ const ANNOTATE_EVERY: Duration = Duration::from_secs(5);
 const ANNOTATE_GRACE: Duration = Duration::from_secs(5);
 /// How often a follower checks whether it leads now, and a leader whether it still does.
 const TERM_CHECK: Duration = Duration::from_secs(1);
+/// How much longer than a flush interval a new leader waits for the previous leader's last
+/// segment to reach S3 before it continues that leader's chain.
+const HANDOVER_MARGIN: Duration = Duration::from_secs(2);
 /// First and longest wait after a capture could not run.
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -149,7 +152,15 @@ async fn capture_term(
         let wanted = |r: &etcdsnap_storage::pitr::SegmentRecord| {
             r.chain_broken.is_none() && r.history.as_deref() == Some(live.as_str())
         };
-        if let Some(r) = history::newest_in_s3(s3, &cluster, after, &wanted).await {
+        let mut newer = history::newest_in_s3(s3, &cluster, after, &wanted).await;
+        if newer.is_some() && lead.term().is_some() {
+            // Another leader wrote it. Its term has ended (the fence sees to that), but the
+            // changes it held then may still be on their way to S3: they are waited for, so
+            // that this term does not capture the same revisions again under the same names.
+            wait(settings.flush_interval + HANDOVER_MARGIN, stop).await;
+            newer = history::newest_in_s3(s3, &cluster, after, &wanted).await;
+        }
+        if let Some(r) = newer {
             let (base_revision, durable) = (r.base_revision, r.last_revision);
             chain = Some(resume::Resumable { chain: r.chain, history: r.history, base_revision, durable });
         }
@@ -378,6 +389,16 @@ impl Uploader {
         let mut uploaded = 0;
         for r in records {
             let (segment, record) = ((r.chain.clone(), r.segment_name()), (r.chain.clone(), r.record_name()));
+            // Another writer (the other leader of a leader change) may have stored the same
+            // revisions under the same names since the listing: its pair is kept, never
+            // overwritten, so that no record in S3 describes another writer's segment.
+            if !present.contains(&record)
+                && s3.pitr_object_exists(&r.chain, &record.1).await.map_err(|e| e.to_string())?
+            {
+                tracing::info!(chain = %r.chain, file = %record.1, "delta segment already in S3 from another writer: kept");
+                present.insert(segment.clone());
+                present.insert(record.clone());
+            }
             if !present.contains(&record) {
                 if !present.contains(&segment) {
                     let bytes = read_checked(&deltas_dir.join(&r.chain).join(r.segment_name()), &r.sha256)?;
