@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub enum PitrError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("no snapshot of cluster {0} in this snapshot directory")]
     NoSuchCluster(String),

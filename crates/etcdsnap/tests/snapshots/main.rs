@@ -19,6 +19,8 @@ mod common {
 
 mod cli;
 mod engine;
+mod keep;
+mod lock;
 mod lying_s3;
 mod s3;
 mod shared_parent;

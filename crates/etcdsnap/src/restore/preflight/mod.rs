@@ -25,8 +25,8 @@ pub use report::{
     Check, CheckStatus, CurrentToken, EtcdutlSummary, IntegritySummary, PreflightReport, SealSummary, SnapshotSummary,
     SpaceSummary, TargetSummary, TokenResult, TokenSummary,
 };
-pub(crate) use seal::gather as gather_sealing;
 pub use seal::{FROM_KIT, SealFacts};
+pub(crate) use seal::{gather as gather_sealing, sealing_checks};
 pub use token::TOKEN_MISMATCH_FIX;
 pub(crate) use tools::add_etcdutl;
 
