@@ -23,6 +23,9 @@ pub const ANNOTATION_ETCD_VERSION: &str = "etcdsnap.io/etcd-version";
 pub const ANNOTATION_ETCD_HASHKV: &str = "etcdsnap.io/etcd-hashkv";
 /// The etcd cluster's members at save time, a JSON array of [`crate::ClusterMember`].
 pub const ANNOTATION_ETCD_MEMBERS: &str = "etcdsnap.io/etcd-members";
+/// The history the snapshot belongs to (`etcd.history` in its record): the run of revisions
+/// etcd numbered since it last started over (a restore, a member rolled back).
+pub const ANNOTATION_ETCD_HISTORY: &str = "etcdsnap.io/etcd-history";
 pub const ANNOTATION_COMPRESSION: &str = "etcdsnap.io/compression";
 /// When the snapshot last went through a restore drill (RFC 3339), and how it ended
 /// (`passed` or `failed: <reason>`).

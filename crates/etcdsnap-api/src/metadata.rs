@@ -51,6 +51,15 @@ pub struct EtcdInfo {
     /// and earlier etcdsnap releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<ClusterMember>>,
+    /// The history the snapshot belongs to: the revisions etcd numbered since it last started
+    /// over (a restore, a member rolled back). None for snapshots saved before histories were
+    /// recorded: each cluster's such snapshots count as one legacy history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
+    /// A digest of the puts etcd made at `revision` (`etcdsnap_storage::pitr::history`): what
+    /// tells, later, whether a live etcd's revision `revision` is this snapshot's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// The answer of etcd's Maintenance `HashKV` at a revision: a hash of every key revision from
@@ -238,6 +247,8 @@ mod tests {
                     client_urls: vec!["https://10.0.0.5:2379".into()],
                     is_learner: false,
                 }]),
+                history: Some("0123456789abcdef".into()),
+                fingerprint: Some("ab".repeat(16)),
             }),
             token_hash: TokenHash::parse_recorded("652c7dc687d9"),
             cluster_id: Some("uid".into()),

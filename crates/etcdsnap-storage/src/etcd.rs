@@ -94,6 +94,8 @@ impl MemberStatus {
             kubernetes_keys: None,
             kubernetes_keys_by_resource: None,
             members: None,
+            history: None,
+            fingerprint: None,
         }
     }
 }
@@ -275,6 +277,11 @@ impl EtcdMember {
     /// The raw client, for what this module does not wrap (a point-in-time capture's watch).
     pub fn into_client(self) -> Client {
         self.client
+    }
+
+    /// The member's client, for a question this type does not ask itself.
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 
     pub fn endpoint(&self) -> &str {

@@ -276,6 +276,12 @@ impl Etcd {
     }
 
     /// Client URLs of all members, in member order.
+    /// The cluster token the members were started with (etcd derives the cluster ID from it and
+    /// the members' names and peer URLs): a member restored in place with it keeps the ID.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }

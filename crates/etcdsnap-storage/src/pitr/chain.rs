@@ -16,6 +16,8 @@ pub struct Base {
     pub revision: i64,
     /// When it was taken, Unix milliseconds.
     pub taken_ms: i64,
+    /// The history it belongs to (`super::history`); None for the legacy one.
+    pub history: Option<String>,
 }
 
 /// What to restore to.
@@ -268,7 +270,7 @@ mod tests {
     const CHAIN: &str = "etcd-snapshot-node-a-1700000000";
 
     fn base(name: &str, revision: i64, taken_ms: i64) -> Base {
-        Base { name: name.into(), revision, taken_ms }
+        Base { name: name.into(), revision, taken_ms, history: None }
     }
 
     /// Plans with segments whose revisions were observed evenly spread over their times.

@@ -39,7 +39,12 @@ pub fn dir_beside(snapshot_dir: &Path) -> PathBuf {
 /// The base a snapshot offers: a ready snapshot with a recorded etcd revision.
 pub fn base_of(record: &SnapshotRecord) -> Option<Base> {
     let etcd = record.etcd.as_ref().filter(|_| record.is_ready())?;
-    Some(Base { name: record.name.to_string(), revision: etcd.revision, taken_ms: record.created_at.as_millisecond() })
+    Some(Base {
+        name: record.name.to_string(),
+        revision: etcd.revision,
+        taken_ms: record.created_at.as_millisecond(),
+        history: etcd.history.clone(),
+    })
 }
 
 /// The records of one chain, oldest first. Any unreadable or contradictory record is an error:

@@ -10,6 +10,7 @@
 //! replay are the `etcdsnap` crate's `pitr`.
 
 pub mod chain;
+pub mod history;
 pub mod local;
 pub mod record;
 pub mod retention;

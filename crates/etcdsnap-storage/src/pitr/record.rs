@@ -49,6 +49,14 @@ pub struct SegmentRecord {
     /// revision, leader change, restart): the next revision is not in this chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_broken: Option<String>,
+    /// The history the segment belongs to (`super::history`); None in records written before
+    /// histories were recorded (the cluster's legacy history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
+    /// The fingerprint of the puts at `last_revision` (`super::history::fingerprint`): what a
+    /// capture checks a live etcd against before it continues the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Why a record cannot be used.
@@ -101,6 +109,9 @@ impl SegmentRecord {
         if self.last_observed_ms < self.first_observed_ms {
             return Err("last revision observed before the first".into());
         }
+        if let Some(h) = self.history.as_deref().filter(|h| !super::history::valid_id(h)) {
+            return Err(format!("history {h:?} is not a history ID"));
+        }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("sha256 is not 64 hex digits".into());
         }
@@ -143,6 +154,8 @@ pub(crate) mod tests {
             stored_bytes: 100,
             cluster_id: None,
             chain_broken: None,
+            history: None,
+            fingerprint: None,
         }
     }
 
@@ -172,6 +185,7 @@ pub(crate) mod tests {
             (SegmentRecord { revisions: 11, ..good.clone() }, "11 revisions"),
             (SegmentRecord { last_observed_ms: 0, ..good.clone() }, "observed before"),
             (SegmentRecord { sha256: "zz".into(), ..good.clone() }, "sha256"),
+            (SegmentRecord { history: Some("../x".into()), ..good.clone() }, "history"),
         ];
         for (bad, expected) in cases {
             let err = SegmentRecord::parse("rec-1", &bad.to_json()).unwrap_err().to_string();

@@ -18,6 +18,7 @@
 use super::kube_duties::LeaderKube;
 use super::{Agent, Lead, resume};
 use crate::pitr::capture::{self, CaptureError, CaptureEvent, CaptureSettings};
+use crate::pitr::history;
 use crate::session::Purpose;
 use etcdsnap_kube::leader::LeaderTerm;
 use etcdsnap_storage::SnapshotRecord;
@@ -40,6 +41,9 @@ const ANNOTATE_EVERY: Duration = Duration::from_secs(5);
 const ANNOTATE_GRACE: Duration = Duration::from_secs(5);
 /// How often a follower checks whether it leads now, and a leader whether it still does.
 const TERM_CHECK: Duration = Duration::from_secs(1);
+/// How much longer than a flush interval a new leader waits for the previous leader's last
+/// segment to reach S3 before it continues that leader's chain.
+const HANDOVER_MARGIN: Duration = Duration::from_secs(2);
 /// First and longest wait after a capture could not run.
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -110,18 +114,58 @@ async fn capture_term(
     let cluster = format!("{:x}", status.cluster_id);
     let listing = local.list().await.map_err(|e| TermError::Other(e.to_string()))?;
     let deltas_dir: PathBuf = local::dir_beside(local.dir());
-    let (records, _) = local::read_all(&deltas_dir);
-    let mut chain = resume::newest_chain(&records, &cluster);
-    if let Some(s3) = ctx.remote.as_ref().and_then(|r| r.as_s3()) {
-        let after = chain.as_ref().map_or(i64::MIN, |c| c.durable);
-        let newer = resume::newest_in_s3(s3, &cluster, after).await.filter(|r| r.chain_broken.is_none());
-        if let Some(r) = newer {
-            chain =
-                Some(resume::Resumable { chain: r.chain, base_revision: r.base_revision, durable: r.last_revision });
-        }
+    let (mut records, _) = local::read_all(&deltas_dir);
+    let s3 = ctx.remote.as_ref().and_then(|r| r.as_s3());
+    if let Some(s3) = s3
+        && let Some(r) = history::newest_in_s3(s3, &cluster, i64::MIN, &|_| true).await
+    {
+        records.push(r);
     }
     let mut client = member.into_client();
-    let snapshot = newest_snapshot(&listing.records, &ctx.node_name, &cluster);
+    // Which recorded history the live etcd is: only its chains and snapshots are continued.
+    let tips = etcdsnap_storage::pitr::history::candidates(&listing.records, &records, &cluster);
+    let live = history::live_history(&mut client, &tips).await.map_err(|e| TermError::Other(e.to_string()))?;
+    let Some(live) = live else {
+        // Where capture stood: the newest chain, else the newest snapshot it would have started
+        // from. When etcd compacted past it, the revisions after it are a gap.
+        let compacted = match resume::newest_chain(&records, &cluster, None) {
+            Some(newest) => resume::end_unmatched(&mut client, &newest, &deltas_dir).await.map_err(TermError::Other)?,
+            None => match newest_snapshot_of(&listing.records, &ctx.node_name, &cluster, |_| true)
+                .and_then(local::base_of)
+            {
+                Some(base) => match resume::held(&mut client, base.revision).await {
+                    Ok(resume::Held::Compacted) => Some(base.revision),
+                    _ => None,
+                },
+                None => None,
+            },
+        };
+        if let Some(revision) = compacted {
+            tracing::warn!(revision, "etcd compacted past where delta capture stood: the revisions after it are a gap");
+            agent.metrics.pitr.breaks.inc();
+        }
+        return Err(TermError::NoBase);
+    };
+    let mut chain = resume::newest_chain(&records, &cluster, Some(&live));
+    if let Some(s3) = s3 {
+        let after = chain.as_ref().map_or(i64::MIN, |c| c.durable);
+        let wanted = |r: &etcdsnap_storage::pitr::SegmentRecord| {
+            r.chain_broken.is_none() && r.history.as_deref() == Some(live.as_str())
+        };
+        let mut newer = history::newest_in_s3(s3, &cluster, after, &wanted).await;
+        if newer.is_some() && lead.term().is_some() {
+            // Another leader wrote it. Its term has ended (the fence sees to that), but the
+            // changes it held then may still be on their way to S3: they are waited for, so
+            // that this term does not capture the same revisions again under the same names.
+            wait(settings.flush_interval + HANDOVER_MARGIN, stop).await;
+            newer = history::newest_in_s3(s3, &cluster, after, &wanted).await;
+        }
+        if let Some(r) = newer {
+            let (base_revision, durable) = (r.base_revision, r.last_revision);
+            chain = Some(resume::Resumable { chain: r.chain, history: r.history, base_revision, durable });
+        }
+    }
+    let snapshot = newest_snapshot(&listing.records, &ctx.node_name, &cluster, &live);
     let choice = resume::choose(&mut client, chain, snapshot, &deltas_dir).await.map_err(TermError::Other)?;
     if let Some(revision) = choice.compacted {
         tracing::warn!(revision, "etcd compacted past where delta capture stood: the revisions after it are a gap");
@@ -133,8 +177,9 @@ async fn capture_term(
     let annotating = match lead {
         Lead::Term(leader) => {
             let (metrics, local) = (agent.metrics.clone(), local.clone());
-            let (node, term) = (ctx.node_name.clone(), term.clone());
-            Some(tokio::spawn(async move { annotate_loop(leader, metrics, local, node, cluster, term).await }))
+            let (node, term, live) = (ctx.node_name.clone(), term.clone(), live.clone());
+            let history = (cluster, live);
+            Some(tokio::spawn(async move { annotate_loop(leader, metrics, local, node, history, term).await }))
         }
         Lead::Alone => None,
     };
@@ -167,13 +212,30 @@ async fn capture_term(
     result.map(|_| ()).map_err(TermError::from)
 }
 
-/// The newest ready snapshot of `node` taken from cluster `cluster`, with its revision: the
-/// chain starts there (another node's snapshot is on another disk; another cluster's would
-/// replay the wrong history).
-fn newest_snapshot<'a>(records: &'a [SnapshotRecord], node: &str, cluster: &str) -> Option<&'a SnapshotRecord> {
+/// The newest ready snapshot of `node` taken from cluster `cluster` in history `history`, with
+/// its revision: the chain starts there (another node's snapshot is on another disk; another
+/// cluster's or another history's would replay the wrong changes).
+fn newest_snapshot<'a>(
+    records: &'a [SnapshotRecord],
+    node: &str,
+    cluster: &str,
+    history: &str,
+) -> Option<&'a SnapshotRecord> {
+    newest_snapshot_of(records, node, cluster, |h| h == Some(history))
+}
+
+/// The newest ready snapshot of `node` taken from cluster `cluster`, in a history that
+/// `history` takes.
+fn newest_snapshot_of<'a>(
+    records: &'a [SnapshotRecord],
+    node: &str,
+    cluster: &str,
+    history: impl Fn(Option<&str>) -> bool,
+) -> Option<&'a SnapshotRecord> {
     records
         .iter()
-        .filter(|r| r.node_name == node && r.etcd.as_ref().is_some_and(|e| e.cluster_id == cluster))
+        .filter(|r| r.node_name == node)
+        .filter(|r| r.etcd.as_ref().is_some_and(|e| e.cluster_id == cluster && history(e.history.as_deref())))
         .filter_map(|r| local::base_of(r).map(|b| (r, b)))
         .max_by_key(|(_, b)| (b.revision, b.taken_ms))
         .map(|(r, _)| r)
@@ -188,7 +250,7 @@ async fn annotate_loop(
     metrics: Arc<super::metrics::Metrics>,
     local: LocalStore,
     node: String,
-    cluster: String,
+    (cluster, history): (String, String),
     term: CancellationToken,
 ) {
     let mut said: Option<(String, i64)> = None;
@@ -200,7 +262,7 @@ async fn annotate_loop(
         let (revision, observed_ms) = (metrics.pitr.durable_revision.get(), metrics.pitr.segment_observed_ms());
         let Ok(observed) = jiff::Timestamp::from_millisecond(observed_ms) else { continue };
         let Ok(listing) = local.list().await else { continue };
-        let Some(newest) = newest_snapshot(&listing.records, &node, &cluster) else { continue };
+        let Some(newest) = newest_snapshot(&listing.records, &node, &cluster, &history) else { continue };
         let now = (newest.name.to_string(), revision);
         if observed_ms == 0
             || newest.etcd.as_ref().is_some_and(|e| e.revision >= revision)
@@ -327,6 +389,16 @@ impl Uploader {
         let mut uploaded = 0;
         for r in records {
             let (segment, record) = ((r.chain.clone(), r.segment_name()), (r.chain.clone(), r.record_name()));
+            // Another writer (the other leader of a leader change) may have stored the same
+            // revisions under the same names since the listing: its pair is kept, never
+            // overwritten, so that no record in S3 describes another writer's segment.
+            if !present.contains(&record)
+                && s3.pitr_object_exists(&r.chain, &record.1).await.map_err(|e| e.to_string())?
+            {
+                tracing::info!(chain = %r.chain, file = %record.1, "delta segment already in S3 from another writer: kept");
+                present.insert(segment.clone());
+                present.insert(record.clone());
+            }
             if !present.contains(&record) {
                 if !present.contains(&segment) {
                     let bytes = read_checked(&deltas_dir.join(&r.chain).join(r.segment_name()), &r.sha256)?;
@@ -374,16 +446,29 @@ mod tests {
     use crate::pitr::restore::tests::snap;
 
     #[test]
-    fn the_base_is_this_nodes_newest_snapshot_of_the_live_cluster() {
+    fn the_base_is_this_nodes_newest_snapshot_of_the_live_cluster_and_history() {
+        let in_history = |mut r: SnapshotRecord, h: &str| {
+            if let Some(e) = r.etcd.as_mut() {
+                e.history = Some(h.into());
+            }
+            r
+        };
         let records = [
-            snap("node-a", 100, 50, "c1"),
-            snap("node-a", 200, 90, "c1"),
+            in_history(snap("node-a", 100, 50, "c1"), "h1"),
+            in_history(snap("node-a", 200, 90, "c1"), "h1"),
             // A node whose name ends in this one's, another cluster in the same folder.
-            snap("x-node-a", 300, 120, "c1"),
-            snap("node-a", 400, 200, "c2"),
+            in_history(snap("x-node-a", 300, 120, "c1"), "h1"),
+            in_history(snap("node-a", 400, 200, "c2"), "h1"),
+            // Another history of the same cluster (before a rollback), and a legacy snapshot.
+            in_history(snap("node-a", 500, 300, "c1"), "h0"),
+            snap("node-a", 600, 400, "c1"),
         ];
-        let base = newest_snapshot(&records, "node-a", "c1").and_then(local::base_of).unwrap();
-        assert_eq!((base.name.as_str(), base.revision), ("etcd-snapshot-node-a-200", 90));
-        assert!(newest_snapshot(&records, "node-b", "c1").is_none());
+        let base = newest_snapshot(&records, "node-a", "c1", "h1").and_then(local::base_of).unwrap();
+        assert_eq!(
+            (base.name.as_str(), base.revision, base.history.as_deref()),
+            ("etcd-snapshot-node-a-200", 90, Some("h1"))
+        );
+        assert!(newest_snapshot(&records, "node-b", "c1", "h1").is_none());
+        assert!(newest_snapshot(&records, "node-a", "c1", "h2").is_none());
     }
 }

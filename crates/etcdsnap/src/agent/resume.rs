@@ -9,16 +9,18 @@
 //! Only when etcd compacted past the chain's last revision does the chain end there: its last
 //! record is marked broken saying so, and capture starts a new chain from the newest snapshot
 //! etcd can still continue, or from a new one.
+//!
+//! Only the live history's chains and snapshots count (`crate::pitr::history`): the agent
+//! first checks which recorded history the live etcd is. When it is none of them (a restore, a
+//! member rolled back in place, a legacy chain, a tip compacted away), the newest chain is
+//! ended saying why ([`end_unmatched`]) and a new full snapshot starts a new history, so a
+//! chain never goes on with another history's changes, nor starts from another history's
+//! snapshot or one ahead of the live revision.
 
 use etcd_client::{Client, GetOptions};
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::pitr::{Base, SegmentRecord, local, summarize};
-use etcdsnap_storage::store::s3::S3Store;
-use std::collections::BTreeMap;
 use std::path::Path;
-
-/// The largest record object read from S3.
-const RECORD_LIMIT: u64 = 64 * 1024;
 
 /// Where one capture term starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub(super) struct Start {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Resumable {
     pub chain: String,
+    /// Its history; None for the legacy one.
+    pub history: Option<String>,
     pub base_revision: i64,
     pub durable: i64,
 }
@@ -48,54 +52,23 @@ pub(super) enum Held {
     Ahead,
 }
 
-/// The newest unbroken, gap-free chain of `cluster` among `records` (local ones, and the newest
-/// record of each S3 chain).
-pub(super) fn newest_chain(records: &[SegmentRecord], cluster: &str) -> Option<Resumable> {
-    let own: Vec<SegmentRecord> =
-        records.iter().filter(|r| r.cluster_id.as_deref() == Some(cluster)).cloned().collect();
+/// The newest unbroken, gap-free chain of `cluster` among `records` (local ones, and the
+/// newest record of each S3 chain), of `history` when given, else of any history.
+pub(super) fn newest_chain(records: &[SegmentRecord], cluster: &str, history: Option<&str>) -> Option<Resumable> {
+    let own: Vec<SegmentRecord> = records
+        .iter()
+        .filter(|r| r.cluster_id.as_deref() == Some(cluster))
+        .filter(|r| history.is_none_or(|h| r.history.as_deref() == Some(h)))
+        .cloned()
+        .collect();
     summarize(&own)
         .into_iter()
         .filter(|c| c.broken.is_none() && c.gaps.is_empty() && c.reachable > c.base_revision)
         .max_by_key(|c| c.reachable)
-        .map(|c| Resumable { chain: c.chain, base_revision: c.base_revision, durable: c.reachable })
-}
-
-/// The newest record of each chain in S3 whose newest revision is past `after`, read newest
-/// first until one of `cluster` is found: a new leader continues the previous leader's chain
-/// from there. A failure to read S3 is only logged: the local chains still count.
-pub(super) async fn newest_in_s3(s3: &S3Store, cluster: &str, after: i64) -> Option<SegmentRecord> {
-    let objects = match s3.list_pitr_objects().await {
-        Ok(objects) => objects,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the delta chains in S3; capture resumes from local ones");
-            return None;
-        }
-    };
-    let mut newest: BTreeMap<String, (i64, String)> = BTreeMap::new();
-    for o in objects.iter().filter(|o| o.is_record()) {
-        let Some(last) = o.last_revision() else { continue };
-        let entry = newest.entry(o.chain.clone()).or_insert((last, o.file.clone()));
-        if last > entry.0 {
-            *entry = (last, o.file.clone());
-        }
-    }
-    let mut candidates: Vec<(i64, String, String)> =
-        newest.into_iter().filter(|(_, (last, _))| *last > after).map(|(c, (l, f))| (l, c, f)).collect();
-    candidates.sort_by(|a, b| b.cmp(a));
-    for (_, chain, file) in candidates {
-        let parsed = match s3.get_pitr_object(&chain, &file, RECORD_LIMIT).await {
-            Ok(bytes) => SegmentRecord::parse(&file, &bytes).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match parsed {
-            Ok(r) if r.chain == chain && r.record_name() == file && r.cluster_id.as_deref() == Some(cluster) => {
-                return Some(r);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(%chain, %file, error = %e, "delta record in S3 not usable"),
-        }
-    }
-    None
+        .map(|c| {
+            let history = own.iter().find(|r| r.chain == c.chain).and_then(|r| r.history.clone());
+            Resumable { chain: c.chain, history, base_revision: c.base_revision, durable: c.reachable }
+        })
 }
 
 /// Asks etcd whether it still holds `revision` (a count-only range at it).
@@ -133,7 +106,7 @@ pub(super) async fn choose(
     if let Some(c) = chain {
         match held(client, c.durable).await.map_err(|e| e.to_string())? {
             Held::Yes => {
-                let base = Base { name: c.chain, revision: c.base_revision, taken_ms: 0 };
+                let base = Base { name: c.chain, revision: c.base_revision, taken_ms: 0, history: c.history };
                 return Ok(Choice { start: Some(Start { base, durable: c.durable }), compacted: None });
             }
             Held::Compacted => {
@@ -163,6 +136,46 @@ pub(super) async fn choose(
     Ok(Choice { start, compacted })
 }
 
+/// Ends `chain` (the newest of the live cluster), which the live etcd is not known to continue
+/// (no recorded history matched it): its last local record is marked broken, saying why, and
+/// when etcd compacted past its last revision, that revision is returned (the revisions after
+/// it were never captured). A new history begins with a new full snapshot.
+pub(super) async fn end_unmatched(
+    client: &mut Client,
+    chain: &Resumable,
+    deltas_dir: &Path,
+) -> Result<Option<i64>, String> {
+    let (reason, compacted) = match held(client, chain.durable).await.map_err(|e| e.to_string())? {
+        Held::Compacted => (
+            format!(
+                "etcd compacted past revision {} before capture resumed: the revisions after it were never captured",
+                chain.durable
+            ),
+            Some(chain.durable),
+        ),
+        Held::Ahead => (
+            format!(
+                "etcd's revision is behind revision {}: etcd is another history now (restored or rolled back)",
+                chain.durable
+            ),
+            None,
+        ),
+        Held::Yes if chain.history.is_none() => {
+            ("the chain was written before histories were recorded: capture starts a new history".to_string(), None)
+        }
+        Held::Yes => (
+            format!(
+                "etcd's revision {} is not the one this chain captured: etcd is another history now (restored or rolled back)",
+                chain.durable
+            ),
+            None,
+        ),
+    };
+    tracing::warn!(chain = %chain.chain, durable = chain.durable, "{reason}");
+    crate::pitr::capture::mark_broken(deltas_dir, &chain.chain, &reason).map_err(|e| e.to_string())?;
+    Ok(compacted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +195,8 @@ mod tests {
             stored_bytes: 1,
             cluster_id: Some(cluster.into()),
             chain_broken: None,
+            history: None,
+            fingerprint: None,
         }
     }
 
@@ -196,11 +211,23 @@ mod tests {
             // Another cluster's chain reaching further.
             record(c, 5, 6, 500, "c2"),
         ];
-        let r = newest_chain(&records, "c1").unwrap();
-        assert_eq!(r, Resumable { chain: a.into(), base_revision: 10, durable: 90 });
+        let r = newest_chain(&records, "c1", None).unwrap();
+        assert_eq!(r, Resumable { chain: a.into(), history: None, base_revision: 10, durable: 90 });
         // A chain with a gap is not continued past it.
         records.push(record(a, 10, 95, 99, "c1"));
-        assert_eq!(newest_chain(&records, "c1"), None);
-        assert_eq!(newest_chain(&records, "c3"), None);
+        assert_eq!(newest_chain(&records, "c1", None), None);
+        assert_eq!(newest_chain(&records, "c3", None), None);
+    }
+
+    #[test]
+    fn only_a_chain_of_the_live_history_is_resumed() {
+        let (a, b) = ("etcd-snapshot-n-1", "etcd-snapshot-n-2");
+        let with = |r: SegmentRecord, h: &str| SegmentRecord { history: Some(h.into()), ..r };
+        // The old history reaches further (revisions reused after a rollback).
+        let records = [with(record(a, 10, 11, 500, "c1"), "old"), with(record(b, 300, 301, 420, "c1"), "new")];
+        let r = newest_chain(&records, "c1", Some("new")).unwrap();
+        assert_eq!((r.chain.as_str(), r.history.as_deref(), r.durable), (b, Some("new"), 420));
+        assert_eq!(newest_chain(&records, "c1", Some("other")), None);
+        assert_eq!(newest_chain(&records, "c1", None).unwrap().chain, a);
     }
 }

@@ -8,6 +8,7 @@
 //! [`crate::session::Session::after_save`].
 
 use super::Context;
+use crate::pitr::history;
 use crate::seal::Prepared;
 use etcdsnap_api::consts::KUBERNETES_PREFIX;
 use etcdsnap_api::{Compression, EtcdInfo, KvHash, SnapshotName, StorageKind, snapshot_file_name};
@@ -21,6 +22,9 @@ use etcdsnap_storage::store::{NewSnapshot, SnapshotSink, SnapshotStore, StoreErr
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// How long a save may take to learn which history the live etcd is.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Failures that prevent a save from being attempted at all (nothing to record).
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +225,8 @@ impl Attempt<'_> {
                 if revision != status.revision {
                     tracing::debug!(snapshot = %name, status = status.revision, revision, "the member wrote while the snapshot started");
                 }
-                let etcd = EtcdInfo { revision, members, ..self.etcd_facts(&status, facts) };
+                let (history, fingerprint) = self.history_facts(&mut member, &status, revision).await;
+                let etcd = EtcdInfo { revision, members, history, fingerprint, ..self.etcd_facts(&status, facts) };
                 self.publish(report, output, etcd).await;
             }
             Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
@@ -279,6 +284,44 @@ impl Attempt<'_> {
                 tracing::warn!(revision, error = %e, "no HashKV recorded: drills of this snapshot check its bytes, trailer and revision only")
             })
             .ok()
+    }
+
+    /// The history the snapshot belongs to and the fingerprint of its revision
+    /// (`crate::pitr::history`): the live history among the records within reach, else a new
+    /// one. A member that cannot answer in time costs the record its fingerprint (the snapshot
+    /// then never names its history to a later save or capture), not the snapshot.
+    async fn history_facts(
+        &self,
+        member: &mut EtcdMember,
+        status: &MemberStatus,
+        revision: i64,
+    ) -> (Option<String>, Option<String>) {
+        let ctx = self.ctx;
+        let cluster = format!("{:x}", status.cluster_id);
+        let s3 = ctx.remote.as_ref().and_then(|r| r.as_s3());
+        let facts = async {
+            let client = member.client_mut();
+            let history = history::for_save(client, ctx.local.as_ref(), s3, &cluster).await;
+            let fingerprint = match history::fingerprint_at(client, revision).await {
+                Ok(history::AtRevision::Fingerprint(f)) => Some(f),
+                Ok(other) => {
+                    tracing::warn!(revision, answer = ?other, "no fingerprint recorded for the snapshot's revision");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(revision, error = %e, "no fingerprint recorded for the snapshot's revision");
+                    None
+                }
+            };
+            (Some(history), fingerprint)
+        };
+        tokio::select! {
+            _ = self.opts.cancel.cancelled() => (None, None),
+            answer = tokio::time::timeout(HISTORY_TIMEOUT, facts) => answer.unwrap_or_else(|_| {
+                tracing::warn!(revision, "etcd did not say in time which history it is: the snapshot starts a new one");
+                (Some(etcdsnap_storage::pitr::history::new_id()), None)
+            }),
+        }
     }
 
     /// What is recorded about etcd: the member's status, and the HashKV at the snapshot's own

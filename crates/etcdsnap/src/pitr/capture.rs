@@ -27,11 +27,11 @@
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
 use etcdsnap_storage::files::{create_private_dir, write_atomic};
-use etcdsnap_storage::pitr::local;
 use etcdsnap_storage::pitr::record::RECORD_FORMAT;
 use etcdsnap_storage::pitr::{
     Base, EventKind, LeaseObservation, PitrEvent, PrevDigest, PrevState, RevisionChanges, Segment, SegmentRecord,
 };
+use etcdsnap_storage::pitr::{history, local};
 use etcdsnap_storage::store::StoreError;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -432,6 +432,8 @@ impl ChainWriter {
             stored_bytes: stored.len() as u64,
             cluster_id: self.cluster_id.clone(),
             chain_broken: broken,
+            history: self.base.history.clone(),
+            fingerprint: Some(history::fingerprint_of_revision(last)),
         };
         // The directory may have been removed under a running capture (by hand, or emptied by
         // retention): it is made again rather than losing what is pending.
@@ -492,6 +494,14 @@ fn continue_from(base: &Base, records: &[SegmentRecord], durable: i64) -> Result
         let reason = format!("its records start from revision {}, not {}", r.base_revision, base.revision);
         return Err(broken(reached, reason));
     }
+    if let Some(r) = records.iter().find(|r| r.history != base.history) {
+        let reason = format!(
+            "its records belong to history {}, the capture to history {}",
+            history::label(r.history.as_deref()),
+            history::label(base.history.as_deref())
+        );
+        return Err(broken(reached, reason));
+    }
     if let Some(reason) = records.iter().find_map(|r| r.chain_broken.clone()) {
         return Err(broken(reached, format!("it was already broken ({reason})")));
     }
@@ -524,7 +534,7 @@ mod tests {
     }
 
     fn writer(dir: &Path) -> ChainWriter {
-        let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0 };
+        let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0, history: None };
         ChainWriter::new(&base, dir.join(&base.name), CaptureSettings::default(), base.revision).unwrap()
     }
 
@@ -554,7 +564,7 @@ mod tests {
 
     #[test]
     fn a_chain_continues_after_the_last_revision_durable_anywhere() {
-        let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0 };
+        let base = Base { name: "etcd-snapshot-node-a-1700000000".into(), revision: 10, taken_ms: 0, history: None };
         let rec = |first, last| crate::pitr::restore::tests::segment(&base.name, 10, first, last, "c1");
         // Nothing here, revisions up to 50 durable in S3 (another leader's): from 50.
         assert_eq!(continue_from(&base, &[], 50).unwrap(), 50);
@@ -566,6 +576,15 @@ mod tests {
         assert!(err.to_string().contains("revisions 51..54 are missing"), "{err}");
         let other = crate::pitr::restore::tests::segment(&base.name, 9, 11, 20, "c1");
         assert!(continue_from(&base, &[other], 10).is_err(), "a record of another base");
+        // A chain of the same name and base revision, written in another history (revisions
+        // reused after a rollback), is never continued.
+        let new = Base { history: Some("h2".into()), ..base.clone() };
+        let old = SegmentRecord { history: Some("h1".into()), ..rec(11, 40) };
+        let err = continue_from(&new, std::slice::from_ref(&old), 10).unwrap_err();
+        assert!(err.to_string().contains("history h1, the capture to history h2"), "{err}");
+        assert!(continue_from(&base, &[old], 10).is_err(), "a legacy capture over a chain with a history");
+        let same = SegmentRecord { history: Some("h2".into()), ..rec(11, 40) };
+        assert_eq!(continue_from(&new, &[same], 10).unwrap(), 40);
     }
 
     #[test]
@@ -601,6 +620,20 @@ mod tests {
         w.flush(None, &mut |_| {}).unwrap();
         let first = w.report.segments[0].clone();
         assert_eq!((first.first_revision, first.last_revision, first.events), (11, 12, 3));
+        // The record's fingerprint is that of the puts at its last revision.
+        let put12 = put(12);
+        let expected = history::fingerprint(
+            12,
+            [history::Put {
+                key: &put12.key,
+                value: &put12.value,
+                create_revision: 12,
+                mod_revision: 12,
+                version: 1,
+                lease: 0,
+            }],
+        );
+        assert_eq!(first.fingerprint.as_deref(), Some(expected.as_str()));
         assert_eq!(stored_record(&w, &first), first);
         let stored = std::fs::read(w.dir.join(first.segment_name())).unwrap();
         assert_eq!(hex::encode(Sha256::digest(&stored)), first.sha256);

@@ -15,5 +15,6 @@
 //! lease lapse without keys creates no revision, so HashKV is unaffected.
 
 pub mod capture;
+pub mod history;
 pub mod replay;
 pub mod restore;

@@ -11,9 +11,10 @@ use super::replay::{self, Replay, ReplayError, ReplayReport};
 use crate::restore::{PassError, SnapshotSource, verify_pass};
 use etcdsnap_api::{Compression, KvHash};
 use etcdsnap_storage::SnapshotRecord;
+use etcdsnap_storage::pitr::history;
 use etcdsnap_storage::pitr::{
-    ChainSummary, ObservedBy, PlanError, ReplayPlan, Segment, SegmentRecord, Target, local, plan, segments_spanning,
-    summarize,
+    Base, ChainSummary, ObservedBy, PlanError, ReplayPlan, Segment, SegmentRecord, Target, local, plan,
+    segments_spanning, summarize,
 };
 use etcdsnap_storage::seal::Identity;
 use etcdsnap_storage::store::local::LocalStore;
@@ -36,6 +37,18 @@ pub enum PitrError {
         .0.join(", ")
     )]
     Ambiguous(Vec<String>),
+    #[error("no history {0} of this cluster here (see `ls -o wide`)")]
+    NoSuchHistory(String),
+    #[error(
+        "{target} resolves in several histories of cluster {cluster} (etcd reused these revisions after a restore or rollback): {}; choose one with --history ID",
+        .histories.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    AmbiguousHistory { target: String, cluster: String, histories: Vec<HistorySpan> },
+    #[error(
+        "revision {target} falls in a gap: the changes captured in history {history} reach revision {newest}, and history {later} begins at revision {begins}: revisions {}..{} were not captured",
+        newest + 1, begins - 1
+    )]
+    BetweenHistories { target: i64, history: String, newest: i64, later: String, begins: i64 },
     #[error("the base snapshot {name} cannot be read: {source}")]
     Base {
         name: String,
@@ -48,6 +61,41 @@ pub enum PitrError {
     Download(String),
 }
 
+/// One history's reach, as an ambiguous target lists it: its ID, revision and time range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySpan {
+    pub history: String,
+    pub first_revision: i64,
+    pub last_revision: i64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+}
+
+impl std::fmt::Display for HistorySpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at =
+            |ms: i64| jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string());
+        write!(
+            f,
+            "history {} (revisions {}..={}, {} to {})",
+            self.history,
+            self.first_revision,
+            self.last_revision,
+            at(self.first_ms),
+            at(self.last_ms)
+        )
+    }
+}
+
+/// Which cluster and history a point-in-time restore reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Choose<'a> {
+    /// `--etcd-cluster-id`.
+    pub cluster: Option<&'a str>,
+    /// `--history` (an ID, or `legacy`).
+    pub history: Option<&'a str>,
+}
+
 /// What a point-in-time restore will do, for the pre-flight report.
 #[derive(Debug, Clone)]
 pub struct PitrPlan {
@@ -55,6 +103,8 @@ pub struct PitrPlan {
     /// The base snapshot's record.
     pub base: SnapshotRecord,
     pub cluster_id: Option<String>,
+    /// The history the base and segments belong to; None for the legacy one.
+    pub history: Option<String>,
     /// The chains the segments come from, with their gaps.
     pub chains: Vec<ChainSummary>,
     pub deltas_dir: PathBuf,
@@ -69,7 +119,7 @@ pub struct PitrPlan {
 pub async fn plan_local(
     store: &LocalStore,
     target: Target,
-    cluster: Option<&str>,
+    choose: Choose<'_>,
     identity: Option<&Identity>,
 ) -> Result<PitrPlan, PitrError> {
     let listing = store.list().await?;
@@ -78,7 +128,7 @@ pub async fn plan_local(
     warnings.extend(listing.warnings);
     let dir = deltas_dir.clone();
     let mut observed_by = move |r: &SegmentRecord, ms: i64| replay::last_observed_by(&dir, r, ms, identity);
-    finish_plan(listing.records, records, warnings, deltas_dir, target, cluster, &mut observed_by)
+    finish_plan(listing.records, records, warnings, deltas_dir, target, choose, &mut observed_by)
 }
 
 /// The largest record and segment objects downloaded from S3.
@@ -91,7 +141,7 @@ const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
 pub async fn plan_s3(
     store: &Arc<dyn SnapshotStore>,
     target: Target,
-    cluster: Option<&str>,
+    choose: Choose<'_>,
     identity: Option<&Identity>,
 ) -> Result<PitrPlan, PitrError> {
     let s3 = store.as_s3().ok_or_else(|| PitrError::Download("the store is not S3".into()))?;
@@ -127,7 +177,7 @@ pub async fn plan_s3(
             spanning.get(&(r.chain.clone(), r.segment_name())).ok_or_else(|| format!("{name}: not downloaded"))?;
         observed_in(&name, stored, r, ms, identity)
     };
-    finish_plan(listing.records, records, warnings, PathBuf::new(), target, cluster, &mut observed_by)
+    finish_plan(listing.records, records, warnings, PathBuf::new(), target, choose, &mut observed_by)
 }
 
 /// The last revision of a stored segment observed at or before `ms`, once its bytes match its
@@ -173,10 +223,10 @@ fn finish_plan(
     warnings: Vec<String>,
     deltas_dir: PathBuf,
     target: Target,
-    cluster: Option<&str>,
+    choose: Choose<'_>,
     observed_by: &mut ObservedBy<'_>,
 ) -> Result<PitrPlan, PitrError> {
-    let (cluster_id, replay) = choose_cluster(&snapshots, &records, target, cluster, observed_by)?;
+    let (cluster_id, history, replay) = choose_history(&snapshots, &records, target, choose, observed_by)?;
     let base = snapshots.iter().find(|r| r.name.as_str() == replay.base.name).cloned();
     let Some(base) = base else {
         return Err(PlanError::NoBase(replay.base.name.clone()).into());
@@ -188,56 +238,121 @@ fn finish_plan(
         .iter()
         .filter_map(|r| r.etcd.as_ref().filter(|_| r.is_ready()))
         .filter(|e| e.revision == replay.stop_at && cluster_id.as_deref().is_none_or(|c| e.cluster_id == c))
+        .filter(|e| e.history == history)
         .find_map(|e| e.hash_kv);
-    Ok(PitrPlan { replay, base, cluster_id, chains, deltas_dir, expected_hash, warnings })
+    Ok(PitrPlan { replay, base, cluster_id, history, chains, deltas_dir, expected_hash, warnings })
 }
 
-/// Plans for each cluster whose snapshots are here (only `wanted` when given): exactly one
-/// must reach the target.
-fn choose_cluster(
+/// Plans in each history of each cluster whose snapshots are here (only those `choose` names):
+/// exactly one must reach the target. A history's plan uses only its own snapshots and
+/// segments, so revisions etcd reused after a restore or a rollback never mix.
+fn choose_history(
     snapshots: &[SnapshotRecord],
     segments: &[SegmentRecord],
     target: Target,
-    wanted: Option<&str>,
+    choose: Choose<'_>,
     observed_by: &mut ObservedBy<'_>,
-) -> Result<(Option<String>, ReplayPlan), PitrError> {
+) -> Result<(Option<String>, Option<String>, ReplayPlan), PitrError> {
     let cluster_of = |r: &SnapshotRecord| r.etcd.as_ref().map(|e| e.cluster_id.clone());
-    let mut clusters: BTreeSet<Option<String>> = snapshots.iter().filter(|r| r.is_ready()).map(cluster_of).collect();
-    if let Some(w) = wanted {
-        if !clusters.contains(&Some(w.to_string())) {
+    let history_of = |r: &SnapshotRecord| r.etcd.as_ref().and_then(|e| e.history.clone());
+    let ready = || snapshots.iter().filter(|r| r.is_ready());
+    let mut groups: BTreeSet<(Option<String>, Option<String>)> =
+        ready().map(|r| (cluster_of(r), history_of(r))).collect();
+    if let Some(w) = choose.cluster {
+        groups.retain(|(c, _)| c.as_deref() == Some(w));
+        if groups.is_empty() {
             return Err(PitrError::NoSuchCluster(w.into()));
         }
-        clusters = BTreeSet::from([Some(w.to_string())]);
+    }
+    if let Some(w) = choose.history {
+        groups.retain(|(_, h)| history::label(h.as_deref()) == w);
+        if groups.is_empty() {
+            return Err(PitrError::NoSuchHistory(w.into()));
+        }
     }
     let mut reached = Vec::new();
-    let mut first_error = None;
-    for cluster in clusters {
-        let bases: Vec<_> = snapshots.iter().filter(|r| cluster_of(r) == cluster).filter_map(local::base_of).collect();
+    let mut failed = Vec::new();
+    for (cluster, hist) in groups {
+        let bases: Vec<_> =
+            ready().filter(|r| cluster_of(r) == cluster && history_of(r) == hist).filter_map(local::base_of).collect();
         let own: Vec<SegmentRecord> = segments
             .iter()
             .filter(|s| s.cluster_id.is_none() || cluster.is_none() || s.cluster_id == cluster)
+            .filter(|s| s.history == hist)
             .cloned()
             .collect();
+        let reach = span(hist.as_deref(), &bases, &own);
         match plan(&bases, &own, target, observed_by) {
-            Ok(p) => reached.push((cluster, p)),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+            Ok(p) => reached.push((cluster, hist, p, reach)),
+            Err(e) => failed.push((cluster, e, reach)),
         }
     }
-    match reached.len() {
-        1 => Ok(reached.remove(0)),
-        0 => Err(first_error.unwrap_or_else(|| PlanError::NoBase(describe(target))).into()),
-        _ => {
-            Err(PitrError::Ambiguous(reached.into_iter().map(|(c, _)| c.unwrap_or_else(|| "unknown".into())).collect()))
+    let clusters: BTreeSet<Option<String>> = reached.iter().map(|(c, ..)| c.clone()).collect();
+    match (reached.len(), clusters.len()) {
+        (1, _) => {
+            let (cluster, hist, plan, _) = reached.remove(0);
+            Ok((cluster, hist, plan))
         }
+        (0, _) => Err(why_unreached(failed, target)),
+        (_, 1) => Err(PitrError::AmbiguousHistory {
+            target: describe(target),
+            cluster: clusters.into_iter().flatten().next().unwrap_or_else(|| "unknown".into()),
+            histories: reached.into_iter().map(|(_, _, _, span)| span).collect(),
+        }),
+        _ => Err(PitrError::Ambiguous(clusters.into_iter().map(|c| c.unwrap_or_else(|| "unknown".into())).collect())),
+    }
+}
+
+/// Why no history reaches the target: the reason of a history that has a snapshot at or before
+/// it (rather than one that has none); when that history's changes end before the target and
+/// a later history of the same cluster begins after it, the revisions between are a gap.
+fn why_unreached(mut failed: Vec<(Option<String>, PlanError, HistorySpan)>, target: Target) -> PitrError {
+    let Some(i) = failed.iter().position(|(_, e, _)| !matches!(e, PlanError::NoBase(_))) else {
+        let first = failed.into_iter().next().map(|(_, e, _)| e);
+        return first.unwrap_or_else(|| PlanError::NoBase(describe(target))).into();
+    };
+    if let PlanError::NotCaptured { target: revision, newest, .. } = &failed[i].1 {
+        let (cluster, span) = (&failed[i].0, &failed[i].2);
+        let next = failed
+            .iter()
+            .filter(|(c, _, s)| c == cluster && s.first_revision > *revision)
+            .min_by_key(|(_, _, s)| s.first_revision);
+        if let Some((_, _, later)) = next {
+            return PitrError::BetweenHistories {
+                target: *revision,
+                history: span.history.clone(),
+                newest: *newest,
+                later: later.history.clone(),
+                begins: later.first_revision,
+            };
+        }
+    }
+    failed.swap_remove(i).1.into()
+}
+
+/// A history's reach, from its snapshots and segments.
+fn span(history: Option<&str>, bases: &[Base], segments: &[SegmentRecord]) -> HistorySpan {
+    let revisions =
+        bases.iter().map(|b| b.revision).chain(segments.iter().flat_map(|s| [s.first_revision, s.last_revision]));
+    let times =
+        bases.iter().map(|b| b.taken_ms).chain(segments.iter().flat_map(|s| [s.first_observed_ms, s.last_observed_ms]));
+    let (revisions, times): (Vec<i64>, Vec<i64>) = (revisions.collect(), times.collect());
+    HistorySpan {
+        history: history::label(history).to_string(),
+        first_revision: revisions.iter().copied().min().unwrap_or_default(),
+        last_revision: revisions.iter().copied().max().unwrap_or_default(),
+        first_ms: times.iter().copied().min().unwrap_or_default(),
+        last_ms: times.iter().copied().max().unwrap_or_default(),
     }
 }
 
 fn describe(target: Target) -> String {
     match target {
         Target::Revision(rev) => format!("revision {rev}"),
-        Target::Time(ms) => format!("time {ms} ms"),
+        Target::Time(ms) => match jiff::Timestamp::from_millisecond(ms) {
+            Ok(t) => format!("time {t}"),
+            Err(_) => format!("time {ms} ms"),
+        },
     }
 }
 
@@ -344,12 +459,115 @@ pub(crate) mod tests {
             stored_bytes: 1,
             cluster_id: Some(cluster.into()),
             chain_broken: None,
+            history: None,
+            fingerprint: None,
         }
     }
 
     /// Revision targets never read a segment's times.
     fn unread(_: &SegmentRecord, _: i64) -> Result<Option<i64>, String> {
         Err("a revision target read a segment".into())
+    }
+
+    fn choose_cluster(
+        snapshots: &[SnapshotRecord],
+        segments: &[SegmentRecord],
+        target: Target,
+        cluster: Option<&str>,
+        observed_by: &mut ObservedBy<'_>,
+    ) -> Result<(Option<String>, ReplayPlan), PitrError> {
+        let choose = Choose { cluster, history: None };
+        choose_history(snapshots, segments, target, choose, observed_by).map(|(c, _, p)| (c, p))
+    }
+
+    fn in_history(mut r: SnapshotRecord, h: &str) -> SnapshotRecord {
+        if let Some(e) = r.etcd.as_mut() {
+            e.history = Some(h.into());
+        }
+        r
+    }
+
+    #[test]
+    fn a_target_two_histories_reach_is_refused_until_one_is_chosen() {
+        // History h1: base at 100 rolled to 500. The member was rolled back to 300 in place
+        // (same cluster ID): history h2, base at 320 rolled to 720. Both hold revision 400.
+        let snapshots =
+            [in_history(snap("node-a", 100, 100, "c1"), "h1"), in_history(snap("node-a", 200, 320, "c1"), "h2")];
+        let seg = |chain: &str, base, first, last, h: &str| SegmentRecord {
+            history: Some(h.into()),
+            ..segment(chain, base, first, last, "c1")
+        };
+        let segments = [
+            seg("etcd-snapshot-node-a-100", 100, 101, 500, "h1"),
+            seg("etcd-snapshot-node-a-200", 320, 321, 720, "h2"),
+            // A legacy chain of the same cluster without a snapshot to start from.
+            segment("etcd-snapshot-node-a-50", 50, 51, 450, "c1"),
+        ];
+        let err =
+            choose_history(&snapshots, &segments, Target::Revision(400), Choose::default(), &mut unread).unwrap_err();
+        let PitrError::AmbiguousHistory { ref histories, ref cluster, .. } = err else { panic!("{err}") };
+        assert_eq!(cluster, "c1");
+        let listed: Vec<(&str, i64, i64)> =
+            histories.iter().map(|h| (h.history.as_str(), h.first_revision, h.last_revision)).collect();
+        assert_eq!(listed, [("h1", 100, 500), ("h2", 320, 720)]);
+        let text = err.to_string();
+        assert!(
+            text.contains("revision 400") && text.contains("--history") && text.contains("revisions 320..=720"),
+            "{text}"
+        );
+        // Chosen: only that history's base and segments are used, never the other's.
+        for (h, base, chain) in [("h1", 100, "etcd-snapshot-node-a-100"), ("h2", 320, "etcd-snapshot-node-a-200")] {
+            let choose = Choose { cluster: None, history: Some(h) };
+            let (_, got, p) =
+                choose_history(&snapshots, &segments, Target::Revision(400), choose, &mut unread).unwrap();
+            assert_eq!((got.as_deref(), p.base.revision), (Some(h), base));
+            assert!(p.segments.iter().all(|s| s.chain == chain && s.history.as_deref() == Some(h)), "{p:?}");
+        }
+        // Only one history holds 600 and 200: no choice needed.
+        let (_, got, p) =
+            choose_history(&snapshots, &segments, Target::Revision(600), Choose::default(), &mut unread).unwrap();
+        assert_eq!((got.as_deref(), p.base.revision), (Some("h2"), 320));
+        let (_, got, _) =
+            choose_history(&snapshots, &segments, Target::Revision(200), Choose::default(), &mut unread).unwrap();
+        assert_eq!(got.as_deref(), Some("h1"));
+        // Past the rollback point in h1 only when the old history is chosen; h2's segments
+        // never roll h1's base forward, nor the reverse.
+        let choose = Choose { cluster: None, history: Some("h9") };
+        let err = choose_history(&snapshots, &segments, Target::Revision(400), choose, &mut unread).unwrap_err();
+        assert!(matches!(err, PitrError::NoSuchHistory(ref h) if h == "h9"), "{err}");
+        let choose = Choose { cluster: None, history: Some("h1") };
+        let err = choose_history(&snapshots, &segments, Target::Revision(600), choose, &mut unread).unwrap_err();
+        assert!(err.to_string().contains("not captured yet"), "{err}");
+    }
+
+    #[test]
+    fn a_target_between_two_histories_is_a_gap_named_as_such() {
+        // The first history's tip was compacted away before capture resumed: a new history
+        // began at 200. Nothing between 100 and 200 was captured.
+        let snapshots =
+            [in_history(snap("node-a", 100, 100, "c1"), "h1"), in_history(snap("node-a", 200, 200, "c1"), "h2")];
+        let segments =
+            [SegmentRecord { history: Some("h2".into()), ..segment("etcd-snapshot-node-a-200", 200, 201, 300, "c1") }];
+        let err =
+            choose_history(&snapshots, &segments, Target::Revision(150), Choose::default(), &mut unread).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PitrError::BetweenHistories { newest: 100, begins: 200, .. }), "{text}");
+        assert!(text.contains("gap") && text.contains("revisions 101..199") && text.contains("h2"), "{text}");
+    }
+
+    #[test]
+    fn legacy_records_are_one_history_per_cluster() {
+        // Snapshots and segments written before histories were recorded, and a newer history.
+        let snapshots = [snap("node-a", 100, 100, "c1"), in_history(snap("node-a", 200, 600, "c1"), "h2")];
+        let segments = [segment("etcd-snapshot-node-a-100", 100, 101, 500, "c1")];
+        let (_, got, p) =
+            choose_history(&snapshots, &segments, Target::Revision(450), Choose::default(), &mut unread).unwrap();
+        assert_eq!((got, p.base.revision, p.segments.len()), (None, 100, 1));
+        let choose = Choose { cluster: None, history: Some(history::LEGACY) };
+        assert!(choose_history(&snapshots, &segments, Target::Revision(450), choose, &mut unread).is_ok());
+        // The legacy chain never rolls the newer history's snapshot forward.
+        let choose = Choose { cluster: None, history: Some("h2") };
+        assert!(choose_history(&snapshots, &segments, Target::Revision(450), choose, &mut unread).is_err());
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub(crate) async fn base_snapshot(dir: &Path) -> (Etcd, Client, PathBuf, Base, i
     let before = revision(&mut client).await;
     let snapshot = dir.join("base.db");
     etcdctl_snapshot(&etcd, &snapshot).await.unwrap();
-    let base = Base { name: CHAIN.into(), revision: snapshot_revision(&snapshot), taken_ms: now_ms() };
+    let base = Base { name: CHAIN.into(), revision: snapshot_revision(&snapshot), taken_ms: now_ms(), history: None };
     assert!(base.revision >= before, "the snapshot holds revision {}, before {before}", base.revision);
     (etcd, client, snapshot, base, old_lease, writer)
 }

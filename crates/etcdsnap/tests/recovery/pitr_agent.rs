@@ -202,10 +202,16 @@ async fn the_agent_captures_and_a_restore_lands_on_the_revision_and_the_time_ask
     let ls = run(&["ls", "--deltas", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await;
     let tip = ls.expect_ok().json()[0]["reachableRevision"].as_i64().unwrap();
     let (first, last) = (tip + 1, tip + 100);
+    // It names the chain's history and cluster, as a record of that chain would.
+    let genuine = std::fs::read_dir(&chain_dir)?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".json"));
+    let genuine: serde_json::Value = serde_json::from_slice(&std::fs::read(genuine.unwrap().path())?)?;
     let planted = serde_json::json!({
         "format": 1, "chain": chain, "baseRevision": base_rev, "firstRevision": first, "lastRevision": last,
         "firstObservedMs": 1, "lastObservedMs": 2, "revisions": 100, "events": 100,
         "sha256": "00".repeat(32), "storedBytes": 4,
+        "clusterId": genuine["clusterId"], "history": genuine["history"],
     });
     std::fs::write(chain_dir.join(format!("{first:020}-{last:020}.json")), planted.to_string())?;
     std::fs::write(chain_dir.join(format!("{first:020}-{last:020}.seg.zst")), b"junk")?;

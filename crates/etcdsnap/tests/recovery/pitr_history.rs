@@ -1,16 +1,19 @@
 //! Point-in-time recovery across what a running cluster does to a chain's history, through the
 //! binary and against real etcd: a snapshot whose time comes before its revision (a time target
 //! must map to a revision first), an agent restarted after a scheduled snapshot and the API
-//! server's compaction (the chain continues).
+//! server's compaction (the chain continues), a member rolled back in place (a new history,
+//! whose revisions etcd numbers again: a target both hold is refused until one is chosen).
 //! Every restore is compared with the live key space at its revision, key by key.
 
 use crate::common::agent::metric;
 use crate::common::etcd::{etcd_with_objects, load_kube_like_data};
+use crate::common::keyspace::{KeyState, assert_same_key_space, key_space};
 use crate::common::restore::revision;
 use crate::common::{TestResult, run, s};
 use crate::pitr::{Writer, snapshot_revision};
-use crate::pitr_agent::{NODE, agent, agent_with, churn, restore_to, save, wait_durable};
+use crate::pitr_agent::{NODE, agent, agent_with, churn, restore_to, roll_forward_args, save, wait_durable};
 use etcdsnap_storage::pitr::{Segment, SegmentRecord};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 use testenv::Etcd;
@@ -142,5 +145,166 @@ async fn a_restarted_agent_continues_its_chain_after_a_scheduled_snapshot_and_co
     assert!(all[0]["reachableRevision"].as_i64().unwrap() >= end, "{chains}");
     let (rev, _) = restore_to(&etcd, data.path(), ["--to-revision", &written_down.to_string()]).await?;
     assert_eq!(rev, written_down);
+    Ok(())
+}
+
+/// The histories of the segment records under `data`, each with the revisions its records span.
+fn segment_histories(data: &Path) -> BTreeMap<String, (i64, i64)> {
+    let mut histories: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for chain in std::fs::read_dir(data.join(".etcdsnap-deltas")).unwrap().filter_map(Result::ok) {
+        for file in std::fs::read_dir(chain.path()).unwrap().filter_map(Result::ok) {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let r = SegmentRecord::parse(&name, &std::fs::read(file.path()).unwrap()).unwrap();
+            let history = r.history.clone().expect("every new segment names its history");
+            let span = histories.entry(history).or_insert((r.first_revision, r.last_revision));
+            *span = (span.0.min(r.first_revision), span.1.max(r.last_revision));
+        }
+    }
+    histories
+}
+
+/// `restore <to...>` of `data`'s snapshots into a new directory, served by a real etcd: the
+/// revision it holds and every key at it.
+async fn restored_key_space(
+    etcd: &Etcd,
+    data: &Path,
+    to: &[&str],
+) -> Result<(i64, BTreeMap<Vec<u8>, KeyState>, Etcd, tempfile::TempDir), Box<dyn std::error::Error>> {
+    let out = tempfile::tempdir()?;
+    let target = out.path().join("member-data");
+    let peer = testenv::free_port()?;
+    let mut args = roll_forward_args(etcd, data, to, &target, peer)?;
+    args.extend(["-o".into(), "json".into()]);
+    let printed = run(&args, &[]).await.expect_ok().json();
+    let restored = Etcd::start_on_data_dir(&target, "m0", peer).await?;
+    let mut client = restored.client().await?;
+    let rev = revision(&mut client).await;
+    assert_eq!(printed["replayed"]["revision"], rev, "{printed}");
+    assert_eq!(printed["replayed"]["eventsProven"], printed["replayed"]["events"], "{printed}");
+    let keys = key_space(&client, rev).await;
+    Ok((rev, keys, restored, out))
+}
+
+/// A member rolled back in place (an older snapshot restored with the same name, peer URL and
+/// token, so the cluster ID stays) numbers its next changes from the restored revision again,
+/// with other contents. The agent sees that the live etcd is not the history its chain
+/// recorded, ends that chain and starts a new history from a new full snapshot. A restore to a
+/// revision only the new history holds equals the live key space; one both hold is refused
+/// without `--history`, naming both, and with it gives exactly that history's key space, never
+/// a mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_rolled_back_in_place_starts_a_new_history_and_targets_never_mix() -> TestResult {
+    let mut etcd = etcd_with_objects(50).await?;
+    let mut client = etcd.client().await?;
+    let cluster_id = client.status().await?.header().map(|h| h.cluster_id());
+    let data = tempfile::tempdir()?;
+    save(&etcd, data.path()).await;
+    let rolled_back_to = revision(&mut client).await;
+    let first = agent(&etcd, data.path()).await;
+    churn(&mut client, "old", 300).await;
+    let old_end = revision(&mut client).await;
+    wait_durable(&first, old_end).await;
+    first.stop().await?;
+    let both = rolled_back_to + 150;
+    let old_keys = key_space(&client, both).await;
+
+    // Roll back in place, with etcdsnap's own restore of the first snapshot.
+    let (snapshot, _) = snapshots(data.path())[0].clone();
+    let (name, peer_url, member_dir) = {
+        let m = &etcd.members()[0];
+        (m.name.clone(), m.peer_url.clone(), m.data_dir.clone())
+    };
+    etcd.kill(0);
+    let etcdutl = etcd.testbin("etcdutl")?;
+    let path = data.path().join("snapshots").join(&snapshot);
+    #[rustfmt::skip]
+    let args = [
+        "restore", &s(&path), "--data-dir", &s(&member_dir), "--member-name", &name,
+        "--initial-advertise-peer-urls", &peer_url, "--initial-cluster-token", etcd.token(),
+        "--etcdutl", &s(&etcdutl),
+    ];
+    run(&args, &[]).await.expect_ok();
+    etcd.restart(0).await?;
+    let mut client = etcd.client().await?;
+    assert_eq!(client.status().await?.header().map(|h| h.cluster_id()), cluster_id, "the cluster ID stays");
+    assert_eq!(revision(&mut client).await, rolled_back_to);
+
+    let second = agent(&etcd, data.path()).await;
+    // The new history's first snapshot, taken by the agent, before anything is written.
+    let saved = "etcdsnap_saves_total{status=\"success\"}";
+    second.wait_for_metric(saved, 1.0, Duration::from_secs(30)).await?;
+    second.wait_for_metric("etcdsnap_delta_capturing", 1.0, Duration::from_secs(30)).await?;
+    churn(&mut client, "new", 400).await;
+    let new_end = revision(&mut client).await;
+    wait_durable(&second, new_end).await;
+    second.stop().await?;
+
+    let histories = segment_histories(data.path());
+    assert_eq!(histories.len(), 2, "{histories:?}");
+    let (old, new): (Vec<_>, Vec<_>) = histories.iter().partition(|(_, span)| span.1 == old_end);
+    let (old, new) = (old[0].0.clone(), new[0].0.clone());
+    assert_eq!(histories[&new].1, new_end, "{histories:?}");
+    assert!(histories[&new].0 > rolled_back_to, "the new history starts at its own snapshot: {histories:?}");
+    // `ls` names each snapshot's history: the first save's is the one its chain continued, the
+    // agent's snapshot after the rollback the new one.
+    let ls = run(&["ls", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "json"], &[]).await.expect_ok();
+    let named: BTreeMap<String, String> = ls.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|cr| {
+            let ann = &cr["metadata"]["annotations"];
+            (
+                cr["spec"]["snapshotName"].as_str().unwrap().to_string(),
+                ann["etcdsnap.io/etcd-history"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(named.len(), 2, "{named:?}");
+    assert_eq!(named[&snapshot], old, "{named:?}");
+    assert!(named.iter().any(|(n, h)| *n != snapshot && *h == new), "{named:?}");
+    let wide = run(&["ls", "--data-dir", &s(data.path()), "--node-name", NODE, "-o", "wide"], &[]).await.expect_ok();
+    assert!(
+        wide.stdout.contains("History") && wide.stdout.contains(old.as_str()) && wide.stdout.contains(new.as_str()),
+        "{}",
+        wide.stdout
+    );
+
+    // Only the new history holds revisions past the old one's end: no choice to make.
+    let (rev, _, restored, _dir) =
+        restored_key_space(&etcd, data.path(), &["--to-revision", &(old_end + 50).to_string()]).await?;
+    assert_eq!(rev, old_end + 50);
+    assert_same_key_space(&client, &restored.client().await?, rev).await;
+    drop(restored);
+
+    // Both hold `both`: refused, naming both histories, until one is chosen.
+    let out = tempfile::tempdir()?;
+    let args = roll_forward_args(
+        &etcd,
+        data.path(),
+        &["--to-revision", &both.to_string()],
+        &out.path().join("m"),
+        testenv::free_port()?,
+    )?;
+    let refused = run(&args, &[]).await.expect_fail();
+    let text = &refused.stderr;
+    assert!(text.contains(old.as_str()) && text.contains(new.as_str()) && text.contains("--history"), "{text}");
+    assert!(!out.path().join("m").exists(), "nothing installed");
+
+    let (rev, keys, restored, _dir) =
+        restored_key_space(&etcd, data.path(), &["--to-revision", &both.to_string(), "--history", &new]).await?;
+    assert_eq!(rev, both);
+    assert_same_key_space(&client, &restored.client().await?, rev).await;
+    assert_ne!(keys, old_keys, "the two histories differ at {both}");
+    drop(restored);
+    let (rev, keys, _restored, _dir) =
+        restored_key_space(&etcd, data.path(), &["--to-revision", &both.to_string(), "--history", &old]).await?;
+    assert_eq!(rev, both);
+    let differing: BTreeSet<&Vec<u8>> =
+        keys.keys().chain(old_keys.keys()).filter(|k| keys.get(*k) != old_keys.get(*k)).collect();
+    assert!(differing.is_empty(), "the old history at {both}, exactly: {} keys differ", differing.len());
     Ok(())
 }

@@ -35,7 +35,7 @@ async fn a_replay_onto_another_history_fails_naming_the_revision_and_key() -> Te
     let (right, wrong) = (dir.path().join("right.db"), dir.path().join("wrong.db"));
     etcdctl_snapshot(&live, &right).await?;
     etcdctl_snapshot(&other, &wrong).await?;
-    let base = Base { name: CHAIN.into(), revision: snapshot_revision(&right), taken_ms: now_ms() };
+    let base = Base { name: CHAIN.into(), revision: snapshot_revision(&right), taken_ms: now_ms(), history: None };
     assert_eq!(snapshot_revision(&wrong), base.revision, "both histories are at the same revision");
 
     let out = dir.path().join("deltas");
@@ -115,7 +115,7 @@ async fn segments_of_the_previous_release_replay_and_are_reported_unproven() -> 
     let (live, mut client) = history("live").await;
     let snapshot = dir.path().join("base.db");
     etcdctl_snapshot(&live, &snapshot).await?;
-    let base = Base { name: CHAIN.into(), revision: snapshot_revision(&snapshot), taken_ms: now_ms() };
+    let base = Base { name: CHAIN.into(), revision: snapshot_revision(&snapshot), taken_ms: now_ms(), history: None };
     let out = dir.path().join("deltas");
     let (stop, task) = start_capture(live.client().await?, &base, &out, Duration::from_millis(200));
     let lease = client.lease_grant(600, None).await?.id();

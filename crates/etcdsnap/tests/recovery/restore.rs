@@ -207,6 +207,10 @@ async fn the_report_shows_everything_and_dry_run_touches_nothing() -> TestResult
         r["checks"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "leftovers")).ok_or("no leftovers check")?;
     assert_eq!(leftovers["status"], "warn");
     assert!(leftovers["detail"].as_str().is_some_and(|d| d.contains("etcdsnap-restore-AbC123")));
+    // Whether the revision is bumped is said either way (Kubernetes' guidance asks for it).
+    let versions = r["checks"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "versions"));
+    let detail = versions.and_then(|v| v["detail"].as_str()).unwrap_or_default();
+    assert!(detail.contains("not bumped") && detail.contains("--bump-revision"), "{detail}");
     assert_eq!(tree(parent.path()), before, "dry run changed the target's parent");
     assert_eq!(tree(fx.data.path()), snapshots_before, "dry run changed the snapshot directory");
 

@@ -242,7 +242,7 @@ async fn ctrl_c_during_a_save_saves_nothing_and_says_so() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ls_wide_adds_the_location_revision_compression_and_cluster_id() -> TestResult {
+async fn ls_wide_adds_the_location_revision_compression_cluster_id_and_history() -> TestResult {
     let etcd = etcd_with_objects(100).await?;
     let endpoints = etcd.endpoints().join(",");
     let mut client = etcd.client().await?;
@@ -261,10 +261,11 @@ async fn ls_wide_adds_the_location_revision_compression_and_cluster_id() -> Test
     let out = run(&["ls", "--dir", &dir_arg, "--node-name", "n1", "-o", "wide"], &[]).await.expect_ok();
     let mut lines = out.stdout.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-    let wide = ["Name", "Where", "Location", "Size", "Created", "Drill", "Revision", "Compression", "Cluster-ID"];
+    let wide =
+        ["Name", "Where", "Location", "Size", "Created", "Drill", "Revision", "Compression", "Cluster-ID", "History"];
     assert_eq!(header, wide, "{}", out.stdout);
     let canonical = dir.canonicalize()?;
-    let mut compressions = BTreeSet::new();
+    let (mut compressions, mut histories) = (BTreeSet::new(), BTreeSet::new());
     for row in lines {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cells.len(), wide.len(), "{row}");
@@ -278,8 +279,12 @@ async fn ls_wide_adds_the_location_revision_compression_and_cluster_id() -> Test
         assert_eq!(cells[7], if name.ends_with(".zst") { "zstd" } else { "none" }, "{row}");
         assert_eq!(cells[8], cluster_id, "{row}");
         compressions.insert(cells[7].to_string());
+        histories.insert(cells[9].to_string());
     }
     assert_eq!(compressions.len(), 2, "{}", out.stdout);
+    // The second save found the live etcd to be the first one's history, and said so.
+    assert_eq!(histories.len(), 1, "{}", out.stdout);
+    assert!(histories.iter().all(|h| h.len() == 16 && h != "legacy"), "{}", out.stdout);
     Ok(())
 }
 

@@ -62,6 +62,17 @@ impl S3Store {
 }
 
 impl S3Store {
+    /// Whether one file of a chain is stored.
+    pub async fn pitr_object_exists(&self, chain: &str, file: &str) -> Result<bool, StoreError> {
+        let key = s3_key(&self.config.folder, chain, file);
+        self.count(1);
+        match self.store.head(&self.path(&key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error("look up delta", key, &e)),
+        }
+    }
+
     /// Deletes one file of a chain (gone already is fine).
     pub async fn delete_pitr_object(&self, chain: &str, file: &str) -> Result<(), StoreError> {
         let key = s3_key(&self.config.folder, chain, file);

@@ -14,10 +14,11 @@ use crate::cli::seal::{EncryptionConfigArg, UnsealArgs};
 use crate::cli::{EXIT_FAILURE, help, resolve};
 use anyhow::{Context as _, bail};
 use clap::Args;
-use etcdsnap::pitr::restore::{PitrError, plan_local, plan_s3};
+use etcdsnap::pitr::restore::{Choose, PitrError, plan_local, plan_s3};
 use etcdsnap_api::ClusterMember;
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::etcd::EtcdConfig;
+use etcdsnap_storage::pitr::history::LEGACY as LEGACY_HISTORY;
 use etcdsnap_storage::pitr::{PlanError, Target};
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::s3::S3Store;
@@ -123,7 +124,8 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let restore = restore_args(args, reach.is_none().then_some(name), reach);
+    let history = reach.and(newest_history(&newest)).map(str::to_string);
+    let restore = restore_args(args, reach.is_none().then_some(name), reach, history);
     match restore.snapshot.is_some() {
         true => super::restore::run(restore).await,
         false => super::restore::pitr::run(restore).await,
@@ -187,11 +189,13 @@ async fn rolls_forward(
     let target = Target::Revision(i64::MAX);
     let keys = crate::cli::seal::open_keys(&args.unseal)?;
     let identity = keys.identity.as_deref();
+    // The newest snapshot's history: after a rollback, older histories hold the same revisions.
+    let choose = Choose { cluster: None, history: newest_history(newest) };
     let planned = match store {
-        Some(store) => plan_s3(&store, target, None, identity).await,
+        Some(store) => plan_s3(&store, target, choose, identity).await,
         None => {
             let local = open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?;
-            plan_local(&local, target, None, identity).await
+            plan_local(&local, target, choose, identity).await
         }
     };
     let reach = match planned {
@@ -247,9 +251,22 @@ async fn refusal(args: &RecoverArgs, name: &str, recorded: &[ClusterMember]) -> 
     )
 }
 
-/// The restore recover delegates to: `snapshot` as it is, or rolled forward to `to_revision`.
-fn restore_args(args: RecoverArgs, snapshot: Option<String>, to_revision: Option<i64>) -> RestoreArgs {
+/// The history the newest snapshot belongs to (`legacy` for one saved before histories were
+/// recorded): the one recover rolls forward in.
+fn newest_history(newest: &SnapshotRecord) -> Option<&str> {
+    Some(newest.etcd.as_ref().and_then(|e| e.history.as_deref()).unwrap_or(LEGACY_HISTORY))
+}
+
+/// The restore recover delegates to: `snapshot` as it is, or rolled forward to `to_revision` in
+/// `history`.
+fn restore_args(
+    args: RecoverArgs,
+    snapshot: Option<String>,
+    to_revision: Option<i64>,
+    history: Option<String>,
+) -> RestoreArgs {
     RestoreArgs {
+        history,
         snapshot,
         etcdutl: args.etcdutl,
         ignore_token_mismatch: false,

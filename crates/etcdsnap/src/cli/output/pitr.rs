@@ -7,6 +7,7 @@ use super::restore::{Restored, installed_text};
 use super::{human_bytes, table};
 use etcdsnap::pitr::restore::{PitrPlan, RolledForward};
 use etcdsnap::restore::{Installed, MemberSettings};
+use etcdsnap_storage::pitr::history;
 use serde::Serialize;
 
 /// What `-o json|yaml` prints.
@@ -15,6 +16,8 @@ use serde::Serialize;
 pub struct PitrView {
     base: String,
     base_revision: i64,
+    /// The history the base and segments belong to (an ID, or `legacy`).
+    history: String,
     target_revision: i64,
     segments: Vec<String>,
     chains: Vec<ChainView>,
@@ -48,6 +51,7 @@ impl PitrView {
         PitrView {
             base: plan.base.name.to_string(),
             base_revision: plan.replay.base.revision,
+            history: history::label(plan.history.as_deref()).to_string(),
             target_revision: plan.replay.stop_at,
             segments: plan.replay.segments.iter().map(|s| format!("{}/{}", s.chain, s.segment_name())).collect(),
             chains: plan.chains.iter().map(ChainView::new).collect(),
@@ -104,6 +108,7 @@ pub fn plan_text(plan: &PitrPlan) -> String {
             format!("{} (revision {}, taken {})", p.base.name, p.base.revision, time(p.base.taken_ms)),
         ],
         vec!["Target".into(), format!("revision {}", p.stop_at)],
+        vec!["History".into(), history::label(plan.history.as_deref()).to_string()],
         vec![
             "Replay".into(),
             match (segments.first(), segments.last()) {

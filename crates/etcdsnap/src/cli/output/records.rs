@@ -49,9 +49,18 @@ pub fn view(records: &[SnapshotRecord]) -> KubeList<ETCDSnapshotFile> {
 /// the drill, which scripts written for `k3s etcd-snapshot ls` parse; `wide`, every column.
 pub fn table_of(records: &[SnapshotRecord], cells: Cells, wide: bool) -> String {
     let header: &[&str] = match (wide, cells.terminal()) {
-        (true, _) => {
-            &["Name", "Where", "Location", "Size", "Created", "Drill", "Revision", "Compression", "Cluster-ID"]
-        }
+        (true, _) => &[
+            "Name",
+            "Where",
+            "Location",
+            "Size",
+            "Created",
+            "Drill",
+            "Revision",
+            "Compression",
+            "Cluster-ID",
+            "History",
+        ],
         (false, true) => &["Name", "Where", "Size", "Created", "Drill"],
         (false, false) => &["Name", "Location", "Size", "Created", "Drill"],
     };
@@ -68,6 +77,11 @@ pub fn table_of(records: &[SnapshotRecord], cells: Cells, wide: bool) -> String 
             "Drill" => drill(r),
             "Revision" => r.etcd.as_ref().map(|e| e.revision.to_string()).unwrap_or_else(|| "-".into()),
             "Compression" => r.compression.to_string(),
+            // Legacy only where the revision is known: a record without etcd facts says nothing.
+            "History" => r.etcd.as_ref().map_or_else(
+                || "-".into(),
+                |e| etcdsnap_storage::pitr::history::label(e.history.as_deref()).to_string(),
+            ),
             _ => r.etcd.as_ref().map(|e| e.cluster_id.clone()).filter(|c| !c.is_empty()).unwrap_or_else(|| "-".into()),
         };
         rows.push(header.iter().map(|h| cell(h)).collect());
@@ -136,6 +150,6 @@ mod tests {
         // Wide: every column, every name whole.
         let wide = table_of(&records, tty.with_width(80), true);
         assert!(wide.lines().nth(1).unwrap().starts_with(long), "{wide}");
-        assert_eq!(wide.lines().next().unwrap().split_whitespace().count(), 9);
+        assert_eq!(wide.lines().next().unwrap().split_whitespace().count(), 10);
     }
 }

@@ -48,7 +48,8 @@ fn check_versions(report: &mut PreflightReport) {
     let bump = report.member.bump_revision.unwrap_or(0);
     let rev = match revision {
         Some(r) if bump > 0 => format!("revision {r}, {} after the bump", r.saturating_add(bump as i64)),
-        Some(r) => format!("revision {r}"),
+        // Said, so that the choice is explicit: Kubernetes' restore guidance asks for a bump.
+        Some(r) => format!("revision {r}, not bumped (Kubernetes asks for --bump-revision N --mark-compacted)"),
         None => "revision not recorded".into(),
     };
     let (status, detail, fix) = match (snap.as_deref(), tool.as_deref()) {

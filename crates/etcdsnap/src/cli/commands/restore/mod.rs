@@ -87,6 +87,11 @@ pub struct RestoreArgs {
     /// snapshots to use, when the snapshot directory holds several etcd clusters'.
     #[arg(long, value_name = "ID", help_heading = heading::PITR)]
     pub etcd_cluster_id: Option<String>,
+    /// With --to-revision/--to-time: the history (as `ls -o wide` shows it: an ID, or
+    /// `legacy`) whose snapshots and changes to use, when etcd reused the target's revisions
+    /// after a restore or a rollback and several histories hold it.
+    #[arg(long, value_name = "ID", help_heading = heading::PITR)]
+    pub history: Option<String>,
     /// Restore never talks to Kubernetes; accepted, like on every other command.
     #[arg(long, env = "ETCDSNAP_NO_KUBE", help_heading = heading::KUBERNETES)]
     pub no_kube: bool,

@@ -8,7 +8,7 @@ use crate::cli::output::restore::{Restored, refused_text};
 use crate::cli::output::{emit, print_structured};
 use crate::cli::{EXIT_FAILURE, resolve};
 use anyhow::{Context as _, bail};
-use etcdsnap::pitr::restore::{PitrPlan, RollForward, fetch_segments, plan_local, plan_s3, roll_forward};
+use etcdsnap::pitr::restore::{Choose, PitrPlan, RollForward, fetch_segments, plan_local, plan_s3, roll_forward};
 use etcdsnap::restore::{self, CurrentToken, MemberSettings, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::pitr::Target;
@@ -101,6 +101,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     finish(&printed, format, &done)
 }
 
+/// The cluster and history the operator chose, if any.
+fn choose(args: &RestoreArgs) -> Choose<'_> {
+    Choose { cluster: args.etcd_cluster_id.as_deref(), history: args.history.as_deref() }
+}
+
 /// The snapshots and chains of the snapshot directory.
 async fn plan_in_dir(
     args: &RestoreArgs,
@@ -108,7 +113,7 @@ async fn plan_in_dir(
     identity: Option<&Identity>,
 ) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
     let store = open_snapshot_dir(args.dir.as_deref(), "nothing to roll forward", "snap.db")?;
-    let plan = plan_local(&store, target, args.etcd_cluster_id.as_deref(), identity).await?;
+    let plan = plan_local(&store, target, choose(args), identity).await?;
     let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
     let base = SnapshotSource::from_local_store(&store, &name)?;
     Ok((plan, base))
@@ -122,7 +127,7 @@ async fn plan_in_s3(
 ) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
     let settings = resolve::s3_settings(&args.s3, None).parse()?.for_program(resolve::machine_program()?);
     let store: Arc<dyn SnapshotStore> = S3Store::new(settings, None)?;
-    let plan = plan_s3(&store, target, args.etcd_cluster_id.as_deref(), identity).await?;
+    let plan = plan_s3(&store, target, choose(args), identity).await?;
     let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
     Ok((plan, base))
 }
