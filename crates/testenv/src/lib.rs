@@ -1,4 +1,5 @@
-//! Real servers for etcdsnap's tests: etcd, kube-apiserver and an S3 gateway (versitygw),
+//! Real servers for etcdsnap's tests: etcd, kube-apiserver, an S3 gateway (versitygw), a GCS
+//! server (fake-gcs-server) and Azure Blob Storage (Azurite),
 //! started on random loopback ports with their own temp dirs, killed on drop.
 //!
 //! The binaries come from `testbins/` (built by `make testbins` into `target/testbins/`); nothing
@@ -12,6 +13,8 @@ mod fill;
 mod kube_apiserver;
 mod process;
 mod proxy;
+mod azurite;
+mod gcs;
 mod s3;
 mod s3_proxy;
 mod versions;
@@ -23,6 +26,8 @@ pub use fill::fill_snapshot_objects;
 pub use kube_apiserver::{AuditEvent, KubeApiServer};
 pub use process::{Server, testbin, testbins_dir};
 pub use proxy::{Fault, FaultProxy};
+pub use azurite::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite};
+pub use gcs::GcsServer;
 pub use s3::{S3Request, S3Server, S3Tls};
 pub use s3_proxy::{Lie, LyingS3Proxy, Passed};
 pub use versions::{default_etcd_version, etcd_version, etcd_versions, testbin_version, versions_env_path};
