@@ -120,8 +120,8 @@ impl Azurite {
         }
         let date = httpdate();
         let length = if body.is_empty() { String::new() } else { body.len().to_string() };
-        let blob_type = (method == reqwest::Method::PUT && !query.iter().any(|(k, _)| *k == "restype"))
-            .then_some("BlockBlob");
+        let blob_type =
+            (method == reqwest::Method::PUT && !query.iter().any(|(k, _)| *k == "restype")).then_some("BlockBlob");
         let mut headers = vec![("x-ms-date".to_string(), date.clone()), ("x-ms-version".into(), VERSION.into())];
         if let Some(t) = blob_type {
             headers.push(("x-ms-blob-type".into(), t.into()));
@@ -188,12 +188,14 @@ impl Azurite {
         self.send(reqwest::Method::PUT, &format!("{container}/{name}"), &[], body).await.map(|_| ())
     }
 
-    /// Stops the service (SIGKILL); `restart` brings it back with the same blobs.
+    /// Stops the service (SIGTERM: Azurite keeps its index in memory and writes it out on exit);
+    /// `restart` brings it back with the same blobs.
     pub fn stop(&mut self) {
-        self.server.kill();
+        self.server.terminate(Duration::from_secs(10));
     }
 
     pub async fn restart(&mut self) -> Result<()> {
+        self.server.terminate(Duration::from_secs(10));
         self.server.restart()?;
         self.wait_ready().await
     }

@@ -1,6 +1,7 @@
 //! A real Google Cloud Storage API: fake-gcs-server (github.com/fsouza/fake-gcs-server), serving
-//! buckets from a directory over plain HTTP. It checks no credentials; etcdsnap reaches it with
-//! `google_base_url` and `google_skip_signature`.
+//! buckets from a directory over plain HTTP. It checks no credentials, but object_store's
+//! uploads always send one: etcdsnap reaches it with `google_base_url` and a service account key
+//! made here (object_store signs its own tokens with it: no token server is involved).
 
 use crate::process::{Server, testbin};
 use crate::{Error, Result, free_port, wait_for};
@@ -15,6 +16,7 @@ pub struct GcsServer {
     port: u16,
     root: PathBuf,
     http: reqwest::Client,
+    service_account_key: String,
     dir: TempDir,
 }
 
@@ -36,8 +38,10 @@ impl GcsServer {
 
     async fn try_start() -> Result<GcsServer> {
         let bin = testbin("fake-gcs-server")?;
-        let dir =
-            tempfile::Builder::new().prefix("testenv-gcs-").tempdir().map_err(|e| Error::io("create GCS temp dir", e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("testenv-gcs-")
+            .tempdir()
+            .map_err(|e| Error::io("create GCS temp dir", e))?;
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).map_err(|e| Error::io(format!("create {}", root.display()), e))?;
         let port = free_port()?;
@@ -65,7 +69,8 @@ impl GcsServer {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::other("GCS HTTP client", e))?;
-        let mut gcs = GcsServer { server, port, root, http, dir };
+        let service_account_key = service_account_key()?;
+        let mut gcs = GcsServer { server, port, root, http, service_account_key, dir };
         gcs.wait_ready().await?;
         Ok(gcs)
     }
@@ -94,7 +99,10 @@ impl GcsServer {
 
     /// The `--replica-option`s that point etcdsnap's GCS client at this server.
     pub fn replica_options(&self) -> Vec<String> {
-        vec![format!("google_base_url={}", self.url()), "google_skip_signature=true".into()]
+        vec![
+            format!("google_base_url={}", self.url()),
+            format!("google_service_account_key={}", self.service_account_key),
+        ]
     }
 
     /// The directory holding the buckets (one sub-directory each).
@@ -163,8 +171,13 @@ impl GcsServer {
         let mut url = url::Url::parse(&format!("{}/upload/storage/v1/b/{bucket}/o", self.url()))
             .map_err(|e| Error::other("GCS URL", e))?;
         url.query_pairs_mut().append_pair("uploadType", "media").append_pair("name", name);
-        let resp =
-            self.http.post(url).body(body).send().await.map_err(|e| Error::other(format!("put gs://{bucket}/{name}"), e))?;
+        let resp = self
+            .http
+            .post(url)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::other(format!("put gs://{bucket}/{name}"), e))?;
         if !resp.status().is_success() {
             return Err(Error::other(format!("put gs://{bucket}/{name}"), resp.status()));
         }
@@ -180,4 +193,18 @@ impl GcsServer {
         self.server.restart()?;
         self.wait_ready().await
     }
+}
+
+/// A service account key (JSON, as Google issues them) with a new RSA key: object_store signs
+/// its own bearer tokens with it, and the server does not check them.
+fn service_account_key() -> Result<String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(|e| Error::other("GCS key", e))?;
+    Ok(serde_json::json!({
+        "type": "service_account",
+        "project_id": "test",
+        "private_key_id": "testenv",
+        "private_key": key.serialize_pem(),
+        "client_email": "etcdsnap-test@test.iam.gserviceaccount.com",
+    })
+    .to_string())
 }

@@ -6,28 +6,28 @@
 //! here fakes a server. Every server is started by one long-lived spawner thread with
 //! `PR_SET_PDEATHSIG`, so servers die with the test process even when it is killed.
 
+mod azurite;
 mod certs;
 mod error;
 mod etcd;
 mod fill;
+mod gcs;
 mod kube_apiserver;
 mod process;
 mod proxy;
-mod azurite;
-mod gcs;
 mod s3;
 mod s3_proxy;
 mod versions;
 
+pub use azurite::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite};
 pub use certs::{Pki, TlsFiles};
 pub use error::{Error, Result};
 pub use etcd::{Etcd, EtcdMember, EtcdOptions};
 pub use fill::fill_snapshot_objects;
+pub use gcs::GcsServer;
 pub use kube_apiserver::{AuditEvent, KubeApiServer};
 pub use process::{Server, testbin, testbins_dir};
 pub use proxy::{Fault, FaultProxy};
-pub use azurite::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite};
-pub use gcs::GcsServer;
 pub use s3::{S3Request, S3Server, S3Tls};
 pub use s3_proxy::{Lie, LyingS3Proxy, Passed};
 pub use versions::{default_etcd_version, etcd_version, etcd_versions, testbin_version, versions_env_path};
