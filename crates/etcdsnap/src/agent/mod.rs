@@ -8,6 +8,7 @@ pub mod http;
 pub mod kube_duties;
 pub mod metrics;
 pub mod pitr;
+pub mod replica_metrics;
 mod resume;
 pub mod schedule;
 
@@ -425,5 +426,9 @@ impl AfterSaveObserver for Metrics {
 
     fn pruned(&self, report: &PruneReport, took: Duration) {
         Metrics::observe(&self.prune, report.errors.is_empty(), took);
+    }
+
+    fn replicated(&self, statuses: &[ops::ReplicaStatus]) {
+        self.replicas.observe(statuses);
     }
 }

@@ -66,5 +66,18 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     if !args.dry_run {
         session.after_removal(&ctx, &report.deleted).await;
     }
-    Ok(exit(report.errors.is_empty() && missing.is_none()))
+    // Replicas: what they miss is copied, then their own retention applies (not in a dry run).
+    let mut replicas_ok = true;
+    if !args.dry_run {
+        for status in etcdsnap::session::replicate(&ctx, Some(&options)).await {
+            for name in status.removed.iter().filter(|_| flags.output.output.is_table()) {
+                println!("Removed {name} from replica {}", status.url);
+            }
+            for e in &status.errors {
+                eprintln!("error: {e}");
+            }
+            replicas_ok &= status.errors.is_empty();
+        }
+    }
+    Ok(exit(report.errors.is_empty() && missing.is_none() && replicas_ok))
 }
