@@ -1,5 +1,5 @@
 //! Replicas end to end (`--replica`): the real `etcdsnap` binary copying every snapshot into a
-//! second versitygw bucket and an Azurite container, each then read
+//! second versitygw bucket, a fake-gcs-server bucket and an Azurite container, each then read
 //! by `ls`, `verify` and `restore --from-replica` alone, pruned by its own retention without
 //! touching another cluster's objects, and brought up to date after an outage.
 
@@ -8,7 +8,7 @@ use crate::common::keyspace::assert_same_key_space;
 use crate::common::restore::restore_args;
 use crate::common::{Run, TestResult, files_in, run, s};
 use std::time::Duration;
-use testenv::{Azurite, Etcd, Lie, LyingS3Proxy, S3Server};
+use testenv::{Azurite, Etcd, GcsServer, Lie, LyingS3Proxy, S3Server};
 
 const PRIMARY: &str = "snaps";
 const REPLICA: &str = "replica";
@@ -19,17 +19,22 @@ const OTHER: &str = "on-demand-node-a-1600000000";
 /// The replica servers.
 struct Replicas {
     s3: S3Server,
+    gcs: GcsServer,
     azurite: Azurite,
 }
 
 impl Replicas {
     async fn start(s3: S3Server) -> Result<Replicas, Box<dyn std::error::Error>> {
         s3.create_bucket(REPLICA).await?;
-        Ok(Replicas { s3, azurite: Azurite::with_container(REPLICA).await? })
+        Ok(Replicas {
+            s3,
+            gcs: GcsServer::with_bucket(REPLICA).await?,
+            azurite: Azurite::with_container(REPLICA).await?,
+        })
     }
 
-    fn urls(&self) -> [String; 2] {
-        [format!("s3://{REPLICA}/{FOLDER}"), format!("az://{REPLICA}/{FOLDER}")]
+    fn urls(&self) -> [String; 3] {
+        [format!("s3://{REPLICA}/{FOLDER}"), format!("gs://{REPLICA}/{FOLDER}"), format!("az://{REPLICA}/{FOLDER}")]
     }
 
     /// The options that reach the test server of replica `i` (of [`Replicas::urls`]).
@@ -40,6 +45,7 @@ impl Replicas {
                 "aws_allow_http=true".into(),
                 "aws_region=us-east-1".into(),
             ],
+            1 => self.gcs.replica_options(),
             _ => self.azurite.replica_options(),
         };
         options.into_iter().flat_map(|o| ["--replica-option".to_string(), o]).collect()
@@ -56,15 +62,20 @@ impl Replicas {
     }
 
     /// The bytes of object `file` of the folder in each replica.
-    async fn objects(&self, file: &str) -> Result<[Vec<u8>; 2], Box<dyn std::error::Error>> {
+    async fn objects(&self, file: &str) -> Result<[Vec<u8>; 3], Box<dyn std::error::Error>> {
         let key = format!("{FOLDER}/{file}");
-        Ok([self.s3.get_object(REPLICA, &key).await?.0, self.azurite.get_blob(REPLICA, &key).await?])
+        Ok([
+            self.s3.get_object(REPLICA, &key).await?.0,
+            self.gcs.get_object(REPLICA, &key).await?,
+            self.azurite.get_blob(REPLICA, &key).await?,
+        ])
     }
 
     /// Puts `body` at `file` of the folder in each replica.
     async fn put(&self, file: &str, body: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
         let key = format!("{FOLDER}/{file}");
         self.s3.put_object(REPLICA, &key, body.to_vec(), &[]).await?;
+        self.gcs.put_object(REPLICA, &key, body.to_vec()).await?;
         self.azurite.put_blob(REPLICA, &key, body.to_vec()).await?;
         Ok(())
     }
@@ -126,7 +137,7 @@ async fn save(node: &Node, replicas: &[String]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_on_s3_and_azure_hold_identical_copies_that_verify_restore_and_prune() -> TestResult {
+async fn replicas_on_s3_gcs_and_azure_hold_identical_copies_that_verify_restore_and_prune() -> TestResult {
     let etcd = etcd_with_objects(200).await?;
     let s3 = S3Server::with_bucket(PRIMARY).await?;
     let node = Node::new(&etcd, &s3);
@@ -168,7 +179,7 @@ async fn replicas_on_s3_and_azure_hold_identical_copies_that_verify_restore_and_
         assert!(locations.contains(&format!("{url}/{second}")), "{url}/{second} not in {locations:?}");
     }
     let verified = node.run(&args(&["verify", &second], &flags)).await.expect_ok();
-    assert_eq!(verified.stdout.matches("OK").count(), 4, "local, S3 and two replicas: {}", verified.stdout);
+    assert_eq!(verified.stdout.matches("OK").count(), 5, "local, S3 and three replicas: {}", verified.stdout);
 
     // The local and the primary S3 copies gone, each replica alone restores the key space.
     node.run(&args(&["delete", &second], &[])).await.expect_ok();
@@ -198,9 +209,13 @@ async fn replicas_on_s3_and_azure_hold_identical_copies_that_verify_restore_and_
     let pruned = node.run(&args(&["prune", "--retention", "5", "--replica-retention", "1"], &flags)).await.expect_ok();
     for name in [&first, &second] {
         let removed = format!("Removed {name} from replica");
-        assert_eq!(pruned.stdout.matches(&removed).count(), 2, "{}", pruned.stdout);
+        assert_eq!(pruned.stdout.matches(&removed).count(), 3, "{}", pruned.stdout);
     }
-    let names = [replicas.s3.list_keys(REPLICA, "k3s/").await?, replicas.azurite.list_names(REPLICA, "k3s/").await?];
+    let names = [
+        replicas.s3.list_keys(REPLICA, "k3s/").await?,
+        replicas.gcs.list_names(REPLICA, "k3s/").await?,
+        replicas.azurite.list_names(REPLICA, "k3s/").await?,
+    ];
     for (keys, url) in names.iter().zip(replicas.urls()) {
         let mut snapshots: Vec<&str> =
             keys.iter().filter_map(|k| k.strip_prefix("k3s/")).filter(|k| !k.contains('/')).collect();

@@ -143,7 +143,9 @@ impl ReplicaConfig {
                 for (k, v) in &self.options {
                     b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
                 }
-                Arc::new(b.build().map_err(fail)?)
+                let base_url = self.options.iter().find(|(k, _)| k == "google_base_url").map(|(_, v)| v.as_str());
+                let bucket = url.host_str().unwrap_or_default();
+                Arc::new(super::gcs::Gcs::new(b.build().map_err(fail)?, base_url, bucket).map_err(fail)?)
             }
             Provider::Azure => {
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()

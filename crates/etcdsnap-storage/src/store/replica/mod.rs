@@ -12,6 +12,7 @@
 
 pub mod config;
 mod copy;
+mod gcs;
 pub mod guard;
 
 use super::{Listing, NewSnapshot, SignedRecord, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
