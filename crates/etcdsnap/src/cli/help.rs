@@ -21,7 +21,7 @@ pub const TOKEN: &[&str] = &["token", "token_file"];
 /// How new snapshots are compressed.
 pub const COMPRESS: &[&str] = &["compress", "snapshot_compress", "zstd_level"];
 /// How many snapshots are kept.
-pub const RETENTION: &[&str] = &["retention", "s3_retention"];
+pub const RETENTION: &[&str] = &["retention", "s3_retention", "replica_retention"];
 /// What only a save writes: the extra metadata it records, the stale uploads it aborts.
 pub const SAVE_ONLY: &[&str] = &["extra_metadata_configmap", "stale_upload_after"];
 

@@ -12,9 +12,6 @@ mod common {
     pub mod etcd;
     pub mod keyspace;
     pub mod layout;
-    // restore_args and revision only: the recovery tests use the rest.
-    #[allow(dead_code)]
-    pub mod restore;
     pub mod slow_etcd;
     pub mod snapshot_files;
     pub mod terminal;

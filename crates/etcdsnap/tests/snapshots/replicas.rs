@@ -5,7 +5,6 @@
 
 use crate::common::etcd::etcd_with_objects;
 use crate::common::keyspace::assert_same_key_space;
-use crate::common::restore::restore_args;
 use crate::common::{Run, TestResult, files_in, run, s};
 use std::time::Duration;
 use testenv::{Azurite, Etcd, GcsServer, Lie, LyingS3Proxy, S3Server};
@@ -185,18 +184,16 @@ async fn replicas_on_s3_gcs_and_azure_hold_identical_copies_that_verify_restore_
     node.run(&args(&["delete", &second], &[])).await.expect_ok();
     assert!(!node.snapshots().contains(&second));
     assert!(replicas.s3.get_object(PRIMARY, &format!("{FOLDER}/{second}")).await.is_err());
-    let revision = {
-        let mut client = etcd.client().await?;
-        crate::common::restore::revision(&mut client).await
-    };
+    let revision = etcd.client().await?.status().await?.header().map(|h| h.revision()).unwrap_or_default();
     let live = etcd.client().await?;
     for (i, url) in replicas.urls().iter().enumerate() {
         let dir = tempfile::tempdir()?;
         let target = dir.path().join("etcd");
         let port = testenv::free_port()?;
-        let mut restore = restore_args(&[&second], &target, port, &testenv::testbin("etcdutl")?);
-        restore.extend(["--from-replica".into(), url.clone()]);
-        restore.extend(replicas.options(i));
+        let mut restore =
+            args(&["restore", &second, "--from-replica", url, "--member-name", "m0"], &replicas.options(i));
+        restore.extend(["--data-dir".into(), s(&target), "--etcdutl".into(), s(&testenv::testbin("etcdutl")?)]);
+        restore.extend(["--initial-advertise-peer-urls".into(), format!("http://127.0.0.1:{port}")]);
         let out = node.run_without_primary(&restore).await.expect_ok();
         assert!(out.stdout.contains("Restored "), "{url}: {}", out.stdout);
         let restored = Etcd::start_on_data_dir(&target, "m0", port).await?;

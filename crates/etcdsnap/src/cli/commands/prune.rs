@@ -70,8 +70,10 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let mut replicas_ok = true;
     if !args.dry_run {
         for status in etcdsnap::session::replicate(&ctx, Some(&options)).await {
-            for name in status.removed.iter().filter(|_| flags.output.output.is_table()) {
-                println!("Removed {name} from replica {}", status.url);
+            if flags.output.output.is_table() {
+                let removed: String =
+                    status.removed.iter().map(|name| format!("Removed {name} from replica {}\n", status.url)).collect();
+                emit(&removed)?;
             }
             for e in &status.errors {
                 eprintln!("error: {e}");
