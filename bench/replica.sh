@@ -49,6 +49,9 @@ upload() {
   cat "$work/t"
 }
 echo "snapshot: $bytes bytes"
+# The same command without a replica: the process's own floor, to which the copy adds.
+/usr/bin/time -f "%e %M" -o "$work/t" "$bin/etcdsnap" prune "${common[@]}" --endpoints 127.0.0.1:1 --retention 0 >/dev/null
+echo "prune without a replica: $(awk '{printf "%.2f s, peak RSS %.1f MiB", $1, $2 / 1024}' "$work/t")"
 printf '| run | replica copy s | copy MB/s | copy peak RSS MiB | plain upload s | upload MB/s | upload peak RSS MiB |\n|---|---|---|---|---|---|---|\n'
 for i in $(seq 1 "$runs"); do
   if [ $((i % 2)) -eq 1 ]; then c=$(copy "$i"); u=$(upload "$i"); else u=$(upload "$i"); c=$(copy "$i"); fi
