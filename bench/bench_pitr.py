@@ -418,7 +418,7 @@ def restore():
     base, snapdir = cap["base_revision"], os.path.join(args.workdir, "store", "snapshots")
     out_root = os.path.join(args.workdir, "restore")
     target = os.path.join(out_root, "member")
-    member = ["--name", "m0", "--initial-cluster", "m0=http://127.0.0.1:2380",
+    member = ["--member-name", "m0", "--initial-cluster", "m0=http://127.0.0.1:2380",
               "--initial-advertise-peer-urls", "http://127.0.0.1:2380"]
     common = ["--dir", snapdir, "--data-dir", target, "--etcdutl", args.etcdutl, "--log-level", "warn", *member]
     kinds = [("plain restore of the base", [args.etcdsnap, "restore", cap["base_snapshot"], *common], base)]

@@ -44,8 +44,10 @@ if args.report:
 os.makedirs(args.workdir, exist_ok=True)
 a_dir = os.path.join(args.workdir, "a")
 b_dir = os.path.join(args.workdir, "b")
-member = ["--name", "m0", "--initial-cluster", "m0=http://127.0.0.1:2380",
-          "--initial-advertise-peer-urls", "http://127.0.0.1:2380"]
+cluster = ["--initial-cluster", "m0=http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"]
+# etcdsnap calls the member's name --member-name (its --name is K3s's snapshot name).
+member = ["--member-name", "m0", *cluster]
+etcdutl_member = ["--name", "m0", *cluster]
 
 
 def clean():
@@ -59,7 +61,7 @@ def etcdsnap(snapshot, *extra):
             "--token", "bench-token", "--log-level", "warn", *member, *extra]
 
 
-etcdutl = [args.etcdutl, "snapshot", "restore", args.plain, "--data-dir", a_dir, *member]
+etcdutl = [args.etcdutl, "snapshot", "restore", args.plain, "--data-dir", a_dir, *etcdutl_member]
 clean()
 measure.run(etcdutl)  # warm the page cache with the snapshot file
 measure.run(etcdsnap(args.plain))

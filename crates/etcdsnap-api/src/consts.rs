@@ -21,6 +21,8 @@ pub const ANNOTATION_ETCD_REVISION: &str = "etcdsnap.io/etcd-revision";
 pub const ANNOTATION_ETCD_VERSION: &str = "etcdsnap.io/etcd-version";
 /// etcd's HashKV at the snapshot's revision, `<hash>/<compact revision>` ([`crate::KvHash`]).
 pub const ANNOTATION_ETCD_HASHKV: &str = "etcdsnap.io/etcd-hashkv";
+/// The etcd cluster's members at save time, a JSON array of [`crate::ClusterMember`].
+pub const ANNOTATION_ETCD_MEMBERS: &str = "etcdsnap.io/etcd-members";
 pub const ANNOTATION_COMPRESSION: &str = "etcdsnap.io/compression";
 /// When the snapshot last went through a restore drill (RFC 3339), and how it ended
 /// (`passed` or `failed: <reason>`).

@@ -43,6 +43,7 @@ pub mod consts;
 pub mod crd;
 pub mod go;
 pub mod legacy;
+pub mod members;
 pub mod metadata;
 pub mod names;
 pub mod program;
@@ -51,6 +52,7 @@ pub mod token;
 
 pub use crd::{ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotS3, ETCDSnapshotSpec, ETCDSnapshotStatus, crd};
 pub use legacy::{LegacyEntry, LegacyS3Config};
+pub use members::{ClusterMember, MemberOverride, MemberSet, MemberSetError};
 pub use metadata::{
     DrillResult, EtcdInfo, KvHash, MetadataDocument, MetadataError, StoredMetadata, parse_stored_metadata,
 };

@@ -4,6 +4,7 @@
 //! stores a flat JSON string map in the same place (the extra metadata); both are read.
 
 use crate::crd::ETCDSnapshotS3;
+use crate::members::ClusterMember;
 use crate::names::Compression;
 use crate::program::Program;
 use crate::seal::Sealed;
@@ -42,6 +43,14 @@ pub struct EtcdInfo {
     /// the HashKV: a booted drill must find as many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_keys: Option<i64>,
+    /// Keys under `/registry/` by resource type (`pods`, `apps/deployments` as the key's first
+    /// segments name it) at `revision`: what `restore-check` compares a restored cluster with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_keys_by_resource: Option<BTreeMap<String, i64>>,
+    /// The cluster's members at save time (etcd's MemberList); absent in records of K3s, RKE2
+    /// and earlier etcdsnap releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<ClusterMember>>,
 }
 
 /// The answer of etcd's Maintenance `HashKV` at a revision: a hash of every key revision from
@@ -221,6 +230,14 @@ mod tests {
                 db_size: Some(20),
                 hash_kv: Some(KvHash { hash: 3_735_928_559, compact_revision: 2 }),
                 kubernetes_keys: Some(7),
+                kubernetes_keys_by_resource: Some(BTreeMap::from([("pods".to_string(), 7)])),
+                members: Some(vec![crate::ClusterMember {
+                    name: "m0".into(),
+                    id: "2".into(),
+                    peer_urls: vec!["https://10.0.0.5:2380".into()],
+                    client_urls: vec!["https://10.0.0.5:2379".into()],
+                    is_learner: false,
+                }]),
             }),
             token_hash: TokenHash::parse_recorded("652c7dc687d9"),
             cluster_id: Some("uid".into()),

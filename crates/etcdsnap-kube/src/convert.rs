@@ -4,8 +4,8 @@
 //! the value K3s keeps for it in the legacy ConfigMap.
 
 use etcdsnap_api::consts::{
-    ANNOTATION_COMPRESSION, ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ETCD_HASHKV, ANNOTATION_ETCD_REVISION,
-    ANNOTATION_ETCD_VERSION, ANNOTATION_MANAGED_BY, ANNOTATION_SHA256, S3_STORAGE_NODE,
+    ANNOTATION_COMPRESSION, ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ETCD_HASHKV, ANNOTATION_ETCD_MEMBERS,
+    ANNOTATION_ETCD_REVISION, ANNOTATION_ETCD_VERSION, ANNOTATION_MANAGED_BY, ANNOTATION_SHA256, S3_STORAGE_NODE,
 };
 use etcdsnap_api::{
     Compression, DrillResult, ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotSpec, ETCDSnapshotStatus, EtcdInfo,
@@ -45,6 +45,11 @@ impl RecordResource for SnapshotRecord {
             annotations.insert(ANNOTATION_ETCD_VERSION.to_string(), etcd.version.clone());
             if let Some(hash) = &etcd.hash_kv {
                 annotations.insert(ANNOTATION_ETCD_HASHKV.to_string(), hash.to_annotation());
+            }
+            if let Some(members) = &etcd.members
+                && let Ok(json) = serde_json::to_string(members)
+            {
+                annotations.insert(ANNOTATION_ETCD_MEMBERS.to_string(), json);
             }
         }
         if self.is_ready() {
@@ -113,6 +118,7 @@ impl RecordResource for SnapshotRecord {
             revision,
             version: annotations.get(ANNOTATION_ETCD_VERSION).cloned().unwrap_or_default(),
             hash_kv: annotations.get(ANNOTATION_ETCD_HASHKV).and_then(|h| KvHash::from_annotation(h)),
+            members: annotations.get(ANNOTATION_ETCD_MEMBERS).and_then(|m| serde_json::from_str(m).ok()),
             ..Default::default()
         });
         let node_name = match (storage, cr.spec.node_name.as_str()) {

@@ -4,7 +4,8 @@
 use crate::describe_error;
 use bytes::Bytes;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use etcdsnap_api::{EtcdInfo, KvHash};
+use etcdsnap_api::{ClusterMember, EtcdInfo, KvHash};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -91,6 +92,8 @@ impl MemberStatus {
             db_size: Some(self.db_size),
             hash_kv: None,
             kubernetes_keys: None,
+            kubernetes_keys_by_resource: None,
+            members: None,
         }
     }
 }
@@ -109,6 +112,9 @@ pub struct EtcdMember {
 /// the whole window, and holds it as 16 KiB frames (about 1.25x the window in allocations).
 /// 1 MiB streams as fast as 2 MiB did on loopback and saves ~1.2 MiB of peak RSS; the
 /// connection window only needs to stay above it.
+/// Keys read per page when counting by resource type.
+const KEY_PAGE: i64 = 10_000;
+
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 
@@ -237,6 +243,30 @@ fn with_hint(endpoint: &str, message: String) -> String {
     }
 }
 
+/// The first key after every key starting with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The resource type of a Kubernetes key below `/registry/`: `pods` for `pods/ns/name`,
+/// `apps.example.com/widgets` for a group's resource.
+fn resource_of(rest: &[u8]) -> String {
+    let text = String::from_utf8_lossy(rest);
+    let mut parts = text.split('/');
+    let first = parts.next().unwrap_or_default();
+    match parts.next() {
+        Some(second) if first.contains('.') => format!("{first}/{second}"),
+        _ => first.to_string(),
+    }
+}
+
 fn read_pem(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, EtcdError> {
     std::fs::read(path).map_err(|source| EtcdError::ReadTls { what, path: path.clone(), source })
 }
@@ -308,6 +338,69 @@ impl EtcdMember {
         Ok(resp.count())
     }
 
+    /// The cluster's members as this member knows them (etcd's MemberList).
+    pub async fn members(&mut self) -> Result<Vec<ClusterMember>, EtcdError> {
+        let endpoint = self.endpoint.clone();
+        let unreachable = |message: String| EtcdError::Unreachable {
+            endpoint: endpoint.clone(),
+            message: with_hint(&endpoint, message),
+        };
+        let resp = tokio::time::timeout(self.config.command_timeout, self.client.member_list())
+            .await
+            .map_err(|_| unreachable(format!("no MemberList answer within {:?}", self.config.command_timeout)))?
+            .map_err(|e| unreachable(describe_error(&e)))?;
+        Ok(resp
+            .members()
+            .iter()
+            .map(|m| ClusterMember {
+                name: m.name().to_string(),
+                id: format!("{:x}", m.id()),
+                peer_urls: m.peer_urls().to_vec(),
+                client_urls: m.client_urls().to_vec(),
+                is_learner: m.is_learner(),
+            })
+            .collect())
+    }
+
+    /// How many keys under `prefix` exist at `revision` for each resource type (the key's first
+    /// segment after the prefix, two when the first names an API group, as in
+    /// `apiregistration.k8s.io/apiservices`). Reads keys only, a page at a time.
+    pub async fn count_keys_by_resource(
+        &mut self,
+        prefix: &[u8],
+        revision: i64,
+    ) -> Result<BTreeMap<String, i64>, EtcdError> {
+        let endpoint = self.endpoint.clone();
+        let unreachable = |message: String| EtcdError::Unreachable {
+            endpoint: endpoint.clone(),
+            message: with_hint(&endpoint, message),
+        };
+        let end = prefix_end(prefix);
+        let mut from = prefix.to_vec();
+        let mut counts = BTreeMap::new();
+        loop {
+            let opts = etcd_client::GetOptions::new()
+                .with_range(end.clone())
+                .with_keys_only()
+                .with_limit(KEY_PAGE)
+                .with_revision(revision);
+            let resp = tokio::time::timeout(self.config.command_timeout, self.client.get(from.clone(), Some(opts)))
+                .await
+                .map_err(|_| unreachable(format!("no Range answer within {:?}", self.config.command_timeout)))?
+                .map_err(|e| unreachable(describe_error(&e)))?;
+            for kv in resp.kvs() {
+                *counts.entry(resource_of(&kv.key()[prefix.len().min(kv.key().len())..])).or_insert(0) += 1;
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(counts),
+            }
+        }
+    }
+
     /// Starts the Maintenance.Snapshot stream. No request deadline is set (a deadline would cut
     /// off large snapshots); instead each message must arrive within the idle timeout.
     pub async fn snapshot(&mut self) -> Result<SnapshotStream, EtcdError> {
@@ -374,5 +467,19 @@ impl SnapshotStream {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_counted_by_resource_type() {
+        assert_eq!(resource_of(b"pods/default/web"), "pods");
+        assert_eq!(resource_of(b"namespaces/default"), "namespaces");
+        assert_eq!(resource_of(b"apiregistration.k8s.io/apiservices/v1.apps"), "apiregistration.k8s.io/apiservices");
+        assert_eq!(prefix_end(b"/registry/"), b"/registry0".to_vec());
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
     }
 }

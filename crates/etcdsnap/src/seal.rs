@@ -49,7 +49,7 @@ pub enum SealError {
     KitNotSealed,
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Signature(#[from] SignatureError),
 }
 

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tempfile::TempDir;
 
+mod lock;
+
 const REGION: &str = "us-east-1";
 const SIGN_FOR: Duration = Duration::from_secs(600);
 

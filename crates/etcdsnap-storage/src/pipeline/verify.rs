@@ -68,7 +68,7 @@ pub enum VerifyError {
     Io(#[from] io::Error),
     #[error("zstd data is damaged: {0}")]
     Zstd(io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Zip(#[from] ZipReadError),
     #[error("writing the decompressed snapshot failed: {0}")]
     Write(io::Error),

@@ -3,6 +3,7 @@
 //! writes to the first two in one pass through [`SnapshotSink`]s, replicas receive copies
 //! afterwards, and every command lists, reads and deletes through the same trait.
 
+pub mod keep;
 pub mod local;
 pub mod locks;
 pub mod replica;
@@ -17,7 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncRead;
 
-pub use retention::{RetentionPolicy, in_scope, plan_retention};
+pub use keep::KeepPolicy;
+pub use retention::{Decision, RetentionPolicy, decide, in_scope, plan_retention};
 
 /// Failures of a store. Messages name the snapshot, file or object concerned.
 #[derive(Debug, thiserror::Error)]
@@ -73,9 +75,20 @@ pub enum StoreError {
     /// A small file beside a snapshot (its record, its signature) that cannot be read.
     #[error("cannot read {}: {message}", path.display())]
     Unreadable { path: PathBuf, message: String },
+    /// S3 Object Lock keeps the object until the date given (None: the bucket refused the
+    /// deletion and said no date): nothing was removed, and a later prune tries again.
+    #[error("{target} is locked by S3 Object Lock {}: kept, to be removed after that", until_text(.until))]
+    ObjectLocked { target: String, until: Option<jiff::Timestamp> },
     /// A sink was used after it was committed or aborted (a bug in the caller).
     #[error("{0}: the snapshot is already finished")]
     Finished(String),
+}
+
+fn until_text(until: &Option<jiff::Timestamp>) -> String {
+    match until {
+        Some(t) => format!("until {}", t.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        None => "for a time the bucket did not say".to_string(),
+    }
 }
 
 impl StoreError {

@@ -5,6 +5,7 @@
 //! with it, one node's snapshots never push out another's, and snapshots of another cluster, or
 //! of no known cluster, are never candidates.
 
+use super::keep::{KeepPolicy, KeepReason};
 use crate::record::SnapshotRecord;
 use etcdsnap_api::{SnapshotName, timestamp_from_name};
 use std::collections::BTreeMap;
@@ -14,8 +15,8 @@ use std::collections::BTreeMap;
 pub struct RetentionPolicy {
     /// Base name (`on-demand`, `etcd-snapshot`, ...): only `<base>-<node>-<unix>[.ext]` match.
     pub base: String,
-    /// Snapshots to keep per node; 0 disables retention.
-    pub keep: usize,
+    /// What to keep per node (restic's rules, [`KeepPolicy`]); no rule disables retention.
+    pub keep: KeepPolicy,
     /// Only these nodes' snapshots are candidates (None: every node found).
     pub node: Option<String>,
     /// Only snapshots recorded with this cluster id are candidates (None: cluster not checked,
@@ -26,15 +27,20 @@ pub struct RetentionPolicy {
 impl RetentionPolicy {
     /// The rule in words, for a preview or a report.
     pub fn describe(&self) -> String {
-        if self.keep == 0 {
-            return format!("retention 0: every {}-* snapshot is kept", self.base);
+        if self.keep.is_empty() {
+            return format!("no retention rule: every {}-* snapshot is kept", self.base);
         }
         let scope = match (&self.node, &self.cluster_id) {
             (Some(node), Some(cluster)) => format!("{}-{node}-<time> of cluster {cluster}", self.base),
             (Some(node), None) => format!("{}-{node}-<time>", self.base),
             (None, _) => format!("{}-<node>-<time> per node", self.base),
         };
-        format!("keep the newest {} of {scope}", self.keep)
+        match self.keep {
+            KeepPolicy { last, .. } if self.keep == KeepPolicy::last(last) => {
+                format!("keep the newest {last} of {scope}")
+            }
+            keep => format!("keep {keep} of {scope}"),
+        }
     }
 }
 
@@ -67,26 +73,56 @@ pub fn in_scope(r: &SnapshotRecord, policy: &RetentionPolicy) -> bool {
     matches_base(&r.name, &policy.base, &r.node_name)
 }
 
-/// Names to delete, oldest first. Snapshots are ordered by the time in their name (the
-/// record's creation time when the name has none), newest kept.
-pub fn plan_retention(records: &[SnapshotRecord], policy: &RetentionPolicy) -> Vec<SnapshotName> {
-    if policy.keep == 0 {
+/// One snapshot the policy counts, and why it stays (no reason: it goes).
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub name: SnapshotName,
+    /// The time the rules judge: the one in the name, else the record's creation time.
+    pub time: jiff::Timestamp,
+    pub reasons: Vec<KeepReason>,
+}
+
+impl Decision {
+    pub fn kept(&self) -> bool {
+        !self.reasons.is_empty()
+    }
+}
+
+/// Every snapshot `policy` counts, with the reasons it is kept, per node newest first. Nothing
+/// when the policy has no rule (nothing is counted: everything stays).
+pub fn decide(records: &[SnapshotRecord], policy: &RetentionPolicy) -> Vec<Decision> {
+    if policy.keep.is_empty() {
         return Vec::new();
     }
-    let mut groups: BTreeMap<&str, Vec<&SnapshotRecord>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<(jiff::Timestamp, &SnapshotName)>> = BTreeMap::new();
     for r in records.iter().filter(|r| in_scope(r, policy)) {
-        groups.entry(r.node_name.as_str()).or_default().push(r);
+        let time = timestamp_from_name(r.name.as_str())
+            .and_then(|s| jiff::Timestamp::from_second(s).ok())
+            .unwrap_or(r.created_at);
+        groups.entry(r.node_name.as_str()).or_default().push((time, &r.name));
     }
-    let mut expired = Vec::new();
+    let mut decisions = Vec::new();
     for (_, mut group) in groups {
-        group.sort_by_key(|r| {
-            let ts = timestamp_from_name(r.name.as_str()).unwrap_or_else(|| r.created_at.as_second());
-            std::cmp::Reverse((ts, r.name.clone()))
-        });
-        expired.extend(group.into_iter().skip(policy.keep).map(|r| r.name.clone()));
+        group.sort_by(|a, b| b.cmp(a));
+        group.dedup_by(|a, b| a.1 == b.1);
+        let times: Vec<jiff::Timestamp> = group.iter().map(|(t, _)| *t).collect();
+        let reasons = policy.keep.apply(&times);
+        decisions.extend(group.into_iter().zip(reasons).map(|((time, name), reasons)| Decision {
+            name: name.clone(),
+            time,
+            reasons,
+        }));
     }
-    expired.sort_by_key(|n| (timestamp_from_name(n.as_str()), n.clone()));
-    expired
+    decisions
+}
+
+/// Names to delete, oldest first. Snapshots are judged by the time in their name (the
+/// record's creation time when the name has none).
+pub fn plan_retention(records: &[SnapshotRecord], policy: &RetentionPolicy) -> Vec<SnapshotName> {
+    let mut expired: Vec<(jiff::Timestamp, SnapshotName)> =
+        decide(records, policy).into_iter().filter(|d| !d.kept()).map(|d| (d.time, d.name)).collect();
+    expired.sort();
+    expired.into_iter().map(|(_, n)| n).collect()
 }
 
 #[cfg(test)]
@@ -99,7 +135,7 @@ mod tests {
     }
 
     fn policy(base: &str, keep: usize) -> RetentionPolicy {
-        RetentionPolicy { base: base.into(), keep, node: None, cluster_id: None }
+        RetentionPolicy { base: base.into(), keep: KeepPolicy::last(keep), node: None, cluster_id: None }
     }
 
     #[test]
@@ -152,7 +188,12 @@ mod tests {
         theirs.cluster_id = Some("c2".into());
         let unknown = test_record("s-n-00", "n");
         let recs = vec![mine, mine2, theirs, unknown];
-        let p = RetentionPolicy { base: "s".into(), keep: 1, node: Some("n".into()), cluster_id: Some("c1".into()) };
+        let p = RetentionPolicy {
+            base: "s".into(),
+            keep: KeepPolicy::last(1),
+            node: Some("n".into()),
+            cluster_id: Some("c1".into()),
+        };
         assert_eq!(names(plan_retention(&recs, &p)), ["s-n-1"]);
     }
 
@@ -164,7 +205,8 @@ mod tests {
             test_record("s-b-1", "b"),
             test_record("s-b-2", "b"),
         ];
-        let p = RetentionPolicy { base: "s".into(), keep: 1, node: Some("b".into()), cluster_id: None };
+        let p =
+            RetentionPolicy { base: "s".into(), keep: KeepPolicy::last(1), node: Some("b".into()), cluster_id: None };
         assert_eq!(names(plan_retention(&recs, &p)), ["s-b-1"]);
     }
 
@@ -180,6 +222,44 @@ mod tests {
             test_record("other", "n"),
         ];
         assert_eq!(names(plan_retention(&recs, &policy("s", 1))), ["s-n-2"]);
+    }
+
+    #[test]
+    fn age_rules_judge_each_node_apart_by_the_time_in_the_name() {
+        // Node a: two on 2023-11-14 (1699920000 is 00:00 UTC), one on the 15th; node b: one.
+        let recs = vec![
+            test_record("s-a-1699920000", "a"),
+            test_record("s-a-1699930000", "a"),
+            test_record("s-a-1700010000", "a"),
+            test_record("s-b-1699920000", "b"),
+        ];
+        let p = RetentionPolicy {
+            base: "s".into(),
+            keep: KeepPolicy { daily: 1, ..KeepPolicy::default() },
+            node: None,
+            cluster_id: None,
+        };
+        assert_eq!(names(plan_retention(&recs, &p)), ["s-a-1699920000", "s-a-1699930000"]);
+        let p = RetentionPolicy { keep: KeepPolicy { daily: 2, ..KeepPolicy::default() }, ..p };
+        assert_eq!(names(plan_retention(&recs, &p)), ["s-a-1699920000"]);
+        let d = decide(&recs, &p);
+        let why: Vec<String> = d
+            .iter()
+            .map(|d| format!("{} {}", d.name, d.reasons.first().map(ToString::to_string).unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                "s-a-1700010000 daily snapshot",
+                "s-a-1699930000 daily snapshot",
+                "s-a-1699920000 ",
+                "s-b-1699920000 daily snapshot"
+            ]
+        );
+        assert_eq!(p.describe(), "keep daily 2 of s-<node>-<time> per node");
+        let none = RetentionPolicy { keep: KeepPolicy::default(), ..p };
+        assert!(decide(&recs, &none).is_empty());
+        assert_eq!(none.describe(), "no retention rule: every s-* snapshot is kept");
     }
 
     #[test]

@@ -44,8 +44,8 @@ pub struct AgentSettings {
     pub schedule: Option<Schedule>,
     pub base_name: String,
     pub compression: Compression,
-    /// Snapshots to keep per node locally, and in S3 unless S3 has its own retention.
-    pub retention: usize,
+    /// What to keep per node locally, and in S3 (with S3's own count as `last` when it has one).
+    pub retention: etcdsnap_storage::store::KeepPolicy,
     pub metrics_addr: SocketAddr,
     /// Re-read each new local snapshot and check it (sets the "last verified" gauge).
     pub verify_after_save: bool,
@@ -357,12 +357,12 @@ impl Agent {
     /// ([`Session::after_save`]), then delta retention.
     async fn after_save(&self, ctx: &Context, report: &SaveReport) {
         self.record_save(report);
-        let s3_retention = ctx.s3_retention.unwrap_or(self.settings.retention);
+        let s3_retention = self.settings.retention.with_last(ctx.s3_retention);
         let steps = AfterSave {
             verify: self.settings.verify_after_save,
             catch_up: Some(CatchUp {
                 base_name: self.settings.base_name.clone(),
-                keep: s3_retention,
+                keep: s3_retention.catch_up_count(),
                 only_after_upload: false,
             }),
             prune: Some(PruneOptions {

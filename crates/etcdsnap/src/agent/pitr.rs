@@ -51,7 +51,7 @@ enum TermError {
     NoBase,
     #[error("--deltas needs a local snapshot directory (segments are written beside it)")]
     NoLocal,
-    #[error("{0}")]
+    #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error("{0}")]
     Other(String),

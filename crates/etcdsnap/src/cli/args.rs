@@ -4,8 +4,8 @@
 
 use super::commands::{
     agent::AgentArgs, completion::CompletionArgs, crd::CrdArgs, delete::DeleteArgs, drill::DrillArgs, kit::KitArgs,
-    ls::LsArgs, man::ManArgs, prune::PruneArgs, reconcile::ReconcileArgs, restore::RestoreArgs, save::SaveArgs,
-    verify::VerifyArgs, watch::WatchArgs,
+    ls::LsArgs, man::ManArgs, prune::PruneArgs, reconcile::ReconcileArgs, recover::RecoverArgs, restore::RestoreArgs,
+    save::SaveArgs, verify::VerifyArgs, watch::WatchArgs,
 };
 use super::flags::heading;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -79,6 +79,14 @@ pub enum Command {
     /// Restore a snapshot (a name, a file, or from S3) into an etcd data directory with
     /// etcdutl, after a pre-flight report: integrity, token hash, versions, space and target.
     Restore(Box<RestoreArgs>),
+    /// After a restore: wait for every recorded member, then check one leader, one revision,
+    /// one HashKV and the snapshot's key space. Exits non-zero when the cluster is not the
+    /// snapshot's.
+    RestoreCheck(Box<super::commands::restore_check::RestoreCheckArgs>),
+    /// For an ExecStartPre or init container: leave a member's data alone; restore an empty
+    /// one-member data directory from the newest snapshot and the captured changes; refuse a
+    /// lost member of a cluster whose other members answer, printing how to replace it.
+    Recover(Box<RecoverArgs>),
     /// Prove that snapshots restore to the key space they were taken from: re-hash the bytes,
     /// compare etcd's HashKV of the contents with the one recorded at save time, and with
     /// --drill-etcd boot a private etcd on a restored copy. Exits non-zero if any drill fails.

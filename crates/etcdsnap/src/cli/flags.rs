@@ -14,6 +14,7 @@
 use super::args::{go_duration_text, parse_compression, parse_duration};
 use clap::{ArgAction, Args, ValueEnum};
 use etcdsnap_api::Compression;
+use etcdsnap_storage::store::keep::{CalendarSpan, KeepPolicy, parse_count};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,17 +73,66 @@ pub struct NodeFlags {
     pub compress: CompressArgs,
 }
 
-/// How many snapshots are kept, per node.
+/// Which snapshots are kept, per node: restic's `forget` rules (docs/retention.md).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = heading::RETENTION)]
 pub struct RetentionArgs {
-    /// Snapshots of --name to keep per node: the agent prunes after each scheduled snapshot,
-    /// `prune` when run; 0 keeps all.
-    #[arg(long, visible_aliases = ["snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", default_value_t = 5)]
-    pub retention: usize,
-    /// Snapshots to keep per node in S3 (this cluster's only) [default: --retention]
+    /// Snapshots of --name to keep per node, newest first: the agent prunes after each scheduled
+    /// snapshot, `prune` when run; 0 keeps all [default: 5 when no other --keep-* is given]
+    #[arg(long, visible_aliases = ["keep-last", "snapshot-retention", "etcd-snapshot-retention"], env = "ETCDSNAP_RETENTION", value_name = "N", value_parser = parse_count)]
+    pub retention: Option<usize>,
+    /// Keep the newest snapshot of each of the last N hours that have one (UTC); N or unlimited
+    #[arg(long, env = "ETCDSNAP_KEEP_HOURLY", value_name = "N", value_parser = parse_count)]
+    pub keep_hourly: Option<usize>,
+    /// Keep the newest snapshot of each of the last N days that have one (UTC)
+    #[arg(long, env = "ETCDSNAP_KEEP_DAILY", value_name = "N", value_parser = parse_count)]
+    pub keep_daily: Option<usize>,
+    /// Keep the newest snapshot of each of the last N ISO weeks (Monday to Sunday, UTC) that
+    /// have one
+    #[arg(long, env = "ETCDSNAP_KEEP_WEEKLY", value_name = "N", value_parser = parse_count)]
+    pub keep_weekly: Option<usize>,
+    /// Keep the newest snapshot of each of the last N months that have one (UTC)
+    #[arg(long, env = "ETCDSNAP_KEEP_MONTHLY", value_name = "N", value_parser = parse_count)]
+    pub keep_monthly: Option<usize>,
+    /// Keep the newest snapshot of each of the last N years that have one (UTC)
+    #[arg(long, env = "ETCDSNAP_KEEP_YEARLY", value_name = "N", value_parser = parse_count)]
+    pub keep_yearly: Option<usize>,
+    /// Keep every snapshot newer than the newest one minus DURATION (restic's 1y5m7d2h: years,
+    /// months, days, hours)
+    #[arg(long, env = "ETCDSNAP_KEEP_WITHIN", value_name = "DURATION", value_parser = CalendarSpan::parse)]
+    pub keep_within: Option<CalendarSpan>,
+    /// Snapshots to keep per node in S3 (this cluster's only), in place of --retention there;
+    /// the --keep-* age rules apply to S3 too [default: --retention]
     #[arg(long, visible_alias = "etcd-s3-retention", env = "ETCDSNAP_S3_RETENTION")]
     pub s3_retention: Option<usize>,
+}
+
+/// What `--retention` keeps when no rule is given (K3s's default).
+pub const DEFAULT_RETENTION: usize = 5;
+
+impl RetentionArgs {
+    /// The local rules: the --keep-* flags, with --retention as `last`; only `last 5` when no
+    /// rule is given at all.
+    pub fn policy(&self) -> KeepPolicy {
+        let ages = [self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly];
+        let any_age = ages.iter().any(Option::is_some) || self.keep_within.is_some();
+        let default_last = if any_age { 0 } else { DEFAULT_RETENTION };
+        KeepPolicy {
+            last: self.retention.unwrap_or(default_last),
+            hourly: self.keep_hourly.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+            yearly: self.keep_yearly.unwrap_or(0),
+            within: self.keep_within,
+        }
+    }
+
+    /// The S3 rules: the local ones, with the S3 count (`--s3-retention` or the Secret's
+    /// `etcd-s3-retention`, resolved into `s3_retention`) as `last` when one is set.
+    pub fn s3_policy(&self, s3_retention: Option<usize>) -> KeepPolicy {
+        self.policy().with_last(s3_retention)
+    }
 }
 
 /// Where this node keeps snapshots.
@@ -195,6 +245,15 @@ pub struct S3Args {
     /// save aborts it (never sooner than --s3-timeout).
     #[arg(long = "s3-stale-upload-after", env = "ETCDSNAP_S3_STALE_UPLOAD_AFTER", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub stale_upload_after: Duration,
+    /// Lock each object written (snapshot and records) with S3 Object Lock for this long after
+    /// its upload (2h, 720h, 30d); the bucket must have Object Lock enabled. Retention keeps a
+    /// locked snapshot until its date and removes it afterwards
+    #[arg(long = "s3-lock-retention", env = "ETCDSNAP_S3_LOCK_RETENTION", value_name = "DURATION")]
+    pub lock_retention: Option<String>,
+    /// Object Lock mode of --s3-lock-retention: governance (privileged users may still remove
+    /// the lock) or compliance (nobody can) [default: governance]
+    #[arg(long = "s3-lock-mode", env = "ETCDSNAP_S3_LOCK_MODE", value_name = "MODE", value_parser = ["governance", "compliance"])]
+    pub lock_mode: Option<String>,
 }
 
 /// How stored snapshots are compressed.

@@ -20,10 +20,24 @@ pub const KUBE_DUTIES: &[&str] =
 pub const TOKEN: &[&str] = &["token", "token_file"];
 /// How new snapshots are compressed.
 pub const COMPRESS: &[&str] = &["compress", "snapshot_compress", "zstd_level"];
-/// How many snapshots are kept.
-pub const RETENTION: &[&str] = &["retention", "s3_retention", "replica_retention"];
+/// Which snapshots are kept.
+pub const RETENTION: &[&str] = &[
+    "retention",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "keep_within",
+    "s3_retention",
+    "replica_retention",
+];
 /// What only a save writes: the extra metadata it records, the stale uploads it aborts.
 pub const SAVE_ONLY: &[&str] = &["extra_metadata_configmap", "stale_upload_after"];
+/// What a command that only reads stored snapshots (verify, drill, kit) never uses: etcd, the
+/// token, how saves compress and what retention keeps, the leader's duties, a member's name.
+pub const READER_UNUSED: &[&[&str]] =
+    &[ETCD, TOKEN, COMPRESS, RETENTION, KUBE_DUTIES, SAVE_ONLY, &["name", "cluster_id"]];
 
 /// Hides the flags in `groups`: accepted (a shared command line works everywhere) and ignored
 /// by this command, so not in its help, manual page or completions.

@@ -101,6 +101,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Reconcile(a) => commands::reconcile::run(a).await,
         Command::Watch(a) => commands::watch::run(a).await,
         Command::Restore(a) => commands::restore::run(*a).await,
+        Command::RestoreCheck(a) => commands::restore_check::run(*a).await,
+        Command::Recover(a) => commands::recover::run(*a).await,
         Command::Drill(a) => commands::drill::run(*a).await,
         Command::Kit(a) => commands::kit::run(*a).await,
         Command::Completion(a) => commands::completion::run(a),

@@ -27,8 +27,9 @@ pub struct ReplicaArgs {
     /// azure_storage_endpoint, ... (repeatable; the key's prefix says which replicas it is for).
     #[arg(long = "replica-option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    /// Snapshots of --name to keep per node in each replica (this cluster's only); applied where
-    /// local retention is (the agent, prune) [default: --retention]
+    /// Snapshots of --name to keep per node in each replica, the newest N (this cluster's only);
+    /// applied where local retention is (the agent, prune) [default: the local rules,
+    /// --retention and --keep-*]
     #[arg(long, env = "ETCDSNAP_REPLICA_RETENTION", value_name = "N")]
     pub replica_retention: Option<usize>,
 }

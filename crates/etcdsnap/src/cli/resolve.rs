@@ -223,6 +223,8 @@ pub fn s3_settings(args: &S3Args, retention: Option<usize>) -> RawS3Settings {
         (S3Key::Timeout, args.timeout.clone()),
         (S3Key::Proxy, args.proxy.clone()),
         (S3Key::Retention, retention.map(|r| r.to_string())),
+        (S3Key::LockRetention, args.lock_retention.clone()),
+        (S3Key::LockMode, args.lock_mode.clone()),
     ];
     for (key, value) in values {
         if let Some(v) = value {

@@ -15,7 +15,7 @@ pub mod verify;
 
 pub use context::Context;
 pub use list::{ListReport, list};
-pub use remove::{DeleteResult, Deletion, PruneError, PruneOptions, PruneReport, delete, prune};
+pub use remove::{DeleteResult, Deletion, LockedSnapshot, PruneError, PruneOptions, PruneReport, delete, prune};
 pub use replicate::{ReplicaRetention, ReplicaStatus, replicate};
 pub use save::{SaveError, SaveOptions, SaveReport, save};
 pub use verify::{VerifyResult, check_problems, verify_record};

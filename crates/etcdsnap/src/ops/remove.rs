@@ -4,7 +4,8 @@
 
 use super::Context;
 use etcdsnap_api::{SnapshotName, StorageKind};
-use etcdsnap_storage::store::{RetentionPolicy, StoreError, in_scope, plan_retention};
+use etcdsnap_storage::store::{KeepPolicy, RetentionPolicy, StoreError, decide, in_scope};
+use std::collections::BTreeMap;
 
 /// What happened to one name in one store.
 #[derive(Debug)]
@@ -52,8 +53,10 @@ pub fn deleted(results: &[Deletion]) -> Vec<(StorageKind, SnapshotName)> {
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
     pub base_name: String,
-    pub keep_local: usize,
-    pub keep_remote: usize,
+    /// What to keep per node in the local directory.
+    pub keep_local: KeepPolicy,
+    /// What to keep of this node's snapshots of this cluster in S3.
+    pub keep_remote: KeepPolicy,
     /// Plan only: say what each store's rule keeps and removes, remove nothing.
     pub dry_run: bool,
 }
@@ -93,8 +96,41 @@ pub struct PrunePlan {
     pub rule: String,
     /// The snapshots the rule counts and keeps, oldest first.
     pub kept: Vec<SnapshotName>,
+    /// Why each kept snapshot stays: the rules that keep it (`last snapshot, daily snapshot`).
+    pub reasons: BTreeMap<SnapshotName, String>,
     /// The snapshots the rule removes, oldest first.
     pub removed: Vec<SnapshotName>,
+}
+
+/// A snapshot retention would remove that S3 Object Lock keeps: not a failure, it is removed
+/// by a prune after its date.
+#[derive(Debug, Clone)]
+pub struct LockedSnapshot {
+    pub storage: StorageKind,
+    /// The store as the operator knows it.
+    pub store: String,
+    pub name: SnapshotName,
+    /// None: the bucket refused the deletion without saying until when.
+    pub until: Option<jiff::Timestamp>,
+}
+
+impl std::fmt::Display for LockedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.until {
+            Some(t) => write!(
+                f,
+                "{}: {} is locked until {}; kept, to be removed after that",
+                self.store,
+                self.name,
+                t.strftime("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            None => write!(
+                f,
+                "{}: {} is locked (the bucket did not say until when); kept, to be removed once it is not",
+                self.store, self.name
+            ),
+        }
+    }
 }
 
 /// What a prune planned, removed (and failed to remove) per store.
@@ -102,6 +138,8 @@ pub struct PrunePlan {
 pub struct PruneReport {
     pub plans: Vec<PrunePlan>,
     pub deleted: Vec<(StorageKind, SnapshotName)>,
+    /// Snapshots the rule removes that Object Lock keeps for now (not errors).
+    pub locked: Vec<LockedSnapshot>,
     pub errors: Vec<PruneError>,
 }
 
@@ -145,18 +183,13 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
                 continue;
             }
         };
-        let removed = plan_retention(&listing.records, &policy);
-        let kept = listing
-            .records
-            .iter()
-            .filter(|r| in_scope(r, &policy) && !removed.contains(&r.name))
-            .map(|r| r.name.clone())
-            .collect();
+        let (kept, reasons, removed) = plan_store(&listing.records, &policy);
         report.plans.push(PrunePlan {
             storage: store.kind(),
             store: store.describe(),
             rule: policy.describe(),
             kept,
+            reasons,
             removed: removed.clone(),
         });
         if opts.dry_run {
@@ -165,9 +198,35 @@ pub async fn prune(ctx: &Context, opts: &PruneOptions) -> PruneReport {
         for name in removed {
             match store.delete(&name).await {
                 Ok(_) => report.deleted.push((store.kind(), name)),
+                Err(StoreError::ObjectLocked { until, .. }) => {
+                    let locked = LockedSnapshot { storage: store.kind(), store: store.describe(), name, until };
+                    tracing::info!("{locked}");
+                    report.locked.push(locked);
+                }
                 Err(source) => report.errors.push(PruneError::Delete { store: store.describe(), name, source }),
             }
         }
     }
     report
+}
+
+/// What `policy` keeps (oldest first, with the rules that keep each) and removes (oldest
+/// first). With no rule, every snapshot it counts is kept.
+fn plan_store(
+    records: &[etcdsnap_storage::SnapshotRecord],
+    policy: &RetentionPolicy,
+) -> (Vec<SnapshotName>, BTreeMap<SnapshotName, String>, Vec<SnapshotName>) {
+    if policy.keep.is_empty() {
+        let kept: Vec<SnapshotName> = records.iter().filter(|r| in_scope(r, policy)).map(|r| r.name.clone()).collect();
+        let reasons = kept.iter().map(|n| (n.clone(), "no retention rule".to_string())).collect();
+        return (kept, reasons, Vec::new());
+    }
+    let mut decisions = decide(records, policy);
+    decisions.sort_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)));
+    let (kept, removed): (Vec<_>, Vec<_>) = decisions.into_iter().partition(|d| d.kept());
+    let reasons = kept
+        .iter()
+        .map(|d| (d.name.clone(), d.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
+        .collect();
+    (kept.into_iter().map(|d| d.name).collect(), reasons, removed.into_iter().map(|d| d.name).collect())
 }

@@ -13,16 +13,16 @@ use super::Context;
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::record::SnapshotRecord;
 use etcdsnap_storage::store::replica::{Copied, ReplicaStore};
-use etcdsnap_storage::store::{RetentionPolicy, SnapshotStore, plan_retention};
+use etcdsnap_storage::store::{KeepPolicy, RetentionPolicy, SnapshotStore, plan_retention};
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// How many snapshots each replica keeps per node, of which name, after copying.
+/// Which snapshots each replica keeps per node, of which name, after copying.
 #[derive(Debug, Clone)]
 pub struct ReplicaRetention {
     pub base_name: String,
-    /// 0 keeps all.
-    pub keep: usize,
+    /// No rule keeps all.
+    pub keep: KeepPolicy,
 }
 
 /// One replica after a pass.

@@ -18,6 +18,7 @@ use etcdsnap_storage::pipeline::{self, PipelineError, PipelineOutput, Progress};
 use etcdsnap_storage::record::{MetadataSource, Outcome, SnapshotRecord};
 use etcdsnap_storage::store::local::DirLock;
 use etcdsnap_storage::store::{NewSnapshot, SnapshotSink, SnapshotStore, StoreError};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -134,6 +135,7 @@ struct KvFacts {
     revision: i64,
     hash: KvHash,
     keys: i64,
+    by_resource: BTreeMap<String, i64>,
 }
 
 /// One try at streaming the snapshot from a member into every store.
@@ -172,6 +174,12 @@ impl Attempt<'_> {
         }
         tracing::info!(snapshot = %name, endpoint = %status.endpoint, revision = status.revision, db_size = status.db_size, "saving etcd snapshot");
         report.member = Some(status.clone());
+        // Recorded so that a whole cluster can be restored from this one snapshot.
+        let members = member
+            .members()
+            .await
+            .inspect_err(|e| tracing::warn!(snapshot = %name, error = %e, "no member list recorded: restore --all-members cannot use this snapshot"))
+            .ok();
 
         let sinks = self.open_sinks(report, &status).await;
         let kinds: Vec<StorageKind> = sinks.iter().map(|s| s.storage()).collect();
@@ -213,7 +221,7 @@ impl Attempt<'_> {
                 if revision != status.revision {
                     tracing::debug!(snapshot = %name, status = status.revision, revision, "the member wrote while the snapshot started");
                 }
-                let etcd = EtcdInfo { revision, ..self.etcd_facts(&status, facts) };
+                let etcd = EtcdInfo { revision, members, ..self.etcd_facts(&status, facts) };
                 self.publish(report, output, etcd).await;
             }
             Err(PipelineError::Cancelled) => return Err(SaveError::Cancelled),
@@ -257,8 +265,9 @@ impl Attempt<'_> {
         }
         let facts = async {
             let hash = member.hash_kv(revision).await?;
-            let keys = member.count_keys(KUBERNETES_PREFIX, revision).await?;
-            Ok::<_, EtcdError>(KvFacts { revision, hash, keys })
+            let by_resource = member.count_keys_by_resource(KUBERNETES_PREFIX, revision).await?;
+            let keys = by_resource.values().sum();
+            Ok::<_, EtcdError>(KvFacts { revision, hash, keys, by_resource })
         };
         let answer = tokio::select! {
             // A cancelled save publishes nothing; it does not wait for the hash either.
@@ -278,6 +287,7 @@ impl Attempt<'_> {
         let mut etcd = status.etcd_info();
         if let Some(f) = facts {
             (etcd.revision, etcd.hash_kv, etcd.kubernetes_keys) = (f.revision, Some(f.hash), Some(f.keys));
+            etcd.kubernetes_keys_by_resource = Some(f.by_resource);
         }
         etcd
     }

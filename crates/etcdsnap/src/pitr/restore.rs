@@ -27,7 +27,7 @@ use std::sync::Arc;
 pub enum PitrError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("no snapshot of cluster {0} in this snapshot directory")]
     NoSuchCluster(String),
@@ -324,8 +324,7 @@ pub(crate) mod tests {
             cluster_id: cluster.into(),
             member_id: "1".into(),
             db_size: None,
-            hash_kv: None,
-            kubernetes_keys: None,
+            ..Default::default()
         });
         r
     }

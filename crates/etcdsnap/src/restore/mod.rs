@@ -19,6 +19,7 @@
 //! result is discarded unless every check passes, and the target is only touched after that.
 //! This keeps a restore with checks as fast as etcdutl alone (bench/RESULTS.md).
 
+pub mod cluster_check;
 pub mod etcdutl;
 pub mod holders;
 pub mod loopback;

@@ -6,10 +6,10 @@
 
 use super::{PassError, verify_pass};
 use crate::restore::SnapshotSource;
+use crate::restore::preflight::{CheckStatus, gather_sealing, sealing_checks};
 use etcdsnap_storage::pipeline::Progress;
-use etcdsnap_storage::seal::Identity;
+use etcdsnap_storage::seal::OpenKeys;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// The prepared file.
 #[derive(Debug, Clone)]
@@ -26,6 +26,9 @@ pub struct Prepared {
 pub enum PrepareError {
     #[error("{} exists already: remove it or choose another directory", .0.display())]
     Exists(PathBuf),
+    /// The record's signature or the snapshot's sealing refused it (each check with its fix).
+    #[error("{0}; nothing was written")]
+    Refused(String),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -48,17 +51,31 @@ pub fn prepared_path(source: &SnapshotSource, dir: &Path) -> PathBuf {
     dir.join(source.record.name.without_compression_extension())
 }
 
-/// Writes `source` opened (with `identity`, when sealed) and decompressed to [`prepared_path`]
-/// in `dir`, checked on the way.
+/// Writes `source` opened (with the identity of `keys`, when sealed) and decompressed to
+/// [`prepared_path`] in `dir`, checked on the way. With a verify key, the record's signature is
+/// checked first and the signed record is what the bytes are compared with; a sealed snapshot
+/// without an identity that opens it is refused. Both before anything is written.
 pub async fn prepare_plain(
-    source: &SnapshotSource,
+    source: &mut SnapshotSource,
     dir: &Path,
-    identity: Option<Arc<Identity>>,
+    keys: &OpenKeys,
     progress: Option<Progress>,
 ) -> Result<Prepared, PrepareError> {
     let path = prepared_path(source, dir);
     if path.symlink_metadata().is_ok() {
         return Err(PrepareError::Exists(path));
+    }
+    let facts = gather_sealing(source, keys, true, None).await;
+    let refused: Vec<String> = sealing_checks(source, keys, &facts)
+        .into_iter()
+        .filter(|c| c.status == CheckStatus::Fail)
+        .map(|c| match c.fix {
+            Some(fix) => format!("{}: {} ({fix})", c.name, c.detail),
+            None => format!("{}: {}", c.name, c.detail),
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(PrepareError::Refused(refused.join("; ")));
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -67,7 +84,7 @@ pub async fn prepare_plain(
     // A private directory beside the result (same file system), removed whatever happens.
     let work = tempfile::Builder::new().prefix(".etcdsnap-prepare-").tempdir_in(dir).map_err(io(dir))?;
     let staged = work.path().join("snapshot.db");
-    let check = verify_pass(source, identity, Some(staged.clone()), progress).await?;
+    let check = verify_pass(source, keys.identity.clone(), Some(staged.clone()), progress).await?;
     if let Some(problem) = check.trailer.problem() {
         return Err(PrepareError::Trailer(problem));
     }

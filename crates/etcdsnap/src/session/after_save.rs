@@ -119,7 +119,7 @@ impl Session {
 pub async fn replicate(ctx: &Context, prune: Option<&PruneOptions>) -> Vec<ops::ReplicaStatus> {
     let retention = prune.map(|p| ops::ReplicaRetention {
         base_name: p.base_name.clone(),
-        keep: ctx.replica_retention.unwrap_or(p.keep_local),
+        keep: ctx.replica_retention.map(etcdsnap_storage::store::KeepPolicy::last).unwrap_or(p.keep_local),
     });
     let statuses = ops::replicate(ctx, retention.as_ref()).await;
     for status in &statuses {

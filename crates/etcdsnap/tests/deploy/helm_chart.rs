@@ -159,6 +159,8 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
                 "s3.create.timeout=2m",
                 "s3.create.endpointCAName=s3-endpoint-ca",
                 "s3Retention=10",
+                "keep.daily=7",
+                "keep.within=2d",
                 "serviceMonitor.enabled=true",
                 "serviceMonitor.labels.release=prometheus",
                 "rbac.nodeAnnotations=true",
@@ -411,6 +413,8 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
         assert_eq!(flag(&args, "compress"), Some("zstd"), "{case}");
         assert_eq!(flag(&args, "schedule"), Some("*/30 * * * *"), "{case}");
         assert_eq!(flag(&args, "s3-retention"), Some("10"), "{case}");
+        assert_eq!((flag(&args, "keep-daily"), flag(&args, "keep-within")), (Some("7"), Some("2d")), "{case}");
+        assert_eq!(flag(&args, "keep-weekly"), None, "{case}: a rule left null is not passed");
         assert_eq!(flag(&args, "drill-etcd"), Some("/usr/local/bin/etcd"), "{case}");
         assert_eq!(flag(&args, "zstd-level"), Some("9"), "{case}: extraArgs");
         assert!(args.iter().any(|a| a == "--deltas"), "{case}");
@@ -435,6 +439,7 @@ fn check_daemonset(case: &str, sets: &[&str], objs: &[Value]) {
         assert_eq!(flag(&args, "compress"), Some("none"), "{case}");
         assert_eq!(flag(&args, "schedule"), Some("0 */12 * * *"), "{case}");
         assert_eq!(flag(&args, "s3-retention"), None, "{case}");
+        assert!(!args.iter().any(|a| a.starts_with("--keep-")), "{case}: no age rule by default");
         assert!(!args.iter().any(|a| a.starts_with("--delta")), "{case}: deltas are off by default");
         for name in ["encrypt-to-file", "sign-key", "decrypt-identity", "verify-key", "kit-file"] {
             assert_eq!(flag(&args, name), None, "{case}: sealing is off by default");

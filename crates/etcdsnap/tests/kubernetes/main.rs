@@ -26,6 +26,7 @@ mod coexistence;
 mod kube;
 mod leadership;
 mod monitoring;
+mod restore_check;
 mod rke2;
 
 /// The audit log's user name of `node`'s agent (started by `common::cluster::start_agent`).

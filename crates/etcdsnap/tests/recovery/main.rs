@@ -24,6 +24,7 @@ mod common {
 }
 
 mod drill;
+mod members;
 mod pitr;
 mod pitr_agent;
 mod pitr_cluster;

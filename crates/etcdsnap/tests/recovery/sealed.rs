@@ -250,6 +250,24 @@ async fn what_is_stored_is_what_age_opens_and_minisign_checks_and_no_secret_is_i
         let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode(&back)?, mode(&original)?, "{}", back.display());
     }
+
+    // `--prepare-for k3s` from S3: the signature is checked and the identity opens the snapshot,
+    // or nothing is written; the plain file is the snapshot etcdutl reads.
+    let prepared = work.path().join("prepared");
+    std::fs::create_dir(&prepared)?;
+    let prepared_s = s(&prepared);
+    let mut prepare = vec!["restore", &name, "--prepare-for", "k3s", "--prepare-dir", &prepared_s, "--verify-key", &vk];
+    prepare.extend(s3.etcdsnap_flags(BUCKET));
+    let refused = run(&prepare, &creds).await.expect_fail();
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(said.contains(&recipient) && said.contains("--decrypt-identity"), "{said}");
+    assert_eq!(std::fs::read_dir(&prepared)?.count(), 0, "a refused prepare wrote something");
+    prepare.extend(["--decrypt-identity", &identity_s]);
+    run(&prepare, &creds).await.expect_ok();
+    let plain = prepared.join(name.trim_end_matches(".zst.age"));
+    let status = tool(&s(&etcd.testbin("etcdutl")?), &["snapshot", "status", &s(&plain), "-w", "json"])?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status["revision"], record["etcd"]["revision"], "{status}");
     Ok(())
 }
 
@@ -427,6 +445,22 @@ async fn restore_drill_and_point_in_time_restore_open_a_sealed_snapshot_only_wit
     assert!(refused.stdout.contains(&recipient), "{}\n{}", refused.stdout, refused.stderr);
     assert!(!pitr_target.exists());
     run_with(&pitr, &["--decrypt-identity", &identity_s]).await.expect_ok();
+    // A time target maps to a revision through the sealed segments too.
+    // A time between the target's revision and a later write, both captured.
+    let when = etcdsnap_storage::clock::now().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    client.put("/registry/configmaps/default/later", "later", None).await?;
+    agent
+        .wait_for_metric("etcdsnap_delta_durable_revision", (target_rev + 1) as f64, std::time::Duration::from_secs(30))
+        .await?;
+    let timed_target = work.path().join("pitr-time");
+    let mut timed =
+        restore_args(&["--to-time", &when], &timed_target, testenv::free_port()?, &etcd.testbin("etcdutl")?);
+    timed.extend(["--dir".into(), s(&data.path().join("snapshots")), "--etcd".into(), s(&etcd.testbin("etcd")?)]);
+    run_with(&timed, &[]).await.expect_fail();
+    assert!(!timed_target.exists());
+    let timed_report = run_with(&timed, &["--decrypt-identity", &identity_s, "-o", "json"]).await.expect_ok().json();
+    assert_eq!(timed_report["replayed"]["revision"], target_rev, "{timed_report}");
     agent.stop().await?;
     let rolled = Etcd::start_on_data_dir(&pitr_target, "m0", pitr_port).await?;
     let mut rc = rolled.client().await?;
@@ -489,6 +523,13 @@ async fn a_record_signed_by_minisign_verifies_and_a_consistent_rewrite_or_a_miss
     let refused = run_with(&args, &["--verify-key", &vk]).await.expect_fail();
     assert!(refused.stdout.contains("signature does not verify"), "{}", refused.stdout);
     assert!(!target.exists() && std::fs::read_dir(work.path())?.count() == 0, "a refused restore wrote something");
+    // Nor is it prepared for K3s's own restore.
+    let ws = s(work.path());
+    let prepare =
+        ["restore", &name, "--dir", &s(&dir), "--prepare-for", "k3s", "--prepare-dir", &ws, "--verify-key", &vk];
+    let refused = run(&prepare, &[]).await.expect_fail();
+    assert!(refused.stderr.contains("signature"), "{}{}", refused.stdout, refused.stderr);
+    assert_eq!(std::fs::read_dir(work.path())?.count(), 0, "a refused prepare wrote something");
     let etcdutl = s(&testenv::testbin_version("etcdutl", "3.7")?);
     let drill = [
         "drill",

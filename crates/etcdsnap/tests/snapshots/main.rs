@@ -20,6 +20,8 @@ mod common {
 
 mod cli;
 mod engine;
+mod keep;
+mod lock;
 mod lying_s3;
 mod replicas;
 mod s3;

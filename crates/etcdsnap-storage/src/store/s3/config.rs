@@ -40,6 +40,45 @@ impl BucketLookup {
     }
 }
 
+/// S3 Object Lock's retention modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockMode {
+    /// A user with `s3:BypassGovernanceRetention` may still delete or shorten it.
+    #[default]
+    Governance,
+    /// Nobody, the root account included, deletes the object before its date.
+    Compliance,
+}
+
+impl std::str::FromStr for LockMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "governance" => Ok(LockMode::Governance),
+            "compliance" => Ok(LockMode::Compliance),
+            other => Err(format!("unknown lock mode {other:?} (expected governance or compliance)")),
+        }
+    }
+}
+
+impl LockMode {
+    /// S3's spelling (`GOVERNANCE`, `COMPLIANCE`).
+    pub fn as_s3(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// The Object Lock retention etcdsnap puts on every object it writes (`--s3-lock-retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    /// Each object is retained until its upload's time plus this.
+    pub retention: Duration,
+}
+
 /// Proxy for S3 requests.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ProxySetting {
@@ -77,6 +116,8 @@ pub struct S3Config {
     pub proxy: ProxySetting,
     /// Snapshots to keep per node in this folder (`etcd-s3-retention`); None: the local retention.
     pub retention: Option<usize>,
+    /// The Object Lock retention put on each object written (`etcd-s3-lock-retention`).
+    pub lock: Option<ObjectLock>,
     /// Bytes per multipart part (S3 requires at least 5 MiB for all but the last).
     pub part_size: usize,
     /// Parts uploaded at once.
@@ -99,6 +140,7 @@ impl fmt::Debug for S3Config {
             .field("endpoint_ca", &self.endpoint_ca.len())
             .field("proxy", &matches!(self.proxy, ProxySetting::Url(_)).then_some("<set>"))
             .field("retention", &self.retention)
+            .field("lock", &self.lock)
             .field("program", &self.program)
             .field("access_key", &self.access_key.as_ref().map(|_| "<set>"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))

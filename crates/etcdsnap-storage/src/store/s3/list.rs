@@ -135,7 +135,7 @@ fn advance<M: PartialEq + std::fmt::Debug>(previous: &Option<M>, next: M, what: 
     Ok(next)
 }
 
-fn bucket_url(config: &S3Config) -> Result<url::Url, StoreError> {
+pub(super) fn bucket_url(config: &S3Config) -> Result<url::Url, StoreError> {
     url::Url::parse(&config.bucket_url()).map_err(|e| StoreError::Client(format!("S3 URL: {e}")))
 }
 
@@ -166,7 +166,7 @@ pub async fn list_prefix(
                 q.append_pair("continuation-token", t);
             }
         }
-        let call = Call { op: "list", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None };
+        let call = Call { op: "list", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None, body: &[] };
         let ((page, next), attempts) =
             request::send(http, config, credential, &call, |xml| parse_page(xml, &config.bucket)).await?;
         requests += attempts as usize;
@@ -251,7 +251,8 @@ pub async fn list_uploads(
                 q.append_pair("upload-id-marker", u);
             }
         }
-        let call = Call { op: "list uploads", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None };
+        let call =
+            Call { op: "list uploads", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None, body: &[] };
         let ((page, next), _) = request::send(http, config, credential, &call, parse_uploads).await?;
         uploads.extend(page);
         match next {
@@ -288,6 +289,7 @@ pub async fn abort_upload(
         method: reqwest::Method::DELETE,
         url: url.as_str(),
         done_if_code: Some("NoSuchUpload"),
+        body: &[],
     };
     request::send(http, config, credential, &call, |_| Ok(())).await.map(|_| ())
 }
@@ -335,7 +337,8 @@ pub async fn last_part_time(
         if let Some(m) = &marker {
             url.query_pairs_mut().append_pair("part-number-marker", m);
         }
-        let call = Call { op: "list parts", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None };
+        let call =
+            Call { op: "list parts", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None, body: &[] };
         let ((page_newest, next), _) = request::send(http, config, credential, &call, parse_parts).await?;
         newest = newest.max(page_newest);
         match next {
@@ -354,7 +357,7 @@ pub async fn probe(
 ) -> Result<(), StoreError> {
     let mut url = bucket_url(config)?;
     url.query_pairs_mut().append_pair("list-type", "2").append_pair("max-keys", "1").append_pair("prefix", prefix);
-    let call = Call { op: "check", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None };
+    let call = Call { op: "check", method: reqwest::Method::GET, url: url.as_str(), done_if_code: None, body: &[] };
     request::send(http, config, credential, &call, |xml| parse_page(xml, &config.bucket).map(|_| ())).await.map(|_| ())
 }
 

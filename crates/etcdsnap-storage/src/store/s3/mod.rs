@@ -18,6 +18,7 @@ mod cleanup;
 pub mod config;
 pub mod hints;
 pub mod list;
+mod lock;
 pub mod pitr;
 mod records;
 mod request;
@@ -65,6 +66,8 @@ pub struct S3Store {
     http: reqwest::Client,
     cache: Mutex<DetailsCache>,
     requests: AtomicU64,
+    /// Whether the bucket locks objects, and its default retention (asked at the first removal).
+    bucket_lock: std::sync::OnceLock<(bool, Option<lock::DefaultRetention>)>,
     this: std::sync::Weak<S3Store>,
 }
 
@@ -84,6 +87,9 @@ impl S3Store {
             .with_endpoint(config.object_store_endpoint())
             .with_allow_http(config.insecure)
             .with_virtual_hosted_style_request(config.virtual_hosted())
+            // Every PUT and part carries its x-amz-checksum-sha256: S3 refuses uploads without an
+            // integrity header into a bucket with Object Lock.
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
             .with_http_connector(FixedClient(http.clone()))
             .with_retry(RetryConfig {
                 max_retries: 3,
@@ -105,6 +111,7 @@ impl S3Store {
             http,
             cache,
             requests: AtomicU64::new(0),
+            bucket_lock: std::sync::OnceLock::new(),
             this: this.clone(),
         }))
     }
@@ -341,7 +348,13 @@ impl SnapshotStore for S3Store {
                 .await
                 .map_err(|e| self.error("put", key.as_str(), &e))?;
         }
-        self.put_json(&self.config.record_key(name.as_str()), record.to_document().to_json()).await
+        let record_key = self.config.record_key(name.as_str());
+        self.put_json(&record_key, record.to_document().to_json()).await?;
+        let mut rewritten = vec![record_key];
+        if signature.is_some() {
+            rewritten.push(self.config.metadata_key(&etcdsnap_api::seal::signature_file_name(name.as_str())));
+        }
+        self.lock_objects(&rewritten).await
     }
 
     async fn signed_record(&self, name: &SnapshotName) -> Result<SignedRecord, StoreError> {
@@ -373,7 +386,16 @@ impl SnapshotStore for S3Store {
         let path = self.path(&key);
         self.count(1);
         let existed = match self.store.head(&path).await {
-            Ok(_) => true,
+            Ok(meta) => {
+                let modified = jiff::Timestamp::from_second(meta.last_modified.timestamp()).unwrap_or_default();
+                if let Some(until) = self.locked_until(&key, modified).await? {
+                    return Err(StoreError::ObjectLocked {
+                        target: self.config.location(name.as_str()),
+                        until: Some(until),
+                    });
+                }
+                true
+            }
             Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => {
                 return Err(self.error("delete", self.config.location(name.as_str()), &e));
@@ -381,10 +403,14 @@ impl SnapshotStore for S3Store {
         };
         if existed {
             self.count(1);
-            self.store
-                .delete(&path)
-                .await
-                .map_err(|e| self.error("delete", self.config.location(name.as_str()), &e))?;
+            self.store.delete(&path).await.map_err(|e| {
+                // A bucket that refuses to delete a locked object without saying until when.
+                if describe_error(&e).to_ascii_lowercase().contains("object lock") {
+                    StoreError::ObjectLocked { target: self.config.location(name.as_str()), until: None }
+                } else {
+                    self.error("delete", self.config.location(name.as_str()), &e)
+                }
+            })?;
         }
         self.delete_documents(name).await?;
         Ok(existed)

@@ -26,6 +26,9 @@ pub struct Call<'a> {
     /// Treat this S3 error code as success (an abort retried after its answer was lost finds
     /// the upload gone: `NoSuchUpload`).
     pub done_if_code: Option<&'static str>,
+    /// An XML document to send (empty: none). It goes with its `x-amz-checksum-sha256`, which
+    /// S3 requires of the Object Lock calls.
+    pub body: &'a [u8],
 }
 
 /// Why one attempt failed, and whether another may succeed.
@@ -82,10 +85,15 @@ async fn send_once(
     timeout: Duration,
 ) -> Result<String, Failure> {
     let fatal = |message: String| Failure { message, problem: None, retryable: false };
-    let mut request = http::Request::builder()
-        .method(call.method.clone())
-        .uri(call.url)
-        .body(object_store::client::HttpRequestBody::empty())
+    let mut request = http::Request::builder().method(call.method.clone()).uri(call.url);
+    if !call.body.is_empty() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let checksum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(call.body));
+        request = request.header("x-amz-checksum-sha256", checksum).header("content-type", "application/xml");
+    }
+    let mut request = request
+        .body(object_store::client::HttpRequestBody::from(call.body.to_vec()))
         .map_err(|e| fatal(format!("building request: {e}")))?;
     AwsAuthorizer::new(credential, "s3", &config.region)
         .try_authorize(&mut request, None)
@@ -93,6 +101,9 @@ async fn send_once(
     let mut builder = http.request(call.method.clone(), call.url).timeout(timeout);
     for (name, value) in request.headers() {
         builder = builder.header(name, value);
+    }
+    if !call.body.is_empty() {
+        builder = builder.body(call.body.to_vec());
     }
     let transient = |e: reqwest::Error| Failure { message: describe_reqwest(e), problem: None, retryable: true };
     let response = builder.send().await.map_err(transient)?;

@@ -5,7 +5,8 @@
 //! (`--s3-bucket`, or the Secret and its key), and never echo a value.
 
 use super::config::{
-    BucketLookup, CONCURRENCY, DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TIMEOUT, PART_SIZE, ProxySetting, S3Config,
+    BucketLookup, CONCURRENCY, DEFAULT_ENDPOINT, DEFAULT_REGION, DEFAULT_TIMEOUT, LockMode, ObjectLock, PART_SIZE,
+    ProxySetting, S3Config,
 };
 use base64::Engine as _;
 use etcdsnap_api::Program;
@@ -13,6 +14,7 @@ use etcdsnap_api::consts::SYSTEM_NAMESPACE;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 /// One S3 setting, by K3s's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,10 +34,12 @@ pub enum S3Key {
     Proxy,
     Insecure,
     Timeout,
+    LockRetention,
+    LockMode,
 }
 
 impl S3Key {
-    pub const ALL: [S3Key; 15] = [
+    pub const ALL: [S3Key; 17] = [
         S3Key::Endpoint,
         S3Key::EndpointCa,
         S3Key::EndpointCaName,
@@ -51,6 +55,8 @@ impl S3Key {
         S3Key::Proxy,
         S3Key::Insecure,
         S3Key::Timeout,
+        S3Key::LockRetention,
+        S3Key::LockMode,
     ];
 
     /// The Secret's key, which is also the K3s server flag without its dashes.
@@ -71,6 +77,8 @@ impl S3Key {
             S3Key::Proxy => "etcd-s3-proxy",
             S3Key::Insecure => "etcd-s3-insecure",
             S3Key::Timeout => "etcd-s3-timeout",
+            S3Key::LockRetention => "etcd-s3-lock-retention",
+            S3Key::LockMode => "etcd-s3-lock-mode",
         }
     }
 
@@ -192,10 +200,10 @@ impl RawS3Settings {
         self.recipients.as_deref()
     }
 
-    /// Whether anything but the retention is set: K3s uses the Secret only when the flags
-    /// describe no S3 location of their own.
+    /// Whether anything but the retention and the lock is set: K3s uses the Secret only when
+    /// the flags describe no S3 location of their own.
     pub fn names_a_location(&self) -> bool {
-        self.values.keys().any(|k| *k != S3Key::Retention)
+        self.values.keys().any(|k| !matches!(k, S3Key::Retention | S3Key::LockRetention | S3Key::LockMode))
     }
 
     /// PEM bundles to trust besides the CA setting itself (the Secret's CA ConfigMap).
@@ -248,6 +256,7 @@ impl RawS3Settings {
             .get(S3Key::Retention)
             .map(|r| r.parse::<usize>().map_err(|_| self.error(S3Key::Retention, "not a whole number")))
             .transpose()?;
+        let lock = self.lock()?;
         Ok(S3Config {
             endpoint,
             endpoint_ca: self.ca_certificates()?,
@@ -264,6 +273,7 @@ impl RawS3Settings {
             timeout,
             proxy: self.proxy()?,
             retention,
+            lock,
             part_size: PART_SIZE,
             concurrency: CONCURRENCY,
             program: Program::default(),
@@ -275,6 +285,35 @@ impl RawS3Settings {
             SettingsOrigin::Flags => format!("--{}", key.flag()),
             SettingsOrigin::Secret(_) => key.k3s_name().to_string(),
         }
+    }
+
+    /// The Object Lock retention each object gets (`etcd-s3-lock-retention`, a Go duration or a
+    /// number of days like `30d`; `etcd-s3-lock-mode`, governance unless compliance is asked).
+    fn lock(&self) -> Result<Option<ObjectLock>, S3SettingsError> {
+        let mode = match self.get(S3Key::LockMode) {
+            None => LockMode::Governance,
+            Some(m) => m.parse().map_err(|_| self.error(S3Key::LockMode, "must be governance or compliance"))?,
+        };
+        let Some(text) = self.get(S3Key::LockRetention) else {
+            if self.get(S3Key::LockMode).is_some() {
+                return Err(self.error(S3Key::LockMode, format!("needs {}", self.name(S3Key::LockRetention))));
+            }
+            return Ok(None);
+        };
+        let bad = || self.error(S3Key::LockRetention, "not a duration like 2h, 720h or 30d");
+        let retention = match text.strip_suffix('d') {
+            Some(days) => {
+                days.parse::<u64>().map(|d| Duration::from_secs(d.saturating_mul(86_400))).map_err(|_| bad())?
+            }
+            None => etcdsnap_api::go::parse_duration(text).map_err(|_| bad())?,
+        };
+        if retention < Duration::from_secs(1) {
+            return Err(self.error(S3Key::LockRetention, "must be at least one second"));
+        }
+        if retention > Duration::from_secs(100 * 365 * 86_400) {
+            return Err(self.error(S3Key::LockRetention, "must be under 100 years"));
+        }
+        Ok(Some(ObjectLock { mode, retention }))
     }
 
     fn endpoint(&self) -> Result<String, S3SettingsError> {
@@ -419,6 +458,32 @@ mod tests {
         assert!(err(flags(&[(S3Key::BucketLookupType, "virtual")])).starts_with("--s3-bucket-lookup-type"));
         let e = err(flags(&[(S3Key::SecretKey, "s3cr3t-value")]));
         assert!(e.starts_with("--s3-access-key") && !e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn object_lock_settings() {
+        let lock = |pairs: &[(S3Key, &str)]| flags(pairs).parse().map(|c| c.lock);
+        let bucket = (S3Key::Bucket, "b");
+        assert_eq!(lock(&[bucket]), Ok(None));
+        let two_hours = Some(ObjectLock { mode: LockMode::Governance, retention: Duration::from_secs(7200) });
+        assert_eq!(lock(&[bucket, (S3Key::LockRetention, "2h")]), Ok(two_hours));
+        assert_eq!(
+            lock(&[bucket, (S3Key::LockRetention, "30d"), (S3Key::LockMode, "COMPLIANCE")]),
+            Ok(Some(ObjectLock { mode: LockMode::Compliance, retention: Duration::from_secs(30 * 86_400) }))
+        );
+        assert!(err(flags(&[bucket, (S3Key::LockRetention, "soon")])).starts_with("--s3-lock-retention"));
+        assert!(err(flags(&[bucket, (S3Key::LockRetention, "0s")])).starts_with("--s3-lock-retention"));
+        assert!(
+            err(flags(&[bucket, (S3Key::LockRetention, "2h"), (S3Key::LockMode, "strict")]))
+                .starts_with("--s3-lock-mode")
+        );
+        assert!(err(flags(&[bucket, (S3Key::LockMode, "governance")])).starts_with("--s3-lock-mode"));
+        let raw = secret(&[("etcd-s3-bucket", "b"), ("etcd-s3-lock-retention", "48h")]).unwrap();
+        assert_eq!(raw.parse().unwrap().lock.map(|l| l.retention), Some(Duration::from_secs(48 * 3600)));
+        // Lock settings alone do not name a location: the Secret's is used.
+        let mut raw = RawS3Settings::new(SettingsOrigin::Flags);
+        raw.set(S3Key::LockRetention, "2h").set(S3Key::LockMode, "governance");
+        assert!(!raw.names_a_location());
     }
 
     fn secret(pairs: &[(&str, &str)]) -> Result<RawS3Settings, S3SettingsError> {

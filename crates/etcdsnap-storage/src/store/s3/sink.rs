@@ -259,6 +259,15 @@ impl SnapshotSink for S3Sink {
             return Err(self.error(format!("completing the upload: {}", describe_error(&e))));
         }
         failpoint::reached(failpoint::S3_AFTER_COMPLETE).await;
+        if self.store.config().lock.is_some() {
+            // The snapshot is complete and stays whatever happens here: a lock that cannot be
+            // put is said loudly, and the save stands.
+            let mut keys: Vec<String> = written.iter().map(ToString::to_string).collect();
+            keys.push(self.store.config().key(self.name.as_str()));
+            if let Err(e) = self.store.lock_objects(&keys).await {
+                tracing::error!(snapshot = %self.name, error = %e, "the snapshot was saved but is not locked");
+            }
+        }
         Ok(())
     }
 

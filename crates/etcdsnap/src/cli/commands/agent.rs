@@ -130,7 +130,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         schedule,
         base_name: args.snapshot_name.clone(),
         compression: resolve::compression(&node.compress),
-        retention: args.retention.retention,
+        retention: args.retention.policy(),
         metrics_addr: args.metrics_addr,
         verify_after_save: args.verify_after_save,
         jitter: args.schedule_jitter,

@@ -19,10 +19,7 @@ use std::process::ExitCode;
 #[derive(Debug, Args)]
 #[command(
     after_help = EXAMPLES,
-    mut_args(help::unused(&[
-        help::ETCD, help::TOKEN, help::COMPRESS, help::RETENTION, help::KUBE_DUTIES, help::SAVE_ONLY,
-        &["name", "cluster_id"],
-    ])),
+    mut_args(help::unused(help::READER_UNUSED)),
     mut_args(help::no_wide)
 )]
 pub struct KitArgs {

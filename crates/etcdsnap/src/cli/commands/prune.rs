@@ -32,6 +32,10 @@ const EXAMPLES: &str = "Examples:
 
   # The agent's scheduled snapshots, locally and in S3 (S3 counts this node's, of this cluster)
   etcdsnap prune --name etcd-snapshot --retention 5 --s3 --s3-bucket backups
+
+  # restic's rules: the newest 3, one a day for a week, one a week for a month (UTC), and
+  # which rule keeps each snapshot
+  etcdsnap prune --name etcd-snapshot --keep-last 3 --keep-daily 7 --keep-weekly 4 --dry-run
 ";
 
 pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
@@ -47,11 +51,10 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("{e}");
     }
-    let keep = flags.retention.retention;
     let options = PruneOptions {
         base_name: flags.name.clone(),
-        keep_local: keep,
-        keep_remote: ctx.s3_retention.unwrap_or(keep),
+        keep_local: flags.retention.policy(),
+        keep_remote: flags.retention.s3_policy(ctx.s3_retention),
         dry_run: args.dry_run,
     };
     let report = ops::prune(&ctx, &options).await;

@@ -12,7 +12,19 @@ pub struct PruneView {
     stores: Vec<StorePlan>,
     /// `<store>/<name>` of every snapshot deleted (none in a dry run).
     deleted: Vec<String>,
+    /// Snapshots the rules remove that S3 Object Lock keeps for now, and until when.
+    locked: Vec<LockedView>,
     errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LockedView {
+    store: String,
+    name: String,
+    /// RFC 3339; absent when the bucket did not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -21,6 +33,8 @@ struct StorePlan {
     store: String,
     rule: String,
     kept: Vec<String>,
+    /// Why each kept snapshot stays (`last snapshot, daily snapshot`).
+    kept_because: std::collections::BTreeMap<String, String>,
     removed: Vec<String>,
 }
 
@@ -33,6 +47,7 @@ impl PruneView {
                 store: p.store.clone(),
                 rule: p.rule.clone(),
                 kept: p.kept.iter().map(ToString::to_string).collect(),
+                kept_because: p.reasons.iter().map(|(n, r)| (n.to_string(), r.clone())).collect(),
                 removed: p.removed.iter().map(ToString::to_string).collect(),
             })
             .collect();
@@ -47,7 +62,16 @@ impl PruneView {
                     .map(|n| format!("{}/{n}", p.store))
             })
             .collect();
-        PruneView { dry_run, stores, deleted, errors: report.errors.iter().map(ToString::to_string).collect() }
+        let locked = report
+            .locked
+            .iter()
+            .map(|l| LockedView {
+                store: l.store.clone(),
+                name: l.name.to_string(),
+                until: l.until.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            })
+            .collect();
+        PruneView { dry_run, stores, deleted, locked, errors: report.errors.iter().map(ToString::to_string).collect() }
     }
 }
 
@@ -62,7 +86,10 @@ pub fn preview_text(report: &PruneReport) -> String {
             p.kept.iter().map(|n| (n, "keep")).chain(p.removed.iter().map(|n| (n, "delete"))).collect();
         all.sort_by_key(|(n, _)| (etcdsnap_api::timestamp_from_name(n.as_str()), (*n).clone()));
         for (name, action) in all {
-            out.push_str(&format!("  {action:<6} {name}\n"));
+            match p.reasons.get(name) {
+                Some(why) => out.push_str(&format!("  {action:<6} {name}  ({why})\n")),
+                None => out.push_str(&format!("  {action:<6} {name}\n")),
+            }
         }
         if p.kept.is_empty() && p.removed.is_empty() {
             out.push_str("  (no snapshot of this name)\n");
@@ -82,5 +109,19 @@ pub fn deleted_text(report: &PruneReport) -> String {
             out.push_str(&format!("Snapshot {name} deleted from {}.\n", p.store));
         }
     }
+    for locked in &report.locked {
+        out.push_str(&format!("Snapshot {} kept in {}: {}.\n", locked.name, locked.store, lock_text(locked.until)));
+    }
     out
+}
+
+/// `locked until <date>` in words.
+fn lock_text(until: Option<jiff::Timestamp>) -> String {
+    match until {
+        Some(t) => format!(
+            "locked by S3 Object Lock until {}, removed by a prune after that",
+            t.strftime("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        None => "locked by S3 Object Lock (the bucket did not say until when)".to_string(),
+    }
 }

@@ -17,6 +17,9 @@ pub struct RestoreView<'a> {
     pub restored: Option<Restored>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With --all-members: the whole cluster's members, token and each other node's command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cli::commands::restore::members::ClusterView>,
 }
 
 /// Where a restore put the data.
@@ -146,6 +149,9 @@ pub fn report_text(r: &PreflightReport) -> String {
         about
             .push(vec!["etcdutl".into(), format!("{} ({})", p.display(), r.etcdutl.version.as_deref().unwrap_or("?"))]);
     }
+    if let Some(members) = &s.members {
+        about.push(vec!["Recorded members".into(), members_line(members)]);
+    }
     indented(&about, &mut out);
     for note in &s.notes {
         out.push_str(&format!("  note: {note}\n"));
@@ -176,6 +182,16 @@ pub fn report_text(r: &PreflightReport) -> String {
         out.push_str(&format!("{n} check{} failed: nothing was touched.\n", if n == 1 { "" } else { "s" }));
     }
     out
+}
+
+/// The recorded members in one cell: `m0 (https://10.0.0.5:2380), m1 (...) learner`.
+fn members_line(members: &[etcdsnap_api::ClusterMember]) -> String {
+    let one = |m: &etcdsnap_api::ClusterMember| {
+        let name = if m.name.is_empty() { "(unstarted)" } else { &m.name };
+        let learner = if m.is_learner { " learner" } else { "" };
+        format!("{name} ({}){learner}", m.peer_urls.join(" "))
+    };
+    members.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
 /// Why a restore was refused, for stderr.

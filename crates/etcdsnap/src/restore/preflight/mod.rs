@@ -25,8 +25,8 @@ pub use report::{
     Check, CheckStatus, CurrentToken, EtcdutlSummary, IntegritySummary, PreflightReport, SealSummary, SnapshotSummary,
     SpaceSummary, TargetSummary, TokenResult, TokenSummary,
 };
-pub(crate) use seal::gather as gather_sealing;
 pub use seal::{FROM_KIT, SealFacts};
+pub(crate) use seal::{gather as gather_sealing, sealing_checks};
 pub use token::TOKEN_MISMATCH_FIX;
 pub(crate) use tools::add_etcdutl;
 
@@ -78,6 +78,7 @@ pub(crate) fn plan(input: PlanInput<'_>) -> Plan {
             metadata: metadata::metadata_label(&record.metadata_source).into(),
             etcd_revision: record.etcd.as_ref().map(|e| e.revision),
             etcd_version: record.etcd.as_ref().map(|e| e.version.clone()).filter(|v| !v.is_empty()),
+            members: record.etcd.as_ref().and_then(|e| e.members.clone()),
             notes: source.notes.clone(),
         },
         target: TargetSummary {

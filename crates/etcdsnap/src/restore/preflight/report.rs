@@ -55,6 +55,9 @@ pub struct SnapshotSummary {
     pub etcd_revision: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_version: Option<String>,
+    /// The cluster's members when the snapshot was taken, when recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<etcdsnap_api::ClusterMember>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }

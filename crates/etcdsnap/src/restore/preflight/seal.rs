@@ -6,7 +6,7 @@
 //! [`gather`] does what needs storage (the signed record, the kit) before the cheap checks run;
 //! the checks themselves only read what it found.
 
-use super::report::{CheckStatus, PreflightReport, SealSummary};
+use super::report::{Check, CheckStatus, PreflightReport, SealSummary};
 use crate::restore::source::SnapshotSource;
 use etcdsnap_api::TokenHash;
 use etcdsnap_storage::seal::OpenKeys;
@@ -81,14 +81,26 @@ pub(super) fn check_sealing(report: &mut PreflightReport, source: &SnapshotSourc
         signature_key: facts.signature.as_ref().and_then(|s| s.as_ref().ok().cloned()),
         ..Default::default()
     };
+    for check in sealing_checks(source, keys, facts) {
+        report.push(&check.name, check.status, check.detail, check.fix);
+    }
+}
+
+/// The signature's and the sealing's checks alone: what every reader of a snapshot's bytes
+/// (a restore, a prepared file) must pass before it writes anything.
+pub(crate) fn sealing_checks(source: &SnapshotSource, keys: &OpenKeys, facts: &SealFacts) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut push = |name: &str, status: CheckStatus, detail: String, fix: Option<String>| {
+        checks.push(Check { name: name.into(), status, detail, fix });
+    };
     match &facts.signature {
-        Some(Ok(id)) => report.push(
+        Some(Ok(id)) => push(
             "signature",
             CheckStatus::Pass,
             format!("the record's minisign signature verifies with key {id}"),
             None,
         ),
-        Some(Err(e)) => report.push(
+        Some(Err(e)) => push(
             "signature",
             CheckStatus::Fail,
             e.clone(),
@@ -97,20 +109,21 @@ pub(super) fn check_sealing(report: &mut PreflightReport, source: &SnapshotSourc
         None => {}
     }
     if !source.sealed {
-        return;
+        return checks;
     }
+    let recorded = source.record.sealed.clone().unwrap_or_default();
     let named = match recorded.recipients.is_empty() {
         true => "recipients not recorded".to_string(),
         false => recorded.recipients.join(", "),
     };
     match &keys.identity {
-        None => report.push(
+        None => push(
             "sealed",
             CheckStatus::Fail,
             format!("the snapshot is sealed with age to {named}, and no identity was given"),
             Some("pass --decrypt-identity with the age identity file of one of these recipients".into()),
         ),
-        Some(id) if !recorded.recipients.is_empty() && !id.opens(&recorded.recipients) => report.push(
+        Some(id) if !recorded.recipients.is_empty() && !id.opens(&recorded.recipients) => push(
             "sealed",
             CheckStatus::Fail,
             format!(
@@ -119,13 +132,14 @@ pub(super) fn check_sealing(report: &mut PreflightReport, source: &SnapshotSourc
             ),
             Some("pass --decrypt-identity with the age identity file of one of the recipients".into()),
         ),
-        Some(_) => report.push(
+        Some(_) => push(
             "sealed",
             if recorded.recipients.is_empty() { CheckStatus::Warn } else { CheckStatus::Pass },
             format!("sealed with age to {named}; the identity given opens it"),
             None,
         ),
     }
+    checks
 }
 
 /// The recorded EncryptionConfiguration against this host's: a restore under another

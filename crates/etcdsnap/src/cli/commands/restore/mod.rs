@@ -3,6 +3,7 @@
 //! `etcdsnap::restore`; with `--to-revision|--to-time`, a point-in-time restore ([`pitr`]); with
 //! `--prepare-for k3s|rke2`, a plain file for the server's own restore ([`prepare`]).
 
+pub mod members;
 pub mod pitr;
 pub mod prepare;
 
@@ -62,6 +63,8 @@ pub struct RestoreArgs {
     pub prepare_dir: Option<PathBuf>,
     #[command(flatten)]
     pub member: MemberArgs,
+    #[command(flatten)]
+    pub cluster: members::ClusterArgs,
     /// Snapshot directory in which NAME is looked up [default: $ETCDSNAP_DATA_DIR/snapshots, a
     /// K3s/RKE2 server's snapshot directory, else /var/lib/etcdsnap/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR", help_heading = heading::STORAGE)]
@@ -155,10 +158,21 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(program) = args.prepare_for {
         return prepare::run(&args, source, program).await;
     }
+    let mut member = resolve::member_settings(&args.member);
+    let mut cluster = None;
+    if args.cluster.all_members {
+        let (settings, set) = members::settings(&args, &source.record, None)?;
+        if let Some(program) = members::server_program() {
+            let code = prepare::run(&args, source, program).await?;
+            eprint!("{}", members::k3s_note(program));
+            return Ok(code);
+        }
+        (member, cluster) = (settings, Some(set));
+    }
     let request = RestoreRequest {
         source,
         data_dir: target_dir(&args)?,
-        member: resolve::member_settings(&args.member),
+        member,
         etcdutl: args.etcdutl.clone(),
         token: resolve::current_token(&args.token)?,
         ignore_token_mismatch: args.ignore_token_mismatch,
@@ -191,7 +205,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 
     let structured = |report: &PreflightReport, restored: Option<Restored>, error: Option<String>| {
-        print_structured(&RestoreView { report, restored, error }, format)
+        let cluster = cluster.as_ref().map(|set| members::ClusterView::new(set, &report.member.name, None));
+        print_structured(&RestoreView { report, restored, error, cluster }, format)
     };
     match result {
         Ok(RestoreOutcome::Restored { report, installed, duration }) => {
@@ -203,6 +218,9 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                     duration.as_secs_f64(),
                     view::installed_text(&installed, &report.member)
                 ))?;
+                if let Some(set) = &cluster {
+                    emit(&members::report_text(set, &report.member.name, None))?;
+                }
             } else {
                 structured(&report, Some(Restored::new(&installed, duration)), None)?;
             }
@@ -210,6 +228,9 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(RestoreOutcome::DryRun(report)) => {
             if format.is_table() {
+                if let Some(set) = &cluster {
+                    emit(&members::report_text(set, &report.member.name, None))?;
+                }
                 emit("Dry run: nothing was changed.\n")?;
             } else {
                 structured(&report, None, None)?;
@@ -258,7 +279,7 @@ pub(super) fn print_report(report: &PreflightReport) {
 
 /// With `--s3`: a bare snapshot name in the configured bucket folder (like K3s's
 /// `--etcd-s3 --cluster-reset-restore-path=<name>`).
-async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::Result<SnapshotSource> {
+pub(crate) async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::Result<SnapshotSource> {
     if given.starts_with("s3://") || given.contains('/') {
         bail!(
             "with --s3 give the snapshot's name ({:?}), and the bucket and folder with --s3-bucket and --s3-folder",
@@ -278,14 +299,14 @@ fn resolve(args: &RestoreArgs, given: &str) -> anyhow::Result<SnapshotSource> {
     }
     let name =
         SnapshotName::parse(given).with_context(|| format!("{given:?} is neither a path nor a snapshot name"))?;
-    let store = open_snapshot_dir(args, &format!("snapshot {name} not found"), name.as_ref())?;
+    let store = open_snapshot_dir(args.dir.as_deref(), &format!("snapshot {name} not found"), name.as_ref())?;
     Ok(SnapshotSource::from_local_store(&store, &name)?)
 }
 
 /// The snapshot directory ([`resolve::restore_snapshot_dir`]). `what` and `example` word the
 /// error when it does not exist.
-pub(super) fn open_snapshot_dir(args: &RestoreArgs, what: &str, example: &str) -> anyhow::Result<LocalStore> {
-    let dir = resolve::restore_snapshot_dir(args.dir.as_deref())?;
+pub(crate) fn open_snapshot_dir(dir: Option<&Path>, what: &str, example: &str) -> anyhow::Result<LocalStore> {
+    let dir = resolve::restore_snapshot_dir(dir)?;
     match LocalStore::open(&dir, false, "") {
         Ok(store) => Ok(store),
         Err(StoreError::MissingDir(_)) => bail!(

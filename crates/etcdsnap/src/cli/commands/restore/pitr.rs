@@ -9,7 +9,7 @@ use crate::cli::output::{emit, print_structured};
 use crate::cli::{EXIT_FAILURE, resolve};
 use anyhow::{Context as _, bail};
 use etcdsnap::pitr::restore::{PitrPlan, RollForward, fetch_segments, plan_local, plan_s3, roll_forward};
-use etcdsnap::restore::{self, CurrentToken, RestoreOutcome, RestoreRequest, SnapshotSource};
+use etcdsnap::restore::{self, CurrentToken, MemberSettings, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
 use etcdsnap_storage::pitr::Target;
 use etcdsnap_storage::seal::{Identity, OpenKeys};
@@ -33,11 +33,18 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         true => plan_in_s3(&args, target, identity).await?,
         false => plan_in_dir(&args, target, identity).await?,
     };
+    // With --all-members every node rolls forward to the same revision and restores the same
+    // member set; a time target is printed for the other nodes as the revision it resolved to.
+    let cluster = match args.cluster.all_members {
+        true => Some(super::members::settings(&args, &plan.base, Some(plan.replay.stop_at))?),
+        false => None,
+    };
+    let member = cluster.as_ref().map(|c| c.0.clone()).unwrap_or_else(|| resolve::member_settings(&args.member));
     let mut printed = PitrView::new(&plan, args.dry_run);
     if format.is_table() {
         emit(&view::plan_text(&plan))?;
     }
-    if !check_base(&args, &keys, &base).await? {
+    if !check_base(&args, &member, &keys, &base).await? {
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
     if args.dry_run {
@@ -77,7 +84,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
     // The token was checked against the base above; the rolled file carries no metadata.
     // The rolled-forward file is a new, clear snapshot in a private directory: no key applies.
-    let install = request(&args, &OpenKeys::default(), SnapshotSource::from_path(&rolled.snapshot)?, false, None);
+    let rolled_source = SnapshotSource::from_path(&rolled.snapshot)?;
+    let install = request(&args, &member, &OpenKeys::default(), rolled_source, false, None);
     let result = tokio::select! {
         r = restore::restore(&install, None, |r| if !r.ok { print_report(r) }) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted before the restored data was put in place: the data directory was not changed"),
@@ -86,7 +94,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         bail!("the rolled-forward snapshot {} did not pass its checks; nothing was touched", rolled.snapshot.display());
     };
     printed.restored(Restored::new(&installed, duration));
-    finish(&printed, format, &view::done_text(&plan, &rolled, &installed, &report.member))
+    let mut done = view::done_text(&plan, &rolled, &installed, &report.member);
+    if let Some((_, set)) = &cluster {
+        done.push_str(&super::members::report_text(set, &member.name, Some(plan.replay.stop_at)));
+    }
+    finish(&printed, format, &done)
 }
 
 /// The snapshots and chains of the snapshot directory.
@@ -95,7 +107,7 @@ async fn plan_in_dir(
     target: Target,
     identity: Option<&Identity>,
 ) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
-    let store = open_snapshot_dir(args, "nothing to roll forward", "snap.db")?;
+    let store = open_snapshot_dir(args.dir.as_deref(), "nothing to roll forward", "snap.db")?;
     let plan = plan_local(&store, target, args.etcd_cluster_id.as_deref(), identity).await?;
     let name = SnapshotName::parse(&plan.replay.base.name).context("the plan's base snapshot")?;
     let base = SnapshotSource::from_local_store(&store, &name)?;
@@ -117,8 +129,13 @@ async fn plan_in_s3(
 
 /// The base's pre-flight report (token, target, space, etcdutl, and its bytes), before any
 /// work; false, said, when a check failed.
-async fn check_base(args: &RestoreArgs, keys: &OpenKeys, base: &SnapshotSource) -> anyhow::Result<bool> {
-    let check = request(args, keys, base.clone(), true, resolve::current_token(&args.token)?);
+async fn check_base(
+    args: &RestoreArgs,
+    member: &MemberSettings,
+    keys: &OpenKeys,
+    base: &SnapshotSource,
+) -> anyhow::Result<bool> {
+    let check = request(args, member, keys, base.clone(), true, resolve::current_token(&args.token)?);
     let outcome = restore::restore(&check, None, |r| {
         if args.output.output.is_table() {
             // Checked like a dry run; headed as what the command will do.
@@ -139,6 +156,7 @@ async fn check_base(args: &RestoreArgs, keys: &OpenKeys, base: &SnapshotSource) 
 /// check (it was made against the base).
 fn request(
     args: &RestoreArgs,
+    member: &MemberSettings,
     keys: &OpenKeys,
     source: SnapshotSource,
     dry_run: bool,
@@ -148,7 +166,7 @@ fn request(
         source,
         // Present: --prepare-for, which alone makes it optional, excludes --to-revision/--to-time.
         data_dir: args.data_dir.clone().unwrap_or_default(),
-        member: resolve::member_settings(&args.member),
+        member: member.clone(),
         etcdutl: args.etcdutl.clone(),
         ignore_token_mismatch: args.ignore_token_mismatch || token.is_none(),
         token,

@@ -38,7 +38,7 @@ struct Step {
     run: String,
 }
 
-pub async fn run(args: &RestoreArgs, source: SnapshotSource, program: Program) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &RestoreArgs, mut source: SnapshotSource, program: Program) -> anyhow::Result<ExitCode> {
     let dir = match &args.prepare_dir {
         Some(dir) => dir.clone(),
         None => {
@@ -47,8 +47,16 @@ pub async fn run(args: &RestoreArgs, source: SnapshotSource, program: Program) -
         }
     };
     let dir = std::path::absolute(&dir).with_context(|| format!("--prepare-dir {}", dir.display()))?;
+    // Every flag is read before anything is written.
+    let keys = crate::cli::seal::open_keys(&args.unseal)?;
+    let current = resolve::current_token(&args.token)?;
+    let progress = ProgressLine::start(&format!("Preparing {}", source.record.name));
+    let prepared = prepare_plain(&mut source, &dir, &keys, Some(progress.counter())).await;
+    progress.finish();
+    let prepared = prepared?;
+    // After the signature check: the signed record is the one to compare with.
     let mut warnings = Vec::new();
-    if let (Some(recorded), Some(current)) = (&source.record.token_hash, resolve::current_token(&args.token)?)
+    if let (Some(recorded), Some(current)) = (&source.record.token_hash, current)
         && *recorded != current.hash
     {
         warnings.push(format!(
@@ -56,11 +64,6 @@ pub async fn run(args: &RestoreArgs, source: SnapshotSource, program: Program) -
             current.hash
         ));
     }
-    let progress = ProgressLine::start(&format!("Preparing {}", source.record.name));
-    let identity = crate::cli::seal::open_keys(&args.unseal)?.identity;
-    let prepared = prepare_plain(&source, &dir, identity, Some(progress.counter())).await;
-    progress.finish();
-    let prepared = prepared?;
     let data_dir = server_data_dir(program)?;
     let view = PreparedView {
         program,

@@ -1,0 +1,220 @@
+//! S3 Object Lock: the retention etcdsnap puts on each object it writes (`--s3-lock-retention`),
+//! and the retention it reads before removing a snapshot, so that a locked snapshot is kept and
+//! said to be kept, with its date, instead of failing a prune (or, on AWS, where a versioned
+//! bucket takes a DELETE without a version as a delete marker, being hidden while its bytes stay).
+//!
+//! A snapshot's lock date is its own retention (`GetObjectRetention`) or, when it has none, the
+//! bucket's default retention counted from the object's last modification.
+
+use super::S3Store;
+use super::list::bucket_url;
+use super::request::{self, Call};
+use crate::store::StoreError;
+use jiff::Timestamp;
+use serde::Deserialize;
+
+/// How long the question whether the bucket locks objects may take before it counts as no.
+const BUCKET_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The bucket's default retention, read once per store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DefaultRetention {
+    days: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Retention {
+    retain_until_date: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LockConfiguration {
+    object_lock_enabled: Option<String>,
+    rule: Option<LockRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LockRule {
+    default_retention: Option<DefaultRetentionXml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DefaultRetentionXml {
+    days: Option<i64>,
+    years: Option<i64>,
+}
+
+/// A `GetObjectRetention` answer: the date, or None for an object without one (an empty body
+/// is S3's `NoSuchObjectLockConfiguration`).
+fn parse_retention(xml: &str) -> Result<Option<Timestamp>, String> {
+    if xml.trim().is_empty() {
+        return Ok(None);
+    }
+    let r: Retention = quick_xml::de::from_str(xml).map_err(|e| format!("not a retention document: {e}"))?;
+    r.retain_until_date
+        .map(|d| d.trim().parse::<Timestamp>().map_err(|e| format!("retain-until date {d:?}: {e}")))
+        .transpose()
+}
+
+/// A `GetObjectLockConfiguration` answer: whether the bucket locks objects, and its default.
+fn parse_configuration(xml: &str) -> Result<(bool, Option<DefaultRetention>), String> {
+    if xml.trim().is_empty() {
+        return Ok((false, None));
+    }
+    let c: LockConfiguration =
+        quick_xml::de::from_str(xml).map_err(|e| format!("not an object lock configuration: {e}"))?;
+    let enabled = c.object_lock_enabled.as_deref() == Some("Enabled");
+    let default = c.rule.and_then(|r| r.default_retention).and_then(|d| match (d.days, d.years) {
+        (Some(days), _) if days > 0 => Some(DefaultRetention { days }),
+        (_, Some(years)) if years > 0 => Some(DefaultRetention { days: years.saturating_mul(365) }),
+        _ => None,
+    });
+    Ok((enabled, default))
+}
+
+/// The `<Retention>` document of `PutObjectRetention`.
+fn retention_document(mode: &str, until: Timestamp) -> String {
+    format!(
+        "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
+        until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+}
+
+impl S3Store {
+    fn object_url(&self, key: &str, query: &str) -> Result<url::Url, StoreError> {
+        let mut url = bucket_url(&self.config)?;
+        {
+            let mut segments =
+                url.path_segments_mut().map_err(|_| StoreError::Client("S3 URL cannot have a path".into()))?;
+            segments.pop_if_empty();
+            segments.extend(key.split('/'));
+        }
+        url.set_query(Some(query));
+        Ok(url)
+    }
+
+    /// Puts `--s3-lock-retention` on each of `keys` (no-op without it): retained until now plus
+    /// the retention, in its mode.
+    pub(crate) async fn lock_objects(&self, keys: &[String]) -> Result<(), StoreError> {
+        let Some(lock) = self.config.lock else { return Ok(()) };
+        let span = jiff::SignedDuration::try_from(lock.retention).unwrap_or(jiff::SignedDuration::MAX);
+        let until = crate::clock::now().checked_add(span).map_err(|e| StoreError::S3 {
+            op: "lock",
+            target: self.config.describe(),
+            problem: None,
+            message: format!("retain-until date out of range: {e}"),
+        })?;
+        let body = retention_document(lock.mode.as_s3(), until);
+        let credential = self.credential().await?;
+        for key in keys {
+            let url = self.object_url(key, "retention=")?;
+            let call = Call {
+                op: "lock",
+                method: reqwest::Method::PUT,
+                url: url.as_str(),
+                done_if_code: None,
+                body: body.as_bytes(),
+            };
+            self.count(1);
+            request::send(&self.http, &self.config, &credential, &call, |_| Ok(())).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the bucket locks objects and its default retention: asked once per store.
+    async fn bucket_lock(&self) -> (bool, Option<DefaultRetention>) {
+        if let Some(known) = self.bucket_lock.get() {
+            return *known;
+        }
+        // A server that answers this call with a retryable error (some answer 501 for what they
+        // do not implement) must not hold up every prune for the whole S3 timeout.
+        let answer = tokio::time::timeout(BUCKET_LOCK_WAIT, async {
+            let credential = self.credential().await?;
+            let mut url = bucket_url(&self.config)?;
+            url.set_query(Some("object-lock="));
+            let call = Call {
+                op: "get object lock configuration",
+                method: reqwest::Method::GET,
+                url: url.as_str(),
+                done_if_code: Some("ObjectLockConfigurationNotFoundError"),
+                body: &[],
+            };
+            self.count(1);
+            request::send(&self.http, &self.config, &credential, &call, parse_configuration).await.map(|(c, _)| c)
+        })
+        .await;
+        let known = match answer {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                // Buckets without Object Lock answer with an error on some servers.
+                tracing::debug!(error = %e, "no object lock configuration");
+                (false, None)
+            }
+            Err(_) => {
+                tracing::debug!("no answer about the object lock configuration in time: taken as none");
+                (false, None)
+            }
+        };
+        *self.bucket_lock.get_or_init(|| known)
+    }
+
+    /// Until when the object at `key` is locked, if it is (and the date is known): its own
+    /// retention, else the bucket's default counted from `last_modified`. Nothing is asked of a
+    /// bucket that does not lock objects.
+    pub(crate) async fn locked_until(
+        &self,
+        key: &str,
+        last_modified: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let (enabled, default) = self.bucket_lock().await;
+        if !enabled && self.config.lock.is_none() {
+            return Ok(None);
+        }
+        let credential = self.credential().await?;
+        let url = self.object_url(key, "retention=")?;
+        let call = Call {
+            op: "get retention",
+            method: reqwest::Method::GET,
+            url: url.as_str(),
+            done_if_code: Some("NoSuchObjectLockConfiguration"),
+            body: &[],
+        };
+        self.count(1);
+        let (own, _) = request::send(&self.http, &self.config, &credential, &call, parse_retention).await?;
+        let by_default =
+            default.and_then(|d| last_modified.checked_add(jiff::SignedDuration::from_hours(d.days * 24)).ok());
+        Ok(own.or(by_default).filter(|until| *until > crate::clock::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_documents_both_ways() {
+        let until: Timestamp = "2026-12-07T08:00:00Z".parse().unwrap();
+        let doc = retention_document("GOVERNANCE", until);
+        assert!(doc.contains("<Mode>GOVERNANCE</Mode><RetainUntilDate>2026-12-07T08:00:00Z</RetainUntilDate>"));
+        assert_eq!(parse_retention(&doc), Ok(Some(until)));
+        let theirs = "<?xml version=\"1.0\"?><ObjectLockRetention><Mode>COMPLIANCE</Mode><RetainUntilDate>2026-12-07T08:00:00.123Z</RetainUntilDate></ObjectLockRetention>";
+        assert!(parse_retention(theirs).unwrap().is_some());
+        assert_eq!(parse_retention(""), Ok(None));
+        assert!(parse_retention("<html>").is_err());
+    }
+
+    #[test]
+    fn bucket_configurations() {
+        let with_default = "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Days>3</Days><Mode>GOVERNANCE</Mode></DefaultRetention></Rule></ObjectLockConfiguration>";
+        assert_eq!(parse_configuration(with_default), Ok((true, Some(DefaultRetention { days: 3 }))));
+        let years = "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Years>1</Years><Mode>COMPLIANCE</Mode></DefaultRetention></Rule></ObjectLockConfiguration>";
+        assert_eq!(parse_configuration(years), Ok((true, Some(DefaultRetention { days: 365 }))));
+        let bare = "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled></ObjectLockConfiguration>";
+        assert_eq!(parse_configuration(bare), Ok((true, None)));
+        assert_eq!(parse_configuration(""), Ok((false, None)));
+    }
+}

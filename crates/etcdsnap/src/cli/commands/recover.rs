@@ -1,0 +1,282 @@
+//! `etcdsnap recover --data-dir D --member-name M`: what an ExecStartPre or an init container
+//! runs before etcd. A data directory that holds a member's data is left alone. An empty or
+//! missing one of a one-member cluster is restored from the newest snapshot, rolled forward
+//! through the changes `agent --deltas` captured when there are any (so what is lost is at most
+//! the delta interval). A member of a larger cluster is never restored alone: while its other
+//! members answer, the remedy is to replace it (the steps are printed); with `--all-members` it
+//! is restored like `restore --all-members`.
+
+use super::restore::members::ClusterArgs;
+use super::restore::{MemberArgs, RestoreArgs, open_snapshot_dir, resolve_s3};
+use crate::cli::flags::{EtcdArgs, OutputArgs, S3Args, TokenArgs, heading};
+use crate::cli::output::emit;
+use crate::cli::seal::{EncryptionConfigArg, UnsealArgs};
+use crate::cli::{EXIT_FAILURE, help, resolve};
+use anyhow::{Context as _, bail};
+use clap::Args;
+use etcdsnap::pitr::restore::{PitrError, plan_local, plan_s3};
+use etcdsnap_api::ClusterMember;
+use etcdsnap_storage::SnapshotRecord;
+use etcdsnap_storage::etcd::EtcdConfig;
+use etcdsnap_storage::pitr::{PlanError, Target};
+use etcdsnap_storage::store::SnapshotStore;
+use etcdsnap_storage::store::s3::S3Store;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES, mut_args(help::unused(&[&["endpoints", "record_hashkv"]])))]
+pub struct RecoverArgs {
+    /// etcd data directory: left alone when it holds a member's data, restored when it is
+    /// missing or empty.
+    #[arg(long, value_name = "DIR", help_heading = heading::MEMBER)]
+    pub data_dir: PathBuf,
+    /// Name of this etcd member (etcd's --name).
+    #[arg(long, visible_alias = "name", value_name = "NAME", help_heading = heading::MEMBER)]
+    pub member_name: String,
+    /// Initial cluster of a restored one-member cluster [default: <name>=<first peer URL>]
+    #[arg(long, value_name = "NAME=URL,...", help_heading = heading::MEMBER)]
+    pub initial_cluster: Option<String>,
+    /// Peer URLs of the restored member.
+    #[arg(long, value_name = "URLS", default_value = "http://localhost:2380", help_heading = heading::MEMBER)]
+    pub initial_advertise_peer_urls: String,
+    /// Cluster token of a restored one-member cluster.
+    #[arg(long, value_name = "TOKEN", default_value = "etcd-cluster", help_heading = heading::MEMBER)]
+    pub initial_cluster_token: String,
+    /// A member of a larger cluster: restore it as one member of the whole recorded cluster
+    /// (run on every member's node), as `restore --all-members` does.
+    #[arg(long, conflicts_with_all = ["initial_cluster"], help_heading = heading::MEMBER)]
+    pub all_members: bool,
+    /// With --all-members: a recorded member at a new peer URL (NAME=PEER_URL, repeatable).
+    #[arg(long = "member", value_name = "NAME=PEER_URL", requires = "all_members", help_heading = heading::MEMBER)]
+    pub members: Vec<String>,
+    /// etcdutl binary [default: etcdutl from PATH]
+    #[arg(long, env = "ETCDSNAP_ETCDUTL", value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
+    /// The etcd binary the captured changes are replayed in [default: etcd from PATH]
+    #[arg(long, env = "ETCDSNAP_ETCD", value_name = "PATH", help_heading = heading::PITR)]
+    pub etcd: Option<PathBuf>,
+    /// Snapshot directory [default: as for restore]
+    #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR", help_heading = heading::STORAGE)]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// The certificates that reach the other members, to learn whether they answer.
+    #[command(flatten)]
+    pub etcd_client: EtcdArgs,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub unseal: UnsealArgs,
+    #[command(flatten)]
+    pub encryption: EncryptionConfigArg,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+const EXAMPLES: &str = "Examples:
+  # Before etcd starts (systemd ExecStartPre=, or an init container)
+  etcdsnap recover --data-dir /var/lib/etcd --member-name node-1 --etcdutl /usr/local/bin/etcdutl \\
+    --etcd /usr/local/bin/etcd --initial-advertise-peer-urls https://10.0.0.5:2380
+";
+
+pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
+    match data_state(&args.data_dir)? {
+        DataState::Member => {
+            emit(&format!(
+                "{} holds a member's data: nothing to recover, nothing changed.\n",
+                args.data_dir.display()
+            ))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        DataState::Other => bail!(
+            "{} is not empty and holds no etcd member's data: refusing to recover over it (nothing was changed); move it away first",
+            args.data_dir.display()
+        ),
+        DataState::Empty => {}
+    }
+    let (newest, store) = newest_snapshot(&args).await?;
+    let name = newest.name.to_string();
+    let recorded: Vec<ClusterMember> = newest
+        .etcd
+        .as_ref()
+        .and_then(|e| e.members.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !m.is_learner)
+        .collect();
+    if recorded.is_empty() {
+        bail!(
+            "the newest snapshot {name} records no cluster members (taken by K3s, RKE2 or an earlier etcdsnap): recover cannot tell a one-member cluster; restore it with `etcdsnap restore {name}` (nothing was changed)"
+        );
+    }
+    if recorded.len() > 1 && !args.all_members {
+        eprint!("{}", refusal(&args, &name, &recorded).await);
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    }
+    // The captured changes reach past the snapshot: roll forward to the newest of them.
+    let reach = match rolls_forward(&args, store, &newest).await {
+        Ok(reach) => reach,
+        Err(e) => {
+            emit(&format!("No captured changes to roll forward ({e}): restoring snapshot {name} as it is.\n"))?;
+            None
+        }
+    };
+    let restore = restore_args(args, reach.is_none().then_some(name), reach);
+    match restore.snapshot.is_some() {
+        true => super::restore::run(restore).await,
+        false => super::restore::pitr::run(restore).await,
+    }
+}
+
+enum DataState {
+    /// Missing or empty.
+    Empty,
+    /// Holds an etcd member's data (`member/snap/db` or a WAL).
+    Member,
+    Other,
+}
+
+fn data_state(dir: &Path) -> anyhow::Result<DataState> {
+    let member = dir.join("member");
+    if member.join("snap/db").is_file() || member.join("wal").is_dir() {
+        return Ok(DataState::Member);
+    }
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(if entries.next().is_some() { DataState::Other } else { DataState::Empty }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DataState::Empty),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    }
+}
+
+/// The newest ready snapshot in the snapshot directory (or with `--s3` the bucket folder), and
+/// the S3 store it came from.
+async fn newest_snapshot(args: &RecoverArgs) -> anyhow::Result<(SnapshotRecord, Option<Arc<dyn SnapshotStore>>)> {
+    let (listing, store) = match args.s3.enabled {
+        true => {
+            let settings = resolve::s3_settings(&args.s3, None).parse()?.for_program(resolve::machine_program()?);
+            let store: Arc<dyn SnapshotStore> = S3Store::new(settings, None)?;
+            (store.list().await?, Some(store))
+        }
+        false => {
+            let store = open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?;
+            (store.list().await?, None)
+        }
+    };
+    let newest = listing.records.into_iter().filter(|r| r.is_ready()).max_by_key(|r| r.created_at);
+    let newest = newest.context("no snapshot to recover from (nothing was changed)")?;
+    // A listing may not read every record's document; the restore's own lookup does.
+    let source = match args.s3.enabled {
+        true => resolve_s3(newest.name.as_str(), resolve::s3_settings(&args.s3, None)).await?,
+        false => {
+            let store = open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?;
+            etcdsnap::restore::SnapshotSource::from_local_store(&store, &newest.name)?
+        }
+    };
+    Ok((source.record, store))
+}
+
+/// The newest revision the captured changes reach without a gap, when it is past `newest`'s.
+async fn rolls_forward(
+    args: &RecoverArgs,
+    store: Option<Arc<dyn SnapshotStore>>,
+    newest: &SnapshotRecord,
+) -> anyhow::Result<Option<i64>> {
+    // Planned to a revision no chain reaches, the plan answers with the newest one reached.
+    let target = Target::Revision(i64::MAX);
+    let keys = crate::cli::seal::open_keys(&args.unseal)?;
+    let identity = keys.identity.as_deref();
+    let planned = match store {
+        Some(store) => plan_s3(&store, target, None, identity).await,
+        None => {
+            let local = open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?;
+            plan_local(&local, target, None, identity).await
+        }
+    };
+    let reach = match planned {
+        Ok(plan) => plan.replay.stop_at,
+        Err(PitrError::Plan(PlanError::NotCaptured { newest, .. })) => newest,
+        Err(PitrError::Plan(PlanError::AcrossGap { gap, .. })) => gap.after,
+        Err(e) => return Err(e.into()),
+    };
+    let base = newest.etcd.as_ref().map(|e| e.revision).unwrap_or_default();
+    Ok((reach > base).then_some(reach))
+}
+
+/// Why a lost member of a cluster is not restored alone, and how to replace it.
+async fn refusal(args: &RecoverArgs, name: &str, recorded: &[ClusterMember]) -> String {
+    let me = &args.member_name;
+    let others: Vec<&ClusterMember> = recorded.iter().filter(|m| &m.name != me).collect();
+    let mut answering = None;
+    for m in &others {
+        for url in &m.client_urls {
+            let config = EtcdConfig { endpoints: vec![url.clone()], ..resolve::etcd_config(&args.etcd_client, None) };
+            if let Ok((mut member, _)) = config.connect_member().await {
+                answering = Some((url.clone(), member.members().await.unwrap_or_default()));
+                break;
+            }
+        }
+        if answering.is_some() {
+            break;
+        }
+    }
+    let Some((url, live)) = answering else {
+        return format!(
+            "error: snapshot {name} records a {}-member cluster and none of the other members answers. If the whole cluster is lost, run on every member's node: etcdsnap recover --all-members --data-dir {} --member-name <member> (the same source flags). Nothing was changed.\n",
+            recorded.len(),
+            args.data_dir.display()
+        );
+    };
+    let mine = live.iter().find(|m| &m.name == me).or_else(|| recorded.iter().find(|m| &m.name == me));
+    let id = mine.map(|m| m.id.clone()).unwrap_or_else(|| "<member id from member list>".into());
+    let peer =
+        mine.and_then(|m| m.peer_urls.first().cloned()).unwrap_or_else(|| args.initial_advertise_peer_urls.clone());
+    let cluster: Vec<String> = live
+        .iter()
+        .filter(|m| &m.name != me && !m.name.is_empty())
+        .flat_map(|m| m.peer_urls.iter().map(move |u| format!("{}={u}", m.name)))
+        .collect();
+    format!(
+        "error: member {me} lost its data, but its cluster answers at {url}: restoring it from a snapshot would fork the cluster. Replace the member instead (nothing was changed):\n\
+         \x20 1. etcdctl --endpoints {url} member remove {id}\n\
+         \x20 2. etcdctl --endpoints {url} member add {me} --peer-urls={peer}\n\
+         \x20 3. start etcd on the empty {dir} with --name {me} --initial-advertise-peer-urls {peer} --initial-cluster {cluster},{me}={peer} --initial-cluster-state existing\n",
+        dir = args.data_dir.display(),
+        cluster = cluster.join(","),
+    )
+}
+
+/// The restore recover delegates to: `snapshot` as it is, or rolled forward to `to_revision`.
+fn restore_args(args: RecoverArgs, snapshot: Option<String>, to_revision: Option<i64>) -> RestoreArgs {
+    RestoreArgs {
+        snapshot,
+        etcdutl: args.etcdutl,
+        ignore_token_mismatch: false,
+        dry_run: false,
+        data_dir: Some(args.data_dir),
+        prepare_for: None,
+        prepare_dir: None,
+        member: MemberArgs {
+            member_name: Some(args.member_name),
+            initial_cluster: args.initial_cluster,
+            initial_advertise_peer_urls: args.initial_advertise_peer_urls,
+            initial_cluster_token: args.initial_cluster_token,
+            bump_revision: None,
+            mark_compacted: false,
+        },
+        cluster: ClusterArgs { all_members: args.all_members, members: args.members },
+        dir: args.dir,
+        s3: args.s3,
+        from_replica: Default::default(),
+        to_revision,
+        to_time: None,
+        etcd: args.etcd,
+        etcd_cluster_id: None,
+        no_kube: true,
+        token: args.token,
+        unseal: args.unseal,
+        encryption: args.encryption,
+        output: args.output,
+    }
+}
