@@ -11,6 +11,7 @@ command -v tmux >/dev/null 2>&1 || apt_packages+=(tmux)                  # tests
 command -v age >/dev/null 2>&1 || apt_packages+=(age)                    # tests/recovery/sealed.rs: the age tool opens sealed snapshots
 command -v minisign >/dev/null 2>&1 || apt_packages+=(minisign)          # tests/recovery/sealed.rs: the minisign tool checks and makes signatures
 command -v zstd >/dev/null 2>&1 || apt_packages+=(zstd)                  # tests/recovery/sealed.rs: age -d | zstd -d
+command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)             # testbins/build.sh: Azurite, the Azure Blob Storage server of the replica tests
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
   sudo=""

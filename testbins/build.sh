@@ -5,12 +5,13 @@
 #
 # With no argument it builds everything the tests use (`make test`). Arguments choose a part:
 #   kube-apiserver kubectl versitygw helm promtool   that tool
+#   fake-gcs-server azurite                           the GCS and Azure servers replicas are tested on
 #   etcd                                              the default etcd with its etcdctl and etcdutl
 #   etcd-versions                                     every etcd of ETCD_VERSIONS, with their tools
 # `make demo` builds only what the demo starts: kube-apiserver kubectl etcd versitygw.
 set -euo pipefail
 parts=("$@")
-known="kube-apiserver kubectl versitygw helm promtool etcd etcd-versions"
+known="kube-apiserver kubectl versitygw fake-gcs-server azurite helm promtool etcd etcd-versions"
 for p in "${parts[@]}"; do
   case " $known " in
     *" $p "*) ;;
@@ -88,6 +89,29 @@ for etcd_version in $ETCD_VERSIONS; do
   build "$moddir" go.etcd.io/etcd/etcdutl/v3 etcdutl "$etcd_version" -ldflags "-s -w"
 done
 wanted versitygw && build versitygw github.com/versity/versitygw/cmd/versitygw versitygw "$VERSITYGW_VERSION" -ldflags "-s -w"
+wanted fake-gcs-server && build fake-gcs-server github.com/fsouza/fake-gcs-server fake-gcs-server "$FAKE_GCS_SERVER_VERSION" -ldflags "-s -w"
+
+# Azurite, an npm package: installed with `npm ci` from testbins/azurite's lock file into
+# target/testbins/azurite-<version>/, skipped when present like the Go servers.
+install_azurite() {
+  local dest="$out/azurite-$AZURITE_VERSION"
+  if [ -x "$dest/node_modules/.bin/azurite-blob" ]; then
+    echo "testbins: azurite $AZURITE_VERSION present ($dest)"
+    return
+  fi
+  command -v npm >/dev/null 2>&1 || { echo "testbins: azurite needs Node.js and npm (Debian: nodejs npm)" >&2; exit 1; }
+  echo "testbins: installing azurite $AZURITE_VERSION from npm ..."
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+  cp "$here/azurite/package.json" "$here/azurite/package-lock.json" "$dest.tmp/"
+  if ! (cd "$dest.tmp" && npm ci --omit=dev --no-audit --no-fund >/dev/null); then
+    rm -rf "$dest.tmp"
+    echo "testbins: FAILED to install azurite $AZURITE_VERSION (testbins/azurite)" >&2
+    exit 1
+  fi
+  mv "$dest.tmp" "$dest"
+  built=$((built + 1))
+}
+wanted azurite && install_azurite
 wanted helm && build helm helm.sh/helm/v4/cmd/helm helm "$HELM_VERSION" \
   -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
 wanted promtool && build prometheus github.com/prometheus/prometheus/cmd/promtool promtool "$PROMETHEUS_VERSION" \
@@ -105,6 +129,8 @@ link etcd "etcd-$ETCD_VERSION"
 link etcdctl "etcdctl-$ETCD_VERSION"
 link etcdutl "etcdutl-$ETCD_VERSION"
 link versitygw "versitygw-$VERSITYGW_VERSION"
+link fake-gcs-server "fake-gcs-server-$FAKE_GCS_SERVER_VERSION"
+link azurite-blob "azurite-$AZURITE_VERSION/node_modules/.bin/azurite-blob"
 link helm "helm-$HELM_VERSION"
 link promtool "promtool-$PROMETHEUS_VERSION"
 echo "testbins: $built built, ${parts[*]:-all} present in $out"

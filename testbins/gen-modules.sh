@@ -64,10 +64,13 @@ gen_tools() {
 }
 
 gen_versitygw() { gen_tools versitygw "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"; }
+gen_fake_gcs() { gen_tools fake-gcs-server "github.com/fsouza/fake-gcs-server@${FAKE_GCS_SERVER_VERSION}"; }
+# Azurite is an npm package: its lock file, from testbins/azurite/package.json.
+gen_azurite() { (cd "$here/azurite" && npm install --package-lock-only --no-audit --no-fund); }
 gen_helm() { gen_tools helm "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"; }
 # promtool only; the Prometheus server itself is never run (the rules are unit-tested by promtool).
 gen_prometheus() { gen_tools prometheus "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}"; }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kube etcd versitygw helm prometheus)
+[ ${#targets[@]} -gt 0 ] || targets=(kube etcd versitygw fake_gcs azurite helm prometheus)
 for t in "${targets[@]}"; do "gen_$t"; done

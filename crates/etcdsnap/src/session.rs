@@ -12,7 +12,7 @@
 
 mod after_save;
 
-pub use after_save::{AfterSave, AfterSaveObserver, AfterSaveReport, CatchUp};
+pub use after_save::{AfterSave, AfterSaveObserver, AfterSaveReport, CatchUp, replicate};
 
 use crate::ops::Context;
 use crate::ops::reconcile::{self as reconcile_job};
@@ -23,6 +23,7 @@ use etcdsnap_kube::{ConnectError, ConnectOptions, Kube, KubeSettings, crd, extra
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::etcd::EtcdConfig;
 use etcdsnap_storage::store::local::LocalStore;
+use etcdsnap_storage::store::replica::ReplicaStore;
 use etcdsnap_storage::store::s3::{RawS3Settings, S3Config, S3Key, S3Store};
 use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use std::path::PathBuf;
@@ -72,6 +73,10 @@ pub struct SessionConfig {
     pub s3_flags: RawS3Settings,
     /// How long an upload of this node must be idle before a save aborts it as abandoned.
     pub s3_stale_upload_after: Duration,
+    /// `--replica`s with their options.
+    pub replicas: Vec<etcdsnap_storage::store::replica::ReplicaConfig>,
+    /// `--replica-retention` (None: the local retention).
+    pub replica_retention: Option<usize>,
     /// `--cluster-id`.
     pub cluster_id: Option<String>,
     pub etcd: EtcdConfig,
@@ -119,6 +124,8 @@ pub struct Session {
     missing_local: Option<PathBuf>,
     /// The S3 store the flags describe, built (and validated) once.
     flag_s3: Option<Arc<S3Store>>,
+    /// The `--replica`s, built once.
+    replicas: Vec<Arc<ReplicaStore>>,
     kube: Option<Kube>,
     /// Why Kubernetes is not used, said once when an operation would have used it.
     kube_absent: Option<String>,
@@ -152,7 +159,13 @@ impl Session {
             Err(e) => return Err(e.into()),
         };
         let cluster_id = Mutex::new(config.cluster_id.clone().filter(|c| !c.trim().is_empty()));
+        let replicas = config
+            .replicas
+            .iter()
+            .map(|c| ReplicaStore::new(c.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Session {
+            replicas,
             config,
             local,
             missing_local,
@@ -225,6 +238,8 @@ impl Session {
             missing_local: self.missing_local.clone(),
             remote_spec: self.flag_s3.as_ref().map(|s| s.spec()),
             remote: self.flag_s3.clone().map(|s| s as Arc<dyn SnapshotStore>),
+            replicas: self.replicas.clone(),
+            replica_retention: self.config.replica_retention,
             s3_retention: self.flag_retention().or(self.flag_s3.as_ref().and_then(|s| s.config().retention)),
             stale_upload_after: self.config.s3_stale_upload_after,
             token_hash: self.config.token_hash.clone(),

@@ -1,14 +1,17 @@
-//! Real servers for etcdsnap's tests: etcd, kube-apiserver and an S3 gateway (versitygw),
+//! Real servers for etcdsnap's tests: etcd, kube-apiserver, an S3 gateway (versitygw), a GCS
+//! server (fake-gcs-server) and Azure Blob Storage (Azurite),
 //! started on random loopback ports with their own temp dirs, killed on drop.
 //!
 //! The binaries come from `testbins/` (built by `make testbins` into `target/testbins/`); nothing
 //! here fakes a server. Every server is started by one long-lived spawner thread with
 //! `PR_SET_PDEATHSIG`, so servers die with the test process even when it is killed.
 
+mod azurite;
 mod certs;
 mod error;
 mod etcd;
 mod fill;
+mod gcs;
 mod kube_apiserver;
 mod process;
 mod proxy;
@@ -16,10 +19,12 @@ mod s3;
 mod s3_proxy;
 mod versions;
 
+pub use azurite::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite};
 pub use certs::{Pki, TlsFiles};
 pub use error::{Error, Result};
 pub use etcd::{Etcd, EtcdMember, EtcdOptions};
 pub use fill::fill_snapshot_objects;
+pub use gcs::GcsServer;
 pub use kube_apiserver::{AuditEvent, KubeApiServer};
 pub use process::{Server, testbin, testbins_dir};
 pub use proxy::{Fault, FaultProxy};

@@ -133,6 +133,22 @@ impl Server {
         }
     }
 
+    /// SIGTERMs the process and waits up to `grace` for it to exit (a server that keeps its data
+    /// in memory and writes it out on exit), then SIGKILLs it. Idempotent.
+    pub fn terminate(&mut self, grace: std::time::Duration) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on a pid we own and have not reaped.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + grace;
+            while std::time::Instant::now() < deadline && self.is_running() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        self.kill();
+    }
+
     /// Sends SIGSTOP/SIGCONT: a frozen server accepts connections but never answers, which is
     /// how tests simulate a slow or hung peer.
     pub fn freeze(&self, frozen: bool) {

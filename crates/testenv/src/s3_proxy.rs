@@ -89,7 +89,7 @@ impl LyingS3Proxy {
         self.addr.to_string()
     }
 
-    /// Tells `lie` to the next `times` ListObjectsV2 calls.
+    /// Tells `lie` to the next `times` ListObjectsV2 (or Azure List Blobs) calls.
     pub fn lie_to_next_lists(&self, lie: Lie, times: usize) {
         if let Ok(mut s) = self.state.lock() {
             s.lies.extend(std::iter::repeat_n(lie, times));
@@ -125,7 +125,8 @@ type Answer = std::result::Result<Response<Full<Bytes>>, std::io::Error>;
 async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, http: reqwest::Client, upstream: String) -> Answer {
     let method = req.method().clone();
     let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
-    let is_list = method == hyper::Method::GET && target.contains("list-type=2");
+    // ListObjectsV2, or Azure Blob Storage's List Blobs (a replica behind the proxy).
+    let is_list = method == hyper::Method::GET && (target.contains("list-type=2") || target.contains("comp=list"));
     let lie = if is_list { state.lock().ok().and_then(|mut s| s.lies.pop_front()) } else { None };
     if let Ok(mut s) = state.lock() {
         s.log.push(Passed { method: method.to_string(), target: target.clone(), lie });

@@ -10,7 +10,7 @@ use kube::discovery::ApiResource;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use testenv::{Etcd, KubeApiServer, S3Server};
+use testenv::{Azurite, Etcd, GcsServer, KubeApiServer, S3Server};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -230,5 +230,32 @@ async fn s3_over_tls_with_its_own_ca() -> TestResult {
     // Without the CA the certificate is not trusted.
     let plain = reqwest::Client::new();
     assert!(plain.get(s3.url()).send().await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_objects_survive_a_restart() -> TestResult {
+    let mut gcs = GcsServer::with_bucket("smoke").await?;
+    gcs.put_object("smoke", "a/b", b"hello".to_vec()).await?;
+    assert_eq!(gcs.get_object("smoke", "a/b").await?, b"hello");
+    assert!(gcs.get_object("smoke", "a/missing").await.is_err());
+    gcs.stop();
+    assert!(gcs.list_names("smoke", "").await.is_err(), "a stopped server answers nothing");
+    gcs.restart().await?;
+    assert_eq!(gcs.list_names("smoke", "a/").await?, vec!["a/b".to_string()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_checks_shared_key_and_survives_a_restart() -> TestResult {
+    let mut azurite = Azurite::with_container("smoke").await?;
+    azurite.put_blob("smoke", "a/b", b"hello".to_vec()).await?;
+    assert_eq!(azurite.get_blob("smoke", "a/b").await?, b"hello");
+    // Unsigned, the same blob is refused: Azurite checks the Shared Key.
+    let unsigned = reqwest::get(format!("{}/smoke/a/b", azurite.account_url())).await?;
+    assert!(unsigned.status().is_client_error(), "unsigned GET answered {}", unsigned.status());
+    azurite.stop();
+    azurite.restart().await?;
+    assert_eq!(azurite.list_names("smoke", "a/").await?, vec!["a/b".to_string()]);
     Ok(())
 }

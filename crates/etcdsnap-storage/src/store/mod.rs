@@ -1,10 +1,12 @@
-//! Where snapshots are kept. One trait, [`SnapshotStore`], with a local-directory and an S3
-//! implementation; the pipeline writes to any number of them in one pass through
-//! [`SnapshotSink`]s, and every command lists, reads and deletes through the same trait.
+//! Where snapshots are kept. One trait, [`SnapshotStore`], with a local-directory, an S3 and a
+//! replica (S3, GCS, Azure or a directory, through object_store) implementation; the pipeline
+//! writes to the first two in one pass through [`SnapshotSink`]s, replicas receive copies
+//! afterwards, and every command lists, reads and deletes through the same trait.
 
 pub mod keep;
 pub mod local;
 pub mod locks;
+pub mod replica;
 pub mod retention;
 pub mod s3;
 
@@ -58,6 +60,9 @@ pub enum StoreError {
     /// A client could not be built from valid settings (TLS backend, proxy).
     #[error("{0}")]
     Client(String),
+    /// A replica's request failed, or what arrived there is not what was sent.
+    #[error("replica {op} {target}: {message}")]
+    Replica { op: &'static str, target: String, message: String },
     /// Bytes that were about to be copied no longer hash to what their record says.
     #[error("{} no longer matches its recorded sha256 (run `etcdsnap verify`)", .0.display())]
     Changed(PathBuf),

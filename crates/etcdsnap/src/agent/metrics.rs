@@ -129,6 +129,7 @@ pub struct Metrics {
     pub schedule_interval: Gauge<f64, AtomicU64>,
     pub legacy: LegacyGauges,
     pub pitr: PitrGauges,
+    pub replicas: super::replica_metrics::ReplicaGauges,
     pub info: Family<InfoLabels, Gauge>,
 }
 
@@ -241,6 +242,7 @@ impl Metrics {
             schedule_interval: Gauge::default(),
             legacy: LegacyGauges::default(),
             pitr: PitrGauges::default(),
+            replicas: Default::default(),
             info: Family::default(),
             registry: Registry::default(),
         };
@@ -393,6 +395,7 @@ fn register_state(registry: &mut Registry, m: &Metrics) {
         m.schedule_interval.clone(),
     );
     register_pitr(registry, &m.pitr);
+    m.replicas.register(registry);
     let legacy = &m.legacy;
     let gauges: [(&str, &str, &Gauge); 5] = [
         ("legacy_configmap_bytes", "Estimated size of the legacy ConfigMap the leader keeps", &legacy.bytes),

@@ -8,6 +8,7 @@ pub mod http;
 pub mod kube_duties;
 pub mod metrics;
 pub mod pitr;
+pub mod replica_metrics;
 mod resume;
 pub mod schedule;
 
@@ -32,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a running snapshot may take to finish or abort after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// How often copies a replica missed (it was down, its credentials failed) are tried again
+/// between scheduled saves.
+const REPLICA_RETRY: Duration = Duration::from_secs(300);
 
 /// What the agent does and when.
 #[derive(Debug, Clone)]
@@ -176,6 +180,10 @@ impl Agent {
             let uploads = tokio::spawn(pitr::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
             (tokio::spawn(pitr::capture_loop(self.clone(), settings, stop.clone())), uploads)
         });
+        let replicating = (!self.session.config().replicas.is_empty()).then(|| {
+            let agent = self.clone();
+            tokio::spawn(agent.replica_loop(stop.clone()))
+        });
         let mut taken = None;
         if let Some(keeping) = claim.as_mut() {
             tokio::select! {
@@ -205,6 +213,9 @@ impl Agent {
         if let Some(d) = drilling {
             let _ = d.await;
         }
+        if let Some(r) = replicating {
+            let _ = r.await;
+        }
         if let Some(s) = scheduler
             && tokio::time::timeout(SHUTDOWN_GRACE, s).await.is_err()
         {
@@ -233,6 +244,20 @@ impl Agent {
             Err(e) => tracing::warn!("{e}; checked again with every renewal"),
         }
         Ok(claim)
+    }
+
+    /// Between saves, every [`REPLICA_RETRY`]: copies to each replica what it is missing (what
+    /// an outage held back), nothing removed; the gauges say how far behind each still is.
+    async fn replica_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(REPLICA_RETRY) => {}
+            }
+            let ctx = self.session.context(Purpose::Write).await;
+            let statuses = crate::session::replicate(&ctx, None).await;
+            self.metrics.replicas.observe(&statuses);
+        }
     }
 
     /// Waits for each scheduled time and starts a run, unless the previous one is still going
@@ -425,5 +450,9 @@ impl AfterSaveObserver for Metrics {
 
     fn pruned(&self, report: &PruneReport, took: Duration) {
         Metrics::observe(&self.prune, report.errors.is_empty(), took);
+    }
+
+    fn replicated(&self, statuses: &[ops::ReplicaStatus]) {
+        self.replicas.observe(statuses);
     }
 }

@@ -161,6 +161,8 @@ pub struct StorageArgs {
     pub cluster_id: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub replicas: super::replica::ReplicaArgs,
 }
 
 /// S3 storage, with K3s's flag names (`--s3-*`, or `--etcd-s3-*` as on a K3s server). Values are

@@ -30,6 +30,7 @@ pub const RETENTION: &[&str] = &[
     "keep_yearly",
     "keep_within",
     "s3_retention",
+    "replica_retention",
 ];
 /// What only a save writes: the extra metadata it records, the stale uploads it aborts.
 pub const SAVE_ONLY: &[&str] = &["extra_metadata_configmap", "stale_upload_after"];

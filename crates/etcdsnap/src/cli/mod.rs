@@ -24,6 +24,7 @@ mod help;
 mod output;
 mod presets;
 mod progress;
+mod replica;
 mod resolve;
 mod seal;
 mod server_config;

@@ -317,6 +317,8 @@ pub fn session_config(
         s3_enabled: storage.s3.enabled,
         s3_flags: s3_settings(&storage.s3, s3_retention),
         s3_stale_upload_after: storage.s3.stale_upload_after,
+        replicas: storage.replicas.configs()?,
+        replica_retention: storage.replicas.replica_retention,
         cluster_id: storage.cluster_id.clone(),
         etcd: etcd_config(&node.etcd, preset.as_ref()),
         token_hash: None,

@@ -5,6 +5,7 @@ use etcdsnap_api::{ETCDSnapshotS3, TokenHash};
 use etcdsnap_storage::etcd::EtcdConfig;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::locks::RemovalLock;
+use etcdsnap_storage::store::replica::ReplicaStore;
 use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,11 @@ pub struct Context {
     pub remote: Option<Arc<dyn SnapshotStore>>,
     /// Details of the S3 location for records (never credentials).
     pub remote_spec: Option<ETCDSnapshotS3>,
+    /// The replicas, which receive copies after each save ([`super::replicate`]); not among
+    /// [`Context::stores`], whose snapshots have resources.
+    pub replicas: Vec<Arc<ReplicaStore>>,
+    /// Snapshots to keep per node in each replica (None: the local retention).
+    pub replica_retention: Option<usize>,
     /// Snapshots to keep per node in S3 when configured (`--s3-retention`, `etcd-s3-retention`).
     pub s3_retention: Option<usize>,
     /// How long an S3 upload of this node must have been idle before a save aborts it as left
@@ -107,6 +113,18 @@ impl Context {
         stores
     }
 
+    /// The replica given as `url` (as `--replica` spells it, a trailing `/` aside).
+    pub fn replica(&self, url: &str) -> Option<Arc<ReplicaStore>> {
+        self.replicas.iter().find(|r| r.url() == url.trim_end_matches('/')).cloned()
+    }
+
+    /// Every configured store, local first, then the replicas: what `verify` and drills read.
+    pub fn stores_and_replicas(&self) -> Vec<&dyn SnapshotStore> {
+        let mut stores = self.stores();
+        stores.extend(self.replicas.iter().map(|r| r.as_ref() as &dyn SnapshotStore));
+        stores
+    }
+
     /// Every configured store, local first, as handles a snapshot source can keep.
     pub fn shared_stores(&self) -> Vec<Arc<dyn SnapshotStore>> {
         let mut stores: Vec<Arc<dyn SnapshotStore>> = Vec::new();
@@ -116,6 +134,13 @@ impl Context {
         if let Some(remote) = &self.remote {
             stores.push(remote.clone());
         }
+        stores
+    }
+
+    /// [`Context::shared_stores`], then the replicas: what drills read.
+    pub fn shared_stores_and_replicas(&self) -> Vec<Arc<dyn SnapshotStore>> {
+        let mut stores = self.shared_stores();
+        stores.extend(self.replicas.iter().map(|r| r.clone() as Arc<dyn SnapshotStore>));
         stores
     }
 }

@@ -5,7 +5,7 @@
 use super::Context;
 use etcdsnap_api::StorageKind;
 use etcdsnap_storage::record::SnapshotRecord;
-use etcdsnap_storage::store::{Listing, StoreError};
+use etcdsnap_storage::store::{Listing, SnapshotStore, StoreError};
 use std::time::{Duration, Instant};
 
 /// One store's listing.
@@ -43,8 +43,9 @@ pub struct ListReport {
     pub errors: Vec<(String, StoreError)>,
 }
 
-/// Every snapshot of every store, oldest first (local before S3 within a name). A snapshot
-/// directory that should be there and is not is one of the errors.
+/// Every snapshot of every store and replica, oldest first (local before S3 and replicas within
+/// a name). A snapshot directory that should be there and is not is one of the errors; so is a
+/// replica that cannot be listed.
 pub async fn list(ctx: &Context) -> ListReport {
     let mut report = ListReport::default();
     if let (Some(dir), Some(e)) = (&ctx.missing_local, ctx.missing_local_error()) {
@@ -58,6 +59,15 @@ pub async fn list(ctx: &Context) -> ListReport {
                 report.warnings.extend(listing.warnings);
             }
             Err(e) => report.errors.push((listed.store, e)),
+        }
+    }
+    for replica in &ctx.replicas {
+        match replica.list().await {
+            Ok(listing) => {
+                report.records.extend(listing.records);
+                report.warnings.extend(listing.warnings);
+            }
+            Err(e) => report.errors.push((replica.describe(), e)),
         }
     }
     report.records.sort_by(|a, b| {

@@ -1,7 +1,7 @@
 //! What follows a save, the same for the agent's scheduled saves and `etcdsnap save`: verify
-//! the new local copy, write the resources, upload what earlier saves could not, apply
-//! retention. [`AfterSave`] says which of these steps a caller wants; an [`AfterSaveObserver`]
-//! sees each result as it comes (the agent's metrics).
+//! the new local copy, write the resources, upload what earlier saves could not, copy to the
+//! replicas, apply retention. [`AfterSave`] says which of these steps a caller wants; an
+//! [`AfterSaveObserver`] sees each result as it comes (the agent's metrics).
 
 use super::Session;
 use crate::ops::{self, Context, PruneOptions, PruneReport, SaveReport, VerifyResult};
@@ -38,6 +38,8 @@ pub struct AfterSaveReport {
     pub verified: Option<VerifyResult>,
     /// The S3 copies the catch-up made.
     pub uploaded: Vec<SnapshotRecord>,
+    /// Each replica after its copies (and its retention, when pruning).
+    pub replicas: Vec<ops::ReplicaStatus>,
     pub pruned: Option<PruneReport>,
 }
 
@@ -45,13 +47,14 @@ pub struct AfterSaveReport {
 pub trait AfterSaveObserver: Sync {
     fn verified(&self, _result: &VerifyResult) {}
     fn pruned(&self, _report: &PruneReport, _took: Duration) {}
+    fn replicated(&self, _statuses: &[ops::ReplicaStatus]) {}
 }
 
 /// Nothing to observe (a command prints the report instead).
 impl AfterSaveObserver for () {}
 
 impl Session {
-    /// Verify, publish, catch up, prune: each step as `steps` asks, in that order. Problems are
+    /// Verify, publish, catch up, replicate, prune: each step as `steps` asks, in that order. Problems are
     /// logged here and kept in the report; none stops the next step.
     pub async fn after_save(
         &self,
@@ -70,6 +73,10 @@ impl Session {
         self.publish(&saved.records).await;
         if let Some(catch_up) = &steps.catch_up {
             report.uploaded = self.catch_up(ctx, saved, catch_up).await;
+        }
+        if !ctx.replicas.is_empty() {
+            report.replicas = replicate(ctx, steps.prune.as_ref()).await;
+            observer.replicated(&report.replicas);
         }
         if let Some(options) = &steps.prune {
             let started = Instant::now();
@@ -106,6 +113,24 @@ impl Session {
         self.publish(&uploaded).await;
         uploaded
     }
+}
+
+/// Copies to the replicas, with their retention when this caller prunes; problems are logged.
+pub async fn replicate(ctx: &Context, prune: Option<&PruneOptions>) -> Vec<ops::ReplicaStatus> {
+    let retention = prune.map(|p| ops::ReplicaRetention {
+        base_name: p.base_name.clone(),
+        keep: ctx.replica_retention.map(etcdsnap_storage::store::KeepPolicy::last).unwrap_or(p.keep_local),
+    });
+    let statuses = ops::replicate(ctx, retention.as_ref()).await;
+    for status in &statuses {
+        for e in &status.errors {
+            tracing::warn!("{e}");
+        }
+        for name in &status.removed {
+            tracing::info!(snapshot = %name, replica = %status.url, "removed by replica retention");
+        }
+    }
+    statuses
 }
 
 /// Re-reads the new local copy, when the save made one.

@@ -55,8 +55,8 @@ pub fn command(args: &[impl AsRef<OsStr>]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(bin());
     for (k, _) in std::env::vars() {
         let server_config = k == "K3S_CONFIG_FILE" || k == "RKE2_CONFIG_FILE";
-        if k.starts_with("ETCDSNAP_") || k.starts_with("AWS_") || k == "KUBECONFIG" || k == "NODE_NAME" || server_config
-        {
+        let cloud = ["AWS_", "GOOGLE_", "AZURE_"].iter().any(|p| k.starts_with(p));
+        if k.starts_with("ETCDSNAP_") || cloud || k == "KUBECONFIG" || k == "NODE_NAME" || server_config {
             cmd.env_remove(k);
         }
     }

@@ -148,15 +148,29 @@ async fn every_metric_the_rules_and_dashboard_read_exists_on_a_real_agent() -> T
     let data = tempfile::tempdir()?;
     let etcdutl = testenv::testbin_version("etcdutl", "3.7")?;
     let etcdutl = etcdutl.to_string_lossy();
-    let extra = ["--drill-schedule", "*/5 * * * * *", "--etcdutl", &etcdutl, "--reconcile-interval", "3s"];
+    // A replica in a directory, so that the replica gauges have a series.
+    let replica = tempfile::tempdir()?;
+    let replica_url = format!("file://{}", replica.path().display());
+    let extra = [
+        "--drill-schedule",
+        "*/5 * * * * *",
+        "--etcdutl",
+        &etcdutl,
+        "--reconcile-interval",
+        "3s",
+        "--replica",
+        &replica_url,
+    ];
     let agent = start_agent("node-m", &etcd.endpoints()[0], data.path(), &api, Some(&s3), &extra, &[]).await?;
 
-    // Until the agent has saved to both locations, led, synced the legacy ConfigMap and drilled.
+    // Until the agent has saved to both locations, led, synced the legacy ConfigMap, drilled and
+    // copied to its replica.
     let worked = |body: &str, _| {
         metric(body, "etcdsnap_saves_total{status=\"success\"}").is_some_and(|n| n >= 1.0)
             && metric(body, "etcdsnap_drills_total{result=\"passed\"}").is_some_and(|n| n >= 1.0)
             && metric(body, "etcdsnap_leader") == Some(1.0)
             && metric(body, "etcdsnap_legacy_configmap_entries").is_some_and(|n| n >= 1.0)
+            && metric(body, &format!("etcdsnap_replica_behind_snapshots{{replica=\"{replica_url}\"}}")) == Some(0.0)
     };
     let body = agent
         .wait_for("/metrics", worked, Duration::from_secs(90))

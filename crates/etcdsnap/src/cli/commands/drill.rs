@@ -89,9 +89,10 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
     Ok(exit(reports.iter().all(DrillReport::passed)))
 }
 
-/// The snapshots named (or by default the newest of this node in each store), as sources.
+/// The snapshots named (or by default the newest of this node in each store and replica), as
+/// sources.
 async fn select(ctx: &Context, given: &[String]) -> anyhow::Result<Vec<SnapshotSource>> {
-    let stores = ctx.shared_stores();
+    let stores = ctx.shared_stores_and_replicas();
     if given.is_empty() {
         let mut out = Vec::new();
         for store in stores {
@@ -120,7 +121,8 @@ async fn select(ctx: &Context, given: &[String]) -> anyhow::Result<Vec<SnapshotS
     Ok(out)
 }
 
-/// The local store first, then S3: a name is drilled where a restore would take it from.
+/// The local store first, then S3, then the replicas: a name is drilled where a restore would
+/// take it from.
 async fn find(stores: &[Arc<dyn SnapshotStore>], name: &SnapshotName) -> anyhow::Result<SnapshotSource> {
     let mut misses = Vec::new();
     for store in stores {

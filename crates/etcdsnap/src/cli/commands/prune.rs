@@ -69,5 +69,20 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     if !args.dry_run {
         session.after_removal(&ctx, &report.deleted).await;
     }
-    Ok(exit(report.errors.is_empty() && missing.is_none()))
+    // Replicas: what they miss is copied, then their own retention applies (not in a dry run).
+    let mut replicas_ok = true;
+    if !args.dry_run {
+        for status in etcdsnap::session::replicate(&ctx, Some(&options)).await {
+            if flags.output.output.is_table() {
+                let removed: String =
+                    status.removed.iter().map(|name| format!("Removed {name} from replica {}\n", status.url)).collect();
+                emit(&removed)?;
+            }
+            for e in &status.errors {
+                eprintln!("error: {e}");
+            }
+            replicas_ok &= status.errors.is_empty();
+        }
+    }
+    Ok(exit(report.errors.is_empty() && missing.is_none() && replicas_ok))
 }

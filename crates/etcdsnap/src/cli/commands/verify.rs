@@ -75,7 +75,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         // No prune or delete removes a snapshot while it is being read.
         let _reading = ctx.lock_for_reading(VERIFY_LOCK_WAIT).await?;
         let mut found = vec![false; names.len()];
-        for store in ctx.stores() {
+        for store in ctx.stores_and_replicas() {
             let listing = match store.list().await {
                 Ok(listing) => listing,
                 // The other stores are still checked; this one is reported after the results.

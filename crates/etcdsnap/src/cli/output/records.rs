@@ -3,7 +3,7 @@
 //! list does.
 
 use super::{Cells, fit, table};
-use etcdsnap_api::ETCDSnapshotFile;
+use etcdsnap_api::{ETCDSnapshotFile, StorageKind};
 use etcdsnap_kube::RecordResource;
 use etcdsnap_storage::SnapshotRecord;
 use serde::Serialize;
@@ -44,6 +44,15 @@ pub fn view(records: &[SnapshotRecord]) -> KubeList<ETCDSnapshotFile> {
     )
 }
 
+/// Where a copy is kept: `local`, `s3`, or `replica` (a replica's records carry no S3 spec:
+/// they have no resource).
+fn place(r: &SnapshotRecord) -> &'static str {
+    match (r.storage, &r.s3) {
+        (StorageKind::S3, None) => "replica",
+        (kind, _) => kind.prefix().trim_end_matches('-'),
+    }
+}
+
 /// The tables of `ls`: for a person at a terminal, name, where, size, age and drill, fitted to
 /// its width; into a pipe, K3s's four columns (name, location, whole bytes, RFC 3339 time) and
 /// the drill, which scripts written for `k3s etcd-snapshot ls` parse; `wide`, every column.
@@ -68,7 +77,7 @@ pub fn table_of(records: &[SnapshotRecord], cells: Cells, wide: bool) -> String 
     for r in records {
         let cell = |column: &str| match column {
             "Name" => r.name.to_string(),
-            "Where" => r.storage.prefix().trim_end_matches('-').to_string(),
+            "Where" => place(r).to_string(),
             // A wide table is read whole: locations are never shortened there.
             "Location" if wide => r.location.clone(),
             "Location" => cells.location(&r.location),

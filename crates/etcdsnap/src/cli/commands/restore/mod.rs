@@ -71,6 +71,8 @@ pub struct RestoreArgs {
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub from_replica: crate::cli::replica::FromReplicaArgs,
     /// Point-in-time recovery: the newest snapshot at or below revision N, rolled forward to N
     /// through the changes `agent --deltas` captured, then restored like any snapshot.
     #[arg(long, value_name = "N", conflicts_with = "to_time", value_parser = clap::value_parser!(i64).range(1..), help_heading = heading::PITR)]
@@ -153,9 +155,10 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(snapshot) = args.snapshot.clone() else {
         return pitr::run(args).await;
     };
-    let source = match args.s3.enabled {
-        true => resolve_s3(&snapshot, resolve::s3_settings(&args.s3, None)).await?,
-        false => resolve(&args, &snapshot)?,
+    let source = match (args.from_replica.source(&snapshot).await?, args.s3.enabled) {
+        (Some(source), _) => source,
+        (None, true) => resolve_s3(&snapshot, resolve::s3_settings(&args.s3, None)).await?,
+        (None, false) => resolve(&args, &snapshot)?,
     };
     if let Some(program) = args.prepare_for {
         return prepare::run(&args, source, program).await;
