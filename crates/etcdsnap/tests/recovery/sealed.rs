@@ -467,6 +467,41 @@ async fn restore_drill_and_point_in_time_restore_open_a_sealed_snapshot_only_wit
     assert_eq!(revision(&mut rc).await, target_rev);
     assert_eq!(hash_kv(&mut rc, target_rev).await.hash, expected.hash);
     assert_eq!(key_space(&mut rc, target_rev).await?, key_space(&mut client, target_rev).await?);
+    drop(rolled);
+
+    // recover, as an ExecStartPre runs it on a lost one-member cluster: refused without the
+    // identity (nothing written); with it the member is back at the last captured revision.
+    let lost = work.path().join("recovered");
+    let recover_port = testenv::free_port()?;
+    let peer_url = format!("http://127.0.0.1:{recover_port}");
+    let (lost_s, snaps) = (s(&lost), s(&data.path().join("snapshots")));
+    let (etcdutl_s, etcd_s) = (s(&etcd.testbin("etcdutl")?), s(&etcd.testbin("etcd")?));
+    let recover = [
+        "recover",
+        "--data-dir",
+        &lost_s,
+        "--member-name",
+        "m0",
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--dir",
+        &snaps,
+        "--etcdutl",
+        &etcdutl_s,
+        "--etcd",
+        &etcd_s,
+    ];
+    let refused = run(&recover, &[]).await.expect_fail();
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(said.contains(&recipient) && said.contains("--decrypt-identity"), "{said}");
+    assert!(!lost.exists(), "a refused recover wrote the data directory");
+    let last = target_rev + 1;
+    let out = run(&[&recover[..], &["--decrypt-identity", &identity_s]].concat(), &[]).await.expect_ok();
+    assert!(out.stdout.contains(&format!("rolled forward to revision {last}")), "{}\n{}", out.stdout, out.stderr);
+    let back = Etcd::start_on_data_dir(&lost, "m0", recover_port).await?;
+    let mut bc = back.client().await?;
+    assert_eq!(revision(&mut bc).await, last);
+    assert_eq!(key_space(&mut bc, last).await?, key_space(&mut client, last).await?);
     Ok(())
 }
 

@@ -98,6 +98,16 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         DataState::Empty => {}
     }
     let (newest, store) = newest_snapshot(&args).await?;
+    // Said first: without it, the roll forward could not read the sealed segments either.
+    if let Some(sealed) = &newest.sealed
+        && args.unseal.decrypt_identity.is_none()
+    {
+        bail!(
+            "the newest snapshot {} is sealed with age to {}: pass --decrypt-identity with the identity file of one of these recipients (nothing was changed)",
+            newest.name,
+            sealed.recipients.join(", ")
+        );
+    }
     let name = newest.name.to_string();
     let recorded: Vec<ClusterMember> = newest
         .etcd
