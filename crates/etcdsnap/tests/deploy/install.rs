@@ -113,7 +113,7 @@ fn bash_completes_commands_and_flags() -> Result {
         );
         Ok(sh(Command::new("bash").arg("--norc").arg("-c").arg(program))?.lines().map(String::from).collect())
     };
-    assert_eq!(complete("etcdsnap res")?, ["restore"]);
+    assert_eq!(complete("etcdsnap res")?, ["restore", "restore-check"]);
     let flags = complete("etcdsnap prune --s3-ret")?;
     assert_eq!(flags, ["--s3-retention"]);
     Ok(())
