@@ -308,11 +308,21 @@ async fn recover_restores_a_lost_one_member_cluster_to_the_last_captured_revisio
         let dir = s(&data.path().join(format!("pitr-{node}")));
         let to = rev.to_string();
         let args = ["restore", "--to-revision", &to, "--all-members", "--member-name", "m0", "--data-dir", &dir];
-        let out = run(&[&args[..], &["--dir", &snaps, "--etcdutl", &tool, "--etcd", &bin]].concat(), &[]).await;
-        let out = out.expect_ok();
-        let token = out.stdout.split("cluster token ").nth(1).and_then(|t| t.split_whitespace().next());
+        let run_args = [&args[..], &["--dir", &snaps, "--etcdutl", &tool, "--etcd", &bin]].concat();
+        // One node reads the token from the table, the other from -o json's cluster block.
+        let token = match node {
+            "a" => {
+                let out = run(&run_args, &[]).await.expect_ok();
+                out.stdout.split("cluster token ").nth(1).and_then(|t| t.split_whitespace().next()).map(str::to_string)
+            }
+            _ => {
+                let json = run(&[&run_args[..], &["-o", "json"]].concat(), &[]).await.expect_ok().json();
+                assert!(json["cluster"]["members"]["m0"].is_array(), "{json}");
+                json["cluster"]["token"].as_str().map(str::to_string)
+            }
+        };
         let db = Path::new(&dir).join("member/snap/db");
-        dbs.push((token.map(str::to_string), file_hash_kv(&testenv::testbin_version("etcdutl", "3.7")?, &db, rev)?));
+        dbs.push((token, file_hash_kv(&testenv::testbin_version("etcdutl", "3.7")?, &db, rev)?));
     }
     assert!(dbs[0].0.is_some() && dbs[0].0 == dbs[1].0, "tokens {:?} {:?}", dbs[0].0, dbs[1].0);
     assert_eq!(dbs[0].1, dbs[1].1, "the two members' key spaces differ");

@@ -5,6 +5,7 @@
 use super::chains::{ChainView, gaps, ms_time};
 use super::restore::{Restored, installed_text};
 use super::{human_bytes, table};
+use crate::cli::commands::restore::members::ClusterView;
 use etcdsnap::pitr::restore::{PitrPlan, RolledForward};
 use etcdsnap::restore::{Installed, MemberSettings};
 use etcdsnap_storage::pitr::history;
@@ -26,6 +27,9 @@ pub struct PitrView {
     replayed: Option<Replayed>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restored: Option<Restored>,
+    /// With --all-members: the member set, its token and each other node's command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterView>,
     dry_run: bool,
 }
 
@@ -58,6 +62,7 @@ impl PitrView {
             warnings: plan.warnings.clone(),
             replayed: None,
             restored: None,
+            cluster: None,
             dry_run,
         }
     }
@@ -74,6 +79,11 @@ impl PitrView {
     /// Where the restore put the result.
     pub fn restored(&mut self, restored: Restored) {
         self.restored = Some(restored);
+    }
+
+    /// The member set of an --all-members restore.
+    pub fn cluster(&mut self, cluster: ClusterView) {
+        self.cluster = Some(cluster);
     }
 }
 

@@ -41,6 +41,9 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     let member = cluster.as_ref().map(|c| c.0.clone()).unwrap_or_else(|| resolve::member_settings(&args.member));
     let mut printed = PitrView::new(&plan, args.dry_run);
+    if let Some((_, set)) = &cluster {
+        printed.cluster(super::members::ClusterView::new(set, &member.name, Some(plan.replay.stop_at)));
+    }
     if format.is_table() {
         emit(&view::plan_text(&plan))?;
     }
