@@ -369,6 +369,8 @@ pub struct RollForward<'a> {
     pub etcd: &'a Path,
     /// A private, empty directory; the result is written in it.
     pub work: &'a Path,
+    /// The same bytes on every node that rolls the same plan forward (see [`Replay::compact`]).
+    pub compact: bool,
 }
 
 /// A snapshot of the cluster at the target, ready for an ordinary restore.
@@ -407,6 +409,7 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
         expected_hash: r.plan.expected_hash,
         save_to: Some(&snapshot),
         identity: r.identity.clone(),
+        compact: r.compact,
     })
     .await?;
     Ok(RolledForward { snapshot, report })

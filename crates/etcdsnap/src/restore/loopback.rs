@@ -3,6 +3,12 @@
 //! one forward. It is a one-member cluster of its own (its own name and cluster token), on ports
 //! the system chose, so it can never join or be mistaken for the live cluster.
 //!
+//! The URLs it advertises are fixed ([`ADVERTISED_PEER`], [`ADVERTISED_CLIENT`]), not the ports it
+//! listens on: they are what its member record in the database holds, and a replay on another
+//! node (another free port) must leave the same bytes (`restore --all-members`). Nothing dials
+//! them: a one-member cluster never reaches its own peer URL, and etcdsnap reaches it at the
+//! port it listens on.
+//!
 //! A replay raises the request limits etcd starts with ([`RequestLimits`]): a revision the live
 //! etcd accepted must be replayable as one transaction, however many keys it changed.
 
@@ -11,6 +17,11 @@ use etcdsnap_storage::etcd::{EtcdConfig, EtcdMember, MemberStatus};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+/// The peer URL the private etcd's member is made with (its member ID derives from it).
+const ADVERTISED_PEER: &str = "http://127.0.0.1:2380";
+/// The client URL it publishes in its member record.
+const ADVERTISED_CLIENT: &str = "http://127.0.0.1:2379";
 
 /// How long the private etcd may take to answer after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,8 +85,8 @@ pub async fn restore(
     let peer = format!("http://127.0.0.1:{}", free_port()?);
     let member = MemberSettings {
         name: name.into(),
-        initial_cluster: format!("{name}={peer}"),
-        initial_advertise_peer_urls: peer.clone(),
+        initial_cluster: format!("{name}={ADVERTISED_PEER}"),
+        initial_advertise_peer_urls: ADVERTISED_PEER.into(),
         initial_cluster_token: format!("etcdsnap-{name}"),
         bump_revision: None,
         mark_compacted: false,
@@ -110,8 +121,13 @@ impl Restored {
         cmd.arg("--data-dir")
             .arg(&self.data)
             .args(["--name", &self.member.name, "--listen-client-urls", &url])
-            .args(["--advertise-client-urls", &url, "--listen-peer-urls", &self.peer])
-            .args(["--initial-advertise-peer-urls", &self.peer, "--initial-cluster", &self.member.initial_cluster]);
+            .args(["--advertise-client-urls", ADVERTISED_CLIENT, "--listen-peer-urls", &self.peer])
+            .args([
+                "--initial-advertise-peer-urls",
+                ADVERTISED_PEER,
+                "--initial-cluster",
+                &self.member.initial_cluster,
+            ]);
         let child = cmd.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true).spawn().map_err(spawn)?;
         // Dropping `child` on an error below kills the etcd.
         let (member, status) = wait_serving(&url, &log_path).await?;

@@ -266,7 +266,7 @@ async fn recover_restores_a_lost_one_member_cluster_to_the_last_captured_revisio
     let data = tempfile::tempdir()?;
     save(&etcd, data.path()).await;
     let capturing = agent(&etcd, data.path()).await;
-    churn(&mut client, "after", 60).await;
+    churn(&mut client, "after", 1500).await;
     let rev = revision(&mut client).await;
     wait_durable(&capturing, rev).await;
     capturing.stop().await?;
@@ -301,8 +301,8 @@ async fn recover_restores_a_lost_one_member_cluster_to_the_last_captured_revisio
         assert!(key_space(&rc, rev).await == live, "the recovered key space differs from the live one at {rev}");
     }
     // Point in time with --all-members: two nodes roll forward to the same revision, with the
-    // same token and the same key space (etcdutl's HashKV of each database at that revision; the
-    // bytes differ: the replay's page layout is not deterministic).
+    // same token, the same key space (etcdutl's HashKV of each database at that revision) and
+    // the same bytes (the replayed database is compacted before it is saved).
     let mut dbs = Vec::new();
     for node in ["a", "b"] {
         let dir = s(&data.path().join(format!("pitr-{node}")));
@@ -322,10 +322,18 @@ async fn recover_restores_a_lost_one_member_cluster_to_the_last_captured_revisio
             }
         };
         let db = Path::new(&dir).join("member/snap/db");
-        dbs.push((token, file_hash_kv(&testenv::testbin_version("etcdutl", "3.7")?, &db, rev)?));
+        let bytes = std::fs::read(&db)?;
+        let hash = file_hash_kv(&testenv::testbin_version("etcdutl", "3.7")?, &db, rev)?;
+        dbs.push((token, hash, bytes));
     }
     assert!(dbs[0].0.is_some() && dbs[0].0 == dbs[1].0, "tokens {:?} {:?}", dbs[0].0, dbs[1].0);
     assert_eq!(dbs[0].1, dbs[1].1, "the two members' key spaces differ");
+    assert!(
+        dbs[0].2 == dbs[1].2,
+        "the two members' databases differ ({} and {} bytes)",
+        dbs[0].2.len(),
+        dbs[1].2.len()
+    );
     // On a member's data, recover changes nothing.
     let before = tree(&target);
     let out = run(&args, &[]).await.expect_ok();

@@ -268,6 +268,7 @@ pub(crate) async fn replay_to(
         expected_hash: expected,
         save_to,
         identity: None,
+        compact: false,
     };
     let report = replay(&r).await?;
     assert!(report.data_dir.join("member").is_dir(), "{}", report.data_dir.display());

@@ -75,6 +75,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         etcdutl: &etcdutl,
         etcd: &etcd,
         work: work.path(),
+        // Every member of an --all-members restore must get the same bytes.
+        compact: args.cluster.all_members,
     };
     let rolled = tokio::select! {
         r = roll_forward(&roll) => r?,
