@@ -31,6 +31,9 @@ pub const ANNOTATION_COMPRESSION: &str = "etcdsnap.io/compression";
 /// (`passed` or `failed: <reason>`).
 pub const ANNOTATION_DRILLED_AT: &str = "etcdsnap.io/drilled-at";
 pub const ANNOTATION_DRILL: &str = "etcdsnap.io/drill";
+/// S3 copies locked by etcdsnap (`--s3-lock-retention`): until when and in which mode,
+/// `<RFC 3339 date> <governance|compliance>` ([`crate::S3Lock`]).
+pub const ANNOTATION_S3_LOCKED_UNTIL: &str = "etcdsnap.io/s3-locked-until";
 /// Point-in-time recovery on the newest snapshot's resource: the newest revision it can be
 /// rolled forward to (`restore --to-revision`) and when that revision was observed (RFC 3339).
 pub const ANNOTATION_ROLLS_FORWARD_TO: &str = "etcdsnap.io/rolls-forward-to-revision";

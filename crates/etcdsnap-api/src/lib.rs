@@ -43,6 +43,7 @@ pub mod consts;
 pub mod crd;
 pub mod go;
 pub mod legacy;
+pub mod lock;
 pub mod members;
 pub mod metadata;
 pub mod names;
@@ -52,6 +53,7 @@ pub mod token;
 
 pub use crd::{ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotS3, ETCDSnapshotSpec, ETCDSnapshotStatus, crd};
 pub use legacy::{LegacyEntry, LegacyS3Config};
+pub use lock::{LockMode, S3Lock};
 pub use members::{ClusterMember, MemberOverride, MemberSet, MemberSetError};
 pub use metadata::{
     DrillResult, EtcdInfo, KvHash, MetadataDocument, MetadataError, StoredMetadata, parse_stored_metadata,

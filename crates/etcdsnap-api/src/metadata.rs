@@ -4,6 +4,7 @@
 //! stores a flat JSON string map in the same place (the extra metadata); both are read.
 
 use crate::crd::ETCDSnapshotS3;
+use crate::lock::S3Lock;
 use crate::members::ClusterMember;
 use crate::names::Compression;
 use crate::program::Program;
@@ -132,6 +133,11 @@ pub struct MetadataDocument {
     /// for local copies and in records of earlier releases, which uploaded under K3s's names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<Program>,
+    /// S3 copies: the Object Lock etcdsnap put on the snapshot's object when it wrote it
+    /// (`--s3-lock-retention`). Absent when it put none (a bucket's default retention may still
+    /// lock the object) and in records of earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_lock: Option<S3Lock>,
 }
 
 /// When a snapshot was last drilled and how it ended.
@@ -261,6 +267,10 @@ mod tests {
                 result: "passed".into(),
             }),
             program: Some(Program::Rke2),
+            s3_lock: Some(S3Lock {
+                until: jiff::Timestamp::from_second(1_700_007_200).unwrap_or_default(),
+                mode: crate::LockMode::Compliance,
+            }),
         }
     }
 
@@ -272,6 +282,7 @@ mod tests {
         assert!(text.contains("\"apiVersion\":\"etcdsnap.io/v1\""), "{text}");
         assert!(text.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""), "{text}");
         assert!(text.contains("\"program\":\"rke2\""), "{text}");
+        assert!(text.contains("\"s3Lock\":{\"until\":\"2023-11-15T00:13:20Z\",\"mode\":\"compliance\"}"), "{text}");
         assert_eq!(parse_stored_metadata(&json, "a-n1-1700000000.zst"), Ok(StoredMetadata::Document(Box::new(d))));
     }
 

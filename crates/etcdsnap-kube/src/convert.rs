@@ -6,11 +6,11 @@
 use etcdsnap_api::consts::{
     ANNOTATION_COMPRESSION, ANNOTATION_DRILL, ANNOTATION_DRILLED_AT, ANNOTATION_ETCD_HASHKV, ANNOTATION_ETCD_HISTORY,
     ANNOTATION_ETCD_MEMBERS, ANNOTATION_ETCD_REVISION, ANNOTATION_ETCD_VERSION, ANNOTATION_MANAGED_BY,
-    ANNOTATION_SHA256, S3_STORAGE_NODE,
+    ANNOTATION_S3_LOCKED_UNTIL, ANNOTATION_SHA256, S3_STORAGE_NODE,
 };
 use etcdsnap_api::{
     Compression, DrillResult, ETCDSnapshotError, ETCDSnapshotFile, ETCDSnapshotSpec, ETCDSnapshotStatus, EtcdInfo,
-    KvHash, LegacyEntry, LegacyS3Config, Program, SnapshotName, StorageKind, TokenHash,
+    KvHash, LegacyEntry, LegacyS3Config, Program, S3Lock, SnapshotName, StorageKind, TokenHash,
 };
 use etcdsnap_storage::{MetadataSource, Outcome, SnapshotRecord};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -62,6 +62,9 @@ impl RecordResource for SnapshotRecord {
         if let Some(drill) = &self.drill {
             annotations.insert(ANNOTATION_DRILLED_AT.to_string(), drill.at.to_string());
             annotations.insert(ANNOTATION_DRILL.to_string(), drill.result.clone());
+        }
+        if let Some(lock) = &self.s3_lock {
+            annotations.insert(ANNOTATION_S3_LOCKED_UNTIL.to_string(), lock.to_annotation());
         }
         annotations.insert(ANNOTATION_MANAGED_BY.to_string(), format!("etcdsnap/{}", env!("CARGO_PKG_VERSION")));
         let created = Time(self.created_at);
@@ -139,6 +142,7 @@ impl RecordResource for SnapshotRecord {
             s3: cr.spec.s3.clone(),
             extra_metadata: cr.spec.metadata.clone(),
             drill: drill_of(&annotations),
+            s3_lock: annotations.get(ANNOTATION_S3_LOCKED_UNTIL).and_then(|l| S3Lock::from_annotation(l)),
             metadata_source: MetadataSource::Resource,
             ..stored
         })
@@ -234,6 +238,28 @@ mod tests {
         let back = SnapshotRecord::from_resource(&cr, K3S).unwrap();
         assert_eq!(back.node_name, "");
         assert_eq!(back.cr_name(), "s3-on-demand-k3s-server-1-1730308816-79b15c");
+    }
+
+    #[test]
+    fn s3_locks_round_trip_through_the_annotation() {
+        let mut r = test_record("on-demand-k3s-server-1-1730308816", "k3s-server-1");
+        r.storage = StorageKind::S3;
+        r.location = "s3://etcd/k3s-test/on-demand-k3s-server-1-1730308816".into();
+        r.s3 = Some(ETCDSnapshotS3 { bucket: Some("etcd".into()), ..Default::default() });
+        let unlocked = r.to_resource(K3S);
+        assert!(!unlocked.metadata.annotations.unwrap_or_default().contains_key(ANNOTATION_S3_LOCKED_UNTIL));
+        assert_eq!(SnapshotRecord::from_resource(&r.to_resource(K3S), K3S).unwrap().s3_lock, None);
+
+        let until = "2026-12-07T08:00:00Z".parse().unwrap();
+        r.s3_lock = Some(S3Lock { until, mode: etcdsnap_api::LockMode::Governance });
+        let cr = r.to_resource(K3S);
+        let ann = cr.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(ann.get(ANNOTATION_S3_LOCKED_UNTIL).map(String::as_str), Some("2026-12-07T08:00:00Z governance"));
+        assert_eq!(SnapshotRecord::from_resource(&cr, K3S).unwrap().s3_lock, r.s3_lock);
+        // An annotation that is not etcdsnap's form is no lock.
+        let mut edited = cr.clone();
+        edited.metadata.annotations.get_or_insert_default().insert(ANNOTATION_S3_LOCKED_UNTIL.into(), "soon".into());
+        assert_eq!(SnapshotRecord::from_resource(&edited, K3S).unwrap().s3_lock, None);
     }
 
     #[test]

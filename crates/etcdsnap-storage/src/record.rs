@@ -6,8 +6,8 @@
 use etcdsnap_api::consts::S3_STORAGE_NODE;
 use etcdsnap_api::metadata::{METADATA_API_VERSION, METADATA_KIND};
 use etcdsnap_api::{
-    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, Program, Sealed, SnapshotName,
-    StorageKind, TokenHash, configmap_key, cr_name,
+    Compression, CrNameInput, DrillResult, ETCDSnapshotS3, EtcdInfo, MetadataDocument, Program, S3Lock, Sealed,
+    SnapshotName, StorageKind, TokenHash, configmap_key, cr_name,
 };
 use std::collections::BTreeMap;
 
@@ -73,6 +73,9 @@ pub struct SnapshotRecord {
     /// program (it was uploaded under the other program's names), so the server names its
     /// resource after `s3` rather than the uploader, and so does etcdsnap.
     pub uploader_unnamed: bool,
+    /// S3 copies: the Object Lock etcdsnap put on the snapshot's object when it wrote it; None
+    /// when it put none (the bucket's default retention is not recorded) or it is not known.
+    pub s3_lock: Option<S3Lock>,
 }
 
 impl SnapshotRecord {
@@ -108,6 +111,7 @@ impl SnapshotRecord {
             metadata_source: MetadataSource::None,
             program: None,
             uploader_unnamed: false,
+            s3_lock: None,
         }
     }
 
@@ -188,6 +192,7 @@ impl SnapshotRecord {
             encryption_config_sha256: self.encryption_config_sha256.clone(),
             drill: self.drill.clone(),
             program: self.program,
+            s3_lock: self.s3_lock,
         }
     }
 
@@ -208,6 +213,7 @@ impl SnapshotRecord {
         self.encryption_config_sha256 = doc.encryption_config_sha256;
         self.drill = doc.drill;
         self.program = doc.program;
+        self.s3_lock = doc.s3_lock;
         self.metadata_source = MetadataSource::Document;
     }
 }
@@ -231,6 +237,8 @@ mod tests {
         r.sha256 = Some("cd".repeat(32));
         r.etcd = Some(EtcdInfo { revision: 9, version: "3.6.16".into(), ..Default::default() });
         r.extra_metadata = Some(BTreeMap::from([("k".into(), "v".into())]));
+        r.s3_lock =
+            Some(S3Lock { until: jiff::Timestamp::from_second(1_700_007_200).unwrap(), mode: Default::default() });
         let doc = r.to_document();
         let mut bare = test_record("a-n-1700000000.zst", "");
         bare.apply_document(doc);
@@ -238,6 +246,7 @@ mod tests {
         assert_eq!(bare.sha256, r.sha256);
         assert_eq!(bare.etcd, r.etcd);
         assert_eq!(bare.extra_metadata, r.extra_metadata);
+        assert_eq!(bare.s3_lock, r.s3_lock);
         assert_eq!(bare.metadata_source, MetadataSource::Document);
     }
 

@@ -166,6 +166,12 @@ pub trait SnapshotSink: Send {
     fn program(&self) -> Option<etcdsnap_api::Program> {
         None
     }
+    /// The Object Lock the commit puts on the snapshot's object (S3 with
+    /// `--s3-lock-retention`), so that the record, written before it, names the date the lock
+    /// request then sends. Asked once the stream has ended; the same answer every time.
+    fn lock(&self) -> Option<etcdsnap_api::S3Lock> {
+        None
+    }
 }
 
 /// Stored bytes of one snapshot, streamed.

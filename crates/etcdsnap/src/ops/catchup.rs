@@ -144,6 +144,7 @@ async fn upload_one(
     uploaded.s3 = ctx.remote_spec.clone();
     uploaded.cluster_id = new.cluster_id;
     uploaded.program = sink.program();
+    uploaded.s3_lock = sink.lock();
     let doc = uploaded.to_document();
     match companions(ctx, local, &doc).await {
         Ok(companions) => sink.commit(&doc, &companions).await?,

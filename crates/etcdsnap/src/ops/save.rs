@@ -363,6 +363,7 @@ impl Attempt<'_> {
                 encryption_config_sha256: self.sealed.encryption_config_sha256.clone(),
                 metadata_source: MetadataSource::Document,
                 program: outcome.sink.program(),
+                s3_lock: outcome.sink.lock(),
                 ..with_context(ctx, stored)
             };
             let doc = record.to_document();

@@ -137,6 +137,7 @@ fn record(name: &str, storage: StorageKind, node: &str, location: &str) -> Snaps
         metadata_source: MetadataSource::None,
         program: None,
         uploader_unnamed: false,
+        s3_lock: None,
     }
 }
 

@@ -242,7 +242,7 @@ async fn ctrl_c_during_a_save_saves_nothing_and_says_so() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ls_wide_adds_the_location_revision_compression_cluster_id_and_history() -> TestResult {
+async fn ls_wide_adds_the_location_revision_compression_cluster_id_history_and_lock() -> TestResult {
     let etcd = etcd_with_objects(100).await?;
     let endpoints = etcd.endpoints().join(",");
     let mut client = etcd.client().await?;
@@ -261,8 +261,19 @@ async fn ls_wide_adds_the_location_revision_compression_cluster_id_and_history()
     let out = run(&["ls", "--dir", &dir_arg, "--node-name", "n1", "-o", "wide"], &[]).await.expect_ok();
     let mut lines = out.stdout.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-    let wide =
-        ["Name", "Where", "Location", "Size", "Created", "Drill", "Revision", "Compression", "Cluster-ID", "History"];
+    let wide = [
+        "Name",
+        "Where",
+        "Location",
+        "Size",
+        "Created",
+        "Drill",
+        "Revision",
+        "Compression",
+        "Cluster-ID",
+        "History",
+        "Locked-Until",
+    ];
     assert_eq!(header, wide, "{}", out.stdout);
     let canonical = dir.canonicalize()?;
     let (mut compressions, mut histories) = (BTreeSet::new(), BTreeSet::new());
@@ -278,6 +289,7 @@ async fn ls_wide_adds_the_location_revision_compression_cluster_id_and_history()
         assert_eq!(cells[6], revision.to_string(), "{row}");
         assert_eq!(cells[7], if name.ends_with(".zst") { "zstd" } else { "none" }, "{row}");
         assert_eq!(cells[8], cluster_id, "{row}");
+        assert_eq!(cells[10], "-", "a local copy is never locked: {row}");
         compressions.insert(cells[7].to_string());
         histories.insert(cells[9].to_string());
     }

@@ -98,6 +98,35 @@ async fn s3_lock_retention_locks_each_object_for_that_long() -> TestResult {
             "{key}: {until}"
         );
     }
+    // The record names that very lock: `ls` shows it, as the resource's annotation in JSON and
+    // as the last column of the wide table; the local copy has none.
+    let snapshot = keys.iter().find(|k| !k.contains("/.metadata/")).ok_or("no snapshot object")?;
+    let (_, until) = s3.object_retention("lockable", snapshot).await?.ok_or("the snapshot is not locked")?;
+    let listed = etcdsnap(&env, &["ls", "-o", "json"]).await.expect_ok().json();
+    let items = listed["items"].as_array().ok_or("no items")?;
+    assert_eq!(items.len(), 2, "{listed}");
+    for item in items {
+        let annotation = item["metadata"]["annotations"]["etcdsnap.io/s3-locked-until"].as_str();
+        if item["spec"]["s3"].is_null() {
+            assert_eq!(annotation, None, "a local copy is not locked: {item}");
+            continue;
+        }
+        let (date, mode) = annotation.and_then(|a| a.split_once(' ')).ok_or(format!("no lock: {item}"))?;
+        assert_eq!((date.parse::<jiff::Timestamp>()?, mode), (until, "compliance"), "{item}");
+    }
+    let out = etcdsnap(&env, &["ls", "-o", "wide"]).await.expect_ok();
+    let rows: Vec<Vec<&str>> = out.stdout.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    let mut places: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    places.sort_unstable();
+    assert_eq!(places, ["local", "s3"], "{}", out.stdout);
+    for row in &rows {
+        let cell = row.get(10).ok_or(format!("no Locked-Until column:\n{}", out.stdout))?;
+        match row[1] {
+            "s3" => assert_eq!(cell.parse::<jiff::Timestamp>()?, until, "{}", out.stdout),
+            _ => assert_eq!(*cell, "-", "{}", out.stdout),
+        }
+    }
+
     // Without the flag, objects of this bucket are not locked.
     etcdsnap(&env, &["save", "--no-kube", "--name", "plain"]).await.expect_ok();
     let plain = s3.list_keys("lockable", &format!("{FOLDER}/plain-")).await?;

@@ -407,6 +407,7 @@ pub(crate) mod tests {
             encryption_config_sha256: None,
             drill: None,
             program: None,
+            s3_lock: None,
         }
     }
 

@@ -182,6 +182,9 @@ impl SnapshotStore for ReplicaStore {
                     record.apply_document(*doc);
                     record.location = location;
                     record.size = size;
+                    // The record is the source's, byte for byte: the lock it names is on the
+                    // source's object, not on this copy.
+                    record.s3_lock = None;
                 }
                 Ok(StoredMetadata::ExtraMetadata(_)) => record.metadata_source = MetadataSource::K3sMap,
                 Err(e) => {

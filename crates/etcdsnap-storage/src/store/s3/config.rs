@@ -6,6 +6,8 @@ use etcdsnap_api::Program;
 use std::fmt;
 use std::time::Duration;
 
+pub use etcdsnap_api::LockMode;
+
 /// How the bucket is addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BucketLookup {
@@ -36,37 +38,6 @@ impl BucketLookup {
             BucketLookup::Auto => "auto",
             BucketLookup::Dns => "dns",
             BucketLookup::Path => "path",
-        }
-    }
-}
-
-/// S3 Object Lock's retention modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LockMode {
-    /// A user with `s3:BypassGovernanceRetention` may still delete or shorten it.
-    #[default]
-    Governance,
-    /// Nobody, the root account included, deletes the object before its date.
-    Compliance,
-}
-
-impl std::str::FromStr for LockMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "governance" => Ok(LockMode::Governance),
-            "compliance" => Ok(LockMode::Compliance),
-            other => Err(format!("unknown lock mode {other:?} (expected governance or compliance)")),
-        }
-    }
-}
-
-impl LockMode {
-    /// S3's spelling (`GOVERNANCE`, `COMPLIANCE`).
-    pub fn as_s3(self) -> &'static str {
-        match self {
-            LockMode::Governance => "GOVERNANCE",
-            LockMode::Compliance => "COMPLIANCE",
         }
     }
 }

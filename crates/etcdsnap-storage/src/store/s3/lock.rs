@@ -3,13 +3,18 @@
 //! said to be kept, with its date, instead of failing a prune (or, on AWS, where a versioned
 //! bucket takes a DELETE without a version as a delete marker, being hidden while its bytes stay).
 //!
-//! A snapshot's lock date is its own retention (`GetObjectRetention`) or, when it has none, the
-//! bucket's default retention counted from the object's last modification.
+//! The lock a save puts is fixed before the record is made ([`S3Store::lock_from_now`], asked
+//! by the sink), so the record names the date the `PutObjectRetention` then sends.
+//!
+//! A snapshot's lock date, when it is to be removed, is its own retention (`GetObjectRetention`)
+//! or, when it has none, the bucket's default retention counted from the object's last
+//! modification: never the record's, which a default retention does not fill in.
 
 use super::S3Store;
 use super::list::bucket_url;
 use super::request::{self, Call};
 use crate::store::StoreError;
+use etcdsnap_api::S3Lock;
 use jiff::Timestamp;
 use serde::Deserialize;
 
@@ -97,18 +102,27 @@ impl S3Store {
         Ok(url)
     }
 
-    /// Puts `--s3-lock-retention` on each of `keys` (no-op without it): retained until now plus
-    /// the retention, in its mode.
-    pub(crate) async fn lock_objects(&self, keys: &[String]) -> Result<(), StoreError> {
-        let Some(lock) = self.config.lock else { return Ok(()) };
+    /// The lock `--s3-lock-retention` asks for an object written now (None without it):
+    /// retained until now plus the retention, in whole seconds as the retention document
+    /// carries it, in its mode.
+    pub(crate) fn lock_from_now(&self) -> Result<Option<S3Lock>, StoreError> {
+        let Some(lock) = self.config.lock else { return Ok(None) };
         let span = jiff::SignedDuration::try_from(lock.retention).unwrap_or(jiff::SignedDuration::MAX);
-        let until = crate::clock::now().checked_add(span).map_err(|e| StoreError::S3 {
-            op: "lock",
-            target: self.config.describe(),
-            problem: None,
-            message: format!("retain-until date out of range: {e}"),
-        })?;
-        let body = retention_document(lock.mode.as_s3(), until);
+        let until =
+            crate::clock::now().checked_add(span).and_then(|t| Timestamp::from_second(t.as_second())).map_err(|e| {
+                StoreError::S3 {
+                    op: "lock",
+                    target: self.config.describe(),
+                    problem: None,
+                    message: format!("retain-until date out of range: {e}"),
+                }
+            })?;
+        Ok(Some(S3Lock { until, mode: lock.mode }))
+    }
+
+    /// Puts `lock` on each of `keys`.
+    pub(crate) async fn lock_objects(&self, keys: &[String], lock: &S3Lock) -> Result<(), StoreError> {
+        let body = retention_document(lock.mode.as_s3(), lock.until);
         let credential = self.credential().await?;
         for key in keys {
             let url = self.object_url(key, "retention=")?;

@@ -354,7 +354,12 @@ impl SnapshotStore for S3Store {
         if signature.is_some() {
             rewritten.push(self.config.metadata_key(&etcdsnap_api::seal::signature_file_name(name.as_str())));
         }
-        self.lock_objects(&rewritten).await
+        // The rewritten objects get a lock of their own from now; the record still names the
+        // snapshot object's.
+        match self.lock_from_now()? {
+            Some(lock) => self.lock_objects(&rewritten, &lock).await,
+            None => Ok(()),
+        }
     }
 
     async fn signed_record(&self, name: &SnapshotName) -> Result<SignedRecord, StoreError> {

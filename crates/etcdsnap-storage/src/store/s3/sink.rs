@@ -11,12 +11,12 @@ use crate::store::{Companions, SnapshotSink, StoreError};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use etcdsnap_api::consts::{S3_META_SHA256, S3_META_SIZE};
-use etcdsnap_api::{MetadataDocument, SnapshotName, StorageKind};
+use etcdsnap_api::{MetadataDocument, S3Lock, SnapshotName, StorageKind};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, MultipartUpload, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -42,6 +42,8 @@ pub struct S3Sink {
     parts: Option<mpsc::Sender<Bytes>>,
     uploader: Option<Uploader>,
     failure: Arc<Mutex<Option<String>>>,
+    /// The lock the commit puts on every object it wrote, fixed when first asked.
+    lock: OnceLock<Option<S3Lock>>,
 }
 
 impl S3Sink {
@@ -66,6 +68,7 @@ impl S3Sink {
             parts: Some(tx),
             uploader: Some(uploader),
             failure,
+            lock: OnceLock::new(),
         }
     }
 
@@ -158,9 +161,9 @@ impl S3Sink {
     ) -> Result<Vec<ObjectPath>, (Vec<ObjectPath>, StoreError)> {
         let config = self.store.config();
         let name = self.name.as_str();
-        // The record says whose names the object's user metadata carries (the signer signed
-        // it so: see `SnapshotSink::program`).
-        let doc = &MetadataDocument { program: Some(config.program), ..doc.clone() };
+        // The record says whose names the object's user metadata carries and the lock about to
+        // be put (the signer signed it so: see `SnapshotSink::program` and `SnapshotSink::lock`).
+        let doc = &MetadataDocument { program: Some(config.program), s3_lock: self.lock(), ..doc.clone() };
         let mut documents = Vec::new();
         if let Some(kit) = &companions.kit {
             let key = config.metadata_key(&etcdsnap_api::seal::kit_file_name(name));
@@ -259,12 +262,13 @@ impl SnapshotSink for S3Sink {
             return Err(self.error(format!("completing the upload: {}", describe_error(&e))));
         }
         failpoint::reached(failpoint::S3_AFTER_COMPLETE).await;
-        if self.store.config().lock.is_some() {
+        if let Some(lock) = self.lock() {
             // The snapshot is complete and stays whatever happens here: a lock that cannot be
-            // put is said loudly, and the save stands.
+            // put is said loudly, and the save stands (its record still names the lock asked
+            // for; prune reads the object's own retention, never the record's).
             let mut keys: Vec<String> = written.iter().map(ToString::to_string).collect();
             keys.push(self.store.config().key(self.name.as_str()));
-            if let Err(e) = self.store.lock_objects(&keys).await {
+            if let Err(e) = self.store.lock_objects(&keys, &lock).await {
                 tracing::error!(snapshot = %self.name, error = %e, "the snapshot was saved but is not locked");
             }
         }
@@ -291,6 +295,18 @@ impl SnapshotSink for S3Sink {
 
     fn program(&self) -> Option<etcdsnap_api::Program> {
         Some(self.store.config().program)
+    }
+
+    /// Until the end of the upload plus `--s3-lock-retention`, counted when first asked (once
+    /// the stream has ended, before the record is made).
+    fn lock(&self) -> Option<S3Lock> {
+        *self.lock.get_or_init(|| match self.store.lock_from_now() {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::error!(snapshot = %self.name, error = %e, "the snapshot will not be locked");
+                None
+            }
+        })
     }
 }
 

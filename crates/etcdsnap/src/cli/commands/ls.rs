@@ -41,7 +41,7 @@ const EXAMPLES: &str = "Examples:
   # This node's snapshots, locally and in S3 (columns that fit the terminal)
   etcdsnap ls --s3 --s3-bucket backups
 
-  # With the location, revision, compression and cluster id of each
+  # With the location, revision, compression, cluster id, history and S3 lock of each
   etcdsnap ls -o wide
 
   # K3s's columns with whole bytes, for a script (as into any pipe)

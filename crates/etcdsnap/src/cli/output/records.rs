@@ -2,7 +2,7 @@
 //! ETCDSnapshotFile objects their records make, named by their ConfigMap-style key as K3s's
 //! list does.
 
-use super::{Cells, fit, table};
+use super::{Cells, fit, rfc3339, table};
 use etcdsnap_api::{ETCDSnapshotFile, StorageKind};
 use etcdsnap_kube::RecordResource;
 use etcdsnap_storage::SnapshotRecord;
@@ -55,7 +55,8 @@ fn place(r: &SnapshotRecord) -> &'static str {
 
 /// The tables of `ls`: for a person at a terminal, name, where, size, age and drill, fitted to
 /// its width; into a pipe, K3s's four columns (name, location, whole bytes, RFC 3339 time) and
-/// the drill, which scripts written for `k3s etcd-snapshot ls` parse; `wide`, every column.
+/// the drill, which scripts written for `k3s etcd-snapshot ls` parse; `wide`, every column (the
+/// last, until when etcdsnap locked an S3 copy with S3 Object Lock; its mode is in `-o json`).
 pub fn table_of(records: &[SnapshotRecord], cells: Cells, wide: bool) -> String {
     let header: &[&str] = match (wide, cells.terminal()) {
         (true, _) => &[
@@ -69,6 +70,7 @@ pub fn table_of(records: &[SnapshotRecord], cells: Cells, wide: bool) -> String 
             "Compression",
             "Cluster-ID",
             "History",
+            "Locked-Until",
         ],
         (false, true) => &["Name", "Where", "Size", "Created", "Drill"],
         (false, false) => &["Name", "Location", "Size", "Created", "Drill"],
@@ -86,6 +88,7 @@ pub fn table_of(records: &[SnapshotRecord], cells: Cells, wide: bool) -> String 
             "Drill" => drill(r),
             "Revision" => r.etcd.as_ref().map(|e| e.revision.to_string()).unwrap_or_else(|| "-".into()),
             "Compression" => r.compression.to_string(),
+            "Locked-Until" => r.s3_lock.map_or_else(|| "-".into(), |l| rfc3339(l.until)),
             // Legacy only where the revision is known: a record without etcd facts says nothing.
             "History" => r.etcd.as_ref().map_or_else(
                 || "-".into(),
@@ -156,9 +159,17 @@ mod tests {
             let row = text.lines().nth(1).unwrap();
             assert!(row.contains('…') && row.contains("1700000000.zst") && row.contains("64.1 MiB"), "{text}");
         }
-        // Wide: every column, every name whole.
-        let wide = table_of(&records, tty.with_width(80), true);
+        // Wide: every column, every name whole, and the lock of a locked S3 copy.
+        let mut locked = records.clone();
+        locked[1].s3 = Some(etcdsnap_api::ETCDSnapshotS3::default());
+        locked[1].s3_lock = Some(etcdsnap_api::S3Lock {
+            until: jiff::Timestamp::from_second(1_700_007_200).unwrap(),
+            mode: etcdsnap_api::LockMode::Compliance,
+        });
+        let wide = table_of(&locked, tty.with_width(80), true);
         assert!(wide.lines().nth(1).unwrap().starts_with(long), "{wide}");
-        assert_eq!(wide.lines().next().unwrap().split_whitespace().count(), 10);
+        assert_eq!(wide.lines().next().unwrap().split_whitespace().count(), 11);
+        let last: Vec<&str> = wide.lines().filter_map(|l| l.split_whitespace().last()).collect();
+        assert_eq!(last, ["Locked-Until", "-", "2023-11-15T00:13:20Z"], "{wide}");
     }
 }
