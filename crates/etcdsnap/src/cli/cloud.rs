@@ -18,18 +18,18 @@ pub const AZURE_HEADING: &str = "Azure Blob Storage";
 pub struct GcsArgs {
     /// Keep snapshots in this GCS bucket (uploaded in the same pass as the local copy), in
     /// place of S3
-    #[arg(long = "gcs-bucket", env = "ETCDSNAP_GCS_BUCKET", value_name = "BUCKET")]
+    #[arg(id = "gcs_bucket", long = "gcs-bucket", env = "ETCDSNAP_GCS_BUCKET", value_name = "BUCKET")]
     pub bucket: Option<String>,
     /// Folder in the GCS bucket [default: the bucket's root]
-    #[arg(long = "gcs-folder", env = "ETCDSNAP_GCS_FOLDER", value_name = "FOLDER")]
+    #[arg(id = "gcs_folder", long = "gcs-folder", env = "ETCDSNAP_GCS_FOLDER", value_name = "FOLDER")]
     pub folder: Option<String>,
     /// GCS API base URL, for an emulator such as fake-gcs-server [default:
     /// https://storage.googleapis.com]
-    #[arg(long = "gcs-endpoint", env = "ETCDSNAP_GCS_ENDPOINT", value_name = "URL")]
+    #[arg(id = "gcs_endpoint", long = "gcs-endpoint", env = "ETCDSNAP_GCS_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
     /// Service account key file (JSON) [default: $GOOGLE_APPLICATION_CREDENTIALS, else the
     /// instance's metadata server]
-    #[arg(long = "gcs-credentials", env = "ETCDSNAP_GCS_CREDENTIALS", value_name = "FILE")]
+    #[arg(id = "gcs_credentials", long = "gcs-credentials", env = "ETCDSNAP_GCS_CREDENTIALS", value_name = "FILE")]
     pub credentials: Option<PathBuf>,
 }
 
@@ -39,21 +39,21 @@ pub struct GcsArgs {
 pub struct AzureArgs {
     /// Keep snapshots in this Azure Blob Storage container (uploaded in the same pass as the
     /// local copy), in place of S3
-    #[arg(long = "azure-container", env = "ETCDSNAP_AZURE_CONTAINER", value_name = "CONTAINER")]
+    #[arg(id = "azure_container", long = "azure-container", env = "ETCDSNAP_AZURE_CONTAINER", value_name = "CONTAINER")]
     pub container: Option<String>,
     /// Storage account holding the container
-    #[arg(long = "azure-account", env = "AZURE_STORAGE_ACCOUNT", value_name = "NAME")]
+    #[arg(id = "azure_account", long = "azure-account", env = "AZURE_STORAGE_ACCOUNT", value_name = "NAME")]
     pub account: Option<String>,
     /// Folder in the container [default: the container's root]
-    #[arg(long = "azure-folder", env = "ETCDSNAP_AZURE_FOLDER", value_name = "FOLDER")]
+    #[arg(id = "azure_folder", long = "azure-folder", env = "ETCDSNAP_AZURE_FOLDER", value_name = "FOLDER")]
     pub folder: Option<String>,
     /// Blob service URL, for an emulator such as Azurite (http:// is accepted as given)
     /// [default: https://<account>.blob.core.windows.net]
-    #[arg(long = "azure-endpoint", env = "ETCDSNAP_AZURE_ENDPOINT", value_name = "URL")]
+    #[arg(id = "azure_endpoint", long = "azure-endpoint", env = "ETCDSNAP_AZURE_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
     /// Storage account access key [default: $AZURE_STORAGE_KEY, else the other usual AZURE_*
     /// credentials (a SAS, a service principal, a managed identity)]
-    #[arg(long = "azure-access-key", env = "AZURE_STORAGE_ACCESS_KEY", value_name = "KEY", hide_env_values = true)]
+    #[arg(id = "azure_access_key", long = "azure-access-key", env = "AZURE_STORAGE_ACCESS_KEY", value_name = "KEY", hide_env_values = true)]
     pub access_key: Option<String>,
 }
 

@@ -101,8 +101,8 @@ pub struct RetentionArgs {
     /// months, days, hours)
     #[arg(long, env = "ETCDSNAP_KEEP_WITHIN", value_name = "DURATION", value_parser = CalendarSpan::parse)]
     pub keep_within: Option<CalendarSpan>,
-    /// Snapshots to keep per node in S3 (this cluster's only), in place of --retention there;
-    /// the --keep-* age rules apply to S3 too [default: --retention]
+    /// Snapshots to keep per node in S3, GCS or Azure (this cluster's only), in place of
+    /// --retention there; the --keep-* age rules apply there too [default: --retention]
     #[arg(long, visible_alias = "etcd-s3-retention", env = "ETCDSNAP_S3_RETENTION")]
     pub s3_retention: Option<usize>,
 }
