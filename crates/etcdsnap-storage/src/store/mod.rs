@@ -65,6 +65,9 @@ pub enum StoreError {
     /// A replica's request failed, or what arrived there is not what was sent.
     #[error("replica {op} {target}: {message}")]
     Replica { op: &'static str, target: String, message: String },
+    /// A request to a GCS or Azure primary store failed (`target` starts with its URL).
+    #[error("{op} {target}: {message}")]
+    Cloud { op: &'static str, target: String, message: String },
     /// Bytes that were about to be copied no longer hash to what their record says.
     #[error("{} no longer matches its recorded sha256 (run `etcdsnap verify`)", .0.display())]
     Changed(PathBuf),

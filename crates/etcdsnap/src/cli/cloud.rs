@@ -39,7 +39,12 @@ pub struct GcsArgs {
 pub struct AzureArgs {
     /// Keep snapshots in this Azure Blob Storage container (uploaded in the same pass as the
     /// local copy), in place of S3
-    #[arg(id = "azure_container", long = "azure-container", env = "ETCDSNAP_AZURE_CONTAINER", value_name = "CONTAINER")]
+    #[arg(
+        id = "azure_container",
+        long = "azure-container",
+        env = "ETCDSNAP_AZURE_CONTAINER",
+        value_name = "CONTAINER"
+    )]
     pub container: Option<String>,
     /// Storage account holding the container
     #[arg(id = "azure_account", long = "azure-account", env = "AZURE_STORAGE_ACCOUNT", value_name = "NAME")]
@@ -53,7 +58,13 @@ pub struct AzureArgs {
     pub endpoint: Option<String>,
     /// Storage account access key [default: $AZURE_STORAGE_KEY, else the other usual AZURE_*
     /// credentials (a SAS, a service principal, a managed identity)]
-    #[arg(id = "azure_access_key", long = "azure-access-key", env = "AZURE_STORAGE_ACCESS_KEY", value_name = "KEY", hide_env_values = true)]
+    #[arg(
+        id = "azure_access_key",
+        long = "azure-access-key",
+        env = "AZURE_STORAGE_ACCESS_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
     pub access_key: Option<String>,
 }
 

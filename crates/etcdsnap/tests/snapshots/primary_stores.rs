@@ -3,8 +3,9 @@
 //! and without a local copy, then `ls`, `verify`, `restore NAME` (the key space compared with
 //! the live one), `prune` scoped to this node and cluster, an Azure listing that lies (a proxy
 //! in front of Azurite; fake-gcs-server refuses a proxy's Host header, so GCS has no such case
-//! here), and flags that are wrong.
+//! here), the agent's schedule and retention on Azure, and flags that are wrong.
 
+use crate::common::agent::Agent;
 use crate::common::etcd::etcd_with_objects;
 use crate::common::keyspace::assert_same_key_space;
 use crate::common::{Run, TestResult, files_in, run, s};
@@ -171,15 +172,36 @@ async fn save(node: &Node, server: &Server, extra: &[&str]) -> String {
     new.remove(0)
 }
 
+/// Puts `n` values of 1 MiB that do not compress: snapshots of more than one 8 MiB part.
+async fn put_large_values(etcd: &Etcd, n: usize) -> TestResult {
+    let mut client = etcd.client().await?;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..n {
+        let value: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        client.put(format!("/registry/blobs/default/blob-{i}"), value, None).await?;
+    }
+    Ok(())
+}
+
 /// The whole life of snapshots in one primary store.
 async fn save_list_verify_restore_prune(server: Server) -> TestResult {
     let etcd = etcd_with_objects(100).await?;
+    // Three parts and some: parts in flight, then the last one sent when the upload completes.
+    put_large_values(&etcd, 20).await?;
     let node = Node::new(&etcd, &server);
     let flags = server.flags(None);
 
     // With the local copy: both hold the same bytes, and the record is beside it.
     let first = save(&node, &server, &[]).await;
     let local = std::fs::read(node.data.path().join("snapshots").join(&first))?;
+    assert!(local.len() > 16 << 20, "{} bytes: not three parts", local.len());
     assert!(server.get(&first).await? == local, "{first} differs from the local copy");
     let record: serde_json::Value =
         serde_json::from_slice(&server.get(&format!(".metadata/{first}.etcdsnap.json")).await?)?;
@@ -254,6 +276,30 @@ async fn gcs_as_the_primary_store() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_as_the_primary_store() -> TestResult {
     save_list_verify_restore_prune(Server::azure().await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_saves_on_schedule_into_azure_and_keeps_its_retention() -> TestResult {
+    let etcd = etcd_with_objects(20).await?;
+    let server = Server::azure().await?;
+    let node = Node::new(&etcd, &server);
+    // Another node's snapshot, older than every scheduled one: never counted.
+    server.put(OTHER_NODE, b"not ours").await?;
+    let mut args = vec!["--schedule", "*/2 * * * * *", "--retention", "2", "--no-local", "--compress", "zstd"];
+    let flags = server.flags(None);
+    args.extend(flags.iter().map(String::as_str));
+    let env: Vec<(&str, &str)> = node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let agent = Agent::start(&args, &env, node.data.path()).await?;
+    agent.wait_for_metric("etcdsnap_saves_total{status=\"success\"}", 4.0, Duration::from_secs(40)).await?;
+    agent.stop().await?;
+    let held = server.snapshots().await?;
+    let ours: Vec<&String> = held.iter().filter(|n| n.starts_with("etcd-snapshot-node-a-")).collect();
+    assert_eq!(ours.len(), 2, "retention 2 in the container: {held:?}");
+    assert!(held.contains(&OTHER_NODE.to_string()), "{held:?}");
+    for name in ours {
+        server.get(&format!(".metadata/{name}.etcdsnap.json")).await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,14 @@ impl CloudStore {
     }
 }
 
+/// The replica's errors, said of a primary store.
+pub(crate) fn primary(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Replica { op, target, message } => StoreError::Cloud { op, target, message },
+        other => other,
+    }
+}
+
 /// The option naming the service's endpoint.
 fn is_endpoint(key: &str) -> bool {
     key == "google_base_url" || key == "azure_storage_endpoint"
@@ -126,7 +134,7 @@ impl SnapshotStore for CloudStore {
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
-        self.inner.list().await
+        self.inner.list().await.map_err(primary)
     }
 
     async fn create(&self, new: &NewSnapshot) -> Result<Box<dyn SnapshotSink>, StoreError> {
@@ -136,36 +144,36 @@ impl SnapshotStore for CloudStore {
             .object_store()
             .put_multipart(&key)
             .await
-            .map_err(|e| self.inner.error("start upload", &key, &e))?;
+            .map_err(|e| primary(self.inner.error("start upload", &key, &e)))?;
         Ok(Box::new(sink::CloudSink::start(self.inner.clone(), new.name.clone(), upload)))
     }
 
     async fn open(&self, name: &SnapshotName) -> Result<SnapshotReader, StoreError> {
-        self.inner.open(name).await
+        self.inner.open(name).await.map_err(primary)
     }
 
     async fn delete(&self, name: &SnapshotName) -> Result<bool, StoreError> {
-        self.inner.delete(name).await
+        self.inner.delete(name).await.map_err(primary)
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        self.inner.check().await
+        self.inner.check().await.map_err(primary)
     }
 
     async fn exists(&self, name: &SnapshotName) -> Result<bool, StoreError> {
-        self.inner.exists(name).await
+        self.inner.exists(name).await.map_err(primary)
     }
 
     async fn update_record(&self, record: &SnapshotRecord, signature: Option<&str>) -> Result<(), StoreError> {
-        self.inner.update_record(record, signature).await
+        self.inner.update_record(record, signature).await.map_err(primary)
     }
 
     async fn signed_record(&self, name: &SnapshotName) -> Result<SignedRecord, StoreError> {
-        self.inner.signed_record(name).await
+        self.inner.signed_record(name).await.map_err(primary)
     }
 
     async fn kit(&self, name: &SnapshotName) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.kit(name).await
+        self.inner.kit(name).await.map_err(primary)
     }
 }
 

@@ -55,7 +55,7 @@ impl CloudSink {
     }
 
     fn error(&self, message: String) -> StoreError {
-        StoreError::Replica { op: "upload", target: self.location(), message }
+        StoreError::Cloud { op: "upload", target: self.location(), message }
     }
 
     /// Sends whatever is buffered as the last part and waits for every part to be uploaded.
@@ -98,7 +98,7 @@ impl CloudSink {
             let key = self.store.metadata_key(&file);
             match self.store.put_small(&key, body).await {
                 Ok(()) => written.push(key),
-                Err(e) => return Err((written, e)),
+                Err(e) => return Err((written, super::primary(e))),
             }
         }
         Ok(written)

@@ -96,7 +96,11 @@ impl ReplicaStore {
         target: impl std::fmt::Display,
         e: &object_store::Error,
     ) -> StoreError {
-        StoreError::Replica { op, target: format!("{}: {target}", self.config.url), message: describe_error(e) }
+        let target = match target.to_string() {
+            t if t.is_empty() => self.config.url.clone(),
+            t => format!("{}: {t}", self.config.url),
+        };
+        StoreError::Replica { op, target, message: describe_error(e) }
     }
 
     /// Objects directly in `prefix` (no sub-folder), by file name.
