@@ -3,7 +3,8 @@
 //! and without a local copy, then `ls`, `verify`, `restore NAME` (the key space compared with
 //! the live one), `prune` scoped to this node and cluster, an Azure listing that lies (a proxy
 //! in front of Azurite; fake-gcs-server refuses a proxy's Host header, so GCS has no such case
-//! here), the agent's schedule and retention on Azure, and flags that are wrong.
+//! here), the agent's schedule and retention on Azure, the ETCDSnapshotFile resources of an
+//! Azure snapshot, and flags that are wrong.
 
 use crate::common::agent::Agent;
 use crate::common::etcd::etcd_with_objects;
@@ -299,6 +300,35 @@ async fn the_agent_saves_on_schedule_into_azure_and_keeps_its_retention() -> Tes
     for name in ours {
         server.get(&format!(".metadata/{name}.etcdsnap.json")).await?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_snapshot_has_a_remote_resource_that_reconcile_keeps_and_delete_removes() -> TestResult {
+    let etcd = etcd_with_objects(20).await?;
+    let api = testenv::KubeApiServer::start(&etcd).await?;
+    let client = api.client().await?;
+    let server = Server::azure().await?;
+    let mut node = Node::new(&etcd, &server);
+    node.env.retain(|(k, _)| k != "ETCDSNAP_NO_KUBE");
+    node.env.push(("ETCDSNAP_KUBECONFIG".into(), s(api.kubeconfig_path())));
+    let flags = server.flags(None);
+    let name = save(&node, &server, &["--no-local"]).await;
+    let crs: kube::Api<etcdsnap_api::ETCDSnapshotFile> = kube::Api::all(client.clone());
+    let items = crs.list(&Default::default()).await?.items;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let cr = &items[0];
+    assert!(cr.metadata.name.as_deref().is_some_and(|n| n.starts_with("s3-")), "{:?}", cr.metadata.name);
+    assert_eq!(cr.spec.location, format!("az://{BUCKET}/{FOLDER}/{name}"));
+    let spec = cr.spec.s3.as_ref().ok_or("no spec.s3")?;
+    assert_eq!((spec.bucket.as_deref(), spec.prefix.as_deref()), (Some(BUCKET), Some(FOLDER)));
+    assert_eq!(cr.status.as_ref().and_then(|s| s.ready_to_use), Some(true));
+    // The listing finds what the resource says: nothing to change.
+    let out = node.run(&args(&["reconcile"], &flags)).await.expect_ok();
+    assert!(out.stdout.contains("0 created, 0 updated, 0 deleted"), "{}", out.stdout);
+    node.run(&args(&["delete", &name], &flags)).await.expect_ok();
+    assert!(crs.list(&Default::default()).await?.items.is_empty(), "the resource stayed");
+    assert!(server.snapshots().await?.is_empty());
     Ok(())
 }
 

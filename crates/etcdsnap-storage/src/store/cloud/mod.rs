@@ -134,7 +134,13 @@ impl SnapshotStore for CloudStore {
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
-        self.inner.list().await.map_err(primary)
+        let mut listing = self.inner.list().await.map_err(primary)?;
+        // Where each snapshot is, for its resource (as S3's listing says it).
+        let spec = self.spec();
+        for record in &mut listing.records {
+            record.s3 = Some(spec.clone());
+        }
+        Ok(listing)
     }
 
     async fn create(&self, new: &NewSnapshot) -> Result<Box<dyn SnapshotSink>, StoreError> {
