@@ -9,6 +9,8 @@
 /// reports one that no test calls).
 #[path = "../common"]
 mod common {
+    // One test runs an agent (on an Azure primary store) and stops it: `kill` is not needed.
+    #[allow(dead_code)]
     pub mod agent;
     mod cli;
     pub mod etcd;

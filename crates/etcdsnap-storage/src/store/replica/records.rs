@@ -17,6 +17,9 @@ use std::collections::HashSet;
 /// Concurrent GETs of records while a listing reads them.
 const RECORD_FETCHES: usize = 8;
 
+/// One record fetched: its index in the listing, key, ETag and bytes (None: gone since).
+type Fetched = (usize, ObjectPath, String, Result<Option<Vec<u8>>, StoreError>);
+
 impl ReplicaStore {
     /// What the records of `wanted` (index in `found`, record key, the key's ETag, empty when the
     /// listing gave none) say, by index. A record gone since the listing is left out; a failed
@@ -37,15 +40,14 @@ impl ReplicaStore {
                 }
             }
         }
-        let fetched: Vec<(usize, ObjectPath, String, Result<Option<Vec<u8>>, StoreError>)> =
-            futures::stream::iter(fetch)
-                .map(|(i, key, etag)| async move {
-                    let bytes = self.get_small(&key, MAX_METADATA_BYTES as u64).await;
-                    (i, key, etag, bytes)
-                })
-                .buffer_unordered(RECORD_FETCHES)
-                .collect()
-                .await;
+        let fetched: Vec<Fetched> = futures::stream::iter(fetch)
+            .map(|(i, key, etag)| async move {
+                let bytes = self.get_small(&key, MAX_METADATA_BYTES as u64).await;
+                (i, key, etag, bytes)
+            })
+            .buffer_unordered(RECORD_FETCHES)
+            .collect()
+            .await;
         let mut learned_now = Vec::new();
         for (i, key, etag, bytes) in fetched {
             let Some(bytes) = bytes? else { continue };
