@@ -32,6 +32,8 @@ use std::sync::Arc;
 #[command(
     after_help = EXAMPLES,
     mut_arg("enabled", |a| a.help("NAME is a snapshot in the S3 folder the other S3 flags name: streamed from it, never kept locally")),
+    mut_arg("gcs_bucket", |a| a.help("NAME is a snapshot in this GCS bucket, in --gcs-folder: streamed from it, never kept locally")),
+    mut_arg("azure_container", |a| a.help("NAME is a snapshot in this Azure container, in --azure-folder: streamed from it, never kept locally")),
     mut_args(help::unused(&[&["stale_upload_after"]])),
     mut_args(help::no_wide)
 )]
