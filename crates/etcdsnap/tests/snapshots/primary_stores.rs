@@ -1,10 +1,9 @@
 //! GCS and Azure Blob Storage as a node's primary remote store (`--gcs-*`, `--azure-*`): the
 //! real `etcdsnap` binary saving into a fake-gcs-server bucket and an Azurite container, with
 //! and without a local copy, then `ls`, `verify`, `restore NAME` (the key space compared with
-//! the live one), `prune` scoped to this node and cluster, an Azure listing that lies (a proxy
-//! in front of Azurite; fake-gcs-server refuses a proxy's Host header, so GCS has no such case
-//! here), the agent's schedule and retention on Azure, the ETCDSnapshotFile resources of an
-//! Azure snapshot, and flags that are wrong.
+//! the live one), `prune` scoped to this node and cluster, listings that lie (a proxy in front
+//! of each server), the agent's schedule and retention on Azure, the ETCDSnapshotFile resource
+//! of an Azure snapshot, and flags that are wrong.
 
 use crate::common::agent::Agent;
 use crate::common::etcd::etcd_with_objects;
@@ -332,16 +331,25 @@ async fn an_azure_snapshot_has_a_remote_resource_that_reconcile_keeps_and_delete
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_azure_listing_that_lies_fails_closed() -> TestResult {
+/// Listings through a proxy that lies (HTML sent as 200, a listing cut short) fail `ls` and
+/// `prune`, and nothing is deleted.
+async fn a_lying_listing_fails_closed(server: Server) -> TestResult {
     let etcd = etcd_with_objects(20).await?;
-    let server = Server::azure().await?;
-    let Server::Azure(azurite) = &server else { unreachable!() };
-    let proxy = LyingS3Proxy::start(&azurite.account_url().replace("/devstoreaccount1", "")).await?;
+    // fake-gcs-server routes by Host: it must see its own.
+    let (proxy, through) = match &server {
+        Server::Gcs(gcs, _) => (LyingS3Proxy::start_as_upstream(&gcs.url()).await?, ""),
+        Server::Azure(azurite) => {
+            let upstream = azurite.account_url().replace("/devstoreaccount1", "");
+            (LyingS3Proxy::start(&upstream).await?, "/devstoreaccount1")
+        }
+    };
     let node = Node::new(&etcd, &server);
-    let flags = server.flags(Some(&format!("http://{}/devstoreaccount1", proxy.endpoint())));
+    let flags = server.flags(Some(&format!("http://{}{through}", proxy.endpoint())));
     let first = save(&node, &server, &["--no-local"]).await;
     let second = save(&node, &server, &["--no-local"]).await;
+    // The truth through the proxy first: the store is reachable that way.
+    let out = node.run(&args(&["ls"], &flags)).await.expect_ok();
+    assert!(out.stdout.contains(&second), "{}", out.stdout);
     for lie in [Lie::HtmlOk, Lie::TruncatedList] {
         proxy.lie_to_next_lists(lie, 1000);
         let out = node.run(&args(&["ls"], &flags)).await.expect_fail();
@@ -354,6 +362,16 @@ async fn an_azure_listing_that_lies_fails_closed() -> TestResult {
     both.sort();
     assert_eq!(server.snapshots().await?, both, "nothing was deleted");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_listing_that_lies_fails_closed() -> TestResult {
+    a_lying_listing_fails_closed(Server::azure().await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gcs_listing_that_lies_fails_closed() -> TestResult {
+    a_lying_listing_fails_closed(Server::gcs().await?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
