@@ -236,6 +236,11 @@ async fn save_list_verify_restore_prune(server: Server) -> TestResult {
     node.run(&args(&["ls"], &flags)).await.expect_ok();
     let cache = files_in(&node.data.path().join("cache"));
     assert_eq!(cache.len(), 1, "one listing cache file: {cache:?}");
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.data.path().join("cache").join(&cache[0]))?)?;
+    let entries = cached["entries"].as_object().ok_or("no entries")?;
+    assert_eq!(entries.len(), 4, "every record, by its ETag: {cached}");
+    assert!(entries.values().all(|e| e["etag"].as_str().is_some_and(|t| !t.is_empty())), "{cached}");
 
     // verify reads it from the store.
     let verified = node.run(&args(&["verify", &second], &flags)).await.expect_ok();
