@@ -156,6 +156,9 @@ impl Session {
             Some(c) => Some(CloudStore::with_cache_in(c.clone(), &config.data_dir)?),
             None => None,
         };
+        if let (Some(cloud), Some(secret)) = (&cloud, &config.kube_settings.s3_config_secret) {
+            tracing::warn!("ignoring the S3 config secret {secret}: the remote store is {}", cloud.url());
+        }
         let (kube, kube_absent) = match Kube::connect(&config.kube, config.kube_settings.clone()).await {
             Ok(Some(kube)) => (Some(kube), None),
             Ok(None) => {
