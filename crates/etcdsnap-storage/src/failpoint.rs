@@ -56,6 +56,10 @@ pub const S3_DRILL_RESULT: &str = "s3-drill-result";
 /// (`agent/pitr.rs`).
 pub const ROLL_FORWARD_ANNOTATION: &str = "roll-forward-annotation";
 
+/// The delta uploader is about to store a segment in S3 (`agent/pitr.rs`): with a delay, the
+/// window in which another writer of the chain may store one under the same name.
+pub const PITR_SEGMENT_UPLOAD: &str = "pitr-segment-upload";
+
 /// Bytes of the stream after which [`MID_STREAM`] fires.
 pub const MID_STREAM_BYTES: u64 = 20 << 20;
 

@@ -24,10 +24,12 @@ use etcdsnap_kube::leader::LeaderTerm;
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::failpoint;
 use etcdsnap_storage::pitr::local;
+use etcdsnap_storage::pitr::record::SegmentRecord;
 use etcdsnap_storage::pitr::retention as pitr_retention;
 use etcdsnap_storage::store::SnapshotStore;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::s3::S3Store;
+use etcdsnap_storage::store::s3::pitr::Created;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -402,18 +404,41 @@ impl Uploader {
             if !present.contains(&record) {
                 if !present.contains(&segment) {
                     let bytes = read_checked(&deltas_dir.join(&r.chain).join(r.segment_name()), &r.sha256)?;
-                    s3.put_pitr_object(&r.chain, &segment.1, bytes).await.map_err(|e| e.to_string())?;
+                    failpoint::reached(failpoint::PITR_SEGMENT_UPLOAD).await;
+                    // Uploads never replace: the pair written is one writer's.
+                    match s3.create_pitr_object(&r.chain, &segment.1, bytes).await.map_err(|e| e.to_string())? {
+                        Created::Stored => uploaded += 1,
+                        Created::AlreadyThere if !same_segment(s3, &r).await? => {
+                            tracing::warn!(chain = %r.chain, file = %segment.1, "another writer stored a different segment under this name: its record is that writer's to write; this node's copy stays local");
+                            present.insert(segment);
+                            present.insert(record);
+                            continue;
+                        }
+                        Created::AlreadyThere => {}
+                    }
                     present.insert(segment);
-                    uploaded += 1;
                 }
-                s3.put_pitr_object(&r.chain, &record.1, r.to_json()).await.map_err(|e| e.to_string())?;
+                match s3.create_pitr_object(&r.chain, &record.1, r.to_json()).await.map_err(|e| e.to_string())? {
+                    Created::Stored => uploaded += 1,
+                    Created::AlreadyThere => {
+                        tracing::info!(chain = %r.chain, file = %record.1, "delta record already in S3 from another writer: kept")
+                    }
+                }
                 present.insert(record);
-                uploaded += 1;
             }
             self.newest = self.newest.max(Some(r.last_revision));
         }
         Ok(uploaded)
     }
+}
+
+/// Whether the segment stored under `record`'s name holds the bytes `record` describes.
+async fn same_segment(s3: &S3Store, record: &SegmentRecord) -> Result<bool, String> {
+    // The largest segment a restore downloads.
+    const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
+    let bytes =
+        s3.get_pitr_object(&record.chain, &record.segment_name(), SEGMENT_LIMIT).await.map_err(|e| e.to_string())?;
+    Ok(hex::encode(Sha256::digest(&bytes)).eq_ignore_ascii_case(&record.sha256))
 }
 
 /// A local segment's bytes, if they still match its record (a damaged copy is not spread).

@@ -30,6 +30,7 @@ mod pitr_agent;
 mod pitr_cluster;
 mod pitr_history;
 mod pitr_proof;
+mod pitr_race;
 mod prepare;
 mod restore;
 mod sealed;

@@ -292,6 +292,19 @@ async fn recover_restores_a_lost_one_member_cluster_to_the_last_captured_revisio
         "--etcd",
         &bin,
     ];
+    // A delta record that cannot be read: recover refuses rather than stop early, and writes
+    // nothing. The damage is undone afterwards.
+    let record = newest_delta_record(data.path());
+    let good = std::fs::read(&record)?;
+    std::fs::write(&record, b"{\"not\": \"a segment record\"")?;
+    let out = run(&args, &[]).await.expect_fail();
+    assert!(out.stderr.contains("could not be used") && out.stderr.contains("Nothing was changed"), "{}", out.stderr);
+    assert!(
+        !target.exists() || std::fs::read_dir(&target)?.next().is_none(),
+        "recover wrote into {}",
+        target.display()
+    );
+    std::fs::write(&record, good)?;
     let out = run(&args, &[]).await.expect_ok();
     assert!(out.stdout.contains(&format!("rolled forward to revision {rev}")), "{}\n{}", out.stdout, out.stderr);
     {
@@ -342,6 +355,44 @@ async fn recover_restores_a_lost_one_member_cluster_to_the_last_captured_revisio
     let siblings =
         std::fs::read_dir(data.path())?.flatten().filter(|e| e.file_name().to_string_lossy().contains("-old-")).count();
     assert_eq!(siblings, 0);
+    Ok(())
+}
+
+/// The record of the newest delta segment captured beside `data`'s snapshot directory.
+fn newest_delta_record(data: &Path) -> PathBuf {
+    let deltas = data.join(".etcdsnap-deltas");
+    let mut records: Vec<PathBuf> = std::fs::read_dir(&deltas)
+        .expect("a delta directory")
+        .flatten()
+        .flat_map(|chain| std::fs::read_dir(chain.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    records.sort_by_key(|p| p.file_name().map(|n| n.to_os_string()));
+    records.pop().expect("a delta record")
+}
+
+#[tokio::test]
+async fn recover_without_captured_changes_restores_the_newest_snapshot_as_it_is() -> TestResult {
+    let etcd = Etcd::single().await?;
+    let mut client = etcd.client().await?;
+    load_kube_like_data(&mut client, 20).await?;
+    let data = tempfile::tempdir()?;
+    save(data.path(), &etcd.endpoints().join(",")).await;
+    let rev = revision(&mut client).await;
+    let live = key_space(&client, rev).await;
+    let target = data.path().join("etcd-data");
+    let peer = testenv::free_port()?;
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let (snaps, tool) = (s(&data.path().join("snapshots")), s(&etcd.testbin("etcdutl")?));
+    let args =
+        ["recover", "--data-dir", &s(&target), "--member-name", "m0", "--initial-advertise-peer-urls", &peer_url];
+    let out = run(&[&args[..], &["--dir", &snaps, "--etcdutl", &tool]].concat(), &[]).await.expect_ok();
+    assert!(out.stdout.contains("No captured changes past snapshot"), "{}\n{}", out.stdout, out.stderr);
+    let restored = Etcd::start_on_data_dir(&target, "m0", peer).await?;
+    let mut rc = restored.client().await?;
+    assert_eq!(revision(&mut rc).await, rev);
+    assert!(key_space(&rc, rev).await == live, "the recovered key space differs from the snapshot's");
     Ok(())
 }
 

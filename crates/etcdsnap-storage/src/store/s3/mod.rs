@@ -69,6 +69,8 @@ pub struct S3Store {
     requests: AtomicU64,
     /// Whether the bucket locks objects, and its default retention (asked at the first removal).
     bucket_lock: std::sync::OnceLock<(bool, Option<lock::DefaultRetention>)>,
+    /// Set once the bucket refused a conditional upload: delta files are then uploaded plainly.
+    unconditional_puts: std::sync::atomic::AtomicBool,
     this: std::sync::Weak<S3Store>,
 }
 
@@ -113,6 +115,7 @@ impl S3Store {
             cache,
             requests: AtomicU64::new(0),
             bucket_lock: std::sync::OnceLock::new(),
+            unconditional_puts: std::sync::atomic::AtomicBool::new(false),
             this: this.clone(),
         }))
     }

@@ -6,7 +6,8 @@ use super::S3Store;
 use crate::pitr::record::{s3_key, s3_prefix};
 use crate::store::StoreError;
 use futures::TryStreamExt as _;
-use object_store::{ObjectStore as _, ObjectStoreExt as _};
+use object_store::{ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
+use std::sync::atomic::Ordering;
 
 /// One delta object in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,10 +24,35 @@ impl S3Store {
         let key = s3_key(&self.config.folder, chain, file);
         self.count(1);
         self.store
-            .put(&self.path(&key), object_store::PutPayload::from(bytes))
+            .put(&self.path(&key), PutPayload::from(bytes))
             .await
             .map(|_| ())
             .map_err(|e| self.error("upload delta", key, &e))
+    }
+
+    /// Uploads one file of a chain only if no object has its name (`If-None-Match: *`): two
+    /// writers of one chain (the two leaders of a leader change) never replace each other's
+    /// file, so a record always sits beside the segment it describes. A bucket that refuses
+    /// conditional uploads (HTTP 501) gets plain ones from then on, with a warning.
+    pub async fn create_pitr_object(&self, chain: &str, file: &str, bytes: Vec<u8>) -> Result<Created, StoreError> {
+        if !self.unconditional_puts.load(Ordering::Relaxed) {
+            let key = s3_key(&self.config.folder, chain, file);
+            let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+            self.count(1);
+            match self.store.put_opts(&self.path(&key), PutPayload::from(bytes.clone()), options).await {
+                Ok(_) => return Ok(Created::Stored),
+                Err(object_store::Error::AlreadyExists { .. }) => return Ok(Created::AlreadyThere),
+                Err(e) if refuses_conditions(&e) => {
+                    self.unconditional_puts.store(true, Ordering::Relaxed);
+                    tracing::warn!(
+                        bucket = %self.config.bucket,
+                        "the bucket does not take conditional uploads (If-None-Match): delta files are uploaded without the check that keeps two writers of one chain apart"
+                    );
+                }
+                Err(e) => return Err(self.error("upload delta", key, &e)),
+            }
+        }
+        self.put_pitr_object(chain, file, bytes).await.map(|()| Created::Stored)
     }
 
     /// Every delta object of the folder.
@@ -82,6 +108,21 @@ impl S3Store {
             Err(e) => Err(self.error("delete delta", key, &e)),
         }
     }
+}
+
+/// What a conditional upload found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The file is stored under its name.
+    Stored,
+    /// An object of that name was there already (another writer's); nothing was written.
+    AlreadyThere,
+}
+
+/// Whether an upload failed because the server does not implement conditional uploads.
+fn refuses_conditions(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    text.contains("501") || text.contains("NotImplemented")
 }
 
 impl PitrObject {

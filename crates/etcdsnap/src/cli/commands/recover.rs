@@ -12,7 +12,7 @@ use crate::cli::flags::{EtcdArgs, OutputArgs, S3Args, TokenArgs, heading};
 use crate::cli::output::emit;
 use crate::cli::seal::{EncryptionConfigArg, UnsealArgs};
 use crate::cli::{EXIT_FAILURE, help, resolve};
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use etcdsnap::pitr::restore::{Choose, PitrError, plan_local, plan_s3};
 use etcdsnap_api::ClusterMember;
@@ -127,13 +127,14 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
     // The captured changes reach past the snapshot: roll forward to the newest of them.
-    let reach = match rolls_forward(&args, store, &newest).await {
-        Ok(reach) => reach,
-        Err(e) => {
-            emit(&format!("No captured changes to roll forward ({e}): restoring snapshot {name} as it is.\n"))?;
-            None
-        }
-    };
+    let reach = rolls_forward(&args, store, &newest).await.map_err(|e| {
+        anyhow!(
+            "{e:#}\nNothing was changed. To restore snapshot {name} without the captured changes, run `etcdsnap restore {name}`; to stop at a revision of your choice, `etcdsnap restore --to-revision REV`"
+        )
+    })?;
+    if reach.is_none() {
+        emit(&format!("No captured changes past snapshot {name}: restoring it as it is.\n"))?;
+    }
     let history = reach.and(newest_history(&newest)).map(str::to_string);
     let restore = restore_args(args, reach.is_none().then_some(name), reach, history);
     match restore.snapshot.is_some() {
@@ -189,33 +190,69 @@ async fn newest_snapshot(args: &RecoverArgs) -> anyhow::Result<(SnapshotRecord, 
     Ok((source.record, store))
 }
 
-/// The newest revision the captured changes reach without a gap, when it is past `newest`'s.
+/// The newest revision the captured changes reach past `newest`, or None when they reach no
+/// further than it. Fails when the captured changes cannot be planned (the store cannot be
+/// read, several clusters or histories could continue the snapshot) or when a record found
+/// beside them cannot be used: a roll forward that silently stopped early would lose the
+/// very writes recover is for.
 async fn rolls_forward(
     args: &RecoverArgs,
     store: Option<Arc<dyn SnapshotStore>>,
     newest: &SnapshotRecord,
 ) -> anyhow::Result<Option<i64>> {
-    // Planned to a revision no chain reaches, the plan answers with the newest one reached.
-    let target = Target::Revision(i64::MAX);
     let keys = crate::cli::seal::open_keys(&args.unseal)?;
     let identity = keys.identity.as_deref();
-    // The newest snapshot's history: after a rollback, older histories hold the same revisions.
-    let choose = Choose { cluster: None, history: newest_history(newest) };
-    let planned = match store {
-        Some(store) => plan_s3(&store, target, choose, identity).await,
-        None => {
-            let local = open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?;
-            plan_local(&local, target, choose, identity).await
-        }
+    let etcd = newest.etcd.as_ref();
+    // The newest snapshot's cluster and history: after a rollback, older histories hold the
+    // same revisions, and another cluster's snapshots may share the folder.
+    let choose = || Choose { cluster: etcd.map(|e| e.cluster_id.as_str()), history: newest_history(newest) };
+    let source = match store {
+        Some(store) => Source::S3(store),
+        None => Source::Local(open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?),
     };
-    let reach = match planned {
-        Ok(plan) => plan.replay.stop_at,
-        Err(PitrError::Plan(PlanError::NotCaptured { newest, .. })) => newest,
-        Err(PitrError::Plan(PlanError::AcrossGap { gap, .. })) => gap.after,
-        Err(e) => return Err(e.into()),
+    let plan = async |target: Target| match &source {
+        Source::S3(store) => plan_s3(store, target, choose(), identity).await,
+        Source::Local(local) => plan_local(local, target, choose(), identity).await,
     };
-    let base = newest.etcd.as_ref().map(|e| e.revision).unwrap_or_default();
+    // Planned to a revision no chain reaches, the plan answers with the newest one reached.
+    let (reach, gap) = match plan(Target::Revision(i64::MAX)).await {
+        Ok(plan) => (plan.replay.stop_at, None),
+        Err(PitrError::Plan(PlanError::NotCaptured { newest, .. })) => (newest, None),
+        Err(PitrError::Plan(PlanError::AcrossGap { gap, .. })) => (gap.after, Some(gap)),
+        Err(e) => return Err(RollForwardError::Plan(e).into()),
+    };
+    let base = etcd.map(|e| e.revision).unwrap_or_default();
+    // Planned again to where it stops: what that plan could not read is a reason to stop.
+    let plan = plan(Target::Revision(reach.max(base))).await.map_err(RollForwardError::Plan)?;
+    if !plan.warnings.is_empty() {
+        return Err(RollForwardError::Unusable(plan.warnings).into());
+    }
+    if let Some(gap) = gap {
+        tracing::warn!(
+            after = gap.after,
+            resumes_at = gap.resumes_at,
+            "the captured changes have a gap: rolling forward only to the revision before it"
+        );
+    }
     Ok((reach > base).then_some(reach))
+}
+
+/// Where the captured changes are read.
+enum Source {
+    S3(Arc<dyn SnapshotStore>),
+    Local(etcdsnap_storage::store::local::LocalStore),
+}
+
+/// Why recover does not roll forward.
+#[derive(Debug, thiserror::Error)]
+enum RollForwardError {
+    #[error("cannot plan the roll forward through the captured changes: {0}")]
+    Plan(#[source] PitrError),
+    #[error(
+        "some snapshot or delta records could not be used, so the captured changes may reach further than recover can see:\n  {}",
+        .0.join("\n  ")
+    )]
+    Unusable(Vec<String>),
 }
 
 /// Why a lost member of a cluster is not restored alone, and how to replace it.
