@@ -6,7 +6,8 @@
 //! one place that writes resources after an operation ([`Session::after_save`] for what follows
 //! a save, in `session/after_save.rs`).
 //!
-//! Which S3 settings apply (K3s's rule): S3 is used with `--s3`, or when a config Secret is
+//! The remote store is S3, or GCS or Azure (`--gcs-*`, `--azure-*`: then no S3 at all, the
+//! config Secret's included). Which S3 settings apply (K3s's rule): S3 is used with `--s3`, or when a config Secret is
 //! named. Flags that describe a location win; with `--s3` and no location flags the Secret
 //! supplies the settings; `--s3-retention` always overrides the Secret's `etcd-s3-retention`.
 
@@ -22,6 +23,7 @@ use etcdsnap_kube::lease::{heartbeat_interval, renew_heartbeat};
 use etcdsnap_kube::{ConnectError, ConnectOptions, Kube, KubeSettings, crd, extra_metadata, publish, s3_secret};
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::etcd::EtcdConfig;
+use etcdsnap_storage::store::cloud::CloudStore;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::replica::ReplicaStore;
 use etcdsnap_storage::store::s3::{RawS3Settings, S3Config, S3Key, S3Store};
@@ -73,6 +75,8 @@ pub struct SessionConfig {
     pub s3_flags: RawS3Settings,
     /// How long an upload of this node must be idle before a save aborts it as abandoned.
     pub s3_stale_upload_after: Duration,
+    /// The GCS or Azure primary store (`--gcs-*`, `--azure-*`), in place of S3.
+    pub cloud: Option<etcdsnap_storage::store::replica::ReplicaConfig>,
     /// `--replica`s with their options.
     pub replicas: Vec<etcdsnap_storage::store::replica::ReplicaConfig>,
     /// `--replica-retention` (None: the local retention).
@@ -124,6 +128,8 @@ pub struct Session {
     missing_local: Option<PathBuf>,
     /// The S3 store the flags describe, built (and validated) once.
     flag_s3: Option<Arc<S3Store>>,
+    /// The GCS or Azure store the flags describe, built once (never with `flag_s3`).
+    cloud: Option<Arc<CloudStore>>,
     /// The `--replica`s, built once.
     replicas: Vec<Arc<ReplicaStore>>,
     kube: Option<Kube>,
@@ -146,6 +152,13 @@ impl Session {
             Some(s3) => Some(S3Store::with_cache_in(s3, &config.data_dir)?),
             None => None,
         };
+        let cloud = match &config.cloud {
+            Some(c) => Some(CloudStore::with_cache_in(c.clone(), &config.data_dir)?),
+            None => None,
+        };
+        if let (Some(cloud), Some(secret)) = (&cloud, &config.kube_settings.s3_config_secret) {
+            tracing::warn!("ignoring the S3 config secret {secret}: the remote store is {}", cloud.url());
+        }
         let (kube, kube_absent) = match Kube::connect(&config.kube, config.kube_settings.clone()).await {
             Ok(Some(kube)) => (Some(kube), None),
             Ok(None) => {
@@ -170,6 +183,7 @@ impl Session {
             local,
             missing_local,
             flag_s3,
+            cloud,
             kube,
             kube_absent,
             usable: AtomicBool::new(true),
@@ -200,7 +214,7 @@ impl Session {
     /// Whether S3 may come from the config Secret (a Secret is named and no flag describes a
     /// location of its own).
     fn s3_from_secret(&self) -> bool {
-        self.config.kube_settings.s3_config_secret.is_some() && self.flag_s3.is_none()
+        self.config.kube_settings.s3_config_secret.is_some() && self.flag_s3.is_none() && self.cloud.is_none()
     }
 
     /// The context of one operation. Kubernetes failures never fail it: they are logged, and
@@ -236,8 +250,12 @@ impl Session {
             etcd: self.config.etcd.clone(),
             local: self.local.clone(),
             missing_local: self.missing_local.clone(),
-            remote_spec: self.flag_s3.as_ref().map(|s| s.spec()),
-            remote: self.flag_s3.clone().map(|s| s as Arc<dyn SnapshotStore>),
+            remote_spec: self.flag_s3.as_ref().map(|s| s.spec()).or_else(|| self.cloud.as_ref().map(|c| c.spec())),
+            remote: self
+                .flag_s3
+                .clone()
+                .map(|s| s as Arc<dyn SnapshotStore>)
+                .or_else(|| self.cloud.clone().map(|c| c as Arc<dyn SnapshotStore>)),
             replicas: self.replicas.clone(),
             replica_retention: self.config.replica_retention,
             s3_retention: self.flag_retention().or(self.flag_s3.as_ref().and_then(|s| s.config().retention)),

@@ -1,8 +1,10 @@
-//! Where snapshots are kept. One trait, [`SnapshotStore`], with a local-directory, an S3 and a
-//! replica (S3, GCS, Azure or a directory, through object_store) implementation; the pipeline
-//! writes to the first two in one pass through [`SnapshotSink`]s, replicas receive copies
-//! afterwards, and every command lists, reads and deletes through the same trait.
+//! Where snapshots are kept. One trait, [`SnapshotStore`], with a local-directory, an S3, a
+//! GCS or Azure ([`cloud`]) and a replica (S3, GCS, Azure or a directory, through object_store)
+//! implementation; the pipeline writes to the local directory and the remote store (S3, GCS or
+//! Azure) in one pass through [`SnapshotSink`]s, replicas receive copies afterwards, and every
+//! command lists, reads and deletes through the same trait.
 
+pub mod cloud;
 pub mod keep;
 pub mod local;
 pub mod locks;
@@ -63,6 +65,9 @@ pub enum StoreError {
     /// A replica's request failed, or what arrived there is not what was sent.
     #[error("replica {op} {target}: {message}")]
     Replica { op: &'static str, target: String, message: String },
+    /// A request to a GCS or Azure primary store failed (`target` starts with its URL).
+    #[error("{op} {target}: {message}")]
+    Cloud { op: &'static str, target: String, message: String },
     /// Bytes that were about to be copied no longer hash to what their record says.
     #[error("{} no longer matches its recorded sha256 (run `etcdsnap verify`)", .0.display())]
     Changed(PathBuf),

@@ -101,8 +101,8 @@ pub struct RetentionArgs {
     /// months, days, hours)
     #[arg(long, env = "ETCDSNAP_KEEP_WITHIN", value_name = "DURATION", value_parser = CalendarSpan::parse)]
     pub keep_within: Option<CalendarSpan>,
-    /// Snapshots to keep per node in S3 (this cluster's only), in place of --retention there;
-    /// the --keep-* age rules apply to S3 too [default: --retention]
+    /// Snapshots to keep per node in S3, GCS or Azure (this cluster's only), in place of
+    /// --retention there; the --keep-* age rules apply there too [default: --retention]
     #[arg(long, visible_alias = "etcd-s3-retention", env = "ETCDSNAP_S3_RETENTION")]
     pub s3_retention: Option<usize>,
 }
@@ -152,7 +152,7 @@ pub struct StorageArgs {
     /// Snapshot directory; must exist unless it is the default [default: <data-dir>/snapshots]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Keep no local copy (S3 only).
+    /// Keep no local copy (the remote store only: S3, GCS or Azure).
     #[arg(long, env = "ETCDSNAP_NO_LOCAL")]
     pub no_local: bool,
     /// K3s's cluster id, recorded with snapshots and scoping S3 retention: the UID of the
@@ -161,6 +161,8 @@ pub struct StorageArgs {
     pub cluster_id: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub cloud: super::cloud::CloudArgs,
     #[command(flatten)]
     pub replicas: super::replica::ReplicaArgs,
 }

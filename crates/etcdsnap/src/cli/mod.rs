@@ -17,6 +17,7 @@
 #![deny(clippy::print_stdout)]
 
 mod args;
+mod cloud;
 mod commands;
 mod config_file;
 mod flags;

@@ -21,6 +21,7 @@ use etcdsnap_api::Program;
 use etcdsnap_api::{Compression, SnapshotName, TokenHash, validate_node_name};
 use etcdsnap_kube::{ConnectOptions, Kube, KubeSettings, LegacySettings};
 use etcdsnap_storage::etcd::EtcdConfig;
+use etcdsnap_storage::store::replica::ReplicaConfig;
 use etcdsnap_storage::store::s3::{RawS3Settings, S3Key, SettingsOrigin};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -317,6 +318,7 @@ pub fn session_config(
         s3_enabled: storage.s3.enabled,
         s3_flags: s3_settings(&storage.s3, s3_retention),
         s3_stale_upload_after: storage.s3.stale_upload_after,
+        cloud: cloud_config(storage)?,
         replicas: storage.replicas.configs()?,
         replica_retention: storage.replicas.replica_retention,
         cluster_id: storage.cluster_id.clone(),
@@ -327,6 +329,19 @@ pub fn session_config(
         sealing: Default::default(),
         keys: Default::default(),
     })
+}
+
+/// The GCS or Azure primary store (`--gcs-*`, `--azure-*`), which takes the place of S3:
+/// `--s3` and the S3 Object Lock flags with it are refused.
+fn cloud_config(storage: &StorageArgs) -> anyhow::Result<Option<ReplicaConfig>> {
+    let Some(config) = storage.cloud.config()? else { return Ok(None) };
+    if storage.s3.enabled {
+        bail!("--s3 and {}: give one remote store, S3 or GCS or Azure, not two", config.url);
+    }
+    if storage.s3.lock_retention.is_some() || storage.s3.lock_mode.is_some() {
+        bail!("--s3-lock-retention and --s3-lock-mode lock S3 objects: {} is not S3", config.url);
+    }
+    Ok(Some(config))
 }
 
 /// The session of a snapshot command (the token is read only by the commands that record or

@@ -1,6 +1,7 @@
 //! Snapshots taken, stored, listed, verified and pruned: the real `etcdsnap` binary against real
 //! etcd servers, on local disk (`engine`), on a real S3 server (`s3`), behind an S3 proxy
-//! that lies (`lying_s3`), and copied to replicas on S3, GCS and Azure (`replicas`).
+//! that lies (`lying_s3`), copied to replicas on S3, GCS and Azure (`replicas`), and on GCS and
+//! Azure as the primary store (`primary_stores`).
 // Helpers of an integration test may panic too: clippy.toml allows it in #[test] functions only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,6 +9,9 @@
 /// reports one that no test calls).
 #[path = "../common"]
 mod common {
+    // One test runs an agent (on an Azure primary store) and stops it: `kill` is not needed.
+    #[allow(dead_code)]
+    pub mod agent;
     mod cli;
     pub mod etcd;
     pub mod keyspace;
@@ -23,6 +27,7 @@ mod engine;
 mod keep;
 mod lock;
 mod lying_s3;
+mod primary_stores;
 mod replicas;
 mod s3;
 mod shared_parent;

@@ -14,15 +14,17 @@ pub mod config;
 mod copy;
 mod gcs;
 pub mod guard;
+mod records;
 
+use super::s3::cache::{DetailsCache, Learned};
 use super::{Listing, NewSnapshot, SignedRecord, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
 use crate::describe_error;
 use crate::record::{MetadataSource, SnapshotRecord};
 use async_trait::async_trait;
 use etcdsnap_api::consts::METADATA_DIR;
 use etcdsnap_api::metadata::MAX_METADATA_BYTES;
-use etcdsnap_api::{SnapshotName, StorageKind, StoredMetadata, parse_stored_metadata};
-use futures::{StreamExt, TryStreamExt};
+use etcdsnap_api::{SnapshotName, StorageKind};
+use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::HashMap;
@@ -31,14 +33,13 @@ use std::sync::Arc;
 pub use config::{Provider, ReplicaConfig, parse_replicas};
 pub use copy::Copied;
 
-/// Concurrent GETs of records while a listing reads them.
-const RECORD_FETCHES: usize = 8;
-
 /// A replica's folder.
 pub struct ReplicaStore {
     config: ReplicaConfig,
     store: Arc<dyn ObjectStore>,
     folder: ObjectPath,
+    /// The listing cache of a primary store ([`crate::store::cloud`]); replicas have none.
+    cache: Option<std::sync::Mutex<DetailsCache>>,
 }
 
 impl std::fmt::Debug for ReplicaStore {
@@ -51,7 +52,17 @@ impl ReplicaStore {
     /// Builds the client (no request is made).
     pub fn new(config: ReplicaConfig) -> Result<ReplicaStore, StoreError> {
         let (store, folder) = config.build()?;
-        Ok(ReplicaStore { config, store, folder })
+        Ok(ReplicaStore { config, store, folder, cache: None })
+    }
+
+    /// Records read by listings are kept in `file` (see [`DetailsCache`]), keyed by ETag.
+    pub(crate) fn with_cache(mut self, file: std::path::PathBuf) -> ReplicaStore {
+        self.cache = Some(std::sync::Mutex::new(DetailsCache::load(Some(file))));
+        self
+    }
+
+    pub(crate) fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
     }
 
     /// The URL as given: how messages, metrics and `--from-replica` name this replica.
@@ -63,24 +74,33 @@ impl ReplicaStore {
         self.config.provider()
     }
 
-    fn key(&self, file: &str) -> ObjectPath {
+    pub(crate) fn key(&self, file: &str) -> ObjectPath {
         self.folder.clone().join(file)
     }
 
-    fn metadata_key(&self, file: &str) -> ObjectPath {
+    pub(crate) fn metadata_key(&self, file: &str) -> ObjectPath {
         self.folder.clone().join(METADATA_DIR).join(file)
     }
 
-    fn record_key(&self, name: &SnapshotName) -> ObjectPath {
+    pub(crate) fn record_key(&self, name: &SnapshotName) -> ObjectPath {
         self.metadata_key(&name.record_file_name())
     }
 
-    fn location(&self, name: &SnapshotName) -> String {
+    pub(crate) fn location(&self, name: &SnapshotName) -> String {
         format!("{}/{name}", self.config.url)
     }
 
-    fn error(&self, op: &'static str, target: impl std::fmt::Display, e: &object_store::Error) -> StoreError {
-        StoreError::Replica { op, target: format!("{}: {target}", self.config.url), message: describe_error(e) }
+    pub(crate) fn error(
+        &self,
+        op: &'static str,
+        target: impl std::fmt::Display,
+        e: &object_store::Error,
+    ) -> StoreError {
+        let target = match target.to_string() {
+            t if t.is_empty() => self.config.url.clone(),
+            t => format!("{}: {t}", self.config.url),
+        };
+        StoreError::Replica { op, target, message: describe_error(e) }
     }
 
     /// Objects directly in `prefix` (no sub-folder), by file name.
@@ -103,11 +123,11 @@ impl ReplicaStore {
         result.bytes().await.map(|b| Some(b.to_vec())).map_err(|e| self.error("get", key, &e))
     }
 
-    async fn put_small(&self, key: &ObjectPath, body: Vec<u8>) -> Result<(), StoreError> {
+    pub(crate) async fn put_small(&self, key: &ObjectPath, body: Vec<u8>) -> Result<(), StoreError> {
         self.store.put(key, PutPayload::from(body)).await.map(|_| ()).map_err(|e| self.error("put", key, &e))
     }
 
-    async fn delete_if_present(&self, key: &ObjectPath) -> Result<(), StoreError> {
+    pub(crate) async fn delete_if_present(&self, key: &ObjectPath) -> Result<(), StoreError> {
         match self.store.delete(key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("delete", key, &e)),
@@ -159,38 +179,32 @@ impl SnapshotStore for ReplicaStore {
                 Err(e) => listing.warnings.push(format!("skipping {}/{file}: {e}", self.config.url)),
             }
         }
-        let wanted: Vec<(usize, ObjectPath)> = found
+        let wanted: Vec<(usize, ObjectPath, String)> = found
             .iter()
             .enumerate()
-            .filter(|(_, r)| documents.contains_key(&r.name.record_file_name()))
-            .map(|(i, r)| (i, self.record_key(&r.name)))
+            .filter_map(|(i, r)| {
+                let document = documents.get(&r.name.record_file_name())?;
+                Some((i, self.record_key(&r.name), document.e_tag.clone().unwrap_or_default()))
+            })
             .collect();
-        let fetched: Vec<(usize, Result<Option<Vec<u8>>, StoreError>)> = futures::stream::iter(wanted)
-            .map(|(i, key)| async move { (i, self.get_small(&key, MAX_METADATA_BYTES as u64).await) })
-            .buffer_unordered(RECORD_FETCHES)
-            .collect()
-            .await;
-        for (i, bytes) in fetched {
+        for (i, learned) in self.read_records(&found, wanted).await? {
             let record = &mut found[i];
-            let document = match bytes? {
-                Some(b) => parse_stored_metadata(&b, record.name.as_str()).map_err(|e| e.to_string()),
-                None => continue,
-            };
-            match document {
-                Ok(StoredMetadata::Document(doc)) => {
+            match learned {
+                Learned::Document { document } => {
                     let (location, size) = (record.location.clone(), record.size);
-                    record.apply_document(*doc);
+                    record.apply_document(*document);
                     record.location = location;
                     record.size = size;
                     // The record is the source's, byte for byte: the lock it names is on the
                     // source's object, not on this copy.
                     record.s3_lock = None;
                 }
-                Ok(StoredMetadata::ExtraMetadata(_)) => record.metadata_source = MetadataSource::K3sMap,
-                Err(e) => {
+                Learned::ExtraMetadata { .. } => record.metadata_source = MetadataSource::K3sMap,
+                Learned::Rejected { reason } => {
                     record.metadata_source = MetadataSource::Rejected;
-                    listing.warnings.push(format!("ignoring the record of {}: {e}", record.location));
+                    listing.warnings.push(format!("ignoring the record of {}: {reason}", record.location));
                 }
+                Learned::UserMetadata { .. } => {}
             }
         }
         found.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));

@@ -24,6 +24,7 @@ mod records;
 mod request;
 pub mod settings;
 mod sink;
+pub(crate) use sink::upload_parts;
 
 use super::{Listing, NewSnapshot, SignedRecord, SnapshotReader, SnapshotSink, SnapshotStore, StoreError};
 use crate::describe_error;

@@ -110,7 +110,7 @@ impl S3Sink {
 /// whichever of the two is ready first, never only when the next part arrives. On a failure the
 /// multipart upload is aborted (so no parts are left billed and invisible) and the error kept
 /// for the writer.
-async fn upload_parts(
+pub(crate) async fn upload_parts(
     mut upload: Box<dyn MultipartUpload>,
     mut parts: mpsc::Receiver<Bytes>,
     concurrency: usize,

@@ -118,10 +118,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let session = Arc::new(Session::open(config).await?);
     let first = session.context(Purpose::Read).await;
     if first.local.is_none() && first.remote.is_none() && session.config().kube_settings.s3_config_secret.is_none() {
-        anyhow::bail!("nothing to save to: --no-local needs --s3 (or --s3-config-secret)");
+        anyhow::bail!(
+            "nothing to save to: --no-local needs --s3 (or --s3-config-secret), --gcs-bucket or --azure-container"
+        );
     }
     if args.deltas && first.local.is_none() {
         anyhow::bail!("--deltas needs the local snapshot directory (segments are written beside it): drop --no-local");
+    }
+    if let Some(cloud) = session.config().cloud.as_ref().filter(|_| args.deltas) {
+        anyhow::bail!(
+            "--deltas keeps its segments in the snapshot directory and S3 only: with {} they would have no remote copy (use --s3, or drop --deltas)",
+            cloud.url
+        );
     }
     if args.deltas && args.delta_interval.is_zero() {
         anyhow::bail!("--delta-interval must be above 0");

@@ -48,7 +48,9 @@ pub async fn run(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     }
     match (&missing, ctx.stores().is_empty()) {
         (Some(e), true) => bail!("{e}"),
-        (None, true) => bail!("no snapshot storage: no local copies are kept (--no-local) and S3 is not configured"),
+        (None, true) => bail!(
+            "no snapshot storage: no local copies are kept (--no-local) and no remote store (S3, GCS, Azure) is configured"
+        ),
         (Some(e), false) => eprintln!("error: {e}"),
         (None, false) => {}
     }

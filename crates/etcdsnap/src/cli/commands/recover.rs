@@ -332,6 +332,7 @@ fn restore_args(
         cluster: ClusterArgs { all_members: args.all_members, members: args.members },
         dir: args.dir,
         s3: args.s3,
+        cloud: Default::default(),
         from_replica: Default::default(),
         to_revision,
         to_time: None,

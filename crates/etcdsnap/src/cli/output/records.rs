@@ -44,11 +44,13 @@ pub fn view(records: &[SnapshotRecord]) -> KubeList<ETCDSnapshotFile> {
     )
 }
 
-/// Where a copy is kept: `local`, `s3`, or `replica` (a replica's records carry no S3 spec:
-/// they have no resource).
+/// Where a copy is kept: `local`, `s3`, `gcs` or `azure` (the primary remote store), or
+/// `replica` (a replica's records carry no S3 spec: they have no resource).
 fn place(r: &SnapshotRecord) -> &'static str {
     match (r.storage, &r.s3) {
         (StorageKind::S3, None) => "replica",
+        (StorageKind::S3, Some(_)) if r.location.starts_with("gs://") => "gcs",
+        (StorageKind::S3, Some(_)) if r.location.starts_with("az://") => "azure",
         (kind, _) => kind.prefix().trim_end_matches('-'),
     }
 }
@@ -171,5 +173,16 @@ mod tests {
         assert_eq!(wide.lines().next().unwrap().split_whitespace().count(), 11);
         let last: Vec<&str> = wide.lines().filter_map(|l| l.split_whitespace().last()).collect();
         assert_eq!(last, ["Locked-Until", "-", "2023-11-15T00:13:20Z"], "{wide}");
+    }
+
+    #[test]
+    fn a_remote_copy_is_placed_by_its_store() {
+        let mut r = record("on-demand-n-1700000000", StorageKind::S3);
+        assert_eq!(place(&r), "replica");
+        r.s3 = Some(etcdsnap_api::ETCDSnapshotS3::default());
+        for (location, expected) in [("s3://b/f/x", "s3"), ("gs://b/f/x", "gcs"), ("az://c/f/x", "azure")] {
+            r.location = location.into();
+            assert_eq!(place(&r), expected, "{location}");
+        }
     }
 }

@@ -18,17 +18,22 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use etcdsnap::restore::{self, PreflightReport, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::{Program, SnapshotName};
-use etcdsnap_storage::store::StoreError;
+use etcdsnap_storage::store::cloud::CloudStore;
 use etcdsnap_storage::store::local::LocalStore;
+use etcdsnap_storage::store::replica::ReplicaConfig;
 use etcdsnap_storage::store::s3::{RawS3Settings, S3Store};
+use etcdsnap_storage::store::{SnapshotStore, StoreError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Debug, Args)]
 #[command(
     after_help = EXAMPLES,
     mut_arg("enabled", |a| a.help("NAME is a snapshot in the S3 folder the other S3 flags name: streamed from it, never kept locally")),
+    mut_arg("gcs_bucket", |a| a.help("NAME is a snapshot in this GCS bucket, in --gcs-folder: streamed from it, never kept locally")),
+    mut_arg("azure_container", |a| a.help("NAME is a snapshot in this Azure container, in --azure-folder: streamed from it, never kept locally")),
     mut_args(help::unused(&[&["stale_upload_after"]])),
     mut_args(help::no_wide)
 )]
@@ -71,6 +76,9 @@ pub struct RestoreArgs {
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub s3: S3Args,
+    /// `--gcs-*` or `--azure-*`: NAME is a snapshot in that bucket or container folder.
+    #[command(flatten)]
+    pub cloud: crate::cli::cloud::CloudArgs,
     #[command(flatten)]
     pub from_replica: crate::cli::replica::FromReplicaArgs,
     /// Point-in-time recovery: the newest snapshot at or below revision N, rolled forward to N
@@ -152,13 +160,24 @@ const EXAMPLES: &str = "Examples:
 ";
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let cloud = args.cloud.config()?;
     let Some(snapshot) = args.snapshot.clone() else {
+        if let Some(config) = &cloud {
+            bail!(
+                "--to-revision and --to-time read delta segments from S3 or the snapshot directory, not {}",
+                config.url
+            );
+        }
         return pitr::run(args).await;
     };
-    let source = match (args.from_replica.source(&snapshot).await?, args.s3.enabled) {
-        (Some(source), _) => source,
-        (None, true) => resolve_s3(&snapshot, resolve::s3_settings(&args.s3, None)).await?,
-        (None, false) => resolve(&args, &snapshot)?,
+    if let Some(config) = cloud.as_ref().filter(|_| args.s3.enabled) {
+        bail!("--s3 and {}: give one store to restore from", config.url);
+    }
+    let source = match (args.from_replica.source(&snapshot).await?, args.s3.enabled, cloud) {
+        (Some(source), _, _) => source,
+        (None, true, _) => resolve_s3(&snapshot, resolve::s3_settings(&args.s3, None)).await?,
+        (None, false, Some(config)) => resolve_cloud(&snapshot, config).await?,
+        (None, false, None) => resolve(&args, &snapshot)?,
     };
     if let Some(program) = args.prepare_for {
         return prepare::run(&args, source, program).await;
@@ -293,6 +312,14 @@ pub(crate) async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::
     }
     let name = SnapshotName::parse(given).with_context(|| format!("{given:?} is not a snapshot name"))?;
     let store = S3Store::new(settings.parse()?.for_program(resolve::machine_program()?), None)?;
+    Ok(SnapshotSource::from_store(store, &name).await?)
+}
+
+/// With `--gcs-bucket` or `--azure-container`: a bare snapshot name in that folder.
+async fn resolve_cloud(given: &str, config: ReplicaConfig) -> anyhow::Result<SnapshotSource> {
+    let name = SnapshotName::parse(given)
+        .with_context(|| format!("{given:?} is not a snapshot name (the folder is {})", config.url))?;
+    let store: Arc<dyn SnapshotStore> = Arc::new(CloudStore::new(config, None)?);
     Ok(SnapshotSource::from_store(store, &name).await?)
 }
 
