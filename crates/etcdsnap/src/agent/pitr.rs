@@ -328,35 +328,99 @@ pub(super) async fn prune_s3_segments(s3: &S3Store, snapshots: &[SnapshotRecord]
 /// Copies durable local segments to S3, each segment before its record (so a record in S3
 /// always has its segment), checked against the record's sha256 first. Runs on every agent with
 /// --deltas and S3: whichever node wrote segments while it led uploads them, and an outage only
-/// delays uploads (the local copies are durable already; the next pass retries).
+/// delays uploads (the local copies are durable already; the next pass retries). Then, with
+/// replicas, copies to them what is durable in the primary ([`replicate_deltas`]).
 pub async fn upload_loop(agent: Arc<Agent>, every: Duration, stop: CancellationToken) {
     let mut uploader = Uploader::default();
+    let mut replicating = Replicating::default();
     loop {
         wait(every, &stop).await;
         if stop.is_cancelled() {
             return;
         }
         let ctx = agent.session.context(Purpose::Read).await;
-        let (Some(local), Some(s3)) = (&ctx.local, ctx.remote.as_ref().and_then(|r| r.as_s3())) else { continue };
-        match uploader.pass(&local::dir_beside(local.dir()), s3).await {
-            Ok(n) => {
-                if uploader.failing {
-                    tracing::info!(uploaded = n, "delta uploads to S3 work again");
+        let Some(local) = &ctx.local else { continue };
+        let deltas_dir = local::dir_beside(local.dir());
+        let s3 = ctx.remote.as_ref().and_then(|r| r.as_s3());
+        let mut uploaded = 0;
+        if let Some(s3) = s3 {
+            match uploader.pass(&deltas_dir, s3).await {
+                Ok(n) => {
+                    if uploader.failing {
+                        tracing::info!(uploaded = n, "delta uploads to S3 work again");
+                    }
+                    uploader.failing = false;
+                    uploaded = n;
+                    if let Some(rev) = uploader.newest {
+                        agent.metrics.pitr.uploaded_revision.set(rev);
+                    }
                 }
-                uploader.failing = false;
-                if let Some(rev) = uploader.newest {
-                    agent.metrics.pitr.uploaded_revision.set(rev);
+                Err(e) => {
+                    agent.metrics.pitr.upload_failures.inc();
+                    if !uploader.failing {
+                        tracing::warn!(error = %e, "delta upload to S3 failed; retrying every {}s", every.as_secs());
+                    }
+                    uploader.failing = true;
                 }
             }
-            Err(e) => {
-                agent.metrics.pitr.upload_failures.inc();
-                if !uploader.failing {
-                    tracing::warn!(error = %e, "delta upload to S3 failed; retrying every {}s", every.as_secs());
-                }
-                uploader.failing = true;
+        }
+        if !ctx.replicas.is_empty() {
+            replicate_deltas(&agent, &ctx, s3, deltas_dir, uploaded, &mut replicating).await;
+        }
+    }
+}
+
+/// How often a delta pass lists the S3 primary when nothing new was uploaded and every replica
+/// was in sync: segments another node uploaded are copied within this time.
+const DELTA_REPLICATION_IDLE: Duration = Duration::from_secs(60);
+
+/// The delta replication between passes of [`upload_loop`].
+#[derive(Default)]
+struct Replicating {
+    replicator: crate::ops::replicate_deltas::DeltaReplicator,
+    last: Option<std::time::Instant>,
+    behind: bool,
+}
+
+/// Copies to every replica the segments durable in the primary: S3's (by the leader, as the
+/// segments are the cluster's), else the local directory's (capture without S3: the local
+/// segments are the primary copy, and each node copies its own). With S3 the bucket is listed
+/// when this pass uploaded something, a replica was behind, or [`DELTA_REPLICATION_IDLE`] passed.
+async fn replicate_deltas(
+    agent: &Agent,
+    ctx: &crate::ops::Context,
+    s3: Option<&S3Store>,
+    deltas_dir: PathBuf,
+    uploaded: usize,
+    state: &mut Replicating,
+) {
+    let local = etcdsnap_storage::pitr::objects::LocalDeltas { dir: deltas_dir };
+    let source: &dyn etcdsnap_storage::pitr::objects::DeltaObjects = match s3 {
+        Some(s3) if agent.lead().is_some() => {
+            let idle = state.last.is_some_and(|t| t.elapsed() < DELTA_REPLICATION_IDLE);
+            if uploaded == 0 && !state.behind && idle {
+                return;
+            }
+            s3
+        }
+        Some(_) => return,
+        None => &local,
+    };
+    state.last = Some(std::time::Instant::now());
+    let statuses = state.replicator.pass(source, &ctx.replicas).await;
+    agent.metrics.replicas.observe_deltas(&statuses);
+    let behind = statuses.iter().any(|s| s.behind > 0 || !s.errors.is_empty());
+    for status in &statuses {
+        if !status.errors.is_empty() && !state.behind {
+            for e in &status.errors {
+                tracing::warn!("{e}; retried with every upload pass");
             }
         }
     }
+    if state.behind && !behind {
+        tracing::info!("every replica holds every delta segment again");
+    }
+    state.behind = behind;
 }
 
 /// What is in S3 already (known after the first listing) and how the last pass went.

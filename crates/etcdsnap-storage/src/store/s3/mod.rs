@@ -282,6 +282,10 @@ impl SnapshotStore for S3Store {
         Some(self)
     }
 
+    fn deltas(&self) -> Option<&dyn crate::pitr::objects::DeltaObjects> {
+        Some(self)
+    }
+
     fn kind(&self) -> StorageKind {
         StorageKind::S3
     }
