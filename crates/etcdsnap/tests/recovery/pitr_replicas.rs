@@ -39,8 +39,12 @@ async fn replica_deltas(s3: &S3Server, gcs: &GcsServer) -> Result<(Vec<String>, 
 async fn wait_replicated(s3: &S3Server, gcs: &GcsServer, which: usize, rev: i64) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let listed = replica_deltas(s3, gcs).await;
-        let reached = listed.as_ref().map(|(a, b)| newest_record([a, b][which])).unwrap_or(0);
+        let prefix = format!("{FOLDER}/.etcdsnap-deltas/");
+        let listed = match which {
+            0 => s3.list_keys(REPLICA, &prefix).await,
+            _ => gcs.list_names(REPLICA, &prefix).await,
+        };
+        let reached = listed.as_ref().map(|names| newest_record(names)).unwrap_or(0);
         if reached >= rev {
             return Ok(());
         }

@@ -8,6 +8,7 @@
 /// reports one that no test calls).
 #[path = "../common"]
 mod common {
+    pub mod agent;
     mod cli;
     pub mod etcd;
     pub mod keyspace;
