@@ -8,7 +8,6 @@
 /// reports one that no test calls).
 #[path = "../common"]
 mod common {
-    pub mod agent;
     mod cli;
     pub mod etcd;
     pub mod keyspace;

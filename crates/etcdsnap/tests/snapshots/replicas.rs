@@ -3,7 +3,6 @@
 //! by `ls`, `verify` and `restore --from-replica` alone, pruned by its own retention without
 //! touching another cluster's objects, and brought up to date after an outage.
 
-use crate::common::agent::{Agent, metric};
 use crate::common::etcd::etcd_with_objects;
 use crate::common::keyspace::assert_same_key_space;
 use crate::common::{Run, TestResult, files_in, run, s};
@@ -250,50 +249,6 @@ async fn a_replica_that_was_down_catches_up_after_the_next_save() -> TestResult 
         let local = std::fs::read(node.data.path().join("snapshots").join(name))?;
         assert!(azurite.get_blob(REPLICA, &format!("{FOLDER}/{name}")).await? == local, "{name} differs");
     }
-    Ok(())
-}
-
-/// A schedule (six fields, UTC) that fires once, `secs` seconds from now.
-fn once_in(secs: i64) -> String {
-    let at = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(secs)).unwrap().to_zoned(jiff::tz::TimeZone::UTC);
-    format!("{} {} {} {} {} *", at.second(), at.minute(), at.hour(), at.day(), at.month())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_catches_a_replica_up_on_its_own_once_it_is_back() -> TestResult {
-    let etcd = etcd_with_objects(50).await?;
-    let s3 = S3Server::with_bucket(PRIMARY).await?;
-    let node = Node::new(&etcd, &s3);
-    let mut azurite = Azurite::with_container(REPLICA).await?;
-    let url = format!("az://{REPLICA}/{FOLDER}");
-    let mut flags = vec!["--replica".to_string(), url.clone()];
-    for o in azurite.replica_options() {
-        flags.extend(["--replica-option".to_string(), o]);
-    }
-    azurite.stop();
-    // One scheduled save, in a few seconds, while the replica is down; copies missed are tried
-    // again every 3 s.
-    let schedule = once_in(6);
-    let mut agent_args = vec!["--schedule", schedule.as_str(), "--drill-schedule", "", "--replica-retry-interval", "3s"];
-    agent_args.extend(flags.iter().map(String::as_str));
-    let mut env: Vec<(&str, &str)> = node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.push(("TZ", "UTC"));
-    let agent = Agent::start(&agent_args, &env, node.data.path()).await?;
-    let behind = format!("etcdsnap_replica_behind_snapshots{{replica=\"{url}\"}}");
-    agent.wait_for_metric(&behind, 1.0, Duration::from_secs(60)).await?;
-    let saved = node.snapshots();
-    assert_eq!(saved.len(), 1, "{saved:?}");
-    assert!(azurite.list_names(REPLICA, "").await.is_err(), "the replica is down");
-
-    // Back: within a retry interval or two, with no other save, the replica holds the snapshot.
-    azurite.restart().await?;
-    agent.wait_for("/metrics", |b, _| metric(b, &behind) == Some(0.0), Duration::from_secs(30)).await?;
-    let key = format!("{FOLDER}/{}", saved[0]);
-    let local = std::fs::read(node.data.path().join("snapshots").join(&saved[0]))?;
-    assert!(azurite.get_blob(REPLICA, &key).await? == local, "{key} differs from the local copy");
-    assert_eq!(node.snapshots(), saved, "no other save was taken");
-    let log = agent.stop().await?;
-    assert!(log.contains("copied to replica"), "{log}");
     Ok(())
 }
 
