@@ -5,7 +5,9 @@
 //! check what a client did (no re-upload, say) while it was lied to.
 //!
 //! Requests are forwarded with their own Host header, so SigV4 signatures made for the proxy's
-//! address still verify at the server.
+//! address still verify at the server; [`LyingS3Proxy::start_rewriting_host`] sends the
+//! server's own instead, for fake-gcs-server, which routes by Host (a GCS client signs nothing
+//! with it: its bearer token does not depend on the address).
 
 use crate::{Error, Result};
 use bytes::Bytes;
@@ -61,6 +63,16 @@ pub struct LyingS3Proxy {
 impl LyingS3Proxy {
     /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`).
     pub async fn start(upstream: &str) -> Result<LyingS3Proxy> {
+        Self::start_with(upstream, false).await
+    }
+
+    /// [`LyingS3Proxy::start`], forwarding each request with the Host of `upstream` instead of
+    /// the one it came with.
+    pub async fn start_rewriting_host(upstream: &str) -> Result<LyingS3Proxy> {
+        Self::start_with(upstream, true).await
+    }
+
+    async fn start_with(upstream: &str, rewrite_host: bool) -> Result<LyingS3Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::io("bind S3 proxy", e))?;
         let addr = listener.local_addr().map_err(|e| Error::io("S3 proxy address", e))?;
         let state = Arc::new(Mutex::new(State::default()));
@@ -74,7 +86,9 @@ impl LyingS3Proxy {
             while let Ok((stream, _)) = listener.accept().await {
                 let (state, http, upstream) = (shared.clone(), http.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, state.clone(), http.clone(), upstream.clone()));
+                    let service = service_fn(move |req| {
+                        handle(req, state.clone(), http.clone(), upstream.clone(), rewrite_host)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -122,7 +136,13 @@ impl Drop for LyingS3Proxy {
 
 type Answer = std::result::Result<Response<Full<Bytes>>, std::io::Error>;
 
-async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, http: reqwest::Client, upstream: String) -> Answer {
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    http: reqwest::Client,
+    upstream: String,
+    rewrite_host: bool,
+) -> Answer {
     let method = req.method().clone();
     let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
     // ListObjectsV2, or Azure Blob Storage's List Blobs (a replica behind the proxy).
@@ -147,7 +167,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, http: reqwest:
         Some(Lie::Stall(d)) => tokio::time::sleep(d).await,
         Some(Lie::TruncatedList) | None => {}
     }
-    let (status, headers, body) = forward(req, &http, &upstream, &target).await?;
+    let (status, headers, body) = forward(req, &http, &upstream, &target, rewrite_host).await?;
     let body = if lie == Some(Lie::TruncatedList) { body.slice(..body.len() / 2) } else { body };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
@@ -173,12 +193,16 @@ async fn forward(
     http: &reqwest::Client,
     upstream: &str,
     target: &str,
+    rewrite_host: bool,
 ) -> std::result::Result<(StatusCode, hyper::HeaderMap, Bytes), std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
     let mut outgoing = http.request(parts.method, format!("{upstream}{target}")).body(body);
     for (name, value) in &parts.headers {
-        if name != hyper::header::CONNECTION && name != hyper::header::TRANSFER_ENCODING {
+        let dropped = name == hyper::header::CONNECTION
+            || name == hyper::header::TRANSFER_ENCODING
+            || (rewrite_host && name == hyper::header::HOST);
+        if !dropped {
             outgoing = outgoing.header(name, value);
         }
     }
