@@ -73,6 +73,9 @@ impl ReplicaGauges {
         for status in statuses {
             let label = ReplicaLabel { replica: status.url.clone() };
             self.behind.get_or_create(&label).set(status.behind.len() as i64);
+            // The segments' series exists from the first pass, 0 until a delta pass says more
+            // (without --deltas there is nothing to miss).
+            self.behind_segments.get_or_create(&label);
             let in_sync = status.behind.is_empty() && status.errors.is_empty();
             self.update(&status.url, now, |h| h.snapshots = (status.lag_seconds(now), in_sync));
         }
