@@ -86,9 +86,8 @@ impl LyingS3Proxy {
             while let Ok((stream, _)) = listener.accept().await {
                 let (state, http, upstream) = (shared.clone(), http.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        handle(req, state.clone(), http.clone(), upstream.clone(), rewrite_host)
-                    });
+                    let service =
+                        service_fn(move |req| handle(req, state.clone(), http.clone(), upstream.clone(), rewrite_host));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;

@@ -4,8 +4,8 @@
 //! it reads the primary.
 
 use super::record::SegmentRecord;
-use crate::store::{SnapshotReader, StoreError};
 use crate::store::s3::pitr::PitrObject;
+use crate::store::{SnapshotReader, StoreError};
 use async_trait::async_trait;
 
 /// A store's delta objects: segments and their records, by chain and file name.
@@ -65,9 +65,9 @@ impl DeltaObjects for LocalDeltas {
 
     async fn list_deltas(&self) -> Result<Vec<PitrObject>, StoreError> {
         let dir = self.dir.clone();
-        let (records, _) = tokio::task::spawn_blocking(move || super::local::read_all(&dir))
-            .await
-            .map_err(|e| StoreError::Replica { op: "list deltas", target: self.deltas_location(), message: e.to_string() })?;
+        let (records, _) = tokio::task::spawn_blocking(move || super::local::read_all(&dir)).await.map_err(|e| {
+            StoreError::Replica { op: "list deltas", target: self.deltas_location(), message: e.to_string() }
+        })?;
         Ok(records
             .into_iter()
             .flat_map(|r| {

@@ -5,13 +5,13 @@
 
 use crate::ops::ReplicaStatus;
 use crate::ops::replicate_deltas::DeltaStatus;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReplicaLabel {
@@ -75,7 +75,7 @@ impl ReplicaGauges {
             self.behind.get_or_create(&label).set(status.behind.len() as i64);
             // The segments' series exists from the first pass, 0 until a delta pass says more
             // (without --deltas there is nothing to miss).
-            self.behind_segments.get_or_create(&label);
+            let _ = self.behind_segments.get_or_create(&label);
             let in_sync = status.behind.is_empty() && status.errors.is_empty();
             self.update(&status.url, now, |h| h.snapshots = (status.lag_seconds(now), in_sync));
         }

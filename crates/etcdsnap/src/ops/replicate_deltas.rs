@@ -53,12 +53,14 @@ impl DeltaReplicator {
             Ok(listed) => listed,
             Err(e) => {
                 let error = format!("delta replication: cannot list {}: {e}", source.deltas_location());
-                return replicas.iter().map(|r| self.status(r.url(), 0, &HashSet::new(), vec![error.clone()])).collect();
+                return replicas
+                    .iter()
+                    .map(|r| self.status(r.url(), 0, &HashSet::new(), vec![error.clone()]))
+                    .collect();
             }
         };
         // Records only: a segment counts once its record is in the source, as everywhere.
-        let records: HashSet<Key> =
-            listed.into_iter().filter(|o| o.is_record()).map(|o| (o.chain, o.file)).collect();
+        let records: HashSet<Key> = listed.into_iter().filter(|o| o.is_record()).map(|o| (o.chain, o.file)).collect();
         let mut statuses = Vec::with_capacity(replicas.len());
         for replica in replicas {
             statuses.push(self.pass_one(source, replica, &records).await);
@@ -66,7 +68,12 @@ impl DeltaReplicator {
         statuses
     }
 
-    async fn pass_one(&mut self, source: &dyn DeltaObjects, replica: &ReplicaStore, records: &HashSet<Key>) -> DeltaStatus {
+    async fn pass_one(
+        &mut self,
+        source: &dyn DeltaObjects,
+        replica: &ReplicaStore,
+        records: &HashSet<Key>,
+    ) -> DeltaStatus {
         let url = replica.url().to_string();
         let mut errors = Vec::new();
         if !self.held.contains_key(&url) {

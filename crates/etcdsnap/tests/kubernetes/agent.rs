@@ -235,7 +235,10 @@ async fn uploads_that_failed_while_s3_was_down_are_retried_by_later_runs() -> Te
 
 /// A schedule (six fields, UTC) that fires once, `secs` seconds from now.
 fn once_in(secs: i64) -> String {
-    let at = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(secs)).unwrap().to_zoned(jiff::tz::TimeZone::UTC);
+    let at = etcdsnap_storage::clock::now()
+        .checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC);
     format!("{} {} {} {} {} *", at.second(), at.minute(), at.hour(), at.day(), at.month())
 }
 
@@ -264,7 +267,8 @@ async fn the_agent_catches_a_replica_up_on_its_own_once_it_is_back() -> TestResu
     // One scheduled save, in a few seconds, while the replica is down; copies missed are tried
     // again every 3 s.
     let schedule = once_in(6);
-    let mut agent_args = vec!["--schedule", schedule.as_str(), "--drill-schedule", "", "--replica-retry-interval", "3s"];
+    let mut agent_args =
+        vec!["--schedule", schedule.as_str(), "--drill-schedule", "", "--replica-retry-interval", "3s"];
     agent_args.extend(flags.iter().map(String::as_str));
     let agent = Agent::start(&agent_args, &env, data.path()).await?;
     let behind = format!("etcdsnap_replica_behind_snapshots{{replica=\"{url}\"}}");

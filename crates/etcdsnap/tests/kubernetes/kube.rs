@@ -1127,10 +1127,15 @@ async fn the_agent_keeps_object_locked_snapshots_says_until_when_and_writes_no_f
     // The date the log names is the bucket's default, a day from the upload.
     #[allow(clippy::disallowed_methods, reason = "compared with the S3 server's clock, not etcdsnap's")]
     let now = jiff::Timestamp::now();
-    let date = said[0].split("is locked until ").nth(1).and_then(|r| r.split(|c: char| c == ';' || c.is_whitespace()).next());
+    let date =
+        said[0].split("is locked until ").nth(1).and_then(|r| r.split(|c: char| c == ';' || c.is_whitespace()).next());
     let until: jiff::Timestamp = date.ok_or("no date")?.parse()?;
     let ahead = until.duration_since(now);
-    assert!(ahead > jiff::SignedDuration::from_hours(23) && ahead <= jiff::SignedDuration::from_hours(25), "{}", said[0]);
+    assert!(
+        ahead > jiff::SignedDuration::from_hours(23) && ahead <= jiff::SignedDuration::from_hours(25),
+        "{}",
+        said[0]
+    );
     // No failure resource, no warning Event.
     let items = env.resources().await?;
     assert!(!items.is_empty(), "the saves were published");
@@ -1139,8 +1144,13 @@ async fn the_agent_keeps_object_locked_snapshots_says_until_when_and_writes_no_f
         assert_ne!(status.ready_to_use, Some(false), "a failure resource: {cr:?}");
     }
     let events: Api<Event> = Api::all(env.api.client().await?);
-    let warnings: Vec<Event> =
-        events.list(&ListParams::default()).await?.items.into_iter().filter(|e| e.type_.as_deref() == Some("Warning")).collect();
+    let warnings: Vec<Event> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .collect();
     assert!(warnings.is_empty(), "{warnings:?}");
     Ok(())
 }

@@ -64,10 +64,12 @@ async fn segments_reach_every_replica_and_a_replica_alone_restores_a_revision() 
     let mut gcs = GcsServer::with_bucket(REPLICA).await?;
     let data = tempfile::tempdir()?;
     let (s3_url, gs_url) = (format!("s3://{REPLICA}/{FOLDER}"), format!("gs://{REPLICA}/{FOLDER}"));
-    let s3_options = [format!("aws_endpoint={}", s3.url()), "aws_allow_http=true".into(), "aws_region=us-east-1".into()];
+    let s3_options =
+        [format!("aws_endpoint={}", s3.url()), "aws_allow_http=true".into(), "aws_region=us-east-1".into()];
     let gcs_options = gcs.replica_options();
-    let option_flags =
-        |options: &[String]| options.iter().flat_map(|o| ["--replica-option".to_string(), o.clone()]).collect::<Vec<_>>();
+    let option_flags = |options: &[String]| {
+        options.iter().flat_map(|o| ["--replica-option".to_string(), o.clone()]).collect::<Vec<_>>()
+    };
     let mut flags: Vec<String> = s3.etcdsnap_flags(PRIMARY).into_iter().map(String::from).collect();
     flags.extend(["--s3-folder".into(), FOLDER.into()]);
     for (url, options) in [(&s3_url, &s3_options[..]), (&gs_url, &gcs_options[..])] {
@@ -98,7 +100,9 @@ async fn segments_reach_every_replica_and_a_replica_alone_restores_a_revision() 
     agent.wait_for_metric(&behind, 1.0, Duration::from_secs(30)).await?;
     gcs.restart().await?;
     wait_replicated(&s3, &gcs, 1, r2).await?;
-    agent.wait_for("/metrics", |b, _| crate::common::agent::metric(b, &behind) == Some(0.0), Duration::from_secs(30)).await?;
+    agent
+        .wait_for("/metrics", |b, _| crate::common::agent::metric(b, &behind) == Some(0.0), Duration::from_secs(30))
+        .await?;
 
     // Each replica holds what S3 holds, at the same keys, byte for byte.
     let prefix = format!("{FOLDER}/.etcdsnap-deltas/");
