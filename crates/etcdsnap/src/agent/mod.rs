@@ -2,6 +2,7 @@
 //! snapshots (cron, jittered, never two at once), applies retention, verifies what it wrote,
 //! exposes metrics and health, and shuts down without leaving anything half-written.
 
+mod delta_replicas;
 pub mod drills;
 pub mod health;
 pub mod http;

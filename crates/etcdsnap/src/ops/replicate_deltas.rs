@@ -52,10 +52,15 @@ impl DeltaReplicator {
         let listed = match source.list_deltas().await {
             Ok(listed) => listed,
             Err(e) => {
+                // Nothing is known of what is missing now: each replica stays as behind as it was.
                 let error = format!("delta replication: cannot list {}: {e}", source.deltas_location());
                 return replicas
                     .iter()
-                    .map(|r| self.status(r.url(), 0, &HashSet::new(), vec![error.clone()]))
+                    .map(|r| {
+                        let missing: HashSet<Key> =
+                            self.missing_since.get(r.url()).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+                        self.status(r.url(), 0, &missing, vec![error.clone()])
+                    })
                     .collect();
             }
         };
