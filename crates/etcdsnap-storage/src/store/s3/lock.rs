@@ -25,6 +25,8 @@ use serde::Deserialize;
 
 /// How long the question whether the bucket locks objects may take before it counts as no.
 const BUCKET_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a save waits for that answer before it goes on without it.
+const LEARN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How much later than the bucket's default a save without `--s3-lock-retention` locks its
 /// objects: more than the time between the lock being fixed (the stream's end) and the objects
@@ -169,9 +171,12 @@ impl S3Store {
 
     /// Before a save without `--s3-lock-retention`: learns whether the bucket has a default
     /// retention, so that [`S3Store::lock_from_now`] can name the date (one request per store).
+    /// A save waits for the answer at most [`LEARN_WAIT`] (an S3 that does not answer must not
+    /// hold up the local copy); without one in time nothing is cached, the save records no lock
+    /// of the bucket's, and the next save or removal asks again.
     pub(crate) async fn learn_bucket_lock(&self) {
-        if self.config.lock.is_none() {
-            self.bucket_lock().await;
+        if self.config.lock.is_none() && self.bucket_lock.get().is_none() {
+            let _ = tokio::time::timeout(LEARN_WAIT, self.bucket_lock()).await;
         }
     }
 
