@@ -5,8 +5,9 @@
 //! check what a client did (no re-upload, say) while it was lied to.
 //!
 //! Requests are forwarded with their own Host header, so SigV4 signatures made for the proxy's
-//! address still verify at the server; [`LyingS3Proxy::start_as_upstream`] sends the server's own
-//! Host instead, for fake-gcs-server, which routes by Host (GCS signs no Host).
+//! address still verify at the server; [`LyingS3Proxy::start_rewriting_host`] sends the
+//! server's own instead, for fake-gcs-server, which routes by Host (a GCS client signs nothing
+//! with it: its bearer token does not depend on the address).
 
 use crate::{Error, Result};
 use bytes::Bytes;
@@ -62,15 +63,16 @@ pub struct LyingS3Proxy {
 impl LyingS3Proxy {
     /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`).
     pub async fn start(upstream: &str) -> Result<LyingS3Proxy> {
-        Self::spawn(upstream, true).await
+        Self::start_with(upstream, false).await
     }
 
-    /// [`LyingS3Proxy::start`], with the requests' Host made `upstream`'s.
-    pub async fn start_as_upstream(upstream: &str) -> Result<LyingS3Proxy> {
-        Self::spawn(upstream, false).await
+    /// [`LyingS3Proxy::start`], forwarding each request with the Host of `upstream` instead of
+    /// the one it came with.
+    pub async fn start_rewriting_host(upstream: &str) -> Result<LyingS3Proxy> {
+        Self::start_with(upstream, true).await
     }
 
-    async fn spawn(upstream: &str, keep_host: bool) -> Result<LyingS3Proxy> {
+    async fn start_with(upstream: &str, rewrite_host: bool) -> Result<LyingS3Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::io("bind S3 proxy", e))?;
         let addr = listener.local_addr().map_err(|e| Error::io("S3 proxy address", e))?;
         let state = Arc::new(Mutex::new(State::default()));
@@ -85,7 +87,7 @@ impl LyingS3Proxy {
                 let (state, http, upstream) = (shared.clone(), http.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let service =
-                        service_fn(move |req| handle(req, state.clone(), http.clone(), upstream.clone(), keep_host));
+                        service_fn(move |req| handle(req, state.clone(), http.clone(), upstream.clone(), rewrite_host));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -138,7 +140,7 @@ async fn handle(
     state: Arc<Mutex<State>>,
     http: reqwest::Client,
     upstream: String,
-    keep_host: bool,
+    rewrite_host: bool,
 ) -> Answer {
     let method = req.method().clone();
     let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
@@ -164,7 +166,7 @@ async fn handle(
         Some(Lie::Stall(d)) => tokio::time::sleep(d).await,
         Some(Lie::TruncatedList) | None => {}
     }
-    let (status, headers, body) = forward(req, &http, &upstream, &target, keep_host).await?;
+    let (status, headers, body) = forward(req, &http, &upstream, &target, rewrite_host).await?;
     let body = if lie == Some(Lie::TruncatedList) { body.slice(..body.len() / 2) } else { body };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
@@ -190,14 +192,16 @@ async fn forward(
     http: &reqwest::Client,
     upstream: &str,
     target: &str,
-    keep_host: bool,
+    rewrite_host: bool,
 ) -> std::result::Result<(StatusCode, hyper::HeaderMap, Bytes), std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
     let mut outgoing = http.request(parts.method, format!("{upstream}{target}")).body(body);
     for (name, value) in &parts.headers {
-        let host = name == hyper::header::HOST && !keep_host;
-        if name != hyper::header::CONNECTION && name != hyper::header::TRANSFER_ENCODING && !host {
+        let dropped = name == hyper::header::CONNECTION
+            || name == hyper::header::TRANSFER_ENCODING
+            || (rewrite_host && name == hyper::header::HOST);
+        if !dropped {
             outgoing = outgoing.header(name, value);
         }
     }

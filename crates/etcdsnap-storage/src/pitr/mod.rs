@@ -12,6 +12,7 @@
 pub mod chain;
 pub mod history;
 pub mod local;
+pub mod objects;
 pub mod record;
 pub mod retention;
 pub mod segment;

@@ -194,6 +194,11 @@ pub trait SnapshotStore: Send + Sync {
     fn as_s3(&self) -> Option<&s3::S3Store> {
         None
     }
+    /// Where this store keeps point-in-time recovery's segments and records, when it keeps
+    /// them as objects (S3, a replica); None for a local directory (`pitr::local` reads those).
+    fn deltas(&self) -> Option<&dyn crate::pitr::objects::DeltaObjects> {
+        None
+    }
     /// Human description: the directory, or `s3://bucket/folder`.
     fn describe(&self) -> String;
     /// Every snapshot with its record. Unreadable metadata is a warning, not an error.

@@ -2,6 +2,7 @@
 //! snapshots (cron, jittered, never two at once), applies retention, verifies what it wrote,
 //! exposes metrics and health, and shuts down without leaving anything half-written.
 
+mod delta_replicas;
 pub mod drills;
 pub mod health;
 pub mod http;
@@ -33,9 +34,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a running snapshot may take to finish or abort after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
-/// How often copies a replica missed (it was down, its credentials failed) are tried again
-/// between scheduled saves.
-const REPLICA_RETRY: Duration = Duration::from_secs(300);
 
 /// What the agent does and when.
 #[derive(Debug, Clone)]
@@ -51,6 +49,9 @@ pub struct AgentSettings {
     pub verify_after_save: bool,
     /// Upper bound of the random delay before each scheduled run.
     pub jitter: Duration,
+    /// How often copies a replica missed (it was down, its credentials failed) are tried again
+    /// between scheduled saves (5 minutes unless a test asks otherwise).
+    pub replica_retry: Duration,
     /// Scheduled restore drills; None when disabled.
     pub drills: Option<drills::DrillSettings>,
     /// Point-in-time capture (`--deltas`); None when disabled.
@@ -246,13 +247,13 @@ impl Agent {
         Ok(claim)
     }
 
-    /// Between saves, every [`REPLICA_RETRY`]: copies to each replica what it is missing (what
+    /// Between saves, every [`AgentSettings::replica_retry`]: copies to each replica what it is missing (what
     /// an outage held back), nothing removed; the gauges say how far behind each still is.
     async fn replica_loop(self: Arc<Self>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(REPLICA_RETRY) => {}
+                _ = tokio::time::sleep(self.settings.replica_retry) => {}
             }
             let ctx = self.session.context(Purpose::Write).await;
             let statuses = crate::session::replicate(&ctx, None).await;

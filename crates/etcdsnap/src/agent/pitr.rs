@@ -330,33 +330,44 @@ pub(super) async fn prune_s3_segments(s3: &S3Store, snapshots: &[SnapshotRecord]
 /// Copies durable local segments to S3, each segment before its record (so a record in S3
 /// always has its segment), checked against the record's sha256 first. Runs on every agent with
 /// --deltas and S3: whichever node wrote segments while it led uploads them, and an outage only
-/// delays uploads (the local copies are durable already; the next pass retries).
+/// delays uploads (the local copies are durable already; the next pass retries). Then, with
+/// replicas, copies to them what is durable in the primary ([`super::delta_replicas`]).
 pub async fn upload_loop(agent: Arc<Agent>, every: Duration, stop: CancellationToken) {
     let mut uploader = Uploader::default();
+    let mut replicating = super::delta_replicas::Replicating::default();
     loop {
         wait(every, &stop).await;
         if stop.is_cancelled() {
             return;
         }
         let ctx = agent.session.context(Purpose::Read).await;
-        let (Some(local), Some(s3)) = (&ctx.local, ctx.remote.as_ref().and_then(|r| r.as_s3())) else { continue };
-        match uploader.pass(&local::dir_beside(local.dir()), s3).await {
-            Ok(n) => {
-                if uploader.failing {
-                    tracing::info!(uploaded = n, "delta uploads to S3 work again");
+        let Some(local) = &ctx.local else { continue };
+        let deltas_dir = local::dir_beside(local.dir());
+        let s3 = ctx.remote.as_ref().and_then(|r| r.as_s3());
+        let mut uploaded = 0;
+        if let Some(s3) = s3 {
+            match uploader.pass(&deltas_dir, s3).await {
+                Ok(n) => {
+                    if uploader.failing {
+                        tracing::info!(uploaded = n, "delta uploads to S3 work again");
+                    }
+                    uploader.failing = false;
+                    uploaded = n;
+                    if let Some(rev) = uploader.newest {
+                        agent.metrics.pitr.uploaded_revision.set(rev);
+                    }
                 }
-                uploader.failing = false;
-                if let Some(rev) = uploader.newest {
-                    agent.metrics.pitr.uploaded_revision.set(rev);
+                Err(e) => {
+                    agent.metrics.pitr.upload_failures.inc();
+                    if !uploader.failing {
+                        tracing::warn!(error = %e, "delta upload to S3 failed; retrying every {}s", every.as_secs());
+                    }
+                    uploader.failing = true;
                 }
             }
-            Err(e) => {
-                agent.metrics.pitr.upload_failures.inc();
-                if !uploader.failing {
-                    tracing::warn!(error = %e, "delta upload to S3 failed; retrying every {}s", every.as_secs());
-                }
-                uploader.failing = true;
-            }
+        }
+        if !ctx.replicas.is_empty() {
+            super::delta_replicas::replicate(&agent, &ctx, s3, deltas_dir, uploaded, &mut replicating).await;
         }
     }
 }

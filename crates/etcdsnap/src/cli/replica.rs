@@ -41,13 +41,15 @@ impl ReplicaArgs {
     }
 }
 
-/// `restore NAME --from-replica URL`: the snapshot is read from that replica alone.
+/// `restore NAME --from-replica URL` (or `--to-revision`/`--to-time`): the snapshot, and the
+/// delta segments of a point-in-time restore, are read from that replica alone.
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = HEADING)]
 pub struct FromReplicaArgs {
     /// NAME is a snapshot in this replica (as --replica spells it): streamed from it, checked
-    /// against the record stored there; neither the snapshot directory nor S3 is read.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["enabled", "to_revision", "to_time"])]
+    /// against the record stored there; neither the snapshot directory nor S3 is read. With
+    /// --to-revision/--to-time, the base snapshot and the delta segments come from the replica.
+    #[arg(long, value_name = "URL", conflicts_with = "enabled")]
     pub from_replica: Option<String>,
     /// A setting of the replica, as for --replica (repeatable).
     #[arg(long = "replica-option", value_name = "KEY=VALUE", requires = "from_replica")]
@@ -55,15 +57,20 @@ pub struct FromReplicaArgs {
 }
 
 impl FromReplicaArgs {
+    /// The replica of --from-replica; None without it.
+    pub fn store(&self) -> anyhow::Result<Option<Arc<dyn SnapshotStore>>> {
+        let Some(url) = &self.from_replica else { return Ok(None) };
+        let mut configs = parse_replicas(std::slice::from_ref(url), &self.options)?;
+        let config = configs.pop().ok_or_else(|| anyhow::anyhow!("--from-replica {url}: no replica"))?;
+        Ok(Some(Arc::new(ReplicaStore::new(config)?)))
+    }
+
     /// The snapshot `given` (a name, as `ls` shows it) in the replica; None without
     /// --from-replica.
     pub async fn source(&self, given: &str) -> anyhow::Result<Option<SnapshotSource>> {
-        let Some(url) = &self.from_replica else { return Ok(None) };
+        let Some(store) = self.store()? else { return Ok(None) };
         let name = SnapshotName::parse(given)
             .map_err(|e| anyhow::anyhow!("with --from-replica give the snapshot's name ({given:?}: {e})"))?;
-        let mut configs = parse_replicas(std::slice::from_ref(url), &self.options)?;
-        let config = configs.pop().ok_or_else(|| anyhow::anyhow!("--from-replica {url}: no replica"))?;
-        let store: Arc<dyn SnapshotStore> = Arc::new(ReplicaStore::new(config)?);
         Ok(Some(SnapshotSource::from_store(store, &name).await?))
     }
 }

@@ -7,10 +7,14 @@
 //! With a base name (the agent's schedule, `prune`), each replica then keeps the newest
 //! `--replica-retention` snapshots of that name per node, this cluster's only: other clusters'
 //! and other nodes' objects in the same folder are never candidates, as in S3. Snapshots that
-//! retention would remove at once are not copied.
+//! retention would remove at once are not copied. Then the delta segments no snapshot left in
+//! the replica can use are removed (the segments themselves are copied by
+//! [`super::replicate_deltas`]).
 
 use super::Context;
 use etcdsnap_api::SnapshotName;
+use etcdsnap_storage::pitr::objects::DeltaObjects as _;
+use etcdsnap_storage::pitr::retention as pitr_retention;
 use etcdsnap_storage::record::SnapshotRecord;
 use etcdsnap_storage::store::replica::{Copied, ReplicaStore};
 use etcdsnap_storage::store::{KeepPolicy, RetentionPolicy, SnapshotStore, plan_retention};
@@ -35,6 +39,8 @@ pub struct ReplicaStatus {
     pub behind: Vec<SnapshotRecord>,
     /// Removed by the replica's retention.
     pub removed: Vec<SnapshotName>,
+    /// Delta segments removed by the replica's retention (none is needed by a snapshot it keeps).
+    pub removed_deltas: usize,
     /// What went wrong, each naming the replica and the snapshot.
     pub errors: Vec<String>,
 }
@@ -74,6 +80,7 @@ pub async fn replicate(ctx: &Context, retention: Option<&ReplicaRetention>) -> V
                     copied: Vec::new(),
                     behind: Vec::new(),
                     removed: Vec::new(),
+                    removed_deltas: 0,
                     errors: vec![error.clone()],
                 })
                 .collect();
@@ -98,6 +105,7 @@ async fn replicate_one(
         copied: Vec::new(),
         behind: Vec::new(),
         removed: Vec::new(),
+        removed_deltas: 0,
         errors: Vec::new(),
     };
     let held = match replica.list().await {
@@ -154,5 +162,38 @@ async fn replicate_one(
             Err(e) => status.errors.push(format!("replica {}: removing {name}: {e}", replica.url())),
         }
     }
+    if policy.is_some() {
+        // The snapshots the replica holds now: what it held and received, less what it removed.
+        let kept: Vec<SnapshotRecord> = held
+            .iter()
+            .filter(|r| !status.removed.contains(&r.name))
+            .chain(wanted.iter().filter(|r| status.copied.iter().any(|(n, _)| *n == r.name)))
+            .cloned()
+            .collect();
+        prune_deltas(replica, &kept, &mut status).await;
+    }
     status
+}
+
+/// The replica's delta retention, after its snapshots' (`pitr::retention`'s rule, as in S3):
+/// segments ending at or before the revision of the oldest snapshot the replica holds, of any
+/// node, can roll nothing forward and are removed, each record before its segment. Without a
+/// snapshot with a revision nothing is removed.
+async fn prune_deltas(replica: &ReplicaStore, kept: &[SnapshotRecord], status: &mut ReplicaStatus) {
+    let Some(oldest) = pitr_retention::oldest_base_revision(kept) else { return };
+    let listed = match replica.list_deltas().await {
+        Ok(listed) => listed,
+        Err(e) => return status.errors.push(format!("replica {}: delta retention skipped: {e}", replica.url())),
+    };
+    for o in pitr_retention::expired_objects(listed, oldest) {
+        match replica.delete_delta(&o.chain, &o.file).await {
+            Ok(()) => status.removed_deltas += usize::from(!o.is_record()),
+            Err(e) => {
+                return status.errors.push(format!("replica {}: delta retention: {e}", replica.url()));
+            }
+        }
+    }
+    if status.removed_deltas > 0 {
+        tracing::info!(replica = %replica.url(), segments = status.removed_deltas, before = oldest, "delta segments no replica snapshot needs removed");
+    }
 }

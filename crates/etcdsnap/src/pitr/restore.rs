@@ -12,6 +12,7 @@ use crate::restore::{PassError, SnapshotSource, verify_pass};
 use etcdsnap_api::{Compression, KvHash};
 use etcdsnap_storage::SnapshotRecord;
 use etcdsnap_storage::pitr::history;
+use etcdsnap_storage::pitr::objects::{DeltaObjects, read_record};
 use etcdsnap_storage::pitr::{
     Base, ChainSummary, ObservedBy, PlanError, ReplayPlan, Segment, SegmentRecord, Target, local, plan,
     segments_spanning, summarize,
@@ -131,43 +132,38 @@ pub async fn plan_local(
     finish_plan(listing.records, records, warnings, deltas_dir, target, choose, &mut observed_by)
 }
 
-/// The largest record and segment objects downloaded from S3.
+/// The largest record and segment objects downloaded from S3 or a replica.
 const RECORD_LIMIT: u64 = 64 * 1024;
 const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
 
-/// Plans a roll forward to `target` from the snapshots and chains in the S3 folder (a node whose
-/// disk is gone): the records that can matter are downloaded and checked. The plan's segments
-/// are fetched by [`fetch_segments`] once the pre-flight checks passed.
+/// Plans a roll forward to `target` from the snapshots and chains in the S3 folder, or in a
+/// replica (a node whose disk is gone, a primary lost): the records that can matter are
+/// downloaded and checked. The plan's segments are fetched by [`fetch_segments`] once the
+/// pre-flight checks passed.
 pub async fn plan_s3(
     store: &Arc<dyn SnapshotStore>,
     target: Target,
     choose: Choose<'_>,
     identity: Option<&Identity>,
 ) -> Result<PitrPlan, PitrError> {
-    let s3 = store.as_s3().ok_or_else(|| PitrError::Download("the store is not S3".into()))?;
+    let s3 = deltas_of(store.as_ref())?;
     let listing = store.list().await?;
     let mut warnings = listing.warnings;
     // Segments ending before every usable base never matter.
     let floor = listing.records.iter().filter_map(local::base_of).map(|b| b.revision).min().unwrap_or(i64::MAX);
-    let objects = s3.list_pitr_objects().await?;
+    let objects = s3.list_deltas().await?;
     let mut records = Vec::new();
     for o in objects.iter().filter(|o| o.is_record() && o.last_revision().is_some_and(|l| l > floor)) {
-        let parsed = s3
-            .get_pitr_object(&o.chain, &o.file, RECORD_LIMIT)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| SegmentRecord::parse(&o.file, &bytes).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(r) if r.chain == o.chain && r.record_name() == o.file => records.push(r),
-            Ok(_) => warnings.push(format!("delta record {}/{} does not match its key: skipped", o.chain, o.file)),
-            Err(e) => warnings.push(format!("delta record {}/{}: {e}", o.chain, o.file)),
+        match read_record(s3, o, RECORD_LIMIT).await {
+            Ok(r) => records.push(r),
+            Err(e) => warnings.push(format!("delta record {}/{}: {e}: skipped", o.chain, o.file)),
         }
     }
     // A time target inside a segment is mapped to a revision by the segment's own times.
     let mut spanning = HashMap::new();
     if let Target::Time(ms) = target {
         for r in segments_spanning(&records, ms) {
-            let bytes = s3.get_pitr_object(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
+            let bytes = s3.get_delta(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
             spanning.insert((r.chain.clone(), r.segment_name()), bytes);
         }
     }
@@ -200,15 +196,20 @@ fn observed_in(
     Ok(segment.last_revision_observed_by(ms))
 }
 
-/// Downloads the plan's segments from S3 into `dir/<chain>/` (a private directory), where the
-/// replay reads them and checks each against its record.
+/// The delta objects of S3 or a replica.
+fn deltas_of(store: &dyn SnapshotStore) -> Result<&dyn DeltaObjects, PitrError> {
+    store.deltas().ok_or_else(|| PitrError::Download(format!("{} keeps no delta objects", store.describe())))
+}
+
+/// Downloads the plan's segments from S3 or a replica into `dir/<chain>/` (a private
+/// directory), where the replay reads them and checks each against its record.
 pub async fn fetch_segments(store: &Arc<dyn SnapshotStore>, plan: &mut PitrPlan, dir: &Path) -> Result<(), PitrError> {
-    let s3 = store.as_s3().ok_or_else(|| PitrError::Download("the store is not S3".into()))?;
+    let s3 = deltas_of(store.as_ref())?;
     for r in &plan.replay.segments {
         let chain_dir = dir.join(&r.chain);
         std::fs::create_dir_all(&chain_dir)
             .map_err(|e| PitrError::Download(format!("{}: {e}", chain_dir.display())))?;
-        let bytes = s3.get_pitr_object(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
+        let bytes = s3.get_delta(&r.chain, &r.segment_name(), SEGMENT_LIMIT).await?;
         let path = chain_dir.join(r.segment_name());
         std::fs::write(&path, bytes).map_err(|e| PitrError::Download(format!("{}: {e}", path.display())))?;
     }

@@ -1,5 +1,5 @@
 //! `etcdsnap agent` as a process, against real etcd and S3: schedule, retention, metrics,
-//! health, and shutdown.
+//! health, shutdown, and copies a replica missed made on the agent's own once it is back.
 
 use crate::common::agent::{Agent, metric};
 use crate::common::etcd::etcd_with_objects;
@@ -7,7 +7,7 @@ use crate::common::slow_etcd::{SlowEtcd, unpublished_bytes};
 use crate::common::{self, TestResult, files_in, s};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use testenv::{Etcd, Fault, S3Server};
+use testenv::{Azurite, Etcd, Fault, S3Server};
 
 const BUCKET: &str = "agent";
 
@@ -230,5 +230,61 @@ async fn uploads_that_failed_while_s3_was_down_are_retried_by_later_runs() -> Te
     let verify = ["verify", "--data-dir", &dd, "--node-name", "n1", "--no-local"];
     let out = common::run(&[&verify[..], &s3_flags].concat(), &env).await;
     assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    Ok(())
+}
+
+/// A schedule (six fields, UTC) that fires once, `secs` seconds from now.
+fn once_in(secs: i64) -> String {
+    let at = etcdsnap_storage::clock::now()
+        .checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC);
+    format!("{} {} {} {} {} *", at.second(), at.minute(), at.hour(), at.day(), at.month())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_catches_a_replica_up_on_its_own_once_it_is_back() -> TestResult {
+    let etcd = etcd_with_objects(50).await?;
+    let s3 = S3Server::with_bucket(BUCKET).await?;
+    let data = tempfile::tempdir()?;
+    let mut vars: Vec<(String, String)> = vec![
+        ("ETCDSNAP_ENDPOINTS".into(), etcd.endpoints().join(",")),
+        ("ETCDSNAP_NODE_NAME".into(), "node-a".into()),
+        ("ETCDSNAP_DATA_DIR".into(), s(data.path())),
+        ("ETCDSNAP_NO_KUBE".into(), "true".into()),
+        ("TZ".into(), "UTC".into()),
+    ];
+    vars.extend(s3.etcdsnap_env(BUCKET));
+    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    const REPLICA: &str = "replica";
+    let mut azurite = Azurite::with_container(REPLICA).await?;
+    let url = format!("az://{REPLICA}/k3s");
+    let mut flags = vec!["--replica".to_string(), url.clone()];
+    for o in azurite.replica_options() {
+        flags.extend(["--replica-option".to_string(), o]);
+    }
+    azurite.stop();
+    // One scheduled save, in a few seconds, while the replica is down; copies missed are tried
+    // again every 3 s.
+    let schedule = once_in(6);
+    let mut agent_args =
+        vec!["--schedule", schedule.as_str(), "--drill-schedule", "", "--replica-retry-interval", "3s"];
+    agent_args.extend(flags.iter().map(String::as_str));
+    let agent = Agent::start(&agent_args, &env, data.path()).await?;
+    let behind = format!("etcdsnap_replica_behind_snapshots{{replica=\"{url}\"}}");
+    agent.wait_for_metric(&behind, 1.0, Duration::from_secs(60)).await?;
+    let saved = snapshots(data.path());
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(azurite.list_names(REPLICA, "").await.is_err(), "the replica is down");
+
+    // Back: within a retry interval or two, with no other save, the replica holds the snapshot.
+    azurite.restart().await?;
+    agent.wait_for("/metrics", |b, _| metric(b, &behind) == Some(0.0), Duration::from_secs(30)).await?;
+    let key = format!("k3s/{}", saved[0]);
+    let local = std::fs::read(data.path().join("snapshots").join(&saved[0]))?;
+    assert!(azurite.get_blob(REPLICA, &key).await? == local, "{key} differs from the local copy");
+    assert_eq!(snapshots(data.path()), saved, "no other save was taken");
+    let log = agent.stop().await?;
+    assert!(log.contains("copied to replica"), "{log}");
     Ok(())
 }

@@ -1077,3 +1077,80 @@ async fn a_leader_term_s_connection_sends_nothing_once_the_term_ended() -> TestR
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_keeps_object_locked_snapshots_says_until_when_and_writes_no_failure() -> TestResult {
+    let env = Env::start().await?;
+    let s3 = testenv::S3Server::start().await?;
+    // Every object is locked for a day by the bucket's default retention.
+    s3.create_lock_bucket("locked", Some(("GOVERNANCE", 1))).await?;
+    let (endpoints, data_dir) = (env.etcd.endpoints().join(","), s(&env.data_dir("node-1")));
+    let kubeconfig = s(env.api.kubeconfig_path());
+    let mut vars: Vec<(String, String)> = vec![
+        ("ETCDSNAP_ENDPOINTS".into(), endpoints),
+        ("ETCDSNAP_NODE_NAME".into(), "node-1".into()),
+        ("KUBECONFIG".into(), kubeconfig),
+        ("HOME".into(), "/nonexistent".into()),
+    ];
+    vars.extend(s3.etcdsnap_env("locked"));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let args = [
+        "--data-dir",
+        &data_dir,
+        "--schedule",
+        "*/2 * * * * *",
+        "--retention",
+        "1",
+        "--cluster-id",
+        "c1",
+        "--drill-schedule",
+        "",
+    ];
+    std::fs::create_dir_all(env.data_dir("node-1"))?;
+    let agent = crate::common::agent::Agent::start(&args, &vars, &env.data_dir("node-1")).await?;
+    // Three saves: retention has met locked S3 snapshots at least twice.
+    let saves = "etcdsnap_saves_total{status=\"success\"}";
+    agent.wait_for_metric(saves, 3.0, Duration::from_secs(60)).await?;
+    let prunes = "etcdsnap_etcd_snapshot_prune_duration_seconds_count{status=\"success\"}";
+    let body = agent.wait_for_metric(prunes, 2.0, Duration::from_secs(30)).await?;
+    let failed = "etcdsnap_etcd_snapshot_prune_duration_seconds_count{status=\"failure\"}";
+    assert!(crate::common::agent::metric(&body, failed).unwrap_or(0.0) == 0.0, "a prune failed:\n{body}");
+    // Still running, still healthy.
+    let (code, _) = agent.get("/healthz").await?;
+    assert_eq!(code, 200);
+    let keys = s3.list_keys("locked", "").await?;
+    let in_s3: Vec<&String> = keys.iter().filter(|k| !k.contains(".metadata/")).collect();
+    assert!(in_s3.len() >= 3, "every locked snapshot stays in S3: {keys:?}");
+    let log = agent.stop().await?;
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("is locked until")).collect();
+    assert!(!said.is_empty(), "the log says until when:\n{log}");
+    // The date the log names is the bucket's default, a day from the upload.
+    #[allow(clippy::disallowed_methods, reason = "compared with the S3 server's clock, not etcdsnap's")]
+    let now = jiff::Timestamp::now();
+    let date =
+        said[0].split("is locked until ").nth(1).and_then(|r| r.split(|c: char| c == ';' || c.is_whitespace()).next());
+    let until: jiff::Timestamp = date.ok_or("no date")?.parse()?;
+    let ahead = until.duration_since(now);
+    assert!(
+        ahead > jiff::SignedDuration::from_hours(23) && ahead <= jiff::SignedDuration::from_hours(25),
+        "{}",
+        said[0]
+    );
+    // No failure resource, no warning Event.
+    let items = env.resources().await?;
+    assert!(!items.is_empty(), "the saves were published");
+    for cr in &items {
+        let status = cr.status.clone().unwrap_or_default();
+        assert_ne!(status.ready_to_use, Some(false), "a failure resource: {cr:?}");
+    }
+    let events: Api<Event> = Api::all(env.api.client().await?);
+    let warnings: Vec<Event> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    Ok(())
+}

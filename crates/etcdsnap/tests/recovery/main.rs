@@ -1,6 +1,7 @@
 //! Getting data back: `etcdsnap restore` (`restore`), every etcd minor saved and restored with
 //! its own tools (`versions`), restore drills (`drill`), and point-in-time recovery through the
-//! library (`pitr`, and the replay's proof: `pitr_proof`), the agent (`pitr_agent`), across restarts
+//! library (`pitr`, and the replay's proof: `pitr_proof`), the agent (`pitr_agent`), from a replica alone
+//! (`pitr_replicas`), across restarts
 //! (`pitr_history`), two agents with Kubernetes (`pitr_cluster`), snapshots prepared for K3s's
 //! and RKE2's own restore (`prepare`), and sealed backups opened and checked with the age and
 //! minisign tools (`sealed`).
@@ -31,6 +32,7 @@ mod pitr_cluster;
 mod pitr_history;
 mod pitr_proof;
 mod pitr_race;
+mod pitr_replicas;
 mod prepare;
 mod restore;
 mod sealed;

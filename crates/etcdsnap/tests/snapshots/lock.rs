@@ -1,7 +1,8 @@
 //! S3 Object Lock end to end on a real S3 server (versitygw) with lock-enabled buckets: uploads
 //! carry the integrity header such buckets require, every object etcdsnap writes is locked
-//! (by the bucket's default retention, or by `--s3-lock-retention`), and retention meets locked
-//! snapshots without failing: they stay, and the prune says until when.
+//! (by the bucket's default retention, or by `--s3-lock-retention`), the record names the date
+//! either way, and retention meets locked snapshots without failing: they stay, and the prune
+//! says until when.
 
 use crate::common::etcd::etcd_with_objects;
 use crate::common::{TestResult, files_in, run, s};
@@ -53,17 +54,43 @@ async fn a_bucket_with_default_retention_locks_every_object_and_prune_keeps_them
     assert!(out.ok(), "a locked snapshot is no failure:\n{}{}", out.stdout, out.stderr);
     let kept: Vec<&str> = out.stdout.lines().filter(|l| l.contains("locked by S3 Object Lock until ")).collect();
     assert_eq!(kept.len(), 2, "each locked snapshot is named with its date:\n{}", out.stdout);
-    // The date is the bucket's default (1 day) counted from the upload.
+    // The date is the bucket's default (1 day) counted from the upload, and a few minutes more
+    // (etcdsnap extends the default lock to the date its record names).
     #[allow(clippy::disallowed_methods, reason = "compared with the S3 server's clock, not etcdsnap's")]
     let now = jiff::Timestamp::now();
+    let latest = jiff::SignedDuration::from_hours(24) + jiff::SignedDuration::from_mins(6);
     for line in &kept {
         let date = line.split("until ").nth(1).and_then(|r| r.split(',').next()).ok_or("no date")?;
         let until: jiff::Timestamp = date.parse()?;
         let ahead = until.duration_since(now);
-        assert!(
-            ahead > jiff::SignedDuration::from_hours(23) && ahead <= jiff::SignedDuration::from_hours(24),
-            "{line}"
-        );
+        assert!(ahead > jiff::SignedDuration::from_hours(23) && ahead <= latest, "{line}");
+    }
+    // Each record names the lock its snapshot's object has, in the bucket default's mode:
+    // `ls -o json` as the annotation, `ls -o wide` as the Locked-Until column.
+    let listed = etcdsnap(&env, &["ls", "-o", "json", "--no-kube"]).await.expect_ok().json();
+    let wide = etcdsnap(&env, &["ls", "-o", "wide", "--no-kube"]).await.expect_ok();
+    let items = listed["items"].as_array().ok_or("no items")?;
+    let in_s3: Vec<&serde_json::Value> = items.iter().filter(|i| !i["spec"]["s3"].is_null()).collect();
+    assert_eq!(in_s3.len(), 3, "{listed}");
+    for item in in_s3 {
+        let name = item["spec"]["snapshotName"].as_str().ok_or("no name")?;
+        let (mode, until) = s3
+            .object_retention("locked", &format!("{FOLDER}/{name}"))
+            .await?
+            .ok_or(format!("{name} has no retention of its own"))?;
+        assert_eq!(mode, "GOVERNANCE", "{name}");
+        let annotation = item["metadata"]["annotations"]["etcdsnap.io/s3-locked-until"].as_str();
+        let (date, shown_mode) = annotation.and_then(|a| a.split_once(' ')).ok_or(format!("no lock: {item}"))?;
+        assert_eq!((date.parse::<jiff::Timestamp>()?, shown_mode), (until, "governance"), "{item}");
+        let row: Vec<&str> = wide
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name) && l.split_whitespace().nth(1) == Some("s3"))
+            .ok_or(format!("{name} not in:\n{}", wide.stdout))?
+            .split_whitespace()
+            .collect();
+        let cell = row.get(10).ok_or(format!("no Locked-Until column:\n{}", wide.stdout))?;
+        assert_eq!(cell.parse::<jiff::Timestamp>()?, until, "{}", wide.stdout);
     }
     assert!(out.stderr.contains("is locked until"), "the log says so too:\n{}", out.stderr);
     assert_eq!(s3.list_keys("locked", &format!("{FOLDER}/")).await?, keys, "nothing was removed from S3");

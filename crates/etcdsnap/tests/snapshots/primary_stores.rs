@@ -342,7 +342,7 @@ async fn a_lying_listing_fails_closed(server: Server) -> TestResult {
     let etcd = etcd_with_objects(20).await?;
     // fake-gcs-server routes by Host: it must see its own.
     let (proxy, through) = match &server {
-        Server::Gcs(gcs, _) => (LyingS3Proxy::start_as_upstream(&gcs.url()).await?, ""),
+        Server::Gcs(gcs, _) => (LyingS3Proxy::start_rewriting_host(&gcs.url()).await?, ""),
         Server::Azure(azurite) => {
             let upstream = azurite.account_url().replace("/devstoreaccount1", "");
             (LyingS3Proxy::start(&upstream).await?, "/devstoreaccount1")

@@ -258,9 +258,11 @@ async fn a_replica_listing_that_lies_fails_closed() -> TestResult {
     let s3 = S3Server::with_bucket(PRIMARY).await?;
     let node = Node::new(&etcd, &s3);
     let replicas = Replicas::start(s3).await?;
-    // Both replicas behind the lying proxy.
+    // Every replica behind a lying proxy.
     let s3_proxy = LyingS3Proxy::start(&replicas.s3.url()).await?;
     let az_proxy = LyingS3Proxy::start(&replicas.azurite.account_url().replace("/devstoreaccount1", "")).await?;
+    // fake-gcs-server routes by Host: its proxy sends the server's own (GCS signs nothing with it).
+    let gcs_proxy = LyingS3Proxy::start_rewriting_host(&replicas.gcs.url()).await?;
     let mut flags = vec!["--replica".to_string(), format!("s3://{REPLICA}/{FOLDER}")];
     for o in [
         format!("aws_endpoint=http://{}", s3_proxy.endpoint()),
@@ -274,9 +276,14 @@ async fn a_replica_listing_that_lies_fails_closed() -> TestResult {
         let o = o.replace(&replicas.azurite.account_url(), &format!("http://{}/devstoreaccount1", az_proxy.endpoint()));
         flags.extend(["--replica-option".to_string(), o]);
     }
+    flags.extend(["--replica".to_string(), format!("gs://{REPLICA}/{FOLDER}")]);
+    for o in replicas.gcs.replica_options() {
+        let o = o.replace(&replicas.gcs.url(), &format!("http://{}", gcs_proxy.endpoint()));
+        flags.extend(["--replica-option".to_string(), o]);
+    }
     let first = save(&node, &flags).await;
     let second = save(&node, &flags).await;
-    for proxy in [&s3_proxy, &az_proxy] {
+    for proxy in [&s3_proxy, &az_proxy, &gcs_proxy] {
         for lie in [Lie::HtmlOk, Lie::TruncatedList] {
             proxy.lie_to_next_lists(lie, 1000);
             let out = node.run(&args(&["ls"], &flags)).await.expect_fail();
@@ -292,6 +299,7 @@ async fn a_replica_listing_that_lies_fails_closed() -> TestResult {
         let key = format!("{FOLDER}/{name}");
         assert!(replicas.s3.get_object(REPLICA, &key).await?.0 == local, "{name} in the S3 replica");
         assert!(replicas.azurite.get_blob(REPLICA, &key).await? == local, "{name} in the Azure replica");
+        assert!(replicas.gcs.get_object(REPLICA, &key).await? == local, "{name} in the GCS replica");
     }
     Ok(())
 }

@@ -130,6 +130,7 @@ impl ReplicaConfig {
             Provider::S3 => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(self.url.clone())
+                    .with_retry(retry())
                     .with_http_connector(GuardedConnector);
                 for (k, v) in &self.options {
                     b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
@@ -139,6 +140,7 @@ impl ReplicaConfig {
             Provider::Gcs => {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(self.url.clone())
+                    .with_retry(retry())
                     .with_http_connector(GuardedConnector);
                 for (k, v) in &self.options {
                     b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
@@ -150,6 +152,7 @@ impl ReplicaConfig {
             Provider::Azure => {
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(self.url.clone())
+                    .with_retry(retry())
                     .with_http_connector(GuardedConnector);
                 for (k, v) in &self.options {
                     b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
@@ -175,6 +178,20 @@ impl ReplicaConfig {
         Ok((store, folder))
     }
 }
+
+/// How a replica's requests are retried: a few times within [`RETRY_TIMEOUT`], so that a
+/// replica that is down fails its copies within about that time (and stays behind until a later
+/// pass) instead of holding the agent's pass for object_store's default three minutes.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig::default(),
+        max_retries: 4,
+        retry_timeout: RETRY_TIMEOUT,
+    }
+}
+
+/// The longest a replica's request is retried.
+const RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[cfg(test)]
 mod tests {

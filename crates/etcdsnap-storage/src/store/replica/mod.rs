@@ -8,10 +8,12 @@
 //! [`ReplicaStore::copy_from`] streams a stored snapshot into it and checks what arrived
 //! (`copy`). Listings are fail-closed like S3's: [`guard`] refuses a listing answer that is not
 //! the provider's whole listing document (a proxy's HTML page, a page cut short), which fails
-//! the listing instead of showing an empty folder.
+//! the listing instead of showing an empty folder. Point-in-time recovery's segments are copied
+//! too, after they are durable in the primary, at the keys they have in S3 (`deltas`).
 
 pub mod config;
 mod copy;
+mod deltas;
 mod gcs;
 pub mod guard;
 mod records;
@@ -152,6 +154,10 @@ impl SnapshotStore for ReplicaStore {
 
     fn describe(&self) -> String {
         format!("replica {}", self.config.url)
+    }
+
+    fn deltas(&self) -> Option<&dyn crate::pitr::objects::DeltaObjects> {
+        Some(self)
     }
 
     async fn check(&self) -> Result<(), StoreError> {

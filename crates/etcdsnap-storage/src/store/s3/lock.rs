@@ -4,7 +4,12 @@
 //! bucket takes a DELETE without a version as a delete marker, being hidden while its bytes stay).
 //!
 //! The lock a save puts is fixed before the record is made ([`S3Store::lock_from_now`], asked
-//! by the sink), so the record names the date the `PutObjectRetention` then sends.
+//! by the sink), so the record names the date the `PutObjectRetention` then sends. Without
+//! `--s3-lock-retention`, on a bucket with a default retention (read once per store, before the
+//! first save: [`S3Store::learn_bucket_lock`]), that lock is the default's period counted from
+//! the end of the upload plus [`DEFAULT_LOCK_MARGIN`], in the default's mode: later than the date
+//! the bucket itself gives the objects, so the request only extends it, and the record, its
+//! signature and the object's lock name the same date.
 //!
 //! A snapshot's lock date, when it is to be removed, is its own retention (`GetObjectRetention`)
 //! or, when it has none, the bucket's default retention counted from the object's last
@@ -14,17 +19,26 @@ use super::S3Store;
 use super::list::bucket_url;
 use super::request::{self, Call};
 use crate::store::StoreError;
-use etcdsnap_api::S3Lock;
+use etcdsnap_api::{LockMode, S3Lock};
 use jiff::Timestamp;
 use serde::Deserialize;
 
 /// How long the question whether the bucket locks objects may take before it counts as no.
 const BUCKET_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a save waits for that answer before it goes on without it.
+const LEARN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How much later than the bucket's default a save without `--s3-lock-retention` locks its
+/// objects: more than the time between the lock being fixed (the stream's end) and the objects
+/// being created (their records and the upload's completion), so that the date sent extends
+/// the one the bucket gave them (a shorter one would be refused).
+const DEFAULT_LOCK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(5 * 60);
 
 /// The bucket's default retention, read once per store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DefaultRetention {
     days: i64,
+    mode: LockMode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +65,7 @@ struct LockRule {
 struct DefaultRetentionXml {
     days: Option<i64>,
     years: Option<i64>,
+    mode: Option<String>,
 }
 
 /// A `GetObjectRetention` answer: the date, or None for an object without one (an empty body
@@ -73,10 +88,16 @@ fn parse_configuration(xml: &str) -> Result<(bool, Option<DefaultRetention>), St
     let c: LockConfiguration =
         quick_xml::de::from_str(xml).map_err(|e| format!("not an object lock configuration: {e}"))?;
     let enabled = c.object_lock_enabled.as_deref() == Some("Enabled");
-    let default = c.rule.and_then(|r| r.default_retention).and_then(|d| match (d.days, d.years) {
-        (Some(days), _) if days > 0 => Some(DefaultRetention { days }),
-        (_, Some(years)) if years > 0 => Some(DefaultRetention { days: years.saturating_mul(365) }),
-        _ => None,
+    let default = c.rule.and_then(|r| r.default_retention).and_then(|d| {
+        let mode = match d.mode.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            Some("COMPLIANCE") => LockMode::Compliance,
+            _ => LockMode::Governance,
+        };
+        match (d.days, d.years) {
+            (Some(days), _) if days > 0 => Some(DefaultRetention { days, mode }),
+            (_, Some(years)) if years > 0 => Some(DefaultRetention { days: years.saturating_mul(365), mode }),
+            _ => None,
+        }
     });
     Ok((enabled, default))
 }
@@ -102,12 +123,21 @@ impl S3Store {
         Ok(url)
     }
 
-    /// The lock `--s3-lock-retention` asks for an object written now (None without it):
-    /// retained until now plus the retention, in whole seconds as the retention document
-    /// carries it, in its mode.
+    /// The lock `--s3-lock-retention` asks for an object written now: retained until now plus
+    /// the retention, in whole seconds as the retention document carries it, in its mode.
+    /// Without it, the bucket's default retention when one is known ([`S3Store::learn_bucket_lock`])
+    /// plus [`DEFAULT_LOCK_MARGIN`], in its mode; else None.
     pub(crate) fn lock_from_now(&self) -> Result<Option<S3Lock>, StoreError> {
-        let Some(lock) = self.config.lock else { return Ok(None) };
-        let span = jiff::SignedDuration::try_from(lock.retention).unwrap_or(jiff::SignedDuration::MAX);
+        let (span, mode) = match (self.config.lock, self.bucket_lock.get()) {
+            (Some(lock), _) => {
+                (jiff::SignedDuration::try_from(lock.retention).unwrap_or(jiff::SignedDuration::MAX), lock.mode)
+            }
+            (None, Some((true, Some(default)))) => {
+                let days = jiff::SignedDuration::from_hours(default.days.saturating_mul(24));
+                (days.saturating_add(DEFAULT_LOCK_MARGIN), default.mode)
+            }
+            (None, _) => return Ok(None),
+        };
         let until =
             crate::clock::now().checked_add(span).and_then(|t| Timestamp::from_second(t.as_second())).map_err(|e| {
                 StoreError::S3 {
@@ -117,7 +147,7 @@ impl S3Store {
                     message: format!("retain-until date out of range: {e}"),
                 }
             })?;
-        Ok(Some(S3Lock { until, mode: lock.mode }))
+        Ok(Some(S3Lock { until, mode }))
     }
 
     /// Puts `lock` on each of `keys`.
@@ -137,6 +167,17 @@ impl S3Store {
             request::send(&self.http, &self.config, &credential, &call, |_| Ok(())).await?;
         }
         Ok(())
+    }
+
+    /// Before a save without `--s3-lock-retention`: learns whether the bucket has a default
+    /// retention, so that [`S3Store::lock_from_now`] can name the date (one request per store).
+    /// A save waits for the answer at most [`LEARN_WAIT`] (an S3 that does not answer must not
+    /// hold up the local copy); without one in time nothing is cached, the save records no lock
+    /// of the bucket's, and the next save or removal asks again.
+    pub(crate) async fn learn_bucket_lock(&self) {
+        if self.config.lock.is_none() && self.bucket_lock.get().is_none() {
+            let _ = tokio::time::timeout(LEARN_WAIT, self.bucket_lock()).await;
+        }
     }
 
     /// Whether the bucket locks objects and its default retention: asked once per store.
@@ -224,9 +265,11 @@ mod tests {
     #[test]
     fn bucket_configurations() {
         let with_default = "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Days>3</Days><Mode>GOVERNANCE</Mode></DefaultRetention></Rule></ObjectLockConfiguration>";
-        assert_eq!(parse_configuration(with_default), Ok((true, Some(DefaultRetention { days: 3 }))));
+        let governance = DefaultRetention { days: 3, mode: LockMode::Governance };
+        assert_eq!(parse_configuration(with_default), Ok((true, Some(governance))));
         let years = "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Years>1</Years><Mode>COMPLIANCE</Mode></DefaultRetention></Rule></ObjectLockConfiguration>";
-        assert_eq!(parse_configuration(years), Ok((true, Some(DefaultRetention { days: 365 }))));
+        let compliance = DefaultRetention { days: 365, mode: LockMode::Compliance };
+        assert_eq!(parse_configuration(years), Ok((true, Some(compliance))));
         let bare = "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled></ObjectLockConfiguration>";
         assert_eq!(parse_configuration(bare), Ok((true, None)));
         assert_eq!(parse_configuration(""), Ok((false, None)));

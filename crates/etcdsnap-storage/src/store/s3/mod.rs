@@ -67,7 +67,8 @@ pub struct S3Store {
     http: reqwest::Client,
     cache: Mutex<DetailsCache>,
     requests: AtomicU64,
-    /// Whether the bucket locks objects, and its default retention (asked at the first removal).
+    /// Whether the bucket locks objects, and its default retention (asked before the first save
+    /// without `--s3-lock-retention`, or at the first removal).
     bucket_lock: std::sync::OnceLock<(bool, Option<lock::DefaultRetention>)>,
     /// Set once the bucket refused a conditional upload: delta files are then uploaded plainly.
     unconditional_puts: std::sync::atomic::AtomicBool,
@@ -286,6 +287,10 @@ impl SnapshotStore for S3Store {
         Some(self)
     }
 
+    fn deltas(&self) -> Option<&dyn crate::pitr::objects::DeltaObjects> {
+        Some(self)
+    }
+
     fn kind(&self) -> StorageKind {
         StorageKind::S3
     }
@@ -299,6 +304,7 @@ impl SnapshotStore for S3Store {
     }
 
     async fn create(&self, new: &NewSnapshot) -> Result<Box<dyn SnapshotSink>, StoreError> {
+        self.learn_bucket_lock().await;
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, content_type(&new.name).into());
         let mut put = |k: &'static str, v: String| {

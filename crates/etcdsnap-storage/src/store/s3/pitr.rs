@@ -4,7 +4,7 @@
 
 use super::S3Store;
 use crate::pitr::record::{s3_key, s3_prefix};
-use crate::store::StoreError;
+use crate::store::{SnapshotReader, SnapshotStore as _, StoreError};
 use futures::TryStreamExt as _;
 use object_store::{ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 use std::sync::atomic::Ordering;
@@ -138,8 +138,37 @@ impl PitrObject {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::pitr::objects::DeltaObjects for S3Store {
+    fn deltas_location(&self) -> String {
+        self.describe()
+    }
+
+    async fn list_deltas(&self) -> Result<Vec<PitrObject>, StoreError> {
+        self.list_pitr_objects().await
+    }
+
+    async fn get_delta(&self, chain: &str, file: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+        self.get_pitr_object(chain, file, limit).await
+    }
+
+    async fn open_delta(&self, chain: &str, file: &str) -> Result<SnapshotReader, StoreError> {
+        let key = s3_key(&self.config.folder, chain, file);
+        self.count(1);
+        let result =
+            self.store.get(&self.path(&key)).await.map_err(|e| self.error("download delta", key.clone(), &e))?;
+        let size = result.meta.size;
+        let stream = result.into_stream().map_err(std::io::Error::other);
+        Ok(SnapshotReader { reader: Box::new(tokio_util::io::StreamReader::new(stream)), size })
+    }
+
+    async fn delete_delta(&self, chain: &str, file: &str) -> Result<(), StoreError> {
+        self.delete_pitr_object(chain, file).await
+    }
+}
+
 /// `<prefix>/<chain>/.metadata/<file>`, anything else is not ours.
-fn parse_key(key: &str, prefix: &str, size: u64) -> Option<PitrObject> {
+pub(crate) fn parse_key(key: &str, prefix: &str, size: u64) -> Option<PitrObject> {
     let rest = key.strip_prefix(prefix)?.strip_prefix('/')?;
     let mut parts = rest.split('/');
     let (chain, metadata, file) = (parts.next()?, parts.next()?, parts.next()?);

@@ -297,8 +297,9 @@ impl SnapshotSink for S3Sink {
         Some(self.store.config().program)
     }
 
-    /// Until the end of the upload plus `--s3-lock-retention`, counted when first asked (once
-    /// the stream has ended, before the record is made).
+    /// Until the end of the upload plus `--s3-lock-retention` (or the bucket's default
+    /// retention), counted when first asked (once the stream has ended, before the record is
+    /// made).
     fn lock(&self) -> Option<S3Lock> {
         *self.lock.get_or_init(|| match self.store.lock_from_now() {
             Ok(lock) => lock,

@@ -54,6 +54,9 @@ pub struct AgentArgs {
     /// Upper bound of the random delay before each scheduled run.
     #[arg(long, env = "ETCDSNAP_SCHEDULE_JITTER", value_parser = parse_duration, default_value = "5s", hide = true, help_heading = heading::SCHEDULE)]
     pub schedule_jitter: Duration,
+    /// How often, between saves, copies a replica missed (it was down) are tried again.
+    #[arg(long, env = "ETCDSNAP_REPLICA_RETRY_INTERVAL", value_parser = parse_duration, default_value = "5m", hide = true, help_heading = heading::SCHEDULE)]
+    pub replica_retry_interval: Duration,
     /// When to run restore drills (cron like --schedule); "" disables them. Each run drills the
     /// newest snapshot of each store and one older one in turn; the leader drills S3's.
     #[arg(long, env = "ETCDSNAP_DRILL_SCHEDULE", default_value = "@daily", help_heading = heading::DRILLS)]
@@ -142,6 +145,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         metrics_addr: args.metrics_addr,
         verify_after_save: args.verify_after_save,
         jitter: args.schedule_jitter,
+        replica_retry: args.replica_retry_interval,
         drills: drill_settings(&args).await?,
         deltas: args.deltas.then_some(etcdsnap::pitr::capture::CaptureSettings {
             flush_interval: args.delta_interval,

@@ -157,6 +157,9 @@ const EXAMPLES: &str = "Examples:
 
   # Point-in-time: the state of 4 minutes ago, replayed from the agent's delta segments
   etcdsnap restore --to-time \"4m ago\" --data-dir /var/lib/etcd --member-name node-1 --etcd /usr/local/bin/etcd
+
+  # The same from a replica alone (the node's disk and the S3 bucket both lost)
+  etcdsnap restore --to-revision 123456 --from-replica gs://backups/k3s --data-dir /var/lib/etcd --member-name node-1
 ";
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {

@@ -29,9 +29,10 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let format = args.output.output;
     let keys = crate::cli::seal::open_keys(&args.unseal)?;
     let identity = keys.identity.as_deref();
-    let (mut plan, base) = match args.s3.enabled {
-        true => plan_in_s3(&args, target, identity).await?,
-        false => plan_in_dir(&args, target, identity).await?,
+    let (mut plan, base) = match (args.from_replica.store()?, args.s3.enabled) {
+        (Some(replica), _) => plan_in_store(replica, &args, target, identity).await?,
+        (None, true) => plan_in_s3(&args, target, identity).await?,
+        (None, false) => plan_in_dir(&args, target, identity).await?,
     };
     // With --all-members every node rolls forward to the same revision and restores the same
     // member set; a time target is printed for the other nodes as the revision it resolved to.
@@ -57,7 +58,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
     let etcd = locate_etcd(args.etcd.as_deref())?;
     let work = work_dir(&super::target_dir(&args)?)?;
-    if let Some(store) = base.store().filter(|_| args.s3.enabled) {
+    if let Some(store) = base.store().filter(|_| args.s3.enabled || args.from_replica.from_replica.is_some()) {
         fetch_segments(store, &mut plan, &work.path().join("deltas")).await?;
     }
     if format.is_table() {
@@ -132,6 +133,16 @@ async fn plan_in_s3(
 ) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
     let settings = resolve::s3_settings(&args.s3, None).parse()?.for_program(resolve::machine_program()?);
     let store: Arc<dyn SnapshotStore> = S3Store::new(settings, None)?;
+    plan_in_store(store, args, target, identity).await
+}
+
+/// The snapshots and chains of S3 or, with --from-replica, of that replica alone.
+async fn plan_in_store(
+    store: Arc<dyn SnapshotStore>,
+    args: &RestoreArgs,
+    target: Target,
+    identity: Option<&Identity>,
+) -> anyhow::Result<(PitrPlan, SnapshotSource)> {
     let plan = plan_s3(&store, target, choose(args), identity).await?;
     let base = SnapshotSource::from_listed(store, plan.base.clone(), Vec::new())?;
     Ok((plan, base))
