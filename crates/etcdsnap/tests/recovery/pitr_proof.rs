@@ -8,9 +8,11 @@ use crate::common::TestResult;
 use crate::common::keyspace::assert_same_key_space;
 use crate::common::restore::{hash_kv, revision, serve_snapshot};
 use crate::common::snapshot_files::etcdctl_snapshot;
-use crate::pitr::{CHAIN, Workload, now_ms, records, replay_to, snapshot_revision, start_capture, wait_captured};
+use crate::pitr::{
+    CHAIN, Workload, direct, now_ms, records, replay_to, replay_with, snapshot_revision, start_capture, wait_captured,
+};
 use etcd_client::Client;
-use etcdsnap::pitr::replay::ReplayError;
+use etcdsnap::pitr::replay::{ReplayEngine, ReplayError};
 use etcdsnap_storage::pitr::{Base, EventKind, Segment, SegmentRecord, Target};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -47,20 +49,25 @@ async fn a_replay_onto_another_history_fails_naming_the_revision_and_key() -> Te
     stop.cancel();
     task.await??;
 
-    // The right base replays, proven.
-    let replayed = replay_to(&base, &out, &right, Target::Revision(end), None, None).await?;
-    assert_eq!(replayed.events_proven, replayed.events_applied);
-    // The wrong one: its cm-07 was not the one the capture saw changed at base + 1.
-    let saved = dir.path().join("never.db");
-    let err = replay_to(&base, &out, &wrong, Target::Revision(end), None, Some(&saved)).await.unwrap_err();
-    match &err {
-        ReplayError::Diverged { revision, key, .. } => {
-            assert_eq!((*revision, key.as_str()), (base.revision + 1, "/registry/configmaps/default/cm-07"), "{err}");
+    for engine in [direct(), ReplayEngine::Etcd] {
+        // The right base replays, proven.
+        let replayed = replay_with(engine.clone(), &base, &out, &right, Target::Revision(end), None, None).await?;
+        assert_eq!(replayed.events_proven, replayed.events_applied);
+        // The wrong one: its cm-07 was not the one the capture saw changed at base + 1.
+        let saved = dir.path().join("never.db");
+        let err = replay_with(engine.clone(), &base, &out, &wrong, Target::Revision(end), None, Some(&saved))
+            .await
+            .unwrap_err();
+        match &err {
+            ReplayError::Diverged { revision, key, .. } => {
+                let expected = (base.revision + 1, "/registry/configmaps/default/cm-07");
+                assert_eq!((*revision, key.as_str()), expected, "{engine:?}: {err}");
+            }
+            other => panic!("{engine:?}: expected a divergence, got {other}"),
         }
-        other => panic!("expected a divergence, got {other}"),
+        assert!(err.to_string().contains("nothing was installed"), "{err}");
+        assert!(!saved.exists(), "a diverged replay saved its result");
     }
-    assert!(err.to_string().contains("nothing was installed"), "{err}");
-    assert!(!saved.exists(), "a diverged replay saved its result");
     Ok(())
 }
 

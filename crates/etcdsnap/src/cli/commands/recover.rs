@@ -298,6 +298,7 @@ fn restore_args(
         from_replica: Default::default(),
         to_revision,
         to_time: None,
+        replay_engine: "auto".into(),
         etcd: args.etcd,
         etcd_cluster_id: None,
         no_kube: true,
