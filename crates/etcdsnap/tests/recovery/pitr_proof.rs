@@ -143,3 +143,50 @@ async fn segments_of_the_previous_release_replay_and_are_reported_unproven() -> 
     assert_same_key_space(&client, &restored, end).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_put_whose_result_differs_from_the_capture_fails_the_direct_replay() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (live, mut client) = history("live").await;
+    let snapshot = dir.path().join("base.db");
+    etcdctl_snapshot(&live, &snapshot).await?;
+    let base = Base { name: CHAIN.into(), revision: snapshot_revision(&snapshot), taken_ms: now_ms(), history: None };
+    let out = dir.path().join("deltas");
+    let (stop, task) = start_capture(live.client().await?, &base, &out, Duration::from_millis(200));
+    client.put("/registry/configmaps/default/cm-03", "changed", None).await?;
+    let lease = client.lease_grant(600, None).await?.id();
+    let end = Workload::new(0x7e57, vec![lease]).run_until(&mut client, base.revision + 20).await;
+    wait_captured(&out, end).await;
+    stop.cancel();
+    task.await??;
+
+    // The capture says the put at base + 1 made version 3 of cm-03; etcd makes version 2 (its
+    // previous state, which the capture also recorded, is left as it was).
+    let chain = out.join(CHAIN);
+    let record = records(&out).into_iter().find(|r| r.first_revision == base.revision + 1).unwrap();
+    let path = chain.join(record.segment_name());
+    let mut segment = Segment::from_stored("s", &std::fs::read(&path)?, 1 << 30, None)?;
+    let event = &mut segment.revisions[0].events[0];
+    assert_eq!((event.key.as_slice(), event.version), (b"/registry/configmaps/default/cm-03".as_slice(), 2));
+    event.version = 3;
+    let stored = segment.to_stored(3, None)?;
+    std::fs::write(&path, &stored)?;
+    let tampered = SegmentRecord {
+        sha256: hex::encode(Sha256::digest(&stored)),
+        stored_bytes: stored.len() as u64,
+        ..record.clone()
+    };
+    std::fs::write(chain.join(record.record_name()), tampered.to_json())?;
+
+    let saved = dir.path().join("never.db");
+    let err = replay_to(&base, &out, &snapshot, Target::Revision(end), None, Some(&saved)).await.unwrap_err();
+    match &err {
+        ReplayError::Produced { revision, key, detail } => {
+            assert_eq!((*revision, key.as_str()), (base.revision + 1, "/registry/configmaps/default/cm-03"), "{err}");
+            assert!(detail.contains("version 3") && detail.contains("version 2"), "{err}");
+        }
+        other => panic!("expected a result that differs, got {other}"),
+    }
+    assert!(!saved.exists(), "a diverged replay saved its result");
+    Ok(())
+}

@@ -7,7 +7,8 @@
 //!   `--replay-engine etcd` asks for.
 //!
 //! The helper is looked for beside etcdsnap's own binary, then beside etcdutl, then beside the
-//! etcd binary, then in `$PATH` (the image ships it beside etcdutl).
+//! etcd binary (each in the directory named, then in the one its links lead to), then in
+//! `$PATH` (the image ships it beside etcdutl).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -66,10 +67,12 @@ pub fn choose(choice: EngineChoice, etcdutl: &Path, etcd: &Path) -> Result<Repla
 /// The helper beside etcdsnap, etcdutl or etcd, or in `$PATH`.
 fn locate(etcdutl: &Path, etcd: &Path) -> Option<PathBuf> {
     let own = std::env::current_exe().ok();
+    // Each binary's directory as given, then the one its links lead to.
     let beside = [own.as_deref(), Some(etcdutl), Some(etcd)]
         .into_iter()
         .flatten()
-        .filter_map(|bin| bin.canonicalize().ok().or_else(|| Some(bin.to_path_buf())))
+        .flat_map(|bin| [Some(bin.to_path_buf()), bin.canonicalize().ok()])
+        .flatten()
         .filter_map(|bin| bin.parent().map(Path::to_path_buf));
     let search = std::env::var_os("PATH").unwrap_or_default();
     let path = std::env::split_paths(&search).collect::<Vec<_>>();
