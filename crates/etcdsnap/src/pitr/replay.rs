@@ -177,6 +177,7 @@ pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
         ReplayEngine::Direct(helper) => in_helper(r, helper, restored.data_dir(), scan).await,
         ReplayEngine::Etcd => in_etcd(r, &restored, scan, started).await,
     }?;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), engine = ?r.engine, "replayed and hashed");
     if let Some(path) = r.save_to {
         if r.compact {
             compact(r.etcdutl, restored.data_dir(), path).await?;
@@ -275,7 +276,7 @@ async fn in_etcd(
         scan,
     };
     let result = on_own_runtime(job).await;
-    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "replayed and hashed");
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "replayed in etcd");
     etcd.stop().await;
     result
 }
