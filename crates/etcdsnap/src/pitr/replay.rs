@@ -70,6 +70,7 @@ pub struct Replay<'a> {
     /// The base snapshot's database file.
     pub base_snapshot: &'a Path,
     pub etcdutl: &'a Path,
+    /// The etcd binary of the etcd engine (unused by the direct engine).
     pub etcd: &'a Path,
     /// A private, empty directory: the data directory is made in it.
     pub work: &'a Path,
@@ -149,7 +150,7 @@ pub enum ReplayError {
     Leases(String),
     #[error("the captured changes end at revision {reached}, before the target {stop_at}")]
     Short { reached: i64, stop_at: i64 },
-    #[error("the replay's etcd failed: {0}")]
+    #[error("the replay failed: {0}")]
     Query(String),
     #[error("HashKV mismatch at revision {revision}: the live cluster hashed to {expected}, the replay to {found}")]
     HashMismatch { revision: i64, expected: u32, found: u32 },
@@ -224,7 +225,7 @@ async fn in_helper(
         (job, done)
     })
     .await
-    .map_err(|e| ReplayError::Query(format!("the direct replay failed: {e}")))?;
+    .map_err(|e| ReplayError::Query(format!("the direct engine's thread ended: {e}")))?;
     let done = done?;
     if done.revision != job.scan.stop_at {
         return Err(ReplayError::Drift { revision: job.scan.stop_at, found: done.revision });

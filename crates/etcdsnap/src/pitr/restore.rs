@@ -366,6 +366,7 @@ pub struct RollForward<'a> {
     /// Opens a sealed base.
     pub identity: Option<std::sync::Arc<etcdsnap_storage::seal::Identity>>,
     pub etcdutl: &'a Path,
+    /// The etcd binary of the etcd engine (unused by the direct engine).
     pub etcd: &'a Path,
     /// A private, empty directory; the result is written in it.
     pub work: &'a Path,
