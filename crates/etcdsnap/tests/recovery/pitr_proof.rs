@@ -190,3 +190,36 @@ async fn a_put_whose_result_differs_from_the_capture_fails_the_direct_replay() -
     assert!(!saved.exists(), "a diverged replay saved its result");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_direct_engine_replays_every_etcd_minor_to_the_live_key_space() -> TestResult {
+    for minor in ["3.5", "3.6"] {
+        let dir = tempfile::tempdir()?;
+        let live = Etcd::single_version(minor).await?;
+        let mut client = live.client().await?;
+        for i in 0..20 {
+            client.put(format!("/registry/configmaps/default/cm-{i:02}"), format!("v-{i}"), None).await?;
+        }
+        let snapshot = dir.path().join("base.db");
+        etcdctl_snapshot(&live, &snapshot).await?;
+        let at = snapshot_revision(&snapshot);
+        let base = Base { name: CHAIN.into(), revision: at, taken_ms: now_ms(), history: None };
+        let out = dir.path().join("deltas");
+        let (stop, task) = start_capture(live.client().await?, &base, &out, Duration::from_millis(200));
+        let lease = client.lease_grant(600, None).await?.id();
+        let end = Workload::new(0x35_36, vec![lease]).run_until(&mut client, base.revision + 300).await;
+        wait_captured(&out, end).await;
+        stop.cancel();
+        task.await??;
+
+        let db = dir.path().join("replayed.db");
+        let hash = hash_kv(&mut client, end).await;
+        let replayed = replay_to(&base, &out, &snapshot, Target::Revision(end), Some(hash), Some(&db)).await?;
+        assert!(replayed.hash_compared && replayed.events_proven == replayed.events_applied, "etcd {minor}");
+        let (_data, restored) = serve_snapshot(&db, minor).await;
+        let mut restored = restored.client().await?;
+        assert_eq!(revision(&mut restored).await, end, "etcd {minor}");
+        assert_same_key_space(&client, &restored, end).await;
+    }
+    Ok(())
+}
