@@ -36,12 +36,13 @@ pub enum EngineChoice {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "--replay-engine direct: no {HELPER} beside etcdsnap, etcdutl ({}) or etcd ({}), nor in PATH; install it from the image or `testbins/build.sh etcd`, or use --replay-engine etcd",
-    etcdutl.display(), etcd.display()
+    "--replay-engine direct: no {HELPER} beside etcdsnap or etcdutl ({}){etcd}, nor in PATH; install it from the image or `testbins/build.sh etcd`, or use --replay-engine etcd",
+    etcdutl.display()
 )]
 pub struct NoHelper {
     etcdutl: PathBuf,
-    etcd: PathBuf,
+    /// " or etcd (PATH)" when an etcd binary was given.
+    etcd: String,
 }
 
 /// The engine for `choice`, with the helper found near `etcdutl` or `etcd` when it is direct.
@@ -52,7 +53,11 @@ pub fn choose(choice: EngineChoice, etcdutl: &Path, etcd: &Path) -> Result<Repla
     match locate(etcdutl, etcd) {
         Some(helper) => Ok(ReplayEngine::Direct(helper)),
         None if choice == EngineChoice::Direct => {
-            Err(NoHelper { etcdutl: etcdutl.to_path_buf(), etcd: etcd.to_path_buf() })
+            let etcd = match etcd.as_os_str().is_empty() {
+                true => String::new(),
+                false => format!(" or etcd ({})", etcd.display()),
+            };
+            Err(NoHelper { etcdutl: etcdutl.to_path_buf(), etcd })
         }
         None => {
             tracing::info!(
