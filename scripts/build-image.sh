@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds etcdsnap's container image with no container daemon and no registry: a root file system
 # of a few Debian packages (the C library the binary links, CA certificates) plus etcdsnap and
-# etcdutl, packed by crates/oci-image into an OCI archive (`oci-archive:` for skopeo and podman).
+# etcdutl and etcdsnap-replay (the point-in-time replay's direct engine), packed by crates/oci-image
+# into an OCI archive (`oci-archive:` for skopeo and podman).
 #
 #   ETCDSNAP_BIN   etcdsnap binary to ship        (default target/release/etcdsnap: `make image`)
 #   ETCDUTL_BIN    etcdutl binary to ship         (default target/testbins/etcdutl-$IMAGE_ETCDUTL_VERSION
 #                  from testbins/versions.env: `make testbins`)
+#   REPLAY_BIN     etcdsnap-replay binary to ship (default target/testbins/etcdsnap-replay-$ETCD_VERSION:
+#                  `make testbins`)
 #   OCI_IMAGE_BIN  the packer                     (default: cargo build -p oci-image --locked)
 #   IMAGE_WORK     work directory: debs/ cache, rootfs/ (default target/image)
 #   IMAGE_OUT      the archive                    (default $IMAGE_WORK/etcdsnap-<version>.oci.tar)
@@ -30,6 +33,8 @@ etcdutl_bin=$(abspath "${ETCDUTL_BIN:-${TESTBINS_DIR:-$target_dir/testbins}/etcd
 
 [ -x "$etcdsnap_bin" ] || fail "no etcdsnap binary at $etcdsnap_bin: run \`make build\` (or set ETCDSNAP_BIN)"
 [ -x "$etcdutl_bin" ] || fail "no etcdutl binary at $etcdutl_bin: run \`make testbins\` (or set ETCDUTL_BIN)"
+replay_bin=$(abspath "${REPLAY_BIN:-${TESTBINS_DIR:-$target_dir/testbins}/etcdsnap-replay-$ETCD_VERSION}")
+[ -x "$replay_bin" ] || fail "no etcdsnap-replay binary at $replay_bin: run \`make testbins\` (or set REPLAY_BIN)"
 for tool in apt-get dpkg-deb ldd; do
   command -v "$tool" >/dev/null || fail "$tool is required (a Debian or Ubuntu machine)"
 done
@@ -107,6 +112,7 @@ EOF
 chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group" "$rootfs/etc/nsswitch.conf"
 install -m 0755 "$etcdsnap_bin" "$rootfs/usr/local/bin/etcdsnap"
 install -m 0755 "$etcdutl_bin" "$rootfs/usr/local/bin/etcdutl"
+install -m 0755 "$replay_bin" "$rootfs/usr/local/bin/etcdsnap-replay"
 
 # --- Every shared library the binaries load must be in the root file system -----------------
 # `path` exists inside the root file system, following symbolic links as the container would.
@@ -127,7 +133,7 @@ lib_dirs=(/lib /usr/lib /lib64 /usr/lib64)
 for d in "$rootfs"/lib/*-linux-gnu* "$rootfs"/usr/lib/*-linux-gnu*; do
   [ -d "$d" ] && lib_dirs+=("${d#"$rootfs"}")
 done
-for bin in "$rootfs/usr/local/bin/etcdsnap" "$rootfs/usr/local/bin/etcdutl"; do
+for bin in "$rootfs/usr/local/bin/etcdsnap" "$rootfs/usr/local/bin/etcdutl" "$rootfs/usr/local/bin/etcdsnap-replay"; do
   if ! deps=$(ldd "$bin" 2>&1); then
     case $deps in
       *"not a dynamic executable"* | *"statically linked"*) continue ;;

@@ -6,7 +6,8 @@
 # With no argument it builds everything the tests use (`make test`). Arguments choose a part:
 #   kube-apiserver kubectl versitygw helm promtool   that tool
 #   fake-gcs-server azurite                           the GCS and Azure servers replicas are tested on
-#   etcd                                              the default etcd with its etcdctl and etcdutl
+#   etcd                                              the default etcd with its etcdctl and etcdutl, and
+#                                                     etcdsnap-replay (the replay's direct engine)
 #   etcd-versions                                     every etcd of ETCD_VERSIONS, with their tools
 # `make demo` builds only what the demo starts: kube-apiserver kubectl etcd versitygw.
 set -euo pipefail
@@ -88,6 +89,13 @@ for etcd_version in $ETCD_VERSIONS; do
   build "$moddir" go.etcd.io/etcd/etcdctl/v3 etcdctl "$etcd_version" -ldflags "-s -w"
   build "$moddir" go.etcd.io/etcd/etcdutl/v3 etcdutl "$etcd_version" -ldflags "-s -w"
 done
+# etcdsnap-replay, the point-in-time replay's direct engine, from etcd's own storage packages at
+# the default etcd's version (its module testbins/etcd-replay pins them). The image ships it.
+if wanted etcd; then
+  grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION\$" "$here/etcd-replay/go.mod" ||
+    { echo "testbins: testbins/etcd-replay does not pin etcd $ETCD_VERSION: run testbins/gen-modules.sh etcd" >&2; exit 1; }
+  build etcd-replay . etcdsnap-replay "$ETCD_VERSION" -ldflags "-s -w"
+fi
 wanted versitygw && build versitygw github.com/versity/versitygw/cmd/versitygw versitygw "$VERSITYGW_VERSION" -ldflags "-s -w"
 wanted fake-gcs-server && build fake-gcs-server github.com/fsouza/fake-gcs-server fake-gcs-server "$FAKE_GCS_SERVER_VERSION" -ldflags "-s -w"
 
@@ -128,6 +136,7 @@ link kubectl "kubectl-$KUBE_VERSION"
 link etcd "etcd-$ETCD_VERSION"
 link etcdctl "etcdctl-$ETCD_VERSION"
 link etcdutl "etcdutl-$ETCD_VERSION"
+link etcdsnap-replay "etcdsnap-replay-$ETCD_VERSION"
 link versitygw "versitygw-$VERSITYGW_VERSION"
 link fake-gcs-server "fake-gcs-server-$FAKE_GCS_SERVER_VERSION"
 link azurite-blob "azurite-$AZURITE_VERSION/node_modules/.bin/azurite-blob"

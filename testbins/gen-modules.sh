@@ -42,6 +42,15 @@ etcd_moddir() {
 gen_etcd() {
   local version
   for version in $ETCD_VERSIONS; do gen_etcd_one "$version"; done
+  gen_etcd_replay
+}
+
+# etcdsnap-replay's module (its source, main.go, is kept): etcd's storage packages at ETCD_VERSION.
+gen_etcd_replay() {
+  cd "$here/etcd-replay"
+  go mod edit -require "go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
+  go mod tidy
+  echo "etcd-replay: etcd $ETCD_VERSION in testbins/etcd-replay"
 }
 
 gen_etcd_one() {

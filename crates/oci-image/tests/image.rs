@@ -1,9 +1,11 @@
-//! Builds the real image with scripts/build-image.sh (a debug etcdsnap, the pinned etcdutl) and
-//! reads it the way a container runtime would: layout, content addresses, config, layer, and then
-//! runs both binaries inside the unpacked layer with `chroot` as the image's user.
+//! Builds the real image with scripts/build-image.sh (a debug etcdsnap, the pinned etcdutl, the
+//! replay's etcdsnap-replay) and reads it the way a container runtime would: layout, content
+//! addresses, config, layer, and then runs the binaries inside the unpacked layer with `chroot`
+//! as the image's user.
 //!
 //! Needs `target/debug/etcdsnap` (built by `cargo test --workspace`, else built here) and
-//! `target/testbins/etcdutl` (`make testbins`), plus apt-get/dpkg-deb for the Debian packages.
+//! `target/testbins/etcdutl` and `etcdsnap-replay` (`make testbins`), plus apt-get/dpkg-deb for
+//! the Debian packages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -45,18 +47,32 @@ fn etcdsnap_bin() -> PathBuf {
     bin
 }
 
-/// The etcdutl the image ships (`IMAGE_ETCDUTL_VERSION` in testbins/versions.env).
-fn image_etcdutl_version() -> String {
+/// A value of testbins/versions.env.
+fn pinned(key: &str) -> String {
     let env = fs::read_to_string(workspace().join("testbins/versions.env")).unwrap();
-    let line = env.lines().find_map(|l| l.strip_prefix("IMAGE_ETCDUTL_VERSION=")).unwrap();
+    let line = env.lines().find_map(|l| l.strip_prefix(key).and_then(|l| l.strip_prefix('='))).unwrap();
     line.trim().to_string()
 }
 
-fn etcdutl_bin() -> PathBuf {
+/// The etcdutl the image ships (`IMAGE_ETCDUTL_VERSION` in testbins/versions.env).
+fn image_etcdutl_version() -> String {
+    pinned("IMAGE_ETCDUTL_VERSION")
+}
+
+fn testbin(name: &str) -> PathBuf {
     let dir = std::env::var_os("TESTBINS_DIR").map_or_else(|| workspace().join("target/testbins"), PathBuf::from);
-    let bin = dir.join(format!("etcdutl-{}", image_etcdutl_version()));
+    let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: run `make testbins` first", bin.display());
     bin
+}
+
+fn etcdutl_bin() -> PathBuf {
+    testbin(&format!("etcdutl-{}", image_etcdutl_version()))
+}
+
+/// The replay's direct engine, built at the default etcd's version.
+fn replay_bin() -> PathBuf {
+    testbin(&format!("etcdsnap-replay-{}", pinned("ETCD_VERSION")))
 }
 
 struct Built {
@@ -78,6 +94,7 @@ fn built() -> &'static Built {
             .arg(workspace().join("scripts/build-image.sh"))
             .env("ETCDSNAP_BIN", &etcdsnap)
             .env("ETCDUTL_BIN", etcdutl_bin())
+            .env("REPLAY_BIN", replay_bin())
             .env("OCI_IMAGE_BIN", env!("CARGO_BIN_EXE_oci-image"))
             .env("IMAGE_WORK", &work)
             .env_remove("IMAGE_OUT")
@@ -229,6 +246,9 @@ fn image_is_a_valid_layout_whose_binaries_run_as_the_image_user() {
     let shipped = image_etcdutl_version();
     assert!(etcdutl.contains(&format!("etcdutl version: {}", shipped.trim_start_matches('v'))), "{etcdutl}");
     assert!(shipped.starts_with("v3.") && shipped[3..].split('.').next().unwrap().parse::<u32>().unwrap() >= 7);
+    // Point-in-time restores find it beside etcdutl.
+    let replay = run_in(root.path(), &["/usr/local/bin/etcdsnap-replay", "-h"]);
+    assert!(replay.contains("-base-revision"), "{replay}");
 }
 
 #[test]
@@ -260,7 +280,7 @@ fn layer_paths_stay_inside_and_special_directories_have_their_owner_and_mode() {
     let (kind, _, uid, gid, _) = get("var/lib/etcdsnap");
     assert!(kind.is_dir());
     assert_eq!((uid, gid), (65532, 65532), "/var/lib/etcdsnap belongs to the image user");
-    for bin in ["usr/local/bin/etcdsnap", "usr/local/bin/etcdutl"] {
+    for bin in ["usr/local/bin/etcdsnap", "usr/local/bin/etcdutl", "usr/local/bin/etcdsnap-replay"] {
         let (kind, mode, uid, _, _) = get(bin);
         assert!(kind.is_file());
         assert_eq!((mode, uid), (0o755, 0), "{bin}");

@@ -17,15 +17,25 @@
 //! cleanly (SIGTERM, then a wait); its database then becomes the snapshot file that a restore
 //! installs ([`database`]).
 //!
+//! That is the private-etcd engine. The direct engine ([`direct`], the default when its helper
+//! is found, see [`engine`]) does the same work without an etcd: `etcdsnap-replay`, built from
+//! etcd's own storage packages, applies each revision as one mvcc write transaction to the
+//! restored base's database file, proves it, and computes HashKV at the target; the rest (the
+//! first pass, the check against the live HashKV, the snapshot file) is shared.
+//!
 //! A time target was mapped to a revision by the plan (the last revision observed at or before
 //! the time); the replay stops there, and uses the time only for what leases have left.
 
 mod apply;
 mod database;
+mod direct;
+mod engine;
 mod guard;
 mod leases;
 mod scan;
 
+pub use direct::HELPER;
+pub use engine::{EngineChoice, NoHelper, ReplayEngine, choose as choose_engine};
 pub use leases::REPLAY_LEASE_TTL;
 pub use scan::last_observed_by;
 
@@ -60,6 +70,7 @@ pub struct Replay<'a> {
     /// The base snapshot's database file.
     pub base_snapshot: &'a Path,
     pub etcdutl: &'a Path,
+    /// The etcd binary of the etcd engine (unused by the direct engine).
     pub etcd: &'a Path,
     /// A private, empty directory: the data directory is made in it.
     pub work: &'a Path,
@@ -76,6 +87,8 @@ pub struct Replay<'a> {
     /// depend on what it holds, not on when the replay's etcd committed, so nodes that replay
     /// the same revisions save the same bytes (`restore --all-members`).
     pub compact: bool,
+    /// The engine: `etcdsnap-replay` on the database file, or a private etcd.
+    pub engine: ReplayEngine,
 }
 
 /// What a replay produced.
@@ -127,13 +140,17 @@ pub enum ReplayError {
         "the replay diverged from the captured history at revision {revision}, key {key}: the capture saw it {expected} before that revision, the replay found it {found}; nothing was installed"
     )]
     Diverged { revision: i64, key: String, expected: String, found: String },
+    #[error(
+        "the replay diverged from the captured history at revision {revision}, key {key}: {detail}; nothing was installed"
+    )]
+    Produced { revision: i64, key: String, detail: String },
     #[error("cannot grant lease {lease:x} for revision {revision}: {message}")]
     Lease { revision: i64, lease: i64, message: String },
     #[error("cannot keep the replayed etcd's leases alive: {0}")]
     Leases(String),
     #[error("the captured changes end at revision {reached}, before the target {stop_at}")]
     Short { reached: i64, stop_at: i64 },
-    #[error("the replay's etcd failed: {0}")]
+    #[error("the replay failed: {0}")]
     Query(String),
     #[error("HashKV mismatch at revision {revision}: the live cluster hashed to {expected}, the replay to {found}")]
     HashMismatch { revision: i64, expected: u32, found: u32 },
@@ -157,6 +174,87 @@ pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
         revisions = scan.revisions,
         "segments read, base restored"
     );
+    let mut report = match &r.engine {
+        ReplayEngine::Direct(helper) => in_helper(r, helper, restored.data_dir(), scan).await,
+        ReplayEngine::Etcd => in_etcd(r, &restored, scan, started).await,
+    }?;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), engine = ?r.engine, "replayed and hashed");
+    if let Some(path) = r.save_to {
+        if r.compact {
+            compact(r.etcdutl, restored.data_dir(), path).await?;
+            tracing::debug!(seconds = started.elapsed().as_secs_f64(), "compacted");
+        }
+        let (data, revision, path) = (restored.data_dir().to_path_buf(), report.revision, path.to_path_buf());
+        tokio::task::spawn_blocking(move || database::into_snapshot(&data, &path, revision))
+            .await
+            .map_err(|e| ReplayError::Query(format!("saving the result failed: {e}")))??;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "saved");
+    }
+    report.data_dir = restored.data_dir().to_path_buf();
+    report.duration = started.elapsed();
+    tracing::info!(
+        revision = report.revision,
+        revisions = report.revisions_applied,
+        proven = report.events_proven,
+        seconds = report.duration.as_secs_f64(),
+        "point-in-time replay done"
+    );
+    Ok(report)
+}
+
+/// The direct engine: `helper` rolls the database of `data_dir` forward ([`direct`]).
+async fn in_helper(
+    r: &Replay<'_>,
+    helper: &Path,
+    data_dir: &Path,
+    scan: scan::Scan,
+) -> Result<ReplayReport, ReplayError> {
+    let job = direct::DirectJob {
+        helper: helper.to_path_buf(),
+        data_dir: data_dir.to_path_buf(),
+        base_name: r.plan.base.name.clone(),
+        base_revision: r.plan.base.revision,
+        segments: r.plan.segments.clone(),
+        segments_dir: r.segments_dir.to_path_buf(),
+        identity: r.identity.clone(),
+        scan,
+        log: r.work.join("replay.log"),
+    };
+    let (job, done) = tokio::task::spawn_blocking(move || {
+        let done = direct::run(&job);
+        (job, done)
+    })
+    .await
+    .map_err(|e| ReplayError::Query(format!("the direct engine's thread ended: {e}")))?;
+    let done = done?;
+    if done.revision != job.scan.stop_at {
+        return Err(ReplayError::Drift { revision: job.scan.stop_at, found: done.revision });
+    }
+    let mut notes = Vec::new();
+    let hash_compared = compare(r.expected_hash, done.hash, done.revision, &mut notes)?;
+    notes.extend(proof_notes(&job.scan, done.leases_unobserved));
+    Ok(ReplayReport {
+        data_dir: PathBuf::new(),
+        revision: done.revision,
+        hash: done.hash,
+        hash_compared,
+        revisions_applied: done.revisions,
+        events_applied: done.events,
+        events_proven: done.proven,
+        leases_granted: done.leases_granted,
+        notes,
+        duration: Duration::ZERO,
+    })
+}
+
+/// The private-etcd engine: an etcd booted on the restored base, one guarded transaction per
+/// revision ([`apply`]), stopped cleanly at the end.
+async fn in_etcd(
+    r: &Replay<'_>,
+    restored: &loopback::Restored,
+    scan: scan::Scan,
+    started: Instant,
+) -> Result<ReplayReport, ReplayError> {
     let mut cmd = tokio::process::Command::new(r.etcd);
     // The replayed etcd is scratch: its result is saved as a snapshot (etcd's own checksum) and
     // restored again, and a replay that stops half-way is started over. So it need not fsync each
@@ -179,30 +277,9 @@ pub async fn replay(r: &Replay<'_>) -> Result<ReplayReport, ReplayError> {
         scan,
     };
     let result = on_own_runtime(job).await;
-    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "replayed and hashed");
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "replayed in etcd");
     etcd.stop().await;
-    let mut report = result?;
-    if let Some(path) = r.save_to {
-        if r.compact {
-            compact(r.etcdutl, restored.data_dir(), path).await?;
-            tracing::debug!(seconds = started.elapsed().as_secs_f64(), "compacted");
-        }
-        let (data, revision, path) = (restored.data_dir().to_path_buf(), report.revision, path.to_path_buf());
-        tokio::task::spawn_blocking(move || database::into_snapshot(&data, &path, revision))
-            .await
-            .map_err(|e| ReplayError::Query(format!("saving the result failed: {e}")))??;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "saved");
-    }
-    report.data_dir = restored.data_dir().to_path_buf();
-    report.duration = started.elapsed();
-    tracing::info!(
-        revision = report.revision,
-        revisions = report.revisions_applied,
-        proven = report.events_proven,
-        seconds = report.duration.as_secs_f64(),
-        "point-in-time replay done"
-    );
-    Ok(report)
+    result
 }
 
 /// `etcdutl defrag` of the stopped etcd's data directory: every bucket copied in key order into

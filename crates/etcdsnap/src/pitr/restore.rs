@@ -7,7 +7,7 @@
 //! the same etcd cluster (by cluster ID). When snapshots of several clusters could reach the
 //! target, the restore is refused until one is chosen.
 
-use super::replay::{self, Replay, ReplayError, ReplayReport};
+use super::replay::{self, Replay, ReplayEngine, ReplayError, ReplayReport};
 use crate::restore::{PassError, SnapshotSource, verify_pass};
 use etcdsnap_api::{Compression, KvHash};
 use etcdsnap_storage::SnapshotRecord;
@@ -367,11 +367,13 @@ pub struct RollForward<'a> {
     /// Opens a sealed base.
     pub identity: Option<std::sync::Arc<etcdsnap_storage::seal::Identity>>,
     pub etcdutl: &'a Path,
+    /// The etcd binary of the etcd engine (unused by the direct engine).
     pub etcd: &'a Path,
     /// A private, empty directory; the result is written in it.
     pub work: &'a Path,
     /// The same bytes on every node that rolls the same plan forward (see [`Replay::compact`]).
     pub compact: bool,
+    pub engine: ReplayEngine,
 }
 
 /// A snapshot of the cluster at the target, ready for an ordinary restore.
@@ -411,6 +413,7 @@ pub async fn roll_forward(r: &RollForward<'_>) -> Result<RolledForward, PitrErro
         save_to: Some(&snapshot),
         identity: r.identity.clone(),
         compact: r.compact,
+        engine: r.engine.clone(),
     })
     .await?;
     Ok(RolledForward { snapshot, report })

@@ -10,10 +10,15 @@ use super::s;
 /// `etcdsnap restore <source> --data-dir <data_dir> --name m0 --initial-advertise-peer-urls
 /// http://127.0.0.1:<peer_port> --etcdutl <etcdutl>`: the restore of a member `m0` that the test
 /// then starts on `peer_port`. `source` is a snapshot's name or path, or `--to-revision N` and
-/// the like; the caller adds where the snapshots are (`--dir`, S3 flags) and anything else.
+/// the like; the caller adds where the snapshots are (`--dir`, S3 flags) and anything else. A
+/// point-in-time restore replays with the direct engine (`--replay-engine direct`: it fails
+/// rather than fall back when `etcdsnap-replay` is missing).
 pub fn restore_args(source: &[&str], data_dir: &Path, peer_port: u16, etcdutl: &Path) -> Vec<String> {
     let mut args = vec!["restore".to_string()];
     args.extend(source.iter().map(|a| a.to_string()));
+    if source.iter().any(|a| *a == "--to-revision" || *a == "--to-time") {
+        args.extend(["--replay-engine".into(), "direct".into()]);
+    }
     args.extend(["--data-dir".into(), s(data_dir), "--member-name".into(), "m0".into()]);
     args.extend(["--initial-advertise-peer-urls".into(), format!("http://127.0.0.1:{peer_port}")]);
     args.extend(["--etcdutl".into(), s(etcdutl)]);

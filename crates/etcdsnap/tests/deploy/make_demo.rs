@@ -65,6 +65,7 @@ fn make_demo_builds_only_the_servers_the_demo_starts() -> Result {
         format!("etcd-{etcd}"),
         format!("etcdctl-{etcd}"),
         format!("etcdutl-{etcd}"),
+        format!("etcdsnap-replay-{etcd}"),
         format!("versitygw-{s3}"),
     ];
     for name in &pinned {
@@ -86,7 +87,9 @@ fn make_demo_builds_only_the_servers_the_demo_starts() -> Result {
         std::fs::read_dir(out.path())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let mut expected: Vec<String> = pinned.to_vec();
-    expected.extend(["etcd", "etcdctl", "etcdutl", "kube-apiserver", "kubectl", "versitygw"].map(String::from));
+    expected.extend(
+        ["etcd", "etcdctl", "etcdutl", "etcdsnap-replay", "kube-apiserver", "kubectl", "versitygw"].map(String::from),
+    );
     expected.sort();
     assert_eq!(names, expected, "no helm, promtool or other etcd minor");
     Ok(())

@@ -13,7 +13,7 @@ use crate::common::snapshot_files::{etcdctl_snapshot, mode};
 use crate::common::{TestResult, files_in};
 use etcd_client::{Client, DeleteOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};
 use etcdsnap::pitr::capture::{CaptureError, CaptureReport, CaptureSettings, capture};
-use etcdsnap::pitr::replay::{Replay, ReplayError, ReplayReport, last_observed_by, replay};
+use etcdsnap::pitr::replay::{Replay, ReplayEngine, ReplayError, ReplayReport, last_observed_by, replay};
 use etcdsnap_api::KvHash;
 use etcdsnap_storage::pipeline::revision::RevisionScanner;
 use etcdsnap_storage::pitr::{Base, EventKind, Segment, SegmentRecord, Target, plan};
@@ -242,9 +242,27 @@ pub(crate) async fn wait_captured(out: &Path, rev: i64) {
     }
 }
 
-/// Replays the capture in `out` onto `snapshot` up to `target`; with `save_to`, the result is
-/// saved there as a snapshot file.
+/// The direct engine: `etcdsnap-replay` from the testbins (`testbins/build.sh etcd`).
+pub(crate) fn direct() -> ReplayEngine {
+    ReplayEngine::Direct(testenv::testbin("etcdsnap-replay").unwrap())
+}
+
+/// Replays the capture in `out` onto `snapshot` up to `target` with the direct engine; with
+/// `save_to`, the result is saved there as a snapshot file.
 pub(crate) async fn replay_to(
+    base: &Base,
+    out: &Path,
+    snapshot: &Path,
+    target: Target,
+    expected: Option<KvHash>,
+    save_to: Option<&Path>,
+) -> Result<ReplayReport, ReplayError> {
+    replay_with(direct(), base, out, snapshot, target, expected, save_to).await
+}
+
+/// [`replay_to`] on `engine`.
+pub(crate) async fn replay_with(
+    engine: ReplayEngine,
     base: &Base,
     out: &Path,
     snapshot: &Path,
@@ -269,6 +287,7 @@ pub(crate) async fn replay_to(
         save_to,
         identity: None,
         compact: false,
+        engine,
     };
     let report = replay(&r).await?;
     assert!(report.data_dir.join("member").is_dir(), "{}", report.data_dir.display());
@@ -352,10 +371,12 @@ async fn a_replay_reaches_chosen_revisions_exactly() -> TestResult {
     assert!(deletes(300) && deletes(200), "the range delete and the lease expiry are single revisions");
     assert!(revisions.iter().flat_map(|r| &r.events).any(|e| e.value.len() == 1_200_000));
 
-    for (target, hash) in [(r1, h1), (r2, h2)] {
+    // Both engines, the private etcd's to the end (past the heavy revisions).
+    for (target, hash, engine) in [(r1, h1, direct()), (r2, h2, direct()), (r2, h2, ReplayEngine::Etcd)] {
         let started = Instant::now();
-        let db = dir.path().join(format!("replayed-{target}.db"));
-        let replayed = replay_to(&base, &out, &snapshot, Target::Revision(target), Some(hash), Some(&db)).await?;
+        let db = dir.path().join(format!("replayed-{target}-{}.db", matches!(engine, ReplayEngine::Etcd)));
+        let (t, expect) = (Target::Revision(target), Some(hash));
+        let replayed = replay_with(engine.clone(), &base, &out, &snapshot, t, expect, Some(&db)).await?;
         assert_eq!(replayed.revision, target);
         assert_eq!(replayed.hash, hash, "HashKV at revision {target}");
         assert!(replayed.hash_compared);
@@ -368,7 +389,7 @@ async fn a_replay_reaches_chosen_revisions_exactly() -> TestResult {
         let restored = restored.client().await?;
         let keys = assert_same_key_space(&client, &restored, target).await;
         eprintln!(
-            "replayed {} revisions ({} events) to {target} in {seconds:.2}s, {keys} keys as live (workload of {} revisions took {:.2}s)",
+            "{engine:?}: replayed {} revisions ({} events) to {target} in {seconds:.2}s, {keys} keys as live (workload of {} revisions took {:.2}s)",
             replayed.revisions_applied,
             replayed.events_applied,
             end - base.revision,

@@ -55,9 +55,14 @@ pub struct RecoverArgs {
     /// etcdutl binary [default: etcdutl from PATH]
     #[arg(long, env = "ETCDSNAP_ETCDUTL", value_name = "PATH")]
     pub etcdutl: Option<PathBuf>,
-    /// The etcd binary the captured changes are replayed in [default: etcd from PATH]
+    /// The etcd binary the captured changes are replayed in by the etcd engine [default: etcd
+    /// from PATH]
     #[arg(long, env = "ETCDSNAP_ETCD", value_name = "PATH", help_heading = heading::PITR)]
     pub etcd: Option<PathBuf>,
+    /// How the captured changes are replayed, as for restore: direct (etcdsnap-replay), etcd (a
+    /// private etcd) or auto (direct when etcdsnap-replay is found)
+    #[arg(long, env = "ETCDSNAP_REPLAY_ENGINE", value_name = "ENGINE", default_value = "auto", value_parser = ["auto", "direct", "etcd"], help_heading = heading::PITR)]
+    pub replay_engine: String,
     /// Snapshot directory [default: as for restore]
     #[arg(long, visible_alias = "etcd-snapshot-dir", env = "ETCDSNAP_DIR", value_name = "DIR", help_heading = heading::STORAGE)]
     pub dir: Option<PathBuf>,
@@ -336,6 +341,7 @@ fn restore_args(
         from_replica: Default::default(),
         to_revision,
         to_time: None,
+        replay_engine: args.replay_engine,
         etcd: args.etcd,
         etcd_cluster_id: None,
         no_kube: true,

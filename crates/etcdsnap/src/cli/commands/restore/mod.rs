@@ -93,6 +93,12 @@ pub struct RestoreArgs {
     /// member on loopback), at least as new as the snapshot's etcd [default: etcd from PATH]
     #[arg(long, env = "ETCDSNAP_ETCD", value_name = "PATH", help_heading = heading::PITR)]
     pub etcd: Option<PathBuf>,
+    /// With --to-revision/--to-time: how the changes are replayed. `direct`: etcdsnap-replay
+    /// (etcd's own storage code, found beside etcdsnap, etcdutl or etcd, or in PATH) applies them
+    /// to the database file, no etcd binary needed; `etcd`: in a private etcd (slower); `auto`:
+    /// direct when etcdsnap-replay is found, else etcd
+    #[arg(long, env = "ETCDSNAP_REPLAY_ENGINE", value_name = "ENGINE", default_value = "auto", value_parser = ["auto", "direct", "etcd"], help_heading = heading::PITR)]
+    pub replay_engine: String,
     /// With --to-revision/--to-time: the etcd cluster ID (as `ls -o wide` shows it) whose
     /// snapshots to use, when the snapshot directory holds several etcd clusters'.
     #[arg(long, value_name = "ID", help_heading = heading::PITR)]

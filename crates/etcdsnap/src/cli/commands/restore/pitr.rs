@@ -8,6 +8,7 @@ use crate::cli::output::restore::{Restored, refused_text};
 use crate::cli::output::{emit, print_structured};
 use crate::cli::{EXIT_FAILURE, resolve};
 use anyhow::{Context as _, bail};
+use etcdsnap::pitr::replay::{EngineChoice, ReplayEngine, choose_engine};
 use etcdsnap::pitr::restore::{Choose, PitrPlan, RollForward, fetch_segments, plan_local, plan_s3, roll_forward};
 use etcdsnap::restore::{self, CurrentToken, MemberSettings, RestoreOutcome, RestoreRequest, SnapshotSource};
 use etcdsnap_api::SnapshotName;
@@ -57,16 +58,26 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 
     let etcdutl = restore::etcdutl::locate(args.etcdutl.as_deref())?;
     let etcd = locate_etcd(args.etcd.as_deref())?;
+    let choice: EngineChoice = args.replay_engine.parse().map_err(anyhow::Error::msg)?;
+    let engine = choose_engine(choice, &etcdutl, etcd.as_deref().unwrap_or(Path::new("")))?;
+    let etcd = match (&engine, etcd) {
+        (_, Some(etcd)) => etcd,
+        // The direct engine runs no etcd.
+        (ReplayEngine::Direct(_), None) => PathBuf::new(),
+        (ReplayEngine::Etcd, None) => {
+            bail!("no etcd binary to replay the changes in: pass --etcd PATH (at least as new as the snapshot's etcd)")
+        }
+    };
     let work = work_dir(&super::target_dir(&args)?)?;
     if let Some(store) = base.store().filter(|_| args.s3.enabled || args.from_replica.from_replica.is_some()) {
         fetch_segments(store, &mut plan, &work.path().join("deltas")).await?;
     }
     if format.is_table() {
-        eprintln!(
-            "Replaying revisions {}..={} in a private etcd...",
-            plan.replay.base.revision + 1,
-            plan.replay.stop_at
-        );
+        let how = match &engine {
+            ReplayEngine::Direct(_) => "with etcd's storage code (etcdsnap-replay)",
+            ReplayEngine::Etcd => "in a private etcd",
+        };
+        eprintln!("Replaying revisions {}..={} {how}...", plan.replay.base.revision + 1, plan.replay.stop_at);
     }
     let roll = RollForward {
         plan: &plan,
@@ -78,6 +89,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         work: work.path(),
         // Every member of an --all-members restore must get the same bytes.
         compact: args.cluster.all_members,
+        engine,
     };
     let rolled = tokio::select! {
         r = roll_forward(&roll) => r?,
@@ -206,19 +218,16 @@ fn finish(printed: &PitrView, format: OutputFormat, text: &str) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--etcd`, else `etcd` from PATH.
-fn locate_etcd(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// `--etcd`, else `etcd` from PATH, if any.
+fn locate_etcd(explicit: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
     let usable =
         |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
     if let Some(p) = explicit {
         anyhow::ensure!(usable(p), "--etcd {}: not an executable file", p.display());
-        return Ok(p.to_path_buf());
+        return Ok(Some(p.to_path_buf()));
     }
     let search = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&search)
-        .map(|dir| dir.join("etcd"))
-        .find(|p| usable(p))
-        .context("no etcd binary to replay the changes in: pass --etcd PATH (at least as new as the snapshot's etcd)")
+    Ok(std::env::split_paths(&search).map(|dir| dir.join("etcd")).find(|p| usable(p)))
 }
 
 /// A private directory beside the data directory (the result is large and ends up there).
