@@ -1,5 +1,5 @@
 //! The agent's delta replication (`--deltas` with `--replica`): after each pass of the upload
-//! loop ([`super::pitr::upload_loop`]), the segments durable in the primary are copied to every
+//! loop ([`super::pitr_upload::upload_loop`]), the segments durable in the primary are copied to every
 //! replica ([`crate::ops::replicate_deltas`]) and the replica gauges updated.
 
 use super::Agent;
@@ -11,7 +11,7 @@ use std::time::Duration;
 /// was in sync: segments another node uploaded are copied within this time.
 const DELTA_REPLICATION_IDLE: Duration = Duration::from_secs(60);
 
-/// The delta replication between passes of [`super::pitr::upload_loop`].
+/// The delta replication between passes of [`super::pitr_upload::upload_loop`].
 #[derive(Default)]
 pub(super) struct Replicating {
     replicator: crate::ops::replicate_deltas::DeltaReplicator,

@@ -9,6 +9,7 @@ pub mod http;
 pub mod kube_duties;
 pub mod metrics;
 pub mod pitr;
+mod pitr_upload;
 pub mod replica_metrics;
 mod resume;
 pub mod schedule;
@@ -178,7 +179,7 @@ impl Agent {
             tokio::spawn(drills::drill_loop(session, settings, metrics, leader, stop.clone()))
         });
         let capturing = self.settings.deltas.clone().map(|settings| {
-            let uploads = tokio::spawn(pitr::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
+            let uploads = tokio::spawn(pitr_upload::upload_loop(self.clone(), settings.flush_interval, stop.clone()));
             (tokio::spawn(pitr::capture_loop(self.clone(), settings, stop.clone())), uploads)
         });
         let replicating = (!self.session.config().replicas.is_empty()).then(|| {
