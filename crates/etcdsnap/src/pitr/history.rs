@@ -4,9 +4,9 @@
 //! continues only a chain of the history found, from a base of that history.
 //!
 //! Within reach means: this node's snapshots and delta records, and the newest delta record
-//! in S3 (every leader's segments meet there). A history only another node's disk knows is
-//! not found; the save then starts a new one, which costs a full snapshot where capture
-//! resumes, never a mix.
+//! in S3 (every leader's segments meet there); a save also counts every snapshot in S3. A
+//! history only another node's disk knows is not found; the save then starts a new one, which
+//! costs a full snapshot where capture resumes, never a mix.
 
 use etcd_client::{Client, GetOptions};
 use etcdsnap_storage::SnapshotRecord;
@@ -103,8 +103,19 @@ pub async fn gather(
 
 /// The history a save at the live etcd records: the live history among the records within
 /// reach, else a new one. A failed check starts a new history too (said in the log).
+///
+/// Besides [`gather`]'s records, a save counts every snapshot in the S3 folder: the servers of
+/// one cluster save into one folder, and a node that saves before any leader's chain is there
+/// then takes the history of the other nodes' snapshots instead of naming one of its own (which
+/// would make a restore to its revision ask which of two IDs, both right, to take).
 pub async fn for_save(client: &mut Client, local: Option<&LocalStore>, s3: Option<&S3Store>, cluster: &str) -> String {
-    let (snapshots, segments) = gather(local, s3, cluster).await;
+    let (mut snapshots, segments) = gather(local, s3, cluster).await;
+    if let Some(s3) = s3 {
+        match SnapshotStore::list(s3).await {
+            Ok(listing) => snapshots.extend(listing.records),
+            Err(e) => tracing::warn!(error = %e, "cannot list the S3 snapshots to find the live history"),
+        }
+    }
     let tips = history::candidates(&snapshots, &segments, cluster);
     match live_history(client, &tips).await {
         Ok(Some(h)) => h,

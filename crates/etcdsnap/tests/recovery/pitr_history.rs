@@ -308,3 +308,35 @@ async fn a_member_rolled_back_in_place_starts_a_new_history_and_targets_never_mi
     assert!(differing.is_empty(), "the old history at {both}, exactly: {} keys differ", differing.len());
     Ok(())
 }
+
+/// Two servers of one cluster save into one S3 folder, with writes between their saves and no
+/// delta chain there yet: the second takes the history of the first's snapshot instead of
+/// naming one of its own, so a restore to its revision never has two IDs to choose from.
+#[tokio::test]
+async fn a_server_saving_into_s3_after_another_takes_its_history() -> TestResult {
+    const BUCKET: &str = "histories";
+    let etcd = etcd_with_objects(10).await?;
+    let mut client = etcd.client().await?;
+    let s3 = testenv::S3Server::with_bucket(BUCKET).await?;
+    let (flags, env, endpoints) = (s3.etcdsnap_flags(BUCKET), s3.credentials_env(), etcd.endpoints().join(","));
+    let data = tempfile::tempdir()?;
+    for node in ["server-1", "server-2"] {
+        let dir = s(&data.path().join(node));
+        let save = [&["save", "--endpoints", &endpoints, "--node-name", node, "--data-dir", &dir][..], &flags].concat();
+        run(&save, &env).await.expect_ok();
+        for i in 0..5 {
+            client.put(format!("/registry/configmaps/default/{node}-{i}"), "v", None).await?;
+        }
+    }
+    let mut histories = BTreeMap::new();
+    for key in s3.list_keys(BUCKET, ".metadata/").await? {
+        if key.ends_with(".etcdsnap.json") {
+            let record: serde_json::Value = serde_json::from_slice(&s3.get_object(BUCKET, &key).await?.0)?;
+            histories.insert(key, record["etcd"]["history"].as_str().map(str::to_string));
+        }
+    }
+    assert_eq!(histories.len(), 2, "{histories:?}");
+    let ids: BTreeSet<_> = histories.values().collect();
+    assert!(ids.len() == 1 && histories.values().all(Option::is_some), "two histories: {histories:?}");
+    Ok(())
+}
