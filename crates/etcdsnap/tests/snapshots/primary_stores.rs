@@ -259,6 +259,18 @@ async fn save_list_verify_restore_prune(server: Server) -> TestResult {
     let restored = Etcd::start_on_data_dir(&target, "m0", port).await?;
     let keys = assert_same_key_space(&etcd.client().await?, &restored.client().await?, revision).await;
     assert!(keys >= 100, "{keys} keys");
+    drop(restored);
+    // recover on an empty data directory takes the newest snapshot from the store.
+    let target = dir.path().join("recovered");
+    let port = testenv::free_port()?;
+    let mut recover = args(&["recover", "--member-name", "m0", "--data-dir", &s(&target)], &flags);
+    recover.extend(["--etcdutl".into(), s(&testenv::testbin("etcdutl")?)]);
+    recover.extend(["--initial-advertise-peer-urls".into(), format!("http://127.0.0.1:{port}")]);
+    let out = node.run(&recover).await.expect_ok();
+    assert!(out.stdout.contains(&format!("past snapshot {second}")), "{}\n{}", out.stdout, out.stderr);
+    let recovered = Etcd::start_on_data_dir(&target, "m0", port).await?;
+    assert_same_key_space(&etcd.client().await?, &recovered.client().await?, revision).await;
+    drop(recovered);
 
     // Retention of one: our older snapshot goes with its record; the others stay.
     let pruned = node.run(&args(&["prune", "--retention", "1"], &flags)).await.expect_ok();

@@ -7,7 +7,7 @@
 //! is restored like `restore --all-members`.
 
 use super::restore::members::ClusterArgs;
-use super::restore::{MemberArgs, RestoreArgs, open_snapshot_dir, resolve_s3};
+use super::restore::{MemberArgs, RestoreArgs, open_snapshot_dir, resolve_cloud, resolve_s3};
 use crate::cli::flags::{EtcdArgs, OutputArgs, S3Args, TokenArgs, heading};
 use crate::cli::output::emit;
 use crate::cli::seal::{EncryptionConfigArg, UnsealArgs};
@@ -21,6 +21,7 @@ use etcdsnap_storage::etcd::EtcdConfig;
 use etcdsnap_storage::pitr::history::LEGACY as LEGACY_HISTORY;
 use etcdsnap_storage::pitr::{PlanError, Target};
 use etcdsnap_storage::store::SnapshotStore;
+use etcdsnap_storage::store::cloud::CloudStore;
 use etcdsnap_storage::store::s3::S3Store;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,6 +69,10 @@ pub struct RecoverArgs {
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub s3: S3Args,
+    /// `--gcs-*` or `--azure-*`: the newest snapshot in that folder (no captured changes are
+    /// read from there: point-in-time recovery needs S3 or the snapshot directory).
+    #[command(flatten)]
+    pub cloud: crate::cli::cloud::CloudArgs,
     /// The certificates that reach the other members, to learn whether they answer.
     #[command(flatten)]
     pub etcd_client: EtcdArgs,
@@ -102,7 +107,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         ),
         DataState::Empty => {}
     }
-    let (newest, store) = newest_snapshot(&args).await?;
+    let (newest, origin) = newest_snapshot(&args).await?;
     // Said first: without it, the roll forward could not read the sealed segments either.
     if let Some(sealed) = &newest.sealed
         && args.unseal.decrypt_identity.is_none()
@@ -132,7 +137,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_FAILURE));
     }
     // The captured changes reach past the snapshot: roll forward to the newest of them.
-    let reach = rolls_forward(&args, store, &newest).await.map_err(|e| {
+    let reach = rolls_forward(&args, origin, &newest).await.map_err(|e| {
         anyhow!(
             "{e:#}\nNothing was changed. To restore snapshot {name} without the captured changes, run `etcdsnap restore {name}`; to stop at a revision of your choice, `etcdsnap restore --to-revision REV`"
         )
@@ -168,31 +173,50 @@ fn data_state(dir: &Path) -> anyhow::Result<DataState> {
     }
 }
 
-/// The newest ready snapshot in the snapshot directory (or with `--s3` the bucket folder), and
-/// the S3 store it came from.
-async fn newest_snapshot(args: &RecoverArgs) -> anyhow::Result<(SnapshotRecord, Option<Arc<dyn SnapshotStore>>)> {
-    let (listing, store) = match args.s3.enabled {
-        true => {
+/// Where the newest snapshot was found, and so where its captured changes are read.
+enum Origin {
+    /// The snapshot directory, with the delta chains beside it.
+    Local,
+    /// The S3 folder, with its delta objects.
+    S3(Arc<dyn SnapshotStore>),
+    /// A GCS or Azure folder: it holds no captured changes.
+    Cloud,
+}
+
+/// The newest ready snapshot in the snapshot directory (or with `--s3` the bucket folder, with
+/// `--gcs-*`/`--azure-*` that folder), and where it was found.
+async fn newest_snapshot(args: &RecoverArgs) -> anyhow::Result<(SnapshotRecord, Origin)> {
+    let cloud = args.cloud.config()?;
+    if let Some(config) = cloud.as_ref().filter(|_| args.s3.enabled) {
+        bail!("--s3 and {}: give one store to recover from (nothing was changed)", config.url);
+    }
+    let (listing, origin) = match (&cloud, args.s3.enabled) {
+        (Some(config), _) => {
+            let store = CloudStore::new(config.clone(), None)?;
+            (store.list().await?, Origin::Cloud)
+        }
+        (None, true) => {
             let settings = resolve::s3_settings(&args.s3, None).parse()?.for_program(resolve::machine_program()?);
             let store: Arc<dyn SnapshotStore> = S3Store::new(settings, None)?;
-            (store.list().await?, Some(store))
+            (store.list().await?, Origin::S3(store))
         }
-        false => {
+        (None, false) => {
             let store = open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?;
-            (store.list().await?, None)
+            (store.list().await?, Origin::Local)
         }
     };
     let newest = listing.records.into_iter().filter(|r| r.is_ready()).max_by_key(|r| r.created_at);
     let newest = newest.context("no snapshot to recover from (nothing was changed)")?;
     // A listing may not read every record's document; the restore's own lookup does.
-    let source = match args.s3.enabled {
-        true => resolve_s3(newest.name.as_str(), resolve::s3_settings(&args.s3, None)).await?,
-        false => {
+    let source = match (cloud, &origin) {
+        (Some(config), _) => resolve_cloud(newest.name.as_str(), config).await?,
+        (None, Origin::S3(_)) => resolve_s3(newest.name.as_str(), resolve::s3_settings(&args.s3, None)).await?,
+        (None, _) => {
             let store = open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?;
             etcdsnap::restore::SnapshotSource::from_local_store(&store, &newest.name)?
         }
     };
-    Ok((source.record, store))
+    Ok((source.record, origin))
 }
 
 /// The newest revision the captured changes reach past `newest`, or None when they reach no
@@ -200,20 +224,17 @@ async fn newest_snapshot(args: &RecoverArgs) -> anyhow::Result<(SnapshotRecord, 
 /// read, several clusters or histories could continue the snapshot) or when a record found
 /// beside them cannot be used: a roll forward that silently stopped early would lose the
 /// very writes recover is for.
-async fn rolls_forward(
-    args: &RecoverArgs,
-    store: Option<Arc<dyn SnapshotStore>>,
-    newest: &SnapshotRecord,
-) -> anyhow::Result<Option<i64>> {
+async fn rolls_forward(args: &RecoverArgs, origin: Origin, newest: &SnapshotRecord) -> anyhow::Result<Option<i64>> {
     let keys = crate::cli::seal::open_keys(&args.unseal)?;
     let identity = keys.identity.as_deref();
     let etcd = newest.etcd.as_ref();
     // The newest snapshot's cluster and history: after a rollback, older histories hold the
     // same revisions, and another cluster's snapshots may share the folder.
     let choose = || Choose { cluster: etcd.map(|e| e.cluster_id.as_str()), history: newest_history(newest) };
-    let source = match store {
-        Some(store) => Source::S3(store),
-        None => Source::Local(open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?),
+    let source = match origin {
+        Origin::S3(store) => Source::S3(store),
+        Origin::Local => Source::Local(open_snapshot_dir(args.dir.as_deref(), "nothing to recover from", "snap.db")?),
+        Origin::Cloud => return Ok(None),
     };
     let plan = async |target: Target| match &source {
         Source::S3(store) => plan_s3(store, target, choose(), identity).await,
@@ -337,7 +358,7 @@ fn restore_args(
         cluster: ClusterArgs { all_members: args.all_members, members: args.members },
         dir: args.dir,
         s3: args.s3,
-        cloud: Default::default(),
+        cloud: args.cloud,
         from_replica: Default::default(),
         to_revision,
         to_time: None,

@@ -325,7 +325,7 @@ pub(crate) async fn resolve_s3(given: &str, settings: RawS3Settings) -> anyhow::
 }
 
 /// With `--gcs-bucket` or `--azure-container`: a bare snapshot name in that folder.
-async fn resolve_cloud(given: &str, config: ReplicaConfig) -> anyhow::Result<SnapshotSource> {
+pub(crate) async fn resolve_cloud(given: &str, config: ReplicaConfig) -> anyhow::Result<SnapshotSource> {
     let name = SnapshotName::parse(given)
         .with_context(|| format!("{given:?} is not a snapshot name (the folder is {})", config.url))?;
     let store: Arc<dyn SnapshotStore> = Arc::new(CloudStore::new(config, None)?);
