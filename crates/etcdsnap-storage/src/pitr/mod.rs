@@ -20,7 +20,7 @@ pub mod segment;
 pub use chain::{
     Base, ChainSummary, Gap, ObservedBy, PlanError, ReplayPlan, Target, plan, segments_spanning, summarize,
 };
-pub use record::{DELTAS_DIR, SegmentRecord};
+pub use record::{DELTAS_DIR, SEGMENT_LIMIT, SegmentRecord};
 pub use segment::{
     EventKind, LeaseObservation, PitrEvent, PrevDigest, PrevState, RevisionChanges, Segment, SegmentError,
 };

@@ -68,7 +68,22 @@ pub enum RecordError {
     Invalid { name: String, problem: String },
 }
 
+/// The largest segment read, as stored and once decompressed: segments are flushed at 8 MiB by
+/// default, so anything larger is not one etcdsnap wrote.
+pub const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
+
 impl SegmentRecord {
+    /// Whether `stored` are the bytes this record describes; Err carries their sha256 (hex)
+    /// when they are not.
+    pub fn check_stored(&self, stored: &[u8]) -> Result<(), String> {
+        use sha2::Digest as _;
+        let found = hex::encode(sha2::Sha256::digest(stored));
+        match found.eq_ignore_ascii_case(&self.sha256) {
+            true => Ok(()),
+            false => Err(found),
+        }
+    }
+
     /// The segment's file name within its chain: revisions zero-padded, so names sort by revision.
     pub fn segment_name(&self) -> String {
         format!("{:020}-{:020}.seg.zst", self.first_revision, self.last_revision)

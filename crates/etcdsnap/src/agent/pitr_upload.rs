@@ -7,10 +7,9 @@ use super::pitr::wait;
 use crate::session::Purpose;
 use etcdsnap_storage::failpoint;
 use etcdsnap_storage::pitr::local;
-use etcdsnap_storage::pitr::record::SegmentRecord;
+use etcdsnap_storage::pitr::record::{SEGMENT_LIMIT, SegmentRecord};
 use etcdsnap_storage::store::s3::S3Store;
 use etcdsnap_storage::store::s3::pitr::Created;
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -104,7 +103,7 @@ impl Uploader {
             }
             if !present.contains(&record) {
                 if !present.contains(&segment) {
-                    let bytes = read_checked(&deltas_dir.join(&r.chain).join(r.segment_name()), &r.sha256)?;
+                    let bytes = read_checked(&deltas_dir.join(&r.chain).join(r.segment_name()), &r)?;
                     failpoint::reached(failpoint::PITR_SEGMENT_UPLOAD).await;
                     // Uploads never replace: the pair written is one writer's.
                     match s3.create_pitr_object(&r.chain, &segment.1, bytes).await.map_err(|e| e.to_string())? {
@@ -135,22 +134,20 @@ impl Uploader {
 
 /// Whether the segment stored under `record`'s name holds the bytes `record` describes.
 async fn same_segment(s3: &S3Store, record: &SegmentRecord) -> Result<bool, String> {
-    // The largest segment a restore downloads.
-    const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
     let bytes =
         s3.get_pitr_object(&record.chain, &record.segment_name(), SEGMENT_LIMIT).await.map_err(|e| e.to_string())?;
-    Ok(hex::encode(Sha256::digest(&bytes)).eq_ignore_ascii_case(&record.sha256))
+    Ok(record.check_stored(&bytes).is_ok())
 }
 
 /// A local segment's bytes, if they still match its record (a damaged copy is not spread).
-fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>, String> {
+fn read_checked(path: &Path, record: &SegmentRecord) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read delta segment {}: {e}", path.display()))?;
-    let found = hex::encode(Sha256::digest(&bytes));
-    if !found.eq_ignore_ascii_case(sha256) {
-        return Err(format!(
-            "delta segment {} is damaged (sha256 {found}, its record says {sha256}): not uploaded",
-            path.display()
-        ));
-    }
+    record.check_stored(&bytes).map_err(|found| {
+        format!(
+            "delta segment {} is damaged (sha256 {found}, its record says {}): not uploaded",
+            path.display(),
+            record.sha256
+        )
+    })?;
     Ok(bytes)
 }

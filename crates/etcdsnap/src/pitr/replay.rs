@@ -53,8 +53,6 @@ use std::time::{Duration, Instant};
 
 /// The replayed etcd's backend quota: 16 GiB, above any database etcd supports (8 GiB).
 const REPLAY_QUOTA: &str = "--quota-backend-bytes=17179869184";
-/// The largest decompressed segment accepted (segments are flushed at 8 MiB by default).
-const SEGMENT_LIMIT: usize = 256 * 1024 * 1024;
 /// The largest answer the replay accepts from its etcd: etcd's own limit on what it sends. An
 /// answer carries the previous values of the keys a revision changed, which no limit of the
 /// capture bounds (a range delete of large values).

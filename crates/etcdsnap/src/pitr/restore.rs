@@ -11,6 +11,7 @@ use super::replay::{self, Replay, ReplayEngine, ReplayError, ReplayReport};
 use crate::restore::{PassError, SnapshotSource, verify_pass};
 use etcdsnap_api::{Compression, KvHash};
 use etcdsnap_storage::SnapshotRecord;
+use etcdsnap_storage::pitr::SEGMENT_LIMIT;
 use etcdsnap_storage::pitr::history;
 use etcdsnap_storage::pitr::objects::{DeltaObjects, read_record};
 use etcdsnap_storage::pitr::{
@@ -20,7 +21,6 @@ use etcdsnap_storage::pitr::{
 use etcdsnap_storage::seal::Identity;
 use etcdsnap_storage::store::local::LocalStore;
 use etcdsnap_storage::store::{SnapshotStore, StoreError};
-use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -132,9 +132,8 @@ pub async fn plan_local(
     finish_plan(listing.records, records, warnings, deltas_dir, target, choose, &mut observed_by)
 }
 
-/// The largest record and segment objects downloaded from S3 or a replica.
+/// The largest record object downloaded from S3 or a replica (segments: [`SEGMENT_LIMIT`]).
 const RECORD_LIMIT: u64 = 64 * 1024;
-const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Plans a roll forward to `target` from the snapshots and chains in the S3 folder, or in a
 /// replica (a node whose disk is gone, a primary lost): the records that can matter are
@@ -185,8 +184,7 @@ fn observed_in(
     ms: i64,
     identity: Option<&Identity>,
 ) -> Result<Option<i64>, String> {
-    let found = hex::encode(Sha256::digest(stored));
-    if !found.eq_ignore_ascii_case(&record.sha256) {
+    if let Err(found) = record.check_stored(stored) {
         return Err(format!(
             "delta segment {name} is damaged: its sha256 is {found}, its record says {}",
             record.sha256

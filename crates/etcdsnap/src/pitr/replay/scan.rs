@@ -6,12 +6,12 @@
 //! previous states. Nothing is kept in memory but those facts: the second pass reads the
 //! segments again.
 
+use super::ReplayError;
 use super::guard::MAX_GUARD_COMPARES;
-use super::{ReplayError, SEGMENT_LIMIT};
 use crate::restore::loopback::RequestLimits;
+use etcdsnap_storage::pitr::SEGMENT_LIMIT;
 use etcdsnap_storage::pitr::{LeaseObservation, PrevState, ReplayPlan, Segment, SegmentRecord, Target};
 use etcdsnap_storage::seal::Identity;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -122,11 +122,10 @@ pub(super) fn read_segment(
     let name = format!("{}/{}", record.chain, record.segment_name());
     let stored =
         std::fs::read(segments_dir.join(&name)).map_err(|source| ReplayError::Read { name: name.clone(), source })?;
-    let found = hex::encode(Sha256::digest(&stored));
-    if !found.eq_ignore_ascii_case(&record.sha256) {
+    if let Err(found) = record.check_stored(&stored) {
         return Err(ReplayError::Checksum { name, expected: record.sha256.clone(), found });
     }
-    Ok(Segment::from_stored(&name, &stored, SEGMENT_LIMIT, identity)?)
+    Ok(Segment::from_stored(&name, &stored, SEGMENT_LIMIT as usize, identity)?)
 }
 
 #[cfg(test)]
